@@ -1,0 +1,16 @@
+//! Database migrations of autofunnel. The same migrations run on SQLite and PostgreSQL; every
+//! timestamp is a BIGINT of milliseconds since the Unix epoch (UTC), so comparisons on the hot
+//! `wake_at` index are plain integer comparisons on both.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_init;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_init::Migration)]
+    }
+}

@@ -1,0 +1,189 @@
+//! The command line: `run`, `check`, `migrate`, `init`. Errors end here as messages (anyhow);
+//! exit code 1 for problems found, 2 for bad usage.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::project;
+use crate::server::{self, AppState};
+use crate::settings::{self, Settings};
+use crate::store::{Store, redact};
+
+#[derive(Parser)]
+#[command(name = "autofunnel", version, about = "Marketing funnels as files: run, check and report them")]
+struct Cli {
+    /// Project folder (holds autofunnel.toml, funnels/ and templates/).
+    #[arg(short = 'C', long = "project", global = true, default_value = ".")]
+    project: PathBuf,
+    /// Settings file to use instead of <project>/autofunnel.toml.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Migrate the database, load the funnels and serve HTTP until stopped (Ctrl-C).
+    Run,
+    /// Check funnels and templates like a compiler: every problem, with file:line:col.
+    Check {
+        /// Funnel files or project folders (default: the project folder).
+        paths: Vec<PathBuf>,
+    },
+    /// Apply pending database migrations.
+    Migrate,
+    /// Write a starter project into DIR.
+    Init {
+        dir: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Check { ref paths } => check(&cli.project, cli.config.as_deref(), paths),
+        Command::Init { ref dir } => init(dir),
+        Command::Run => block_on(run(cli.project.clone(), cli.config.clone())),
+        Command::Migrate => block_on(migrate(cli.project.clone(), cli.config.clone())),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AUTOFUNNEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn block_on(f: impl Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(f)
+}
+
+/// Checks each project named by `paths`; a funnel file is checked within its project.
+fn check(project: &Path, config: Option<&Path>, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let targets: Vec<PathBuf> = if paths.is_empty() { vec![project.to_path_buf()] } else { paths.to_vec() };
+    let mut failed = false;
+    for target in targets {
+        let (report, _) = if target.is_file() {
+            let dir = target.parent().unwrap_or(Path::new("."));
+            let root = match dir.file_name().and_then(|n| n.to_str()) {
+                Some("funnels") => dir.parent().unwrap_or(Path::new(".")),
+                _ => dir,
+            };
+            let mut s = Settings::load(root, config)?;
+            s.funnels_dir = dir.to_path_buf();
+            let (p, r) = project::check(&s, Some(std::slice::from_ref(&target)));
+            (r, p.is_some())
+        } else if target.is_dir() {
+            let s = Settings::load(&target, config)?;
+            let (p, r) = project::check(&s, None);
+            (r, p.is_some())
+        } else {
+            anyhow::bail!("{}: no such file or folder", target.display());
+        };
+        for d in &report.diagnostics {
+            println!("{d}");
+        }
+        println!("{}", report.summary());
+        failed |= report.errors() > 0;
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn init(dir: &Path) -> anyhow::Result<ExitCode> {
+    for path in crate::scaffold::init(dir)? {
+        println!("created {}", path.display());
+    }
+    println!("next: cd {} && autofunnel check && autofunnel run", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = Store::connect(&settings.database_url).await?;
+    let applied = store.migrate().await?;
+    for m in &applied {
+        tracing::info!(migration = %m, "applied");
+    }
+    Ok(store)
+}
+
+async fn migrate(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&project, config.as_deref())?;
+    let store = Store::connect(&settings.database_url).await?;
+    let applied = store.migrate().await?;
+    if applied.is_empty() {
+        println!("{}: up to date", redact(&settings.database_url));
+    }
+    for m in applied {
+        println!("applied {m}");
+    }
+    store.close().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&project, config.as_deref())?;
+    let (loaded, report) = project::check(&settings, None);
+    for d in &report.diagnostics {
+        eprintln!("{d}");
+    }
+    let Some(loaded) = loaded else {
+        eprintln!("{}", report.summary());
+        eprintln!("error: the funnels do not pass `autofunnel check`; nothing was started");
+        return Ok(ExitCode::FAILURE);
+    };
+    let store = open_store(&settings).await?;
+    std::fs::create_dir_all(&settings.outbox_dir)
+        .with_context(|| format!("cannot create the outbox folder {}", settings.outbox_dir.display()))?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (set `listen` in {})", settings.listen, settings::FILE_NAME))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        database = %redact(&settings.database_url),
+        funnels = loaded.funnels.len(),
+        "autofunnel is running"
+    );
+    let state = AppState { store, funnels: loaded.funnels.len() };
+    server::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,289 @@
+//! Domain values as newtypes, parsed once at the edge ("parse, don't validate").
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Why a piece of text is not a valid domain value.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InvalidValue {
+    #[error("{what} \"{text}\" must start with a letter and use only a-z, 0-9, '-' and '_'")]
+    Identifier { what: &'static str, text: String },
+    #[error("\"{0}\" is not an e-mail address")]
+    Email(String),
+}
+
+/// Lower-case identifiers with letters, digits, `-` and `_`, starting with a letter; at most 64.
+fn check_identifier(what: &'static str, text: &str) -> Result<(), InvalidValue> {
+    let mut chars = text.chars();
+    let ok = text.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok { Ok(()) } else { Err(InvalidValue::Identifier { what, text: text.to_string() }) }
+}
+
+macro_rules! identifier {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// What this kind of name is called in messages.
+            pub const WHAT: &'static str = $what;
+
+            pub fn parse(text: &str) -> Result<Self, InvalidValue> {
+                check_identifier($what, text)?;
+                Ok(Self(text.to_string()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = InvalidValue;
+            fn try_from(s: String) -> Result<Self, InvalidValue> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+identifier!(
+    /// A funnel's id: its file name without `.yaml`, and the folder of its templates.
+    FunnelId,
+    "funnel id"
+);
+identifier!(
+    /// A stage's id, unique within its funnel.
+    StageId,
+    "stage id"
+);
+identifier!(
+    /// A step's id, unique within its stage; leads in flight keep their place by it.
+    StepId,
+    "step id"
+);
+identifier!(
+    /// An email template's name: `templates/<funnel>/<name>.{subject,html,txt}`.
+    TemplateName,
+    "template name"
+);
+identifier!(
+    /// A product that can be offered and purchased.
+    ProductId,
+    "product id"
+);
+identifier!(
+    /// A landing-page form that posts signups to `/f/<form>`.
+    FormId,
+    "form id"
+);
+identifier!(
+    /// A named outgoing webhook.
+    WebhookId,
+    "webhook name"
+);
+identifier!(
+    /// A tag on a lead.
+    Tag,
+    "tag"
+);
+identifier!(
+    /// A field of a lead (`first_name`, `city`, …).
+    FieldName,
+    "field name"
+);
+identifier!(
+    /// The name of a tracked event (`purchase`, `click`, or a custom one).
+    EventName,
+    "event name"
+);
+
+/// A lead's database id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LeadId(pub i64);
+
+impl fmt::Display for LeadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An e-mail address, trimmed, with the domain lower-cased so one person is one lead.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(text: &str) -> Result<Email, InvalidValue> {
+        let t = text.trim();
+        let bad = || InvalidValue::Email(text.to_string());
+        let (local, domain) = t.rsplit_once('@').ok_or_else(bad)?;
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && !local.starts_with('.')
+            && !local.ends_with('.')
+            && !local.contains("..")
+            && local.chars().all(|c| !c.is_whitespace() && !c.is_control() && !"<>()[],;:\"@\\".contains(c));
+        let domain_ok = domain.len() <= 253
+            && domain.contains('.')
+            && domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+            });
+        if local_ok && domain_ok {
+            Ok(Email(format!("{local}@{}", domain.to_lowercase())))
+        } else {
+            Err(bad())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for Email {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        Email::parse(&s)
+    }
+}
+
+impl From<Email> for String {
+    fn from(v: Email) -> String {
+        v.0
+    }
+}
+
+/// A sender or recipient: an address with an optional display name (`Anna <anna@example.com>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mailbox {
+    pub name: Option<String>,
+    pub email: Email,
+}
+
+impl Mailbox {
+    pub fn parse(text: &str) -> Result<Mailbox, InvalidValue> {
+        let t = text.trim();
+        match (t.rfind('<'), t.ends_with('>')) {
+            (Some(open), true) => {
+                let name = t[..open].trim().trim_matches('"').trim();
+                let email = Email::parse(&t[open + 1..t.len() - 1])?;
+                Ok(Mailbox { name: (!name.is_empty()).then(|| name.to_string()), email })
+            }
+            _ => Ok(Mailbox { name: None, email: Email::parse(t)? }),
+        }
+    }
+}
+
+impl fmt::Display for Mailbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(n) => write!(f, "{n} <{}>", self.email),
+            None => self.email.fmt(f),
+        }
+    }
+}
+
+/// A person the engine knows by e-mail address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lead {
+    pub id: LeadId,
+    pub email: Email,
+    pub first_name: Option<String>,
+    /// Every other field, as sent by forms or set by steps.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub timezone: Option<chrono_tz::Tz>,
+    pub consent: Consent,
+    pub score: i64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Whether a lead may be mailed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Consent {
+    /// Signed up; waiting for the double opt-in click where a funnel asks for one.
+    Pending,
+    Confirmed,
+    Unsubscribed,
+}
+
+impl Consent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consent::Pending => "pending",
+            Consent::Confirmed => "confirmed",
+            Consent::Unsubscribed => "unsubscribed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Consent> {
+        [Consent::Pending, Consent::Confirmed, Consent::Unsubscribed].into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert!(StageId::parse("lead_magnet").is_ok());
+        assert!(StageId::parse("webinar-2").is_ok());
+        assert!(StageId::parse("Lead").is_err());
+        assert!(StageId::parse("2nd").is_err());
+        assert!(StageId::parse("").is_err());
+        assert!(StageId::parse("a b").is_err());
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(Email::parse(" Anna@Example.COM ").unwrap().as_str(), "Anna@example.com");
+        assert_eq!(Email::parse("анна@пример.рф").unwrap().as_str(), "анна@пример.рф");
+        for bad in ["", "anna", "anna@", "@example.com", "an na@example.com", "anna@example", "a..b@x.io"] {
+            assert!(Email::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn mailboxes() {
+        let m = Mailbox::parse("Анна Петрова <anna@example.com>").unwrap();
+        assert_eq!(m.name.as_deref(), Some("Анна Петрова"));
+        assert_eq!(m.email.as_str(), "anna@example.com");
+        assert_eq!(Mailbox::parse("anna@example.com").unwrap().name, None);
+        assert!(Mailbox::parse("Anna <anna>").is_err());
+    }
+}

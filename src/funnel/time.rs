@@ -1,0 +1,266 @@
+//! Time values of the funnel language: durations (`2d3h`), standard 5-field cron expressions
+//! with POSIX weekdays, time zones and frequency caps. All pure parsing; nothing reads a clock.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono_tz::Tz;
+
+use super::diag::did_you_mean;
+
+/// A non-negative length of time, kept in whole seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration(u64);
+
+const UNITS: [(char, u64); 5] = [('w', 604_800), ('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)];
+/// Longer waits than ten years are almost certainly typos.
+const MAX_SECONDS: u64 = 10 * 366 * 86_400;
+
+impl Duration {
+    pub fn from_secs(secs: u64) -> Duration {
+        Duration(secs)
+    }
+
+    pub fn as_secs(self) -> u64 {
+        self.0
+    }
+
+    /// Parses `30m`, `24h`, `2d`, `1w`, `2d3h`, `1h30m` (units w, d, h, m, s).
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let t = text.trim();
+        let bad = || {
+            format!(
+                "bad duration \"{text}\": write a number and a unit, like 30m, 24h, 2d, 1w or 2d3h"
+            )
+        };
+        if t.is_empty() {
+            return Err(bad());
+        }
+        let mut total: u64 = 0;
+        let mut number = String::new();
+        let mut last_unit: Option<usize> = None;
+        for c in t.chars() {
+            if c.is_ascii_digit() {
+                number.push(c);
+                continue;
+            }
+            let unit = UNITS.iter().position(|(u, _)| *u == c).ok_or_else(bad)?;
+            if number.is_empty() || last_unit.is_some_and(|l| l >= unit) {
+                return Err(bad());
+            }
+            let n: u64 = number.parse().map_err(|_| bad())?;
+            total = n
+                .checked_mul(UNITS[unit].1)
+                .and_then(|v| v.checked_add(total))
+                .ok_or_else(bad)?;
+            number.clear();
+            last_unit = Some(unit);
+        }
+        if !number.is_empty() || last_unit.is_none() {
+            return Err(bad());
+        }
+        if total > MAX_SECONDS {
+            return Err(format!("duration \"{text}\" is longer than ten years"));
+        }
+        Ok(Duration(total))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            return f.write_str("0s");
+        }
+        let mut rest = self.0;
+        for (unit, secs) in UNITS {
+            if rest >= secs {
+                write!(f, "{}{unit}", rest / secs)?;
+                rest %= secs;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A standard 5-field cron expression (minute hour day-of-month month day-of-week), weekdays
+/// 0–7 with 0 and 7 for Sunday, or names. When both day fields are restricted either may match,
+/// as in POSIX cron; the `cron` crate would AND them, so such an expression becomes two schedules.
+#[derive(Debug, Clone)]
+pub struct Cron {
+    source: String,
+    schedules: Vec<cron::Schedule>,
+}
+
+impl PartialEq for Cron {
+    fn eq(&self, other: &Cron) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Cron {
+    pub fn parse(text: &str) -> Result<Cron, String> {
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        if fields.len() != 5 {
+            return Err(format!(
+                "bad cron expression \"{text}\": expected 5 fields (minute hour day-of-month month day-of-week), found {}",
+                fields.len()
+            ));
+        }
+        let dow = posix_weekdays(fields[4]).map_err(|e| format!("bad cron expression \"{text}\": {e}"))?;
+        let (min, hour, dom, mon) = (fields[0], fields[1], fields[2], fields[3]);
+        let variants: Vec<String> = if dom != "*" && dow != "*" {
+            vec![format!("0 {min} {hour} {dom} {mon} *"), format!("0 {min} {hour} * {mon} {dow}")]
+        } else {
+            vec![format!("0 {min} {hour} {dom} {mon} {dow}")]
+        };
+        let schedules = variants
+            .iter()
+            .map(|v| cron::Schedule::from_str(v))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("bad cron expression \"{text}\": {e}"))?;
+        Ok(Cron { source: text.trim().to_string(), schedules })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The schedules whose union is this expression.
+    pub fn schedules(&self) -> &[cron::Schedule] {
+        &self.schedules
+    }
+}
+
+/// Rewrites a POSIX day-of-week field (0/7 = Sunday) with names, which the `cron` crate reads
+/// the same way; a range ending in 7 (`5-7`) is split because Sunday is first there.
+fn posix_weekdays(field: &str) -> Result<String, String> {
+    const NAMES: [&str; 8] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let name = |s: &str| -> Result<String, String> {
+        match s.parse::<usize>() {
+            Ok(n) if n <= 7 => Ok(NAMES[n].to_string()),
+            Ok(n) => Err(format!("day of week {n} is out of range 0-7")),
+            Err(_) => Ok(s.to_string()),
+        }
+    };
+    let mut parts = Vec::new();
+    for part in field.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (part, None),
+        };
+        let converted = match range.split_once('-') {
+            Some((a, "7")) if step.is_none() && a != "0" && a != "7" => {
+                format!("{}-Sat,Sun", name(a)?)
+            }
+            Some((a, b)) => format!("{}-{}", name(a)?, name(b)?),
+            None => name(range)?,
+        };
+        parts.push(match step {
+            Some(s) => format!("{converted}/{s}"),
+            None => converted,
+        });
+    }
+    Ok(parts.join(","))
+}
+
+/// Parses an IANA time zone name such as `Europe/Moscow`, suggesting the closest on a typo.
+pub fn parse_timezone(text: &str) -> Result<Tz, String> {
+    Tz::from_str(text.trim()).map_err(|_| {
+        let exact = chrono_tz::TZ_VARIANTS.iter().find(|z| z.name().eq_ignore_ascii_case(text.trim()));
+        match exact {
+            Some(z) => format!("unknown time zone \"{text}\" (did you mean \"{}\"?)", z.name()),
+            None => format!(
+                "unknown time zone \"{text}\"{}; use an IANA name like Europe/Moscow",
+                did_you_mean(text, chrono_tz::TZ_VARIANTS.iter().map(|z| z.name()))
+            ),
+        }
+    })
+}
+
+/// At most `count` emails per `per` to one lead, across all of its funnels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrequencyCap {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl FrequencyCap {
+    /// Parses `2 per 24h`.
+    pub fn parse(text: &str) -> Result<FrequencyCap, String> {
+        let bad = || format!("bad frequency cap \"{text}\": write it like \"2 per 24h\"");
+        let (count, per) = text.split_once(" per ").ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        if count == 0 {
+            return Err(format!("frequency cap \"{text}\" would never let an email out"));
+        }
+        let per = Duration::parse(per)?;
+        if per.as_secs() == 0 {
+            return Err(bad());
+        }
+        Ok(FrequencyCap { count, per })
+    }
+}
+
+impl fmt::Display for FrequencyCap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} per {}", self.count, self.per)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn durations() {
+        assert_eq!(Duration::parse("2d").unwrap().as_secs(), 172_800);
+        assert_eq!(Duration::parse("2d3h").unwrap().as_secs(), 183_600);
+        assert_eq!(Duration::parse("1h30m").unwrap().to_string(), "1h30m");
+        assert_eq!(Duration::parse("90m").unwrap().to_string(), "1h30m");
+        assert_eq!(Duration::parse("1w").unwrap().to_string(), "1w");
+        for bad in ["", "2", "d", "2x", "3h2d", "2d2d", "-1d", "2 d", "99999999999w"] {
+            assert!(Duration::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn cron_uses_posix_weekdays() {
+        // 2026-11-26 is a Thursday.
+        let c = Cron::parse("0 19 * * 4").unwrap();
+        let after = Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap();
+        let next = c.schedules()[0].after(&after).next().unwrap();
+        assert_eq!(next, Utc.with_ymd_and_hms(2026, 11, 26, 19, 0, 0).unwrap());
+        let sunday = Cron::parse("0 10 * * 0").unwrap();
+        let seven = Cron::parse("0 10 * * 7").unwrap();
+        let a = sunday.schedules()[0].after(&after).next().unwrap();
+        let b = seven.schedules()[0].after(&after).next().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, Utc.with_ymd_and_hms(2026, 11, 29, 10, 0, 0).unwrap());
+        assert!(Cron::parse("* 9-20 * * Mon-Sat").is_ok());
+        assert!(Cron::parse("0 9 * * 5-7").is_ok());
+        assert_eq!(Cron::parse("0 9 1 * Mon").unwrap().schedules().len(), 2);
+    }
+
+    #[test]
+    fn bad_cron() {
+        assert!(Cron::parse("0 19 * *").unwrap_err().contains("expected 5 fields"));
+        assert!(Cron::parse("0 25 * * *").is_err());
+        assert!(Cron::parse("0 9 * * 8").unwrap_err().contains("out of range"));
+    }
+
+    #[test]
+    fn timezones() {
+        assert!(parse_timezone("Europe/Moscow").is_ok());
+        assert!(parse_timezone("europe/moscow").unwrap_err().contains("\"Europe/Moscow\""));
+        assert!(parse_timezone("Europe/Moskow").unwrap_err().contains("did you mean \"Europe/Moscow\""));
+    }
+
+    #[test]
+    fn caps() {
+        let c = FrequencyCap::parse("2 per 24h").unwrap();
+        assert_eq!((c.count, c.per.as_secs()), (2, 86_400));
+        assert!(FrequencyCap::parse("0 per 1d").is_err());
+        assert!(FrequencyCap::parse("2/24h").is_err());
+    }
+}

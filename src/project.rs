@@ -1,0 +1,212 @@
+//! A project folder: its settings, funnels and templates, loaded and checked together.
+//! `autofunnel check` and `autofunnel run` both load through here, so what runs has passed
+//! exactly the checks a marketer sees.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::funnel::validate::{Context, validate};
+use crate::funnel::{self, Diagnostic, Funnel, Pos, Severity, Sink};
+use crate::settings::Settings;
+use crate::templates::TemplateSet;
+
+/// Everything a project holds once it has passed `check`.
+pub struct Project {
+    pub funnels: Vec<Funnel>,
+    pub templates: BTreeMap<String, TemplateSet>,
+}
+
+/// What `check` found.
+#[derive(Default)]
+pub struct Report {
+    pub diagnostics: Vec<Diagnostic>,
+    pub funnels: usize,
+    pub templates: usize,
+}
+
+impl Report {
+    pub fn errors(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.severity == Severity::Error).count()
+    }
+
+    pub fn warnings(&self) -> usize {
+        self.diagnostics.len() - self.errors()
+    }
+
+    /// The one-line summary printed after the diagnostics.
+    pub fn summary(&self) -> String {
+        let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
+        if self.errors() == 0 {
+            format!(
+                "ok: {} and {} checked, {}",
+                plural(self.funnels, "funnel"),
+                plural(self.templates, "template"),
+                plural(self.warnings(), "warning")
+            )
+        } else {
+            format!("{}, {} in {}", plural(self.errors(), "error"), plural(self.warnings(), "warning"), plural(self.funnels, "funnel"))
+        }
+    }
+}
+
+/// The funnel files of a folder (`*.yaml`, `*.yml`), sorted.
+pub fn funnel_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Loads and checks the project; `only` limits the reported funnels to those files (the others
+/// are still read, since forms are shared across funnels). The project is returned only when
+/// there are no errors.
+pub fn check(settings: &Settings, only: Option<&[PathBuf]>) -> (Option<Project>, Report) {
+    let mut report = Report::default();
+    let files = funnel_files(&settings.funnels_dir);
+    if files.is_empty() && only.is_none() {
+        report.diagnostics.push(Diagnostic {
+            file: settings.funnels_dir.clone(),
+            pos: Pos::START,
+            severity: Severity::Error,
+            message: "no funnel files (*.yaml) found here".into(),
+        });
+    }
+    let wanted = |f: &Path| only.is_none_or(|o| o.iter().any(|w| same_file(w, f)));
+
+    // Pass 1: parse every funnel file.
+    let mut parsed: Vec<(Funnel, Sink)> = Vec::new();
+    let mut ids: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for file in &files {
+        let mut sink = Sink::new(file);
+        if let Some(f) = funnel::load_file(file, file, &mut sink) {
+            if let Some(first) = ids.get(f.id.value.as_str()) {
+                sink.error(f.id.pos, format!("duplicate funnel id \"{}\" (also {})", f.id.value, first.display()));
+            }
+            ids.insert(f.id.value.to_string(), file.clone());
+            parsed.push((f, sink));
+        } else if wanted(file) {
+            report.funnels += 1;
+            report.diagnostics.extend(sink.diagnostics);
+        }
+    }
+
+    // Forms are project-wide: a form name may be used by one funnel only.
+    let mut forms: BTreeMap<String, String> = BTreeMap::new();
+    for (f, sink) in &mut parsed {
+        for t in &f.entry.triggers {
+            if let funnel::EntryTrigger::Form(form) = &t.value {
+                if let Some(other) = forms.get(form.id.as_str()) {
+                    sink.error(t.pos, format!("form \"{}\" is already the entry of funnel \"{other}\"", form.id));
+                } else {
+                    forms.insert(form.id.to_string(), f.id.value.to_string());
+                }
+            }
+        }
+    }
+
+    // Pass 2: templates and cross-references.
+    let mut templates = BTreeMap::new();
+    let mut funnels = Vec::new();
+    for (f, mut sink) in parsed {
+        let dir = settings.templates_dir.join(f.id.value.as_str());
+        let (set, template_diags) = TemplateSet::load(&dir);
+        let cx = Context {
+            templates: set.names().map(str::to_string).collect(),
+            forms: forms.keys().cloned().collect(),
+            webhooks: settings.webhooks.keys().cloned().collect(),
+            default_from: settings.from.is_some(),
+        };
+        validate(&f, &cx, &mut sink);
+        let render_diags = render_all(&f, &set, settings);
+        if wanted(&f.file) {
+            report.funnels += 1;
+            report.templates += set.names().count();
+            report.diagnostics.extend(sink.diagnostics);
+            report.diagnostics.extend(template_diags);
+            report.diagnostics.extend(render_diags);
+        }
+        templates.insert(f.id.value.to_string(), set);
+        funnels.push(f);
+    }
+    report.diagnostics.sort_by(|a, b| (&a.file, a.pos, &a.message).cmp(&(&b.file, b.pos, &b.message)));
+    report.diagnostics.dedup();
+    let project = (report.errors() == 0).then_some(Project { funnels, templates });
+    (project, report)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b || (a.canonicalize().ok().is_some() && a.canonicalize().ok() == b.canonicalize().ok())
+}
+
+/// Renders every template the funnel sends, in the context of each stage that sends it, for a
+/// sample lead; an undefined variable or a failing filter is reported at its template line.
+fn render_all(f: &Funnel, set: &TemplateSet, settings: &Settings) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let mut done: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut try_render = |name: &str, stage: Option<&funnel::Stage>| {
+        let key = (name.to_string(), stage.map(|s| s.id.value.to_string()).unwrap_or_default());
+        if !set.contains(name) || !done.insert(key) {
+            return;
+        }
+        let cx = sample_context(f, stage, settings);
+        if let Err(mut d) = set.render(name, &cx) {
+            if let Some(s) = stage {
+                d.message = format!("{} (rendering for stage \"{}\")", d.message, s.id.value);
+            }
+            out.push(d);
+        }
+    };
+    if let Some(t) = &f.entry.double_opt_in {
+        try_render(t.value.as_str(), None);
+    }
+    for stage in &f.stages {
+        for step in &stage.steps {
+            if let funnel::Action::Send(send) = &step.action {
+                for t in send.templates() {
+                    try_render(t.value.as_str(), Some(stage));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The variables a template sees, filled from a sample lead. The runtime builds the same shape
+/// from the real lead.
+pub fn sample_context(f: &Funnel, stage: Option<&funnel::Stage>, settings: &Settings) -> tera::Context {
+    let mut lead = serde_json::Map::new();
+    for (name, _, sample) in funnel::BUILTIN_FIELDS {
+        lead.insert(name.to_string(), json!(sample));
+    }
+    for (name, def) in &f.fields {
+        lead.insert(name.to_string(), def.sample.clone());
+    }
+    lead.insert("score".into(), json!(0));
+    lead.insert("tags".into(), json!([]));
+    let base = settings.base_url.trim_end_matches('/');
+    let mut cx = tera::Context::new();
+    cx.insert("lead", &lead);
+    cx.insert("funnel", &json!({ "id": f.id.value.as_str(), "name": f.name }));
+    cx.insert("unsubscribe_url", &format!("{base}/u/sample-token"));
+    cx.insert("confirm_url", &format!("{base}/c/sample-token"));
+    if let Some(from) = &f.from {
+        cx.insert("sender", &json!({ "name": from.name, "email": from.email.as_str() }));
+    }
+    if let Some(s) = stage {
+        cx.insert("stage", &json!({ "id": s.id.value.as_str(), "kind": s.kind.map(|k| k.name()) }));
+        if let Some(p) = s.offer.as_ref().and_then(|o| f.products.get(&o.value)) {
+            cx.insert("offer", &json!({ "id": p.id.as_str(), "name": p.name, "price": p.price, "currency": p.currency }));
+        }
+        if let Some(d) = s.deadline {
+            cx.insert("deadline", &json!({ "at": "2026-01-18 19:00", "left": d.to_string() }));
+        }
+    }
+    cx
+}

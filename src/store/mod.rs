@@ -1,0 +1,322 @@
+//! The only module that talks to the database (sea-orm). It returns domain types; the
+//! differences between SQLite and PostgreSQL live here and nowhere else.
+
+pub mod entities;
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, Statement,
+};
+use thiserror::Error;
+
+use crate::domain::{Consent, Email, Lead, LeadId, Tag};
+use entities::{event, lead, lead_tag};
+
+/// Errors a caller may want to tell apart.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("unsupported database URL \"{0}\": use sqlite://FILE or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("cannot open the database {url}: {source}")]
+    Connect { url: String, source: DbErr },
+    #[error("database migration failed: {0}")]
+    Migrate(DbErr),
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Which database engine is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool to the application database.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    backend: Backend,
+}
+
+/// What the API or a form knows about a lead when it arrives.
+#[derive(Debug, Clone, Default)]
+pub struct LeadInput {
+    pub first_name: Option<String>,
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub timezone: Option<chrono_tz::Tz>,
+}
+
+/// A tracked event to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub lead: Option<LeadId>,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub idempotency_key: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Whether an event was stored now or had been stored before under the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    New(i64),
+    Duplicate,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+impl Store {
+    /// Opens the database at `url`; a SQLite file and its folder are created when missing.
+    pub async fn connect(url: &str) -> Result<Store> {
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        if backend == Backend::Sqlite
+            && let Some(parent) = url
+                .strip_prefix("sqlite://")
+                .map(|p| p.split('?').next().unwrap_or(p))
+                .and_then(|p| Path::new(p).parent())
+            && !parent.as_os_str().is_empty()
+        {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let mut opts = ConnectOptions::new(url.to_string());
+        opts.sqlx_logging(false).acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            // WAL lets readers run beside the one writer; the busy timeout queues writers
+            // instead of failing them.
+            opts.max_connections(4).map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+                    .create_if_missing(true)
+            });
+        } else {
+            opts.max_connections(16);
+        }
+        let db = Database::connect(opts)
+            .await
+            .map_err(|source| StoreError::Connect { url: redact(url), source })?;
+        Ok(Store { db, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies every pending migration; returns the names of those applied now.
+    pub async fn migrate(&self) -> Result<Vec<String>> {
+        let before = self.applied_migrations().await.unwrap_or_default();
+        Migrator::up(&self.db, None).await.map_err(StoreError::Migrate)?;
+        let after = self.applied_migrations().await?;
+        Ok(after.into_iter().filter(|m| !before.contains(m)).collect())
+    }
+
+    /// Names of the migrations the database has, oldest first.
+    pub async fn applied_migrations(&self) -> Result<Vec<String>> {
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(
+                self.db.get_database_backend(),
+                "SELECT version FROM seaql_migrations ORDER BY version",
+            ))
+            .await?;
+        Ok(rows.iter().filter_map(|r| r.try_get::<String>("", "version").ok()).collect())
+    }
+
+    /// Names of the application's tables.
+    pub async fn tables(&self) -> Result<Vec<String>> {
+        let sql = match self.backend {
+            Backend::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+            Backend::Postgres => "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY table_name",
+        };
+        let rows = self.db.query_all_raw(Statement::from_string(self.db.get_database_backend(), sql)).await?;
+        Ok(rows.iter().filter_map(|r| r.try_get::<String>("", "name").ok()).collect())
+    }
+
+    /// Creates the lead, or updates the one with that email: given values win, fields merge.
+    pub async fn upsert_lead(&self, email: &Email, input: LeadInput, now: DateTime<Utc>) -> Result<Lead> {
+        let existing = lead::Entity::find().filter(lead::Column::Email.eq(email.as_str())).one(&self.db).await?;
+        let model = match existing {
+            Some(old) => {
+                let mut fields = parse_fields(&old.fields)?;
+                fields.extend(input.fields);
+                let am = lead::ActiveModel {
+                    id: Set(old.id),
+                    first_name: Set(input.first_name.or(old.first_name)),
+                    fields: Set(serde_json::Value::Object(fields).to_string()),
+                    timezone: Set(input.timezone.map(|t| t.name().to_string()).or(old.timezone)),
+                    updated_at: Set(ms(now)),
+                    ..Default::default()
+                };
+                lead::Entity::update(am).exec(&self.db).await?
+            }
+            None => {
+                let am = lead::ActiveModel {
+                    id: NotSet,
+                    email: Set(email.as_str().to_string()),
+                    first_name: Set(input.first_name),
+                    fields: Set(serde_json::Value::Object(input.fields).to_string()),
+                    timezone: Set(input.timezone.map(|t| t.name().to_string())),
+                    consent: Set(Consent::Pending.as_str().to_string()),
+                    score: Set(0),
+                    created_at: Set(ms(now)),
+                    updated_at: Set(ms(now)),
+                };
+                // A concurrent insert of the same email loses the race quietly and is re-read.
+                lead::Entity::insert(am)
+                    .on_conflict(OnConflict::column(lead::Column::Email).do_nothing().to_owned())
+                    .exec_without_returning(&self.db)
+                    .await?;
+                lead::Entity::find()
+                    .filter(lead::Column::Email.eq(email.as_str()))
+                    .one(&self.db)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt(format!("lead {email} vanished after insert")))?
+            }
+        };
+        to_lead(model)
+    }
+
+    pub async fn lead_by_email(&self, email: &Email) -> Result<Option<Lead>> {
+        let m = lead::Entity::find().filter(lead::Column::Email.eq(email.as_str())).one(&self.db).await?;
+        m.map(to_lead).transpose()
+    }
+
+    /// Adds a tag; tagging twice is one tag.
+    pub async fn tag_lead(&self, id: LeadId, tag: &Tag, now: DateTime<Utc>) -> Result<()> {
+        let am = lead_tag::ActiveModel { lead_id: Set(id.0), tag: Set(tag.to_string()), created_at: Set(ms(now)) };
+        lead_tag::Entity::insert(am)
+            .on_conflict(OnConflict::columns([lead_tag::Column::LeadId, lead_tag::Column::Tag]).do_nothing().to_owned())
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn lead_tags(&self, id: LeadId) -> Result<Vec<Tag>> {
+        let rows = lead_tag::Entity::find()
+            .filter(lead_tag::Column::LeadId.eq(id.0))
+            .order_by_asc(lead_tag::Column::Tag)
+            .all(&self.db)
+            .await?;
+        rows.into_iter().map(|r| Tag::parse(&r.tag).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
+    }
+
+    /// Stores an event once per idempotency key.
+    pub async fn record_event(&self, e: NewEvent, now: DateTime<Utc>) -> Result<Recorded> {
+        let am = event::ActiveModel {
+            id: NotSet,
+            lead_id: Set(e.lead.map(|l| l.0)),
+            kind: Set(e.kind),
+            payload: Set(e.payload.to_string()),
+            idempotency_key: Set(e.idempotency_key.clone()),
+            occurred_at: Set(ms(e.occurred_at)),
+            received_at: Set(ms(now)),
+            processed_at: Set(None),
+        };
+        let res = event::Entity::insert(am)
+            .on_conflict(OnConflict::column(event::Column::IdempotencyKey).do_nothing().to_owned())
+            .exec(&self.db)
+            .await;
+        match res {
+            Ok(r) => Ok(Recorded::New(r.last_insert_id)),
+            Err(DbErr::RecordNotInserted) => Ok(Recorded::Duplicate),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Events of a lead, oldest first, as (kind, payload).
+    pub async fn lead_events(&self, id: LeadId) -> Result<Vec<(String, serde_json::Value)>> {
+        let rows = event::Entity::find()
+            .filter(event::Column::LeadId.eq(id.0))
+            .order_by_asc(event::Column::OccurredAt)
+            .order_by_asc(event::Column::Id)
+            .all(&self.db)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let payload = serde_json::from_str(&r.payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok((r.kind, payload))
+            })
+            .collect()
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        self.db.ping().await?;
+        Ok(())
+    }
+
+    pub async fn close(self) -> Result<()> {
+        self.db.close().await?;
+        Ok(())
+    }
+}
+
+fn parse_fields(text: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        _ => Err(StoreError::Corrupt(format!("lead fields are not a JSON object: {text}"))),
+    }
+}
+
+fn to_lead(m: lead::Model) -> Result<Lead> {
+    Ok(Lead {
+        id: LeadId(m.id),
+        email: Email::parse(&m.email).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        first_name: m.first_name,
+        fields: parse_fields(&m.fields)?,
+        timezone: m.timezone.and_then(|t| t.parse().ok()),
+        consent: Consent::parse(&m.consent).ok_or_else(|| StoreError::Corrupt(format!("consent \"{}\"", m.consent)))?,
+        score: m.score,
+        created_at: from_ms(m.created_at),
+    })
+}
+
+/// A URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact("sqlite://a.db"), "sqlite://a.db");
+    }
+}
