@@ -14,7 +14,11 @@ use crate::settings::{self, Settings};
 use crate::store::{Store, redact};
 
 #[derive(Parser)]
-#[command(name = "autofunnel", version, about = "Marketing funnels as files: run, check and report them")]
+#[command(
+    name = "autofunnel",
+    version,
+    about = "Marketing funnels as files: run, check and report them"
+)]
 struct Cli {
     /// Project folder (holds autofunnel.toml, funnels/ and templates/).
     #[arg(short = 'C', long = "project", global = true, default_value = ".")]
@@ -38,9 +42,7 @@ enum Command {
     /// Apply pending database migrations.
     Migrate,
     /// Write a starter project into DIR.
-    Init {
-        dir: PathBuf,
-    },
+    Init { dir: PathBuf },
 }
 
 pub fn main() -> ExitCode {
@@ -64,7 +66,11 @@ pub fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AUTOFUNNEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
 
 fn block_on(f: impl Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
@@ -77,7 +83,11 @@ fn block_on(f: impl Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result
 
 /// Checks each project named by `paths`; a funnel file is checked within its project.
 fn check(project: &Path, config: Option<&Path>, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let targets: Vec<PathBuf> = if paths.is_empty() { vec![project.to_path_buf()] } else { paths.to_vec() };
+    let targets: Vec<PathBuf> = if paths.is_empty() {
+        vec![project.to_path_buf()]
+    } else {
+        paths.to_vec()
+    };
     let mut failed = false;
     for target in targets {
         let (report, _) = if target.is_file() {
@@ -103,14 +113,21 @@ fn check(project: &Path, config: Option<&Path>, paths: &[PathBuf]) -> anyhow::Re
         println!("{}", report.summary());
         failed |= report.errors() > 0;
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn init(dir: &Path) -> anyhow::Result<ExitCode> {
     for path in crate::scaffold::init(dir)? {
         println!("created {}", path.display());
     }
-    println!("next: cd {} && autofunnel check && autofunnel run", dir.display());
+    println!(
+        "next: cd {} && autofunnel check && autofunnel run",
+        dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -149,18 +166,29 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         return Ok(ExitCode::FAILURE);
     };
     let store = open_store(&settings).await?;
-    std::fs::create_dir_all(&settings.outbox_dir)
-        .with_context(|| format!("cannot create the outbox folder {}", settings.outbox_dir.display()))?;
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (set `listen` in {})", settings.listen, settings::FILE_NAME))?;
+    std::fs::create_dir_all(&settings.outbox_dir).with_context(|| {
+        format!(
+            "cannot create the outbox folder {}",
+            settings.outbox_dir.display()
+        )
+    })?;
+    let listener = TcpListener::bind(settings.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (set `listen` in {})",
+            settings.listen,
+            settings::FILE_NAME
+        )
+    })?;
     tracing::info!(
         addr = %listener.local_addr()?,
         database = %redact(&settings.database_url),
         funnels = loaded.funnels.len(),
         "autofunnel is running"
     );
-    let state = AppState { store, funnels: loaded.funnels.len() };
+    let state = AppState {
+        store,
+        funnels: loaded.funnels.len(),
+    };
     server::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

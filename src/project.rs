@@ -28,7 +28,10 @@ pub struct Report {
 
 impl Report {
     pub fn errors(&self) -> usize {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Error).count()
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
     }
 
     pub fn warnings(&self) -> usize {
@@ -46,7 +49,12 @@ impl Report {
                 plural(self.warnings(), "warning")
             )
         } else {
-            format!("{}, {} in {}", plural(self.errors(), "error"), plural(self.warnings(), "warning"), plural(self.funnels, "funnel"))
+            format!(
+                "{}, {} in {}",
+                plural(self.errors(), "error"),
+                plural(self.warnings(), "warning"),
+                plural(self.funnels, "funnel")
+            )
         }
     }
 }
@@ -56,7 +64,10 @@ pub fn funnel_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+                .filter(|p| {
+                    p.is_file()
+                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -87,7 +98,14 @@ pub fn check(settings: &Settings, only: Option<&[PathBuf]>) -> (Option<Project>,
         let mut sink = Sink::new(file);
         if let Some(f) = funnel::load_file(file, file, &mut sink) {
             if let Some(first) = ids.get(f.id.value.as_str()) {
-                sink.error(f.id.pos, format!("duplicate funnel id \"{}\" (also {})", f.id.value, first.display()));
+                sink.error(
+                    f.id.pos,
+                    format!(
+                        "duplicate funnel id \"{}\" (also {})",
+                        f.id.value,
+                        first.display()
+                    ),
+                );
             }
             ids.insert(f.id.value.to_string(), file.clone());
             parsed.push((f, sink));
@@ -98,14 +116,24 @@ pub fn check(settings: &Settings, only: Option<&[PathBuf]>) -> (Option<Project>,
     }
 
     // Forms are project-wide: a form name may be used by one funnel only.
-    let mut forms: BTreeMap<String, String> = BTreeMap::new();
+    let mut forms: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (f, _) in &parsed {
+        for form in f.entry.forms() {
+            forms
+                .entry(form.id.to_string())
+                .or_default()
+                .push(f.id.value.to_string());
+        }
+    }
     for (f, sink) in &mut parsed {
         for t in &f.entry.triggers {
             if let funnel::EntryTrigger::Form(form) = &t.value {
-                if let Some(other) = forms.get(form.id.as_str()) {
-                    sink.error(t.pos, format!("form \"{}\" is already the entry of funnel \"{other}\"", form.id));
-                } else {
-                    forms.insert(form.id.to_string(), f.id.value.to_string());
+                let others: Vec<&String> = forms[form.id.as_str()]
+                    .iter()
+                    .filter(|o| *o != f.id.value.as_str())
+                    .collect();
+                if let Some(other) = others.first() {
+                    sink.error(t.pos, format!("form \"{}\" is also the entry of funnel \"{other}\": a form starts one funnel", form.id));
                 }
             }
         }
@@ -118,7 +146,7 @@ pub fn check(settings: &Settings, only: Option<&[PathBuf]>) -> (Option<Project>,
         let dir = settings.templates_dir.join(f.id.value.as_str());
         let (set, template_diags) = TemplateSet::load(&dir);
         let cx = Context {
-            templates: set.names().map(str::to_string).collect(),
+            templates: set.all_names().map(str::to_string).collect(),
             forms: forms.keys().cloned().collect(),
             webhooks: settings.webhooks.keys().cloned().collect(),
             default_from: settings.from.is_some(),
@@ -135,7 +163,9 @@ pub fn check(settings: &Settings, only: Option<&[PathBuf]>) -> (Option<Project>,
         templates.insert(f.id.value.to_string(), set);
         funnels.push(f);
     }
-    report.diagnostics.sort_by(|a, b| (&a.file, a.pos, &a.message).cmp(&(&b.file, b.pos, &b.message)));
+    report
+        .diagnostics
+        .sort_by(|a, b| (&a.file, a.pos, &a.message).cmp(&(&b.file, b.pos, &b.message)));
     report.diagnostics.dedup();
     let project = (report.errors() == 0).then_some(Project { funnels, templates });
     (project, report)
@@ -151,7 +181,10 @@ fn render_all(f: &Funnel, set: &TemplateSet, settings: &Settings) -> Vec<Diagnos
     let mut out = Vec::new();
     let mut done: BTreeSet<(String, String)> = BTreeSet::new();
     let mut try_render = |name: &str, stage: Option<&funnel::Stage>| {
-        let key = (name.to_string(), stage.map(|s| s.id.value.to_string()).unwrap_or_default());
+        let key = (
+            name.to_string(),
+            stage.map(|s| s.id.value.to_string()).unwrap_or_default(),
+        );
         if !set.contains(name) || !done.insert(key) {
             return;
         }
@@ -180,7 +213,11 @@ fn render_all(f: &Funnel, set: &TemplateSet, settings: &Settings) -> Vec<Diagnos
 
 /// The variables a template sees, filled from a sample lead. The runtime builds the same shape
 /// from the real lead.
-pub fn sample_context(f: &Funnel, stage: Option<&funnel::Stage>, settings: &Settings) -> tera::Context {
+pub fn sample_context(
+    f: &Funnel,
+    stage: Option<&funnel::Stage>,
+    settings: &Settings,
+) -> tera::Context {
     let mut lead = serde_json::Map::new();
     for (name, _, sample) in funnel::BUILTIN_FIELDS {
         lead.insert(name.to_string(), json!(sample));
@@ -193,19 +230,31 @@ pub fn sample_context(f: &Funnel, stage: Option<&funnel::Stage>, settings: &Sett
     let base = settings.base_url.trim_end_matches('/');
     let mut cx = tera::Context::new();
     cx.insert("lead", &lead);
-    cx.insert("funnel", &json!({ "id": f.id.value.as_str(), "name": f.name }));
+    cx.insert(
+        "funnel",
+        &json!({ "id": f.id.value.as_str(), "name": f.name }),
+    );
     cx.insert("unsubscribe_url", &format!("{base}/u/sample-token"));
     cx.insert("confirm_url", &format!("{base}/c/sample-token"));
     if let Some(from) = &f.from {
-        cx.insert("sender", &json!({ "name": from.name, "email": from.email.as_str() }));
+        cx.insert(
+            "sender",
+            &json!({ "name": from.name, "email": from.email.as_str() }),
+        );
     }
     if let Some(s) = stage {
-        cx.insert("stage", &json!({ "id": s.id.value.as_str(), "kind": s.kind.map(|k| k.name()) }));
+        cx.insert(
+            "stage",
+            &json!({ "id": s.id.value.as_str(), "kind": s.kind.map(|k| k.name()) }),
+        );
         if let Some(p) = s.offer.as_ref().and_then(|o| f.products.get(&o.value)) {
             cx.insert("offer", &json!({ "id": p.id.as_str(), "name": p.name, "price": p.price, "currency": p.currency }));
         }
         if let Some(d) = s.deadline {
-            cx.insert("deadline", &json!({ "at": "2026-01-18 19:00", "left": d.to_string() }));
+            cx.insert(
+                "deadline",
+                &json!({ "at": "2026-01-18 19:00", "left": d.to_string() }),
+            );
         }
     }
     cx

@@ -9,10 +9,22 @@ use anyhow::{Context as _, bail};
 pub const FILES: [(&str, &str); 6] = [
     ("autofunnel.toml", include_str!("scaffold/autofunnel.toml")),
     (".gitignore", include_str!("scaffold/gitignore")),
-    ("funnels/welcome.yaml", include_str!("scaffold/funnels/welcome.yaml")),
-    ("templates/welcome/welcome.subject", include_str!("scaffold/templates/welcome/welcome.subject")),
-    ("templates/welcome/welcome.html", include_str!("scaffold/templates/welcome/welcome.html")),
-    ("templates/welcome/welcome.txt", include_str!("scaffold/templates/welcome/welcome.txt")),
+    (
+        "funnels/welcome.yaml",
+        include_str!("scaffold/funnels/welcome.yaml"),
+    ),
+    (
+        "templates/welcome/welcome.subject",
+        include_str!("scaffold/templates/welcome/welcome.subject"),
+    ),
+    (
+        "templates/welcome/welcome.html",
+        include_str!("scaffold/templates/welcome/welcome.html"),
+    ),
+    (
+        "templates/welcome/welcome.txt",
+        include_str!("scaffold/templates/welcome/welcome.txt"),
+    ),
 ];
 
 /// Writes the starter project into `dir`, refusing to overwrite anything.
@@ -30,7 +42,8 @@ pub fn init(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     for (rel, body) in FILES {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         std::fs::write(&path, body).with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);

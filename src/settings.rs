@@ -56,8 +56,15 @@ impl Default for Settings {
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 7] =
-    ["database_url", "listen", "base_url", "funnels_dir", "templates_dir", "outbox_dir", "from"];
+const ENV_KEYS: [&str; 7] = [
+    "database_url",
+    "listen",
+    "base_url",
+    "funnels_dir",
+    "templates_dir",
+    "outbox_dir",
+    "from",
+];
 
 impl Settings {
     /// Loads `config` if given (it must exist), else `<project>/autofunnel.toml` if present;
@@ -76,7 +83,10 @@ impl Settings {
         if let Some(f) = &file {
             fig = fig.merge(Toml::file(f));
         }
-        fig = fig.merge(Env::prefixed("AUTOFUNNEL_").filter(|k| ENV_KEYS.contains(&k.as_str())));
+        fig = fig.merge(
+            Env::prefixed("AUTOFUNNEL_")
+                .filter(|k| ENV_KEYS.contains(&k.as_str().to_lowercase().as_str())),
+        );
         let mut s: Settings = fig.extract().with_context(|| match &file {
             Some(f) => format!("bad settings in {} or AUTOFUNNEL_* variables", f.display()),
             None => "bad settings in AUTOFUNNEL_* variables".to_string(),
@@ -94,7 +104,11 @@ impl Settings {
 
 /// `base/rel`, without a leading `./` so messages show `funnels/x.yaml`.
 pub fn join_clean(base: &Path, rel: &Path) -> PathBuf {
-    if base.as_os_str().is_empty() || base == Path::new(".") { rel.to_path_buf() } else { base.join(rel) }
+    if base.as_os_str().is_empty() || base == Path::new(".") {
+        rel.to_path_buf()
+    } else {
+        base.join(rel)
+    }
 }
 
 /// A relative SQLite path is taken from the project folder, like every other path.
@@ -130,7 +144,10 @@ mod tests {
         let s = Settings::load(dir.path(), None).unwrap();
         assert_eq!(s.listen.port(), 9000);
         assert_eq!(s.funnels_dir, dir.path().join("funnels"));
-        assert_eq!(s.database_url, format!("sqlite://{}/autofunnel.db?mode=rwc", dir.path().display()));
+        assert_eq!(
+            s.database_url,
+            format!("sqlite://{}/autofunnel.db?mode=rwc", dir.path().display())
+        );
         assert_eq!(s.webhooks["crm"].url, "https://crm.example.com/h");
     }
 

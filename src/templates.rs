@@ -9,7 +9,11 @@ use crate::domain::TemplateName;
 use crate::funnel::diag::{Diagnostic, Pos, Severity};
 
 /// The three files of one email.
-pub const PARTS: [(&str, &str); 3] = [("subject", "subject"), ("html", "HTML part"), ("txt", "text part")];
+pub const PARTS: [(&str, &str); 3] = [
+    ("subject", "subject"),
+    ("html", "HTML part"),
+    ("txt", "text part"),
+];
 
 /// The email templates of one funnel folder, parsed.
 pub struct TemplateSet {
@@ -18,6 +22,8 @@ pub struct TemplateSet {
     /// Every template name with the parts found for it.
     found: BTreeMap<String, Vec<&'static str>>,
     sources: BTreeMap<String, (PathBuf, String)>,
+    /// Every part found on disk, parsed or not, by template name.
+    on_disk: BTreeMap<String, Vec<&'static str>>,
 }
 
 /// One email rendered for one lead.
@@ -38,20 +44,37 @@ impl TemplateSet {
             tera: tera::Tera::default(),
             found: BTreeMap::new(),
             sources: BTreeMap::new(),
+            on_disk: Default::default(),
         };
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect(),
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect(),
             Err(_) => return (set, diags),
         };
         files.sort();
         for path in files {
-            let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-            let Some((name, ext)) = file_name.rsplit_once('.') else { continue };
-            let Some(part) = PARTS.iter().map(|(e, _)| *e).find(|e| *e == ext) else { continue };
+            let file_name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let Some((name, ext)) = file_name.rsplit_once('.') else {
+                continue;
+            };
+            let Some(part) = PARTS.iter().map(|(e, _)| *e).find(|e| *e == ext) else {
+                continue;
+            };
             if let Err(e) = TemplateName::parse(name) {
-                diags.push(diag(&path, Pos::START, format!("bad template file name: {e}")));
+                diags.push(diag(
+                    &path,
+                    Pos::START,
+                    format!("bad template file name: {e}"),
+                ));
                 continue;
             }
+            set.on_disk.entry(name.to_string()).or_default().push(part);
             let source = match read_text(&path) {
                 Ok(s) => s,
                 Err(e) => {
@@ -69,31 +92,31 @@ impl TemplateSet {
             set.sources.insert(key, (path.clone(), source));
             set.found.entry(name.to_string()).or_default().push(part);
         }
-        set.found.retain(|name, parts| {
-            let missing: Vec<&str> = PARTS
-                .iter()
-                .filter(|(ext, _)| !parts.contains(ext))
-                .map(|(ext, what)| {
-                    let _ = what;
-                    *ext
-                })
-                .collect();
-            for ext in &missing {
-                let what = PARTS.iter().find(|(e, _)| e == ext).map(|(_, w)| *w).unwrap_or("part");
-                let some = parts.first().map(|p| dir.join(format!("{name}.{p}"))).unwrap_or_else(|| dir.to_path_buf());
+        for (name, parts) in &set.on_disk {
+            for (ext, what) in PARTS.iter().filter(|(e, _)| !parts.contains(e)) {
                 diags.push(diag(
-                    &some,
+                    &dir.join(format!("{name}.{}", parts[0])),
                     Pos::START,
-                    format!("template \"{name}\" has no {what}: add {}", dir.join(format!("{name}.{ext}")).display()),
+                    format!(
+                        "template \"{name}\" has no {what}: add {}",
+                        dir.join(format!("{name}.{ext}")).display()
+                    ),
                 ));
             }
-            missing.is_empty()
-        });
+        }
+        // Usable: all parts present and parsed (a part that failed was reported where it failed).
+        set.found.retain(|_, parsed| parsed.len() == PARTS.len());
         (set, diags)
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Names of every template with at least one file, complete or not; problems with the
+    /// incomplete ones are reported at their files.
+    pub fn all_names(&self) -> impl Iterator<Item = &str> {
+        self.on_disk.keys().map(String::as_str)
     }
 
     /// Names of the complete templates.
@@ -110,7 +133,11 @@ impl TemplateSet {
         let part = |ext: &str| -> Result<String, Diagnostic> {
             let key = format!("{name}.{ext}");
             let (path, source) = self.sources.get(&key).ok_or_else(|| {
-                diag(&self.dir.join(&key), Pos::START, format!("template \"{name}\" does not exist"))
+                diag(
+                    &self.dir.join(&key),
+                    Pos::START,
+                    format!("template \"{name}\" does not exist"),
+                )
             })?;
             self.tera.render(&key, context).map_err(|e| {
                 let (pos, msg) = render_error(&e, source);
@@ -126,7 +153,12 @@ impl TemplateSet {
 }
 
 fn diag(path: &Path, pos: Pos, message: String) -> Diagnostic {
-    Diagnostic { file: path.to_path_buf(), pos, severity: Severity::Error, message }
+    Diagnostic {
+        file: path.to_path_buf(),
+        pos,
+        severity: Severity::Error,
+        message,
+    }
 }
 
 /// Reads a file that must be UTF-8 text of a sane size.
@@ -134,14 +166,21 @@ pub fn read_text(path: &Path) -> Result<String, String> {
     const MAX: u64 = 1024 * 1024;
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
     if meta.len() > MAX {
-        return Err(format!("file is {} bytes; at most {MAX} are allowed", meta.len()));
+        return Err(format!(
+            "file is {} bytes; at most {MAX} are allowed",
+            meta.len()
+        ));
     }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     if let Some(i) = bytes.iter().position(|b| *b == 0) {
         return Err(format!("not a text file (binary data at byte {i})"));
     }
-    String::from_utf8(bytes)
-        .map_err(|e| format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 /// All messages of an error and its sources, innermost last.
@@ -178,11 +217,19 @@ fn parse_error(e: &tera::Error) -> (Pos, String) {
 fn render_error(e: &tera::Error, source: &str) -> (Pos, String) {
     let msgs = chain(e);
     let inner = msgs.last().cloned().unwrap_or_default();
-    if let Some(var) = inner.split('`').nth(1).filter(|_| inner.starts_with("Variable `")) {
+    if let Some(var) = inner
+        .split('`')
+        .nth(1)
+        .filter(|_| inner.starts_with("Variable `"))
+    {
         let pos = find_in_tags(source, var).unwrap_or(Pos::START);
         return (pos, format!("undefined variable `{var}`"));
     }
-    let first = inner.split(" while rendering").next().unwrap_or(&inner).to_string();
+    let first = inner
+        .split(" while rendering")
+        .next()
+        .unwrap_or(&inner)
+        .to_string();
     (Pos::START, first)
 }
 

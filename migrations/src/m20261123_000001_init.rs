@@ -184,7 +184,8 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(index("idx_lead_tags_tag", LeadTags::Table, &["tag"])).await?;
+        m.create_index(index("idx_lead_tags_tag", LeadTags::Table, &["tag"]))
+            .await?;
 
         m.create_table(
             Table::create()
@@ -199,9 +200,13 @@ impl MigrationTrait for Migration {
         )
         .await?;
         m.create_index(
-            index("idx_funnel_versions_unique", FunnelVersions::Table, &["funnel_id", "version"])
-                .unique()
-                .to_owned(),
+            index(
+                "idx_funnel_versions_unique",
+                FunnelVersions::Table,
+                &["funnel_id", "version"],
+            )
+            .unique()
+            .to_owned(),
         )
         .await?;
 
@@ -236,9 +241,24 @@ impl MigrationTrait for Migration {
         )
         .await?;
         // The durable timer: the scheduler claims `wake_at <= now` in this order.
-        m.create_index(index("idx_enrollments_wake_at", Enrollments::Table, &["wake_at"])).await?;
-        m.create_index(index("idx_enrollments_lead_funnel", Enrollments::Table, &["lead_id", "funnel_id"])).await?;
-        m.create_index(index("idx_enrollments_funnel_stage", Enrollments::Table, &["funnel_id", "stage_id", "status"])).await?;
+        m.create_index(index(
+            "idx_enrollments_wake_at",
+            Enrollments::Table,
+            &["wake_at"],
+        ))
+        .await?;
+        m.create_index(index(
+            "idx_enrollments_lead_funnel",
+            Enrollments::Table,
+            &["lead_id", "funnel_id"],
+        ))
+        .await?;
+        m.create_index(index(
+            "idx_enrollments_funnel_stage",
+            Enrollments::Table,
+            &["funnel_id", "stage_id", "status"],
+        ))
+        .await?;
 
         m.create_table(
             Table::create()
@@ -261,8 +281,18 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(index("idx_stage_history_enrollment", StageHistory::Table, &["enrollment_id"])).await?;
-        m.create_index(index("idx_stage_history_funnel_entered", StageHistory::Table, &["funnel_id", "entered_at"])).await?;
+        m.create_index(index(
+            "idx_stage_history_enrollment",
+            StageHistory::Table,
+            &["enrollment_id"],
+        ))
+        .await?;
+        m.create_index(index(
+            "idx_stage_history_funnel_entered",
+            StageHistory::Table,
+            &["funnel_id", "entered_at"],
+        ))
+        .await?;
 
         m.create_table(
             Table::create()
@@ -285,9 +315,28 @@ impl MigrationTrait for Migration {
         )
         .await?;
         // Unique but nullable: events without a key never collide.
-        m.create_index(index("idx_events_idempotency", Events::Table, &["idempotency_key"]).unique().to_owned()).await?;
-        m.create_index(index("idx_events_lead_kind", Events::Table, &["lead_id", "kind", "occurred_at"])).await?;
-        m.create_index(index("idx_events_unprocessed", Events::Table, &["processed_at"])).await?;
+        m.create_index(
+            index(
+                "idx_events_idempotency",
+                Events::Table,
+                &["idempotency_key"],
+            )
+            .unique()
+            .to_owned(),
+        )
+        .await?;
+        m.create_index(index(
+            "idx_events_lead_kind",
+            Events::Table,
+            &["lead_id", "kind", "occurred_at"],
+        ))
+        .await?;
+        m.create_index(index(
+            "idx_events_unprocessed",
+            Events::Table,
+            &["processed_at"],
+        ))
+        .await?;
 
         m.create_table(
             Table::create()
@@ -319,8 +368,18 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(index("idx_messages_due", Messages::Table, &["status", "next_attempt_at"])).await?;
-        m.create_index(index("idx_messages_lead", Messages::Table, &["lead_id", "created_at"])).await?;
+        m.create_index(index(
+            "idx_messages_due",
+            Messages::Table,
+            &["status", "next_attempt_at"],
+        ))
+        .await?;
+        m.create_index(index(
+            "idx_messages_lead",
+            Messages::Table,
+            &["lead_id", "created_at"],
+        ))
+        .await?;
 
         m.create_table(
             Table::create()
@@ -333,7 +392,16 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(index("idx_suppressions_email_scope", Suppressions::Table, &["email", "scope"]).unique().to_owned()).await?;
+        m.create_index(
+            index(
+                "idx_suppressions_email_scope",
+                Suppressions::Table,
+                &["email", "scope"],
+            )
+            .unique()
+            .to_owned(),
+        )
+        .await?;
 
         m.create_table(
             Table::create()
@@ -359,7 +427,12 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_index(index("idx_touches_lead", Touches::Table, &["lead_id", "occurred_at"])).await?;
+        m.create_index(index(
+            "idx_touches_lead",
+            Touches::Table,
+            &["lead_id", "occurred_at"],
+        ))
+        .await?;
         Ok(())
     }
 

@@ -15,7 +15,10 @@ impl Pos {
     pub const START: Pos = Pos { line: 1, col: 1 };
 
     pub fn new(line: u32, col: u32) -> Pos {
-        Pos { line: line.max(1), col: col.max(1) }
+        Pos {
+            line: line.max(1),
+            col: col.max(1),
+        }
     }
 }
 
@@ -37,7 +40,13 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.pos.line, self.pos.col)?;
+        write!(
+            f,
+            "{}:{}:{}: ",
+            self.file.display(),
+            self.pos.line,
+            self.pos.col
+        )?;
         if self.severity == Severity::Warning {
             f.write_str("warning: ")?;
         }
@@ -54,7 +63,10 @@ pub struct Sink {
 
 impl Sink {
     pub fn new(file: &Path) -> Sink {
-        Sink { file: file.to_path_buf(), diagnostics: Vec::new() }
+        Sink {
+            file: file.to_path_buf(),
+            diagnostics: Vec::new(),
+        }
     }
 
     pub fn file(&self) -> &Path {
@@ -70,11 +82,18 @@ impl Sink {
     }
 
     fn push(&mut self, pos: Pos, severity: Severity, message: String) {
-        self.diagnostics.push(Diagnostic { file: self.file.clone(), pos, severity, message });
+        self.diagnostics.push(Diagnostic {
+            file: self.file.clone(),
+            pos,
+            severity,
+            message,
+        });
     }
 
     pub fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
     }
 }
 
@@ -83,7 +102,12 @@ pub fn did_you_mean<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a st
     let best = candidates
         .into_iter()
         .filter(|c| *c != wrong)
-        .map(|c| (strsim::damerau_levenshtein(&wrong.to_lowercase(), &c.to_lowercase()), c))
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(&wrong.to_lowercase(), &c.to_lowercase()),
+                c,
+            )
+        })
         .filter(|(d, c)| *d <= (c.chars().count() / 3).max(1))
         .min_by_key(|(d, c)| (*d, c.to_string()));
     match best {
@@ -99,7 +123,10 @@ mod tests {
     #[test]
     fn suggests_close_names_only() {
         let names = ["webinar-offer", "webinar-reminder", "course-offer-a"];
-        assert_eq!(did_you_mean("webinar-ofer", names), " (did you mean \"webinar-offer\"?)");
+        assert_eq!(
+            did_you_mean("webinar-ofer", names),
+            " (did you mean \"webinar-offer\"?)"
+        );
         assert_eq!(did_you_mean("newsletter", names), "");
         assert_eq!(did_you_mean("webinar-offer", names), "");
     }
@@ -112,6 +139,9 @@ mod tests {
             severity: Severity::Error,
             message: "unknown stage \"upsel\"".into(),
         };
-        assert_eq!(d.to_string(), "funnels/x.yaml:14:9: unknown stage \"upsel\"");
+        assert_eq!(
+            d.to_string(),
+            "funnels/x.yaml:14:9: unknown stage \"upsel\""
+        );
     }
 }

@@ -7,6 +7,7 @@
 pub mod diag;
 pub mod model;
 pub mod parse;
+pub mod print;
 pub mod time;
 pub mod validate;
 pub mod yaml;

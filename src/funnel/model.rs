@@ -77,6 +77,16 @@ pub struct Form {
     pub cors: Vec<String>,
 }
 
+impl Entry {
+    /// The landing-page forms that start this funnel.
+    pub fn forms(&self) -> impl Iterator<Item = &Form> {
+        self.triggers.iter().filter_map(|t| match &t.value {
+            EntryTrigger::Form(f) => Some(f),
+            _ => None,
+        })
+    }
+}
+
 /// Whether a lead that already went through the funnel may start it again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReEntry {
@@ -188,7 +198,11 @@ impl StageKind {
     ];
 
     pub fn name(self) -> &'static str {
-        StageKind::ALL.iter().find(|(_, k)| *k == self).map(|(n, _)| *n).unwrap_or("")
+        StageKind::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("")
     }
 }
 
@@ -217,11 +231,20 @@ pub struct EventMatch {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {
-    Purchase { product: Option<Located<ProductId>> },
+    Purchase {
+        product: Option<Located<ProductId>>,
+    },
     /// A click on a link in a message; both filters optional.
-    Click { template: Option<Located<TemplateName>>, link: Option<String> },
-    Open { template: Option<Located<TemplateName>> },
-    Signup { form: Option<Located<FormId>> },
+    Click {
+        template: Option<Located<TemplateName>>,
+        link: Option<String>,
+    },
+    Open {
+        template: Option<Located<TemplateName>>,
+    },
+    Signup {
+        form: Option<Located<FormId>>,
+    },
     Confirmed,
     Unsubscribed,
     Bounced,
@@ -284,7 +307,11 @@ impl Outcome {
     ];
 
     pub fn name(self) -> &'static str {
-        Outcome::ALL.iter().find(|(_, o)| *o == self).map(|(n, _)| *n).unwrap_or("")
+        Outcome::ALL
+            .iter()
+            .find(|(_, o)| *o == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("")
     }
 }
 
@@ -359,7 +386,10 @@ pub enum WaitUntil {
     /// The stage's deadline, shifted by `offset_secs` (negative: before it).
     Deadline { offset_secs: i64 },
     /// A date field of the lead, shifted (`lead.birthday - 1d`).
-    Field { field: Located<FieldName>, offset_secs: i64 },
+    Field {
+        field: Located<FieldName>,
+        offset_secs: i64,
+    },
     /// A fixed instant with its zone.
     At(DateTime<FixedOffset>),
     /// A wall-clock time in the lead's zone.
@@ -369,11 +399,21 @@ pub enum WaitUntil {
 /// A guard on a step or a transition.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
-    Clicked { template: Located<TemplateName>, link: Option<String> },
+    Clicked {
+        template: Located<TemplateName>,
+        link: Option<String>,
+    },
     Opened(Located<TemplateName>),
     HasTag(Tag),
-    Field { field: Located<FieldName>, op: CompareOp, value: serde_json::Value },
-    Score { op: CompareOp, value: i64 },
+    Field {
+        field: Located<FieldName>,
+        op: CompareOp,
+        value: serde_json::Value,
+    },
+    Score {
+        op: CompareOp,
+        value: i64,
+    },
     Purchased(Located<ProductId>),
     Not(Box<Condition>),
     All(Vec<Condition>),

@@ -19,9 +19,16 @@ use crate::domain::{
 /// Parses one funnel file. Returns `None` when the file is too broken to be checked further;
 /// diagnostics land in `sink` either way.
 pub fn parse_funnel(file: &Path, root: &Node, sink: &mut Sink) -> Option<Funnel> {
-    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
     if matches!(root.value, Value::Null) {
-        sink.error(root.pos, "the funnel file is empty: it needs at least `stages`");
+        sink.error(
+            root.pos,
+            "the funnel file is empty: it needs at least `stages`",
+        );
         return None;
     }
     let m = Map::new(sink, root, "funnel", TOP_KEYS)?;
@@ -35,17 +42,26 @@ pub fn parse_funnel(file: &Path, root: &Node, sink: &mut Sink) -> Option<Funnel>
                     format!("funnel id \"{id}\" must match its file name \"{stem}.yaml\""),
                 );
             }
-            Located { pos: n.pos, value: id }
+            Located {
+                pos: n.pos,
+                value: id,
+            }
         }
         None => match FunnelId::parse(&stem) {
-            Ok(id) => Located { pos: Pos::START, value: id },
+            Ok(id) => Located {
+                pos: Pos::START,
+                value: id,
+            },
             Err(e) => {
                 sink.error(Pos::START, format!("the file name gives no funnel id: {e}"));
                 return None;
             }
         },
     };
-    let name = m.get("name").and_then(|n| string(sink, n)).map(str::to_string);
+    let name = m
+        .get("name")
+        .and_then(|n| string(sink, n))
+        .map(str::to_string);
     let _ = m.get("description").and_then(|n| string(sink, n));
     let from = m.get("from").and_then(|n| mailbox(sink, n));
     let reply_to = m.get("reply_to").and_then(|n| mailbox(sink, n));
@@ -57,22 +73,44 @@ pub fn parse_funnel(file: &Path, root: &Node, sink: &mut Sink) -> Option<Funnel>
     };
     let send_window = m.get("send_window").and_then(|n| {
         let s = string(sink, n)?;
-        let c = Cron::parse(s).map_err(|e| sink.error(n.pos, format!("send_window: {e}"))).ok()?;
-        Some(Located { pos: n.pos, value: c })
+        let c = Cron::parse(s)
+            .map_err(|e| sink.error(n.pos, format!("send_window: {e}")))
+            .ok()?;
+        Some(Located {
+            pos: n.pos,
+            value: c,
+        })
     });
     let frequency_cap = m.get("frequency_cap").and_then(|n| {
         let s = string(sink, n)?;
-        FrequencyCap::parse(s).map_err(|e| sink.error(n.pos, e)).ok()
+        FrequencyCap::parse(s)
+            .map_err(|e| sink.error(n.pos, e))
+            .ok()
     });
-    let products = m.get("products").map(|n| parse_products(sink, n)).unwrap_or_default();
-    let fields = m.get("fields").map(|n| parse_fields(sink, n)).unwrap_or_default();
-    let webhooks = m.get("webhooks").map(|n| parse_webhooks(sink, n)).unwrap_or_default();
+    let products = m
+        .get("products")
+        .map(|n| parse_products(sink, n))
+        .unwrap_or_default();
+    let fields = m
+        .get("fields")
+        .map(|n| parse_fields(sink, n))
+        .unwrap_or_default();
+    let webhooks = m
+        .get("webhooks")
+        .map(|n| parse_webhooks(sink, n))
+        .unwrap_or_default();
     let scoring = m.get("scoring").and_then(|n| parse_scoring(sink, n));
-    let on = m.get("on").map(|n| parse_transitions(sink, n)).unwrap_or_default();
+    let on = m
+        .get("on")
+        .map(|n| parse_transitions(sink, n))
+        .unwrap_or_default();
     let entry = match m.get("entry") {
         Some(n) => parse_entry(sink, n),
         None => {
-            sink.error(root.pos, "the funnel has no `entry`: say how leads get in (form, event, tag or api)");
+            sink.error(
+                root.pos,
+                "the funnel has no `entry`: say how leads get in (form, event, tag or api)",
+            );
             None
         }
     };
@@ -136,7 +174,10 @@ struct Map<'a> {
 impl<'a> Map<'a> {
     fn new(sink: &mut Sink, node: &'a Node, what: &str, allowed: &[&str]) -> Option<Map<'a>> {
         let Value::Map(entries) = &node.value else {
-            sink.error(node.pos, format!("{what}: expected a mapping, found {}", node.value.kind()));
+            sink.error(
+                node.pos,
+                format!("{what}: expected a mapping, found {}", node.value.kind()),
+            );
             return None;
         };
         for (key, _) in entries {
@@ -155,11 +196,17 @@ impl<'a> Map<'a> {
     }
 
     fn get(&self, key: &str) -> Option<&'a Node> {
-        self.entries.iter().find(|(k, _)| k.name == key).map(|(_, v)| v)
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == key)
+            .map(|(_, v)| v)
     }
 
     fn key_pos(&self, key: &str) -> Option<Pos> {
-        self.entries.iter().find(|(k, _)| k.name == key).map(|(k, _)| k.pos)
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == key)
+            .map(|(k, _)| k.pos)
     }
 
     /// Marks the end of reading; kept so every reader reads the same way.
@@ -169,14 +216,21 @@ impl<'a> Map<'a> {
 /// A did-you-mean, or the list of allowed keys when nothing is close.
 fn hint(wrong: &str, allowed: &[&str]) -> String {
     let close = did_you_mean(wrong, allowed.iter().copied());
-    if close.is_empty() { format!(" (expected one of: {})", allowed.join(", ")) } else { close }
+    if close.is_empty() {
+        format!(" (expected one of: {})", allowed.join(", "))
+    } else {
+        close
+    }
 }
 
 fn string<'a>(sink: &mut Sink, node: &'a Node) -> Option<&'a str> {
     match &node.value {
         Value::Str(s) => Some(s),
         other => {
-            sink.error(node.pos, format!("expected a string, found {}", other.kind()));
+            sink.error(
+                node.pos,
+                format!("expected a string, found {}", other.kind()),
+            );
             None
         }
     }
@@ -201,7 +255,9 @@ fn ident<T>(
     parse: impl Fn(&str) -> Result<T, InvalidValue>,
 ) -> Option<T> {
     let s = scalar_text(sink, node)?;
-    parse(&s).map_err(|e| sink.error(node.pos, e.to_string())).ok()
+    parse(&s)
+        .map_err(|e| sink.error(node.pos, e.to_string()))
+        .ok()
 }
 
 fn located<T>(
@@ -209,14 +265,20 @@ fn located<T>(
     node: &Node,
     parse: impl Fn(&str) -> Result<T, InvalidValue>,
 ) -> Option<Located<T>> {
-    ident(sink, node, parse).map(|value| Located { pos: node.pos, value })
+    ident(sink, node, parse).map(|value| Located {
+        pos: node.pos,
+        value,
+    })
 }
 
 fn int(sink: &mut Sink, node: &Node) -> Option<i64> {
     match &node.value {
         Value::Int(i) => Some(*i),
         other => {
-            sink.error(node.pos, format!("expected a whole number, found {}", other.kind()));
+            sink.error(
+                node.pos,
+                format!("expected a whole number, found {}", other.kind()),
+            );
             None
         }
     }
@@ -224,12 +286,16 @@ fn int(sink: &mut Sink, node: &Node) -> Option<i64> {
 
 fn duration(sink: &mut Sink, node: &Node) -> Option<Duration> {
     let s = scalar_text(sink, node)?;
-    Duration::parse(&s).map_err(|e| sink.error(node.pos, e)).ok()
+    Duration::parse(&s)
+        .map_err(|e| sink.error(node.pos, e))
+        .ok()
 }
 
 fn mailbox(sink: &mut Sink, node: &Node) -> Option<Mailbox> {
     let s = string(sink, node)?;
-    Mailbox::parse(s).map_err(|e| sink.error(node.pos, format!("bad sender: {e}"))).ok()
+    Mailbox::parse(s)
+        .map_err(|e| sink.error(node.pos, format!("bad sender: {e}")))
+        .ok()
 }
 
 fn seq<'a>(sink: &mut Sink, node: &'a Node, what: &str) -> &'a [Node] {
@@ -237,7 +303,10 @@ fn seq<'a>(sink: &mut Sink, node: &'a Node, what: &str) -> &'a [Node] {
         Value::Seq(items) => items,
         Value::Null => &[],
         other => {
-            sink.error(node.pos, format!("{what}: expected a list, found {}", other.kind()));
+            sink.error(
+                node.pos,
+                format!("{what}: expected a list, found {}", other.kind()),
+            );
             &[]
         }
     }
@@ -264,7 +333,10 @@ fn json_scalar(sink: &mut Sink, node: &Node) -> Option<serde_json::Value> {
         Value::Float(f) => Some((*f).into()),
         Value::Str(s) => Some(s.clone().into()),
         other => {
-            sink.error(node.pos, format!("expected a single value, found {}", other.kind()));
+            sink.error(
+                node.pos,
+                format!("expected a single value, found {}", other.kind()),
+            );
             None
         }
     }
@@ -273,7 +345,10 @@ fn json_scalar(sink: &mut Sink, node: &Node) -> Option<serde_json::Value> {
 fn parse_products(sink: &mut Sink, node: &Node) -> BTreeMap<ProductId, Product> {
     let mut out = BTreeMap::new();
     let Value::Map(entries) = &node.value else {
-        sink.error(node.pos, format!("products: expected a mapping, found {}", node.value.kind()));
+        sink.error(
+            node.pos,
+            format!("products: expected a mapping, found {}", node.value.kind()),
+        );
         return out;
     };
     for (key, value) in entries {
@@ -284,7 +359,10 @@ fn parse_products(sink: &mut Sink, node: &Node) -> BTreeMap<ProductId, Product> 
         let Some(m) = Map::new(sink, value, "product", &["name", "price", "currency"]) else {
             continue;
         };
-        let name = m.get("name").and_then(|n| string(sink, n)).map(str::to_string);
+        let name = m
+            .get("name")
+            .and_then(|n| string(sink, n))
+            .map(str::to_string);
         let price = match m.get("price") {
             Some(n) => match n.value {
                 Value::Int(i) if i >= 0 => Some(i as f64),
@@ -304,7 +382,10 @@ fn parse_products(sink: &mut Sink, node: &Node) -> BTreeMap<ProductId, Product> 
                 if c.len() == 3 && c.chars().all(|ch| ch.is_ascii_uppercase()) {
                     Some(c.to_string())
                 } else {
-                    sink.error(n.pos, format!("currency \"{c}\": expected a 3-letter ISO code like RUB or USD"));
+                    sink.error(
+                        n.pos,
+                        format!("currency \"{c}\": expected a 3-letter ISO code like RUB or USD"),
+                    );
                     None
                 }
             }),
@@ -315,7 +396,15 @@ fn parse_products(sink: &mut Sink, node: &Node) -> BTreeMap<ProductId, Product> 
         };
         m.done();
         if let (Some(price), Some(currency)) = (price, currency) {
-            out.insert(id.clone(), Product { id, name, price, currency });
+            out.insert(
+                id.clone(),
+                Product {
+                    id,
+                    name,
+                    price,
+                    currency,
+                },
+            );
         }
     }
     out
@@ -324,7 +413,10 @@ fn parse_products(sink: &mut Sink, node: &Node) -> BTreeMap<ProductId, Product> 
 fn parse_fields(sink: &mut Sink, node: &Node) -> BTreeMap<FieldName, FieldDef> {
     let mut out = BTreeMap::new();
     let Value::Map(entries) = &node.value else {
-        sink.error(node.pos, format!("fields: expected a mapping, found {}", node.value.kind()));
+        sink.error(
+            node.pos,
+            format!("fields: expected a mapping, found {}", node.value.kind()),
+        );
         return out;
     };
     for (key, value) in entries {
@@ -333,10 +425,15 @@ fn parse_fields(sink: &mut Sink, node: &Node) -> BTreeMap<FieldName, FieldDef> {
             continue;
         };
         if BUILTIN_FIELDS.iter().any(|(n, _, _)| *n == name.as_str()) {
-            sink.error(key.pos, format!("field \"{name}\" is built in and needs no declaration"));
+            sink.error(
+                key.pos,
+                format!("field \"{name}\" is built in and needs no declaration"),
+            );
             continue;
         }
-        let Some(m) = Map::new(sink, value, "field", &["type", "sample"]) else { continue };
+        let Some(m) = Map::new(sink, value, "field", &["type", "sample"]) else {
+            continue;
+        };
         let kind = match m.get("type") {
             Some(n) => string(sink, n).and_then(|t| match t {
                 "text" => Some(FieldKind::Text),
@@ -346,7 +443,10 @@ fn parse_fields(sink: &mut Sink, node: &Node) -> BTreeMap<FieldName, FieldDef> {
                 other => {
                     sink.error(
                         n.pos,
-                        format!("unknown field type \"{other}\"{}", hint(other, &["text", "number", "bool", "date"])),
+                        format!(
+                            "unknown field type \"{other}\"{}",
+                            hint(other, &["text", "number", "bool", "date"])
+                        ),
                     );
                     None
                 }
@@ -404,7 +504,10 @@ pub fn check_field_value(kind: FieldKind, value: &serde_json::Value) -> Result<(
 fn parse_webhooks(sink: &mut Sink, node: &Node) -> BTreeMap<WebhookId, Webhook> {
     let mut out = BTreeMap::new();
     let Value::Map(entries) = &node.value else {
-        sink.error(node.pos, format!("webhooks: expected a mapping, found {}", node.value.kind()));
+        sink.error(
+            node.pos,
+            format!("webhooks: expected a mapping, found {}", node.value.kind()),
+        );
         return out;
     };
     for (key, value) in entries {
@@ -412,7 +515,9 @@ fn parse_webhooks(sink: &mut Sink, node: &Node) -> BTreeMap<WebhookId, Webhook> 
         else {
             continue;
         };
-        let Some(m) = Map::new(sink, value, "webhook", &["url", "secret_env"]) else { continue };
+        let Some(m) = Map::new(sink, value, "webhook", &["url", "secret_env"]) else {
+            continue;
+        };
         let url = match m.get("url") {
             Some(n) => string(sink, n).and_then(|u| match check_url(u) {
                 Ok(()) => Some(u.to_string()),
@@ -428,16 +533,31 @@ fn parse_webhooks(sink: &mut Sink, node: &Node) -> BTreeMap<WebhookId, Webhook> 
         };
         let secret_env = m.get("secret_env").and_then(|n| {
             let s = string(sink, n)?;
-            if !s.is_empty() && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+            if !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
                 Some(s.to_string())
             } else {
-                sink.error(n.pos, format!("secret_env \"{s}\": expected an environment variable name like CRM_SECRET"));
+                sink.error(
+                    n.pos,
+                    format!(
+                        "secret_env \"{s}\": expected an environment variable name like CRM_SECRET"
+                    ),
+                );
                 None
             }
         });
         m.done();
         if let Some(url) = url {
-            out.insert(id.clone(), Webhook { id, url, secret_env });
+            out.insert(
+                id.clone(),
+                Webhook {
+                    id,
+                    url,
+                    secret_env,
+                },
+            );
         }
     }
     out
@@ -445,10 +565,16 @@ fn parse_webhooks(sink: &mut Sink, node: &Node) -> BTreeMap<WebhookId, Webhook> 
 
 /// An absolute http(s) URL with a host.
 pub fn check_url(u: &str) -> Result<(), String> {
-    let rest = u.strip_prefix("https://").or_else(|| u.strip_prefix("http://"));
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"));
     match rest {
-        Some(r) if !r.is_empty() && !r.starts_with('/') && !u.chars().any(char::is_whitespace) => Ok(()),
-        _ => Err(format!("bad URL \"{u}\": expected an absolute http:// or https:// address")),
+        Some(r) if !r.is_empty() && !r.starts_with('/') && !u.chars().any(char::is_whitespace) => {
+            Ok(())
+        }
+        _ => Err(format!(
+            "bad URL \"{u}\": expected an absolute http:// or https:// address"
+        )),
     }
 }
 
@@ -457,8 +583,12 @@ fn parse_scoring(sink: &mut Sink, node: &Node) -> Option<Scoring> {
     let mut rules = Vec::new();
     if let Some(n) = m.get("rules") {
         for item in seq(sink, n, "scoring rules") {
-            let Some(r) = Map::new(sink, item, "scoring rule", &[EVENT_KEYS, &["points"]].concat())
-            else {
+            let Some(r) = Map::new(
+                sink,
+                item,
+                "scoring rule",
+                &[EVENT_KEYS, &["points"]].concat(),
+            ) else {
                 continue;
             };
             let on = parse_event_match(sink, item, &r);
@@ -480,24 +610,43 @@ fn parse_scoring(sink: &mut Sink, node: &Node) -> Option<Scoring> {
         let points = d.get("points").and_then(|p| int(sink, p));
         let every = d.get("every").and_then(|e| duration(sink, e));
         if d.get("points").is_none() || d.get("every").is_none() {
-            sink.error(n.pos, "decay needs `points` and `every`, like { points: 5, every: 30d }");
+            sink.error(
+                n.pos,
+                "decay needs `points` and `every`, like { points: 5, every: 30d }",
+            );
         }
         d.done();
-        Some(Decay { points: points?, every: every? })
+        Some(Decay {
+            points: points?,
+            every: every?,
+        })
     });
     let mql = m.get("mql").and_then(|n| int(sink, n));
     let sql = m.get("sql").and_then(|n| int(sink, n));
     if let (Some(q), Some(s), Some(pos)) = (mql, sql, m.key_pos("sql"))
         && s <= q
     {
-        sink.error(pos, format!("the sql threshold ({s}) must be above the mql threshold ({q})"));
+        sink.error(
+            pos,
+            format!("the sql threshold ({s}) must be above the mql threshold ({q})"),
+        );
     }
     m.done();
-    Some(Scoring { rules, decay, mql, sql })
+    Some(Scoring {
+        rules,
+        decay,
+        mql,
+        sql,
+    })
 }
 
 fn parse_entry(sink: &mut Sink, node: &Node) -> Option<Entry> {
-    let m = Map::new(sink, node, "entry", &["form", "event", "tag", "api", "double_opt_in", "re_entry"])?;
+    let m = Map::new(
+        sink,
+        node,
+        "entry",
+        &["form", "event", "tag", "api", "double_opt_in", "re_entry"],
+    )?;
     let errors_before = sink.diagnostics.len();
     let mut triggers = Vec::new();
     if let Some(n) = m.get("form") {
@@ -507,7 +656,10 @@ fn parse_entry(sink: &mut Sink, node: &Node) -> Option<Entry> {
         };
         for f in forms {
             if let Some(form) = parse_form(sink, f) {
-                triggers.push(Located { pos: f.pos, value: EntryTrigger::Form(form) });
+                triggers.push(Located {
+                    pos: f.pos,
+                    value: EntryTrigger::Form(form),
+                });
             }
         }
     }
@@ -516,25 +668,42 @@ fn parse_entry(sink: &mut Sink, node: &Node) -> Option<Entry> {
             if EventKind::BUILTIN.contains(&e.as_str()) && e.as_str() != "purchase" {
                 sink.error(n.pos, format!("entry on the built-in event \"{e}\" is not possible: use a form, a tag or a custom event"));
             }
-            triggers.push(Located { pos: n.pos, value: EntryTrigger::Event(e) });
+            triggers.push(Located {
+                pos: n.pos,
+                value: EntryTrigger::Event(e),
+            });
         }
     }
     if let Some(n) = m.get("tag") {
         for t in one_or_many(sink, n, Tag::parse) {
-            triggers.push(Located { pos: n.pos, value: EntryTrigger::Tag(t) });
+            triggers.push(Located {
+                pos: n.pos,
+                value: EntryTrigger::Tag(t),
+            });
         }
     }
     if let Some(n) = m.get("api") {
         match n.value {
-            Value::Bool(true) => triggers.push(Located { pos: n.pos, value: EntryTrigger::Api }),
+            Value::Bool(true) => triggers.push(Located {
+                pos: n.pos,
+                value: EntryTrigger::Api,
+            }),
             Value::Bool(false) => {}
-            _ => sink.error(n.pos, format!("api: expected true or false, found {}", n.value.kind())),
+            _ => sink.error(
+                n.pos,
+                format!("api: expected true or false, found {}", n.value.kind()),
+            ),
         }
     }
     if triggers.is_empty() && sink.diagnostics.len() == errors_before {
-        sink.error(node.pos, "entry names no way in: add a form, an event, a tag or `api: true`");
+        sink.error(
+            node.pos,
+            "entry names no way in: add a form, an event, a tag or `api: true`",
+        );
     }
-    let double_opt_in = m.get("double_opt_in").and_then(|n| located(sink, n, TemplateName::parse));
+    let double_opt_in = m
+        .get("double_opt_in")
+        .and_then(|n| located(sink, n, TemplateName::parse));
     let re_entry = match m.get("re_entry") {
         Some(n) => scalar_text(sink, n)
             .and_then(|s| match s.as_str() {
@@ -552,7 +721,12 @@ fn parse_entry(sink: &mut Sink, node: &Node) -> Option<Entry> {
         None => ReEntry::Never,
     };
     m.done();
-    Some(Entry { pos: node.pos, triggers, double_opt_in, re_entry })
+    Some(Entry {
+        pos: node.pos,
+        triggers,
+        double_opt_in,
+        re_entry,
+    })
 }
 
 fn parse_form(sink: &mut Sink, node: &Node) -> Option<Form> {
@@ -582,10 +756,18 @@ fn parse_form(sink: &mut Sink, node: &Node) -> Option<Form> {
             }
         }
         m.done();
-        Some(Form { id: id?, thank_you, cors })
+        Some(Form {
+            id: id?,
+            thank_you,
+            cors,
+        })
     } else {
         let id = ident(sink, node, FormId::parse)?;
-        Some(Form { id, thank_you: None, cors: Vec::new() })
+        Some(Form {
+            id,
+            thank_you: None,
+            cors: Vec::new(),
+        })
     }
 }
 
@@ -594,11 +776,19 @@ fn parse_stages(sink: &mut Sink, node: &Node) -> Vec<Stage> {
     if items.is_empty() && matches!(node.value, Value::Seq(_) | Value::Null) {
         sink.error(node.pos, "the funnel has no stages");
     }
-    items.iter().filter_map(|item| parse_stage(sink, item)).collect()
+    items
+        .iter()
+        .filter_map(|item| parse_stage(sink, item))
+        .collect()
 }
 
 fn parse_stage(sink: &mut Sink, node: &Node) -> Option<Stage> {
-    let m = Map::new(sink, node, "stage", &["id", "name", "kind", "offer", "deadline", "on", "steps"])?;
+    let m = Map::new(
+        sink,
+        node,
+        "stage",
+        &["id", "name", "kind", "offer", "deadline", "on", "steps"],
+    )?;
     let id = match m.get("id") {
         Some(n) => located(sink, n, StageId::parse),
         None => {
@@ -609,26 +799,54 @@ fn parse_stage(sink: &mut Sink, node: &Node) -> Option<Stage> {
     let _ = m.get("name").and_then(|n| string(sink, n));
     let kind = m.get("kind").and_then(|n| {
         let s = string(sink, n)?;
-        let kind = StageKind::ALL.iter().find(|(k, _)| *k == s).map(|(_, k)| *k);
+        let kind = StageKind::ALL
+            .iter()
+            .find(|(k, _)| *k == s)
+            .map(|(_, k)| *k);
         if kind.is_none() {
             let names: Vec<&str> = StageKind::ALL.iter().map(|(k, _)| *k).collect();
-            sink.error(n.pos, format!("unknown stage kind \"{s}\"{}", hint(s, &names)));
+            sink.error(
+                n.pos,
+                format!("unknown stage kind \"{s}\"{}", hint(s, &names)),
+            );
         }
         kind
     });
-    let offer = m.get("offer").and_then(|n| located(sink, n, ProductId::parse));
+    let offer = m
+        .get("offer")
+        .and_then(|n| located(sink, n, ProductId::parse));
     let deadline = m.get("deadline").and_then(|n| duration(sink, n));
-    let on = m.get("on").map(|n| parse_transitions(sink, n)).unwrap_or_default();
+    let on = m
+        .get("on")
+        .map(|n| parse_transitions(sink, n))
+        .unwrap_or_default();
     let steps = match m.get("steps") {
         Some(n) => parse_steps(sink, n),
         None => Vec::new(),
     };
     m.done();
-    Some(Stage { id: id?, kind, offer, deadline, on, steps })
+    Some(Stage {
+        id: id?,
+        kind,
+        offer,
+        deadline,
+        on,
+        steps,
+    })
 }
 
-const ACTIONS: &[&str] =
-    &["send", "wait", "wait_until", "goto", "exit", "tag", "untag", "set", "score", "webhook"];
+const ACTIONS: &[&str] = &[
+    "send",
+    "wait",
+    "wait_until",
+    "goto",
+    "exit",
+    "tag",
+    "untag",
+    "set",
+    "score",
+    "webhook",
+];
 
 fn parse_steps(sink: &mut Sink, node: &Node) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
@@ -636,14 +854,29 @@ fn parse_steps(sink: &mut Sink, node: &Node) -> Vec<Step> {
     let mut seen: HashMap<String, Pos> = HashMap::new();
     for item in seq(sink, node, "steps") {
         let allowed = [ACTIONS, &["id", "if"]].concat();
-        let Some(m) = Map::new(sink, item, "step", &allowed) else { continue };
-        let Value::Map(entries) = &item.value else { continue };
-        let actions: Vec<&(Key, Node)> =
-            entries.iter().filter(|(k, _)| ACTIONS.contains(&k.name.as_str())).collect();
+        let Some(m) = Map::new(sink, item, "step", &allowed) else {
+            continue;
+        };
+        let Value::Map(entries) = &item.value else {
+            continue;
+        };
+        let actions: Vec<&(Key, Node)> = entries
+            .iter()
+            .filter(|(k, _)| ACTIONS.contains(&k.name.as_str()))
+            .collect();
         let (key, value) = match actions.as_slice() {
             [one] => (&one.0, &one.1),
             [] => {
-                sink.error(item.pos, format!("step has no action: expected one of {}", ACTIONS.join(", ")));
+                // An unknown key (already reported, like `sned:`) is most likely the action.
+                if entries
+                    .iter()
+                    .all(|(k, _)| allowed.contains(&k.name.as_str()))
+                {
+                    sink.error(
+                        item.pos,
+                        format!("step has no action: expected one of {}", ACTIONS.join(", ")),
+                    );
+                }
                 continue;
             }
             [first, second, ..] => {
@@ -659,7 +892,9 @@ fn parse_steps(sink: &mut Sink, node: &Node) -> Vec<Step> {
         };
         let guard = m.get("if").and_then(|n| parse_condition(sink, n));
         let explicit_id = m.get("id").and_then(|n| located(sink, n, StepId::parse));
-        let Some(action) = parse_action(sink, key, value) else { continue };
+        let Some(action) = parse_action(sink, key, value) else {
+            continue;
+        };
         let keyword = action.keyword();
         let n = {
             let c = counts.entry(keyword).or_default();
@@ -669,7 +904,13 @@ fn parse_steps(sink: &mut Sink, node: &Node) -> Vec<Step> {
         let id = match explicit_id {
             Some(id) => {
                 if let Some(prev) = seen.get(id.value.as_str()) {
-                    sink.error(id.pos, format!("duplicate step id \"{}\" (first used at line {})", id.value, prev.line));
+                    sink.error(
+                        id.pos,
+                        format!(
+                            "duplicate step id \"{}\" (first used at line {})",
+                            id.value, prev.line
+                        ),
+                    );
                     continue;
                 }
                 id.value
@@ -678,7 +919,12 @@ fn parse_steps(sink: &mut Sink, node: &Node) -> Vec<Step> {
         };
         seen.insert(id.to_string(), item.pos);
         m.done();
-        steps.push(Step { pos: item.pos, id, guard, action });
+        steps.push(Step {
+            pos: item.pos,
+            id,
+            guard,
+            action,
+        });
     }
     steps
 }
@@ -688,7 +934,10 @@ fn derived_step_id(action: &Action, n: usize, seen: &HashMap<String, Pos>) -> St
     let base = match action {
         Action::Send(Send::Template(t)) => format!("send-{}", t.value),
         Action::Send(Send::Split(ts)) => {
-            format!("split-{}", ts.first().map(|t| t.value.as_str()).unwrap_or("ab"))
+            format!(
+                "split-{}",
+                ts.first().map(|t| t.value.as_str()).unwrap_or("ab")
+            )
         }
         Action::Goto(s) => format!("goto-{}", s.value),
         Action::Exit(o) => format!("exit-{}", o.name()),
@@ -716,15 +965,29 @@ fn parse_action(sink: &mut Sink, key: &Key, node: &Node) -> Option<Action> {
         "untag" => Some(Action::Untag(one_or_many(sink, node, Tag::parse))),
         "set" => {
             let Value::Map(entries) = &node.value else {
-                sink.error(node.pos, format!("set: expected a mapping of field: value, found {}", node.value.kind()));
+                sink.error(
+                    node.pos,
+                    format!(
+                        "set: expected a mapping of field: value, found {}",
+                        node.value.kind()
+                    ),
+                );
                 return None;
             };
             let mut out = Vec::new();
             for (k, v) in entries {
-                let field = FieldName::parse(&k.name).map_err(|e| sink.error(k.pos, e.to_string())).ok();
+                let field = FieldName::parse(&k.name)
+                    .map_err(|e| sink.error(k.pos, e.to_string()))
+                    .ok();
                 let value = json_scalar(sink, v);
                 if let (Some(f), Some(v)) = (field, value) {
-                    out.push((Located { pos: k.pos, value: f }, v));
+                    out.push((
+                        Located {
+                            pos: k.pos,
+                            value: f,
+                        },
+                        v,
+                    ));
                 }
             }
             Some(Action::Set(out))
@@ -740,7 +1003,10 @@ fn parse_send(sink: &mut Sink, node: &Node) -> Option<Send> {
         Value::Map(_) => {
             let m = Map::new(sink, node, "send", &["split"])?;
             let Some(split) = m.get("split") else {
-                sink.error(node.pos, "send: write a template name, or `split: [a, b]` for an A/B test");
+                sink.error(
+                    node.pos,
+                    "send: write a template name, or `split: [a, b]` for an A/B test",
+                );
                 return None;
             };
             let variants: Vec<Located<TemplateName>> = seq(sink, split, "split")
@@ -762,7 +1028,10 @@ fn outcome(sink: &mut Sink, node: &Node) -> Option<Outcome> {
     let found = Outcome::ALL.iter().find(|(n, _)| *n == s).map(|(_, o)| *o);
     if found.is_none() {
         let names: Vec<&str> = Outcome::ALL.iter().map(|(n, _)| *n).collect();
-        sink.error(node.pos, format!("unknown outcome \"{s}\"{}", hint(&s, &names)));
+        sink.error(
+            node.pos,
+            format!("unknown outcome \"{s}\"{}", hint(&s, &names)),
+        );
     }
     found
 }
@@ -781,7 +1050,9 @@ fn parse_wait_until(sink: &mut Sink, node: &Node) -> Option<WaitUntil> {
         } else if let Some(d) = rest.strip_prefix('+') {
             (1, d)
         } else {
-            return Err(format!("bad offset \"{rest}\": write it like \"- 6h\" or \"+ 1d\""));
+            return Err(format!(
+                "bad offset \"{rest}\": write it like \"- 6h\" or \"+ 1d\""
+            ));
         };
         Ok(sign * Duration::parse(d)?.as_secs() as i64)
     };
@@ -792,13 +1063,23 @@ fn parse_wait_until(sink: &mut Sink, node: &Node) -> Option<WaitUntil> {
             .ok();
     }
     if let Some(rest) = text.strip_prefix("lead.") {
-        let end = rest.find(|c: char| c.is_whitespace() || c == '+' || c == '-').unwrap_or(rest.len());
+        let end = rest
+            .find(|c: char| c.is_whitespace() || c == '+' || c == '-')
+            .unwrap_or(rest.len());
         let (name, rest) = rest.split_at(end);
         // `-` may be part of a field name; an offset always has a space before its sign.
         let name = name.trim();
-        let field = FieldName::parse(name).map_err(|e| sink.error(node.pos, e.to_string())).ok()?;
+        let field = FieldName::parse(name)
+            .map_err(|e| sink.error(node.pos, e.to_string()))
+            .ok()?;
         return offset(rest)
-            .map(|offset_secs| WaitUntil::Field { field: Located { pos: node.pos, value: field }, offset_secs })
+            .map(|offset_secs| WaitUntil::Field {
+                field: Located {
+                    pos: node.pos,
+                    value: field,
+                },
+                offset_secs,
+            })
             .map_err(|e| sink.error(node.pos, e))
             .ok();
     }
@@ -809,7 +1090,10 @@ fn parse_wait_until(sink: &mut Sink, node: &Node) -> Option<WaitUntil> {
         return Some(WaitUntil::Local(local));
     }
     if text.split_whitespace().count() == 5 {
-        return Cron::parse(text).map(WaitUntil::Cron).map_err(|e| sink.error(node.pos, e)).ok();
+        return Cron::parse(text)
+            .map(WaitUntil::Cron)
+            .map_err(|e| sink.error(node.pos, e))
+            .ok();
     }
     sink.error(
         node.pos,
@@ -822,24 +1106,37 @@ fn parse_transitions(sink: &mut Sink, node: &Node) -> Vec<Transition> {
     let mut out = Vec::new();
     for item in seq(sink, node, "on") {
         let allowed = [EVENT_KEYS, &["if", "goto", "exit"]].concat();
-        let Some(m) = Map::new(sink, item, "transition", &allowed) else { continue };
+        let Some(m) = Map::new(sink, item, "transition", &allowed) else {
+            continue;
+        };
         let on = parse_event_match(sink, item, &m);
         let guard = m.get("if").and_then(|n| parse_condition(sink, n));
         let target = match (m.get("goto"), m.get("exit")) {
             (Some(g), None) => located(sink, g, StageId::parse).map(Target::Goto),
             (None, Some(e)) => outcome(sink, e).map(Target::Exit),
             (Some(_), Some(_)) => {
-                sink.error(item.pos, "transition has both `goto` and `exit`: choose one");
+                sink.error(
+                    item.pos,
+                    "transition has both `goto` and `exit`: choose one",
+                );
                 None
             }
             (None, None) => {
-                sink.error(item.pos, "transition needs `goto: <stage>` or `exit: <outcome>`");
+                sink.error(
+                    item.pos,
+                    "transition needs `goto: <stage>` or `exit: <outcome>`",
+                );
                 None
             }
         };
         m.done();
         if let (Some(on), Some(target)) = (on, target) {
-            out.push(Transition { pos: item.pos, on, guard, target });
+            out.push(Transition {
+                pos: item.pos,
+                on,
+                guard,
+                target,
+            });
         }
     }
     out
@@ -850,7 +1147,10 @@ const EVENT_KEYS: &[&str] = &["event", "product", "template", "link", "form"];
 
 fn parse_event_match(sink: &mut Sink, node: &Node, m: &Map) -> Option<EventMatch> {
     let Some(ev) = m.get("event") else {
-        sink.error(node.pos, "missing `event`: name the event that triggers this");
+        sink.error(
+            node.pos,
+            "missing `event`: name the event that triggers this",
+        );
         return None;
     };
     let name = ident(sink, ev, EventName::parse)?;
@@ -869,12 +1169,23 @@ fn parse_event_match(sink: &mut Sink, node: &Node, m: &Map) -> Option<EventMatch
             sink.error(p, format!("`{f}` does not apply to the event \"{name}\""));
         }
     }
-    let template = m.get("template").and_then(|n| located(sink, n, TemplateName::parse));
+    let template = m
+        .get("template")
+        .and_then(|n| located(sink, n, TemplateName::parse));
     let event = match name.as_str() {
-        "purchase" => EventKind::Purchase { product: m.get("product").and_then(|n| located(sink, n, ProductId::parse)) },
-        "click" => EventKind::Click { template, link: m.get("link").and_then(|n| scalar_text(sink, n)) },
+        "purchase" => EventKind::Purchase {
+            product: m
+                .get("product")
+                .and_then(|n| located(sink, n, ProductId::parse)),
+        },
+        "click" => EventKind::Click {
+            template,
+            link: m.get("link").and_then(|n| scalar_text(sink, n)),
+        },
         "open" => EventKind::Open { template },
-        "signup" => EventKind::Signup { form: m.get("form").and_then(|n| located(sink, n, FormId::parse)) },
+        "signup" => EventKind::Signup {
+            form: m.get("form").and_then(|n| located(sink, n, FormId::parse)),
+        },
         "confirmed" => EventKind::Confirmed,
         "unsubscribed" => EventKind::Unsubscribed,
         "bounced" => EventKind::Bounced,
@@ -886,29 +1197,51 @@ fn parse_event_match(sink: &mut Sink, node: &Node, m: &Map) -> Option<EventMatch
     Some(EventMatch { pos: ev.pos, event })
 }
 
-const CONDITIONS: &[&str] = &["clicked", "opened", "tag", "field", "score", "purchased", "not", "all", "any"];
+const CONDITIONS: &[&str] = &[
+    "clicked",
+    "opened",
+    "tag",
+    "field",
+    "score",
+    "purchased",
+    "not",
+    "all",
+    "any",
+];
 
 fn parse_condition(sink: &mut Sink, node: &Node) -> Option<Condition> {
     let ops: Vec<&str> = CompareOp::ALL.iter().map(|(n, _)| *n).collect();
     let allowed = [CONDITIONS, &ops].concat();
     let m = Map::new(sink, node, "condition", &allowed)?;
-    let Value::Map(entries) = &node.value else { return None };
-    let heads: Vec<&(Key, Node)> =
-        entries.iter().filter(|(k, _)| CONDITIONS.contains(&k.name.as_str())).collect();
+    let Value::Map(entries) = &node.value else {
+        return None;
+    };
+    let heads: Vec<&(Key, Node)> = entries
+        .iter()
+        .filter(|(k, _)| CONDITIONS.contains(&k.name.as_str()))
+        .collect();
     let [(key, value)] = heads.as_slice() else {
         if heads.is_empty() {
-            sink.error(node.pos, format!("condition: expected one of {}", CONDITIONS.join(", ")));
+            sink.error(
+                node.pos,
+                format!("condition: expected one of {}", CONDITIONS.join(", ")),
+            );
         } else {
-            sink.error(node.pos, "condition has several tests: combine them with `all: [...]` or `any: [...]`");
+            sink.error(
+                node.pos,
+                "condition has several tests: combine them with `all: [...]` or `any: [...]`",
+            );
         }
         return None;
     };
-    let op_keys: Vec<&(Key, Node)> =
-        entries.iter().filter(|(k, _)| ops.contains(&k.name.as_str())).collect();
-    if key.name != "field" {
-        if let Some((k, _)) = op_keys.first() {
-            sink.error(k.pos, format!("`{}` only goes with `field`", k.name));
-        }
+    let op_keys: Vec<&(Key, Node)> = entries
+        .iter()
+        .filter(|(k, _)| ops.contains(&k.name.as_str()))
+        .collect();
+    if key.name != "field"
+        && let Some((k, _)) = op_keys.first()
+    {
+        sink.error(k.pos, format!("`{}` only goes with `field`", k.name));
     }
     let cond = match key.name.as_str() {
         "clicked" => match &value.value {
@@ -917,15 +1250,24 @@ fn parse_condition(sink: &mut Sink, node: &Node) -> Option<Condition> {
                 let template = match c.get("template") {
                     Some(n) => located(sink, n, TemplateName::parse),
                     None => {
-                        sink.error(value.pos, "clicked: name the `template` whose link was clicked");
+                        sink.error(
+                            value.pos,
+                            "clicked: name the `template` whose link was clicked",
+                        );
                         None
                     }
                 };
                 let link = c.get("link").and_then(|n| scalar_text(sink, n));
                 c.done();
-                Condition::Clicked { template: template?, link }
+                Condition::Clicked {
+                    template: template?,
+                    link,
+                }
             }
-            _ => Condition::Clicked { template: located(sink, value, TemplateName::parse)?, link: None },
+            _ => Condition::Clicked {
+                template: located(sink, value, TemplateName::parse)?,
+                link: None,
+            },
         },
         "opened" => Condition::Opened(located(sink, value, TemplateName::parse)?),
         "tag" => Condition::HasTag(ident(sink, value, Tag::parse)?),
@@ -933,15 +1275,28 @@ fn parse_condition(sink: &mut Sink, node: &Node) -> Option<Condition> {
         "field" => {
             let field = located(sink, value, FieldName::parse)?;
             let [(op_key, op_value)] = op_keys.as_slice() else {
-                sink.error(value.pos, format!("field condition needs exactly one comparison: {}", ops.join(", ")));
+                sink.error(
+                    value.pos,
+                    format!(
+                        "field condition needs exactly one comparison: {}",
+                        ops.join(", ")
+                    ),
+                );
                 return None;
             };
-            let op = CompareOp::ALL.iter().find(|(n, _)| *n == op_key.name).map(|(_, o)| *o)?;
+            let op = CompareOp::ALL
+                .iter()
+                .find(|(n, _)| *n == op_key.name)
+                .map(|(_, o)| *o)?;
             let v = json_scalar(sink, op_value)?;
             if op == CompareOp::Exists && !v.is_boolean() {
                 sink.error(op_value.pos, "exists: expected true or false");
             }
-            Condition::Field { field, op, value: v }
+            Condition::Field {
+                field,
+                op,
+                value: v,
+            }
         }
         "score" => {
             let Value::Map(cmp) = &value.value else {
@@ -949,30 +1304,55 @@ fn parse_condition(sink: &mut Sink, node: &Node) -> Option<Condition> {
                 return None;
             };
             let [(k, v)] = cmp.as_slice() else {
-                sink.error(value.pos, "score: write exactly one comparison like { gte: 50 }");
+                sink.error(
+                    value.pos,
+                    "score: write exactly one comparison like { gte: 50 }",
+                );
                 return None;
             };
             let op = CompareOp::ALL
                 .iter()
-                .find(|(n, o)| *n == k.name && !matches!(o, CompareOp::Contains | CompareOp::Exists))
+                .find(|(n, o)| {
+                    *n == k.name && !matches!(o, CompareOp::Contains | CompareOp::Exists)
+                })
                 .map(|(_, o)| *o);
             let Some(op) = op else {
-                sink.error(k.pos, format!("unknown comparison \"{}\"{}", k.name, hint(&k.name, &["eq", "ne", "gt", "gte", "lt", "lte"])));
+                sink.error(
+                    k.pos,
+                    format!(
+                        "unknown comparison \"{}\"{}",
+                        k.name,
+                        hint(&k.name, &["eq", "ne", "gt", "gte", "lt", "lte"])
+                    ),
+                );
                 return None;
             };
-            Condition::Score { op, value: int(sink, v)? }
+            Condition::Score {
+                op,
+                value: int(sink, v)?,
+            }
         }
         "not" => Condition::Not(Box::new(parse_condition(sink, value)?)),
         "all" | "any" => {
             let items = seq(sink, value, &key.name);
             if items.is_empty() {
-                sink.error(value.pos, format!("{}: expected at least one condition", key.name));
+                sink.error(
+                    value.pos,
+                    format!("{}: expected at least one condition", key.name),
+                );
             }
-            let conds: Vec<Condition> = items.iter().filter_map(|n| parse_condition(sink, n)).collect();
+            let conds: Vec<Condition> = items
+                .iter()
+                .filter_map(|n| parse_condition(sink, n))
+                .collect();
             if conds.len() != items.len() {
                 return None;
             }
-            if key.name == "all" { Condition::All(conds) } else { Condition::Any(conds) }
+            if key.name == "all" {
+                Condition::All(conds)
+            } else {
+                Condition::Any(conds)
+            }
         }
         _ => return None,
     };

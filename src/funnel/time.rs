@@ -12,7 +12,13 @@ use super::diag::did_you_mean;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Duration(u64);
 
-const UNITS: [(char, u64); 5] = [('w', 604_800), ('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)];
+const UNITS: [(char, u64); 5] = [
+    ('w', 604_800),
+    ('d', 86_400),
+    ('h', 3_600),
+    ('m', 60),
+    ('s', 1),
+];
 /// Longer waits than ten years are almost certainly typos.
 const MAX_SECONDS: u64 = 10 * 366 * 86_400;
 
@@ -106,10 +112,14 @@ impl Cron {
                 fields.len()
             ));
         }
-        let dow = posix_weekdays(fields[4]).map_err(|e| format!("bad cron expression \"{text}\": {e}"))?;
+        let dow = posix_weekdays(fields[4])
+            .map_err(|e| format!("bad cron expression \"{text}\": {e}"))?;
         let (min, hour, dom, mon) = (fields[0], fields[1], fields[2], fields[3]);
         let variants: Vec<String> = if dom != "*" && dow != "*" {
-            vec![format!("0 {min} {hour} {dom} {mon} *"), format!("0 {min} {hour} * {mon} {dow}")]
+            vec![
+                format!("0 {min} {hour} {dom} {mon} *"),
+                format!("0 {min} {hour} * {mon} {dow}"),
+            ]
         } else {
             vec![format!("0 {min} {hour} {dom} {mon} {dow}")]
         };
@@ -117,8 +127,22 @@ impl Cron {
             .iter()
             .map(|v| cron::Schedule::from_str(v))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("bad cron expression \"{text}\": {e}"))?;
-        Ok(Cron { source: text.trim().to_string(), schedules })
+            .map_err(|e| {
+                // The crate prints the translated expression and a caret; its last line says why.
+                let why = e.to_string();
+                let why = why
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("invalid")
+                    .trim()
+                    .to_string();
+                format!("bad cron expression \"{text}\": {why}")
+            })?;
+        Ok(Cron {
+            source: text.trim().to_string(),
+            schedules,
+        })
     }
 
     pub fn source(&self) -> &str {
@@ -166,9 +190,14 @@ fn posix_weekdays(field: &str) -> Result<String, String> {
 /// Parses an IANA time zone name such as `Europe/Moscow`, suggesting the closest on a typo.
 pub fn parse_timezone(text: &str) -> Result<Tz, String> {
     Tz::from_str(text.trim()).map_err(|_| {
-        let exact = chrono_tz::TZ_VARIANTS.iter().find(|z| z.name().eq_ignore_ascii_case(text.trim()));
+        let exact = chrono_tz::TZ_VARIANTS
+            .iter()
+            .find(|z| z.name().eq_ignore_ascii_case(text.trim()));
         match exact {
-            Some(z) => format!("unknown time zone \"{text}\" (did you mean \"{}\"?)", z.name()),
+            Some(z) => format!(
+                "unknown time zone \"{text}\" (did you mean \"{}\"?)",
+                z.name()
+            ),
             None => format!(
                 "unknown time zone \"{text}\"{}; use an IANA name like Europe/Moscow",
                 did_you_mean(text, chrono_tz::TZ_VARIANTS.iter().map(|z| z.name()))
@@ -191,7 +220,9 @@ impl FrequencyCap {
         let (count, per) = text.split_once(" per ").ok_or_else(bad)?;
         let count: u32 = count.trim().parse().map_err(|_| bad())?;
         if count == 0 {
-            return Err(format!("frequency cap \"{text}\" would never let an email out"));
+            return Err(format!(
+                "frequency cap \"{text}\" would never let an email out"
+            ));
         }
         let per = Duration::parse(per)?;
         if per.as_secs() == 0 {
@@ -219,7 +250,17 @@ mod tests {
         assert_eq!(Duration::parse("1h30m").unwrap().to_string(), "1h30m");
         assert_eq!(Duration::parse("90m").unwrap().to_string(), "1h30m");
         assert_eq!(Duration::parse("1w").unwrap().to_string(), "1w");
-        for bad in ["", "2", "d", "2x", "3h2d", "2d2d", "-1d", "2 d", "99999999999w"] {
+        for bad in [
+            "",
+            "2",
+            "d",
+            "2x",
+            "3h2d",
+            "2d2d",
+            "-1d",
+            "2 d",
+            "99999999999w",
+        ] {
             assert!(Duration::parse(bad).is_err(), "{bad} accepted");
         }
     }
@@ -244,16 +285,32 @@ mod tests {
 
     #[test]
     fn bad_cron() {
-        assert!(Cron::parse("0 19 * *").unwrap_err().contains("expected 5 fields"));
+        assert!(
+            Cron::parse("0 19 * *")
+                .unwrap_err()
+                .contains("expected 5 fields")
+        );
         assert!(Cron::parse("0 25 * * *").is_err());
-        assert!(Cron::parse("0 9 * * 8").unwrap_err().contains("out of range"));
+        assert!(
+            Cron::parse("0 9 * * 8")
+                .unwrap_err()
+                .contains("out of range")
+        );
     }
 
     #[test]
     fn timezones() {
         assert!(parse_timezone("Europe/Moscow").is_ok());
-        assert!(parse_timezone("europe/moscow").unwrap_err().contains("\"Europe/Moscow\""));
-        assert!(parse_timezone("Europe/Moskow").unwrap_err().contains("did you mean \"Europe/Moscow\""));
+        assert!(
+            parse_timezone("europe/moscow")
+                .unwrap_err()
+                .contains("\"Europe/Moscow\"")
+        );
+        assert!(
+            parse_timezone("Europe/Moskow")
+                .unwrap_err()
+                .contains("did you mean \"Europe/Moscow\"")
+        );
     }
 
     #[test]

@@ -28,8 +28,10 @@ pub fn validate(f: &Funnel, cx: &Context, sink: &mut Sink) {
     let stage_names: Vec<String> = stage_ids.keys().cloned().collect();
     let template_names = names(&cx.templates);
     let product_names: Vec<String> = f.products.keys().map(|p| p.to_string()).collect();
-    let mut field_kinds: BTreeMap<String, FieldKind> =
-        BUILTIN_FIELDS.iter().map(|(n, k, _)| (n.to_string(), *k)).collect();
+    let mut field_kinds: BTreeMap<String, FieldKind> = BUILTIN_FIELDS
+        .iter()
+        .map(|(n, k, _)| (n.to_string(), *k))
+        .collect();
     field_kinds.extend(f.fields.iter().map(|(n, d)| (n.to_string(), d.kind)));
 
     let mut v = Checker {
@@ -39,11 +41,22 @@ pub fn validate(f: &Funnel, cx: &Context, sink: &mut Sink) {
         products: &product_names,
         fields: &field_kinds,
         forms: cx.forms.iter().cloned().collect(),
-        webhooks: f.webhooks.keys().map(|w| w.to_string()).chain(cx.webhooks.iter().cloned()).collect(),
-        emits: Emits { mql: false, sql: false },
+        webhooks: f
+            .webhooks
+            .keys()
+            .map(|w| w.to_string())
+            .chain(cx.webhooks.iter().cloned())
+            .collect(),
+        emits: Emits {
+            mql: false,
+            sql: false,
+        },
     };
     if let Some(s) = &f.scoring {
-        v.emits = Emits { mql: s.mql.is_some(), sql: s.sql.is_some() };
+        v.emits = Emits {
+            mql: s.mql.is_some(),
+            sql: s.sql.is_some(),
+        };
         for r in &s.rules {
             v.event(&r.on);
         }
@@ -82,7 +95,13 @@ fn check_stage_ids(f: &Funnel, sink: &mut Sink) -> BTreeMap<String, Pos> {
     let mut seen: BTreeMap<String, Pos> = BTreeMap::new();
     for s in &f.stages {
         if let Some(first) = seen.get(s.id.value.as_str()) {
-            sink.error(s.id.pos, format!("duplicate stage id \"{}\" (first used at line {})", s.id.value, first.line));
+            sink.error(
+                s.id.pos,
+                format!(
+                    "duplicate stage id \"{}\" (first used at line {})",
+                    s.id.value, first.line
+                ),
+            );
         } else {
             seen.insert(s.id.value.to_string(), s.id.pos);
         }
@@ -113,7 +132,8 @@ fn known(list: &[String], name: &str) -> bool {
 impl Checker<'_, '_> {
     fn unknown(&mut self, pos: Pos, what: &str, name: &str, among: &[String]) {
         let hint = did_you_mean(name, among.iter().map(String::as_str));
-        self.sink.error(pos, format!("unknown {what} \"{name}\"{hint}"));
+        self.sink
+            .error(pos, format!("unknown {what} \"{name}\"{hint}"));
     }
 
     fn stage(&mut self, s: &Located<StageId>) {
@@ -148,7 +168,10 @@ impl Checker<'_, '_> {
             let hint = did_you_mean(f.value.as_str(), names.iter().map(String::as_str));
             self.sink.error(
                 f.pos,
-                format!("unknown field \"{}\"{hint}: declare it under `fields:`", f.value),
+                format!(
+                    "unknown field \"{}\"{hint}: declare it under `fields:`",
+                    f.value
+                ),
             );
         }
         kind
@@ -171,28 +194,36 @@ impl Checker<'_, '_> {
     fn event(&mut self, e: &EventMatch) {
         match &e.event {
             EventKind::Purchase { product: Some(p) } => self.product(p),
-            EventKind::Click { template: Some(t), .. } | EventKind::Open { template: Some(t) } => self.template(t),
+            EventKind::Click {
+                template: Some(t), ..
+            }
+            | EventKind::Open { template: Some(t) } => self.template(t),
             EventKind::Signup { form: Some(f) } => self.form(f),
-            EventKind::Mql if !self.emits.mql => {
-                self.sink.error(e.pos, "the event \"mql\" never happens: set a threshold with `scoring: { mql: 50 }`")
-            }
-            EventKind::Sql if !self.emits.sql => {
-                self.sink.error(e.pos, "the event \"sql\" never happens: set a threshold with `scoring: { sql: 100 }`")
-            }
+            EventKind::Mql if !self.emits.mql => self.sink.error(
+                e.pos,
+                "the event \"mql\" never happens: set a threshold with `scoring: { mql: 50 }`",
+            ),
+            EventKind::Sql if !self.emits.sql => self.sink.error(
+                e.pos,
+                "the event \"sql\" never happens: set a threshold with `scoring: { sql: 100 }`",
+            ),
             _ => {}
         }
     }
 
     fn condition(&mut self, c: &Condition) {
         match c {
-            Condition::Clicked { template, .. } | Condition::Opened(template) => self.template(template),
+            Condition::Clicked { template, .. } | Condition::Opened(template) => {
+                self.template(template)
+            }
             Condition::Purchased(p) => self.product(p),
             Condition::Field { field, op, value } => {
                 if let Some(kind) = self.field(field)
                     && !matches!(op, CompareOp::Exists)
                     && let Err(e) = check_field_value(kind, value)
                 {
-                    self.sink.error(field.pos, format!("field \"{}\": {e}", field.value));
+                    self.sink
+                        .error(field.pos, format!("field \"{}\": {e}", field.value));
                 }
             }
             Condition::Not(inner) => self.condition(inner),
@@ -206,35 +237,47 @@ impl Checker<'_, '_> {
             Action::Send(s) => s.templates().into_iter().for_each(|t| self.template(t)),
             Action::Goto(s) => self.stage(s),
             Action::WaitUntil(WaitUntil::Deadline { .. }) if stage.deadline.is_none() => {
-                self.sink.error(pos, format!("wait_until uses the deadline, but stage \"{}\" has no `deadline`", stage.id.value));
+                self.sink.error(
+                    pos,
+                    format!(
+                        "wait_until uses the deadline, but stage \"{}\" has no `deadline`",
+                        stage.id.value
+                    ),
+                );
             }
             Action::WaitUntil(WaitUntil::Field { field, .. }) => {
                 if let Some(kind) = self.field(field)
                     && kind != FieldKind::Date
                 {
-                    self.sink.error(field.pos, format!("wait_until needs a date field, but \"{}\" is {}", field.value, kind.name()));
+                    self.sink.error(
+                        field.pos,
+                        format!(
+                            "wait_until needs a date field, but \"{}\" is {}",
+                            field.value,
+                            kind.name()
+                        ),
+                    );
                 }
             }
             Action::Set(pairs) => {
                 for (field, value) in pairs {
                     if field.value.as_str() == "email" {
-                        self.sink.error(field.pos, "a step cannot change a lead's email");
+                        self.sink
+                            .error(field.pos, "a step cannot change a lead's email");
                     } else if let Some(kind) = self.field(field)
                         && let Err(e) = check_field_value(kind, value)
                     {
-                        self.sink.error(field.pos, format!("field \"{}\": {e}", field.value));
+                        self.sink
+                            .error(field.pos, format!("field \"{}\": {e}", field.value));
                     }
                 }
             }
-            Action::Webhook(w) => {
-                if !known(&self.webhooks, w.value.as_str()) {
-                    let hooks = self.webhooks.clone();
-                    let hint = did_you_mean(w.value.as_str(), hooks.iter().map(String::as_str));
-                    self.sink.error(
-                        w.pos,
-                        format!("unknown webhook \"{}\"{hint}: define it under `webhooks:` in the funnel or the settings", w.value),
-                    );
-                }
+            Action::Webhook(w) if !known(&self.webhooks, w.value.as_str()) => {
+                let hint = did_you_mean(w.value.as_str(), self.webhooks.iter().map(String::as_str));
+                self.sink.error(
+                    w.pos,
+                    format!("unknown webhook \"{}\"{hint}: define it under `webhooks:` in the funnel or the settings", w.value),
+                );
             }
             _ => {}
         }
@@ -274,9 +317,20 @@ fn successors(stage: &Stage) -> impl Iterator<Item = &StageId> {
     by_steps.chain(by_events)
 }
 
+/// Stages by id; a duplicated id (already reported) means its first stage.
+fn first_by_id(f: &Funnel) -> HashMap<&str, &Stage> {
+    let mut index = HashMap::new();
+    for s in &f.stages {
+        index.entry(s.id.value.as_str()).or_insert(s);
+    }
+    index
+}
+
 fn check_reachability(f: &Funnel, sink: &mut Sink) {
-    let Some(first) = f.stages.first() else { return };
-    let index: HashMap<&str, &Stage> = f.stages.iter().map(|s| (s.id.value.as_str(), s)).collect();
+    let Some(first) = f.stages.first() else {
+        return;
+    };
+    let index = first_by_id(f);
     let mut reached: BTreeSet<&str> = BTreeSet::new();
     let mut todo: Vec<&str> = vec![first.id.value.as_str()];
     // Funnel-wide transitions can fire from any stage.
@@ -297,7 +351,10 @@ fn check_reachability(f: &Funnel, sink: &mut Sink) {
         if !reached.contains(s.id.value.as_str()) {
             sink.error(
                 s.id.pos,
-                format!("stage \"{}\" is never reached: no `goto` or event transition leads to it", s.id.value),
+                format!(
+                    "stage \"{}\" is never reached: no `goto` or event transition leads to it",
+                    s.id.value
+                ),
             );
         }
     }
@@ -321,7 +378,7 @@ fn instant_successors(stage: &Stage) -> Vec<&Located<StageId>> {
 }
 
 fn check_instant_cycles(f: &Funnel, sink: &mut Sink) {
-    let index: HashMap<&str, &Stage> = f.stages.iter().map(|s| (s.id.value.as_str(), s)).collect();
+    let index = first_by_id(f);
     // Depth-first search with colours; every cycle is reported once, at its first stage.
     #[derive(Clone, Copy, PartialEq)]
     enum Colour {
@@ -342,7 +399,10 @@ fn check_instant_cycles(f: &Funnel, sink: &mut Sink) {
                 colour.insert(id, Colour::Grey);
                 path.push(id);
             }
-            let next = index.get(id).map(|s| instant_successors(s)).unwrap_or_default();
+            let next = index
+                .get(id)
+                .map(|s| instant_successors(s))
+                .unwrap_or_default();
             if let Some(t) = next.get(i) {
                 stack.push((id, i + 1));
                 let to = t.value.as_str();
@@ -350,7 +410,8 @@ fn check_instant_cycles(f: &Funnel, sink: &mut Sink) {
                     Some(Colour::White) => stack.push((to, 0)),
                     Some(Colour::Grey) => {
                         let from = path.iter().position(|p| *p == to).unwrap_or(0);
-                        let cycle: Vec<String> = path[from..].iter().map(|s| s.to_string()).collect();
+                        let cycle: Vec<String> =
+                            path[from..].iter().map(|s| s.to_string()).collect();
                         let mut key = cycle.clone();
                         key.sort();
                         if reported.insert(key) {

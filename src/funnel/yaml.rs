@@ -77,7 +77,10 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
         });
     }
     if text.trim().is_empty() {
-        return Ok(Node { pos: Pos::START, value: Value::Null });
+        return Ok(Node {
+            pos: Pos::START,
+            value: Value::Null,
+        });
     }
     let options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
@@ -86,6 +89,8 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             max_nodes: 200_000,
         },
         with_snippet: false,
+        // YAML 1.2 booleans only: `on:` is a key, and `no` is Norway, not false.
+        strict_booleans: true,
     };
     let spanned: Spanned<RawNode> =
         serde_saphyr::from_str_with_options(text, options).map_err(|e| {
@@ -93,7 +98,10 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
                 .location()
                 .map(|l| Pos::new(l.line() as u32, l.column() as u32))
                 .unwrap_or(Pos::START);
-            SyntaxError { pos, message: clean_message(&e.to_string()) }
+            SyntaxError {
+                pos,
+                message: clean_message(&e.to_string()),
+            }
         })?;
     Ok(into_node(spanned))
 }
@@ -106,7 +114,21 @@ fn clean_message(raw: &str) -> String {
         None => first,
     };
     let msg = first.trim_start_matches("error: ").trim();
-    if msg.is_empty() { "invalid YAML".to_string() } else { format!("invalid YAML: {msg}") }
+    if msg.contains("Depth") || msg.contains("recursion limit") {
+        return format!("invalid YAML: nested more than {MAX_DEPTH} levels deep");
+    }
+    if let Some(what) = msg.strip_prefix("budget breached: ") {
+        return format!("invalid YAML: too large ({what})");
+    }
+    if let Some(key) = msg.strip_prefix("duplicate mapping key: ") {
+        let key = key.split(", set ").next().unwrap_or(key);
+        return format!("duplicate key \"{key}\"");
+    }
+    if msg.is_empty() {
+        "invalid YAML".to_string()
+    } else {
+        format!("invalid YAML: {msg}")
+    }
 }
 
 fn pos_of<T>(s: &Spanned<T>) -> Pos {
@@ -125,7 +147,15 @@ fn into_node(s: Spanned<RawNode>) -> Node {
         RawNode::Map(entries) => Value::Map(
             entries
                 .into_iter()
-                .map(|(k, v)| (Key { pos: pos_of(&k), name: k.value.0 }, into_node(v)))
+                .map(|(k, v)| {
+                    (
+                        Key {
+                            pos: pos_of(&k),
+                            name: k.value.0,
+                        },
+                        into_node(v),
+                    )
+                })
                 .collect(),
         ),
     };
@@ -204,13 +234,19 @@ impl<'de> Deserialize<'de> for RawNode {
                 Ok(RawNode::Int(v))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawNode, E> {
-                Ok(i64::try_from(v).map(RawNode::Int).unwrap_or(RawNode::Float(v as f64)))
+                Ok(i64::try_from(v)
+                    .map(RawNode::Int)
+                    .unwrap_or(RawNode::Float(v as f64)))
             }
             fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<RawNode, E> {
-                Ok(i64::try_from(v).map(RawNode::Int).unwrap_or(RawNode::Float(v as f64)))
+                Ok(i64::try_from(v)
+                    .map(RawNode::Int)
+                    .unwrap_or(RawNode::Float(v as f64)))
             }
             fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<RawNode, E> {
-                Ok(i64::try_from(v).map(RawNode::Int).unwrap_or(RawNode::Float(v as f64)))
+                Ok(i64::try_from(v)
+                    .map(RawNode::Int)
+                    .unwrap_or(RawNode::Float(v as f64)))
             }
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RawNode, E> {
                 Ok(RawNode::Float(v))

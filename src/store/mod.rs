@@ -12,8 +12,8 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, Statement,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, Statement,
 };
 use thiserror::Error;
 
@@ -104,7 +104,8 @@ impl Store {
             let _ = std::fs::create_dir_all(parent);
         }
         let mut opts = ConnectOptions::new(url.to_string());
-        opts.sqlx_logging(false).acquire_timeout(Duration::from_secs(10));
+        opts.sqlx_logging(false)
+            .acquire_timeout(Duration::from_secs(10));
         if backend == Backend::Sqlite {
             // WAL lets readers run beside the one writer; the busy timeout queues writers
             // instead of failing them.
@@ -120,7 +121,10 @@ impl Store {
         }
         let db = Database::connect(opts)
             .await
-            .map_err(|source| StoreError::Connect { url: redact(url), source })?;
+            .map_err(|source| StoreError::Connect {
+                url: redact(url),
+                source,
+            })?;
         Ok(Store { db, backend })
     }
 
@@ -131,7 +135,9 @@ impl Store {
     /// Applies every pending migration; returns the names of those applied now.
     pub async fn migrate(&self) -> Result<Vec<String>> {
         let before = self.applied_migrations().await.unwrap_or_default();
-        Migrator::up(&self.db, None).await.map_err(StoreError::Migrate)?;
+        Migrator::up(&self.db, None)
+            .await
+            .map_err(StoreError::Migrate)?;
         let after = self.applied_migrations().await?;
         Ok(after.into_iter().filter(|m| !before.contains(m)).collect())
     }
@@ -145,22 +151,43 @@ impl Store {
                 "SELECT version FROM seaql_migrations ORDER BY version",
             ))
             .await?;
-        Ok(rows.iter().filter_map(|r| r.try_get::<String>("", "version").ok()).collect())
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.try_get::<String>("", "version").ok())
+            .collect())
     }
 
     /// Names of the application's tables.
     pub async fn tables(&self) -> Result<Vec<String>> {
         let sql = match self.backend {
-            Backend::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
-            Backend::Postgres => "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY table_name",
+            Backend::Sqlite => {
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            }
+            Backend::Postgres => {
+                "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY table_name"
+            }
         };
-        let rows = self.db.query_all_raw(Statement::from_string(self.db.get_database_backend(), sql)).await?;
-        Ok(rows.iter().filter_map(|r| r.try_get::<String>("", "name").ok()).collect())
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(self.db.get_database_backend(), sql))
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.try_get::<String>("", "name").ok())
+            .collect())
     }
 
     /// Creates the lead, or updates the one with that email: given values win, fields merge.
-    pub async fn upsert_lead(&self, email: &Email, input: LeadInput, now: DateTime<Utc>) -> Result<Lead> {
-        let existing = lead::Entity::find().filter(lead::Column::Email.eq(email.as_str())).one(&self.db).await?;
+    pub async fn upsert_lead(
+        &self,
+        email: &Email,
+        input: LeadInput,
+        now: DateTime<Utc>,
+    ) -> Result<Lead> {
+        let existing = lead::Entity::find()
+            .filter(lead::Column::Email.eq(email.as_str()))
+            .one(&self.db)
+            .await?;
         let model = match existing {
             Some(old) => {
                 let mut fields = parse_fields(&old.fields)?;
@@ -169,7 +196,10 @@ impl Store {
                     id: Set(old.id),
                     first_name: Set(input.first_name.or(old.first_name)),
                     fields: Set(serde_json::Value::Object(fields).to_string()),
-                    timezone: Set(input.timezone.map(|t| t.name().to_string()).or(old.timezone)),
+                    timezone: Set(input
+                        .timezone
+                        .map(|t| t.name().to_string())
+                        .or(old.timezone)),
                     updated_at: Set(ms(now)),
                     ..Default::default()
                 };
@@ -189,29 +219,46 @@ impl Store {
                 };
                 // A concurrent insert of the same email loses the race quietly and is re-read.
                 lead::Entity::insert(am)
-                    .on_conflict(OnConflict::column(lead::Column::Email).do_nothing().to_owned())
+                    .on_conflict(
+                        OnConflict::column(lead::Column::Email)
+                            .do_nothing()
+                            .to_owned(),
+                    )
                     .exec_without_returning(&self.db)
                     .await?;
                 lead::Entity::find()
                     .filter(lead::Column::Email.eq(email.as_str()))
                     .one(&self.db)
                     .await?
-                    .ok_or_else(|| StoreError::Corrupt(format!("lead {email} vanished after insert")))?
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("lead {email} vanished after insert"))
+                    })?
             }
         };
         to_lead(model)
     }
 
     pub async fn lead_by_email(&self, email: &Email) -> Result<Option<Lead>> {
-        let m = lead::Entity::find().filter(lead::Column::Email.eq(email.as_str())).one(&self.db).await?;
+        let m = lead::Entity::find()
+            .filter(lead::Column::Email.eq(email.as_str()))
+            .one(&self.db)
+            .await?;
         m.map(to_lead).transpose()
     }
 
     /// Adds a tag; tagging twice is one tag.
     pub async fn tag_lead(&self, id: LeadId, tag: &Tag, now: DateTime<Utc>) -> Result<()> {
-        let am = lead_tag::ActiveModel { lead_id: Set(id.0), tag: Set(tag.to_string()), created_at: Set(ms(now)) };
+        let am = lead_tag::ActiveModel {
+            lead_id: Set(id.0),
+            tag: Set(tag.to_string()),
+            created_at: Set(ms(now)),
+        };
         lead_tag::Entity::insert(am)
-            .on_conflict(OnConflict::columns([lead_tag::Column::LeadId, lead_tag::Column::Tag]).do_nothing().to_owned())
+            .on_conflict(
+                OnConflict::columns([lead_tag::Column::LeadId, lead_tag::Column::Tag])
+                    .do_nothing()
+                    .to_owned(),
+            )
             .exec_without_returning(&self.db)
             .await?;
         Ok(())
@@ -223,7 +270,9 @@ impl Store {
             .order_by_asc(lead_tag::Column::Tag)
             .all(&self.db)
             .await?;
-        rows.into_iter().map(|r| Tag::parse(&r.tag).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
+        rows.into_iter()
+            .map(|r| Tag::parse(&r.tag).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
     }
 
     /// Stores an event once per idempotency key.
@@ -239,7 +288,11 @@ impl Store {
             processed_at: Set(None),
         };
         let res = event::Entity::insert(am)
-            .on_conflict(OnConflict::column(event::Column::IdempotencyKey).do_nothing().to_owned())
+            .on_conflict(
+                OnConflict::column(event::Column::IdempotencyKey)
+                    .do_nothing()
+                    .to_owned(),
+            )
             .exec(&self.db)
             .await;
         match res {
@@ -259,7 +312,8 @@ impl Store {
             .await?;
         rows.into_iter()
             .map(|r| {
-                let payload = serde_json::from_str(&r.payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let payload = serde_json::from_str(&r.payload)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 Ok((r.kind, payload))
             })
             .collect()
@@ -280,7 +334,9 @@ impl Store {
 fn parse_fields(text: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
     match serde_json::from_str(text) {
         Ok(serde_json::Value::Object(m)) => Ok(m),
-        _ => Err(StoreError::Corrupt(format!("lead fields are not a JSON object: {text}"))),
+        _ => Err(StoreError::Corrupt(format!(
+            "lead fields are not a JSON object: {text}"
+        ))),
     }
 }
 
@@ -291,7 +347,8 @@ fn to_lead(m: lead::Model) -> Result<Lead> {
         first_name: m.first_name,
         fields: parse_fields(&m.fields)?,
         timezone: m.timezone.and_then(|t| t.parse().ok()),
-        consent: Consent::parse(&m.consent).ok_or_else(|| StoreError::Corrupt(format!("consent \"{}\"", m.consent)))?,
+        consent: Consent::parse(&m.consent)
+            .ok_or_else(|| StoreError::Corrupt(format!("consent \"{}\"", m.consent)))?,
         score: m.score,
         created_at: from_ms(m.created_at),
     })
@@ -315,7 +372,10 @@ pub fn redact(url: &str) -> String {
 mod tests {
     #[test]
     fn redacts_passwords() {
-        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            super::redact("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(super::redact("sqlite://a.db"), "sqlite://a.db");
     }

@@ -1,0 +1,177 @@
+//! The `autofunnel` binary as a user runs it: `init`, `check`, `migrate` and `run`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::util::root;
+
+fn autofunnel() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_autofunnel"));
+    c.env_remove("AUTOFUNNEL_DATABASE_URL")
+        .env_remove("AUTOFUNNEL_LISTEN");
+    c
+}
+
+#[test]
+fn init_scaffolds_a_project_that_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = autofunnel().arg("init").arg(dir.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = autofunnel()
+        .arg("-C")
+        .arg(dir.path())
+        .arg("check")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(
+        stdout.trim(),
+        "ok: 1 funnel and 1 template checked, 0 warnings"
+    );
+    // A second init refuses to overwrite.
+    let again = autofunnel().arg("init").arg(dir.path()).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not overwriting"));
+}
+
+#[test]
+fn check_exits_1_with_compiler_style_lines() {
+    let out = autofunnel()
+        .current_dir(root())
+        .args(["check", "tests/corpus/funnels/unknown-names.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("tests/corpus/funnels/unknown-names.yaml:15:15: unknown template \"webinar-ofer\" (did you mean \"webinar-offer\"?)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().last().unwrap().ends_with("in 1 funnel"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_of_the_examples_exits_0() {
+    let out = autofunnel()
+        .current_dir(root())
+        .arg("check")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.starts_with("ok: 4 funnels and "), "{stdout}");
+}
+
+#[test]
+fn check_of_a_missing_path_says_so() {
+    let out = autofunnel()
+        .args(["check", "/nonexistent/funnel.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("/nonexistent/funnel.yaml: no such file or folder")
+    );
+}
+
+#[test]
+fn migrate_creates_the_sqlite_database_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = autofunnel()
+        .arg("-C")
+        .arg(dir.path())
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied m20261123_000001_init"));
+    assert!(dir.path().join("autofunnel.db").exists());
+    let second = autofunnel()
+        .arg("-C")
+        .arg(dir.path())
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
+}
+
+#[test]
+fn run_refuses_funnels_that_fail_check_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("funnels")).unwrap();
+    std::fs::write(dir.path().join("funnels/broken.yaml"), "name: [\n").unwrap();
+    let out = autofunnel()
+        .arg("-C")
+        .arg(dir.path())
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("funnels/broken.yaml:"), "{stderr}");
+    assert!(!dir.path().join("autofunnel.db").exists());
+}
+
+/// The main job on the embedded defaults: it migrates a fresh SQLite file, creates the outbox,
+/// answers /healthz, and stops cleanly on SIGTERM.
+#[test]
+fn run_serves_healthz_on_the_embedded_defaults_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    autofunnel().arg("init").arg(dir.path()).output().unwrap();
+    let mut child = autofunnel()
+        .arg("-C")
+        .arg(dir.path())
+        .arg("run")
+        .env("AUTOFUNNEL_LISTEN", "127.0.0.1:0")
+        .env("AUTOFUNNEL_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("autofunnel run did not start");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let body: serde_json::Value = rt.block_on(async {
+        reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["funnels"], 1);
+    assert!(dir.path().join("autofunnel.db").exists());
+    assert!(dir.path().join("outbox").is_dir());
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

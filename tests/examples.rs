@@ -1,0 +1,74 @@
+//! The example funnels in `funnels/` pass `check`, and the Russian funnel renders non-ASCII
+//! subjects, bodies and sender names intact.
+
+use autofunnel::project::{self, sample_context};
+use autofunnel::settings::Settings;
+
+use crate::util::root;
+
+#[test]
+fn example_project_passes_check() {
+    let settings = Settings::load(&root(), None).unwrap();
+    let (loaded, report) = project::check(&settings, None);
+    let shown: Vec<String> = report.diagnostics.iter().map(ToString::to_string).collect();
+    assert!(loaded.is_some(), "{shown:#?}");
+    assert_eq!(report.errors(), 0);
+    let loaded = loaded.unwrap();
+    let ids: Vec<&str> = loaded.funnels.iter().map(|f| f.id.value.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "abandoned-cart",
+            "b2b-follow-up",
+            "relationships-course",
+            "yoga-course-ru"
+        ]
+    );
+}
+
+#[test]
+fn russian_funnel_renders_cyrillic_end_to_end() {
+    let settings = Settings::load(&root(), None).unwrap();
+    let (loaded, _) = project::check(&settings, None);
+    let loaded = loaded.expect("examples pass check");
+    let f = loaded
+        .funnels
+        .iter()
+        .find(|f| f.id.value.as_str() == "yoga-course-ru")
+        .unwrap();
+    assert_eq!(
+        f.from.as_ref().unwrap().name.as_deref(),
+        Some("Мария Иванова")
+    );
+    assert_eq!(f.name, "Курс йоги для начинающих");
+    let stage = f.stage("mini-kurs").unwrap();
+    let cx = sample_context(f, Some(stage), &settings);
+    let r = loaded.templates["yoga-course-ru"]
+        .render("predlozhenie-mini-kursa", &cx)
+        .unwrap();
+    assert_eq!(r.subject, "Мини-курс «Спина без боли» — всего 990 ₽");
+    assert!(r.text.contains("Понравился урок?"), "{}", r.text);
+    // HTML escaping leaves Cyrillic and guillemets alone.
+    assert!(r.html.contains("Мини-курс «Спина без боли»"), "{}", r.html);
+}
+
+#[test]
+fn lead_values_are_escaped_in_html_only() {
+    let settings = Settings::load(&root(), None).unwrap();
+    let (loaded, _) = project::check(&settings, None);
+    let loaded = loaded.unwrap();
+    let f = loaded
+        .funnels
+        .iter()
+        .find(|f| f.id.value.as_str() == "relationships-course")
+        .unwrap();
+    let mut cx = sample_context(f, f.stage("lead_magnet"), &settings);
+    cx.insert(
+        "lead",
+        &serde_json::json!({ "first_name": "<script>alert(1)</script>" }),
+    );
+    let set = &loaded.templates["relationships-course"];
+    let r = set.render("webinar-ticket", &cx).unwrap();
+    assert!(r.html.contains("&lt;script&gt;"), "{}", r.html);
+    assert!(!r.html.contains("<script>"));
+}

@@ -1,0 +1,264 @@
+//! The storage schema and the store on real SQLite and real PostgreSQL: migrations apply, are
+//! idempotent, and the tables keep their promises (one lead per email, one event per key).
+
+use std::future::Future;
+
+use autofunnel::domain::{Email, Tag};
+use autofunnel::store::{Backend, LeadInput, NewEvent, Recorded, Store};
+use chrono::{TimeZone, Utc};
+use sea_orm::{ConnectionTrait, Database};
+
+use crate::util::postgres_url;
+
+const TABLES: [&str; 9] = [
+    "enrollments",
+    "events",
+    "funnel_versions",
+    "lead_tags",
+    "leads",
+    "messages",
+    "stage_history",
+    "suppressions",
+    "touches",
+];
+
+/// Runs `body` against a fresh SQLite file.
+async fn on_sqlite<F, Fut>(body: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}/nested/test.db", dir.path().display()))
+        .await
+        .unwrap();
+    assert_eq!(store.backend(), Backend::Sqlite);
+    body(store).await;
+}
+
+/// Runs `body` against a fresh PostgreSQL database, dropped afterwards.
+async fn on_postgres<F, Fut>(test: &str, body: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(url) = postgres_url(test) else {
+        return;
+    };
+    let name = format!(
+        "af_test_{}_{}",
+        std::process::id(),
+        test.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
+    let admin = Database::connect(&url)
+        .await
+        .expect("PostgreSQL from AUTOFUNNEL_TEST_POSTGRES_URL");
+    admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
+        .await
+        .unwrap();
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let db_url = match url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("AUTOFUNNEL_TEST_POSTGRES_URL needs a database part: {url}"),
+    };
+    let store = Store::connect(&db_url).await.unwrap();
+    assert_eq!(store.backend(), Backend::Postgres);
+    body(store.clone()).await;
+    store.close().await.unwrap();
+    admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
+        .await
+        .unwrap();
+}
+
+async fn migrations_apply_once(store: Store) {
+    let applied = store.migrate().await.unwrap();
+    assert_eq!(applied, ["m20261123_000001_init"]);
+    let tables: Vec<String> = store
+        .tables()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t != "seaql_migrations")
+        .collect();
+    assert_eq!(tables, TABLES);
+    assert!(
+        store.migrate().await.unwrap().is_empty(),
+        "second run applied something"
+    );
+    assert_eq!(
+        store.applied_migrations().await.unwrap(),
+        ["m20261123_000001_init"]
+    );
+}
+
+async fn leads_are_unique_by_email(store: Store) {
+    store.migrate().await.unwrap();
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap();
+    let email = Email::parse("Anna@Example.com").unwrap();
+    let mut fields = serde_json::Map::new();
+    fields.insert("city".into(), "Москва".into());
+    let first = store
+        .upsert_lead(
+            &email,
+            LeadInput {
+                first_name: Some("Анна".into()),
+                fields,
+                timezone: Some(chrono_tz::Europe::Moscow),
+            },
+            t0,
+        )
+        .await
+        .unwrap();
+    let mut more = serde_json::Map::new();
+    more.insert("plan".into(), "pro".into());
+    let second = store
+        .upsert_lead(
+            &Email::parse("anna@EXAMPLE.com").unwrap(),
+            LeadInput {
+                fields: more,
+                ..Default::default()
+            },
+            t0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.id, second.id, "the same email made two leads");
+    assert_eq!(second.first_name.as_deref(), Some("Анна"));
+    assert_eq!(second.fields["city"], "Москва");
+    assert_eq!(second.fields["plan"], "pro");
+    assert_eq!(second.timezone, Some(chrono_tz::Europe::Moscow));
+    assert_eq!(second.created_at, t0);
+    let found = store.lead_by_email(&email).await.unwrap().unwrap();
+    assert_eq!(found, second);
+    assert!(
+        store
+            .lead_by_email(&Email::parse("nobody@example.com").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let vip = Tag::parse("vip").unwrap();
+    store.tag_lead(first.id, &vip, t0).await.unwrap();
+    store.tag_lead(first.id, &vip, t0).await.unwrap();
+    store
+        .tag_lead(first.id, &Tag::parse("buyer").unwrap(), t0)
+        .await
+        .unwrap();
+    let tags: Vec<String> = store
+        .lead_tags(first.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(tags, ["buyer", "vip"]);
+}
+
+async fn events_are_stored_once_per_key(store: Store) {
+    store.migrate().await.unwrap();
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap();
+    let lead = store
+        .upsert_lead(
+            &Email::parse("buyer@example.com").unwrap(),
+            LeadInput::default(),
+            t0,
+        )
+        .await
+        .unwrap();
+    let purchase = |order: &str| NewEvent {
+        lead: Some(lead.id),
+        kind: "purchase".into(),
+        payload: serde_json::json!({ "order_id": order, "product": "course", "amount": 14900 }),
+        idempotency_key: Some(format!("purchase:{order}")),
+        occurred_at: t0,
+    };
+    assert!(matches!(
+        store.record_event(purchase("A-1"), t0).await.unwrap(),
+        Recorded::New(_)
+    ));
+    assert_eq!(
+        store.record_event(purchase("A-1"), t0).await.unwrap(),
+        Recorded::Duplicate
+    );
+    assert!(matches!(
+        store.record_event(purchase("A-2"), t0).await.unwrap(),
+        Recorded::New(_)
+    ));
+    // Events without a key never collide.
+    let click = NewEvent {
+        lead: Some(lead.id),
+        kind: "click".into(),
+        payload: serde_json::json!({}),
+        idempotency_key: None,
+        occurred_at: t0,
+    };
+    assert!(matches!(
+        store.record_event(click.clone(), t0).await.unwrap(),
+        Recorded::New(_)
+    ));
+    assert!(matches!(
+        store.record_event(click, t0).await.unwrap(),
+        Recorded::New(_)
+    ));
+    let kinds: Vec<String> = store
+        .lead_events(lead.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(kinds, ["purchase", "purchase", "click", "click"]);
+}
+
+#[tokio::test]
+async fn sqlite_migrations_apply_once() {
+    on_sqlite(migrations_apply_once).await;
+}
+
+#[tokio::test]
+async fn postgres_migrations_apply_once() {
+    on_postgres("postgres_migrations_apply_once", migrations_apply_once).await;
+}
+
+#[tokio::test]
+async fn sqlite_leads_are_unique_by_email() {
+    on_sqlite(leads_are_unique_by_email).await;
+}
+
+#[tokio::test]
+async fn postgres_leads_are_unique_by_email() {
+    on_postgres(
+        "postgres_leads_are_unique_by_email",
+        leads_are_unique_by_email,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_events_are_stored_once_per_key() {
+    on_sqlite(events_are_stored_once_per_key).await;
+}
+
+#[tokio::test]
+async fn postgres_events_are_stored_once_per_key() {
+    on_postgres(
+        "postgres_events_are_stored_once_per_key",
+        events_are_stored_once_per_key,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unsupported_database_urls_are_refused() {
+    let err = Store::connect("mysql://localhost/x").await.err().unwrap();
+    assert!(
+        err.to_string().contains("unsupported database URL"),
+        "{err}"
+    );
+}

@@ -1,0 +1,9 @@
+//! The integration tests: one binary, one module per feature (ripgrep's layout).
+
+mod check_corpus;
+mod cli;
+mod examples;
+mod roundtrip;
+mod server;
+mod store;
+mod util;
