@@ -127,22 +127,34 @@ fn run_refuses_funnels_that_fail_check_and_stores_nothing() {
     assert!(!dir.path().join("autofunnel.db").exists());
 }
 
+/// Kills the child if the test fails half-way, so no server outlives its test.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The main job on the embedded defaults: it migrates a fresh SQLite file, creates the outbox,
 /// answers /healthz, and stops cleanly on SIGTERM.
 #[test]
 fn run_serves_healthz_on_the_embedded_defaults_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     autofunnel().arg("init").arg(dir.path()).output().unwrap();
-    let mut child = autofunnel()
-        .arg("-C")
-        .arg(dir.path())
-        .arg("run")
-        .env("AUTOFUNNEL_LISTEN", "127.0.0.1:0")
-        .env("AUTOFUNNEL_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let mut child = Reap(
+        autofunnel()
+            .arg("-C")
+            .arg(dir.path())
+            .arg("run")
+            .env("AUTOFUNNEL_LISTEN", "127.0.0.1:0")
+            .env("AUTOFUNNEL_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -170,8 +182,8 @@ fn run_serves_healthz_on_the_embedded_defaults_and_stops_on_sigterm() {
     assert_eq!(body["funnels"], 1);
     assert!(dir.path().join("autofunnel.db").exists());
     assert!(dir.path().join("outbox").is_dir());
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
