@@ -13,7 +13,10 @@ use super::diag::Pos;
 /// Funnel files larger than this are refused before parsing.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 /// Deeper nesting than this is refused by the parser (a funnel needs fewer than 16 levels).
-pub const MAX_DEPTH: usize = 64;
+pub const MAX_DEPTH: usize = 32;
+/// Reading nested YAML recurses; the parse runs on its own thread with this much stack, so it
+/// cannot overflow whatever thread calls it (a test thread has 2 MiB).
+const PARSE_STACK_BYTES: usize = 64 * 1024 * 1024;
 
 /// A YAML value with the position where it starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +69,26 @@ pub struct SyntaxError {
 
 /// Parses one YAML document into a located tree; an empty document is `Value::Null`.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("yaml-parse".into())
+            .stack_size(PARSE_STACK_BYTES)
+            .spawn_scoped(scope, || parse_here(text))
+            .map_err(|e| SyntaxError {
+                pos: Pos::START,
+                message: format!("cannot start the parser: {e}"),
+            })?
+            .join()
+            .unwrap_or_else(|_| {
+                Err(SyntaxError {
+                    pos: Pos::START,
+                    message: "the YAML parser failed".into(),
+                })
+            })
+    })
+}
+
+fn parse_here(text: &str) -> Result<Node, SyntaxError> {
     if text.len() > MAX_FILE_BYTES {
         return Err(SyntaxError {
             pos: Pos::START,
