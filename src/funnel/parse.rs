@@ -342,20 +342,36 @@ fn json_scalar(sink: &mut Sink, node: &Node) -> Option<serde_json::Value> {
     }
 }
 
-fn parse_products(sink: &mut Sink, node: &Node) -> BTreeMap<ProductId, Product> {
-    let mut out = BTreeMap::new();
+/// The entries of a mapping keyed by names (`products:`, `fields:`, `webhooks:`), with each
+/// key read as its newtype; bad keys are reported and left out.
+fn named_entries<'a, T>(
+    sink: &mut Sink,
+    node: &'a Node,
+    what: &str,
+    parse: impl Fn(&str) -> Result<T, InvalidValue>,
+) -> Vec<(T, &'a Key, &'a Node)> {
     let Value::Map(entries) = &node.value else {
         sink.error(
             node.pos,
-            format!("products: expected a mapping, found {}", node.value.kind()),
+            format!("{what}: expected a mapping, found {}", node.value.kind()),
         );
-        return out;
+        return Vec::new();
     };
-    for (key, value) in entries {
-        let Ok(id) = ProductId::parse(&key.name).map_err(|e| sink.error(key.pos, e.to_string()))
-        else {
-            continue;
-        };
+    entries
+        .iter()
+        .filter_map(|(key, value)| match parse(&key.name) {
+            Ok(id) => Some((id, key, value)),
+            Err(e) => {
+                sink.error(key.pos, e.to_string());
+                None
+            }
+        })
+        .collect()
+}
+
+fn parse_products(sink: &mut Sink, node: &Node) -> BTreeMap<ProductId, Product> {
+    let mut out = BTreeMap::new();
+    for (id, key, value) in named_entries(sink, node, "products", ProductId::parse) {
         let Some(m) = Map::new(sink, value, "product", &["name", "price", "currency"]) else {
             continue;
         };
@@ -412,18 +428,7 @@ fn parse_products(sink: &mut Sink, node: &Node) -> BTreeMap<ProductId, Product> 
 
 fn parse_fields(sink: &mut Sink, node: &Node) -> BTreeMap<FieldName, FieldDef> {
     let mut out = BTreeMap::new();
-    let Value::Map(entries) = &node.value else {
-        sink.error(
-            node.pos,
-            format!("fields: expected a mapping, found {}", node.value.kind()),
-        );
-        return out;
-    };
-    for (key, value) in entries {
-        let Ok(name) = FieldName::parse(&key.name).map_err(|e| sink.error(key.pos, e.to_string()))
-        else {
-            continue;
-        };
+    for (name, key, value) in named_entries(sink, node, "fields", FieldName::parse) {
         if BUILTIN_FIELDS.iter().any(|(n, _, _)| *n == name.as_str()) {
             sink.error(
                 key.pos,
@@ -503,18 +508,7 @@ pub fn check_field_value(kind: FieldKind, value: &serde_json::Value) -> Result<(
 
 fn parse_webhooks(sink: &mut Sink, node: &Node) -> BTreeMap<WebhookId, Webhook> {
     let mut out = BTreeMap::new();
-    let Value::Map(entries) = &node.value else {
-        sink.error(
-            node.pos,
-            format!("webhooks: expected a mapping, found {}", node.value.kind()),
-        );
-        return out;
-    };
-    for (key, value) in entries {
-        let Ok(id) = WebhookId::parse(&key.name).map_err(|e| sink.error(key.pos, e.to_string()))
-        else {
-            continue;
-        };
+    for (id, key, value) in named_entries(sink, node, "webhooks", WebhookId::parse) {
         let Some(m) = Map::new(sink, value, "webhook", &["url", "secret_env"]) else {
             continue;
         };
