@@ -4,6 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 
 use super::diag::did_you_mean;
@@ -149,10 +150,71 @@ impl Cron {
         &self.source
     }
 
+    /// The first firing strictly after `after`, read on the wall clock of `tz`.
+    ///
+    /// Daylight-saving changes: a firing in the spring gap moves to the next valid minute, and
+    /// a firing in the repeated autumn hour happens once, at its first occurrence.
+    pub fn next_after(&self, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut local = after.with_timezone(&tz).naive_local();
+        // Each round moves past one candidate that is not after `after`; two rounds cover the
+        // repeated hour, the rest is a guard against schedules with no future firing.
+        for _ in 0..4 {
+            let naive = self
+                .schedules
+                .iter()
+                .filter_map(|s| s.after(&Utc.from_utc_datetime(&local)).next())
+                .min()?
+                .naive_utc();
+            let at = match tz.from_local_datetime(&naive) {
+                LocalResult::Single(t) => t,
+                LocalResult::Ambiguous(first, _) => first,
+                LocalResult::None => first_valid_minute(tz, naive)?,
+            }
+            .with_timezone(&Utc);
+            if at > after {
+                return Some(at);
+            }
+            local = naive;
+        }
+        None
+    }
+
+    /// Whether the minute of `at`, on the wall clock of `tz`, matches the expression.
+    pub fn contains(&self, tz: Tz, at: DateTime<Utc>) -> bool {
+        let local = at.with_timezone(&tz).naive_local();
+        let minute = local
+            .with_second(0)
+            .and_then(|l| l.with_nanosecond(0))
+            .unwrap_or(local);
+        let probe = Utc.from_utc_datetime(&minute);
+        self.schedules.iter().any(|s| s.includes(probe))
+    }
+
+    /// `at` itself when it matches, else the next matching minute.
+    pub fn next_open(&self, tz: Tz, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.contains(tz, at) {
+            Some(at)
+        } else {
+            self.next_after(tz, at)
+        }
+    }
+
     /// The schedules whose union is this expression.
     pub fn schedules(&self) -> &[cron::Schedule] {
         &self.schedules
     }
+}
+
+/// The first wall-clock minute at or after `naive` that exists in `tz` (spring gaps last at
+/// most a few hours).
+fn first_valid_minute(tz: Tz, naive: NaiveDateTime) -> Option<DateTime<Tz>> {
+    (1..=24 * 60).find_map(|m| {
+        match tz.from_local_datetime(&(naive + chrono::Duration::minutes(m))) {
+            LocalResult::Single(t) => Some(t),
+            LocalResult::Ambiguous(t, _) => Some(t),
+            LocalResult::None => None,
+        }
+    })
 }
 
 /// Rewrites a POSIX day-of-week field (0/7 = Sunday) with names, which the `cron` crate reads
@@ -242,6 +304,68 @@ impl fmt::Display for FrequencyCap {
 mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
+    use chrono_tz::Europe::Berlin;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn next_firing_in_the_leads_zone() {
+        let c = Cron::parse("0 19 * * Thu").unwrap();
+        // Monday 2026-11-23 10:00 UTC → Thursday 19:00 Berlin (UTC+1) = 18:00 UTC.
+        let next = c.next_after(Berlin, utc("2026-11-23T10:00:00Z")).unwrap();
+        assert_eq!(next, utc("2026-11-26T18:00:00Z"));
+        // Strictly after: at the firing itself, the next one is a week later.
+        assert_eq!(
+            c.next_after(Berlin, next).unwrap(),
+            utc("2026-12-03T18:00:00Z")
+        );
+    }
+
+    #[test]
+    fn spring_gap_moves_to_the_next_valid_minute() {
+        // Berlin skips 02:00–03:00 on 2026-03-29; a 02:30 firing happens at 03:00 local.
+        let c = Cron::parse("30 2 * * *").unwrap();
+        let next = c.next_after(Berlin, utc("2026-03-28T12:00:00Z")).unwrap();
+        assert_eq!(next, utc("2026-03-29T01:00:00Z"));
+        assert_eq!(
+            next.with_timezone(&Berlin).to_rfc3339(),
+            "2026-03-29T03:00:00+02:00"
+        );
+        let after = c.next_after(Berlin, next).unwrap();
+        assert_eq!(after, utc("2026-03-30T00:30:00Z"));
+    }
+
+    #[test]
+    fn autumn_repeat_fires_once() {
+        // Berlin repeats 02:00–03:00 on 2026-10-25; a 02:30 firing happens once, the first time.
+        let c = Cron::parse("30 2 * * *").unwrap();
+        let first = c.next_after(Berlin, utc("2026-10-24T12:00:00Z")).unwrap();
+        assert_eq!(first, utc("2026-10-25T00:30:00Z"));
+        let second = c.next_after(Berlin, first).unwrap();
+        assert_eq!(second, utc("2026-10-26T01:30:00Z"));
+        // Asked from inside the second 02:xx hour, the repeated firing is not given again.
+        assert_eq!(
+            c.next_after(Berlin, utc("2026-10-25T01:10:00Z")).unwrap(),
+            second
+        );
+    }
+
+    #[test]
+    fn windows() {
+        let w = Cron::parse("* 9-20 * * Mon-Sat").unwrap();
+        // Sunday 2026-11-29 12:00 Berlin is closed; Monday 09:00 opens.
+        let sunday = utc("2026-11-29T11:00:00Z");
+        assert!(!w.contains(Berlin, sunday));
+        assert_eq!(
+            w.next_open(Berlin, sunday).unwrap(),
+            utc("2026-11-30T08:00:00Z")
+        );
+        let monday = utc("2026-11-30T10:17:42Z");
+        assert!(w.contains(Berlin, monday));
+        assert_eq!(w.next_open(Berlin, monday).unwrap(), monday);
+    }
 
     #[test]
     fn durations() {
