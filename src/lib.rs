@@ -15,6 +15,7 @@
 
 pub mod cli;
 pub mod domain;
+pub mod engine;
 pub mod funnel;
 pub mod project;
 pub mod scaffold;

@@ -220,7 +220,8 @@ fn offset(secs: i64) -> String {
     }
 }
 
-fn wait_until(w: &WaitUntil) -> String {
+/// A `wait_until` as it is written in a funnel.
+pub fn wait_until(w: &WaitUntil) -> String {
     match w {
         WaitUntil::Cron(c) => c.source().to_string(),
         WaitUntil::Deadline { offset_secs } => format!("deadline{}", offset(*offset_secs)),
