@@ -41,6 +41,27 @@ enum Command {
     },
     /// Apply pending database migrations.
     Migrate,
+    /// Run a virtual lead through a funnel and print what it receives and when.
+    Simulate {
+        /// Funnel id, or path to a funnel file.
+        funnel: String,
+        /// The lead: `timezone=Europe/Moscow first_name=Anna city=Moscow` (other fields take
+        /// the funnel's samples).
+        #[arg(long, default_value = "")]
+        lead: String,
+        /// Events at virtual times: `1h confirm; 2d3h purchase webinar-ticket; 4d click course-offer-a`.
+        #[arg(long, default_value = "")]
+        script: String,
+        /// Start time (RFC 3339); default now.
+        #[arg(long)]
+        start: Option<String>,
+        /// How far to simulate.
+        #[arg(long, default_value = "90d")]
+        horizon: String,
+        /// Write every email, rendered for this lead, into DIR.
+        #[arg(long, value_name = "DIR")]
+        render: Option<PathBuf>,
+    },
     /// Write a starter project into DIR.
     Init { dir: PathBuf },
 }
@@ -51,6 +72,23 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { ref paths } => check(&cli.project, cli.config.as_deref(), paths),
         Command::Init { ref dir } => init(dir),
+        Command::Simulate {
+            ref funnel,
+            ref lead,
+            ref script,
+            ref start,
+            ref horizon,
+            ref render,
+        } => crate::simulate::run(
+            &cli.project,
+            cli.config.as_deref(),
+            funnel,
+            lead,
+            script,
+            start.as_deref(),
+            horizon,
+            render.as_deref(),
+        ),
         Command::Run => block_on(run(cli.project.clone(), cli.config.clone())),
         Command::Migrate => block_on(migrate(cli.project.clone(), cli.config.clone())),
     };

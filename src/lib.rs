@@ -12,6 +12,8 @@
 //! - [`server`]: the HTTP side of `autofunnel run`.
 //! - [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 //! - [`scaffold`]: the starter project written by `autofunnel init`.
+//! - [`engine`]: the pure state machine of one enrollment, and its simulation.
+//! - [`simulate`]: `autofunnel simulate`, the timeline of a virtual lead.
 
 pub mod cli;
 pub mod domain;
@@ -21,5 +23,6 @@ pub mod project;
 pub mod scaffold;
 pub mod server;
 pub mod settings;
+pub mod simulate;
 pub mod store;
 pub mod templates;

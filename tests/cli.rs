@@ -187,3 +187,70 @@ fn run_serves_healthz_on_the_embedded_defaults_and_stops_on_sigterm() {
     let status = child.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn simulate_prints_the_timeline_with_subjects_and_renders_emails() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = autofunnel()
+        .current_dir(root())
+        .args([
+            "simulate",
+            "yoga-course-ru",
+            "--lead",
+            "timezone=Europe/Moscow first_name=Ольга start_kursa=2026-12-07",
+            "--script",
+            "1m confirm; 1d2h purchase mini-kurs; 2d purchase polnyj-kurs",
+            "--start",
+            "2026-11-23T10:00:00+03:00",
+            "--horizon",
+            "30d",
+            "--render",
+        ])
+        .arg(out_dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("send besplatnyj-urok  «Ваш бесплатный урок йоги»"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(send window \"* 9-21 * * *\")"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("4 emails; exited converted;"),
+        "{stdout}"
+    );
+    let first = std::fs::read_to_string(out_dir.path().join("002-besplatnyj-urok.txt")).unwrap();
+    assert!(
+        first.contains("Subject: Ваш бесплатный урок йоги"),
+        "{first}"
+    );
+    assert!(first.contains("Здравствуйте, Ольга!"), "{first}");
+}
+
+#[test]
+fn simulate_names_the_funnels_when_one_is_unknown() {
+    let out = autofunnel()
+        .current_dir(root())
+        .args(["simulate", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no funnel \"nope\"; the project has: abandoned-cart, b2b-follow-up"),
+        "{stderr}"
+    );
+}

@@ -27,28 +27,6 @@ fn load_funnel(path: &Path, text: &str) -> Funnel {
     f.unwrap()
 }
 
-fn lead_from(spec: &str) -> LeadFacts {
-    let mut lead = LeadFacts {
-        mailable: true,
-        ..LeadFacts::default()
-    };
-    for pair in spec.split_whitespace() {
-        let (k, v) = pair.split_once('=').unwrap();
-        match k {
-            "id" => lead.id = v.parse().unwrap(),
-            "timezone" => lead.timezone = Some(v.parse().unwrap()),
-            _ => {
-                let value = v
-                    .parse::<f64>()
-                    .map(serde_json::Value::from)
-                    .unwrap_or_else(|_| v.into());
-                lead.fields.insert(k.to_string(), value);
-            }
-        }
-    }
-    lead
-}
-
 fn load_case(path: &Path) -> Case {
     let text = std::fs::read_to_string(path).unwrap();
     let (head, inline) = match text.split_once("\n---\n") {
@@ -71,7 +49,7 @@ fn load_case(path: &Path) -> Case {
     };
     Case {
         funnel,
-        lead: lead_from(&header("lead").unwrap_or_default()),
+        lead: sim::parse_lead(&header("lead").unwrap_or_default()).unwrap(),
         start: DateTime::parse_from_rfc3339(&header("start").unwrap())
             .unwrap()
             .with_timezone(&Utc),

@@ -91,6 +91,37 @@ pub fn parse_script(text: &str) -> Result<Vec<Scripted>, String> {
     Ok(out)
 }
 
+/// Reads a lead from `id=7 timezone=Europe/Moscow first_name=Anna city=Moscow`: `id` and
+/// `timezone` are the lead's own, every other pair a field (numbers read as numbers).
+pub fn parse_lead(spec: &str) -> Result<LeadFacts, String> {
+    let mut lead = LeadFacts {
+        id: 1,
+        mailable: true,
+        ..LeadFacts::default()
+    };
+    for pair in spec.split_whitespace() {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("lead \"{pair}\": write fields as key=value"))?;
+        match k {
+            "id" => {
+                lead.id = v
+                    .parse()
+                    .map_err(|_| format!("lead id \"{v}\" is not a number"))?
+            }
+            "timezone" => lead.timezone = Some(crate::funnel::time::parse_timezone(v)?),
+            _ => {
+                let value = v
+                    .parse::<f64>()
+                    .map(serde_json::Value::from)
+                    .unwrap_or_else(|_| v.into());
+                lead.fields.insert(k.to_string(), value);
+            }
+        }
+    }
+    Ok(lead)
+}
+
 /// One line of a timeline.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Line {
