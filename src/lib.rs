@@ -20,6 +20,7 @@ pub mod domain;
 pub mod engine;
 pub mod funnel;
 pub mod project;
+pub mod runtime;
 pub mod scaffold;
 pub mod server;
 pub mod settings;

@@ -99,7 +99,10 @@ fn migrate_creates_the_sqlite_database_and_is_idempotent() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert!(String::from_utf8_lossy(&first.stdout).contains("applied m20261123_000001_init"));
+    assert!(
+        String::from_utf8_lossy(&first.stdout)
+            .contains("applied m20261123_000001_init\napplied m20261124_000002_stage_entry")
+    );
     assert!(dir.path().join("autofunnel.db").exists());
     let second = autofunnel()
         .arg("-C")

@@ -10,6 +10,8 @@ use sea_orm::{ConnectionTrait, Database};
 
 use crate::util::postgres_url;
 
+const MIGRATIONS: [&str; 2] = ["m20261123_000001_init", "m20261124_000002_stage_entry"];
+
 const TABLES: [&str; 9] = [
     "enrollments",
     "events",
@@ -23,7 +25,7 @@ const TABLES: [&str; 9] = [
 ];
 
 /// Runs `body` against a fresh SQLite file.
-async fn on_sqlite<F, Fut>(body: F)
+pub async fn on_sqlite<F, Fut>(body: F)
 where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = ()>,
@@ -37,7 +39,7 @@ where
 }
 
 /// Runs `body` against a fresh PostgreSQL database, dropped afterwards.
-async fn on_postgres<F, Fut>(test: &str, body: F)
+pub async fn on_postgres<F, Fut>(test: &str, body: F)
 where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = ()>,
@@ -77,7 +79,10 @@ where
 
 async fn migrations_apply_once(store: Store) {
     let applied = store.migrate().await.unwrap();
-    assert_eq!(applied, ["m20261123_000001_init"]);
+    assert_eq!(
+        applied,
+        ["m20261123_000001_init", "m20261124_000002_stage_entry"]
+    );
     let tables: Vec<String> = store
         .tables()
         .await
@@ -90,10 +95,7 @@ async fn migrations_apply_once(store: Store) {
         store.migrate().await.unwrap().is_empty(),
         "second run applied something"
     );
-    assert_eq!(
-        store.applied_migrations().await.unwrap(),
-        ["m20261123_000001_init"]
-    );
+    assert_eq!(store.applied_migrations().await.unwrap(), MIGRATIONS);
 }
 
 async fn leads_are_unique_by_email(store: Store) {

@@ -6,6 +6,7 @@ mod cli;
 mod engine;
 mod examples;
 mod roundtrip;
+mod runtime;
 mod server;
 mod store;
 mod util;

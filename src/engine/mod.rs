@@ -647,7 +647,7 @@ fn describe(w: &WaitUntil) -> String {
 }
 
 /// FNV-1a: a stable hash (std's is seeded per process), for A/B variants.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })

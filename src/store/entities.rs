@@ -85,6 +85,8 @@ pub mod enrollment {
         pub wake_at: Option<i64>,
         pub deadline_at: Option<i64>,
         pub stage_entered_at: i64,
+        /// How many times a stage was entered; part of every send key.
+        pub stage_entry: i32,
         pub entered_at: i64,
         pub exited_at: Option<i64>,
         pub outcome: Option<String>,

@@ -1,7 +1,10 @@
 //! The only module that talks to the database (sea-orm). It returns domain types; the
 //! differences between SQLite and PostgreSQL live here and nowhere else.
 
+mod enrollments;
 pub mod entities;
+
+pub use enrollments::{OutboxRow, StageVisit, StoredEnrollment};
 
 use std::path::Path;
 use std::time::Duration;
@@ -47,8 +50,8 @@ pub enum Backend {
 /// A connection pool to the application database.
 #[derive(Clone)]
 pub struct Store {
-    db: DatabaseConnection,
-    backend: Backend,
+    pub(crate) db: DatabaseConnection,
+    pub(crate) backend: Backend,
 }
 
 /// What the API or a form knows about a lead when it arrives.
@@ -76,11 +79,11 @@ pub enum Recorded {
     Duplicate,
 }
 
-fn ms(t: DateTime<Utc>) -> i64 {
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-fn from_ms(v: i64) -> DateTime<Utc> {
+pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(v).single().unwrap_or_default()
 }
 
@@ -331,7 +334,7 @@ impl Store {
     }
 }
 
-fn parse_fields(text: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
+pub(crate) fn parse_fields(text: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
     match serde_json::from_str(text) {
         Ok(serde_json::Value::Object(m)) => Ok(m),
         _ => Err(StoreError::Corrupt(format!(

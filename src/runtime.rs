@@ -1,0 +1,257 @@
+//! The runtime of `autofunnel run`: durable enrollments driven by the pure engine. Timers are
+//! the indexed `wake_at` column; due enrollments are claimed in batches with a lease, stepped,
+//! and committed one transaction per transition; the loop sleeps until the next wake-up or a
+//! notification that an earlier one was written.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use tokio::sync::Notify;
+
+use crate::domain::LeadId;
+use crate::engine::{self, Event, Input, Status, Transition};
+use crate::funnel::{Funnel, ReEntry, print};
+use crate::store::{NewEvent, Recorded, Store, StoredEnrollment};
+
+/// How long a claimed enrollment is reserved for its worker; a worker that dies loses it then.
+pub const LEASE: Duration = Duration::seconds(30);
+/// Enrollments claimed per round.
+pub const BATCH: u64 = 500;
+/// The longest the loop sleeps without looking at the database (other nodes may add work).
+const MAX_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A funnel as the runtime runs it, with its stored version.
+pub struct Running {
+    pub funnel: Funnel,
+    pub version: i32,
+}
+
+/// What an enrollment request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enrolled {
+    New(i64),
+    /// The lead is in this funnel now.
+    AlreadyIn(i64),
+    /// The funnel's `re_entry` policy refuses another run.
+    NotAgain,
+}
+
+/// Errors a caller may branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("no funnel \"{0}\" is loaded")]
+    UnknownFunnel(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+pub struct Runtime {
+    store: Store,
+    funnels: BTreeMap<String, Running>,
+    owner: String,
+    wake: Arc<Notify>,
+}
+
+impl Runtime {
+    /// Registers each funnel's version (a new one when its canonical text changed).
+    pub async fn new(
+        store: Store,
+        funnels: Vec<Funnel>,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Runtime, RuntimeError> {
+        let mut running = BTreeMap::new();
+        for f in funnels {
+            let source = print::to_yaml(&f);
+            let hash = format!("{:016x}", engine::fnv1a(source.as_bytes()));
+            let version = store
+                .funnel_version(f.id.value.as_str(), &hash, &source, now)
+                .await?;
+            running.insert(f.id.value.to_string(), Running { funnel: f, version });
+        }
+        Ok(Runtime {
+            store,
+            funnels: running,
+            owner: owner.to_string(),
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn funnel(&self, id: &str) -> Option<&Running> {
+        self.funnels.get(id)
+    }
+
+    /// Puts a lead into a funnel, following its re-entry policy.
+    pub async fn enroll(
+        &self,
+        lead: LeadId,
+        funnel: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Enrolled, RuntimeError> {
+        let r = self
+            .funnels
+            .get(funnel)
+            .ok_or_else(|| RuntimeError::UnknownFunnel(funnel.to_string()))?;
+        let before = self.store.enrollments_of(lead, funnel).await?;
+        if let Some(live) = before
+            .iter()
+            .find(|e| !matches!(e.state.status, Status::Exited(_)))
+        {
+            return Ok(Enrolled::AlreadyIn(live.id));
+        }
+        if let Some(last) = before.last() {
+            let again = match r.funnel.entry.re_entry {
+                ReEntry::Never => false,
+                ReEntry::Always => true,
+                ReEntry::After(d) => now >= last.entered_at + Duration::seconds(d.as_secs() as i64),
+            };
+            if !again {
+                return Ok(Enrolled::NotAgain);
+            }
+        }
+        let facts = self.store.lead_facts(lead, now).await?;
+        let t = engine::step(
+            &r.funnel,
+            &engine::new_enrollment(&r.funnel, now),
+            &facts,
+            &Input::Enroll,
+            now,
+        );
+        let id = self
+            .store
+            .enroll(lead, funnel, r.version, step_id(&r.funnel, &t), &t, now)
+            .await?;
+        self.wake.notify_one();
+        Ok(Enrolled::New(id))
+    }
+
+    /// Stores an event once, then feeds it to the lead's live enrollments. Returns how many
+    /// enrollments saw it; a duplicate (same idempotency key) is seen by none.
+    pub async fn event(
+        &self,
+        lead: LeadId,
+        e: Event,
+        key: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, RuntimeError> {
+        let payload = serde_json::json!({ "product": e.product, "template": e.template, "link": e.link, "form": e.form });
+        let stored = NewEvent {
+            lead: Some(lead),
+            kind: e.name.clone(),
+            payload,
+            idempotency_key: key,
+            occurred_at: now,
+        };
+        if self.store.record_event(stored, now).await? == Recorded::Duplicate {
+            return Ok(0);
+        }
+        let (claimed, _busy) = self
+            .store
+            .claim_for_lead(lead, &self.owner, now, LEASE)
+            .await?;
+        let facts = self.store.lead_facts(lead, now).await?;
+        let mut seen = 0;
+        for c in claimed {
+            let input = if e.name == "confirmed" && c.state.status == Status::Unconfirmed {
+                Input::Confirmed
+            } else {
+                Input::Event(e.clone())
+            };
+            if self.advance(&c, &facts, &input, now).await? {
+                seen += 1;
+            }
+        }
+        self.wake.notify_one();
+        Ok(seen)
+    }
+
+    /// Claims a batch of due enrollments and steps each; returns how many were committed.
+    pub async fn tick(&self, now: DateTime<Utc>) -> Result<usize, RuntimeError> {
+        let due = self.store.claim_due(&self.owner, now, LEASE, BATCH).await?;
+        let mut done = 0;
+        for c in due {
+            let facts = self.store.lead_facts(c.lead, now).await?;
+            if self.advance(&c, &facts, &Input::Timer, now).await? {
+                done += 1;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Steps one claimed enrollment and commits; false when its funnel is gone or the lease
+    /// was lost.
+    async fn advance(
+        &self,
+        c: &StoredEnrollment,
+        facts: &engine::LeadFacts,
+        input: &Input,
+        now: DateTime<Utc>,
+    ) -> Result<bool, RuntimeError> {
+        let Some(r) = self.funnels.get(&c.funnel) else {
+            tracing::warn!(enrollment = c.id, funnel = %c.funnel, "funnel not loaded; enrollment left as it is");
+            return Ok(false);
+        };
+        let state = resume(&r.funnel, c);
+        let t = engine::step(&r.funnel, &state, facts, input, now);
+        Ok(self
+            .store
+            .commit(c, &self.owner, step_id(&r.funnel, &t), r.version, &t, now)
+            .await?)
+    }
+
+    /// Steps due enrollments until `shutdown` completes: after each busy round at once,
+    /// otherwise sleeping until the next wake-up, a notification, or `MAX_IDLE`.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let now = Utc::now();
+            let busy = match self.tick(now).await {
+                Ok(n) => n as u64 >= BATCH,
+                Err(e) => {
+                    tracing::error!(error = %e, "scheduler round failed; retrying");
+                    false
+                }
+            };
+            if busy {
+                continue;
+            }
+            let sleep = match self.store.next_wake().await {
+                Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or_default().min(MAX_IDLE),
+                _ => MAX_IDLE,
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+}
+
+/// The stored step id of a transition's resulting position, so another version of the funnel
+/// can find the step again.
+fn step_id(f: &Funnel, t: &Transition) -> Option<String> {
+    f.stage(t.state.stage.as_str())
+        .and_then(|s| s.steps.get(t.state.step))
+        .map(|s| s.id.to_string())
+}
+
+/// The state to step from: where the funnel was edited, the step is found again by its id.
+fn resume(f: &Funnel, c: &StoredEnrollment) -> engine::Enrollment {
+    let mut state = c.state.clone();
+    if let (Some(id), Some(stage)) = (&c.step_id, f.stage(state.stage.as_str()))
+        && stage
+            .steps
+            .get(state.step)
+            .is_none_or(|s| s.id.as_str() != id)
+        && let Some(i) = stage.steps.iter().position(|s| s.id.as_str() == id)
+    {
+        state.step = i;
+    }
+    state
+}

@@ -1,0 +1,201 @@
+//! The runtime on real SQLite and PostgreSQL, with time as an argument: enrollments wake at
+//! their `wake_at`, events move them, a crashed worker's lease expires and its work is redone
+//! once, and every send is queued exactly once.
+
+use std::path::Path;
+
+use autofunnel::domain::{Email, LeadId};
+use autofunnel::engine::Event;
+use autofunnel::funnel::{self, Funnel, Outcome, Sink};
+use autofunnel::runtime::{Enrolled, LEASE, Runtime};
+use autofunnel::store::{LeadInput, Store};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+
+use crate::store::{on_postgres, on_sqlite};
+use crate::util::root;
+
+fn cart() -> Funnel {
+    let file = "funnels/abandoned-cart.yaml";
+    let mut sink = Sink::new(Path::new(file));
+    let f = funnel::parse_text(
+        Path::new(file),
+        &std::fs::read_to_string(root().join(file)).unwrap(),
+        &mut sink,
+    );
+    assert!(sink.diagnostics.is_empty());
+    f.unwrap()
+}
+
+fn t0() -> DateTime<Utc> {
+    // Tuesday 15:00 in Berlin: inside any send window.
+    Utc.with_ymd_and_hms(2026, 11, 24, 14, 0, 0).unwrap()
+}
+
+async fn lead(store: &Store, email: &str) -> LeadId {
+    let input = LeadInput {
+        timezone: Some(chrono_tz::Europe::Berlin),
+        ..Default::default()
+    };
+    store
+        .upsert_lead(&Email::parse(email).unwrap(), input, t0())
+        .await
+        .unwrap()
+        .id
+}
+
+fn templates(rows: &[autofunnel::store::OutboxRow]) -> Vec<String> {
+    rows.iter()
+        .map(|r| r.template.clone().unwrap_or_default())
+        .collect()
+}
+
+async fn timers_wake_and_events_move(store: Store) {
+    store.migrate().await.unwrap();
+    let rt = Runtime::new(store.clone(), vec![cart()], "node-a", t0())
+        .await
+        .unwrap();
+    let anna = lead(&store, "anna@example.com").await;
+    let Enrolled::New(id) = rt.enroll(anna, "abandoned-cart", t0()).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        rt.enroll(anna, "abandoned-cart", t0()).await.unwrap(),
+        Enrolled::AlreadyIn(id)
+    );
+    assert_eq!(
+        store.next_wake().await.unwrap(),
+        Some(t0() + Duration::hours(1))
+    );
+    assert_eq!(
+        rt.tick(t0() + Duration::minutes(59)).await.unwrap(),
+        0,
+        "woke before its time"
+    );
+    assert_eq!(rt.tick(t0() + Duration::hours(1)).await.unwrap(), 1);
+    assert_eq!(
+        templates(&store.outbox_of(anna).await.unwrap()),
+        ["cart-reminder"]
+    );
+    let purchase = Event {
+        product: Some("green-tea".into()),
+        ..Event::named("purchase")
+    };
+    let at = t0() + Duration::hours(2);
+    assert_eq!(
+        rt.event(anna, purchase.clone(), Some("order-1".into()), at)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        rt.event(anna, purchase, Some("order-1".into()), at)
+            .await
+            .unwrap(),
+        0,
+        "the same order counted twice"
+    );
+    let e = &store.enrollments_of(anna, "abandoned-cart").await.unwrap()[0];
+    assert_eq!(
+        e.state.status,
+        autofunnel::engine::Status::Exited(Outcome::Converted)
+    );
+    assert_eq!(e.state.wake_at, None);
+    assert_eq!(store.next_wake().await.unwrap(), None);
+    let history = store.stage_history(id).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].stage, "cart");
+    assert_eq!(history[0].exited_at, Some(at));
+    assert_eq!(history[0].exit_reason.as_deref(), Some("exit: converted"));
+    // Nothing more is due, ever.
+    assert_eq!(rt.tick(t0() + Duration::days(30)).await.unwrap(), 0);
+    assert_eq!(store.outbox_of(anna).await.unwrap().len(), 1);
+    // re_entry: after 7d.
+    assert_eq!(
+        rt.enroll(anna, "abandoned-cart", t0() + Duration::days(1))
+            .await
+            .unwrap(),
+        Enrolled::NotAgain
+    );
+    assert!(matches!(
+        rt.enroll(anna, "abandoned-cart", t0() + Duration::days(8))
+            .await
+            .unwrap(),
+        Enrolled::New(_)
+    ));
+}
+
+async fn a_crashed_worker_loses_its_lease_and_nothing_is_done_twice(store: Store) {
+    store.migrate().await.unwrap();
+    let a = Runtime::new(store.clone(), vec![cart()], "node-a", t0())
+        .await
+        .unwrap();
+    let b = Runtime::new(store.clone(), vec![cart()], "node-b", t0())
+        .await
+        .unwrap();
+    let mut leads = Vec::new();
+    for i in 0..20 {
+        let l = lead(&store, &format!("lead{i}@example.com")).await;
+        a.enroll(l, "abandoned-cart", t0()).await.unwrap();
+        leads.push(l);
+    }
+    let due = t0() + Duration::hours(1);
+    // Worker A claims the whole batch and dies before committing any of it.
+    let claimed = store.claim_due("node-a", due, LEASE, 500).await.unwrap();
+    assert_eq!(claimed.len(), 20);
+    // While the lease holds, B finds nothing: never two workers on one lead.
+    assert_eq!(b.tick(due + Duration::seconds(10)).await.unwrap(), 0);
+    // Once it expired, B redoes all of it.
+    let later = due + LEASE + Duration::seconds(1);
+    assert_eq!(b.tick(later).await.unwrap(), 20);
+    // A comes back and tries to commit its stale claim: refused, nothing written.
+    let facts = store.lead_facts(claimed[0].lead, due).await.unwrap();
+    let f = cart();
+    let t = autofunnel::engine::step(
+        &f,
+        &claimed[0].state,
+        &facts,
+        &autofunnel::engine::Input::Timer,
+        due,
+    );
+    assert!(
+        !store
+            .commit(&claimed[0], "node-a", None, 1, &t, due)
+            .await
+            .unwrap()
+    );
+    for l in leads {
+        assert_eq!(
+            templates(&store.outbox_of(l).await.unwrap()),
+            ["cart-reminder"],
+            "lead {l}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqlite_timers_wake_and_events_move() {
+    on_sqlite(timers_wake_and_events_move).await;
+}
+
+#[tokio::test]
+async fn postgres_timers_wake_and_events_move() {
+    on_postgres(
+        "postgres_timers_wake_and_events_move",
+        timers_wake_and_events_move,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_a_crashed_worker_loses_its_lease() {
+    on_sqlite(a_crashed_worker_loses_its_lease_and_nothing_is_done_twice).await;
+}
+
+#[tokio::test]
+async fn postgres_a_crashed_worker_loses_its_lease() {
+    on_postgres(
+        "postgres_a_crashed_worker_loses_its_lease",
+        a_crashed_worker_loses_its_lease_and_nothing_is_done_twice,
+    )
+    .await;
+}
