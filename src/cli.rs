@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use crate::project;
+use crate::runtime::Runtime;
 use crate::server::{self, AppState};
 use crate::settings::{self, Settings};
 use crate::store::{Store, redact};
@@ -223,11 +224,40 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         funnels = loaded.funnels.len(),
         "autofunnel is running"
     );
-    let state = AppState {
-        store,
-        funnels: loaded.funnels.len(),
+    let funnels = loaded.funnels.len();
+    let owner = format!(
+        "node-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    );
+    let runtime = Runtime::new(store.clone(), loaded.funnels, &owner, chrono::Utc::now()).await?;
+    // One stop signal for the server and the scheduler.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
     };
-    server::serve(listener, state, shutdown_signal()).await?;
+    let scheduler = {
+        let done = until_stopped();
+        tokio::spawn(async move { runtime.run(done).await })
+    };
+    let mut server = tokio::spawn(server::serve(
+        listener,
+        AppState { store, funnels },
+        until_stopped(),
+    ));
+    let served = tokio::select! {
+        r = &mut server => r,
+        _ = shutdown_signal() => {
+            let _ = stop.send(true);
+            server.await
+        }
+    };
+    let _ = stop.send(true);
+    served.context("the HTTP server task failed")??;
+    scheduler.await.context("the scheduler task failed")?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
