@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use crate::domain::LeadId;
 use crate::engine::{self, Event, Input, Status, Transition};
 use crate::funnel::{Funnel, ReEntry, print};
-use crate::store::{NewEvent, Recorded, Store, StoredEnrollment};
+use crate::store::{Committed, NewEvent, Recorded, Store, StoredEnrollment};
 
 /// How long a claimed enrollment is reserved for its worker; a worker that dies loses it then.
 pub const LEASE: Duration = Duration::seconds(30);
@@ -170,17 +170,39 @@ impl Runtime {
         Ok(seen)
     }
 
-    /// Claims a batch of due enrollments and steps each; returns how many were committed.
+    /// Claims a batch of due enrollments, steps each, and commits the round in one
+    /// transaction; returns how many transitions were committed.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<usize, RuntimeError> {
         let due = self.store.claim_due(&self.owner, now, LEASE, BATCH).await?;
-        let mut done = 0;
-        for c in due {
-            let facts = self.store.lead_facts(c.lead, now).await?;
-            if self.advance(&c, &facts, &Input::Timer, now).await? {
-                done += 1;
-            }
+        if due.is_empty() {
+            return Ok(0);
         }
-        Ok(done)
+        let leads: Vec<LeadId> = due.iter().map(|c| c.lead).collect();
+        let facts = self.store.lead_facts_many(&leads, now).await?;
+        let stepped: Vec<Stepped> = due
+            .iter()
+            .filter_map(|c| {
+                let r = self.funnels.get(&c.funnel).or_else(|| {
+                    tracing::warn!(enrollment = c.id, funnel = %c.funnel, "funnel not loaded; enrollment left as it is");
+                    None
+                })?;
+                let f = facts.get(&c.lead)?;
+                let t = engine::step(&r.funnel, &resume(&r.funnel, c), f, &Input::Timer, now);
+                let id = step_id(&r.funnel, &t);
+                Some((c, t, id, r.version, f.fields.get("email").and_then(|e| e.as_str()).map(str::to_string)))
+            })
+            .collect();
+        let items: Vec<Committed> = stepped
+            .iter()
+            .map(|(c, t, id, v, to)| Committed {
+                enrollment: c,
+                recipient: to.clone(),
+                step_id: id.clone(),
+                version: *v,
+                transition: t,
+            })
+            .collect();
+        Ok(self.store.commit_many(&self.owner, &items, now).await?)
     }
 
     /// Steps one claimed enrollment and commits; false when its funnel is gone or the lease
@@ -196,8 +218,7 @@ impl Runtime {
             tracing::warn!(enrollment = c.id, funnel = %c.funnel, "funnel not loaded; enrollment left as it is");
             return Ok(false);
         };
-        let state = resume(&r.funnel, c);
-        let t = engine::step(&r.funnel, &state, facts, input, now);
+        let t = engine::step(&r.funnel, &resume(&r.funnel, c), facts, input, now);
         Ok(self
             .store
             .commit(c, &self.owner, step_id(&r.funnel, &t), r.version, &t, now)
@@ -232,6 +253,15 @@ impl Runtime {
         }
     }
 }
+
+/// A claimed enrollment after its step: transition, step id, funnel version, recipient.
+type Stepped<'a> = (
+    &'a StoredEnrollment,
+    Transition,
+    Option<String>,
+    i32,
+    Option<String>,
+);
 
 /// The stored step id of a transition's resulting position, so another version of the funnel
 /// can find the step again.

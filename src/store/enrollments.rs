@@ -1,7 +1,7 @@
 //! Enrollments, their durable wake-ups and leases, and the one-transaction commit of a
 //! transition: new state, stage history, outbox rows and lead changes together.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
@@ -215,7 +215,19 @@ impl Store {
         .exec(&txn)
         .await?;
         let id = res.last_insert_id;
-        apply_effects(&txn, id, lead, funnel, version, &t.effects, now).await?;
+        apply_effects(
+            &txn,
+            Of {
+                enrollment: id,
+                lead,
+                funnel,
+                version,
+            },
+            &t.effects,
+            None,
+            now,
+        )
+        .await?;
         txn.commit().await?;
         Ok(id)
     }
@@ -298,123 +310,148 @@ impl Store {
         t: &Transition,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let txn = self.db.begin().await?;
-        let (status, outcome) = status_parts(t.state.status);
-        let st = &t.state;
-        let res = enrollment::Entity::update_many()
-            .col_expr(enrollment::Column::FunnelVersion, Expr::value(version))
-            .col_expr(
-                enrollment::Column::StageId,
-                Expr::value(st.stage.to_string()),
+        let done = self
+            .commit_many(
+                owner,
+                &[Committed {
+                    enrollment: e,
+                    recipient: None,
+                    step_id,
+                    version,
+                    transition: t,
+                }],
+                now,
             )
-            .col_expr(enrollment::Column::StepId, Expr::value(step_id))
-            .col_expr(enrollment::Column::StepIndex, Expr::value(st.step as i32))
-            .col_expr(enrollment::Column::Status, Expr::value(status))
-            .col_expr(
-                enrollment::Column::Outcome,
-                Expr::value(outcome.map(str::to_string)),
-            )
-            .col_expr(enrollment::Column::WakeAt, Expr::value(st.wake_at.map(ms)))
-            .col_expr(
-                enrollment::Column::DeadlineAt,
-                Expr::value(st.deadline.map(ms)),
-            )
-            .col_expr(
-                enrollment::Column::StageEnteredAt,
-                Expr::value(ms(st.stage_entered_at)),
-            )
-            .col_expr(
-                enrollment::Column::StageEntry,
-                Expr::value(st.stage_entry as i32),
-            )
-            .col_expr(
-                enrollment::Column::ExitedAt,
-                Expr::value(matches!(st.status, Status::Exited(_)).then(|| ms(now))),
-            )
-            .col_expr(
-                enrollment::Column::LeaseOwner,
-                Expr::value(Option::<String>::None),
-            )
-            .col_expr(
-                enrollment::Column::LeaseUntil,
-                Expr::value(Option::<i64>::None),
-            )
-            .col_expr(enrollment::Column::UpdatedAt, Expr::value(ms(now)))
-            .filter(enrollment::Column::Id.eq(e.id))
-            .filter(enrollment::Column::LeaseOwner.eq(owner))
-            .exec(&txn)
             .await?;
-        if res.rows_affected != 1 {
-            txn.rollback().await?;
-            return Ok(false);
+        Ok(done == 1)
+    }
+
+    /// Commits the transitions of a scheduler round in one transaction; each one is applied
+    /// only if its lease still holds. Returns how many were applied.
+    pub async fn commit_many(
+        &self,
+        owner: &str,
+        items: &[Committed<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<usize> {
+        let txn = self.db.begin().await?;
+        let mut applied = 0;
+        for c in items {
+            if commit_in(&txn, owner, c, now).await? {
+                applied += 1;
+            }
         }
-        apply_effects(&txn, e.id, e.lead, &e.funnel, version, &t.effects, now).await?;
         txn.commit().await?;
-        Ok(true)
+        Ok(applied)
     }
 
     /// What the engine needs to know of a lead at `now`.
     pub async fn lead_facts(&self, id: LeadId, now: DateTime<Utc>) -> Result<LeadFacts> {
-        let l = lead::Entity::find_by_id(id.0)
-            .one(&self.db)
+        self.lead_facts_many(&[id], now)
             .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("lead {id} does not exist")))?;
-        let mut fields: BTreeMap<String, serde_json::Value> =
-            parse_fields(&l.fields)?.into_iter().collect();
-        fields.insert("email".into(), l.email.clone().into());
-        if let Some(n) = &l.first_name {
-            fields.insert("first_name".into(), n.clone().into());
+            .remove(&id)
+            .ok_or_else(|| StoreError::Corrupt(format!("lead {id} does not exist")))
+    }
+
+    /// The facts of many leads in five queries, whatever their number (a scheduler round).
+    pub async fn lead_facts_many(
+        &self,
+        ids: &[LeadId],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<LeadId, LeadFacts>> {
+        let mut out = HashMap::new();
+        let raw: Vec<i64> = ids
+            .iter()
+            .map(|l| l.0)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for chunk in raw.chunks(500) {
+            self.lead_facts_chunk(chunk, now, &mut out).await?;
         }
-        let tags: BTreeSet<String> = lead_tag::Entity::find()
-            .filter(lead_tag::Column::LeadId.eq(id.0))
+        Ok(out)
+    }
+
+    async fn lead_facts_chunk(
+        &self,
+        ids: &[i64],
+        now: DateTime<Utc>,
+        out: &mut HashMap<LeadId, LeadFacts>,
+    ) -> Result<()> {
+        let leads = lead::Entity::find()
+            .filter(lead::Column::Id.is_in(ids.iter().copied()))
+            .all(&self.db)
+            .await?;
+        let emails: Vec<String> = leads.iter().map(|l| l.email.clone()).collect();
+        let suppressed: BTreeSet<String> = suppression::Entity::find()
+            .filter(suppression::Column::Email.is_in(emails))
             .all(&self.db)
             .await?
             .into_iter()
-            .map(|t| t.tag)
+            .map(|s| s.email)
             .collect();
-        let suppressed = suppression::Entity::find()
-            .filter(suppression::Column::Email.eq(l.email.clone()))
-            .one(&self.db)
+        for l in leads {
+            let mut fields: BTreeMap<String, serde_json::Value> =
+                parse_fields(&l.fields)?.into_iter().collect();
+            fields.insert("email".into(), l.email.clone().into());
+            if let Some(n) = &l.first_name {
+                fields.insert("first_name".into(), n.clone().into());
+            }
+            out.insert(
+                LeadId(l.id),
+                LeadFacts {
+                    id: l.id,
+                    timezone: l.timezone.as_deref().and_then(|t| t.parse().ok()),
+                    fields,
+                    score: l.score,
+                    mailable: !suppressed.contains(&l.email) && l.consent != "unsubscribed",
+                    ..LeadFacts::default()
+                },
+            );
+        }
+        for t in lead_tag::Entity::find()
+            .filter(lead_tag::Column::LeadId.is_in(ids.iter().copied()))
+            .all(&self.db)
             .await?
-            .is_some();
-        let mut facts = LeadFacts {
-            id: id.0,
-            timezone: l.timezone.as_deref().and_then(|t| t.parse().ok()),
-            fields,
-            tags,
-            score: l.score,
-            mailable: !suppressed && l.consent != "unsubscribed",
-            ..LeadFacts::default()
-        };
+        {
+            if let Some(f) = out.get_mut(&LeadId(t.lead_id)) {
+                f.tags.insert(t.tag);
+            }
+        }
         let events = event::Entity::find()
-            .filter(event::Column::LeadId.eq(id.0))
+            .filter(event::Column::LeadId.is_in(ids.iter().copied()))
             .filter(event::Column::Kind.is_in(["click", "open", "purchase"]))
             .all(&self.db)
             .await?;
         for ev in events {
+            let Some(f) = ev.lead_id.and_then(|l| out.get_mut(&LeadId(l))) else {
+                continue;
+            };
             let p: serde_json::Value = serde_json::from_str(&ev.payload).unwrap_or_default();
             let s = |k: &str| p.get(k).and_then(|v| v.as_str()).map(str::to_string);
             match ev.kind.as_str() {
                 "click" => {
                     if let Some(t) = s("template") {
-                        facts.clicked.insert((t, s("link").unwrap_or_default()));
+                        f.clicked.insert((t, s("link").unwrap_or_default()));
                     }
                 }
-                "open" => facts.opened.extend(s("template")),
-                _ => facts.purchased.extend(s("product")),
+                "open" => f.opened.extend(s("template")),
+                _ => f.purchased.extend(s("product")),
             }
         }
-        facts.sent_at = message::Entity::find()
-            .filter(message::Column::LeadId.eq(id.0))
+        let sent = message::Entity::find()
+            .filter(message::Column::LeadId.is_in(ids.iter().copied()))
             .filter(message::Column::Kind.eq("email"))
             .filter(message::Column::CreatedAt.gt(ms(now - Duration::days(31))))
             .filter(message::Column::SendKey.not_like("%:double-opt-in"))
             .all(&self.db)
-            .await?
-            .into_iter()
-            .map(|m| from_ms(m.created_at))
-            .collect();
-        Ok(facts)
+            .await?;
+        for m in sent {
+            if let Some(f) = out.get_mut(&LeadId(m.lead_id)) {
+                f.sent_at.push(from_ms(m.created_at));
+            }
+        }
+        Ok(())
     }
 
     /// The earliest wake-up of any live enrollment, for the scheduler to sleep until.
@@ -469,14 +506,17 @@ impl Store {
 /// changes, inside the caller's transaction.
 async fn apply_effects(
     txn: &DatabaseTransaction,
-    enrollment_id: i64,
-    lead_id: LeadId,
-    funnel: &str,
-    version: i32,
+    of: Of<'_>,
     effects: &[Effect],
+    mut email: Option<String>,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let mut email: Option<String> = None;
+    let Of {
+        enrollment: enrollment_id,
+        lead: lead_id,
+        funnel,
+        version,
+    } = of;
     let mut fields: Option<serde_json::Map<String, serde_json::Value>> = None;
     let mut score = 0i64;
     for (i, fx) in effects.iter().enumerate() {
@@ -676,4 +716,95 @@ async fn outbox(
     .exec_without_returning(txn)
     .await?;
     Ok(())
+}
+
+/// Whose effects are being written.
+#[derive(Clone, Copy)]
+struct Of<'a> {
+    enrollment: i64,
+    lead: LeadId,
+    funnel: &'a str,
+    version: i32,
+}
+
+/// One transition to commit: the claimed enrollment, where it now stands, and what it did.
+pub struct Committed<'a> {
+    pub enrollment: &'a StoredEnrollment,
+    /// The lead's address when the caller has it (saves a query per email).
+    pub recipient: Option<String>,
+    pub step_id: Option<String>,
+    pub version: i32,
+    pub transition: &'a Transition,
+}
+
+/// Applies one transition inside `txn` if `owner` still holds the enrollment's lease.
+async fn commit_in(
+    txn: &DatabaseTransaction,
+    owner: &str,
+    c: &Committed<'_>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let (e, t, version, step_id) = (c.enrollment, c.transition, c.version, c.step_id.clone());
+    let (status, outcome) = status_parts(t.state.status);
+    let st = &t.state;
+    let res = enrollment::Entity::update_many()
+        .col_expr(enrollment::Column::FunnelVersion, Expr::value(version))
+        .col_expr(
+            enrollment::Column::StageId,
+            Expr::value(st.stage.to_string()),
+        )
+        .col_expr(enrollment::Column::StepId, Expr::value(step_id))
+        .col_expr(enrollment::Column::StepIndex, Expr::value(st.step as i32))
+        .col_expr(enrollment::Column::Status, Expr::value(status))
+        .col_expr(
+            enrollment::Column::Outcome,
+            Expr::value(outcome.map(str::to_string)),
+        )
+        .col_expr(enrollment::Column::WakeAt, Expr::value(st.wake_at.map(ms)))
+        .col_expr(
+            enrollment::Column::DeadlineAt,
+            Expr::value(st.deadline.map(ms)),
+        )
+        .col_expr(
+            enrollment::Column::StageEnteredAt,
+            Expr::value(ms(st.stage_entered_at)),
+        )
+        .col_expr(
+            enrollment::Column::StageEntry,
+            Expr::value(st.stage_entry as i32),
+        )
+        .col_expr(
+            enrollment::Column::ExitedAt,
+            Expr::value(matches!(st.status, Status::Exited(_)).then(|| ms(now))),
+        )
+        .col_expr(
+            enrollment::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            enrollment::Column::LeaseUntil,
+            Expr::value(Option::<i64>::None),
+        )
+        .col_expr(enrollment::Column::UpdatedAt, Expr::value(ms(now)))
+        .filter(enrollment::Column::Id.eq(e.id))
+        .filter(enrollment::Column::LeaseOwner.eq(owner))
+        .exec(txn)
+        .await?;
+    if res.rows_affected != 1 {
+        return Ok(false);
+    }
+    apply_effects(
+        txn,
+        Of {
+            enrollment: e.id,
+            lead: e.lead,
+            funnel: &e.funnel,
+            version,
+        },
+        &t.effects,
+        c.recipient.clone(),
+        now,
+    )
+    .await?;
+    Ok(true)
 }
