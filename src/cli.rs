@@ -42,6 +42,8 @@ enum Command {
     },
     /// Apply pending database migrations.
     Migrate,
+    /// Show what the funnels as they are now on disk would do to the leads in flight.
+    Plan,
     /// Run a virtual lead through a funnel and print what it receives and when.
     Simulate {
         /// Funnel id, or path to a funnel file.
@@ -92,6 +94,7 @@ pub fn main() -> ExitCode {
         ),
         Command::Run => block_on(run(cli.project.clone(), cli.config.clone())),
         Command::Migrate => block_on(migrate(cli.project.clone(), cli.config.clone())),
+        Command::Plan => block_on(plan(cli.project.clone(), cli.config.clone())),
     };
     match result {
         Ok(code) => code,
@@ -190,6 +193,24 @@ async fn migrate(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<Ex
         println!("applied {m}");
     }
     store.close().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn plan(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&project, config.as_deref())?;
+    let (loaded, report) = project::check(&settings, None);
+    let Some(loaded) = loaded else {
+        for d in &report.diagnostics {
+            eprintln!("{d}");
+        }
+        anyhow::bail!(
+            "the funnels do not pass `autofunnel check` ({})",
+            report.summary()
+        );
+    };
+    let store = open_store(&settings).await?;
+    let plans = crate::plan::plan(&store, &loaded.funnels).await?;
+    print!("{}", crate::plan::render(&plans).0);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod domain;
 pub mod engine;
 pub mod funnel;
+pub mod plan;
 pub mod project;
 pub mod runtime;
 pub mod scaffold;

@@ -199,3 +199,80 @@ async fn postgres_a_crashed_worker_loses_its_lease() {
     )
     .await;
 }
+
+fn parse_inline(file: &str, yaml: &str) -> Funnel {
+    let mut sink = Sink::new(Path::new(file));
+    let f = funnel::parse_text(Path::new(file), yaml, &mut sink);
+    assert!(sink.diagnostics.is_empty(), "{:#?}", sink.diagnostics);
+    f.unwrap()
+}
+
+async fn plan_shows_what_an_edit_does_to_leads_in_flight(store: Store) {
+    store.migrate().await.unwrap();
+    let rt = Runtime::new(store.clone(), vec![cart()], "node-a", t0())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let l = lead(&store, &format!("waiting{i}@example.com")).await;
+        rt.enroll(l, "abandoned-cart", t0()).await.unwrap();
+    }
+    let later = lead(&store, "reminded@example.com").await;
+    rt.enroll(later, "abandoned-cart", t0() - Duration::hours(2))
+        .await
+        .unwrap();
+    assert_eq!(rt.tick(t0()).await.unwrap(), 1); // sent the reminder, now on wait-2
+
+    let unchanged = autofunnel::plan::plan(&store, &[cart()]).await.unwrap();
+    let (text, affected) = autofunnel::plan::render(&unchanged);
+    assert_eq!(
+        text,
+        "abandoned-cart: unchanged since version 1, 4 leads in flight\n0 leads affected\n"
+    );
+    assert_eq!(affected, 0);
+
+    let header =
+        "name: Cart\nfrom: \"Shop <shop@example.com>\"\nentry: { event: checkout_started }\n";
+    let edited = parse_inline(
+        "funnels/abandoned-cart.yaml",
+        &format!(
+            "{header}stages:\n  - id: cart\n    steps:\n      - wait: 2h\n      - send: cart-reminder\n      - send: cart-last-call\n      - wait: 2d\n      - exit: not_converted\n"
+        ),
+    );
+    let (text, affected) =
+        autofunnel::plan::render(&autofunnel::plan::plan(&store, &[edited]).await.unwrap());
+    assert_eq!(
+        text,
+        "abandoned-cart: changed since version 1, 4 leads in flight\n  1 lead at cart/wait-2: step moved from #3 to #4; they stay on it\n1 lead affected\n"
+    );
+    assert_eq!(affected, 1);
+
+    let renamed = parse_inline(
+        "funnels/abandoned-cart.yaml",
+        &format!(
+            "{header}stages:\n  - id: basket\n    steps:\n      - wait: 1h\n      - exit: not_converted\n"
+        ),
+    );
+    let (text, affected) =
+        autofunnel::plan::render(&autofunnel::plan::plan(&store, &[renamed]).await.unwrap());
+    assert_eq!(
+        text,
+        "abandoned-cart: changed since version 1, 4 leads in flight\n  \
+         3 leads at cart/wait-1: stage \"cart\" is gone; they stay stranded until an event moves them\n  \
+         1 lead at cart/wait-2: stage \"cart\" is gone; they stay stranded until an event moves them\n4 leads affected\n"
+    );
+    assert_eq!(affected, 4);
+}
+
+#[tokio::test]
+async fn sqlite_plan_shows_what_an_edit_does() {
+    on_sqlite(plan_shows_what_an_edit_does_to_leads_in_flight).await;
+}
+
+#[tokio::test]
+async fn postgres_plan_shows_what_an_edit_does() {
+    on_postgres(
+        "postgres_plan_shows_what_an_edit_does",
+        plan_shows_what_an_edit_does_to_leads_in_flight,
+    )
+    .await;
+}

@@ -808,3 +808,50 @@ async fn commit_in(
     .await?;
     Ok(true)
 }
+
+/// How many live enrollments of a funnel stand at one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub stage: String,
+    pub step_id: Option<String>,
+    pub step_index: i32,
+    pub version: i32,
+    pub leads: i64,
+}
+
+impl Store {
+    /// The canonical source of the newest stored version of a funnel.
+    pub async fn latest_funnel_version(&self, funnel: &str) -> Result<Option<(i32, String)>> {
+        Ok(funnel_version::Entity::find()
+            .filter(funnel_version::Column::FunnelId.eq(funnel))
+            .order_by_desc(funnel_version::Column::Version)
+            .one(&self.db)
+            .await?
+            .map(|v| (v.version, v.source)))
+    }
+
+    /// Where the live enrollments of a funnel stand, counted per stage and step.
+    pub async fn live_positions(&self, funnel: &str) -> Result<Vec<Position>> {
+        let mut counts: BTreeMap<(String, Option<String>, i32, i32), i64> = BTreeMap::new();
+        let rows = enrollment::Entity::find()
+            .filter(enrollment::Column::FunnelId.eq(funnel))
+            .filter(enrollment::Column::Status.is_in(["active", "unconfirmed"]))
+            .all(&self.db)
+            .await?;
+        for r in rows {
+            *counts
+                .entry((r.stage_id, r.step_id, r.step_index, r.funnel_version))
+                .or_default() += 1;
+        }
+        Ok(counts
+            .into_iter()
+            .map(|((stage, step_id, step_index, version), leads)| Position {
+                stage,
+                step_id,
+                step_index,
+                version,
+                leads,
+            })
+            .collect())
+    }
+}
