@@ -239,6 +239,10 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
             settings::FILE_NAME
         )
     })?;
+    // Installed before the start is announced, so a SIGHUP from then on never kills the process.
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
     tracing::info!(
         addr = %listener.local_addr()?,
         database = %redact(&settings.database_url),
@@ -260,10 +264,20 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let runtime = std::sync::Arc::new(runtime);
     let scheduler = {
-        let done = until_stopped();
-        tokio::spawn(async move { runtime.run(done).await })
+        let (rt, done) = (runtime.clone(), until_stopped());
+        tokio::spawn(async move { rt.run(done).await })
     };
+    #[cfg(unix)]
+    let reloader = tokio::spawn(reload_on_sighup(
+        hangup,
+        runtime.clone(),
+        settings.clone(),
+        until_stopped(),
+    ));
+    #[cfg(not(unix))]
+    let reloader = tokio::spawn(async {});
     let mut server = tokio::spawn(server::serve(
         listener,
         AppState { store, funnels },
@@ -279,8 +293,44 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     let _ = stop.send(true);
     served.context("the HTTP server task failed")??;
     scheduler.await.context("the scheduler task failed")?;
+    reloader.await.context("the reload task failed")?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// On SIGHUP the funnels are checked again; they replace the running ones only if they pass.
+#[cfg(unix)]
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    runtime: std::sync::Arc<Runtime>,
+    settings: Settings,
+    stopped: impl Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = hup.recv() => {}
+        }
+        let (loaded, report) = project::check(&settings, None);
+        match loaded {
+            Some(p) => {
+                let n = p.funnels.len();
+                match runtime.reload(p.funnels, chrono::Utc::now()).await {
+                    Ok(()) => tracing::info!(funnels = n, "reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload failed; the running funnels stay")
+                    }
+                }
+            }
+            None => {
+                for d in &report.diagnostics {
+                    tracing::warn!("{d}");
+                }
+                tracing::warn!("{}; the running funnels stay", report.summary());
+            }
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

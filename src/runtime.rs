@@ -4,7 +4,7 @@
 //! notification that an earlier one was written.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Duration, Utc};
 use tokio::sync::Notify;
@@ -48,7 +48,8 @@ pub enum RuntimeError {
 
 pub struct Runtime {
     store: Store,
-    funnels: BTreeMap<String, Running>,
+    /// Swapped whole on reload; a round keeps the map it started with.
+    funnels: RwLock<Arc<Funnels>>,
     owner: String,
     wake: Arc<Notify>,
 }
@@ -61,29 +62,38 @@ impl Runtime {
         owner: &str,
         now: DateTime<Utc>,
     ) -> Result<Runtime, RuntimeError> {
-        let mut running = BTreeMap::new();
-        for f in funnels {
-            let source = print::to_yaml(&f);
-            let hash = format!("{:016x}", engine::fnv1a(source.as_bytes()));
-            let version = store
-                .funnel_version(f.id.value.as_str(), &hash, &source, now)
-                .await?;
-            running.insert(f.id.value.to_string(), Running { funnel: f, version });
-        }
+        let running = register(&store, funnels, now).await?;
         Ok(Runtime {
             store,
-            funnels: running,
+            funnels: RwLock::new(Arc::new(running)),
             owner: owner.to_string(),
             wake: Arc::new(Notify::new()),
         })
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// Replaces the running funnels (already checked) with new versions; leads in flight go on
+    /// by stage and step id from their next input.
+    pub async fn reload(
+        &self,
+        funnels: Vec<Funnel>,
+        now: DateTime<Utc>,
+    ) -> Result<(), RuntimeError> {
+        let running = register(&self.store, funnels, now).await?;
+        *self.funnels.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(running);
+        self.wake.notify_one();
+        Ok(())
     }
 
-    pub fn funnel(&self, id: &str) -> Option<&Running> {
-        self.funnels.get(id)
+    /// The funnels running now.
+    pub fn funnels(&self) -> Arc<Funnels> {
+        self.funnels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Puts a lead into a funnel, following its re-entry policy.
@@ -93,8 +103,8 @@ impl Runtime {
         funnel: &str,
         now: DateTime<Utc>,
     ) -> Result<Enrolled, RuntimeError> {
-        let r = self
-            .funnels
+        let funnels = self.funnels();
+        let r = funnels
             .get(funnel)
             .ok_or_else(|| RuntimeError::UnknownFunnel(funnel.to_string()))?;
         let before = self.store.enrollments_of(lead, funnel).await?;
@@ -173,6 +183,7 @@ impl Runtime {
     /// Claims a batch of due enrollments, steps each, and commits the round in one
     /// transaction; returns how many transitions were committed.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<usize, RuntimeError> {
+        let funnels = self.funnels();
         let due = self.store.claim_due(&self.owner, now, LEASE, BATCH).await?;
         if due.is_empty() {
             return Ok(0);
@@ -182,7 +193,7 @@ impl Runtime {
         let stepped: Vec<Stepped> = due
             .iter()
             .filter_map(|c| {
-                let r = self.funnels.get(&c.funnel).or_else(|| {
+                let r = funnels.get(&c.funnel).or_else(|| {
                     tracing::warn!(enrollment = c.id, funnel = %c.funnel, "funnel not loaded; enrollment left as it is");
                     None
                 })?;
@@ -214,7 +225,8 @@ impl Runtime {
         input: &Input,
         now: DateTime<Utc>,
     ) -> Result<bool, RuntimeError> {
-        let Some(r) = self.funnels.get(&c.funnel) else {
+        let funnels = self.funnels();
+        let Some(r) = funnels.get(&c.funnel) else {
             tracing::warn!(enrollment = c.id, funnel = %c.funnel, "funnel not loaded; enrollment left as it is");
             return Ok(false);
         };
@@ -252,6 +264,27 @@ impl Runtime {
             }
         }
     }
+}
+
+/// Running funnels by id.
+pub type Funnels = BTreeMap<String, Running>;
+
+/// Stores each funnel's version: the latest if its canonical text is unchanged, else a new one.
+async fn register(
+    store: &Store,
+    funnels: Vec<Funnel>,
+    now: DateTime<Utc>,
+) -> Result<Funnels, RuntimeError> {
+    let mut running = BTreeMap::new();
+    for f in funnels {
+        let source = print::to_yaml(&f);
+        let hash = format!("{:016x}", engine::fnv1a(source.as_bytes()));
+        let version = store
+            .funnel_version(f.id.value.as_str(), &hash, &source, now)
+            .await?;
+        running.insert(f.id.value.to_string(), Running { funnel: f, version });
+    }
+    Ok(running)
 }
 
 /// A claimed enrollment after its step: transition, step id, funnel version, recipient.

@@ -257,3 +257,50 @@ fn simulate_names_the_funnels_when_one_is_unknown() {
         "{stderr}"
     );
 }
+
+/// SIGHUP re-reads the funnels: a broken edit is refused and the running version stays; a good
+/// one is loaded.
+#[test]
+fn sighup_reloads_funnels_that_pass_check_only() {
+    let dir = tempfile::tempdir().unwrap();
+    autofunnel().arg("init").arg(dir.path()).output().unwrap();
+    let mut child = Reap(
+        autofunnel()
+            .arg("-C")
+            .arg(dir.path())
+            .arg("run")
+            .env("AUTOFUNNEL_LISTEN", "127.0.0.1:0")
+            .env("AUTOFUNNEL_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no line with {needle:?}"));
+        if line.contains(needle) {
+            break line;
+        }
+    };
+    wait_for("autofunnel is running");
+    let pid = child.0.id().to_string();
+    let funnel = dir.path().join("funnels/welcome.yaml");
+    let good = std::fs::read_to_string(&funnel).unwrap();
+    std::fs::write(&funnel, good.replace("send: welcome", "send: welcom")).unwrap();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(wait_for("unknown template").contains("did you mean \"welcome\""));
+    wait_for("the running funnels stay");
+    std::fs::write(&funnel, good.replace("wait: 2d", "wait: 3d")).unwrap();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    wait_for("reloaded");
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(child.0.wait().unwrap().success());
+}

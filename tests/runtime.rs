@@ -276,3 +276,52 @@ async fn postgres_plan_shows_what_an_edit_does() {
     )
     .await;
 }
+
+async fn reload_resumes_leads_by_step_id(store: Store) {
+    store.migrate().await.unwrap();
+    let rt = Runtime::new(store.clone(), vec![cart()], "node-a", t0())
+        .await
+        .unwrap();
+    let l = lead(&store, "reminded@example.com").await;
+    rt.enroll(l, "abandoned-cart", t0()).await.unwrap();
+    assert_eq!(rt.tick(t0() + Duration::hours(1)).await.unwrap(), 1); // reminder sent; on wait-2 (#3)
+    // The edit puts another send where wait-2 stood; wait-2 is now step #4.
+    let header =
+        "name: Cart\nfrom: \"Shop <shop@example.com>\"\nentry: { event: checkout_started }\n";
+    let edited = parse_inline(
+        "funnels/abandoned-cart.yaml",
+        &format!(
+            "{header}stages:\n  - id: cart\n    steps:\n      - wait: 2h\n      - send: cart-reminder\n      - send: cart-last-call\n      - wait: 2d\n      - exit: not_converted\n"
+        ),
+    );
+    rt.reload(vec![edited], t0() + Duration::hours(2))
+        .await
+        .unwrap();
+    assert_eq!(rt.funnels()["abandoned-cart"].version, 2);
+    // wait-2 (23h) runs out: the lead goes on after wait-2, not with the send now at #3.
+    assert_eq!(rt.tick(t0() + Duration::days(1)).await.unwrap(), 1);
+    assert_eq!(
+        templates(&store.outbox_of(l).await.unwrap()),
+        ["cart-reminder"]
+    );
+    let e = &store.enrollments_of(l, "abandoned-cart").await.unwrap()[0];
+    assert_eq!(
+        e.state.status,
+        autofunnel::engine::Status::Exited(Outcome::NotConverted)
+    );
+    assert_eq!(e.version, 2);
+}
+
+#[tokio::test]
+async fn sqlite_reload_resumes_leads_by_step_id() {
+    on_sqlite(reload_resumes_leads_by_step_id).await;
+}
+
+#[tokio::test]
+async fn postgres_reload_resumes_leads_by_step_id() {
+    on_postgres(
+        "postgres_reload_resumes_leads_by_step_id",
+        reload_resumes_leads_by_step_id,
+    )
+    .await;
+}
