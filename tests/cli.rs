@@ -140,10 +140,8 @@ impl Drop for Reap {
     }
 }
 
-/// The main job on the embedded defaults: it migrates a fresh SQLite file, creates the outbox,
-/// answers /healthz, and stops cleanly on SIGTERM.
-#[test]
-fn run_serves_healthz_on_the_embedded_defaults_and_stops_on_sigterm() {
+/// `autofunnel run` on a fresh `init` project, port 0; its log lines arrive on the channel.
+fn start_run() -> (tempfile::TempDir, Reap, mpsc::Receiver<String>) {
     let dir = tempfile::tempdir().unwrap();
     autofunnel().arg("init").arg(dir.path()).output().unwrap();
     let mut child = Reap(
@@ -164,6 +162,14 @@ fn run_serves_healthz_on_the_embedded_defaults_and_stops_on_sigterm() {
             let _ = tx.send(line);
         }
     });
+    (dir, child, rx)
+}
+
+/// The main job on the embedded defaults: it migrates a fresh SQLite file, creates the outbox,
+/// answers /healthz, and stops cleanly on SIGTERM.
+#[test]
+fn run_serves_healthz_on_the_embedded_defaults_and_stops_on_sigterm() {
+    let (dir, mut child, rx) = start_run();
     let addr = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(60))
@@ -262,26 +268,7 @@ fn simulate_names_the_funnels_when_one_is_unknown() {
 /// one is loaded.
 #[test]
 fn sighup_reloads_funnels_that_pass_check_only() {
-    let dir = tempfile::tempdir().unwrap();
-    autofunnel().arg("init").arg(dir.path()).output().unwrap();
-    let mut child = Reap(
-        autofunnel()
-            .arg("-C")
-            .arg(dir.path())
-            .arg("run")
-            .env("AUTOFUNNEL_LISTEN", "127.0.0.1:0")
-            .env("AUTOFUNNEL_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (dir, mut child, rx) = start_run();
     let wait_for = |needle: &str| loop {
         let line = rx
             .recv_timeout(Duration::from_secs(60))

@@ -200,6 +200,19 @@ async fn postgres_a_crashed_worker_loses_its_lease() {
     .await;
 }
 
+const CART_HEADER: &str =
+    "name: Cart\nfrom: \"Shop <shop@example.com>\"\nentry: { event: checkout_started }\n";
+
+/// The cart funnel edited: another send where `wait-2` stood, so `wait-2` is now step #4.
+fn edited_cart() -> Funnel {
+    parse_inline(
+        "funnels/abandoned-cart.yaml",
+        &format!(
+            "{CART_HEADER}stages:\n  - id: cart\n    steps:\n      - wait: 2h\n      - send: cart-reminder\n      - send: cart-last-call\n      - wait: 2d\n      - exit: not_converted\n"
+        ),
+    )
+}
+
 fn parse_inline(file: &str, yaml: &str) -> Funnel {
     let mut sink = Sink::new(Path::new(file));
     let f = funnel::parse_text(Path::new(file), yaml, &mut sink);
@@ -230,14 +243,7 @@ async fn plan_shows_what_an_edit_does_to_leads_in_flight(store: Store) {
     );
     assert_eq!(affected, 0);
 
-    let header =
-        "name: Cart\nfrom: \"Shop <shop@example.com>\"\nentry: { event: checkout_started }\n";
-    let edited = parse_inline(
-        "funnels/abandoned-cart.yaml",
-        &format!(
-            "{header}stages:\n  - id: cart\n    steps:\n      - wait: 2h\n      - send: cart-reminder\n      - send: cart-last-call\n      - wait: 2d\n      - exit: not_converted\n"
-        ),
-    );
+    let edited = edited_cart();
     let (text, affected) =
         autofunnel::plan::render(&autofunnel::plan::plan(&store, &[edited]).await.unwrap());
     assert_eq!(
@@ -249,7 +255,7 @@ async fn plan_shows_what_an_edit_does_to_leads_in_flight(store: Store) {
     let renamed = parse_inline(
         "funnels/abandoned-cart.yaml",
         &format!(
-            "{header}stages:\n  - id: basket\n    steps:\n      - wait: 1h\n      - exit: not_converted\n"
+            "{CART_HEADER}stages:\n  - id: basket\n    steps:\n      - wait: 1h\n      - exit: not_converted\n"
         ),
     );
     let (text, affected) =
@@ -286,14 +292,7 @@ async fn reload_resumes_leads_by_step_id(store: Store) {
     rt.enroll(l, "abandoned-cart", t0()).await.unwrap();
     assert_eq!(rt.tick(t0() + Duration::hours(1)).await.unwrap(), 1); // reminder sent; on wait-2 (#3)
     // The edit puts another send where wait-2 stood; wait-2 is now step #4.
-    let header =
-        "name: Cart\nfrom: \"Shop <shop@example.com>\"\nentry: { event: checkout_started }\n";
-    let edited = parse_inline(
-        "funnels/abandoned-cart.yaml",
-        &format!(
-            "{header}stages:\n  - id: cart\n    steps:\n      - wait: 2h\n      - send: cart-reminder\n      - send: cart-last-call\n      - wait: 2d\n      - exit: not_converted\n"
-        ),
-    );
+    let edited = edited_cart();
     rt.reload(vec![edited], t0() + Duration::hours(2))
         .await
         .unwrap();
