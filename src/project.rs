@@ -172,7 +172,7 @@ pub fn check(settings: &Settings, only: Option<&[PathBuf]>) -> (Option<Project>,
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
-    a == b || (a.canonicalize().ok().is_some() && a.canonicalize().ok() == b.canonicalize().ok())
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
 /// Renders every template the funnel sends, in the context of each stage that sends it, for a
