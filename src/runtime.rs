@@ -160,53 +160,89 @@ impl Runtime {
         if self.store.record_event(stored, now).await? == Recorded::Duplicate {
             return Ok(0);
         }
+        if ["unsubscribed", "bounced", "complained"].contains(&e.name.as_str()) {
+            // No funnel mails this address again, whatever its own transitions say.
+            self.store.suppress(lead, &e.name, now).await?;
+        }
+        // Durable first: whoever holds these enrollments now, a round will feed them the event.
+        self.store.mark_pending(lead, now).await?;
         let (claimed, _busy) = self
             .store
             .claim_for_lead(lead, &self.owner, now, LEASE)
             .await?;
-        let facts = self.store.lead_facts(lead, now).await?;
-        let mut seen = 0;
-        for c in claimed {
-            let input = if e.name == "confirmed" && c.state.status == Status::Unconfirmed {
-                Input::Confirmed
-            } else {
-                Input::Event(e.clone())
-            };
-            if self.advance(&c, &facts, &input, now).await? {
-                seen += 1;
-            }
-        }
+        let seen = self.step_and_commit(&claimed, now, false).await?;
         self.wake.notify_one();
         Ok(seen)
     }
 
-    /// Claims a batch of due enrollments, steps each, and commits the round in one
+    /// Claims a batch of due or pending enrollments, steps each, and commits the round in one
     /// transaction; returns how many transitions were committed.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<usize, RuntimeError> {
-        let funnels = self.funnels();
         let due = self.store.claim_due(&self.owner, now, LEASE, BATCH).await?;
-        if due.is_empty() {
+        self.step_and_commit(&due, now, true).await
+    }
+
+    /// Feeds each claimed enrollment the events it has not seen, in order, then its timer if
+    /// due, and commits all of them in one transaction.
+    async fn step_and_commit(
+        &self,
+        claimed: &[StoredEnrollment],
+        now: DateTime<Utc>,
+        timers: bool,
+    ) -> Result<usize, RuntimeError> {
+        if claimed.is_empty() {
             return Ok(0);
         }
-        let leads: Vec<LeadId> = due.iter().map(|c| c.lead).collect();
+        let funnels = self.funnels();
+        let leads: Vec<LeadId> = claimed.iter().map(|c| c.lead).collect();
         let facts = self.store.lead_facts_many(&leads, now).await?;
-        let stepped: Vec<Stepped> = due
-            .iter()
-            .filter_map(|c| {
-                let r = funnels.get(&c.funnel).or_else(|| {
-                    tracing::warn!(enrollment = c.id, funnel = %c.funnel, "funnel not loaded; enrollment left as it is");
-                    None
-                })?;
-                let f = facts.get(&c.lead)?;
-                let t = engine::step(&r.funnel, &resume(&r.funnel, c), f, &Input::Timer, now);
-                let id = step_id(&r.funnel, &t);
-                Some((c, t, id, r.version, f.fields.get("email").and_then(|e| e.as_str()).map(str::to_string)))
-            })
-            .collect();
+        let oldest_seen = claimed.iter().map(|c| c.events_seen).min().unwrap_or(0);
+        let events = self.store.events_after(&leads, oldest_seen).await?;
+        let mut stepped = Vec::with_capacity(claimed.len());
+        for c in claimed {
+            let Some(r) = funnels.get(&c.funnel) else {
+                tracing::warn!(enrollment = c.id, funnel = %c.funnel, "funnel not loaded; enrollment left as it is");
+                continue;
+            };
+            let Some(lead) = facts.get(&c.lead) else {
+                continue;
+            };
+            let mut state = resume(&r.funnel, c);
+            let mut effects = Vec::new();
+            let mut seen = c.events_seen;
+            for e in events
+                .iter()
+                .filter(|e| e.lead == c.lead && e.id > c.events_seen)
+            {
+                let input = if e.event.name == "confirmed" && state.status == Status::Unconfirmed {
+                    Input::Confirmed
+                } else {
+                    Input::Event(e.event.clone())
+                };
+                let t = engine::step(&r.funnel, &state, lead, &input, now);
+                state = t.state;
+                effects.extend(t.effects);
+                seen = e.id;
+            }
+            if timers {
+                let t = engine::step(&r.funnel, &state, lead, &Input::Timer, now);
+                state = t.state;
+                effects.extend(t.effects);
+            }
+            let t = Transition { state, effects };
+            let id = step_id(&r.funnel, &t);
+            let to = lead
+                .fields
+                .get("email")
+                .and_then(|e| e.as_str())
+                .map(str::to_string);
+            stepped.push((c, t, id, r.version, to, seen));
+        }
         let items: Vec<Committed> = stepped
             .iter()
-            .map(|(c, t, id, v, to)| Committed {
+            .map(|(c, t, id, v, to, seen)| Committed {
                 enrollment: c,
+                events_seen: *seen,
                 recipient: to.clone(),
                 step_id: id.clone(),
                 version: *v,
@@ -214,27 +250,6 @@ impl Runtime {
             })
             .collect();
         Ok(self.store.commit_many(&self.owner, &items, now).await?)
-    }
-
-    /// Steps one claimed enrollment and commits; false when its funnel is gone or the lease
-    /// was lost.
-    async fn advance(
-        &self,
-        c: &StoredEnrollment,
-        facts: &engine::LeadFacts,
-        input: &Input,
-        now: DateTime<Utc>,
-    ) -> Result<bool, RuntimeError> {
-        let funnels = self.funnels();
-        let Some(r) = funnels.get(&c.funnel) else {
-            tracing::warn!(enrollment = c.id, funnel = %c.funnel, "funnel not loaded; enrollment left as it is");
-            return Ok(false);
-        };
-        let t = engine::step(&r.funnel, &resume(&r.funnel, c), facts, input, now);
-        Ok(self
-            .store
-            .commit(c, &self.owner, step_id(&r.funnel, &t), r.version, &t, now)
-            .await?)
     }
 
     /// Steps due enrollments until `shutdown` completes: after each busy round at once,
@@ -286,15 +301,6 @@ async fn register(
     }
     Ok(running)
 }
-
-/// A claimed enrollment after its step: transition, step id, funnel version, recipient.
-type Stepped<'a> = (
-    &'a StoredEnrollment,
-    Transition,
-    Option<String>,
-    i32,
-    Option<String>,
-);
 
 /// The stored step id of a transition's resulting position, so another version of the funnel
 /// can find the step again.

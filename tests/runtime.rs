@@ -324,3 +324,101 @@ async fn postgres_reload_resumes_leads_by_step_id() {
     )
     .await;
 }
+
+async fn an_event_for_a_busy_enrollment_is_fed_by_the_next_round(store: Store) {
+    store.migrate().await.unwrap();
+    let a = Runtime::new(store.clone(), vec![cart()], "node-a", t0())
+        .await
+        .unwrap();
+    let b = Runtime::new(store.clone(), vec![cart()], "node-b", t0())
+        .await
+        .unwrap();
+    let l = lead(&store, "busy@example.com").await;
+    a.enroll(l, "abandoned-cart", t0()).await.unwrap();
+    let due = t0() + Duration::hours(1);
+    // Node A holds the enrollment (and then dies) when the purchase arrives at node B.
+    assert_eq!(
+        store
+            .claim_due("node-a", due, LEASE, 500)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let purchase = Event {
+        product: Some("green-tea".into()),
+        ..Event::named("purchase")
+    };
+    assert_eq!(
+        b.event(l, purchase, Some("order-7".into()), due)
+            .await
+            .unwrap(),
+        0
+    );
+    // Once A's lease is gone, the next round feeds the stored event before the timer.
+    assert_eq!(b.tick(due + LEASE + Duration::seconds(1)).await.unwrap(), 1);
+    let e = &store.enrollments_of(l, "abandoned-cart").await.unwrap()[0];
+    assert_eq!(
+        e.state.status,
+        autofunnel::engine::Status::Exited(Outcome::Converted)
+    );
+    assert!(
+        store.outbox_of(l).await.unwrap().is_empty(),
+        "mailed a cart reminder after the purchase"
+    );
+}
+
+async fn unsubscribing_stops_mail_from_every_funnel(store: Store) {
+    store.migrate().await.unwrap();
+    // A funnel with no `unsubscribed` transition of its own.
+    let plain = parse_inline(
+        "funnels/plain.yaml",
+        &format!(
+            "{CART_HEADER}stages:\n  - id: drip\n    steps:\n      - wait: 1h\n      - send: one\n      - wait: 1h\n      - send: two\n      - exit: completed\n"
+        ),
+    );
+    let rt = Runtime::new(store.clone(), vec![plain], "node-a", t0())
+        .await
+        .unwrap();
+    let l = lead(&store, "leaving@example.com").await;
+    rt.enroll(l, "plain", t0()).await.unwrap();
+    assert_eq!(rt.tick(t0() + Duration::hours(1)).await.unwrap(), 1);
+    rt.event(
+        l,
+        Event::named("unsubscribed"),
+        None,
+        t0() + Duration::minutes(90),
+    )
+    .await
+    .unwrap();
+    rt.tick(t0() + Duration::hours(2)).await.unwrap();
+    assert_eq!(templates(&store.outbox_of(l).await.unwrap()), ["one"]);
+}
+
+#[tokio::test]
+async fn sqlite_an_event_for_a_busy_enrollment_is_fed_later() {
+    on_sqlite(an_event_for_a_busy_enrollment_is_fed_by_the_next_round).await;
+}
+
+#[tokio::test]
+async fn postgres_an_event_for_a_busy_enrollment_is_fed_later() {
+    on_postgres(
+        "postgres_an_event_for_a_busy_enrollment_is_fed_later",
+        an_event_for_a_busy_enrollment_is_fed_by_the_next_round,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_unsubscribing_stops_mail_from_every_funnel() {
+    on_sqlite(unsubscribing_stops_mail_from_every_funnel).await;
+}
+
+#[tokio::test]
+async fn postgres_unsubscribing_stops_mail_from_every_funnel() {
+    on_postgres(
+        "postgres_unsubscribing_stops_mail_from_every_funnel",
+        unsubscribing_stops_mail_from_every_funnel,
+    )
+    .await;
+}

@@ -10,7 +10,11 @@ use sea_orm::{ConnectionTrait, Database};
 
 use crate::util::postgres_url;
 
-const MIGRATIONS: [&str; 2] = ["m20261123_000001_init", "m20261124_000002_stage_entry"];
+const MIGRATIONS: [&str; 3] = [
+    "m20261123_000001_init",
+    "m20261124_000002_stage_entry",
+    "m20261124_000003_pending_events",
+];
 
 const TABLES: [&str; 9] = [
     "enrollments",
@@ -79,10 +83,7 @@ where
 
 async fn migrations_apply_once(store: Store) {
     let applied = store.migrate().await.unwrap();
-    assert_eq!(
-        applied,
-        ["m20261123_000001_init", "m20261124_000002_stage_entry"]
-    );
+    assert_eq!(applied, MIGRATIONS);
     let tables: Vec<String> = store
         .tables()
         .await

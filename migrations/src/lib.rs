@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_init;
 mod m20261124_000002_stage_entry;
+mod m20261124_000003_pending_events;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_init::Migration),
             Box::new(m20261124_000002_stage_entry::Migration),
+            Box::new(m20261124_000003_pending_events::Migration),
         ]
     }
 }

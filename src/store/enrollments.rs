@@ -29,6 +29,8 @@ pub struct StoredEnrollment {
     pub entered_at: DateTime<Utc>,
     /// The step id stored with the state, to find the step again in another funnel version.
     pub step_id: Option<String>,
+    /// The id of the last event of the lead this enrollment has consumed.
+    pub events_seen: i64,
     pub state: Enrollment,
 }
 
@@ -87,6 +89,7 @@ fn to_stored(m: enrollment::Model) -> Result<StoredEnrollment> {
         version: m.funnel_version,
         entered_at: from_ms(m.entered_at),
         step_id: m.step_id,
+        events_seen: m.events_seen,
         state: Enrollment {
             status,
             stage: StageId::parse(&m.stage_id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
@@ -99,17 +102,20 @@ fn to_stored(m: enrollment::Model) -> Result<StoredEnrollment> {
     })
 }
 
-/// Claims are plain UPDATE … RETURNING; PostgreSQL skips rows another node holds locked.
+/// Claims are plain UPDATE … RETURNING of due or pending (an event arrived) enrollments;
+/// PostgreSQL skips rows another node holds locked.
 fn claim_sql(backend: Backend, limit: u64) -> String {
     match backend {
         Backend::Sqlite => format!(
             "UPDATE enrollments SET lease_owner = ?, lease_until = ?, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM enrollments WHERE wake_at <= ? AND status = 'active' \
+             WHERE id IN (SELECT id FROM enrollments WHERE ((wake_at <= ? AND status = 'active') \
+             OR (pending_at IS NOT NULL AND status IN ('active', 'unconfirmed'))) \
              AND (lease_until IS NULL OR lease_until < ?) ORDER BY wake_at LIMIT {limit}) RETURNING *"
         ),
         Backend::Postgres => format!(
             "UPDATE enrollments SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM enrollments WHERE wake_at <= $3 AND status = 'active' \
+             WHERE id IN (SELECT id FROM enrollments WHERE ((wake_at <= $3 AND status = 'active') \
+             OR (pending_at IS NOT NULL AND status IN ('active', 'unconfirmed'))) \
              AND (lease_until IS NULL OR lease_until < $4) ORDER BY wake_at LIMIT {limit} \
              FOR UPDATE SKIP LOCKED) RETURNING *"
         ),
@@ -211,6 +217,8 @@ impl Store {
             lease_until: Set(None),
             attempts: Set(0),
             updated_at: Set(ms(now)),
+            events_seen: Set(0),
+            pending_at: Set(None),
         })
         .exec(&txn)
         .await?;
@@ -315,6 +323,7 @@ impl Store {
                 owner,
                 &[Committed {
                     enrollment: e,
+                    events_seen: e.events_seen,
                     recipient: None,
                     step_id,
                     version,
@@ -730,6 +739,8 @@ struct Of<'a> {
 /// One transition to commit: the claimed enrollment, where it now stands, and what it did.
 pub struct Committed<'a> {
     pub enrollment: &'a StoredEnrollment,
+    /// The id of the last event fed in this transition (or the one already seen).
+    pub events_seen: i64,
     /// The lead's address when the caller has it (saves a query per email).
     pub recipient: Option<String>,
     pub step_id: Option<String>,
@@ -854,4 +865,83 @@ impl Store {
             })
             .collect())
     }
+}
+
+impl Store {
+    /// Stops all mail to the lead's address (`unsubscribed`, `bounced`, `complained`, …).
+    pub async fn suppress(&self, lead: LeadId, reason: &str, now: DateTime<Utc>) -> Result<()> {
+        let Some(l) = lead::Entity::find_by_id(lead.0).one(&self.db).await? else {
+            return Ok(());
+        };
+        suppression::Entity::insert(suppression::ActiveModel {
+            id: NotSet,
+            email: Set(l.email),
+            scope: Set("*".to_string()),
+            reason: Set(reason.to_string()),
+            created_at: Set(ms(now)),
+        })
+        .on_conflict(
+            OnConflict::columns([suppression::Column::Email, suppression::Column::Scope])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks the lead's live enrollments as having an event to consume.
+    pub async fn mark_pending(&self, lead: LeadId, now: DateTime<Utc>) -> Result<()> {
+        enrollment::Entity::update_many()
+            .col_expr(enrollment::Column::PendingAt, Expr::value(ms(now)))
+            .filter(enrollment::Column::LeadId.eq(lead.0))
+            .filter(enrollment::Column::Status.is_in(["active", "unconfirmed"]))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// The events of these leads newer than `after` (an event id), oldest first.
+    pub async fn events_after(&self, leads: &[LeadId], after: i64) -> Result<Vec<StoredEvent>> {
+        let ids: Vec<i64> = leads
+            .iter()
+            .map(|l| l.0)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let rows = event::Entity::find()
+                .filter(event::Column::LeadId.is_in(chunk.iter().copied()))
+                .filter(event::Column::Id.gt(after))
+                .order_by_asc(event::Column::Id)
+                .all(&self.db)
+                .await?;
+            for r in rows {
+                let p: serde_json::Value = serde_json::from_str(&r.payload).unwrap_or_default();
+                let s = |k: &str| p.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                out.push(StoredEvent {
+                    id: r.id,
+                    lead: LeadId(r.lead_id.unwrap_or_default()),
+                    event: crate::engine::Event {
+                        name: r.kind.clone(),
+                        product: s("product"),
+                        template: s("template"),
+                        link: s("link"),
+                        form: s("form"),
+                    },
+                });
+            }
+        }
+        out.sort_by_key(|e| e.id);
+        Ok(out)
+    }
+}
+
+/// A stored event, as the engine matches it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub lead: LeadId,
+    pub event: crate::engine::Event,
 }

@@ -94,6 +94,10 @@ pub mod enrollment {
         pub lease_until: Option<i64>,
         pub attempts: i32,
         pub updated_at: i64,
+        /// The id of the last event of the lead this enrollment has consumed.
+        pub events_seen: i64,
+        /// Set when an event arrives for the lead; cleared by the round that feeds it.
+        pub pending_at: Option<i64>,
     }
     no_relations!();
 }

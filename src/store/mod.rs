@@ -4,7 +4,7 @@
 mod enrollments;
 pub mod entities;
 
-pub use enrollments::{Committed, OutboxRow, Position, StageVisit, StoredEnrollment};
+pub use enrollments::{Committed, OutboxRow, Position, StageVisit, StoredEnrollment, StoredEvent};
 
 use std::path::Path;
 use std::time::Duration;
