@@ -102,24 +102,29 @@ fn to_stored(m: enrollment::Model) -> Result<StoredEnrollment> {
     })
 }
 
-/// Claims are plain UPDATE … RETURNING of due or pending (an event arrived) enrollments;
+/// Claims are plain UPDATE … RETURNING, in two passes that each use their own index: due
+/// timers (`wake_at`, earliest first), then enrollments an event arrived for (`pending_at`).
 /// PostgreSQL skips rows another node holds locked.
-fn claim_sql(backend: Backend, limit: u64) -> String {
-    match backend {
-        Backend::Sqlite => format!(
-            "UPDATE enrollments SET lease_owner = ?, lease_until = ?, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM enrollments WHERE ((wake_at <= ? AND status = 'active') \
-             OR (pending_at IS NOT NULL AND status IN ('active', 'unconfirmed'))) \
-             AND (lease_until IS NULL OR lease_until < ?) ORDER BY wake_at LIMIT {limit}) RETURNING *"
-        ),
-        Backend::Postgres => format!(
-            "UPDATE enrollments SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM enrollments WHERE ((wake_at <= $3 AND status = 'active') \
-             OR (pending_at IS NOT NULL AND status IN ('active', 'unconfirmed'))) \
-             AND (lease_until IS NULL OR lease_until < $4) ORDER BY wake_at LIMIT {limit} \
-             FOR UPDATE SKIP LOCKED) RETURNING *"
-        ),
-    }
+fn claim_sql(backend: Backend, pending: bool, limit: u64) -> String {
+    let (p, lock) = match backend {
+        Backend::Sqlite => (["?", "?", "?", "?"], ""),
+        Backend::Postgres => (["$1", "$2", "$3", "$4"], " FOR UPDATE SKIP LOCKED"),
+    };
+    let which = if pending {
+        format!(
+            "pending_at IS NOT NULL AND pending_at <= {} AND status IN ('active', 'unconfirmed')",
+            p[2]
+        )
+    } else {
+        format!("wake_at <= {} AND status = 'active'", p[2])
+    };
+    let order = if pending { "pending_at" } else { "wake_at" };
+    format!(
+        "UPDATE enrollments SET lease_owner = {}, lease_until = {}, attempts = attempts + 1 \
+         WHERE id IN (SELECT id FROM enrollments WHERE {which} \
+         AND (lease_until IS NULL OR lease_until < {}) ORDER BY {order} LIMIT {limit}{lock}) RETURNING *",
+        p[0], p[1], p[3]
+    )
 }
 
 impl Store {
@@ -248,24 +253,31 @@ impl Store {
         lease: Duration,
         limit: u64,
     ) -> Result<Vec<StoredEnrollment>> {
-        let values: Vec<Value> = vec![
-            owner.into(),
-            ms(now + lease).into(),
-            ms(now).into(),
-            ms(now).into(),
-        ];
-        let stmt = Statement::from_sql_and_values(
-            self.sql_backend(),
-            claim_sql(self.backend, limit),
-            values,
-        );
-        let mut rows: Vec<StoredEnrollment> = enrollment::Entity::find()
-            .from_raw_sql(stmt)
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(to_stored)
-            .collect::<Result<_>>()?;
+        let mut rows: Vec<StoredEnrollment> = Vec::new();
+        for pending in [false, true] {
+            let left = limit.saturating_sub(rows.len() as u64);
+            if left == 0 {
+                break;
+            }
+            let values: Vec<Value> = vec![
+                owner.into(),
+                ms(now + lease).into(),
+                ms(now).into(),
+                ms(now).into(),
+            ];
+            let stmt = Statement::from_sql_and_values(
+                self.sql_backend(),
+                claim_sql(self.backend, pending, left),
+                values,
+            );
+            let claimed = enrollment::Entity::find()
+                .from_raw_sql(stmt)
+                .all(&self.db)
+                .await?;
+            for m in claimed {
+                rows.push(to_stored(m)?);
+            }
+        }
         rows.sort_by_key(|e| (e.state.wake_at, e.id));
         Ok(rows)
     }
