@@ -11,7 +11,7 @@ use autofunnel::runtime::{Enrolled, LEASE, Runtime};
 use autofunnel::store::{LeadInput, Store};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
-use crate::store::{on_postgres, on_sqlite};
+use crate::util::on_both_backends;
 use crate::util::root;
 
 fn cart() -> Funnel {
@@ -172,34 +172,6 @@ async fn a_crashed_worker_loses_its_lease_and_nothing_is_done_twice(store: Store
     }
 }
 
-#[tokio::test]
-async fn sqlite_timers_wake_and_events_move() {
-    on_sqlite(timers_wake_and_events_move).await;
-}
-
-#[tokio::test]
-async fn postgres_timers_wake_and_events_move() {
-    on_postgres(
-        "postgres_timers_wake_and_events_move",
-        timers_wake_and_events_move,
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn sqlite_a_crashed_worker_loses_its_lease() {
-    on_sqlite(a_crashed_worker_loses_its_lease_and_nothing_is_done_twice).await;
-}
-
-#[tokio::test]
-async fn postgres_a_crashed_worker_loses_its_lease() {
-    on_postgres(
-        "postgres_a_crashed_worker_loses_its_lease",
-        a_crashed_worker_loses_its_lease_and_nothing_is_done_twice,
-    )
-    .await;
-}
-
 const CART_HEADER: &str =
     "name: Cart\nfrom: \"Shop <shop@example.com>\"\nentry: { event: checkout_started }\n";
 
@@ -269,20 +241,6 @@ async fn plan_shows_what_an_edit_does_to_leads_in_flight(store: Store) {
     assert_eq!(affected, 4);
 }
 
-#[tokio::test]
-async fn sqlite_plan_shows_what_an_edit_does() {
-    on_sqlite(plan_shows_what_an_edit_does_to_leads_in_flight).await;
-}
-
-#[tokio::test]
-async fn postgres_plan_shows_what_an_edit_does() {
-    on_postgres(
-        "postgres_plan_shows_what_an_edit_does",
-        plan_shows_what_an_edit_does_to_leads_in_flight,
-    )
-    .await;
-}
-
 async fn reload_resumes_leads_by_step_id(store: Store) {
     store.migrate().await.unwrap();
     let rt = Runtime::new(store.clone(), vec![cart()], "node-a", t0())
@@ -309,20 +267,6 @@ async fn reload_resumes_leads_by_step_id(store: Store) {
         autofunnel::engine::Status::Exited(Outcome::NotConverted)
     );
     assert_eq!(e.version, 2);
-}
-
-#[tokio::test]
-async fn sqlite_reload_resumes_leads_by_step_id() {
-    on_sqlite(reload_resumes_leads_by_step_id).await;
-}
-
-#[tokio::test]
-async fn postgres_reload_resumes_leads_by_step_id() {
-    on_postgres(
-        "postgres_reload_resumes_leads_by_step_id",
-        reload_resumes_leads_by_step_id,
-    )
-    .await;
 }
 
 async fn an_event_for_a_busy_enrollment_is_fed_by_the_next_round(store: Store) {
@@ -395,30 +339,11 @@ async fn unsubscribing_stops_mail_from_every_funnel(store: Store) {
     assert_eq!(templates(&store.outbox_of(l).await.unwrap()), ["one"]);
 }
 
-#[tokio::test]
-async fn sqlite_an_event_for_a_busy_enrollment_is_fed_later() {
-    on_sqlite(an_event_for_a_busy_enrollment_is_fed_by_the_next_round).await;
-}
-
-#[tokio::test]
-async fn postgres_an_event_for_a_busy_enrollment_is_fed_later() {
-    on_postgres(
-        "postgres_an_event_for_a_busy_enrollment_is_fed_later",
-        an_event_for_a_busy_enrollment_is_fed_by_the_next_round,
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn sqlite_unsubscribing_stops_mail_from_every_funnel() {
-    on_sqlite(unsubscribing_stops_mail_from_every_funnel).await;
-}
-
-#[tokio::test]
-async fn postgres_unsubscribing_stops_mail_from_every_funnel() {
-    on_postgres(
-        "postgres_unsubscribing_stops_mail_from_every_funnel",
-        unsubscribing_stops_mail_from_every_funnel,
-    )
-    .await;
+on_both_backends! {
+    timers_wake_and_events_move => timers_wake_and_events_move,
+    crashed_worker => a_crashed_worker_loses_its_lease_and_nothing_is_done_twice,
+    plan_of_an_edit => plan_shows_what_an_edit_does_to_leads_in_flight,
+    reload_by_step_id => reload_resumes_leads_by_step_id,
+    event_for_busy_enrollment => an_event_for_a_busy_enrollment_is_fed_by_the_next_round,
+    unsubscribe_stops_all_mail => unsubscribing_stops_mail_from_every_funnel,
 }

@@ -8,6 +8,7 @@ use autofunnel::store::{Backend, LeadInput, NewEvent, Recorded, Store};
 use chrono::{TimeZone, Utc};
 use sea_orm::{ConnectionTrait, Database};
 
+use crate::util::on_both_backends;
 use crate::util::postgres_url;
 
 const MIGRATIONS: [&str; 3] = [
@@ -220,48 +221,16 @@ async fn events_are_stored_once_per_key(store: Store) {
 }
 
 #[tokio::test]
-async fn sqlite_migrations_apply_once() {
-    on_sqlite(migrations_apply_once).await;
-}
-
-#[tokio::test]
-async fn postgres_migrations_apply_once() {
-    on_postgres("postgres_migrations_apply_once", migrations_apply_once).await;
-}
-
-#[tokio::test]
-async fn sqlite_leads_are_unique_by_email() {
-    on_sqlite(leads_are_unique_by_email).await;
-}
-
-#[tokio::test]
-async fn postgres_leads_are_unique_by_email() {
-    on_postgres(
-        "postgres_leads_are_unique_by_email",
-        leads_are_unique_by_email,
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn sqlite_events_are_stored_once_per_key() {
-    on_sqlite(events_are_stored_once_per_key).await;
-}
-
-#[tokio::test]
-async fn postgres_events_are_stored_once_per_key() {
-    on_postgres(
-        "postgres_events_are_stored_once_per_key",
-        events_are_stored_once_per_key,
-    )
-    .await;
-}
-
-#[tokio::test]
 async fn unsupported_database_urls_are_refused() {
     let err = Store::connect("mysql://localhost/x").await.err().unwrap();
     assert!(
         err.to_string().contains("unsupported database URL"),
         "{err}"
     );
+}
+
+on_both_backends! {
+    migrations => migrations_apply_once,
+    leads_unique_by_email => leads_are_unique_by_email,
+    events_once_per_key => events_are_stored_once_per_key,
 }

@@ -44,3 +44,24 @@ pub fn postgres_url(test: &str) -> Option<String> {
         }
     }
 }
+
+/// One test per backend for each `name => body`: `name::sqlite` on a fresh SQLite file and
+/// `name::postgres` on a fresh PostgreSQL database (see `store::on_sqlite`/`on_postgres`).
+macro_rules! on_both_backends {
+    ($($name:ident => $body:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    crate::store::on_sqlite(super::$body).await;
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    crate::store::on_postgres(stringify!($name), super::$body).await;
+                }
+            }
+        )*
+    };
+}
+pub(crate) use on_both_backends;
