@@ -3,16 +3,17 @@
 //! and committed one transaction per transition; the loop sleeps until the next wake-up or a
 //! notification that an earlier one was written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Duration, Utc};
 use tokio::sync::Notify;
 
-use crate::domain::LeadId;
-use crate::engine::{self, Event, Input, Status, Transition};
+use crate::domain::{Consent, LeadId};
+use crate::engine::{self, Event, Input, LeadFacts, Status, Transition};
 use crate::funnel::{Funnel, ReEntry, print};
-use crate::store::{Committed, NewEvent, Recorded, Store, StoredEnrollment};
+use crate::store::{Committed, NewEnrollment, NewEvent, Recorded, Store, StoredEnrollment};
 
 /// How long a claimed enrollment is reserved for its worker; a worker that dies loses it then.
 pub const LEASE: Duration = Duration::seconds(30);
@@ -52,6 +53,8 @@ pub struct Runtime {
     funnels: RwLock<Arc<Funnels>>,
     owner: String,
     wake: Arc<Notify>,
+    /// Transitions committed by this runtime since it started.
+    committed: AtomicU64,
 }
 
 impl Runtime {
@@ -68,6 +71,7 @@ impl Runtime {
             funnels: RwLock::new(Arc::new(running)),
             owner: owner.to_string(),
             wake: Arc::new(Notify::new()),
+            committed: AtomicU64::new(0),
         })
     }
 
@@ -92,6 +96,11 @@ impl Runtime {
             .clone()
     }
 
+    /// How many transitions this runtime has committed since it started.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -103,41 +112,92 @@ impl Runtime {
         funnel: &str,
         now: DateTime<Utc>,
     ) -> Result<Enrolled, RuntimeError> {
+        let mut out = self.enroll_many(&[lead], funnel, now).await?;
+        Ok(out.pop().unwrap_or(Enrolled::NotAgain))
+    }
+
+    /// Puts many leads into a funnel at once (an import, a batch of signups), each following
+    /// the re-entry policy; one transaction for all of them. A lead given twice is enrolled once.
+    pub async fn enroll_many(
+        &self,
+        leads: &[LeadId],
+        funnel: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Enrolled>, RuntimeError> {
         let funnels = self.funnels();
         let r = funnels
             .get(funnel)
             .ok_or_else(|| RuntimeError::UnknownFunnel(funnel.to_string()))?;
-        let before = self.store.enrollments_of(lead, funnel).await?;
-        if let Some(live) = before
-            .iter()
-            .find(|e| !matches!(e.state.status, Status::Exited(_)))
-        {
-            return Ok(Enrolled::AlreadyIn(live.id));
+        let mut before: HashMap<LeadId, Vec<StoredEnrollment>> = HashMap::new();
+        for e in self.store.enrollments_of_many(leads, funnel).await? {
+            before.entry(e.lead).or_default().push(e);
         }
-        if let Some(last) = before.last() {
-            let again = match r.funnel.entry.re_entry {
-                ReEntry::Never => false,
-                ReEntry::Always => true,
-                ReEntry::After(d) => now >= last.entered_at + Duration::seconds(d.as_secs() as i64),
-            };
-            if !again {
-                return Ok(Enrolled::NotAgain);
+        let facts = self.store.lead_facts_many(leads, now).await?;
+        let mut decided: HashMap<LeadId, Enrolled> = HashMap::new();
+        let mut fresh: Vec<(LeadId, Transition)> = Vec::new();
+        for &lead in leads {
+            if decided.contains_key(&lead) {
+                continue;
             }
+            let runs = before.get(&lead).map(Vec::as_slice).unwrap_or_default();
+            if let Some(live) = runs
+                .iter()
+                .find(|e| !matches!(e.state.status, Status::Exited(_)))
+            {
+                decided.insert(lead, Enrolled::AlreadyIn(live.id));
+                continue;
+            }
+            if let Some(last) = runs.last() {
+                let again = match r.funnel.entry.re_entry {
+                    ReEntry::Never => false,
+                    ReEntry::Always => true,
+                    ReEntry::After(d) => {
+                        now >= last.entered_at + Duration::seconds(d.as_secs() as i64)
+                    }
+                };
+                if !again {
+                    decided.insert(lead, Enrolled::NotAgain);
+                    continue;
+                }
+            }
+            let Some(f) = facts.get(&lead) else {
+                return Err(crate::store::StoreError::Corrupt(format!(
+                    "lead {lead} does not exist"
+                ))
+                .into());
+            };
+            let t = engine::step(
+                &r.funnel,
+                &engine::new_enrollment(&r.funnel, now),
+                f,
+                &Input::Enroll,
+                now,
+            );
+            decided.insert(lead, Enrolled::New(0));
+            fresh.push((lead, t));
         }
-        let facts = self.store.lead_facts(lead, now).await?;
-        let t = engine::step(
-            &r.funnel,
-            &engine::new_enrollment(&r.funnel, now),
-            &facts,
-            &Input::Enroll,
-            now,
-        );
-        let id = self
-            .store
-            .enroll(lead, funnel, r.version, step_id(&r.funnel, &t), &t, now)
-            .await?;
-        self.wake.notify_one();
-        Ok(Enrolled::New(id))
+        let items: Vec<NewEnrollment> = fresh
+            .iter()
+            .map(|(lead, t)| NewEnrollment {
+                lead: *lead,
+                funnel,
+                version: r.version,
+                step_id: step_id(&r.funnel, t),
+                transition: t,
+                recipient: facts.get(lead).and_then(LeadFacts::email),
+            })
+            .collect();
+        let ids = self.store.enroll_many(&items, now).await?;
+        for ((lead, _), id) in fresh.iter().zip(ids) {
+            decided.insert(*lead, Enrolled::New(id));
+        }
+        if !fresh.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(leads
+            .iter()
+            .map(|l| decided.get(l).cloned().unwrap_or(Enrolled::NotAgain))
+            .collect())
     }
 
     /// Stores an event once, then feeds it to the lead's live enrollments. Returns how many
@@ -159,6 +219,19 @@ impl Runtime {
         };
         if self.store.record_event(stored, now).await? == Recorded::Duplicate {
             return Ok(0);
+        }
+        match e.name.as_str() {
+            "confirmed" => {
+                self.store
+                    .set_consent(lead, Consent::Confirmed, now)
+                    .await?
+            }
+            "unsubscribed" => {
+                self.store
+                    .set_consent(lead, Consent::Unsubscribed, now)
+                    .await?
+            }
+            _ => {}
         }
         if ["unsubscribed", "bounced", "complained"].contains(&e.name.as_str()) {
             // No funnel mails this address again, whatever its own transitions say.
@@ -231,11 +304,7 @@ impl Runtime {
             }
             let t = Transition { state, effects };
             let id = step_id(&r.funnel, &t);
-            let to = lead
-                .fields
-                .get("email")
-                .and_then(|e| e.as_str())
-                .map(str::to_string);
+            let to = lead.email();
             stepped.push((c, t, id, r.version, to, seen));
         }
         let items: Vec<Committed> = stepped
@@ -249,16 +318,26 @@ impl Runtime {
                 transition: t,
             })
             .collect();
-        Ok(self.store.commit_many(&self.owner, &items, now).await?)
+        let n = self.store.commit_many(&self.owner, &items, now).await?;
+        self.committed.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 
     /// Steps due enrollments until `shutdown` completes: after each busy round at once,
     /// otherwise sleeping until the next wake-up, a notification, or `MAX_IDLE`.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        self.run_with_clock(Utc::now, shutdown).await
+    }
+
+    /// [`Runtime::run`] on the given clock (benchmarks map a virtual calendar onto real time).
+    pub async fn run_with_clock(
+        &self,
+        clock: impl Fn() -> DateTime<Utc>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         loop {
-            let now = Utc::now();
-            let busy = match self.tick(now).await {
+            let busy = match self.tick(clock()).await {
                 Ok(n) => n as u64 >= BATCH,
                 Err(e) => {
                     tracing::error!(error = %e, "scheduler round failed; retrying");
@@ -269,7 +348,7 @@ impl Runtime {
                 continue;
             }
             let sleep = match self.store.next_wake().await {
-                Ok(Some(at)) => (at - Utc::now()).to_std().unwrap_or_default().min(MAX_IDLE),
+                Ok(Some(at)) => (at - clock()).to_std().unwrap_or_default().min(MAX_IDLE),
                 _ => MAX_IDLE,
             };
             tokio::select! {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use autofunnel::domain::{Email, LeadId};
+use autofunnel::domain::{Consent, Email, LeadId};
 use autofunnel::engine::Event;
 use autofunnel::funnel::{self, Funnel, Outcome, Sink};
 use autofunnel::runtime::{Enrolled, LEASE, Runtime};
@@ -339,7 +339,133 @@ async fn unsubscribing_stops_mail_from_every_funnel(store: Store) {
     assert_eq!(templates(&store.outbox_of(l).await.unwrap()), ["one"]);
 }
 
+async fn an_event_is_fed_once_and_its_mark_cleared(store: Store) {
+    store.migrate().await.unwrap();
+    let scored = parse_inline(
+        "funnels/scored.yaml",
+        &format!(
+            "{CART_HEADER}scoring:\n  rules:\n    - {{ event: click, points: 3 }}\nstages:\n  - id: drip\n    steps:\n      - wait: 7d\n      - exit: completed\n"
+        ),
+    );
+    let rt = Runtime::new(store.clone(), vec![scored], "node-a", t0())
+        .await
+        .unwrap();
+    let l = lead(&store, "clicker@example.com").await;
+    rt.enroll(l, "scored", t0()).await.unwrap();
+    let click = Event {
+        template: Some("one".into()),
+        link: Some("offer".into()),
+        ..Event::named("click")
+    };
+    assert_eq!(
+        rt.event(l, click, None, t0() + Duration::minutes(1))
+            .await
+            .unwrap(),
+        1
+    );
+    // Nothing is left to do: later rounds neither claim the enrollment nor feed the click again.
+    for m in [2, 3, 60] {
+        assert_eq!(rt.tick(t0() + Duration::minutes(m)).await.unwrap(), 0);
+    }
+    let email = Email::parse("clicker@example.com").unwrap();
+    assert_eq!(store.lead_by_email(&email).await.unwrap().unwrap().score, 3);
+    let e = &store.enrollments_of(l, "scored").await.unwrap()[0];
+    assert!(e.events_seen > 0, "the event cursor did not move");
+}
+
+fn course() -> Funnel {
+    let file = "funnels/relationships-course.yaml";
+    parse_inline(file, &std::fs::read_to_string(root().join(file)).unwrap())
+}
+
+async fn double_opt_in_asks_only_leads_not_yet_confirmed(store: Store) {
+    store.migrate().await.unwrap();
+    let rt = Runtime::new(store.clone(), vec![course()], "node-a", t0())
+        .await
+        .unwrap();
+    let input = LeadInput {
+        timezone: Some(chrono_tz::Europe::Berlin),
+        ..Default::default()
+    };
+    let known = Email::parse("known@example.com").unwrap();
+    let new = Email::parse("new@example.com").unwrap();
+    let [known_id] = store
+        .import_leads(&[(known.clone(), input.clone())], Consent::Confirmed, t0())
+        .await
+        .unwrap()[..]
+    else {
+        panic!()
+    };
+    let new_id = store.upsert_lead(&new, input, t0()).await.unwrap().id;
+    // One call for both, the new lead given twice: it is enrolled once.
+    let got = rt
+        .enroll_many(&[known_id, new_id, new_id], "relationships-course", t0())
+        .await
+        .unwrap();
+    assert!(matches!(got[0], Enrolled::New(_)));
+    let Enrolled::New(new_run) = got[1] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(got[1], got[2]);
+    assert_eq!(
+        templates(&store.outbox_of(known_id).await.unwrap()),
+        ["book-delivery"]
+    );
+    assert_eq!(
+        templates(&store.outbox_of(new_id).await.unwrap()),
+        ["confirm"]
+    );
+    rt.event(
+        new_id,
+        Event::named("confirmed"),
+        None,
+        t0() + Duration::minutes(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        templates(&store.outbox_of(new_id).await.unwrap()),
+        ["confirm", "book-delivery"]
+    );
+    let lead = store.lead_by_email(&new).await.unwrap().unwrap();
+    assert_eq!(lead.consent, Consent::Confirmed);
+    // Asked again later (another form), the confirmed lead is not asked to confirm.
+    assert_eq!(
+        rt.enroll(new_id, "relationships-course", t0() + Duration::hours(1))
+            .await
+            .unwrap(),
+        Enrolled::AlreadyIn(new_run)
+    );
+    // The known lead never buys: book → webinar offer → deadline → nurture, which tags and
+    // exits in the same transition that enters it.
+    for h in 1..=24 * 7 {
+        rt.tick(t0() + Duration::hours(h)).await.unwrap();
+    }
+    let Enrolled::New(run) = got[0] else {
+        panic!("{got:?}")
+    };
+    let visits: Vec<(String, Option<String>, Option<String>)> = store
+        .stage_history(run)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.stage, v.exit_reason, v.next_stage))
+        .collect();
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        visits,
+        [
+            ("lead_magnet".into(), s("goto: tripwire"), s("tripwire")),
+            ("tripwire".into(), s("goto: nurture"), s("nurture")),
+            ("nurture".into(), s("exit: not_converted"), None),
+        ]
+    );
+    assert_eq!(store.lead_tags(known_id).await.unwrap().len(), 1);
+}
+
 on_both_backends! {
+    event_fed_once => an_event_is_fed_once_and_its_mark_cleared,
+    double_opt_in_once => double_opt_in_asks_only_leads_not_yet_confirmed,
     timers_wake_and_events_move => timers_wake_and_events_move,
     crashed_worker => a_crashed_worker_loses_its_lease_and_nothing_is_done_twice,
     plan_of_an_edit => plan_shows_what_an_edit_does_to_leads_in_flight,

@@ -58,6 +58,18 @@ pub struct LeadFacts {
     pub mailable: bool,
     /// When emails went to this lead, from any funnel (for the frequency cap).
     pub sent_at: Vec<DateTime<Utc>>,
+    /// The lead already confirmed their address: double opt-in does not ask again.
+    pub confirmed: bool,
+}
+
+impl LeadFacts {
+    /// The lead's address, as stored among the fields.
+    pub fn email(&self) -> Option<String> {
+        self.fields
+            .get("email")
+            .and_then(|e| e.as_str())
+            .map(str::to_string)
+    }
 }
 
 /// A tracked event as the engine matches it.
@@ -181,7 +193,7 @@ pub fn step(
     }
     match input {
         Input::Enroll => {
-            if let Some(t) = &f.entry.double_opt_in {
+            if let Some(t) = f.entry.double_opt_in.as_ref().filter(|_| !lead.confirmed) {
                 m.st.status = Status::Unconfirmed;
                 m.st.wake_at = None;
                 if m.lead.mailable {

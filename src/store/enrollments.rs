@@ -7,16 +7,17 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, Statement,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Statement,
     TransactionTrait, Value,
 };
 
+use super::batch::{self, Params, Written};
 use super::entities::{
     enrollment, event, funnel_version, lead, lead_tag, message, stage_history, suppression,
 };
 use super::{Backend, Result, Store, StoreError, from_ms, ms, parse_fields};
 use crate::domain::{LeadId, StageId};
-use crate::engine::{Effect, Enrollment, LeadFacts, Status, Transition};
+use crate::engine::{Enrollment, LeadFacts, Status, Transition};
 use crate::funnel::Outcome;
 
 /// An enrollment as stored: which lead, which funnel version, and the engine's state.
@@ -189,60 +190,105 @@ impl Store {
             .collect()
     }
 
-    /// Stores a new enrollment with its first transition (state, history, outbox) at once.
-    pub async fn enroll(
+    /// Every enrollment of these leads in a funnel, oldest first.
+    pub async fn enrollments_of_many(
         &self,
-        lead: LeadId,
+        leads: &[LeadId],
         funnel: &str,
-        version: i32,
-        step_id: Option<String>,
-        t: &Transition,
+    ) -> Result<Vec<StoredEnrollment>> {
+        let mut out = Vec::new();
+        for chunk in leads.chunks(batch::ROWS) {
+            for m in enrollment::Entity::find()
+                .filter(enrollment::Column::LeadId.is_in(chunk.iter().map(|l| l.0)))
+                .filter(enrollment::Column::FunnelId.eq(funnel))
+                .order_by_asc(enrollment::Column::Id)
+                .all(&self.db)
+                .await?
+            {
+                out.push(to_stored(m)?);
+            }
+        }
+        out.sort_by_key(|e| e.id);
+        Ok(out)
+    }
+
+    /// Stores new enrollments with their first transitions (state, history, outbox) in one
+    /// transaction; returns their ids in the order given.
+    pub async fn enroll_many(
+        &self,
+        items: &[NewEnrollment<'_>],
         now: DateTime<Utc>,
-    ) -> Result<i64> {
+    ) -> Result<Vec<i64>> {
         let txn = self.db.begin().await?;
-        let (status, outcome) = status_parts(t.state.status);
-        let st = &t.state;
-        let res = enrollment::Entity::insert(enrollment::ActiveModel {
-            id: NotSet,
-            lead_id: Set(lead.0),
-            funnel_id: Set(funnel.to_string()),
-            funnel_version: Set(version),
-            stage_id: Set(st.stage.to_string()),
-            step_id: Set(step_id),
-            step_index: Set(st.step as i32),
-            status: Set(status.to_string()),
-            wake_at: Set(st.wake_at.map(ms)),
-            deadline_at: Set(st.deadline.map(ms)),
-            stage_entered_at: Set(ms(st.stage_entered_at)),
-            stage_entry: Set(st.stage_entry as i32),
-            entered_at: Set(ms(now)),
-            exited_at: Set(matches!(st.status, Status::Exited(_)).then(|| ms(now))),
-            outcome: Set(outcome.map(str::to_string)),
-            lease_owner: Set(None),
-            lease_until: Set(None),
-            attempts: Set(0),
-            updated_at: Set(ms(now)),
-            events_seen: Set(0),
-            pending_at: Set(None),
-        })
-        .exec(&txn)
-        .await?;
-        let id = res.last_insert_id;
-        apply_effects(
-            &txn,
-            Of {
+        let mut ids: HashMap<(i64, &str), i64> = HashMap::new();
+        for chunk in items.chunks(batch::ROWS) {
+            let mut q = Params::new(self.backend);
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|n| {
+                    let st = &n.transition.state;
+                    let (status, outcome) = status_parts(st.status);
+                    q.row(vec![
+                        n.lead.0.into(),
+                        n.funnel.to_string().into(),
+                        n.version.into(),
+                        st.stage.to_string().into(),
+                        n.step_id.clone().into(),
+                        (st.step as i32).into(),
+                        status.into(),
+                        st.wake_at.map(ms).into(),
+                        st.deadline.map(ms).into(),
+                        ms(st.stage_entered_at).into(),
+                        (st.stage_entry as i32).into(),
+                        ms(now).into(),
+                        matches!(st.status, Status::Exited(_))
+                            .then(|| ms(now))
+                            .into(),
+                        outcome.map(str::to_string).into(),
+                        0i32.into(),
+                        ms(now).into(),
+                        0i64.into(),
+                    ])
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO enrollments (lead_id, funnel_id, funnel_version, stage_id, step_id, \
+                 step_index, status, wake_at, deadline_at, stage_entered_at, stage_entry, entered_at, \
+                 exited_at, outcome, attempts, updated_at, events_seen) VALUES {} \
+                 RETURNING id, lead_id, funnel_id",
+                rows.join(", ")
+            );
+            for r in txn.query_all_raw(q.statement(sql)).await? {
+                let id: i64 = r.try_get_by_index(0)?;
+                let lead: i64 = r.try_get_by_index(1)?;
+                let funnel: String = r.try_get_by_index(2)?;
+                if let Some(n) = chunk
+                    .iter()
+                    .find(|n| n.lead.0 == lead && n.funnel == funnel)
+                {
+                    ids.insert((lead, n.funnel), id);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut written = Vec::with_capacity(items.len());
+        for n in items {
+            let id = *ids.get(&(n.lead.0, n.funnel)).ok_or_else(|| {
+                StoreError::Corrupt(format!("enrollment of lead {} was not stored", n.lead))
+            })?;
+            out.push(id);
+            written.push(Written {
                 enrollment: id,
-                lead,
-                funnel,
-                version,
-            },
-            &t.effects,
-            None,
-            now,
-        )
-        .await?;
+                lead: n.lead,
+                funnel: n.funnel,
+                version: n.version,
+                effects: &n.transition.effects,
+                recipient: n.recipient.clone(),
+            });
+        }
+        batch::write_effects(&txn, self.backend, &written, now).await?;
         txn.commit().await?;
-        Ok(id)
+        Ok(out)
     }
 
     /// Leases up to `limit` enrollments whose wake-up is due, earliest first.
@@ -348,7 +394,9 @@ impl Store {
     }
 
     /// Commits the transitions of a scheduler round in one transaction; each one is applied
-    /// only if its lease still holds. Returns how many were applied.
+    /// only if its lease still holds. The enrollment's event cursor moves to the last event it
+    /// was fed, and its pending mark is cleared unless a newer event of the lead is stored.
+    /// Returns how many were applied.
     pub async fn commit_many(
         &self,
         owner: &str,
@@ -356,14 +404,66 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<usize> {
         let txn = self.db.begin().await?;
-        let mut applied = 0;
-        for c in items {
-            if commit_in(&txn, owner, c, now).await? {
-                applied += 1;
+        let mut applied: BTreeSet<i64> = BTreeSet::new();
+        let t = ms(now);
+        for chunk in items.chunks(batch::ROWS) {
+            let mut q = Params::new(self.backend);
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|c| {
+                    let st = &c.transition.state;
+                    let (status, outcome) = status_parts(st.status);
+                    q.row(vec![
+                        c.enrollment.id.into(),
+                        c.version.into(),
+                        st.stage.to_string().into(),
+                        c.step_id.clone().into(),
+                        (st.step as i32).into(),
+                        status.into(),
+                        outcome.map(str::to_string).into(),
+                        st.wake_at.map(ms).into(),
+                        st.deadline.map(ms).into(),
+                        ms(st.stage_entered_at).into(),
+                        (st.stage_entry as i32).into(),
+                        matches!(st.status, Status::Exited(_)).then_some(t).into(),
+                        c.events_seen.into(),
+                    ])
+                })
+                .collect();
+            let owner_p = q.p(owner);
+            let sql = format!(
+                "UPDATE enrollments SET funnel_version = v.column2, stage_id = v.column3, \
+                 step_id = v.column4, step_index = v.column5, status = v.column6, outcome = v.column7, \
+                 wake_at = v.column8, deadline_at = v.column9, stage_entered_at = v.column10, \
+                 stage_entry = v.column11, exited_at = v.column12, events_seen = v.column13, \
+                 lease_owner = NULL, lease_until = NULL, updated_at = {t}, \
+                 pending_at = CASE WHEN enrollments.pending_at IS NULL THEN NULL \
+                   WHEN EXISTS (SELECT 1 FROM events WHERE events.lead_id = enrollments.lead_id \
+                   AND events.id > v.column13) THEN enrollments.pending_at ELSE NULL END \
+                 FROM (VALUES {}) AS v \
+                 WHERE enrollments.id = v.column1 AND enrollments.lease_owner = {owner_p} \
+                 RETURNING enrollments.id",
+                rows.join(", ")
+            );
+            for r in txn.query_all_raw(q.statement(sql)).await? {
+                applied.insert(r.try_get_by_index(0)?);
             }
         }
+        let written: Vec<Written> = items
+            .iter()
+            .filter(|c| applied.contains(&c.enrollment.id))
+            .map(|c| Written {
+                enrollment: c.enrollment.id,
+                lead: c.enrollment.lead,
+                funnel: &c.enrollment.funnel,
+                version: c.version,
+                effects: &c.transition.effects,
+                recipient: c.recipient.clone(),
+            })
+            .collect();
+        batch::write_effects(&txn, self.backend, &written, now).await?;
         txn.commit().await?;
-        Ok(applied)
+        Ok(written.len())
     }
 
     /// What the engine needs to know of a lead at `now`.
@@ -426,6 +526,7 @@ impl Store {
                     fields,
                     score: l.score,
                     mailable: !suppressed.contains(&l.email) && l.consent != "unsubscribed",
+                    confirmed: l.consent == "confirmed",
                     ..LeadFacts::default()
                 },
             );
@@ -523,229 +624,15 @@ impl Store {
     }
 }
 
-/// Writes what a transition did: stage history, outbox rows (once per send key) and lead
-/// changes, inside the caller's transaction.
-async fn apply_effects(
-    txn: &DatabaseTransaction,
-    of: Of<'_>,
-    effects: &[Effect],
-    mut email: Option<String>,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let Of {
-        enrollment: enrollment_id,
-        lead: lead_id,
-        funnel,
-        version,
-    } = of;
-    let mut fields: Option<serde_json::Map<String, serde_json::Value>> = None;
-    let mut score = 0i64;
-    for (i, fx) in effects.iter().enumerate() {
-        match fx {
-            Effect::EnterStage { stage } => {
-                stage_history::Entity::insert(stage_history::ActiveModel {
-                    id: NotSet,
-                    enrollment_id: Set(enrollment_id),
-                    lead_id: Set(lead_id.0),
-                    funnel_id: Set(funnel.to_string()),
-                    stage_id: Set(stage.to_string()),
-                    entered_at: Set(ms(now)),
-                    exited_at: Set(None),
-                    exit_reason: Set(None),
-                    next_stage_id: Set(None),
-                })
-                .exec_without_returning(txn)
-                .await?;
-            }
-            Effect::LeaveStage { stage, reason } => {
-                let next = effects[i + 1..].iter().find_map(|f| match f {
-                    Effect::EnterStage { stage } => Some(stage.to_string()),
-                    _ => None,
-                });
-                stage_history::Entity::update_many()
-                    .col_expr(stage_history::Column::ExitedAt, Expr::value(ms(now)))
-                    .col_expr(
-                        stage_history::Column::ExitReason,
-                        Expr::value(reason.clone()),
-                    )
-                    .col_expr(stage_history::Column::NextStageId, Expr::value(next))
-                    .filter(stage_history::Column::EnrollmentId.eq(enrollment_id))
-                    .filter(stage_history::Column::StageId.eq(stage.to_string()))
-                    .filter(stage_history::Column::ExitedAt.is_null())
-                    .exec(txn)
-                    .await?;
-            }
-            Effect::SendEmail {
-                template,
-                step,
-                key,
-            } => {
-                let to = recipient(txn, lead_id, &mut email).await?;
-                let payload = serde_json::json!({ "funnel": funnel, "version": version, "template": template.as_str() });
-                outbox(
-                    txn,
-                    "email",
-                    lead_id,
-                    enrollment_id,
-                    funnel,
-                    version,
-                    step.as_str(),
-                    Some(template.to_string()),
-                    key,
-                    to,
-                    payload,
-                    now,
-                )
-                .await?;
-            }
-            Effect::CallWebhook { webhook, step, key } => {
-                let to = recipient(txn, lead_id, &mut email).await?;
-                let payload = serde_json::json!({ "funnel": funnel, "version": version, "webhook": webhook.as_str() });
-                outbox(
-                    txn,
-                    "webhook",
-                    lead_id,
-                    enrollment_id,
-                    funnel,
-                    version,
-                    step.as_str(),
-                    None,
-                    key,
-                    to,
-                    payload,
-                    now,
-                )
-                .await?;
-            }
-            Effect::Tag(tag) => {
-                lead_tag::Entity::insert(lead_tag::ActiveModel {
-                    lead_id: Set(lead_id.0),
-                    tag: Set(tag.to_string()),
-                    created_at: Set(ms(now)),
-                })
-                .on_conflict(
-                    OnConflict::columns([lead_tag::Column::LeadId, lead_tag::Column::Tag])
-                        .do_nothing()
-                        .to_owned(),
-                )
-                .exec_without_returning(txn)
-                .await?;
-            }
-            Effect::Untag(tag) => {
-                lead_tag::Entity::delete_many()
-                    .filter(lead_tag::Column::LeadId.eq(lead_id.0))
-                    .filter(lead_tag::Column::Tag.eq(tag.to_string()))
-                    .exec(txn)
-                    .await?;
-            }
-            Effect::SetField { field, value } => {
-                if fields.is_none() {
-                    let l = lead::Entity::find_by_id(lead_id.0).one(txn).await?;
-                    fields = Some(match l {
-                        Some(l) => parse_fields(&l.fields)?,
-                        None => serde_json::Map::new(),
-                    });
-                }
-                if let Some(f) = fields.as_mut() {
-                    f.insert(field.clone(), value.clone());
-                }
-            }
-            Effect::AddScore(n) => score += n,
-            Effect::Emitted(_) | Effect::Exit(_) | Effect::Held { .. } | Effect::Skipped { .. } => {
-            }
-        }
-    }
-    if fields.is_some() || score != 0 {
-        let mut update = lead::Entity::update_many()
-            .col_expr(lead::Column::UpdatedAt, Expr::value(ms(now)))
-            .col_expr(
-                lead::Column::Score,
-                Expr::col(lead::Column::Score).add(score),
-            );
-        if let Some(f) = fields {
-            update = update.col_expr(
-                lead::Column::Fields,
-                Expr::value(serde_json::Value::Object(f).to_string()),
-            );
-        }
-        update
-            .filter(lead::Column::Id.eq(lead_id.0))
-            .exec(txn)
-            .await?;
-    }
-    Ok(())
-}
-
-/// The lead's address, read once per transaction.
-async fn recipient(
-    txn: &DatabaseTransaction,
-    lead_id: LeadId,
-    cache: &mut Option<String>,
-) -> Result<String> {
-    if cache.is_none() {
-        let l = lead::Entity::find_by_id(lead_id.0)
-            .one(txn)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("lead {lead_id} does not exist")))?;
-        *cache = Some(l.email);
-    }
-    Ok(cache.clone().unwrap_or_default())
-}
-
-/// Queues an email or webhook; the send key makes a repeated transition queue nothing new.
-#[allow(clippy::too_many_arguments)]
-async fn outbox(
-    txn: &DatabaseTransaction,
-    kind: &str,
-    lead_id: LeadId,
-    enrollment_id: i64,
-    funnel: &str,
-    version: i32,
-    step: &str,
-    template: Option<String>,
-    key: &str,
-    recipient: String,
-    payload: serde_json::Value,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let stage = key.split(':').nth(1).map(str::to_string);
-    message::Entity::insert(message::ActiveModel {
-        id: NotSet,
-        kind: Set(kind.to_string()),
-        lead_id: Set(lead_id.0),
-        enrollment_id: Set(Some(enrollment_id)),
-        funnel_id: Set(Some(funnel.to_string())),
-        stage_id: Set(stage),
-        step_id: Set(Some(step.to_string())),
-        template: Set(template),
-        send_key: Set(format!("{}:v{version}:{key}", lead_id.0)),
-        recipient: Set(recipient),
-        payload: Set(payload.to_string()),
-        status: Set("queued".to_string()),
-        attempts: Set(0),
-        next_attempt_at: Set(Some(ms(now))),
-        lease_until: Set(None),
-        last_error: Set(None),
-        created_at: Set(ms(now)),
-        sent_at: Set(None),
-    })
-    .on_conflict(
-        OnConflict::column(message::Column::SendKey)
-            .do_nothing()
-            .to_owned(),
-    )
-    .exec_without_returning(txn)
-    .await?;
-    Ok(())
-}
-
-/// Whose effects are being written.
-#[derive(Clone, Copy)]
-struct Of<'a> {
-    enrollment: i64,
-    lead: LeadId,
-    funnel: &'a str,
-    version: i32,
+/// A new enrollment to store with its first transition.
+pub struct NewEnrollment<'a> {
+    pub lead: LeadId,
+    pub funnel: &'a str,
+    pub version: i32,
+    pub step_id: Option<String>,
+    pub transition: &'a Transition,
+    /// The lead's address when the caller has it (saves a query).
+    pub recipient: Option<String>,
 }
 
 /// One transition to commit: the claimed enrollment, where it now stands, and what it did.
@@ -758,78 +645,6 @@ pub struct Committed<'a> {
     pub step_id: Option<String>,
     pub version: i32,
     pub transition: &'a Transition,
-}
-
-/// Applies one transition inside `txn` if `owner` still holds the enrollment's lease.
-async fn commit_in(
-    txn: &DatabaseTransaction,
-    owner: &str,
-    c: &Committed<'_>,
-    now: DateTime<Utc>,
-) -> Result<bool> {
-    let (e, t, version, step_id) = (c.enrollment, c.transition, c.version, c.step_id.clone());
-    let (status, outcome) = status_parts(t.state.status);
-    let st = &t.state;
-    let res = enrollment::Entity::update_many()
-        .col_expr(enrollment::Column::FunnelVersion, Expr::value(version))
-        .col_expr(
-            enrollment::Column::StageId,
-            Expr::value(st.stage.to_string()),
-        )
-        .col_expr(enrollment::Column::StepId, Expr::value(step_id))
-        .col_expr(enrollment::Column::StepIndex, Expr::value(st.step as i32))
-        .col_expr(enrollment::Column::Status, Expr::value(status))
-        .col_expr(
-            enrollment::Column::Outcome,
-            Expr::value(outcome.map(str::to_string)),
-        )
-        .col_expr(enrollment::Column::WakeAt, Expr::value(st.wake_at.map(ms)))
-        .col_expr(
-            enrollment::Column::DeadlineAt,
-            Expr::value(st.deadline.map(ms)),
-        )
-        .col_expr(
-            enrollment::Column::StageEnteredAt,
-            Expr::value(ms(st.stage_entered_at)),
-        )
-        .col_expr(
-            enrollment::Column::StageEntry,
-            Expr::value(st.stage_entry as i32),
-        )
-        .col_expr(
-            enrollment::Column::ExitedAt,
-            Expr::value(matches!(st.status, Status::Exited(_)).then(|| ms(now))),
-        )
-        .col_expr(
-            enrollment::Column::LeaseOwner,
-            Expr::value(Option::<String>::None),
-        )
-        .col_expr(
-            enrollment::Column::LeaseUntil,
-            Expr::value(Option::<i64>::None),
-        )
-        .col_expr(enrollment::Column::UpdatedAt, Expr::value(ms(now)))
-        .filter(enrollment::Column::Id.eq(e.id))
-        .filter(enrollment::Column::LeaseOwner.eq(owner))
-        .exec(txn)
-        .await?;
-    if res.rows_affected != 1 {
-        return Ok(false);
-    }
-    apply_effects(
-        txn,
-        Of {
-            enrollment: e.id,
-            lead: e.lead,
-            funnel: &e.funnel,
-            version,
-        },
-        &t.effects,
-        c.recipient.clone(),
-        now,
-    )
-    .await?;
-    Ok(true)
 }
 
 /// How many live enrollments of a funnel stand at one place.

@@ -1,11 +1,15 @@
 //! The only module that talks to the database (sea-orm). It returns domain types; the
 //! differences between SQLite and PostgreSQL live here and nowhere else.
 
+mod batch;
 mod enrollments;
 pub mod entities;
 
-pub use enrollments::{Committed, OutboxRow, Position, StageVisit, StoredEnrollment, StoredEvent};
+pub use enrollments::{
+    Committed, NewEnrollment, OutboxRow, Position, StageVisit, StoredEnrollment, StoredEvent,
+};
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,7 +20,7 @@ use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, Statement,
+    QueryFilter, QueryOrder, Statement, TransactionTrait,
 };
 use thiserror::Error;
 
@@ -239,6 +243,84 @@ impl Store {
             }
         };
         to_lead(model)
+    }
+
+    /// Records the lead's consent: `confirmed` by the double opt-in click (or an import of
+    /// confirmed contacts), `unsubscribed` when they leave.
+    pub async fn set_consent(
+        &self,
+        id: LeadId,
+        consent: Consent,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        lead::Entity::update_many()
+            .col_expr(
+                lead::Column::Consent,
+                sea_orm::sea_query::Expr::value(consent.as_str()),
+            )
+            .col_expr(
+                lead::Column::UpdatedAt,
+                sea_orm::sea_query::Expr::value(ms(now)),
+            )
+            .filter(lead::Column::Id.eq(id.0))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Adds many leads at once (an import); an address already stored keeps its lead as it
+    /// is. Returns each address's lead id, in the order given.
+    pub async fn import_leads(
+        &self,
+        leads: &[(Email, LeadInput)],
+        consent: Consent,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<LeadId>> {
+        let mut ids: HashMap<String, i64> = HashMap::new();
+        let mut unique: Vec<&(Email, LeadInput)> = Vec::new();
+        for l in leads {
+            if ids.insert(l.0.as_str().to_string(), 0).is_none() {
+                unique.push(l);
+            }
+        }
+        let txn = self.db.begin().await?;
+        for chunk in unique.chunks(batch::ROWS) {
+            let mut q = batch::Params::new(self.backend);
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|(email, input)| {
+                    q.row(vec![
+                        email.as_str().into(),
+                        input.first_name.clone().into(),
+                        serde_json::Value::Object(input.fields.clone())
+                            .to_string()
+                            .into(),
+                        input.timezone.map(|t| t.name().to_string()).into(),
+                        consent.as_str().into(),
+                        0i64.into(),
+                        ms(now).into(),
+                        ms(now).into(),
+                    ])
+                })
+                .collect();
+            // The no-op update makes RETURNING answer for existing addresses too.
+            let sql = format!(
+                "INSERT INTO leads (email, first_name, fields, timezone, consent, score, created_at, \
+                 updated_at) VALUES {} ON CONFLICT (email) DO UPDATE SET email = excluded.email \
+                 RETURNING id, email",
+                rows.join(", ")
+            );
+            for r in txn.query_all_raw(q.statement(sql)).await? {
+                let id: i64 = r.try_get_by_index(0)?;
+                let email: String = r.try_get_by_index(1)?;
+                ids.insert(email, id);
+            }
+        }
+        txn.commit().await?;
+        Ok(leads
+            .iter()
+            .map(|(e, _)| LeadId(ids.get(e.as_str()).copied().unwrap_or_default()))
+            .collect())
     }
 
     pub async fn lead_by_email(&self, email: &Email) -> Result<Option<Lead>> {

@@ -1,0 +1,354 @@
+//! Multi-row statements for a scheduler round: a round's enrollments are updated, and its
+//! history, outbox and tag rows inserted, in a handful of statements whatever the batch size.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait as _};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::{Statement, Value};
+
+use super::entities::{lead, lead_tag};
+use super::{Backend, Result, StoreError, ms, parse_fields};
+use crate::domain::LeadId;
+use crate::engine::Effect;
+
+/// Rows per statement: keeps every statement far below both backends' parameter limits.
+pub(super) const ROWS: usize = 500;
+
+/// Bound values of one statement and their placeholders, in the order they appear.
+pub(super) struct Params {
+    backend: Backend,
+    pub(super) values: Vec<Value>,
+}
+
+impl Params {
+    pub(super) fn new(backend: Backend) -> Params {
+        Params {
+            backend,
+            values: Vec::new(),
+        }
+    }
+
+    /// Binds a value and returns its placeholder.
+    pub(super) fn p(&mut self, v: impl Into<Value>) -> String {
+        self.values.push(v.into());
+        match self.backend {
+            Backend::Sqlite => "?".to_string(),
+            Backend::Postgres => format!("${}", self.values.len()),
+        }
+    }
+
+    /// A parenthesised row of placeholders.
+    pub(super) fn row(&mut self, vs: Vec<Value>) -> String {
+        let ps: Vec<String> = vs.into_iter().map(|v| self.p(v)).collect();
+        format!("({})", ps.join(", "))
+    }
+
+    pub(super) fn statement(self, sql: String) -> Statement {
+        let b = match self.backend {
+            Backend::Sqlite => sea_orm::DbBackend::Sqlite,
+            Backend::Postgres => sea_orm::DbBackend::Postgres,
+        };
+        Statement::from_sql_and_values(b, sql, self.values)
+    }
+}
+
+/// Runs `INSERT INTO {head} VALUES … {tail}` over `rows`, a statement per [`ROWS`].
+pub(super) async fn insert_rows(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    head: &str,
+    tail: &str,
+    rows: Vec<Vec<Value>>,
+) -> Result<()> {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let mut q = Params::new(backend);
+        let chunk: Vec<String> = rows.by_ref().take(ROWS).map(|r| q.row(r)).collect();
+        let sql = format!("INSERT INTO {head} VALUES {} {tail}", chunk.join(", "));
+        txn.execute_raw(q.statement(sql)).await?;
+    }
+    Ok(())
+}
+
+/// One applied transition whose effects are to be written.
+pub(super) struct Written<'a> {
+    pub enrollment: i64,
+    pub lead: LeadId,
+    pub funnel: &'a str,
+    pub version: i32,
+    pub effects: &'a [Effect],
+    /// The lead's address when the caller has it.
+    pub recipient: Option<String>,
+}
+
+/// A stage visit opened by this batch.
+struct Visit {
+    enrollment: i64,
+    lead: i64,
+    funnel: String,
+    stage: String,
+    exit: Option<(String, Option<String>)>,
+}
+
+/// Writes what the transitions did, in order of kind: visits left that were opened before,
+/// new visits, outbox rows (once per send key), tags, then lead field and score changes.
+pub(super) async fn write_effects(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    items: &[Written<'_>],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let recipients = recipients(txn, items).await?;
+    let mut closed: Vec<Vec<Value>> = Vec::new();
+    let mut visits: Vec<Visit> = Vec::new();
+    let mut messages: Vec<Vec<Value>> = Vec::new();
+    let mut tags: BTreeMap<(i64, String), bool> = BTreeMap::new();
+    for w in items {
+        let first_visit = visits.len();
+        let mut fields: Vec<(&str, &serde_json::Value)> = Vec::new();
+        let mut score = 0i64;
+        for (i, fx) in w.effects.iter().enumerate() {
+            match fx {
+                Effect::EnterStage { stage } => visits.push(Visit {
+                    enrollment: w.enrollment,
+                    lead: w.lead.0,
+                    funnel: w.funnel.to_string(),
+                    stage: stage.to_string(),
+                    exit: None,
+                }),
+                Effect::LeaveStage { stage, reason } => {
+                    let next = w.effects[i + 1..].iter().find_map(|f| match f {
+                        Effect::EnterStage { stage } => Some(stage.to_string()),
+                        _ => None,
+                    });
+                    // A visit opened by this same transition is closed before it is written.
+                    match visits[first_visit..]
+                        .iter_mut()
+                        .rev()
+                        .find(|v| v.stage == stage.as_str() && v.exit.is_none())
+                    {
+                        Some(v) => v.exit = Some((reason.clone(), next)),
+                        None => closed.push(vec![
+                            w.enrollment.into(),
+                            stage.to_string().into(),
+                            reason.clone().into(),
+                            next.into(),
+                        ]),
+                    }
+                }
+                Effect::SendEmail {
+                    template,
+                    step,
+                    key,
+                } => {
+                    let payload = serde_json::json!({ "funnel": w.funnel, "version": w.version, "template": template.as_str() });
+                    messages.push(message_row(
+                        w,
+                        "email",
+                        step.as_str(),
+                        Some(template.to_string()),
+                        key,
+                        &recipients,
+                        payload,
+                        now,
+                    )?);
+                }
+                Effect::CallWebhook { webhook, step, key } => {
+                    let payload = serde_json::json!({ "funnel": w.funnel, "version": w.version, "webhook": webhook.as_str() });
+                    messages.push(message_row(
+                        w,
+                        "webhook",
+                        step.as_str(),
+                        None,
+                        key,
+                        &recipients,
+                        payload,
+                        now,
+                    )?);
+                }
+                Effect::Tag(t) => {
+                    tags.insert((w.lead.0, t.to_string()), true);
+                }
+                Effect::Untag(t) => {
+                    tags.insert((w.lead.0, t.to_string()), false);
+                }
+                Effect::SetField { field, value } => fields.push((field, value)),
+                Effect::AddScore(n) => score += n,
+                Effect::Emitted(_)
+                | Effect::Exit(_)
+                | Effect::Held { .. }
+                | Effect::Skipped { .. } => {}
+            }
+        }
+        if !fields.is_empty() || score != 0 {
+            update_lead(txn, w.lead, &fields, score, now).await?;
+        }
+    }
+
+    let t = ms(now);
+    for chunk in closed.chunks(ROWS) {
+        let mut q = Params::new(backend);
+        let rows: Vec<String> = chunk.iter().map(|r| q.row(r.clone())).collect();
+        let sql = format!(
+            "UPDATE stage_history SET exited_at = {t}, exit_reason = v.column3, next_stage_id = v.column4 \
+             FROM (VALUES {}) AS v WHERE stage_history.enrollment_id = v.column1 \
+             AND stage_history.stage_id = v.column2 AND stage_history.exited_at IS NULL",
+            rows.join(", ")
+        );
+        txn.execute_raw(q.statement(sql)).await?;
+    }
+    let visits = visits
+        .into_iter()
+        .map(|v| {
+            let (exited, reason, next) = match v.exit {
+                Some((r, n)) => (Some(t), Some(r), n),
+                None => (None, None, None),
+            };
+            vec![
+                v.enrollment.into(),
+                v.lead.into(),
+                v.funnel.into(),
+                v.stage.into(),
+                t.into(),
+                exited.into(),
+                reason.into(),
+                next.into(),
+            ]
+        })
+        .collect();
+    insert_rows(
+        txn,
+        backend,
+        "stage_history (enrollment_id, lead_id, funnel_id, stage_id, entered_at, exited_at, exit_reason, next_stage_id)",
+        "",
+        visits,
+    )
+    .await?;
+    insert_rows(
+        txn,
+        backend,
+        "messages (kind, lead_id, enrollment_id, funnel_id, stage_id, step_id, template, send_key, recipient, payload, status, attempts, next_attempt_at, created_at)",
+        "ON CONFLICT (send_key) DO NOTHING",
+        messages,
+    )
+    .await?;
+    let (add, remove): (Vec<_>, Vec<_>) = tags.into_iter().partition(|(_, on)| *on);
+    insert_rows(
+        txn,
+        backend,
+        "lead_tags (lead_id, tag, created_at)",
+        "ON CONFLICT (lead_id, tag) DO NOTHING",
+        add.into_iter()
+            .map(|((l, tag), _)| vec![l.into(), tag.into(), t.into()])
+            .collect(),
+    )
+    .await?;
+    for ((l, tag), _) in remove {
+        lead_tag::Entity::delete_many()
+            .filter(lead_tag::Column::LeadId.eq(l))
+            .filter(lead_tag::Column::Tag.eq(tag))
+            .exec(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The outbox row of an email or webhook; the send key makes a repeated transition queue
+/// nothing new.
+#[allow(clippy::too_many_arguments)]
+fn message_row(
+    w: &Written<'_>,
+    kind: &str,
+    step: &str,
+    template: Option<String>,
+    key: &str,
+    recipients: &HashMap<i64, String>,
+    payload: serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<Vec<Value>> {
+    let to = match &w.recipient {
+        Some(r) => r.clone(),
+        None => recipients
+            .get(&w.lead.0)
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt(format!("lead {} does not exist", w.lead)))?,
+    };
+    let stage = key.split(':').nth(1).map(str::to_string);
+    Ok(vec![
+        kind.into(),
+        w.lead.0.into(),
+        Some(w.enrollment).into(),
+        Some(w.funnel.to_string()).into(),
+        stage.into(),
+        Some(step.to_string()).into(),
+        template.into(),
+        format!("{}:v{}:{key}", w.lead.0, w.version).into(),
+        to.into(),
+        payload.to_string().into(),
+        "queued".into(),
+        0i32.into(),
+        Some(ms(now)).into(),
+        ms(now).into(),
+    ])
+}
+
+/// The addresses of the leads whose transitions send something and came without one.
+async fn recipients(
+    txn: &DatabaseTransaction,
+    items: &[Written<'_>],
+) -> Result<HashMap<i64, String>> {
+    let missing: Vec<i64> = items
+        .iter()
+        .filter(|w| {
+            w.recipient.is_none()
+                && w.effects
+                    .iter()
+                    .any(|f| matches!(f, Effect::SendEmail { .. } | Effect::CallWebhook { .. }))
+        })
+        .map(|w| w.lead.0)
+        .collect();
+    let mut out = HashMap::new();
+    for chunk in missing.chunks(ROWS) {
+        for l in lead::Entity::find()
+            .filter(lead::Column::Id.is_in(chunk.iter().copied()))
+            .all(txn)
+            .await?
+        {
+            out.insert(l.id, l.email);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes field changes and score points to a lead, inside the round's transaction.
+async fn update_lead(
+    txn: &DatabaseTransaction,
+    id: LeadId,
+    set: &[(&str, &serde_json::Value)],
+    score: i64,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let mut update = lead::Entity::update_many()
+        .col_expr(lead::Column::UpdatedAt, Expr::value(ms(now)))
+        .col_expr(
+            lead::Column::Score,
+            Expr::col(lead::Column::Score).add(score),
+        );
+    if !set.is_empty() {
+        let mut fields = match lead::Entity::find_by_id(id.0).one(txn).await? {
+            Some(l) => parse_fields(&l.fields)?,
+            None => serde_json::Map::new(),
+        };
+        for (k, v) in set {
+            fields.insert(k.to_string(), (*v).clone());
+        }
+        update = update.col_expr(
+            lead::Column::Fields,
+            Expr::value(serde_json::Value::Object(fields).to_string()),
+        );
+    }
+    update.filter(lead::Column::Id.eq(id.0)).exec(txn).await?;
+    Ok(())
+}
