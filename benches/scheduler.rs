@@ -1,18 +1,28 @@
-//! Scheduler benchmark: enroll N leads into the abandoned-cart funnel, then fire all their
-//! first timers (due at once) and drain them. Prints enrollments/s, transitions/s, the wake-up
-//! lag (from the moment all became due to each one's claim) p50/p99, and peak RSS.
+//! Scheduler benchmark on the course-seller funnel (`relationships-course`), with the delivery
+//! side only counting (the outbox is filled, nothing is sent):
 //!
-//! `cargo bench --bench scheduler -- [LEADS] [postgres://…]` (default 20000 leads, SQLite in a
-//! temporary folder).
+//! 1. import N confirmed leads and enroll them in batches of 1,000, each batch `1000 / RATE`
+//!    seconds of funnel time after the previous one (each enrollment queues `book-delivery`
+//!    and waits 2 days);
+//! 2. **paced**: the runtime's own loop runs on a clock that starts when the first 2-day timer
+//!    is due and goes at real speed, so RATE timers per second fall due; each lead moves to
+//!    the tripwire stage and is offered the webinar. Lag is the time from a timer being due to
+//!    the round that claimed it (the round's clock is stored as the enrollment's `updated_at`);
+//! 3. **backlog**: a day later every lead's next timer is due at once and rounds drain them
+//!    as fast as they can (`webinar-reminder`): the scheduler's capacity.
+//!
+//! `cargo bench --bench scheduler -- [LEADS] [--rate R] [postgres://…]` (defaults: 1,000,000
+//! leads, 20,000 timers/s, SQLite in a temporary folder).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
-use autofunnel::domain::Email;
+use autofunnel::domain::{Consent, Email, LeadId};
 use autofunnel::funnel::{self, Sink};
 use autofunnel::runtime::Runtime;
 use autofunnel::store::{LeadInput, Store};
-use chrono::{Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, TimeZone, Utc};
 
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -38,13 +48,26 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+const CHUNK: usize = 1_000;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let n: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(20_000);
+    let rate: f64 = args
+        .iter()
+        .position(|a| a == "--rate")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20_000.0);
+    let n: usize = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || args[i - 1] != "--rate")
+        .find_map(|(_, a)| a.parse().ok())
+        .unwrap_or(1_000_000);
     let pg = args.iter().find(|a| a.starts_with("postgres")).cloned();
     let dir = tempfile::tempdir()?;
     let url = pg
@@ -53,54 +76,121 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::connect(&url).await?;
     store.migrate().await?;
 
-    let file = Path::new("funnels/abandoned-cart.yaml");
+    let file = Path::new("funnels/relationships-course.yaml");
     let mut sink = Sink::new(file);
     let f = funnel::parse_text(file, &std::fs::read_to_string(file)?, &mut sink)
         .expect("example funnel parses");
-    let t0 = Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).unwrap();
-    let rt = Runtime::new(store.clone(), vec![f], "bench", t0).await?;
+    // Monday 10:00 in Moscow: inside the funnel's send window.
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 7, 0, 0).unwrap();
+    let rt = Arc::new(Runtime::new(store.clone(), vec![f], "bench", t0).await?);
     let run_id = std::process::id();
+    let backend = if pg.is_some() { "postgres" } else { "sqlite" };
+    println!("backend={backend} leads={n} rate={rate}/s");
 
     let start = Instant::now();
-    for i in 0..n {
-        let email = Email::parse(&format!("lead{i}-{run_id}@bench.example.com"))
-            .map_err(|e| anyhow::anyhow!(e))?;
-        let lead = store.upsert_lead(&email, LeadInput::default(), t0).await?;
-        rt.enroll(lead.id, "abandoned-cart", t0).await?;
+    let mut leads: Vec<LeadId> = Vec::with_capacity(n);
+    let input = LeadInput {
+        timezone: Some(chrono_tz::Europe::Moscow),
+        ..Default::default()
+    };
+    for c in (0..n).collect::<Vec<_>>().chunks(10 * CHUNK) {
+        let batch: Vec<(Email, LeadInput)> = c
+            .iter()
+            .map(|i| {
+                let e = Email::parse(&format!("lead{i}-{run_id}@bench.example.com"))
+                    .expect("valid address");
+                (e, input.clone())
+            })
+            .collect();
+        leads.extend(store.import_leads(&batch, Consent::Confirmed, t0).await?);
+    }
+    let import_secs = start.elapsed().as_secs_f64();
+    println!(
+        "import: {:.0} leads/s ({import_secs:.1} s)",
+        n as f64 / import_secs
+    );
+
+    let gap = Duration::microseconds((CHUNK as f64 / rate * 1e6) as i64);
+    let start = Instant::now();
+    for (k, c) in leads.chunks(CHUNK).enumerate() {
+        rt.enroll_many(c, "relationships-course", t0 + gap * k as i32)
+            .await?;
     }
     let enroll_secs = start.elapsed().as_secs_f64();
+    println!(
+        "enroll: {:.0} enrollments/s ({enroll_secs:.1} s, batches of {CHUNK}, each queues book-delivery)",
+        n as f64 / enroll_secs
+    );
+    println!("peak RSS after enrolling: {:.1} MB", peak_rss_mb());
 
-    // Every first timer is due at t0 + 1h; drain them as the scheduler does.
-    let due = t0 + Duration::hours(1);
+    // Paced: the runtime's loop on a clock that starts when the first timer is due.
+    let due0 = t0 + Duration::days(2);
+    let origin = Instant::now();
+    let clock = move || due0 + Duration::from_std(origin.elapsed()).unwrap_or_default();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let runner = {
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            rt.run_with_clock(clock, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        })
+    };
+    let before = rt.committed();
+    while rt.committed() - before < n as u64 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let paced_secs = origin.elapsed().as_secs_f64();
+    let _ = stop_tx.send(());
+    runner.await?;
+    let mut lags = lags(&store, &leads, Duration::days(2)).await?;
+    lags.sort_by(f64::total_cmp);
+    println!(
+        "paced: {n} timers due at {rate:.0}/s: {n} transitions in {paced_secs:.2} s = {:.0} transitions/s; \
+         wake-up lag p50 {:.3} s, p99 {:.3} s, max {:.3} s",
+        n as f64 / paced_secs,
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+        lags.last().copied().unwrap_or(f64::NAN)
+    );
+
+    // Backlog: a day later every lead's reminder timer is due at once.
+    let all_due = due0 + Duration::days(1) + Duration::seconds((n as f64 / rate) as i64 + 60);
     let start = Instant::now();
-    let mut lags = Vec::with_capacity(n);
     let mut transitions = 0;
+    let mut round_lags = Vec::with_capacity(n);
     loop {
         let claimed_at = start.elapsed().as_secs_f64();
-        let done = rt.tick(due).await?;
+        let done = rt.tick(all_due).await?;
         if done == 0 {
             break;
         }
-        lags.extend(std::iter::repeat_n(claimed_at, done));
+        round_lags.extend(std::iter::repeat_n(claimed_at, done));
         transitions += done;
     }
     let drain_secs = start.elapsed().as_secs_f64();
-    lags.sort_by(f64::total_cmp);
-    let backend = if pg.is_some() { "postgres" } else { "sqlite" };
-    println!("backend={backend} leads={n}");
+    round_lags.sort_by(f64::total_cmp);
     println!(
-        "enroll: {:.0} enrollments/s ({enroll_secs:.1} s, lead upsert + enroll each)",
-        n as f64 / enroll_secs
-    );
-    println!(
-        "timers: {transitions} transitions in {drain_secs:.2} s = {:.0} transitions/s",
-        transitions as f64 / drain_secs
-    );
-    println!(
-        "wake-up lag: p50 {:.3} s, p99 {:.3} s",
-        percentile(&lags, 0.5),
-        percentile(&lags, 0.99)
+        "backlog: {transitions} timers due at once drained in {drain_secs:.2} s = {:.0} transitions/s; \
+         lag p50 {:.3} s, p99 {:.3} s",
+        transitions as f64 / drain_secs,
+        percentile(&round_lags, 0.5),
+        percentile(&round_lags, 0.99)
     );
     println!("peak RSS: {:.1} MB", peak_rss_mb());
     Ok(())
+}
+
+/// For each lead, the claim time of its tripwire transition minus the time its timer was due
+/// (entry + `wait`), in seconds.
+async fn lags(store: &Store, leads: &[LeadId], wait: Duration) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(leads.len());
+    for c in leads.chunks(CHUNK) {
+        for e in store.enrollments_of_many(c, "relationships-course").await? {
+            let due: DateTime<Utc> = e.entered_at + wait;
+            out.push((e.state.stage_entered_at - due).as_seconds_f64());
+        }
+    }
+    Ok(out)
 }

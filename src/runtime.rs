@@ -268,7 +268,8 @@ impl Runtime {
         }
         let funnels = self.funnels();
         let leads: Vec<LeadId> = claimed.iter().map(|c| c.lead).collect();
-        let facts = self.store.lead_facts_many(&leads, now).await?;
+        // A lead with several enrollments in the round: each sees what the previous did.
+        let mut facts = self.store.lead_facts_many(&leads, now).await?;
         let oldest_seen = claimed.iter().map(|c| c.events_seen).min().unwrap_or(0);
         let events = self.store.events_after(&leads, oldest_seen).await?;
         let mut stepped = Vec::with_capacity(claimed.len());
@@ -277,7 +278,7 @@ impl Runtime {
                 tracing::warn!(enrollment = c.id, funnel = %c.funnel, "funnel not loaded; enrollment left as it is");
                 continue;
             };
-            let Some(lead) = facts.get(&c.lead) else {
+            let Some(lead) = facts.get_mut(&c.lead) else {
                 continue;
             };
             let mut state = resume(&r.funnel, c);
@@ -293,12 +294,14 @@ impl Runtime {
                     Input::Event(e.event.clone())
                 };
                 let t = engine::step(&r.funnel, &state, lead, &input, now);
+                lead.absorb(&t.effects, now);
                 state = t.state;
                 effects.extend(t.effects);
                 seen = e.id;
             }
             if timers {
                 let t = engine::step(&r.funnel, &state, lead, &Input::Timer, now);
+                lead.absorb(&t.effects, now);
                 state = t.state;
                 effects.extend(t.effects);
             }

@@ -463,7 +463,37 @@ async fn double_opt_in_asks_only_leads_not_yet_confirmed(store: Store) {
     assert_eq!(store.lead_tags(known_id).await.unwrap().len(), 1);
 }
 
+async fn the_frequency_cap_holds_across_funnels_stepped_in_one_round(store: Store) {
+    store.migrate().await.unwrap();
+    let capped = |id: &str| {
+        parse_inline(
+            &format!("funnels/{id}.yaml"),
+            &format!(
+                "{CART_HEADER}frequency_cap: 1 per 24h\nstages:\n  - id: drip\n    steps:\n      - wait: 1h\n      - send: one\n      - wait: 7d\n      - exit: completed\n"
+            ),
+        )
+    };
+    let rt = Runtime::new(
+        store.clone(),
+        vec![capped("first"), capped("second")],
+        "node-a",
+        t0(),
+    )
+    .await
+    .unwrap();
+    let l = lead(&store, "capped@example.com").await;
+    rt.enroll(l, "first", t0()).await.unwrap();
+    rt.enroll(l, "second", t0()).await.unwrap();
+    // Both timers fall due in the same round: the second funnel sees the first one's send.
+    assert_eq!(rt.tick(t0() + Duration::hours(1)).await.unwrap(), 2);
+    assert_eq!(store.outbox_of(l).await.unwrap().len(), 1);
+    // A day later the held one goes out.
+    rt.tick(t0() + Duration::hours(26)).await.unwrap();
+    assert_eq!(store.outbox_of(l).await.unwrap().len(), 2);
+}
+
 on_both_backends! {
+    cap_across_funnels_in_one_round => the_frequency_cap_holds_across_funnels_stepped_in_one_round,
     event_fed_once => an_event_is_fed_once_and_its_mark_cleared,
     double_opt_in_once => double_opt_in_asks_only_leads_not_yet_confirmed,
     timers_wake_and_events_move => timers_wake_and_events_move,

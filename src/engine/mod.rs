@@ -63,6 +63,28 @@ pub struct LeadFacts {
 }
 
 impl LeadFacts {
+    /// Takes in what a transition did to the lead, so the lead's next transition (another of
+    /// their funnels in the same round) sees it: sends for the frequency cap, tags, fields, score.
+    pub fn absorb(&mut self, effects: &[Effect], now: DateTime<Utc>) {
+        for e in effects {
+            match e {
+                // The double opt-in confirmation is transactional: outside the frequency cap.
+                Effect::SendEmail { key, .. } if key != "double-opt-in" => self.sent_at.push(now),
+                Effect::Tag(t) => {
+                    self.tags.insert(t.to_string());
+                }
+                Effect::Untag(t) => {
+                    self.tags.remove(t.as_str());
+                }
+                Effect::SetField { field, value } => {
+                    self.fields.insert(field.clone(), value.clone());
+                }
+                Effect::AddScore(n) => self.score += n,
+                _ => {}
+            }
+        }
+    }
+
     /// The lead's address, as stored among the fields.
     pub fn email(&self) -> Option<String> {
         self.fields

@@ -229,6 +229,8 @@ fn record(
         Input::Enroll => push(&stage, "enrolled".into()),
         Input::Timer => {}
     }
+    let mut score = lead.score;
+    lead.absorb(fx, now);
     for e in fx {
         match e {
             Effect::EnterStage { stage: s } => {
@@ -236,29 +238,14 @@ fn record(
                 push(&stage, "enter stage".into());
             }
             Effect::LeaveStage { reason, .. } => push(&stage, format!("leave stage ({reason})")),
-            Effect::SendEmail { template, key, .. } => {
-                // The double opt-in confirmation is transactional: outside the frequency cap.
-                if key != "double-opt-in" {
-                    lead.sent_at.push(now);
-                }
-                push(&stage, format!("send {template}"));
-            }
+            Effect::SendEmail { template, .. } => push(&stage, format!("send {template}")),
             Effect::CallWebhook { webhook, .. } => push(&stage, format!("webhook {webhook}")),
-            Effect::Tag(t) => {
-                lead.tags.insert(t.to_string());
-                push(&stage, format!("tag {t}"));
-            }
-            Effect::Untag(t) => {
-                lead.tags.remove(t.as_str());
-                push(&stage, format!("untag {t}"));
-            }
-            Effect::SetField { field, value } => {
-                lead.fields.insert(field.clone(), value.clone());
-                push(&stage, format!("set {field} = {value}"));
-            }
+            Effect::Tag(t) => push(&stage, format!("tag {t}")),
+            Effect::Untag(t) => push(&stage, format!("untag {t}")),
+            Effect::SetField { field, value } => push(&stage, format!("set {field} = {value}")),
             Effect::AddScore(n) => {
-                lead.score += n;
-                push(&stage, format!("score {n:+} = {}", lead.score));
+                score += n;
+                push(&stage, format!("score {n:+} = {score}"));
             }
             Effect::Emitted(name) => push(&stage, format!("emit {name}")),
             Effect::Exit(o) => push(&stage, format!("exit {}", o.name())),

@@ -14,7 +14,7 @@ use crate::domain::LeadId;
 use crate::engine::Effect;
 
 /// Rows per statement: keeps every statement far below both backends' parameter limits.
-pub(super) const ROWS: usize = 500;
+pub(super) const ROWS: usize = 512;
 
 /// Bound values of one statement and their placeholders, in the order they appear.
 pub(super) struct Params {
@@ -40,9 +40,28 @@ impl Params {
     }
 
     /// A parenthesised row of placeholders.
-    pub(super) fn row(&mut self, vs: Vec<Value>) -> String {
+    fn row(&mut self, vs: Vec<Value>) -> String {
         let ps: Vec<String> = vs.into_iter().map(|v| self.p(v)).collect();
         format!("({})", ps.join(", "))
+    }
+
+    /// The rows of a `VALUES` list, padded with rows of NULLs to the next power of two: a
+    /// statement has one of a few shapes, so the prepared-statement cache keeps hitting (and
+    /// stays small) whatever the batch size. A padding row's first column is NULL, so it
+    /// matches nothing in an UPDATE and is filtered out of an INSERT … SELECT.
+    pub(super) fn values(&mut self, rows: Vec<Vec<Value>>) -> String {
+        let pad = rows
+            .first()
+            .map(|r| r.iter().map(Value::as_null).collect::<Vec<_>>());
+        let n = rows.len().next_power_of_two();
+        let mut out: Vec<String> = Vec::with_capacity(n);
+        for r in rows {
+            out.push(self.row(r));
+        }
+        while let Some(p) = pad.as_ref().filter(|_| out.len() < n) {
+            out.push(self.row(p.clone()));
+        }
+        out.join(", ")
     }
 
     pub(super) fn statement(self, sql: String) -> Statement {
@@ -54,7 +73,15 @@ impl Params {
     }
 }
 
-/// Runs `INSERT INTO {head} VALUES … {tail}` over `rows`, a statement per [`ROWS`].
+/// `INSERT INTO {head} SELECT * FROM (VALUES …) AS v WHERE v.column1 IS NOT NULL {tail}`:
+/// padded rows (see [`Params::values`]) are left out.
+pub(super) fn insert_sql(head: &str, values: &str, tail: &str) -> String {
+    format!(
+        "INSERT INTO {head} SELECT * FROM (VALUES {values}) AS v WHERE v.column1 IS NOT NULL {tail}"
+    )
+}
+
+/// Inserts `rows`, a statement per [`ROWS`].
 pub(super) async fn insert_rows(
     txn: &DatabaseTransaction,
     backend: Backend,
@@ -65,11 +92,21 @@ pub(super) async fn insert_rows(
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let mut q = Params::new(backend);
-        let chunk: Vec<String> = rows.by_ref().take(ROWS).map(|r| q.row(r)).collect();
-        let sql = format!("INSERT INTO {head} VALUES {} {tail}", chunk.join(", "));
-        txn.execute_raw(q.statement(sql)).await?;
+        let values = q.values(rows.by_ref().take(ROWS).collect());
+        txn.execute_raw(q.statement(insert_sql(head, &values, tail)))
+            .await?;
     }
     Ok(())
+}
+
+/// Chunks of at most [`ROWS`] rows, owned.
+pub(super) fn chunks(rows: Vec<Vec<Value>>) -> Vec<Vec<Vec<Value>>> {
+    let mut rows = rows.into_iter().peekable();
+    let mut out = Vec::new();
+    while rows.peek().is_some() {
+        out.push(rows.by_ref().take(ROWS).collect());
+    }
+    out
 }
 
 /// One applied transition whose effects are to be written.
@@ -188,14 +225,13 @@ pub(super) async fn write_effects(
     }
 
     let t = ms(now);
-    for chunk in closed.chunks(ROWS) {
+    for chunk in chunks(closed) {
         let mut q = Params::new(backend);
-        let rows: Vec<String> = chunk.iter().map(|r| q.row(r.clone())).collect();
+        let values = q.values(chunk);
         let sql = format!(
             "UPDATE stage_history SET exited_at = {t}, exit_reason = v.column3, next_stage_id = v.column4 \
-             FROM (VALUES {}) AS v WHERE stage_history.enrollment_id = v.column1 \
-             AND stage_history.stage_id = v.column2 AND stage_history.exited_at IS NULL",
-            rows.join(", ")
+             FROM (VALUES {values}) AS v WHERE stage_history.enrollment_id = v.column1 \
+             AND stage_history.stage_id = v.column2 AND stage_history.exited_at IS NULL"
         );
         txn.execute_raw(q.statement(sql)).await?;
     }

@@ -223,12 +223,12 @@ impl Store {
         let mut ids: HashMap<(i64, &str), i64> = HashMap::new();
         for chunk in items.chunks(batch::ROWS) {
             let mut q = Params::new(self.backend);
-            let rows: Vec<String> = chunk
+            let rows: Vec<Vec<Value>> = chunk
                 .iter()
                 .map(|n| {
                     let st = &n.transition.state;
                     let (status, outcome) = status_parts(st.status);
-                    q.row(vec![
+                    vec![
                         n.lead.0.into(),
                         n.funnel.to_string().into(),
                         n.version.into(),
@@ -248,15 +248,16 @@ impl Store {
                         0i32.into(),
                         ms(now).into(),
                         0i64.into(),
-                    ])
+                    ]
                 })
                 .collect();
-            let sql = format!(
-                "INSERT INTO enrollments (lead_id, funnel_id, funnel_version, stage_id, step_id, \
-                 step_index, status, wake_at, deadline_at, stage_entered_at, stage_entry, entered_at, \
-                 exited_at, outcome, attempts, updated_at, events_seen) VALUES {} \
-                 RETURNING id, lead_id, funnel_id",
-                rows.join(", ")
+            let values = q.values(rows);
+            let sql = batch::insert_sql(
+                "enrollments (lead_id, funnel_id, funnel_version, stage_id, step_id, step_index, \
+                 status, wake_at, deadline_at, stage_entered_at, stage_entry, entered_at, exited_at, \
+                 outcome, attempts, updated_at, events_seen)",
+                &values,
+                "RETURNING id, lead_id, funnel_id",
             );
             for r in txn.query_all_raw(q.statement(sql)).await? {
                 let id: i64 = r.try_get_by_index(0)?;
@@ -408,12 +409,12 @@ impl Store {
         let t = ms(now);
         for chunk in items.chunks(batch::ROWS) {
             let mut q = Params::new(self.backend);
-            let rows: Vec<String> = chunk
+            let rows: Vec<Vec<Value>> = chunk
                 .iter()
                 .map(|c| {
                     let st = &c.transition.state;
                     let (status, outcome) = status_parts(st.status);
-                    q.row(vec![
+                    vec![
                         c.enrollment.id.into(),
                         c.version.into(),
                         st.stage.to_string().into(),
@@ -427,9 +428,10 @@ impl Store {
                         (st.stage_entry as i32).into(),
                         matches!(st.status, Status::Exited(_)).then_some(t).into(),
                         c.events_seen.into(),
-                    ])
+                    ]
                 })
                 .collect();
+            let values = q.values(rows);
             let owner_p = q.p(owner);
             let sql = format!(
                 "UPDATE enrollments SET funnel_version = v.column2, stage_id = v.column3, \
@@ -440,10 +442,9 @@ impl Store {
                  pending_at = CASE WHEN enrollments.pending_at IS NULL THEN NULL \
                    WHEN EXISTS (SELECT 1 FROM events WHERE events.lead_id = enrollments.lead_id \
                    AND events.id > v.column13) THEN enrollments.pending_at ELSE NULL END \
-                 FROM (VALUES {}) AS v \
+                 FROM (VALUES {values}) AS v \
                  WHERE enrollments.id = v.column1 AND enrollments.lease_owner = {owner_p} \
-                 RETURNING enrollments.id",
-                rows.join(", ")
+                 RETURNING enrollments.id"
             );
             for r in txn.query_all_raw(q.statement(sql)).await? {
                 applied.insert(r.try_get_by_index(0)?);

@@ -286,10 +286,10 @@ impl Store {
         let txn = self.db.begin().await?;
         for chunk in unique.chunks(batch::ROWS) {
             let mut q = batch::Params::new(self.backend);
-            let rows: Vec<String> = chunk
+            let rows: Vec<Vec<sea_orm::Value>> = chunk
                 .iter()
                 .map(|(email, input)| {
-                    q.row(vec![
+                    vec![
                         email.as_str().into(),
                         input.first_name.clone().into(),
                         serde_json::Value::Object(input.fields.clone())
@@ -300,15 +300,15 @@ impl Store {
                         0i64.into(),
                         ms(now).into(),
                         ms(now).into(),
-                    ])
+                    ]
                 })
                 .collect();
+            let values = q.values(rows);
             // The no-op update makes RETURNING answer for existing addresses too.
-            let sql = format!(
-                "INSERT INTO leads (email, first_name, fields, timezone, consent, score, created_at, \
-                 updated_at) VALUES {} ON CONFLICT (email) DO UPDATE SET email = excluded.email \
-                 RETURNING id, email",
-                rows.join(", ")
+            let sql = batch::insert_sql(
+                "leads (email, first_name, fields, timezone, consent, score, created_at, updated_at)",
+                &values,
+                "ON CONFLICT (email) DO UPDATE SET email = excluded.email RETURNING id, email",
             );
             for r in txn.query_all_raw(q.statement(sql)).await? {
                 let id: i64 = r.try_get_by_index(0)?;
