@@ -73,6 +73,16 @@ impl Params {
     }
 }
 
+/// An `IN (…)` list padded to the next power of two by repeating its last item, for the
+/// same reason as [`Params::values`]: few statement shapes.
+pub(super) fn padded<T: Clone>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut v: Vec<T> = items.into_iter().collect();
+    if let Some(last) = v.last().cloned() {
+        v.resize(v.len().next_power_of_two(), last);
+    }
+    v
+}
+
 /// `INSERT INTO {head} SELECT * FROM (VALUES …) AS v WHERE v.column1 IS NOT NULL {tail}`:
 /// padded rows (see [`Params::values`]) are left out.
 pub(super) fn insert_sql(head: &str, values: &str, tail: &str) -> String {
@@ -348,7 +358,7 @@ async fn recipients(
     let mut out = HashMap::new();
     for chunk in missing.chunks(ROWS) {
         for l in lead::Entity::find()
-            .filter(lead::Column::Id.is_in(chunk.iter().copied()))
+            .filter(lead::Column::Id.is_in(padded(chunk.iter().copied())))
             .all(txn)
             .await?
         {

@@ -106,10 +106,10 @@ fn to_stored(m: enrollment::Model) -> Result<StoredEnrollment> {
 /// Claims are plain UPDATE … RETURNING, in two passes that each use their own index: due
 /// timers (`wake_at`, earliest first), then enrollments an event arrived for (`pending_at`).
 /// PostgreSQL skips rows another node holds locked.
-fn claim_sql(backend: Backend, pending: bool, limit: u64) -> String {
+fn claim_sql(backend: Backend, pending: bool) -> String {
     let (p, lock) = match backend {
-        Backend::Sqlite => (["?", "?", "?", "?"], ""),
-        Backend::Postgres => (["$1", "$2", "$3", "$4"], " FOR UPDATE SKIP LOCKED"),
+        Backend::Sqlite => (["?", "?", "?", "?", "?"], ""),
+        Backend::Postgres => (["$1", "$2", "$3", "$4", "$5"], " FOR UPDATE SKIP LOCKED"),
     };
     let which = if pending {
         format!(
@@ -123,8 +123,8 @@ fn claim_sql(backend: Backend, pending: bool, limit: u64) -> String {
     format!(
         "UPDATE enrollments SET lease_owner = {}, lease_until = {}, attempts = attempts + 1 \
          WHERE id IN (SELECT id FROM enrollments WHERE {which} \
-         AND (lease_until IS NULL OR lease_until < {}) ORDER BY {order} LIMIT {limit}{lock}) RETURNING *",
-        p[0], p[1], p[3]
+         AND (lease_until IS NULL OR lease_until < {}) ORDER BY {order} LIMIT {}{lock}) RETURNING *",
+        p[0], p[1], p[3], p[4]
     )
 }
 
@@ -199,7 +199,7 @@ impl Store {
         let mut out = Vec::new();
         for chunk in leads.chunks(batch::ROWS) {
             for m in enrollment::Entity::find()
-                .filter(enrollment::Column::LeadId.is_in(chunk.iter().map(|l| l.0)))
+                .filter(enrollment::Column::LeadId.is_in(batch::padded(chunk.iter().map(|l| l.0))))
                 .filter(enrollment::Column::FunnelId.eq(funnel))
                 .order_by_asc(enrollment::Column::Id)
                 .all(&self.db)
@@ -311,10 +311,11 @@ impl Store {
                 ms(now + lease).into(),
                 ms(now).into(),
                 ms(now).into(),
+                (left as i64).into(),
             ];
             let stmt = Statement::from_sql_and_values(
                 self.sql_backend(),
-                claim_sql(self.backend, pending, left),
+                claim_sql(self.backend, pending),
                 values,
             );
             let claimed = enrollment::Entity::find()
@@ -488,7 +489,7 @@ impl Store {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        for chunk in raw.chunks(500) {
+        for chunk in raw.chunks(batch::ROWS) {
             self.lead_facts_chunk(chunk, now, &mut out).await?;
         }
         Ok(out)
@@ -501,12 +502,12 @@ impl Store {
         out: &mut HashMap<LeadId, LeadFacts>,
     ) -> Result<()> {
         let leads = lead::Entity::find()
-            .filter(lead::Column::Id.is_in(ids.iter().copied()))
+            .filter(lead::Column::Id.is_in(batch::padded(ids.iter().copied())))
             .all(&self.db)
             .await?;
         let emails: Vec<String> = leads.iter().map(|l| l.email.clone()).collect();
         let suppressed: BTreeSet<String> = suppression::Entity::find()
-            .filter(suppression::Column::Email.is_in(emails))
+            .filter(suppression::Column::Email.is_in(batch::padded(emails)))
             .all(&self.db)
             .await?
             .into_iter()
@@ -533,7 +534,7 @@ impl Store {
             );
         }
         for t in lead_tag::Entity::find()
-            .filter(lead_tag::Column::LeadId.is_in(ids.iter().copied()))
+            .filter(lead_tag::Column::LeadId.is_in(batch::padded(ids.iter().copied())))
             .all(&self.db)
             .await?
         {
@@ -542,7 +543,7 @@ impl Store {
             }
         }
         let events = event::Entity::find()
-            .filter(event::Column::LeadId.is_in(ids.iter().copied()))
+            .filter(event::Column::LeadId.is_in(batch::padded(ids.iter().copied())))
             .filter(event::Column::Kind.is_in(["click", "open", "purchase"]))
             .all(&self.db)
             .await?;
@@ -563,7 +564,7 @@ impl Store {
             }
         }
         let sent = message::Entity::find()
-            .filter(message::Column::LeadId.is_in(ids.iter().copied()))
+            .filter(message::Column::LeadId.is_in(batch::padded(ids.iter().copied())))
             .filter(message::Column::Kind.eq("email"))
             .filter(message::Column::CreatedAt.gt(ms(now - Duration::days(31))))
             .filter(message::Column::SendKey.not_like("%:double-opt-in"))
@@ -738,9 +739,9 @@ impl Store {
             .into_iter()
             .collect();
         let mut out = Vec::new();
-        for chunk in ids.chunks(500) {
+        for chunk in ids.chunks(batch::ROWS) {
             let rows = event::Entity::find()
-                .filter(event::Column::LeadId.is_in(chunk.iter().copied()))
+                .filter(event::Column::LeadId.is_in(batch::padded(chunk.iter().copied())))
                 .filter(event::Column::Id.gt(after))
                 .order_by_asc(event::Column::Id)
                 .all(&self.db)

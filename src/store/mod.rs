@@ -120,6 +120,9 @@ impl Store {
                 o.journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(10))
+                    // A round's multi-row statements compile to large programs; a small cache
+                    // keeps the hot ones without holding ~1 MB per cached shape per connection.
+                    .statement_cache_capacity(16)
                     .foreign_keys(true)
                     .create_if_missing(true)
             });
