@@ -105,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         leads.extend(store.import_leads(&batch, Consent::Confirmed, t0).await?);
     }
     let import_secs = start.elapsed().as_secs_f64();
+    analyze(&store).await?;
     println!(
         "import: {:.0} leads/s ({import_secs:.1} s)",
         n as f64 / import_secs
@@ -122,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
         n as f64 / enroll_secs
     );
     println!("peak RSS after enrolling: {:.1} MB", peak_rss_mb());
+    analyze(&store).await?;
 
     // Paced: the runtime's loop on a clock that starts when the first timer is due.
     let due0 = t0 + Duration::days(2);
@@ -179,6 +181,15 @@ async fn main() -> anyhow::Result<()> {
         percentile(&round_lags, 0.99)
     );
     println!("peak RSS: {:.1} MB", peak_rss_mb());
+    Ok(())
+}
+
+/// PostgreSQL on this machine runs with autovacuum off; a server in service analyzes its
+/// tables as they grow. Do what autovacuum would, so plans see the tables' real sizes.
+async fn analyze(store: &Store) -> anyhow::Result<()> {
+    if store.backend() == autofunnel::store::Backend::Postgres {
+        store.analyze().await?;
+    }
     Ok(())
 }
 

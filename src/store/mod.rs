@@ -127,7 +127,10 @@ impl Store {
                     .create_if_missing(true)
             });
         } else {
-            opts.max_connections(16);
+            // Tables grow from empty, so a generic plan cached while they were small (a
+            // sequential scan) would stay for the life of the connection: plan each execution.
+            opts.max_connections(16)
+                .map_sqlx_postgres_opts(|o| o.options([("plan_cache_mode", "force_custom_plan")]));
         }
         let db = Database::connect(opts)
             .await
@@ -405,6 +408,18 @@ impl Store {
                 Ok((r.kind, payload))
             })
             .collect()
+    }
+
+    /// Refreshes the planner's statistics (PostgreSQL `ANALYZE`; SQLite `PRAGMA optimize`).
+    pub async fn analyze(&self) -> Result<()> {
+        let sql = match self.backend {
+            Backend::Sqlite => "PRAGMA optimize",
+            Backend::Postgres => "ANALYZE",
+        };
+        self.db
+            .execute_raw(Statement::from_string(self.db.get_database_backend(), sql))
+            .await?;
+        Ok(())
     }
 
     /// Whether the database answers.
