@@ -216,6 +216,8 @@ async fn plan(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitC
 
 async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(&project, config.as_deref())?;
+    // Taken before the files are read, so an edit made while starting is reloaded.
+    let files = project::fingerprint(&settings);
     let (loaded, report) = project::check(&settings, None);
     for d in &report.diagnostics {
         eprintln!("{d}");
@@ -272,6 +274,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     #[cfg(unix)]
     let reloader = tokio::spawn(reload_on_sighup(
         hangup,
+        files,
         runtime.clone(),
         settings.clone(),
         until_stopped(),
@@ -298,20 +301,35 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// On SIGHUP the funnels are checked again; they replace the running ones only if they pass.
+/// How often `run` looks for edited funnel and template files.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// On SIGHUP, or when a file under the funnels or templates folder changed, the project is
+/// checked again; its funnels replace the running ones only if they pass.
 #[cfg(unix)]
 async fn reload_on_sighup(
     mut hup: tokio::signal::unix::Signal,
+    mut seen: u64,
     runtime: std::sync::Arc<Runtime>,
     settings: Settings,
     stopped: impl Future<Output = ()>,
 ) {
     tokio::pin!(stopped);
+    let mut watch = tokio::time::interval(WATCH_EVERY);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut stopped => return,
             _ = hup.recv() => {}
+            _ = watch.tick() => {
+                let now = project::fingerprint(&settings);
+                if now == seen {
+                    continue;
+                }
+                tracing::info!("funnel or template files changed; checking them");
+            }
         }
+        seen = project::fingerprint(&settings);
         let (loaded, report) = project::check(&settings, None);
         match loaded {
             Some(p) => {

@@ -171,6 +171,31 @@ pub fn check(settings: &Settings, only: Option<&[PathBuf]>) -> (Option<Project>,
     (project, report)
 }
 
+/// A fingerprint of every file under the funnels and templates folders (path, size, modified
+/// time): when it changes, `run` checks the project again and reloads it if it passes.
+pub fn fingerprint(settings: &Settings) -> u64 {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64, Option<std::time::SystemTime>)>, depth: u32) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() && depth < 8 {
+                walk(&path, out, depth + 1);
+            } else if meta.is_file() {
+                out.push((path, meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&settings.funnels_dir, &mut files, 0);
+    walk(&settings.templates_dir, &mut files, 0);
+    files.sort();
+    let text = format!("{files:?}");
+    crate::engine::fnv1a(text.as_bytes())
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }

@@ -239,7 +239,7 @@ impl Runtime {
         }
         // Durable first: whoever holds these enrollments now, a round will feed them the event.
         self.store.mark_pending(lead, now).await?;
-        let (claimed, _busy) = self
+        let claimed = self
             .store
             .claim_for_lead(lead, &self.owner, now, LEASE)
             .await?;
@@ -321,7 +321,10 @@ impl Runtime {
                 transition: t,
             })
             .collect();
-        let n = self.store.commit_many(&self.owner, &items, now).await?;
+        let n = self
+            .store
+            .commit_many(&self.owner, &items, &leads, now)
+            .await?;
         self.committed.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }

@@ -101,7 +101,7 @@ fn migrate_creates_the_sqlite_database_and_is_idempotent() {
     );
     assert!(
         String::from_utf8_lossy(&first.stdout)
-            .contains("applied m20261123_000001_init\napplied m20261124_000002_stage_entry\napplied m20261124_000003_pending_events")
+            .contains("applied m20261123_000001_init\napplied m20261124_000002_stage_entry\napplied m20261124_000003_pending_events\napplied m20261124_000004_lead_lease")
     );
     assert!(dir.path().join("autofunnel.db").exists());
     let second = autofunnel()
@@ -262,6 +262,29 @@ fn simulate_names_the_funnels_when_one_is_unknown() {
         stderr.contains("no funnel \"nope\"; the project has: abandoned-cart, b2b-follow-up"),
         "{stderr}"
     );
+}
+
+/// An edited funnel file is checked and loaded without a signal.
+#[test]
+fn edited_funnels_are_reloaded_without_a_signal() {
+    let (dir, mut child, rx) = start_run();
+    let wait_for = |needle: &str| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no line with {needle:?}"));
+        if line.contains(needle) {
+            break line;
+        }
+    };
+    wait_for("autofunnel is running");
+    let funnel = dir.path().join("funnels/welcome.yaml");
+    let good = std::fs::read_to_string(&funnel).unwrap();
+    std::fs::write(&funnel, good.replace("wait: 2d", "wait: 30h")).unwrap();
+    wait_for("funnel or template files changed");
+    wait_for("reloaded");
+    let pid = child.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(child.0.wait().unwrap().success());
 }
 
 /// SIGHUP re-reads the funnels: a broken edit is refused and the running version stays; a good

@@ -492,7 +492,61 @@ async fn the_frequency_cap_holds_across_funnels_stepped_in_one_round(store: Stor
     assert_eq!(store.outbox_of(l).await.unwrap().len(), 2);
 }
 
+async fn a_lead_is_stepped_by_one_worker_at_a_time(store: Store) {
+    store.migrate().await.unwrap();
+    let drip = |id: &str| {
+        parse_inline(
+            &format!("funnels/{id}.yaml"),
+            &format!(
+                "{CART_HEADER}stages:\n  - id: drip\n    steps:\n      - wait: 1h\n      - send: one\n      - wait: 7d\n      - exit: completed\n"
+            ),
+        )
+    };
+    let funnels = || vec![drip("first"), drip("second")];
+    let a = Runtime::new(store.clone(), funnels(), "node-a", t0())
+        .await
+        .unwrap();
+    let b = Runtime::new(store.clone(), funnels(), "node-b", t0())
+        .await
+        .unwrap();
+    let l = lead(&store, "shared@example.com").await;
+    a.enroll(l, "first", t0()).await.unwrap();
+    a.enroll(l, "second", t0()).await.unwrap();
+    let due = t0() + Duration::hours(1);
+    // Node A takes the lead: both of its due enrollments, though it asked for one lead only.
+    let held = store.claim_due("node-a", due, LEASE, 1).await.unwrap();
+    assert_eq!(held.len(), 2);
+    // Node B gets nothing of that lead, by timer or by event, while A holds it.
+    assert!(
+        store
+            .claim_due("node-b", due, LEASE, 500)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        b.event(l, Event::named("open"), None, due).await.unwrap(),
+        0
+    );
+    assert_eq!(b.tick(due + Duration::seconds(1)).await.unwrap(), 0);
+    // A dies; once its lease is over, B steps both funnels and feeds the waiting event.
+    assert_eq!(b.tick(due + LEASE + Duration::seconds(1)).await.unwrap(), 2);
+    assert_eq!(store.outbox_of(l).await.unwrap().len(), 2);
+    for f in ["first", "second"] {
+        let e = &store.enrollments_of(l, f).await.unwrap()[0];
+        assert!(e.events_seen > 0, "{f} did not see the event");
+    }
+    // And the lead is free again for whoever comes next.
+    assert_eq!(
+        a.event(l, Event::named("open"), None, due + LEASE * 2)
+            .await
+            .unwrap(),
+        2
+    );
+}
+
 on_both_backends! {
+    one_worker_per_lead => a_lead_is_stepped_by_one_worker_at_a_time,
     cap_across_funnels_in_one_round => the_frequency_cap_holds_across_funnels_stepped_in_one_round,
     event_fed_once => an_event_is_fed_once_and_its_mark_cleared,
     double_opt_in_once => double_opt_in_asks_only_leads_not_yet_confirmed,

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_init;
 mod m20261124_000002_stage_entry;
 mod m20261124_000003_pending_events;
+mod m20261124_000004_lead_lease;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_init::Migration),
             Box::new(m20261124_000002_stage_entry::Migration),
             Box::new(m20261124_000003_pending_events::Migration),
+            Box::new(m20261124_000004_lead_lease::Migration),
         ]
     }
 }

@@ -7,8 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Statement,
-    TransactionTrait, Value,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait, Value,
 };
 
 use super::batch::{self, Params, Written};
@@ -103,36 +102,17 @@ fn to_stored(m: enrollment::Model) -> Result<StoredEnrollment> {
     })
 }
 
-/// Claims are plain UPDATE … RETURNING, in two passes that each use their own index: due
-/// timers (`wake_at`, earliest first), then enrollments an event arrived for (`pending_at`).
-/// PostgreSQL skips rows another node holds locked.
-fn claim_sql(backend: Backend, pending: bool) -> String {
-    let (p, lock) = match backend {
-        Backend::Sqlite => (["?", "?", "?", "?", "?"], ""),
-        Backend::Postgres => (["$1", "$2", "$3", "$4", "$5"], " FOR UPDATE SKIP LOCKED"),
-    };
-    let which = if pending {
-        format!(
-            "pending_at IS NOT NULL AND pending_at <= {} AND status IN ('active', 'unconfirmed')",
-            p[2]
-        )
-    } else {
-        format!("wake_at <= {} AND status = 'active'", p[2])
-    };
-    let order = if pending { "pending_at" } else { "wake_at" };
+/// Live enrollments with work to do at `now`: a due timer, or an event not yet fed.
+fn has_work(q: &mut Params, now: i64) -> String {
     format!(
-        "UPDATE enrollments SET lease_owner = {}, lease_until = {}, attempts = attempts + 1 \
-         WHERE id IN (SELECT id FROM enrollments WHERE {which} \
-         AND (lease_until IS NULL OR lease_until < {}) ORDER BY {order} LIMIT {}{lock}) RETURNING *",
-        p[0], p[1], p[3], p[4]
+        "((wake_at <= {} AND status = 'active') OR (pending_at IS NOT NULL AND pending_at <= {} \
+         AND status IN ('active', 'unconfirmed')))",
+        q.p(now),
+        q.p(now)
     )
 }
 
 impl Store {
-    fn sql_backend(&self) -> sea_orm::DbBackend {
-        self.db.get_database_backend()
-    }
-
     /// The version number of this funnel source: the latest one if unchanged, else a new one.
     pub async fn funnel_version(
         &self,
@@ -292,7 +272,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Leases up to `limit` enrollments whose wake-up is due, earliest first.
+    /// Leases up to `limit` leads with work to do and their enrollments that have it: due
+    /// timers first (earliest first, on the `wake_at` index), then enrollments an event arrived
+    /// for (on the `pending_at` index). A lead held by any worker — this one included — is
+    /// skipped, so two workers never step one lead; PostgreSQL skips rows being claimed.
     pub async fn claim_due(
         &self,
         owner: &str,
@@ -300,71 +283,143 @@ impl Store {
         lease: Duration,
         limit: u64,
     ) -> Result<Vec<StoredEnrollment>> {
-        let mut rows: Vec<StoredEnrollment> = Vec::new();
+        let (now_ms, until) = (ms(now), ms(now + lease));
+        let mut leads: Vec<i64> = Vec::new();
         for pending in [false, true] {
-            let left = limit.saturating_sub(rows.len() as u64);
+            let left = limit.saturating_sub(leads.len() as u64);
             if left == 0 {
                 break;
             }
-            let values: Vec<Value> = vec![
-                owner.into(),
-                ms(now + lease).into(),
-                ms(now).into(),
-                ms(now).into(),
-                (left as i64).into(),
-            ];
-            let stmt = Statement::from_sql_and_values(
-                self.sql_backend(),
-                claim_sql(self.backend, pending),
-                values,
+            let mut q = Params::new(self.backend);
+            let o = q.p(owner);
+            let u = q.p(until);
+            let which = if pending {
+                format!(
+                    "pending_at IS NOT NULL AND pending_at <= {} AND status IN ('active', 'unconfirmed')",
+                    q.p(now_ms)
+                )
+            } else {
+                format!("wake_at <= {} AND status = 'active'", q.p(now_ms))
+            };
+            let order = if pending { "pending_at" } else { "wake_at" };
+            let free_enrollment = q.p(now_ms);
+            let n = q.p(left as i64);
+            let free_lead = q.p(now_ms);
+            let lock = match self.backend {
+                Backend::Sqlite => "",
+                Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            };
+            let sql = format!(
+                "UPDATE leads SET lease_owner = {o}, lease_until = {u} WHERE id IN \
+                 (SELECT l.id FROM leads l WHERE l.id IN (SELECT lead_id FROM enrollments \
+                 WHERE {which} AND (lease_until IS NULL OR lease_until < {free_enrollment}) \
+                 ORDER BY {order} LIMIT {n}) \
+                 AND (l.lease_until IS NULL OR l.lease_until < {free_lead}){lock}) RETURNING id"
+            );
+            for r in self.db.query_all_raw(q.statement(sql)).await? {
+                leads.push(r.try_get_by_index(0)?);
+            }
+        }
+        let mut rows: Vec<StoredEnrollment> = Vec::new();
+        for chunk in leads.chunks(batch::ROWS) {
+            let mut q = Params::new(self.backend);
+            let o = q.p(owner);
+            let u = q.p(until);
+            let ids: Vec<String> = batch::padded(chunk.iter().copied())
+                .into_iter()
+                .map(|id| q.p(id))
+                .collect();
+            let work = has_work(&mut q, now_ms);
+            let free = q.p(now_ms);
+            let sql = format!(
+                "UPDATE enrollments SET lease_owner = {o}, lease_until = {u}, attempts = attempts + 1 \
+                 WHERE lead_id IN ({}) AND {work} AND (lease_until IS NULL OR lease_until < {free}) \
+                 RETURNING *",
+                ids.join(", ")
             );
             let claimed = enrollment::Entity::find()
-                .from_raw_sql(stmt)
+                .from_raw_sql(q.statement(sql))
                 .all(&self.db)
                 .await?;
             for m in claimed {
                 rows.push(to_stored(m)?);
             }
         }
+        // A lead whose work another worker finished in the meantime is let go at once.
+        let idle: Vec<LeadId> = leads
+            .iter()
+            .filter(|l| !rows.iter().any(|e| e.lead.0 == **l))
+            .map(|l| LeadId(*l))
+            .collect();
+        self.release_leads(&self.db, owner, &idle).await?;
         rows.sort_by_key(|e| (e.state.wake_at, e.id));
         Ok(rows)
     }
 
-    /// Leases the lead's live enrollments that nobody else holds, to feed them an event.
+    /// Leases the lead and its live enrollments, to feed them an event. When another worker
+    /// holds the lead, nothing is claimed and the event waits, marked pending, for a round.
     pub async fn claim_for_lead(
         &self,
         lead: LeadId,
         owner: &str,
         now: DateTime<Utc>,
         lease: Duration,
-    ) -> Result<(Vec<StoredEnrollment>, usize)> {
-        let live = enrollment::Entity::find()
-            .filter(enrollment::Column::LeadId.eq(lead.0))
-            .filter(enrollment::Column::Status.is_in(["active", "unconfirmed"]))
-            .order_by_asc(enrollment::Column::Id)
-            .all(&self.db)
+    ) -> Result<Vec<StoredEnrollment>> {
+        let held = lead::Entity::update_many()
+            .col_expr(lead::Column::LeaseOwner, Expr::value(owner))
+            .col_expr(lead::Column::LeaseUntil, Expr::value(ms(now + lease)))
+            .filter(lead::Column::Id.eq(lead.0))
+            .filter(
+                lead::Column::LeaseUntil
+                    .is_null()
+                    .or(lead::Column::LeaseUntil.lt(ms(now))),
+            )
+            .exec(&self.db)
             .await?;
-        let mut claimed = Vec::new();
-        let mut busy = 0;
-        for e in live {
-            let res = enrollment::Entity::update_many()
-                .col_expr(enrollment::Column::LeaseOwner, Expr::value(owner))
-                .col_expr(enrollment::Column::LeaseUntil, Expr::value(ms(now + lease)))
-                .filter(enrollment::Column::Id.eq(e.id))
-                .filter(
-                    enrollment::Column::LeaseUntil
-                        .is_null()
-                        .or(enrollment::Column::LeaseUntil.lt(ms(now))),
-                )
-                .exec(&self.db)
-                .await?;
-            if res.rows_affected == 1 {
-                claimed.push(to_stored(e)?);
-            } else {
-                busy += 1;
-            }
+        if held.rows_affected != 1 {
+            return Ok(Vec::new());
         }
-        Ok((claimed, busy))
+        let mut q = Params::new(self.backend);
+        let (o, u, l, free) = (q.p(owner), q.p(ms(now + lease)), q.p(lead.0), q.p(ms(now)));
+        let sql = format!(
+            "UPDATE enrollments SET lease_owner = {o}, lease_until = {u}, attempts = attempts + 1 \
+             WHERE lead_id = {l} AND status IN ('active', 'unconfirmed') \
+             AND (lease_until IS NULL OR lease_until < {free}) RETURNING *"
+        );
+        let mut claimed: Vec<StoredEnrollment> = enrollment::Entity::find()
+            .from_raw_sql(q.statement(sql))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(to_stored)
+            .collect::<Result<_>>()?;
+        if claimed.is_empty() {
+            self.release_leads(&self.db, owner, &[lead]).await?;
+        }
+        claimed.sort_by_key(|e| e.id);
+        Ok(claimed)
+    }
+
+    /// Lets go of leads this worker holds.
+    async fn release_leads(
+        &self,
+        db: &impl ConnectionTrait,
+        owner: &str,
+        leads: &[LeadId],
+    ) -> Result<()> {
+        for chunk in leads.chunks(batch::ROWS) {
+            lead::Entity::update_many()
+                .col_expr(
+                    lead::Column::LeaseOwner,
+                    Expr::value(Option::<String>::None),
+                )
+                .col_expr(lead::Column::LeaseUntil, Expr::value(Option::<i64>::None))
+                .filter(lead::Column::Id.is_in(batch::padded(chunk.iter().map(|l| l.0))))
+                .filter(lead::Column::LeaseOwner.eq(owner))
+                .exec(db)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Commits a transition of a leased enrollment: state, history, outbox rows and lead changes
@@ -389,20 +444,23 @@ impl Store {
                     version,
                     transition: t,
                 }],
+                &[e.lead],
                 now,
             )
             .await?;
         Ok(done == 1)
     }
 
-    /// Commits the transitions of a scheduler round in one transaction; each one is applied
-    /// only if its lease still holds. The enrollment's event cursor moves to the last event it
-    /// was fed, and its pending mark is cleared unless a newer event of the lead is stored.
+    /// Commits the transitions of a scheduler round in one transaction and lets go of the
+    /// round's `leads`; each transition is applied only if its lease still holds. The
+    /// enrollment's event cursor moves to the last event it was fed, and its pending mark is
+    /// cleared unless a newer event of the lead is stored.
     /// Returns how many were applied.
     pub async fn commit_many(
         &self,
         owner: &str,
         items: &[Committed<'_>],
+        leads: &[LeadId],
         now: DateTime<Utc>,
     ) -> Result<usize> {
         let txn = self.db.begin().await?;
@@ -464,6 +522,7 @@ impl Store {
             })
             .collect();
         batch::write_effects(&txn, self.backend, &written, now).await?;
+        self.release_leads(&txn, owner, leads).await?;
         txn.commit().await?;
         Ok(written.len())
     }

@@ -28,6 +28,9 @@ pub mod lead {
         pub score: i64,
         pub created_at: i64,
         pub updated_at: i64,
+        /// The worker stepping this lead's enrollments, and until when.
+        pub lease_owner: Option<String>,
+        pub lease_until: Option<i64>,
     }
     no_relations!();
 }

@@ -229,6 +229,8 @@ impl Store {
                     score: Set(0),
                     created_at: Set(ms(now)),
                     updated_at: Set(ms(now)),
+                    lease_owner: NotSet,
+                    lease_until: NotSet,
                 };
                 // A concurrent insert of the same email loses the race quietly and is re-read.
                 lead::Entity::insert(am)
