@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use crate::delivery;
 use crate::project;
 use crate::runtime::Runtime;
 use crate::server::{self, AppState};
@@ -257,7 +258,22 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         std::process::id(),
         chrono::Utc::now().timestamp_millis()
     );
-    let runtime = Runtime::new(store.clone(), loaded.funnels, &owner, chrono::Utc::now()).await?;
+    let project = std::sync::Arc::new(loaded);
+    let runtime = Runtime::new(
+        store.clone(),
+        project.funnels.clone(),
+        &owner,
+        chrono::Utc::now(),
+    )
+    .await?;
+    let transport = match &settings.smtp_url {
+        Some(url) => {
+            let target = delivery::smtp::Target::parse(url)
+                .map_err(|e| anyhow::anyhow!("bad `smtp_url`: {e}"))?;
+            delivery::Transport::Smtp(delivery::smtp::Pool::new(target, settings.smtp_connections))
+        }
+        None => delivery::Transport::Folder(settings.outbox_dir.clone()),
+    };
     // One stop signal for the server and the scheduler.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = move || {
@@ -267,15 +283,27 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         }
     };
     let runtime = std::sync::Arc::new(runtime);
+    let sender = std::sync::Arc::new(delivery::Sender::new(
+        runtime.clone(),
+        project,
+        transport,
+        &settings.base_url,
+        &settings.secret_bytes()?,
+    ));
     let scheduler = {
         let (rt, done) = (runtime.clone(), until_stopped());
         tokio::spawn(async move { rt.run(done).await })
+    };
+    let sending = {
+        let (s, done) = (sender.clone(), until_stopped());
+        tokio::spawn(async move { s.run(done).await })
     };
     #[cfg(unix)]
     let reloader = tokio::spawn(reload_on_sighup(
         hangup,
         files,
         runtime.clone(),
+        sender.clone(),
         settings.clone(),
         until_stopped(),
     ));
@@ -296,6 +324,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     let _ = stop.send(true);
     served.context("the HTTP server task failed")??;
     scheduler.await.context("the scheduler task failed")?;
+    sending.await.context("the sender task failed")?;
     reloader.await.context("the reload task failed")?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -311,6 +340,7 @@ async fn reload_on_sighup(
     mut hup: tokio::signal::unix::Signal,
     mut seen: u64,
     runtime: std::sync::Arc<Runtime>,
+    sender: std::sync::Arc<delivery::Sender>,
     settings: Settings,
     stopped: impl Future<Output = ()>,
 ) {
@@ -334,8 +364,11 @@ async fn reload_on_sighup(
         match loaded {
             Some(p) => {
                 let n = p.funnels.len();
-                match runtime.reload(p.funnels, chrono::Utc::now()).await {
-                    Ok(()) => tracing::info!(funnels = n, "reloaded"),
+                match runtime.reload(p.funnels.clone(), chrono::Utc::now()).await {
+                    Ok(()) => {
+                        sender.reload(std::sync::Arc::new(p));
+                        tracing::info!(funnels = n, "reloaded")
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "reload failed; the running funnels stay")
                     }

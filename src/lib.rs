@@ -14,8 +14,10 @@
 //! - [`scaffold`]: the starter project written by `autofunnel init`.
 //! - [`engine`]: the pure state machine of one enrollment, and its simulation.
 //! - [`simulate`]: `autofunnel simulate`, the timeline of a virtual lead.
+//! - [`delivery`]: the sender that drains the outbox over SMTP or into `.eml` files.
 
 pub mod cli;
+pub mod delivery;
 pub mod domain;
 pub mod engine;
 pub mod funnel;

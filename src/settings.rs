@@ -30,6 +30,15 @@ pub struct Settings {
     pub from: Option<String>,
     /// Webhooks that any funnel may call by name.
     pub webhooks: BTreeMap<String, WebhookSettings>,
+    /// `smtp://host:port` (plain, for a relay on localhost) or
+    /// `smtp+starttls://user:pass@host:587`; unset, emails go to `outbox_dir` as `.eml` files.
+    pub smtp_url: Option<String>,
+    /// SMTP connections kept open and used at once.
+    pub smtp_connections: usize,
+    /// Key that signs unsubscribe and confirmation links; unset, one is generated once and
+    /// kept in `secret_file`.
+    pub secret: Option<String>,
+    pub secret_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,12 +60,16 @@ impl Default for Settings {
             outbox_dir: "outbox".into(),
             from: None,
             webhooks: BTreeMap::new(),
+            smtp_url: None,
+            smtp_connections: 4,
+            secret: None,
+            secret_file: "autofunnel.secret".into(),
         }
     }
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 7] = [
+const ENV_KEYS: [&str; 11] = [
     "database_url",
     "listen",
     "base_url",
@@ -64,6 +77,10 @@ const ENV_KEYS: [&str; 7] = [
     "templates_dir",
     "outbox_dir",
     "from",
+    "smtp_url",
+    "smtp_connections",
+    "secret",
+    "secret_file",
 ];
 
 impl Settings {
@@ -92,13 +109,50 @@ impl Settings {
             None => "bad settings in AUTOFUNNEL_* variables".to_string(),
         })?;
         let base = file.as_deref().and_then(Path::parent).unwrap_or(project);
-        for dir in [&mut s.funnels_dir, &mut s.templates_dir, &mut s.outbox_dir] {
+        for dir in [
+            &mut s.funnels_dir,
+            &mut s.templates_dir,
+            &mut s.outbox_dir,
+            &mut s.secret_file,
+        ] {
             if dir.is_relative() {
                 *dir = join_clean(base, dir);
             }
         }
         s.database_url = sqlite_relative_to(&s.database_url, base);
         Ok(s)
+    }
+}
+
+impl Settings {
+    /// The signing key: `secret` if set, else the contents of `secret_file`, created with 32
+    /// random bytes the first time.
+    pub fn secret_bytes(&self) -> anyhow::Result<Vec<u8>> {
+        if let Some(s) = &self.secret {
+            if s.len() < 16 {
+                bail!("`secret` is too short: use at least 16 characters");
+            }
+            return Ok(s.as_bytes().to_vec());
+        }
+        let file = &self.secret_file;
+        if let Ok(text) = std::fs::read_to_string(file) {
+            let key = text.trim();
+            if key.len() < 16 {
+                bail!("the secret in {} is too short", file.display());
+            }
+            return Ok(key.as_bytes().to_vec());
+        }
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(file, format!("{key}\n"))
+            .with_context(|| format!("cannot write the new secret to {}", file.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600));
+        }
+        Ok(key.into_bytes())
     }
 }
 
@@ -124,6 +178,26 @@ fn sqlite_relative_to(url: &str, base: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_secret_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load(dir.path(), None).unwrap();
+        let first = s.secret_bytes().unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(s.secret_bytes().unwrap(), first);
+        let short = Settings {
+            secret: Some("short".into()),
+            ..s
+        };
+        assert!(
+            short
+                .secret_bytes()
+                .unwrap_err()
+                .to_string()
+                .contains("too short")
+        );
+    }
 
     #[test]
     fn defaults_need_nothing_installed() {

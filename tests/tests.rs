@@ -3,6 +3,7 @@
 mod bad_input;
 mod check_corpus;
 mod cli;
+mod delivery;
 mod engine;
 mod examples;
 mod roundtrip;

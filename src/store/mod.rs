@@ -4,10 +4,12 @@
 mod batch;
 mod enrollments;
 pub mod entities;
+mod outbox;
 
 pub use enrollments::{
     Committed, NewEnrollment, OutboxRow, Position, StageVisit, StoredEnrollment, StoredEvent,
 };
+pub use outbox::Outgoing;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -329,6 +331,11 @@ impl Store {
             .iter()
             .map(|(e, _)| LeadId(ids.get(e.as_str()).copied().unwrap_or_default()))
             .collect())
+    }
+
+    pub async fn lead(&self, id: LeadId) -> Result<Option<Lead>> {
+        let m = lead::Entity::find_by_id(id.0).one(&self.db).await?;
+        m.map(to_lead).transpose()
     }
 
     pub async fn lead_by_email(&self, email: &Email) -> Result<Option<Lead>> {

@@ -1,0 +1,232 @@
+//! An outbox row becomes an email: the template rendered for its lead (HTML escaped by tera,
+//! subject and names encoded by lettre), a stable Message-ID, and one-click unsubscribe headers.
+
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use hmac::{KeyInit, Mac};
+use lettre::message::header::{self, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+use serde_json::json;
+
+use crate::domain::Lead;
+use crate::funnel::Funnel;
+use crate::store::Outgoing;
+use crate::templates::TemplateSet;
+
+/// Why an email could not be made: the message fails, nothing is sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error("funnel \"{0}\" is not loaded")]
+    NoFunnel(String),
+    #[error("the funnel has no sender: set `from` in the funnel or in autofunnel.toml")]
+    NoSender,
+    #[error("{0}")]
+    Render(String),
+    #[error("bad address: {0}")]
+    Address(String),
+    #[error("cannot build the message: {0}")]
+    Build(String),
+}
+
+/// What a composed email needs besides the row, the lead and the funnel.
+pub struct Links<'a> {
+    /// Public address of the server (links in emails).
+    pub base_url: &'a str,
+    /// Key that signs unsubscribe and confirmation tokens.
+    pub secret: &'a [u8],
+}
+
+/// A signed token naming a lead for a purpose (`u` unsubscribe, `c` confirm): a forged or
+/// altered one does not verify.
+pub fn token(secret: &[u8], purpose: &str, lead: i64) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!("{lead}.{}", b64.encode(&mac(secret, purpose, lead)[..16]))
+}
+
+/// The lead a token names, if its signature holds.
+pub fn verify_token(secret: &[u8], purpose: &str, token: &str) -> Option<i64> {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (lead, sig) = token.split_once('.')?;
+    let lead: i64 = lead.parse().ok()?;
+    let sig = b64.decode(sig).ok()?;
+    let want = mac(secret, purpose, lead);
+    (sig.len() == 16 && constant_eq(&sig, &want[..16])).then_some(lead)
+}
+
+fn mac(secret: &[u8], purpose: &str, lead: i64) -> Vec<u8> {
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
+    m.update(format!("{purpose}:{lead}").as_bytes());
+    m.finalize().into_bytes().to_vec()
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Clone)]
+struct ListUnsubscribe(String);
+
+impl header::Header for ListUnsubscribe {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe")
+    }
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribe(s.to_string()))
+    }
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+#[derive(Clone)]
+struct ListUnsubscribePost;
+
+impl header::Header for ListUnsubscribePost {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribePost)
+    }
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".to_string())
+    }
+}
+
+/// The template context of a real lead (the same names `check` renders with sample values).
+pub fn context(
+    f: &Funnel,
+    stage: Option<&str>,
+    lead: &Lead,
+    deadline: Option<DateTime<Utc>>,
+    links: &Links<'_>,
+    now: DateTime<Utc>,
+) -> tera::Context {
+    let mut fields = lead.fields.clone();
+    fields.insert("email".into(), json!(lead.email.as_str()));
+    fields.insert(
+        "first_name".into(),
+        json!(lead.first_name.clone().unwrap_or_default()),
+    );
+    fields.insert("score".into(), json!(lead.score));
+    fields.entry("tags").or_insert(json!([]));
+    // A field the lead never gave renders empty rather than failing the email.
+    for (name, _, _) in crate::funnel::BUILTIN_FIELDS {
+        fields.entry(name).or_insert(json!(""));
+    }
+    for name in f.fields.keys() {
+        fields.entry(name.as_str().to_string()).or_insert(json!(""));
+    }
+    let base = links.base_url.trim_end_matches('/');
+    let mut cx = tera::Context::new();
+    cx.insert("lead", &fields);
+    cx.insert(
+        "funnel",
+        &json!({ "id": f.id.value.as_str(), "name": f.name }),
+    );
+    cx.insert(
+        "unsubscribe_url",
+        &format!("{base}/u/{}", token(links.secret, "u", lead.id.0)),
+    );
+    cx.insert(
+        "confirm_url",
+        &format!("{base}/c/{}", token(links.secret, "c", lead.id.0)),
+    );
+    if let Some(from) = &f.from {
+        cx.insert(
+            "sender",
+            &json!({ "name": from.name, "email": from.email.as_str() }),
+        );
+    }
+    if let Some(s) = stage.and_then(|s| f.stage(s)) {
+        cx.insert(
+            "stage",
+            &json!({ "id": s.id.value.as_str(), "kind": s.kind.map(|k| k.name()) }),
+        );
+        if let Some(p) = s.offer.as_ref().and_then(|o| f.products.get(&o.value)) {
+            cx.insert("offer", &json!({ "id": p.id.as_str(), "name": p.name, "price": p.price, "currency": p.currency }));
+        }
+        if s.deadline.is_some() {
+            let tz = lead.timezone.unwrap_or(f.timezone);
+            let at = deadline.unwrap_or(now);
+            let left = (at - now).max(chrono::Duration::zero());
+            let left = if left.num_hours() >= 48 {
+                format!("{} days", left.num_days())
+            } else if left.num_hours() >= 1 {
+                format!("{} hours", left.num_hours())
+            } else {
+                format!("{} minutes", left.num_minutes())
+            };
+            cx.insert(
+                "deadline",
+                &json!({ "at": at.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string(), "left": left }),
+            );
+        }
+    }
+    cx
+}
+
+/// Builds the email of an outbox row for its lead.
+pub fn compose(
+    row: &Outgoing,
+    f: &Funnel,
+    templates: &TemplateSet,
+    lead: &Lead,
+    deadline: Option<DateTime<Utc>>,
+    links: &Links<'_>,
+    now: DateTime<Utc>,
+) -> Result<lettre::Message, ComposeError> {
+    let from = f.from.as_ref().ok_or(ComposeError::NoSender)?;
+    let template = row.template.as_deref().unwrap_or_default();
+    let cx = context(f, row.stage.as_deref(), lead, deadline, links, now);
+    let r = templates
+        .render(template, &cx)
+        .map_err(|d| ComposeError::Render(d.to_string()))?;
+    let addr = |e: &str| {
+        e.parse::<lettre::Address>()
+            .map_err(|err| ComposeError::Address(format!("{e}: {err}")))
+    };
+    let sender = Mailbox::new(from.name.clone(), addr(from.email.as_str())?);
+    let to = Mailbox::new(lead.first_name.clone(), addr(&row.recipient)?);
+    let domain = from
+        .email
+        .as_str()
+        .rsplit('@')
+        .next()
+        .unwrap_or("localhost");
+    let id = crate::engine::fnv1a(row.send_key.as_bytes());
+    let base = links.base_url.trim_end_matches('/');
+    let unsubscribe = format!(
+        "<{base}/u/{}>, <mailto:{}?subject=unsubscribe>",
+        token(links.secret, "u", lead.id.0),
+        from.email.as_str()
+    );
+    lettre::Message::builder()
+        .from(sender)
+        .to(to)
+        .subject(r.subject)
+        .message_id(Some(format!("<{id:016x}.{}@{domain}>", row.id)))
+        .date(SystemTime::from(now))
+        .header(ListUnsubscribe(unsubscribe))
+        .header(ListUnsubscribePost)
+        .multipart(MultiPart::alternative_plain_html(r.text, r.html))
+        .map_err(|e| ComposeError::Build(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_only_unaltered_and_for_their_purpose() {
+        let t = token(b"secret", "u", 42);
+        assert_eq!(verify_token(b"secret", "u", &t), Some(42));
+        assert_eq!(verify_token(b"other", "u", &t), None);
+        assert_eq!(verify_token(b"secret", "c", &t), None);
+        let forged = t.replacen("42.", "43.", 1);
+        assert_eq!(verify_token(b"secret", "u", &forged), None);
+        assert_eq!(verify_token(b"secret", "u", "garbage"), None);
+    }
+}

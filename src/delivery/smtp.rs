@@ -1,0 +1,208 @@
+//! SMTP through lettre on connections we open ourselves with `TCP_NODELAY` (lettre 0.11.23
+//! leaves it off, and every message then waits for a delayed ACK), kept in a pool and reused.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use tokio::sync::Semaphore;
+
+use super::Outcome;
+
+/// How the connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// Plain text: for a relay on localhost.
+    None,
+    /// Upgrade with STARTTLS, which the server must offer.
+    StartTls,
+}
+
+/// Where and how to connect, parsed from `smtp://[user:pass@]host[:port]` (plain) or
+/// `smtp+starttls://…` (port 587 by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    pub credentials: Option<(String, String)>,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("\"{url}\" is not an SMTP URL (smtp://host:port)"))?;
+        let (security, default_port) = match scheme {
+            "smtp" => (Security::None, 25),
+            "smtp+starttls" => (Security::StartTls, 587),
+            other => {
+                return Err(format!(
+                    "unknown SMTP scheme \"{other}\": use smtp:// or smtp+starttls://"
+                ));
+            }
+        };
+        let rest = rest.trim_end_matches('/');
+        let (credentials, hostport) = match rest.rsplit_once('@') {
+            Some((auth, hp)) => {
+                let (u, p) = auth.split_once(':').unwrap_or((auth, ""));
+                (Some((u.to_string(), p.to_string())), hp)
+            }
+            None => (None, rest),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse()
+                    .map_err(|_| format!("bad port \"{p}\" in the SMTP URL"))?,
+            ),
+            None => (hostport.to_string(), default_port),
+        };
+        if host.is_empty() {
+            return Err("the SMTP URL names no host".into());
+        }
+        Ok(Target {
+            host,
+            port,
+            security,
+            credentials,
+        })
+    }
+}
+
+/// Up to `size` connections, opened on demand and reused while they last.
+pub struct Pool {
+    target: Target,
+    hello: ClientId,
+    idle: Mutex<Vec<AsyncSmtpConnection>>,
+    slots: Semaphore,
+}
+
+impl Pool {
+    pub fn new(target: Target, size: usize) -> Pool {
+        Pool {
+            target,
+            hello: ClientId::Domain("localhost".into()),
+            idle: Mutex::new(Vec::new()),
+            slots: Semaphore::new(size.max(1)),
+        }
+    }
+
+    async fn connect(&self) -> Result<AsyncSmtpConnection, String> {
+        let addr: Vec<SocketAddr> =
+            tokio::net::lookup_host((self.target.host.as_str(), self.target.port))
+                .await
+                .map_err(|e| format!("cannot resolve {}: {e}", self.target.host))?
+                .collect();
+        let addr = addr
+            .first()
+            .ok_or_else(|| format!("{} has no address", self.target.host))?;
+        let stream = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+        let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
+            .await
+            .map_err(|e| e.to_string())?;
+        if self.target.security == Security::StartTls {
+            let tls = TlsParameters::new(self.target.host.clone()).map_err(|e| e.to_string())?;
+            conn.starttls(tls, &self.hello)
+                .await
+                .map_err(|e| format!("STARTTLS failed: {e}"))?;
+        }
+        if let Some((user, pass)) = &self.target.credentials {
+            conn.auth(
+                &[Mechanism::Plain, Mechanism::Login],
+                &Credentials::new(user.clone(), pass.clone()),
+            )
+            .await
+            .map_err(|e| format!("authentication failed: {e}"))?;
+        }
+        Ok(conn)
+    }
+
+    /// Sends one message on a pooled connection.
+    pub async fn send(&self, envelope: &Envelope, bytes: &[u8]) -> Outcome {
+        let Ok(_slot) = self.slots.acquire().await else {
+            return Outcome::Transient("the SMTP pool is closed".into());
+        };
+        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => match self.connect().await {
+                Ok(c) => c,
+                Err(e) => return Outcome::Transient(e),
+            },
+        };
+        let sent = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            conn.send(envelope, bytes),
+        )
+        .await;
+        match sent {
+            Ok(Ok(_)) => {
+                self.idle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(conn);
+                Outcome::Sent
+            }
+            Ok(Err(e)) if e.is_permanent() => {
+                // The connection is still good after a refused recipient: reset and keep it.
+                if conn
+                    .command(lettre::transport::smtp::commands::Rset)
+                    .await
+                    .is_ok()
+                {
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(conn);
+                }
+                Outcome::Permanent(e.to_string())
+            }
+            Ok(Err(e)) => Outcome::Transient(e.to_string()),
+            Err(_) => Outcome::Transient("the SMTP server did not answer in 60 s".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            Target::parse("smtp://127.0.0.1:2525").unwrap(),
+            Target {
+                host: "127.0.0.1".into(),
+                port: 2525,
+                security: Security::None,
+                credentials: None
+            }
+        );
+        let t = Target::parse("smtp+starttls://me:s3cret@mail.example.com").unwrap();
+        assert_eq!((t.port, t.security), (587, Security::StartTls));
+        assert_eq!(t.credentials, Some(("me".into(), "s3cret".into())));
+        assert!(
+            Target::parse("http://x")
+                .unwrap_err()
+                .contains("unknown SMTP scheme")
+        );
+        assert!(
+            Target::parse("smtp://host:port")
+                .unwrap_err()
+                .contains("bad port")
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! The outbox as the sender sees it: messages claimed with a lease (one attempt in flight per
+//! message), then marked sent, queued again for a later attempt, or failed.
+
+use chrono::{DateTime, Duration, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+
+use super::batch::Params;
+use super::entities::{enrollment, message};
+use super::{Backend, Result, Store, from_ms, ms};
+use crate::domain::LeadId;
+
+/// An email waiting to be sent, as claimed by the sender.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub id: i64,
+    pub lead: LeadId,
+    pub funnel: Option<String>,
+    pub stage: Option<String>,
+    pub template: Option<String>,
+    pub send_key: String,
+    pub recipient: String,
+    /// Attempts made so far, this one included.
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Leases up to `limit` emails due for an attempt, oldest due first. A message whose
+    /// sender died mid-attempt (`sending` with a lapsed lease) is attempted again.
+    pub async fn claim_messages(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u64,
+    ) -> Result<Vec<Outgoing>> {
+        let mut q = Params::new(self.backend);
+        let until = q.p(ms(now + lease));
+        let due = q.p(ms(now));
+        let free = q.p(ms(now));
+        let n = q.p(limit as i64);
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
+            "UPDATE messages SET status = 'sending', lease_until = {until}, attempts = attempts + 1 \
+             WHERE id IN (SELECT id FROM messages WHERE kind = 'email' \
+             AND status IN ('queued', 'sending') AND next_attempt_at <= {due} \
+             AND (lease_until IS NULL OR lease_until < {free}) \
+             ORDER BY next_attempt_at LIMIT {n}{lock}) RETURNING *"
+        );
+        let mut out: Vec<Outgoing> = message::Entity::find()
+            .from_raw_sql(q.statement(sql))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|m| Outgoing {
+                id: m.id,
+                lead: LeadId(m.lead_id),
+                funnel: m.funnel_id,
+                stage: m.stage_id,
+                template: m.template,
+                send_key: m.send_key,
+                recipient: m.recipient,
+                attempts: m.attempts,
+                created_at: from_ms(m.created_at),
+            })
+            .collect();
+        out.sort_by_key(|m| m.id);
+        Ok(out)
+    }
+
+    /// The message went out.
+    pub async fn message_sent(&self, id: i64, now: DateTime<Utc>) -> Result<()> {
+        self.finish_message(id, "sent", Some(ms(now)), None, None)
+            .await
+    }
+
+    /// A transient failure: try again at `at`.
+    pub async fn message_retry(&self, id: i64, at: DateTime<Utc>, error: &str) -> Result<()> {
+        self.finish_message(id, "queued", None, Some(ms(at)), Some(error))
+            .await
+    }
+
+    /// A permanent failure (or the last attempt): the message is not tried again.
+    pub async fn message_failed(&self, id: i64, error: &str) -> Result<()> {
+        self.finish_message(id, "failed", None, None, Some(error))
+            .await
+    }
+
+    async fn finish_message(
+        &self,
+        id: i64,
+        status: &str,
+        sent_at: Option<i64>,
+        next: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let mut u = message::Entity::update_many()
+            .col_expr(message::Column::Status, Expr::value(status))
+            .col_expr(
+                message::Column::LeaseUntil,
+                Expr::value(Option::<i64>::None),
+            )
+            .col_expr(message::Column::SentAt, Expr::value(sent_at));
+        if let Some(n) = next {
+            u = u.col_expr(message::Column::NextAttemptAt, Expr::value(n));
+        }
+        if let Some(e) = error {
+            u = u.col_expr(message::Column::LastError, Expr::value(e));
+        }
+        u.filter(message::Column::Id.eq(id)).exec(&self.db).await?;
+        Ok(())
+    }
+
+    /// The deadline of the stage the message was sent from, as its enrollment stands now.
+    pub async fn message_deadline(&self, id: i64) -> Result<Option<DateTime<Utc>>> {
+        let Some(m) = message::Entity::find_by_id(id).one(&self.db).await? else {
+            return Ok(None);
+        };
+        let Some(e) = m.enrollment_id else {
+            return Ok(None);
+        };
+        Ok(enrollment::Entity::find_by_id(e)
+            .one(&self.db)
+            .await?
+            .and_then(|e| e.deadline_at)
+            .map(from_ms))
+    }
+
+    /// How many messages wait in each state, for reports and metrics.
+    pub async fn outbox_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = self
+            .db
+            .query_all_raw(sea_orm::Statement::from_string(
+                self.db.get_database_backend(),
+                "SELECT status, COUNT(*) AS n FROM messages GROUP BY status ORDER BY status",
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
+            .collect()
+    }
+}

@@ -1,0 +1,267 @@
+//! The sender against a real SMTP conversation on 127.0.0.1: an in-process server that keeps
+//! the bytes it receives and refuses some recipients (550), defers others (451) or hangs up.
+//! Checked: the message's structure, headers and encodings; retries with backoff; a refused
+//! address failed, suppressed and reported as `bounced`; nothing sent twice.
+
+use std::sync::{Arc, Mutex};
+
+use autofunnel::delivery::{Sender, Tally, Transport, smtp};
+use autofunnel::domain::{Consent, Email, LeadId};
+use autofunnel::project;
+use autofunnel::runtime::Runtime;
+use autofunnel::settings::Settings;
+use autofunnel::store::{LeadInput, Store};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+use crate::util::{on_both_backends, root};
+
+/// One message as the server received it.
+#[derive(Debug, Clone)]
+struct Received {
+    rcpt: String,
+    data: String,
+}
+
+/// A small SMTP server: `bounce*` recipients get 550, `later*` get 451 the first time, and
+/// `hangup*` recipients have the connection dropped after DATA.
+async fn smtp_server() -> (u16, Arc<Mutex<Vec<Received>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let deferred: Arc<Mutex<Vec<String>>> = Arc::default();
+    let keep = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let (got, deferred) = (keep.clone(), deferred.clone());
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut lines = BufReader::new(r).lines();
+                w.write_all(b"220 test ESMTP\r\n").await.unwrap();
+                let mut rcpt = String::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let upper = line.to_ascii_uppercase();
+                    let reply: &[u8] = if upper.starts_with("EHLO") {
+                        b"250-test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
+                    } else if upper.starts_with("MAIL FROM") || upper.starts_with("RSET") {
+                        b"250 OK\r\n"
+                    } else if upper.starts_with("RCPT TO") {
+                        rcpt = line[8..].trim().trim_matches(['<', '>']).to_string();
+                        let who = rcpt.clone();
+                        if who.starts_with("bounce") {
+                            b"550 5.1.1 no such user\r\n"
+                        } else if who.starts_with("later")
+                            && !deferred.lock().unwrap().contains(&who)
+                        {
+                            deferred.lock().unwrap().push(who);
+                            b"451 4.7.1 try again later\r\n"
+                        } else {
+                            b"250 OK\r\n"
+                        }
+                    } else if upper == "DATA" {
+                        w.write_all(b"354 go on\r\n").await.unwrap();
+                        let mut data = String::new();
+                        while let Ok(Some(l)) = lines.next_line().await {
+                            if l == "." {
+                                break;
+                            }
+                            data.push_str(&l);
+                            data.push('\n');
+                        }
+                        if rcpt.starts_with("hangup") {
+                            return;
+                        }
+                        got.lock().unwrap().push(Received {
+                            rcpt: rcpt.clone(),
+                            data,
+                        });
+                        b"250 queued\r\n"
+                    } else if upper == "QUIT" {
+                        let _ = w.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        b"500 what\r\n"
+                    };
+                    if w.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+fn t0() -> DateTime<Utc> {
+    // Tuesday 12:00 in Moscow: inside the funnel's send window.
+    Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).unwrap()
+}
+
+async fn setup(
+    store: &Store,
+    names: &[(&str, &str)],
+) -> (Arc<Runtime>, Arc<project::Project>, Vec<LeadId>) {
+    store.migrate().await.unwrap();
+    let settings = Settings {
+        funnels_dir: root().join("funnels"),
+        templates_dir: root().join("templates"),
+        ..Default::default()
+    };
+    let (p, report) = project::check(&settings, None);
+    let p = Arc::new(p.unwrap_or_else(|| panic!("{:?}", report.diagnostics)));
+    let rt = Arc::new(
+        Runtime::new(store.clone(), p.funnels.clone(), "node-a", t0())
+            .await
+            .unwrap(),
+    );
+    let leads: Vec<(Email, LeadInput)> = names
+        .iter()
+        .map(|(email, name)| {
+            (
+                Email::parse(email).unwrap(),
+                LeadInput {
+                    first_name: Some(name.to_string()),
+                    timezone: Some(chrono_tz::Europe::Moscow),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let ids = store
+        .import_leads(&leads, Consent::Confirmed, t0())
+        .await
+        .unwrap();
+    rt.enroll_many(&ids, "yoga-course-ru", t0()).await.unwrap();
+    (rt, p, ids)
+}
+
+async fn statuses(store: &Store) -> Vec<(String, i64)> {
+    store.outbox_counts().await.unwrap()
+}
+
+async fn smtp_delivery_retries_and_bounces(store: Store) {
+    let (port, got) = smtp_server().await;
+    let (rt, p, ids) = setup(
+        &store,
+        &[
+            ("anna@example.com", "Анна Петрова"),
+            ("later@example.com", "Later"),
+            ("bounce@example.com", "Bounce"),
+            ("hangup@example.com", "Hangup"),
+        ],
+    )
+    .await;
+    let target = smtp::Target::parse(&format!("smtp://127.0.0.1:{port}")).unwrap();
+    let sender = Sender::new(
+        rt.clone(),
+        p,
+        Transport::Smtp(smtp::Pool::new(target, 4)),
+        "https://go.example.com",
+        b"test secret",
+    );
+    let tally = sender.round(t0()).await.unwrap();
+    assert_eq!(
+        tally,
+        Tally {
+            sent: 1,
+            retried: 2,
+            failed: 1
+        }
+    );
+    let received = got.lock().unwrap().clone();
+    assert_eq!(received.len(), 1);
+    let m = &received[0];
+    assert_eq!(m.rcpt, "anna@example.com");
+    let d = &m.data;
+    // Non-ASCII display names and subject are RFC 2047 encoded; the body parts are declared.
+    assert!(d.contains("From: =?utf-8?"), "{d}");
+    assert!(d.contains("<maria@example.ru>"), "{d}");
+    assert!(d.contains("To: =?utf-8?"), "{d}");
+    assert!(d.contains("Subject: =?utf-8?"), "{d}");
+    assert!(d.contains("Message-ID: <"), "{d}");
+    assert!(d.contains("Date: "), "{d}");
+    assert!(
+        d.contains("List-Unsubscribe: <https://go.example.com/u/"),
+        "{d}"
+    );
+    assert!(
+        d.contains("<mailto:maria@example.ru?subject=unsubscribe>"),
+        "{d}"
+    );
+    assert!(
+        d.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+        "{d}"
+    );
+    assert!(d.contains("Content-Type: multipart/alternative"), "{d}");
+    assert!(d.contains("Content-Type: text/plain; charset=utf-8"), "{d}");
+    assert!(d.contains("Content-Type: text/html; charset=utf-8"), "{d}");
+    assert!(d.lines().all(|l| l.len() <= 998), "a line over 998 bytes");
+
+    // The refused address: failed, suppressed, and the engine heard `bounced`.
+    let bounce = ids[2];
+    let events: Vec<String> = store
+        .lead_events(bounce)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(events, ["bounced"]);
+    let facts = store.lead_facts(bounce, t0()).await.unwrap();
+    assert!(!facts.mailable);
+
+    // Deferred and dropped ones are retried after their backoff, not before.
+    assert_eq!(
+        sender.round(t0() + Duration::seconds(30)).await.unwrap(),
+        Tally::default()
+    );
+    let tally = sender.round(t0() + Duration::minutes(2)).await.unwrap();
+    assert_eq!(tally.sent, 1, "{tally:?}");
+    assert_eq!(tally.retried, 1, "hangup is retried again");
+    let rcpts: Vec<String> = got.lock().unwrap().iter().map(|r| r.rcpt.clone()).collect();
+    assert_eq!(rcpts, ["anna@example.com", "later@example.com"]);
+    // Nothing is sent twice, however often the sender runs.
+    for m in [3, 4, 5] {
+        sender.round(t0() + Duration::minutes(m)).await.unwrap();
+    }
+    assert_eq!(got.lock().unwrap().len(), 2);
+    assert_eq!(
+        statuses(&store).await,
+        [
+            ("failed".to_string(), 1),
+            ("queued".to_string(), 1),
+            ("sent".to_string(), 2)
+        ]
+    );
+}
+
+async fn the_default_transport_writes_eml_files(store: Store) {
+    let (rt, p, _) = setup(&store, &[("anna@example.com", "Анна")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sender = Sender::new(
+        rt,
+        p,
+        Transport::Folder(dir.path().to_path_buf()),
+        "http://127.0.0.1:8080",
+        b"k",
+    );
+    assert_eq!(sender.round(t0()).await.unwrap().sent, 1);
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    assert!(files[0].extension().is_some_and(|e| e == "eml"));
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+    assert_eq!(statuses(&store).await, [("sent".to_string(), 1)]);
+}
+
+on_both_backends! {
+    smtp_retries_and_bounces => smtp_delivery_retries_and_bounces,
+    eml_files => the_default_transport_writes_eml_files,
+}
