@@ -270,7 +270,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         Some(url) => {
             let target = delivery::smtp::Target::parse(url)
                 .map_err(|e| anyhow::anyhow!("bad `smtp_url`: {e}"))?;
-            delivery::Transport::Smtp(delivery::smtp::Pool::new(target, settings.smtp_connections))
+            delivery::Transport::smtp(target, settings.smtp_connections)
         }
         None => delivery::Transport::Folder(settings.outbox_dir.clone()),
     };

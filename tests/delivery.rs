@@ -159,7 +159,7 @@ async fn smtp_delivery_retries_and_bounces(store: Store) {
     let sender = Sender::new(
         rt.clone(),
         p,
-        Transport::Smtp(smtp::Pool::new(target, 4)),
+        Transport::smtp(target, 4),
         "https://go.example.com",
         b"test secret",
     );

@@ -20,7 +20,9 @@ use crate::store::Outgoing;
 /// How long a claimed message is reserved for its attempt.
 pub const LEASE: Duration = Duration::minutes(5);
 /// Messages claimed per round.
-pub const BATCH: u64 = 200;
+pub const BATCH: u64 = 1000;
+/// Rounds in flight at once in [`Sender::drain`].
+pub const PIPELINES: usize = 2;
 /// Attempts before a message that keeps failing transiently is given up.
 pub const MAX_ATTEMPTS: i32 = 8;
 /// The first retry waits this long; each later one twice the previous, up to [`MAX_BACKOFF`].
@@ -35,31 +37,61 @@ pub enum Outcome {
     Transient(String),
     /// 5xx: the address does not take mail.
     Permanent(String),
+    /// The email could not be made (a template that fails for this lead, no sender): the
+    /// message fails, the address stays mailable.
+    Broken(String),
 }
 
 /// Where emails go.
 pub enum Transport {
     /// The embedded default: each email as `<send-key>.eml` in this folder.
     Folder(PathBuf),
-    Smtp(smtp::Pool),
+    Smtp(Arc<smtp::Pool>),
 }
 
 impl Transport {
-    async fn send(
-        &self,
-        name: &str,
-        envelope: &lettre::address::Envelope,
-        bytes: &[u8],
-    ) -> Outcome {
+    /// SMTP through a pool of `connections`.
+    pub fn smtp(target: smtp::Target, connections: usize) -> Transport {
+        Transport::Smtp(Arc::new(smtp::Pool::new(target, connections)))
+    }
+
+    /// Sends composed emails, in parallel where the transport allows; outcomes in order.
+    async fn send_all(&self, emails: Vec<(String, lettre::Message)>) -> Vec<Outcome> {
         match self {
             Transport::Folder(dir) => {
-                let file = dir.join(format!("{name}.eml"));
-                match tokio::fs::write(&file, bytes).await {
-                    Ok(()) => Outcome::Sent,
-                    Err(e) => Outcome::Transient(format!("cannot write {}: {e}", file.display())),
+                let mut out = Vec::with_capacity(emails.len());
+                for (name, email) in emails {
+                    let file = dir.join(format!("{name}.eml"));
+                    out.push(match tokio::fs::write(&file, email.formatted()).await {
+                        Ok(()) => Outcome::Sent,
+                        Err(e) => {
+                            Outcome::Transient(format!("cannot write {}: {e}", file.display()))
+                        }
+                    });
                 }
+                out
             }
-            Transport::Smtp(pool) => pool.send(envelope, bytes).await,
+            Transport::Smtp(pool) => {
+                // One task per message: the pool's permits bound the connections in use, and
+                // the runtime's threads share the work.
+                let tasks: Vec<_> = emails
+                    .into_iter()
+                    .map(|(_, email)| {
+                        let pool = pool.clone();
+                        tokio::spawn(async move {
+                            pool.send(email.envelope(), &email.formatted()).await
+                        })
+                    })
+                    .collect();
+                let mut out = Vec::with_capacity(tasks.len());
+                for t in tasks {
+                    out.push(
+                        t.await
+                            .unwrap_or_else(|e| Outcome::Transient(format!("send task: {e}"))),
+                    );
+                }
+                out
+            }
         }
     }
 }
@@ -116,16 +148,48 @@ impl Sender {
     pub async fn round(&self, now: DateTime<Utc>) -> anyhow::Result<Tally> {
         let store = self.runtime.store();
         let claimed = store.claim_messages(now, LEASE, BATCH).await?;
-        let mut tally = Tally::default();
-        let sends = claimed.iter().map(|m| self.attempt(m, now));
-        // The transport bounds how many are in flight (the SMTP pool's connections).
-        let outcomes = futures_util::future::join_all(sends).await;
-        for (m, outcome) in claimed.iter().zip(outcomes) {
-            match outcome? {
-                Outcome::Sent => {
-                    store.message_sent(m.id, now).await?;
-                    tally.sent += 1;
+        if claimed.is_empty() {
+            return Ok(Tally::default());
+        }
+        let ids: Vec<_> = claimed.iter().map(|m| m.lead).collect();
+        let leads = store.leads(&ids).await?;
+        let deadlines = store.deadlines_of(&claimed).await?;
+        let project = self
+            .project
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // Compose every email first (CPU), then send them all (network).
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(claimed.len());
+        let mut emails = Vec::new();
+        for m in &claimed {
+            match self.compose(
+                m,
+                leads.get(&m.lead),
+                deadlines.get(&m.id).copied(),
+                &project,
+                now,
+            ) {
+                Ok(email) => {
+                    outcomes.push(None);
+                    emails.push((m.send_key.replace([':', '/'], "_"), email));
                 }
+                Err(o) => outcomes.push(Some(o)),
+            }
+        }
+        let mut sent_outcomes = self.transport.send_all(emails).await.into_iter();
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|o| {
+                o.or_else(|| sent_outcomes.next())
+                    .unwrap_or_else(|| Outcome::Transient("no outcome".into()))
+            })
+            .collect();
+        let mut tally = Tally::default();
+        let mut sent = Vec::new();
+        for (m, outcome) in claimed.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Sent => sent.push(m.id),
                 Outcome::Transient(e) if m.attempts < MAX_ATTEMPTS => {
                     tracing::warn!(message = m.id, attempt = m.attempts, error = %e, "send failed; will retry");
                     store
@@ -135,6 +199,11 @@ impl Sender {
                 }
                 Outcome::Transient(e) => {
                     tracing::error!(message = m.id, error = %e, "send failed; no attempts left");
+                    store.message_failed(m.id, &e).await?;
+                    tally.failed += 1;
+                }
+                Outcome::Broken(e) => {
+                    tracing::error!(message = m.id, error = %e, "cannot compose the email");
                     store.message_failed(m.id, &e).await?;
                     tally.failed += 1;
                 }
@@ -152,65 +221,75 @@ impl Sender {
                 }
             }
         }
+        store.messages_sent(&sent, now).await?;
+        tally.sent = sent.len();
         Ok(tally)
     }
 
-    async fn attempt(&self, m: &Outgoing, now: DateTime<Utc>) -> anyhow::Result<Outcome> {
-        let store = self.runtime.store();
-        let email = {
-            let Some(lead) = store.lead(m.lead).await? else {
-                return Ok(Outcome::Permanent(format!(
-                    "lead {} no longer exists",
-                    m.lead
-                )));
-            };
-            let deadline = store.message_deadline(m.id).await?;
-            let project = self
-                .project
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            let funnel_id = m.funnel.clone().unwrap_or_default();
-            let (Some(f), Some(t)) = (
-                project
-                    .funnels
-                    .iter()
-                    .find(|f| f.id.value.as_str() == funnel_id),
-                project.templates.get(&funnel_id),
-            ) else {
-                return Ok(Outcome::Transient(format!(
-                    "funnel \"{funnel_id}\" is not loaded"
-                )));
-            };
-            let links = compose::Links {
-                base_url: &self.base_url,
-                secret: &self.secret,
-            };
-            match compose::compose(m, f, t, &lead, deadline, &links, now) {
-                Ok(e) => e,
-                Err(e) => return Ok(Outcome::Permanent(e.to_string())),
-            }
+    /// The email of a claimed message, or why it cannot be made.
+    fn compose(
+        &self,
+        m: &Outgoing,
+        lead: Option<&crate::domain::Lead>,
+        deadline: Option<DateTime<Utc>>,
+        project: &Project,
+        now: DateTime<Utc>,
+    ) -> Result<lettre::Message, Outcome> {
+        let Some(lead) = lead else {
+            return Err(Outcome::Broken(format!("lead {} no longer exists", m.lead)));
         };
-        let name = m.send_key.replace([':', '/'], "_");
-        Ok(self
-            .transport
-            .send(&name, email.envelope(), &email.formatted())
-            .await)
+        let funnel_id = m.funnel.clone().unwrap_or_default();
+        let (Some(f), Some(t)) = (
+            project
+                .funnels
+                .iter()
+                .find(|f| f.id.value.as_str() == funnel_id),
+            project.templates.get(&funnel_id),
+        ) else {
+            return Err(Outcome::Transient(format!(
+                "funnel \"{funnel_id}\" is not loaded"
+            )));
+        };
+        let links = compose::Links {
+            base_url: &self.base_url,
+            secret: &self.secret,
+        };
+        compose::compose(m, f, t, lead, deadline, &links, now)
+            .map_err(|e| Outcome::Broken(e.to_string()))
     }
 
-    /// Sends until `shutdown`: at once after a full round, else every second.
+    /// Sends everything due at `now`, with [`PIPELINES`] rounds in flight so composing and
+    /// database work of one overlap the network of another. Returns the total.
+    pub async fn drain(&self, now: DateTime<Utc>) -> anyhow::Result<Tally> {
+        let one = || async {
+            let mut total = Tally::default();
+            loop {
+                let t = self.round(now).await?;
+                total.sent += t.sent;
+                total.retried += t.retried;
+                total.failed += t.failed;
+                if t.sent + t.retried + t.failed == 0 {
+                    return anyhow::Ok(total);
+                }
+            }
+        };
+        let all = futures_util::future::join_all((0..PIPELINES).map(|_| one())).await;
+        let mut total = Tally::default();
+        for t in all {
+            let t = t?;
+            total.sent += t.sent;
+            total.retried += t.retried;
+            total.failed += t.failed;
+        }
+        Ok(total)
+    }
+
+    /// Sends until `shutdown`: drains what is due, then looks again every second.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            let full = match self.round(Utc::now()).await {
-                Ok(t) => t.sent + t.retried + t.failed >= BATCH as usize,
-                Err(e) => {
-                    tracing::error!(error = %e, "sender round failed; retrying");
-                    false
-                }
-            };
-            if full {
-                continue;
+            if let Err(e) = self.drain(Utc::now()).await {
+                tracing::error!(error = %e, "sender round failed; retrying");
             }
             tokio::select! {
                 _ = &mut shutdown => return,

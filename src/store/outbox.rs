@@ -1,6 +1,8 @@
 //! The outbox as the sender sees it: messages claimed with a lease (one attempt in flight per
 //! message), then marked sent, queued again for a later attempt, or failed.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
@@ -15,6 +17,7 @@ use crate::domain::LeadId;
 pub struct Outgoing {
     pub id: i64,
     pub lead: LeadId,
+    pub enrollment: Option<i64>,
     pub funnel: Option<String>,
     pub stage: Option<String>,
     pub template: Option<String>,
@@ -58,6 +61,7 @@ impl Store {
             .map(|m| Outgoing {
                 id: m.id,
                 lead: LeadId(m.lead_id),
+                enrollment: m.enrollment_id,
                 funnel: m.funnel_id,
                 stage: m.stage_id,
                 template: m.template,
@@ -71,10 +75,21 @@ impl Store {
         Ok(out)
     }
 
-    /// The message went out.
-    pub async fn message_sent(&self, id: i64, now: DateTime<Utc>) -> Result<()> {
-        self.finish_message(id, "sent", Some(ms(now)), None, None)
-            .await
+    /// These messages went out.
+    pub async fn messages_sent(&self, ids: &[i64], now: DateTime<Utc>) -> Result<()> {
+        for chunk in ids.chunks(super::batch::ROWS) {
+            message::Entity::update_many()
+                .col_expr(message::Column::Status, Expr::value("sent"))
+                .col_expr(
+                    message::Column::LeaseUntil,
+                    Expr::value(Option::<i64>::None),
+                )
+                .col_expr(message::Column::SentAt, Expr::value(ms(now)))
+                .filter(message::Column::Id.is_in(super::batch::padded(chunk.iter().copied())))
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(())
     }
 
     /// A transient failure: try again at `at`.
@@ -114,19 +129,25 @@ impl Store {
         Ok(())
     }
 
-    /// The deadline of the stage the message was sent from, as its enrollment stands now.
-    pub async fn message_deadline(&self, id: i64) -> Result<Option<DateTime<Utc>>> {
-        let Some(m) = message::Entity::find_by_id(id).one(&self.db).await? else {
-            return Ok(None);
-        };
-        let Some(e) = m.enrollment_id else {
-            return Ok(None);
-        };
-        Ok(enrollment::Entity::find_by_id(e)
-            .one(&self.db)
-            .await?
-            .and_then(|e| e.deadline_at)
-            .map(from_ms))
+    /// The stage deadlines of these messages' enrollments, as they stand now.
+    pub async fn deadlines_of(&self, messages: &[Outgoing]) -> Result<HashMap<i64, DateTime<Utc>>> {
+        let ids: Vec<i64> = messages.iter().filter_map(|m| m.enrollment).collect();
+        let mut by_enrollment = HashMap::new();
+        for chunk in ids.chunks(super::batch::ROWS) {
+            for e in enrollment::Entity::find()
+                .filter(enrollment::Column::Id.is_in(super::batch::padded(chunk.iter().copied())))
+                .all(&self.db)
+                .await?
+            {
+                if let Some(d) = e.deadline_at {
+                    by_enrollment.insert(e.id, from_ms(d));
+                }
+            }
+        }
+        Ok(messages
+            .iter()
+            .filter_map(|m| Some((m.id, *by_enrollment.get(&m.enrollment?)?)))
+            .collect())
     }
 
     /// How many messages wait in each state, for reports and metrics.

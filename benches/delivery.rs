@@ -1,0 +1,154 @@
+//! Delivery benchmark: N emails queued by the engine are composed (templates rendered for each
+//! lead) and sent over SMTP to postfix's `smtp-sink` on loopback, next to the raw rate of
+//! `smtp-source` into the same sink, measured in the same run.
+//!
+//! `cargo bench --bench delivery -- [MESSAGES] [--connections C]` (defaults 100,000 and 16).
+//! Needs `smtp-sink` and `smtp-source` (Debian package `postfix`; the daemon need not run).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use autofunnel::delivery::{Sender, Transport, smtp};
+use autofunnel::domain::{Consent, Email};
+use autofunnel::project;
+use autofunnel::runtime::Runtime;
+use autofunnel::settings::Settings;
+use autofunnel::store::{LeadInput, Store};
+use chrono::{TimeZone, Utc};
+
+fn tool(name: &str) -> anyhow::Result<String> {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return Ok(p.display().to_string());
+        }
+    }
+    anyhow::bail!(
+        "{name} not found: install the Debian package `postfix` (apt-get install postfix)"
+    )
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let connections = flag("--connections").unwrap_or(16);
+    let n: usize = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || !args[i - 1].starts_with("--"))
+        .find_map(|(_, a)| a.parse().ok())
+        .unwrap_or(100_000);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let root = Command::new("id").arg("-u").output()?.stdout == b"0\n";
+    let mut sink = Command::new(tool("smtp-sink")?);
+    if root {
+        sink.args(["-u", "nobody"]);
+    }
+    let mut sink = sink
+        .args([addr.as_str(), "1000"])
+        .stdout(Stdio::null())
+        .spawn()?;
+    // Wait until the sink accepts connections (bounded).
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    let start = Instant::now();
+    let status = Command::new(tool("smtp-source")?)
+        .args(["-d", "-s", "20", "-m", &n.to_string(), "-l", "2000", &addr])
+        .status()?;
+    anyhow::ensure!(status.success(), "smtp-source failed");
+    let raw = n as f64 / start.elapsed().as_secs_f64();
+    println!("reference: smtp-source -d -s 20 -m {n} -l 2000 → {raw:.0} msg/s");
+
+    let dir = tempfile::tempdir()?;
+    let store = Store::connect(&format!("sqlite://{}/bench.db", dir.path().display())).await?;
+    store.migrate().await?;
+    let settings = Settings {
+        funnels_dir: "funnels".into(),
+        templates_dir: "templates".into(),
+        ..Default::default()
+    };
+    let (p, report) = project::check(&settings, None);
+    let p = Arc::new(p.ok_or_else(|| anyhow::anyhow!("{}", report.summary()))?);
+    // Monday 10:00 in Moscow: inside the course funnel's send window.
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 7, 0, 0).unwrap();
+    let rt = Arc::new(Runtime::new(store.clone(), p.funnels.clone(), "bench", t0).await?);
+    let input = LeadInput {
+        first_name: Some("Анна".into()),
+        timezone: Some(chrono_tz::Europe::Moscow),
+        ..Default::default()
+    };
+    for c in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        let leads: Vec<(Email, LeadInput)> = c
+            .iter()
+            .map(|i| {
+                (
+                    Email::parse(&format!("lead{i}@bench.example.com")).expect("address"),
+                    input.clone(),
+                )
+            })
+            .collect();
+        let ids = store.import_leads(&leads, Consent::Confirmed, t0).await?;
+        for ids in ids.chunks(1_000) {
+            rt.enroll_many(ids, "relationships-course", t0).await?;
+        }
+    }
+    let target = smtp::Target::parse(&format!("smtp://{addr}")).map_err(anyhow::Error::msg)?;
+    let sender = Sender::new(
+        rt.clone(),
+        p,
+        Transport::smtp(target, connections),
+        "https://go.example.com",
+        b"bench secret, 16+ chars",
+    );
+    let start = Instant::now();
+    let t = sender.drain(t0).await?;
+    anyhow::ensure!(
+        t.failed == 0 && t.retried == 0,
+        "unexpected failures: {t:?}"
+    );
+    let sent = t.sent;
+    let secs = start.elapsed().as_secs_f64();
+    let ours = sent as f64 / secs;
+    println!(
+        "autofunnel: {sent} emails outbox → rendered → SMTP ({connections} connections) in {secs:.1} s = {ours:.0} msg/s ({:.0} % of the reference)",
+        100.0 * ours / raw
+    );
+    println!("outbox: {:?}", store.outbox_counts().await?);
+    println!("peak RSS: {:.1} MB", peak_rss_mb());
+    let _ = sink.kill();
+    let _ = sink.wait();
+    Ok(())
+}
