@@ -15,7 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 use crate::engine::Event;
 use crate::project::Project;
 use crate::runtime::Runtime;
-use crate::store::Outgoing;
+use crate::store::{Outgoing, Store};
 
 /// How long a claimed message is reserved for its attempt.
 pub const LEASE: Duration = Duration::minutes(5);
@@ -55,45 +55,65 @@ impl Transport {
         Transport::Smtp(Arc::new(smtp::Pool::new(target, connections)))
     }
 
-    /// Sends composed emails, in parallel where the transport allows; outcomes in order.
-    async fn send_all(&self, emails: Vec<(String, lettre::Message)>) -> Vec<Outcome> {
-        match self {
-            Transport::Folder(dir) => {
-                let mut out = Vec::with_capacity(emails.len());
-                for (name, email) in emails {
-                    let file = dir.join(format!("{name}.eml"));
-                    out.push(match tokio::fs::write(&file, email.formatted()).await {
-                        Ok(()) => Outcome::Sent,
-                        Err(e) => {
-                            Outcome::Transient(format!("cannot write {}: {e}", file.display()))
+    /// Sends composed emails, in parallel where the transport allows, and marks each one sent
+    /// the moment it is accepted: a crash can only repeat the ones in flight. Outcomes in order.
+    async fn send_all(
+        &self,
+        store: &Store,
+        emails: Vec<(i64, String, lettre::Message)>,
+        now: DateTime<Utc>,
+    ) -> Vec<Outcome> {
+        let tasks: Vec<_> = emails
+            .into_iter()
+            .map(|(id, name, email)| {
+                let (store, transport) = (store.clone(), self.clone_handle());
+                tokio::spawn(async move {
+                    let outcome = match transport {
+                        Handle::Folder(dir) => {
+                            let file = dir.join(format!("{name}.eml"));
+                            match tokio::fs::write(&file, email.formatted()).await {
+                                Ok(()) => Outcome::Sent,
+                                Err(e) => Outcome::Transient(format!(
+                                    "cannot write {}: {e}",
+                                    file.display()
+                                )),
+                            }
                         }
-                    });
-                }
-                out
-            }
-            Transport::Smtp(pool) => {
-                // One task per message: the pool's permits bound the connections in use, and
-                // the runtime's threads share the work.
-                let tasks: Vec<_> = emails
-                    .into_iter()
-                    .map(|(_, email)| {
-                        let pool = pool.clone();
-                        tokio::spawn(async move {
-                            pool.send(email.envelope(), &email.formatted()).await
-                        })
-                    })
-                    .collect();
-                let mut out = Vec::with_capacity(tasks.len());
-                for t in tasks {
-                    out.push(
-                        t.await
-                            .unwrap_or_else(|e| Outcome::Transient(format!("send task: {e}"))),
-                    );
-                }
-                out
-            }
+                        // The pool's permits bound the connections in use.
+                        Handle::Smtp(pool) => pool.send(email.envelope(), &email.formatted()).await,
+                    };
+                    if outcome == Outcome::Sent
+                        && let Err(e) = store.messages_sent(&[id], now).await
+                    {
+                        // Sent but not recorded: it will be sent again after its lease.
+                        tracing::error!(message = id, error = %e, "cannot record a sent message");
+                    }
+                    outcome
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(
+                t.await
+                    .unwrap_or_else(|e| Outcome::Transient(format!("send task: {e}"))),
+            );
+        }
+        out
+    }
+
+    fn clone_handle(&self) -> Handle {
+        match self {
+            Transport::Folder(d) => Handle::Folder(d.clone()),
+            Transport::Smtp(p) => Handle::Smtp(p.clone()),
         }
     }
+}
+
+/// A transport as a send task holds it.
+enum Handle {
+    Folder(PathBuf),
+    Smtp(Arc<smtp::Pool>),
 }
 
 /// When attempt `attempts` (1-based) failed transiently, the next one: exponential backoff with
@@ -172,12 +192,16 @@ impl Sender {
             ) {
                 Ok(email) => {
                     outcomes.push(None);
-                    emails.push((m.send_key.replace([':', '/'], "_"), email));
+                    emails.push((m.id, m.send_key.replace([':', '/'], "_"), email));
                 }
                 Err(o) => outcomes.push(Some(o)),
             }
         }
-        let mut sent_outcomes = self.transport.send_all(emails).await.into_iter();
+        let mut sent_outcomes = self
+            .transport
+            .send_all(store, emails, now)
+            .await
+            .into_iter();
         let outcomes: Vec<Outcome> = outcomes
             .into_iter()
             .map(|o| {
@@ -186,10 +210,9 @@ impl Sender {
             })
             .collect();
         let mut tally = Tally::default();
-        let mut sent = Vec::new();
         for (m, outcome) in claimed.iter().zip(outcomes) {
             match outcome {
-                Outcome::Sent => sent.push(m.id),
+                Outcome::Sent => tally.sent += 1,
                 Outcome::Transient(e) if m.attempts < MAX_ATTEMPTS => {
                     tracing::warn!(message = m.id, attempt = m.attempts, error = %e, "send failed; will retry");
                     store
@@ -221,8 +244,6 @@ impl Sender {
                 }
             }
         }
-        store.messages_sent(&sent, now).await?;
-        tally.sent = sent.len();
         Ok(tally)
     }
 
