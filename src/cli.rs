@@ -283,13 +283,16 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         }
     };
     let runtime = std::sync::Arc::new(runtime);
-    let sender = std::sync::Arc::new(delivery::Sender::new(
-        runtime.clone(),
-        project,
-        transport,
-        &settings.base_url,
-        &settings.secret_bytes()?,
-    ));
+    let sender = std::sync::Arc::new(
+        delivery::Sender::new(
+            runtime.clone(),
+            project,
+            transport,
+            &settings.base_url,
+            &settings.secret_bytes()?,
+        )
+        .with_rate(settings.send_rate),
+    );
     let scheduler = {
         let (rt, done) = (runtime.clone(), until_stopped());
         tokio::spawn(async move { rt.run(done).await })

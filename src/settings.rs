@@ -35,6 +35,8 @@ pub struct Settings {
     pub smtp_url: Option<String>,
     /// SMTP connections kept open and used at once.
     pub smtp_connections: usize,
+    /// At most this many emails per second (unset: as fast as the transport takes them).
+    pub send_rate: Option<f64>,
     /// Key that signs unsubscribe and confirmation links; unset, one is generated once and
     /// kept in `secret_file`.
     pub secret: Option<String>,
@@ -62,6 +64,7 @@ impl Default for Settings {
             webhooks: BTreeMap::new(),
             smtp_url: None,
             smtp_connections: 4,
+            send_rate: None,
             secret: None,
             secret_file: "autofunnel.secret".into(),
         }
@@ -69,7 +72,7 @@ impl Default for Settings {
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 11] = [
+const ENV_KEYS: [&str; 12] = [
     "database_url",
     "listen",
     "base_url",
@@ -79,6 +82,7 @@ const ENV_KEYS: [&str; 11] = [
     "from",
     "smtp_url",
     "smtp_connections",
+    "send_rate",
     "secret",
     "secret_file",
 ];

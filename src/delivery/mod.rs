@@ -5,6 +5,7 @@
 //! a permanent one failed, the address suppressed and a `bounced` event fed to the engine.
 
 pub mod compose;
+pub mod rate;
 pub mod smtp;
 
 use std::path::PathBuf;
@@ -61,13 +62,18 @@ impl Transport {
         &self,
         store: &Store,
         emails: Vec<(i64, String, lettre::Message)>,
+        limit: Option<Arc<rate::RateLimit>>,
         now: DateTime<Utc>,
     ) -> Vec<Outcome> {
         let tasks: Vec<_> = emails
             .into_iter()
             .map(|(id, name, email)| {
                 let (store, transport) = (store.clone(), self.clone_handle());
+                let limit = limit.clone();
                 tokio::spawn(async move {
+                    if let Some(l) = limit {
+                        l.acquire().await;
+                    }
                     let outcome = match transport {
                         Handle::Folder(dir) => {
                             let file = dir.join(format!("{name}.eml"));
@@ -132,6 +138,7 @@ pub struct Sender {
     transport: Transport,
     base_url: String,
     secret: Vec<u8>,
+    limit: Option<Arc<rate::RateLimit>>,
 }
 
 /// A round's tally.
@@ -156,7 +163,14 @@ impl Sender {
             transport,
             base_url: base_url.to_string(),
             secret: secret.to_vec(),
+            limit: None,
         }
+    }
+
+    /// Sends at most `per_second` messages per second (`send_rate`).
+    pub fn with_rate(mut self, per_second: Option<f64>) -> Sender {
+        self.limit = per_second.and_then(rate::RateLimit::new).map(Arc::new);
+        self
     }
 
     /// Templates and funnels after a reload.
@@ -199,7 +213,7 @@ impl Sender {
         }
         let mut sent_outcomes = self
             .transport
-            .send_all(store, emails, now)
+            .send_all(store, emails, self.limit.clone(), now)
             .await
             .into_iter();
         let outcomes: Vec<Outcome> = outcomes
