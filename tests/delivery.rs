@@ -265,7 +265,8 @@ async fn the_default_transport_writes_eml_files(store: Store) {
 }
 
 /// A sender killed mid-drain (its runtime torn down with sends in flight) loses nothing; the
-/// only repeats are messages in flight at that instant, and there are at most a few of them.
+/// only repeats are messages in flight at that instant: accepted by the server but not yet
+/// recorded as sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_sender_loses_nothing_and_repeats_only_what_was_in_flight() {
     const N: usize = 300;
@@ -314,6 +315,14 @@ async fn a_crashed_sender_loses_nothing_and_repeats_only_what_was_in_flight() {
     doomed.shutdown_background();
     let at_crash = got.lock().unwrap().len();
     assert!(at_crash < N, "the sender finished before the crash");
+    let recorded = statuses(&store)
+        .await
+        .into_iter()
+        .find(|(s, _)| s == "sent")
+        .map_or(0, |(_, n)| n as usize);
+    // Accepted by the server but not yet recorded as sent when the sender died: the only
+    // messages that may go out twice.
+    let unrecorded = got.lock().unwrap().len() - recorded;
 
     // After the lease, another sender finishes the job.
     let sender = Sender::new(
@@ -340,11 +349,10 @@ async fn a_crashed_sender_loses_nothing_and_repeats_only_what_was_in_flight() {
         .collect();
     assert_eq!(ids.len(), N, "a message was lost");
     let repeated = received.len() - N;
-    println!("crash after {at_crash} of {N} received: {repeated} sent twice");
+    println!("crash after {at_crash} of {N} received, {recorded} recorded: {repeated} sent twice");
     assert!(
-        repeated <= 2 * CONNECTIONS,
-        "{repeated} messages sent twice; at most {} can be in flight",
-        2 * CONNECTIONS
+        repeated <= unrecorded,
+        "{repeated} messages sent twice, but only {unrecorded} were in flight"
     );
     assert_eq!(statuses(&store).await, [("sent".to_string(), N as i64)]);
 }

@@ -56,8 +56,9 @@ impl Transport {
         Transport::Smtp(Arc::new(smtp::Pool::new(target, connections)))
     }
 
-    /// Sends composed emails, in parallel where the transport allows, and marks each one sent
-    /// the moment it is accepted: a crash can only repeat the ones in flight. Outcomes in order.
+    /// Sends composed emails, in parallel where the transport allows, and records each one
+    /// sent as soon as it is accepted (a recorder writes whatever has been accepted since its
+    /// last write, so a crash can only repeat the few in flight). Outcomes in order.
     async fn send_all(
         &self,
         store: &Store,
@@ -65,11 +66,25 @@ impl Transport {
         limit: Option<Arc<rate::RateLimit>>,
         now: DateTime<Utc>,
     ) -> Vec<Outcome> {
+        let (accepted, mut to_record) = tokio::sync::mpsc::unbounded_channel::<i64>();
+        let recorder = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                while to_record.recv_many(&mut ids, 512).await > 0 {
+                    if let Err(e) = store.messages_sent(&ids, now).await {
+                        // Sent but not recorded: they will be sent again after their lease.
+                        tracing::error!(error = %e, count = ids.len(), "cannot record sent messages");
+                    }
+                    ids.clear();
+                }
+            })
+        };
         let tasks: Vec<_> = emails
             .into_iter()
             .map(|(id, name, email)| {
-                let (store, transport) = (store.clone(), self.clone_handle());
-                let limit = limit.clone();
+                let transport = self.clone_handle();
+                let (limit, accepted) = (limit.clone(), accepted.clone());
                 tokio::spawn(async move {
                     if let Some(l) = limit {
                         l.acquire().await;
@@ -88,16 +103,14 @@ impl Transport {
                         // The pool's permits bound the connections in use.
                         Handle::Smtp(pool) => pool.send(email.envelope(), &email.formatted()).await,
                     };
-                    if outcome == Outcome::Sent
-                        && let Err(e) = store.messages_sent(&[id], now).await
-                    {
-                        // Sent but not recorded: it will be sent again after its lease.
-                        tracing::error!(message = id, error = %e, "cannot record a sent message");
+                    if outcome == Outcome::Sent {
+                        let _ = accepted.send(id);
                     }
                     outcome
                 })
             })
             .collect();
+        drop(accepted);
         let mut out = Vec::with_capacity(tasks.len());
         for t in tasks {
             out.push(
@@ -105,6 +118,7 @@ impl Transport {
                     .unwrap_or_else(|e| Outcome::Transient(format!("send task: {e}"))),
             );
         }
+        let _ = recorder.await;
         out
     }
 
