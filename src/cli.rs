@@ -314,7 +314,15 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     let reloader = tokio::spawn(async {});
     let mut server = tokio::spawn(server::serve(
         listener,
-        AppState { store, funnels },
+        AppState {
+            store,
+            funnels,
+            runtime: Some(runtime.clone()),
+            hooks_secret: settings
+                .hooks_secret
+                .as_ref()
+                .map(|s| std::sync::Arc::from(s.as_bytes())),
+        },
         until_stopped(),
     ));
     let served = tokio::select! {

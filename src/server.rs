@@ -3,14 +3,21 @@
 
 use std::future::Future;
 
+use std::sync::Arc;
+
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use hmac::{KeyInit, Mac};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::domain::Email;
+use crate::engine::Event;
+use crate::runtime::Runtime;
 use crate::store::Store;
 
 /// What every request handler can reach.
@@ -19,12 +26,132 @@ pub struct AppState {
     pub store: Store,
     /// Number of funnels loaded at start, shown by /healthz.
     pub funnels: usize,
+    /// The engine, for endpoints that feed it events.
+    pub runtime: Option<Arc<Runtime>>,
+    /// Key that signs delivery reports (`hooks_secret`); unset, that endpoint answers 404.
+    pub hooks_secret: Option<Arc<[u8]>>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/hooks/delivery", post(delivery_report))
         .with_state(state)
+}
+
+/// How far a signed request's timestamp may be from now.
+const REPLAY_WINDOW_SECS: i64 = 300;
+
+fn error(status: StatusCode, field: &str, message: &str) -> axum::response::Response {
+    (status, Json(json!({ "error": message, "field": field }))).into_response()
+}
+
+/// `POST /hooks/delivery`: a bounce or complaint reported by the mail provider, signed with
+/// `hooks_secret`: header `X-Autofunnel-Timestamp` (Unix seconds, within 5 minutes) and
+/// `X-Autofunnel-Signature` = hex HMAC-SHA256 of `"{timestamp}.{body}"`. Body:
+/// `{"type": "bounce" | "complaint", "email": "…", "id": "provider event id"}`.
+async fn delivery_report(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    let Some(secret) = state.hooks_secret.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "",
+            "delivery reports are not enabled (set hooks_secret)",
+        );
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(ts) = header("x-autofunnel-timestamp").and_then(|t| t.parse::<i64>().ok()) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "X-Autofunnel-Timestamp",
+            "missing or not a number",
+        );
+    };
+    if (chrono::Utc::now().timestamp() - ts).abs() > REPLAY_WINDOW_SECS {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "X-Autofunnel-Timestamp",
+            "outside the 5-minute window",
+        );
+    }
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret).expect("any key length");
+    mac.update(format!("{ts}.").as_bytes());
+    mac.update(&body);
+    let given = header("x-autofunnel-signature").and_then(hex_decode);
+    if given.is_none_or(|g| mac.verify_slice(&g).is_err()) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "X-Autofunnel-Signature",
+            "signature does not match",
+        );
+    }
+    let Ok(report) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "", "the body is not JSON");
+    };
+    let kind = match report.get("type").and_then(|t| t.as_str()) {
+        Some("bounce") => "bounced",
+        Some("complaint") => "complained",
+        _ => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "type",
+                "must be \"bounce\" or \"complaint\"",
+            );
+        }
+    };
+    let Some(email) = report
+        .get("email")
+        .and_then(|e| e.as_str())
+        .and_then(|e| Email::parse(e).ok())
+    else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "email",
+            "missing or not an email address",
+        );
+    };
+    let id = report
+        .get("id")
+        .and_then(|i| i.as_str())
+        .map(|i| format!("hook:{kind}:{i}"));
+    let now = chrono::Utc::now();
+    let lead = match state.store.lead_by_email(&email).await {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "", &e.to_string()),
+    };
+    let result = match (lead, &state.runtime) {
+        (Some(l), Some(rt)) => rt
+            .event(l.id, Event::named(kind), id, now)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        _ => state
+            .store
+            .suppress_email(&email, kind, now)
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({ "status": "ok", "suppressed": email.as_str() })),
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "", &e),
+    }
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Serves until `shutdown` completes, then finishes the requests in flight.

@@ -41,6 +41,9 @@ pub struct Settings {
     /// kept in `secret_file`.
     pub secret: Option<String>,
     pub secret_file: PathBuf,
+    /// Key shared with the mail provider to sign bounce and complaint reports sent to
+    /// `POST /hooks/delivery`; unset, that endpoint is off.
+    pub hooks_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,12 +70,13 @@ impl Default for Settings {
             send_rate: None,
             secret: None,
             secret_file: "autofunnel.secret".into(),
+            hooks_secret: None,
         }
     }
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 12] = [
+const ENV_KEYS: [&str; 13] = [
     "database_url",
     "listen",
     "base_url",
@@ -85,6 +89,7 @@ const ENV_KEYS: [&str; 12] = [
     "send_rate",
     "secret",
     "secret_file",
+    "hooks_secret",
 ];
 
 impl Settings {

@@ -19,6 +19,8 @@ async fn healthz_answers_ok_while_the_database_answers() {
         AppState {
             store: store.clone(),
             funnels: 2,
+            runtime: None,
+            hooks_secret: None,
         },
         async {
             let _ = stopped.await;
@@ -32,6 +34,116 @@ async fn healthz_answers_ok_while_the_database_answers() {
     assert_eq!(body, serde_json::json!({ "status": "ok", "funnels": 2 }));
     let missing = reqwest::get(format!("http://{addr}/nope")).await.unwrap();
     assert_eq!(missing.status(), 404);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+fn signed(secret: &[u8], ts: i64, body: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(format!("{ts}.{body}").as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Bounce and complaint reports: signed and fresh ones suppress the address and reach the
+/// engine once; forged, stale or malformed ones are refused and change nothing.
+#[tokio::test]
+async fn delivery_reports_are_verified_then_suppress() {
+    use autofunnel::domain::Email;
+    use autofunnel::runtime::Runtime;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}/t.db", dir.path().display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let now = chrono::Utc::now();
+    let rt = Arc::new(
+        Runtime::new(store.clone(), vec![], "node", now)
+            .await
+            .unwrap(),
+    );
+    let anna = Email::parse("anna@example.com").unwrap();
+    let lead = store
+        .upsert_lead(&anna, Default::default(), now)
+        .await
+        .unwrap();
+    let secret: &[u8] = b"hooks secret 1234";
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        AppState {
+            store: store.clone(),
+            funnels: 0,
+            runtime: Some(rt),
+            hooks_secret: Some(Arc::from(secret)),
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = reqwest::Client::new();
+    let post = |body: &'static str, ts: i64, sig: String| {
+        client
+            .post(format!("http://{addr}/hooks/delivery"))
+            .header("X-Autofunnel-Timestamp", ts.to_string())
+            .header("X-Autofunnel-Signature", sig)
+            .body(body)
+            .send()
+    };
+    let ts = now.timestamp();
+    let bounce = r#"{"type": "bounce", "email": "Anna@Example.com", "id": "evt-1"}"#;
+    // Forged, stale and malformed reports: refused, nothing stored.
+    let forged = post(bounce, ts, signed(b"wrong", ts, bounce))
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let stale = post(bounce, ts - 3600, signed(secret, ts - 3600, bounce))
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 401);
+    let odd = r#"{"type": "delivered", "email": "anna@example.com"}"#;
+    let resp = post(odd, ts, signed(secret, ts, odd)).await.unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["field"], "type");
+    assert!(store.lead_events(lead.id).await.unwrap().is_empty());
+    // A good one, twice (providers retry): one event, the address suppressed.
+    for _ in 0..2 {
+        let ok = post(bounce, ts, signed(secret, ts, bounce)).await.unwrap();
+        assert_eq!(ok.status(), 200);
+    }
+    let kinds: Vec<String> = store
+        .lead_events(lead.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(kinds, ["bounced"]);
+    assert!(!store.lead_facts(lead.id, now).await.unwrap().mailable);
+    // A complaint about an address with no lead yet suppresses it for when one arrives.
+    let complaint = r#"{"type": "complaint", "email": "boris@example.com"}"#;
+    let ok = post(complaint, ts, signed(secret, ts, complaint))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let boris = store
+        .upsert_lead(
+            &Email::parse("boris@example.com").unwrap(),
+            Default::default(),
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(!store.lead_facts(boris.id, now).await.unwrap().mailable);
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }

@@ -778,6 +778,30 @@ impl Store {
         Ok(())
     }
 
+    /// Stops all mail to an address that has no lead (yet).
+    pub async fn suppress_email(
+        &self,
+        email: &crate::domain::Email,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        suppression::Entity::insert(suppression::ActiveModel {
+            id: NotSet,
+            email: Set(email.as_str().to_string()),
+            scope: Set("*".to_string()),
+            reason: Set(reason.to_string()),
+            created_at: Set(ms(now)),
+        })
+        .on_conflict(
+            OnConflict::columns([suppression::Column::Email, suppression::Column::Scope])
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(())
+    }
+
     /// Marks the lead's live enrollments as having an event to consume.
     pub async fn mark_pending(&self, lead: LeadId, now: DateTime<Utc>) -> Result<()> {
         enrollment::Entity::update_many()
