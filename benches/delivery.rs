@@ -5,6 +5,10 @@
 //! `cargo bench --bench delivery -- [MESSAGES] [--connections C]` (defaults 100,000 and 16).
 //! Needs `smtp-sink` and `smtp-source` (Debian package `postfix`; the daemon need not run).
 
+#[path = "common.rs"]
+mod common;
+use common::peak_rss_mb;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -28,19 +32,6 @@ fn tool(name: &str) -> anyhow::Result<String> {
     anyhow::bail!(
         "{name} not found: install the Debian package `postfix` (apt-get install postfix)"
     )
-}
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-        })
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 #[tokio::main]

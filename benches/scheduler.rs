@@ -14,6 +14,10 @@
 //! `cargo bench --bench scheduler -- [LEADS] [--rate R] [postgres://…]` (defaults: 1,000,000
 //! leads, 20,000 timers/s, SQLite in a temporary folder).
 
+#[path = "common.rs"]
+mod common;
+use common::peak_rss_mb;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,23 +27,6 @@ use autofunnel::funnel::{self, Sink};
 use autofunnel::runtime::Runtime;
 use autofunnel::store::{LeadInput, Store};
 use chrono::{DateTime, Duration, TimeZone, Utc};
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_string)
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

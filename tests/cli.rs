@@ -165,6 +165,18 @@ fn start_run() -> (tempfile::TempDir, Reap, mpsc::Receiver<String>) {
     (dir, child, rx)
 }
 
+/// The next line of the child's log that contains `needle` (a minute at most).
+fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no line with {needle:?}"));
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
 /// The main job on the embedded defaults: it migrates a fresh SQLite file, creates the outbox,
 /// answers /healthz, and stops cleanly on SIGTERM.
 #[test]
@@ -268,14 +280,7 @@ fn simulate_names_the_funnels_when_one_is_unknown() {
 #[test]
 fn edited_funnels_are_reloaded_without_a_signal() {
     let (dir, mut child, rx) = start_run();
-    let wait_for = |needle: &str| loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("no line with {needle:?}"));
-        if line.contains(needle) {
-            break line;
-        }
-    };
+    let wait_for = |needle: &str| wait_for_line(&rx, needle);
     wait_for("autofunnel is running");
     let funnel = dir.path().join("funnels/welcome.yaml");
     let good = std::fs::read_to_string(&funnel).unwrap();
@@ -292,14 +297,7 @@ fn edited_funnels_are_reloaded_without_a_signal() {
 #[test]
 fn sighup_reloads_funnels_that_pass_check_only() {
     let (dir, mut child, rx) = start_run();
-    let wait_for = |needle: &str| loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("no line with {needle:?}"));
-        if line.contains(needle) {
-            break line;
-        }
-    };
+    let wait_for = |needle: &str| wait_for_line(&rx, needle);
     wait_for("autofunnel is running");
     let pid = child.0.id().to_string();
     let funnel = dir.path().join("funnels/welcome.yaml");

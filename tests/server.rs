@@ -4,6 +4,25 @@ use autofunnel::server::{AppState, serve};
 use autofunnel::store::Store;
 use tokio::net::TcpListener;
 
+type Running = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// The real server on port 0: its address, its stop switch and its task.
+async fn start(
+    state: AppState,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    Running,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, server)
+}
+
 #[tokio::test]
 async fn healthz_answers_ok_while_the_database_answers() {
     let dir = tempfile::tempdir().unwrap();
@@ -11,21 +30,13 @@ async fn healthz_answers_ok_while_the_database_answers() {
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        AppState {
-            store: store.clone(),
-            funnels: 2,
-            runtime: None,
-            hooks_secret: None,
-        },
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, stop, server) = start(AppState {
+        store: store.clone(),
+        funnels: 2,
+        runtime: None,
+        hooks_secret: None,
+    })
+    .await;
     let resp = reqwest::get(format!("http://{addr}/healthz"))
         .await
         .unwrap();
@@ -74,21 +85,13 @@ async fn delivery_reports_are_verified_then_suppress() {
         .await
         .unwrap();
     let secret: &[u8] = b"hooks secret 1234";
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        AppState {
-            store: store.clone(),
-            funnels: 0,
-            runtime: Some(rt),
-            hooks_secret: Some(Arc::from(secret)),
-        },
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, stop, server) = start(AppState {
+        store: store.clone(),
+        funnels: 0,
+        runtime: Some(rt),
+        hooks_secret: Some(Arc::from(secret)),
+    })
+    .await;
     let client = reqwest::Client::new();
     let post = |body: &'static str, ts: i64, sig: String| {
         client

@@ -761,24 +761,12 @@ impl Store {
         let Some(l) = lead::Entity::find_by_id(lead.0).one(&self.db).await? else {
             return Ok(());
         };
-        suppression::Entity::insert(suppression::ActiveModel {
-            id: NotSet,
-            email: Set(l.email),
-            scope: Set("*".to_string()),
-            reason: Set(reason.to_string()),
-            created_at: Set(ms(now)),
-        })
-        .on_conflict(
-            OnConflict::columns([suppression::Column::Email, suppression::Column::Scope])
-                .do_nothing()
-                .to_owned(),
-        )
-        .exec_without_returning(&self.db)
-        .await?;
-        Ok(())
+        let email = crate::domain::Email::parse(&l.email)
+            .map_err(|e| StoreError::Corrupt(format!("lead {lead}: {e}")))?;
+        self.suppress_email(&email, reason, now).await
     }
 
-    /// Stops all mail to an address that has no lead (yet).
+    /// Stops all mail to an address, whether a lead has it or not (yet).
     pub async fn suppress_email(
         &self,
         email: &crate::domain::Email,
