@@ -36,23 +36,9 @@ fn tool(name: &str) -> anyhow::Result<String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<usize>().ok())
-    };
-    let connections = flag("--connections").unwrap_or(16);
-    let n: usize = args
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i == 0 || !args[i - 1].starts_with("--"))
-        .find_map(|(_, a)| a.parse().ok())
-        .unwrap_or(100_000);
+    let args = common::args();
+    let connections = common::flag(&args, "--connections").unwrap_or(16);
+    let n = common::count(&args).unwrap_or(100_000);
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

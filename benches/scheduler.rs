@@ -39,22 +39,9 @@ const CHUNK: usize = 1_000;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let rate: f64 = args
-        .iter()
-        .position(|a| a == "--rate")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(20_000.0);
-    let n: usize = args
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i == 0 || args[i - 1] != "--rate")
-        .find_map(|(_, a)| a.parse().ok())
-        .unwrap_or(1_000_000);
+    let args = common::args();
+    let rate: f64 = common::flag(&args, "--rate").unwrap_or(20_000.0);
+    let n = common::count(&args).unwrap_or(1_000_000);
     let pg = args.iter().find(|a| a.starts_with("postgres")).cloned();
     let dir = tempfile::tempdir()?;
     let url = pg

@@ -44,6 +44,7 @@ pub enum Outcome {
 }
 
 /// Where emails go.
+#[derive(Clone)]
 pub enum Transport {
     /// The embedded default: each email as `<send-key>.eml` in this folder.
     Folder(PathBuf),
@@ -83,14 +84,14 @@ impl Transport {
         let tasks: Vec<_> = emails
             .into_iter()
             .map(|(id, name, email)| {
-                let transport = self.clone_handle();
+                let transport = self.clone();
                 let (limit, accepted) = (limit.clone(), accepted.clone());
                 tokio::spawn(async move {
                     if let Some(l) = limit {
                         l.acquire().await;
                     }
                     let outcome = match transport {
-                        Handle::Folder(dir) => {
+                        Transport::Folder(dir) => {
                             let file = dir.join(format!("{name}.eml"));
                             match tokio::fs::write(&file, email.formatted()).await {
                                 Ok(()) => Outcome::Sent,
@@ -101,7 +102,9 @@ impl Transport {
                             }
                         }
                         // The pool's permits bound the connections in use.
-                        Handle::Smtp(pool) => pool.send(email.envelope(), &email.formatted()).await,
+                        Transport::Smtp(pool) => {
+                            pool.send(email.envelope(), &email.formatted()).await
+                        }
                     };
                     if outcome == Outcome::Sent {
                         let _ = accepted.send(id);
@@ -121,19 +124,6 @@ impl Transport {
         let _ = recorder.await;
         out
     }
-
-    fn clone_handle(&self) -> Handle {
-        match self {
-            Transport::Folder(d) => Handle::Folder(d.clone()),
-            Transport::Smtp(p) => Handle::Smtp(p.clone()),
-        }
-    }
-}
-
-/// A transport as a send task holds it.
-enum Handle {
-    Folder(PathBuf),
-    Smtp(Arc<smtp::Pool>),
 }
 
 /// When attempt `attempts` (1-based) failed transiently, the next one: exponential backoff with

@@ -349,11 +349,6 @@ impl Store {
         Ok(out)
     }
 
-    pub async fn lead(&self, id: LeadId) -> Result<Option<Lead>> {
-        let m = lead::Entity::find_by_id(id.0).one(&self.db).await?;
-        m.map(to_lead).transpose()
-    }
-
     pub async fn lead_by_email(&self, email: &Email) -> Result<Option<Lead>> {
         let m = lead::Entity::find()
             .filter(lead::Column::Email.eq(email.as_str()))
