@@ -283,15 +283,17 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         }
     };
     let runtime = std::sync::Arc::new(runtime);
+    let secret = settings.secret_bytes()?;
     let sender = std::sync::Arc::new(
         delivery::Sender::new(
             runtime.clone(),
             project,
             transport,
             &settings.base_url,
-            &settings.secret_bytes()?,
+            &secret,
         )
-        .with_rate(settings.send_rate),
+        .with_rate(settings.send_rate)
+        .with_tracking(settings.track_clicks, settings.track_opens),
     );
     let scheduler = {
         let (rt, done) = (runtime.clone(), until_stopped());
@@ -322,6 +324,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
                 .hooks_secret
                 .as_ref()
                 .map(|s| std::sync::Arc::from(s.as_bytes())),
+            secret: std::sync::Arc::from(secret.as_slice()),
         },
         until_stopped(),
     ));

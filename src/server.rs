@@ -6,15 +6,16 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hmac::{KeyInit, Mac};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::delivery::track;
 use crate::domain::Email;
 use crate::engine::Event;
 use crate::runtime::Runtime;
@@ -30,12 +31,16 @@ pub struct AppState {
     pub runtime: Option<Arc<Runtime>>,
     /// Key that signs delivery reports (`hooks_secret`); unset, that endpoint answers 404.
     pub hooks_secret: Option<Arc<[u8]>>,
+    /// Key that signs the links in emails (`secret`).
+    pub secret: Arc<[u8]>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/hooks/delivery", post(delivery_report))
+        .route("/r/{token}", get(click))
+        .route("/o/{token}", get(open))
         .with_state(state)
 }
 
@@ -142,6 +147,159 @@ async fn delivery_report(
             .into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "", &e),
     }
+}
+
+/// `GET /r/{token}`: a tracked link. Records a `click` event (the first per message and link;
+/// a `HEAD` from a link scanner records nothing) and redirects to the link's target, or, once
+/// the offer's deadline has passed, to the funnel's `expired_offer` page. A token that does not
+/// verify is refused: no address outside a sent message is ever a target.
+async fn click(
+    State(state): State<AppState>,
+    method: Method,
+    Path(token): Path<String>,
+) -> axum::response::Response {
+    let Some(click) = track::Click::verify(&state.secret, &token) else {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Link not valid",
+            "This link is damaged or was not made here.",
+        );
+    };
+    let now = chrono::Utc::now();
+    let origin = match state.store.message_origin(click.message).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot look up a clicked message");
+            None
+        }
+    };
+    if method != Method::HEAD
+        && let Some(o) = &origin
+    {
+        let e = Event {
+            template: o.template.clone(),
+            link: Some(click.link.clone()),
+            ..Event::named("click")
+        };
+        let key = format!("click:{}:{}", click.message, click.link);
+        record(&state, o.lead, e, key, now).await;
+    }
+    if click.expires.is_some_and(|d| now.timestamp() > d) {
+        let elsewhere = origin.as_ref().and_then(|o| {
+            let funnels = state.runtime.as_ref()?.funnels();
+            let f = funnels.get(o.funnel.as_deref()?)?;
+            f.funnel.expired_offer.as_ref().map(|u| u.value.clone())
+        });
+        return match elsewhere {
+            Some(url) => redirect(&url),
+            None => page(
+                StatusCode::GONE,
+                "This offer has ended",
+                "The offer this link was for has ended.",
+            ),
+        };
+    }
+    redirect(&click.url)
+}
+
+/// `GET /o/{token}.gif`: the open pixel. Records an `open` event (the first per message) and
+/// answers a transparent 1×1 GIF that is never cached.
+async fn open(
+    State(state): State<AppState>,
+    method: Method,
+    Path(token): Path<String>,
+) -> axum::response::Response {
+    let Some(message) = track::verify_open(&state.secret, &token) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if method != Method::HEAD {
+        match state.store.message_origin(message).await {
+            Ok(Some(o)) => {
+                let e = Event {
+                    template: o.template.clone(),
+                    ..Event::named("open")
+                };
+                record(
+                    &state,
+                    o.lead,
+                    e,
+                    format!("open:{message}"),
+                    chrono::Utc::now(),
+                )
+                .await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot look up an opened message"),
+        }
+    }
+    const GIF: &[u8] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;";
+    (
+        [
+            (header::CONTENT_TYPE, "image/gif"),
+            (
+                header::CACHE_CONTROL,
+                "no-store, no-cache, must-revalidate, max-age=0",
+            ),
+        ],
+        GIF,
+    )
+        .into_response()
+}
+
+/// Feeds a tracking event to the engine; a failure is logged, never shown to the reader.
+async fn record(
+    state: &AppState,
+    lead: crate::domain::LeadId,
+    e: Event,
+    key: String,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let result = match &state.runtime {
+        Some(rt) => rt
+            .event(lead, e, Some(key), now)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        None => {
+            let stored = crate::store::NewEvent {
+                lead: Some(lead),
+                kind: e.name.clone(),
+                payload: json!({ "template": e.template, "link": e.link }),
+                idempotency_key: Some(key),
+                occurred_at: now,
+            };
+            state
+                .store
+                .record_event(stored, now)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    if let Err(err) = result {
+        tracing::error!(error = %err, "cannot record a tracking event");
+    }
+}
+
+fn redirect(url: &str) -> axum::response::Response {
+    (
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, url),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+    )
+        .into_response()
+}
+
+/// A small HTML page for people who followed a link.
+fn page(status: StatusCode, title: &str, text: &str) -> axum::response::Response {
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:32em;margin:4em auto;padding:0 1em\"><h1>{title}</h1><p>{text}</p></body></html>"
+    );
+    (status, Html(body)).into_response()
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {

@@ -37,6 +37,10 @@ pub struct Settings {
     pub smtp_connections: usize,
     /// At most this many emails per second (unset: as fast as the transport takes them).
     pub send_rate: Option<f64>,
+    /// Links in emails become signed redirects that record clicks.
+    pub track_clicks: bool,
+    /// Emails carry a pixel that records opens.
+    pub track_opens: bool,
     /// Key that signs unsubscribe and confirmation links; unset, one is generated once and
     /// kept in `secret_file`.
     pub secret: Option<String>,
@@ -68,6 +72,8 @@ impl Default for Settings {
             smtp_url: None,
             smtp_connections: 4,
             send_rate: None,
+            track_clicks: true,
+            track_opens: true,
             secret: None,
             secret_file: "autofunnel.secret".into(),
             hooks_secret: None,
@@ -76,7 +82,7 @@ impl Default for Settings {
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 13] = [
+const ENV_KEYS: [&str; 15] = [
     "database_url",
     "listen",
     "base_url",
@@ -87,6 +93,8 @@ const ENV_KEYS: [&str; 13] = [
     "smtp_url",
     "smtp_connections",
     "send_rate",
+    "track_clicks",
+    "track_opens",
     "secret",
     "secret_file",
     "hooks_secret",

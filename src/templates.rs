@@ -1,6 +1,9 @@
-//! Email templates: `templates/<funnel>/<name>.subject`, `.html` and `.txt`, rendered with tera.
-//! Loading reports missing parts and syntax errors; rendering reports an undefined variable with
-//! the template file, line and column, so `check` can point at it.
+//! Email templates: `templates/<funnel>/<name>.subject`, `.html` (or `.mjml`) and an optional
+//! `.txt`, rendered with tera; files whose name starts with `_` are layouts and partials, in the
+//! funnel's folder or shared in `templates/` itself. Rendering turns MJML into HTML, inlines CSS
+//! for mail clients and derives the text part from the HTML when there is no `.txt`. Loading
+//! reports missing parts and syntax errors; rendering reports an undefined variable with the
+//! template file, line and column, so `check` can point at it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,18 +11,22 @@ use std::path::{Path, PathBuf};
 use crate::domain::TemplateName;
 use crate::funnel::diag::{Diagnostic, Pos, Severity};
 
-/// The three files of one email.
-pub const PARTS: [(&str, &str); 3] = [
+/// The files of one email: extension, what it is called in messages.
+pub const PARTS: [(&str, &str); 4] = [
     ("subject", "subject"),
     ("html", "HTML part"),
+    ("mjml", "MJML part"),
     ("txt", "text part"),
 ];
+
+/// Width of text parts derived from HTML.
+const TEXT_WIDTH: usize = 78;
 
 /// The email templates of one funnel folder, parsed.
 pub struct TemplateSet {
     dir: PathBuf,
     tera: tera::Tera,
-    /// Every template name with the parts found for it.
+    /// Every usable template name with the parts found for it.
     found: BTreeMap<String, Vec<&'static str>>,
     sources: BTreeMap<String, (PathBuf, String)>,
     /// Every part found on disk, parsed or not, by template name.
@@ -34,39 +41,64 @@ pub struct Rendered {
     pub text: String,
 }
 
+/// A file of the folder: (path, name without extension, extension).
+fn files_of(dir: &Path) -> Vec<(PathBuf, String, &'static str)> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect(),
+        Err(_) => return Vec::new(),
+    };
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|path| {
+            let file_name = path.file_name()?.to_str()?.to_string();
+            let (name, ext) = file_name.rsplit_once('.')?;
+            let part = PARTS.iter().map(|(e, _)| *e).find(|e| *e == ext)?;
+            Some((path.clone(), name.to_string(), part))
+        })
+        .collect()
+}
+
 impl TemplateSet {
-    /// Reads every template in `dir`; problems come back as diagnostics, and templates with
-    /// problems are left out of the set. A missing folder is an empty set.
+    /// Reads every template in `dir`, and the shared layouts beside it; problems come back as
+    /// diagnostics, and templates with problems are left out of the set. A missing folder is an
+    /// empty set.
     pub fn load(dir: &Path) -> (TemplateSet, Vec<Diagnostic>) {
         let mut diags = Vec::new();
+        let mut tera = tera::Tera::default();
+        tera.autoescape_on(vec![".html", ".mjml"]);
         let mut set = TemplateSet {
             dir: dir.to_path_buf(),
-            tera: tera::Tera::default(),
+            tera,
             found: BTreeMap::new(),
             sources: BTreeMap::new(),
             on_disk: Default::default(),
         };
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file())
-                .collect(),
-            Err(_) => return (set, diags),
-        };
-        files.sort();
-        for path in files {
-            let file_name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
-            let Some((name, ext)) = file_name.rsplit_once('.') else {
+        if !dir.is_dir() {
+            return (set, diags);
+        }
+        // Layouts: shared ones first, so the funnel's own of the same name win.
+        let mut layouts: BTreeMap<String, (PathBuf, String)> = BTreeMap::new();
+        let shared = dir.parent().map(files_of).unwrap_or_default();
+        for (path, name, ext) in shared.into_iter().chain(files_of(dir)) {
+            if name.starts_with('_') {
+                match read_text(&path) {
+                    Ok(source) => {
+                        layouts.insert(format!("{name}.{ext}"), (path, source));
+                    }
+                    Err(e) => diags.push(diag(&path, Pos::START, e)),
+                }
+            }
+        }
+        set.add_layouts(layouts, &mut diags);
+        for (path, name, part) in files_of(dir) {
+            if name.starts_with('_') {
                 continue;
-            };
-            let Some(part) = PARTS.iter().map(|(e, _)| *e).find(|e| *e == ext) else {
-                continue;
-            };
-            if let Err(e) = TemplateName::parse(name) {
+            }
+            if let Err(e) = TemplateName::parse(&name) {
                 diags.push(diag(
                     &path,
                     Pos::START,
@@ -74,7 +106,7 @@ impl TemplateSet {
                 ));
                 continue;
             }
-            set.on_disk.entry(name.to_string()).or_default().push(part);
+            set.on_disk.entry(name.clone()).or_default().push(part);
             let source = match read_text(&path) {
                 Ok(s) => s,
                 Err(e) => {
@@ -82,31 +114,128 @@ impl TemplateSet {
                     continue;
                 }
             };
-            let key = format!("{name}.{ext}");
-            // tera escapes HTML in templates whose name ends in .html, and nothing else.
-            if let Err(e) = set.tera.add_raw_template(&key, &source) {
-                let (pos, msg) = parse_error(&e);
-                diags.push(diag(&path, pos, format!("template syntax error: {msg}")));
+            let key = format!("{name}.{part}");
+            if let Err(msg) = set.add(&key, &path, source) {
+                diags.push(msg);
                 continue;
             }
-            set.sources.insert(key, (path.clone(), source));
-            set.found.entry(name.to_string()).or_default().push(part);
+            set.found.entry(name).or_default().push(part);
         }
         for (name, parts) in &set.on_disk {
-            for (ext, what) in PARTS.iter().filter(|(e, _)| !parts.contains(e)) {
+            let file = |ext: &str| dir.join(format!("{name}.{ext}"));
+            let at = file(parts[0]);
+            if !parts.contains(&"subject") {
                 diags.push(diag(
-                    &dir.join(format!("{name}.{}", parts[0])),
+                    &at,
                     Pos::START,
                     format!(
-                        "template \"{name}\" has no {what}: add {}",
-                        dir.join(format!("{name}.{ext}")).display()
+                        "template \"{name}\" has no subject: add {}",
+                        file("subject").display()
                     ),
                 ));
             }
+            match (parts.contains(&"html"), parts.contains(&"mjml")) {
+                (false, false) => diags.push(diag(
+                    &at,
+                    Pos::START,
+                    format!(
+                        "template \"{name}\" has no HTML part: add {} (or {})",
+                        file("html").display(),
+                        file("mjml").display()
+                    ),
+                )),
+                (true, true) => diags.push(diag(
+                    &file("mjml"),
+                    Pos::START,
+                    format!(
+                        "template \"{name}\" has both an HTML and an MJML part: keep one of {} and {}",
+                        file("html").display(),
+                        file("mjml").display()
+                    ),
+                )),
+                _ => {}
+            }
         }
-        // Usable: all parts present and parsed (a part that failed was reported where it failed).
-        set.found.retain(|_, parsed| parsed.len() == PARTS.len());
+        // Usable: a subject and one body, all parsed (a part that failed was reported where it
+        // failed, a missing one above).
+        let on_disk = &set.on_disk;
+        set.found.retain(|name, parsed| {
+            let all = &on_disk[name];
+            parsed.len() == all.len()
+                && parsed.contains(&"subject")
+                && (parsed.contains(&"html") != parsed.contains(&"mjml"))
+        });
         (set, diags)
+    }
+
+    /// Adds layouts parents first; one whose parent is missing or broken is reported.
+    fn add_layouts(
+        &mut self,
+        mut pending: BTreeMap<String, (PathBuf, String)>,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        loop {
+            let ready: Vec<String> = pending
+                .iter()
+                .filter(|(key, (_, source))| {
+                    match tera::Template::new(key, None, source).map(|t| t.parent) {
+                        Ok(Some(parent)) => !pending.contains_key(&parent),
+                        _ => true,
+                    }
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            if ready.is_empty() {
+                break;
+            }
+            for key in ready {
+                let (path, source) = pending.remove(&key).expect("listed");
+                if let Err(d) = self.add(&key, &path, source) {
+                    diags.push(d);
+                }
+            }
+        }
+        for (key, (path, _)) in pending {
+            diags.push(diag(
+                &path,
+                Pos::START,
+                format!("layout \"{key}\" extends itself through its parents"),
+            ));
+        }
+    }
+
+    /// Parses one file into tera, refusing it (and leaving tera as it was) when it does not
+    /// parse or extends a layout that is not loaded.
+    fn add(&mut self, key: &str, path: &Path, source: String) -> Result<(), Diagnostic> {
+        let parsed = tera::Template::new(key, None, &source).map_err(|e| {
+            let (pos, msg) = parse_error(&e);
+            diag(path, pos, format!("template syntax error: {msg}"))
+        })?;
+        if let Some(parent) = parsed.parent.as_deref()
+            && !self.sources.contains_key(parent)
+        {
+            let pos = source
+                .find(parent)
+                .map(|i| pos_of(&source, i))
+                .unwrap_or(Pos::START);
+            return Err(diag(
+                path,
+                pos,
+                format!(
+                    "extends \"{parent}\", which is not a layout here: put {parent} in {} or in {}",
+                    self.dir.display(),
+                    self.dir.parent().unwrap_or(&self.dir).display()
+                ),
+            ));
+        }
+        // Cannot fail now: it parsed and its parent is loaded.
+        self.tera.add_raw_template(key, &source).map_err(|e| {
+            let (pos, msg) = parse_error(&e);
+            diag(path, pos, format!("template error: {msg}"))
+        })?;
+        self.sources
+            .insert(key.to_string(), (path.to_path_buf(), source));
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -128,28 +257,81 @@ impl TemplateSet {
         self.found.contains_key(name)
     }
 
-    /// Renders all three parts; the first failing part is reported with its place.
+    /// Renders the subject, the HTML (from MJML if that is the body, else with its `<style>`
+    /// rules inlined) and the text (derived from the HTML when there is no `.txt`); the first
+    /// failing part is reported with its place.
     pub fn render(&self, name: &str, context: &tera::Context) -> Result<Rendered, Diagnostic> {
+        let parts = self.found.get(name).ok_or_else(|| {
+            diag(
+                &self.dir.join(name),
+                Pos::START,
+                format!("template \"{name}\" does not exist"),
+            )
+        })?;
         let part = |ext: &str| -> Result<String, Diagnostic> {
             let key = format!("{name}.{ext}");
-            let (path, source) = self.sources.get(&key).ok_or_else(|| {
-                diag(
-                    &self.dir.join(&key),
-                    Pos::START,
-                    format!("template \"{name}\" does not exist"),
-                )
-            })?;
+            let (path, source) = &self.sources[&key];
             self.tera.render(&key, context).map_err(|e| {
                 let (pos, msg) = render_error(&e, source);
                 diag(path, pos, msg)
             })
         };
+        let at = |ext: &str| self.dir.join(format!("{name}.{ext}"));
+        // MJML places its own styles; HTML written by hand gets its `<style>` rules inlined.
+        let html = if parts.contains(&"mjml") {
+            mjml_to_html(&part("mjml")?).map_err(|e| diag(&at("mjml"), Pos::START, e))?
+        } else {
+            let html = part("html")?;
+            if html.contains("<style") || html.contains("<STYLE") {
+                inline_css(&html).map_err(|e| diag(&at("html"), Pos::START, e))?
+            } else {
+                html
+            }
+        };
+        let text = if parts.contains(&"txt") {
+            part("txt")?
+        } else {
+            text_of(&html)
+        };
         Ok(Rendered {
             subject: part("subject")?.trim().to_string(),
-            html: part("html")?,
-            text: part("txt")?,
+            html,
+            text,
         })
     }
+}
+
+/// HTML from MJML markup.
+fn mjml_to_html(source: &str) -> Result<String, String> {
+    let parsed = mrml::parse(source).map_err(|e| format!("MJML: {e}"))?;
+    parsed
+        .element
+        .render(&mrml::prelude::render::RenderOptions::default())
+        .map_err(|e| format!("MJML: {e}"))
+}
+
+/// `<style>` rules moved into `style` attributes, as mail clients that drop `<head>` need;
+/// media queries stay in a `<style>` for the clients that read them.
+fn inline_css(html: &str) -> Result<String, String> {
+    css_inline::CSSInliner::options()
+        .load_remote_stylesheets(false)
+        .keep_at_rules(true)
+        .build()
+        .inline(html)
+        .map_err(|e| format!("cannot inline CSS: {e}"))
+}
+
+/// A plain-text rendering of an HTML part: paragraphs, lists and links kept (as numbered
+/// references).
+pub fn text_of(html: &str) -> String {
+    html2text::from_read(html.as_bytes(), TEXT_WIDTH).unwrap_or_default()
+}
+
+fn pos_of(source: &str, at: usize) -> Pos {
+    let before = &source[..at];
+    let line = before.matches('\n').count() as u32 + 1;
+    let col = before.rsplit('\n').next().unwrap_or("").chars().count() as u32 + 1;
+    Pos::new(line, col)
 }
 
 fn diag(path: &Path, pos: Pos, message: String) -> Diagnostic {
@@ -249,10 +431,7 @@ fn find_in_tags(source: &str, needle: &str) -> Option<Pos> {
             let tag = &rest[..close];
             if let Some(i) = find_word(tag, needle) {
                 let at = open + i;
-                let before = &source[..at];
-                let line = before.matches('\n').count() as u32 + 1;
-                let col = before.rsplit('\n').next().unwrap_or("").chars().count() as u32 + 1;
-                return Some(Pos::new(line, col));
+                return Some(pos_of(source, at));
             }
             offset = open + close;
         } else {
@@ -275,6 +454,31 @@ fn find_word(hay: &str, needle: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mjml_bodies_render_to_html_with_a_derived_text_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let funnel = dir.path().join("promo");
+        std::fs::create_dir(&funnel).unwrap();
+        std::fs::write(funnel.join("hi.subject"), "Hi {{ name }}").unwrap();
+        std::fs::write(
+            funnel.join("hi.mjml"),
+            "<mjml><mj-body><mj-section><mj-column><mj-text>Hello {{ name }}</mj-text>\
+             <mj-button href=\"https://example.com/go\">Go</mj-button></mj-column></mj-section></mj-body></mjml>",
+        )
+        .unwrap();
+        let (set, diags) = TemplateSet::load(&funnel);
+        assert!(diags.is_empty(), "{diags:?}");
+        let mut cx = tera::Context::new();
+        cx.insert("name", "<Ann>");
+        let r = set.render("hi", &cx).unwrap();
+        assert_eq!(r.subject, "Hi <Ann>");
+        assert!(r.html.starts_with("<!doctype html>"), "{}", r.html);
+        assert!(r.html.contains("Hello &lt;Ann&gt;"), "{}", r.html);
+        assert!(r.html.contains("href=\"https://example.com/go\""));
+        assert!(r.text.contains("Hello <Ann>"), "{}", r.text);
+        assert!(r.text.contains("https://example.com/go"), "{}", r.text);
+    }
 
     #[test]
     fn finds_variables_in_tags_only() {

@@ -35,6 +35,7 @@ async fn healthz_answers_ok_while_the_database_answers() {
         funnels: 2,
         runtime: None,
         hooks_secret: None,
+        secret: std::sync::Arc::from(&b"k"[..]),
     })
     .await;
     let resp = reqwest::get(format!("http://{addr}/healthz"))
@@ -90,6 +91,7 @@ async fn delivery_reports_are_verified_then_suppress() {
         funnels: 0,
         runtime: Some(rt),
         hooks_secret: Some(Arc::from(secret)),
+        secret: std::sync::Arc::from(&b"k"[..]),
     })
     .await;
     let client = reqwest::Client::new();

@@ -10,4 +10,5 @@ mod roundtrip;
 mod runtime;
 mod server;
 mod store;
+mod tracking;
 mod util;

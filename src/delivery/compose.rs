@@ -5,11 +5,11 @@ use std::time::SystemTime;
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use hmac::{KeyInit, Mac};
 use lettre::message::header::{self, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use serde_json::json;
 
+use super::track;
 use crate::domain::Lead;
 use crate::funnel::Funnel;
 use crate::store::Outgoing;
@@ -34,35 +34,27 @@ pub enum ComposeError {
 pub struct Links<'a> {
     /// Public address of the server (links in emails).
     pub base_url: &'a str,
-    /// Key that signs unsubscribe and confirmation tokens.
+    /// Key that signs unsubscribe, confirmation and tracking tokens.
     pub secret: &'a [u8],
+    /// Links become tracked redirects (`track_clicks`).
+    pub clicks: bool,
+    /// An open pixel is added (`track_opens`).
+    pub opens: bool,
 }
 
 /// A signed token naming a lead for a purpose (`u` unsubscribe, `c` confirm): a forged or
 /// altered one does not verify.
 pub fn token(secret: &[u8], purpose: &str, lead: i64) -> String {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    format!("{lead}.{}", b64.encode(&mac(secret, purpose, lead)[..16]))
+    let sig = track::sign(secret, purpose, lead.to_string().as_bytes());
+    format!("{lead}.{}", b64.encode(sig))
 }
 
 /// The lead a token names, if its signature holds.
 pub fn verify_token(secret: &[u8], purpose: &str, token: &str) -> Option<i64> {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let (lead, sig) = token.split_once('.')?;
-    let lead: i64 = lead.parse().ok()?;
-    let sig = b64.decode(sig).ok()?;
-    let want = mac(secret, purpose, lead);
-    (sig.len() == 16 && constant_eq(&sig, &want[..16])).then_some(lead)
-}
-
-fn mac(secret: &[u8], purpose: &str, lead: i64) -> Vec<u8> {
-    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
-    m.update(format!("{purpose}:{lead}").as_bytes());
-    m.finalize().into_bytes().to_vec()
-}
-
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let id: i64 = lead.parse().ok()?;
+    track::verify(secret, purpose, lead.as_bytes(), sig).then_some(id)
 }
 
 #[derive(Clone)]
@@ -181,9 +173,23 @@ pub fn compose(
     let from = f.from.as_ref().ok_or(ComposeError::NoSender)?;
     let template = row.template.as_deref().unwrap_or_default();
     let cx = context(f, row.stage.as_deref(), lead, deadline, links, now);
-    let r = templates
+    let mut r = templates
         .render(template, &cx)
         .map_err(|d| ComposeError::Render(d.to_string()))?;
+    let tracker = track::Tracker {
+        base: links.base_url.trim_end_matches('/'),
+        secret: links.secret,
+        message: row.id,
+        expires: deadline.map(|d| d.timestamp()),
+    };
+    if links.clicks {
+        let (html, tracked) = tracker.links(&r.html);
+        r.text = tracker.text(&r.text, &tracked);
+        r.html = html;
+    }
+    if links.opens {
+        r.html = tracker.pixel(&r.html);
+    }
     let addr = |e: &str| {
         e.parse::<lettre::Address>()
             .map_err(|err| ComposeError::Address(format!("{e}: {err}")))

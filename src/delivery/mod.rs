@@ -7,6 +7,7 @@
 pub mod compose;
 pub mod rate;
 pub mod smtp;
+pub mod track;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -142,6 +143,8 @@ pub struct Sender {
     transport: Transport,
     base_url: String,
     secret: Vec<u8>,
+    /// Tracked links and the open pixel (`track_clicks`, `track_opens`).
+    track: (bool, bool),
     limit: Option<Arc<rate::RateLimit>>,
 }
 
@@ -167,8 +170,15 @@ impl Sender {
             transport,
             base_url: base_url.to_string(),
             secret: secret.to_vec(),
+            track: (true, true),
             limit: None,
         }
+    }
+
+    /// Whether links become tracked redirects and an open pixel is added (both by default).
+    pub fn with_tracking(mut self, clicks: bool, opens: bool) -> Sender {
+        self.track = (clicks, opens);
+        self
     }
 
     /// Sends at most `per_second` messages per second (`send_rate`).
@@ -292,6 +302,8 @@ impl Sender {
         let links = compose::Links {
             base_url: &self.base_url,
             secret: &self.secret,
+            clicks: self.track.0,
+            opens: self.track.1,
         };
         compose::compose(m, f, t, lead, deadline, &links, now)
             .map_err(|e| Outcome::Broken(e.to_string()))

@@ -29,6 +29,8 @@ pub struct Funnel {
     pub name: String,
     pub from: Option<Mailbox>,
     pub reply_to: Option<Mailbox>,
+    /// Where links of an offer lead once its deadline has passed (else a built-in page).
+    pub expired_offer: Option<Located<String>>,
     /// The zone used for leads that have none.
     pub timezone: Tz,
     pub send_window: Option<Located<Cron>>,

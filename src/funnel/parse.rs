@@ -65,6 +65,22 @@ pub fn parse_funnel(file: &Path, root: &Node, sink: &mut Sink) -> Option<Funnel>
     let _ = m.get("description").and_then(|n| string(sink, n));
     let from = m.get("from").and_then(|n| mailbox(sink, n));
     let reply_to = m.get("reply_to").and_then(|n| mailbox(sink, n));
+    let expired_offer = m.get("expired_offer").and_then(|n| {
+        let url = string(sink, n)?;
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || url.contains(char::is_whitespace)
+        {
+            sink.error(
+                n.pos,
+                format!("expired_offer: \"{url}\" is not an http(s) address"),
+            );
+            return None;
+        }
+        Some(Located {
+            pos: n.pos,
+            value: url.to_string(),
+        })
+    });
     let timezone = match m.get("timezone") {
         Some(n) => string(sink, n)
             .and_then(|s| parse_timezone(s).map_err(|e| sink.error(n.pos, e)).ok())
@@ -129,6 +145,7 @@ pub fn parse_funnel(file: &Path, root: &Node, sink: &mut Sink) -> Option<Funnel>
         id,
         from,
         reply_to,
+        expired_offer,
         timezone,
         send_window,
         frequency_cap,
@@ -153,6 +170,7 @@ const TOP_KEYS: &[&str] = &[
     "description",
     "from",
     "reply_to",
+    "expired_offer",
     "timezone",
     "send_window",
     "frequency_cap",

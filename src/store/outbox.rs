@@ -28,6 +28,14 @@ pub struct Outgoing {
     pub created_at: DateTime<Utc>,
 }
 
+/// Where a message came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageOrigin {
+    pub lead: LeadId,
+    pub funnel: Option<String>,
+    pub template: Option<String>,
+}
+
 impl Store {
     /// Leases up to `limit` emails due for an attempt, oldest due first. A message whose
     /// sender died mid-attempt (`sending` with a lapsed lease) is attempted again.
@@ -127,6 +135,19 @@ impl Store {
         }
         u.filter(message::Column::Id.eq(id)).exec(&self.db).await?;
         Ok(())
+    }
+
+    /// The lead, funnel and template of a message, for its tracked links and pixel; `None` once
+    /// the message (or its lead) is gone.
+    pub async fn message_origin(&self, id: i64) -> Result<Option<MessageOrigin>> {
+        Ok(message::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .map(|m| MessageOrigin {
+                lead: LeadId(m.lead_id),
+                funnel: m.funnel_id,
+                template: m.template,
+            }))
     }
 
     /// The stage deadlines of these messages' enrollments, as they stand now.

@@ -1,0 +1,341 @@
+//! Click and open tracking: every http(s) link of an email becomes a signed redirect
+//! (`/r/<token>`) that names the message, the link and its target, and an open pixel
+//! (`/o/<token>`) names the message. The target is inside the signed token, so only addresses
+//! that were in a message are ever redirect targets, and a tampered or foreign token is refused.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use base64::Engine as _;
+use hmac::{KeyInit, Mac};
+use regex::Regex;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The first 16 bytes of HMAC-SHA256 over `"{purpose}:{data}"`.
+pub fn sign(secret: &[u8], purpose: &str, data: &[u8]) -> [u8; 16] {
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
+    m.update(purpose.as_bytes());
+    m.update(b":");
+    m.update(data);
+    let full = m.finalize().into_bytes();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
+/// Whether `sig` is the signature of `data`, compared in constant time.
+pub fn verify(secret: &[u8], purpose: &str, data: &[u8], sig: &str) -> bool {
+    let Ok(sig) = B64.decode(sig) else {
+        return false;
+    };
+    let want = sign(secret, purpose, data);
+    sig.len() == want.len() && sig.iter().zip(want).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A tracked link as its token carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Click {
+    /// The outbox row of the email the link was in.
+    pub message: i64,
+    /// The link's name: its `data-link` attribute, else its host and path.
+    pub link: String,
+    /// Where it leads.
+    pub url: String,
+    /// Unix seconds after which the link leads to the funnel's expired-offer page.
+    pub expires: Option<i64>,
+}
+
+impl Click {
+    /// The signed token of this link.
+    pub fn token(&self, secret: &[u8]) -> String {
+        let expires = self.expires.map(|e| e.to_string()).unwrap_or_default();
+        let payload = format!("{}\n{expires}\n{}\n{}", self.message, self.link, self.url);
+        let sig = sign(secret, "r", payload.as_bytes());
+        format!("{}.{}", B64.encode(payload), B64.encode(sig))
+    }
+
+    /// The link a token names, if its signature holds.
+    pub fn verify(secret: &[u8], token: &str) -> Option<Click> {
+        let (payload, sig) = token.split_once('.')?;
+        let payload = B64.decode(payload).ok()?;
+        if !verify(secret, "r", &payload, sig) {
+            return None;
+        }
+        let payload = String::from_utf8(payload).ok()?;
+        let mut parts = payload.splitn(4, '\n');
+        let message = parts.next()?.parse().ok()?;
+        let expires = match parts.next()? {
+            "" => None,
+            e => Some(e.parse().ok()?),
+        };
+        Some(Click {
+            message,
+            expires,
+            link: parts.next()?.to_string(),
+            url: parts.next()?.to_string(),
+        })
+    }
+}
+
+/// The open pixel's token for a message.
+pub fn open_token(secret: &[u8], message: i64) -> String {
+    let sig = sign(secret, "o", message.to_string().as_bytes());
+    format!("{message}.{}", B64.encode(sig))
+}
+
+/// The message an open token names, if its signature holds.
+pub fn verify_open(secret: &[u8], token: &str) -> Option<i64> {
+    let token = token.strip_suffix(".gif").unwrap_or(token);
+    let (message, sig) = token.split_once('.')?;
+    verify(secret, "o", message.as_bytes(), sig).then(|| message.parse().ok())?
+}
+
+/// How one email is tracked.
+pub struct Tracker<'a> {
+    /// Public address of the server, without a trailing slash.
+    pub base: &'a str,
+    pub secret: &'a [u8],
+    pub message: i64,
+    /// The offer's deadline (Unix seconds) when the email is sent from a stage with one.
+    pub expires: Option<i64>,
+}
+
+static ANCHOR: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?is)<a\b[^>]*>").expect("regex"));
+static ATTR: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?is)\s([a-z][a-z0-9_:-]*)\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+)"#).expect("regex")
+});
+static TEXT_URL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#"https?://[^\s<>"'\]\)]+"#).expect("regex"));
+
+impl Tracker<'_> {
+    /// Rewrites every http(s) link of `html` that does not already point at this server into a
+    /// tracked redirect; `data-link="name"` names a link, `data-track="off"` leaves it alone,
+    /// `data-expires="never"` keeps it working after the offer's deadline. Returns the new HTML
+    /// and each original address with its tracked one.
+    pub fn links(&self, html: &str) -> (String, HashMap<String, String>) {
+        let mut map = HashMap::new();
+        let out = ANCHOR.replace_all(html, |c: &regex::Captures<'_>| {
+            let tag = &c[0];
+            let mut href = None;
+            let (mut name, mut track, mut expires) = (None, true, true);
+            for a in ATTR.captures_iter(tag) {
+                let value = unquote(a.get(2).map_or("", |m| m.as_str()));
+                match a[1].to_ascii_lowercase().as_str() {
+                    "href" => href = Some((a.get(0).map_or(0..0, |m| m.range()), value)),
+                    "data-link" => name = Some(value),
+                    "data-track" => track = !value.eq_ignore_ascii_case("off"),
+                    "data-expires" => expires = !value.eq_ignore_ascii_case("never"),
+                    _ => {}
+                }
+            }
+            let Some((range, url)) = href else {
+                return tag.to_string();
+            };
+            let lower = url.to_ascii_lowercase();
+            if !track
+                || !(lower.starts_with("http://") || lower.starts_with("https://"))
+                || url.starts_with(self.base)
+            {
+                return strip_ours(tag);
+            }
+            let click = Click {
+                message: self.message,
+                link: name.unwrap_or_else(|| default_name(&url)),
+                url: url.clone(),
+                expires: self.expires.filter(|_| expires),
+            };
+            let tracked = format!("{}/r/{}", self.base, click.token(self.secret));
+            let rewritten = format!(
+                "{} href=\"{}\"{}",
+                &tag[..range.start],
+                escape_attr(&tracked),
+                &tag[range.end..]
+            );
+            map.insert(url, tracked);
+            strip_ours(&rewritten)
+        });
+        (out.into_owned(), map)
+    }
+
+    /// The text part with each address that was tracked in the HTML part replaced by its
+    /// tracked one.
+    pub fn text(&self, text: &str, tracked: &HashMap<String, String>) -> String {
+        if tracked.is_empty() {
+            return text.to_string();
+        }
+        TEXT_URL
+            .replace_all(text, |c: &regex::Captures<'_>| {
+                let found = &c[0];
+                let url = found.trim_end_matches(['.', ',', ';', ':', '!', '?']);
+                match tracked.get(url) {
+                    Some(t) => format!("{t}{}", &found[url.len()..]),
+                    None => found.to_string(),
+                }
+            })
+            .into_owned()
+    }
+
+    /// The HTML with the open pixel just before `</body>` (or at the end).
+    pub fn pixel(&self, html: &str) -> String {
+        let img = format!(
+            "<img src=\"{}/o/{}.gif\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px\">",
+            self.base,
+            open_token(self.secret, self.message)
+        );
+        let at = html
+            .to_ascii_lowercase()
+            .rfind("</body>")
+            .unwrap_or(html.len());
+        format!("{}{img}{}", &html[..at], &html[at..])
+    }
+}
+
+/// The tag without the attributes that only steer tracking.
+fn strip_ours(tag: &str) -> String {
+    let mut out = String::with_capacity(tag.len());
+    let mut last = 0;
+    for a in ATTR.captures_iter(tag) {
+        let name = a[1].to_ascii_lowercase();
+        if ["data-link", "data-track", "data-expires"].contains(&name.as_str()) {
+            let m = a.get(0).expect("whole match");
+            out.push_str(&tag[last..m.start()]);
+            last = m.end();
+        }
+    }
+    out.push_str(&tag[last..]);
+    out
+}
+
+/// `example.com/webinar` for `https://www.example.com/webinar/?utm=x`.
+fn default_name(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+    let rest = rest.strip_prefix("www.").unwrap_or(rest);
+    rest.trim_end_matches('/').replace('\n', "").to_string()
+}
+
+/// An attribute value without its quotes and with HTML character references decoded.
+fn unquote(v: &str) -> String {
+    let v = v
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+        .unwrap_or(v);
+    let mut out = String::with_capacity(v.len());
+    let mut rest = v;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let decoded = rest.find(';').filter(|&end| end <= 10).and_then(|end| {
+            let entity = &rest[1..end];
+            let c = match entity {
+                "amp" => Some('&'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" => Some('\''),
+                _ => entity
+                    .strip_prefix("#x")
+                    .or_else(|| entity.strip_prefix("#X"))
+                    .map(|h| u32::from_str_radix(h, 16))
+                    .or_else(|| entity.strip_prefix('#').map(str::parse::<u32>))
+                    .and_then(|n| n.ok())
+                    .and_then(char::from_u32),
+            }?;
+            Some((c, end))
+        });
+        match decoded {
+            Some((c, end)) => {
+                out.push(c);
+                rest = &rest[end + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn escape_attr(v: &str) -> String {
+    v.replace('&', "&amp;").replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker(expires: Option<i64>) -> Tracker<'static> {
+        Tracker {
+            base: "https://mail.example.com",
+            secret: b"key",
+            message: 7,
+            expires,
+        }
+    }
+
+    #[test]
+    fn links_become_signed_redirects_to_their_own_target() {
+        let html = r#"<p><a href="https://shop.example.com/buy?a=1&amp;b=2" data-link="buy" class="btn">Buy</a>
+<a href='https://www.example.com/blog/' data-expires="never">Blog</a>
+<a href="mailto:hi@example.com">Mail</a> <a href="https://mail.example.com/u/1.x">Unsubscribe</a>
+<a data-track="off" href="https://example.com/raw">Raw</a></p>"#;
+        let t = tracker(Some(1_900_000_000));
+        let (out, map) = t.links(html);
+        assert_eq!(map.len(), 2, "{out}");
+        assert!(!out.contains("data-link") && !out.contains("data-track"));
+        assert!(out.contains(r#"class="btn""#));
+        assert!(out.contains(r#"href="mailto:hi@example.com""#));
+        assert!(out.contains(r#"href="https://mail.example.com/u/1.x""#));
+        assert!(out.contains(r#"href="https://example.com/raw""#));
+        let buy = &map["https://shop.example.com/buy?a=1&b=2"];
+        let token = buy.strip_prefix("https://mail.example.com/r/").unwrap();
+        let click = Click::verify(b"key", token).unwrap();
+        assert_eq!(
+            click,
+            Click {
+                message: 7,
+                link: "buy".into(),
+                url: "https://shop.example.com/buy?a=1&b=2".into(),
+                expires: Some(1_900_000_000),
+            }
+        );
+        let blog = &map["https://www.example.com/blog/"];
+        let click = Click::verify(b"key", blog.rsplit('/').next().unwrap()).unwrap();
+        assert_eq!(
+            (click.link.as_str(), click.expires),
+            ("example.com/blog", None)
+        );
+        // Another key, or one changed byte, and the token is refused.
+        assert_eq!(Click::verify(b"other", token), None);
+        let mut forged = token.to_string();
+        forged.replace_range(3..4, if &token[3..4] == "A" { "B" } else { "A" });
+        assert_eq!(Click::verify(b"key", &forged), None);
+    }
+
+    #[test]
+    fn text_links_follow_the_html_ones_and_the_pixel_goes_before_body_end() {
+        let t = tracker(None);
+        let (html, map) = t.links(r#"<body><a href="https://example.com/a">A</a></body>"#);
+        let text = t.text(
+            "Go: https://example.com/a. Or https://example.com/ab (other).",
+            &map,
+        );
+        assert!(text.starts_with("Go: https://mail.example.com/r/"));
+        assert!(text.contains(". Or https://example.com/ab (other)."));
+        let with_pixel = t.pixel(&html);
+        assert!(with_pixel.ends_with(".gif\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px\"></body>"));
+        let token = with_pixel
+            .split("/o/")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert_eq!(verify_open(b"key", token), Some(7));
+        assert_eq!(verify_open(b"key", "8.AAAA"), None);
+    }
+}
