@@ -268,8 +268,15 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     .await?;
     let transport = match &settings.smtp_url {
         Some(url) => {
-            let target = delivery::smtp::Target::parse(url)
+            let mut target = delivery::smtp::Target::parse(url)
                 .map_err(|e| anyhow::anyhow!("bad `smtp_url`: {e}"))?;
+            if let Some(file) = &settings.smtp_ca_file {
+                let pem = std::fs::read(file)
+                    .with_context(|| format!("cannot read `smtp_ca_file` {}", file.display()))?;
+                target = target
+                    .with_ca(pem)
+                    .map_err(|e| anyhow::anyhow!("`smtp_ca_file` {}: {e}", file.display()))?;
+            }
             delivery::Transport::smtp(target, settings.smtp_connections)
         }
         None => delivery::Transport::Folder(settings.outbox_dir.clone()),
@@ -293,7 +300,8 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
             &secret,
         )
         .with_rate(settings.send_rate)
-        .with_tracking(settings.track_clicks, settings.track_opens),
+        .with_tracking(settings.track_clicks, settings.track_opens)
+        .with_dkim(dkim_of(&settings)?),
     );
     let scheduler = {
         let (rt, done) = (runtime.clone(), until_stopped());
@@ -350,6 +358,22 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// On SIGHUP, or when a file under the funnels or templates folder changed, the project is
 /// checked again; its funnels replace the running ones only if they pass.
 #[cfg(unix)]
+/// The DKIM signer the settings ask for: all of `dkim_selector`, `dkim_domain` and
+/// `dkim_key_file`, or none.
+fn dkim_of(s: &Settings) -> anyhow::Result<Option<lettre::message::dkim::DkimConfig>> {
+    match (&s.dkim_selector, &s.dkim_domain, &s.dkim_key_file) {
+        (None, None, None) => Ok(None),
+        (Some(selector), Some(domain), Some(file)) => {
+            let key = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read `dkim_key_file` {}", file.display()))?;
+            delivery::dkim(selector, domain, &key)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("`dkim_key_file` {}: {e}", file.display()))
+        }
+        _ => anyhow::bail!("DKIM needs all of `dkim_selector`, `dkim_domain` and `dkim_key_file`"),
+    }
+}
+
 async fn reload_on_sighup(
     mut hup: tokio::signal::unix::Signal,
     mut seen: u64,

@@ -33,6 +33,14 @@ pub struct Settings {
     /// `smtp://host:port` (plain, for a relay on localhost) or
     /// `smtp+starttls://user:pass@host:587`; unset, emails go to `outbox_dir` as `.eml` files.
     pub smtp_url: Option<String>,
+    /// Certificates (PEM) to trust besides the public roots, for a relay with its own CA.
+    pub smtp_ca_file: Option<PathBuf>,
+    /// DKIM: the selector (`<selector>._domainkey.<domain>` holds the public key), the signing
+    /// domain, and the private key file (RSA PKCS#1 PEM, or a base64 Ed25519 key). All three
+    /// or none.
+    pub dkim_selector: Option<String>,
+    pub dkim_domain: Option<String>,
+    pub dkim_key_file: Option<PathBuf>,
     /// SMTP connections kept open and used at once.
     pub smtp_connections: usize,
     /// At most this many emails per second (unset: as fast as the transport takes them).
@@ -70,6 +78,10 @@ impl Default for Settings {
             from: None,
             webhooks: BTreeMap::new(),
             smtp_url: None,
+            smtp_ca_file: None,
+            dkim_selector: None,
+            dkim_domain: None,
+            dkim_key_file: None,
             smtp_connections: 4,
             send_rate: None,
             track_clicks: true,
@@ -82,7 +94,7 @@ impl Default for Settings {
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 15] = [
+const ENV_KEYS: [&str; 19] = [
     "database_url",
     "listen",
     "base_url",
@@ -91,6 +103,10 @@ const ENV_KEYS: [&str; 15] = [
     "outbox_dir",
     "from",
     "smtp_url",
+    "smtp_ca_file",
+    "dkim_selector",
+    "dkim_domain",
+    "dkim_key_file",
     "smtp_connections",
     "send_rate",
     "track_clicks",
@@ -134,6 +150,14 @@ impl Settings {
         ] {
             if dir.is_relative() {
                 *dir = join_clean(base, dir);
+            }
+        }
+        for file in [&mut s.smtp_ca_file, &mut s.dkim_key_file]
+            .into_iter()
+            .flatten()
+        {
+            if file.is_relative() {
+                *file = join_clean(base, file);
             }
         }
         s.database_url = sqlite_relative_to(&s.database_url, base);

@@ -24,9 +24,41 @@ struct Received {
     data: String,
 }
 
+/// How the test server secures its connections.
+#[derive(Clone)]
+enum Security {
+    None,
+    /// Offers STARTTLS and takes mail only after it.
+    StartTls(tokio_rustls::TlsAcceptor),
+    /// TLS from the first byte.
+    Implicit(tokio_rustls::TlsAcceptor),
+}
+
+/// A server certificate for `localhost` and the PEM text a client needs to trust it.
+fn certificate() -> (tokio_rustls::TlsAcceptor, Vec<u8>) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    (
+        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        cert.cert.pem().into_bytes(),
+    )
+}
+
 /// A small SMTP server: `bounce*` recipients get 550, `later*` get 451 the first time, and
 /// `hangup*` recipients have the connection dropped after DATA.
 async fn smtp_server() -> (u16, Arc<Mutex<Vec<Received>>>) {
+    smtp_server_with(Security::None).await
+}
+
+async fn smtp_server_with(tls: Security) -> (u16, Arc<Mutex<Vec<Received>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
@@ -37,66 +69,110 @@ async fn smtp_server() -> (u16, Arc<Mutex<Vec<Received>>>) {
             let Ok((sock, _)) = listener.accept().await else {
                 return;
             };
-            let (got, deferred) = (keep.clone(), deferred.clone());
+            let (got, deferred, tls) = (keep.clone(), deferred.clone(), tls.clone());
             tokio::spawn(async move {
-                let (r, mut w) = sock.into_split();
-                let mut lines = BufReader::new(r).lines();
-                w.write_all(b"220 test ESMTP\r\n").await.unwrap();
-                let mut rcpt = String::new();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let upper = line.to_ascii_uppercase();
-                    let reply: &[u8] = if upper.starts_with("EHLO") {
-                        b"250-test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
-                    } else if upper.starts_with("MAIL FROM") || upper.starts_with("RSET") {
-                        b"250 OK\r\n"
-                    } else if upper.starts_with("RCPT TO") {
-                        rcpt = line[8..].trim().trim_matches(['<', '>']).to_string();
-                        let who = rcpt.clone();
-                        if who.starts_with("bounce") {
-                            b"550 5.1.1 no such user\r\n"
-                        } else if who.starts_with("later")
-                            && !deferred.lock().unwrap().contains(&who)
-                        {
-                            deferred.lock().unwrap().push(who);
-                            b"451 4.7.1 try again later\r\n"
-                        } else {
-                            b"250 OK\r\n"
+                match tls {
+                    Security::None => session(sock, true, got, deferred).await,
+                    Security::Implicit(acceptor) => {
+                        if let Ok(s) = acceptor.accept(sock).await {
+                            session(s, true, got, deferred).await
                         }
-                    } else if upper == "DATA" {
-                        w.write_all(b"354 go on\r\n").await.unwrap();
-                        let mut data = String::new();
-                        let mut complete = false;
-                        while let Ok(Some(l)) = lines.next_line().await {
-                            if l == "." {
-                                complete = true;
+                    }
+                    Security::StartTls(acceptor) => {
+                        let mut lines = BufReader::new(sock);
+                        lines
+                            .get_mut()
+                            .write_all(b"220 test ESMTP\r\n")
+                            .await
+                            .unwrap();
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let reply: &[u8] = match line.trim().to_ascii_uppercase().as_str() {
+                                l if l.starts_with("EHLO") => b"250-test\r\n250 STARTTLS\r\n",
+                                "STARTTLS" => b"220 go ahead\r\n",
+                                _ => b"530 5.7.0 must issue STARTTLS first\r\n",
+                            };
+                            lines.get_mut().write_all(reply).await.unwrap();
+                            if reply.starts_with(b"220") {
                                 break;
                             }
-                            data.push_str(&l);
-                            data.push('\n');
                         }
-                        // A message cut off before its final dot was never accepted.
-                        if !complete || rcpt.starts_with("hangup") {
-                            return;
+                        if let Ok(s) = acceptor.accept(lines.into_inner()).await {
+                            session(s, false, got, deferred).await
                         }
-                        got.lock().unwrap().push(Received {
-                            rcpt: rcpt.clone(),
-                            data,
-                        });
-                        b"250 queued\r\n"
-                    } else if upper == "QUIT" {
-                        let _ = w.write_all(b"221 bye\r\n").await;
-                        return;
-                    } else {
-                        b"500 what\r\n"
-                    };
-                    if w.write_all(reply).await.is_err() {
-                        return;
                     }
                 }
             });
         }
     });
     (port, got)
+}
+
+/// One SMTP conversation after any TLS handshake.
+async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    sock: S,
+    greet: bool,
+    got: Arc<Mutex<Vec<Received>>>,
+    deferred: Arc<Mutex<Vec<String>>>,
+) {
+    let (r, mut w) = tokio::io::split(sock);
+    let mut lines = BufReader::new(r).lines();
+    if greet {
+        w.write_all(b"220 test ESMTP\r\n").await.unwrap();
+    }
+    let mut rcpt = String::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let upper = line.to_ascii_uppercase();
+        let reply: &[u8] = if upper.starts_with("EHLO") {
+            b"250-test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
+        } else if upper.starts_with("MAIL FROM") || upper.starts_with("RSET") {
+            b"250 OK\r\n"
+        } else if upper.starts_with("RCPT TO") {
+            rcpt = line[8..].trim().trim_matches(['<', '>']).to_string();
+            let who = rcpt.clone();
+            if who.starts_with("bounce") {
+                b"550 5.1.1 no such user\r\n"
+            } else if who.starts_with("later") && !deferred.lock().unwrap().contains(&who) {
+                deferred.lock().unwrap().push(who);
+                b"451 4.7.1 try again later\r\n"
+            } else {
+                b"250 OK\r\n"
+            }
+        } else if upper == "DATA" {
+            w.write_all(b"354 go on\r\n").await.unwrap();
+            let mut data = String::new();
+            let mut complete = false;
+            while let Ok(Some(l)) = lines.next_line().await {
+                if l == "." {
+                    complete = true;
+                    break;
+                }
+                data.push_str(&l);
+                data.push('\n');
+            }
+            // A message cut off before its final dot was never accepted.
+            if !complete || rcpt.starts_with("hangup") {
+                return;
+            }
+            got.lock().unwrap().push(Received {
+                rcpt: rcpt.clone(),
+                data,
+            });
+            b"250 queued\r\n"
+        } else if upper == "QUIT" {
+            let _ = w.write_all(b"221 bye\r\n").await;
+            return;
+        } else {
+            b"500 what\r\n"
+        };
+        if w.write_all(reply).await.is_err() {
+            return;
+        }
+    }
 }
 
 fn t0() -> DateTime<Utc> {
@@ -251,7 +327,10 @@ async fn the_default_transport_writes_eml_files(store: Store) {
         Transport::Folder(dir.path().to_path_buf()),
         "http://127.0.0.1:8080",
         b"k",
-    );
+    )
+    .with_dkim(Some(
+        autofunnel::delivery::dkim("mail2026", "example.ru", &base64_key()).unwrap(),
+    ));
     assert_eq!(sender.round(t0()).await.unwrap().sent, 1);
     let files: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -261,7 +340,32 @@ async fn the_default_transport_writes_eml_files(store: Store) {
     assert!(files[0].extension().is_some_and(|e| e == "eml"));
     let text = std::fs::read_to_string(&files[0]).unwrap();
     assert!(text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+    // Signed with the configured key: Ed25519, the selector and domain given, From covered.
+    let unfolded = text.replace("\r\n ", " ").replace("\r\n\t", " ");
+    let dkim = unfolded
+        .split("\r\n")
+        .find(|l| l.starts_with("DKIM-Signature:"))
+        .unwrap_or_else(|| panic!("no DKIM-Signature in {text}"));
+    assert!(dkim.contains("a=ed25519-sha256;"), "{dkim}");
+    assert!(dkim.contains("d=example.ru;"), "{dkim}");
+    assert!(dkim.contains("s=mail2026;"), "{dkim}");
+    assert!(dkim.contains("h=From:"), "{dkim}");
     assert_eq!(statuses(&store).await, [("sent".to_string(), 1)]);
+}
+
+/// A fixed Ed25519 DKIM key, as the base64 text a key file holds.
+fn base64_key() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+}
+
+#[test]
+fn dkim_keys_are_checked() {
+    let bad = autofunnel::delivery::dkim("s", "example.com", "not a key").unwrap_err();
+    assert!(bad.contains("bad DKIM key"), "{bad}");
+    let pkcs8 = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----";
+    let bad = autofunnel::delivery::dkim("s", "example.com", pkcs8).unwrap_err();
+    assert!(bad.contains("PKCS#1"), "{bad}");
 }
 
 /// A sender killed mid-drain (its runtime torn down with sends in flight) loses nothing; the
@@ -355,6 +459,57 @@ async fn a_crashed_sender_loses_nothing_and_repeats_only_what_was_in_flight() {
         "{repeated} messages sent twice, but only {unrecorded} were in flight"
     );
     assert_eq!(statuses(&store).await, [("sent".to_string(), N as i64)]);
+}
+
+/// STARTTLS and implicit TLS against a server whose certificate the settings trust: the
+/// message arrives over TLS only (the STARTTLS server refuses mail before the upgrade), and an
+/// untrusted certificate is a transient failure, not a send in the clear.
+#[tokio::test]
+async fn smtp_over_starttls_and_implicit_tls() {
+    let (acceptor, ca) = certificate();
+    for (scheme, tls) in [
+        ("smtp+starttls", Security::StartTls(acceptor.clone())),
+        ("smtps", Security::Implicit(acceptor.clone())),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/tls.db", dir.path().display());
+        let store = Store::connect(&url).await.unwrap();
+        let (rt, p, _) = setup(&store, &[("anna@example.com", "Anna")]).await;
+        let (port, got) = smtp_server_with(tls).await;
+        let url = format!("{scheme}://localhost:{port}");
+        // Without the CA the certificate is not trusted and nothing is sent.
+        let untrusted = Sender::new(
+            rt.clone(),
+            p.clone(),
+            Transport::smtp(smtp::Target::parse(&url).unwrap(), 1),
+            "https://go.example.com",
+            b"test secret",
+        );
+        let tally = untrusted.round(t0()).await.unwrap();
+        assert_eq!((tally.sent, tally.retried), (0, 1), "{scheme}");
+        assert!(got.lock().unwrap().is_empty());
+        let target = smtp::Target::parse(&url)
+            .unwrap()
+            .with_ca(ca.clone())
+            .unwrap();
+        let sender = Sender::new(
+            rt,
+            p,
+            Transport::smtp(target, 1),
+            "https://go.example.com",
+            b"test secret",
+        );
+        let later = t0() + Duration::minutes(5);
+        assert_eq!(sender.round(later).await.unwrap().sent, 1, "{scheme}");
+        let received = got.lock().unwrap().clone();
+        assert_eq!(received.len(), 1, "{scheme}");
+        assert_eq!(received[0].rcpt, "anna@example.com");
+        assert!(
+            received[0]
+                .data
+                .contains("Content-Type: multipart/alternative")
+        );
+    }
 }
 
 on_both_backends! {

@@ -127,6 +127,33 @@ impl Transport {
     }
 }
 
+/// A DKIM signer from the key's text: RSA (PKCS#1 PEM, `-----BEGIN RSA PRIVATE KEY-----`) or
+/// Ed25519 (the 32-byte key in base64).
+pub fn dkim(
+    selector: &str,
+    domain: &str,
+    key: &str,
+) -> Result<lettre::message::dkim::DkimConfig, String> {
+    use lettre::message::dkim::{DkimConfig, DkimSigningAlgorithm, DkimSigningKey};
+    let key = key.trim();
+    let algorithm = if key.starts_with("-----BEGIN RSA PRIVATE KEY-----") {
+        DkimSigningAlgorithm::Rsa
+    } else if key.starts_with("-----") {
+        return Err(
+            "the DKIM key must be RSA in PKCS#1 PEM (BEGIN RSA PRIVATE KEY) or a base64 Ed25519 key"
+                .into(),
+        );
+    } else {
+        DkimSigningAlgorithm::Ed25519
+    };
+    let key = DkimSigningKey::new(key, algorithm).map_err(|e| format!("bad DKIM key: {e}"))?;
+    Ok(DkimConfig::default_config(
+        selector.to_string(),
+        domain.to_string(),
+        key,
+    ))
+}
+
 /// When attempt `attempts` (1-based) failed transiently, the next one: exponential backoff with
 /// up to 20 % jitter, stable per message so a crowd of failures spreads out.
 pub fn next_attempt(now: DateTime<Utc>, attempts: i32, message: i64) -> DateTime<Utc> {
@@ -145,6 +172,7 @@ pub struct Sender {
     secret: Vec<u8>,
     /// Tracked links and the open pixel (`track_clicks`, `track_opens`).
     track: (bool, bool),
+    dkim: Option<Arc<lettre::message::dkim::DkimConfig>>,
     limit: Option<Arc<rate::RateLimit>>,
 }
 
@@ -171,8 +199,15 @@ impl Sender {
             base_url: base_url.to_string(),
             secret: secret.to_vec(),
             track: (true, true),
+            dkim: None,
             limit: None,
         }
+    }
+
+    /// Signs every email with DKIM.
+    pub fn with_dkim(mut self, dkim: Option<lettre::message::dkim::DkimConfig>) -> Sender {
+        self.dkim = dkim.map(Arc::new);
+        self
     }
 
     /// Whether links become tracked redirects and an open pixel is added (both by default).
@@ -305,8 +340,12 @@ impl Sender {
             clicks: self.track.0,
             opens: self.track.1,
         };
-        compose::compose(m, f, t, lead, deadline, &links, now)
-            .map_err(|e| Outcome::Broken(e.to_string()))
+        let mut email = compose::compose(m, f, t, lead, deadline, &links, now)
+            .map_err(|e| Outcome::Broken(e.to_string()))?;
+        if let Some(d) = &self.dkim {
+            email.sign(d);
+        }
+        Ok(email)
     }
 
     /// Sends everything due at `now`, with [`PIPELINES`] rounds in flight so composing and

@@ -1,13 +1,21 @@
 //! SMTP through lettre on connections we open ourselves with `TCP_NODELAY` (lettre 0.11.23
-//! leaves it off, and every message then waits for a delayed ACK), kept in a pool and reused.
+//! leaves it off, and every message then waits for a delayed ACK), kept in a pool and reused:
+//! plain (a relay on localhost), STARTTLS, or implicit TLS (rustls).
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
+};
 use lettre::transport::smtp::extension::ClientId;
+use rustls_pki_types::pem::PemObject;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use super::Outcome;
@@ -19,16 +27,20 @@ pub enum Security {
     None,
     /// Upgrade with STARTTLS, which the server must offer.
     StartTls,
+    /// TLS from the first byte (`smtps`, port 465).
+    Implicit,
 }
 
-/// Where and how to connect, parsed from `smtp://[user:pass@]host[:port]` (plain) or
-/// `smtp+starttls://…` (port 587 by default).
+/// Where and how to connect, parsed from `smtp://[user:pass@]host[:port]` (plain),
+/// `smtp+starttls://…` (port 587 by default) or `smtps://…` (port 465).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub host: String,
     pub port: u16,
     pub security: Security,
     pub credentials: Option<(String, String)>,
+    /// Certificates (PEM) trusted besides the public roots, for a relay with its own CA.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl Target {
@@ -39,9 +51,10 @@ impl Target {
         let (security, default_port) = match scheme {
             "smtp" => (Security::None, 25),
             "smtp+starttls" => (Security::StartTls, 587),
+            "smtps" => (Security::Implicit, 465),
             other => {
                 return Err(format!(
-                    "unknown SMTP scheme \"{other}\": use smtp:// or smtp+starttls://"
+                    "unknown SMTP scheme \"{other}\": use smtp://, smtp+starttls:// or smtps://"
                 ));
             }
         };
@@ -69,7 +82,91 @@ impl Target {
             port,
             security,
             credentials,
+            ca_pem: None,
         })
+    }
+
+    /// Trusts the certificates in this PEM text too.
+    pub fn with_ca(mut self, pem: Vec<u8>) -> Result<Target, String> {
+        let found = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("bad PEM certificate: {e}"))?;
+        if found.is_empty() {
+            return Err("no certificate in the PEM text".into());
+        }
+        self.ca_pem = Some(pem);
+        Ok(self)
+    }
+
+    /// TLS settings for STARTTLS (lettre's).
+    fn starttls(&self) -> Result<TlsParameters, String> {
+        let mut b = TlsParameters::builder(self.host.clone());
+        if let Some(pem) = &self.ca_pem {
+            for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem).flatten() {
+                b = b.add_root_certificate(
+                    Certificate::from_der(c.to_vec()).map_err(|e| e.to_string())?,
+                );
+            }
+        }
+        b.build_rustls().map_err(|e| e.to_string())
+    }
+
+    /// TLS settings for implicit TLS (rustls with the public roots and `ca_pem`).
+    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(pem) = &self.ca_pem {
+            for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem).flatten() {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("bad CA certificate: {e}"))?;
+            }
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+}
+
+/// A TLS connection lettre can speak SMTP over.
+#[derive(Debug)]
+struct Tls(tokio_rustls::client::TlsStream<TcpStream>);
+
+impl AsyncRead for Tls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for Tls {
+    fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.get_ref().0.peer_addr()
     }
 }
 
@@ -110,12 +207,22 @@ impl Pool {
         stream
             .set_nodelay(true)
             .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
-        let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
+        let stream: Box<dyn AsyncTokioStream> = if self.target.security == Security::Implicit {
+            let name = rustls_pki_types::ServerName::try_from(self.target.host.clone())
+                .map_err(|e| format!("bad TLS server name {}: {e}", self.target.host))?;
+            let tls = tokio_rustls::TlsConnector::from(self.target.client_config()?)
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS with {addr} failed: {e}"))?;
+            Box::new(Tls(tls))
+        } else {
+            Box::new(stream)
+        };
+        let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
             .await
             .map_err(|e| e.to_string())?;
         if self.target.security == Security::StartTls {
-            let tls = TlsParameters::new(self.target.host.clone()).map_err(|e| e.to_string())?;
-            conn.starttls(tls, &self.hello)
+            conn.starttls(self.target.starttls()?, &self.hello)
                 .await
                 .map_err(|e| format!("STARTTLS failed: {e}"))?;
         }
@@ -188,12 +295,16 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: 2525,
                 security: Security::None,
-                credentials: None
+                credentials: None,
+                ca_pem: None,
             }
         );
         let t = Target::parse("smtp+starttls://me:s3cret@mail.example.com").unwrap();
         assert_eq!((t.port, t.security), (587, Security::StartTls));
         assert_eq!(t.credentials, Some(("me".into(), "s3cret".into())));
+        let t = Target::parse("smtps://mail.example.com").unwrap();
+        assert_eq!((t.port, t.security), (465, Security::Implicit));
+        assert!(t.with_ca(b"not pem".to_vec()).is_err());
         assert!(
             Target::parse("http://x")
                 .unwrap_err()
