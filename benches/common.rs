@@ -14,6 +14,22 @@ pub fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU time (user + system) the process has used so far, in seconds (Linux `/proc/self/stat`,
+/// 100 ticks per second).
+#[allow(dead_code)]
+pub fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            // Fields 14 and 15 of the file; 12 and 13 after the command name.
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .map(|ticks| ticks / 100.0)
+        .unwrap_or(f64::NAN)
+}
+
 /// The benchmark's arguments (without the `--bench` cargo adds).
 pub fn args() -> Vec<String> {
     std::env::args()

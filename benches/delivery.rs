@@ -2,7 +2,8 @@
 //! lead) and sent over SMTP to postfix's `smtp-sink` on loopback, next to the raw rate of
 //! `smtp-source` into the same sink, measured in the same run.
 //!
-//! `cargo bench --bench delivery -- [MESSAGES] [--connections C]` (defaults 100,000 and 16).
+//! `cargo bench --bench delivery -- [MESSAGES] [--connections C] [--no-tracking]` (defaults
+//! 100,000 and 16; tracked links and the open pixel are on unless `--no-tracking`).
 //! Needs `smtp-sink` and `smtp-source` (Debian package `postfix`; the daemon need not run).
 
 #[path = "common.rs"]
@@ -34,11 +35,16 @@ fn tool(name: &str) -> anyhow::Result<String> {
     )
 }
 
+/// The allocator of the `autofunnel` binary.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = common::args();
     let connections = common::flag(&args, "--connections").unwrap_or(16);
     let n = common::count(&args).unwrap_or(100_000);
+    let tracking = !args.iter().any(|a| a == "--no-tracking");
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -109,9 +115,12 @@ async fn main() -> anyhow::Result<()> {
         Transport::smtp(target, connections),
         "https://go.example.com",
         b"bench secret, 16+ chars",
-    );
+    )
+    .with_tracking(tracking, tracking);
     let start = Instant::now();
+    let cpu = common::cpu_seconds();
     let t = sender.drain(t0).await?;
+    let cpu = common::cpu_seconds() - cpu;
     anyhow::ensure!(
         t.failed == 0 && t.retried == 0,
         "unexpected failures: {t:?}"
@@ -120,8 +129,14 @@ async fn main() -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let ours = sent as f64 / secs;
     println!(
-        "autofunnel: {sent} emails outbox → rendered → SMTP ({connections} connections) in {secs:.1} s = {ours:.0} msg/s ({:.0} % of the reference)",
+        "autofunnel: {sent} emails outbox → rendered{} → SMTP ({connections} connections) in {secs:.1} s = {ours:.0} msg/s ({:.0} % of the reference)",
+        if tracking { " with tracking" } else { "" },
         100.0 * ours / raw
+    );
+    println!(
+        "CPU: {cpu:.1} s of autofunnel's own over {secs:.1} s ({:.0} µs per email, {:.2} cores)",
+        cpu * 1e6 / sent as f64,
+        cpu / secs
     );
     println!("outbox: {:?}", store.outbox_counts().await?);
     println!("peak RSS: {:.1} MB", peak_rss_mb());

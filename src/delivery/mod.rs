@@ -25,6 +25,10 @@ pub const LEASE: Duration = Duration::minutes(5);
 pub const BATCH: u64 = 1000;
 /// Rounds in flight at once in [`Sender::drain`].
 pub const PIPELINES: usize = 2;
+/// The recorder writes at once when this many acceptances wait, else after [`GROUP_WAIT`]
+/// (group commit: one write for the messages accepted in that moment, not one per message).
+const GROUP: usize = 256;
+const GROUP_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 /// Attempts before a message that keeps failing transiently is given up.
 pub const MAX_ATTEMPTS: i32 = 8;
 /// The first retry waits this long; each later one twice the previous, up to [`MAX_BACKOFF`].
@@ -74,6 +78,16 @@ impl Transport {
             tokio::spawn(async move {
                 let mut ids = Vec::new();
                 while to_record.recv_many(&mut ids, 512).await > 0 {
+                    // Group commit: a moment for more acceptances to join this write.
+                    if ids.len() < GROUP {
+                        tokio::time::sleep(GROUP_WAIT).await;
+                        while ids.len() < 512 {
+                            match to_record.try_recv() {
+                                Ok(id) => ids.push(id),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     if let Err(e) = store.messages_sent(&ids, now).await {
                         // Sent but not recorded: they will be sent again after their lease.
                         tracing::error!(error = %e, count = ids.len(), "cannot record sent messages");

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use super::batch::Params;
 use super::entities::{enrollment, message};
@@ -38,7 +38,9 @@ pub struct MessageOrigin {
 
 impl Store {
     /// Leases up to `limit` emails due for an attempt, oldest due first. A message whose
-    /// sender died mid-attempt (`sending` with a lapsed lease) is attempted again.
+    /// sender died mid-attempt (`sending` with a lapsed lease) is queued again first, so it is
+    /// attempted again. The claim walks the `(status, next_attempt_at)` index in order: no sort,
+    /// however deep the backlog.
     pub async fn claim_messages(
         &self,
         now: DateTime<Utc>,
@@ -46,9 +48,15 @@ impl Store {
         limit: u64,
     ) -> Result<Vec<Outgoing>> {
         let mut q = Params::new(self.backend);
+        let lapsed = q.p(ms(now));
+        let sql = format!(
+            "UPDATE messages SET status = 'queued', lease_until = NULL \
+             WHERE status = 'sending' AND lease_until < {lapsed}"
+        );
+        self.db.execute_raw(q.statement(sql)).await?;
+        let mut q = Params::new(self.backend);
         let until = q.p(ms(now + lease));
         let due = q.p(ms(now));
-        let free = q.p(ms(now));
         let n = q.p(limit as i64);
         let lock = match self.backend {
             Backend::Sqlite => "",
@@ -56,9 +64,8 @@ impl Store {
         };
         let sql = format!(
             "UPDATE messages SET status = 'sending', lease_until = {until}, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM messages WHERE kind = 'email' \
-             AND status IN ('queued', 'sending') AND next_attempt_at <= {due} \
-             AND (lease_until IS NULL OR lease_until < {free}) \
+             WHERE id IN (SELECT id FROM messages WHERE status = 'queued' \
+             AND next_attempt_at <= {due} AND kind = 'email' \
              ORDER BY next_attempt_at LIMIT {n}{lock}) RETURNING *"
         );
         let mut out: Vec<Outgoing> = message::Entity::find()
@@ -155,15 +162,15 @@ impl Store {
         let ids: Vec<i64> = messages.iter().filter_map(|m| m.enrollment).collect();
         let mut by_enrollment = HashMap::new();
         for chunk in ids.chunks(super::batch::ROWS) {
-            for e in enrollment::Entity::find()
+            let rows: Vec<(i64, i64)> = enrollment::Entity::find()
+                .select_only()
+                .columns([enrollment::Column::Id, enrollment::Column::DeadlineAt])
                 .filter(enrollment::Column::Id.is_in(super::batch::padded(chunk.iter().copied())))
+                .filter(enrollment::Column::DeadlineAt.is_not_null())
+                .into_tuple()
                 .all(&self.db)
-                .await?
-            {
-                if let Some(d) = e.deadline_at {
-                    by_enrollment.insert(e.id, from_ms(d));
-                }
-            }
+                .await?;
+            by_enrollment.extend(rows.into_iter().map(|(id, d)| (id, from_ms(d))));
         }
         Ok(messages
             .iter()
