@@ -52,8 +52,9 @@ fn certificate() -> (tokio_rustls::TlsAcceptor, Vec<u8>) {
     )
 }
 
-/// A small SMTP server: `bounce*` recipients get 550, `later*` get 451 the first time, and
-/// `hangup*` recipients have the connection dropped after DATA.
+/// A small SMTP server: `bounce*` recipients get 550, `later*` get 451 the first time, `busy*`
+/// get 421 and a closed connection the first time, and `hangup*` recipients have the
+/// connection dropped after DATA.
 async fn smtp_server() -> (u16, Arc<Mutex<Vec<Received>>>) {
     smtp_server_with(Security::None).await
 }
@@ -139,6 +140,11 @@ async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             } else if who.starts_with("later") && !deferred.lock().unwrap().contains(&who) {
                 deferred.lock().unwrap().push(who);
                 b"451 4.7.1 try again later\r\n"
+            } else if who.starts_with("busy") && !deferred.lock().unwrap().contains(&who) {
+                // 421: the server is closing the connection.
+                deferred.lock().unwrap().push(who);
+                let _ = w.write_all(b"421 4.3.2 too busy, closing\r\n").await;
+                return;
             } else {
                 b"250 OK\r\n"
             }
@@ -231,6 +237,7 @@ async fn smtp_delivery_retries_and_bounces(store: Store) {
             ("later@example.com", "Later"),
             ("bounce@example.com", "Bounce"),
             ("hangup@example.com", "Hangup"),
+            ("busy@example.com", "Busy"),
         ],
     )
     .await;
@@ -247,7 +254,7 @@ async fn smtp_delivery_retries_and_bounces(store: Store) {
         tally,
         Tally {
             sent: 1,
-            retried: 2,
+            retried: 3,
             failed: 1
         }
     );
@@ -299,21 +306,25 @@ async fn smtp_delivery_retries_and_bounces(store: Store) {
         Tally::default()
     );
     let tally = sender.round(t0() + Duration::minutes(2)).await.unwrap();
-    assert_eq!(tally.sent, 1, "{tally:?}");
+    assert_eq!(tally.sent, 2, "{tally:?}");
     assert_eq!(tally.retried, 1, "hangup is retried again");
-    let rcpts: Vec<String> = got.lock().unwrap().iter().map(|r| r.rcpt.clone()).collect();
-    assert_eq!(rcpts, ["anna@example.com", "later@example.com"]);
+    let mut rcpts: Vec<String> = got.lock().unwrap().iter().map(|r| r.rcpt.clone()).collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        ["anna@example.com", "busy@example.com", "later@example.com"]
+    );
     // Nothing is sent twice, however often the sender runs.
     for m in [3, 4, 5] {
         sender.round(t0() + Duration::minutes(m)).await.unwrap();
     }
-    assert_eq!(got.lock().unwrap().len(), 2);
+    assert_eq!(got.lock().unwrap().len(), 3);
     assert_eq!(
         statuses(&store).await,
         [
             ("failed".to_string(), 1),
             ("queued".to_string(), 1),
-            ("sent".to_string(), 2)
+            ("sent".to_string(), 3)
         ]
     );
 }
@@ -357,6 +368,85 @@ async fn the_default_transport_writes_eml_files(store: Store) {
 fn base64_key() -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+}
+
+/// An independent verifier: dkimpy (`pip install dkimpy`) checks an RSA signature made with a
+/// key from `openssl genrsa`, the public key served by a stand-in DNS lookup; a changed
+/// `List-Unsubscribe-Post` breaks it. Skipped, and says so, where either tool is missing.
+#[tokio::test]
+async fn dkim_verifies_with_dkimpy() {
+    let ready = std::process::Command::new("python3")
+        .args(["-c", "import dkim"])
+        .status()
+        .is_ok_and(|s| s.success())
+        && std::process::Command::new("openssl")
+            .arg("version")
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ready {
+        eprintln!("SKIPPED dkim_verifies_with_dkimpy: needs python3 with dkimpy and openssl");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("dkim.pem");
+    let ok = std::process::Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let store = Store::connect(&format!("sqlite://{}/d.db", dir.path().display()))
+        .await
+        .unwrap();
+    let (rt, p, _) = setup(&store, &[("anna@example.com", "Анна")]).await;
+    let outbox = dir.path().join("outbox");
+    std::fs::create_dir(&outbox).unwrap();
+    let pem = std::fs::read_to_string(&key).unwrap();
+    let sender = Sender::new(
+        rt,
+        p,
+        Transport::Folder(outbox.clone()),
+        "http://127.0.0.1:8080",
+        b"k",
+    )
+    .with_dkim(Some(
+        autofunnel::delivery::dkim("sel", "example.ru", &pem).unwrap(),
+    ));
+    assert_eq!(sender.round(t0()).await.unwrap().sent, 1);
+    let eml = std::fs::read_dir(&outbox)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let script = r#"
+import base64, subprocess, sys, dkim
+key, eml = sys.argv[1], sys.argv[2]
+der = subprocess.run(["openssl", "rsa", "-in", key, "-pubout", "-outform", "DER"],
+                     capture_output=True, check=True).stdout
+record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+def dns(name, timeout=5):
+    assert name == b"sel._domainkey.example.ru.", name
+    return record
+msg = open(eml, "rb").read()
+tampered = msg.replace(b"List-Unsubscribe=One-Click", b"List-Unsubscribe=Two-Click")
+print(dkim.verify(msg, dnsfunc=dns), dkim.verify(tampered, dnsfunc=dns))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&key)
+        .arg(&eml)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.trim(),
+        "True False",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

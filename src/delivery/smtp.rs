@@ -134,9 +134,95 @@ impl Target {
     }
 }
 
+/// A connection that holds what is written until the next read, then sends it in one go:
+/// SMTP answers every command, so nothing waits on held bytes, and lettre's separate writes of
+/// a message and its final dot leave as one packet instead of two.
+#[derive(Debug)]
+struct Coalesce<S> {
+    inner: S,
+    held: Vec<u8>,
+}
+
+impl<S: AsyncWrite + Unpin> Coalesce<S> {
+    fn new(inner: S) -> Coalesce<S> {
+        Coalesce {
+            inner,
+            held: Vec::new(),
+        }
+    }
+
+    /// Sends everything held.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.held.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.held) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.held.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesce<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_send(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_read(cx, buf),
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        // A large message goes out as it comes rather than piling up.
+        if this.held.len() >= 64 * 1024 {
+            match this.poll_send(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        this.held.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    /// Held until the next read (see the type).
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_send(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_shutdown(cx),
+            other => other,
+        }
+    }
+}
+
+impl AsyncTokioStream for Coalesce<TcpStream> {
+    fn peer_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.peer_addr()
+    }
+}
+
 /// A TLS connection lettre can speak SMTP over.
 #[derive(Debug)]
-struct Tls(tokio_rustls::client::TlsStream<TcpStream>);
+struct Tls(tokio_rustls::client::TlsStream<Coalesce<TcpStream>>);
 
 impl AsyncRead for Tls {
     fn poll_read(
@@ -166,7 +252,7 @@ impl AsyncWrite for Tls {
 
 impl AsyncTokioStream for Tls {
     fn peer_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.get_ref().0.peer_addr()
+        self.0.get_ref().0.inner.peer_addr()
     }
 }
 
@@ -211,12 +297,12 @@ impl Pool {
             let name = rustls_pki_types::ServerName::try_from(self.target.host.clone())
                 .map_err(|e| format!("bad TLS server name {}: {e}", self.target.host))?;
             let tls = tokio_rustls::TlsConnector::from(self.target.client_config()?)
-                .connect(name, stream)
+                .connect(name, Coalesce::new(stream))
                 .await
                 .map_err(|e| format!("TLS with {addr} failed: {e}"))?;
             Box::new(Tls(tls))
         } else {
-            Box::new(stream)
+            Box::new(Coalesce::new(stream))
         };
         let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
             .await
