@@ -360,7 +360,10 @@ async fn the_default_transport_writes_eml_files(store: Store) {
     assert!(dkim.contains("a=ed25519-sha256;"), "{dkim}");
     assert!(dkim.contains("d=example.ru;"), "{dkim}");
     assert!(dkim.contains("s=mail2026;"), "{dkim}");
-    assert!(dkim.contains("h=From:"), "{dkim}");
+    assert!(
+        dkim.contains("h=from:to:subject:date:message-id:list-unsubscribe:list-unsubscribe-post"),
+        "{dkim}"
+    );
     assert_eq!(statuses(&store).await, [("sent".to_string(), 1)]);
 }
 
