@@ -129,7 +129,18 @@ async fn session<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     while let Ok(Some(line)) = lines.next_line().await {
         let upper = line.to_ascii_uppercase();
         let reply: &[u8] = if upper.starts_with("EHLO") {
-            b"250-test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
+            b"250-test\r\n250-8BITMIME\r\n250-AUTH PLAIN\r\n250 SMTPUTF8\r\n"
+        } else if upper.starts_with("AUTH PLAIN ") {
+            // The only account: me / s3cret.
+            use base64::Engine as _;
+            let given = base64::engine::general_purpose::STANDARD
+                .decode(line[11..].trim())
+                .unwrap_or_default();
+            if given == b"\0me\0s3cret" {
+                b"235 2.7.0 authenticated\r\n"
+            } else {
+                b"535 5.7.8 bad credentials\r\n"
+            }
         } else if upper.starts_with("MAIL FROM") || upper.starts_with("RSET") {
             b"250 OK\r\n"
         } else if upper.starts_with("RCPT TO") {
@@ -554,9 +565,9 @@ async fn a_crashed_sender_loses_nothing_and_repeats_only_what_was_in_flight() {
     assert_eq!(statuses(&store).await, [("sent".to_string(), N as i64)]);
 }
 
-/// STARTTLS and implicit TLS against a server whose certificate the settings trust: the
-/// message arrives over TLS only (the STARTTLS server refuses mail before the upgrade), and an
-/// untrusted certificate is a transient failure, not a send in the clear.
+/// STARTTLS and implicit TLS with AUTH against a server whose certificate the settings trust:
+/// the message arrives over TLS only (the STARTTLS server refuses mail before the upgrade); an
+/// untrusted certificate or a wrong password is a transient failure, not a send in the clear.
 #[tokio::test]
 async fn smtp_over_starttls_and_implicit_tls() {
     let (acceptor, ca) = certificate();
@@ -569,7 +580,7 @@ async fn smtp_over_starttls_and_implicit_tls() {
         let store = Store::connect(&url).await.unwrap();
         let (rt, p, _) = setup(&store, &[("anna@example.com", "Anna")]).await;
         let (port, got) = smtp_server_with(tls).await;
-        let url = format!("{scheme}://localhost:{port}");
+        let url = format!("{scheme}://me:s3cret@localhost:{port}");
         // Without the CA the certificate is not trusted and nothing is sent.
         let untrusted = Sender::new(
             rt.clone(),
@@ -586,13 +597,27 @@ async fn smtp_over_starttls_and_implicit_tls() {
             .with_ca(ca.clone())
             .unwrap();
         let sender = Sender::new(
-            rt,
-            p,
+            rt.clone(),
+            p.clone(),
             Transport::smtp(target, 1),
             "https://go.example.com",
             b"test secret",
         );
-        let later = t0() + Duration::minutes(5);
+        // Trusted, but the wrong password: refused at AUTH, retried later.
+        let wrong = smtp::Target::parse(&format!("{scheme}://me:wrong@localhost:{port}"))
+            .unwrap()
+            .with_ca(ca.clone())
+            .unwrap();
+        let refused = Sender::new(
+            rt.clone(),
+            p.clone(),
+            Transport::smtp(wrong, 1),
+            "https://go.example.com",
+            b"test secret",
+        );
+        let tally = refused.round(t0() + Duration::minutes(5)).await.unwrap();
+        assert_eq!((tally.sent, tally.retried), (0, 1), "{scheme}");
+        let later = t0() + Duration::minutes(15);
         assert_eq!(sender.round(later).await.unwrap().sent, 1, "{scheme}");
         let received = got.lock().unwrap().clone();
         assert_eq!(received.len(), 1, "{scheme}");
