@@ -3,7 +3,7 @@
 //! `smtp-source` into the same sink, measured in the same run.
 //!
 //! `cargo bench --bench delivery -- [MESSAGES] [--connections C] [--no-tracking]` (defaults
-//! 100,000 and 16; tracked links and the open pixel are on unless `--no-tracking`).
+//! 100,000 and 32; tracked links and the open pixel are on unless `--no-tracking`).
 //! Needs `smtp-sink` and `smtp-source` (Debian package `postfix`; the daemon need not run).
 
 #[path = "common.rs"]
@@ -42,7 +42,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = common::args();
-    let connections = common::flag(&args, "--connections").unwrap_or(16);
+    let connections = common::flag(&args, "--connections").unwrap_or(32);
     let n = common::count(&args).unwrap_or(100_000);
     let tracking = !args.iter().any(|a| a == "--no-tracking");
 

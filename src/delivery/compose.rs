@@ -194,8 +194,12 @@ pub fn compose(
         e.parse::<lettre::Address>()
             .map_err(|err| ComposeError::Address(format!("{e}: {err}")))
     };
-    let sender = Mailbox::new(from.name.clone(), addr(from.email.as_str())?);
-    let to = Mailbox::new(lead.first_name.clone(), addr(&row.recipient)?);
+    let (from_addr, to_addr) = (addr(from.email.as_str())?, addr(&row.recipient)?);
+    // Given, so lettre need not parse it back out of the headers it just wrote.
+    let envelope = lettre::address::Envelope::new(Some(from_addr.clone()), vec![to_addr.clone()])
+        .map_err(|e| ComposeError::Build(e.to_string()))?;
+    let sender = Mailbox::new(from.name.clone(), from_addr);
+    let to = Mailbox::new(lead.first_name.clone(), to_addr);
     let domain = from
         .email
         .as_str()
@@ -210,6 +214,7 @@ pub fn compose(
         from.email.as_str()
     );
     lettre::Message::builder()
+        .envelope(envelope)
         .from(sender)
         .to(to)
         .subject(r.subject)

@@ -101,12 +101,77 @@ pub struct Tracker<'a> {
     pub expires: Option<i64>,
 }
 
-static ANCHOR: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?is)<a\b[^>]*>").expect("regex"));
-static ATTR: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?is)\s([a-z][a-z0-9_:-]*)\s*=\s*("[^"]*"|'[^']*'|[^\s"'>]+)"#).expect("regex")
-});
+static ANCHOR: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)<a\s[^>]*>").expect("regex"));
 static TEXT_URL: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r#"https?://[^\s<>"'\]\)]+"#).expect("regex"));
+
+/// One attribute of a tag: its name, its value as written (quotes removed, not decoded), and
+/// where the whole attribute, leading space included, sits in the tag.
+struct Attr<'t> {
+    name: &'t str,
+    value: &'t str,
+    span: std::ops::Range<usize>,
+}
+
+/// The attributes of an opening tag such as `<a href="x" data-link=buy>`.
+fn attributes(tag: &str) -> Vec<Attr<'_>> {
+    let b = tag.as_bytes();
+    let end = tag.len() - usize::from(tag.ends_with('>'));
+    // Past the tag name.
+    let mut i = b
+        .iter()
+        .position(|c| c.is_ascii_whitespace())
+        .unwrap_or(end);
+    let mut out = Vec::new();
+    while i < end {
+        let start = i;
+        while i < end && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let name_at = i;
+        while i < end && !b[i].is_ascii_whitespace() && !matches!(b[i], b'=' | b'/' | b'>') {
+            i += 1;
+        }
+        if i == name_at {
+            i += 1;
+            continue;
+        }
+        let name = &tag[name_at..i];
+        let mut j = i;
+        while j < end && b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        let mut value = "";
+        if j < end && b[j] == b'=' {
+            j += 1;
+            while j < end && b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            if j < end && (b[j] == b'"' || b[j] == b'\'') {
+                let q = b[j];
+                let close = b[j + 1..end]
+                    .iter()
+                    .position(|&c| c == q)
+                    .map_or(end, |k| j + 1 + k);
+                value = &tag[j + 1..close];
+                i = (close + 1).min(end);
+            } else {
+                let v = j;
+                while j < end && !b[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                value = &tag[v..j];
+                i = j;
+            }
+        }
+        out.push(Attr {
+            name,
+            value,
+            span: start..i,
+        });
+    }
+    out
+}
 
 impl Tracker<'_> {
     /// Rewrites every http(s) link of `html` that does not already point at this server into a
@@ -115,47 +180,62 @@ impl Tracker<'_> {
     /// and each original address with its tracked one.
     pub fn links(&self, html: &str) -> (String, HashMap<String, String>) {
         let mut map = HashMap::new();
-        let out = ANCHOR.replace_all(html, |c: &regex::Captures<'_>| {
-            let tag = &c[0];
+        let mut out = String::with_capacity(html.len() + 512);
+        let mut last = 0;
+        for m in ANCHOR.find_iter(html) {
+            out.push_str(&html[last..m.start()]);
+            last = m.end();
+            let tag = m.as_str();
+            let attrs = attributes(tag);
             let mut href = None;
             let (mut name, mut track, mut expires) = (None, true, true);
-            for a in ATTR.captures_iter(tag) {
-                let value = unquote(a.get(2).map_or("", |m| m.as_str()));
-                match a[1].to_ascii_lowercase().as_str() {
-                    "href" => href = Some((a.get(0).map_or(0..0, |m| m.range()), value)),
-                    "data-link" => name = Some(value),
-                    "data-track" => track = !value.eq_ignore_ascii_case("off"),
-                    "data-expires" => expires = !value.eq_ignore_ascii_case("never"),
+            for a in &attrs {
+                match a.name.to_ascii_lowercase().as_str() {
+                    "href" => href = Some(a),
+                    "data-link" => name = Some(unescape(a.value)),
+                    "data-track" => track = !a.value.eq_ignore_ascii_case("off"),
+                    "data-expires" => expires = !a.value.eq_ignore_ascii_case("never"),
                     _ => {}
                 }
             }
-            let Some((range, url)) = href else {
-                return tag.to_string();
-            };
-            let lower = url.to_ascii_lowercase();
-            if !track
-                || !(lower.starts_with("http://") || lower.starts_with("https://"))
-                || url.starts_with(self.base)
-            {
-                return strip_ours(tag);
+            let url = href.map(|h| unescape(h.value));
+            let tracked = url.as_ref().filter(|url| {
+                let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+                track
+                    && (lower.starts_with("http://") || lower.starts_with("https://"))
+                    && !url.starts_with(self.base)
+            });
+            let replacement = tracked.map(|url| {
+                let click = Click {
+                    message: self.message,
+                    link: name.clone().unwrap_or_else(|| default_name(url)),
+                    url: url.clone(),
+                    expires: self.expires.filter(|_| expires),
+                };
+                let to = format!("{}/r/{}", self.base, click.token(self.secret));
+                map.insert(url.clone(), to.clone());
+                to
+            });
+            // The tag again, without the tracking attributes and with the new target.
+            let mut at = 0;
+            for a in &attrs {
+                let lower = a.name.to_ascii_lowercase();
+                let ours = ["data-link", "data-track", "data-expires"].contains(&lower.as_str());
+                let swap = lower == "href" && replacement.is_some();
+                if ours || swap {
+                    out.push_str(&tag[at..a.span.start]);
+                    at = a.span.end;
+                }
+                if swap && let Some(to) = &replacement {
+                    out.push_str(" href=\"");
+                    out.push_str(&escape_attr(to));
+                    out.push('"');
+                }
             }
-            let click = Click {
-                message: self.message,
-                link: name.unwrap_or_else(|| default_name(&url)),
-                url: url.clone(),
-                expires: self.expires.filter(|_| expires),
-            };
-            let tracked = format!("{}/r/{}", self.base, click.token(self.secret));
-            let rewritten = format!(
-                "{} href=\"{}\"{}",
-                &tag[..range.start],
-                escape_attr(&tracked),
-                &tag[range.end..]
-            );
-            map.insert(url, tracked);
-            strip_ours(&rewritten)
-        });
-        (out.into_owned(), map)
+            out.push_str(&tag[at..]);
+        }
+        out.push_str(&html[last..]);
+        (out, map)
     }
 
     /// The text part with each address that was tracked in the HTML part replaced by its
@@ -164,16 +244,18 @@ impl Tracker<'_> {
         if tracked.is_empty() {
             return text.to_string();
         }
-        TEXT_URL
-            .replace_all(text, |c: &regex::Captures<'_>| {
-                let found = &c[0];
-                let url = found.trim_end_matches(['.', ',', ';', ':', '!', '?']);
-                match tracked.get(url) {
-                    Some(t) => format!("{t}{}", &found[url.len()..]),
-                    None => found.to_string(),
-                }
-            })
-            .into_owned()
+        let mut out = String::with_capacity(text.len() + 512);
+        let mut last = 0;
+        for m in TEXT_URL.find_iter(text) {
+            let url = m.as_str().trim_end_matches(['.', ',', ';', ':', '!', '?']);
+            if let Some(t) = tracked.get(url) {
+                out.push_str(&text[last..m.start()]);
+                out.push_str(t);
+                last = m.start() + url.len();
+            }
+        }
+        out.push_str(&text[last..]);
+        out
     }
 
     /// The HTML with the open pixel just before `</body>` (or at the end).
@@ -184,27 +266,11 @@ impl Tracker<'_> {
             open_token(self.secret, self.message)
         );
         let at = html
-            .to_ascii_lowercase()
             .rfind("</body>")
+            .or_else(|| html.rfind("</BODY>"))
             .unwrap_or(html.len());
         format!("{}{img}{}", &html[..at], &html[at..])
     }
-}
-
-/// The tag without the attributes that only steer tracking.
-fn strip_ours(tag: &str) -> String {
-    let mut out = String::with_capacity(tag.len());
-    let mut last = 0;
-    for a in ATTR.captures_iter(tag) {
-        let name = a[1].to_ascii_lowercase();
-        if ["data-link", "data-track", "data-expires"].contains(&name.as_str()) {
-            let m = a.get(0).expect("whole match");
-            out.push_str(&tag[last..m.start()]);
-            last = m.end();
-        }
-    }
-    out.push_str(&tag[last..]);
-    out
 }
 
 /// `example.com/webinar` for `https://www.example.com/webinar/?utm=x`.
@@ -215,13 +281,11 @@ fn default_name(url: &str) -> String {
     rest.trim_end_matches('/').replace('\n', "").to_string()
 }
 
-/// An attribute value without its quotes and with HTML character references decoded.
-fn unquote(v: &str) -> String {
-    let v = v
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-        .unwrap_or(v);
+/// An attribute value with HTML character references decoded.
+fn unescape(v: &str) -> String {
+    if !v.contains('&') {
+        return v.to_string();
+    }
     let mut out = String::with_capacity(v.len());
     let mut rest = v;
     while let Some(i) = rest.find('&') {
@@ -314,6 +378,20 @@ mod tests {
         let mut forged = token.to_string();
         forged.replace_range(3..4, if &token[3..4] == "A" { "B" } else { "A" });
         assert_eq!(Click::verify(b"key", &forged), None);
+    }
+
+    #[test]
+    fn attributes_in_any_spelling() {
+        let t = tracker(None);
+        let html = "<A HREF = https://example.com/x?a=1&amp;b=2 target=_blank>x</A><abbr title=\"y\">y</abbr><a name=top>";
+        let (out, map) = t.links(html);
+        let tracked = &map["https://example.com/x?a=1&b=2"];
+        assert_eq!(
+            out,
+            format!(
+                "<A href=\"{tracked}\" target=_blank>x</A><abbr title=\"y\">y</abbr><a name=top>"
+            )
+        );
     }
 
     #[test]
