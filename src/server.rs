@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
@@ -40,6 +40,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/hooks/delivery", post(delivery_report))
         .route("/r/{token}", get(click))
+        .route("/u/{token}", get(unsubscribe_page).post(unsubscribe))
+        .route("/c/{token}", get(confirm_page).post(confirm))
         .route("/o/{token}", get(open))
         .with_state(state)
 }
@@ -244,6 +246,231 @@ async fn open(
         GIF,
     )
         .into_response()
+}
+
+/// Which funnel an unsubscribe link came from (`?f=`), offered as "this funnel" on the page.
+#[derive(serde::Deserialize, Default)]
+struct FunnelParam {
+    f: Option<String>,
+}
+
+/// The lead an unsubscribe or confirmation token names, with their address.
+async fn lead_of(
+    state: &AppState,
+    purpose: &str,
+    token: &str,
+) -> Result<(crate::domain::LeadId, Email), axum::response::Response> {
+    let refused = || {
+        page(
+            StatusCode::FORBIDDEN,
+            "Link not valid",
+            "This link is damaged or was not made here.",
+        )
+    };
+    let id = crate::delivery::compose::verify_token(&state.secret, purpose, token)
+        .map(crate::domain::LeadId)
+        .ok_or_else(refused)?;
+    let leads = state.store.leads(&[id]).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot look up a lead");
+        page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Please try again",
+            "We cannot answer right now. Please try again in a minute.",
+        )
+    })?;
+    let lead = leads.get(&id).ok_or_else(|| {
+        page(
+            StatusCode::NOT_FOUND,
+            "Nothing to do",
+            "This address is no longer on any list here.",
+        )
+    })?;
+    Ok((id, lead.email.clone()))
+}
+
+/// The funnel's display name, when the server knows it.
+fn funnel_name(state: &AppState, id: &str) -> Option<String> {
+    let funnels = state.runtime.as_ref()?.funnels();
+    funnels.get(id).map(|f| f.funnel.name.clone())
+}
+
+/// `GET /u/{token}`: the unsubscribe page: stop this funnel's emails or all of them. Shows what
+/// is already stopped; changes nothing by itself (link scanners fetch pages).
+async fn unsubscribe_page(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    Query(q): Query<FunnelParam>,
+) -> axum::response::Response {
+    let (_, email) = match lead_of(&state, "u", &token).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let scopes = state
+        .store
+        .suppressions_of(&email)
+        .await
+        .unwrap_or_default();
+    if scopes.iter().any(|s| s == "*") {
+        return page(
+            StatusCode::OK,
+            "You are unsubscribed",
+            &format!(
+                "{} gets no more emails from us.",
+                html_escape(email.as_str())
+            ),
+        );
+    }
+    let funnel = q.f.as_deref().filter(|f| funnel_name(&state, f).is_some());
+    let mut buttons = String::new();
+    if let Some(f) = funnel {
+        let name = funnel_name(&state, f).unwrap_or_default();
+        if scopes.iter().any(|s| s == f) {
+            buttons.push_str(&format!(
+                "<p>You no longer get emails about «{}».</p>",
+                html_escape(&name)
+            ));
+        } else {
+            buttons.push_str(&format!(
+                "<p><button name=\"scope\" value=\"{}\">Stop emails about «{}»</button></p>",
+                html_escape(f),
+                html_escape(&name)
+            ));
+        }
+    }
+    buttons.push_str("<p><button name=\"scope\" value=\"*\">Stop all emails</button></p>");
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Unsubscribe</title></head>\
+         <body style=\"font-family:sans-serif;max-width:32em;margin:4em auto;padding:0 1em\"><h1>Unsubscribe</h1>\
+         <p>Which emails should {} stop getting?</p><form method=\"post\">{buttons}</form></body></html>",
+        html_escape(email.as_str())
+    );
+    (StatusCode::OK, Html(body)).into_response()
+}
+
+/// `POST /u/{token}`: unsubscribes at once. The RFC 8058 one-click body
+/// (`List-Unsubscribe=One-Click`) and `scope=*` stop all mail; `scope=<funnel>` only that
+/// funnel's. The choice is kept: later enrollments send nothing to a stopped address.
+async fn unsubscribe(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> axum::response::Response {
+    let (id, email) = match lead_of(&state, "u", &token).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let scope = form
+        .iter()
+        .find(|(k, _)| k == "scope")
+        .map(|(_, v)| v.as_str())
+        .filter(|s| *s != "*" && funnel_name(&state, s).is_some());
+    let now = chrono::Utc::now();
+    let result = match scope {
+        Some(funnel) => state
+            .store
+            .suppress_in(&email, Some(funnel), "unsubscribed", now)
+            .await
+            .map_err(|e| e.to_string()),
+        None => match &state.runtime {
+            Some(rt) => rt
+                .event(
+                    id,
+                    Event::named("unsubscribed"),
+                    Some(format!("unsubscribed:{}", id.0)),
+                    now,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => state
+                .store
+                .suppress_email(&email, "unsubscribed", now)
+                .await
+                .map_err(|e| e.to_string()),
+        },
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "cannot unsubscribe");
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Please try again",
+            "We could not record this right now. Please try again in a minute.",
+        );
+    }
+    let what = match scope.and_then(|f| funnel_name(&state, f)) {
+        Some(name) => format!(
+            "You will get no more emails about «{}».",
+            html_escape(&name)
+        ),
+        None => "You will get no more emails from us.".to_string(),
+    };
+    page(StatusCode::OK, "You are unsubscribed", &what)
+}
+
+/// `GET /c/{token}`: the double opt-in page. A button (pressed by a small script for people
+/// whose browser runs it) posts the confirmation, so a link scanner's fetch confirms nothing.
+async fn confirm_page(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> axum::response::Response {
+    if let Err(r) = lead_of(&state, "c", &token).await {
+        return r;
+    }
+    let body = "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Confirm your address</title></head>\
+         <body style=\"font-family:sans-serif;max-width:32em;margin:4em auto;padding:0 1em\"><h1>Confirm your address</h1>\
+         <form method=\"post\" id=\"c\"><button>Yes, send me the emails</button></form>\
+         <script>document.getElementById('c').submit()</script></body></html>";
+    (StatusCode::OK, Html(body)).into_response()
+}
+
+/// `POST /c/{token}`: records the `confirmed` event once; the lead's funnels start.
+async fn confirm(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> axum::response::Response {
+    let (id, _) = match lead_of(&state, "c", &token).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let Some(rt) = &state.runtime else {
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Please try again",
+            "We cannot answer right now. Please try again in a minute.",
+        );
+    };
+    let now = chrono::Utc::now();
+    match rt
+        .event(
+            id,
+            Event::named("confirmed"),
+            Some(format!("confirmed:{}", id.0)),
+            now,
+        )
+        .await
+    {
+        Ok(_) => page(
+            StatusCode::OK,
+            "Thank you",
+            "Your address is confirmed. The first email is on its way.",
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record a confirmation");
+            page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Please try again",
+                "We could not record this right now. Please try again in a minute.",
+            )
+        }
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Feeds a tracking event to the engine; a failure is logged, never shown to the reader.

@@ -266,7 +266,8 @@ async fn smtp_delivery_retries_and_bounces(store: Store) {
         Tally {
             sent: 1,
             retried: 3,
-            failed: 1
+            failed: 1,
+            suppressed: 0
         }
     );
     let received = got.lock().unwrap().clone();

@@ -6,6 +6,7 @@ mod cli;
 mod delivery;
 mod engine;
 mod examples;
+mod pages;
 mod roundtrip;
 mod runtime;
 mod server;

@@ -57,6 +57,16 @@ pub fn verify_token(secret: &[u8], purpose: &str, token: &str) -> Option<i64> {
     track::verify(secret, purpose, lead.as_bytes(), sig).then_some(id)
 }
 
+/// The lead's unsubscribe page, offering to stop this funnel's emails or all of them (a
+/// one-click POST to it stops all).
+fn unsubscribe_url(base: &str, secret: &[u8], lead: &Lead, f: &Funnel) -> String {
+    format!(
+        "{base}/u/{}?f={}",
+        token(secret, "u", lead.id.0),
+        f.id.value.as_str()
+    )
+}
+
 #[derive(Clone)]
 struct ListUnsubscribe(String);
 
@@ -120,7 +130,7 @@ pub fn context(
     );
     cx.insert(
         "unsubscribe_url",
-        &format!("{base}/u/{}", token(links.secret, "u", lead.id.0)),
+        &unsubscribe_url(base, links.secret, lead, f),
     );
     cx.insert(
         "confirm_url",
@@ -209,8 +219,8 @@ pub fn compose(
     let id = crate::engine::fnv1a(row.send_key.as_bytes());
     let base = links.base_url.trim_end_matches('/');
     let unsubscribe = format!(
-        "<{base}/u/{}>, <mailto:{}?subject=unsubscribe>",
-        token(links.secret, "u", lead.id.0),
+        "<{}>, <mailto:{}?subject=unsubscribe>",
+        unsubscribe_url(base, links.secret, lead, f),
         from.email.as_str()
     );
     lettre::Message::builder()

@@ -222,6 +222,8 @@ pub struct Tally {
     pub sent: usize,
     pub retried: usize,
     pub failed: usize,
+    /// Dropped because the address was suppressed after the email was queued.
+    pub suppressed: usize,
 }
 
 impl Sender {
@@ -270,10 +272,20 @@ impl Sender {
     /// Claims due messages and sends them, as many at once as the transport allows.
     pub async fn round(&self, now: DateTime<Utc>) -> anyhow::Result<Tally> {
         let store = self.runtime.store();
-        let claimed = store.claim_messages(now, LEASE, BATCH).await?;
+        let mut claimed = store.claim_messages(now, LEASE, BATCH).await?;
         if claimed.is_empty() {
             return Ok(Tally::default());
         }
+        // Queued before the address was suppressed (an unsubscribe, a bounce): never sent.
+        let suppressed = store.suppressed_among(&claimed).await?;
+        for id in &suppressed {
+            store.message_suppressed(*id).await?;
+        }
+        claimed.retain(|m| !suppressed.contains(&m.id));
+        let mut tally = Tally {
+            suppressed: suppressed.len(),
+            ..Tally::default()
+        };
         let ids: Vec<_> = claimed.iter().map(|m| m.lead).collect();
         let leads = store.leads(&ids).await?;
         let deadlines = store.deadlines_of(&claimed).await?;
@@ -312,7 +324,6 @@ impl Sender {
                     .unwrap_or_else(|| Outcome::Transient("no outcome".into()))
             })
             .collect();
-        let mut tally = Tally::default();
         for (m, outcome) in claimed.iter().zip(outcomes) {
             match outcome {
                 Outcome::Sent => tally.sent += 1,
@@ -398,7 +409,8 @@ impl Sender {
                 total.sent += t.sent;
                 total.retried += t.retried;
                 total.failed += t.failed;
-                if t.sent + t.retried + t.failed == 0 {
+                total.suppressed += t.suppressed;
+                if t.sent + t.retried + t.failed + t.suppressed == 0 {
                     return anyhow::Ok(total);
                 }
             }
@@ -410,6 +422,7 @@ impl Sender {
             total.sent += t.sent;
             total.retried += t.retried;
             total.failed += t.failed;
+            total.suppressed += t.suppressed;
         }
         Ok(total)
     }

@@ -56,6 +56,8 @@ pub struct LeadFacts {
     pub purchased: BTreeSet<String>,
     /// False once the lead unsubscribed, bounced or complained: nothing is mailed then.
     pub mailable: bool,
+    /// Funnels the lead unsubscribed from: those send nothing more, the others go on.
+    pub muted: BTreeSet<String>,
     /// When emails went to this lead, from any funnel (for the frequency cap).
     pub sent_at: Vec<DateTime<Utc>>,
     /// The lead already confirmed their address: double opt-in does not ask again.
@@ -218,7 +220,7 @@ pub fn step(
             if let Some(t) = f.entry.double_opt_in.as_ref().filter(|_| !lead.confirmed) {
                 m.st.status = Status::Unconfirmed;
                 m.st.wake_at = None;
-                if m.lead.mailable {
+                if m.mailable() {
                     m.fx.push(Effect::SendEmail {
                         template: t.value.clone(),
                         step: StepId::parse("double-opt-in").expect("identifier"),
@@ -264,6 +266,11 @@ struct Machine<'a> {
 }
 
 impl Machine<'_> {
+    /// Whether this funnel may mail the lead.
+    fn mailable(&self) -> bool {
+        self.lead.mailable && !self.lead.muted.contains(self.f.id.value.as_str())
+    }
+
     fn done(self) -> Transition {
         Transition {
             state: self.st,
@@ -351,7 +358,7 @@ impl Machine<'_> {
             }
             match &step.action {
                 Action::Send(send) => {
-                    if !self.lead.mailable {
+                    if !self.mailable() {
                         self.fx.push(Effect::Skipped {
                             step: step.id.clone(),
                             why: "lead is not mailable".into(),

@@ -565,13 +565,15 @@ impl Store {
             .all(&self.db)
             .await?;
         let emails: Vec<String> = leads.iter().map(|l| l.email.clone()).collect();
-        let suppressed: BTreeSet<String> = suppression::Entity::find()
+        // Scope `*` stops all mail to the address; a funnel id only that funnel's.
+        let mut suppressed: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for s in suppression::Entity::find()
             .filter(suppression::Column::Email.is_in(batch::padded(emails)))
             .all(&self.db)
             .await?
-            .into_iter()
-            .map(|s| s.email)
-            .collect();
+        {
+            suppressed.entry(s.email).or_default().insert(s.scope);
+        }
         for l in leads {
             let mut fields: BTreeMap<String, serde_json::Value> =
                 parse_fields(&l.fields)?.into_iter().collect();
@@ -586,7 +588,12 @@ impl Store {
                     timezone: l.timezone.as_deref().and_then(|t| t.parse().ok()),
                     fields,
                     score: l.score,
-                    mailable: !suppressed.contains(&l.email) && l.consent != "unsubscribed",
+                    mailable: !suppressed.get(&l.email).is_some_and(|s| s.contains("*"))
+                        && l.consent != "unsubscribed",
+                    muted: suppressed
+                        .get(&l.email)
+                        .map(|s| s.iter().filter(|s| *s != "*").cloned().collect())
+                        .unwrap_or_default(),
                     confirmed: l.consent == "confirmed",
                     ..LeadFacts::default()
                 },
@@ -767,16 +774,38 @@ impl Store {
     }
 
     /// Stops all mail to an address, whether a lead has it or not (yet).
+    /// Where mail to this address is stopped: `*` (everywhere) or funnel ids.
+    pub async fn suppressions_of(&self, email: &crate::domain::Email) -> Result<Vec<String>> {
+        Ok(suppression::Entity::find()
+            .filter(suppression::Column::Email.eq(email.as_str()))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|s| s.scope)
+            .collect())
+    }
+
     pub async fn suppress_email(
         &self,
         email: &crate::domain::Email,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        self.suppress_in(email, None, reason, now).await
+    }
+
+    /// Stops mail to an address from one funnel (`Some(funnel)`) or from all of them.
+    pub async fn suppress_in(
+        &self,
+        email: &crate::domain::Email,
+        funnel: Option<&str>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         suppression::Entity::insert(suppression::ActiveModel {
             id: NotSet,
             email: Set(email.as_str().to_string()),
-            scope: Set("*".to_string()),
+            scope: Set(funnel.unwrap_or("*").to_string()),
             reason: Set(reason.to_string()),
             created_at: Set(ms(now)),
         })

@@ -1,14 +1,14 @@
 //! The outbox as the sender sees it: messages claimed with a lease (one attempt in flight per
 //! message), then marked sent, queued again for a later attempt, or failed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use super::batch::Params;
-use super::entities::{enrollment, message};
+use super::entities::{enrollment, message, suppression};
 use super::{Backend, Result, Store, from_ms, ms};
 use crate::domain::LeadId;
 
@@ -117,6 +117,39 @@ impl Store {
     pub async fn message_failed(&self, id: i64, error: &str) -> Result<()> {
         self.finish_message(id, "failed", None, None, Some(error))
             .await
+    }
+
+    /// Not sent because its address was suppressed after it was queued.
+    pub async fn message_suppressed(&self, id: i64) -> Result<()> {
+        self.finish_message(id, "suppressed", None, None, Some("address suppressed"))
+            .await
+    }
+
+    /// Which of these messages go to an address suppressed everywhere or in their funnel.
+    pub async fn suppressed_among(&self, messages: &[Outgoing]) -> Result<HashSet<i64>> {
+        let emails: Vec<String> = messages.iter().map(|m| m.recipient.clone()).collect();
+        let mut scopes: HashMap<String, Vec<String>> = HashMap::new();
+        for chunk in emails.chunks(super::batch::ROWS) {
+            for s in suppression::Entity::find()
+                .filter(
+                    suppression::Column::Email.is_in(super::batch::padded(chunk.iter().cloned())),
+                )
+                .all(&self.db)
+                .await?
+            {
+                scopes.entry(s.email).or_default().push(s.scope);
+            }
+        }
+        Ok(messages
+            .iter()
+            .filter(|m| {
+                scopes.get(&m.recipient).is_some_and(|s| {
+                    s.iter()
+                        .any(|s| s == "*" || Some(s.as_str()) == m.funnel.as_deref())
+                })
+            })
+            .map(|m| m.id)
+            .collect())
     }
 
     async fn finish_message(

@@ -1,0 +1,222 @@
+//! The pages behind the links in every email, through the real server: double opt-in
+//! confirmation (`/c/…`) and unsubscribe (`/u/…`: this funnel, everything, RFC 8058 one-click).
+//! What is stopped stays stopped, and emails already queued for a stopped address are dropped.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use autofunnel::delivery::{Sender, Transport, compose};
+use autofunnel::domain::{Consent, Email, LeadId};
+use autofunnel::project;
+use autofunnel::runtime::Runtime;
+use autofunnel::server::{AppState, serve};
+use autofunnel::settings::Settings;
+use autofunnel::store::{LeadInput, Store};
+use chrono::Utc;
+use tokio::net::TcpListener;
+
+use crate::util::on_both_backends;
+
+const SECRET: &[u8] = b"pages secret";
+
+fn project(dir: &Path) -> Arc<project::Project> {
+    let files = [
+        (
+            "funnels/news.yaml",
+            "name: Weekly news\nfrom: \"Shop <shop@example.com>\"\nentry: { api: true, double_opt_in: confirm }\n\
+             stages:\n  - id: welcome\n    steps:\n      - send: welcome\n      - wait: 7d\n      - exit: completed\n",
+        ),
+        (
+            "funnels/promo.yaml",
+            "name: Spring sale\nfrom: \"Shop <shop@example.com>\"\nentry: { api: true }\n\
+             stages:\n  - id: sale\n    steps:\n      - wait: 1d\n      - send: sale\n      - wait: 7d\n      - exit: completed\n",
+        ),
+        ("templates/news/confirm.subject", "Please confirm"),
+        (
+            "templates/news/confirm.html",
+            "<p><a href=\"{{ confirm_url }}\">Confirm</a></p>",
+        ),
+        ("templates/news/welcome.subject", "Welcome"),
+        (
+            "templates/news/welcome.html",
+            "<p>Hi</p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a>",
+        ),
+        ("templates/promo/sale.subject", "Sale"),
+        (
+            "templates/promo/sale.html",
+            "<p>Sale</p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a>",
+        ),
+    ];
+    for (path, text) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let settings = Settings {
+        funnels_dir: dir.join("funnels"),
+        templates_dir: dir.join("templates"),
+        ..Default::default()
+    };
+    let (p, report) = project::check(&settings, None);
+    Arc::new(p.unwrap_or_else(|| panic!("{:?}", report.diagnostics)))
+}
+
+async fn lead(store: &Store, email: &str, consent: Consent) -> LeadId {
+    store
+        .import_leads(
+            &[(Email::parse(email).unwrap(), LeadInput::default())],
+            consent,
+            Utc::now(),
+        )
+        .await
+        .unwrap()[0]
+}
+
+fn templates(rows: &[autofunnel::store::OutboxRow]) -> Vec<String> {
+    rows.iter().filter_map(|r| r.template.clone()).collect()
+}
+
+async fn confirm_and_unsubscribe(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project(dir.path());
+    let now = Utc::now();
+    let rt = Arc::new(
+        Runtime::new(store.clone(), p.funnels.clone(), "node-a", now)
+            .await
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        AppState {
+            store: store.clone(),
+            funnels: 2,
+            runtime: Some(rt.clone()),
+            hooks_secret: None,
+            secret: Arc::from(SECRET),
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = reqwest::Client::new();
+
+    // Double opt-in: the page does not confirm by itself; the POST does, once.
+    let ann = lead(&store, "ann@example.com", Consent::Pending).await;
+    rt.enroll_many(&[ann], "news", now).await.unwrap();
+    assert_eq!(templates(&store.outbox_of(ann).await.unwrap()), ["confirm"]);
+    let c = format!("{base}/c/{}", compose::token(SECRET, "c", ann.0));
+    let page = client.get(&c).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<form method=\"post\""));
+    assert!(!store.lead_facts(ann, now).await.unwrap().confirmed);
+    for _ in 0..2 {
+        let r = client.post(&c).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(store.lead_facts(ann, now).await.unwrap().confirmed);
+    assert_eq!(
+        templates(&store.outbox_of(ann).await.unwrap()),
+        ["confirm", "welcome"]
+    );
+    let confirmations = store
+        .lead_events(ann)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k == "confirmed")
+        .count();
+    assert_eq!(confirmations, 1);
+
+    // Unsubscribe from one funnel: the other goes on; the queued email of the stopped one is
+    // dropped by the sender, and the choice is shown on the next visit.
+    let bob = lead(&store, "bob@example.com", Consent::Confirmed).await;
+    rt.enroll_many(&[bob], "news", now).await.unwrap();
+    rt.enroll_many(&[bob], "promo", now).await.unwrap();
+    let u = format!("{base}/u/{}", compose::token(SECRET, "u", bob.0));
+    let page = client
+        .get(format!("{u}?f=news"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Stop emails about «Weekly news»"), "{page}");
+    assert!(page.contains("Stop all emails"), "{page}");
+    let r = client
+        .post(format!("{u}?f=news"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("scope=news")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("«Weekly news»"));
+    let bob_email = Email::parse("bob@example.com").unwrap();
+    assert_eq!(store.suppressions_of(&bob_email).await.unwrap(), ["news"]);
+    let facts = store.lead_facts(bob, now).await.unwrap();
+    assert!(facts.mailable && facts.muted.contains("news"));
+    let page = client
+        .get(format!("{u}?f=news"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("You no longer get emails about «Weekly news»"),
+        "{page}"
+    );
+    let outbox = dir.path().join("outbox");
+    std::fs::create_dir_all(&outbox).unwrap();
+    let sender = Sender::new(rt.clone(), p, Transport::Folder(outbox), &base, SECRET);
+    let tally = sender.drain(Utc::now()).await.unwrap();
+    // Ann's confirmation and welcome go out; Bob's welcome (news) is dropped.
+    assert_eq!((tally.sent, tally.suppressed), (2, 1), "{tally:?}");
+
+    // The promo funnel still mails Bob a day later; then the one-click POST (RFC 8058) stops
+    // everything, and the engine hears `unsubscribed`.
+    let later = now + chrono::Duration::days(1) + chrono::Duration::minutes(1);
+    rt.tick(later).await.unwrap();
+    assert!(templates(&store.outbox_of(bob).await.unwrap()).contains(&"sale".to_string()));
+    let r = client
+        .post(&u)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut scopes = store.suppressions_of(&bob_email).await.unwrap();
+    scopes.sort();
+    assert_eq!(scopes, ["*", "news"]);
+    assert!(!store.lead_facts(bob, later).await.unwrap().mailable);
+    let tally = sender.drain(later).await.unwrap();
+    assert_eq!((tally.sent, tally.suppressed), (0, 1), "{tally:?}");
+    let page = client.get(&u).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("gets no more emails"), "{page}");
+
+    // Forged or foreign tokens change nothing.
+    for bad in [
+        format!("{base}/u/{}.AAAAAAAAAAAAAAAAAAAAAA", ann.0),
+        format!("{base}/c/{}", compose::token(SECRET, "u", ann.0)),
+        format!("{base}/u/{}", compose::token(b"another key", "u", ann.0)),
+    ] {
+        assert_eq!(client.post(&bad).send().await.unwrap().status(), 403);
+        assert_eq!(client.get(&bad).send().await.unwrap().status(), 403);
+    }
+    let ann_email = Email::parse("ann@example.com").unwrap();
+    assert!(store.suppressions_of(&ann_email).await.unwrap().is_empty());
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+on_both_backends! {
+    confirm_and_unsubscribe_pages => confirm_and_unsubscribe,
+}
