@@ -333,6 +333,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
                 .as_ref()
                 .map(|s| std::sync::Arc::from(s.as_bytes())),
             secret: std::sync::Arc::from(secret.as_slice()),
+            signup_limit: server::signup::limiter(settings.signups_per_ip_per_minute),
         },
         until_stopped(),
     ));

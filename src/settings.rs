@@ -45,6 +45,8 @@ pub struct Settings {
     pub smtp_connections: usize,
     /// At most this many emails per second (unset: as fast as the transport takes them).
     pub send_rate: Option<f64>,
+    /// Signups one IP address may make per minute (`POST /f/{form}`); 0 turns the limit off.
+    pub signups_per_ip_per_minute: u32,
     /// Links in emails become signed redirects that record clicks.
     pub track_clicks: bool,
     /// Emails carry a pixel that records opens.
@@ -84,6 +86,7 @@ impl Default for Settings {
             dkim_key_file: None,
             smtp_connections: 4,
             send_rate: None,
+            signups_per_ip_per_minute: 30,
             track_clicks: true,
             track_opens: true,
             secret: None,
@@ -94,7 +97,7 @@ impl Default for Settings {
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 19] = [
+const ENV_KEYS: [&str; 20] = [
     "database_url",
     "listen",
     "base_url",
@@ -109,6 +112,7 @@ const ENV_KEYS: [&str; 19] = [
     "dkim_key_file",
     "smtp_connections",
     "send_rate",
+    "signups_per_ip_per_minute",
     "track_clicks",
     "track_opens",
     "secret",

@@ -97,6 +97,7 @@ async fn confirm_and_unsubscribe(store: Store) {
             runtime: Some(rt.clone()),
             hooks_secret: None,
             secret: Arc::from(SECRET),
+            signup_limit: None,
         },
         async {
             let _ = stopped.await;

@@ -36,6 +36,7 @@ async fn healthz_answers_ok_while_the_database_answers() {
         runtime: None,
         hooks_secret: None,
         secret: std::sync::Arc::from(&b"k"[..]),
+        signup_limit: None,
     })
     .await;
     let resp = reqwest::get(format!("http://{addr}/healthz"))
@@ -92,6 +93,7 @@ async fn delivery_reports_are_verified_then_suppress() {
         runtime: Some(rt),
         hooks_secret: Some(Arc::from(secret)),
         secret: std::sync::Arc::from(&b"k"[..]),
+        signup_limit: None,
     })
     .await;
     let client = reqwest::Client::new();

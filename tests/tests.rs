@@ -10,6 +10,7 @@ mod pages;
 mod roundtrip;
 mod runtime;
 mod server;
+mod signup;
 mod store;
 mod tracking;
 mod util;

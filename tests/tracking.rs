@@ -168,6 +168,7 @@ async fn links_are_tracked_and_offers_expire(store: Store) {
             runtime: Some(rt.clone()),
             hooks_secret: None,
             secret: Arc::from(&secret[..]),
+            signup_limit: None,
         },
         async {
             let _ = stopped.await;

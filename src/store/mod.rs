@@ -27,7 +27,7 @@ use sea_orm::{
 use thiserror::Error;
 
 use crate::domain::{Consent, Email, Lead, LeadId, Tag};
-use entities::{event, lead, lead_tag};
+use entities::{event, lead, lead_tag, touch};
 
 /// Errors a caller may want to tell apart.
 #[derive(Debug, Error)]
@@ -66,6 +66,20 @@ pub struct LeadInput {
     pub first_name: Option<String>,
     pub fields: serde_json::Map<String, serde_json::Value>,
     pub timezone: Option<chrono_tz::Tz>,
+}
+
+/// Where a signup came from: UTM parameters, referrer, landing page, form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewTouch {
+    pub channel: String,
+    pub source: Option<String>,
+    pub medium: Option<String>,
+    pub campaign: Option<String>,
+    pub term: Option<String>,
+    pub content: Option<String>,
+    pub referrer: Option<String>,
+    pub landing_url: Option<String>,
+    pub form: Option<String>,
 }
 
 /// A tracked event to store.
@@ -384,6 +398,49 @@ impl Store {
         rows.into_iter()
             .map(|r| Tag::parse(&r.tag).map_err(|e| StoreError::Corrupt(e.to_string())))
             .collect()
+    }
+
+    /// Records where a lead came from.
+    pub async fn record_touch(&self, lead: LeadId, t: NewTouch, now: DateTime<Utc>) -> Result<()> {
+        touch::Entity::insert(touch::ActiveModel {
+            id: NotSet,
+            lead_id: Set(lead.0),
+            occurred_at: Set(ms(now)),
+            channel: Set(t.channel),
+            source: Set(t.source),
+            medium: Set(t.medium),
+            campaign: Set(t.campaign),
+            term: Set(t.term),
+            content: Set(t.content),
+            referrer: Set(t.referrer),
+            landing_url: Set(t.landing_url),
+            form_id: Set(t.form),
+        })
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// The touches of a lead, oldest first.
+    pub async fn touches_of(&self, lead: LeadId) -> Result<Vec<NewTouch>> {
+        Ok(touch::Entity::find()
+            .filter(touch::Column::LeadId.eq(lead.0))
+            .order_by_asc(touch::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|t| NewTouch {
+                channel: t.channel,
+                source: t.source,
+                medium: t.medium,
+                campaign: t.campaign,
+                term: t.term,
+                content: t.content,
+                referrer: t.referrer,
+                landing_url: t.landing_url,
+                form: t.form_id,
+            })
+            .collect())
     }
 
     /// Stores an event once per idempotency key.

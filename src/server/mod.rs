@@ -1,6 +1,8 @@
 //! The HTTP side of `autofunnel run` (axum). `serve(listener, state, shutdown)` takes a bound
 //! listener so tests start it on port 0.
 
+pub mod signup;
+
 use std::future::Future;
 
 use std::sync::Arc;
@@ -33,12 +35,23 @@ pub struct AppState {
     pub hooks_secret: Option<Arc<[u8]>>,
     /// Key that signs the links in emails (`secret`).
     pub secret: Arc<[u8]>,
+    /// Signups per IP address (`signups_per_ip_per_minute`); `None`, no limit.
+    pub signup_limit: Option<Arc<signup::Limiter>>,
 }
+
+/// Largest signup body: a form is a few fields.
+const SIGNUP_BODY_LIMIT: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/hooks/delivery", post(delivery_report))
+        .route(
+            "/f/{form}",
+            post(signup::signup)
+                .options(signup::preflight)
+                .layer(axum::extract::DefaultBodyLimit::max(SIGNUP_BODY_LIMIT)),
+        )
         .route("/r/{token}", get(click))
         .route("/u/{token}", get(unsubscribe_page).post(unsubscribe))
         .route("/c/{token}", get(confirm_page).post(confirm))
@@ -545,7 +558,8 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

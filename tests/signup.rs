@@ -1,0 +1,230 @@
+//! `POST /f/{form}` through the real server with a real client: HTML forms and `fetch()`, the
+//! same email twice, the touch, double opt-in, CORS, the honeypot, and every bad input storing
+//! nothing.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use autofunnel::domain::Email;
+use autofunnel::project;
+use autofunnel::runtime::Runtime;
+use autofunnel::server::{AppState, serve, signup};
+use autofunnel::settings::Settings;
+use autofunnel::store::Store;
+use chrono::Utc;
+use tokio::net::TcpListener;
+
+use crate::util::on_both_backends;
+
+fn project(dir: &Path) -> Arc<project::Project> {
+    let files = [
+        (
+            "funnels/book.yaml",
+            "name: Free book\nfrom: \"Shop <shop@example.com>\"\n\
+             entry:\n  form:\n    id: free-book\n    thank_you: https://example.com/thanks\n    cors: [\"https://landing.example.com\"]\n  double_opt_in: confirm\n\
+             stages:\n  - id: book\n    steps:\n      - send: book\n      - wait: 7d\n      - exit: completed\n",
+        ),
+        ("templates/book/confirm.subject", "Please confirm"),
+        (
+            "templates/book/confirm.html",
+            "<a href=\"{{ confirm_url }}\">Confirm</a>",
+        ),
+        ("templates/book/book.subject", "Your book"),
+        ("templates/book/book.html", "<p>Here it is</p>"),
+    ];
+    for (path, text) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let settings = Settings {
+        funnels_dir: dir.join("funnels"),
+        templates_dir: dir.join("templates"),
+        ..Default::default()
+    };
+    let (p, report) = project::check(&settings, None);
+    Arc::new(p.unwrap_or_else(|| panic!("{:?}", report.diagnostics)))
+}
+
+async fn signups(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project(dir.path());
+    let rt = Arc::new(
+        Runtime::new(store.clone(), p.funnels.clone(), "node-a", Utc::now())
+            .await
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/f/free-book", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        AppState {
+            store: store.clone(),
+            funnels: 1,
+            runtime: Some(rt.clone()),
+            hooks_secret: None,
+            secret: Arc::from(&b"signup secret"[..]),
+            signup_limit: signup::limiter(8),
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = |body: &str| {
+        client
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_string())
+    };
+
+    // An HTML form: 303 to the thank-you page; lead, touch and the confirmation email stored.
+    let r = form(
+        "email=Anna%40Example.com&first_name=Anna&timezone=Europe%2FBerlin&city=Berlin\
+                  &utm_source=newsletter&utm_medium=email&utm_campaign=spring&website=",
+    )
+    .header("referer", "https://landing.example.com/book")
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "https://example.com/thanks");
+    let anna = store
+        .lead_by_email(&Email::parse("anna@example.com").unwrap())
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(anna.first_name.as_deref(), Some("Anna"));
+    assert_eq!(anna.timezone, Some(chrono_tz::Europe::Berlin));
+    assert_eq!(anna.fields["city"], "Berlin");
+    let touches = store.touches_of(anna.id).await.unwrap();
+    assert_eq!(touches.len(), 1);
+    assert_eq!(touches[0].source.as_deref(), Some("newsletter"));
+    assert_eq!(touches[0].campaign.as_deref(), Some("spring"));
+    assert_eq!(
+        touches[0].referrer.as_deref(),
+        Some("https://landing.example.com/book")
+    );
+    assert_eq!(touches[0].form.as_deref(), Some("free-book"));
+    let sent: Vec<_> = store
+        .outbox_of(anna.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| m.template)
+        .collect();
+    assert_eq!(sent, ["confirm"], "double opt-in asks first");
+
+    // fetch() with JSON from an allowed origin: JSON back, CORS header; the same email updates
+    // the lead (a new field, a second touch) and starts nothing twice.
+    let r = client
+        .post(&url)
+        .header("origin", "https://landing.example.com")
+        .json(&serde_json::json!({ "email": "anna@example.com", "plan": "pro" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://landing.example.com"
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["lead"], anna.id.0);
+    let again = store.lead_by_email(&anna.email).await.unwrap().unwrap();
+    assert_eq!(again.fields["plan"], "pro");
+    assert_eq!(again.fields["city"], "Berlin");
+    assert_eq!(store.touches_of(anna.id).await.unwrap().len(), 2);
+    assert_eq!(store.outbox_of(anna.id).await.unwrap().len(), 1);
+    // The preflight answers allowed origins only.
+    let pre = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    assert_eq!(
+        pre("https://landing.example.com").await.unwrap().status(),
+        204
+    );
+    assert_eq!(pre("https://evil.example.net").await.unwrap().status(), 403);
+
+    // A bot fills the honeypot: told all is well, nothing kept.
+    let r = form("email=bot%40spam.example&website=http%3A%2F%2Fspam")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let bot = Email::parse("bot@spam.example").unwrap();
+    assert!(store.lead_by_email(&bot).await.unwrap().is_none());
+
+    // Bad input: the field named, nothing stored.
+    let bad = [
+        ("email=not-an-email", 422, "email"),
+        ("first_name=Nobody", 422, "email"),
+        (
+            "email=x%40example.com&timezone=Mars%2FBase",
+            422,
+            "timezone",
+        ),
+        ("email=x%40example.com&Bad-Name=1", 422, "Bad-Name"),
+    ];
+    for (body, status, field) in bad {
+        let r = form(body).send().await.unwrap();
+        assert_eq!(r.status(), status, "{body}");
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(e["field"], field, "{body}");
+    }
+    let r = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = form(&format!(
+        "email=x%40example.com&note={}",
+        "a".repeat(70_000)
+    ))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 413);
+    let x = Email::parse("x@example.com").unwrap();
+    assert!(store.lead_by_email(&x).await.unwrap().is_none());
+    let r = client
+        .post(url.replace("free-book", "no-such-form"))
+        .body("email=y%40example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Eight signups a minute per address: the ninth request is refused, and stores nothing.
+    let mut last = 0;
+    for i in 0..3 {
+        last = form(&format!("email=late{i}%40example.com"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+    }
+    assert_eq!(last, 429);
+    let late = Email::parse("late2@example.com").unwrap();
+    assert!(store.lead_by_email(&late).await.unwrap().is_none());
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+on_both_backends! {
+    form_signups => signups,
+}
