@@ -9,13 +9,11 @@ use autofunnel::delivery::{Sender, Transport, compose};
 use autofunnel::domain::{Consent, Email, LeadId};
 use autofunnel::project;
 use autofunnel::runtime::Runtime;
-use autofunnel::server::{AppState, serve};
-use autofunnel::settings::Settings;
+use autofunnel::server::AppState;
 use autofunnel::store::{LeadInput, Store};
 use chrono::Utc;
-use tokio::net::TcpListener;
 
-use crate::util::on_both_backends;
+use crate::util::{Server, on_both_backends, project_of};
 
 const SECRET: &[u8] = b"pages secret";
 
@@ -47,18 +45,7 @@ fn project(dir: &Path) -> Arc<project::Project> {
             "<p>Sale</p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a>",
         ),
     ];
-    for (path, text) in files {
-        let p = dir.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    let settings = Settings {
-        funnels_dir: dir.join("funnels"),
-        templates_dir: dir.join("templates"),
-        ..Default::default()
-    };
-    let (p, report) = project::check(&settings, None);
-    Arc::new(p.unwrap_or_else(|| panic!("{:?}", report.diagnostics)))
+    project_of(dir, &files)
 }
 
 async fn lead(store: &Store, email: &str, consent: Consent) -> LeadId {
@@ -86,10 +73,8 @@ async fn confirm_and_unsubscribe(store: Store) {
             .await
             .unwrap(),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
+    let (listener, base) = Server::bind().await;
+    let server = Server::start(
         listener,
         AppState {
             store: store.clone(),
@@ -99,10 +84,7 @@ async fn confirm_and_unsubscribe(store: Store) {
             secret: Arc::from(SECRET),
             signup_limit: None,
         },
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    );
     let client = reqwest::Client::new();
 
     // Double opt-in: the page does not confirm by itself; the POST does, once.
@@ -214,8 +196,7 @@ async fn confirm_and_unsubscribe(store: Store) {
     let ann_email = Email::parse("ann@example.com").unwrap();
     assert!(store.suppressions_of(&ann_email).await.unwrap().is_empty());
 
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 on_both_backends! {

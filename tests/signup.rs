@@ -8,13 +8,11 @@ use std::sync::Arc;
 use autofunnel::domain::Email;
 use autofunnel::project;
 use autofunnel::runtime::Runtime;
-use autofunnel::server::{AppState, serve, signup};
-use autofunnel::settings::Settings;
+use autofunnel::server::{AppState, signup};
 use autofunnel::store::Store;
 use chrono::Utc;
-use tokio::net::TcpListener;
 
-use crate::util::on_both_backends;
+use crate::util::{Server, on_both_backends, project_of};
 
 fn project(dir: &Path) -> Arc<project::Project> {
     let files = [
@@ -32,18 +30,7 @@ fn project(dir: &Path) -> Arc<project::Project> {
         ("templates/book/book.subject", "Your book"),
         ("templates/book/book.html", "<p>Here it is</p>"),
     ];
-    for (path, text) in files {
-        let p = dir.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    let settings = Settings {
-        funnels_dir: dir.join("funnels"),
-        templates_dir: dir.join("templates"),
-        ..Default::default()
-    };
-    let (p, report) = project::check(&settings, None);
-    Arc::new(p.unwrap_or_else(|| panic!("{:?}", report.diagnostics)))
+    project_of(dir, &files)
 }
 
 async fn signups(store: Store) {
@@ -55,10 +42,9 @@ async fn signups(store: Store) {
             .await
             .unwrap(),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/f/free-book", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
+    let (listener, base) = Server::bind().await;
+    let url = format!("{base}/f/free-book");
+    let server = Server::start(
         listener,
         AppState {
             store: store.clone(),
@@ -68,10 +54,7 @@ async fn signups(store: Store) {
             secret: Arc::from(&b"signup secret"[..]),
             signup_limit: signup::limiter(8),
         },
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    );
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -221,8 +204,7 @@ async fn signups(store: Store) {
     let late = Email::parse("late2@example.com").unwrap();
     assert!(store.lead_by_email(&late).await.unwrap().is_none());
 
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 on_both_backends! {

@@ -11,14 +11,12 @@ use autofunnel::delivery::{Sender, Transport};
 use autofunnel::domain::{Consent, Email, LeadId};
 use autofunnel::project;
 use autofunnel::runtime::Runtime;
-use autofunnel::server::{AppState, serve};
-use autofunnel::settings::Settings;
+use autofunnel::server::AppState;
 use autofunnel::store::{LeadInput, Store};
 use chrono::{Duration, Utc};
 use mail_parser::MessageParser;
-use tokio::net::TcpListener;
 
-use crate::util::on_both_backends;
+use crate::util::{Server, on_both_backends, project_of};
 
 const FUNNEL: &str = r#"
 name: Promo
@@ -47,23 +45,18 @@ or read <a href="https://blog.example.com/why-yoga/" data-expires="never">why yo
 <p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>{% endblock body %}"#;
 
 fn project(dir: &Path) -> Arc<project::Project> {
-    std::fs::create_dir_all(dir.join("funnels")).unwrap();
-    std::fs::create_dir_all(dir.join("templates/promo")).unwrap();
-    std::fs::write(dir.join("funnels/promo.yaml"), FUNNEL).unwrap();
-    std::fs::write(dir.join("templates/_layout.html"), LAYOUT).unwrap();
-    std::fs::write(dir.join("templates/promo/offer.html"), OFFER).unwrap();
-    std::fs::write(
-        dir.join("templates/promo/offer.subject"),
-        "{{ offer.name }}: the offer",
+    project_of(
+        dir,
+        &[
+            ("funnels/promo.yaml", FUNNEL),
+            ("templates/_layout.html", LAYOUT),
+            ("templates/promo/offer.html", OFFER),
+            (
+                "templates/promo/offer.subject",
+                "{{ offer.name }}: the offer",
+            ),
+        ],
     )
-    .unwrap();
-    let settings = Settings {
-        funnels_dir: dir.join("funnels"),
-        templates_dir: dir.join("templates"),
-        ..Default::default()
-    };
-    let (p, report) = project::check(&settings, None);
-    Arc::new(p.unwrap_or_else(|| panic!("{:?}", report.diagnostics)))
 }
 
 /// The parts of the one `.eml` file written for `lead`'s email.
@@ -124,8 +117,7 @@ async fn links_are_tracked_and_offers_expire(store: Store) {
     let outbox = dir.path().join("outbox");
     std::fs::create_dir_all(&outbox).unwrap();
     let secret = b"tracking secret";
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (listener, base) = Server::bind().await;
     let sender = Sender::new(
         rt.clone(),
         p,
@@ -159,8 +151,7 @@ async fn links_are_tracked_and_offers_expire(store: Store) {
         assert!(text.contains(l.as_str()), "{l} not in {text}");
     }
 
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
+    let server = Server::start(
         listener,
         AppState {
             store: store.clone(),
@@ -170,10 +161,7 @@ async fn links_are_tracked_and_offers_expire(store: Store) {
             secret: Arc::from(&secret[..]),
             signup_limit: None,
         },
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    );
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -254,8 +242,7 @@ async fn links_are_tracked_and_offers_expire(store: Store) {
     assert_eq!(r.status(), 302);
     assert_eq!(store.lead_events(fresh).await.unwrap().len(), before);
 
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 on_both_backends! {

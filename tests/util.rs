@@ -65,3 +65,52 @@ macro_rules! on_both_backends {
     };
 }
 pub(crate) use on_both_backends;
+
+/// Writes a project's files (`funnels/…`, `templates/…`) into `dir` and loads it as `run`
+/// would; panics with the diagnostics if it does not pass `check`.
+pub fn project_of(
+    dir: &Path,
+    files: &[(&str, &str)],
+) -> std::sync::Arc<autofunnel::project::Project> {
+    for (path, text) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let settings = autofunnel::settings::Settings {
+        funnels_dir: dir.join("funnels"),
+        templates_dir: dir.join("templates"),
+        ..Default::default()
+    };
+    let (p, report) = autofunnel::project::check(&settings, None);
+    std::sync::Arc::new(p.unwrap_or_else(|| panic!("{:?}", report.diagnostics)))
+}
+
+/// The real server on a port of 127.0.0.1 chosen by the system.
+pub struct Server {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Binds port 0 first, so `state` may be built knowing the address (`Server::bind`).
+    pub async fn bind() -> (tokio::net::TcpListener, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        (listener, base)
+    }
+
+    pub fn start(listener: tokio::net::TcpListener, state: autofunnel::server::AppState) -> Server {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(autofunnel::server::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        Server { stop, task }
+    }
+
+    /// Stops it and waits until the requests in flight are done.
+    pub async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
