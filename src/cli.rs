@@ -291,6 +291,9 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     };
     let runtime = std::sync::Arc::new(runtime);
     let secret = settings.secret_bytes()?;
+    if settings.api_token.as_ref().is_some_and(|t| t.len() < 16) {
+        anyhow::bail!("`api_token` is too short: use at least 16 characters");
+    }
     let sender = std::sync::Arc::new(
         delivery::Sender::new(
             runtime.clone(),
@@ -333,6 +336,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
                 .as_ref()
                 .map(|s| std::sync::Arc::from(s.as_bytes())),
             secret: std::sync::Arc::from(secret.as_slice()),
+            api_token: settings.api_token.as_deref().map(std::sync::Arc::from),
             signup_limit: server::signup::limiter(settings.signups_per_ip_per_minute),
         },
         until_stopped(),

@@ -209,16 +209,46 @@ impl Runtime {
         key: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<usize, RuntimeError> {
-        let payload = serde_json::json!({ "product": e.product, "template": e.template, "link": e.link, "form": e.form });
+        Ok(self.record(lead, e, key, now, now).await?.unwrap_or(0))
+    }
+
+    /// An event that happened at `occurred_at` (reported later by another system); `false`
+    /// when its idempotency key was seen before.
+    pub async fn event_at(
+        &self,
+        lead: LeadId,
+        e: Event,
+        key: Option<String>,
+        occurred_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, RuntimeError> {
+        Ok(self.record(lead, e, key, occurred_at, now).await?.is_some())
+    }
+
+    /// Stores the event once and feeds it; `None` for a duplicate, else how many enrollments
+    /// saw it.
+    async fn record(
+        &self,
+        lead: LeadId,
+        e: Event,
+        key: Option<String>,
+        occurred_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<usize>, RuntimeError> {
+        let mut payload = serde_json::json!({ "product": e.product, "template": e.template, "link": e.link, "form": e.form });
+        if e.amount.is_some() || e.currency.is_some() {
+            payload["amount"] = serde_json::json!(e.amount);
+            payload["currency"] = serde_json::json!(e.currency);
+        }
         let stored = NewEvent {
             lead: Some(lead),
             kind: e.name.clone(),
             payload,
             idempotency_key: key,
-            occurred_at: now,
+            occurred_at,
         };
         if self.store.record_event(stored, now).await? == Recorded::Duplicate {
-            return Ok(0);
+            return Ok(None);
         }
         match e.name.as_str() {
             "confirmed" => {
@@ -245,7 +275,7 @@ impl Runtime {
             .await?;
         let seen = self.step_and_commit(&claimed, now, false).await?;
         self.wake.notify_one();
-        Ok(seen)
+        Ok(Some(seen))
     }
 
     /// Claims a batch of due or pending enrollments, steps each, and commits the round in one

@@ -45,6 +45,8 @@ pub struct Settings {
     pub smtp_connections: usize,
     /// At most this many emails per second (unset: as fast as the transport takes them).
     pub send_rate: Option<f64>,
+    /// Bearer token for `/api/v1/…`; unset, the API is off.
+    pub api_token: Option<String>,
     /// Signups one IP address may make per minute (`POST /f/{form}`); 0 turns the limit off.
     pub signups_per_ip_per_minute: u32,
     /// Links in emails become signed redirects that record clicks.
@@ -86,6 +88,7 @@ impl Default for Settings {
             dkim_key_file: None,
             smtp_connections: 4,
             send_rate: None,
+            api_token: None,
             signups_per_ip_per_minute: 30,
             track_clicks: true,
             track_opens: true,
@@ -97,7 +100,7 @@ impl Default for Settings {
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 20] = [
+const ENV_KEYS: [&str; 21] = [
     "database_url",
     "listen",
     "base_url",
@@ -112,6 +115,7 @@ const ENV_KEYS: [&str; 20] = [
     "dkim_key_file",
     "smtp_connections",
     "send_rate",
+    "api_token",
     "signups_per_ip_per_minute",
     "track_clicks",
     "track_opens",

@@ -56,10 +56,20 @@ fn certificate() -> (tokio_rustls::TlsAcceptor, Vec<u8>) {
 /// get 421 and a closed connection the first time, and `hangup*` recipients have the
 /// connection dropped after DATA.
 async fn smtp_server() -> (u16, Arc<Mutex<Vec<Received>>>) {
-    smtp_server_with(Security::None).await
+    let (port, got, _) = smtp_server_with(Security::None).await;
+    (port, got)
 }
 
-async fn smtp_server_with(tls: Security) -> (u16, Arc<Mutex<Vec<Received>>>) {
+/// The server's port, what it received, and how many connections are open.
+async fn smtp_server_with(
+    tls: Security,
+) -> (
+    u16,
+    Arc<Mutex<Vec<Received>>>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counting = open.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
@@ -71,7 +81,17 @@ async fn smtp_server_with(tls: Security) -> (u16, Arc<Mutex<Vec<Received>>>) {
                 return;
             };
             let (got, deferred, tls) = (keep.clone(), deferred.clone(), tls.clone());
+            let open = counting.clone();
+            open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
+                // Closed however the session ends.
+                struct Closing(Arc<std::sync::atomic::AtomicUsize>);
+                impl Drop for Closing {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                let _closing = Closing(open);
                 match tls {
                     Security::None => session(sock, true, got, deferred).await,
                     Security::Implicit(acceptor) => {
@@ -110,7 +130,7 @@ async fn smtp_server_with(tls: Security) -> (u16, Arc<Mutex<Vec<Received>>>) {
             });
         }
     });
-    (port, got)
+    (port, got, open)
 }
 
 /// One SMTP conversation after any TLS handshake.
@@ -480,7 +500,7 @@ fn dkim_keys_are_checked() {
 async fn a_crashed_sender_loses_nothing_and_repeats_only_what_was_in_flight() {
     const N: usize = 300;
     const CONNECTIONS: usize = 4;
-    let (port, got) = smtp_server().await;
+    let (port, got, open) = smtp_server_with(Security::None).await;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/crash.db", dir.path().display());
     let store = Store::connect(&url).await.unwrap();
@@ -522,6 +542,15 @@ async fn a_crashed_sender_loses_nothing_and_repeats_only_what_was_in_flight() {
         tokio::task::yield_now().await;
     }
     doomed.shutdown_background();
+    // The server may still be reading what the dead sender wrote before it died: count what
+    // it accepted only once the dead connections are closed.
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while open.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the dead sender's connections close");
     let at_crash = got.lock().unwrap().len();
     assert!(at_crash < N, "the sender finished before the crash");
     let recorded = statuses(&store)
@@ -580,7 +609,7 @@ async fn smtp_over_starttls_and_implicit_tls() {
         let url = format!("sqlite://{}/tls.db", dir.path().display());
         let store = Store::connect(&url).await.unwrap();
         let (rt, p, _) = setup(&store, &[("anna@example.com", "Anna")]).await;
-        let (port, got) = smtp_server_with(tls).await;
+        let (port, got, _) = smtp_server_with(tls).await;
         let url = format!("{scheme}://me:s3cret@localhost:{port}");
         // Without the CA the certificate is not trusted and nothing is sent.
         let untrusted = Sender::new(

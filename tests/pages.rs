@@ -83,6 +83,7 @@ async fn confirm_and_unsubscribe(store: Store) {
             hooks_secret: None,
             secret: Arc::from(SECRET),
             signup_limit: None,
+            api_token: None,
         },
     );
     let client = reqwest::Client::new();

@@ -37,6 +37,7 @@ async fn healthz_answers_ok_while_the_database_answers() {
         hooks_secret: None,
         secret: std::sync::Arc::from(&b"k"[..]),
         signup_limit: None,
+        api_token: None,
     })
     .await;
     let resp = reqwest::get(format!("http://{addr}/healthz"))
@@ -94,6 +95,7 @@ async fn delivery_reports_are_verified_then_suppress() {
         hooks_secret: Some(Arc::from(secret)),
         secret: std::sync::Arc::from(&b"k"[..]),
         signup_limit: None,
+        api_token: None,
     })
     .await;
     let client = reqwest::Client::new();

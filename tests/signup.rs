@@ -53,6 +53,7 @@ async fn signups(store: Store) {
             hooks_secret: None,
             secret: Arc::from(&b"signup secret"[..]),
             signup_limit: signup::limiter(8),
+            api_token: None,
         },
     );
     let client = reqwest::Client::builder()

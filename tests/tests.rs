@@ -5,6 +5,7 @@ mod check_corpus;
 mod cli;
 mod delivery;
 mod engine;
+mod events;
 mod examples;
 mod pages;
 mod roundtrip;

@@ -160,6 +160,7 @@ async fn links_are_tracked_and_offers_expire(store: Store) {
             hooks_secret: None,
             secret: Arc::from(&secret[..]),
             signup_limit: None,
+            api_token: None,
         },
     );
     let client = reqwest::Client::builder()

@@ -29,8 +29,12 @@ pub fn verify(secret: &[u8], purpose: &str, data: &[u8], sig: &str) -> bool {
     let Ok(sig) = B64.decode(sig) else {
         return false;
     };
-    let want = sign(secret, purpose, data);
-    sig.len() == want.len() && sig.iter().zip(want).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    constant_time_eq(&sig, &sign(secret, purpose, data))
+}
+
+/// Whether two byte strings are equal, in time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A tracked link as its token carries it.

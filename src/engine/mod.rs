@@ -104,6 +104,9 @@ pub struct Event {
     pub template: Option<String>,
     pub link: Option<String>,
     pub form: Option<String>,
+    /// A purchase's value, kept for revenue reports (the engine does not match on it).
+    pub amount: Option<f64>,
+    pub currency: Option<String>,
 }
 
 impl Event {

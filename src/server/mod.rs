@@ -1,6 +1,7 @@
 //! The HTTP side of `autofunnel run` (axum). `serve(listener, state, shutdown)` takes a bound
 //! listener so tests start it on port 0.
 
+pub mod events;
 pub mod signup;
 
 use std::future::Future;
@@ -35,10 +36,14 @@ pub struct AppState {
     pub hooks_secret: Option<Arc<[u8]>>,
     /// Key that signs the links in emails (`secret`).
     pub secret: Arc<[u8]>,
+    /// Bearer token of the API (`api_token`); unset, the API answers 404.
+    pub api_token: Option<Arc<str>>,
     /// Signups per IP address (`signups_per_ip_per_minute`); `None`, no limit.
     pub signup_limit: Option<Arc<signup::Limiter>>,
 }
 
+/// Largest API body: a batch of 1,000 events.
+const API_BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// Largest signup body: a form is a few fields.
 const SIGNUP_BODY_LIMIT: usize = 64 * 1024;
 
@@ -46,6 +51,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/hooks/delivery", post(delivery_report))
+        .route("/hooks/purchase", post(events::purchase_hook))
+        .route(
+            "/api/v1/events",
+            post(events::api_events).layer(axum::extract::DefaultBodyLimit::max(API_BODY_LIMIT)),
+        )
         .route(
             "/f/{form}",
             post(signup::signup)
@@ -75,38 +85,8 @@ async fn delivery_report(
     headers: HeaderMap,
     body: Bytes,
 ) -> axum::response::Response {
-    let Some(secret) = state.hooks_secret.clone() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "",
-            "delivery reports are not enabled (set hooks_secret)",
-        );
-    };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let Some(ts) = header("x-autofunnel-timestamp").and_then(|t| t.parse::<i64>().ok()) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "X-Autofunnel-Timestamp",
-            "missing or not a number",
-        );
-    };
-    if (chrono::Utc::now().timestamp() - ts).abs() > REPLAY_WINDOW_SECS {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "X-Autofunnel-Timestamp",
-            "outside the 5-minute window",
-        );
-    }
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret).expect("any key length");
-    mac.update(format!("{ts}.").as_bytes());
-    mac.update(&body);
-    let given = header("x-autofunnel-signature").and_then(hex_decode);
-    if given.is_none_or(|g| mac.verify_slice(&g).is_err()) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "X-Autofunnel-Signature",
-            "signature does not match",
-        );
+    if let Some(r) = verify_signed(&state, &headers, &body, "delivery reports") {
+        return r;
     }
     let Ok(report) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "", "the body is not JSON");
@@ -540,6 +520,50 @@ fn page(status: StatusCode, title: &str, text: &str) -> axum::response::Response
          <body style=\"font-family:sans-serif;max-width:32em;margin:4em auto;padding:0 1em\"><h1>{title}</h1><p>{text}</p></body></html>"
     );
     (status, Html(body)).into_response()
+}
+
+/// Checks a signed webhook, answering the refusal if it fails: `X-Autofunnel-Timestamp` (Unix seconds, within 5 minutes) and
+/// `X-Autofunnel-Signature` = hex HMAC-SHA256 of `"{timestamp}.{body}"` with `hooks_secret`.
+fn verify_signed(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    what: &str,
+) -> Option<axum::response::Response> {
+    let Some(secret) = state.hooks_secret.clone() else {
+        return Some(error(
+            StatusCode::NOT_FOUND,
+            "",
+            &format!("{what} are not enabled (set hooks_secret)"),
+        ));
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(ts) = header("x-autofunnel-timestamp").and_then(|t| t.parse::<i64>().ok()) else {
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "X-Autofunnel-Timestamp",
+            "missing or not a number",
+        ));
+    };
+    if (chrono::Utc::now().timestamp() - ts).abs() > REPLAY_WINDOW_SECS {
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "X-Autofunnel-Timestamp",
+            "outside the 5-minute window",
+        ));
+    }
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret).expect("any key length");
+    mac.update(format!("{ts}.").as_bytes());
+    mac.update(body);
+    let given = header("x-autofunnel-signature").and_then(hex_decode);
+    if given.is_none_or(|g| mac.verify_slice(&g).is_err()) {
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "X-Autofunnel-Signature",
+            "signature does not match",
+        ));
+    }
+    None
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {

@@ -858,6 +858,8 @@ impl Store {
                         template: s("template"),
                         link: s("link"),
                         form: s("form"),
+                        amount: p.get("amount").and_then(|v| v.as_f64()),
+                        currency: s("currency"),
                     },
                 });
             }

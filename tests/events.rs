@@ -1,0 +1,229 @@
+//! Events from other systems through the real server: `POST /api/v1/events` (bearer token,
+//! batches, purchases counted once per order id, the engine moved) and the signed
+//! `POST /hooks/purchase`; every bad input names its field and stores nothing.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use autofunnel::domain::Email;
+use autofunnel::engine::Status;
+use autofunnel::funnel::Outcome;
+use autofunnel::project;
+use autofunnel::runtime::Runtime;
+use autofunnel::server::AppState;
+use autofunnel::store::Store;
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use crate::util::{Server, on_both_backends, project_of};
+
+const TOKEN: &str = "api token of 16+ chars";
+const HOOKS: &[u8] = b"hooks secret 1234";
+
+fn project(dir: &Path) -> Arc<project::Project> {
+    project_of(
+        dir,
+        &[(
+            "funnels/course.yaml",
+            "name: Course\nfrom: \"Shop <shop@example.com>\"\nentry: { api: true }\n\
+                 products:\n  course: { name: Course, price: 49, currency: EUR }\n\
+                 on:\n  - { event: purchase, product: course, exit: converted }\n\
+                 stages:\n  - id: pitch\n    offer: course\n    steps:\n      - wait: 30d\n      - exit: not_converted\n",
+        )],
+    )
+}
+
+fn signed(ts: i64, body: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(HOOKS).unwrap();
+    mac.update(format!("{ts}.{body}").as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn events_api(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project(dir.path());
+    let now = Utc::now();
+    let rt = Arc::new(
+        Runtime::new(store.clone(), p.funnels.clone(), "node-a", now)
+            .await
+            .unwrap(),
+    );
+    let (listener, base) = Server::bind().await;
+    let server = Server::start(
+        listener,
+        AppState {
+            store: store.clone(),
+            funnels: 1,
+            runtime: Some(rt.clone()),
+            hooks_secret: Some(Arc::from(HOOKS)),
+            secret: Arc::from(&b"link secret"[..]),
+            signup_limit: None,
+            api_token: Some(Arc::from(TOKEN)),
+        },
+    );
+    let client = reqwest::Client::new();
+    let api = format!("{base}/api/v1/events");
+    let post = |body: Value| client.post(&api).bearer_auth(TOKEN).json(&body).send();
+
+    // Without the token: 401, nothing stored.
+    let r = client
+        .post(&api)
+        .json(&json!({ "email": "a@example.com", "event": "webinar_attended" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .post(&api)
+        .bearer_auth("wrong token, 16+ chars")
+        .json(&json!({ "email": "a@example.com", "event": "webinar_attended" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let anna = Email::parse("anna@example.com").unwrap();
+    assert!(store.lead_by_email(&anna).await.unwrap().is_none());
+
+    // A custom event for an unknown address creates the lead.
+    let r = post(json!({ "email": "anna@example.com", "event": "webinar_attended" }))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({ "accepted": 1, "duplicates": 0 })
+    );
+    let lead = store.lead_by_email(&anna).await.unwrap().unwrap().id;
+    rt.enroll(lead, "course", now).await.unwrap();
+
+    // A batch: the same order twice counts once, and the purchase ends the funnel converted.
+    let purchase = json!({ "lead": lead.0, "event": "purchase", "order_id": "A-1",
+                           "product": "course", "amount": 49.0, "currency": "EUR" });
+    let r = post(json!({ "events": [purchase.clone(), purchase.clone()] }))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({ "accepted": 1, "duplicates": 1 })
+    );
+    let e = &store.enrollments_of(lead, "course").await.unwrap()[0];
+    assert_eq!(e.state.status, Status::Exited(Outcome::Converted));
+    let events = store.lead_events(lead).await.unwrap();
+    let bought: Vec<&Value> = events
+        .iter()
+        .filter(|(k, _)| k == "purchase")
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(bought.len(), 1);
+    assert_eq!(bought[0]["amount"], 49.0);
+    assert_eq!(bought[0]["currency"], "EUR");
+    assert_eq!(bought[0]["product"], "course");
+
+    // Bad input names the field; a batch with one bad event stores none of it.
+    let stored = store.lead_events(lead).await.unwrap().len();
+    let cases = [
+        (
+            json!({ "events": [
+            { "lead": lead.0, "event": "webinar_attended", "id": "w-2" },
+            { "email": "not an address", "event": "webinar_attended" } ] }),
+            "events[1].email",
+        ),
+        (
+            json!({ "lead": lead.0, "event": "purchase", "product": "course" }),
+            "order_id",
+        ),
+        (
+            json!({ "lead": lead.0, "event": "purchase", "order_id": "B-1" }),
+            "product",
+        ),
+        (
+            json!({ "lead": lead.0, "event": "purchase", "order_id": "B-1", "product": "course",
+                 "amount": -3 }),
+            "amount",
+        ),
+        (
+            json!({ "lead": lead.0, "event": "purchase", "order_id": "B-1", "product": "course",
+                 "currency": "euro" }),
+            "currency",
+        ),
+        (json!({ "lead": lead.0, "event": "Bad Name" }), "event"),
+        (json!({ "lead": lead.0, "event": "unsubscribed" }), "event"),
+        (json!({ "event": "x" }), "email"),
+        (
+            json!({ "lead": lead.0, "event": "x", "occurred_at": "yesterday" }),
+            "occurred_at",
+        ),
+        (
+            json!({ "events": vec![json!({ "lead": lead.0, "event": "x" }); 1001] }),
+            "events",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = post(body.clone()).await.unwrap();
+        assert_eq!(r.status(), 422, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["field"], field, "{body}");
+    }
+    let r = client
+        .post(&api)
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(store.lead_events(lead).await.unwrap().len(), stored);
+
+    // The signed purchase webhook: counted once per order; forged or stale ones refused.
+    let hook = format!("{base}/hooks/purchase");
+    let body = json!({ "order_id": "SHOP-77", "email": "bob@example.com", "product": "course",
+                       "amount": 49, "currency": "EUR" })
+    .to_string();
+    let send = |ts: i64, sig: String, body: String| {
+        client
+            .post(&hook)
+            .header("x-autofunnel-timestamp", ts.to_string())
+            .header("x-autofunnel-signature", sig)
+            .body(body)
+            .send()
+    };
+    let ts = Utc::now().timestamp();
+    for want in ["ok", "duplicate"] {
+        let r = send(ts, signed(ts, &body), body.clone()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json::<Value>().await.unwrap()["status"], want);
+    }
+    let bob = Email::parse("bob@example.com").unwrap();
+    let bob = store.lead_by_email(&bob).await.unwrap().unwrap().id;
+    let kinds: Vec<String> = store
+        .lead_events(bob)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(kinds, ["purchase"]);
+    let other = body.replace("SHOP-77", "SHOP-78");
+    let r = send(ts, signed(ts, &body), other).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let old = ts - 600;
+    let r = send(old, signed(old, &body), body.clone()).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let missing = json!({ "order_id": "SHOP-79", "email": "bob@example.com" }).to_string();
+    let r = send(ts, signed(ts, &missing), missing).await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(store.lead_events(bob).await.unwrap().len(), 1);
+
+    server.stop().await;
+}
+
+on_both_backends! {
+    events_and_purchases => events_api,
+}
