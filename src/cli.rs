@@ -291,6 +291,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     };
     let runtime = std::sync::Arc::new(runtime);
     let secret = settings.secret_bytes()?;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
     if settings.api_token.as_ref().is_some_and(|t| t.len() < 16) {
         anyhow::bail!("`api_token` is too short: use at least 16 characters");
     }
@@ -304,7 +305,8 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         )
         .with_rate(settings.send_rate)
         .with_tracking(settings.track_clicks, settings.track_opens)
-        .with_dkim(dkim_of(&settings)?),
+        .with_dkim(dkim_of(&settings)?)
+        .with_metrics(metrics.clone()),
     );
     let scheduler = {
         let (rt, done) = (runtime.clone(), until_stopped());
@@ -337,6 +339,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
                 .map(|s| std::sync::Arc::from(s.as_bytes())),
             secret: std::sync::Arc::from(secret.as_slice()),
             api_token: settings.api_token.as_deref().map(std::sync::Arc::from),
+            metrics,
             signup_limit: server::signup::limiter(settings.signups_per_ip_per_minute),
         },
         until_stopped(),

@@ -10,6 +10,7 @@
 //! - [`settings`]: the one `Settings` struct, from file and environment.
 //! - [`store`]: the database, and the only code that touches it.
 //! - [`server`]: the HTTP side of `autofunnel run`.
+//! - [`metrics`]: counters and gauges for `GET /metrics`.
 //! - [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 //! - [`scaffold`]: the starter project written by `autofunnel init`.
 //! - [`engine`]: the pure state machine of one enrollment, and its simulation.
@@ -21,6 +22,7 @@ pub mod delivery;
 pub mod domain;
 pub mod engine;
 pub mod funnel;
+pub mod metrics;
 pub mod plan;
 pub mod project;
 pub mod runtime;

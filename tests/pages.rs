@@ -73,6 +73,7 @@ async fn confirm_and_unsubscribe(store: Store) {
             .await
             .unwrap(),
     );
+    let metrics = Arc::new(autofunnel::metrics::Metrics::default());
     let (listener, base) = Server::bind().await;
     let server = Server::start(
         listener,
@@ -84,6 +85,7 @@ async fn confirm_and_unsubscribe(store: Store) {
             secret: Arc::from(SECRET),
             signup_limit: None,
             api_token: None,
+            metrics: metrics.clone(),
         },
     );
     let client = reqwest::Client::new();
@@ -158,7 +160,8 @@ async fn confirm_and_unsubscribe(store: Store) {
     );
     let outbox = dir.path().join("outbox");
     std::fs::create_dir_all(&outbox).unwrap();
-    let sender = Sender::new(rt.clone(), p, Transport::Folder(outbox), &base, SECRET);
+    let sender = Sender::new(rt.clone(), p, Transport::Folder(outbox), &base, SECRET)
+        .with_metrics(metrics.clone());
     let tally = sender.drain(Utc::now()).await.unwrap();
     // Ann's confirmation and welcome go out; Bob's welcome (news) is dropped.
     assert_eq!((tally.sent, tally.suppressed), (2, 1), "{tally:?}");
@@ -184,6 +187,20 @@ async fn confirm_and_unsubscribe(store: Store) {
     assert_eq!((tally.sent, tally.suppressed), (0, 1), "{tally:?}");
     let page = client.get(&u).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("gets no more emails"), "{page}");
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "autofunnel_emails_sent_total 2",
+        "autofunnel_emails_suppressed_total 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
 
     // Forged or foreign tokens change nothing.
     for bad in [

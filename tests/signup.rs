@@ -54,6 +54,7 @@ async fn signups(store: Store) {
             secret: Arc::from(&b"signup secret"[..]),
             signup_limit: signup::limiter(8),
             api_token: None,
+            metrics: Default::default(),
         },
     );
     let client = reqwest::Client::builder()
@@ -190,6 +191,31 @@ async fn signups(store: Store) {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+
+    // /metrics: the two stored signups, the confirmation email waiting, the timer not late.
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "autofunnel_signups_total 2",
+        "autofunnel_outbox_queued 1",
+        "autofunnel_outbox_sending 0",
+        "autofunnel_emails_sent_total 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("# TYPE autofunnel_wake_lag_seconds gauge"),
+        "{metrics}"
+    );
 
     // Eight signups a minute per address: the ninth request is refused, and stores nothing.
     let mut last = 0;

@@ -213,6 +213,7 @@ pub struct Sender {
     /// Tracked links and the open pixel (`track_clicks`, `track_opens`).
     track: (bool, bool),
     dkim: Option<Arc<lettre::message::dkim::DkimConfig>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     limit: Option<Arc<rate::RateLimit>>,
 }
 
@@ -242,8 +243,15 @@ impl Sender {
             secret: secret.to_vec(),
             track: (true, true),
             dkim: None,
+            metrics: None,
             limit: None,
         }
+    }
+
+    /// Counts what it sends in these metrics.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Sender {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Signs every email with DKIM.
@@ -423,6 +431,9 @@ impl Sender {
             total.retried += t.retried;
             total.failed += t.failed;
             total.suppressed += t.suppressed;
+        }
+        if let Some(m) = &self.metrics {
+            m.sent(&total);
         }
         Ok(total)
     }

@@ -226,11 +226,14 @@ pub async fn api_events(
         );
     };
     match store_all(rt, events).await {
-        Ok((accepted, duplicates)) => (
-            StatusCode::OK,
-            Json(json!({ "accepted": accepted, "duplicates": duplicates })),
-        )
-            .into_response(),
+        Ok((accepted, duplicates)) => {
+            state.metrics.events.inc_by(accepted as u64);
+            (
+                StatusCode::OK,
+                Json(json!({ "accepted": accepted, "duplicates": duplicates })),
+            )
+                .into_response()
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot store events");
             error(
@@ -270,11 +273,14 @@ pub async fn purchase_hook(
         );
     };
     match store_all(rt, vec![e]).await {
-        Ok((_, duplicates)) => (
-            StatusCode::OK,
-            Json(json!({ "status": if duplicates > 0 { "duplicate" } else { "ok" } })),
-        )
-            .into_response(),
+        Ok((accepted, duplicates)) => {
+            state.metrics.events.inc_by(accepted as u64);
+            (
+                StatusCode::OK,
+                Json(json!({ "status": if duplicates > 0 { "duplicate" } else { "ok" } })),
+            )
+                .into_response()
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot store a purchase");
             error(

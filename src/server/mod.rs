@@ -36,6 +36,8 @@ pub struct AppState {
     pub hooks_secret: Option<Arc<[u8]>>,
     /// Key that signs the links in emails (`secret`).
     pub secret: Arc<[u8]>,
+    /// Counters shown by `/metrics`, shared with the sender.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Bearer token of the API (`api_token`); unset, the API answers 404.
     pub api_token: Option<Arc<str>>,
     /// Signups per IP address (`signups_per_ip_per_minute`); `None`, no limit.
@@ -50,6 +52,7 @@ const SIGNUP_BODY_LIMIT: usize = 64 * 1024;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/hooks/delivery", post(delivery_report))
         .route("/hooks/purchase", post(events::purchase_hook))
         .route(
@@ -496,9 +499,13 @@ async fn record(
                 .map_err(|e| e.to_string())
         }
     };
-    if let Err(err) = result {
-        tracing::error!(error = %err, "cannot record a tracking event");
-    }
+    match result {
+        Ok(()) => state.metrics.events.inc(),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot record a tracking event");
+            0
+        }
+    };
 }
 
 fn redirect(url: &str) -> axum::response::Response {
@@ -586,6 +593,21 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    match state.metrics.render(&state.store, chrono::Utc::now()).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "", &e.to_string()),
+    }
 }
 
 /// 200 when the database answers, 503 when it does not.

@@ -314,7 +314,10 @@ pub async fn signup(
         form: Some(form.clone()),
     };
     match store_signup(&state, &email, input, touch, &form, &t.funnels).await {
-        Ok(lead) => answer(done(Some(lead))),
+        Ok(lead) => {
+            state.metrics.signups.inc();
+            answer(done(Some(lead)))
+        }
         Err(e) => {
             tracing::error!(error = %e, form = %form, "cannot store a signup");
             answer(error(

@@ -211,6 +211,27 @@ impl Store {
             .collect())
     }
 
+    /// Emails waiting for an attempt and with one in flight (read through the status index).
+    pub async fn outbox_depth(&self) -> Result<(i64, i64)> {
+        let rows = self
+            .db
+            .query_all_raw(sea_orm::Statement::from_string(
+                self.db.get_database_backend(),
+                "SELECT status, COUNT(*) AS n FROM messages \
+                 WHERE status IN ('queued', 'sending') GROUP BY status",
+            ))
+            .await?;
+        let (mut queued, mut sending) = (0, 0);
+        for r in rows {
+            let (status, n): (String, i64) = (r.try_get_by_index(0)?, r.try_get_by_index(1)?);
+            match status.as_str() {
+                "queued" => queued = n,
+                _ => sending = n,
+            }
+        }
+        Ok((queued, sending))
+    }
+
     /// How many messages wait in each state, for reports and metrics.
     pub async fn outbox_counts(&self) -> Result<Vec<(String, i64)>> {
         let rows = self
