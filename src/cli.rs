@@ -292,8 +292,13 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     let runtime = std::sync::Arc::new(runtime);
     let secret = settings.secret_bytes()?;
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
-    if settings.api_token.as_ref().is_some_and(|t| t.len() < 16) {
-        anyhow::bail!("`api_token` is too short: use at least 16 characters");
+    for (key, token) in [
+        ("api_token", &settings.api_token),
+        ("admin_token", &settings.admin_token),
+    ] {
+        if token.as_ref().is_some_and(|t| t.len() < 16) {
+            anyhow::bail!("`{key}` is too short: use at least 16 characters");
+        }
     }
     let sender = std::sync::Arc::new(
         delivery::Sender::new(
@@ -339,6 +344,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
                 .map(|s| std::sync::Arc::from(s.as_bytes())),
             secret: std::sync::Arc::from(secret.as_slice()),
             api_token: settings.api_token.as_deref().map(std::sync::Arc::from),
+            admin_token: settings.admin_token.as_deref().map(std::sync::Arc::from),
             metrics,
             signup_limit: server::signup::limiter(settings.signups_per_ip_per_minute),
         },

@@ -45,7 +45,9 @@ pub struct Settings {
     pub smtp_connections: usize,
     /// At most this many emails per second (unset: as fast as the transport takes them).
     pub send_rate: Option<f64>,
-    /// Bearer token for `/api/v1/…`; unset, the API is off.
+    /// Bearer token for the admin API (`/api/v1/leads…`, `/api/v1/funnels`); unset, it is off.
+    pub admin_token: Option<String>,
+    /// Bearer token for `/api/v1/events`; unset, the events API is off.
     pub api_token: Option<String>,
     /// Signups one IP address may make per minute (`POST /f/{form}`); 0 turns the limit off.
     pub signups_per_ip_per_minute: u32,
@@ -88,6 +90,7 @@ impl Default for Settings {
             dkim_key_file: None,
             smtp_connections: 4,
             send_rate: None,
+            admin_token: None,
             api_token: None,
             signups_per_ip_per_minute: 30,
             track_clicks: true,
@@ -100,7 +103,7 @@ impl Default for Settings {
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 21] = [
+const ENV_KEYS: [&str; 22] = [
     "database_url",
     "listen",
     "base_url",
@@ -115,6 +118,7 @@ const ENV_KEYS: [&str; 21] = [
     "dkim_key_file",
     "smtp_connections",
     "send_rate",
+    "admin_token",
     "api_token",
     "signups_per_ip_per_minute",
     "track_clicks",

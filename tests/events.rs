@@ -65,6 +65,7 @@ async fn events_api(store: Store) {
             secret: Arc::from(&b"link secret"[..]),
             signup_limit: None,
             api_token: Some(Arc::from(TOKEN)),
+            admin_token: None,
             metrics: Default::default(),
         },
     );

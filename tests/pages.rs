@@ -85,6 +85,7 @@ async fn confirm_and_unsubscribe(store: Store) {
             secret: Arc::from(SECRET),
             signup_limit: None,
             api_token: None,
+            admin_token: None,
             metrics: metrics.clone(),
         },
     );

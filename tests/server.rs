@@ -38,6 +38,7 @@ async fn healthz_answers_ok_while_the_database_answers() {
         secret: std::sync::Arc::from(&b"k"[..]),
         signup_limit: None,
         api_token: None,
+        admin_token: None,
         metrics: Default::default(),
     })
     .await;
@@ -97,6 +98,7 @@ async fn delivery_reports_are_verified_then_suppress() {
         secret: std::sync::Arc::from(&b"k"[..]),
         signup_limit: None,
         api_token: None,
+        admin_token: None,
         metrics: Default::default(),
     })
     .await;

@@ -54,6 +54,7 @@ async fn signups(store: Store) {
             secret: Arc::from(&b"signup secret"[..]),
             signup_limit: signup::limiter(8),
             api_token: None,
+            admin_token: None,
             metrics: Default::default(),
         },
     );

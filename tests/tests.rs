@@ -1,5 +1,6 @@
 //! The integration tests: one binary, one module per feature (ripgrep's layout).
 
+mod admin;
 mod bad_input;
 mod check_corpus;
 mod cli;

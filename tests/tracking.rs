@@ -161,6 +161,7 @@ async fn links_are_tracked_and_offers_expire(store: Store) {
             secret: Arc::from(&secret[..]),
             signup_limit: None,
             api_token: None,
+            admin_token: None,
             metrics: Default::default(),
         },
     );

@@ -1,6 +1,7 @@
 //! The HTTP side of `autofunnel run` (axum). `serve(listener, state, shutdown)` takes a bound
 //! listener so tests start it on port 0.
 
+pub mod admin;
 pub mod events;
 pub mod signup;
 
@@ -38,6 +39,8 @@ pub struct AppState {
     pub secret: Arc<[u8]>,
     /// Counters shown by `/metrics`, shared with the sender.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Bearer token of the admin API (`admin_token`); unset, it answers 404.
+    pub admin_token: Option<Arc<str>>,
     /// Bearer token of the API (`api_token`); unset, the API answers 404.
     pub api_token: Option<Arc<str>>,
     /// Signups per IP address (`signups_per_ip_per_minute`); `None`, no limit.
@@ -55,6 +58,14 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/hooks/delivery", post(delivery_report))
         .route("/hooks/purchase", post(events::purchase_hook))
+        .route("/api/v1/leads", get(admin::find))
+        .route(
+            "/api/v1/leads/{id}",
+            get(admin::export).delete(admin::erase),
+        )
+        .route("/api/v1/leads/{id}/tags", post(admin::tag))
+        .route("/api/v1/leads/{id}/enroll", post(admin::enroll))
+        .route("/api/v1/funnels", get(admin::funnels))
         .route(
             "/api/v1/events",
             post(events::api_events).layer(axum::extract::DefaultBodyLimit::max(API_BODY_LIMIT)),

@@ -1,6 +1,7 @@
 //! The only module that talks to the database (sea-orm). It returns domain types; the
 //! differences between SQLite and PostgreSQL live here and nowhere else.
 
+mod admin;
 mod batch;
 mod enrollments;
 pub mod entities;

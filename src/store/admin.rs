@@ -1,0 +1,158 @@
+//! What the admin API reads and erases: everything stored about one lead, and each funnel's
+//! counts.
+
+use serde_json::{Value, json};
+
+use super::entities::{enrollment, event, message, suppression};
+use super::{Result, Store, from_ms};
+use crate::domain::LeadId;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
+
+impl Store {
+    /// Everything stored about a lead, as JSON: the lead, tags, touches, events, enrollments,
+    /// emails and suppressions of its address. `None` when there is no such lead.
+    pub async fn export_lead(&self, id: LeadId) -> Result<Option<Value>> {
+        let Some(lead) = self.leads(&[id]).await?.remove(&id) else {
+            return Ok(None);
+        };
+        let tags: Vec<String> = self
+            .lead_tags(id)
+            .await?
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        let touches: Vec<Value> = self
+            .touches_of(id)
+            .await?
+            .into_iter()
+            .map(|t| {
+                json!({ "channel": t.channel, "source": t.source, "medium": t.medium,
+                        "campaign": t.campaign, "term": t.term, "content": t.content,
+                        "referrer": t.referrer, "landing_url": t.landing_url, "form": t.form })
+            })
+            .collect();
+        let events: Vec<Value> = event::Entity::find()
+            .filter(event::Column::LeadId.eq(id.0))
+            .order_by_asc(event::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|e| {
+                json!({ "event": e.kind,
+                        "data": serde_json::from_str::<Value>(&e.payload).unwrap_or(Value::Null),
+                        "occurred_at": from_ms(e.occurred_at) })
+            })
+            .collect();
+        let enrollments: Vec<Value> = enrollment::Entity::find()
+            .filter(enrollment::Column::LeadId.eq(id.0))
+            .order_by_asc(enrollment::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|e| {
+                json!({ "funnel": e.funnel_id, "version": e.funnel_version, "stage": e.stage_id,
+                        "status": e.status, "outcome": e.outcome,
+                        "entered_at": from_ms(e.entered_at),
+                        "exited_at": e.exited_at.map(from_ms) })
+            })
+            .collect();
+        let emails: Vec<Value> = message::Entity::find()
+            .filter(message::Column::LeadId.eq(id.0))
+            .order_by_asc(message::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|m| {
+                json!({ "funnel": m.funnel_id, "template": m.template, "status": m.status,
+                        "to": m.recipient, "created_at": from_ms(m.created_at),
+                        "sent_at": m.sent_at.map(from_ms) })
+            })
+            .collect();
+        let suppressions: Vec<Value> = suppression::Entity::find()
+            .filter(suppression::Column::Email.eq(lead.email.as_str()))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|s| json!({ "scope": s.scope, "reason": s.reason, "at": from_ms(s.created_at) }))
+            .collect();
+        Ok(Some(json!({
+            "lead": {
+                "id": lead.id.0, "email": lead.email.as_str(), "first_name": lead.first_name,
+                "fields": lead.fields, "timezone": lead.timezone.map(|t| t.name().to_string()),
+                "consent": lead.consent.as_str(), "score": lead.score, "created_at": lead.created_at,
+                "tags": tags,
+            },
+            "touches": touches,
+            "events": events,
+            "enrollments": enrollments,
+            "emails": emails,
+            "suppressions": suppressions,
+        })))
+    }
+
+    /// Deletes a lead and everything about them (tags, touches, events, enrollments and their
+    /// history, emails). A suppression of the address is kept, so an address that asked not to
+    /// be mailed is not mailed if it signs up again unasked. `false` when there was no lead.
+    pub async fn erase_lead(&self, id: LeadId) -> Result<bool> {
+        // Children first: the same on a database whose foreign keys do not cascade.
+        let history = "DELETE FROM stage_history WHERE enrollment_id IN \
+                       (SELECT id FROM enrollments WHERE lead_id = $1)";
+        for sql in [
+            history,
+            "DELETE FROM enrollments WHERE lead_id = $1",
+            "DELETE FROM messages WHERE lead_id = $1",
+            "DELETE FROM events WHERE lead_id = $1",
+            "DELETE FROM touches WHERE lead_id = $1",
+            "DELETE FROM lead_tags WHERE lead_id = $1",
+        ] {
+            let sql = match self.backend {
+                super::Backend::Sqlite => sql.replace("$1", "?"),
+                super::Backend::Postgres => sql.to_string(),
+            };
+            self.db
+                .execute_raw(sea_orm::Statement::from_sql_and_values(
+                    self.db.get_database_backend(),
+                    sql,
+                    [id.0.into()],
+                ))
+                .await?;
+        }
+        let gone = super::entities::lead::Entity::delete_by_id(id.0)
+            .exec(&self.db)
+            .await?;
+        Ok(gone.rows_affected > 0)
+    }
+
+    /// Per funnel and status: how many enrollments, and how many emails.
+    pub async fn funnel_counts(&self) -> Result<Vec<(String, String, String, i64)>> {
+        let mut out = Vec::new();
+        for (what, sql) in [
+            (
+                "enrollments",
+                "SELECT funnel_id, status, COUNT(*) FROM enrollments GROUP BY funnel_id, status",
+            ),
+            (
+                "emails",
+                "SELECT funnel_id, status, COUNT(*) FROM messages WHERE funnel_id IS NOT NULL \
+                 GROUP BY funnel_id, status",
+            ),
+        ] {
+            let rows = self
+                .db
+                .query_all_raw(sea_orm::Statement::from_string(
+                    self.db.get_database_backend(),
+                    sql,
+                ))
+                .await?;
+            for r in rows {
+                out.push((
+                    what.to_string(),
+                    r.try_get_by_index::<String>(0)?,
+                    r.try_get_by_index::<String>(1)?,
+                    r.try_get_by_index::<i64>(2)?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,185 @@
+//! The admin API through the real server: find, export, tag, enroll, list funnels, erase;
+//! without the token nothing is shown or changed.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use autofunnel::domain::{Consent, Email};
+use autofunnel::project;
+use autofunnel::runtime::Runtime;
+use autofunnel::server::AppState;
+use autofunnel::store::{LeadInput, Store};
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use crate::util::{Server, on_both_backends, project_of};
+
+const ADMIN: &str = "admin token, 16+ chars";
+
+fn project(dir: &Path) -> Arc<project::Project> {
+    project_of(
+        dir,
+        &[
+            (
+                "funnels/welcome.yaml",
+                "name: Welcome\nfrom: \"Shop <shop@example.com>\"\nentry: { api: true }\n\
+                 stages:\n  - id: hello\n    steps:\n      - send: hello\n      - wait: 7d\n      - exit: completed\n",
+            ),
+            ("templates/welcome/hello.subject", "Hello"),
+            ("templates/welcome/hello.html", "<p>Hello</p>"),
+        ],
+    )
+}
+
+async fn admin_api(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project(dir.path());
+    let now = Utc::now();
+    let rt = Arc::new(
+        Runtime::new(store.clone(), p.funnels.clone(), "node-a", now)
+            .await
+            .unwrap(),
+    );
+    let (listener, base) = Server::bind().await;
+    let server = Server::start(
+        listener,
+        AppState {
+            store: store.clone(),
+            funnels: 1,
+            runtime: Some(rt.clone()),
+            hooks_secret: None,
+            secret: Arc::from(&b"link secret"[..]),
+            signup_limit: None,
+            api_token: None,
+            admin_token: Some(Arc::from(ADMIN)),
+            metrics: Default::default(),
+        },
+    );
+    let client = reqwest::Client::new();
+    let email = Email::parse("anna@example.com").unwrap();
+    let id = store
+        .import_leads(
+            &[(email.clone(), LeadInput::default())],
+            Consent::Confirmed,
+            now,
+        )
+        .await
+        .unwrap()[0]
+        .0;
+
+    // No token, a wrong one: refused, nothing changed.
+    for token in [None, Some("wrong token of 16+ chars")] {
+        let mut r = client.delete(format!("{base}/api/v1/leads/{id}"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        assert_eq!(r.send().await.unwrap().status(), 401);
+    }
+    assert!(store.lead_by_email(&email).await.unwrap().is_some());
+
+    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut r = client
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(ADMIN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send()
+    };
+    use reqwest::Method;
+    let r = call(
+        Method::POST,
+        &format!("/api/v1/leads/{id}/enroll"),
+        Some(json!({ "funnel": "welcome" })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "enrolled");
+    let r = call(
+        Method::POST,
+        &format!("/api/v1/leads/{id}/enroll"),
+        Some(json!({ "funnel": "welcome" })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "already in");
+    let r = call(
+        Method::POST,
+        &format!("/api/v1/leads/{id}/enroll"),
+        Some(json!({ "funnel": "nope" })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    let r = call(
+        Method::POST,
+        &format!("/api/v1/leads/{id}/tags"),
+        Some(json!({ "tag": "vip" })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = call(
+        Method::POST,
+        &format!("/api/v1/leads/{id}/tags"),
+        Some(json!({ "tag": "not a tag!" })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+
+    // Find by address: the export holds the tag, the enrollment and the queued email.
+    let r = call(Method::GET, "/api/v1/leads?email=anna%40example.com", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["lead"]["id"], id);
+    assert_eq!(v["lead"]["tags"], json!(["vip"]));
+    assert_eq!(v["enrollments"][0]["funnel"], "welcome");
+    assert_eq!(v["emails"][0]["template"], "hello");
+    let r = call(
+        Method::GET,
+        "/api/v1/leads?email=nobody%40example.com",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let r = call(Method::GET, "/api/v1/funnels", None).await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["funnels"][0]["id"], "welcome");
+    assert_eq!(v["funnels"][0]["enrollments"]["active"], 1);
+    assert_eq!(v["funnels"][0]["emails"]["queued"], 1);
+
+    // Erase: the lead and everything about them are gone.
+    let r = call(Method::DELETE, &format!("/api/v1/leads/{id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(store.lead_by_email(&email).await.unwrap().is_none());
+    let r = call(Method::GET, &format!("/api/v1/leads/{id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = call(Method::DELETE, &format!("/api/v1/leads/{id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v: Value = call(Method::GET, "/api/v1/funnels", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["funnels"][0]["enrollments"], json!({}));
+    assert_eq!(v["funnels"][0]["emails"], json!({}));
+
+    server.stop().await;
+}
+
+on_both_backends! {
+    admin => admin_api,
+}
