@@ -1,8 +1,14 @@
 //! What the benchmark binaries share.
 
 /// The process's peak resident set size so far, in MB (Linux `VmHWM`).
+#[allow(dead_code)]
 pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    peak_rss_mb_of("self")
+}
+
+/// Another process's peak resident set size so far, in MB (`pid`, or `self`).
+pub fn peak_rss_mb_of(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -45,6 +51,7 @@ pub fn flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
 }
 
 /// The first argument that is a number and not the value of a `--flag`.
+#[allow(dead_code)]
 pub fn count(args: &[String]) -> Option<usize> {
     args.iter()
         .enumerate()

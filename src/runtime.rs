@@ -10,9 +10,9 @@ use std::sync::{Arc, RwLock};
 use chrono::{DateTime, Duration, Utc};
 use tokio::sync::Notify;
 
-use crate::domain::{Consent, LeadId};
+use crate::domain::{Consent, LeadId, Tag};
 use crate::engine::{self, Event, Input, LeadFacts, Status, Transition};
-use crate::funnel::{Funnel, ReEntry, print};
+use crate::funnel::{EntryTrigger, Funnel, ReEntry, print};
 use crate::store::{Committed, NewEnrollment, NewEvent, Recorded, Store, StoredEnrollment};
 
 /// How long a claimed enrollment is reserved for its worker; a worker that dies loses it then.
@@ -118,12 +118,71 @@ impl Runtime {
 
     /// Puts many leads into a funnel at once (an import, a batch of signups), each following
     /// the re-entry policy; one transaction for all of them. A lead given twice is enrolled once.
+    /// Funnels entered by a tag or event the first steps produce start too.
     pub async fn enroll_many(
         &self,
         leads: &[LeadId],
         funnel: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<Enrolled>, RuntimeError> {
+        let (out, triggers) = self.enroll_only(leads, funnel, now).await?;
+        self.start_entries(triggers, now).await?;
+        Ok(out)
+    }
+
+    /// Tags a lead; the funnels whose entry is that tag start for them.
+    pub async fn tag(
+        &self,
+        lead: LeadId,
+        tag: &Tag,
+        now: DateTime<Utc>,
+    ) -> Result<(), RuntimeError> {
+        self.store.tag_lead(lead, tag, now).await?;
+        self.start_entries(vec![(lead, Trigger::Tag(tag.to_string()))], now)
+            .await
+    }
+
+    /// Starts, for each lead, the funnels whose `entry` names the tag or event: then for the
+    /// tags and events their first steps produce, up to `MAX_CHAIN` links deep.
+    async fn start_entries(
+        &self,
+        mut pending: Vec<(LeadId, Trigger)>,
+        now: DateTime<Utc>,
+    ) -> Result<(), RuntimeError> {
+        for _ in 0..MAX_CHAIN {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let funnels = self.funnels();
+            let mut next = Vec::new();
+            for (id, r) in funnels.iter() {
+                let leads: Vec<LeadId> = pending
+                    .iter()
+                    .filter(|(_, t)| r.funnel.entry.triggers.iter().any(|e| t.starts(&e.value)))
+                    .map(|(l, _)| *l)
+                    .collect();
+                if !leads.is_empty() {
+                    next.extend(self.enroll_only(&leads, id, now).await?.1);
+                }
+            }
+            pending = next;
+        }
+        if !pending.is_empty() {
+            tracing::warn!(
+                "funnels entered by tags or events start each other more than {MAX_CHAIN} deep; stopped there"
+            );
+        }
+        Ok(())
+    }
+
+    /// [`Runtime::enroll_many`] without starting other funnels; also returns the tags and
+    /// events the new runs produced.
+    async fn enroll_only(
+        &self,
+        leads: &[LeadId],
+        funnel: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<Enrolled>, Vec<(LeadId, Trigger)>), RuntimeError> {
         let funnels = self.funnels();
         let r = funnels
             .get(funnel)
@@ -194,10 +253,41 @@ impl Runtime {
         if !fresh.is_empty() {
             self.wake.notify_one();
         }
-        Ok(leads
+        let triggers = fresh
+            .iter()
+            .flat_map(|(lead, t)| triggers_of(*lead, &t.effects))
+            .collect();
+        let out = leads
             .iter()
             .map(|l| decided.get(l).cloned().unwrap_or(Enrolled::NotAgain))
-            .collect())
+            .collect();
+        Ok((out, triggers))
+    }
+
+    /// Takes the lead out of the funnel: its live run ends with the outcome `removed` (through
+    /// a stored `removed` event, so whichever node holds the run ends it). `None` when the lead
+    /// is not in the funnel.
+    pub async fn remove(
+        &self,
+        lead: LeadId,
+        funnel: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>, RuntimeError> {
+        let live = self
+            .store
+            .enrollments_of_many(&[lead], funnel)
+            .await?
+            .into_iter()
+            .find(|e| !matches!(e.state.status, Status::Exited(_)));
+        let Some(live) = live else {
+            return Ok(None);
+        };
+        let e = Event {
+            funnel: Some(funnel.to_string()),
+            ..Event::named(engine::REMOVED)
+        };
+        self.record(lead, e, None, now, now).await?;
+        Ok(Some(live.id))
     }
 
     /// Stores an event once, then feeds it to the lead's live enrollments. Returns how many
@@ -236,6 +326,9 @@ impl Runtime {
         now: DateTime<Utc>,
     ) -> Result<Option<usize>, RuntimeError> {
         let mut payload = serde_json::json!({ "product": e.product, "template": e.template, "link": e.link, "form": e.form });
+        if e.funnel.is_some() {
+            payload["funnel"] = serde_json::json!(e.funnel);
+        }
         if e.amount.is_some() || e.currency.is_some() {
             payload["amount"] = serde_json::json!(e.amount);
             payload["currency"] = serde_json::json!(e.currency);
@@ -274,6 +367,8 @@ impl Runtime {
             .claim_for_lead(lead, &self.owner, now, LEASE)
             .await?;
         let seen = self.step_and_commit(&claimed, now, false).await?;
+        self.start_entries(vec![(lead, Trigger::Event(e.name))], now)
+            .await?;
         self.wake.notify_one();
         Ok(Some(seen))
     }
@@ -356,6 +451,11 @@ impl Runtime {
             .commit_many(&self.owner, &items, &leads, now)
             .await?;
         self.committed.fetch_add(n as u64, Ordering::Relaxed);
+        let triggers = stepped
+            .iter()
+            .flat_map(|(c, t, ..)| triggers_of(c.lead, &t.effects))
+            .collect();
+        self.start_entries(triggers, now).await?;
         Ok(n)
     }
 
@@ -398,6 +498,38 @@ impl Runtime {
 
 /// Running funnels by id.
 pub type Funnels = BTreeMap<String, Running>;
+
+/// How many funnels deep tags and events may start one another in one go.
+const MAX_CHAIN: usize = 8;
+
+/// What may start a funnel whose `entry` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Trigger {
+    Tag(String),
+    Event(String),
+}
+
+impl Trigger {
+    fn starts(&self, entry: &EntryTrigger) -> bool {
+        match (self, entry) {
+            (Trigger::Tag(t), EntryTrigger::Tag(e)) => e.as_str() == t,
+            (Trigger::Event(n), EntryTrigger::Event(e)) => e.as_str() == n,
+            _ => false,
+        }
+    }
+}
+
+/// The tags a transition added and the events it emitted, as triggers for the lead.
+fn triggers_of(lead: LeadId, effects: &[engine::Effect]) -> Vec<(LeadId, Trigger)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            engine::Effect::Tag(t) => Some((lead, Trigger::Tag(t.to_string()))),
+            engine::Effect::Emitted(n) => Some((lead, Trigger::Event(n.clone()))),
+            _ => None,
+        })
+        .collect()
+}
 
 /// Stores each funnel's version: the latest if its canonical text is unchanged, else a new one.
 async fn register(

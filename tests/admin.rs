@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use autofunnel::delivery::{Sender, Transport};
 use autofunnel::domain::{Consent, Email};
 use autofunnel::project;
 use autofunnel::runtime::Runtime;
@@ -180,6 +181,141 @@ async fn admin_api(store: Store) {
     server.stop().await;
 }
 
+/// Taking a lead out of a funnel ends the run (`removed`) and drops the email it had queued;
+/// a tag given through the API starts the funnel entered by that tag; untagging removes it.
+async fn remove_and_tags(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(
+        dir.path(),
+        &[
+            (
+                "funnels/welcome.yaml",
+                "name: Welcome\nfrom: \"Shop <shop@example.com>\"\nentry: { api: true }\n\
+                 stages:\n  - id: hello\n    steps:\n      - send: hello\n      - wait: 7d\n      - exit: completed\n",
+            ),
+            (
+                "funnels/vip.yaml",
+                "name: VIP\nfrom: \"Shop <shop@example.com>\"\nentry: { tag: vip }\n\
+                 stages:\n  - id: vip\n    steps:\n      - wait: 7d\n      - exit: completed\n",
+            ),
+            ("templates/welcome/hello.subject", "Hello"),
+            ("templates/welcome/hello.html", "<p>Hello</p>"),
+        ],
+    );
+    let now = Utc::now();
+    let rt = Arc::new(
+        Runtime::new(store.clone(), p.funnels.clone(), "node-a", now)
+            .await
+            .unwrap(),
+    );
+    let (listener, base) = Server::bind().await;
+    let server = Server::start(
+        listener,
+        AppState {
+            store: store.clone(),
+            funnels: 2,
+            runtime: Some(rt.clone()),
+            hooks_secret: None,
+            secret: Arc::from(&b"link secret"[..]),
+            signup_limit: None,
+            api_token: None,
+            admin_token: Some(Arc::from(ADMIN)),
+            metrics: Default::default(),
+        },
+    );
+    let id = store
+        .import_leads(
+            &[(
+                Email::parse("anna@example.com").unwrap(),
+                LeadInput::default(),
+            )],
+            Consent::Confirmed,
+            now,
+        )
+        .await
+        .unwrap()[0]
+        .0;
+    let client = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let mut r = client
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(ADMIN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    use reqwest::Method;
+    let welcome = json!({ "funnel": "welcome" });
+    let v = call(
+        Method::POST,
+        format!("/api/v1/leads/{id}/enroll"),
+        Some(welcome.clone()),
+    )
+    .await;
+    assert_eq!(v["status"], "enrolled");
+    let v = call(
+        Method::POST,
+        format!("/api/v1/leads/{id}/remove"),
+        Some(welcome.clone()),
+    )
+    .await;
+    assert_eq!(v["status"], "removed");
+    let v = call(Method::GET, format!("/api/v1/leads/{id}"), None).await;
+    assert_eq!(v["enrollments"][0]["status"], "exited", "{v}");
+    assert_eq!(v["enrollments"][0]["outcome"], "removed", "{v}");
+    assert_eq!(
+        v["events"].as_array().unwrap().last().unwrap()["event"],
+        "removed"
+    );
+    // The welcome email queued before the removal never goes out.
+    let outbox = dir.path().join("outbox");
+    let sender = Sender::new(
+        rt.clone(),
+        p.clone(),
+        Transport::Folder(outbox.clone()),
+        &base,
+        b"link secret",
+    );
+    let tally = sender.drain(Utc::now()).await.unwrap();
+    assert_eq!((tally.sent, tally.suppressed), (0, 1), "{tally:?}");
+    assert!(!outbox.exists() || std::fs::read_dir(&outbox).unwrap().next().is_none());
+    let v = call(
+        Method::POST,
+        format!("/api/v1/leads/{id}/remove"),
+        Some(welcome),
+    )
+    .await;
+    assert_eq!(v, json!({ "status": "not in" }));
+
+    // The tag starts the VIP funnel; untagging takes the tag away (the run goes on).
+    call(
+        Method::POST,
+        format!("/api/v1/leads/{id}/tags"),
+        Some(json!({ "tag": "vip" })),
+    )
+    .await;
+    let v = call(Method::GET, format!("/api/v1/leads/{id}"), None).await;
+    let funnels: Vec<&str> = v["enrollments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["funnel"].as_str().unwrap())
+        .collect();
+    assert_eq!(funnels, ["welcome", "vip"], "{v}");
+    assert_eq!(v["lead"]["tags"], json!(["vip"]));
+    call(Method::DELETE, format!("/api/v1/leads/{id}/tags/vip"), None).await;
+    let v = call(Method::GET, format!("/api/v1/leads/{id}"), None).await;
+    assert_eq!(v["lead"]["tags"], json!([]));
+    server.stop().await;
+}
+
 on_both_backends! {
     admin => admin_api,
+    remove => remove_and_tags,
 }

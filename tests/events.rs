@@ -226,6 +226,79 @@ async fn events_api(store: Store) {
     server.stop().await;
 }
 
+/// A funnel entered by an event starts when the API posts it; the new run does not see the
+/// lead's earlier events (last month's purchase does not convert this cart), only later ones.
+async fn event_entry(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(
+        dir.path(),
+        &[(
+            "funnels/cart.yaml",
+            "name: Cart\nfrom: \"Shop <shop@example.com>\"\nentry: { event: checkout_started, re_entry: always }\n\
+             on:\n  - { event: purchase, exit: converted }\n\
+             stages:\n  - id: remind\n    steps:\n      - wait: 1d\n      - exit: not_converted\n",
+        )],
+    );
+    let rt = Arc::new(
+        Runtime::new(store.clone(), p.funnels.clone(), "node-a", Utc::now())
+            .await
+            .unwrap(),
+    );
+    let (listener, base) = Server::bind().await;
+    let server = Server::start(
+        listener,
+        AppState {
+            store: store.clone(),
+            funnels: 1,
+            runtime: Some(rt.clone()),
+            hooks_secret: None,
+            secret: Arc::from(&b"link secret"[..]),
+            signup_limit: None,
+            api_token: Some(Arc::from(TOKEN)),
+            admin_token: None,
+            metrics: Default::default(),
+        },
+    );
+    let client = reqwest::Client::new();
+    let post = |body: Value| {
+        let r = client
+            .post(format!("{base}/api/v1/events"))
+            .bearer_auth(TOKEN)
+            .json(&body);
+        async move {
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    post(
+        json!({ "email": "anna@example.com", "event": "purchase", "order_id": "1",
+                 "product": "mug" }),
+    )
+    .await;
+    let lead = store
+        .lead_by_email(&Email::parse("anna@example.com").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    assert!(store.enrollments_of(lead, "cart").await.unwrap().is_empty());
+    post(json!({ "email": "anna@example.com", "event": "checkout_started" })).await;
+    post(json!({ "email": "anna@example.com", "event": "page_viewed" })).await;
+    let runs = store.enrollments_of(lead, "cart").await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].state.status, Status::Active, "{:?}", runs[0]);
+    post(
+        json!({ "email": "anna@example.com", "event": "purchase", "order_id": "2",
+                 "product": "mug" }),
+    )
+    .await;
+    let runs = store.enrollments_of(lead, "cart").await.unwrap();
+    assert_eq!(runs[0].state.status, Status::Exited(Outcome::Converted));
+    server.stop().await;
+}
+
 on_both_backends! {
     events_and_purchases => events_api,
+    entry_by_event => event_entry,
 }

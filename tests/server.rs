@@ -47,9 +47,88 @@ async fn healthz_answers_ok_while_the_database_answers() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(body, serde_json::json!({ "status": "ok", "funnels": 2 }));
+    assert_eq!(body["status"], "ok", "{body}");
+    assert_eq!(body["funnels"], 2);
+    assert_eq!(body["database"]["ok"], true);
+    assert_eq!(body["scheduler"]["lag_seconds"], 0.0);
+    assert_eq!(
+        body["outbox"],
+        serde_json::json!({ "queued": 0, "sending": 0, "oldest_due_seconds": 0.0 })
+    );
+    assert_eq!(body["problems"], serde_json::json!([]));
     let missing = reqwest::get(format!("http://{addr}/nope")).await.unwrap();
     assert_eq!(missing.status(), 404);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+/// A scheduler two hours behind its timers and an email due as long: still 200, `degraded`,
+/// both named.
+#[tokio::test]
+async fn healthz_says_degraded_when_work_is_overdue() {
+    use autofunnel::domain::{Consent, Email};
+    use autofunnel::store::LeadInput;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}/t.db", dir.path().display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let p = crate::util::project_of(
+        dir.path(),
+        &[
+            (
+                "funnels/welcome.yaml",
+                "name: Welcome\nfrom: \"Shop <shop@example.com>\"\nentry: { api: true }\n\
+                 stages:\n  - id: hello\n    steps:\n      - send: hello\n      - wait: 1h\n      - exit: completed\n",
+            ),
+            ("templates/welcome/hello.subject", "Hello"),
+            ("templates/welcome/hello.html", "<p>Hello</p>"),
+        ],
+    );
+    let then = chrono::Utc::now() - chrono::Duration::hours(2);
+    let rt = autofunnel::runtime::Runtime::new(store.clone(), p.funnels.clone(), "node-a", then)
+        .await
+        .unwrap();
+    let lead = store
+        .import_leads(
+            &[(
+                Email::parse("anna@example.com").unwrap(),
+                LeadInput::default(),
+            )],
+            Consent::Confirmed,
+            then,
+        )
+        .await
+        .unwrap()[0];
+    rt.enroll(lead, "welcome", then).await.unwrap();
+    let (addr, stop, server) = start(AppState {
+        store: store.clone(),
+        funnels: 1,
+        runtime: None,
+        hooks_secret: None,
+        secret: std::sync::Arc::from(&b"k"[..]),
+        signup_limit: None,
+        api_token: None,
+        admin_token: None,
+        metrics: Default::default(),
+    })
+    .await;
+    let resp = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "degraded", "{body}");
+    let lag = body["scheduler"]["lag_seconds"].as_f64().unwrap();
+    assert!((3590.0..3700.0).contains(&lag), "{body}");
+    assert_eq!(body["outbox"]["queued"], 1);
+    let waited = body["outbox"]["oldest_due_seconds"].as_f64().unwrap();
+    assert!((7190.0..7300.0).contains(&waited), "{body}");
+    let problems = body["problems"].to_string();
+    assert!(
+        problems.contains("scheduler") && problems.contains("email"),
+        "{problems}"
+    );
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }

@@ -8,6 +8,7 @@ mod delivery;
 mod engine;
 mod events;
 mod examples;
+mod openapi;
 mod pages;
 mod roundtrip;
 mod runtime;

@@ -104,10 +104,15 @@ pub struct Event {
     pub template: Option<String>,
     pub link: Option<String>,
     pub form: Option<String>,
+    /// The funnel a `removed` event takes the lead out of.
+    pub funnel: Option<String>,
     /// A purchase's value, kept for revenue reports (the engine does not match on it).
     pub amount: Option<f64>,
     pub currency: Option<String>,
 }
+
+/// The event that takes a lead out of one funnel (`Event::funnel`).
+pub const REMOVED: &str = "removed";
 
 impl Event {
     pub fn named(name: &str) -> Event {
@@ -546,6 +551,13 @@ impl Machine<'_> {
     }
 
     fn event(&mut self, e: &Event) {
+        // Taken out through the admin API: only the named funnel's run ends, whatever it says.
+        if e.name == REMOVED {
+            if e.funnel.as_deref() == Some(self.f.id.value.as_str()) {
+                self.exit(Outcome::Removed);
+            }
+            return;
+        }
         // Facts the event itself establishes count for guards evaluated now.
         match e.name.as_str() {
             "purchase" => {

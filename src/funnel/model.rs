@@ -297,9 +297,12 @@ pub enum Outcome {
     Completed,
     Unsubscribed,
     Disqualified,
+    /// Taken out through the admin API; never written in a funnel.
+    Removed,
 }
 
 impl Outcome {
+    /// The outcomes an `exit:` step may name.
     pub const ALL: [(&'static str, Outcome); 5] = [
         ("converted", Outcome::Converted),
         ("not_converted", Outcome::NotConverted),
@@ -309,11 +312,25 @@ impl Outcome {
     ];
 
     pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Converted => "converted",
+            Outcome::NotConverted => "not_converted",
+            Outcome::Completed => "completed",
+            Outcome::Unsubscribed => "unsubscribed",
+            Outcome::Disqualified => "disqualified",
+            Outcome::Removed => "removed",
+        }
+    }
+
+    /// The outcome a stored name stands for, `removed` included.
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        if name == "removed" {
+            return Some(Outcome::Removed);
+        }
         Outcome::ALL
             .iter()
-            .find(|(_, o)| *o == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("")
+            .find(|(n, _)| *n == name)
+            .map(|(_, o)| *o)
     }
 }
 

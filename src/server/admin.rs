@@ -1,5 +1,6 @@
 //! The admin API, behind `Authorization: Bearer <admin_token>`: find a lead, export everything
-//! about them, tag them, enroll them, erase them, and list the funnels with their counts.
+//! about them, tag and untag them, enroll them in a funnel or take them out, erase them, and
+//! list the funnels with their counts.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -143,7 +144,7 @@ async fn exists(state: &AppState, id: LeadId) -> Result<bool, Response> {
         .map_err(unavailable)
 }
 
-/// `POST /api/v1/leads/{id}/tags` `{"tag": "vip"}`.
+/// `POST /api/v1/leads/{id}/tags` `{"tag": "vip"}`: funnels entered by that tag start.
 pub async fn tag(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -166,11 +167,15 @@ pub async fn tag(
         Ok(false) => return no_lead(),
         Err(r) => return r,
     }
-    match state
-        .store
-        .tag_lead(LeadId(id), &tag, chrono::Utc::now())
-        .await
-    {
+    let tagged = match &state.runtime {
+        Some(rt) => rt.tag(LeadId(id), &tag, chrono::Utc::now()).await,
+        None => state
+            .store
+            .tag_lead(LeadId(id), &tag, chrono::Utc::now())
+            .await
+            .map_err(Into::into),
+    };
+    match tagged {
         Ok(()) => Json(json!({ "status": "ok" })).into_response(),
         Err(e) => unavailable(e),
     }
@@ -187,24 +192,10 @@ pub async fn enroll(
     if let Some(r) = refused(&state, &headers) {
         return r;
     }
-    let funnel = match field(&body, "funnel") {
-        Ok(f) => f,
+    let (rt, funnel) = match running_funnel(&state, &body) {
+        Ok(x) => x,
         Err((s, f, m)) => return error(s, &f, &m),
     };
-    let Some(rt) = &state.runtime else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "",
-            "the engine is not running",
-        );
-    };
-    if !rt.funnels().contains_key(&funnel) {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "funnel",
-            "no such funnel is running",
-        );
-    }
     match exists(&state, LeadId(id)).await {
         Ok(true) => {}
         Ok(false) => return no_lead(),
@@ -222,6 +213,80 @@ pub async fn enroll(
         .into_response(),
         Err(e) => unavailable(e),
     }
+}
+
+/// `DELETE /api/v1/leads/{id}/tags/{tag}`.
+pub async fn untag(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, tag)): Path<(i64, String)>,
+) -> Response {
+    if let Some(r) = refused(&state, &headers) {
+        return r;
+    }
+    let tag = match Tag::parse(&tag) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, "tag", &e.to_string()),
+    };
+    match exists(&state, LeadId(id)).await {
+        Ok(true) => {}
+        Ok(false) => return no_lead(),
+        Err(r) => return r,
+    }
+    match state.store.untag_lead(LeadId(id), &tag).await {
+        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `POST /api/v1/leads/{id}/remove` `{"funnel": "…"}`: takes the lead out of the funnel (the
+/// run ends with the outcome `removed`; what it had queued is not sent).
+pub async fn remove(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = refused(&state, &headers) {
+        return r;
+    }
+    let (rt, funnel) = match running_funnel(&state, &body) {
+        Ok(x) => x,
+        Err((s, f, m)) => return error(s, &f, &m),
+    };
+    match exists(&state, LeadId(id)).await {
+        Ok(true) => {}
+        Ok(false) => return no_lead(),
+        Err(r) => return r,
+    }
+    match rt.remove(LeadId(id), &funnel, chrono::Utc::now()).await {
+        Ok(Some(e)) => Json(json!({ "status": "removed", "enrollment": e })).into_response(),
+        Ok(None) => Json(json!({ "status": "not in" })).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// The engine and the running funnel a `{"funnel": "…"}` body names, or the refusal.
+fn running_funnel(
+    state: &AppState,
+    body: &[u8],
+) -> Result<(std::sync::Arc<crate::runtime::Runtime>, String), (StatusCode, String, String)> {
+    let funnel = field(body, "funnel")?;
+    let Some(rt) = &state.runtime else {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            String::new(),
+            "the engine is not running".into(),
+        ));
+    };
+    if !rt.funnels().contains_key(&funnel) {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "funnel".into(),
+            "no such funnel is running".into(),
+        ));
+    }
+    Ok((rt.clone(), funnel))
 }
 
 /// `GET /api/v1/funnels`: each running funnel with its version and, by status, its

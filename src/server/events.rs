@@ -69,10 +69,18 @@ fn parse(v: &Value, at: &str, now: chrono::DateTime<chrono::Utc>) -> Result<Inco
             "event names are lowercase letters, digits, _ and -",
         ));
     }
-    if ["confirmed", "unsubscribed", "bounced", "complained"].contains(&name.as_str()) {
+    if [
+        "confirmed",
+        "unsubscribed",
+        "bounced",
+        "complained",
+        "removed",
+    ]
+    .contains(&name.as_str())
+    {
         return Err(bad(
             &field("event"),
-            "this event comes from the links in emails and the delivery reports, not the API",
+            "this event comes from the links in emails, the delivery reports or the admin API",
         ));
     }
     let who = match (o.get("lead"), text("email")?) {

@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use hmac::{KeyInit, Mac};
 use serde_json::json;
@@ -64,7 +64,11 @@ pub fn router(state: AppState) -> Router {
             get(admin::export).delete(admin::erase),
         )
         .route("/api/v1/leads/{id}/tags", post(admin::tag))
+        .route("/api/v1/leads/{id}/tags/{tag}", delete(admin::untag))
         .route("/api/v1/leads/{id}/enroll", post(admin::enroll))
+        .route("/api/v1/leads/{id}/remove", post(admin::remove))
+        .route("/openapi.json", get(openapi_json))
+        .route("/openapi.yaml", get(openapi_yaml))
         .route("/api/v1/funnels", get(admin::funnels))
         .route(
             "/api/v1/events",
@@ -621,16 +625,92 @@ async fn metrics(State(state): State<AppState>) -> axum::response::Response {
     }
 }
 
-/// 200 when the database answers, 503 when it does not.
-async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.store.ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({ "status": "ok", "funnels": state.funnels })),
-        ),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "error": e.to_string() })),
-        ),
+/// The description of this API (`docs/openapi.yaml`).
+pub const OPENAPI_YAML: &str = include_str!("../../docs/openapi.yaml");
+
+/// `GET /openapi.yaml`.
+async fn openapi_yaml() -> axum::response::Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML).into_response()
+}
+
+/// `GET /openapi.json`: the same description as JSON.
+async fn openapi_json() -> axum::response::Response {
+    static JSON: std::sync::OnceLock<Result<serde_json::Value, String>> =
+        std::sync::OnceLock::new();
+    match JSON.get_or_init(|| serde_saphyr::from_str(OPENAPI_YAML).map_err(|e| e.to_string())) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "", e),
     }
+}
+
+/// A scheduler further behind its timers than this makes the node `degraded`.
+const LAG_LIMIT_SECS: f64 = 60.0;
+/// An email waiting longer than this for its attempt makes the node `degraded`.
+const OUTBOX_LIMIT_SECS: f64 = 600.0;
+
+/// `GET /healthz`: the database, the scheduler's lag and the outbox. 200 `ok` or `degraded`
+/// (with the problems named), 503 when the database does not answer.
+async fn healthz(State(state): State<AppState>) -> axum::response::Response {
+    let now = chrono::Utc::now();
+    let started = std::time::Instant::now();
+    if let Err(e) = state.store.ping().await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({ "status": "unavailable", "version": env!("CARGO_PKG_VERSION"),
+                         "database": { "ok": false, "error": e.to_string() },
+                         "problems": ["the database does not answer"] }),
+            ),
+        )
+            .into_response();
+    }
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let seconds_since = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+            .unwrap_or(0.0)
+    };
+    let (wake, depth, oldest) = match tokio::try_join!(
+        state.store.next_wake(),
+        state.store.outbox_depth(),
+        state.store.oldest_queued()
+    ) {
+        Ok(x) => x,
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(
+                    json!({ "status": "unavailable", "version": env!("CARGO_PKG_VERSION"),
+                             "database": { "ok": false, "error": e.to_string() },
+                             "problems": ["the database does not answer"] }),
+                ),
+            )
+                .into_response();
+        }
+    };
+    let lag = seconds_since(wake);
+    let waiting = seconds_since(oldest);
+    let mut problems = Vec::new();
+    if lag > LAG_LIMIT_SECS {
+        problems.push(format!("the scheduler is {lag:.0} s behind its timers"));
+    }
+    if waiting > OUTBOX_LIMIT_SECS {
+        problems.push(format!(
+            "an email has waited {waiting:.0} s for its attempt"
+        ));
+    }
+    let status = if problems.is_empty() {
+        "ok"
+    } else {
+        "degraded"
+    };
+    Json(json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "funnels": state.runtime.as_ref().map(|rt| rt.funnels().len()).unwrap_or(state.funnels),
+        "database": { "ok": true, "latency_ms": (latency_ms * 100.0).round() / 100.0 },
+        "scheduler": { "lag_seconds": lag },
+        "outbox": { "queued": depth.0, "sending": depth.1, "oldest_due_seconds": waiting },
+        "problems": problems,
+    }))
+    .into_response()
 }

@@ -6,7 +6,9 @@ use serde_json::{Value, json};
 use super::entities::{enrollment, event, message, suppression};
 use super::{Result, Store, from_ms};
 use crate::domain::LeadId;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+};
 
 impl Store {
     /// Everything stored about a lead, as JSON: the lead, tags, touches, events, enrollments,
@@ -94,7 +96,9 @@ impl Store {
     /// history, emails). A suppression of the address is kept, so an address that asked not to
     /// be mailed is not mailed if it signs up again unasked. `false` when there was no lead.
     pub async fn erase_lead(&self, id: LeadId) -> Result<bool> {
-        // Children first: the same on a database whose foreign keys do not cascade.
+        // One transaction: a failure part-way erases nothing. Children first: the same on a
+        // database whose foreign keys do not cascade.
+        let txn = self.db.begin().await?;
         let history = "DELETE FROM stage_history WHERE enrollment_id IN \
                        (SELECT id FROM enrollments WHERE lead_id = $1)";
         for sql in [
@@ -109,17 +113,17 @@ impl Store {
                 super::Backend::Sqlite => sql.replace("$1", "?"),
                 super::Backend::Postgres => sql.to_string(),
             };
-            self.db
-                .execute_raw(sea_orm::Statement::from_sql_and_values(
-                    self.db.get_database_backend(),
-                    sql,
-                    [id.0.into()],
-                ))
-                .await?;
+            txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                sql,
+                [id.0.into()],
+            ))
+            .await?;
         }
         let gone = super::entities::lead::Entity::delete_by_id(id.0)
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
+        txn.commit().await?;
         Ok(gone.rows_affected > 0)
     }
 

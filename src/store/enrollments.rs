@@ -66,15 +66,9 @@ fn to_stored(m: enrollment::Model) -> Result<StoredEnrollment> {
     let status = match (m.status.as_str(), m.outcome.as_deref()) {
         ("unconfirmed", _) => Status::Unconfirmed,
         ("active", _) => Status::Active,
-        ("exited", Some(o)) => Status::Exited(
-            Outcome::ALL
-                .iter()
-                .find(|(n, _)| *n == o)
-                .map(|(_, o)| *o)
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("enrollment {} has outcome \"{o}\"", m.id))
-                })?,
-        ),
+        ("exited", Some(o)) => Status::Exited(Outcome::from_name(o).ok_or_else(|| {
+            StoreError::Corrupt(format!("enrollment {} has outcome \"{o}\"", m.id))
+        })?),
         (other, _) => {
             return Err(StoreError::Corrupt(format!(
                 "enrollment {} has status \"{other}\"",
@@ -202,6 +196,18 @@ impl Store {
         let txn = self.db.begin().await?;
         let mut ids: HashMap<(i64, &str), i64> = HashMap::new();
         for chunk in items.chunks(batch::ROWS) {
+            // A new run starts after the lead's past events: an old purchase does not end it.
+            let leads = batch::padded(chunk.iter().map(|n| n.lead.0));
+            let mut q = Params::new(self.backend);
+            let list: Vec<String> = leads.into_iter().map(|l| q.p(l)).collect();
+            let sql = format!(
+                "SELECT lead_id, MAX(id) FROM events WHERE lead_id IN ({}) GROUP BY lead_id",
+                list.join(", ")
+            );
+            let mut last_event: HashMap<i64, i64> = HashMap::new();
+            for r in txn.query_all_raw(q.statement(sql)).await? {
+                last_event.insert(r.try_get_by_index(0)?, r.try_get_by_index(1)?);
+            }
             let mut q = Params::new(self.backend);
             let rows: Vec<Vec<Value>> = chunk
                 .iter()
@@ -227,7 +233,7 @@ impl Store {
                         outcome.map(str::to_string).into(),
                         0i32.into(),
                         ms(now).into(),
-                        0i64.into(),
+                        last_event.get(&n.lead.0).copied().unwrap_or(0).into(),
                     ]
                 })
                 .collect();
@@ -858,6 +864,7 @@ impl Store {
                         template: s("template"),
                         link: s("link"),
                         form: s("form"),
+                        funnel: s("funnel"),
                         amount: p.get("amount").and_then(|v| v.as_f64()),
                         currency: s("currency"),
                     },

@@ -390,6 +390,16 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a tag; a tag the lead does not have is no error.
+    pub async fn untag_lead(&self, id: LeadId, tag: &Tag) -> Result<()> {
+        lead_tag::Entity::delete_many()
+            .filter(lead_tag::Column::LeadId.eq(id.0))
+            .filter(lead_tag::Column::Tag.eq(tag.to_string()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
     pub async fn lead_tags(&self, id: LeadId) -> Result<Vec<Tag>> {
         let rows = lead_tag::Entity::find()
             .filter(lead_tag::Column::LeadId.eq(id.0))

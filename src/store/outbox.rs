@@ -125,7 +125,8 @@ impl Store {
             .await
     }
 
-    /// Which of these messages go to an address suppressed everywhere or in their funnel.
+    /// Which of these messages must not go: to an address suppressed everywhere or in their
+    /// funnel, or from a run taken out of its funnel.
     pub async fn suppressed_among(&self, messages: &[Outgoing]) -> Result<HashSet<i64>> {
         let emails: Vec<String> = messages.iter().map(|m| m.recipient.clone()).collect();
         let mut scopes: HashMap<String, Vec<String>> = HashMap::new();
@@ -140,13 +141,28 @@ impl Store {
                 scopes.entry(s.email).or_default().push(s.scope);
             }
         }
+        // A run taken out of its funnel through the admin API sends nothing it had queued.
+        let ids: Vec<i64> = messages.iter().filter_map(|m| m.enrollment).collect();
+        let mut removed: HashSet<i64> = HashSet::new();
+        for chunk in ids.chunks(super::batch::ROWS) {
+            let rows: Vec<i64> = enrollment::Entity::find()
+                .select_only()
+                .column(enrollment::Column::Id)
+                .filter(enrollment::Column::Id.is_in(super::batch::padded(chunk.iter().copied())))
+                .filter(enrollment::Column::Outcome.eq("removed"))
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            removed.extend(rows);
+        }
         Ok(messages
             .iter()
             .filter(|m| {
-                scopes.get(&m.recipient).is_some_and(|s| {
-                    s.iter()
-                        .any(|s| s == "*" || Some(s.as_str()) == m.funnel.as_deref())
-                })
+                m.enrollment.is_some_and(|e| removed.contains(&e))
+                    || scopes.get(&m.recipient).is_some_and(|s| {
+                        s.iter()
+                            .any(|s| s == "*" || Some(s.as_str()) == m.funnel.as_deref())
+                    })
             })
             .map(|m| m.id)
             .collect())
@@ -230,6 +246,19 @@ impl Store {
             }
         }
         Ok((queued, sending))
+    }
+
+    /// When the longest-waiting queued email became due for its attempt.
+    pub async fn oldest_queued(&self) -> Result<Option<DateTime<Utc>>> {
+        let row: Option<Option<i64>> = message::Entity::find()
+            .select_only()
+            .column_as(message::Column::NextAttemptAt.min(), "m")
+            .filter(message::Column::Status.eq("queued"))
+            .filter(message::Column::Kind.eq("email"))
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        Ok(row.flatten().map(from_ms))
     }
 
     /// How many messages wait in each state, for reports and metrics.

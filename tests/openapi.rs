@@ -1,0 +1,704 @@
+//! The served OpenAPI description against the real server: every answer the tests provoke must
+//! be documented for its path, method and status, with its content type, and a JSON body must
+//! validate against the documented schema; every documented answer must be provoked (but 503,
+//! which needs a database that stops answering).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use autofunnel::delivery::{compose, track};
+use autofunnel::domain::{Consent, Email};
+use autofunnel::project;
+use autofunnel::runtime::Runtime;
+use autofunnel::server::{AppState, signup};
+use autofunnel::store::{LeadInput, Store};
+use chrono::Utc;
+use reqwest::{Client, Method, RequestBuilder};
+use serde_json::{Value, json};
+
+use crate::util::{Server, on_both_backends, project_of};
+
+const SECRET: &[u8] = b"openapi link secret";
+const HOOKS: &[u8] = b"openapi hooks secret";
+const API: &str = "api token, 16+ characters";
+const ADMIN: &str = "admin token, 16+ characters";
+
+/// The description, and which answers the tests have checked against it.
+struct Contract {
+    spec: Value,
+    seen: Mutex<BTreeSet<String>>,
+}
+
+impl Contract {
+    fn new() -> Contract {
+        let spec: Value = serde_saphyr::from_str(autofunnel::server::OPENAPI_YAML)
+            .expect("docs/openapi.yaml is YAML");
+        assert_eq!(spec["openapi"], "3.1.0");
+        Contract {
+            spec,
+            seen: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// `#/components/...` resolved.
+    fn resolve<'a>(&'a self, v: &'a Value) -> &'a Value {
+        match v.get("$ref").and_then(Value::as_str) {
+            Some(r) => self
+                .spec
+                .pointer(r.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("unresolved {r}")),
+            None => v,
+        }
+    }
+
+    /// Sends the request and checks its answer against the description of `template`; returns
+    /// the status and the body.
+    async fn call(&self, method: Method, template: &str, req: RequestBuilder) -> (u16, Vec<u8>) {
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let mime = r.headers().get(reqwest::header::CONTENT_TYPE).map(|c| {
+            c.to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .trim()
+                .to_string()
+        });
+        let body = r.bytes().await.unwrap().to_vec();
+        let m = method.as_str().to_lowercase();
+        let what = format!("{} {template} {status}", method.as_str());
+        let op = &self.spec["paths"][template][&m];
+        assert!(
+            op.is_object(),
+            "{what}: the path or method is not documented"
+        );
+        let doc = self.resolve(&op["responses"][status.to_string()]);
+        assert!(doc.is_object(), "{what}: this status is not documented");
+        match doc.get("content") {
+            None => assert!(
+                body.is_empty(),
+                "{what}: documented without a body, answered {}",
+                String::from_utf8_lossy(&body)
+            ),
+            Some(content) => {
+                let mime = mime.unwrap_or_else(|| panic!("{what}: no Content-Type"));
+                let media = &content[&mime];
+                assert!(
+                    media.is_object(),
+                    "{what}: Content-Type {mime} is not documented"
+                );
+                if mime == "application/json" {
+                    let v: Value = serde_json::from_slice(&body)
+                        .unwrap_or_else(|e| panic!("{what}: not JSON: {e}"));
+                    self.validate(&what, &media["schema"], &v);
+                }
+            }
+        }
+        self.seen.lock().unwrap().insert(what);
+        (status, body)
+    }
+
+    fn validate(&self, what: &str, schema: &Value, v: &Value) {
+        let mut root = schema.clone();
+        root.as_object_mut()
+            .expect("a schema object")
+            .insert("components".into(), self.spec["components"].clone());
+        let validator = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|e| panic!("{what}: the documented schema does not compile: {e}"));
+        let errors: Vec<String> = validator
+            .iter_errors(v)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{what}: the answer {v} does not match the description: {errors:?}"
+        );
+    }
+
+    /// Every documented answer but 503 was checked.
+    fn assert_all_seen(&self) {
+        let seen = self.seen.lock().unwrap();
+        let mut missing = Vec::new();
+        for (path, ops) in self.spec["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                let Some(responses) = op.get("responses").and_then(Value::as_object) else {
+                    continue;
+                };
+                for status in responses.keys().filter(|s| *s != "503") {
+                    let key = format!("{} {path} {status}", method.to_uppercase());
+                    if !seen.contains(&key) {
+                        missing.push(key);
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "documented but never checked: {missing:#?}"
+        );
+    }
+}
+
+fn project(dir: &Path) -> Arc<project::Project> {
+    project_of(
+        dir,
+        &[
+            (
+                "funnels/welcome.yaml",
+                "name: Welcome\nfrom: \"Shop <shop@example.com>\"\n\
+                 entry:\n  form:\n    id: welcome\n    thank_you: \"https://example.com/thanks\"\n    cors: [\"https://example.com\"]\n\
+                 stages:\n  - id: hello\n    steps:\n      - send: hello\n      - wait: 7d\n      - exit: completed\n",
+            ),
+            (
+                "funnels/news.yaml",
+                "name: News\nfrom: \"Shop <shop@example.com>\"\nentry: { form: news }\n\
+                 stages:\n  - id: news\n    steps:\n      - wait: 30d\n      - exit: completed\n",
+            ),
+            ("templates/welcome/hello.subject", "Hello"),
+            ("templates/welcome/hello.html", "<p>Hello</p>"),
+        ],
+    )
+}
+
+fn signed(req: RequestBuilder, body: &str) -> RequestBuilder {
+    use hmac::{KeyInit, Mac};
+    let ts = Utc::now().timestamp();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(HOOKS).unwrap();
+    mac.update(format!("{ts}.{body}").as_bytes());
+    let sig: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    req.header("X-Autofunnel-Timestamp", ts.to_string())
+        .header("X-Autofunnel-Signature", sig)
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+}
+
+async fn openapi(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project(dir.path());
+    let rt = Arc::new(
+        Runtime::new(store.clone(), p.funnels.clone(), "node-a", Utc::now())
+            .await
+            .unwrap(),
+    );
+    let state = AppState {
+        store: store.clone(),
+        funnels: 2,
+        runtime: Some(rt.clone()),
+        hooks_secret: Some(Arc::from(HOOKS)),
+        secret: Arc::from(SECRET),
+        signup_limit: signup::limiter(12),
+        api_token: Some(Arc::from(API)),
+        admin_token: Some(Arc::from(ADMIN)),
+        metrics: Default::default(),
+    };
+    // The same server with every token and secret unset.
+    let bare = AppState {
+        hooks_secret: None,
+        api_token: None,
+        admin_token: None,
+        signup_limit: None,
+        ..state.clone()
+    };
+    let (listener, base) = Server::bind().await;
+    let server = Server::start(listener, state);
+    let (listener, off) = Server::bind().await;
+    let off_server = Server::start(listener, bare);
+    let c = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let k = Contract::new();
+    let (get, post, delete, options) = (Method::GET, Method::POST, Method::DELETE, Method::OPTIONS);
+
+    // The description itself.
+    let (_, json_spec) = k
+        .call(
+            get.clone(),
+            "/openapi.json",
+            c.get(format!("{base}/openapi.json")),
+        )
+        .await;
+    assert_eq!(serde_json::from_slice::<Value>(&json_spec).unwrap(), k.spec);
+    k.call(
+        get.clone(),
+        "/openapi.yaml",
+        c.get(format!("{base}/openapi.yaml")),
+    )
+    .await;
+    let (_, health) = k
+        .call(get.clone(), "/healthz", c.get(format!("{base}/healthz")))
+        .await;
+    let health: Value = serde_json::from_slice(&health).unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["funnels"], 2);
+    k.call(get.clone(), "/metrics", c.get(format!("{base}/metrics")))
+        .await;
+
+    // Signups.
+    let f = "/f/{form}";
+    let signup = |form: &str| c.post(format!("{base}/f/{form}"));
+    let (_, b) = k
+        .call(
+            post.clone(),
+            f,
+            signup("welcome").json(&json!({"email": "anna@example.com", "first_name": "Anna"})),
+        )
+        .await;
+    let anna = serde_json::from_slice::<Value>(&b).unwrap()["lead"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        k.call(
+            post.clone(),
+            f,
+            signup("welcome").form(&[("email", "ben@example.com")])
+        )
+        .await
+        .0,
+        303
+    );
+    assert_eq!(
+        k.call(
+            post.clone(),
+            f,
+            signup("news").form(&[("email", "cleo@example.com")])
+        )
+        .await
+        .0,
+        200
+    );
+    let bad = [
+        (
+            signup("welcome")
+                .header("Content-Type", "application/json")
+                .body("{"),
+            400,
+        ),
+        (signup("nope").form(&[("email", "a@example.com")]), 404),
+        (
+            signup("welcome").form(&[("notes", "x".repeat(70_000))]),
+            413,
+        ),
+        (
+            signup("welcome").json(&json!({"email": "not an address"})),
+            422,
+        ),
+    ];
+    for (req, status) in bad {
+        assert_eq!(k.call(post.clone(), f, req).await.0, status);
+    }
+    let mut limited = false;
+    for _ in 0..20 {
+        let req = signup("news").json(&json!({"email": "dan@example.com"}));
+        if k.call(post.clone(), f, req).await.0 == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the per-IP limit never answered 429");
+    let preflight = |form: &str, origin: &str| {
+        c.request(options.clone(), format!("{base}/f/{form}"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+    };
+    for (req, status) in [
+        (preflight("welcome", "https://example.com"), 204),
+        (preflight("welcome", "https://evil.example"), 403),
+        (preflight("nope", "https://example.com"), 404),
+    ] {
+        assert_eq!(k.call(options.clone(), f, req).await.0, status);
+    }
+
+    // The events API.
+    let ev = "/api/v1/events";
+    let events = |url: &str, token: Option<&str>| {
+        let r = c.post(format!("{url}/api/v1/events"));
+        match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    };
+    let (_, b) = k
+        .call(
+            post.clone(),
+            ev,
+            events(&base, Some(API)).json(&json!({"events": [
+                {"event": "purchase", "email": "anna@example.com", "order_id": "A-1",
+                 "product": "course", "amount": 49.0, "currency": "EUR"},
+                {"event": "webinar_attended", "lead": anna}]})),
+        )
+        .await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&b).unwrap(),
+        json!({"accepted": 2, "duplicates": 0})
+    );
+    let big = json!({ "events": vec![json!({"event": "x", "email": "a@example.com", "id": "y".repeat(200)}); 12_000] });
+    for (req, status) in [
+        (
+            events(&base, Some(API))
+                .header("Content-Type", "application/json")
+                .body("[1,"),
+            400,
+        ),
+        (
+            events(&base, Some("wrong token, 16+ chars")).json(&json!({})),
+            401,
+        ),
+        (events(&off, Some(API)).json(&json!({})), 404),
+        (events(&base, Some(API)).json(&big), 413),
+        (
+            events(&base, Some(API)).json(&json!({"event": "Bad Name!"})),
+            422,
+        ),
+    ] {
+        assert_eq!(k.call(post.clone(), ev, req).await.0, status);
+    }
+
+    // Signed webhooks.
+    let purchase = r#"{"order_id": "B-7", "email": "ben@example.com", "product": "course"}"#;
+    let hp = "/hooks/purchase";
+    let hook = |url: &str, path: &str| c.post(format!("{url}{path}"));
+    let (_, b) = k
+        .call(post.clone(), hp, signed(hook(&base, hp), purchase))
+        .await;
+    assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["status"], "ok");
+    for (req, status) in [
+        (signed(hook(&base, hp), "not json"), 400),
+        (hook(&base, hp).body(purchase), 401),
+        (signed(hook(&off, hp), purchase), 404),
+        (signed(hook(&base, hp), r#"{"order_id": "C-1"}"#), 422),
+    ] {
+        assert_eq!(k.call(post.clone(), hp, req).await.0, status);
+    }
+    let hd = "/hooks/delivery";
+    let report = r#"{"type": "bounce", "email": "cleo@example.com", "id": "evt-1"}"#;
+    k.call(post.clone(), hd, signed(hook(&base, hd), report))
+        .await;
+    for (req, status) in [
+        (signed(hook(&base, hd), "{"), 400),
+        (hook(&base, hd).body(report), 401),
+        (signed(hook(&off, hd), report), 404),
+        (signed(hook(&base, hd), r#"{"type": "spam"}"#), 422),
+    ] {
+        assert_eq!(k.call(post.clone(), hd, req).await.0, status);
+    }
+
+    // The links in emails.
+    let link = |expires: Option<i64>| {
+        track::Click {
+            message: 999_999,
+            link: "offer".into(),
+            url: "https://example.com/offer".into(),
+            expires,
+        }
+        .token(SECRET)
+    };
+    let r = "/r/{token}";
+    for (token, status) in [
+        (link(None), 302),
+        (link(Some(1)), 410),
+        ("forged.token".to_string(), 403),
+    ] {
+        assert_eq!(
+            k.call(get.clone(), r, c.get(format!("{base}/r/{token}")))
+                .await
+                .0,
+            status
+        );
+    }
+    let o = "/o/{token}";
+    let pixel = track::open_token(SECRET, 999_999);
+    k.call(get.clone(), o, c.get(format!("{base}/o/{pixel}.gif")))
+        .await;
+    k.call(get.clone(), o, c.get(format!("{base}/o/1.forged.gif")))
+        .await;
+    let gone = store
+        .import_leads(
+            &[(
+                Email::parse("gone@example.com").unwrap(),
+                LeadInput::default(),
+            )],
+            Consent::Confirmed,
+            Utc::now(),
+        )
+        .await
+        .unwrap()[0];
+    store.erase_lead(gone).await.unwrap();
+    for (purpose, template) in [("u", "/u/{token}"), ("c", "/c/{token}")] {
+        let tokens = [
+            (compose::token(SECRET, purpose, anna), 200),
+            ("forged".to_string(), 403),
+            (compose::token(SECRET, purpose, gone.0), 404),
+        ];
+        for (token, status) in tokens {
+            let url = format!("{base}/{purpose}/{token}");
+            assert_eq!(k.call(get.clone(), template, c.get(&url)).await.0, status);
+            let req = c.post(&url).form(&[("scope", "news")]);
+            assert_eq!(k.call(post.clone(), template, req).await.0, status);
+        }
+    }
+
+    // The admin API.
+    let admin =
+        |m: Method, url: &str, path: &str| c.request(m, format!("{url}{path}")).bearer_auth(ADMIN);
+    let lead = "/api/v1/leads/{id}";
+    let leads = "/api/v1/leads";
+    let (_, b) = k
+        .call(
+            get.clone(),
+            leads,
+            admin(get.clone(), &base, "/api/v1/leads?email=anna@example.com"),
+        )
+        .await;
+    let export: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(export["lead"]["id"], anna);
+    for (req, status) in [
+        (
+            c.get(format!("{base}/api/v1/leads?email=anna@example.com")),
+            401,
+        ),
+        (
+            admin(get.clone(), &base, "/api/v1/leads?email=zed@example.com"),
+            404,
+        ),
+        (admin(get.clone(), &base, "/api/v1/leads?email=zed"), 422),
+    ] {
+        assert_eq!(k.call(get.clone(), leads, req).await.0, status);
+    }
+    let tags = "/api/v1/leads/{id}/tags";
+    let untag = "/api/v1/leads/{id}/tags/{tag}";
+    let enroll = "/api/v1/leads/{id}/enroll";
+    let remove = "/api/v1/leads/{id}/remove";
+    let me = format!("/api/v1/leads/{anna}");
+    let nobody = "/api/v1/leads/424242";
+    let body = |req: RequestBuilder, v: Value| req.json(&v);
+    let raw = |req: RequestBuilder| req.header("Content-Type", "application/json").body("{");
+    let calls: Vec<(Method, &str, RequestBuilder, u16)> = vec![
+        (get.clone(), lead, admin(get.clone(), &base, &me), 200),
+        (
+            get.clone(),
+            lead,
+            admin(get.clone(), &base, "/api/v1/leads/x"),
+            400,
+        ),
+        (get.clone(), lead, c.get(format!("{base}{me}")), 401),
+        (get.clone(), lead, admin(get.clone(), &base, nobody), 404),
+        (
+            post.clone(),
+            tags,
+            body(
+                admin(post.clone(), &base, &format!("{me}/tags")),
+                json!({"tag": "vip"}),
+            ),
+            200,
+        ),
+        (
+            post.clone(),
+            tags,
+            raw(admin(post.clone(), &base, &format!("{me}/tags"))),
+            400,
+        ),
+        (
+            post.clone(),
+            tags,
+            c.post(format!("{base}{me}/tags"))
+                .json(&json!({"tag": "vip"})),
+            401,
+        ),
+        (
+            post.clone(),
+            tags,
+            body(
+                admin(post.clone(), &base, &format!("{nobody}/tags")),
+                json!({"tag": "vip"}),
+            ),
+            404,
+        ),
+        (
+            post.clone(),
+            tags,
+            body(
+                admin(post.clone(), &base, &format!("{me}/tags")),
+                json!({"tag": "Not A Tag!"}),
+            ),
+            422,
+        ),
+        (
+            delete.clone(),
+            untag,
+            admin(delete.clone(), &base, &format!("{me}/tags/vip")),
+            200,
+        ),
+        (
+            delete.clone(),
+            untag,
+            admin(delete.clone(), &base, "/api/v1/leads/x/tags/vip"),
+            400,
+        ),
+        (
+            delete.clone(),
+            untag,
+            c.delete(format!("{base}{me}/tags/vip")),
+            401,
+        ),
+        (
+            delete.clone(),
+            untag,
+            admin(delete.clone(), &base, &format!("{nobody}/tags/vip")),
+            404,
+        ),
+        (
+            delete.clone(),
+            untag,
+            admin(delete.clone(), &base, &format!("{me}/tags/Not%20A%20Tag")),
+            422,
+        ),
+        (
+            post.clone(),
+            enroll,
+            body(
+                admin(post.clone(), &base, &format!("{me}/enroll")),
+                json!({"funnel": "news"}),
+            ),
+            200,
+        ),
+        (
+            post.clone(),
+            enroll,
+            raw(admin(post.clone(), &base, &format!("{me}/enroll"))),
+            400,
+        ),
+        (
+            post.clone(),
+            enroll,
+            c.post(format!("{base}{me}/enroll"))
+                .json(&json!({"funnel": "news"})),
+            401,
+        ),
+        (
+            post.clone(),
+            enroll,
+            body(
+                admin(post.clone(), &base, &format!("{nobody}/enroll")),
+                json!({"funnel": "news"}),
+            ),
+            404,
+        ),
+        (
+            post.clone(),
+            enroll,
+            body(
+                admin(post.clone(), &base, &format!("{me}/enroll")),
+                json!({"funnel": "nope"}),
+            ),
+            422,
+        ),
+        (
+            post.clone(),
+            remove,
+            body(
+                admin(post.clone(), &base, &format!("{me}/remove")),
+                json!({"funnel": "news"}),
+            ),
+            200,
+        ),
+        (
+            post.clone(),
+            remove,
+            raw(admin(post.clone(), &base, &format!("{me}/remove"))),
+            400,
+        ),
+        (
+            post.clone(),
+            remove,
+            c.post(format!("{base}{me}/remove"))
+                .json(&json!({"funnel": "news"})),
+            401,
+        ),
+        (
+            post.clone(),
+            remove,
+            body(
+                admin(post.clone(), &base, &format!("{nobody}/remove")),
+                json!({"funnel": "news"}),
+            ),
+            404,
+        ),
+        (
+            post.clone(),
+            remove,
+            body(
+                admin(post.clone(), &base, &format!("{me}/remove")),
+                json!({"funnel": "nope"}),
+            ),
+            422,
+        ),
+        (
+            get.clone(),
+            "/api/v1/funnels",
+            admin(get.clone(), &base, "/api/v1/funnels"),
+            200,
+        ),
+        (
+            get.clone(),
+            "/api/v1/funnels",
+            c.get(format!("{base}/api/v1/funnels")),
+            401,
+        ),
+        (
+            get.clone(),
+            "/api/v1/funnels",
+            admin(get.clone(), &off, "/api/v1/funnels"),
+            404,
+        ),
+        (
+            delete.clone(),
+            lead,
+            admin(delete.clone(), &base, "/api/v1/leads/x"),
+            400,
+        ),
+        (delete.clone(), lead, c.delete(format!("{base}{me}")), 401),
+        (
+            delete.clone(),
+            lead,
+            admin(delete.clone(), &base, nobody),
+            404,
+        ),
+        (delete.clone(), lead, admin(delete.clone(), &base, &me), 200),
+    ];
+    for (m, template, req, status) in calls {
+        let (got, b) = k.call(m.clone(), template, req).await;
+        assert_eq!(
+            got,
+            status,
+            "{m} {template}: {}",
+            String::from_utf8_lossy(&b)
+        );
+    }
+    assert!(
+        store
+            .lead_by_email(&Email::parse("anna@example.com").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    k.assert_all_seen();
+    server.stop().await;
+    off_server.stop().await;
+}
+
+on_both_backends! {
+    contract => openapi,
+}
