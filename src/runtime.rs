@@ -13,7 +13,9 @@ use tokio::sync::Notify;
 use crate::domain::{Consent, LeadId, Tag};
 use crate::engine::{self, Event, Input, LeadFacts, Status, Transition};
 use crate::funnel::{EntryTrigger, Funnel, ReEntry, print};
-use crate::store::{Committed, NewEnrollment, NewEvent, Recorded, Store, StoredEnrollment};
+use crate::store::{
+    Committed, NewEnrollment, NewEvent, NewSignup, Recorded, Store, StoredEnrollment,
+};
 
 /// How long a claimed enrollment is reserved for its worker; a worker that dies loses it then.
 pub const LEASE: Duration = Duration::seconds(30);
@@ -45,6 +47,8 @@ pub enum RuntimeError {
     UnknownFunnel(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("the signup could not be stored: {0}")]
+    Signup(String),
 }
 
 pub struct Runtime {
@@ -55,6 +59,17 @@ pub struct Runtime {
     wake: Arc<Notify>,
     /// Transitions committed by this runtime since it started.
     committed: AtomicU64,
+    /// Signups waiting for the next group commit.
+    signups: std::sync::Mutex<Vec<QueuedSignup>>,
+    /// Held by whoever commits a group of signups.
+    committing: tokio::sync::Mutex<()>,
+}
+
+/// A signup in the queue, with the funnels its form starts and where its answer goes.
+struct QueuedSignup {
+    signup: NewSignup,
+    funnels: Vec<String>,
+    done: tokio::sync::oneshot::Sender<Result<LeadId, String>>,
 }
 
 impl Runtime {
@@ -72,6 +87,8 @@ impl Runtime {
             owner: owner.to_string(),
             wake: Arc::new(Notify::new()),
             committed: AtomicU64::new(0),
+            signups: std::sync::Mutex::new(Vec::new()),
+            committing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -128,6 +145,86 @@ impl Runtime {
         let (out, triggers) = self.enroll_only(leads, funnel, now).await?;
         self.start_entries(triggers, now).await?;
         Ok(out)
+    }
+
+    /// Stores a landing-page signup (lead, touch, `signup` event) and starts `funnels`, the
+    /// form's. Signups arriving together are written together: whoever finds no commit under
+    /// way commits everything queued so far (group commit); the others wait for their answer.
+    /// Run it in a task of its own: a caller that goes away mid-commit must not stop the commit
+    /// others wait for.
+    pub async fn signup(
+        &self,
+        signup: NewSignup,
+        funnels: Vec<String>,
+    ) -> Result<LeadId, RuntimeError> {
+        let (done, mut answer) = tokio::sync::oneshot::channel();
+        self.signups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(QueuedSignup {
+                signup,
+                funnels,
+                done,
+            });
+        let turn = self.committing.lock().await;
+        if let Ok(r) = answer.try_recv() {
+            return r.map_err(RuntimeError::Signup);
+        }
+        let queued = std::mem::take(&mut *self.signups.lock().unwrap_or_else(|e| e.into_inner()));
+        let (signups, rest): (Vec<NewSignup>, Vec<_>) = queued
+            .into_iter()
+            .map(|q| (q.signup, (q.funnels, q.done)))
+            .unzip();
+        match self.commit_signups(&signups, &rest, Utc::now()).await {
+            Ok(leads) => {
+                for ((_, done), lead) in rest.into_iter().zip(leads) {
+                    let _ = done.send(Ok(lead));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, signups = signups.len(), "cannot store signups");
+                for (_, done) in rest {
+                    let _ = done.send(Err(e.to_string()));
+                }
+            }
+        }
+        drop(turn);
+        match answer.try_recv() {
+            Ok(r) => r.map_err(RuntimeError::Signup),
+            Err(_) => Err(RuntimeError::Signup("no answer for this signup".into())),
+        }
+    }
+
+    /// One group of signups: stored in one transaction, then each funnel started for its
+    /// leads in one more.
+    async fn commit_signups(
+        &self,
+        signups: &[NewSignup],
+        funnels: &[(Vec<String>, tokio::sync::oneshot::Sender<Result<LeadId, String>>)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<LeadId>, RuntimeError> {
+        let leads = self.store.record_signups(signups, now).await?;
+        // Runs the leads were in already are fed the event by the scheduler.
+        self.wake.notify_one();
+        let by_event = leads
+            .iter()
+            .map(|l| (*l, Trigger::Event("signup".into())))
+            .collect();
+        self.start_entries(by_event, now).await?;
+        let mut by_funnel: BTreeMap<&str, Vec<LeadId>> = BTreeMap::new();
+        for ((fs, _), lead) in funnels.iter().zip(&leads) {
+            for f in fs {
+                by_funnel.entry(f).or_default().push(*lead);
+            }
+        }
+        for (f, leads) in by_funnel {
+            match self.enroll_many(&leads, f, now).await {
+                // Reloaded away since the form was read: the signup is kept, nothing starts.
+                Err(RuntimeError::UnknownFunnel(_)) | Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(leads)
     }
 
     /// Tags a lead; the funnels whose entry is that tag start for them.

@@ -18,8 +18,7 @@ use serde_json::{Value, json};
 
 use super::{AppState, error, page};
 use crate::domain::Email;
-use crate::engine::Event;
-use crate::store::{LeadInput, NewTouch};
+use crate::store::{LeadInput, NewSignup, NewTouch};
 
 /// Signups per IP address, per minute.
 pub type Limiter = governor::DefaultKeyedRateLimiter<IpAddr>;
@@ -313,10 +312,29 @@ pub async fn signup(
         landing_url: get("landing_url").map(str::to_string),
         form: Some(form.clone()),
     };
-    match store_signup(&state, &email, input, touch, &form, &t.funnels).await {
+    let Some(rt) = state.runtime.clone() else {
+        return answer(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "",
+            "the engine is not running",
+        ));
+    };
+    let signup = NewSignup {
+        email,
+        input,
+        touch,
+        form: form.clone(),
+    };
+    // A task of its own: a visitor who leaves mid-commit does not stop the others' signups.
+    let funnels = t.funnels.clone();
+    let stored = tokio::spawn(async move { rt.signup(signup, funnels).await })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match stored {
         Ok(lead) => {
             state.metrics.signups.inc();
-            answer(done(Some(lead)))
+            answer(done(Some(lead.0)))
         }
         Err(e) => {
             tracing::error!(error = %e, form = %form, "cannot store a signup");
@@ -327,34 +345,4 @@ pub async fn signup(
             ))
         }
     }
-}
-
-/// Creates or updates the lead, records the touch and the `signup` event, and starts the
-/// form's funnels. Returns the lead's id.
-async fn store_signup(
-    state: &AppState,
-    email: &Email,
-    input: LeadInput,
-    touch: NewTouch,
-    form: &str,
-    funnels: &[String],
-) -> anyhow::Result<i64> {
-    let now = chrono::Utc::now();
-    // Two signups of one new address at once: the second insert loses the race and updates.
-    let lead = match state.store.upsert_lead(email, input.clone(), now).await {
-        Ok(l) => l,
-        Err(_) => state.store.upsert_lead(email, input, now).await?,
-    };
-    state.store.record_touch(lead.id, touch, now).await?;
-    if let Some(rt) = &state.runtime {
-        let e = Event {
-            form: Some(form.to_string()),
-            ..Event::named("signup")
-        };
-        rt.event(lead.id, e, None, now).await?;
-        for f in funnels {
-            rt.enroll(lead.id, f, now).await?;
-        }
-    }
-    Ok(lead.id.0)
 }

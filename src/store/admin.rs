@@ -7,7 +7,7 @@ use super::entities::{enrollment, event, message, suppression};
 use super::{Result, Store, from_ms};
 use crate::domain::LeadId;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
 };
 
 impl Store {
@@ -98,7 +98,7 @@ impl Store {
     pub async fn erase_lead(&self, id: LeadId) -> Result<bool> {
         // One transaction: a failure part-way erases nothing. Children first: the same on a
         // database whose foreign keys do not cascade.
-        let txn = self.db.begin().await?;
+        let txn = self.write().await?;
         let history = "DELETE FROM stage_history WHERE enrollment_id IN \
                        (SELECT id FROM enrollments WHERE lead_id = $1)";
         for sql in [

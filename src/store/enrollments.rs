@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait, Value,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Value,
 };
 
 use super::batch::{self, Params, Written};
@@ -193,7 +193,7 @@ impl Store {
         items: &[NewEnrollment<'_>],
         now: DateTime<Utc>,
     ) -> Result<Vec<i64>> {
-        let txn = self.db.begin().await?;
+        let txn = self.write().await?;
         let mut ids: HashMap<(i64, &str), i64> = HashMap::new();
         for chunk in items.chunks(batch::ROWS) {
             // A new run starts after the lead's past events: an old purchase does not end it.
@@ -469,7 +469,7 @@ impl Store {
         leads: &[LeadId],
         now: DateTime<Utc>,
     ) -> Result<usize> {
-        let txn = self.db.begin().await?;
+        let txn = self.write().await?;
         let mut applied: BTreeSet<i64> = BTreeSet::new();
         let t = ms(now);
         for chunk in items.chunks(batch::ROWS) {

@@ -6,11 +6,13 @@ mod batch;
 mod enrollments;
 pub mod entities;
 mod outbox;
+mod signups;
 
 pub use enrollments::{
     Committed, NewEnrollment, OutboxRow, Position, StageVisit, StoredEnrollment, StoredEvent,
 };
 pub use outbox::Outgoing;
+pub use signups::NewSignup;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -156,6 +158,18 @@ impl Store {
                 source,
             })?;
         Ok(Store { db, backend })
+    }
+
+    /// A write transaction: on SQLite it takes the write lock at `BEGIN` (`IMMEDIATE`), so it
+    /// waits its turn instead of failing at its first write when another writer went first.
+    pub(crate) async fn write(&self) -> Result<sea_orm::DatabaseTransaction> {
+        Ok(self
+            .db
+            .begin_with_options(sea_orm::TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await?)
     }
 
     pub fn backend(&self) -> Backend {
@@ -308,7 +322,7 @@ impl Store {
                 unique.push(l);
             }
         }
-        let txn = self.db.begin().await?;
+        let txn = self.write().await?;
         for chunk in unique.chunks(batch::ROWS) {
             let mut q = batch::Params::new(self.backend);
             let rows: Vec<Vec<sea_orm::Value>> = chunk

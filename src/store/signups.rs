@@ -1,0 +1,170 @@
+//! Landing-page signups written in groups: one transaction stores a whole batch of them (the
+//! leads created or updated, a touch and a `signup` event each), so a busy form costs a few
+//! statements per batch rather than per signup.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, Value};
+
+use super::batch::{self, Params};
+use super::{Backend, LeadInput, NewTouch, Result, Store, StoreError, ms};
+use crate::domain::{Consent, Email, LeadId};
+
+/// One signup as the form delivered it.
+#[derive(Debug, Clone)]
+pub struct NewSignup {
+    pub email: Email,
+    pub input: LeadInput,
+    pub touch: NewTouch,
+    pub form: String,
+}
+
+impl Store {
+    /// Stores the signups in one transaction and returns each one's lead, in order. A new
+    /// address creates its lead (consent `pending`); a known one is updated: given values win,
+    /// fields merge. Each signup adds a touch and a `signup` event; the lead's live
+    /// enrollments are marked to be fed the event.
+    pub async fn record_signups(
+        &self,
+        signups: &[NewSignup],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<LeadId>> {
+        // One row per address, the later signup's values winning.
+        let mut merged: Vec<(&Email, LeadInput)> = Vec::new();
+        let mut at: HashMap<&str, usize> = HashMap::new();
+        for s in signups {
+            match at.get(s.email.as_str()) {
+                Some(&i) => {
+                    let m = &mut merged[i].1;
+                    m.first_name = s.input.first_name.clone().or(m.first_name.take());
+                    m.timezone = s.input.timezone.or(m.timezone);
+                    m.fields.extend(s.input.fields.clone());
+                }
+                None => {
+                    at.insert(s.email.as_str(), merged.len());
+                    merged.push((&s.email, s.input.clone()));
+                }
+            }
+        }
+        let merge_fields = match self.backend {
+            Backend::Sqlite => "json_patch(leads.fields, excluded.fields)",
+            Backend::Postgres => "(leads.fields::jsonb || excluded.fields::jsonb)::text",
+        };
+        let t = ms(now);
+        let txn = self.write().await?;
+        let mut ids: HashMap<String, i64> = HashMap::new();
+        for chunk in merged.chunks(batch::ROWS) {
+            let mut q = Params::new(self.backend);
+            let rows: Vec<Vec<Value>> = chunk
+                .iter()
+                .map(|(email, input)| {
+                    vec![
+                        email.as_str().into(),
+                        input.first_name.clone().into(),
+                        serde_json::Value::Object(input.fields.clone())
+                            .to_string()
+                            .into(),
+                        input.timezone.map(|z| z.name().to_string()).into(),
+                        Consent::Pending.as_str().into(),
+                        0i64.into(),
+                        t.into(),
+                        t.into(),
+                    ]
+                })
+                .collect();
+            let values = q.values(rows);
+            let sql = batch::insert_sql(
+                "leads (email, first_name, fields, timezone, consent, score, created_at, updated_at)",
+                &values,
+                &format!(
+                    "ON CONFLICT (email) DO UPDATE SET \
+                     first_name = COALESCE(excluded.first_name, leads.first_name), \
+                     timezone = COALESCE(excluded.timezone, leads.timezone), \
+                     fields = {merge_fields}, updated_at = excluded.updated_at \
+                     RETURNING id, email"
+                ),
+            );
+            for r in txn.query_all_raw(q.statement(sql)).await? {
+                ids.insert(r.try_get_by_index(1)?, r.try_get_by_index(0)?);
+            }
+        }
+        let leads: Vec<LeadId> = signups
+            .iter()
+            .map(|s| {
+                ids.get(s.email.as_str()).map(|&i| LeadId(i)).ok_or_else(|| {
+                    StoreError::Corrupt(format!("the lead {} was not stored", s.email))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let touches: Vec<Vec<Value>> = signups
+            .iter()
+            .zip(&leads)
+            .map(|(s, l)| {
+                let tc = &s.touch;
+                vec![
+                    l.0.into(),
+                    t.into(),
+                    tc.channel.clone().into(),
+                    tc.source.clone().into(),
+                    tc.medium.clone().into(),
+                    tc.campaign.clone().into(),
+                    tc.term.clone().into(),
+                    tc.content.clone().into(),
+                    tc.referrer.clone().into(),
+                    tc.landing_url.clone().into(),
+                    tc.form.clone().into(),
+                ]
+            })
+            .collect();
+        batch::insert_rows(
+            &txn,
+            self.backend,
+            "touches (lead_id, occurred_at, channel, source, medium, campaign, term, content, \
+             referrer, landing_url, form_id)",
+            "",
+            touches,
+        )
+        .await?;
+        let events: Vec<Vec<Value>> = signups
+            .iter()
+            .zip(&leads)
+            .map(|(s, l)| {
+                vec![
+                    l.0.into(),
+                    "signup".into(),
+                    serde_json::json!({ "form": s.form }).to_string().into(),
+                    t.into(),
+                    t.into(),
+                ]
+            })
+            .collect();
+        batch::insert_rows(
+            &txn,
+            self.backend,
+            "events (lead_id, kind, payload, occurred_at, received_at)",
+            "",
+            events,
+        )
+        .await?;
+        // Runs the leads are in already see the event in the scheduler's next round.
+        let mut unique: Vec<i64> = ids.values().copied().collect();
+        unique.sort_unstable();
+        for chunk in unique.chunks(batch::ROWS) {
+            let mut q = Params::new(self.backend);
+            let at = q.p(t);
+            let list: Vec<String> = batch::padded(chunk.iter().copied())
+                .into_iter()
+                .map(|l| q.p(l))
+                .collect();
+            let sql = format!(
+                "UPDATE enrollments SET pending_at = {at} WHERE lead_id IN ({}) \
+                 AND status IN ('active', 'unconfirmed')",
+                list.join(", ")
+            );
+            txn.execute_raw(q.statement(sql)).await?;
+        }
+        txn.commit().await?;
+        Ok(leads)
+    }
+}
