@@ -3,8 +3,9 @@
 //! folder) for D seconds; then the database is checked: every signup stored exactly once (one
 //! lead, one `signup` event, one touch, one enrollment).
 //!
-//! `cargo bench --bench signups -- [--seconds D] [--connections C] [--threads T] [--database URL]`
-//! (defaults 60 s, 32 connections, 1 wrk thread, a fresh SQLite file). With `--database
+//! `cargo bench --bench signups -- [--seconds D] [--connections C] [--threads T]
+//! [--send-rate R] [--database URL]` (defaults 60 s, 32 connections, 1 wrk thread, the sender
+//! unthrottled, a fresh SQLite file). With `--database
 //! postgres://…` the database is emptied first. Needs `wrk` (Debian package `wrk`).
 
 #[path = "common.rs"]
@@ -93,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
     let seconds: u64 = common::flag(&args, "--seconds").unwrap_or(60);
     let connections: usize = common::flag(&args, "--connections").unwrap_or(32);
     let threads: usize = common::flag(&args, "--threads").unwrap_or(1);
+    let send_rate: Option<f64> = common::flag(&args, "--send-rate");
     let dir = tempfile::tempdir()?;
     let project = dir.path().join("project");
     let bin = env!("CARGO_BIN_EXE_autofunnel");
@@ -115,9 +117,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let port = free_port()?;
     let log = std::fs::File::create(dir.path().join("server.log"))?;
+    let mut cmd = Command::new(bin);
+    if let Some(r) = send_rate {
+        cmd.env("AUTOFUNNEL_SEND_RATE", r.to_string());
+    }
     let mut server = Server(
-        Command::new(bin)
-            .arg("--project")
+        cmd.arg("--project")
             .arg(&project)
             .arg("run")
             .env("AUTOFUNNEL_DATABASE_URL", &url)
@@ -150,8 +155,13 @@ async fn main() -> anyhow::Result<()> {
     } else {
         "SQLite"
     };
+    let sending = match send_rate {
+        Some(r) => format!("sender at send_rate {r}/s"),
+        None => "sender unthrottled".to_string(),
+    };
     println!(
-        "signups: wrk -t{threads} -c{connections} -d{seconds}s against autofunnel run on {backend} (scheduler and sender running)"
+        "signups: wrk -t{threads} -c{connections} -d{seconds}s against autofunnel run on {backend} \
+         (starter project: each signup queues a welcome email; scheduler running, {sending})"
     );
     let out = Command::new("wrk")
         .args([

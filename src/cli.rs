@@ -358,6 +358,8 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         }
     };
     let _ = stop.send(true);
+    // Signups the server was storing finish before the scheduler stops.
+    runtime.settle().await;
     served.context("the HTTP server task failed")??;
     scheduler.await.context("the scheduler task failed")?;
     sending.await.context("the sender task failed")?;

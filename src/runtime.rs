@@ -65,6 +65,9 @@ pub struct Runtime {
     committing: tokio::sync::Mutex<()>,
 }
 
+/// A queued signup's answer: its lead, once stored.
+pub struct SignupTicket(tokio::sync::oneshot::Receiver<Result<LeadId, String>>);
+
 /// A signup in the queue, with the funnels its form starts and where its answer goes.
 struct QueuedSignup {
     signup: NewSignup,
@@ -147,17 +150,11 @@ impl Runtime {
         Ok(out)
     }
 
-    /// Stores a landing-page signup (lead, touch, `signup` event) and starts `funnels`, the
-    /// form's. Signups arriving together are written together: whoever finds no commit under
-    /// way commits everything queued so far (group commit); the others wait for their answer.
-    /// Run it in a task of its own: a caller that goes away mid-commit must not stop the commit
-    /// others wait for.
-    pub async fn signup(
-        &self,
-        signup: NewSignup,
-        funnels: Vec<String>,
-    ) -> Result<LeadId, RuntimeError> {
-        let (done, mut answer) = tokio::sync::oneshot::channel();
+    /// Queues a landing-page signup (lead, touch, `signup` event) that starts `funnels`, the
+    /// form's; [`Runtime::signup_stored`] commits it. Queued at once (no `await`), so a
+    /// shutdown's [`Runtime::settle`] sees it.
+    pub fn queue_signup(&self, signup: NewSignup, funnels: Vec<String>) -> SignupTicket {
+        let (done, answer) = tokio::sync::oneshot::channel();
         self.signups
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -166,6 +163,15 @@ impl Runtime {
                 funnels,
                 done,
             });
+        SignupTicket(answer)
+    }
+
+    /// Waits until the queued signup is stored and its funnels started. Signups arriving
+    /// together are written together: whoever finds no commit under way commits everything
+    /// queued so far (group commit); the others wait for their answer. Run it in a task of its
+    /// own: a caller that goes away mid-commit must not stop the commit others wait for.
+    pub async fn signup_stored(&self, ticket: SignupTicket) -> Result<LeadId, RuntimeError> {
+        let mut answer = ticket.0;
         let turn = self.committing.lock().await;
         if let Ok(r) = answer.try_recv() {
             return r.map_err(RuntimeError::Signup);
@@ -195,12 +201,35 @@ impl Runtime {
         }
     }
 
+    /// Waits until no signup is queued or being committed: at shutdown, after the server
+    /// stopped taking requests, so every signup it answered or was storing starts its funnels.
+    pub async fn settle(&self) {
+        loop {
+            {
+                let _turn = self.committing.lock().await;
+                if self
+                    .signups
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
+                {
+                    return;
+                }
+            }
+            // Queued signups are committed by their own tasks.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// One group of signups: stored in one transaction, then each funnel started for its
     /// leads in one more.
     async fn commit_signups(
         &self,
         signups: &[NewSignup],
-        funnels: &[(Vec<String>, tokio::sync::oneshot::Sender<Result<LeadId, String>>)],
+        funnels: &[(
+            Vec<String>,
+            tokio::sync::oneshot::Sender<Result<LeadId, String>>,
+        )],
         now: DateTime<Utc>,
     ) -> Result<Vec<LeadId>, RuntimeError> {
         let leads = self.store.record_signups(signups, now).await?;

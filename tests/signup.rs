@@ -235,6 +235,90 @@ async fn signups(store: Store) {
     server.stop().await;
 }
 
+/// 200 signups at once, 40 of them a second signup of an address: every request answered,
+/// each address one lead with its merged fields, one touch and one `signup` event per request,
+/// one enrollment and one confirmation email per lead.
+async fn concurrent_signups(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project(dir.path());
+    let rt = Arc::new(
+        Runtime::new(store.clone(), p.funnels.clone(), "node-a", Utc::now())
+            .await
+            .unwrap(),
+    );
+    let (listener, base) = Server::bind().await;
+    let url = format!("{base}/f/free-book");
+    let server = Server::start(
+        listener,
+        AppState {
+            store: store.clone(),
+            funnels: 1,
+            runtime: Some(rt.clone()),
+            hooks_secret: None,
+            secret: Arc::from(&b"signup secret"[..]),
+            signup_limit: None,
+            api_token: None,
+            admin_token: None,
+            metrics: Default::default(),
+        },
+    );
+    let client = reqwest::Client::new();
+    let requests = (0..200).map(|i| {
+        // Addresses 0..40 sign up twice: first with a city, then with a plan.
+        let (n, field) = if i < 160 {
+            (i, "city")
+        } else {
+            (i - 160, "plan")
+        };
+        let body =
+            serde_json::json!({ "email": format!("p{n}@example.com"), field: format!("v{i}") });
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    for r in futures_util::future::join_all(requests).await {
+        assert_eq!(r.unwrap(), 200);
+    }
+    for n in 0..160 {
+        let lead = store
+            .lead_by_email(&Email::parse(&format!("p{n}@example.com")).unwrap())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("p{n} was not stored"));
+        let twice = n < 40;
+        assert_eq!(lead.fields["city"], format!("v{n}"));
+        if twice {
+            assert_eq!(lead.fields["plan"], format!("v{}", n + 160));
+        }
+        let touches = store.touches_of(lead.id).await.unwrap().len();
+        let signups = store
+            .lead_events(lead.id)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k == "signup")
+            .count();
+        let want = if twice { 2 } else { 1 };
+        assert_eq!((touches, signups), (want, want), "p{n}");
+        assert_eq!(
+            store.enrollments_of(lead.id, "book").await.unwrap().len(),
+            1
+        );
+        assert_eq!(store.outbox_of(lead.id).await.unwrap().len(), 1, "p{n}");
+    }
+    server.stop().await;
+}
+
 on_both_backends! {
     form_signups => signups,
+    signups_at_once => concurrent_signups,
 }

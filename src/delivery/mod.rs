@@ -72,6 +72,37 @@ impl Transport {
         limit: Option<Arc<rate::RateLimit>>,
         now: DateTime<Utc>,
     ) -> Vec<Outcome> {
+        // Files: written one after another on one blocking thread, then recorded at once (a
+        // file rewritten after a crash is the same file: its name is the send key).
+        if let (Transport::Folder(dir), None) = (self, &limit) {
+            let dir = dir.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                emails
+                    .into_iter()
+                    .map(|(id, name, email)| {
+                        let file = dir.join(format!("{name}.eml"));
+                        match std::fs::write(&file, email.formatted()) {
+                            Ok(()) => (id, Outcome::Sent),
+                            Err(e) => (
+                                id,
+                                Outcome::Transient(format!("cannot write {}: {e}", file.display())),
+                            ),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            let sent: Vec<i64> = written
+                .iter()
+                .filter(|(_, o)| *o == Outcome::Sent)
+                .map(|(id, _)| *id)
+                .collect();
+            if let Err(e) = store.messages_sent(&sent, now).await {
+                tracing::error!(error = %e, count = sent.len(), "cannot record sent messages");
+            }
+            return written.into_iter().map(|(_, o)| o).collect();
+        }
         let (accepted, mut to_record) = tokio::sync::mpsc::unbounded_channel::<i64>();
         let recorder = {
             let store = store.clone();
@@ -208,8 +239,8 @@ pub struct Sender {
     runtime: Arc<Runtime>,
     project: RwLock<Arc<Project>>,
     transport: Transport,
-    base_url: String,
-    secret: Vec<u8>,
+    base_url: Arc<str>,
+    secret: Arc<[u8]>,
     /// Tracked links and the open pixel (`track_clicks`, `track_opens`).
     track: (bool, bool),
     dkim: Option<Arc<lettre::message::dkim::DkimConfig>>,
@@ -239,8 +270,8 @@ impl Sender {
             runtime,
             project: RwLock::new(project),
             transport,
-            base_url: base_url.to_string(),
-            secret: secret.to_vec(),
+            base_url: Arc::from(base_url),
+            secret: Arc::from(secret),
             track: (true, true),
             dkim: None,
             metrics: None,
@@ -302,17 +333,36 @@ impl Sender {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        // Compose every email first (CPU), then send them all (network).
+        // Compose every email first (CPU, on a blocking thread: the server and the scheduler
+        // share the async workers), then send them all (network).
+        let (base_url, secret, track, dkim) = (
+            self.base_url.clone(),
+            self.secret.clone(),
+            self.track,
+            self.dkim.clone(),
+        );
+        let work = claimed.clone();
+        let composed: Vec<Result<lettre::Message, Outcome>> =
+            tokio::task::spawn_blocking(move || {
+                let links = compose::Links {
+                    base_url: &base_url,
+                    secret: &secret,
+                    clicks: track.0,
+                    opens: track.1,
+                };
+                work.iter()
+                    .map(|m| {
+                        let lead = leads.get(&m.lead);
+                        let deadline = deadlines.get(&m.id).copied();
+                        compose_email(m, lead, deadline, &project, &links, dkim.as_deref(), now)
+                    })
+                    .collect()
+            })
+            .await?;
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(claimed.len());
         let mut emails = Vec::new();
-        for m in &claimed {
-            match self.compose(
-                m,
-                leads.get(&m.lead),
-                deadlines.get(&m.id).copied(),
-                &project,
-                now,
-            ) {
+        for (m, c) in claimed.iter().zip(composed) {
+            match c {
                 Ok(email) => {
                     outcomes.push(None);
                     emails.push((m.id, m.send_key.replace([':', '/'], "_"), email));
@@ -369,44 +419,6 @@ impl Sender {
         Ok(tally)
     }
 
-    /// The email of a claimed message, or why it cannot be made.
-    fn compose(
-        &self,
-        m: &Outgoing,
-        lead: Option<&crate::domain::Lead>,
-        deadline: Option<DateTime<Utc>>,
-        project: &Project,
-        now: DateTime<Utc>,
-    ) -> Result<lettre::Message, Outcome> {
-        let Some(lead) = lead else {
-            return Err(Outcome::Broken(format!("lead {} no longer exists", m.lead)));
-        };
-        let funnel_id = m.funnel.clone().unwrap_or_default();
-        let (Some(f), Some(t)) = (
-            project
-                .funnels
-                .iter()
-                .find(|f| f.id.value.as_str() == funnel_id),
-            project.templates.get(&funnel_id),
-        ) else {
-            return Err(Outcome::Transient(format!(
-                "funnel \"{funnel_id}\" is not loaded"
-            )));
-        };
-        let links = compose::Links {
-            base_url: &self.base_url,
-            secret: &self.secret,
-            clicks: self.track.0,
-            opens: self.track.1,
-        };
-        let mut email = compose::compose(m, f, t, lead, deadline, &links, now)
-            .map_err(|e| Outcome::Broken(e.to_string()))?;
-        if let Some(d) = &self.dkim {
-            email.sign(d);
-        }
-        Ok(email)
-    }
-
     /// Sends everything due at `now`, with [`PIPELINES`] rounds in flight so composing and
     /// database work of one overlap the network of another. Returns the total.
     pub async fn drain(&self, now: DateTime<Utc>) -> anyhow::Result<Tally> {
@@ -451,4 +463,37 @@ impl Sender {
             }
         }
     }
+}
+
+/// The email of a claimed message, or why it cannot be made.
+fn compose_email(
+    m: &Outgoing,
+    lead: Option<&crate::domain::Lead>,
+    deadline: Option<DateTime<Utc>>,
+    project: &Project,
+    links: &compose::Links<'_>,
+    dkim: Option<&lettre::message::dkim::DkimConfig>,
+    now: DateTime<Utc>,
+) -> Result<lettre::Message, Outcome> {
+    let Some(lead) = lead else {
+        return Err(Outcome::Broken(format!("lead {} no longer exists", m.lead)));
+    };
+    let funnel_id = m.funnel.clone().unwrap_or_default();
+    let (Some(f), Some(t)) = (
+        project
+            .funnels
+            .iter()
+            .find(|f| f.id.value.as_str() == funnel_id),
+        project.templates.get(&funnel_id),
+    ) else {
+        return Err(Outcome::Transient(format!(
+            "funnel \"{funnel_id}\" is not loaded"
+        )));
+    };
+    let mut email = compose::compose(m, f, t, lead, deadline, links, now)
+        .map_err(|e| Outcome::Broken(e.to_string()))?;
+    if let Some(d) = dkim {
+        email.sign(d);
+    }
+    Ok(email)
 }

@@ -327,7 +327,8 @@ pub async fn signup(
     };
     // A task of its own: a visitor who leaves mid-commit does not stop the others' signups.
     let funnels = t.funnels.clone();
-    let stored = tokio::spawn(async move { rt.signup(signup, funnels).await })
+    let ticket = rt.queue_signup(signup, funnels);
+    let stored = tokio::spawn(async move { rt.signup_stored(ticket).await })
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));

@@ -6,9 +6,7 @@ use serde_json::{Value, json};
 use super::entities::{enrollment, event, message, suppression};
 use super::{Result, Store, from_ms};
 use crate::domain::LeadId;
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 
 impl Store {
     /// Everything stored about a lead, as JSON: the lead, tags, touches, events, enrollments,
@@ -121,7 +119,7 @@ impl Store {
             .await?;
         }
         let gone = super::entities::lead::Entity::delete_by_id(id.0)
-            .exec(&txn)
+            .exec(&*txn)
             .await?;
         txn.commit().await?;
         Ok(gone.rows_affected > 0)

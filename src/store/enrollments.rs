@@ -115,6 +115,7 @@ impl Store {
         source: &str,
         now: DateTime<Utc>,
     ) -> Result<i32> {
+        let _turn = self.turn().await;
         let latest = funnel_version::Entity::find()
             .filter(funnel_version::Column::FunnelId.eq(funnel))
             .order_by_desc(funnel_version::Column::Version)
@@ -289,6 +290,7 @@ impl Store {
         lease: Duration,
         limit: u64,
     ) -> Result<Vec<StoredEnrollment>> {
+        let _turn = self.turn().await;
         let (now_ms, until) = (ms(now), ms(now + lease));
         let mut leads: Vec<i64> = Vec::new();
         for pending in [false, true] {
@@ -371,6 +373,7 @@ impl Store {
         now: DateTime<Utc>,
         lease: Duration,
     ) -> Result<Vec<StoredEnrollment>> {
+        let _turn = self.turn().await;
         let held = lead::Entity::update_many()
             .col_expr(lead::Column::LeaseOwner, Expr::value(owner))
             .col_expr(lead::Column::LeaseUntil, Expr::value(ms(now + lease)))
@@ -528,7 +531,7 @@ impl Store {
             })
             .collect();
         batch::write_effects(&txn, self.backend, &written, now).await?;
-        self.release_leads(&txn, owner, leads).await?;
+        self.release_leads(&*txn, owner, leads).await?;
         txn.commit().await?;
         Ok(written.len())
     }
@@ -808,6 +811,7 @@ impl Store {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let _turn = self.turn().await;
         suppression::Entity::insert(suppression::ActiveModel {
             id: NotSet,
             email: Set(email.as_str().to_string()),
@@ -827,6 +831,7 @@ impl Store {
 
     /// Marks the lead's live enrollments as having an event to consume.
     pub async fn mark_pending(&self, lead: LeadId, now: DateTime<Utc>) -> Result<()> {
+        let _turn = self.turn().await;
         enrollment::Entity::update_many()
             .col_expr(enrollment::Column::PendingAt, Expr::value(ms(now)))
             .filter(enrollment::Column::LeadId.eq(lead.0))

@@ -61,6 +61,29 @@ pub enum Backend {
 pub struct Store {
     pub(crate) db: DatabaseConnection,
     pub(crate) backend: Backend,
+    /// SQLite: this process's writers take turns here, in order, rather than in SQLite's
+    /// busy handler (which sleeps up to 100 ms between tries). `None` on PostgreSQL.
+    writer: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A write transaction, holding the writer's turn until it commits or is dropped.
+pub(crate) struct Write {
+    txn: sea_orm::DatabaseTransaction,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl std::ops::Deref for Write {
+    type Target = sea_orm::DatabaseTransaction;
+    fn deref(&self) -> &sea_orm::DatabaseTransaction {
+        &self.txn
+    }
+}
+
+impl Write {
+    pub(crate) async fn commit(self) -> Result<()> {
+        self.txn.commit().await?;
+        Ok(())
+    }
 }
 
 /// What the API or a form knows about a lead when it arrives.
@@ -157,19 +180,35 @@ impl Store {
                 url: redact(url),
                 source,
             })?;
-        Ok(Store { db, backend })
+        let writer =
+            (backend == Backend::Sqlite).then(|| std::sync::Arc::new(tokio::sync::Mutex::new(())));
+        Ok(Store {
+            db,
+            backend,
+            writer,
+        })
     }
 
     /// A write transaction: on SQLite it takes the write lock at `BEGIN` (`IMMEDIATE`), so it
     /// waits its turn instead of failing at its first write when another writer went first.
-    pub(crate) async fn write(&self) -> Result<sea_orm::DatabaseTransaction> {
-        Ok(self
+    pub(crate) async fn write(&self) -> Result<Write> {
+        let turn = self.turn().await;
+        let txn = self
             .db
             .begin_with_options(sea_orm::TransactionOptions {
                 sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
                 ..Default::default()
             })
-            .await?)
+            .await?;
+        Ok(Write { txn, _turn: turn })
+    }
+
+    /// This process's turn to write (SQLite), held until dropped; nothing on PostgreSQL.
+    pub(crate) async fn turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.writer {
+            Some(w) => Some(w.clone().lock_owned().await),
+            None => None,
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -228,6 +267,7 @@ impl Store {
         input: LeadInput,
         now: DateTime<Utc>,
     ) -> Result<Lead> {
+        let _turn = self.turn().await;
         let existing = lead::Entity::find()
             .filter(lead::Column::Email.eq(email.as_str()))
             .one(&self.db)
@@ -292,6 +332,7 @@ impl Store {
         consent: Consent,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let _turn = self.turn().await;
         lead::Entity::update_many()
             .col_expr(
                 lead::Column::Consent,
@@ -388,6 +429,7 @@ impl Store {
 
     /// Adds a tag; tagging twice is one tag.
     pub async fn tag_lead(&self, id: LeadId, tag: &Tag, now: DateTime<Utc>) -> Result<()> {
+        let _turn = self.turn().await;
         let am = lead_tag::ActiveModel {
             lead_id: Set(id.0),
             tag: Set(tag.to_string()),
@@ -406,6 +448,7 @@ impl Store {
 
     /// Removes a tag; a tag the lead does not have is no error.
     pub async fn untag_lead(&self, id: LeadId, tag: &Tag) -> Result<()> {
+        let _turn = self.turn().await;
         lead_tag::Entity::delete_many()
             .filter(lead_tag::Column::LeadId.eq(id.0))
             .filter(lead_tag::Column::Tag.eq(tag.to_string()))
@@ -427,6 +470,7 @@ impl Store {
 
     /// Records where a lead came from.
     pub async fn record_touch(&self, lead: LeadId, t: NewTouch, now: DateTime<Utc>) -> Result<()> {
+        let _turn = self.turn().await;
         touch::Entity::insert(touch::ActiveModel {
             id: NotSet,
             lead_id: Set(lead.0),
@@ -470,6 +514,7 @@ impl Store {
 
     /// Stores an event once per idempotency key.
     pub async fn record_event(&self, e: NewEvent, now: DateTime<Utc>) -> Result<Recorded> {
+        let _turn = self.turn().await;
         let am = event::ActiveModel {
             id: NotSet,
             lead_id: Set(e.lead.map(|l| l.0)),

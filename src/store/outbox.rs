@@ -47,6 +47,7 @@ impl Store {
         lease: Duration,
         limit: u64,
     ) -> Result<Vec<Outgoing>> {
+        let _turn = self.turn().await;
         let mut q = Params::new(self.backend);
         let lapsed = q.p(ms(now));
         let sql = format!(
@@ -92,6 +93,7 @@ impl Store {
 
     /// These messages went out.
     pub async fn messages_sent(&self, ids: &[i64], now: DateTime<Utc>) -> Result<()> {
+        let _turn = self.turn().await;
         for chunk in ids.chunks(super::batch::ROWS) {
             message::Entity::update_many()
                 .col_expr(message::Column::Status, Expr::value("sent"))
@@ -176,6 +178,7 @@ impl Store {
         next: Option<i64>,
         error: Option<&str>,
     ) -> Result<()> {
+        let _turn = self.turn().await;
         let mut u = message::Entity::update_many()
             .col_expr(message::Column::Status, Expr::value(status))
             .col_expr(

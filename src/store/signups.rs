@@ -92,9 +92,11 @@ impl Store {
         let leads: Vec<LeadId> = signups
             .iter()
             .map(|s| {
-                ids.get(s.email.as_str()).map(|&i| LeadId(i)).ok_or_else(|| {
-                    StoreError::Corrupt(format!("the lead {} was not stored", s.email))
-                })
+                ids.get(s.email.as_str())
+                    .map(|&i| LeadId(i))
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("the lead {} was not stored", s.email))
+                    })
             })
             .collect::<Result<_>>()?;
         let touches: Vec<Vec<Value>> = signups
