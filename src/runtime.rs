@@ -65,6 +65,9 @@ pub struct Runtime {
     committing: tokio::sync::Mutex<()>,
 }
 
+/// Where a queued signup's answer goes.
+type Answer = tokio::sync::oneshot::Sender<Result<LeadId, String>>;
+
 /// A queued signup's answer: its lead, once stored.
 pub struct SignupTicket(tokio::sync::oneshot::Receiver<Result<LeadId, String>>);
 
@@ -72,7 +75,7 @@ pub struct SignupTicket(tokio::sync::oneshot::Receiver<Result<LeadId, String>>);
 struct QueuedSignup {
     signup: NewSignup,
     funnels: Vec<String>,
-    done: tokio::sync::oneshot::Sender<Result<LeadId, String>>,
+    done: Answer,
 }
 
 impl Runtime {
@@ -226,10 +229,7 @@ impl Runtime {
     async fn commit_signups(
         &self,
         signups: &[NewSignup],
-        funnels: &[(
-            Vec<String>,
-            tokio::sync::oneshot::Sender<Result<LeadId, String>>,
-        )],
+        funnels: &[(Vec<String>, Answer)],
         now: DateTime<Utc>,
     ) -> Result<Vec<LeadId>, RuntimeError> {
         let leads = self.store.record_signups(signups, now).await?;
