@@ -204,6 +204,39 @@ impl Runtime {
         }
     }
 
+    /// Starts the funnels of signups stored more than a minute ago whose funnels never
+    /// started (the process stopped between the two transactions of a group); returns how
+    /// many signups it found. The scheduler loop calls it every minute.
+    pub async fn resume_signups(&self, now: DateTime<Utc>) -> Result<usize, RuntimeError> {
+        let _turn = self.committing.lock().await;
+        let found = self
+            .store
+            .unstarted_signups(now - Duration::minutes(1), 10_000)
+            .await?;
+        if found.is_empty() {
+            return Ok(0);
+        }
+        let funnels = self.funnels();
+        let mut by_funnel: BTreeMap<&str, Vec<LeadId>> = BTreeMap::new();
+        for (lead, form) in &found {
+            for (id, r) in funnels.iter() {
+                if r.funnel.entry.forms().any(|f| f.id.as_str() == form) {
+                    by_funnel.entry(id).or_default().push(*lead);
+                }
+            }
+        }
+        for (f, leads) in by_funnel {
+            self.enroll_many(&leads, f, now).await?;
+        }
+        let leads: Vec<LeadId> = found.iter().map(|(l, _)| *l).collect();
+        self.store.signups_started(&leads, now).await?;
+        tracing::warn!(
+            signups = found.len(),
+            "started the funnels of signups stored before the process stopped"
+        );
+        Ok(found.len())
+    }
+
     /// Waits until no signup is queued or being committed: at shutdown, after the server
     /// stopped taking requests, so every signup it answered or was storing starts its funnels.
     pub async fn settle(&self) {
@@ -253,6 +286,7 @@ impl Runtime {
                 Err(e) => return Err(e),
             }
         }
+        self.store.signups_started(&leads, now).await?;
         Ok(leads)
     }
 
@@ -598,7 +632,14 @@ impl Runtime {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        let mut resumed: Option<DateTime<Utc>> = None;
         loop {
+            if resumed.is_none_or(|r| clock() - r >= Duration::minutes(1)) {
+                resumed = Some(clock());
+                if let Err(e) = self.resume_signups(clock()).await {
+                    tracing::error!(error = %e, "cannot resume stored signups; retrying");
+                }
+            }
             let busy = match self.tick(clock()).await {
                 Ok(n) => n as u64 >= BATCH,
                 Err(e) => {

@@ -101,7 +101,7 @@ fn migrate_creates_the_sqlite_database_and_is_idempotent() {
     );
     assert!(
         String::from_utf8_lossy(&first.stdout)
-            .contains("applied m20261123_000001_init\napplied m20261124_000002_stage_entry\napplied m20261124_000003_pending_events\napplied m20261124_000004_lead_lease")
+            .contains("applied m20261123_000001_init\napplied m20261124_000002_stage_entry\napplied m20261124_000003_pending_events\napplied m20261124_000004_lead_lease\napplied m20261124_000005_unstarted_signups")
     );
     assert!(dir.path().join("autofunnel.db").exists());
     let second = autofunnel()

@@ -318,7 +318,40 @@ async fn concurrent_signups(store: Store) {
     server.stop().await;
 }
 
+/// A signup stored by a process that stopped before its form's funnels started: a minute
+/// later the scheduler's resume starts them, once.
+async fn resumed_signups(store: Store) {
+    use autofunnel::store::{LeadInput, NewSignup, NewTouch};
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project(dir.path());
+    let t = Utc::now();
+    let rt = Runtime::new(store.clone(), p.funnels.clone(), "node-a", t)
+        .await
+        .unwrap();
+    let signup = NewSignup {
+        email: Email::parse("anna@example.com").unwrap(),
+        input: LeadInput::default(),
+        touch: NewTouch {
+            channel: "form".into(),
+            form: Some("free-book".into()),
+            ..Default::default()
+        },
+        form: "free-book".into(),
+    };
+    let lead = store.record_signups(&[signup], t).await.unwrap()[0];
+    let minute = chrono::Duration::minutes(1);
+    // Too recent: it may still be on its way in this or another process.
+    assert_eq!(rt.resume_signups(t + minute / 2).await.unwrap(), 0);
+    assert!(store.enrollments_of(lead, "book").await.unwrap().is_empty());
+    assert_eq!(rt.resume_signups(t + minute * 2).await.unwrap(), 1);
+    assert_eq!(store.enrollments_of(lead, "book").await.unwrap().len(), 1);
+    assert_eq!(rt.resume_signups(t + minute * 3).await.unwrap(), 0);
+    assert_eq!(store.enrollments_of(lead, "book").await.unwrap().len(), 1);
+}
+
 on_both_backends! {
     form_signups => signups,
     signups_at_once => concurrent_signups,
+    signups_resumed => resumed_signups,
 }

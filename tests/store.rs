@@ -11,11 +11,12 @@ use sea_orm::{ConnectionTrait, Database};
 use crate::util::on_both_backends;
 use crate::util::postgres_url;
 
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     "m20261123_000001_init",
     "m20261124_000002_stage_entry",
     "m20261124_000003_pending_events",
     "m20261124_000004_lead_lease",
+    "m20261124_000005_unstarted_signups",
 ];
 
 const TABLES: [&str; 9] = [

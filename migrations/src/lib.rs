@@ -8,6 +8,7 @@ mod m20261123_000001_init;
 mod m20261124_000002_stage_entry;
 mod m20261124_000003_pending_events;
 mod m20261124_000004_lead_lease;
+mod m20261124_000005_unstarted_signups;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_stage_entry::Migration),
             Box::new(m20261124_000003_pending_events::Migration),
             Box::new(m20261124_000004_lead_lease::Migration),
+            Box::new(m20261124_000005_unstarted_signups::Migration),
         ]
     }
 }

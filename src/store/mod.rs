@@ -523,7 +523,8 @@ impl Store {
             idempotency_key: Set(e.idempotency_key.clone()),
             occurred_at: Set(ms(e.occurred_at)),
             received_at: Set(ms(now)),
-            processed_at: Set(None),
+            // Fed through the enrollments' pending marks: nothing more to do for it here.
+            processed_at: Set(Some(ms(now))),
         };
         let res = event::Entity::insert(am)
             .on_conflict(
