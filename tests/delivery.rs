@@ -660,7 +660,52 @@ async fn smtp_over_starttls_and_implicit_tls() {
     }
 }
 
+/// Under a `send_rate` a round claims about two seconds' worth, so a stop waits for the rounds
+/// in flight, not for the backlog, and leaves nothing leased: the rest stays queued.
+async fn a_stop_under_a_send_rate_leaves_the_rest_queued(store: Store) {
+    let names: Vec<(String, String)> = (0..12)
+        .map(|i| (format!("p{i}@example.com"), format!("P{i}")))
+        .collect();
+    let refs: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let (rt, p, _) = setup(&store, &refs).await;
+    assert_eq!(statuses(&store).await, [("queued".to_string(), 12)]);
+    let dir = tempfile::tempdir().unwrap();
+    let sender = Sender::new(
+        rt,
+        p,
+        Transport::Folder(dir.path().to_path_buf()),
+        "http://127.0.0.1:8080",
+        b"k",
+    )
+    .with_rate(Some(1.0));
+    // Stop once the first email is out.
+    let first_out = async {
+        for _ in 0..1000 {
+            if std::fs::read_dir(dir.path()).unwrap().next().is_some() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("no email was sent in 10 s");
+    };
+    sender.run(first_out).await;
+    let after: std::collections::HashMap<String, i64> =
+        statuses(&store).await.into_iter().collect();
+    assert_eq!(after.get("sending"), None, "{after:?}");
+    let sent = after.get("sent").copied().unwrap_or(0);
+    assert!((1..=4).contains(&sent), "{after:?}");
+    assert_eq!(
+        after.get("queued").copied().unwrap_or(0),
+        12 - sent,
+        "{after:?}"
+    );
+}
+
 on_both_backends! {
     smtp_retries_and_bounces => smtp_delivery_retries_and_bounces,
     eml_files => the_default_transport_writes_eml_files,
+    stop_under_send_rate => a_stop_under_a_send_rate_leaves_the_rest_queued,
 }

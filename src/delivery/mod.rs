@@ -10,6 +10,7 @@ pub mod smtp;
 pub mod track;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Duration, Utc};
@@ -311,7 +312,7 @@ impl Sender {
     /// Claims due messages and sends them, as many at once as the transport allows.
     pub async fn round(&self, now: DateTime<Utc>) -> anyhow::Result<Tally> {
         let store = self.runtime.store();
-        let mut claimed = store.claim_messages(now, LEASE, BATCH).await?;
+        let mut claimed = store.claim_messages(now, LEASE, self.batch()).await?;
         if claimed.is_empty() {
             return Ok(Tally::default());
         }
@@ -419,12 +420,29 @@ impl Sender {
         Ok(tally)
     }
 
+    /// Messages claimed per round: [`BATCH`], or under a `send_rate` about two seconds' worth,
+    /// so a round ends soon and a stop is not held up by sends waiting for their slot.
+    fn batch(&self) -> u64 {
+        match &self.limit {
+            Some(l) => (l.per_second() * 2.0).ceil().clamp(1.0, BATCH as f64) as u64,
+            None => BATCH,
+        }
+    }
+
     /// Sends everything due at `now`, with [`PIPELINES`] rounds in flight so composing and
     /// database work of one overlap the network of another. Returns the total.
     pub async fn drain(&self, now: DateTime<Utc>) -> anyhow::Result<Tally> {
+        self.drain_until(now, &AtomicBool::new(false)).await
+    }
+
+    /// [`Sender::drain`], starting no new round once `stop` is set.
+    async fn drain_until(&self, now: DateTime<Utc>, stop: &AtomicBool) -> anyhow::Result<Tally> {
         let one = || async {
             let mut total = Tally::default();
             loop {
+                if stop.load(Ordering::Relaxed) {
+                    return anyhow::Ok(total);
+                }
                 let t = self.round(now).await?;
                 total.sent += t.sent;
                 total.retried += t.retried;
@@ -451,17 +469,27 @@ impl Sender {
     }
 
     /// Sends until `shutdown`: drains what is due, then looks again every second.
+    /// A stop lets the rounds in flight finish (what they send is recorded) and starts none.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            if let Err(e) = self.drain(Utc::now()).await {
-                tracing::error!(error = %e, "sender round failed; retrying");
+        let stop = AtomicBool::new(false);
+        let stopped = tokio::sync::Notify::new();
+        let watch = async {
+            shutdown.await;
+            stop.store(true, Ordering::Relaxed);
+            stopped.notify_one();
+        };
+        let work = async {
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = self.drain_until(Utc::now(), &stop).await {
+                    tracing::error!(error = %e, "sender round failed; retrying");
+                }
+                tokio::select! {
+                    _ = stopped.notified() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
             }
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-            }
-        }
+        };
+        tokio::join!(watch, work);
     }
 }
 

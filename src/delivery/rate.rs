@@ -19,6 +19,11 @@ impl RateLimit {
         })
     }
 
+    /// The rate, in messages per second.
+    pub fn per_second(&self) -> f64 {
+        1.0 / self.every.as_secs_f64()
+    }
+
     /// Waits for this send's slot.
     pub async fn acquire(&self) {
         let slot = {
