@@ -246,6 +246,12 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     #[cfg(unix)]
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot listen for SIGHUP")?;
+    // Likewise SIGTERM: from the announcement on it stops the process cleanly.
+    #[cfg(unix)]
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    #[cfg(not(unix))]
+    let terminate = ();
     tracing::info!(
         addr = %listener.local_addr()?,
         database = %redact(&settings.database_url),
@@ -352,7 +358,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     ));
     let served = tokio::select! {
         r = &mut server => r,
-        _ = shutdown_signal() => {
+        _ = shutdown_signal(terminate) => {
             let _ = stop.send(true);
             server.await
         }
@@ -439,23 +445,15 @@ async fn reload_on_sighup(
 }
 
 /// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
+#[cfg(unix)]
+async fn shutdown_signal(mut terminate: tokio::signal::unix::Signal) {
     tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate.recv() => {},
     }
+}
+
+#[cfg(not(unix))]
+async fn shutdown_signal(_: ()) {
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -165,6 +165,17 @@ fn start_run() -> (tempfile::TempDir, Reap, mpsc::Receiver<String>) {
     (dir, child, rx)
 }
 
+/// Waits for the child to exit; a failure shows what it logged since.
+fn stopped_cleanly(child: &mut Reap, rx: &mpsc::Receiver<String>) {
+    let status = child.0.wait().unwrap();
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(
+        status.success(),
+        "autofunnel run exited with {status}:\n{}",
+        rest.join("\n")
+    );
+}
+
 /// The next line of the child's log that contains `needle` (a minute at most).
 fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
     loop {
@@ -289,7 +300,7 @@ fn edited_funnels_are_reloaded_without_a_signal() {
     wait_for("reloaded");
     let pid = child.0.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(child.0.wait().unwrap().success());
+    stopped_cleanly(&mut child, &rx);
 }
 
 /// SIGHUP re-reads the funnels: a broken edit is refused and the running version stays; a good
@@ -310,5 +321,5 @@ fn sighup_reloads_funnels_that_pass_check_only() {
     Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     wait_for("reloaded");
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(child.0.wait().unwrap().success());
+    stopped_cleanly(&mut child, &rx);
 }
