@@ -46,15 +46,10 @@ async fn admin_api(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            store: store.clone(),
             funnels: 1,
             runtime: Some(rt.clone()),
-            hooks_secret: None,
-            secret: Arc::from(&b"link secret"[..]),
-            signup_limit: None,
-            api_token: None,
             admin_token: Some(Arc::from(ADMIN)),
-            metrics: Default::default(),
+            ..crate::util::off(&store)
         },
     );
     let client = reqwest::Client::new();
@@ -213,15 +208,10 @@ async fn remove_and_tags(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            store: store.clone(),
             funnels: 2,
             runtime: Some(rt.clone()),
-            hooks_secret: None,
-            secret: Arc::from(&b"link secret"[..]),
-            signup_limit: None,
-            api_token: None,
             admin_token: Some(Arc::from(ADMIN)),
-            metrics: Default::default(),
+            ..crate::util::off(&store)
         },
     );
     let id = store

@@ -58,15 +58,11 @@ async fn events_api(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            store: store.clone(),
             funnels: 1,
             runtime: Some(rt.clone()),
             hooks_secret: Some(Arc::from(HOOKS)),
-            secret: Arc::from(&b"link secret"[..]),
-            signup_limit: None,
             api_token: Some(Arc::from(TOKEN)),
-            admin_token: None,
-            metrics: Default::default(),
+            ..crate::util::off(&store)
         },
     );
     let client = reqwest::Client::new();
@@ -249,15 +245,10 @@ async fn event_entry(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            store: store.clone(),
             funnels: 1,
             runtime: Some(rt.clone()),
-            hooks_secret: None,
-            secret: Arc::from(&b"link secret"[..]),
-            signup_limit: None,
             api_token: Some(Arc::from(TOKEN)),
-            admin_token: None,
-            metrics: Default::default(),
+            ..crate::util::off(&store)
         },
     );
     let client = reqwest::Client::new();

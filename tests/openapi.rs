@@ -192,7 +192,6 @@ async fn openapi(store: Store) {
             .unwrap(),
     );
     let state = AppState {
-        store: store.clone(),
         funnels: 2,
         runtime: Some(rt.clone()),
         hooks_secret: Some(Arc::from(HOOKS)),
@@ -200,7 +199,7 @@ async fn openapi(store: Store) {
         signup_limit: signup::limiter(12),
         api_token: Some(Arc::from(API)),
         admin_token: Some(Arc::from(ADMIN)),
-        metrics: Default::default(),
+        ..crate::util::off(&store)
     };
     // The same server with every token and secret unset.
     let bare = AppState {

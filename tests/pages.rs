@@ -78,15 +78,11 @@ async fn confirm_and_unsubscribe(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            store: store.clone(),
             funnels: 2,
             runtime: Some(rt.clone()),
-            hooks_secret: None,
             secret: Arc::from(SECRET),
-            signup_limit: None,
-            api_token: None,
-            admin_token: None,
             metrics: metrics.clone(),
+            ..crate::util::off(&store)
         },
     );
     let client = reqwest::Client::new();

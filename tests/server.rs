@@ -31,15 +31,10 @@ async fn healthz_answers_ok_while_the_database_answers() {
         .unwrap();
     store.migrate().await.unwrap();
     let (addr, stop, server) = start(AppState {
-        store: store.clone(),
         funnels: 2,
         runtime: None,
-        hooks_secret: None,
         secret: std::sync::Arc::from(&b"k"[..]),
-        signup_limit: None,
-        api_token: None,
-        admin_token: None,
-        metrics: Default::default(),
+        ..crate::util::off(&store)
     })
     .await;
     let resp = reqwest::get(format!("http://{addr}/healthz"))
@@ -102,15 +97,10 @@ async fn healthz_says_degraded_when_work_is_overdue() {
         .unwrap()[0];
     rt.enroll(lead, "welcome", then).await.unwrap();
     let (addr, stop, server) = start(AppState {
-        store: store.clone(),
         funnels: 1,
         runtime: None,
-        hooks_secret: None,
         secret: std::sync::Arc::from(&b"k"[..]),
-        signup_limit: None,
-        api_token: None,
-        admin_token: None,
-        metrics: Default::default(),
+        ..crate::util::off(&store)
     })
     .await;
     let resp = reqwest::get(format!("http://{addr}/healthz"))
@@ -170,15 +160,11 @@ async fn delivery_reports_are_verified_then_suppress() {
         .unwrap();
     let secret: &[u8] = b"hooks secret 1234";
     let (addr, stop, server) = start(AppState {
-        store: store.clone(),
         funnels: 0,
         runtime: Some(rt),
         hooks_secret: Some(Arc::from(secret)),
         secret: std::sync::Arc::from(&b"k"[..]),
-        signup_limit: None,
-        api_token: None,
-        admin_token: None,
-        metrics: Default::default(),
+        ..crate::util::off(&store)
     })
     .await;
     let client = reqwest::Client::new();

@@ -47,15 +47,11 @@ async fn signups(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            store: store.clone(),
             funnels: 1,
             runtime: Some(rt.clone()),
-            hooks_secret: None,
             secret: Arc::from(&b"signup secret"[..]),
             signup_limit: signup::limiter(8),
-            api_token: None,
-            admin_token: None,
-            metrics: Default::default(),
+            ..crate::util::off(&store)
         },
     );
     let client = reqwest::Client::builder()
@@ -252,15 +248,10 @@ async fn concurrent_signups(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            store: store.clone(),
             funnels: 1,
             runtime: Some(rt.clone()),
-            hooks_secret: None,
             secret: Arc::from(&b"signup secret"[..]),
-            signup_limit: None,
-            api_token: None,
-            admin_token: None,
-            metrics: Default::default(),
+            ..crate::util::off(&store)
         },
     );
     let client = reqwest::Client::new();

@@ -154,15 +154,10 @@ async fn links_are_tracked_and_offers_expire(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            store: store.clone(),
             funnels: 1,
             runtime: Some(rt.clone()),
-            hooks_secret: None,
             secret: Arc::from(&secret[..]),
-            signup_limit: None,
-            api_token: None,
-            admin_token: None,
-            metrics: Default::default(),
+            ..crate::util::off(&store)
         },
     );
     let client = reqwest::Client::builder()

@@ -114,3 +114,19 @@ impl Server {
         self.task.await.unwrap().unwrap();
     }
 }
+
+/// A server state over `store` with the engine, every token, secret and limit off; a test
+/// turns on what it needs: `AppState { runtime: Some(rt), ..off(&store) }`.
+pub fn off(store: &autofunnel::store::Store) -> autofunnel::server::AppState {
+    autofunnel::server::AppState {
+        store: store.clone(),
+        funnels: 0,
+        runtime: None,
+        hooks_secret: None,
+        secret: std::sync::Arc::from(&b"link secret"[..]),
+        signup_limit: None,
+        api_token: None,
+        admin_token: None,
+        metrics: Default::default(),
+    }
+}

@@ -135,13 +135,21 @@ fn field(body: &[u8], name: &str) -> Result<String, (StatusCode, String, String)
         })
 }
 
-async fn exists(state: &AppState, id: LeadId) -> Result<bool, Response> {
-    state
-        .store
-        .leads(&[id])
-        .await
-        .map(|l| l.contains_key(&id))
-        .map_err(unavailable)
+/// The lead the path names, once the token is checked and the lead found; else the refusal.
+async fn lead_for(state: &AppState, headers: &HeaderMap, id: i64) -> Result<LeadId, Response> {
+    if let Some(r) = refused(state, headers) {
+        return Err(r);
+    }
+    let id = LeadId(id);
+    match state.store.leads(&[id]).await {
+        Ok(l) if l.contains_key(&id) => Ok(id),
+        Ok(_) => Err(no_lead()),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+fn done() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
 }
 
 /// `POST /api/v1/leads/{id}/tags` `{"tag": "vip"}`: funnels entered by that tag start.
@@ -151,9 +159,10 @@ pub async fn tag(
     Path(id): Path<i64>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = refused(&state, &headers) {
-        return r;
-    }
+    let lead = match lead_for(&state, &headers, id).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     let tag = match field(&body, "tag") {
         Ok(t) => t,
         Err((s, f, m)) => return error(s, &f, &m),
@@ -162,21 +171,16 @@ pub async fn tag(
         Ok(t) => t,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, "tag", &e.to_string()),
     };
-    match exists(&state, LeadId(id)).await {
-        Ok(true) => {}
-        Ok(false) => return no_lead(),
-        Err(r) => return r,
-    }
     let tagged = match &state.runtime {
-        Some(rt) => rt.tag(LeadId(id), &tag, chrono::Utc::now()).await,
+        Some(rt) => rt.tag(lead, &tag, chrono::Utc::now()).await,
         None => state
             .store
-            .tag_lead(LeadId(id), &tag, chrono::Utc::now())
+            .tag_lead(lead, &tag, chrono::Utc::now())
             .await
             .map_err(Into::into),
     };
     match tagged {
-        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
+        Ok(()) => done(),
         Err(e) => unavailable(e),
     }
 }
@@ -189,19 +193,15 @@ pub async fn enroll(
     Path(id): Path<i64>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = refused(&state, &headers) {
-        return r;
-    }
+    let lead = match lead_for(&state, &headers, id).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     let (rt, funnel) = match running_funnel(&state, &body) {
         Ok(x) => x,
         Err((s, f, m)) => return error(s, &f, &m),
     };
-    match exists(&state, LeadId(id)).await {
-        Ok(true) => {}
-        Ok(false) => return no_lead(),
-        Err(r) => return r,
-    }
-    match rt.enroll(LeadId(id), &funnel, chrono::Utc::now()).await {
+    match rt.enroll(lead, &funnel, chrono::Utc::now()).await {
         Ok(Enrolled::New(e)) => {
             Json(json!({ "status": "enrolled", "enrollment": e })).into_response()
         }
@@ -221,20 +221,16 @@ pub async fn untag(
     headers: HeaderMap,
     Path((id, tag)): Path<(i64, String)>,
 ) -> Response {
-    if let Some(r) = refused(&state, &headers) {
-        return r;
-    }
+    let lead = match lead_for(&state, &headers, id).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     let tag = match Tag::parse(&tag) {
         Ok(t) => t,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, "tag", &e.to_string()),
     };
-    match exists(&state, LeadId(id)).await {
-        Ok(true) => {}
-        Ok(false) => return no_lead(),
-        Err(r) => return r,
-    }
-    match state.store.untag_lead(LeadId(id), &tag).await {
-        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
+    match state.store.untag_lead(lead, &tag).await {
+        Ok(()) => done(),
         Err(e) => unavailable(e),
     }
 }
@@ -247,19 +243,15 @@ pub async fn remove(
     Path(id): Path<i64>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = refused(&state, &headers) {
-        return r;
-    }
+    let lead = match lead_for(&state, &headers, id).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     let (rt, funnel) = match running_funnel(&state, &body) {
         Ok(x) => x,
         Err((s, f, m)) => return error(s, &f, &m),
     };
-    match exists(&state, LeadId(id)).await {
-        Ok(true) => {}
-        Ok(false) => return no_lead(),
-        Err(r) => return r,
-    }
-    match rt.remove(LeadId(id), &funnel, chrono::Utc::now()).await {
+    match rt.remove(lead, &funnel, chrono::Utc::now()).await {
         Ok(Some(e)) => Json(json!({ "status": "removed", "enrollment": e })).into_response(),
         Ok(None) => Json(json!({ "status": "not in" })).into_response(),
         Err(e) => unavailable(e),
