@@ -7,7 +7,6 @@ use std::sync::Arc;
 use autofunnel::delivery::{Sender, Transport};
 use autofunnel::domain::{Consent, Email};
 use autofunnel::project;
-use autofunnel::runtime::Runtime;
 use autofunnel::server::AppState;
 use autofunnel::store::{LeadInput, Store};
 use chrono::Utc;
@@ -37,11 +36,7 @@ async fn admin_api(store: Store) {
     let dir = tempfile::tempdir().unwrap();
     let p = project(dir.path());
     let now = Utc::now();
-    let rt = Arc::new(
-        Runtime::new(store.clone(), p.funnels.clone(), "node-a", now)
-            .await
-            .unwrap(),
-    );
+    let rt = crate::util::engine(&store, &p, now).await;
     let (listener, base) = Server::bind().await;
     let server = Server::start(
         listener,
@@ -199,11 +194,7 @@ async fn remove_and_tags(store: Store) {
         ],
     );
     let now = Utc::now();
-    let rt = Arc::new(
-        Runtime::new(store.clone(), p.funnels.clone(), "node-a", now)
-            .await
-            .unwrap(),
-    );
+    let rt = crate::util::engine(&store, &p, now).await;
     let (listener, base) = Server::bind().await;
     let server = Server::start(
         listener,

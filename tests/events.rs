@@ -9,7 +9,6 @@ use autofunnel::domain::Email;
 use autofunnel::engine::Status;
 use autofunnel::funnel::Outcome;
 use autofunnel::project;
-use autofunnel::runtime::Runtime;
 use autofunnel::server::AppState;
 use autofunnel::store::Store;
 use chrono::Utc;
@@ -49,11 +48,7 @@ async fn events_api(store: Store) {
     let dir = tempfile::tempdir().unwrap();
     let p = project(dir.path());
     let now = Utc::now();
-    let rt = Arc::new(
-        Runtime::new(store.clone(), p.funnels.clone(), "node-a", now)
-            .await
-            .unwrap(),
-    );
+    let rt = crate::util::engine(&store, &p, now).await;
     let (listener, base) = Server::bind().await;
     let server = Server::start(
         listener,
@@ -236,11 +231,7 @@ async fn event_entry(store: Store) {
              stages:\n  - id: remind\n    steps:\n      - wait: 1d\n      - exit: not_converted\n",
         )],
     );
-    let rt = Arc::new(
-        Runtime::new(store.clone(), p.funnels.clone(), "node-a", Utc::now())
-            .await
-            .unwrap(),
-    );
+    let rt = crate::util::engine(&store, &p, Utc::now()).await;
     let (listener, base) = Server::bind().await;
     let server = Server::start(
         listener,

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use autofunnel::delivery::{compose, track};
 use autofunnel::domain::{Consent, Email};
 use autofunnel::project;
-use autofunnel::runtime::Runtime;
 use autofunnel::server::{AppState, signup};
 use autofunnel::store::{LeadInput, Store};
 use chrono::Utc;
@@ -186,11 +185,7 @@ async fn openapi(store: Store) {
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = project(dir.path());
-    let rt = Arc::new(
-        Runtime::new(store.clone(), p.funnels.clone(), "node-a", Utc::now())
-            .await
-            .unwrap(),
-    );
+    let rt = crate::util::engine(&store, &p, Utc::now()).await;
     let state = AppState {
         funnels: 2,
         runtime: Some(rt.clone()),

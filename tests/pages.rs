@@ -8,7 +8,6 @@ use std::sync::Arc;
 use autofunnel::delivery::{Sender, Transport, compose};
 use autofunnel::domain::{Consent, Email, LeadId};
 use autofunnel::project;
-use autofunnel::runtime::Runtime;
 use autofunnel::server::AppState;
 use autofunnel::store::{LeadInput, Store};
 use chrono::Utc;
@@ -68,11 +67,7 @@ async fn confirm_and_unsubscribe(store: Store) {
     let dir = tempfile::tempdir().unwrap();
     let p = project(dir.path());
     let now = Utc::now();
-    let rt = Arc::new(
-        Runtime::new(store.clone(), p.funnels.clone(), "node-a", now)
-            .await
-            .unwrap(),
-    );
+    let rt = crate::util::engine(&store, &p, now).await;
     let metrics = Arc::new(autofunnel::metrics::Metrics::default());
     let (listener, base) = Server::bind().await;
     let server = Server::start(

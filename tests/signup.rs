@@ -37,11 +37,7 @@ async fn signups(store: Store) {
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = project(dir.path());
-    let rt = Arc::new(
-        Runtime::new(store.clone(), p.funnels.clone(), "node-a", Utc::now())
-            .await
-            .unwrap(),
-    );
+    let rt = crate::util::engine(&store, &p, Utc::now()).await;
     let (listener, base) = Server::bind().await;
     let url = format!("{base}/f/free-book");
     let server = Server::start(
@@ -238,11 +234,7 @@ async fn concurrent_signups(store: Store) {
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = project(dir.path());
-    let rt = Arc::new(
-        Runtime::new(store.clone(), p.funnels.clone(), "node-a", Utc::now())
-            .await
-            .unwrap(),
-    );
+    let rt = crate::util::engine(&store, &p, Utc::now()).await;
     let (listener, base) = Server::bind().await;
     let url = format!("{base}/f/free-book");
     let server = Server::start(

@@ -130,3 +130,16 @@ pub fn off(store: &autofunnel::store::Store) -> autofunnel::server::AppState {
         metrics: Default::default(),
     }
 }
+
+/// The engine over `store` running the project's funnels, as node `node-a`.
+pub async fn engine(
+    store: &autofunnel::store::Store,
+    project: &autofunnel::project::Project,
+    now: chrono::DateTime<chrono::Utc>,
+) -> std::sync::Arc<autofunnel::runtime::Runtime> {
+    std::sync::Arc::new(
+        autofunnel::runtime::Runtime::new(store.clone(), project.funnels.clone(), "node-a", now)
+            .await
+            .unwrap(),
+    )
+}

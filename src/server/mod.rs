@@ -653,16 +653,14 @@ const OUTBOX_LIMIT_SECS: f64 = 600.0;
 async fn healthz(State(state): State<AppState>) -> axum::response::Response {
     let now = chrono::Utc::now();
     let started = std::time::Instant::now();
+    let down = |e: crate::store::StoreError| {
+        let body = json!({ "status": "unavailable", "version": env!("CARGO_PKG_VERSION"),
+                           "database": { "ok": false, "error": e.to_string() },
+                           "problems": ["the database does not answer"] });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    };
     if let Err(e) = state.store.ping().await {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({ "status": "unavailable", "version": env!("CARGO_PKG_VERSION"),
-                         "database": { "ok": false, "error": e.to_string() },
-                         "problems": ["the database does not answer"] }),
-            ),
-        )
-            .into_response();
+        return down(e);
     }
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let seconds_since = |t: Option<chrono::DateTime<chrono::Utc>>| {
@@ -675,17 +673,7 @@ async fn healthz(State(state): State<AppState>) -> axum::response::Response {
         state.store.oldest_queued()
     ) {
         Ok(x) => x,
-        Err(e) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(
-                    json!({ "status": "unavailable", "version": env!("CARGO_PKG_VERSION"),
-                             "database": { "ok": false, "error": e.to_string() },
-                             "problems": ["the database does not answer"] }),
-                ),
-            )
-                .into_response();
-        }
+        Err(e) => return down(e),
     };
     let lag = seconds_since(wake);
     let waiting = seconds_since(oldest);
