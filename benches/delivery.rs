@@ -93,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         timezone: Some(chrono_tz::Europe::Moscow),
         ..Default::default()
     };
+    let course = autofunnel::domain::FunnelId::parse("relationships-course")?;
     for c in (0..n).collect::<Vec<_>>().chunks(10_000) {
         let leads: Vec<(Email, LeadInput)> = c
             .iter()
@@ -105,12 +106,12 @@ async fn main() -> anyhow::Result<()> {
             .collect();
         let ids = store.import_leads(&leads, Consent::Confirmed, t0).await?;
         for ids in ids.chunks(1_000) {
-            rt.enroll_many(ids, "relationships-course", t0).await?;
+            rt.enroll_many(ids, &course, t0).await?;
         }
     }
     let target = smtp::Target::parse(&format!("smtp://{addr}")).map_err(anyhow::Error::msg)?;
     let sender = Sender::new(
-        rt.clone(),
+        store.outbox(),
         p,
         Transport::smtp(target, connections),
         "https://go.example.com",

@@ -89,8 +89,7 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut analyzed = 0;
     for (k, c) in leads.chunks(CHUNK).enumerate() {
-        rt.enroll_many(c, "relationships-course", t0 + gap * k as i32)
-            .await?;
+        rt.enroll_many(c, &course(), t0 + gap * k as i32).await?;
         // Autovacuum analyzes a table each time it grew by a tenth.
         let enrolled = (k + 1) * CHUNK;
         if enrolled >= analyzed + analyzed / 10 + CHUNK {
@@ -180,10 +179,15 @@ async fn analyze(store: &Store) -> anyhow::Result<()> {
 async fn lags(store: &Store, leads: &[LeadId], wait: Duration) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::with_capacity(leads.len());
     for c in leads.chunks(CHUNK) {
-        for e in store.enrollments_of_many(c, "relationships-course").await? {
+        for e in store.enrollments_of_many(c, &course()).await? {
             let due: DateTime<Utc> = e.entered_at + wait;
             out.push((e.state.stage_entered_at - due).as_seconds_f64());
         }
     }
     Ok(out)
+}
+
+/// The benchmarked funnel's id.
+fn course() -> autofunnel::domain::FunnelId {
+    autofunnel::domain::FunnelId::parse("relationships-course").expect("a funnel id")
 }

@@ -258,7 +258,6 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         funnels = loaded.funnels.len(),
         "autofunnel is running"
     );
-    let funnels = loaded.funnels.len();
     let owner = format!(
         "node-{}-{}",
         std::process::id(),
@@ -308,7 +307,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     }
     let sender = std::sync::Arc::new(
         delivery::Sender::new(
-            runtime.clone(),
+            store.outbox(),
             project,
             transport,
             &settings.base_url,
@@ -341,9 +340,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     let mut server = tokio::spawn(server::serve(
         listener,
         AppState {
-            store,
-            funnels,
-            runtime: Some(runtime.clone()),
+            runtime: runtime.clone(),
             hooks_secret: settings
                 .hooks_secret
                 .as_ref()

@@ -139,6 +139,183 @@ impl fmt::Display for LeadId {
     }
 }
 
+/// An enrollment's database id: one run of one lead through one funnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EnrollmentId(pub i64);
+
+impl fmt::Display for EnrollmentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// How a run ended; analytics count these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Converted,
+    NotConverted,
+    Completed,
+    Unsubscribed,
+    Disqualified,
+    /// Taken out through the admin API; never written in a funnel.
+    Removed,
+}
+
+impl Outcome {
+    /// The outcomes an `exit:` step may name.
+    pub const ALL: [(&'static str, Outcome); 5] = [
+        ("converted", Outcome::Converted),
+        ("not_converted", Outcome::NotConverted),
+        ("completed", Outcome::Completed),
+        ("unsubscribed", Outcome::Unsubscribed),
+        ("disqualified", Outcome::Disqualified),
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Converted => "converted",
+            Outcome::NotConverted => "not_converted",
+            Outcome::Completed => "completed",
+            Outcome::Unsubscribed => "unsubscribed",
+            Outcome::Disqualified => "disqualified",
+            Outcome::Removed => "removed",
+        }
+    }
+
+    /// The outcome a stored name stands for, `removed` included.
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        if name == "removed" {
+            return Some(Outcome::Removed);
+        }
+        Outcome::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, o)| *o)
+    }
+}
+
+/// Where one run of a lead through a funnel stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Waiting for the double opt-in click.
+    Unconfirmed,
+    Active,
+    Exited(Outcome),
+}
+
+impl RunStatus {
+    /// Whether the run can still act (not exited).
+    pub fn is_live(self) -> bool {
+        !matches!(self, RunStatus::Exited(_))
+    }
+}
+
+/// The kind of a tracked event: one the engine knows by name, or a custom one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Purchase,
+    Click,
+    Open,
+    Signup,
+    /// The double opt-in link was followed.
+    Confirmed,
+    Unsubscribed,
+    Bounced,
+    Complained,
+    /// Emitted by scoring when the score crosses a threshold.
+    Mql,
+    Sql,
+    /// Takes the lead out of one funnel (`Event::funnel`); from the admin API.
+    Removed,
+    Custom(EventName),
+}
+
+impl EventKind {
+    const NAMED: [(&'static str, EventKind); 11] = [
+        ("purchase", EventKind::Purchase),
+        ("click", EventKind::Click),
+        ("open", EventKind::Open),
+        ("signup", EventKind::Signup),
+        ("confirmed", EventKind::Confirmed),
+        ("unsubscribed", EventKind::Unsubscribed),
+        ("bounced", EventKind::Bounced),
+        ("complained", EventKind::Complained),
+        ("mql", EventKind::Mql),
+        ("sql", EventKind::Sql),
+        ("removed", EventKind::Removed),
+    ];
+
+    /// A built-in kind by its name, else a custom event name.
+    pub fn parse(text: &str) -> Result<EventKind, InvalidValue> {
+        match EventKind::NAMED.iter().find(|(n, _)| *n == text) {
+            Some((_, k)) => Ok(k.clone()),
+            None => EventName::parse(text).map(EventKind::Custom),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventKind::Custom(n) => n.as_str(),
+            known => EventKind::NAMED
+                .iter()
+                .find(|(_, k)| k == known)
+                .map(|(n, _)| *n)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// After this event no funnel mails the address again.
+    pub fn stops_mail(&self) -> bool {
+        matches!(
+            self,
+            EventKind::Unsubscribed | EventKind::Bounced | EventKind::Complained
+        )
+    }
+
+    /// Recorded only by the engine itself: from the links in emails, delivery reports and the
+    /// admin API. Other systems may not post them.
+    pub fn is_internal(&self) -> bool {
+        self.stops_mail() || matches!(self, EventKind::Confirmed | EventKind::Removed)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A tracked event with what it is about, as stored and as the engine matches it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub product: Option<String>,
+    pub template: Option<String>,
+    pub link: Option<String>,
+    pub form: Option<String>,
+    /// The funnel a `removed` event takes the lead out of.
+    pub funnel: Option<FunnelId>,
+    /// A purchase's value, kept for revenue reports (the engine does not match on it).
+    pub amount: Option<f64>,
+    pub currency: Option<String>,
+}
+
+impl Event {
+    /// An event of this kind about nothing in particular.
+    pub fn of(kind: EventKind) -> Event {
+        Event {
+            kind,
+            product: None,
+            template: None,
+            link: None,
+            form: None,
+            funnel: None,
+            amount: None,
+            currency: None,
+        }
+    }
+}
+
 /// An e-mail address, trimmed and lower-cased so one person is one lead (providers treat the
 /// local part case-insensitively in practice, and so do marketers).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -312,6 +489,19 @@ mod tests {
         ] {
             assert!(Email::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn event_kinds_round_trip() {
+        for (name, kind) in EventKind::NAMED {
+            assert_eq!(EventKind::parse(name).unwrap(), kind);
+            assert_eq!(kind.as_str(), name);
+        }
+        let custom = EventKind::parse("webinar_attended").unwrap();
+        assert_eq!(custom.as_str(), "webinar_attended");
+        assert!(!custom.is_internal());
+        assert!(EventKind::parse("Bad Name").is_err());
+        assert!(EventKind::Bounced.stops_mail() && EventKind::Removed.is_internal());
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - [`engine`]: the pure state machine of one enrollment, and its simulation.
 //! - [`simulate`]: `autofunnel simulate`, the timeline of a virtual lead.
 //! - [`delivery`]: the sender that drains the outbox over SMTP or into `.eml` files.
+//! - [`tokens`]: the signed tokens in the links of emails.
 
 pub mod cli;
 pub mod delivery;
@@ -32,3 +33,4 @@ pub mod settings;
 pub mod simulate;
 pub mod store;
 pub mod templates;
+pub mod tokens;

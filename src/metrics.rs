@@ -84,14 +84,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Adds a sender round's tally.
-    pub fn sent(&self, t: &crate::delivery::Tally) {
-        self.emails_sent.inc_by(t.sent as u64);
-        self.emails_retried.inc_by(t.retried as u64);
-        self.emails_failed.inc_by(t.failed as u64);
-        self.emails_suppressed.inc_by(t.suppressed as u64);
-    }
-
     /// The text a scrape gets, with the gauges read from the database now.
     pub async fn render(
         &self,

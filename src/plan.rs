@@ -53,7 +53,7 @@ pub fn fate(f: &Funnel, p: &Position) -> Fate {
 pub async fn plan(store: &Store, funnels: &[Funnel]) -> crate::store::Result<Vec<FunnelPlan>> {
     let mut out = Vec::new();
     for f in funnels {
-        let id = f.id.value.as_str();
+        let id = &f.id.value;
         let stored = store.latest_funnel_version(id).await?;
         let changed = stored
             .as_ref()

@@ -9,7 +9,8 @@ use anyhow::{Context as _, anyhow, bail};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::engine::{Status, sim};
+use crate::domain::RunStatus;
+use crate::engine::sim;
 use crate::funnel::time::Duration;
 use crate::funnel::{BUILTIN_FIELDS, Funnel};
 use crate::project;
@@ -113,9 +114,9 @@ pub fn run(
         out.push('\n');
     }
     let end = match run.state.status {
-        Status::Exited(o) => format!("exited {}", o.name()),
-        Status::Unconfirmed => "still waiting for the double opt-in".to_string(),
-        Status::Active => format!("still in stage {}", run.state.stage),
+        RunStatus::Exited(o) => format!("exited {}", o.name()),
+        RunStatus::Unconfirmed => "still waiting for the double opt-in".to_string(),
+        RunStatus::Active => format!("still in stage {}", run.state.stage),
     };
     let _ = writeln!(
         out,

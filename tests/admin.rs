@@ -41,10 +41,8 @@ async fn admin_api(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            funnels: 1,
-            runtime: Some(rt.clone()),
             admin_token: Some(Arc::from(ADMIN)),
-            ..crate::util::off(&store)
+            ..crate::util::off(&rt)
         },
     );
     let client = reqwest::Client::new();
@@ -199,10 +197,8 @@ async fn remove_and_tags(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            funnels: 2,
-            runtime: Some(rt.clone()),
             admin_token: Some(Arc::from(ADMIN)),
-            ..crate::util::off(&store)
+            ..crate::util::off(&rt)
         },
     );
     let id = store
@@ -257,7 +253,7 @@ async fn remove_and_tags(store: Store) {
     // The welcome email queued before the removal never goes out.
     let outbox = dir.path().join("outbox");
     let sender = Sender::new(
-        rt.clone(),
+        store.outbox(),
         p.clone(),
         Transport::Folder(outbox.clone()),
         &base,

@@ -251,7 +251,9 @@ async fn setup(
         .import_leads(&leads, Consent::Confirmed, t0())
         .await
         .unwrap();
-    rt.enroll_many(&ids, "yoga-course-ru", t0()).await.unwrap();
+    rt.enroll_many(&ids, &crate::util::fid("yoga-course-ru"), t0())
+        .await
+        .unwrap();
     (rt, p, ids)
 }
 
@@ -274,7 +276,7 @@ async fn smtp_delivery_retries_and_bounces(store: Store) {
     .await;
     let target = smtp::Target::parse(&format!("smtp://127.0.0.1:{port}")).unwrap();
     let sender = Sender::new(
-        rt.clone(),
+        store.outbox(),
         p,
         Transport::smtp(target, 4),
         "https://go.example.com",
@@ -329,7 +331,7 @@ async fn smtp_delivery_retries_and_bounces(store: Store) {
         .map(|(k, _)| k)
         .collect();
     assert_eq!(events, ["bounced"]);
-    let facts = store.lead_facts(bounce, t0()).await.unwrap();
+    let facts = rt.lead_facts(bounce, t0()).await.unwrap();
     assert!(!facts.mailable);
 
     // Deferred and dropped ones are retried after their backoff, not before.
@@ -362,10 +364,10 @@ async fn smtp_delivery_retries_and_bounces(store: Store) {
 }
 
 async fn the_default_transport_writes_eml_files(store: Store) {
-    let (rt, p, _) = setup(&store, &[("anna@example.com", "Анна")]).await;
+    let (_, p, _) = setup(&store, &[("anna@example.com", "Анна")]).await;
     let dir = tempfile::tempdir().unwrap();
     let sender = Sender::new(
-        rt,
+        store.outbox(),
         p,
         Transport::Folder(dir.path().to_path_buf()),
         "http://127.0.0.1:8080",
@@ -435,12 +437,12 @@ async fn dkim_verifies_with_dkimpy() {
     let store = Store::connect(&format!("sqlite://{}/d.db", dir.path().display()))
         .await
         .unwrap();
-    let (rt, p, _) = setup(&store, &[("anna@example.com", "Анна")]).await;
+    let (_, p, _) = setup(&store, &[("anna@example.com", "Анна")]).await;
     let outbox = dir.path().join("outbox");
     std::fs::create_dir(&outbox).unwrap();
     let pem = std::fs::read_to_string(&key).unwrap();
     let sender = Sender::new(
-        rt,
+        store.outbox(),
         p,
         Transport::Folder(outbox.clone()),
         "http://127.0.0.1:8080",
@@ -511,7 +513,7 @@ async fn a_crashed_sender_loses_nothing_and_repeats_only_what_was_in_flight() {
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    let (rt, p, _) = setup(&store, &refs).await;
+    let (_, p, _) = setup(&store, &refs).await;
     let target = smtp::Target::parse(&format!("smtp://127.0.0.1:{port}")).unwrap();
 
     // The doomed sender runs on a runtime of its own, with its own database connections.
@@ -520,13 +522,12 @@ async fn a_crashed_sender_loses_nothing_and_repeats_only_what_was_in_flight() {
         .enable_all()
         .build()
         .unwrap();
-    let (p2, funnels, t2) = (p.clone(), p.funnels.clone(), target.clone());
+    let (p2, t2) = (p.clone(), target.clone());
     let url2 = url.clone();
     doomed.spawn(async move {
         let store = Store::connect(&url2).await.unwrap();
-        let rt = Arc::new(Runtime::new(store, funnels, "doomed", t0()).await.unwrap());
         let sender = Sender::new(
-            rt,
+            store.outbox(),
             p2,
             Transport::smtp(t2, CONNECTIONS),
             "https://go.example.com",
@@ -564,7 +565,7 @@ async fn a_crashed_sender_loses_nothing_and_repeats_only_what_was_in_flight() {
 
     // After the lease, another sender finishes the job.
     let sender = Sender::new(
-        rt,
+        store.outbox(),
         p,
         Transport::smtp(target, CONNECTIONS),
         "https://go.example.com",
@@ -608,12 +609,12 @@ async fn smtp_over_starttls_and_implicit_tls() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/tls.db", dir.path().display());
         let store = Store::connect(&url).await.unwrap();
-        let (rt, p, _) = setup(&store, &[("anna@example.com", "Anna")]).await;
+        let (_, p, _) = setup(&store, &[("anna@example.com", "Anna")]).await;
         let (port, got, _) = smtp_server_with(tls).await;
         let url = format!("{scheme}://me:s3cret@localhost:{port}");
         // Without the CA the certificate is not trusted and nothing is sent.
         let untrusted = Sender::new(
-            rt.clone(),
+            store.outbox(),
             p.clone(),
             Transport::smtp(smtp::Target::parse(&url).unwrap(), 1),
             "https://go.example.com",
@@ -627,7 +628,7 @@ async fn smtp_over_starttls_and_implicit_tls() {
             .with_ca(ca.clone())
             .unwrap();
         let sender = Sender::new(
-            rt.clone(),
+            store.outbox(),
             p.clone(),
             Transport::smtp(target, 1),
             "https://go.example.com",
@@ -639,7 +640,7 @@ async fn smtp_over_starttls_and_implicit_tls() {
             .with_ca(ca.clone())
             .unwrap();
         let refused = Sender::new(
-            rt.clone(),
+            store.outbox(),
             p.clone(),
             Transport::smtp(wrong, 1),
             "https://go.example.com",
@@ -670,11 +671,11 @@ async fn a_stop_under_a_send_rate_leaves_the_rest_queued(store: Store) {
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    let (rt, p, _) = setup(&store, &refs).await;
+    let (_, p, _) = setup(&store, &refs).await;
     assert_eq!(statuses(&store).await, [("queued".to_string(), 12)]);
     let dir = tempfile::tempdir().unwrap();
     let sender = Sender::new(
-        rt,
+        store.outbox(),
         p,
         Transport::Folder(dir.path().to_path_buf()),
         "http://127.0.0.1:8080",

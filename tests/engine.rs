@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
+use autofunnel::domain::RunStatus;
 use autofunnel::engine::sim::{self, Scripted};
-use autofunnel::engine::{Effect, Input, LeadFacts, Status, new_enrollment, step};
+use autofunnel::engine::{Effect, Input, LeadFacts, new_enrollment, step};
 use autofunnel::funnel::{self, Funnel, Sink};
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
@@ -118,7 +119,10 @@ fn a_ninety_day_funnel_simulates_instantly() {
         &case.script,
         funnel::time::Duration::parse("90d").unwrap(),
     );
-    assert_eq!(run.state.status, Status::Exited(funnel::Outcome::Converted));
+    assert_eq!(
+        run.state.status,
+        RunStatus::Exited(funnel::Outcome::Converted)
+    );
 }
 
 fn example(name: &str) -> Funnel {
@@ -181,7 +185,7 @@ proptest! {
         for _ in 0..10_000 {
             let t = step(&f, &state, &lead, &input, now);
             if let Input::Event(e) = &input
-                && ["unsubscribed", "bounced"].contains(&e.name.as_str())
+                && ["unsubscribed", "bounced"].contains(&e.kind.as_str())
             {
                 unsubscribed = true;
                 lead.mailable = false;
@@ -194,12 +198,12 @@ proptest! {
                 }
             }
             state = t.state;
-            if state.status == Status::Active && state.wake_at.is_none() {
+            if state.status == RunStatus::Active && state.wake_at.is_none() {
                 let stage = f.stage(state.stage.as_str()).unwrap();
                 prop_assert!(state.step >= stage.steps.len(), "stuck at {}#{} with no wake-up", state.stage, state.step);
             }
             let next_event = inputs.last().map(|(t, _)| *t);
-            match (next_event, state.wake_at.filter(|_| state.status == Status::Active)) {
+            match (next_event, state.wake_at.filter(|_| state.status == RunStatus::Active)) {
                 (Some(e), Some(w)) if w < e => { now = w; input = Input::Timer; }
                 (Some(e), _) => { now = e.max(now); input = inputs.pop().unwrap().1; }
                 (None, Some(w)) => { now = w; input = Input::Timer; }

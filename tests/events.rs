@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use autofunnel::domain::Email;
-use autofunnel::engine::Status;
+use autofunnel::domain::RunStatus;
 use autofunnel::funnel::Outcome;
 use autofunnel::project;
 use autofunnel::server::AppState;
@@ -53,11 +53,9 @@ async fn events_api(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            funnels: 1,
-            runtime: Some(rt.clone()),
             hooks_secret: Some(Arc::from(HOOKS)),
             api_token: Some(Arc::from(TOKEN)),
-            ..crate::util::off(&store)
+            ..crate::util::off(&rt)
         },
     );
     let client = reqwest::Client::new();
@@ -93,7 +91,9 @@ async fn events_api(store: Store) {
         json!({ "accepted": 1, "duplicates": 0 })
     );
     let lead = store.lead_by_email(&anna).await.unwrap().unwrap().id;
-    rt.enroll(lead, "course", now).await.unwrap();
+    rt.enroll(lead, &crate::util::fid("course"), now)
+        .await
+        .unwrap();
 
     // A batch: the same order twice counts once, and the purchase ends the funnel converted.
     let purchase = json!({ "lead": lead.0, "event": "purchase", "order_id": "A-1",
@@ -105,8 +105,11 @@ async fn events_api(store: Store) {
         r.json::<Value>().await.unwrap(),
         json!({ "accepted": 1, "duplicates": 1 })
     );
-    let e = &store.enrollments_of(lead, "course").await.unwrap()[0];
-    assert_eq!(e.state.status, Status::Exited(Outcome::Converted));
+    let e = &store
+        .enrollments_of(lead, &crate::util::fid("course"))
+        .await
+        .unwrap()[0];
+    assert_eq!(e.state.status, RunStatus::Exited(Outcome::Converted));
     let events = store.lead_events(lead).await.unwrap();
     let bought: Vec<&Value> = events
         .iter()
@@ -236,10 +239,8 @@ async fn event_entry(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            funnels: 1,
-            runtime: Some(rt.clone()),
             api_token: Some(Arc::from(TOKEN)),
-            ..crate::util::off(&store)
+            ..crate::util::off(&rt)
         },
     );
     let client = reqwest::Client::new();
@@ -264,19 +265,31 @@ async fn event_entry(store: Store) {
         .unwrap()
         .unwrap()
         .id;
-    assert!(store.enrollments_of(lead, "cart").await.unwrap().is_empty());
+    assert!(
+        store
+            .enrollments_of(lead, &crate::util::fid("cart"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     post(json!({ "email": "anna@example.com", "event": "checkout_started" })).await;
     post(json!({ "email": "anna@example.com", "event": "page_viewed" })).await;
-    let runs = store.enrollments_of(lead, "cart").await.unwrap();
+    let runs = store
+        .enrollments_of(lead, &crate::util::fid("cart"))
+        .await
+        .unwrap();
     assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0].state.status, Status::Active, "{:?}", runs[0]);
+    assert_eq!(runs[0].state.status, RunStatus::Active, "{:?}", runs[0]);
     post(
         json!({ "email": "anna@example.com", "event": "purchase", "order_id": "2",
                  "product": "mug" }),
     )
     .await;
-    let runs = store.enrollments_of(lead, "cart").await.unwrap();
-    assert_eq!(runs[0].state.status, Status::Exited(Outcome::Converted));
+    let runs = store
+        .enrollments_of(lead, &crate::util::fid("cart"))
+        .await
+        .unwrap();
+    assert_eq!(runs[0].state.status, RunStatus::Exited(Outcome::Converted));
     server.stop().await;
 }
 

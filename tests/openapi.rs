@@ -7,11 +7,11 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use autofunnel::delivery::{compose, track};
-use autofunnel::domain::{Consent, Email};
+use autofunnel::domain::{Consent, Email, LeadId};
 use autofunnel::project;
 use autofunnel::server::{AppState, signup};
 use autofunnel::store::{LeadInput, Store};
+use autofunnel::tokens::{self, LeadLink};
 use chrono::Utc;
 use reqwest::{Client, Method, RequestBuilder};
 use serde_json::{Value, json};
@@ -187,14 +187,12 @@ async fn openapi(store: Store) {
     let p = project(dir.path());
     let rt = crate::util::engine(&store, &p, Utc::now()).await;
     let state = AppState {
-        funnels: 2,
-        runtime: Some(rt.clone()),
         hooks_secret: Some(Arc::from(HOOKS)),
         secret: Arc::from(SECRET),
         signup_limit: signup::limiter(12),
         api_token: Some(Arc::from(API)),
         admin_token: Some(Arc::from(ADMIN)),
-        ..crate::util::off(&store)
+        ..crate::util::off(&rt)
     };
     // The same server with every token and secret unset.
     let bare = AppState {
@@ -390,7 +388,7 @@ async fn openapi(store: Store) {
 
     // The links in emails.
     let link = |expires: Option<i64>| {
-        track::Click {
+        tokens::Click {
             message: 999_999,
             link: "offer".into(),
             url: "https://example.com/offer".into(),
@@ -412,7 +410,7 @@ async fn openapi(store: Store) {
         );
     }
     let o = "/o/{token}";
-    let pixel = track::open_token(SECRET, 999_999);
+    let pixel = tokens::open_token(SECRET, 999_999);
     k.call(get.clone(), o, c.get(format!("{base}/o/{pixel}.gif")))
         .await;
     k.call(get.clone(), o, c.get(format!("{base}/o/1.forged.gif")))
@@ -429,14 +427,17 @@ async fn openapi(store: Store) {
         .await
         .unwrap()[0];
     store.erase_lead(gone).await.unwrap();
-    for (purpose, template) in [("u", "/u/{token}"), ("c", "/c/{token}")] {
+    for (purpose, path, template) in [
+        (LeadLink::Unsubscribe, "u", "/u/{token}"),
+        (LeadLink::Confirm, "c", "/c/{token}"),
+    ] {
         let tokens = [
-            (compose::token(SECRET, purpose, anna), 200),
+            (tokens::lead_token(SECRET, purpose, LeadId(anna)), 200),
             ("forged".to_string(), 403),
-            (compose::token(SECRET, purpose, gone.0), 404),
+            (tokens::lead_token(SECRET, purpose, gone), 404),
         ];
         for (token, status) in tokens {
-            let url = format!("{base}/{purpose}/{token}");
+            let url = format!("{base}/{path}/{token}");
             assert_eq!(k.call(get.clone(), template, c.get(&url)).await.0, status);
             let req = c.post(&url).form(&[("scope", "news")]);
             assert_eq!(k.call(post.clone(), template, req).await.0, status);

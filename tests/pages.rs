@@ -5,11 +5,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use autofunnel::delivery::{Sender, Transport, compose};
+use autofunnel::delivery::{Sender, Transport};
 use autofunnel::domain::{Consent, Email, LeadId};
 use autofunnel::project;
 use autofunnel::server::AppState;
 use autofunnel::store::{LeadInput, Store};
+use autofunnel::tokens::{self, LeadLink};
 use chrono::Utc;
 
 use crate::util::{Server, on_both_backends, project_of};
@@ -73,29 +74,32 @@ async fn confirm_and_unsubscribe(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            funnels: 2,
-            runtime: Some(rt.clone()),
             secret: Arc::from(SECRET),
             metrics: metrics.clone(),
-            ..crate::util::off(&store)
+            ..crate::util::off(&rt)
         },
     );
     let client = reqwest::Client::new();
 
     // Double opt-in: the page does not confirm by itself; the POST does, once.
     let ann = lead(&store, "ann@example.com", Consent::Pending).await;
-    rt.enroll_many(&[ann], "news", now).await.unwrap();
+    rt.enroll_many(&[ann], &crate::util::fid("news"), now)
+        .await
+        .unwrap();
     assert_eq!(templates(&store.outbox_of(ann).await.unwrap()), ["confirm"]);
-    let c = format!("{base}/c/{}", compose::token(SECRET, "c", ann.0));
+    let c = format!(
+        "{base}/c/{}",
+        tokens::lead_token(SECRET, LeadLink::Confirm, ann)
+    );
     let page = client.get(&c).send().await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("<form method=\"post\""));
-    assert!(!store.lead_facts(ann, now).await.unwrap().confirmed);
+    assert!(!rt.lead_facts(ann, now).await.unwrap().confirmed);
     for _ in 0..2 {
         let r = client.post(&c).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
-    assert!(store.lead_facts(ann, now).await.unwrap().confirmed);
+    assert!(rt.lead_facts(ann, now).await.unwrap().confirmed);
     assert_eq!(
         templates(&store.outbox_of(ann).await.unwrap()),
         ["confirm", "welcome"]
@@ -112,9 +116,16 @@ async fn confirm_and_unsubscribe(store: Store) {
     // Unsubscribe from one funnel: the other goes on; the queued email of the stopped one is
     // dropped by the sender, and the choice is shown on the next visit.
     let bob = lead(&store, "bob@example.com", Consent::Confirmed).await;
-    rt.enroll_many(&[bob], "news", now).await.unwrap();
-    rt.enroll_many(&[bob], "promo", now).await.unwrap();
-    let u = format!("{base}/u/{}", compose::token(SECRET, "u", bob.0));
+    rt.enroll_many(&[bob], &crate::util::fid("news"), now)
+        .await
+        .unwrap();
+    rt.enroll_many(&[bob], &crate::util::fid("promo"), now)
+        .await
+        .unwrap();
+    let u = format!(
+        "{base}/u/{}",
+        tokens::lead_token(SECRET, LeadLink::Unsubscribe, bob)
+    );
     let page = client
         .get(format!("{u}?f=news"))
         .send()
@@ -136,7 +147,7 @@ async fn confirm_and_unsubscribe(store: Store) {
     assert!(r.text().await.unwrap().contains("«Weekly news»"));
     let bob_email = Email::parse("bob@example.com").unwrap();
     assert_eq!(store.suppressions_of(&bob_email).await.unwrap(), ["news"]);
-    let facts = store.lead_facts(bob, now).await.unwrap();
+    let facts = rt.lead_facts(bob, now).await.unwrap();
     assert!(facts.mailable && facts.muted.contains("news"));
     let page = client
         .get(format!("{u}?f=news"))
@@ -152,7 +163,7 @@ async fn confirm_and_unsubscribe(store: Store) {
     );
     let outbox = dir.path().join("outbox");
     std::fs::create_dir_all(&outbox).unwrap();
-    let sender = Sender::new(rt.clone(), p, Transport::Folder(outbox), &base, SECRET)
+    let sender = Sender::new(store.outbox(), p, Transport::Folder(outbox), &base, SECRET)
         .with_metrics(metrics.clone());
     let tally = sender.drain(Utc::now()).await.unwrap();
     // Ann's confirmation and welcome go out; Bob's welcome (news) is dropped.
@@ -174,7 +185,7 @@ async fn confirm_and_unsubscribe(store: Store) {
     let mut scopes = store.suppressions_of(&bob_email).await.unwrap();
     scopes.sort();
     assert_eq!(scopes, ["*", "news"]);
-    assert!(!store.lead_facts(bob, later).await.unwrap().mailable);
+    assert!(!rt.lead_facts(bob, later).await.unwrap().mailable);
     let tally = sender.drain(later).await.unwrap();
     assert_eq!((tally.sent, tally.suppressed), (0, 1), "{tally:?}");
     let page = client.get(&u).send().await.unwrap().text().await.unwrap();
@@ -197,8 +208,14 @@ async fn confirm_and_unsubscribe(store: Store) {
     // Forged or foreign tokens change nothing.
     for bad in [
         format!("{base}/u/{}.AAAAAAAAAAAAAAAAAAAAAA", ann.0),
-        format!("{base}/c/{}", compose::token(SECRET, "u", ann.0)),
-        format!("{base}/u/{}", compose::token(b"another key", "u", ann.0)),
+        format!(
+            "{base}/c/{}",
+            tokens::lead_token(SECRET, LeadLink::Unsubscribe, ann)
+        ),
+        format!(
+            "{base}/u/{}",
+            tokens::lead_token(b"another key", LeadLink::Unsubscribe, ann)
+        ),
     ] {
         assert_eq!(client.post(&bad).send().await.unwrap().status(), 403);
         assert_eq!(client.get(&bad).send().await.unwrap().status(), 403);

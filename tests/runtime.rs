@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use autofunnel::domain::{Consent, Email, LeadId};
-use autofunnel::engine::Event;
+use autofunnel::domain::{Event, EventKind};
 use autofunnel::funnel::{self, Funnel, Outcome, Sink};
-use autofunnel::runtime::{Enrolled, LEASE, Runtime};
+use autofunnel::runtime::{Enrolled, LEASE, Runtime, effects};
 use autofunnel::store::{LeadInput, Store};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
@@ -55,11 +55,17 @@ async fn timers_wake_and_events_move(store: Store) {
         .await
         .unwrap();
     let anna = lead(&store, "anna@example.com").await;
-    let Enrolled::New(id) = rt.enroll(anna, "abandoned-cart", t0()).await.unwrap() else {
+    let Enrolled::New(id) = rt
+        .enroll(anna, &crate::util::fid("abandoned-cart"), t0())
+        .await
+        .unwrap()
+    else {
         panic!()
     };
     assert_eq!(
-        rt.enroll(anna, "abandoned-cart", t0()).await.unwrap(),
+        rt.enroll(anna, &crate::util::fid("abandoned-cart"), t0())
+            .await
+            .unwrap(),
         Enrolled::AlreadyIn(id)
     );
     assert_eq!(
@@ -78,7 +84,7 @@ async fn timers_wake_and_events_move(store: Store) {
     );
     let purchase = Event {
         product: Some("green-tea".into()),
-        ..Event::named("purchase")
+        ..Event::of(EventKind::Purchase)
     };
     let at = t0() + Duration::hours(2);
     assert_eq!(
@@ -94,10 +100,13 @@ async fn timers_wake_and_events_move(store: Store) {
         0,
         "the same order counted twice"
     );
-    let e = &store.enrollments_of(anna, "abandoned-cart").await.unwrap()[0];
+    let e = &store
+        .enrollments_of(anna, &crate::util::fid("abandoned-cart"))
+        .await
+        .unwrap()[0];
     assert_eq!(
         e.state.status,
-        autofunnel::engine::Status::Exited(Outcome::Converted)
+        autofunnel::domain::RunStatus::Exited(Outcome::Converted)
     );
     assert_eq!(e.state.wake_at, None);
     assert_eq!(store.next_wake().await.unwrap(), None);
@@ -111,15 +120,23 @@ async fn timers_wake_and_events_move(store: Store) {
     assert_eq!(store.outbox_of(anna).await.unwrap().len(), 1);
     // re_entry: after 7d.
     assert_eq!(
-        rt.enroll(anna, "abandoned-cart", t0() + Duration::days(1))
-            .await
-            .unwrap(),
+        rt.enroll(
+            anna,
+            &crate::util::fid("abandoned-cart"),
+            t0() + Duration::days(1)
+        )
+        .await
+        .unwrap(),
         Enrolled::NotAgain
     );
     assert!(matches!(
-        rt.enroll(anna, "abandoned-cart", t0() + Duration::days(8))
-            .await
-            .unwrap(),
+        rt.enroll(
+            anna,
+            &crate::util::fid("abandoned-cart"),
+            t0() + Duration::days(8)
+        )
+        .await
+        .unwrap(),
         Enrolled::New(_)
     ));
 }
@@ -135,7 +152,9 @@ async fn a_crashed_worker_loses_its_lease_and_nothing_is_done_twice(store: Store
     let mut leads = Vec::new();
     for i in 0..20 {
         let l = lead(&store, &format!("lead{i}@example.com")).await;
-        a.enroll(l, "abandoned-cart", t0()).await.unwrap();
+        a.enroll(l, &crate::util::fid("abandoned-cart"), t0())
+            .await
+            .unwrap();
         leads.push(l);
     }
     let due = t0() + Duration::hours(1);
@@ -148,20 +167,31 @@ async fn a_crashed_worker_loses_its_lease_and_nothing_is_done_twice(store: Store
     let later = due + LEASE + Duration::seconds(1);
     assert_eq!(b.tick(later).await.unwrap(), 20);
     // A comes back and tries to commit its stale claim: refused, nothing written.
-    let facts = store.lead_facts(claimed[0].lead, due).await.unwrap();
+    let c = &claimed[0];
+    let facts = a.lead_facts(c.lead, due).await.unwrap();
     let f = cart();
     let t = autofunnel::engine::step(
         &f,
-        &claimed[0].state,
+        &autofunnel::runtime::facts::resume(&f, c),
         &facts,
         &autofunnel::engine::Input::Timer,
         due,
     );
-    assert!(
-        !store
-            .commit(&claimed[0], "node-a", None, 1, &t, due)
+    let stale = autofunnel::store::RunUpdate {
+        id: c.id,
+        lead: c.lead,
+        funnel: c.funnel.clone(),
+        version: 1,
+        events_seen: c.events_seen,
+        state: effects::state_row(&f, &t.state),
+        writes: effects::writes(c.lead, &c.funnel, 1, "lead0@example.com", &t.effects),
+    };
+    assert_eq!(
+        store
+            .commit_many("node-a", &[stale], &[c.lead], due)
             .await
-            .unwrap()
+            .unwrap(),
+        0
     );
     for l in leads {
         assert_eq!(
@@ -199,12 +229,18 @@ async fn plan_shows_what_an_edit_does_to_leads_in_flight(store: Store) {
         .unwrap();
     for i in 0..3 {
         let l = lead(&store, &format!("waiting{i}@example.com")).await;
-        rt.enroll(l, "abandoned-cart", t0()).await.unwrap();
+        rt.enroll(l, &crate::util::fid("abandoned-cart"), t0())
+            .await
+            .unwrap();
     }
     let later = lead(&store, "reminded@example.com").await;
-    rt.enroll(later, "abandoned-cart", t0() - Duration::hours(2))
-        .await
-        .unwrap();
+    rt.enroll(
+        later,
+        &crate::util::fid("abandoned-cart"),
+        t0() - Duration::hours(2),
+    )
+    .await
+    .unwrap();
     assert_eq!(rt.tick(t0()).await.unwrap(), 1); // sent the reminder, now on wait-2
 
     let unchanged = autofunnel::plan::plan(&store, &[cart()]).await.unwrap();
@@ -247,7 +283,9 @@ async fn reload_resumes_leads_by_step_id(store: Store) {
         .await
         .unwrap();
     let l = lead(&store, "reminded@example.com").await;
-    rt.enroll(l, "abandoned-cart", t0()).await.unwrap();
+    rt.enroll(l, &crate::util::fid("abandoned-cart"), t0())
+        .await
+        .unwrap();
     assert_eq!(rt.tick(t0() + Duration::hours(1)).await.unwrap(), 1); // reminder sent; on wait-2 (#3)
     // The edit puts another send where wait-2 stood; wait-2 is now step #4.
     let edited = edited_cart();
@@ -261,10 +299,13 @@ async fn reload_resumes_leads_by_step_id(store: Store) {
         templates(&store.outbox_of(l).await.unwrap()),
         ["cart-reminder"]
     );
-    let e = &store.enrollments_of(l, "abandoned-cart").await.unwrap()[0];
+    let e = &store
+        .enrollments_of(l, &crate::util::fid("abandoned-cart"))
+        .await
+        .unwrap()[0];
     assert_eq!(
         e.state.status,
-        autofunnel::engine::Status::Exited(Outcome::NotConverted)
+        autofunnel::domain::RunStatus::Exited(Outcome::NotConverted)
     );
     assert_eq!(e.version, 2);
 }
@@ -278,7 +319,9 @@ async fn an_event_for_a_busy_enrollment_is_fed_by_the_next_round(store: Store) {
         .await
         .unwrap();
     let l = lead(&store, "busy@example.com").await;
-    a.enroll(l, "abandoned-cart", t0()).await.unwrap();
+    a.enroll(l, &crate::util::fid("abandoned-cart"), t0())
+        .await
+        .unwrap();
     let due = t0() + Duration::hours(1);
     // Node A holds the enrollment (and then dies) when the purchase arrives at node B.
     assert_eq!(
@@ -291,7 +334,7 @@ async fn an_event_for_a_busy_enrollment_is_fed_by_the_next_round(store: Store) {
     );
     let purchase = Event {
         product: Some("green-tea".into()),
-        ..Event::named("purchase")
+        ..Event::of(EventKind::Purchase)
     };
     assert_eq!(
         b.event(l, purchase, Some("order-7".into()), due)
@@ -301,10 +344,13 @@ async fn an_event_for_a_busy_enrollment_is_fed_by_the_next_round(store: Store) {
     );
     // Once A's lease is gone, the next round feeds the stored event before the timer.
     assert_eq!(b.tick(due + LEASE + Duration::seconds(1)).await.unwrap(), 1);
-    let e = &store.enrollments_of(l, "abandoned-cart").await.unwrap()[0];
+    let e = &store
+        .enrollments_of(l, &crate::util::fid("abandoned-cart"))
+        .await
+        .unwrap()[0];
     assert_eq!(
         e.state.status,
-        autofunnel::engine::Status::Exited(Outcome::Converted)
+        autofunnel::domain::RunStatus::Exited(Outcome::Converted)
     );
     assert!(
         store.outbox_of(l).await.unwrap().is_empty(),
@@ -325,11 +371,13 @@ async fn unsubscribing_stops_mail_from_every_funnel(store: Store) {
         .await
         .unwrap();
     let l = lead(&store, "leaving@example.com").await;
-    rt.enroll(l, "plain", t0()).await.unwrap();
+    rt.enroll(l, &crate::util::fid("plain"), t0())
+        .await
+        .unwrap();
     assert_eq!(rt.tick(t0() + Duration::hours(1)).await.unwrap(), 1);
     rt.event(
         l,
-        Event::named("unsubscribed"),
+        Event::of(EventKind::Unsubscribed),
         None,
         t0() + Duration::minutes(90),
     )
@@ -351,11 +399,13 @@ async fn an_event_is_fed_once_and_its_mark_cleared(store: Store) {
         .await
         .unwrap();
     let l = lead(&store, "clicker@example.com").await;
-    rt.enroll(l, "scored", t0()).await.unwrap();
+    rt.enroll(l, &crate::util::fid("scored"), t0())
+        .await
+        .unwrap();
     let click = Event {
         template: Some("one".into()),
         link: Some("offer".into()),
-        ..Event::named("click")
+        ..Event::of(EventKind::Click)
     };
     assert_eq!(
         rt.event(l, click, None, t0() + Duration::minutes(1))
@@ -369,7 +419,10 @@ async fn an_event_is_fed_once_and_its_mark_cleared(store: Store) {
     }
     let email = Email::parse("clicker@example.com").unwrap();
     assert_eq!(store.lead_by_email(&email).await.unwrap().unwrap().score, 3);
-    let e = &store.enrollments_of(l, "scored").await.unwrap()[0];
+    let e = &store
+        .enrollments_of(l, &crate::util::fid("scored"))
+        .await
+        .unwrap()[0];
     assert!(e.events_seen > 0, "the event cursor did not move");
 }
 
@@ -399,7 +452,11 @@ async fn double_opt_in_asks_only_leads_not_yet_confirmed(store: Store) {
     let new_id = store.upsert_lead(&new, input, t0()).await.unwrap().id;
     // One call for both, the new lead given twice: it is enrolled once.
     let got = rt
-        .enroll_many(&[known_id, new_id, new_id], "relationships-course", t0())
+        .enroll_many(
+            &[known_id, new_id, new_id],
+            &crate::util::fid("relationships-course"),
+            t0(),
+        )
         .await
         .unwrap();
     assert!(matches!(got[0], Enrolled::New(_)));
@@ -417,7 +474,7 @@ async fn double_opt_in_asks_only_leads_not_yet_confirmed(store: Store) {
     );
     rt.event(
         new_id,
-        Event::named("confirmed"),
+        Event::of(EventKind::Confirmed),
         None,
         t0() + Duration::minutes(5),
     )
@@ -431,9 +488,13 @@ async fn double_opt_in_asks_only_leads_not_yet_confirmed(store: Store) {
     assert_eq!(lead.consent, Consent::Confirmed);
     // Asked again later (another form), the confirmed lead is not asked to confirm.
     assert_eq!(
-        rt.enroll(new_id, "relationships-course", t0() + Duration::hours(1))
-            .await
-            .unwrap(),
+        rt.enroll(
+            new_id,
+            &crate::util::fid("relationships-course"),
+            t0() + Duration::hours(1)
+        )
+        .await
+        .unwrap(),
         Enrolled::AlreadyIn(new_run)
     );
     // The known lead never buys: book → webinar offer → deadline → nurture, which tags and
@@ -482,8 +543,12 @@ async fn the_frequency_cap_holds_across_funnels_stepped_in_one_round(store: Stor
     .await
     .unwrap();
     let l = lead(&store, "capped@example.com").await;
-    rt.enroll(l, "first", t0()).await.unwrap();
-    rt.enroll(l, "second", t0()).await.unwrap();
+    rt.enroll(l, &crate::util::fid("first"), t0())
+        .await
+        .unwrap();
+    rt.enroll(l, &crate::util::fid("second"), t0())
+        .await
+        .unwrap();
     // Both timers fall due in the same round: the second funnel sees the first one's send.
     assert_eq!(rt.tick(t0() + Duration::hours(1)).await.unwrap(), 2);
     assert_eq!(store.outbox_of(l).await.unwrap().len(), 1);
@@ -510,8 +575,10 @@ async fn a_lead_is_stepped_by_one_worker_at_a_time(store: Store) {
         .await
         .unwrap();
     let l = lead(&store, "shared@example.com").await;
-    a.enroll(l, "first", t0()).await.unwrap();
-    a.enroll(l, "second", t0()).await.unwrap();
+    a.enroll(l, &crate::util::fid("first"), t0()).await.unwrap();
+    a.enroll(l, &crate::util::fid("second"), t0())
+        .await
+        .unwrap();
     let due = t0() + Duration::hours(1);
     // Node A takes the lead: both of its due enrollments, though it asked for one lead only.
     let held = store.claim_due("node-a", due, LEASE, 1).await.unwrap();
@@ -525,7 +592,9 @@ async fn a_lead_is_stepped_by_one_worker_at_a_time(store: Store) {
             .is_empty()
     );
     assert_eq!(
-        b.event(l, Event::named("open"), None, due).await.unwrap(),
+        b.event(l, Event::of(EventKind::Open), None, due)
+            .await
+            .unwrap(),
         0
     );
     assert_eq!(b.tick(due + Duration::seconds(1)).await.unwrap(), 0);
@@ -533,12 +602,12 @@ async fn a_lead_is_stepped_by_one_worker_at_a_time(store: Store) {
     assert_eq!(b.tick(due + LEASE + Duration::seconds(1)).await.unwrap(), 2);
     assert_eq!(store.outbox_of(l).await.unwrap().len(), 2);
     for f in ["first", "second"] {
-        let e = &store.enrollments_of(l, f).await.unwrap()[0];
+        let e = &store.enrollments_of(l, &crate::util::fid(f)).await.unwrap()[0];
         assert!(e.events_seen > 0, "{f} did not see the event");
     }
     // And the lead is free again for whoever comes next.
     assert_eq!(
-        a.event(l, Event::named("open"), None, due + LEASE * 2)
+        a.event(l, Event::of(EventKind::Open), None, due + LEASE * 2)
             .await
             .unwrap(),
         2

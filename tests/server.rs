@@ -30,11 +30,24 @@ async fn healthz_answers_ok_while_the_database_answers() {
         .await
         .unwrap();
     store.migrate().await.unwrap();
+    let funnel = |id: &str| {
+        (
+            format!("funnels/{id}.yaml"),
+            "name: F\nfrom: \"Shop <shop@example.com>\"\nentry: { api: true }\n\
+             stages:\n  - id: s\n    steps:\n      - exit: completed\n"
+                .to_string(),
+        )
+    };
+    let files = [funnel("one"), funnel("two")];
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect();
+    let p = crate::util::project_of(dir.path(), &files);
+    let rt = crate::util::engine(&store, &p, chrono::Utc::now()).await;
     let (addr, stop, server) = start(AppState {
-        funnels: 2,
-        runtime: None,
         secret: std::sync::Arc::from(&b"k"[..]),
-        ..crate::util::off(&store)
+        ..crate::util::off(&rt)
     })
     .await;
     let resp = reqwest::get(format!("http://{addr}/healthz"))
@@ -95,12 +108,13 @@ async fn healthz_says_degraded_when_work_is_overdue() {
         )
         .await
         .unwrap()[0];
-    rt.enroll(lead, "welcome", then).await.unwrap();
+    rt.enroll(lead, &crate::util::fid("welcome"), then)
+        .await
+        .unwrap();
+    let rt = std::sync::Arc::new(rt);
     let (addr, stop, server) = start(AppState {
-        funnels: 1,
-        runtime: None,
         secret: std::sync::Arc::from(&b"k"[..]),
-        ..crate::util::off(&store)
+        ..crate::util::off(&rt)
     })
     .await;
     let resp = reqwest::get(format!("http://{addr}/healthz"))
@@ -160,11 +174,9 @@ async fn delivery_reports_are_verified_then_suppress() {
         .unwrap();
     let secret: &[u8] = b"hooks secret 1234";
     let (addr, stop, server) = start(AppState {
-        funnels: 0,
-        runtime: Some(rt),
         hooks_secret: Some(Arc::from(secret)),
         secret: std::sync::Arc::from(&b"k"[..]),
-        ..crate::util::off(&store)
+        ..crate::util::off(&rt)
     })
     .await;
     let client = reqwest::Client::new();
@@ -206,7 +218,7 @@ async fn delivery_reports_are_verified_then_suppress() {
         .map(|(k, _)| k)
         .collect();
     assert_eq!(kinds, ["bounced"]);
-    assert!(!store.lead_facts(lead.id, now).await.unwrap().mailable);
+    assert!(!rt.lead_facts(lead.id, now).await.unwrap().mailable);
     // A complaint about an address with no lead yet suppresses it for when one arrives.
     let complaint = r#"{"type": "complaint", "email": "boris@example.com"}"#;
     let ok = post(complaint, ts, signed(secret, ts, complaint))
@@ -221,7 +233,7 @@ async fn delivery_reports_are_verified_then_suppress() {
         )
         .await
         .unwrap();
-    assert!(!store.lead_facts(boris.id, now).await.unwrap().mailable);
+    assert!(!rt.lead_facts(boris.id, now).await.unwrap().mailable);
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }

@@ -43,11 +43,9 @@ async fn signups(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            funnels: 1,
-            runtime: Some(rt.clone()),
             secret: Arc::from(&b"signup secret"[..]),
             signup_limit: signup::limiter(8),
-            ..crate::util::off(&store)
+            ..crate::util::off(&rt)
         },
     );
     let client = reqwest::Client::builder()
@@ -240,10 +238,8 @@ async fn concurrent_signups(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            funnels: 1,
-            runtime: Some(rt.clone()),
             secret: Arc::from(&b"signup secret"[..]),
-            ..crate::util::off(&store)
+            ..crate::util::off(&rt)
         },
     );
     let client = reqwest::Client::new();
@@ -293,7 +289,11 @@ async fn concurrent_signups(store: Store) {
         let want = if twice { 2 } else { 1 };
         assert_eq!((touches, signups), (want, want), "p{n}");
         assert_eq!(
-            store.enrollments_of(lead.id, "book").await.unwrap().len(),
+            store
+                .enrollments_of(lead.id, &crate::util::fid("book"))
+                .await
+                .unwrap()
+                .len(),
             1
         );
         assert_eq!(store.outbox_of(lead.id).await.unwrap().len(), 1, "p{n}");
@@ -326,11 +326,31 @@ async fn resumed_signups(store: Store) {
     let minute = chrono::Duration::minutes(1);
     // Too recent: it may still be on its way in this or another process.
     assert_eq!(rt.resume_signups(t + minute / 2).await.unwrap(), 0);
-    assert!(store.enrollments_of(lead, "book").await.unwrap().is_empty());
+    assert!(
+        store
+            .enrollments_of(lead, &crate::util::fid("book"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(rt.resume_signups(t + minute * 2).await.unwrap(), 1);
-    assert_eq!(store.enrollments_of(lead, "book").await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .enrollments_of(lead, &crate::util::fid("book"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(rt.resume_signups(t + minute * 3).await.unwrap(), 0);
-    assert_eq!(store.enrollments_of(lead, "book").await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .enrollments_of(lead, &crate::util::fid("book"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 on_both_backends! {

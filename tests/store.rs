@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use autofunnel::domain::{Email, Tag};
+use autofunnel::domain::{Email, Event, EventKind, Tag};
 use autofunnel::store::{Backend, LeadInput, NewEvent, Recorded, Store};
 use chrono::{TimeZone, Utc};
 use sea_orm::{ConnectionTrait, Database};
@@ -179,8 +179,11 @@ async fn events_are_stored_once_per_key(store: Store) {
         .unwrap();
     let purchase = |order: &str| NewEvent {
         lead: Some(lead.id),
-        kind: "purchase".into(),
-        payload: serde_json::json!({ "order_id": order, "product": "course", "amount": 14900 }),
+        event: Event {
+            product: Some("course".into()),
+            amount: Some(14900.0),
+            ..Event::of(EventKind::Purchase)
+        },
         idempotency_key: Some(format!("purchase:{order}")),
         occurred_at: t0,
     };
@@ -199,8 +202,7 @@ async fn events_are_stored_once_per_key(store: Store) {
     // Events without a key never collide.
     let click = NewEvent {
         lead: Some(lead.id),
-        kind: "click".into(),
-        payload: serde_json::json!({}),
+        event: Event::of(EventKind::Click),
         idempotency_key: None,
         occurred_at: t0,
     };

@@ -112,14 +112,18 @@ async fn links_are_tracked_and_offers_expire(store: Store) {
     // Late entered ten days ago (its three-day offer is over); Fresh enters now.
     let late = lead(&store, "late@example.com", "Late").await;
     let fresh = lead(&store, "fresh@example.com", "Fresh <b>").await;
-    rt.enroll_many(&[late], "promo", long_ago).await.unwrap();
-    rt.enroll_many(&[fresh], "promo", now).await.unwrap();
+    rt.enroll_many(&[late], &crate::util::fid("promo"), long_ago)
+        .await
+        .unwrap();
+    rt.enroll_many(&[fresh], &crate::util::fid("promo"), now)
+        .await
+        .unwrap();
     let outbox = dir.path().join("outbox");
     std::fs::create_dir_all(&outbox).unwrap();
     let secret = b"tracking secret";
     let (listener, base) = Server::bind().await;
     let sender = Sender::new(
-        rt.clone(),
+        store.outbox(),
         p,
         Transport::Folder(outbox.clone()),
         &base,
@@ -154,10 +158,8 @@ async fn links_are_tracked_and_offers_expire(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            funnels: 1,
-            runtime: Some(rt.clone()),
             secret: Arc::from(&secret[..]),
-            ..crate::util::off(&store)
+            ..crate::util::off(&rt)
         },
     );
     let client = reqwest::Client::builder()
@@ -194,7 +196,7 @@ async fn links_are_tracked_and_offers_expire(store: Store) {
     assert_eq!(events[0].1["template"], "offer");
     assert_eq!(events[1].1["template"], "offer");
     // The engine sees the click: the condition `clicked: offer` now holds for this lead.
-    let facts = store.lead_facts(fresh, now).await.unwrap();
+    let facts = rt.lead_facts(fresh, now).await.unwrap();
     assert!(
         facts
             .clicked

@@ -115,20 +115,15 @@ impl Server {
     }
 }
 
-/// A server state over `store` with the engine, every token, secret and limit off; a test
-/// turns on what it needs: `AppState { runtime: Some(rt), ..off(&store) }`.
-pub fn off(store: &autofunnel::store::Store) -> autofunnel::server::AppState {
-    autofunnel::server::AppState {
-        store: store.clone(),
-        funnels: 0,
-        runtime: None,
-        hooks_secret: None,
-        secret: std::sync::Arc::from(&b"link secret"[..]),
-        signup_limit: None,
-        api_token: None,
-        admin_token: None,
-        metrics: Default::default(),
-    }
+/// A server state over the engine `rt` with every token, secret and limit off; a test turns
+/// on what it needs: `AppState { admin_token: Some(…), ..off(&rt) }`.
+pub fn off(rt: &std::sync::Arc<autofunnel::runtime::Runtime>) -> autofunnel::server::AppState {
+    autofunnel::server::AppState::new(rt.clone(), b"link secret")
+}
+
+/// A funnel id from a test's literal.
+pub fn fid(id: &str) -> autofunnel::domain::FunnelId {
+    autofunnel::domain::FunnelId::parse(id).unwrap()
 }
 
 /// The engine over `store` running the project's funnels, as node `node-a`.

@@ -3,7 +3,6 @@
 
 use std::time::SystemTime;
 
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use lettre::message::header::{self, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
@@ -14,6 +13,7 @@ use crate::domain::Lead;
 use crate::funnel::Funnel;
 use crate::store::Outgoing;
 use crate::templates::TemplateSet;
+use crate::tokens::{LeadLink, lead_token};
 
 /// Why an email could not be made: the message fails, nothing is sent.
 #[derive(Debug, thiserror::Error)]
@@ -42,27 +42,12 @@ pub struct Links<'a> {
     pub opens: bool,
 }
 
-/// A signed token naming a lead for a purpose (`u` unsubscribe, `c` confirm): a forged or
-/// altered one does not verify.
-pub fn token(secret: &[u8], purpose: &str, lead: i64) -> String {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let sig = track::sign(secret, purpose, lead.to_string().as_bytes());
-    format!("{lead}.{}", b64.encode(sig))
-}
-
-/// The lead a token names, if its signature holds.
-pub fn verify_token(secret: &[u8], purpose: &str, token: &str) -> Option<i64> {
-    let (lead, sig) = token.split_once('.')?;
-    let id: i64 = lead.parse().ok()?;
-    track::verify(secret, purpose, lead.as_bytes(), sig).then_some(id)
-}
-
 /// The lead's unsubscribe page, offering to stop this funnel's emails or all of them (a
 /// one-click POST to it stops all).
 fn unsubscribe_url(base: &str, secret: &[u8], lead: &Lead, f: &Funnel) -> String {
     format!(
         "{base}/u/{}?f={}",
-        token(secret, "u", lead.id.0),
+        lead_token(secret, LeadLink::Unsubscribe, lead.id),
         f.id.value.as_str()
     )
 }
@@ -134,7 +119,10 @@ pub fn context(
     );
     cx.insert(
         "confirm_url",
-        &format!("{base}/c/{}", token(links.secret, "c", lead.id.0)),
+        &format!(
+            "{base}/c/{}",
+            lead_token(links.secret, LeadLink::Confirm, lead.id)
+        ),
     );
     if let Some(from) = &f.from {
         cx.insert(
@@ -234,20 +222,4 @@ pub fn compose(
         .header(ListUnsubscribePost)
         .multipart(MultiPart::alternative_plain_html(r.text, r.html))
         .map_err(|e| ComposeError::Build(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_verify_only_unaltered_and_for_their_purpose() {
-        let t = token(b"secret", "u", 42);
-        assert_eq!(verify_token(b"secret", "u", &t), Some(42));
-        assert_eq!(verify_token(b"other", "u", &t), None);
-        assert_eq!(verify_token(b"secret", "c", &t), None);
-        let forged = t.replacen("42.", "43.", 1);
-        assert_eq!(verify_token(b"secret", "u", &forged), None);
-        assert_eq!(verify_token(b"secret", "u", "garbage"), None);
-    }
 }

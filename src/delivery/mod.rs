@@ -1,8 +1,10 @@
 //! Delivery: the sender drains the outbox the engine fills. Each round claims due emails with
 //! a lease (one attempt in flight per message), composes each for its lead, hands it to the
 //! transport — SMTP through a pool of connections, or `.eml` files in the outbox folder — and
-//! records the outcome: sent; a transient failure retried with exponential backoff and jitter;
-//! a permanent one failed, the address suppressed and a `bounced` event fed to the engine.
+//! records the outcome through its [`Outbox`] handle: sent; a transient failure retried with
+//! exponential backoff and jitter; a permanent one failed, the address suppressed and a
+//! `bounced` event stored for the engine's next round. The sender knows nothing of the
+//! runtime.
 
 pub mod compose;
 pub mod rate;
@@ -15,10 +17,9 @@ use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::engine::Event;
+use crate::metrics::Metrics;
 use crate::project::Project;
-use crate::runtime::Runtime;
-use crate::store::{Outgoing, Store};
+use crate::store::{Outbox, Outgoing};
 
 /// How long a claimed message is reserved for its attempt.
 pub const LEASE: Duration = Duration::minutes(5);
@@ -68,7 +69,7 @@ impl Transport {
     /// last write, so a crash can only repeat the few in flight). Outcomes in order.
     async fn send_all(
         &self,
-        store: &Store,
+        outbox: &Outbox,
         emails: Vec<(i64, String, lettre::Message)>,
         limit: Option<Arc<rate::RateLimit>>,
         now: DateTime<Utc>,
@@ -99,14 +100,14 @@ impl Transport {
                 .filter(|(_, o)| *o == Outcome::Sent)
                 .map(|(id, _)| *id)
                 .collect();
-            if let Err(e) = store.messages_sent(&sent, now).await {
+            if let Err(e) = outbox.sent(&sent, now).await {
                 tracing::error!(error = %e, count = sent.len(), "cannot record sent messages");
             }
             return written.into_iter().map(|(_, o)| o).collect();
         }
         let (accepted, mut to_record) = tokio::sync::mpsc::unbounded_channel::<i64>();
         let recorder = {
-            let store = store.clone();
+            let outbox = outbox.clone();
             tokio::spawn(async move {
                 let mut ids = Vec::new();
                 while to_record.recv_many(&mut ids, 512).await > 0 {
@@ -120,7 +121,7 @@ impl Transport {
                             }
                         }
                     }
-                    if let Err(e) = store.messages_sent(&ids, now).await {
+                    if let Err(e) = outbox.sent(&ids, now).await {
                         // Sent but not recorded: they will be sent again after their lease.
                         tracing::error!(error = %e, count = ids.len(), "cannot record sent messages");
                     }
@@ -237,7 +238,7 @@ pub fn next_attempt(now: DateTime<Utc>, attempts: i32, message: i64) -> DateTime
 
 /// Drains the outbox.
 pub struct Sender {
-    runtime: Arc<Runtime>,
+    outbox: Outbox,
     project: RwLock<Arc<Project>>,
     transport: Transport,
     base_url: Arc<str>,
@@ -245,7 +246,7 @@ pub struct Sender {
     /// Tracked links and the open pixel (`track_clicks`, `track_opens`).
     track: (bool, bool),
     dkim: Option<Arc<lettre::message::dkim::DkimConfig>>,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    metrics: Option<Arc<Metrics>>,
     limit: Option<Arc<rate::RateLimit>>,
 }
 
@@ -261,14 +262,14 @@ pub struct Tally {
 
 impl Sender {
     pub fn new(
-        runtime: Arc<Runtime>,
+        outbox: Outbox,
         project: Arc<Project>,
         transport: Transport,
         base_url: &str,
         secret: &[u8],
     ) -> Sender {
         Sender {
-            runtime,
+            outbox,
             project: RwLock::new(project),
             transport,
             base_url: Arc::from(base_url),
@@ -281,7 +282,7 @@ impl Sender {
     }
 
     /// Counts what it sends in these metrics.
-    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Sender {
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Sender {
         self.metrics = Some(metrics);
         self
     }
@@ -311,15 +312,15 @@ impl Sender {
 
     /// Claims due messages and sends them, as many at once as the transport allows.
     pub async fn round(&self, now: DateTime<Utc>) -> anyhow::Result<Tally> {
-        let store = self.runtime.store();
-        let mut claimed = store.claim_messages(now, LEASE, self.batch()).await?;
+        let outbox = &self.outbox;
+        let mut claimed = outbox.claim(now, LEASE, self.batch()).await?;
         if claimed.is_empty() {
             return Ok(Tally::default());
         }
         // Queued before the address was suppressed (an unsubscribe, a bounce): never sent.
-        let suppressed = store.suppressed_among(&claimed).await?;
+        let suppressed = outbox.suppressed_among(&claimed).await?;
         for id in &suppressed {
-            store.message_suppressed(*id).await?;
+            outbox.suppressed(*id).await?;
         }
         claimed.retain(|m| !suppressed.contains(&m.id));
         let mut tally = Tally {
@@ -327,8 +328,8 @@ impl Sender {
             ..Tally::default()
         };
         let ids: Vec<_> = claimed.iter().map(|m| m.lead).collect();
-        let leads = store.leads(&ids).await?;
-        let deadlines = store.deadlines_of(&claimed).await?;
+        let leads = outbox.leads(&ids).await?;
+        let deadlines = outbox.deadlines_of(&claimed).await?;
         let project = self
             .project
             .read()
@@ -373,7 +374,7 @@ impl Sender {
         }
         let mut sent_outcomes = self
             .transport
-            .send_all(store, emails, self.limit.clone(), now)
+            .send_all(outbox, emails, self.limit.clone(), now)
             .await
             .into_iter();
         let outcomes: Vec<Outcome> = outcomes
@@ -388,31 +389,24 @@ impl Sender {
                 Outcome::Sent => tally.sent += 1,
                 Outcome::Transient(e) if m.attempts < MAX_ATTEMPTS => {
                     tracing::warn!(message = m.id, attempt = m.attempts, error = %e, "send failed; will retry");
-                    store
-                        .message_retry(m.id, next_attempt(now, m.attempts, m.id), &e)
+                    outbox
+                        .retry(m.id, next_attempt(now, m.attempts, m.id), &e)
                         .await?;
                     tally.retried += 1;
                 }
                 Outcome::Transient(e) => {
                     tracing::error!(message = m.id, error = %e, "send failed; no attempts left");
-                    store.message_failed(m.id, &e).await?;
+                    outbox.failed(m.id, &e).await?;
                     tally.failed += 1;
                 }
                 Outcome::Broken(e) => {
                     tracing::error!(message = m.id, error = %e, "cannot compose the email");
-                    store.message_failed(m.id, &e).await?;
+                    outbox.failed(m.id, &e).await?;
                     tally.failed += 1;
                 }
                 Outcome::Permanent(e) => {
                     tracing::warn!(message = m.id, to = %m.recipient, error = %e, "address refused; suppressed");
-                    store.message_failed(m.id, &e).await?;
-                    let bounced = Event {
-                        template: m.template.clone(),
-                        ..Event::named("bounced")
-                    };
-                    self.runtime
-                        .event(m.lead, bounced, Some(format!("bounce:{}", m.send_key)), now)
-                        .await?;
+                    outbox.bounced(m, &e, now).await?;
                     tally.failed += 1;
                 }
             }
@@ -463,7 +457,10 @@ impl Sender {
             total.suppressed += t.suppressed;
         }
         if let Some(m) = &self.metrics {
-            m.sent(&total);
+            m.emails_sent.inc_by(total.sent as u64);
+            m.emails_retried.inc_by(total.retried as u64);
+            m.emails_failed.inc_by(total.failed as u64);
+            m.emails_suppressed.inc_by(total.suppressed as u64);
         }
         Ok(total)
     }
@@ -506,13 +503,12 @@ fn compose_email(
     let Some(lead) = lead else {
         return Err(Outcome::Broken(format!("lead {} no longer exists", m.lead)));
     };
-    let funnel_id = m.funnel.clone().unwrap_or_default();
+    let Some(funnel_id) = &m.funnel else {
+        return Err(Outcome::Broken("the message names no funnel".into()));
+    };
     let (Some(f), Some(t)) = (
-        project
-            .funnels
-            .iter()
-            .find(|f| f.id.value.as_str() == funnel_id),
-        project.templates.get(&funnel_id),
+        project.funnels.iter().find(|f| &f.id.value == funnel_id),
+        project.templates.get(funnel_id.as_str()),
     ) else {
         return Err(Outcome::Transient(format!(
             "funnel \"{funnel_id}\" is not loaded"

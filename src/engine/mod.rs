@@ -12,16 +12,17 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::Value as Json;
 
-use crate::domain::{StageId, StepId, Tag, TemplateName, WebhookId};
+use crate::domain::{
+    Event, EventKind, Outcome, RunStatus, StageId, StepId, Tag, TemplateName, WebhookId,
+};
 use crate::funnel::{
-    Action, CompareOp, Condition, EventKind, EventMatch, Funnel, Outcome, Send, Stage, Target,
-    WaitUntil,
+    Action, CompareOp, Condition, EventMatch, EventPattern, Funnel, Send, Stage, Target, WaitUntil,
 };
 
 /// Where one lead stands in one funnel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Enrollment {
-    pub status: Status,
+    pub status: RunStatus,
     pub stage: StageId,
     /// Index of the step the lead stands at (the next to run, or the one it waits on).
     pub step: usize,
@@ -31,14 +32,6 @@ pub struct Enrollment {
     pub deadline: Option<DateTime<Utc>>,
     /// When a timer input is due; `None` while the lead waits for events only.
     pub wake_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// Waiting for the double opt-in click.
-    Unconfirmed,
-    Active,
-    Exited(Outcome),
 }
 
 /// What the engine knows of the lead when it steps: a snapshot the caller loads.
@@ -65,13 +58,29 @@ pub struct LeadFacts {
 }
 
 impl LeadFacts {
+    /// Takes in what an event tells about the lead, for guards evaluated from now on.
+    pub fn observe(&mut self, e: &Event) {
+        match e.kind {
+            EventKind::Purchase => self.purchased.extend(e.product.clone()),
+            EventKind::Click => {
+                if let Some(t) = &e.template {
+                    self.clicked
+                        .insert((t.clone(), e.link.clone().unwrap_or_default()));
+                }
+            }
+            EventKind::Open => self.opened.extend(e.template.clone()),
+            ref k if k.stops_mail() => self.mailable = false,
+            _ => {}
+        }
+    }
+
     /// Takes in what a transition did to the lead, so the lead's next transition (another of
     /// their funnels in the same round) sees it: sends for the frequency cap, tags, fields, score.
     pub fn absorb(&mut self, effects: &[Effect], now: DateTime<Utc>) {
         for e in effects {
             match e {
                 // The double opt-in confirmation is transactional: outside the frequency cap.
-                Effect::SendEmail { key, .. } if key != "double-opt-in" => self.sent_at.push(now),
+                Effect::SendEmail { key, .. } if counts_for_cap(key) => self.sent_at.push(now),
                 Effect::Tag(t) => {
                     self.tags.insert(t.to_string());
                 }
@@ -96,31 +105,14 @@ impl LeadFacts {
     }
 }
 
-/// A tracked event as the engine matches it.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Event {
-    pub name: String,
-    pub product: Option<String>,
-    pub template: Option<String>,
-    pub link: Option<String>,
-    pub form: Option<String>,
-    /// The funnel a `removed` event takes the lead out of.
-    pub funnel: Option<String>,
-    /// A purchase's value, kept for revenue reports (the engine does not match on it).
-    pub amount: Option<f64>,
-    pub currency: Option<String>,
-}
+/// The key, step id and template slot of the double opt-in confirmation: a transactional
+/// email, sent before the first stage and outside the frequency cap.
+pub const DOUBLE_OPT_IN: &str = "double-opt-in";
 
-/// The event that takes a lead out of one funnel (`Event::funnel`).
-pub const REMOVED: &str = "removed";
-
-impl Event {
-    pub fn named(name: &str) -> Event {
-        Event {
-            name: name.to_string(),
-            ..Event::default()
-        }
-    }
+/// Whether an email with this effect key counts towards the frequency cap: everything but the
+/// double opt-in confirmation.
+pub fn counts_for_cap(key: &str) -> bool {
+    key != DOUBLE_OPT_IN
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -161,7 +153,7 @@ pub enum Effect {
     },
     AddScore(i64),
     /// The score crossed a threshold; the matching event was already handled.
-    Emitted(String),
+    Emitted(EventKind),
     Exit(Outcome),
     /// Why the lead is held (for `simulate`): "send window", "frequency cap", "wait", …
     Held {
@@ -194,7 +186,7 @@ pub fn new_enrollment(f: &Funnel, now: DateTime<Utc>) -> Enrollment {
         .map(|s| s.id.value.clone())
         .unwrap_or_else(|| StageId::parse("none").expect("identifier"));
     Enrollment {
-        status: Status::Active,
+        status: RunStatus::Active,
         stage: first,
         step: 0,
         stage_entered_at: now,
@@ -220,19 +212,19 @@ pub fn step(
         now,
         budget: MAX_STEPS_PER_INPUT,
     };
-    if let Status::Exited(_) = m.st.status {
+    if let RunStatus::Exited(_) = m.st.status {
         return m.done();
     }
     match input {
         Input::Enroll => {
             if let Some(t) = f.entry.double_opt_in.as_ref().filter(|_| !lead.confirmed) {
-                m.st.status = Status::Unconfirmed;
+                m.st.status = RunStatus::Unconfirmed;
                 m.st.wake_at = None;
                 if m.mailable() {
                     m.fx.push(Effect::SendEmail {
                         template: t.value.clone(),
-                        step: StepId::parse("double-opt-in").expect("identifier"),
-                        key: "double-opt-in".into(),
+                        step: StepId::parse(DOUBLE_OPT_IN).expect("identifier"),
+                        key: DOUBLE_OPT_IN.into(),
                     });
                 }
             } else {
@@ -242,15 +234,15 @@ pub fn step(
             }
         }
         Input::Confirmed => {
-            if m.st.status == Status::Unconfirmed {
-                m.st.status = Status::Active;
+            if m.st.status == RunStatus::Unconfirmed {
+                m.st.status = RunStatus::Active;
                 let first = m.st.stage.clone();
                 m.enter(&first);
                 m.run();
             }
         }
         Input::Timer => {
-            if m.st.status == Status::Active && m.st.wake_at.is_some_and(|w| w <= now) {
+            if m.st.status == RunStatus::Active && m.st.wake_at.is_some_and(|w| w <= now) {
                 m.st.wake_at = None;
                 // A wait that has run out is done; a held send is tried again.
                 if m.current().is_some_and(|s| s.action.waits()) {
@@ -321,7 +313,7 @@ impl Machine<'_> {
 
     fn exit(&mut self, o: Outcome) {
         self.leave(format!("exit: {}", o.name()));
-        self.st.status = Status::Exited(o);
+        self.st.status = RunStatus::Exited(o);
         self.st.wake_at = None;
         self.fx.push(Effect::Exit(o));
     }
@@ -339,7 +331,7 @@ impl Machine<'_> {
 
     /// Runs steps from the current one until the lead waits, exits, or runs out of steps.
     fn run(&mut self) {
-        while self.st.status == Status::Active {
+        while self.st.status == RunStatus::Active {
             if self.budget == 0 {
                 let until = self.now + Duration::minutes(1);
                 self.st.wake_at = Some(until);
@@ -439,7 +431,7 @@ impl Machine<'_> {
                 Action::Score(n) => {
                     let entry = self.st.stage_entry;
                     self.add_score(*n);
-                    if self.st.stage_entry != entry || self.st.status != Status::Active {
+                    if self.st.stage_entry != entry || self.st.status != RunStatus::Active {
                         return; // a threshold event moved the lead, and that run went on from there
                     }
                 }
@@ -536,14 +528,14 @@ impl Machine<'_> {
         self.lead.score += n;
         self.fx.push(Effect::AddScore(n));
         if let Some(s) = &self.f.scoring {
-            for (name, threshold) in [("mql", s.mql), ("sql", s.sql)] {
+            for (kind, threshold) in [(EventKind::Mql, s.mql), (EventKind::Sql, s.sql)] {
                 if let Some(t) = threshold
                     && before < t
                     && self.lead.score >= t
                 {
-                    self.fx.push(Effect::Emitted(name.into()));
-                    if self.st.status == Status::Active {
-                        self.transition(&Event::named(name));
+                    self.fx.push(Effect::Emitted(kind.clone()));
+                    if self.st.status == RunStatus::Active {
+                        self.transition(&Event::of(kind));
                     }
                 }
             }
@@ -552,37 +544,17 @@ impl Machine<'_> {
 
     fn event(&mut self, e: &Event) {
         // Taken out through the admin API: only the named funnel's run ends, whatever it says.
-        if e.name == REMOVED {
-            if e.funnel.as_deref() == Some(self.f.id.value.as_str()) {
+        if e.kind == EventKind::Removed {
+            if e.funnel.as_ref() == Some(&self.f.id.value) {
                 self.exit(Outcome::Removed);
             }
             return;
         }
         // Facts the event itself establishes count for guards evaluated now.
-        match e.name.as_str() {
-            "purchase" => {
-                if let Some(p) = &e.product {
-                    self.lead.purchased.insert(p.clone());
-                }
-            }
-            "click" => {
-                if let Some(t) = &e.template {
-                    self.lead
-                        .clicked
-                        .insert((t.clone(), e.link.clone().unwrap_or_default()));
-                }
-            }
-            "open" => {
-                if let Some(t) = &e.template {
-                    self.lead.opened.insert(t.clone());
-                }
-            }
-            "unsubscribed" | "bounced" | "complained" => self.lead.mailable = false,
-            _ => {}
-        }
-        if self.st.status == Status::Unconfirmed {
+        self.lead.observe(e);
+        if self.st.status == RunStatus::Unconfirmed {
             // Before confirmation only leaving the funnel is possible.
-            if ["unsubscribed", "bounced", "complained"].contains(&e.name.as_str()) {
+            if e.kind.stops_mail() {
                 self.exit(Outcome::Unsubscribed);
             }
             return;
@@ -598,7 +570,7 @@ impl Machine<'_> {
             .filter(|r| matches(&r.on, e))
             .map(|r| r.points)
             .sum();
-        if points != 0 && self.st.status == Status::Active {
+        if points != 0 && self.st.status == RunStatus::Active {
             self.add_score(points);
         }
     }
@@ -612,7 +584,7 @@ impl Machine<'_> {
             .find(|t| matches(&t.on, e) && t.guard.as_ref().is_none_or(|g| self.holds(g)))
             .cloned();
         if let Some(t) = found {
-            self.target(&t.target, format!("event: {}", e.name));
+            self.target(&t.target, format!("event: {}", e.kind));
         }
     }
 
@@ -642,19 +614,19 @@ impl Machine<'_> {
 pub fn matches(m: &EventMatch, e: &Event) -> bool {
     let same =
         |want: Option<&str>, got: &Option<String>| want.is_none_or(|w| got.as_deref() == Some(w));
-    m.event.name() == e.name
+    m.event.kind() == e.kind
         && match &m.event {
-            EventKind::Purchase { product } => {
+            EventPattern::Purchase { product } => {
                 same(product.as_ref().map(|p| p.value.as_str()), &e.product)
             }
-            EventKind::Click { template, link } => {
+            EventPattern::Click { template, link } => {
                 same(template.as_ref().map(|t| t.value.as_str()), &e.template)
                     && same(link.as_deref(), &e.link)
             }
-            EventKind::Open { template } => {
+            EventPattern::Open { template } => {
                 same(template.as_ref().map(|t| t.value.as_str()), &e.template)
             }
-            EventKind::Signup { form } => same(form.as_ref().map(|f| f.value.as_str()), &e.form),
+            EventPattern::Signup { form } => same(form.as_ref().map(|f| f.value.as_str()), &e.form),
             _ => true,
         }
 }

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 
-use super::{Effect, Enrollment, Event, Input, LeadFacts, Status, new_enrollment, step};
+use super::{Effect, Enrollment, Input, LeadFacts, new_enrollment, step};
+use crate::domain::{Event, EventKind, RunStatus};
 use crate::funnel::Funnel;
 use crate::funnel::time::Duration as Span;
 
@@ -53,7 +54,7 @@ pub fn parse_script(text: &str) -> Result<Vec<Scripted>, String> {
             "confirm" | "confirmed" => Input::Confirmed,
             "purchase" => Input::Event(Event {
                 product: Some(need("product")?),
-                ..Event::named("purchase")
+                ..Event::of(EventKind::Purchase)
             }),
             "click" => {
                 let a = need("template")?;
@@ -64,16 +65,16 @@ pub fn parse_script(text: &str) -> Result<Vec<Scripted>, String> {
                 Input::Event(Event {
                     template: Some(t),
                     link: l,
-                    ..Event::named("click")
+                    ..Event::of(EventKind::Click)
                 })
             }
             "open" => Input::Event(Event {
                 template: Some(need("template")?),
-                ..Event::named("open")
+                ..Event::of(EventKind::Open)
             }),
             "signup" => Input::Event(Event {
                 form: Some(need("form")?),
-                ..Event::named("signup")
+                ..Event::of(EventKind::Signup)
             }),
             other => {
                 if arg.is_some() {
@@ -82,7 +83,9 @@ pub fn parse_script(text: &str) -> Result<Vec<Scripted>, String> {
                         i + 1
                     ));
                 }
-                Input::Event(Event::named(other))
+                let kind = EventKind::parse(other)
+                    .map_err(|e| format!("script entry {} \"{part}\": {e}", i + 1))?;
+                Input::Event(Event::of(kind))
             }
         };
         out.push(Scripted { after, input });
@@ -159,7 +162,7 @@ pub fn simulate(
         let next_event = pending
             .peek()
             .map(|s| start + Duration::seconds(s.after.as_secs() as i64));
-        let next_timer = state.wake_at.filter(|_| state.status == Status::Active);
+        let next_timer = state.wake_at.filter(|_| state.status == RunStatus::Active);
         let (at, next) = match (next_event, next_timer) {
             (Some(e), Some(w)) if w < e => (w, Input::Timer),
             (Some(e), _) => (
@@ -200,7 +203,7 @@ fn record(
     };
     match input {
         Input::Event(e) => {
-            let mut what = format!("event {}", e.name);
+            let mut what = format!("event {}", e.kind);
             for v in [&e.product, &e.template, &e.link, &e.form]
                 .into_iter()
                 .flatten()
@@ -208,22 +211,7 @@ fn record(
                 let _ = write!(what, " {v}");
             }
             push(&stage, what);
-            match e.name.as_str() {
-                "purchase" => {
-                    lead.purchased.extend(e.product.clone());
-                }
-                "click" => {
-                    if let Some(t) = &e.template {
-                        lead.clicked
-                            .insert((t.clone(), e.link.clone().unwrap_or_default()));
-                    }
-                }
-                "open" => {
-                    lead.opened.extend(e.template.clone());
-                }
-                "unsubscribed" | "bounced" | "complained" => lead.mailable = false,
-                _ => {}
-            }
+            lead.observe(e);
         }
         Input::Confirmed => push(&stage, "double opt-in confirmed".into()),
         Input::Enroll => push(&stage, "enrolled".into()),
@@ -247,7 +235,7 @@ fn record(
                 score += n;
                 push(&stage, format!("score {n:+} = {score}"));
             }
-            Effect::Emitted(name) => push(&stage, format!("emit {name}")),
+            Effect::Emitted(kind) => push(&stage, format!("emit {kind}")),
             Effect::Exit(o) => push(&stage, format!("exit {}", o.name())),
             Effect::Held { until, why } => {
                 push(&stage, format!("hold until {} ({why})", until.to_rfc3339()))

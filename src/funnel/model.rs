@@ -228,11 +228,12 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventMatch {
     pub pos: Pos,
-    pub event: EventKind,
+    pub event: EventPattern,
 }
 
+/// Which events a transition or scoring rule reacts to: a kind, with optional filters.
 #[derive(Debug, Clone, PartialEq)]
-pub enum EventKind {
+pub enum EventPattern {
     Purchase {
         product: Option<Located<ProductId>>,
     },
@@ -257,7 +258,7 @@ pub enum EventKind {
     Custom(EventName),
 }
 
-impl EventKind {
+impl EventPattern {
     /// Built-in event names, in the order the reference lists them.
     pub const BUILTIN: [&'static str; 10] = [
         "purchase",
@@ -274,65 +275,40 @@ impl EventKind {
 
     pub fn name(&self) -> &str {
         match self {
-            EventKind::Purchase { .. } => "purchase",
-            EventKind::Click { .. } => "click",
-            EventKind::Open { .. } => "open",
-            EventKind::Signup { .. } => "signup",
-            EventKind::Confirmed => "confirmed",
-            EventKind::Unsubscribed => "unsubscribed",
-            EventKind::Bounced => "bounced",
-            EventKind::Complained => "complained",
-            EventKind::Mql => "mql",
-            EventKind::Sql => "sql",
-            EventKind::Custom(n) => n.as_str(),
+            EventPattern::Purchase { .. } => "purchase",
+            EventPattern::Click { .. } => "click",
+            EventPattern::Open { .. } => "open",
+            EventPattern::Signup { .. } => "signup",
+            EventPattern::Confirmed => "confirmed",
+            EventPattern::Unsubscribed => "unsubscribed",
+            EventPattern::Bounced => "bounced",
+            EventPattern::Complained => "complained",
+            EventPattern::Mql => "mql",
+            EventPattern::Sql => "sql",
+            EventPattern::Custom(n) => n.as_str(),
         }
     }
-}
 
-/// How an enrollment ended; analytics count these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    Converted,
-    NotConverted,
-    Completed,
-    Unsubscribed,
-    Disqualified,
-    /// Taken out through the admin API; never written in a funnel.
-    Removed,
-}
-
-impl Outcome {
-    /// The outcomes an `exit:` step may name.
-    pub const ALL: [(&'static str, Outcome); 5] = [
-        ("converted", Outcome::Converted),
-        ("not_converted", Outcome::NotConverted),
-        ("completed", Outcome::Completed),
-        ("unsubscribed", Outcome::Unsubscribed),
-        ("disqualified", Outcome::Disqualified),
-    ];
-
-    pub fn name(self) -> &'static str {
+    /// The kind of event this pattern matches.
+    pub fn kind(&self) -> crate::domain::EventKind {
+        use crate::domain::EventKind as K;
         match self {
-            Outcome::Converted => "converted",
-            Outcome::NotConverted => "not_converted",
-            Outcome::Completed => "completed",
-            Outcome::Unsubscribed => "unsubscribed",
-            Outcome::Disqualified => "disqualified",
-            Outcome::Removed => "removed",
+            EventPattern::Purchase { .. } => K::Purchase,
+            EventPattern::Click { .. } => K::Click,
+            EventPattern::Open { .. } => K::Open,
+            EventPattern::Signup { .. } => K::Signup,
+            EventPattern::Confirmed => K::Confirmed,
+            EventPattern::Unsubscribed => K::Unsubscribed,
+            EventPattern::Bounced => K::Bounced,
+            EventPattern::Complained => K::Complained,
+            EventPattern::Mql => K::Mql,
+            EventPattern::Sql => K::Sql,
+            EventPattern::Custom(n) => K::Custom(n.clone()),
         }
-    }
-
-    /// The outcome a stored name stands for, `removed` included.
-    pub fn from_name(name: &str) -> Option<Outcome> {
-        if name == "removed" {
-            return Some(Outcome::Removed);
-        }
-        Outcome::ALL
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, o)| *o)
     }
 }
+
+pub use crate::domain::Outcome;
 
 /// One step of a stage, run in order.
 #[derive(Debug, Clone, PartialEq)]

@@ -677,7 +677,7 @@ fn parse_entry(sink: &mut Sink, node: &Node) -> Option<Entry> {
     }
     if let Some(n) = m.get("event") {
         for e in one_or_many(sink, n, EventName::parse) {
-            if EventKind::BUILTIN.contains(&e.as_str()) && e.as_str() != "purchase" {
+            if EventPattern::BUILTIN.contains(&e.as_str()) && e.as_str() != "purchase" {
                 sink.error(n.pos, format!("entry on the built-in event \"{e}\" is not possible: use a form, a tag or a custom event"));
             }
             triggers.push(Located {
@@ -1185,26 +1185,26 @@ fn parse_event_match(sink: &mut Sink, node: &Node, m: &Map) -> Option<EventMatch
         .get("template")
         .and_then(|n| located(sink, n, TemplateName::parse));
     let event = match name.as_str() {
-        "purchase" => EventKind::Purchase {
+        "purchase" => EventPattern::Purchase {
             product: m
                 .get("product")
                 .and_then(|n| located(sink, n, ProductId::parse)),
         },
-        "click" => EventKind::Click {
+        "click" => EventPattern::Click {
             template,
             link: m.get("link").and_then(|n| scalar_text(sink, n)),
         },
-        "open" => EventKind::Open { template },
-        "signup" => EventKind::Signup {
+        "open" => EventPattern::Open { template },
+        "signup" => EventPattern::Signup {
             form: m.get("form").and_then(|n| located(sink, n, FormId::parse)),
         },
-        "confirmed" => EventKind::Confirmed,
-        "unsubscribed" => EventKind::Unsubscribed,
-        "bounced" => EventKind::Bounced,
-        "complained" => EventKind::Complained,
-        "mql" => EventKind::Mql,
-        "sql" => EventKind::Sql,
-        _ => EventKind::Custom(name),
+        "confirmed" => EventPattern::Confirmed,
+        "unsubscribed" => EventPattern::Unsubscribed,
+        "bounced" => EventPattern::Bounced,
+        "complained" => EventPattern::Complained,
+        "mql" => EventPattern::Mql,
+        "sql" => EventPattern::Sql,
+        _ => EventPattern::Custom(name),
     };
     Some(EventMatch { pos: ev.pos, event })
 }

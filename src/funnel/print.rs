@@ -252,10 +252,10 @@ fn event(e: &EventMatch) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("event".into(), json!(e.event.name()));
     match &e.event {
-        EventKind::Purchase { product: Some(p) } => {
+        EventPattern::Purchase { product: Some(p) } => {
             m.insert("product".into(), json!(p.value.as_str()));
         }
-        EventKind::Click { template, link } => {
+        EventPattern::Click { template, link } => {
             if let Some(t) = template {
                 m.insert("template".into(), json!(t.value.as_str()));
             }
@@ -263,10 +263,10 @@ fn event(e: &EventMatch) -> Map<String, Value> {
                 m.insert("link".into(), json!(l));
             }
         }
-        EventKind::Open { template: Some(t) } => {
+        EventPattern::Open { template: Some(t) } => {
             m.insert("template".into(), json!(t.value.as_str()));
         }
-        EventKind::Signup { form: Some(f) } => {
+        EventPattern::Signup { form: Some(f) } => {
             m.insert("form".into(), json!(f.value.as_str()));
         }
         _ => {}

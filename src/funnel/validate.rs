@@ -193,17 +193,17 @@ impl Checker<'_, '_> {
 
     fn event(&mut self, e: &EventMatch) {
         match &e.event {
-            EventKind::Purchase { product: Some(p) } => self.product(p),
-            EventKind::Click {
+            EventPattern::Purchase { product: Some(p) } => self.product(p),
+            EventPattern::Click {
                 template: Some(t), ..
             }
-            | EventKind::Open { template: Some(t) } => self.template(t),
-            EventKind::Signup { form: Some(f) } => self.form(f),
-            EventKind::Mql if !self.emits.mql => self.sink.error(
+            | EventPattern::Open { template: Some(t) } => self.template(t),
+            EventPattern::Signup { form: Some(f) } => self.form(f),
+            EventPattern::Mql if !self.emits.mql => self.sink.error(
                 e.pos,
                 "the event \"mql\" never happens: set a threshold with `scoring: { mql: 50 }`",
             ),
-            EventKind::Sql if !self.emits.sql => self.sink.error(
+            EventPattern::Sql if !self.emits.sql => self.sink.error(
                 e.pos,
                 "the event \"sql\" never happens: set a threshold with `scoring: { sql: 100 }`",
             ),

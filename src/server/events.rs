@@ -1,19 +1,18 @@
 //! Tracked events from other systems: `POST /api/v1/events` (bearer `api_token`; one event or a
-//! batch of up to 1,000) and `POST /hooks/purchase` (a shop's or payment provider's purchase,
-//! signed like the delivery reports). A purchase's order id is its idempotency key, so a
-//! repeated delivery counts once. The whole request is checked before anything is stored: a
-//! rejected request stores nothing.
+//! batch of up to 1,000). The same reading serves the signed purchase webhook
+//! ([`super::hooks::purchase`]). A purchase's order id is its idempotency key, so a repeated
+//! delivery counts once. The whole request is checked before anything is stored: a rejected
+//! request stores nothing.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{AppState, error, verify_signed};
-use crate::domain::{Email, LeadId};
-use crate::engine::Event;
+use super::AppState;
+use super::auth::Api;
+use super::error::ApiError;
+use crate::domain::{Email, Event, EventKind, LeadId};
 use crate::runtime::Runtime;
 use crate::store::LeadInput;
 
@@ -21,7 +20,7 @@ use crate::store::LeadInput;
 pub const MAX_BATCH: usize = 1000;
 
 /// One event, checked.
-struct Incoming {
+pub struct Incoming {
     who: Who,
     event: Event,
     key: Option<String>,
@@ -33,24 +32,21 @@ enum Who {
     Email(Email),
 }
 
-/// A refusal naming the field: status, field, message.
-type Bad = (StatusCode, String, String);
-
-fn bad(field: &str, message: &str) -> Bad {
-    (
-        StatusCode::UNPROCESSABLE_ENTITY,
-        field.to_string(),
-        message.to_string(),
-    )
+fn bad(field: &str, message: &str) -> ApiError {
+    ApiError::invalid(field, message)
 }
 
 /// Reads one event object; `at` names it in errors (`events[3]`).
-fn parse(v: &Value, at: &str, now: chrono::DateTime<chrono::Utc>) -> Result<Incoming, Bad> {
+pub fn parse(
+    v: &Value,
+    at: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Incoming, ApiError> {
     let field = |k: &str| format!("{at}{}{k}", if at.is_empty() { "" } else { "." });
     let Value::Object(o) = v else {
         return Err(bad(at, "must be an object"));
     };
-    let text = |k: &str| -> Result<Option<String>, Bad> {
+    let text = |k: &str| -> Result<Option<String>, ApiError> {
         match o.get(k) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
@@ -60,24 +56,13 @@ fn parse(v: &Value, at: &str, now: chrono::DateTime<chrono::Utc>) -> Result<Inco
         }
     };
     let name = text("event")?.ok_or_else(|| bad(&field("event"), "missing"))?;
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-    {
-        return Err(bad(
+    let kind = EventKind::parse(&name).map_err(|_| {
+        bad(
             &field("event"),
-            "event names are lowercase letters, digits, _ and -",
-        ));
-    }
-    if [
-        "confirmed",
-        "unsubscribed",
-        "bounced",
-        "complained",
-        "removed",
-    ]
-    .contains(&name.as_str())
-    {
+            "event names start with a letter and use lowercase letters, digits, _ and -",
+        )
+    })?;
+    if kind.is_internal() {
         return Err(bad(
             &field("event"),
             "this event comes from the links in emails, the delivery reports or the admin API",
@@ -121,7 +106,7 @@ fn parse(v: &Value, at: &str, now: chrono::DateTime<chrono::Utc>) -> Result<Inco
         None => now,
     };
     let product = text("product")?;
-    let key = if name == "purchase" {
+    let key = if kind == EventKind::Purchase {
         let order = text("order_id")?.ok_or_else(|| {
             bad(
                 &field("order_id"),
@@ -141,7 +126,7 @@ fn parse(v: &Value, at: &str, now: chrono::DateTime<chrono::Utc>) -> Result<Inco
             product,
             amount,
             currency,
-            ..Event::named(&name)
+            ..Event::of(kind)
         },
         key,
         at: at_time,
@@ -150,7 +135,7 @@ fn parse(v: &Value, at: &str, now: chrono::DateTime<chrono::Utc>) -> Result<Inco
 
 /// Stores checked events and feeds them to the engine; a lead named by email is created when
 /// new. Returns (accepted, duplicates).
-async fn store_all(rt: &Runtime, events: Vec<Incoming>) -> anyhow::Result<(usize, usize)> {
+pub async fn store_all(rt: &Runtime, events: Vec<Incoming>) -> anyhow::Result<(usize, usize)> {
     let (mut accepted, mut duplicates) = (0, 0);
     let now = chrono::Utc::now();
     for e in events {
@@ -174,128 +159,36 @@ async fn store_all(rt: &Runtime, events: Vec<Incoming>) -> anyhow::Result<(usize
     Ok((accepted, duplicates))
 }
 
-fn refuse((status, field, message): Bad) -> Response {
-    error(status, &field, &message)
-}
-
 /// `POST /api/v1/events` with `Authorization: Bearer <api_token>`: one event object, or
 /// `{"events": [ … ]}` with up to 1,000.
 pub async fn api_events(
+    _: Api,
     State(state): State<AppState>,
-    headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let Some(token) = &state.api_token else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "",
-            "the API is not enabled (set api_token)",
-        );
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let ok = given
-        .is_some_and(|g| crate::delivery::track::constant_time_eq(g.as_bytes(), token.as_bytes()));
-    if !ok {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "Authorization",
-            "missing or wrong bearer token",
-        );
-    }
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "", "the body is not JSON");
-    };
+) -> Result<Json<Value>, ApiError> {
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|_| ApiError::malformed("", "the body is not JSON"))?;
     let now = chrono::Utc::now();
-    let parsed: Result<Vec<Incoming>, Bad> = match v.get("events") {
-        Some(Value::Array(list)) if list.len() > MAX_BATCH => Err(bad(
-            "events",
-            &format!("at most {MAX_BATCH} events in one request"),
-        )),
+    let events: Vec<Incoming> = match v.get("events") {
+        Some(Value::Array(list)) if list.len() > MAX_BATCH => {
+            return Err(bad(
+                "events",
+                &format!("at most {MAX_BATCH} events in one request"),
+            ));
+        }
         Some(Value::Array(list)) => list
             .iter()
             .enumerate()
             .map(|(i, e)| parse(e, &format!("events[{i}]"), now))
-            .collect(),
-        Some(_) => Err(bad("events", "must be a list")),
-        None => parse(&v, "", now).map(|e| vec![e]),
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad("events", "must be a list")),
+        None => vec![parse(&v, "", now)?],
     };
-    let events = match parsed {
-        Ok(e) => e,
-        Err(b) => return refuse(b),
-    };
-    let Some(rt) = &state.runtime else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "",
-            "the engine is not running",
-        );
-    };
-    match store_all(rt, events).await {
-        Ok((accepted, duplicates)) => {
-            state.metrics.events.inc_by(accepted as u64);
-            (
-                StatusCode::OK,
-                Json(json!({ "accepted": accepted, "duplicates": duplicates })),
-            )
-                .into_response()
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot store events");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "",
-                "the events could not be stored; try again",
-            )
-        }
-    }
-}
-
-/// `POST /hooks/purchase`, signed like `/hooks/delivery`: `{"order_id", "email", "product",
-/// "amount", "currency", "occurred_at"}`.
-pub async fn purchase_hook(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = verify_signed(&state, &headers, &body, "purchase webhooks") {
-        return r;
-    }
-    let Ok(mut v) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "", "the body is not JSON");
-    };
-    if let Value::Object(o) = &mut v {
-        o.insert("event".into(), json!("purchase"));
-    }
-    let e = match parse(&v, "", chrono::Utc::now()) {
-        Ok(e) => e,
-        Err(b) => return refuse(b),
-    };
-    let Some(rt) = &state.runtime else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "",
-            "the engine is not running",
-        );
-    };
-    match store_all(rt, vec![e]).await {
-        Ok((accepted, duplicates)) => {
-            state.metrics.events.inc_by(accepted as u64);
-            (
-                StatusCode::OK,
-                Json(json!({ "status": if duplicates > 0 { "duplicate" } else { "ok" } })),
-            )
-                .into_response()
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot store a purchase");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "",
-                "the purchase could not be stored; try again",
-            )
-        }
-    }
+    let (accepted, duplicates) = store_all(&state.runtime, events)
+        .await
+        .map_err(|e| ApiError::unavailable("the events could not be stored", e))?;
+    state.metrics.events.inc_by(accepted as u64);
+    Ok(Json(
+        json!({ "accepted": accepted, "duplicates": duplicates }),
+    ))
 }

@@ -16,8 +16,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{AppState, error, page};
-use crate::domain::Email;
+use super::AppState;
+use super::error::{ApiError, Page};
+use crate::domain::{Email, FunnelId};
 use crate::store::{LeadInput, NewSignup, NewTouch};
 
 /// Signups per IP address, per minute.
@@ -51,13 +52,13 @@ const MAX_VALUE: usize = 2_000;
 
 /// The funnels started by `form`, with its thank-you page and allowed origins.
 struct Target {
-    funnels: Vec<String>,
+    funnels: Vec<FunnelId>,
     thank_you: Option<String>,
     cors: Vec<String>,
 }
 
 fn target(state: &AppState, form: &str) -> Option<Target> {
-    let funnels = state.runtime.as_ref()?.funnels();
+    let funnels = state.runtime.funnels();
     let mut t = Target {
         funnels: Vec::new(),
         thank_you: None,
@@ -120,32 +121,22 @@ pub async fn preflight(
     }
 }
 
-/// A refused body: status, field, message.
-type Bad = (StatusCode, String, String);
-
 /// The submitted fields as strings, from a form-encoded or JSON body.
-fn fields_of(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>, Bad> {
-    let bad = |status, field: &str, message: String| (status, field.to_string(), message);
+fn fields_of(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|c| c.to_str().ok())
         .is_some_and(|c| c.starts_with("application/json"));
     if !json {
         return serde_urlencoded::from_bytes(body)
-            .map_err(|e| bad(StatusCode::BAD_REQUEST, "", format!("bad form body: {e}")));
+            .map_err(|e| ApiError::malformed("", format!("bad form body: {e}")));
     }
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        bad(
-            StatusCode::BAD_REQUEST,
-            "",
-            format!("the body is not JSON: {e}"),
-        )
-    })?;
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::malformed("", format!("the body is not JSON: {e}")))?;
     let Value::Object(map) = v else {
-        return Err(bad(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        return Err(ApiError::invalid(
             "",
-            "the body must be a JSON object of fields".into(),
+            "the body must be a JSON object of fields",
         ));
     };
     map.into_iter()
@@ -154,11 +145,7 @@ fn fields_of(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>, 
             Value::Number(n) => Ok((k, n.to_string())),
             Value::Bool(b) => Ok((k, b.to_string())),
             Value::Null => Ok((k, String::new())),
-            _ => Err(bad(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &k,
-                "must be a string, number or boolean".into(),
-            )),
+            _ => Err(ApiError::invalid(&k, "must be a string, number or boolean")),
         })
         .collect()
 }
@@ -174,6 +161,89 @@ fn wants_json(headers: &HeaderMap) -> bool {
     has(header::CONTENT_TYPE, "application/json") || has(header::ACCEPT, "application/json")
 }
 
+/// A signup read from the submitted fields; `None` when a bot filled the honeypot.
+fn read(
+    fields: &[(String, String)],
+    headers: &HeaderMap,
+    form: &str,
+) -> Result<Option<NewSignup>, ApiError> {
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    if get(HONEYPOT).is_some() {
+        return Ok(None);
+    }
+    let email = get("email")
+        .ok_or_else(|| ApiError::invalid("email", "missing"))
+        .and_then(|e| Email::parse(e).map_err(|e| ApiError::invalid("email", e.to_string())))?;
+    let timezone = get("timezone")
+        .map(|z| {
+            z.parse::<chrono_tz::Tz>().map_err(|_| {
+                ApiError::invalid("timezone", "not an IANA time zone (like Europe/Berlin)")
+            })
+        })
+        .transpose()?;
+    let mut extra = serde_json::Map::new();
+    for (k, v) in fields {
+        if RESERVED.contains(&k.as_str()) || v.trim().is_empty() {
+            continue;
+        }
+        let name_ok = !k.is_empty()
+            && k.len() <= 64
+            && k.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !name_ok {
+            return Err(ApiError::invalid(
+                k,
+                "field names are lowercase letters, digits and _ (at most 64)",
+            ));
+        }
+        if v.chars().count() > MAX_VALUE {
+            return Err(ApiError::invalid(
+                k,
+                format!("longer than {MAX_VALUE} characters"),
+            ));
+        }
+        extra.insert(k.clone(), Value::String(v.trim().to_string()));
+    }
+    if extra.len() > MAX_FIELDS {
+        return Err(ApiError::invalid(
+            "",
+            format!("more than {MAX_FIELDS} fields"),
+        ));
+    }
+    let input = LeadInput {
+        first_name: get("first_name").or(get("name")).map(str::to_string),
+        fields: extra,
+        timezone,
+    };
+    let referer = headers
+        .get(header::REFERER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let touch = NewTouch {
+        channel: "form".into(),
+        source: get("utm_source").map(str::to_string),
+        medium: get("utm_medium").map(str::to_string),
+        campaign: get("utm_campaign").map(str::to_string),
+        term: get("utm_term").map(str::to_string),
+        content: get("utm_content").map(str::to_string),
+        referrer: get("referrer").map(str::to_string).or(referer),
+        landing_url: get("landing_url").map(str::to_string),
+        form: Some(form.to_string()),
+    };
+    Ok(Some(NewSignup {
+        email,
+        input,
+        touch,
+        form: form.to_string(),
+    }))
+}
+
 /// `POST /f/{form}`.
 pub async fn signup(
     State(state): State<AppState>,
@@ -183,151 +253,55 @@ pub async fn signup(
     body: Bytes,
 ) -> Response {
     let Some(t) = target(&state, &form) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "form",
-            "no funnel starts with this form",
-        );
+        return ApiError::not_found("form", "no funnel starts with this form").into_response();
     };
     let origin = allowed_origin(&headers, &t);
-    let answer = |r: Response| with_cors(r, origin.clone());
+    let answer = match accept(&state, &t, &form, peer, &headers, &body).await {
+        Ok(lead) if wants_json(&headers) => {
+            Json(json!({ "status": "ok", "lead": lead.map(|l| l.0) })).into_response()
+        }
+        Ok(_) => match &t.thank_you {
+            Some(url) => {
+                (StatusCode::SEE_OTHER, [(header::LOCATION, url.as_str())]).into_response()
+            }
+            None => Page::new(
+                StatusCode::OK,
+                "Thank you",
+                "You are signed up. Please check your inbox.",
+            )
+            .into_response(),
+        },
+        Err(e) => e.into_response(),
+    };
+    with_cors(answer, origin)
+}
+
+/// Limits, reads and stores one signup; its lead, or `None` for a bot (the honeypot), which
+/// is told all went well and kept nowhere.
+async fn accept(
+    state: &AppState,
+    t: &Target,
+    form: &str,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Option<crate::domain::LeadId>, ApiError> {
     if let Some(l) = &state.signup_limit
         && l.check_key(&peer.ip()).is_err()
     {
-        return answer(error(
+        return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "",
             "too many signups from this address; try again in a minute",
         ));
     }
-    let fields = match fields_of(&headers, &body) {
-        Ok(f) => f,
-        Err((status, field, message)) => return answer(error(status, &field, &message)),
-    };
-    let get = |name: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.trim())
-            .filter(|v| !v.is_empty())
-    };
-    let json = wants_json(&headers);
-    let done = |lead: Option<i64>| {
-        if json {
-            Json(json!({ "status": "ok", "lead": lead })).into_response()
-        } else {
-            match &t.thank_you {
-                Some(url) => {
-                    (StatusCode::SEE_OTHER, [(header::LOCATION, url.as_str())]).into_response()
-                }
-                None => page(
-                    StatusCode::OK,
-                    "Thank you",
-                    "You are signed up. Please check your inbox.",
-                ),
-            }
-        }
-    };
-    // A bot filled the field people never see: it is told all went well, and nothing is kept.
-    if get(HONEYPOT).is_some() {
-        return answer(done(None));
-    }
-    let email = match get("email").map(Email::parse) {
-        Some(Ok(e)) => e,
-        Some(Err(e)) => {
-            return answer(error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "email",
-                &e.to_string(),
-            ));
-        }
-        None => return answer(error(StatusCode::UNPROCESSABLE_ENTITY, "email", "missing")),
-    };
-    let timezone = match get("timezone") {
-        Some(z) => match z.parse::<chrono_tz::Tz>() {
-            Ok(tz) => Some(tz),
-            Err(_) => {
-                return answer(error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "timezone",
-                    "not an IANA time zone (like Europe/Berlin)",
-                ));
-            }
-        },
-        None => None,
-    };
-    let mut extra = serde_json::Map::new();
-    for (k, v) in &fields {
-        if RESERVED.contains(&k.as_str()) || v.trim().is_empty() {
-            continue;
-        }
-        let name_ok = !k.is_empty()
-            && k.len() <= 64
-            && k.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !name_ok {
-            return answer(error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                k,
-                "field names are lowercase letters, digits and _ (at most 64)",
-            ));
-        }
-        if v.chars().count() > MAX_VALUE {
-            return answer(error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                k,
-                &format!("longer than {MAX_VALUE} characters"),
-            ));
-        }
-        extra.insert(k.clone(), Value::String(v.trim().to_string()));
-    }
-    if extra.len() > MAX_FIELDS {
-        return answer(error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "",
-            &format!("more than {MAX_FIELDS} fields"),
-        ));
-    }
-    let input = LeadInput {
-        first_name: get("first_name").or(get("name")).map(str::to_string),
-        fields: extra,
-        timezone,
-    };
-    let header_text = |h: header::HeaderName| {
-        headers
-            .get(h)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let touch = NewTouch {
-        channel: "form".into(),
-        source: get("utm_source").map(str::to_string),
-        medium: get("utm_medium").map(str::to_string),
-        campaign: get("utm_campaign").map(str::to_string),
-        term: get("utm_term").map(str::to_string),
-        content: get("utm_content").map(str::to_string),
-        referrer: get("referrer")
-            .map(str::to_string)
-            .or_else(|| header_text(header::REFERER)),
-        landing_url: get("landing_url").map(str::to_string),
-        form: Some(form.clone()),
-    };
-    let Some(rt) = state.runtime.clone() else {
-        return answer(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "",
-            "the engine is not running",
-        ));
-    };
-    let signup = NewSignup {
-        email,
-        input,
-        touch,
-        form: form.clone(),
+    let fields = fields_of(headers, body)?;
+    let Some(signup) = read(&fields, headers, form)? else {
+        return Ok(None);
     };
     // A task of its own: a visitor who leaves mid-commit does not stop the others' signups.
-    let funnels = t.funnels.clone();
-    let ticket = rt.queue_signup(signup, funnels);
+    let rt = state.runtime.clone();
+    let ticket = rt.queue_signup(signup, t.funnels.clone());
     let stored = tokio::spawn(async move { rt.signup_stored(ticket).await })
         .await
         .map_err(|e| e.to_string())
@@ -335,11 +309,11 @@ pub async fn signup(
     match stored {
         Ok(lead) => {
             state.metrics.signups.inc();
-            answer(done(Some(lead.0)))
+            Ok(Some(lead))
         }
         Err(e) => {
             tracing::error!(error = %e, form = %form, "cannot store a signup");
-            answer(error(
+            Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "",
                 "the signup could not be stored; try again",

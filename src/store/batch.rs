@@ -1,7 +1,7 @@
 //! Multi-row statements for a scheduler round: a round's enrollments are updated, and its
 //! history, outbox and tag rows inserted, in a handful of statements whatever the batch size.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait as _};
@@ -9,9 +9,8 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, Qu
 use sea_orm::{Statement, Value};
 
 use super::entities::{lead, lead_tag};
-use super::{Backend, Result, StoreError, ms, parse_fields};
-use crate::domain::LeadId;
-use crate::engine::Effect;
+use super::{Backend, Result, RunWrites, ms, parse_fields};
+use crate::domain::{EnrollmentId, FunnelId, LeadId};
 
 /// Rows per statement: keeps every statement far below both backends' parameter limits.
 pub(super) const ROWS: usize = 512;
@@ -119,122 +118,79 @@ pub(super) fn chunks(rows: Vec<Vec<Value>>) -> Vec<Vec<Vec<Value>>> {
     out
 }
 
-/// One applied transition whose effects are to be written.
+/// One applied transition whose rows are to be written.
 pub(super) struct Written<'a> {
-    pub enrollment: i64,
+    pub enrollment: EnrollmentId,
     pub lead: LeadId,
-    pub funnel: &'a str,
-    pub version: i32,
-    pub effects: &'a [Effect],
-    /// The lead's address when the caller has it.
-    pub recipient: Option<String>,
+    pub funnel: &'a FunnelId,
+    pub writes: &'a RunWrites,
 }
 
-/// A stage visit opened by this batch.
-struct Visit {
-    enrollment: i64,
-    lead: i64,
-    funnel: String,
-    stage: String,
-    exit: Option<(String, Option<String>)>,
-}
-
-/// Writes what the transitions did, in order of kind: visits left that were opened before,
-/// new visits, outbox rows (once per send key), tags, then lead field and score changes.
-pub(super) async fn write_effects(
+/// Writes what the transitions did, a statement per kind of row: visits closed that were
+/// opened before, new visits, outbox rows (once per send key), tags, then lead field and
+/// score changes.
+pub(super) async fn write_runs(
     txn: &DatabaseTransaction,
     backend: Backend,
     items: &[Written<'_>],
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let recipients = recipients(txn, items).await?;
+    let t = ms(now);
     let mut closed: Vec<Vec<Value>> = Vec::new();
-    let mut visits: Vec<Visit> = Vec::new();
+    let mut visits: Vec<Vec<Value>> = Vec::new();
     let mut messages: Vec<Vec<Value>> = Vec::new();
     let mut tags: BTreeMap<(i64, String), bool> = BTreeMap::new();
     for w in items {
-        let first_visit = visits.len();
-        let mut fields: Vec<(&str, &serde_json::Value)> = Vec::new();
-        let mut score = 0i64;
-        for (i, fx) in w.effects.iter().enumerate() {
-            match fx {
-                Effect::EnterStage { stage } => visits.push(Visit {
-                    enrollment: w.enrollment,
-                    lead: w.lead.0,
-                    funnel: w.funnel.to_string(),
-                    stage: stage.to_string(),
-                    exit: None,
-                }),
-                Effect::LeaveStage { stage, reason } => {
-                    let next = w.effects[i + 1..].iter().find_map(|f| match f {
-                        Effect::EnterStage { stage } => Some(stage.to_string()),
-                        _ => None,
-                    });
-                    // A visit opened by this same transition is closed before it is written.
-                    match visits[first_visit..]
-                        .iter_mut()
-                        .rev()
-                        .find(|v| v.stage == stage.as_str() && v.exit.is_none())
-                    {
-                        Some(v) => v.exit = Some((reason.clone(), next)),
-                        None => closed.push(vec![
-                            w.enrollment.into(),
-                            stage.to_string().into(),
-                            reason.clone().into(),
-                            next.into(),
-                        ]),
-                    }
-                }
-                Effect::SendEmail {
-                    template,
-                    step,
-                    key,
-                } => {
-                    let payload = serde_json::json!({ "funnel": w.funnel, "version": w.version, "template": template.as_str() });
-                    messages.push(message_row(
-                        w,
-                        "email",
-                        step.as_str(),
-                        Some(template.to_string()),
-                        key,
-                        &recipients,
-                        payload,
-                        now,
-                    )?);
-                }
-                Effect::CallWebhook { webhook, step, key } => {
-                    let payload = serde_json::json!({ "funnel": w.funnel, "version": w.version, "webhook": webhook.as_str() });
-                    messages.push(message_row(
-                        w,
-                        "webhook",
-                        step.as_str(),
-                        None,
-                        key,
-                        &recipients,
-                        payload,
-                        now,
-                    )?);
-                }
-                Effect::Tag(t) => {
-                    tags.insert((w.lead.0, t.to_string()), true);
-                }
-                Effect::Untag(t) => {
-                    tags.insert((w.lead.0, t.to_string()), false);
-                }
-                Effect::SetField { field, value } => fields.push((field, value)),
-                Effect::AddScore(n) => score += n,
-                Effect::Emitted(_)
-                | Effect::Exit(_)
-                | Effect::Held { .. }
-                | Effect::Skipped { .. } => {}
-            }
+        let id = w.enrollment.0;
+        for c in &w.writes.closed {
+            closed.push(vec![
+                id.into(),
+                c.stage.to_string().into(),
+                c.reason.clone().into(),
+                c.next.as_ref().map(|n| n.to_string()).into(),
+            ]);
         }
-        if !fields.is_empty() || score != 0 {
-            update_lead(txn, w.lead, &fields, score, now).await?;
+        for v in &w.writes.opened {
+            let (exited, reason, next) = match &v.exit {
+                Some((r, n)) => (Some(t), Some(r.clone()), n.as_ref().map(|n| n.to_string())),
+                None => (None, None, None),
+            };
+            visits.push(vec![
+                id.into(),
+                w.lead.0.into(),
+                w.funnel.to_string().into(),
+                v.stage.to_string().into(),
+                t.into(),
+                exited.into(),
+                reason.into(),
+                next.into(),
+            ]);
+        }
+        for m in &w.writes.messages {
+            messages.push(vec![
+                m.kind.as_str().into(),
+                w.lead.0.into(),
+                Some(id).into(),
+                Some(w.funnel.to_string()).into(),
+                m.stage.as_ref().map(|s| s.to_string()).into(),
+                Some(m.step.to_string()).into(),
+                m.template.as_ref().map(|t| t.to_string()).into(),
+                m.send_key.clone().into(),
+                m.recipient.clone().into(),
+                m.payload.to_string().into(),
+                "queued".into(),
+                0i32.into(),
+                Some(t).into(),
+                t.into(),
+            ]);
+        }
+        for (tag, on) in &w.writes.tags {
+            tags.insert((w.lead.0, tag.to_string()), *on);
+        }
+        if !w.writes.fields.is_empty() || w.writes.score != 0 {
+            update_lead(txn, w.lead, &w.writes.fields, w.writes.score, now).await?;
         }
     }
-
-    let t = ms(now);
     for chunk in chunks(closed) {
         let mut q = Params::new(backend);
         let values = q.values(chunk);
@@ -245,25 +201,6 @@ pub(super) async fn write_effects(
         );
         txn.execute_raw(q.statement(sql)).await?;
     }
-    let visits = visits
-        .into_iter()
-        .map(|v| {
-            let (exited, reason, next) = match v.exit {
-                Some((r, n)) => (Some(t), Some(r), n),
-                None => (None, None, None),
-            };
-            vec![
-                v.enrollment.into(),
-                v.lead.into(),
-                v.funnel.into(),
-                v.stage.into(),
-                t.into(),
-                exited.into(),
-                reason.into(),
-                next.into(),
-            ]
-        })
-        .collect();
     insert_rows(
         txn,
         backend,
@@ -301,78 +238,11 @@ pub(super) async fn write_effects(
     Ok(())
 }
 
-/// The outbox row of an email or webhook; the send key makes a repeated transition queue
-/// nothing new.
-#[allow(clippy::too_many_arguments)]
-fn message_row(
-    w: &Written<'_>,
-    kind: &str,
-    step: &str,
-    template: Option<String>,
-    key: &str,
-    recipients: &HashMap<i64, String>,
-    payload: serde_json::Value,
-    now: DateTime<Utc>,
-) -> Result<Vec<Value>> {
-    let to = match &w.recipient {
-        Some(r) => r.clone(),
-        None => recipients
-            .get(&w.lead.0)
-            .cloned()
-            .ok_or_else(|| StoreError::Corrupt(format!("lead {} does not exist", w.lead)))?,
-    };
-    let stage = key.split(':').nth(1).map(str::to_string);
-    Ok(vec![
-        kind.into(),
-        w.lead.0.into(),
-        Some(w.enrollment).into(),
-        Some(w.funnel.to_string()).into(),
-        stage.into(),
-        Some(step.to_string()).into(),
-        template.into(),
-        format!("{}:v{}:{key}", w.lead.0, w.version).into(),
-        to.into(),
-        payload.to_string().into(),
-        "queued".into(),
-        0i32.into(),
-        Some(ms(now)).into(),
-        ms(now).into(),
-    ])
-}
-
-/// The addresses of the leads whose transitions send something and came without one.
-async fn recipients(
-    txn: &DatabaseTransaction,
-    items: &[Written<'_>],
-) -> Result<HashMap<i64, String>> {
-    let missing: Vec<i64> = items
-        .iter()
-        .filter(|w| {
-            w.recipient.is_none()
-                && w.effects
-                    .iter()
-                    .any(|f| matches!(f, Effect::SendEmail { .. } | Effect::CallWebhook { .. }))
-        })
-        .map(|w| w.lead.0)
-        .collect();
-    let mut out = HashMap::new();
-    for chunk in missing.chunks(ROWS) {
-        for l in lead::Entity::find()
-            .filter(lead::Column::Id.is_in(padded(chunk.iter().copied())))
-            .all(txn)
-            .await?
-        {
-            out.insert(l.id, l.email);
-        }
-    }
-    Ok(out)
-}
-
 /// Writes field changes and score points to a lead, inside the round's transaction.
 async fn update_lead(
     txn: &DatabaseTransaction,
     id: LeadId,
-    set: &[(&str, &serde_json::Value)],
+    set: &[(String, serde_json::Value)],
     score: i64,
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -388,7 +258,7 @@ async fn update_lead(
             None => serde_json::Map::new(),
         };
         for (k, v) in set {
-            fields.insert(k.to_string(), (*v).clone());
+            fields.insert(k.clone(), v.clone());
         }
         update = update.col_expr(
             lead::Column::Fields,

@@ -1,5 +1,6 @@
-//! Enrollments, their durable wake-ups and leases, and the one-transaction commit of a
-//! transition: new state, stage history, outbox rows and lead changes together.
+//! Enrollments, their durable wake-ups and leases, and the one-transaction commit of a round:
+//! new states, stage history, outbox rows and lead changes together. The rows come ready-made
+//! from the runtime; nothing here knows the engine or its effects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -14,24 +15,133 @@ use super::batch::{self, Params, Written};
 use super::entities::{
     enrollment, event, funnel_version, lead, lead_tag, message, stage_history, suppression,
 };
-use super::{Backend, Result, Store, StoreError, from_ms, ms, parse_fields};
-use crate::domain::{LeadId, StageId};
-use crate::engine::{Enrollment, LeadFacts, Status, Transition};
-use crate::funnel::Outcome;
+use super::{Backend, Result, Store, StoreError, StoredEvent, event_of, from_ms, ms, to_lead};
+use crate::domain::{
+    Email, EnrollmentId, EventKind, FunnelId, Lead, LeadId, Outcome, RunStatus, StageId, StepId,
+    Tag, TemplateName,
+};
 
-/// An enrollment as stored: which lead, which funnel version, and the engine's state.
+/// Where a run stands, as stored: status, stage, step, stage entry and timers.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StoredEnrollment {
-    pub id: i64,
+pub struct RunState {
+    pub status: RunStatus,
+    pub stage: StageId,
+    /// Index of the step the lead stands at.
+    pub step: usize,
+    /// The id of that step, to find it again in another version of the funnel.
+    pub step_id: Option<String>,
+    pub stage_entered_at: DateTime<Utc>,
+    /// Counts stage entries (send keys include it).
+    pub stage_entry: u32,
+    pub deadline: Option<DateTime<Utc>>,
+    /// The durable timer.
+    pub wake_at: Option<DateTime<Utc>>,
+}
+
+/// An enrollment as stored: which lead, which funnel version, and where the run stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrollmentRow {
+    pub id: EnrollmentId,
     pub lead: LeadId,
-    pub funnel: String,
+    pub funnel: FunnelId,
     pub version: i32,
     pub entered_at: DateTime<Utc>,
-    /// The step id stored with the state, to find the step again in another funnel version.
-    pub step_id: Option<String>,
     /// The id of the last event of the lead this enrollment has consumed.
     pub events_seen: i64,
-    pub state: Enrollment,
+    pub state: RunState,
+}
+
+/// A stage visit a transition closed that an earlier one opened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosedVisit {
+    pub stage: StageId,
+    pub reason: String,
+    pub next: Option<StageId>,
+}
+
+/// A stage visit a transition opened; `exit` is set when the same transition also left it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenedVisit {
+    pub stage: StageId,
+    /// Why it was left, and for which stage.
+    pub exit: Option<(String, Option<StageId>)>,
+}
+
+/// What an outbox row carries out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    Email,
+    Webhook,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Email => "email",
+            MessageKind::Webhook => "webhook",
+        }
+    }
+}
+
+/// An outbox row to queue; its send key makes a repeated transition queue nothing new.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    pub kind: MessageKind,
+    pub stage: Option<StageId>,
+    pub step: StepId,
+    pub template: Option<TemplateName>,
+    pub send_key: String,
+    pub recipient: String,
+    pub payload: serde_json::Value,
+}
+
+/// Everything one transition writes besides the enrollment row.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunWrites {
+    pub closed: Vec<ClosedVisit>,
+    pub opened: Vec<OpenedVisit>,
+    pub messages: Vec<NewMessage>,
+    /// Tags added (`true`) or removed (`false`), in order.
+    pub tags: Vec<(Tag, bool)>,
+    /// Lead fields set, in order.
+    pub fields: Vec<(String, serde_json::Value)>,
+    /// Points added to the lead's score.
+    pub score: i64,
+}
+
+/// A new enrollment to store with its first transition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub lead: LeadId,
+    pub funnel: FunnelId,
+    pub version: i32,
+    pub state: RunState,
+    pub writes: RunWrites,
+}
+
+/// A transition of a leased enrollment to commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunUpdate {
+    pub id: EnrollmentId,
+    pub lead: LeadId,
+    pub funnel: FunnelId,
+    pub version: i32,
+    /// The id of the last event fed in this transition (or the one already seen).
+    pub events_seen: i64,
+    pub state: RunState,
+    pub writes: RunWrites,
+}
+
+/// What a round needs to know of some leads, as stored: the leads, the suppressions of their
+/// addresses (`*` or a funnel id), their tags, their events of the kinds asked for and the
+/// emails queued to them since a time (with send keys).
+#[derive(Debug, Clone, Default)]
+pub struct FactRows {
+    pub leads: Vec<Lead>,
+    pub suppressions: Vec<(Email, String)>,
+    pub tags: Vec<(LeadId, String)>,
+    pub events: Vec<StoredEvent>,
+    pub sent: Vec<(LeadId, DateTime<Utc>, String)>,
 }
 
 /// A stage entry or exit, as kept in `stage_history`.
@@ -54,40 +164,36 @@ pub struct OutboxRow {
     pub created_at: DateTime<Utc>,
 }
 
-fn status_parts(s: Status) -> (&'static str, Option<&'static str>) {
+fn status_parts(s: RunStatus) -> (&'static str, Option<&'static str>) {
     match s {
-        Status::Unconfirmed => ("unconfirmed", None),
-        Status::Active => ("active", None),
-        Status::Exited(o) => ("exited", Some(o.name())),
+        RunStatus::Unconfirmed => ("unconfirmed", None),
+        RunStatus::Active => ("active", None),
+        RunStatus::Exited(o) => ("exited", Some(o.name())),
     }
 }
 
-fn to_stored(m: enrollment::Model) -> Result<StoredEnrollment> {
+fn to_row(m: enrollment::Model) -> Result<EnrollmentRow> {
+    let corrupt = |what: String| StoreError::Corrupt(format!("enrollment {}: {what}", m.id));
     let status = match (m.status.as_str(), m.outcome.as_deref()) {
-        ("unconfirmed", _) => Status::Unconfirmed,
-        ("active", _) => Status::Active,
-        ("exited", Some(o)) => Status::Exited(Outcome::from_name(o).ok_or_else(|| {
-            StoreError::Corrupt(format!("enrollment {} has outcome \"{o}\"", m.id))
-        })?),
-        (other, _) => {
-            return Err(StoreError::Corrupt(format!(
-                "enrollment {} has status \"{other}\"",
-                m.id
-            )));
-        }
+        ("unconfirmed", _) => RunStatus::Unconfirmed,
+        ("active", _) => RunStatus::Active,
+        ("exited", Some(o)) => RunStatus::Exited(
+            Outcome::from_name(o).ok_or_else(|| corrupt(format!("outcome \"{o}\"")))?,
+        ),
+        (other, _) => return Err(corrupt(format!("status \"{other}\""))),
     };
-    Ok(StoredEnrollment {
-        id: m.id,
+    Ok(EnrollmentRow {
+        id: EnrollmentId(m.id),
         lead: LeadId(m.lead_id),
-        funnel: m.funnel_id,
+        funnel: FunnelId::parse(&m.funnel_id).map_err(|e| corrupt(e.to_string()))?,
         version: m.funnel_version,
         entered_at: from_ms(m.entered_at),
-        step_id: m.step_id,
         events_seen: m.events_seen,
-        state: Enrollment {
+        state: RunState {
             status,
-            stage: StageId::parse(&m.stage_id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            stage: StageId::parse(&m.stage_id).map_err(|e| corrupt(e.to_string()))?,
             step: usize::try_from(m.step_index).unwrap_or(0),
+            step_id: m.step_id,
             stage_entered_at: from_ms(m.stage_entered_at),
             stage_entry: u32::try_from(m.stage_entry).unwrap_or(0),
             deadline: m.deadline_at.map(from_ms),
@@ -110,14 +216,14 @@ impl Store {
     /// The version number of this funnel source: the latest one if unchanged, else a new one.
     pub async fn funnel_version(
         &self,
-        funnel: &str,
+        funnel: &FunnelId,
         hash: &str,
         source: &str,
         now: DateTime<Utc>,
     ) -> Result<i32> {
         let _turn = self.turn().await;
         let latest = funnel_version::Entity::find()
-            .filter(funnel_version::Column::FunnelId.eq(funnel))
+            .filter(funnel_version::Column::FunnelId.eq(funnel.as_str()))
             .order_by_desc(funnel_version::Column::Version)
             .one(&self.db)
             .await?;
@@ -152,16 +258,16 @@ impl Store {
     pub async fn enrollments_of(
         &self,
         lead: LeadId,
-        funnel: &str,
-    ) -> Result<Vec<StoredEnrollment>> {
+        funnel: &FunnelId,
+    ) -> Result<Vec<EnrollmentRow>> {
         enrollment::Entity::find()
             .filter(enrollment::Column::LeadId.eq(lead.0))
-            .filter(enrollment::Column::FunnelId.eq(funnel))
+            .filter(enrollment::Column::FunnelId.eq(funnel.as_str()))
             .order_by_asc(enrollment::Column::Id)
             .all(&self.db)
             .await?
             .into_iter()
-            .map(to_stored)
+            .map(to_row)
             .collect()
     }
 
@@ -169,18 +275,18 @@ impl Store {
     pub async fn enrollments_of_many(
         &self,
         leads: &[LeadId],
-        funnel: &str,
-    ) -> Result<Vec<StoredEnrollment>> {
+        funnel: &FunnelId,
+    ) -> Result<Vec<EnrollmentRow>> {
         let mut out = Vec::new();
         for chunk in leads.chunks(batch::ROWS) {
             for m in enrollment::Entity::find()
                 .filter(enrollment::Column::LeadId.is_in(batch::padded(chunk.iter().map(|l| l.0))))
-                .filter(enrollment::Column::FunnelId.eq(funnel))
+                .filter(enrollment::Column::FunnelId.eq(funnel.as_str()))
                 .order_by_asc(enrollment::Column::Id)
                 .all(&self.db)
                 .await?
             {
-                out.push(to_stored(m)?);
+                out.push(to_row(m)?);
             }
         }
         out.sort_by_key(|e| e.id);
@@ -188,16 +294,17 @@ impl Store {
     }
 
     /// Stores new enrollments with their first transitions (state, history, outbox) in one
-    /// transaction; returns their ids in the order given.
+    /// transaction; returns their ids in the order given. A new run starts after the lead's
+    /// past events (its event cursor is the lead's newest event), so an old purchase cannot
+    /// end it.
     pub async fn enroll_many(
         &self,
-        items: &[NewEnrollment<'_>],
+        items: &[NewRun],
         now: DateTime<Utc>,
-    ) -> Result<Vec<i64>> {
+    ) -> Result<Vec<EnrollmentId>> {
         let txn = self.write().await?;
         let mut ids: HashMap<(i64, &str), i64> = HashMap::new();
         for chunk in items.chunks(batch::ROWS) {
-            // A new run starts after the lead's past events: an old purchase does not end it.
             let leads = batch::padded(chunk.iter().map(|n| n.lead.0));
             let mut q = Params::new(self.backend);
             let list: Vec<String> = leads.into_iter().map(|l| q.p(l)).collect();
@@ -213,14 +320,14 @@ impl Store {
             let rows: Vec<Vec<Value>> = chunk
                 .iter()
                 .map(|n| {
-                    let st = &n.transition.state;
+                    let st = &n.state;
                     let (status, outcome) = status_parts(st.status);
                     vec![
                         n.lead.0.into(),
                         n.funnel.to_string().into(),
                         n.version.into(),
                         st.stage.to_string().into(),
-                        n.step_id.clone().into(),
+                        st.step_id.clone().into(),
                         (st.step as i32).into(),
                         status.into(),
                         st.wake_at.map(ms).into(),
@@ -228,9 +335,7 @@ impl Store {
                         ms(st.stage_entered_at).into(),
                         (st.stage_entry as i32).into(),
                         ms(now).into(),
-                        matches!(st.status, Status::Exited(_))
-                            .then(|| ms(now))
-                            .into(),
+                        (!st.status.is_live()).then(|| ms(now)).into(),
                         outcome.map(str::to_string).into(),
                         0i32.into(),
                         ms(now).into(),
@@ -252,29 +357,27 @@ impl Store {
                 let funnel: String = r.try_get_by_index(2)?;
                 if let Some(n) = chunk
                     .iter()
-                    .find(|n| n.lead.0 == lead && n.funnel == funnel)
+                    .find(|n| n.lead.0 == lead && n.funnel.as_str() == funnel)
                 {
-                    ids.insert((lead, n.funnel), id);
+                    ids.insert((lead, n.funnel.as_str()), id);
                 }
             }
         }
         let mut out = Vec::with_capacity(items.len());
         let mut written = Vec::with_capacity(items.len());
         for n in items {
-            let id = *ids.get(&(n.lead.0, n.funnel)).ok_or_else(|| {
+            let id = *ids.get(&(n.lead.0, n.funnel.as_str())).ok_or_else(|| {
                 StoreError::Corrupt(format!("enrollment of lead {} was not stored", n.lead))
             })?;
-            out.push(id);
+            out.push(EnrollmentId(id));
             written.push(Written {
-                enrollment: id,
+                enrollment: EnrollmentId(id),
                 lead: n.lead,
-                funnel: n.funnel,
-                version: n.version,
-                effects: &n.transition.effects,
-                recipient: n.recipient.clone(),
+                funnel: &n.funnel,
+                writes: &n.writes,
             });
         }
-        batch::write_effects(&txn, self.backend, &written, now).await?;
+        batch::write_runs(&txn, self.backend, &written, now).await?;
         txn.commit().await?;
         Ok(out)
     }
@@ -289,7 +392,7 @@ impl Store {
         now: DateTime<Utc>,
         lease: Duration,
         limit: u64,
-    ) -> Result<Vec<StoredEnrollment>> {
+    ) -> Result<Vec<EnrollmentRow>> {
         let _turn = self.turn().await;
         let (now_ms, until) = (ms(now), ms(now + lease));
         let mut leads: Vec<i64> = Vec::new();
@@ -328,7 +431,7 @@ impl Store {
                 leads.push(r.try_get_by_index(0)?);
             }
         }
-        let mut rows: Vec<StoredEnrollment> = Vec::new();
+        let mut rows: Vec<EnrollmentRow> = Vec::new();
         for chunk in leads.chunks(batch::ROWS) {
             let mut q = Params::new(self.backend);
             let o = q.p(owner);
@@ -350,7 +453,7 @@ impl Store {
                 .all(&self.db)
                 .await?;
             for m in claimed {
-                rows.push(to_stored(m)?);
+                rows.push(to_row(m)?);
             }
         }
         // A lead whose work another worker finished in the meantime is let go at once.
@@ -372,7 +475,7 @@ impl Store {
         owner: &str,
         now: DateTime<Utc>,
         lease: Duration,
-    ) -> Result<Vec<StoredEnrollment>> {
+    ) -> Result<Vec<EnrollmentRow>> {
         let _turn = self.turn().await;
         let held = lead::Entity::update_many()
             .col_expr(lead::Column::LeaseOwner, Expr::value(owner))
@@ -395,12 +498,12 @@ impl Store {
              WHERE lead_id = {l} AND status IN ('active', 'unconfirmed') \
              AND (lease_until IS NULL OR lease_until < {free}) RETURNING *"
         );
-        let mut claimed: Vec<StoredEnrollment> = enrollment::Entity::find()
+        let mut claimed: Vec<EnrollmentRow> = enrollment::Entity::find()
             .from_raw_sql(q.statement(sql))
             .all(&self.db)
             .await?
             .into_iter()
-            .map(to_stored)
+            .map(to_row)
             .collect::<Result<_>>()?;
         if claimed.is_empty() {
             self.release_leads(&self.db, owner, &[lead]).await?;
@@ -431,35 +534,6 @@ impl Store {
         Ok(())
     }
 
-    /// Commits a transition of a leased enrollment: state, history, outbox rows and lead changes
-    /// in one transaction. `Ok(false)` when the lease was lost (another worker took over).
-    pub async fn commit(
-        &self,
-        e: &StoredEnrollment,
-        owner: &str,
-        step_id: Option<String>,
-        version: i32,
-        t: &Transition,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let done = self
-            .commit_many(
-                owner,
-                &[Committed {
-                    enrollment: e,
-                    events_seen: e.events_seen,
-                    recipient: None,
-                    step_id,
-                    version,
-                    transition: t,
-                }],
-                &[e.lead],
-                now,
-            )
-            .await?;
-        Ok(done == 1)
-    }
-
     /// Commits the transitions of a scheduler round in one transaction and lets go of the
     /// round's `leads`; each transition is applied only if its lease still holds. The
     /// enrollment's event cursor moves to the last event it was fed, and its pending mark is
@@ -468,7 +542,7 @@ impl Store {
     pub async fn commit_many(
         &self,
         owner: &str,
-        items: &[Committed<'_>],
+        items: &[RunUpdate],
         leads: &[LeadId],
         now: DateTime<Utc>,
     ) -> Result<usize> {
@@ -480,13 +554,13 @@ impl Store {
             let rows: Vec<Vec<Value>> = chunk
                 .iter()
                 .map(|c| {
-                    let st = &c.transition.state;
+                    let st = &c.state;
                     let (status, outcome) = status_parts(st.status);
                     vec![
-                        c.enrollment.id.into(),
+                        c.id.0.into(),
                         c.version.into(),
                         st.stage.to_string().into(),
-                        c.step_id.clone().into(),
+                        st.step_id.clone().into(),
                         (st.step as i32).into(),
                         status.into(),
                         outcome.map(str::to_string).into(),
@@ -494,7 +568,7 @@ impl Store {
                         st.deadline.map(ms).into(),
                         ms(st.stage_entered_at).into(),
                         (st.stage_entry as i32).into(),
-                        matches!(st.status, Status::Exited(_)).then_some(t).into(),
+                        (!st.status.is_live()).then_some(t).into(),
                         c.events_seen.into(),
                     ]
                 })
@@ -520,134 +594,108 @@ impl Store {
         }
         let written: Vec<Written> = items
             .iter()
-            .filter(|c| applied.contains(&c.enrollment.id))
+            .filter(|c| applied.contains(&c.id.0))
             .map(|c| Written {
-                enrollment: c.enrollment.id,
-                lead: c.enrollment.lead,
-                funnel: &c.enrollment.funnel,
-                version: c.version,
-                effects: &c.transition.effects,
-                recipient: c.recipient.clone(),
+                enrollment: c.id,
+                lead: c.lead,
+                funnel: &c.funnel,
+                writes: &c.writes,
             })
             .collect();
-        batch::write_effects(&txn, self.backend, &written, now).await?;
+        batch::write_runs(&txn, self.backend, &written, now).await?;
         self.release_leads(&*txn, owner, leads).await?;
         txn.commit().await?;
         Ok(written.len())
     }
 
-    /// What the engine needs to know of a lead at `now`.
-    pub async fn lead_facts(&self, id: LeadId, now: DateTime<Utc>) -> Result<LeadFacts> {
-        self.lead_facts_many(&[id], now)
-            .await?
-            .remove(&id)
-            .ok_or_else(|| StoreError::Corrupt(format!("lead {id} does not exist")))
-    }
-
-    /// The facts of many leads in five queries, whatever their number (a scheduler round).
-    pub async fn lead_facts_many(
+    /// What a round needs to know of these leads (see [`FactRows`]): their events of the
+    /// given kinds, and the emails queued to them since `sent_since` (none when `None`). A few
+    /// queries per 512 leads, whatever their number.
+    pub async fn fact_rows(
         &self,
         ids: &[LeadId],
-        now: DateTime<Utc>,
-    ) -> Result<HashMap<LeadId, LeadFacts>> {
-        let mut out = HashMap::new();
+        kinds: &[EventKind],
+        sent_since: Option<DateTime<Utc>>,
+    ) -> Result<FactRows> {
+        let mut out = FactRows::default();
         let raw: Vec<i64> = ids
             .iter()
             .map(|l| l.0)
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
+        let kinds: Vec<&str> = kinds.iter().map(EventKind::as_str).collect();
         for chunk in raw.chunks(batch::ROWS) {
-            self.lead_facts_chunk(chunk, now, &mut out).await?;
+            self.fact_rows_chunk(chunk, &kinds, sent_since, &mut out)
+                .await?;
         }
         Ok(out)
     }
 
-    async fn lead_facts_chunk(
+    async fn fact_rows_chunk(
         &self,
         ids: &[i64],
-        now: DateTime<Utc>,
-        out: &mut HashMap<LeadId, LeadFacts>,
+        kinds: &[&str],
+        sent_since: Option<DateTime<Utc>>,
+        out: &mut FactRows,
     ) -> Result<()> {
         let leads = lead::Entity::find()
             .filter(lead::Column::Id.is_in(batch::padded(ids.iter().copied())))
             .all(&self.db)
             .await?;
         let emails: Vec<String> = leads.iter().map(|l| l.email.clone()).collect();
-        // Scope `*` stops all mail to the address; a funnel id only that funnel's.
-        let mut suppressed: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for l in leads {
+            // One lead's unreadable row must not hold up the others' round.
+            match to_lead(l) {
+                Ok(l) => out.leads.push(l),
+                Err(e) => tracing::error!(error = %e, "lead left out of a round"),
+            }
+        }
         for s in suppression::Entity::find()
             .filter(suppression::Column::Email.is_in(batch::padded(emails)))
             .all(&self.db)
             .await?
         {
-            suppressed.entry(s.email).or_default().insert(s.scope);
-        }
-        for l in leads {
-            let mut fields: BTreeMap<String, serde_json::Value> =
-                parse_fields(&l.fields)?.into_iter().collect();
-            fields.insert("email".into(), l.email.clone().into());
-            if let Some(n) = &l.first_name {
-                fields.insert("first_name".into(), n.clone().into());
+            if let Ok(email) = Email::parse(&s.email) {
+                out.suppressions.push((email, s.scope));
             }
-            out.insert(
-                LeadId(l.id),
-                LeadFacts {
-                    id: l.id,
-                    timezone: l.timezone.as_deref().and_then(|t| t.parse().ok()),
-                    fields,
-                    score: l.score,
-                    mailable: !suppressed.get(&l.email).is_some_and(|s| s.contains("*"))
-                        && l.consent != "unsubscribed",
-                    muted: suppressed
-                        .get(&l.email)
-                        .map(|s| s.iter().filter(|s| *s != "*").cloned().collect())
-                        .unwrap_or_default(),
-                    confirmed: l.consent == "confirmed",
-                    ..LeadFacts::default()
-                },
-            );
         }
         for t in lead_tag::Entity::find()
             .filter(lead_tag::Column::LeadId.is_in(batch::padded(ids.iter().copied())))
             .all(&self.db)
             .await?
         {
-            if let Some(f) = out.get_mut(&LeadId(t.lead_id)) {
-                f.tags.insert(t.tag);
-            }
+            out.tags.push((LeadId(t.lead_id), t.tag));
         }
-        let events = event::Entity::find()
-            .filter(event::Column::LeadId.is_in(batch::padded(ids.iter().copied())))
-            .filter(event::Column::Kind.is_in(["click", "open", "purchase"]))
-            .all(&self.db)
-            .await?;
-        for ev in events {
-            let Some(f) = ev.lead_id.and_then(|l| out.get_mut(&LeadId(l))) else {
-                continue;
-            };
-            let p: serde_json::Value = serde_json::from_str(&ev.payload).unwrap_or_default();
-            let s = |k: &str| p.get(k).and_then(|v| v.as_str()).map(str::to_string);
-            match ev.kind.as_str() {
-                "click" => {
-                    if let Some(t) = s("template") {
-                        f.clicked.insert((t, s("link").unwrap_or_default()));
-                    }
+        if !kinds.is_empty() {
+            for ev in event::Entity::find()
+                .filter(event::Column::LeadId.is_in(batch::padded(ids.iter().copied())))
+                .filter(event::Column::Kind.is_in(kinds.iter().copied()))
+                .order_by_asc(event::Column::Id)
+                .all(&self.db)
+                .await?
+            {
+                let Some(lead) = ev.lead_id else { continue };
+                match event_of(ev.id, &ev.kind, &ev.payload) {
+                    Ok(event) => out.events.push(StoredEvent {
+                        id: ev.id,
+                        lead: LeadId(lead),
+                        event,
+                    }),
+                    Err(e) => tracing::error!(error = %e, "event left out of a round"),
                 }
-                "open" => f.opened.extend(s("template")),
-                _ => f.purchased.extend(s("product")),
             }
         }
-        let sent = message::Entity::find()
-            .filter(message::Column::LeadId.is_in(batch::padded(ids.iter().copied())))
-            .filter(message::Column::Kind.eq("email"))
-            .filter(message::Column::CreatedAt.gt(ms(now - Duration::days(31))))
-            .filter(message::Column::SendKey.not_like("%:double-opt-in"))
-            .all(&self.db)
-            .await?;
-        for m in sent {
-            if let Some(f) = out.get_mut(&LeadId(m.lead_id)) {
-                f.sent_at.push(from_ms(m.created_at));
+        if let Some(since) = sent_since {
+            for m in message::Entity::find()
+                .filter(message::Column::LeadId.is_in(batch::padded(ids.iter().copied())))
+                .filter(message::Column::Kind.eq(MessageKind::Email.as_str()))
+                .filter(message::Column::CreatedAt.gt(ms(since)))
+                .all(&self.db)
+                .await?
+            {
+                out.sent
+                    .push((LeadId(m.lead_id), from_ms(m.created_at), m.send_key));
             }
         }
         Ok(())
@@ -683,9 +731,9 @@ impl Store {
     }
 
     /// The stage visits of an enrollment, in order.
-    pub async fn stage_history(&self, enrollment: i64) -> Result<Vec<StageVisit>> {
+    pub async fn stage_history(&self, enrollment: EnrollmentId) -> Result<Vec<StageVisit>> {
         Ok(stage_history::Entity::find()
-            .filter(stage_history::Column::EnrollmentId.eq(enrollment))
+            .filter(stage_history::Column::EnrollmentId.eq(enrollment.0))
             .order_by_asc(stage_history::Column::Id)
             .all(&self.db)
             .await?
@@ -701,29 +749,6 @@ impl Store {
     }
 }
 
-/// A new enrollment to store with its first transition.
-pub struct NewEnrollment<'a> {
-    pub lead: LeadId,
-    pub funnel: &'a str,
-    pub version: i32,
-    pub step_id: Option<String>,
-    pub transition: &'a Transition,
-    /// The lead's address when the caller has it (saves a query).
-    pub recipient: Option<String>,
-}
-
-/// One transition to commit: the claimed enrollment, where it now stands, and what it did.
-pub struct Committed<'a> {
-    pub enrollment: &'a StoredEnrollment,
-    /// The id of the last event fed in this transition (or the one already seen).
-    pub events_seen: i64,
-    /// The lead's address when the caller has it (saves a query per email).
-    pub recipient: Option<String>,
-    pub step_id: Option<String>,
-    pub version: i32,
-    pub transition: &'a Transition,
-}
-
 /// How many live enrollments of a funnel stand at one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
@@ -736,9 +761,9 @@ pub struct Position {
 
 impl Store {
     /// The canonical source of the newest stored version of a funnel.
-    pub async fn latest_funnel_version(&self, funnel: &str) -> Result<Option<(i32, String)>> {
+    pub async fn latest_funnel_version(&self, funnel: &FunnelId) -> Result<Option<(i32, String)>> {
         Ok(funnel_version::Entity::find()
-            .filter(funnel_version::Column::FunnelId.eq(funnel))
+            .filter(funnel_version::Column::FunnelId.eq(funnel.as_str()))
             .order_by_desc(funnel_version::Column::Version)
             .one(&self.db)
             .await?
@@ -746,10 +771,10 @@ impl Store {
     }
 
     /// Where the live enrollments of a funnel stand, counted per stage and step.
-    pub async fn live_positions(&self, funnel: &str) -> Result<Vec<Position>> {
+    pub async fn live_positions(&self, funnel: &FunnelId) -> Result<Vec<Position>> {
         let mut counts: BTreeMap<(String, Option<String>, i32, i32), i64> = BTreeMap::new();
         let rows = enrollment::Entity::find()
-            .filter(enrollment::Column::FunnelId.eq(funnel))
+            .filter(enrollment::Column::FunnelId.eq(funnel.as_str()))
             .filter(enrollment::Column::Status.is_in(["active", "unconfirmed"]))
             .all(&self.db)
             .await?;
@@ -777,14 +802,13 @@ impl Store {
         let Some(l) = lead::Entity::find_by_id(lead.0).one(&self.db).await? else {
             return Ok(());
         };
-        let email = crate::domain::Email::parse(&l.email)
-            .map_err(|e| StoreError::Corrupt(format!("lead {lead}: {e}")))?;
+        let email =
+            Email::parse(&l.email).map_err(|e| StoreError::Corrupt(format!("lead {lead}: {e}")))?;
         self.suppress_email(&email, reason, now).await
     }
 
-    /// Stops all mail to an address, whether a lead has it or not (yet).
     /// Where mail to this address is stopped: `*` (everywhere) or funnel ids.
-    pub async fn suppressions_of(&self, email: &crate::domain::Email) -> Result<Vec<String>> {
+    pub async fn suppressions_of(&self, email: &Email) -> Result<Vec<String>> {
         Ok(suppression::Entity::find()
             .filter(suppression::Column::Email.eq(email.as_str()))
             .all(&self.db)
@@ -794,9 +818,10 @@ impl Store {
             .collect())
     }
 
+    /// Stops all mail to an address, whether a lead has it or not (yet).
     pub async fn suppress_email(
         &self,
-        email: &crate::domain::Email,
+        email: &Email,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
@@ -806,8 +831,8 @@ impl Store {
     /// Stops mail to an address from one funnel (`Some(funnel)`) or from all of them.
     pub async fn suppress_in(
         &self,
-        email: &crate::domain::Email,
-        funnel: Option<&str>,
+        email: &Email,
+        funnel: Option<&FunnelId>,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
@@ -815,7 +840,7 @@ impl Store {
         suppression::Entity::insert(suppression::ActiveModel {
             id: NotSet,
             email: Set(email.as_str().to_string()),
-            scope: Set(funnel.unwrap_or("*").to_string()),
+            scope: Set(funnel.map_or("*", FunnelId::as_str).to_string()),
             reason: Set(reason.to_string()),
             created_at: Set(ms(now)),
         })
@@ -858,33 +883,14 @@ impl Store {
                 .all(&self.db)
                 .await?;
             for r in rows {
-                let p: serde_json::Value = serde_json::from_str(&r.payload).unwrap_or_default();
-                let s = |k: &str| p.get(k).and_then(|v| v.as_str()).map(str::to_string);
                 out.push(StoredEvent {
                     id: r.id,
                     lead: LeadId(r.lead_id.unwrap_or_default()),
-                    event: crate::engine::Event {
-                        name: r.kind.clone(),
-                        product: s("product"),
-                        template: s("template"),
-                        link: s("link"),
-                        form: s("form"),
-                        funnel: s("funnel"),
-                        amount: p.get("amount").and_then(|v| v.as_f64()),
-                        currency: s("currency"),
-                    },
+                    event: event_of(r.id, &r.kind, &r.payload)?,
                 });
             }
         }
         out.sort_by_key(|e| e.id);
         Ok(out)
     }
-}
-
-/// A stored event, as the engine matches it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredEvent {
-    pub id: i64,
-    pub lead: LeadId,
-    pub event: crate::engine::Event,
 }

@@ -9,9 +9,10 @@ mod outbox;
 mod signups;
 
 pub use enrollments::{
-    Committed, NewEnrollment, OutboxRow, Position, StageVisit, StoredEnrollment, StoredEvent,
+    ClosedVisit, EnrollmentRow, FactRows, MessageKind, NewMessage, NewRun, OpenedVisit, OutboxRow,
+    Position, RunState, RunUpdate, RunWrites, StageVisit,
 };
-pub use outbox::Outgoing;
+pub use outbox::{MessageOrigin, Outbox, Outgoing};
 pub use signups::NewSignup;
 
 use std::collections::HashMap;
@@ -29,7 +30,7 @@ use sea_orm::{
 };
 use thiserror::Error;
 
-use crate::domain::{Consent, Email, Lead, LeadId, Tag};
+use crate::domain::{Consent, Email, Event, EventKind, FunnelId, Lead, LeadId, Tag};
 use entities::{event, lead, lead_tag, touch};
 
 /// Errors a caller may want to tell apart.
@@ -112,10 +113,59 @@ pub struct NewTouch {
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub lead: Option<LeadId>,
-    pub kind: String,
-    pub payload: serde_json::Value,
+    pub event: Event,
+    /// Makes a repeated delivery (the same order, the same click) count once.
     pub idempotency_key: Option<String>,
     pub occurred_at: DateTime<Utc>,
+}
+
+/// A stored event of a lead.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub lead: LeadId,
+    pub event: Event,
+}
+
+/// The JSON an event's details are kept in (`events.payload`): only the keys it has.
+pub(crate) fn payload_of(e: &Event) -> serde_json::Value {
+    let mut p = serde_json::Map::new();
+    for (k, v) in [
+        ("product", &e.product),
+        ("template", &e.template),
+        ("link", &e.link),
+        ("form", &e.form),
+        ("currency", &e.currency),
+    ] {
+        if let Some(v) = v {
+            p.insert(k.into(), v.clone().into());
+        }
+    }
+    if let Some(f) = &e.funnel {
+        p.insert("funnel".into(), f.as_str().into());
+    }
+    if let Some(a) = e.amount {
+        p.insert("amount".into(), a.into());
+    }
+    serde_json::Value::Object(p)
+}
+
+/// An event from its stored kind and payload.
+pub(crate) fn event_of(id: i64, kind: &str, payload: &str) -> Result<Event> {
+    let kind =
+        EventKind::parse(kind).map_err(|e| StoreError::Corrupt(format!("event {id}: {e}")))?;
+    let p: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+    let s = |k: &str| p.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    Ok(Event {
+        product: s("product"),
+        template: s("template"),
+        link: s("link"),
+        form: s("form"),
+        funnel: s("funnel").and_then(|f| FunnelId::parse(&f).ok()),
+        amount: p.get("amount").and_then(|v| v.as_f64()),
+        currency: s("currency"),
+        ..Event::of(kind)
+    })
 }
 
 /// Whether an event was stored now or had been stored before under the same key.
@@ -520,8 +570,8 @@ impl Store {
         let am = event::ActiveModel {
             id: NotSet,
             lead_id: Set(e.lead.map(|l| l.0)),
-            kind: Set(e.kind),
-            payload: Set(e.payload.to_string()),
+            kind: Set(e.event.kind.as_str().to_string()),
+            payload: Set(payload_of(&e.event).to_string()),
             idempotency_key: Set(e.idempotency_key.clone()),
             occurred_at: Set(ms(e.occurred_at)),
             received_at: Set(ms(now)),

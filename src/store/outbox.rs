@@ -1,5 +1,7 @@
-//! The outbox as the sender sees it: messages claimed with a lease (one attempt in flight per
-//! message), then marked sent, queued again for a later attempt, or failed.
+//! The outbox as the sender sees it, through the narrow [`Outbox`] handle: messages claimed
+//! with a lease (one attempt in flight per message), then marked sent, queued again for a
+//! later attempt, failed, or bounced. The read side (depth, origin of a tracked message) is on
+//! [`Store`].
 
 use std::collections::{HashMap, HashSet};
 
@@ -8,17 +10,17 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use super::batch::Params;
-use super::entities::{enrollment, message, suppression};
-use super::{Backend, Result, Store, from_ms, ms};
-use crate::domain::LeadId;
+use super::entities::{enrollment, event, message, suppression};
+use super::{Backend, Result, Store, from_ms, ms, payload_of};
+use crate::domain::{Email, EnrollmentId, Event, EventKind, FunnelId, Lead, LeadId, Outcome};
 
 /// An email waiting to be sent, as claimed by the sender.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
     pub id: i64,
     pub lead: LeadId,
-    pub enrollment: Option<i64>,
-    pub funnel: Option<String>,
+    pub enrollment: Option<EnrollmentId>,
+    pub funnel: Option<FunnelId>,
     pub stage: Option<String>,
     pub template: Option<String>,
     pub send_key: String,
@@ -32,34 +34,51 @@ pub struct Outgoing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageOrigin {
     pub lead: LeadId,
-    pub funnel: Option<String>,
+    pub funnel: Option<FunnelId>,
     pub template: Option<String>,
 }
 
+/// What the sender may do with the database: claim due emails, read what composing them
+/// needs, and record each attempt's outcome. Nothing else.
+#[derive(Clone)]
+pub struct Outbox {
+    store: Store,
+}
+
 impl Store {
+    /// The sender's handle on the outbox.
+    pub fn outbox(&self) -> Outbox {
+        Outbox {
+            store: self.clone(),
+        }
+    }
+}
+
+impl Outbox {
     /// Leases up to `limit` emails due for an attempt, oldest due first. A message whose
     /// sender died mid-attempt (`sending` with a lapsed lease) is queued again first, so it is
     /// attempted again. The claim walks the `(status, next_attempt_at)` index in order: no sort,
     /// however deep the backlog.
-    pub async fn claim_messages(
+    pub async fn claim(
         &self,
         now: DateTime<Utc>,
         lease: Duration,
         limit: u64,
     ) -> Result<Vec<Outgoing>> {
-        let _turn = self.turn().await;
-        let mut q = Params::new(self.backend);
+        let store = &self.store;
+        let _turn = store.turn().await;
+        let mut q = Params::new(store.backend);
         let lapsed = q.p(ms(now));
         let sql = format!(
             "UPDATE messages SET status = 'queued', lease_until = NULL \
              WHERE status = 'sending' AND lease_until < {lapsed}"
         );
-        self.db.execute_raw(q.statement(sql)).await?;
-        let mut q = Params::new(self.backend);
+        store.db.execute_raw(q.statement(sql)).await?;
+        let mut q = Params::new(store.backend);
         let until = q.p(ms(now + lease));
         let due = q.p(ms(now));
         let n = q.p(limit as i64);
-        let lock = match self.backend {
+        let lock = match store.backend {
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
         };
@@ -71,14 +90,14 @@ impl Store {
         );
         let mut out: Vec<Outgoing> = message::Entity::find()
             .from_raw_sql(q.statement(sql))
-            .all(&self.db)
+            .all(&store.db)
             .await?
             .into_iter()
             .map(|m| Outgoing {
                 id: m.id,
                 lead: LeadId(m.lead_id),
-                enrollment: m.enrollment_id,
-                funnel: m.funnel_id,
+                enrollment: m.enrollment_id.map(EnrollmentId),
+                funnel: m.funnel_id.and_then(|f| FunnelId::parse(&f).ok()),
                 stage: m.stage_id,
                 template: m.template,
                 send_key: m.send_key,
@@ -91,9 +110,14 @@ impl Store {
         Ok(out)
     }
 
+    /// The leads these messages go to, to compose them for.
+    pub async fn leads(&self, ids: &[LeadId]) -> Result<HashMap<LeadId, Lead>> {
+        self.store.leads(ids).await
+    }
+
     /// These messages went out.
-    pub async fn messages_sent(&self, ids: &[i64], now: DateTime<Utc>) -> Result<()> {
-        let _turn = self.turn().await;
+    pub async fn sent(&self, ids: &[i64], now: DateTime<Utc>) -> Result<()> {
+        let _turn = self.store.turn().await;
         for chunk in ids.chunks(super::batch::ROWS) {
             message::Entity::update_many()
                 .col_expr(message::Column::Status, Expr::value("sent"))
@@ -103,28 +127,83 @@ impl Store {
                 )
                 .col_expr(message::Column::SentAt, Expr::value(ms(now)))
                 .filter(message::Column::Id.is_in(super::batch::padded(chunk.iter().copied())))
-                .exec(&self.db)
+                .exec(&self.store.db)
                 .await?;
         }
         Ok(())
     }
 
     /// A transient failure: try again at `at`.
-    pub async fn message_retry(&self, id: i64, at: DateTime<Utc>, error: &str) -> Result<()> {
-        self.finish_message(id, "queued", None, Some(ms(at)), Some(error))
-            .await
+    pub async fn retry(&self, id: i64, at: DateTime<Utc>, error: &str) -> Result<()> {
+        self.finish(id, "queued", Some(ms(at)), error).await
     }
 
     /// A permanent failure (or the last attempt): the message is not tried again.
-    pub async fn message_failed(&self, id: i64, error: &str) -> Result<()> {
-        self.finish_message(id, "failed", None, None, Some(error))
-            .await
+    pub async fn failed(&self, id: i64, error: &str) -> Result<()> {
+        self.finish(id, "failed", None, error).await
     }
 
     /// Not sent because its address was suppressed after it was queued.
-    pub async fn message_suppressed(&self, id: i64) -> Result<()> {
-        self.finish_message(id, "suppressed", None, None, Some("address suppressed"))
+    pub async fn suppressed(&self, id: i64) -> Result<()> {
+        self.finish(id, "suppressed", None, "address suppressed")
             .await
+    }
+
+    /// The address refused the message for good: in one transaction the message fails, the
+    /// address is suppressed everywhere, and a `bounced` event (once per message) is stored
+    /// with the lead's live runs marked to be fed it, so the engine hears of it in its next
+    /// round, whichever node runs it.
+    pub async fn bounced(&self, m: &Outgoing, error: &str, now: DateTime<Utc>) -> Result<()> {
+        let store = &self.store;
+        let txn = store.write().await?;
+        finish(&*txn, m.id, "failed", None, error).await?;
+        if let Ok(email) = Email::parse(&m.recipient) {
+            suppression::Entity::insert(suppression::ActiveModel {
+                id: sea_orm::ActiveValue::NotSet,
+                email: sea_orm::ActiveValue::Set(email.as_str().to_string()),
+                scope: sea_orm::ActiveValue::Set("*".into()),
+                reason: sea_orm::ActiveValue::Set(EventKind::Bounced.as_str().into()),
+                created_at: sea_orm::ActiveValue::Set(ms(now)),
+            })
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::columns([
+                    suppression::Column::Email,
+                    suppression::Column::Scope,
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .exec_without_returning(&*txn)
+            .await?;
+        }
+        let e = Event {
+            template: m.template.clone(),
+            ..Event::of(EventKind::Bounced)
+        };
+        event::Entity::insert(event::ActiveModel {
+            id: sea_orm::ActiveValue::NotSet,
+            lead_id: sea_orm::ActiveValue::Set(Some(m.lead.0)),
+            kind: sea_orm::ActiveValue::Set(e.kind.as_str().into()),
+            payload: sea_orm::ActiveValue::Set(payload_of(&e).to_string()),
+            idempotency_key: sea_orm::ActiveValue::Set(Some(format!("bounce:{}", m.send_key))),
+            occurred_at: sea_orm::ActiveValue::Set(ms(now)),
+            received_at: sea_orm::ActiveValue::Set(ms(now)),
+            processed_at: sea_orm::ActiveValue::Set(Some(ms(now))),
+        })
+        .on_conflict(
+            sea_orm::sea_query::OnConflict::column(event::Column::IdempotencyKey)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(&*txn)
+        .await?;
+        enrollment::Entity::update_many()
+            .col_expr(enrollment::Column::PendingAt, Expr::value(ms(now)))
+            .filter(enrollment::Column::LeadId.eq(m.lead.0))
+            .filter(enrollment::Column::Status.is_in(["active", "unconfirmed"]))
+            .exec(&*txn)
+            .await?;
+        txn.commit().await
     }
 
     /// Which of these messages must not go: to an address suppressed everywhere or in their
@@ -137,81 +216,56 @@ impl Store {
                 .filter(
                     suppression::Column::Email.is_in(super::batch::padded(chunk.iter().cloned())),
                 )
-                .all(&self.db)
+                .all(&self.store.db)
                 .await?
             {
                 scopes.entry(s.email).or_default().push(s.scope);
             }
         }
         // A run taken out of its funnel through the admin API sends nothing it had queued.
-        let ids: Vec<i64> = messages.iter().filter_map(|m| m.enrollment).collect();
+        let ids: Vec<i64> = messages
+            .iter()
+            .filter_map(|m| m.enrollment)
+            .map(|e| e.0)
+            .collect();
         let mut removed: HashSet<i64> = HashSet::new();
         for chunk in ids.chunks(super::batch::ROWS) {
             let rows: Vec<i64> = enrollment::Entity::find()
                 .select_only()
                 .column(enrollment::Column::Id)
                 .filter(enrollment::Column::Id.is_in(super::batch::padded(chunk.iter().copied())))
-                .filter(enrollment::Column::Outcome.eq("removed"))
+                .filter(enrollment::Column::Outcome.eq(Outcome::Removed.name()))
                 .into_tuple()
-                .all(&self.db)
+                .all(&self.store.db)
                 .await?;
             removed.extend(rows);
         }
         Ok(messages
             .iter()
             .filter(|m| {
-                m.enrollment.is_some_and(|e| removed.contains(&e))
+                m.enrollment.is_some_and(|e| removed.contains(&e.0))
                     || scopes.get(&m.recipient).is_some_and(|s| {
-                        s.iter()
-                            .any(|s| s == "*" || Some(s.as_str()) == m.funnel.as_deref())
+                        s.iter().any(|s| {
+                            s == "*" || Some(s.as_str()) == m.funnel.as_ref().map(FunnelId::as_str)
+                        })
                     })
             })
             .map(|m| m.id)
             .collect())
     }
 
-    async fn finish_message(
-        &self,
-        id: i64,
-        status: &str,
-        sent_at: Option<i64>,
-        next: Option<i64>,
-        error: Option<&str>,
-    ) -> Result<()> {
-        let _turn = self.turn().await;
-        let mut u = message::Entity::update_many()
-            .col_expr(message::Column::Status, Expr::value(status))
-            .col_expr(
-                message::Column::LeaseUntil,
-                Expr::value(Option::<i64>::None),
-            )
-            .col_expr(message::Column::SentAt, Expr::value(sent_at));
-        if let Some(n) = next {
-            u = u.col_expr(message::Column::NextAttemptAt, Expr::value(n));
-        }
-        if let Some(e) = error {
-            u = u.col_expr(message::Column::LastError, Expr::value(e));
-        }
-        u.filter(message::Column::Id.eq(id)).exec(&self.db).await?;
-        Ok(())
-    }
-
-    /// The lead, funnel and template of a message, for its tracked links and pixel; `None` once
-    /// the message (or its lead) is gone.
-    pub async fn message_origin(&self, id: i64) -> Result<Option<MessageOrigin>> {
-        Ok(message::Entity::find_by_id(id)
-            .one(&self.db)
-            .await?
-            .map(|m| MessageOrigin {
-                lead: LeadId(m.lead_id),
-                funnel: m.funnel_id,
-                template: m.template,
-            }))
+    async fn finish(&self, id: i64, status: &str, next: Option<i64>, error: &str) -> Result<()> {
+        let _turn = self.store.turn().await;
+        finish(&self.store.db, id, status, next, error).await
     }
 
     /// The stage deadlines of these messages' enrollments, as they stand now.
     pub async fn deadlines_of(&self, messages: &[Outgoing]) -> Result<HashMap<i64, DateTime<Utc>>> {
-        let ids: Vec<i64> = messages.iter().filter_map(|m| m.enrollment).collect();
+        let ids: Vec<i64> = messages
+            .iter()
+            .filter_map(|m| m.enrollment)
+            .map(|e| e.0)
+            .collect();
         let mut by_enrollment = HashMap::new();
         for chunk in ids.chunks(super::batch::ROWS) {
             let rows: Vec<(i64, i64)> = enrollment::Entity::find()
@@ -220,14 +274,52 @@ impl Store {
                 .filter(enrollment::Column::Id.is_in(super::batch::padded(chunk.iter().copied())))
                 .filter(enrollment::Column::DeadlineAt.is_not_null())
                 .into_tuple()
-                .all(&self.db)
+                .all(&self.store.db)
                 .await?;
             by_enrollment.extend(rows.into_iter().map(|(id, d)| (id, from_ms(d))));
         }
         Ok(messages
             .iter()
-            .filter_map(|m| Some((m.id, *by_enrollment.get(&m.enrollment?)?)))
+            .filter_map(|m| Some((m.id, *by_enrollment.get(&m.enrollment?.0)?)))
             .collect())
+    }
+}
+
+/// Ends an attempt: `status`, the next attempt's time if any, the error.
+async fn finish(
+    db: &impl ConnectionTrait,
+    id: i64,
+    status: &str,
+    next: Option<i64>,
+    error: &str,
+) -> Result<()> {
+    let mut u = message::Entity::update_many()
+        .col_expr(message::Column::Status, Expr::value(status))
+        .col_expr(
+            message::Column::LeaseUntil,
+            Expr::value(Option::<i64>::None),
+        )
+        .col_expr(message::Column::SentAt, Expr::value(Option::<i64>::None))
+        .col_expr(message::Column::LastError, Expr::value(error));
+    if let Some(n) = next {
+        u = u.col_expr(message::Column::NextAttemptAt, Expr::value(n));
+    }
+    u.filter(message::Column::Id.eq(id)).exec(db).await?;
+    Ok(())
+}
+
+impl Store {
+    /// The lead, funnel and template of a message, for its tracked links and pixel; `None` once
+    /// the message (or its lead) is gone.
+    pub async fn message_origin(&self, id: i64) -> Result<Option<MessageOrigin>> {
+        Ok(message::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .map(|m| MessageOrigin {
+                lead: LeadId(m.lead_id),
+                funnel: m.funnel_id.and_then(|f| FunnelId::parse(&f).ok()),
+                template: m.template,
+            }))
     }
 
     /// Emails waiting for an attempt and with one in flight (read through the status index).

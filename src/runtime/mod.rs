@@ -1,7 +1,19 @@
-//! The runtime of `autofunnel run`: durable enrollments driven by the pure engine. Timers are
-//! the indexed `wake_at` column; due enrollments are claimed in batches with a lease, stepped,
-//! and committed one transaction per transition; the loop sleeps until the next wake-up or a
-//! notification that an earlier one was written.
+//! The runtime of `autofunnel run`: durable enrollments driven by the pure engine, between
+//! the engine and the store. Timers are the indexed `wake_at` column; due enrollments are
+//! claimed in batches with a lease, stepped, and a round is committed in one transaction; the
+//! loop sleeps until the next wake-up or a notification that an earlier one was written.
+//!
+//! - [`facts`]: the engine's view of a lead, built from the store's rows (mailable, the
+//!   frequency-cap window, what events tell).
+//! - [`effects`]: a transition as the rows the store writes (visits, outbox rows and their
+//!   send keys, tags, fields).
+//! - [`signups`]: landing-page signups by group commit.
+
+pub mod effects;
+pub mod facts;
+mod signups;
+
+pub use signups::SignupTicket;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,12 +22,10 @@ use std::sync::{Arc, RwLock};
 use chrono::{DateTime, Duration, Utc};
 use tokio::sync::Notify;
 
-use crate::domain::{Consent, LeadId, Tag};
-use crate::engine::{self, Event, Input, LeadFacts, Status, Transition};
+use crate::domain::{Consent, EnrollmentId, Event, EventKind, FunnelId, LeadId, RunStatus, Tag};
+use crate::engine::{self, Input, LeadFacts};
 use crate::funnel::{EntryTrigger, Funnel, ReEntry, print};
-use crate::store::{
-    Committed, NewEnrollment, NewEvent, NewSignup, Recorded, Store, StoredEnrollment,
-};
+use crate::store::{EnrollmentRow, NewEvent, NewRun, Recorded, RunUpdate, Store};
 
 /// How long a claimed enrollment is reserved for its worker; a worker that dies loses it then.
 pub const LEASE: Duration = Duration::seconds(30);
@@ -33,9 +43,9 @@ pub struct Running {
 /// What an enrollment request came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enrolled {
-    New(i64),
+    New(EnrollmentId),
     /// The lead is in this funnel now.
-    AlreadyIn(i64),
+    AlreadyIn(EnrollmentId),
     /// The funnel's `re_entry` policy refuses another run.
     NotAgain,
 }
@@ -44,7 +54,7 @@ pub enum Enrolled {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("no funnel \"{0}\" is loaded")]
-    UnknownFunnel(String),
+    UnknownFunnel(FunnelId),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("the signup could not be stored: {0}")]
@@ -60,22 +70,9 @@ pub struct Runtime {
     /// Transitions committed by this runtime since it started.
     committed: AtomicU64,
     /// Signups waiting for the next group commit.
-    signups: std::sync::Mutex<Vec<QueuedSignup>>,
+    signups: std::sync::Mutex<Vec<signups::QueuedSignup>>,
     /// Held by whoever commits a group of signups.
     committing: tokio::sync::Mutex<()>,
-}
-
-/// Where a queued signup's answer goes.
-type Answer = tokio::sync::oneshot::Sender<Result<LeadId, String>>;
-
-/// A queued signup's answer: its lead, once stored.
-pub struct SignupTicket(tokio::sync::oneshot::Receiver<Result<LeadId, String>>);
-
-/// A signup in the queue, with the funnels its form starts and where its answer goes.
-struct QueuedSignup {
-    signup: NewSignup,
-    funnels: Vec<String>,
-    done: Answer,
 }
 
 impl Runtime {
@@ -128,11 +125,39 @@ impl Runtime {
         &self.store
     }
 
+    /// What the engine knows of a lead at `now`.
+    pub async fn lead_facts(
+        &self,
+        lead: LeadId,
+        now: DateTime<Utc>,
+    ) -> Result<LeadFacts, RuntimeError> {
+        self.lead_facts_many(&[lead], now)
+            .await?
+            .remove(&lead)
+            .ok_or_else(|| {
+                crate::store::StoreError::Corrupt(format!("lead {lead} does not exist")).into()
+            })
+    }
+
+    /// The facts of many leads, in a few queries whatever their number (a scheduler round).
+    pub async fn lead_facts_many(
+        &self,
+        leads: &[LeadId],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<LeadId, LeadFacts>, RuntimeError> {
+        let since = facts::sent_since(&self.funnels(), now);
+        let rows = self
+            .store
+            .fact_rows(leads, &facts::FACT_EVENTS, since)
+            .await?;
+        Ok(facts::lead_facts(rows))
+    }
+
     /// Puts a lead into a funnel, following its re-entry policy.
     pub async fn enroll(
         &self,
         lead: LeadId,
-        funnel: &str,
+        funnel: &FunnelId,
         now: DateTime<Utc>,
     ) -> Result<Enrolled, RuntimeError> {
         let mut out = self.enroll_many(&[lead], funnel, now).await?;
@@ -145,149 +170,12 @@ impl Runtime {
     pub async fn enroll_many(
         &self,
         leads: &[LeadId],
-        funnel: &str,
+        funnel: &FunnelId,
         now: DateTime<Utc>,
     ) -> Result<Vec<Enrolled>, RuntimeError> {
         let (out, triggers) = self.enroll_only(leads, funnel, now).await?;
         self.start_entries(triggers, now).await?;
         Ok(out)
-    }
-
-    /// Queues a landing-page signup (lead, touch, `signup` event) that starts `funnels`, the
-    /// form's; [`Runtime::signup_stored`] commits it. Queued at once (no `await`), so a
-    /// shutdown's [`Runtime::settle`] sees it.
-    pub fn queue_signup(&self, signup: NewSignup, funnels: Vec<String>) -> SignupTicket {
-        let (done, answer) = tokio::sync::oneshot::channel();
-        self.signups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(QueuedSignup {
-                signup,
-                funnels,
-                done,
-            });
-        SignupTicket(answer)
-    }
-
-    /// Waits until the queued signup is stored and its funnels started. Signups arriving
-    /// together are written together: whoever finds no commit under way commits everything
-    /// queued so far (group commit); the others wait for their answer. Run it in a task of its
-    /// own: a caller that goes away mid-commit must not stop the commit others wait for.
-    pub async fn signup_stored(&self, ticket: SignupTicket) -> Result<LeadId, RuntimeError> {
-        let mut answer = ticket.0;
-        let turn = self.committing.lock().await;
-        if let Ok(r) = answer.try_recv() {
-            return r.map_err(RuntimeError::Signup);
-        }
-        let queued = std::mem::take(&mut *self.signups.lock().unwrap_or_else(|e| e.into_inner()));
-        let (signups, rest): (Vec<NewSignup>, Vec<_>) = queued
-            .into_iter()
-            .map(|q| (q.signup, (q.funnels, q.done)))
-            .unzip();
-        match self.commit_signups(&signups, &rest, Utc::now()).await {
-            Ok(leads) => {
-                for ((_, done), lead) in rest.into_iter().zip(leads) {
-                    let _ = done.send(Ok(lead));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, signups = signups.len(), "cannot store signups");
-                for (_, done) in rest {
-                    let _ = done.send(Err(e.to_string()));
-                }
-            }
-        }
-        drop(turn);
-        match answer.try_recv() {
-            Ok(r) => r.map_err(RuntimeError::Signup),
-            Err(_) => Err(RuntimeError::Signup("no answer for this signup".into())),
-        }
-    }
-
-    /// Starts the funnels of signups stored more than a minute ago whose funnels never
-    /// started (the process stopped between the two transactions of a group); returns how
-    /// many signups it found. The scheduler loop calls it every minute.
-    pub async fn resume_signups(&self, now: DateTime<Utc>) -> Result<usize, RuntimeError> {
-        let _turn = self.committing.lock().await;
-        let found = self
-            .store
-            .unstarted_signups(now - Duration::minutes(1), 10_000)
-            .await?;
-        if found.is_empty() {
-            return Ok(0);
-        }
-        let funnels = self.funnels();
-        let mut by_funnel: BTreeMap<&str, Vec<LeadId>> = BTreeMap::new();
-        for (lead, form) in &found {
-            for (id, r) in funnels.iter() {
-                if r.funnel.entry.forms().any(|f| f.id.as_str() == form) {
-                    by_funnel.entry(id).or_default().push(*lead);
-                }
-            }
-        }
-        for (f, leads) in by_funnel {
-            self.enroll_many(&leads, f, now).await?;
-        }
-        let leads: Vec<LeadId> = found.iter().map(|(l, _)| *l).collect();
-        self.store.signups_started(&leads, now).await?;
-        tracing::warn!(
-            signups = found.len(),
-            "started the funnels of signups stored before the process stopped"
-        );
-        Ok(found.len())
-    }
-
-    /// Waits until no signup is queued or being committed: at shutdown, after the server
-    /// stopped taking requests, so every signup it answered or was storing starts its funnels.
-    pub async fn settle(&self) {
-        loop {
-            {
-                let _turn = self.committing.lock().await;
-                if self
-                    .signups
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_empty()
-                {
-                    return;
-                }
-            }
-            // Queued signups are committed by their own tasks.
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    }
-
-    /// One group of signups: stored in one transaction, then each funnel started for its
-    /// leads in one more.
-    async fn commit_signups(
-        &self,
-        signups: &[NewSignup],
-        funnels: &[(Vec<String>, Answer)],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<LeadId>, RuntimeError> {
-        let leads = self.store.record_signups(signups, now).await?;
-        // Runs the leads were in already are fed the event by the scheduler.
-        self.wake.notify_one();
-        let by_event = leads
-            .iter()
-            .map(|l| (*l, Trigger::Event("signup".into())))
-            .collect();
-        self.start_entries(by_event, now).await?;
-        let mut by_funnel: BTreeMap<&str, Vec<LeadId>> = BTreeMap::new();
-        for ((fs, _), lead) in funnels.iter().zip(&leads) {
-            for f in fs {
-                by_funnel.entry(f).or_default().push(*lead);
-            }
-        }
-        for (f, leads) in by_funnel {
-            match self.enroll_many(&leads, f, now).await {
-                // Reloaded away since the form was read: the signup is kept, nothing starts.
-                Err(RuntimeError::UnknownFunnel(_)) | Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.store.signups_started(&leads, now).await?;
-        Ok(leads)
     }
 
     /// Tags a lead; the funnels whose entry is that tag start for them.
@@ -298,8 +186,13 @@ impl Runtime {
         now: DateTime<Utc>,
     ) -> Result<(), RuntimeError> {
         self.store.tag_lead(lead, tag, now).await?;
-        self.start_entries(vec![(lead, Trigger::Tag(tag.to_string()))], now)
+        self.start_entries(vec![(lead, Trigger::Tag(tag.clone()))], now)
             .await
+    }
+
+    /// Removes a tag from a lead; a tag the lead does not have is no error.
+    pub async fn untag(&self, lead: LeadId, tag: &Tag) -> Result<(), RuntimeError> {
+        Ok(self.store.untag_lead(lead, tag).await?)
     }
 
     /// Starts, for each lead, the funnels whose `entry` names the tag or event: then for the
@@ -340,29 +233,26 @@ impl Runtime {
     async fn enroll_only(
         &self,
         leads: &[LeadId],
-        funnel: &str,
+        funnel: &FunnelId,
         now: DateTime<Utc>,
     ) -> Result<(Vec<Enrolled>, Vec<(LeadId, Trigger)>), RuntimeError> {
         let funnels = self.funnels();
         let r = funnels
             .get(funnel)
-            .ok_or_else(|| RuntimeError::UnknownFunnel(funnel.to_string()))?;
-        let mut before: HashMap<LeadId, Vec<StoredEnrollment>> = HashMap::new();
+            .ok_or_else(|| RuntimeError::UnknownFunnel(funnel.clone()))?;
+        let mut before: HashMap<LeadId, Vec<EnrollmentRow>> = HashMap::new();
         for e in self.store.enrollments_of_many(leads, funnel).await? {
             before.entry(e.lead).or_default().push(e);
         }
-        let facts = self.store.lead_facts_many(leads, now).await?;
+        let facts = self.lead_facts_many(leads, now).await?;
         let mut decided: HashMap<LeadId, Enrolled> = HashMap::new();
-        let mut fresh: Vec<(LeadId, Transition)> = Vec::new();
+        let mut fresh: Vec<(LeadId, engine::Transition)> = Vec::new();
         for &lead in leads {
             if decided.contains_key(&lead) {
                 continue;
             }
             let runs = before.get(&lead).map(Vec::as_slice).unwrap_or_default();
-            if let Some(live) = runs
-                .iter()
-                .find(|e| !matches!(e.state.status, Status::Exited(_)))
-            {
+            if let Some(live) = runs.iter().find(|e| e.state.status.is_live()) {
                 decided.insert(lead, Enrolled::AlreadyIn(live.id));
                 continue;
             }
@@ -392,18 +282,26 @@ impl Runtime {
                 &Input::Enroll,
                 now,
             );
-            decided.insert(lead, Enrolled::New(0));
+            decided.insert(lead, Enrolled::New(EnrollmentId(0)));
             fresh.push((lead, t));
         }
-        let items: Vec<NewEnrollment> = fresh
+        let items: Vec<NewRun> = fresh
             .iter()
-            .map(|(lead, t)| NewEnrollment {
+            .map(|(lead, t)| NewRun {
                 lead: *lead,
-                funnel,
+                funnel: funnel.clone(),
                 version: r.version,
-                step_id: step_id(&r.funnel, t),
-                transition: t,
-                recipient: facts.get(lead).and_then(LeadFacts::email),
+                state: effects::state_row(&r.funnel, &t.state),
+                writes: effects::writes(
+                    *lead,
+                    funnel,
+                    r.version,
+                    &facts
+                        .get(lead)
+                        .and_then(LeadFacts::email)
+                        .unwrap_or_default(),
+                    &t.effects,
+                ),
             })
             .collect();
         let ids = self.store.enroll_many(&items, now).await?;
@@ -430,21 +328,21 @@ impl Runtime {
     pub async fn remove(
         &self,
         lead: LeadId,
-        funnel: &str,
+        funnel: &FunnelId,
         now: DateTime<Utc>,
-    ) -> Result<Option<i64>, RuntimeError> {
+    ) -> Result<Option<EnrollmentId>, RuntimeError> {
         let live = self
             .store
             .enrollments_of_many(&[lead], funnel)
             .await?
             .into_iter()
-            .find(|e| !matches!(e.state.status, Status::Exited(_)));
+            .find(|e| e.state.status.is_live());
         let Some(live) = live else {
             return Ok(None);
         };
         let e = Event {
-            funnel: Some(funnel.to_string()),
-            ..Event::named(engine::REMOVED)
+            funnel: Some(funnel.clone()),
+            ..Event::of(EventKind::Removed)
         };
         self.record(lead, e, None, now, now).await?;
         Ok(Some(live.id))
@@ -485,40 +383,32 @@ impl Runtime {
         occurred_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Option<usize>, RuntimeError> {
-        let mut payload = serde_json::json!({ "product": e.product, "template": e.template, "link": e.link, "form": e.form });
-        if e.funnel.is_some() {
-            payload["funnel"] = serde_json::json!(e.funnel);
-        }
-        if e.amount.is_some() || e.currency.is_some() {
-            payload["amount"] = serde_json::json!(e.amount);
-            payload["currency"] = serde_json::json!(e.currency);
-        }
+        let kind = e.kind.clone();
         let stored = NewEvent {
             lead: Some(lead),
-            kind: e.name.clone(),
-            payload,
+            event: e,
             idempotency_key: key,
             occurred_at,
         };
         if self.store.record_event(stored, now).await? == Recorded::Duplicate {
             return Ok(None);
         }
-        match e.name.as_str() {
-            "confirmed" => {
+        match kind {
+            EventKind::Confirmed => {
                 self.store
                     .set_consent(lead, Consent::Confirmed, now)
                     .await?
             }
-            "unsubscribed" => {
+            EventKind::Unsubscribed => {
                 self.store
                     .set_consent(lead, Consent::Unsubscribed, now)
                     .await?
             }
             _ => {}
         }
-        if ["unsubscribed", "bounced", "complained"].contains(&e.name.as_str()) {
+        if kind.stops_mail() {
             // No funnel mails this address again, whatever its own transitions say.
-            self.store.suppress(lead, &e.name, now).await?;
+            self.store.suppress(lead, kind.as_str(), now).await?;
         }
         // Durable first: whoever holds these enrollments now, a round will feed them the event.
         self.store.mark_pending(lead, now).await?;
@@ -527,7 +417,7 @@ impl Runtime {
             .claim_for_lead(lead, &self.owner, now, LEASE)
             .await?;
         let seen = self.step_and_commit(&claimed, now, false).await?;
-        self.start_entries(vec![(lead, Trigger::Event(e.name))], now)
+        self.start_entries(vec![(lead, Trigger::Event(kind))], now)
             .await?;
         self.wake.notify_one();
         Ok(Some(seen))
@@ -544,7 +434,7 @@ impl Runtime {
     /// due, and commits all of them in one transaction.
     async fn step_and_commit(
         &self,
-        claimed: &[StoredEnrollment],
+        claimed: &[EnrollmentRow],
         now: DateTime<Utc>,
         timers: bool,
     ) -> Result<usize, RuntimeError> {
@@ -554,26 +444,29 @@ impl Runtime {
         let funnels = self.funnels();
         let leads: Vec<LeadId> = claimed.iter().map(|c| c.lead).collect();
         // A lead with several enrollments in the round: each sees what the previous did.
-        let mut facts = self.store.lead_facts_many(&leads, now).await?;
+        let mut facts = self.lead_facts_many(&leads, now).await?;
         let oldest_seen = claimed.iter().map(|c| c.events_seen).min().unwrap_or(0);
         let events = self.store.events_after(&leads, oldest_seen).await?;
-        let mut stepped = Vec::with_capacity(claimed.len());
+        let mut items = Vec::with_capacity(claimed.len());
+        let mut triggers = Vec::new();
         for c in claimed {
             let Some(r) = funnels.get(&c.funnel) else {
-                tracing::warn!(enrollment = c.id, funnel = %c.funnel, "funnel not loaded; enrollment left as it is");
+                tracing::warn!(enrollment = %c.id, funnel = %c.funnel, "funnel not loaded; enrollment left as it is");
                 continue;
             };
             let Some(lead) = facts.get_mut(&c.lead) else {
                 continue;
             };
-            let mut state = resume(&r.funnel, c);
+            let mut state = facts::resume(&r.funnel, c);
             let mut effects = Vec::new();
             let mut seen = c.events_seen;
             for e in events
                 .iter()
                 .filter(|e| e.lead == c.lead && e.id > c.events_seen)
             {
-                let input = if e.event.name == "confirmed" && state.status == Status::Unconfirmed {
+                let input = if e.event.kind == EventKind::Confirmed
+                    && state.status == RunStatus::Unconfirmed
+                {
                     Input::Confirmed
                 } else {
                     Input::Event(e.event.clone())
@@ -590,31 +483,23 @@ impl Runtime {
                 state = t.state;
                 effects.extend(t.effects);
             }
-            let t = Transition { state, effects };
-            let id = step_id(&r.funnel, &t);
-            let to = lead.email();
-            stepped.push((c, t, id, r.version, to, seen));
+            triggers.extend(triggers_of(c.lead, &effects));
+            let to = lead.email().unwrap_or_default();
+            items.push(RunUpdate {
+                id: c.id,
+                lead: c.lead,
+                funnel: c.funnel.clone(),
+                version: r.version,
+                events_seen: seen,
+                state: effects::state_row(&r.funnel, &state),
+                writes: effects::writes(c.lead, &c.funnel, r.version, &to, &effects),
+            });
         }
-        let items: Vec<Committed> = stepped
-            .iter()
-            .map(|(c, t, id, v, to, seen)| Committed {
-                enrollment: c,
-                events_seen: *seen,
-                recipient: to.clone(),
-                step_id: id.clone(),
-                version: *v,
-                transition: t,
-            })
-            .collect();
         let n = self
             .store
             .commit_many(&self.owner, &items, &leads, now)
             .await?;
         self.committed.fetch_add(n as u64, Ordering::Relaxed);
-        let triggers = stepped
-            .iter()
-            .flat_map(|(c, t, ..)| triggers_of(c.lead, &t.effects))
-            .collect();
         self.start_entries(triggers, now).await?;
         Ok(n)
     }
@@ -664,7 +549,7 @@ impl Runtime {
 }
 
 /// Running funnels by id.
-pub type Funnels = BTreeMap<String, Running>;
+pub type Funnels = BTreeMap<FunnelId, Running>;
 
 /// How many funnels deep tags and events may start one another in one go.
 const MAX_CHAIN: usize = 8;
@@ -672,15 +557,15 @@ const MAX_CHAIN: usize = 8;
 /// What may start a funnel whose `entry` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Trigger {
-    Tag(String),
-    Event(String),
+    Tag(Tag),
+    Event(EventKind),
 }
 
 impl Trigger {
     fn starts(&self, entry: &EntryTrigger) -> bool {
         match (self, entry) {
-            (Trigger::Tag(t), EntryTrigger::Tag(e)) => e.as_str() == t,
-            (Trigger::Event(n), EntryTrigger::Event(e)) => e.as_str() == n,
+            (Trigger::Tag(t), EntryTrigger::Tag(e)) => e == t,
+            (Trigger::Event(k), EntryTrigger::Event(e)) => e.as_str() == k.as_str(),
             _ => false,
         }
     }
@@ -691,8 +576,8 @@ fn triggers_of(lead: LeadId, effects: &[engine::Effect]) -> Vec<(LeadId, Trigger
     effects
         .iter()
         .filter_map(|e| match e {
-            engine::Effect::Tag(t) => Some((lead, Trigger::Tag(t.to_string()))),
-            engine::Effect::Emitted(n) => Some((lead, Trigger::Event(n.clone()))),
+            engine::Effect::Tag(t) => Some((lead, Trigger::Tag(t.clone()))),
+            engine::Effect::Emitted(k) => Some((lead, Trigger::Event(k.clone()))),
             _ => None,
         })
         .collect()
@@ -709,32 +594,9 @@ async fn register(
         let source = print::to_yaml(&f);
         let hash = format!("{:016x}", engine::fnv1a(source.as_bytes()));
         let version = store
-            .funnel_version(f.id.value.as_str(), &hash, &source, now)
+            .funnel_version(&f.id.value, &hash, &source, now)
             .await?;
-        running.insert(f.id.value.to_string(), Running { funnel: f, version });
+        running.insert(f.id.value.clone(), Running { funnel: f, version });
     }
     Ok(running)
-}
-
-/// The stored step id of a transition's resulting position, so another version of the funnel
-/// can find the step again.
-fn step_id(f: &Funnel, t: &Transition) -> Option<String> {
-    f.stage(t.state.stage.as_str())
-        .and_then(|s| s.steps.get(t.state.step))
-        .map(|s| s.id.to_string())
-}
-
-/// The state to step from: where the funnel was edited, the step is found again by its id.
-fn resume(f: &Funnel, c: &StoredEnrollment) -> engine::Enrollment {
-    let mut state = c.state.clone();
-    if let (Some(id), Some(stage)) = (&c.step_id, f.stage(state.stage.as_str()))
-        && stage
-            .steps
-            .get(state.step)
-            .is_none_or(|s| s.id.as_str() != id)
-        && let Some(i) = stage.steps.iter().position(|s| s.id.as_str() == id)
-    {
-        state.step = i;
-    }
-    state
 }

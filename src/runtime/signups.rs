@@ -1,0 +1,163 @@
+//! Landing-page signups by group commit: a signup is queued without an `await`; whoever finds
+//! no commit under way stores everything queued (one transaction), starts the forms' funnels,
+//! and answers each waiting visitor.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::{Runtime, RuntimeError, Trigger};
+use crate::domain::{EventKind, FunnelId, LeadId};
+use crate::store::NewSignup;
+
+/// Where a queued signup's answer goes.
+pub(super) type Answer = tokio::sync::oneshot::Sender<Result<LeadId, String>>;
+
+/// A queued signup's answer: its lead, once stored.
+pub struct SignupTicket(tokio::sync::oneshot::Receiver<Result<LeadId, String>>);
+
+/// A signup in the queue, with the funnels its form starts and where its answer goes.
+pub(super) struct QueuedSignup {
+    signup: NewSignup,
+    funnels: Vec<FunnelId>,
+    done: Answer,
+}
+
+impl Runtime {
+    /// Queues a landing-page signup (lead, touch, `signup` event) that starts `funnels`, the
+    /// form's; [`Runtime::signup_stored`] commits it. Queued at once (no `await`), so a
+    /// shutdown's [`Runtime::settle`] sees it.
+    pub fn queue_signup(&self, signup: NewSignup, funnels: Vec<FunnelId>) -> SignupTicket {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.signups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(QueuedSignup {
+                signup,
+                funnels,
+                done,
+            });
+        SignupTicket(answer)
+    }
+
+    /// Waits until the queued signup is stored and its funnels started. Signups arriving
+    /// together are written together: whoever finds no commit under way commits everything
+    /// queued so far (group commit); the others wait for their answer. Run it in a task of its
+    /// own: a caller that goes away mid-commit must not stop the commit others wait for.
+    pub async fn signup_stored(&self, ticket: SignupTicket) -> Result<LeadId, RuntimeError> {
+        let mut answer = ticket.0;
+        let turn = self.committing.lock().await;
+        if let Ok(r) = answer.try_recv() {
+            return r.map_err(RuntimeError::Signup);
+        }
+        let queued = std::mem::take(&mut *self.signups.lock().unwrap_or_else(|e| e.into_inner()));
+        let (signups, rest): (Vec<NewSignup>, Vec<_>) = queued
+            .into_iter()
+            .map(|q| (q.signup, (q.funnels, q.done)))
+            .unzip();
+        match self.commit_signups(&signups, &rest, Utc::now()).await {
+            Ok(leads) => {
+                for ((_, done), lead) in rest.into_iter().zip(leads) {
+                    let _ = done.send(Ok(lead));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, signups = signups.len(), "cannot store signups");
+                for (_, done) in rest {
+                    let _ = done.send(Err(e.to_string()));
+                }
+            }
+        }
+        drop(turn);
+        match answer.try_recv() {
+            Ok(r) => r.map_err(RuntimeError::Signup),
+            Err(_) => Err(RuntimeError::Signup("no answer for this signup".into())),
+        }
+    }
+
+    /// Starts the funnels of signups stored more than a minute ago whose funnels never
+    /// started (the process stopped between the two transactions of a group); returns how
+    /// many signups it found. The scheduler loop calls it every minute.
+    pub async fn resume_signups(&self, now: DateTime<Utc>) -> Result<usize, RuntimeError> {
+        let _turn = self.committing.lock().await;
+        let found = self
+            .store
+            .unstarted_signups(now - Duration::minutes(1), 10_000)
+            .await?;
+        if found.is_empty() {
+            return Ok(0);
+        }
+        let funnels = self.funnels();
+        let mut by_funnel: BTreeMap<&FunnelId, Vec<LeadId>> = BTreeMap::new();
+        for (lead, form) in &found {
+            for (id, r) in funnels.iter() {
+                if r.funnel.entry.forms().any(|f| f.id.as_str() == form) {
+                    by_funnel.entry(id).or_default().push(*lead);
+                }
+            }
+        }
+        for (f, leads) in by_funnel {
+            self.enroll_many(&leads, f, now).await?;
+        }
+        let leads: Vec<LeadId> = found.iter().map(|(l, _)| *l).collect();
+        self.store.signups_started(&leads, now).await?;
+        tracing::warn!(
+            signups = found.len(),
+            "started the funnels of signups stored before the process stopped"
+        );
+        Ok(found.len())
+    }
+
+    /// Waits until no signup is queued or being committed: at shutdown, after the server
+    /// stopped taking requests, so every signup it answered or was storing starts its funnels.
+    pub async fn settle(&self) {
+        loop {
+            {
+                let _turn = self.committing.lock().await;
+                if self
+                    .signups
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
+                {
+                    return;
+                }
+            }
+            // Queued signups are committed by their own tasks.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// One group of signups: stored in one transaction, then each funnel started for its
+    /// leads in one more.
+    async fn commit_signups(
+        &self,
+        signups: &[NewSignup],
+        funnels: &[(Vec<FunnelId>, Answer)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<LeadId>, RuntimeError> {
+        let leads = self.store.record_signups(signups, now).await?;
+        // Runs the leads were in already are fed the event by the scheduler.
+        self.wake.notify_one();
+        let by_event = leads
+            .iter()
+            .map(|l| (*l, Trigger::Event(EventKind::Signup)))
+            .collect();
+        self.start_entries(by_event, now).await?;
+        let mut by_funnel: BTreeMap<&FunnelId, Vec<LeadId>> = BTreeMap::new();
+        for ((fs, _), lead) in funnels.iter().zip(&leads) {
+            for f in fs {
+                by_funnel.entry(f).or_default().push(*lead);
+            }
+        }
+        for (f, leads) in by_funnel {
+            match self.enroll_many(&leads, f, now).await {
+                // Reloaded away since the form was read: the signup is kept, nothing starts.
+                Err(RuntimeError::UnknownFunnel(_)) | Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.store.signups_started(&leads, now).await?;
+        Ok(leads)
+    }
+}
