@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::domain::TemplateName;
 use crate::funnel::diag::{Diagnostic, Pos, Severity};
+use crate::funnel::read_text;
 
 /// The files of one email: extension, what it is called in messages.
 pub const PARTS: [(&str, &str); 4] = [
@@ -341,28 +342,6 @@ fn diag(path: &Path, pos: Pos, message: String) -> Diagnostic {
         severity: Severity::Error,
         message,
     }
-}
-
-/// Reads a file that must be UTF-8 text of a sane size.
-pub fn read_text(path: &Path) -> Result<String, String> {
-    const MAX: u64 = 1024 * 1024;
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
-    if meta.len() > MAX {
-        return Err(format!(
-            "file is {} bytes; at most {MAX} are allowed",
-            meta.len()
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    if let Some(i) = bytes.iter().position(|b| *b == 0) {
-        return Err(format!("not a text file (binary data at byte {i})"));
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "not UTF-8 text (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        )
-    })
 }
 
 /// All messages of an error and its sources, innermost last.

@@ -15,5 +15,6 @@ mod runtime;
 mod server;
 mod signup;
 mod store;
+mod tidy;
 mod tracking;
 mod util;

@@ -20,7 +20,7 @@ pub use model::*;
 /// Reads, parses and lowers one funnel file; cross-checks are left to the caller (they need
 /// the templates and the other funnels). `None` when the file cannot be understood at all.
 pub fn load_file(display_path: &Path, path: &Path, sink: &mut Sink) -> Option<Funnel> {
-    let text = match crate::templates::read_text(path) {
+    let text = match read_text(path) {
         Ok(t) => t,
         Err(e) => {
             sink.error(Pos::START, e);
@@ -28,6 +28,28 @@ pub fn load_file(display_path: &Path, path: &Path, sink: &mut Sink) -> Option<Fu
         }
     };
     parse_text(display_path, &text, sink)
+}
+
+/// Reads a file that must be UTF-8 text of a sane size.
+pub fn read_text(path: &Path) -> Result<String, String> {
+    const MAX: u64 = 1024 * 1024;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if meta.len() > MAX {
+        return Err(format!(
+            "file is {} bytes; at most {MAX} are allowed",
+            meta.len()
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    if let Some(i) = bytes.iter().position(|b| *b == 0) {
+        return Err(format!("not a text file (binary data at byte {i})"));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 /// Parses funnel source text as if it came from `file`.

@@ -72,7 +72,7 @@ pub async fn purchase(
     let mut v: Value = serde_json::from_slice(&body)
         .map_err(|_| ApiError::malformed("", "the body is not JSON"))?;
     if let Value::Object(o) = &mut v {
-        o.insert("event".into(), json!("purchase"));
+        o.insert("event".into(), json!(EventKind::Purchase.as_str()));
     }
     let e = parse(&v, "", chrono::Utc::now())?;
     let (accepted, duplicates) = store_all(&state.runtime, vec![e])

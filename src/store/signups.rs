@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, Value};
 
 use super::batch::{self, Params};
 use super::{Backend, LeadInput, NewTouch, Result, Store, StoreError, ms};
-use crate::domain::{Consent, Email, LeadId};
+use crate::domain::{Consent, Email, EventKind, LeadId};
 
 /// One signup as the form delivered it.
 #[derive(Debug, Clone)]
@@ -134,7 +134,7 @@ impl Store {
             .map(|(s, l)| {
                 vec![
                     l.0.into(),
-                    "signup".into(),
+                    EventKind::Signup.as_str().into(),
                     serde_json::json!({ "form": s.form }).to_string().into(),
                     t.into(),
                     t.into(),
