@@ -2,21 +2,21 @@
 //! `funnels/`, emails are tera templates in `templates/`, leads and their state live in SQLite
 //! or PostgreSQL.
 //!
-//! Layout (see ARCHITECTURE.md for the invariants):
-//! - [`domain`]: newtypes for the values everything else passes around.
-//! - [`funnel`]: the funnel language — located YAML, typed model, diagnostics, validation.
-//! - [`templates`]: loading and rendering email templates.
-//! - [`project`]: a project folder checked as a whole (what `check` and `run` load).
-//! - [`settings`]: the one `Settings` struct, from file and environment.
+//! Layout, from the bottom up (ARCHITECTURE.md has the code map and the invariants; the
+//! `tidy` test keeps the boundaries):
+//! - [`domain`]: newtypes and plain values everything else passes around.
+//! - [`funnel`], [`templates`], [`project`]: the funnel language and email templates, read and
+//!   checked as a whole project; [`settings`], the one `Settings` struct.
+//! - [`engine`]: the pure state machine of one enrollment, and its simulation ([`simulate`],
+//!   [`plan`] print what it would do).
+//! - [`runtime`]: durable enrollments between the engine and the store: lead facts from rows,
+//!   effects into rows, the scheduler loop, signups by group commit.
 //! - [`store`]: the database, and the only code that touches it.
-//! - [`server`]: the HTTP side of `autofunnel run`.
-//! - [`metrics`]: counters and gauges for `GET /metrics`.
-//! - [`cli`]: the command line; `main.rs` only calls [`cli::main`].
-//! - [`scaffold`]: the starter project written by `autofunnel init`.
-//! - [`engine`]: the pure state machine of one enrollment, and its simulation.
-//! - [`simulate`]: `autofunnel simulate`, the timeline of a virtual lead.
-//! - [`delivery`]: the sender that drains the outbox over SMTP or into `.eml` files.
-//! - [`tokens`]: the signed tokens in the links of emails.
+//! - [`delivery`]: the sender that drains the outbox over SMTP or into `.eml` files;
+//!   [`tokens`], the signed tokens in the links of emails.
+//! - [`server`]: the HTTP side of `autofunnel run`; [`metrics`], what `/metrics` shows.
+//! - [`cli`]: the command line; `main.rs` only calls [`cli::main`]. [`scaffold`]: the
+//!   starter project written by `autofunnel init`.
 
 pub mod cli;
 pub mod delivery;
