@@ -217,6 +217,7 @@ async fn plan(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitC
 
 async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(&project, config.as_deref())?;
+    settings.check_secrets()?;
     // Taken before the files are read, so an edit made while starting is reloaded.
     let files = project::fingerprint(&settings);
     let (loaded, report) = project::check(&settings, None);
@@ -297,14 +298,6 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     let runtime = std::sync::Arc::new(runtime);
     let secret = settings.secret_bytes()?;
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
-    for (key, token) in [
-        ("api_token", &settings.api_token),
-        ("admin_token", &settings.admin_token),
-    ] {
-        if token.as_ref().is_some_and(|t| t.len() < 16) {
-            anyhow::bail!("`{key}` is too short: use at least 16 characters");
-        }
-    }
     let sender = std::sync::Arc::new(
         delivery::Sender::new(
             store.outbox(),

@@ -177,21 +177,54 @@ impl Settings {
     }
 }
 
+/// The shortest secret or token accepted, in characters.
+pub const MIN_SECRET: usize = 16;
+
 impl Settings {
+    /// Every secret and token that is set is long enough to resist guessing: `secret`,
+    /// `hooks_secret`, `api_token`, `admin_token` (at least [`MIN_SECRET`] characters, not
+    /// only spaces), and the two tokens differ. Checked by `run` before anything starts.
+    pub fn check_secrets(&self) -> anyhow::Result<()> {
+        for (key, value) in [
+            ("secret", &self.secret),
+            ("hooks_secret", &self.hooks_secret),
+            ("api_token", &self.api_token),
+            ("admin_token", &self.admin_token),
+        ] {
+            if let Some(v) = value
+                && (v.trim().chars().count() < MIN_SECRET)
+            {
+                bail!(
+                    "`{key}` is too short: use at least {MIN_SECRET} characters (set it in {FILE_NAME} or AUTOFUNNEL_{})",
+                    key.to_uppercase()
+                );
+            }
+        }
+        if self.api_token.is_some() && self.api_token == self.admin_token {
+            bail!(
+                "`api_token` and `admin_token` must differ: shops hold the first, admins the second"
+            );
+        }
+        Ok(())
+    }
+
     /// The signing key: `secret` if set, else the contents of `secret_file`, created with 32
     /// random bytes the first time.
     pub fn secret_bytes(&self) -> anyhow::Result<Vec<u8>> {
         if let Some(s) = &self.secret {
-            if s.len() < 16 {
-                bail!("`secret` is too short: use at least 16 characters");
+            if s.trim().chars().count() < MIN_SECRET {
+                bail!("`secret` is too short: use at least {MIN_SECRET} characters");
             }
             return Ok(s.as_bytes().to_vec());
         }
         let file = &self.secret_file;
         if let Ok(text) = std::fs::read_to_string(file) {
             let key = text.trim();
-            if key.len() < 16 {
-                bail!("the secret in {} is too short", file.display());
+            if key.chars().count() < MIN_SECRET {
+                bail!(
+                    "the secret in {} is too short: at least {MIN_SECRET} characters",
+                    file.display()
+                );
             }
             return Ok(key.as_bytes().to_vec());
         }

@@ -44,7 +44,7 @@ async fn signups(store: Store) {
         listener,
         AppState {
             secret: Arc::from(&b"signup secret"[..]),
-            signup_limit: signup::limiter(8),
+            signup_limit: signup::limiter(13),
             ..crate::util::off(&rt)
         },
     );
@@ -96,12 +96,14 @@ async fn signups(store: Store) {
         .collect();
     assert_eq!(sent, ["confirm"], "double opt-in asks first");
 
-    // fetch() with JSON from an allowed origin: JSON back, CORS header; the same email updates
-    // the lead (a new field, a second touch) and starts nothing twice.
+    // fetch() with JSON from an allowed origin: JSON back, CORS header; the same email (any
+    // case) adds what the lead lacks (a new field, a second touch), changes nothing it has
+    // (name, time zone, city: anyone can post a form) and starts nothing twice.
     let r = client
         .post(&url)
         .header("origin", "https://landing.example.com")
-        .json(&serde_json::json!({ "email": "anna@example.com", "plan": "pro" }))
+        .json(&serde_json::json!({ "email": "ANNA@example.com", "plan": "pro",
+                                   "first_name": "Mallory", "city": "Evil", "timezone": "Asia/Tokyo" }))
         .send()
         .await
         .unwrap();
@@ -110,11 +112,22 @@ async fn signups(store: Store) {
         r.headers()["access-control-allow-origin"],
         "https://landing.example.com"
     );
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["lead"], anna.id.0);
+    let known: serde_json::Value = r.json().await.unwrap();
     let again = store.lead_by_email(&anna.email).await.unwrap().unwrap();
     assert_eq!(again.fields["plan"], "pro");
     assert_eq!(again.fields["city"], "Berlin");
+    assert_eq!(again.first_name.as_deref(), Some("Anna"));
+    assert_eq!(again.timezone, Some(chrono_tz::Europe::Berlin));
+    // A new address gets the very same answer: the form tells nobody who is on the list.
+    let r = client
+        .post(&url)
+        .json(&serde_json::json!({ "email": "newcomer@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    let new: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(known, new);
+    assert_eq!(new, serde_json::json!({ "status": "ok" }));
     assert_eq!(store.touches_of(anna.id).await.unwrap().len(), 2);
     assert_eq!(store.outbox_of(anna.id).await.unwrap().len(), 1);
     // The preflight answers allowed origins only.
@@ -150,6 +163,15 @@ async fn signups(store: Store) {
             "timezone",
         ),
         ("email=x%40example.com&Bad-Name=1", 422, "Bad-Name"),
+        // Text is one line of printable UTF-8 within its length.
+        ("email=x%40example.com&first_name=A%0Ab", 422, "first_name"),
+        ("email=x%40example.com&city=a%00b", 422, "city"),
+        ("email=x%40example.com&first_name=%FF%FE", 400, "first_name"),
+        (
+            "email=x%40example.com&utm_source=a%E2%80%A8b",
+            422,
+            "utm_source",
+        ),
     ];
     for (body, status, field) in bad {
         let r = form(body).send().await.unwrap();
@@ -183,7 +205,7 @@ async fn signups(store: Store) {
         .unwrap();
     assert_eq!(r.status(), 404);
 
-    // /metrics: the two stored signups, the confirmation email waiting, the timer not late.
+    // /metrics: the three stored signups, two confirmation emails waiting, the timer not late.
     let metrics = client
         .get(format!("{base}/metrics"))
         .send()
@@ -193,8 +215,8 @@ async fn signups(store: Store) {
         .await
         .unwrap();
     for line in [
-        "autofunnel_signups_total 2",
-        "autofunnel_outbox_queued 1",
+        "autofunnel_signups_total 3",
+        "autofunnel_outbox_queued 2",
         "autofunnel_outbox_sending 0",
         "autofunnel_emails_sent_total 0",
     ] {
@@ -208,7 +230,8 @@ async fn signups(store: Store) {
         "{metrics}"
     );
 
-    // Eight signups a minute per address: the ninth request is refused, and stores nothing.
+    // Thirteen signups a minute per address: the fourteenth request is refused, and stores
+    // nothing.
     let mut last = 0;
     for i in 0..3 {
         last = form(&format!("email=late{i}%40example.com"))

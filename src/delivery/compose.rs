@@ -158,6 +158,35 @@ pub fn context(
     cx
 }
 
+/// Text fit for one header line: control characters (line breaks included) become spaces,
+/// runs of spaces one, and it is at most 998 characters long.
+fn one_line(text: &str) -> String {
+    let spaced: String = text
+        .chars()
+        .map(|c| {
+            if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect();
+    spaced
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(998)
+        .collect()
+}
+
+/// A display name for an address header: one line, at most 100 characters; `None` when
+/// nothing is left.
+fn display_name(name: &str) -> Option<String> {
+    let n: String = one_line(name).chars().take(100).collect();
+    (!n.is_empty()).then_some(n)
+}
+
 /// Builds the email of an outbox row for its lead.
 pub fn compose(
     row: &Outgoing,
@@ -196,8 +225,8 @@ pub fn compose(
     // Given, so lettre need not parse it back out of the headers it just wrote.
     let envelope = lettre::address::Envelope::new(Some(from_addr.clone()), vec![to_addr.clone()])
         .map_err(|e| ComposeError::Build(e.to_string()))?;
-    let sender = Mailbox::new(from.name.clone(), from_addr);
-    let to = Mailbox::new(lead.first_name.clone(), to_addr);
+    let sender = Mailbox::new(from.name.as_deref().and_then(display_name), from_addr);
+    let to = Mailbox::new(lead.first_name.as_deref().and_then(display_name), to_addr);
     let domain = from
         .email
         .as_str()
@@ -215,7 +244,7 @@ pub fn compose(
         .envelope(envelope)
         .from(sender)
         .to(to)
-        .subject(r.subject)
+        .subject(one_line(&r.subject))
         .message_id(Some(format!("<{id:016x}.{}@{domain}>", row.id)))
         .date(SystemTime::from(now))
         .header(ListUnsubscribe(unsubscribe))

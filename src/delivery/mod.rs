@@ -313,7 +313,7 @@ impl Sender {
     /// Claims due messages and sends them, as many at once as the transport allows.
     pub async fn round(&self, now: DateTime<Utc>) -> anyhow::Result<Tally> {
         let outbox = &self.outbox;
-        let mut claimed = outbox.claim(now, LEASE, self.batch()).await?;
+        let mut claimed = outbox.claim(MAX_ATTEMPTS, now, LEASE, self.batch()).await?;
         if claimed.is_empty() {
             return Ok(Tally::default());
         }
@@ -356,7 +356,20 @@ impl Sender {
                     .map(|m| {
                         let lead = leads.get(&m.lead);
                         let deadline = deadlines.get(&m.id).copied();
-                        compose_email(m, lead, deadline, &project, &links, dkim.as_deref(), now)
+                        // One email that cannot be made fails alone, whatever goes wrong.
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            compose_email(m, lead, deadline, &project, &links, dkim.as_deref(), now)
+                        }))
+                        .unwrap_or_else(|p| {
+                            let why = p
+                                .downcast_ref::<String>()
+                                .map(String::as_str)
+                                .or_else(|| p.downcast_ref::<&str>().copied())
+                                .unwrap_or("unknown");
+                            Err(Outcome::Broken(format!(
+                                "composing the email failed: {why}"
+                            )))
+                        })
                     })
                     .collect()
             })

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use crate::domain::{Consent, EnrollmentId, Event, EventKind, FunnelId, LeadId, RunStatus, Tag};
 use crate::engine::{self, Input, LeadFacts};
 use crate::funnel::{EntryTrigger, Funnel, ReEntry, print};
-use crate::store::{EnrollmentRow, NewEvent, NewRun, Recorded, RunUpdate, Store};
+use crate::store::{BatchEvent, EnrollmentRow, NewEvent, NewRun, Recorded, RunUpdate, Store};
 
 /// How long a claimed enrollment is reserved for its worker; a worker that dies loses it then.
 pub const LEASE: Duration = Duration::seconds(30);
@@ -393,6 +393,45 @@ impl Runtime {
         if self.store.record_event(stored, now).await? == Recorded::Duplicate {
             return Ok(None);
         }
+        self.store.mark_pending(lead, now).await?;
+        self.stored(lead, kind, now).await.map(Some)
+    }
+
+    /// Stores a batch of events from another system all or nothing (leads created for new
+    /// addresses), then feeds them. Returns each event's lead and whether it was new; a
+    /// duplicate (same idempotency key) is fed to nobody.
+    pub async fn record_batch(
+        &self,
+        events: Vec<BatchEvent>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(LeadId, bool)>, RuntimeError> {
+        let kinds: Vec<EventKind> = events.iter().map(|e| e.event.kind.clone()).collect();
+        let stored = self.store.record_batch(events, now).await?;
+        // Stored for good: feeding is best effort, and a round feeds whatever is left pending.
+        let mut fed: Vec<(LeadId, EventKind)> = Vec::new();
+        for ((lead, new), kind) in stored.iter().zip(kinds) {
+            if *new && !fed.contains(&(*lead, kind.clone())) {
+                fed.push((*lead, kind));
+            }
+        }
+        for (lead, kind) in fed {
+            if let Err(e) = self.stored(lead, kind, now).await {
+                tracing::warn!(lead = %lead, error = %e, "event stored; the next round feeds it");
+            }
+        }
+        self.wake.notify_one();
+        Ok(stored)
+    }
+
+    /// What follows a stored new event of `kind`: the lead's consent and suppression, its live
+    /// runs fed at once (when no other worker holds the lead), and funnels entered by the event
+    /// started. Returns how many runs saw it.
+    async fn stored(
+        &self,
+        lead: LeadId,
+        kind: EventKind,
+        now: DateTime<Utc>,
+    ) -> Result<usize, RuntimeError> {
         match kind {
             EventKind::Confirmed => {
                 self.store
@@ -410,8 +449,6 @@ impl Runtime {
             // No funnel mails this address again, whatever its own transitions say.
             self.store.suppress(lead, kind.as_str(), now).await?;
         }
-        // Durable first: whoever holds these enrollments now, a round will feed them the event.
-        self.store.mark_pending(lead, now).await?;
         let claimed = self
             .store
             .claim_for_lead(lead, &self.owner, now, LEASE)
@@ -420,7 +457,7 @@ impl Runtime {
         self.start_entries(vec![(lead, Trigger::Event(kind))], now)
             .await?;
         self.wake.notify_one();
-        Ok(Some(seen))
+        Ok(seen)
     }
 
     /// Claims a batch of due or pending enrollments, steps each, and commits the round in one

@@ -55,18 +55,19 @@ impl Runtime {
             .into_iter()
             .map(|q| (q.signup, (q.funnels, q.done)))
             .unzip();
-        match self.commit_signups(&signups, &rest, Utc::now()).await {
-            Ok(leads) => {
-                for ((_, done), lead) in rest.into_iter().zip(leads) {
-                    let _ = done.send(Ok(lead));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, signups = signups.len(), "cannot store signups");
-                for (_, done) in rest {
-                    let _ = done.send(Err(e.to_string()));
-                }
-            }
+        let now = Utc::now();
+        let stored = self.store_group(&signups, now).await;
+        let started: Vec<(LeadId, &[FunnelId])> = stored
+            .iter()
+            .zip(&rest)
+            .filter_map(|(r, (funnels, _))| Some((*r.as_ref().ok()?, funnels.as_slice())))
+            .collect();
+        if let Err(e) = self.start_signups(&started, now).await {
+            // Stored for good: `resume_signups` starts their funnels within a minute.
+            tracing::error!(error = %e, signups = started.len(), "signups stored; starting their funnels failed");
+        }
+        for (r, (_, done)) in stored.into_iter().zip(rest) {
+            let _ = done.send(r);
         }
         drop(turn);
         match answer.try_recv() {
@@ -128,25 +129,63 @@ impl Runtime {
         }
     }
 
-    /// One group of signups: stored in one transaction, then each funnel started for its
-    /// leads in one more.
-    async fn commit_signups(
+    /// Stores a group of signups in one transaction; when the database refuses it, each
+    /// signup alone, so one that cannot be stored fails only itself. Each signup's lead or
+    /// why it was not stored, in order.
+    async fn store_group(
         &self,
         signups: &[NewSignup],
-        funnels: &[(Vec<FunnelId>, Answer)],
         now: DateTime<Utc>,
-    ) -> Result<Vec<LeadId>, RuntimeError> {
-        let leads = self.store.record_signups(signups, now).await?;
+    ) -> Vec<Result<LeadId, String>> {
+        match self.store.record_signups(signups, now).await {
+            Ok(leads) => return leads.into_iter().map(Ok).collect(),
+            Err(e) if signups.len() == 1 => {
+                tracing::error!(error = %e, "cannot store a signup");
+                return vec![Err(e.to_string())];
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, signups = signups.len(), "a group of signups was refused; storing each alone");
+            }
+        }
+        let mut out = Vec::with_capacity(signups.len());
+        for s in signups {
+            out.push(
+                match self
+                    .store
+                    .record_signups(std::slice::from_ref(s), now)
+                    .await
+                {
+                    Ok(mut l) => l.pop().ok_or_else(|| "no lead stored".to_string()),
+                    Err(e) => {
+                        tracing::error!(error = %e, form = %s.form, "cannot store a signup");
+                        Err(e.to_string())
+                    }
+                },
+            );
+        }
+        out
+    }
+
+    /// Starts, for stored signups, the funnels that enter on `signup` and each form's own
+    /// funnels; then marks the signups started.
+    async fn start_signups(
+        &self,
+        stored: &[(LeadId, &[FunnelId])],
+        now: DateTime<Utc>,
+    ) -> Result<(), RuntimeError> {
+        if stored.is_empty() {
+            return Ok(());
+        }
         // Runs the leads were in already are fed the event by the scheduler.
         self.wake.notify_one();
-        let by_event = leads
+        let by_event = stored
             .iter()
-            .map(|l| (*l, Trigger::Event(EventKind::Signup)))
+            .map(|(l, _)| (*l, Trigger::Event(EventKind::Signup)))
             .collect();
         self.start_entries(by_event, now).await?;
         let mut by_funnel: BTreeMap<&FunnelId, Vec<LeadId>> = BTreeMap::new();
-        for ((fs, _), lead) in funnels.iter().zip(&leads) {
-            for f in fs {
+        for (lead, fs) in stored {
+            for f in fs.iter() {
                 by_funnel.entry(f).or_default().push(*lead);
             }
         }
@@ -157,7 +196,8 @@ impl Runtime {
                 Err(e) => return Err(e),
             }
         }
+        let leads: Vec<LeadId> = stored.iter().map(|(l, _)| *l).collect();
         self.store.signups_started(&leads, now).await?;
-        Ok(leads)
+        Ok(())
     }
 }

@@ -65,6 +65,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // Every refused input is counted in the log (`refused` lines), where a run under
+        // attack or a broken integration shows.
+        if self.status.is_client_error() {
+            tracing::info!(status = self.status.as_u16(), field = %self.field, reason = %self.message, "refused");
+        }
         let body = json!({ "error": self.message, "field": self.field });
         (self.status, Json(body)).into_response()
     }

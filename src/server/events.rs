@@ -12,24 +12,22 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::Api;
 use super::error::ApiError;
+use super::input::{self, max};
 use crate::domain::{Email, Event, EventKind, LeadId};
 use crate::runtime::Runtime;
-use crate::store::LeadInput;
+use crate::store::{BatchEvent, LeadRef};
 
 /// Events in one request, at most.
 pub const MAX_BATCH: usize = 1000;
 
 /// One event, checked.
 pub struct Incoming {
-    who: Who,
+    /// Where it stands in the request (`events[3]`, or empty for a single event).
+    place: String,
+    who: LeadRef,
     event: Event,
     key: Option<String>,
     at: chrono::DateTime<chrono::Utc>,
-}
-
-enum Who {
-    Lead(LeadId),
-    Email(Email),
 }
 
 fn bad(field: &str, message: &str) -> ApiError {
@@ -50,8 +48,7 @@ pub fn parse(
         match o.get(k) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-            Some(Value::String(s)) if s.len() <= 200 => Ok(Some(s.trim().to_string())),
-            Some(Value::String(_)) => Err(bad(&field(k), "longer than 200 characters")),
+            Some(Value::String(s)) => input::text(&field(k), s, max::SHORT).map(Some),
             Some(_) => Err(bad(&field(k), "must be a string")),
         }
     };
@@ -69,13 +66,14 @@ pub fn parse(
         ));
     }
     let who = match (o.get("lead"), text("email")?) {
-        (Some(Value::Number(n)), _) => Who::Lead(LeadId(
+        (Some(Value::Number(n)), _) => LeadRef::Id(LeadId(
             n.as_i64()
+                .filter(|id| *id > 0)
                 .ok_or_else(|| bad(&field("lead"), "must be a lead id"))?,
         )),
         (Some(_), _) => return Err(bad(&field("lead"), "must be a lead id")),
         (None, Some(e)) => {
-            Who::Email(Email::parse(&e).map_err(|err| bad(&field("email"), &err.to_string()))?)
+            LeadRef::Email(Email::parse(&e).map_err(|err| bad(&field("email"), &err.to_string()))?)
         }
         (None, None) => return Err(bad(&field("email"), "give `email` or `lead`")),
     };
@@ -121,6 +119,7 @@ pub fn parse(
         text("id")?.map(|i| format!("api:{name}:{i}"))
     };
     Ok(Incoming {
+        place: at.to_string(),
         who,
         event: Event {
             product,
@@ -133,30 +132,44 @@ pub fn parse(
     })
 }
 
-/// Stores checked events and feeds them to the engine; a lead named by email is created when
-/// new. Returns (accepted, duplicates).
-pub async fn store_all(rt: &Runtime, events: Vec<Incoming>) -> anyhow::Result<(usize, usize)> {
-    let (mut accepted, mut duplicates) = (0, 0);
-    let now = chrono::Utc::now();
-    for e in events {
-        let lead = match e.who {
-            Who::Lead(id) => id,
-            Who::Email(email) => match rt.store().lead_by_email(&email).await? {
-                Some(l) => l.id,
-                None => {
-                    rt.store()
-                        .upsert_lead(&email, LeadInput::default(), now)
-                        .await?
-                        .id
-                }
-            },
+/// Stores checked events all or nothing and feeds them to the engine; a lead named by email
+/// is created when new, a lead named by id must exist (else 422 naming the event). Returns
+/// (accepted, duplicates).
+pub async fn store_all(rt: &Runtime, events: Vec<Incoming>) -> Result<(usize, usize), ApiError> {
+    let ids: Vec<LeadId> = events
+        .iter()
+        .filter_map(|e| match e.who {
+            LeadRef::Id(id) => Some(id),
+            LeadRef::Email(_) => None,
+        })
+        .collect();
+    let missing = rt.store().missing_leads(&ids).await?;
+    if let Some(e) = events
+        .iter()
+        .find(|e| matches!(e.who, LeadRef::Id(id) if missing.contains(&id)))
+    {
+        let field = if e.place.is_empty() {
+            "lead".to_string()
+        } else {
+            format!("{}.lead", e.place)
         };
-        match rt.event_at(lead, e.event, e.key, e.at, now).await? {
-            true => accepted += 1,
-            false => duplicates += 1,
-        }
+        return Err(bad(&field, "no such lead"));
     }
-    Ok((accepted, duplicates))
+    let batch = events
+        .into_iter()
+        .map(|e| BatchEvent {
+            who: e.who,
+            event: e.event,
+            idempotency_key: e.key,
+            occurred_at: e.at,
+        })
+        .collect();
+    let stored = rt
+        .record_batch(batch, chrono::Utc::now())
+        .await
+        .map_err(|e| ApiError::unavailable("the events could not be stored", e))?;
+    let accepted = stored.iter().filter(|(_, new)| *new).count();
+    Ok((accepted, stored.len() - accepted))
 }
 
 /// `POST /api/v1/events` with `Authorization: Bearer <api_token>`: one event object, or
@@ -184,9 +197,7 @@ pub async fn api_events(
         Some(_) => return Err(bad("events", "must be a list")),
         None => vec![parse(&v, "", now)?],
     };
-    let (accepted, duplicates) = store_all(&state.runtime, events)
-        .await
-        .map_err(|e| ApiError::unavailable("the events could not be stored", e))?;
+    let (accepted, duplicates) = store_all(&state.runtime, events).await?;
     state.metrics.events.inc_by(accepted as u64);
     Ok(Json(
         json!({ "accepted": accepted, "duplicates": duplicates }),

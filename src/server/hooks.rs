@@ -12,6 +12,7 @@ use super::AppState;
 use super::auth::verify_signed;
 use super::error::ApiError;
 use super::events::{parse, store_all};
+use super::input::{self, max};
 use crate::domain::{Email, Event, EventKind};
 
 /// `POST /hooks/delivery`. Body: `{"type": "bounce" | "complaint", "email": "…", "id":
@@ -40,10 +41,13 @@ pub async fn delivery_report(
         .and_then(|e| e.as_str())
         .and_then(|e| Email::parse(e).ok())
         .ok_or_else(|| ApiError::invalid("email", "missing or not an email address"))?;
-    let id = report
-        .get("id")
-        .and_then(|i| i.as_str())
-        .map(|i| format!("hook:{kind}:{i}"));
+    let id = match report.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(i)) => {
+            Some(format!("hook:{kind}:{}", input::text("id", i, max::SHORT)?))
+        }
+        Some(_) => return Err(ApiError::invalid("id", "must be a string")),
+    };
     let now = chrono::Utc::now();
     let rt = &state.runtime;
     match rt.store().lead_by_email(&email).await? {
@@ -75,9 +79,7 @@ pub async fn purchase(
         o.insert("event".into(), json!(EventKind::Purchase.as_str()));
     }
     let e = parse(&v, "", chrono::Utc::now())?;
-    let (accepted, duplicates) = store_all(&state.runtime, vec![e])
-        .await
-        .map_err(|e| ApiError::unavailable("the purchase could not be stored", e))?;
+    let (accepted, duplicates) = store_all(&state.runtime, vec![e]).await?;
     state.metrics.events.inc_by(accepted as u64);
     Ok(Json(json!({
         "status": if duplicates > 0 { "duplicate" } else { "ok" }

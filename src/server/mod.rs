@@ -8,8 +8,8 @@
 //! - [`pages`]: the unsubscribe and double opt-in pages.
 //! - [`admin`]: the admin API.
 //! - [`health`]: `/healthz`, `/metrics`, `/openapi.*`.
-//! - [`error`] and [`auth`]: the refusals every handler answers with, bearer tokens and
-//!   signatures.
+//! - [`error`], [`input`] and [`auth`]: the refusals every handler answers with, the checks
+//!   every text passes at the edge, bearer tokens and signatures.
 //!
 //! Handlers change nothing themselves: every write goes through the [`Runtime`], reads
 //! through its store.
@@ -20,6 +20,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod hooks;
+pub mod input;
 pub mod links;
 pub mod pages;
 pub mod signup;

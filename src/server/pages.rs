@@ -126,8 +126,9 @@ pub async fn unsubscribe(
     Ok(Page::new(StatusCode::OK, "You are unsubscribed", what))
 }
 
-/// `GET /c/{token}`: the double opt-in page. A button (pressed by a small script for people
-/// whose browser runs it) posts the confirmation, so a link scanner's fetch confirms nothing.
+/// `GET /c/{token}`: the double opt-in page. The person presses its button, which posts the
+/// confirmation: a link scanner's fetch confirms nothing, and neither does one that runs
+/// scripts (the page has none).
 pub async fn confirm_page(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -135,8 +136,8 @@ pub async fn confirm_page(
     lead_of(&state, LeadLink::Confirm, &token).await?;
     let body = "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>Confirm your address</title></head>\
          <body style=\"font-family:sans-serif;max-width:32em;margin:4em auto;padding:0 1em\"><h1>Confirm your address</h1>\
-         <form method=\"post\" id=\"c\"><button>Yes, send me the emails</button></form>\
-         <script>document.getElementById('c').submit()</script></body></html>";
+         <p>Press the button to confirm that you asked for these emails.</p>\
+         <form method=\"post\"><button>Yes, send me the emails</button></form></body></html>";
     Ok((StatusCode::OK, Html(body)).into_response())
 }
 

@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::error::{ApiError, Page};
+use super::error::{ApiError, ApiPath, Page};
+use super::input::{self, max};
 use crate::domain::{Email, FunnelId};
 use crate::store::{LeadInput, NewSignup, NewTouch};
 
@@ -48,7 +49,6 @@ const RESERVED: [&str; 12] = [
     HONEYPOT,
 ];
 const MAX_FIELDS: usize = 50;
-const MAX_VALUE: usize = 2_000;
 
 /// The funnels started by `form`, with its thank-you page and allowed origins.
 struct Target {
@@ -128,8 +128,7 @@ fn fields_of(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>, 
         .and_then(|c| c.to_str().ok())
         .is_some_and(|c| c.starts_with("application/json"));
     if !json {
-        return serde_urlencoded::from_bytes(body)
-            .map_err(|e| ApiError::malformed("", format!("bad form body: {e}")));
+        return input::form(body);
     }
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::malformed("", format!("the body is not JSON: {e}")))?;
@@ -167,20 +166,24 @@ fn read(
     headers: &HeaderMap,
     form: &str,
 ) -> Result<Option<NewSignup>, ApiError> {
-    let get = |name: &str| {
+    let raw = |name: &str| {
         fields
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.trim())
             .filter(|v| !v.is_empty())
     };
-    if get(HONEYPOT).is_some() {
+    if raw(HONEYPOT).is_some() {
         return Ok(None);
     }
-    let email = get("email")
+    // Every field is checked, reserved or not: one line of text within its length.
+    let get = |name: &str, max: usize| -> Result<Option<String>, ApiError> {
+        raw(name).map(|v| input::text(name, v, max)).transpose()
+    };
+    let email = get("email", max::EMAIL)?
         .ok_or_else(|| ApiError::invalid("email", "missing"))
-        .and_then(|e| Email::parse(e).map_err(|e| ApiError::invalid("email", e.to_string())))?;
-    let timezone = get("timezone")
+        .and_then(|e| Email::parse(&e).map_err(|e| ApiError::invalid("email", e.to_string())))?;
+    let timezone = get("timezone", max::TIMEZONE)?
         .map(|z| {
             z.parse::<chrono_tz::Tz>().map_err(|_| {
                 ApiError::invalid("timezone", "not an IANA time zone (like Europe/Berlin)")
@@ -202,13 +205,7 @@ fn read(
                 "field names are lowercase letters, digits and _ (at most 64)",
             ));
         }
-        if v.chars().count() > MAX_VALUE {
-            return Err(ApiError::invalid(
-                k,
-                format!("longer than {MAX_VALUE} characters"),
-            ));
-        }
-        extra.insert(k.clone(), Value::String(v.trim().to_string()));
+        extra.insert(k.clone(), Value::String(input::text(k, v, max::LONG)?));
     }
     if extra.len() > MAX_FIELDS {
         return Err(ApiError::invalid(
@@ -216,24 +213,30 @@ fn read(
             format!("more than {MAX_FIELDS} fields"),
         ));
     }
+    let first_name = match get("first_name", max::NAME)? {
+        Some(n) => Some(n),
+        None => get("name", max::NAME)?,
+    };
     let input = LeadInput {
-        first_name: get("first_name").or(get("name")).map(str::to_string),
+        first_name,
         fields: extra,
         timezone,
     };
+    // The Referer header is the browser's, not the visitor's choice: kept only when clean.
     let referer = headers
         .get(header::REFERER)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .and_then(|v| input::text("Referer", v, max::LONG).ok())
+        .filter(|v| !v.is_empty());
     let touch = NewTouch {
         channel: "form".into(),
-        source: get("utm_source").map(str::to_string),
-        medium: get("utm_medium").map(str::to_string),
-        campaign: get("utm_campaign").map(str::to_string),
-        term: get("utm_term").map(str::to_string),
-        content: get("utm_content").map(str::to_string),
-        referrer: get("referrer").map(str::to_string).or(referer),
-        landing_url: get("landing_url").map(str::to_string),
+        source: get("utm_source", max::SHORT)?,
+        medium: get("utm_medium", max::SHORT)?,
+        campaign: get("utm_campaign", max::SHORT)?,
+        term: get("utm_term", max::SHORT)?,
+        content: get("utm_content", max::SHORT)?,
+        referrer: get("referrer", max::LONG)?.or(referer),
+        landing_url: get("landing_url", max::LONG)?,
         form: Some(form.to_string()),
     };
     Ok(Some(NewSignup {
@@ -247,7 +250,7 @@ fn read(
 /// `POST /f/{form}`.
 pub async fn signup(
     State(state): State<AppState>,
-    Path(form): Path<String>,
+    ApiPath(form): ApiPath<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
@@ -257,9 +260,9 @@ pub async fn signup(
     };
     let origin = allowed_origin(&headers, &t);
     let answer = match accept(&state, &t, &form, peer, &headers, &body).await {
-        Ok(lead) if wants_json(&headers) => {
-            Json(json!({ "status": "ok", "lead": lead.map(|l| l.0) })).into_response()
-        }
+        // The same answer whether the address was new, known, or a bot's: a form tells
+        // nobody who is on the list.
+        Ok(_) if wants_json(&headers) => Json(json!({ "status": "ok" })).into_response(),
         Ok(_) => match &t.thank_you {
             Some(url) => {
                 (StatusCode::SEE_OTHER, [(header::LOCATION, url.as_str())]).into_response()

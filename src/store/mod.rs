@@ -119,6 +119,23 @@ pub struct NewEvent {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// The lead an event from another system names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeadRef {
+    Id(LeadId),
+    /// A new address becomes a lead.
+    Email(Email),
+}
+
+/// One event of a batch from another system.
+#[derive(Debug, Clone)]
+pub struct BatchEvent {
+    pub who: LeadRef,
+    pub event: Event,
+    pub idempotency_key: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+}
+
 /// A stored event of a lead.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
@@ -591,6 +608,112 @@ impl Store {
             Err(DbErr::RecordNotInserted) => Ok(Recorded::Duplicate),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Stores a batch of events from another system all or nothing, in one transaction: a
+    /// lead is created for each address not known yet, each event is stored once per
+    /// idempotency key, and the leads' live runs are marked to be fed them. Returns each event's
+    /// lead and whether it was new, in order. Every `LeadRef::Id` must exist (the caller checks
+    /// with [`Store::missing_leads`]); one that does not fails the whole batch.
+    pub async fn record_batch(
+        &self,
+        events: Vec<BatchEvent>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(LeadId, bool)>> {
+        let txn = self.write().await?;
+        let mut by_email: HashMap<String, LeadId> = HashMap::new();
+        let mut out = Vec::with_capacity(events.len());
+        for b in events {
+            let lead = match b.who {
+                LeadRef::Id(id) => id,
+                LeadRef::Email(email) => match by_email.get(email.as_str()) {
+                    Some(id) => *id,
+                    None => {
+                        lead::Entity::insert(lead::ActiveModel {
+                            id: NotSet,
+                            email: Set(email.as_str().to_string()),
+                            first_name: Set(None),
+                            fields: Set("{}".into()),
+                            timezone: Set(None),
+                            consent: Set(Consent::Pending.as_str().to_string()),
+                            score: Set(0),
+                            created_at: Set(ms(now)),
+                            updated_at: Set(ms(now)),
+                            lease_owner: NotSet,
+                            lease_until: NotSet,
+                        })
+                        .on_conflict(
+                            OnConflict::column(lead::Column::Email)
+                                .do_nothing()
+                                .to_owned(),
+                        )
+                        .exec_without_returning(&*txn)
+                        .await?;
+                        let id = lead::Entity::find()
+                            .filter(lead::Column::Email.eq(email.as_str()))
+                            .one(&*txn)
+                            .await?
+                            .map(|l| LeadId(l.id))
+                            .ok_or_else(|| {
+                                StoreError::Corrupt(format!("lead {email} vanished after insert"))
+                            })?;
+                        by_email.insert(email.as_str().to_string(), id);
+                        id
+                    }
+                },
+            };
+            let stored = event::Entity::insert(event::ActiveModel {
+                id: NotSet,
+                lead_id: Set(Some(lead.0)),
+                kind: Set(b.event.kind.as_str().to_string()),
+                payload: Set(payload_of(&b.event).to_string()),
+                idempotency_key: Set(b.idempotency_key),
+                occurred_at: Set(ms(b.occurred_at)),
+                received_at: Set(ms(now)),
+                processed_at: Set(Some(ms(now))),
+            })
+            .on_conflict(
+                OnConflict::column(event::Column::IdempotencyKey)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&*txn)
+            .await?;
+            out.push((lead, stored > 0));
+        }
+        let mut leads: Vec<i64> = out
+            .iter()
+            .filter(|(_, new)| *new)
+            .map(|(l, _)| l.0)
+            .collect();
+        leads.sort_unstable();
+        leads.dedup();
+        for chunk in leads.chunks(batch::ROWS) {
+            entities::enrollment::Entity::update_many()
+                .col_expr(
+                    entities::enrollment::Column::PendingAt,
+                    sea_orm::sea_query::Expr::value(ms(now)),
+                )
+                .filter(
+                    entities::enrollment::Column::LeadId
+                        .is_in(batch::padded(chunk.iter().copied())),
+                )
+                .filter(entities::enrollment::Column::Status.is_in(["active", "unconfirmed"]))
+                .exec(&*txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(out)
+    }
+
+    /// Which of these lead ids name no lead.
+    pub async fn missing_leads(&self, ids: &[LeadId]) -> Result<Vec<LeadId>> {
+        let found = self.leads(ids).await?;
+        Ok(ids
+            .iter()
+            .filter(|i| !found.contains_key(i))
+            .copied()
+            .collect())
     }
 
     /// Events of a lead, oldest first, as (kind, payload).

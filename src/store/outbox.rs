@@ -57,16 +57,41 @@ impl Store {
 impl Outbox {
     /// Leases up to `limit` emails due for an attempt, oldest due first. A message whose
     /// sender died mid-attempt (`sending` with a lapsed lease) is queued again first, so it is
-    /// attempted again. The claim walks the `(status, next_attempt_at)` index in order: no sort,
-    /// however deep the backlog.
+    /// attempted again — unless it has had `max_attempts` already: then it is parked as
+    /// `failed`, so a message that kills its sender cannot come back forever. The claim walks
+    /// the `(status, next_attempt_at)` index in order: no sort, however deep the backlog.
     pub async fn claim(
         &self,
+        max_attempts: i32,
         now: DateTime<Utc>,
         lease: Duration,
         limit: u64,
     ) -> Result<Vec<Outgoing>> {
         let store = &self.store;
         let _turn = store.turn().await;
+        let mut q = Params::new(store.backend);
+        let (error, lapsed, max) = (
+            q.p(format!(
+                "parked: {max_attempts} attempts ended without an outcome (the sender stopped each time)"
+            )),
+            q.p(ms(now)),
+            q.p(max_attempts),
+        );
+        let sql = format!(
+            "UPDATE messages SET status = 'failed', lease_until = NULL, last_error = {error} \
+             WHERE status = 'sending' AND lease_until < {lapsed} AND attempts >= {max}"
+        );
+        let parked = store
+            .db
+            .execute_raw(q.statement(sql))
+            .await?
+            .rows_affected();
+        if parked > 0 {
+            tracing::error!(
+                messages = parked,
+                "messages parked after {max_attempts} unfinished attempts"
+            );
+        }
         let mut q = Params::new(store.backend);
         let lapsed = q.p(ms(now));
         let sql = format!(

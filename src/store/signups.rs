@@ -22,8 +22,9 @@ pub struct NewSignup {
 
 impl Store {
     /// Stores the signups in one transaction and returns each one's lead, in order. A new
-    /// address creates its lead (consent `pending`); a known one is updated: given values win,
-    /// fields merge. Each signup adds a touch and a `signup` event; the lead's live
+    /// address creates its lead (consent `pending`); a known one only gains what it lacks (a
+    /// name, a time zone, fields it has not got): a form anyone can post never changes what is
+    /// stored. Each signup adds a touch and a `signup` event; the lead's live
     /// enrollments are marked to be fed the event.
     pub async fn record_signups(
         &self,
@@ -36,10 +37,13 @@ impl Store {
         for s in signups {
             match at.get(s.email.as_str()) {
                 Some(&i) => {
+                    // The first signup of the address in the group counts, as if stored first.
                     let m = &mut merged[i].1;
-                    m.first_name = s.input.first_name.clone().or(m.first_name.take());
-                    m.timezone = s.input.timezone.or(m.timezone);
-                    m.fields.extend(s.input.fields.clone());
+                    m.first_name = m.first_name.take().or(s.input.first_name.clone());
+                    m.timezone = m.timezone.or(s.input.timezone);
+                    for (k, v) in &s.input.fields {
+                        m.fields.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
                 }
                 None => {
                     at.insert(s.email.as_str(), merged.len());
@@ -47,9 +51,11 @@ impl Store {
                 }
             }
         }
+        // An anonymous form may add what a lead lacks, never change what it has: the stored
+        // values win over the submitted ones.
         let merge_fields = match self.backend {
-            Backend::Sqlite => "json_patch(leads.fields, excluded.fields)",
-            Backend::Postgres => "(leads.fields::jsonb || excluded.fields::jsonb)::text",
+            Backend::Sqlite => "json_patch(excluded.fields, leads.fields)",
+            Backend::Postgres => "(excluded.fields::jsonb || leads.fields::jsonb)::text",
         };
         let t = ms(now);
         let txn = self.write().await?;
@@ -79,8 +85,8 @@ impl Store {
                 &values,
                 &format!(
                     "ON CONFLICT (email) DO UPDATE SET \
-                     first_name = COALESCE(excluded.first_name, leads.first_name), \
-                     timezone = COALESCE(excluded.timezone, leads.timezone), \
+                     first_name = COALESCE(leads.first_name, excluded.first_name), \
+                     timezone = COALESCE(leads.timezone, excluded.timezone), \
                      fields = {merge_fields}, updated_at = excluded.updated_at \
                      RETURNING id, email"
                 ),
