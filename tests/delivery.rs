@@ -705,7 +705,79 @@ async fn a_stop_under_a_send_rate_leaves_the_rest_queued(store: Store) {
     );
 }
 
+/// Regression: a lead whose stored name holds a line break (or is 60,000 characters long) made
+/// composing the `To:` header panic, which took the whole round with it — every email of the
+/// round stayed `sending` and came back after its lease, forever. Now each email is made on
+/// its own: the odd names become one clean header line, and every healthy lead gets its email
+/// once.
+async fn a_poison_lead_delays_nobody(store: Store) {
+    let long = "x".repeat(60_000);
+    let names = [
+        ("anna@example.com", "Анна"),
+        ("evil@example.com", "Evil\r\nBcc: victim@example.net"),
+        ("boris@example.com", "Boris"),
+        ("long@example.com", long.as_str()),
+        ("clara@example.com", "Clara"),
+    ];
+    let (_, p, _) = setup(&store, &names).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sender = Sender::new(
+        store.outbox(),
+        p,
+        Transport::Folder(dir.path().to_path_buf()),
+        "http://127.0.0.1:8080",
+        b"poison test secret",
+    );
+    let tally = sender.drain(t0()).await.unwrap();
+    assert_eq!(tally.sent, 5, "{tally:?}");
+    assert_eq!(statuses(&store).await, [("sent".to_string(), 5)]);
+    // Nothing is left to send again, at any later time.
+    let later = sender.drain(t0() + Duration::hours(1)).await.unwrap();
+    assert_eq!(later, Tally::default());
+    let mut names = Vec::new();
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let raw = std::fs::read(f.unwrap().path()).unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        let head = text.split("\r\n\r\n").next().unwrap();
+        assert!(!head.contains("\r\nBcc:"), "{head}");
+        assert!(
+            text.split("\r\n").all(|l| l.len() <= 998),
+            "a line over 998 bytes"
+        );
+        let m = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        assert!(m.bcc().is_none());
+        let to = m.to().and_then(|a| a.first()).unwrap();
+        names.push(to.name().unwrap_or_default().to_string());
+    }
+    names.sort();
+    assert_eq!(names.len(), 5);
+    assert!(
+        names.contains(&"Evil Bcc: victim@example.net".to_string()),
+        "{names:?}"
+    );
+    assert!(names.iter().all(|n| n.chars().count() <= 100), "{names:?}");
+}
+
+/// A message whose attempts never end (its sender dies each time) is parked as `failed` after
+/// eight claims, not claimed again forever.
+async fn unfinished_sends_are_parked(store: Store) {
+    setup(&store, &[("anna@example.com", "Anna")]).await;
+    let outbox = store.outbox();
+    let lease = Duration::minutes(5);
+    let mut at = t0();
+    for attempt in 1..=8 {
+        let claimed = outbox.claim(8, at, lease, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "attempt {attempt}");
+        assert_eq!(claimed[0].attempts, attempt);
+        at += lease + Duration::seconds(1);
+    }
+    assert!(outbox.claim(8, at, lease, 10).await.unwrap().is_empty());
+    assert_eq!(statuses(&store).await, [("failed".to_string(), 1)]);
+}
+
 on_both_backends! {
+    poison_lead => a_poison_lead_delays_nobody,
+    parked_sends => unfinished_sends_are_parked,
     smtp_retries_and_bounces => smtp_delivery_retries_and_bounces,
     eml_files => the_default_transport_writes_eml_files,
     stop_under_send_rate => a_stop_under_a_send_rate_leaves_the_rest_queued,
