@@ -237,3 +237,54 @@ async fn delivery_reports_are_verified_then_suppress() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// Regression: a connection that sent half a request head was kept open for ever. Now a
+/// request's head must arrive within `HEADER_TIMEOUT`, and a kept-alive connection idle that
+/// long is closed too. The clock is tokio's, paused: the timeouts pass without waiting.
+#[tokio::test]
+async fn slow_and_idle_connections_are_closed() {
+    use autofunnel::server::HEADER_TIMEOUT;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}/t.db", dir.path().display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let rt = std::sync::Arc::new(
+        autofunnel::runtime::Runtime::new(store.clone(), vec![], "node", chrono::Utc::now())
+            .await
+            .unwrap(),
+    );
+    let (addr, stop, server) = start(crate::util::off(&rt)).await;
+    tokio::time::pause();
+    // Half a head, then nothing: cut off once the header timeout has passed, not before.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /openapi.yaml HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(HEADER_TIMEOUT * 6, slow.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the half-sent request was still open");
+    assert!(
+        started.elapsed() >= HEADER_TIMEOUT,
+        "closed before the timeout"
+    );
+    // A whole request is answered; the connection then idles, and is closed.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /openapi.yaml HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    idle.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(HEADER_TIMEOUT * 6, idle.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "the idle kept-alive connection was still open"
+    );
+    tokio::time::resume();
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -27,11 +27,20 @@ pub mod signup;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
+use axum::http::Request;
 use axum::routing::{delete, get, post};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt as _;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
@@ -116,14 +125,78 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` completes, then finishes the requests in flight.
+/// Connections served at once; one more is closed as soon as it is accepted.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// A request's head must arrive within this long — the first request's, and each next one's
+/// on a kept-alive connection, which is therefore closed after this long idle.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request's body must arrive within this long.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// At a stop, requests in flight get this long to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves until `shutdown` completes, then finishes the requests in flight. Each connection
+/// is HTTP/1.1 with the timeouts above; past [`MAX_CONNECTIONS`] new ones are closed at once,
+/// so slow or idle clients cannot hold the server.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let app = router(state).layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Each connection holds a receiver; the stop is a send, and the drain is done when the
+    // last receiver is gone.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "over {MAX_CONNECTIONS} connections; closed");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = app.clone().map_request(move |req: Request<Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        });
+        let mut stopping = stopping.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stopping.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    drop(stopping);
+    let _ = stop.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, stop.closed())
         .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopped anyway");
+    }
+    Ok(())
 }
