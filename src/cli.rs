@@ -342,7 +342,10 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
             api_token: settings.api_token.as_deref().map(std::sync::Arc::from),
             admin_token: settings.admin_token.as_deref().map(std::sync::Arc::from),
             metrics,
-            signup_limit: server::signup::limiter(settings.signups_per_ip_per_minute),
+            signup_limit: server::signup::limiter_behind(
+                settings.signups_per_ip_per_minute,
+                settings.trusted_networks()?,
+            ),
         },
         until_stopped(),
     ));

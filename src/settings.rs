@@ -50,7 +50,11 @@ pub struct Settings {
     /// Bearer token for `/api/v1/events`; unset, the events API is off.
     pub api_token: Option<String>,
     /// Signups one IP address may make per minute (`POST /f/{form}`); 0 turns the limit off.
+    /// IPv6 addresses count per /64, the block one subscriber gets.
     pub signups_per_ip_per_minute: u32,
+    /// Reverse proxies (CIDRs such as `10.0.0.0/8`) whose `X-Forwarded-For` / `Forwarded`
+    /// headers name the visitor; from anyone else those headers are ignored.
+    pub trusted_proxies: Vec<String>,
     /// Links in emails become signed redirects that record clicks.
     pub track_clicks: bool,
     /// Emails carry a pixel that records opens.
@@ -93,6 +97,7 @@ impl Default for Settings {
             admin_token: None,
             api_token: None,
             signups_per_ip_per_minute: 30,
+            trusted_proxies: Vec::new(),
             track_clicks: true,
             track_opens: true,
             secret: None,
@@ -103,7 +108,7 @@ impl Default for Settings {
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 22] = [
+const ENV_KEYS: [&str; 23] = [
     "database_url",
     "listen",
     "base_url",
@@ -121,6 +126,7 @@ const ENV_KEYS: [&str; 22] = [
     "admin_token",
     "api_token",
     "signups_per_ip_per_minute",
+    "trusted_proxies",
     "track_clicks",
     "track_opens",
     "secret",
@@ -206,6 +212,22 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// `trusted_proxies` as networks; a bad entry is an error naming it.
+    pub fn trusted_networks(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.trusted_proxies
+            .iter()
+            .map(|t| {
+                t.parse::<ipnet::IpNet>()
+                    .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "`trusted_proxies`: \"{t}\" is not an address or a CIDR such as 10.0.0.0/8"
+                        )
+                    })
+            })
+            .collect()
     }
 
     /// The signing key: `secret` if set, else the contents of `secret_file`, created with 32

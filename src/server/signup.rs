@@ -22,13 +22,135 @@ use super::input::{self, max};
 use crate::domain::{Email, FunnelId};
 use crate::store::{LeadInput, NewSignup, NewTouch};
 
-/// Signups per IP address, per minute.
-pub type Limiter = governor::DefaultKeyedRateLimiter<IpAddr>;
+/// Addresses the limiter remembers at most; past that, forgotten ones are pruned and, if that
+/// is not enough (a flood from many addresses), the table starts afresh.
+const MAX_TRACKED: usize = 100_000;
+/// The table is pruned of addresses whose quota has refilled every this many signups.
+const PRUNE_EVERY: u64 = 4_096;
 
-/// A limiter allowing `per_minute` signups per address (bursts up to that many); `None` for 0.
+/// Signups per visitor, per minute (`signups_per_ip_per_minute`). A visitor is an IPv4
+/// address or an IPv6 /64; behind `trusted_proxies` it is the address those proxies name.
+pub struct Limiter {
+    quota: governor::Quota,
+    table: std::sync::RwLock<governor::DefaultKeyedRateLimiter<IpAddr>>,
+    trusted: Vec<ipnet::IpNet>,
+    checked: std::sync::atomic::AtomicU64,
+}
+
+/// A limiter allowing `per_minute` signups per visitor (bursts up to that many); `None` for 0.
 pub fn limiter(per_minute: u32) -> Option<Arc<Limiter>> {
-    NonZeroU32::new(per_minute)
-        .map(|n| Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(n))))
+    limiter_behind(per_minute, Vec::new())
+}
+
+/// [`limiter`] for a server behind the `trusted` reverse proxies.
+pub fn limiter_behind(per_minute: u32, trusted: Vec<ipnet::IpNet>) -> Option<Arc<Limiter>> {
+    NonZeroU32::new(per_minute).map(|n| {
+        let quota = governor::Quota::per_minute(n);
+        Arc::new(Limiter {
+            quota,
+            table: std::sync::RwLock::new(governor::RateLimiter::keyed(quota)),
+            trusted,
+            checked: std::sync::atomic::AtomicU64::new(0),
+        })
+    })
+}
+
+impl Limiter {
+    /// Whether the visitor behind this request may sign up now; counts the signup if so.
+    pub fn allow(&self, peer: IpAddr, headers: &HeaderMap) -> bool {
+        let n = self
+            .checked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % PRUNE_EVERY == PRUNE_EVERY - 1 || self.tracked() > MAX_TRACKED {
+            let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+            table.retain_recent();
+            if table.len() > MAX_TRACKED {
+                tracing::warn!(
+                    "signups from over {MAX_TRACKED} addresses within a minute; limits start afresh"
+                );
+                *table = governor::RateLimiter::keyed(self.quota);
+            }
+            table.shrink_to_fit();
+        }
+        let visitor = bucket(visitor(peer, headers, &self.trusted));
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        table.check_key(&visitor).is_ok()
+    }
+
+    /// Addresses remembered now.
+    pub fn tracked(&self) -> usize {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// The visitor's address: the peer's, or, when the peer is a trusted proxy, the last address
+/// in `X-Forwarded-For` (else `Forwarded: for=`) that is not a trusted proxy itself.
+pub fn visitor(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let peer = canonical(peer);
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut chain: Vec<IpAddr> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        for part in v.to_str().unwrap_or_default().split(',') {
+            if let Ok(ip) = part.trim().parse::<IpAddr>() {
+                chain.push(canonical(ip));
+            }
+        }
+    }
+    if chain.is_empty() {
+        for v in headers.get_all(header::FORWARDED) {
+            for element in v.to_str().unwrap_or_default().split(',') {
+                for pair in element.split(';') {
+                    let Some((k, val)) = pair.trim().split_once('=') else {
+                        continue;
+                    };
+                    if !k.eq_ignore_ascii_case("for") {
+                        continue;
+                    }
+                    let val = val.trim_matches('"');
+                    // `for="[2001:db8::1]:4711"` or `for=192.0.2.60:4711` or a bare address.
+                    let host = match val.strip_prefix('[') {
+                        Some(rest) => rest.split(']').next().unwrap_or_default(),
+                        None => val
+                            .split(':')
+                            .next()
+                            .filter(|_| val.matches(':').count() <= 1)
+                            .unwrap_or(val),
+                    };
+                    if let Ok(ip) = host.parse::<IpAddr>() {
+                        chain.push(canonical(ip));
+                    }
+                }
+            }
+        }
+    }
+    chain
+        .into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
+}
+
+/// An IPv4-mapped IPv6 address as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The key a visitor is counted under: an IPv4 address, or the /64 of an IPv6 one.
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let mut seg = v6.segments();
+            seg[4..].fill(0);
+            IpAddr::V6(std::net::Ipv6Addr::from(seg))
+        }
+        v4 => v4,
+    }
 }
 
 /// The name of the hidden field people never fill and bots do.
@@ -290,7 +412,7 @@ async fn accept(
     body: &[u8],
 ) -> Result<Option<crate::domain::LeadId>, ApiError> {
     if let Some(l) = &state.signup_limit
-        && l.check_key(&peer.ip()).is_err()
+        && !l.allow(peer.ip(), headers)
     {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -322,5 +444,67 @@ async fn accept(
                 "the signup could not be stored; try again",
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn the_visitor_is_named_only_by_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.5".parse().unwrap();
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        let xff = headers(&[("x-forwarded-for", "198.51.100.7, 203.0.113.9, 10.0.0.2")]);
+        // A stranger's header is ignored; a trusted proxy's chain is read from the right.
+        assert_eq!(
+            visitor("192.0.2.1".parse().unwrap(), &xff, &trusted),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            visitor(proxy, &xff, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(visitor(proxy, &xff, &[]), proxy);
+        let fwd = headers(&[(
+            "forwarded",
+            "for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\"",
+        )]);
+        assert_eq!(
+            visitor(proxy, &fwd, &trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        let junk = headers(&[("x-forwarded-for", "not an address")]);
+        assert_eq!(visitor(proxy, &junk, &trusted), proxy);
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_the_table_stays_bounded() {
+        let l = limiter(2).unwrap();
+        let none = HeaderMap::new();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert!(l.allow(a, &none));
+        assert!(l.allow(b, &none));
+        assert!(!l.allow(a, &none), "the same /64 shares one quota");
+        assert!(l.allow("2001:db8:1:3::1".parse().unwrap(), &none));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert!(l.allow(mapped, &none) && l.allow("192.0.2.1".parse().unwrap(), &none));
+        assert!(!l.allow(mapped, &none), "IPv4-mapped is the IPv4 address");
+        for i in 0..(MAX_TRACKED as u32 + 10) {
+            l.allow(IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i)), &none);
+        }
+        assert!(l.tracked() <= MAX_TRACKED + 1, "{}", l.tracked());
     }
 }
