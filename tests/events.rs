@@ -159,6 +159,23 @@ async fn events_api(store: Store) {
             json!({ "events": vec![json!({ "lead": lead.0, "event": "x" }); 1001] }),
             "events",
         ),
+        // A lead that does not exist: refused naming the event, and the new address before
+        // it is not created either (all or nothing).
+        (
+            json!({ "events": [
+            { "email": "carol@example.com", "event": "webinar_attended" },
+            { "lead": 424242, "event": "webinar_attended" } ] }),
+            "events[1].lead",
+        ),
+        (json!({ "lead": -5, "event": "x" }), "lead"),
+        (
+            json!({ "lead": lead.0, "event": "x", "id": "a\u{0}b" }),
+            "id",
+        ),
+        (
+            json!({ "lead": lead.0, "event": "x", "id": "y".repeat(201) }),
+            "id",
+        ),
     ];
     for (body, field) in cases {
         let r = post(body.clone()).await.unwrap();
@@ -166,6 +183,8 @@ async fn events_api(store: Store) {
         let e: Value = r.json().await.unwrap();
         assert_eq!(e["field"], field, "{body}");
     }
+    let carol = Email::parse("carol@example.com").unwrap();
+    assert!(store.lead_by_email(&carol).await.unwrap().is_none());
     let r = client
         .post(&api)
         .bearer_auth(TOKEN)
