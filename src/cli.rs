@@ -308,6 +308,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         )
         .with_rate(settings.send_rate)
         .with_tracking(settings.track_clicks, settings.track_opens)
+        .with_link_hosts(&settings.link_hosts)
         .with_dkim(dkim_of(&settings)?)
         .with_metrics(metrics.clone()),
     );

@@ -18,6 +18,16 @@ pub struct Project {
     pub templates: BTreeMap<String, TemplateSet>,
 }
 
+impl Project {
+    /// The hosts of every literal link in the templates.
+    pub fn link_hosts(&self) -> BTreeSet<String> {
+        self.templates
+            .values()
+            .flat_map(|t| t.link_hosts())
+            .collect()
+    }
+}
+
 /// What `check` found.
 #[derive(Default)]
 pub struct Report {
@@ -158,6 +168,9 @@ pub fn check(settings: &Settings, only: Option<&[PathBuf]>) -> (Option<Project>,
             report.templates += set.names().count();
             report.diagnostics.extend(sink.diagnostics);
             report.diagnostics.extend(template_diags);
+            if settings.link_hosts.is_empty() {
+                report.diagnostics.extend(set.data_links());
+            }
             report.diagnostics.extend(render_diags);
         }
         templates.insert(f.id.value.to_string(), set);

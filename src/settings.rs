@@ -59,6 +59,9 @@ pub struct Settings {
     pub track_clicks: bool,
     /// Emails carry a pixel that records opens.
     pub track_opens: bool,
+    /// Hosts links in emails may lead to besides the server's own and those the templates
+    /// link to literally; a link built from lead data to any other host is taken out.
+    pub link_hosts: Vec<String>,
     /// Key that signs unsubscribe and confirmation links; unset, one is generated once and
     /// kept in `secret_file`.
     pub secret: Option<String>,
@@ -100,6 +103,7 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             track_clicks: true,
             track_opens: true,
+            link_hosts: Vec::new(),
             secret: None,
             secret_file: "autofunnel.secret".into(),
             hooks_secret: None,
@@ -108,7 +112,7 @@ impl Default for Settings {
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 23] = [
+const ENV_KEYS: [&str; 24] = [
     "database_url",
     "listen",
     "base_url",
@@ -129,6 +133,7 @@ const ENV_KEYS: [&str; 23] = [
     "trusted_proxies",
     "track_clicks",
     "track_opens",
+    "link_hosts",
     "secret",
     "secret_file",
     "hooks_secret",

@@ -5,7 +5,7 @@
 //! reports missing parts and syntax errors; rendering reports an undefined variable with the
 //! template file, line and column, so `check` can point at it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::domain::TemplateName;
@@ -254,6 +254,49 @@ impl TemplateSet {
         self.found.keys().map(String::as_str)
     }
 
+    /// The hosts of every literal http(s) link in these templates (and their layouts),
+    /// lowercase: the hosts the seller wrote links to, which emails may always lead to.
+    pub fn link_hosts(&self) -> BTreeSet<String> {
+        static URL: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            regex::Regex::new(r"(?i)https?://[a-z0-9.\-]+(?::[0-9]+)?").expect("regex")
+        });
+        self.sources
+            .values()
+            .flat_map(|(_, src)| URL.find_iter(src).map(|m| m.as_str().to_string()))
+            .filter_map(|u| {
+                url::Url::parse(&u)
+                    .ok()?
+                    .host_str()
+                    .map(str::to_ascii_lowercase)
+            })
+            .collect()
+    }
+
+    /// Warnings for links whose address a template takes from a lead's data
+    /// (`href="{{ lead.cart_url }}"`): such a link stays in an email only when its host is an
+    /// allowed one (`link_hosts`).
+    pub fn data_links(&self) -> Vec<Diagnostic> {
+        static HREF: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            regex::Regex::new(r#"(?i)href\s*=\s*["']?\s*(?:https?://)?\{\{-?\s*lead\."#)
+                .expect("regex")
+        });
+        let mut out = Vec::new();
+        for (path, src) in self.sources.values() {
+            for m in HREF.find_iter(src) {
+                out.push(Diagnostic {
+                    file: path.clone(),
+                    pos: pos_of(src, m.start()),
+                    severity: Severity::Warning,
+                    message: "this link's address comes from the lead's data: it is kept in an \
+                              email only if its host is linked literally in a template or listed \
+                              in `link_hosts` (settings), else it is taken out; set `link_hosts`"
+                        .into(),
+                });
+            }
+        }
+        out
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.found.contains_key(name)
     }
@@ -457,6 +500,37 @@ mod tests {
         assert!(r.html.contains("href=\"https://example.com/go\""));
         assert!(r.text.contains("Hello <Ann>"), "{}", r.text);
         assert!(r.text.contains("https://example.com/go"), "{}", r.text);
+    }
+
+    #[test]
+    fn literal_link_hosts_and_links_from_lead_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let funnel = dir.path().join("cart");
+        std::fs::create_dir(&funnel).unwrap();
+        std::fs::write(funnel.join("nudge.subject"), "Your cart").unwrap();
+        std::fs::write(
+            funnel.join("nudge.html"),
+            "<p><a href=\"https://Shop.Example.com/help\">Help</a> \
+             <a href=\"{{ lead.cart_url }}\">Cart</a> <a href=\"{{ unsubscribe_url }}\">Stop</a> \
+             <a href='https://{{ lead.domain }}/x'>Yours</a> https://blog.example.org:8080/p</p>",
+        )
+        .unwrap();
+        let (set, diags) = TemplateSet::load(&funnel);
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(
+            set.link_hosts(),
+            ["blog.example.org", "shop.example.com"]
+                .map(String::from)
+                .into()
+        );
+        let warned: Vec<String> = set.data_links().iter().map(|d| d.to_string()).collect();
+        assert_eq!(warned.len(), 2, "{warned:?}");
+        assert!(
+            warned[0].contains(
+                "nudge.html:1:56: warning: this link's address comes from the lead's data"
+            ),
+            "{warned:?}"
+        );
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Links<'a> {
     pub clicks: bool,
     /// An open pixel is added (`track_opens`).
     pub opens: bool,
+    /// Hosts links may lead to; links to others are taken out (`link_hosts`). `None`: any.
+    pub hosts: Option<&'a std::collections::HashSet<String>>,
 }
 
 /// The lead's unsubscribe page, offering to stop this funnel's emails or all of them (a
@@ -208,11 +210,13 @@ pub fn compose(
         secret: links.secret,
         message: row.id,
         expires: deadline.map(|d| d.timestamp()),
+        track: links.clicks,
+        hosts: links.hosts,
     };
-    if links.clicks {
-        let (html, tracked) = tracker.links(&r.html);
-        r.text = tracker.text(&r.text, &tracked);
-        r.html = html;
+    if links.clicks || links.hosts.is_some() {
+        let found = tracker.links(&r.html);
+        r.text = tracker.text(&r.text, &found);
+        r.html = found.html;
     }
     if links.opens {
         r.html = tracker.pixel(&r.html);

@@ -248,6 +248,11 @@ pub struct Sender {
     dkim: Option<Arc<lettre::message::dkim::DkimConfig>>,
     metrics: Option<Arc<Metrics>>,
     limit: Option<Arc<rate::RateLimit>>,
+    /// `link_hosts` from the settings.
+    extra_hosts: Vec<String>,
+    /// Where links may lead: the server's host, `link_hosts` and every host the templates link
+    /// to literally. Rebuilt with the project.
+    hosts: RwLock<Arc<std::collections::HashSet<String>>>,
 }
 
 /// A round's tally.
@@ -268,8 +273,11 @@ impl Sender {
         base_url: &str,
         secret: &[u8],
     ) -> Sender {
+        let hosts = allowed_hosts(base_url, &[], &project);
         Sender {
             outbox,
+            extra_hosts: Vec::new(),
+            hosts: RwLock::new(Arc::new(hosts)),
             project: RwLock::new(project),
             transport,
             base_url: Arc::from(base_url),
@@ -305,8 +313,24 @@ impl Sender {
         self
     }
 
+    /// Hosts links in emails may lead to besides the server's and those the templates link
+    /// to literally (`link_hosts`).
+    pub fn with_link_hosts(mut self, hosts: &[String]) -> Sender {
+        self.extra_hosts = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let project = self
+            .project
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let all = allowed_hosts(&self.base_url, &self.extra_hosts, &project);
+        *self.hosts.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(all);
+        self
+    }
+
     /// Templates and funnels after a reload.
     pub fn reload(&self, project: Arc<Project>) {
+        let all = allowed_hosts(&self.base_url, &self.extra_hosts, &project);
+        *self.hosts.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(all);
         *self.project.write().unwrap_or_else(|e| e.into_inner()) = project;
     }
 
@@ -343,6 +367,7 @@ impl Sender {
             self.track,
             self.dkim.clone(),
         );
+        let hosts = self.hosts.read().unwrap_or_else(|e| e.into_inner()).clone();
         let work = claimed.clone();
         let composed: Vec<Result<lettre::Message, Outcome>> =
             tokio::task::spawn_blocking(move || {
@@ -351,6 +376,7 @@ impl Sender {
                     secret: &secret,
                     clicks: track.0,
                     opens: track.1,
+                    hosts: Some(&hosts),
                 };
                 work.iter()
                     .map(|m| {
@@ -501,6 +527,19 @@ impl Sender {
         };
         tokio::join!(watch, work);
     }
+}
+
+/// Where links in emails may lead: the host of `base_url`, `extra` (`link_hosts`) and every
+/// host the project's templates link to literally.
+fn allowed_hosts(
+    base_url: &str,
+    extra: &[String],
+    project: &Project,
+) -> std::collections::HashSet<String> {
+    let mut hosts: std::collections::HashSet<String> = project.link_hosts().into_iter().collect();
+    hosts.extend(extra.iter().cloned());
+    hosts.extend(track::host_of(base_url));
+    hosts
 }
 
 /// The email of a claimed message, or why it cannot be made.

@@ -10,7 +10,7 @@ use regex::Regex;
 
 use crate::tokens::{Click, open_token};
 
-/// How one email is tracked.
+/// How one email's links are treated.
 pub struct Tracker<'a> {
     /// Public address of the server, without a trailing slash.
     pub base: &'a str,
@@ -18,6 +18,31 @@ pub struct Tracker<'a> {
     pub message: i64,
     /// The offer's deadline (Unix seconds) when the email is sent from a stage with one.
     pub expires: Option<i64>,
+    /// Links become tracked redirects (`track_clicks`).
+    pub track: bool,
+    /// The hosts links may lead to (lowercase): a link to any other host — one built from a
+    /// lead's data — is taken out of the email, so the seller's domain never sends readers
+    /// where a stranger's form said. `None`: any host.
+    pub hosts: Option<&'a std::collections::HashSet<String>>,
+}
+
+/// The outcome of [`Tracker::links`]: the new HTML, each kept address with what replaces it
+/// (its tracked redirect, or itself), and the addresses taken out.
+pub struct Links {
+    pub html: String,
+    pub tracked: HashMap<String, String>,
+    pub removed: std::collections::HashSet<String>,
+}
+
+/// The lowercase host of an http(s) address.
+pub fn host_of(url: &str) -> Option<String> {
+    url::Url::parse(url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .and_then(|u| {
+            u.host_str()
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+        })
 }
 
 static ANCHOR: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)<a\s[^>]*>").expect("regex"));
@@ -95,10 +120,11 @@ fn attributes(tag: &str) -> Vec<Attr<'_>> {
 impl Tracker<'_> {
     /// Rewrites every http(s) link of `html` that does not already point at this server into a
     /// tracked redirect; `data-link="name"` names a link, `data-track="off"` leaves it alone,
-    /// `data-expires="never"` keeps it working after the offer's deadline. Returns the new HTML
-    /// and each original address with its tracked one.
-    pub fn links(&self, html: &str) -> (String, HashMap<String, String>) {
+    /// `data-expires="never"` keeps it working after the offer's deadline. A link to a host
+    /// not allowed loses its `href` (its text stays).
+    pub fn links(&self, html: &str) -> Links {
         let mut map = HashMap::new();
+        let mut removed = std::collections::HashSet::new();
         let mut out = String::with_capacity(html.len() + 512);
         let mut last = 0;
         for m in ANCHOR.find_iter(html) {
@@ -118,12 +144,17 @@ impl Tracker<'_> {
                 }
             }
             let url = href.map(|h| unescape(h.value));
-            let tracked = url.as_ref().filter(|url| {
+            let web = url.as_ref().filter(|url| {
                 let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
-                track
-                    && (lower.starts_with("http://") || lower.starts_with("https://"))
+                (lower.starts_with("http://") || lower.starts_with("https://"))
                     && !url.starts_with(self.base)
             });
+            let refused = web.filter(|url| !self.allowed(url));
+            if let Some(url) = refused {
+                tracing::warn!(message = self.message, host = ?host_of(url), "link to a host not in link_hosts taken out");
+                removed.insert(url.clone());
+            }
+            let tracked = web.filter(|_| refused.is_none() && self.track && track);
             let replacement = tracked.map(|url| {
                 let click = Click {
                     message: self.message,
@@ -135,12 +166,12 @@ impl Tracker<'_> {
                 map.insert(url.clone(), to.clone());
                 to
             });
-            // The tag again, without the tracking attributes and with the new target.
+            // The tag again, without the tracking attributes and with the new target (or none).
             let mut at = 0;
             for a in &attrs {
                 let lower = a.name.to_ascii_lowercase();
                 let ours = ["data-link", "data-track", "data-expires"].contains(&lower.as_str());
-                let swap = lower == "href" && replacement.is_some();
+                let swap = lower == "href" && (replacement.is_some() || refused.is_some());
                 if ours || swap {
                     out.push_str(&tag[at..a.span.start]);
                     at = a.span.end;
@@ -154,20 +185,41 @@ impl Tracker<'_> {
             out.push_str(&tag[at..]);
         }
         out.push_str(&html[last..]);
-        (out, map)
+        Links {
+            html: out,
+            tracked: map,
+            removed,
+        }
+    }
+
+    /// Whether a link may lead to this address.
+    fn allowed(&self, url: &str) -> bool {
+        match self.hosts {
+            None => true,
+            Some(hosts) => host_of(url).is_some_and(|h| hosts.contains(&h)),
+        }
     }
 
     /// The text part with each address that was tracked in the HTML part replaced by its
-    /// tracked one.
-    pub fn text(&self, text: &str, tracked: &HashMap<String, String>) -> String {
-        if tracked.is_empty() {
+    /// tracked one, and every address to a host not allowed taken out.
+    pub fn text(&self, text: &str, links: &Links) -> String {
+        if links.tracked.is_empty() && links.removed.is_empty() && self.hosts.is_none() {
             return text.to_string();
         }
         let mut out = String::with_capacity(text.len() + 512);
         let mut last = 0;
         for m in TEXT_URL.find_iter(text) {
             let url = m.as_str().trim_end_matches(['.', ',', ';', ':', '!', '?']);
-            if let Some(t) = tracked.get(url) {
+            let to = match links.tracked.get(url) {
+                Some(t) => Some(t.as_str()),
+                None if links.removed.contains(url)
+                    || (!url.starts_with(self.base) && !self.allowed(url)) =>
+                {
+                    Some("[link removed]")
+                }
+                None => None,
+            };
+            if let Some(t) = to {
                 out.push_str(&text[last..m.start()]);
                 out.push_str(t);
                 last = m.start() + url.len();
@@ -258,6 +310,8 @@ mod tests {
             secret: b"key",
             message: 7,
             expires,
+            track: true,
+            hosts: None,
         }
     }
 
@@ -268,7 +322,11 @@ mod tests {
 <a href="mailto:hi@example.com">Mail</a> <a href="https://mail.example.com/u/1.x">Unsubscribe</a>
 <a data-track="off" href="https://example.com/raw">Raw</a></p>"#;
         let t = tracker(Some(1_900_000_000));
-        let (out, map) = t.links(html);
+        let Links {
+            html: out,
+            tracked: map,
+            ..
+        } = t.links(html);
         assert_eq!(map.len(), 2, "{out}");
         assert!(!out.contains("data-link") && !out.contains("data-track"));
         assert!(out.contains(r#"class="btn""#));
@@ -304,7 +362,11 @@ mod tests {
     fn attributes_in_any_spelling() {
         let t = tracker(None);
         let html = "<A HREF = https://example.com/x?a=1&amp;b=2 target=_blank>x</A><abbr title=\"y\">y</abbr><a name=top>";
-        let (out, map) = t.links(html);
+        let Links {
+            html: out,
+            tracked: map,
+            ..
+        } = t.links(html);
         let tracked = &map["https://example.com/x?a=1&b=2"];
         assert_eq!(
             out,
@@ -317,11 +379,12 @@ mod tests {
     #[test]
     fn text_links_follow_the_html_ones_and_the_pixel_goes_before_body_end() {
         let t = tracker(None);
-        let (html, map) = t.links(r#"<body><a href="https://example.com/a">A</a></body>"#);
+        let links = t.links(r#"<body><a href="https://example.com/a">A</a></body>"#);
         let text = t.text(
             "Go: https://example.com/a. Or https://example.com/ab (other).",
-            &map,
+            &links,
         );
+        let html = links.html;
         assert!(text.starts_with("Go: https://mail.example.com/r/"));
         assert!(text.contains(". Or https://example.com/ab (other)."));
         let with_pixel = t.pixel(&html);
@@ -335,5 +398,43 @@ mod tests {
             .unwrap();
         assert_eq!(verify_open(b"key", token), Some(7));
         assert_eq!(verify_open(b"key", "8.AAAA"), None);
+    }
+
+    #[test]
+    fn links_to_hosts_not_allowed_are_taken_out() {
+        let hosts: std::collections::HashSet<String> =
+            ["shop.example.com".to_string()].into_iter().collect();
+        let t = Tracker {
+            hosts: Some(&hosts),
+            ..tracker(None)
+        };
+        let html = r#"<a href="https://shop.example.com/cart">Cart</a> <a href="https://evil.example.net/x" class="b">Evil</a> <a href="https://shop.example.com@evil.example.net/">Tricky</a> <a data-track="off" href="https://evil.example.net/y">Raw</a> <a href="https://mail.example.com/u/1.x">Unsubscribe</a>"#;
+        let links = t.links(html);
+        assert_eq!(links.tracked.len(), 1);
+        assert!(links.tracked.contains_key("https://shop.example.com/cart"));
+        assert!(!links.html.contains("evil.example.net"), "{}", links.html);
+        assert!(
+            links.html.contains(r#"<a class="b">Evil</a>"#),
+            "{}",
+            links.html
+        );
+        assert!(links.html.contains("https://mail.example.com/u/1.x"));
+        let text = t.text(
+            "Cart: https://shop.example.com/cart Evil: https://evil.example.net/x Other: https://other.example.org/z",
+            &links,
+        );
+        assert!(
+            text.starts_with("Cart: https://mail.example.com/r/"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Evil: [link removed] Other: [link removed]"),
+            "{text}"
+        );
+        assert_eq!(
+            host_of("https://Shop.Example.com.:8443/a"),
+            Some("shop.example.com".into())
+        );
+        assert_eq!(host_of("javascript:alert(1)"), None);
     }
 }
