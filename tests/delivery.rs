@@ -19,9 +19,9 @@ use crate::util::{on_both_backends, root};
 
 /// One message as the server received it.
 #[derive(Debug, Clone)]
-struct Received {
-    rcpt: String,
-    data: String,
+pub(crate) struct Received {
+    pub(crate) rcpt: String,
+    pub(crate) data: String,
 }
 
 /// How the test server secures its connections.
@@ -55,7 +55,7 @@ fn certificate() -> (tokio_rustls::TlsAcceptor, Vec<u8>) {
 /// A small SMTP server: `bounce*` recipients get 550, `later*` get 451 the first time, `busy*`
 /// get 421 and a closed connection the first time, and `hangup*` recipients have the
 /// connection dropped after DATA.
-async fn smtp_server() -> (u16, Arc<Mutex<Vec<Received>>>) {
+pub(crate) async fn smtp_server() -> (u16, Arc<Mutex<Vec<Received>>>) {
     let (port, got, _) = smtp_server_with(Security::None).await;
     (port, got)
 }

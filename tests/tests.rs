@@ -8,6 +8,7 @@ mod delivery;
 mod engine;
 mod events;
 mod examples;
+mod fuzz;
 mod openapi;
 mod pages;
 mod roundtrip;
