@@ -169,6 +169,10 @@ async fn events_api(store: Store) {
         ),
         (json!({ "lead": -5, "event": "x" }), "lead"),
         (
+            json!({ "event": "x", "events": [{ "lead": lead.0, "event": "x" }] }),
+            "events",
+        ),
+        (
             json!({ "lead": lead.0, "event": "x", "id": "a\u{0}b" }),
             "id",
         ),

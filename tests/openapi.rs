@@ -471,6 +471,14 @@ async fn openapi(store: Store) {
             404,
         ),
         (admin(get.clone(), &base, "/api/v1/leads?email=zed"), 422),
+        (
+            admin(
+                get.clone(),
+                &base,
+                "/api/v1/leads?email=a@b.io&email=c@d.io",
+            ),
+            400,
+        ),
     ] {
         assert_eq!(k.call(get.clone(), leads, req).await.0, status);
     }

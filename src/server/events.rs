@@ -182,6 +182,12 @@ pub async fn api_events(
     let v: Value = serde_json::from_slice(&body)
         .map_err(|_| ApiError::malformed("", "the body is not JSON"))?;
     let now = chrono::Utc::now();
+    if v.get("events").is_some() && v.as_object().is_some_and(|o| o.len() > 1) {
+        return Err(bad(
+            "events",
+            "a batch holds only `events`: put every field inside its event",
+        ));
+    }
     let events: Vec<Incoming> = match v.get("events") {
         Some(Value::Array(list)) if list.len() > MAX_BATCH => {
             return Err(bad(
