@@ -614,7 +614,47 @@ async fn a_lead_is_stepped_by_one_worker_at_a_time(store: Store) {
     );
 }
 
+/// A run claimed again and again without ever being committed (its round keeps failing, or
+/// its worker keeps dying) is parked after `MAX_CLAIMS` claims; the other leads' runs go on,
+/// and a commit would have reset the count.
+async fn a_run_that_never_commits_is_parked(store: Store) {
+    use autofunnel::store::MAX_CLAIMS;
+    store.migrate().await.unwrap();
+    let rt = Runtime::new(store.clone(), vec![cart()], "node-a", t0())
+        .await
+        .unwrap();
+    let stuck = lead(&store, "stuck@example.com").await;
+    rt.enroll(stuck, &crate::util::fid("abandoned-cart"), t0())
+        .await
+        .unwrap();
+    let mut due = t0() + Duration::hours(1);
+    for claim in 1..=MAX_CLAIMS {
+        let claimed = store.claim_due("dies", due, LEASE, 500).await.unwrap();
+        assert_eq!(claimed.len(), 1, "claim {claim}");
+        due += LEASE + Duration::seconds(1);
+    }
+    assert!(
+        store
+            .claim_due("dies", due, LEASE, 500)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Another lead's run, due at the same time, is stepped as usual.
+    let fine = lead(&store, "fine@example.com").await;
+    rt.enroll(fine, &crate::util::fid("abandoned-cart"), t0())
+        .await
+        .unwrap();
+    assert_eq!(rt.tick(due).await.unwrap(), 1);
+    assert_eq!(
+        templates(&store.outbox_of(fine).await.unwrap()),
+        ["cart-reminder"]
+    );
+    assert!(store.outbox_of(stuck).await.unwrap().is_empty());
+}
+
 on_both_backends! {
+    parked_run => a_run_that_never_commits_is_parked,
     one_worker_per_lead => a_lead_is_stepped_by_one_worker_at_a_time,
     cap_across_funnels_in_one_round => the_frequency_cap_holds_across_funnels_stepped_in_one_round,
     event_fed_once => an_event_is_fed_once_and_its_mark_cleared,

@@ -532,10 +532,34 @@ impl Runtime {
                 writes: effects::writes(c.lead, &c.funnel, r.version, &to, &effects),
             });
         }
-        let n = self
+        let n = match self
             .store
             .commit_many(&self.owner, &items, &leads, now)
-            .await?;
+            .await
+        {
+            Ok(n) => n,
+            // One run whose rows the database refuses must not hold up the round: each is
+            // committed alone, and the one that fails again waits for its lease to run out
+            // (after `MAX_CLAIMS` such claims it is parked).
+            Err(e) if items.len() > 1 => {
+                tracing::warn!(error = %e, transitions = items.len(), "a round was refused; committing each transition alone");
+                let mut n = 0;
+                for item in &items {
+                    match self
+                        .store
+                        .commit_many(&self.owner, std::slice::from_ref(item), &[item.lead], now)
+                        .await
+                    {
+                        Ok(k) => n += k,
+                        Err(e) => {
+                            tracing::error!(enrollment = %item.id, lead = %item.lead, error = %e, "cannot commit this run's transition")
+                        }
+                    }
+                }
+                n
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.committed.fetch_add(n as u64, Ordering::Relaxed);
         self.start_entries(triggers, now).await?;
         Ok(n)

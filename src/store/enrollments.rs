@@ -206,11 +206,17 @@ fn to_row(m: enrollment::Model) -> Result<EnrollmentRow> {
 fn has_work(q: &mut Params, now: i64) -> String {
     format!(
         "((wake_at <= {} AND status = 'active') OR (pending_at IS NOT NULL AND pending_at <= {} \
-         AND status IN ('active', 'unconfirmed')))",
+         AND status IN ('active', 'unconfirmed'))) AND attempts < {}",
         q.p(now),
-        q.p(now)
+        q.p(now),
+        q.p(MAX_CLAIMS)
     )
 }
+
+/// Claims of an enrollment in a row that ended without a commit (its round failed, or its
+/// worker died) before it is parked: left out of every claim, so one run that cannot be
+/// committed never holds up the others again. A commit resets the count.
+pub const MAX_CLAIMS: i32 = 10;
 
 impl Store {
     /// The version number of this funnel source: the latest one if unchanged, else a new one.
@@ -406,11 +412,17 @@ impl Store {
             let u = q.p(until);
             let which = if pending {
                 format!(
-                    "pending_at IS NOT NULL AND pending_at <= {} AND status IN ('active', 'unconfirmed')",
-                    q.p(now_ms)
+                    "pending_at IS NOT NULL AND pending_at <= {} AND status IN ('active', 'unconfirmed') \
+                     AND attempts < {}",
+                    q.p(now_ms),
+                    q.p(MAX_CLAIMS)
                 )
             } else {
-                format!("wake_at <= {} AND status = 'active'", q.p(now_ms))
+                format!(
+                    "wake_at <= {} AND status = 'active' AND attempts < {}",
+                    q.p(now_ms),
+                    q.p(MAX_CLAIMS)
+                )
             };
             let order = if pending { "pending_at" } else { "wake_at" };
             let free_enrollment = q.p(now_ms);
@@ -492,10 +504,16 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut q = Params::new(self.backend);
-        let (o, u, l, free) = (q.p(owner), q.p(ms(now + lease)), q.p(lead.0), q.p(ms(now)));
+        let (o, u, l, free, max) = (
+            q.p(owner),
+            q.p(ms(now + lease)),
+            q.p(lead.0),
+            q.p(ms(now)),
+            q.p(MAX_CLAIMS),
+        );
         let sql = format!(
             "UPDATE enrollments SET lease_owner = {o}, lease_until = {u}, attempts = attempts + 1 \
-             WHERE lead_id = {l} AND status IN ('active', 'unconfirmed') \
+             WHERE lead_id = {l} AND status IN ('active', 'unconfirmed') AND attempts < {max} \
              AND (lease_until IS NULL OR lease_until < {free}) RETURNING *"
         );
         let mut claimed: Vec<EnrollmentRow> = enrollment::Entity::find()
@@ -580,7 +598,7 @@ impl Store {
                  step_id = v.column4, step_index = v.column5, status = v.column6, outcome = v.column7, \
                  wake_at = v.column8, deadline_at = v.column9, stage_entered_at = v.column10, \
                  stage_entry = v.column11, exited_at = v.column12, events_seen = v.column13, \
-                 lease_owner = NULL, lease_until = NULL, updated_at = {t}, \
+                 lease_owner = NULL, lease_until = NULL, updated_at = {t}, attempts = 0, \
                  pending_at = CASE WHEN enrollments.pending_at IS NULL THEN NULL \
                    WHEN EXISTS (SELECT 1 FROM events WHERE events.lead_id = enrollments.lead_id \
                    AND events.id > v.column13) THEN enrollments.pending_at ELSE NULL END \

@@ -9,8 +9,8 @@ mod outbox;
 mod signups;
 
 pub use enrollments::{
-    ClosedVisit, EnrollmentRow, FactRows, MessageKind, NewMessage, NewRun, OpenedVisit, OutboxRow,
-    Position, RunState, RunUpdate, RunWrites, StageVisit,
+    ClosedVisit, EnrollmentRow, FactRows, MAX_CLAIMS, MessageKind, NewMessage, NewRun, OpenedVisit,
+    OutboxRow, Position, RunState, RunUpdate, RunWrites, StageVisit,
 };
 pub use outbox::{MessageOrigin, Outbox, Outgoing};
 pub use signups::NewSignup;
