@@ -41,6 +41,16 @@ fn value() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// A runner with a fixed seed: the same cases every run, so a failure repeats.
+fn runner(cases: u32) -> TestRunner {
+    let config = Config {
+        cases,
+        ..Config::default()
+    };
+    let rng = proptest::test_runner::TestRng::deterministic_rng(config.rng_algorithm);
+    TestRunner::new_with_rng(config, rng)
+}
+
 fn percent(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("%{b:02X}")).collect()
 }
@@ -77,10 +87,7 @@ async fn arbitrary_signups_are_refused_or_delivered(store: Store) {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let mut runner = TestRunner::new(Config {
-        cases: 200,
-        ..Config::default()
-    });
+    let mut runner = runner(200);
     let case = prop::collection::vec((name(), value()), 0..6);
     let (mut refused, mut stored) = (0, Vec::new());
     for i in 0..200 {
@@ -176,10 +183,7 @@ fn the_funnel_parser_never_panics() {
     let real =
         std::fs::read_to_string(crate::util::root().join("funnels/relationships-course.yaml"))
             .unwrap();
-    let mut runner = TestRunner::new(Config {
-        cases: 300,
-        ..Config::default()
-    });
+    let mut runner = runner(300);
     let mutated =
         (0..real.len(), any::<String>(), 0usize..40).prop_map(move |(at, insert, cut)| {
             let mut at = at;
@@ -224,10 +228,7 @@ fn token_decoders_never_panic_or_accept_forgeries() {
         lead_token(secret, LeadLink::Unsubscribe, LeadId(7)),
         lead_token(secret, LeadLink::Confirm, LeadId(7)),
     ];
-    let mut runner = TestRunner::new(Config {
-        cases: 500,
-        ..Config::default()
-    });
+    let mut runner = runner(500);
     let changed =
         (0usize..4, any::<prop::sample::Index>(), any::<char>()).prop_map(move |(k, at, c)| {
             let t: Vec<char> = real[k].chars().collect();
@@ -279,10 +280,7 @@ fn templates_render_any_lead_data() {
         ],
     );
     let set = &p.templates["t"];
-    let mut runner = TestRunner::new(Config {
-        cases: 300,
-        ..Config::default()
-    });
+    let mut runner = runner(300);
     runner
         .run(&(any::<String>(), any::<String>()), |(name, note)| {
             let mut cx = tera::Context::new();
