@@ -65,7 +65,8 @@ impl Store {
             .map(|m| {
                 json!({ "funnel": m.funnel_id, "template": m.template, "status": m.status,
                         "to": m.recipient, "created_at": from_ms(m.created_at),
-                        "sent_at": m.sent_at.map(from_ms) })
+                        "sent_at": m.sent_at.map(from_ms), "attempts": m.attempts,
+                        "error": m.last_error })
             })
             .collect();
         let suppressions: Vec<Value> = suppression::Entity::find()
