@@ -293,6 +293,61 @@ mod tests {
     use super::*;
 
     #[test]
+    fn short_or_shared_secrets_are_refused_at_start() {
+        let ok = Settings {
+            secret: Some("a long enough link secret".into()),
+            hooks_secret: Some("a long enough hooks secret".into()),
+            api_token: Some("api-token-0123456789".into()),
+            admin_token: Some("admin-token-0123456789".into()),
+            ..Settings::default()
+        };
+        ok.check_secrets().unwrap();
+        for (bad, key) in [
+            (
+                Settings {
+                    hooks_secret: Some(String::new()),
+                    ..ok.clone()
+                },
+                "hooks_secret",
+            ),
+            (
+                Settings {
+                    hooks_secret: Some("abc".into()),
+                    ..ok.clone()
+                },
+                "hooks_secret",
+            ),
+            (
+                Settings {
+                    secret: Some(" ".repeat(40)),
+                    ..ok.clone()
+                },
+                "secret",
+            ),
+            (
+                Settings {
+                    api_token: Some("short".into()),
+                    ..ok.clone()
+                },
+                "api_token",
+            ),
+        ] {
+            let e = bad.check_secrets().unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}` is too short")), "{e}");
+        }
+        let same = Settings {
+            admin_token: ok.api_token.clone(),
+            ..ok.clone()
+        };
+        assert!(
+            same.check_secrets()
+                .unwrap_err()
+                .to_string()
+                .contains("must differ")
+        );
+    }
+
+    #[test]
     fn the_secret_is_made_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let s = Settings::load(dir.path(), None).unwrap();
