@@ -93,7 +93,19 @@ async fn confirm_and_unsubscribe(store: Store) {
     );
     let page = client.get(&c).send().await.unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.text().await.unwrap().contains("<form method=\"post\""));
+    // A person presses the button: the page runs no script, and no other site may frame it.
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<form method=\"post\""));
+    assert!(!html.contains("<script"), "{html}");
     assert!(!rt.lead_facts(ann, now).await.unwrap().confirmed);
     for _ in 0..2 {
         let r = client.post(&c).send().await.unwrap();

@@ -68,7 +68,9 @@ impl IntoResponse for ApiError {
         // Every refused input is counted in the log (`refused` lines), where a run under
         // attack or a broken integration shows.
         if self.status.is_client_error() {
-            tracing::info!(status = self.status.as_u16(), field = %self.field, reason = %self.message, "refused");
+            // Debug-formatted: a field name or message carrying a stranger's text cannot forge
+            // log lines (line breaks come out escaped).
+            tracing::info!(status = self.status.as_u16(), field = ?self.field, reason = ?self.message, "refused");
         }
         let body = json!({ "error": self.message, "field": self.field });
         (self.status, Json(body)).into_response()

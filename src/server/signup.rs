@@ -437,7 +437,7 @@ async fn accept(
             Ok(Some(lead))
         }
         Err(e) => {
-            tracing::error!(error = %e, form = %form, "cannot store a signup");
+            tracing::error!(error = %e, form = ?form, "cannot store a signup");
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "",
