@@ -97,16 +97,31 @@ impl Runtime {
                 }
             }
         }
+        // A lead whose funnel cannot be started is left for the next minute; the others are not
+        // held back by it.
+        let mut failed: std::collections::BTreeSet<LeadId> = std::collections::BTreeSet::new();
         for (f, leads) in by_funnel {
-            self.enroll_many(&leads, f, now).await?;
+            if self.enroll_many(&leads, f, now).await.is_ok() {
+                continue;
+            }
+            for lead in leads {
+                if let Err(e) = self.enroll_many(&[lead], f, now).await {
+                    tracing::error!(lead = %lead, funnel = %f, error = %e, "cannot start a stored signup's funnel; trying again in a minute");
+                    failed.insert(lead);
+                }
+            }
         }
-        let leads: Vec<LeadId> = found.iter().map(|(l, _)| *l).collect();
+        let leads: Vec<LeadId> = found
+            .iter()
+            .map(|(l, _)| *l)
+            .filter(|l| !failed.contains(l))
+            .collect();
         self.store.signups_started(&leads, now).await?;
         tracing::warn!(
-            signups = found.len(),
+            signups = leads.len(),
             "started the funnels of signups stored before the process stopped"
         );
-        Ok(found.len())
+        Ok(leads.len())
     }
 
     /// Waits until no signup is queued or being committed: at shutdown, after the server
