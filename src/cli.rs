@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `migrate`, `init`. Errors end here as messages (anyhow);
+//! The command line: `run`, `check`, `simulate`, `plan`, `report`, `migrate`, `init`. Errors end here as messages (anyhow);
 //! exit code 1 for problems found, 2 for bad usage.
 
 use std::path::{Path, PathBuf};
@@ -68,6 +68,37 @@ enum Command {
     },
     /// Write a starter project into DIR.
     Init { dir: PathBuf },
+    /// Read a funnel: per stage, leads in, where they went, conversion, revenue, time in stage.
+    Report {
+        /// Funnel id.
+        funnel: String,
+        /// First day of the period (YYYY-MM-DD or RFC 3339, UTC); default 30 days before `--to`.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the period, exclusive (YYYY-MM-DD or RFC 3339, UTC); default now.
+        #[arg(long)]
+        to: Option<String>,
+        /// `entry`: leads counted in the period they entered the funnel, their later progress
+        /// credited to it; `calendar`: each stage entry counted when it happened.
+        #[arg(long, value_enum, default_value = "entry")]
+        cohort: CohortArg,
+        /// `table`, `csv` or `json`.
+        #[arg(long, value_enum, default_value = "table")]
+        format: FormatArg,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CohortArg {
+    Entry,
+    Calendar,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Table,
+    Csv,
+    Json,
 }
 
 pub fn main() -> ExitCode {
@@ -96,6 +127,20 @@ pub fn main() -> ExitCode {
         Command::Run => block_on(run(cli.project.clone(), cli.config.clone())),
         Command::Migrate => block_on(migrate(cli.project.clone(), cli.config.clone())),
         Command::Plan => block_on(plan(cli.project.clone(), cli.config.clone())),
+        Command::Report {
+            ref funnel,
+            ref from,
+            ref to,
+            cohort,
+            format,
+        } => block_on(report(
+            cli.project.clone(),
+            cli.config.clone(),
+            funnel.clone(),
+            (from.clone(), to.clone()),
+            cohort,
+            format,
+        )),
     };
     match result {
         Ok(code) => code,
@@ -212,6 +257,83 @@ async fn plan(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitC
     let store = open_store(&settings).await?;
     let plans = crate::plan::plan(&store, &loaded.funnels).await?;
     print!("{}", crate::plan::render(&plans).0);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A time from the command line: `YYYY-MM-DD` (midnight UTC) or RFC 3339.
+fn time_arg(name: &str, text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc())
+        .ok_or_else(|| format!("`--{name} {text}`: write a date (2026-11-01) or an RFC 3339 time"))
+}
+
+async fn report(
+    project: PathBuf,
+    config: Option<PathBuf>,
+    funnel: String,
+    (from, to): (Option<String>, Option<String>),
+    cohort: CohortArg,
+    format: FormatArg,
+) -> anyhow::Result<ExitCode> {
+    let usage = |message: String| {
+        eprintln!("error: {message}");
+        Ok(ExitCode::from(2))
+    };
+    let settings = Settings::load(&project, config.as_deref())?;
+    let (loaded, report) = project::check(&settings, None);
+    let Some(loaded) = loaded else {
+        for d in &report.diagnostics {
+            eprintln!("{d}");
+        }
+        anyhow::bail!(
+            "the funnels do not pass `autofunnel check` ({})",
+            report.summary()
+        );
+    };
+    let Some(f) = loaded
+        .funnels
+        .iter()
+        .find(|f| f.id.value.as_str() == funnel)
+    else {
+        let known: Vec<&str> = loaded.funnels.iter().map(|f| f.id.value.as_str()).collect();
+        return usage(format!(
+            "no funnel \"{funnel}\" (the funnels are: {})",
+            known.join(", ")
+        ));
+    };
+    let now = chrono::Utc::now();
+    let to = match to.as_deref().map(|t| time_arg("to", t)).transpose() {
+        Ok(t) => t.unwrap_or(now),
+        Err(e) => return usage(e),
+    };
+    let from = match from.as_deref().map(|t| time_arg("from", t)).transpose() {
+        Ok(t) => t.unwrap_or(to - chrono::Duration::days(30)),
+        Err(e) => return usage(e),
+    };
+    let cohort = match cohort {
+        CohortArg::Entry => crate::report::Cohort::Entry,
+        CohortArg::Calendar => crate::report::Cohort::Calendar,
+    };
+    let store = open_store(&settings).await?;
+    let rows = store.report_rows(&f.id.value, to.min(now)).await?;
+    let r = match crate::report::funnel_report(f, &rows, cohort, from, to, now) {
+        Ok(r) => r,
+        Err(e) => return usage(e.to_string()),
+    };
+    let text = match format {
+        FormatArg::Table => crate::report::render::table(&r),
+        FormatArg::Csv => crate::report::render::csv(&r),
+        FormatArg::Json => crate::report::render::json(&r),
+    };
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
     Ok(ExitCode::SUCCESS)
 }
 

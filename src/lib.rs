@@ -11,6 +11,7 @@
 //!   [`plan`] print what it would do).
 //! - [`runtime`]: durable enrollments between the engine and the store: lead facts from rows,
 //!   effects into rows, the scheduler loop, signups by group commit.
+//! - [`report`]: funnel analytics, pure functions of the store's rows and a period.
 //! - [`store`]: the database, and the only code that touches it.
 //! - [`delivery`]: the sender that drains the outbox over SMTP or into `.eml` files;
 //!   [`tokens`], the signed tokens in the links of emails.
@@ -26,6 +27,7 @@ pub mod funnel;
 pub mod metrics;
 pub mod plan;
 pub mod project;
+pub mod report;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;

@@ -323,3 +323,66 @@ fn sighup_reloads_funnels_that_pass_check_only() {
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     stopped_cleanly(&mut child, &rx);
 }
+
+/// `autofunnel report` on a fresh project: a table for an empty period, and a clear message
+/// with exit 2 for an unknown funnel, a bad date, a period that ends before it begins, or an
+/// unknown option value.
+#[test]
+fn report_reads_a_funnel_and_refuses_bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = autofunnel().arg("init").arg(dir.path()).output().unwrap();
+    assert!(init.status.success());
+    let report = |args: &[&str]| {
+        autofunnel()
+            .arg("-C")
+            .arg(dir.path())
+            .arg("report")
+            .args(args)
+            .env(
+                "AUTOFUNNEL_DATABASE_URL",
+                format!("sqlite://{}/r.db?mode=rwc", dir.path().display()),
+            )
+            .output()
+            .unwrap()
+    };
+    let out = report(&["welcome", "--from", "2026-11-01", "--to", "2026-11-08"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "entry cohort: leads who entered the funnel from 2026-11-01 00:00 to 2026-11-08 00:00"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("entered 0"), "{stdout}");
+    let json = report(&["welcome", "--format", "json", "--cohort", "calendar"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["cohort"], "calendar");
+    for (args, says) in [
+        (
+            vec!["nosuch"],
+            "no funnel \"nosuch\" (the funnels are: welcome)",
+        ),
+        (
+            vec!["welcome", "--from", "yesterday"],
+            "`--from yesterday`: write a date",
+        ),
+        (
+            vec!["welcome", "--from", "2026-11-08", "--to", "2026-11-01"],
+            "the period is empty",
+        ),
+    ] {
+        let out = report(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        report(&["welcome", "--format", "pdf"]).status.code(),
+        Some(2)
+    );
+}

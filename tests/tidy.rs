@@ -33,6 +33,11 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     // Handlers write through the runtime; links are signed by `tokens`, not `delivery`.
     ("server", &["delivery", "engine", "cli"]),
     ("runtime", &["server", "delivery", "cli"]),
+    // Reports are pure: rows and a time in, figures out.
+    (
+        "report",
+        &["engine", "runtime", "server", "delivery", "cli"],
+    ),
 ];
 
 /// Which module a source file belongs to: `src/store/batch.rs` → (`store`, `batch`),

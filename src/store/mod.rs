@@ -6,6 +6,7 @@ mod batch;
 mod enrollments;
 pub mod entities;
 mod outbox;
+mod report;
 mod signups;
 
 pub use enrollments::{
@@ -13,6 +14,7 @@ pub use enrollments::{
     OutboxRow, Position, RunState, RunUpdate, RunWrites, StageVisit,
 };
 pub use outbox::{MessageOrigin, Outbox, Outgoing};
+pub use report::{PurchaseRow, ReportRows, RunRow, VisitRow};
 pub use signups::NewSignup;
 
 use std::collections::HashMap;

@@ -1,0 +1,302 @@
+//! Funnel analytics as pure functions of the store's rows, a period and a time — no IO, no
+//! clock — so the CLI (and later the API and the dashboard) show the same figures.
+//!
+//! The stage report: for each stage in the funnel's order, the leads that came in, where they
+//! went (the next stages, the outcomes they exited with), who is still there; conversion to the
+//! next stage and from funnel entry; the revenue and average check of the stage's offer; time in
+//! stage; and the funnel's length from entry to `converted`. Leads are counted by **entry
+//! cohort** (a run counts in the period it entered the funnel, its later progress credited
+//! there) or in the **calendar** view (each stage entry counts in the period it happened).
+
+pub mod render;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::domain::{EnrollmentId, LeadId, Outcome, RunStatus};
+use crate::funnel::Funnel;
+use crate::store::{ReportRows, VisitRow};
+
+/// How leads are assigned to the period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cohort {
+    /// A run counts when it entered the funnel; what it did later is credited to that period.
+    Entry,
+    /// Each stage entry, purchase and exit counts when it happened.
+    Calendar,
+}
+
+/// A share with its counts: `part` of `whole`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Rate {
+    pub part: u64,
+    pub whole: u64,
+    /// Per cent, rounded to 0.1; `None` when `whole` is 0.
+    pub percent: Option<f64>,
+}
+
+impl Rate {
+    pub fn of(part: u64, whole: u64) -> Rate {
+        let percent = (whole > 0).then(|| (part as f64 * 1000.0 / whole as f64).round() / 10.0);
+        Rate {
+            part,
+            whole,
+            percent,
+        }
+    }
+}
+
+/// The median and 90th percentile of some durations, in seconds (nearest rank); `None` for
+/// none.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    pub count: u64,
+    pub p50_seconds: Option<i64>,
+    pub p90_seconds: Option<i64>,
+}
+
+impl Spread {
+    pub fn of(mut secs: Vec<i64>) -> Spread {
+        secs.sort_unstable();
+        let rank = |p: f64| -> Option<i64> {
+            let n = secs.len();
+            (n > 0).then(|| secs[((p * n as f64).ceil() as usize).clamp(1, n) - 1])
+        };
+        Spread {
+            count: secs.len() as u64,
+            p50_seconds: rank(0.5),
+            p90_seconds: rank(0.9),
+        }
+    }
+}
+
+/// Money taken for one offer, per currency.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Revenue {
+    pub currency: String,
+    pub orders: u64,
+    pub total: f64,
+    /// The average check: total / orders.
+    pub average: f64,
+}
+
+/// One stage's figures.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageReport {
+    pub stage: String,
+    pub kind: Option<&'static str>,
+    pub offer: Option<String>,
+    /// Leads (runs) that entered the stage.
+    pub leads_in: u64,
+    /// Where they went next: stage id → leads.
+    pub moved_on: BTreeMap<String, u64>,
+    /// How they left the funnel from here: outcome → leads.
+    pub exited: BTreeMap<String, u64>,
+    /// Still in the stage now.
+    pub still_there: u64,
+    /// Reached the next stage in the funnel's order, of those in this one.
+    pub to_next: Option<Rate>,
+    /// In this stage, of those who entered the funnel.
+    pub from_entry: Rate,
+    /// Purchases of the stage's offer by the leads that were in it, after they entered it.
+    pub revenue: Vec<Revenue>,
+    pub time_in_stage: Spread,
+}
+
+/// A funnel's report for a period.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunnelReport {
+    pub funnel: String,
+    pub name: String,
+    pub cohort: Cohort,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Runs that entered the funnel in the period.
+    pub entered: u64,
+    /// Of those, runs that exited `converted` (by the time of the report).
+    pub converted: Rate,
+    pub stages: Vec<StageReport>,
+    /// From funnel entry to the `converted` exit.
+    pub length_to_converted: Spread,
+}
+
+/// Why a report cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("the period is empty: `from` ({from}) is not before `to` ({to})")]
+    EmptyPeriod { from: String, to: String },
+}
+
+/// The stage report of `f` over `[from, to)`, as the rows stand at `now`.
+pub fn funnel_report(
+    f: &Funnel,
+    rows: &ReportRows,
+    cohort: Cohort,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<FunnelReport, ReportError> {
+    if from >= to {
+        return Err(ReportError::EmptyPeriod {
+            from: from.to_rfc3339(),
+            to: to.to_rfc3339(),
+        });
+    }
+    let within = |t: DateTime<Utc>| t >= from && t < to && t <= now;
+    let entered_runs: Vec<_> = rows.runs.iter().filter(|r| within(r.entered_at)).collect();
+    let cohort_runs: BTreeSet<EnrollmentId> = entered_runs.iter().map(|r| r.enrollment).collect();
+    let lead_of: HashMap<EnrollmentId, LeadId> =
+        rows.runs.iter().map(|r| (r.enrollment, r.lead)).collect();
+    // The visits that count: the cohort's (entry) or those that began in the period (calendar).
+    let counted: Vec<&VisitRow> = rows
+        .visits
+        .iter()
+        .filter(|v| v.entered_at <= now)
+        .filter(|v| match cohort {
+            Cohort::Entry => cohort_runs.contains(&v.enrollment),
+            Cohort::Calendar => within(v.entered_at),
+        })
+        .collect();
+    let runs_in = |stage: &str| -> BTreeSet<EnrollmentId> {
+        counted
+            .iter()
+            .filter(|v| v.stage.as_str() == stage)
+            .map(|v| v.enrollment)
+            .collect()
+    };
+    let entered = entered_runs.len() as u64;
+    let mut stages = Vec::with_capacity(f.stages.len());
+    for (i, s) in f.stages.iter().enumerate() {
+        let id = s.id.value.as_str();
+        let visits: Vec<&&VisitRow> = counted.iter().filter(|v| v.stage.as_str() == id).collect();
+        let here = runs_in(id);
+        let mut moved_on: BTreeMap<String, u64> = BTreeMap::new();
+        let mut exited: BTreeMap<String, u64> = BTreeMap::new();
+        let mut still_there = 0;
+        let mut durations = Vec::new();
+        for v in &visits {
+            match (&v.exited_at, &v.next, v.reason.as_deref()) {
+                (None, _, _) => still_there += 1,
+                (Some(_), Some(next), _) => *moved_on.entry(next.to_string()).or_default() += 1,
+                (Some(_), None, Some(r)) => {
+                    let outcome = r.strip_prefix("exit: ").unwrap_or(r);
+                    *exited.entry(outcome.to_string()).or_default() += 1;
+                }
+                (Some(_), None, None) => *exited.entry("unknown".into()).or_default() += 1,
+            }
+            if let Some(out) = v.exited_at {
+                durations.push((out - v.entered_at).num_seconds());
+            }
+        }
+        let to_next = f.stages.get(i + 1).map(|next| {
+            let there = runs_in(next.id.value.as_str());
+            match cohort {
+                Cohort::Entry => {
+                    Rate::of(here.intersection(&there).count() as u64, here.len() as u64)
+                }
+                Cohort::Calendar => Rate::of(there.len() as u64, here.len() as u64),
+            }
+        });
+        let revenue = s
+            .offer
+            .as_ref()
+            .map(|offer| {
+                revenue_of(
+                    rows,
+                    &visits,
+                    &lead_of,
+                    offer.value.as_str(),
+                    cohort,
+                    &within,
+                )
+            })
+            .unwrap_or_default();
+        stages.push(StageReport {
+            stage: id.to_string(),
+            kind: s.kind.map(|k| k.name()),
+            offer: s.offer.as_ref().map(|o| o.value.to_string()),
+            leads_in: here.len() as u64,
+            moved_on,
+            exited,
+            still_there,
+            to_next,
+            from_entry: Rate::of(here.len() as u64, entered),
+            revenue,
+            time_in_stage: Spread::of(durations),
+        });
+    }
+    let converted: Vec<i64> = entered_runs
+        .iter()
+        .filter(|r| r.status == RunStatus::Exited(Outcome::Converted))
+        .filter_map(|r| r.exited_at.map(|x| (x - r.entered_at).num_seconds()))
+        .collect();
+    Ok(FunnelReport {
+        funnel: f.id.value.to_string(),
+        name: f.name.clone(),
+        cohort,
+        from,
+        to,
+        entered,
+        converted: Rate::of(converted.len() as u64, entered),
+        stages,
+        length_to_converted: Spread::of(converted),
+    })
+}
+
+/// Purchases of `offer` by the leads of these visits, made after the visit began (and, in the
+/// calendar view, within the period); each order once.
+fn revenue_of(
+    rows: &ReportRows,
+    visits: &[&&VisitRow],
+    lead_of: &HashMap<EnrollmentId, LeadId>,
+    offer: &str,
+    cohort: Cohort,
+    within: &impl Fn(DateTime<Utc>) -> bool,
+) -> Vec<Revenue> {
+    let mut first_visit: HashMap<LeadId, DateTime<Utc>> = HashMap::new();
+    for v in visits {
+        if let Some(lead) = lead_of.get(&v.enrollment) {
+            let at = first_visit.entry(*lead).or_insert(v.entered_at);
+            *at = (*at).min(v.entered_at);
+        }
+    }
+    let mut by_currency: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    for p in &rows.purchases {
+        let counts = p.product.as_deref() == Some(offer)
+            && first_visit.get(&p.lead).is_some_and(|at| p.at >= *at)
+            && (cohort == Cohort::Entry || within(p.at));
+        if counts {
+            let e = by_currency
+                .entry(p.currency.clone().unwrap_or_else(|| "—".into()))
+                .or_default();
+            e.0 += 1;
+            e.1 += p.amount.unwrap_or(0.0);
+        }
+    }
+    by_currency
+        .into_iter()
+        .map(|(currency, (orders, total))| Revenue {
+            currency,
+            orders,
+            total,
+            average: total / orders as f64,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_spreads() {
+        assert_eq!(Rate::of(215, 520).percent, Some(41.3));
+        assert_eq!(Rate::of(0, 0).percent, None);
+        let s = Spread::of(vec![5, 1, 4, 2, 3, 10, 9, 8, 7, 6]);
+        assert_eq!((s.p50_seconds, s.p90_seconds), (Some(5), Some(9)));
+        assert_eq!(Spread::of(vec![]).p50_seconds, None);
+    }
+}

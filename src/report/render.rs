@@ -1,0 +1,211 @@
+//! A funnel report as text: a table for people, CSV for spreadsheets, JSON for programs.
+
+use std::fmt::Write as _;
+
+use super::{Cohort, FunnelReport, Rate, Spread, StageReport};
+
+/// How long, for people: `3d 4h`, `5h 10m`, `12m`, `40s`.
+fn span(secs: Option<i64>) -> String {
+    let Some(s) = secs else {
+        return "—".into();
+    };
+    let (d, h, m) = (s / 86_400, s % 86_400 / 3_600, s % 3_600 / 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, m) => format!("{m}m"),
+        (0, h, m) => format!("{h}h {m}m"),
+        (d, h, _) => format!("{d}d {h}h"),
+    }
+}
+
+fn rate(r: &Rate) -> String {
+    match r.percent {
+        Some(p) => format!("{p:.1}% ({})", r.part),
+        None => "—".into(),
+    }
+}
+
+fn list(items: &std::collections::BTreeMap<String, u64>) -> String {
+    if items.is_empty() {
+        return "—".into();
+    }
+    items
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn money(s: &StageReport) -> String {
+    if s.revenue.is_empty() {
+        return "—".into();
+    }
+    s.revenue
+        .iter()
+        .map(|r| {
+            format!(
+                "{:.2} {} ({} × {:.2})",
+                r.total, r.currency, r.orders, r.average
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn spread(s: &Spread) -> String {
+    format!("{} / {}", span(s.p50_seconds), span(s.p90_seconds))
+}
+
+/// The report as a table.
+pub fn table(r: &FunnelReport) -> String {
+    let mut out = String::new();
+    let view = match r.cohort {
+        Cohort::Entry => "entry cohort: leads who entered the funnel",
+        Cohort::Calendar => "calendar view: stage entries and purchases made",
+    };
+    let _ = writeln!(out, "{} — {}", r.funnel, r.name);
+    let _ = writeln!(
+        out,
+        "{view} from {} to {} (UTC)",
+        r.from.format("%Y-%m-%d %H:%M"),
+        r.to.format("%Y-%m-%d %H:%M")
+    );
+    let _ = writeln!(
+        out,
+        "entered {}, converted {}, entry → converted p50 / p90: {}",
+        r.entered,
+        rate(&r.converted),
+        spread(&r.length_to_converted)
+    );
+    let header = [
+        "stage",
+        "kind",
+        "in",
+        "to next stage",
+        "from entry",
+        "moved on",
+        "exited",
+        "still there",
+        "revenue (orders × average)",
+        "time in stage p50 / p90",
+    ];
+    let rows: Vec<[String; 10]> = r
+        .stages
+        .iter()
+        .map(|s| {
+            [
+                s.stage.clone(),
+                s.kind.unwrap_or("—").to_string(),
+                s.leads_in.to_string(),
+                s.to_next.as_ref().map(rate).unwrap_or_else(|| "—".into()),
+                rate(&s.from_entry),
+                list(&s.moved_on),
+                list(&s.exited),
+                s.still_there.to_string(),
+                money(s),
+                spread(&s.time_in_stage),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+            .collect();
+        padded.join("  ").trim_end().to_string()
+    };
+    out.push('\n');
+    let _ = writeln!(out, "{}", line(header.to_vec()));
+    for row in &rows {
+        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The report as CSV: one row per stage, plain numbers.
+pub fn csv(r: &FunnelReport) -> String {
+    let mut out = String::from(
+        "funnel,cohort,from,to,stage,kind,offer,leads_in,to_next,to_next_percent,from_entry_percent,\
+         moved_on,exited,still_there,revenue,time_in_stage_p50_seconds,time_in_stage_p90_seconds\n",
+    );
+    let pct = |r: Option<&Rate>| {
+        r.and_then(|r| r.percent)
+            .map(|p| format!("{p:.1}"))
+            .unwrap_or_default()
+    };
+    for s in &r.stages {
+        let cells = [
+            r.funnel.clone(),
+            format!("{:?}", r.cohort).to_lowercase(),
+            r.from.to_rfc3339(),
+            r.to.to_rfc3339(),
+            s.stage.clone(),
+            s.kind.unwrap_or_default().to_string(),
+            s.offer.clone().unwrap_or_default(),
+            s.leads_in.to_string(),
+            s.to_next.map(|t| t.part.to_string()).unwrap_or_default(),
+            pct(s.to_next.as_ref()),
+            pct(Some(&s.from_entry)),
+            s.moved_on
+                .iter()
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect::<Vec<_>>()
+                .join(";"),
+            s.exited
+                .iter()
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect::<Vec<_>>()
+                .join(";"),
+            s.still_there.to_string(),
+            s.revenue
+                .iter()
+                .map(|m| format!("{:.2} {}", m.total, m.currency))
+                .collect::<Vec<_>>()
+                .join(";"),
+            s.time_in_stage
+                .p50_seconds
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            s.time_in_stage
+                .p90_seconds
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        ];
+        let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
+        out.push_str(&line.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// The report as JSON (the same document the API will answer with).
+pub fn json(r: &FunnelReport) -> String {
+    serde_json::to_string_pretty(r).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spans_read_like_people_write_them() {
+        assert_eq!(super::span(Some(40)), "40s");
+        assert_eq!(super::span(Some(720)), "12m");
+        assert_eq!(super::span(Some(18_600)), "5h 10m");
+        assert_eq!(super::span(Some(273_600)), "3d 4h");
+        assert_eq!(super::span(None), "—");
+    }
+}

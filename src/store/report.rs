@@ -1,0 +1,122 @@
+//! What the reports read, as plain rows: a funnel's runs, their stage visits, and the
+//! purchases of the leads in them. The figures are computed by `report`, not here.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+
+use super::entities::{enrollment, event, stage_history};
+use super::{Result, Store, StoreError, batch, event_of, from_ms, ms};
+use crate::domain::{EnrollmentId, EventKind, FunnelId, LeadId, Outcome, RunStatus, StageId};
+
+/// One run of a lead through the funnel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub enrollment: EnrollmentId,
+    pub lead: LeadId,
+    pub entered_at: DateTime<Utc>,
+    pub status: RunStatus,
+    pub exited_at: Option<DateTime<Utc>>,
+}
+
+/// One stage visit of a run: when it began and ended, why, and where it led.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisitRow {
+    pub enrollment: EnrollmentId,
+    pub stage: StageId,
+    pub entered_at: DateTime<Utc>,
+    pub exited_at: Option<DateTime<Utc>>,
+    /// `goto: STAGE`, `event: NAME`, `exit: OUTCOME`, …
+    pub reason: Option<String>,
+    pub next: Option<StageId>,
+}
+
+/// A purchase by a lead of the funnel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PurchaseRow {
+    pub lead: LeadId,
+    pub product: Option<String>,
+    pub amount: Option<f64>,
+    pub currency: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// Everything a funnel report reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportRows {
+    pub runs: Vec<RunRow>,
+    pub visits: Vec<VisitRow>,
+    pub purchases: Vec<PurchaseRow>,
+}
+
+impl Store {
+    /// The funnel's runs that entered before `until`, their visits and their leads' purchases.
+    pub async fn report_rows(&self, funnel: &FunnelId, until: DateTime<Utc>) -> Result<ReportRows> {
+        let mut out = ReportRows::default();
+        let runs = enrollment::Entity::find()
+            .filter(enrollment::Column::FunnelId.eq(funnel.as_str()))
+            .filter(enrollment::Column::EnteredAt.lt(ms(until)))
+            .order_by_asc(enrollment::Column::Id)
+            .all(&self.db)
+            .await?;
+        for m in runs {
+            let status = match (m.status.as_str(), m.outcome.as_deref()) {
+                ("exited", Some(o)) => {
+                    RunStatus::Exited(Outcome::from_name(o).ok_or_else(|| {
+                        StoreError::Corrupt(format!("enrollment {}: outcome \"{o}\"", m.id))
+                    })?)
+                }
+                ("unconfirmed", _) => RunStatus::Unconfirmed,
+                _ => RunStatus::Active,
+            };
+            out.runs.push(RunRow {
+                enrollment: EnrollmentId(m.id),
+                lead: LeadId(m.lead_id),
+                entered_at: from_ms(m.entered_at),
+                status,
+                exited_at: m.exited_at.map(from_ms),
+            });
+        }
+        for h in stage_history::Entity::find()
+            .filter(stage_history::Column::FunnelId.eq(funnel.as_str()))
+            .filter(stage_history::Column::EnteredAt.lt(ms(until)))
+            .order_by_asc(stage_history::Column::Id)
+            .all(&self.db)
+            .await?
+        {
+            let Ok(stage) = StageId::parse(&h.stage_id) else {
+                continue;
+            };
+            out.visits.push(VisitRow {
+                enrollment: EnrollmentId(h.enrollment_id),
+                stage,
+                entered_at: from_ms(h.entered_at),
+                exited_at: h.exited_at.map(from_ms),
+                reason: h.exit_reason,
+                next: h.next_stage_id.and_then(|s| StageId::parse(&s).ok()),
+            });
+        }
+        let mut leads: Vec<i64> = out.runs.iter().map(|r| r.lead.0).collect();
+        leads.sort_unstable();
+        leads.dedup();
+        for chunk in leads.chunks(batch::ROWS) {
+            for e in event::Entity::find()
+                .filter(event::Column::LeadId.is_in(batch::padded(chunk.iter().copied())))
+                .filter(event::Column::Kind.eq(EventKind::Purchase.as_str()))
+                .all(&self.db)
+                .await?
+            {
+                let Ok(ev) = event_of(e.id, &e.kind, &e.payload) else {
+                    continue;
+                };
+                out.purchases.push(PurchaseRow {
+                    lead: LeadId(e.lead_id.unwrap_or_default()),
+                    product: ev.product,
+                    amount: ev.amount,
+                    currency: ev.currency,
+                    at: from_ms(e.occurred_at),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
