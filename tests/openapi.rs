@@ -486,6 +486,7 @@ async fn openapi(store: Store) {
     let untag = "/api/v1/leads/{id}/tags/{tag}";
     let enroll = "/api/v1/leads/{id}/enroll";
     let remove = "/api/v1/leads/{id}/remove";
+    let report = "/api/v1/reports/funnels/{id}";
     let me = format!("/api/v1/leads/{anna}");
     let nobody = "/api/v1/leads/424242";
     let body = |req: RequestBuilder, v: Value| req.json(&v);
@@ -667,6 +668,48 @@ async fn openapi(store: Store) {
             "/api/v1/funnels",
             admin(get.clone(), &off, "/api/v1/funnels"),
             404,
+        ),
+        (
+            get.clone(),
+            report,
+            admin(
+                get.clone(),
+                &base,
+                "/api/v1/reports/funnels/welcome?from=2026-01-01&cohort=calendar",
+            ),
+            200,
+        ),
+        (
+            get.clone(),
+            report,
+            admin(
+                get.clone(),
+                &base,
+                "/api/v1/reports/funnels/welcome?cohort=a&cohort=b",
+            ),
+            400,
+        ),
+        (
+            get.clone(),
+            report,
+            c.get(format!("{base}/api/v1/reports/funnels/welcome")),
+            401,
+        ),
+        (
+            get.clone(),
+            report,
+            admin(get.clone(), &base, "/api/v1/reports/funnels/nosuch"),
+            404,
+        ),
+        (
+            get.clone(),
+            report,
+            admin(
+                get.clone(),
+                &base,
+                "/api/v1/reports/funnels/welcome?from=2026-12-01&to=2026-11-01",
+            ),
+            422,
         ),
         (
             delete.clone(),

@@ -6,7 +6,7 @@
 //! - [`hooks`]: signed webhooks: delivery reports and purchases.
 //! - [`links`]: tracked clicks and the open pixel.
 //! - [`pages`]: the unsubscribe and double opt-in pages.
-//! - [`admin`]: the admin API.
+//! - [`admin`]: the admin API; [`reports`]: funnel reports for it.
 //! - [`health`]: `/healthz`, `/metrics`, `/openapi.*`.
 //! - [`error`], [`input`] and [`auth`]: the refusals every handler answers with, the checks
 //!   every text passes at the edge, bearer tokens and signatures.
@@ -23,6 +23,7 @@ pub mod hooks;
 pub mod input;
 pub mod links;
 pub mod pages;
+pub mod reports;
 pub mod signup;
 
 use std::future::Future;
@@ -105,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/leads/{id}/enroll", post(admin::enroll))
         .route("/api/v1/leads/{id}/remove", post(admin::remove))
         .route("/api/v1/funnels", get(admin::funnels))
+        .route("/api/v1/reports/funnels/{id}", get(reports::funnel))
         .route(
             "/api/v1/events",
             post(events::api_events).layer(DefaultBodyLimit::max(API_BODY_LIMIT)),
