@@ -85,6 +85,11 @@ enum Command {
         /// `table`, `csv` or `json`.
         #[arg(long, value_enum, default_value = "table")]
         format: FormatArg,
+        /// Also the report of each group of leads by `utm_source`, `utm_medium`,
+        /// `utm_campaign`, `channel`, `form` (their first touch) or `field:NAME` (a lead field);
+        /// repeat for several.
+        #[arg(long, value_name = "KEY")]
+        slice: Vec<String>,
     },
 }
 
@@ -133,13 +138,14 @@ pub fn main() -> ExitCode {
             ref to,
             cohort,
             format,
+            ref slice,
         } => block_on(report(
             cli.project.clone(),
             cli.config.clone(),
             funnel.clone(),
             (from.clone(), to.clone()),
-            cohort,
-            format,
+            (cohort, format),
+            slice.clone(),
         )),
     };
     match result {
@@ -277,8 +283,8 @@ async fn report(
     config: Option<PathBuf>,
     funnel: String,
     (from, to): (Option<String>, Option<String>),
-    cohort: CohortArg,
-    format: FormatArg,
+    (cohort, format): (CohortArg, FormatArg),
+    slices: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let usage = |message: String| {
         eprintln!("error: {message}");
@@ -319,16 +325,34 @@ async fn report(
         CohortArg::Entry => crate::report::Cohort::Entry,
         CohortArg::Calendar => crate::report::Cohort::Calendar,
     };
+    let mut keys = Vec::new();
+    for s in &slices {
+        match crate::report::SliceKey::parse(s) {
+            Ok(k) => keys.push(k),
+            Err(e) => return usage(e),
+        }
+    }
     let store = open_store(&settings).await?;
     let rows = store.report_rows(&f.id.value, to.min(now)).await?;
     let r = match crate::report::funnel_report(f, &rows, cohort, from, to, now) {
         Ok(r) => r,
         Err(e) => return usage(e.to_string()),
     };
-    let text = match format {
-        FormatArg::Table => crate::report::render::table(&r),
-        FormatArg::Csv => crate::report::render::csv(&r),
-        FormatArg::Json => crate::report::render::json(&r),
+    let mut sliced = Vec::new();
+    for k in &keys {
+        match crate::report::sliced_reports(f, &rows, k, cohort, from, to, now) {
+            Ok(s) => sliced.extend(s),
+            Err(e) => return usage(e.to_string()),
+        }
+    }
+    use crate::report::render;
+    let text = match (format, keys.is_empty()) {
+        (FormatArg::Table, true) => render::table(&r),
+        (FormatArg::Csv, true) => render::csv(&r),
+        (FormatArg::Json, true) => render::json(&r),
+        (FormatArg::Table, false) => render::sliced_table(&r, &sliced),
+        (FormatArg::Csv, false) => render::sliced_csv(&r, &sliced),
+        (FormatArg::Json, false) => render::sliced_json(&r, &sliced),
     };
     print!("{text}");
     if !text.ends_with('\n') {

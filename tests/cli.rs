@@ -362,6 +362,18 @@ fn report_reads_a_funnel_and_refuses_bad_arguments() {
     let json = report(&["welcome", "--format", "json", "--cohort", "calendar"]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["cohort"], "calendar");
+    let sliced = report(&[
+        "welcome",
+        "--format",
+        "json",
+        "--slice",
+        "utm_source",
+        "--slice",
+        "field:city",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&sliced.stdout).unwrap();
+    assert_eq!(v["report"]["funnel"], "welcome");
+    assert_eq!(v["slices"], serde_json::json!([]), "no leads, no groups");
     for (args, says) in [
         (
             vec!["nosuch"],

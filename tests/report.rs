@@ -2,7 +2,7 @@
 //! worked out by hand (`tests/report/*`; `UPDATE_EXPECT=1` rewrites them).
 
 use autofunnel::domain::{Consent, Email, Event, EventKind, LeadId};
-use autofunnel::report::{Cohort, funnel_report, render};
+use autofunnel::report::{Cohort, SliceKey, funnel_report, render, sliced_reports};
 use autofunnel::store::{BatchEvent, LeadInput, LeadRef, Store};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
@@ -47,12 +47,17 @@ async fn the_textbook_funnel(store: Store) {
     let dir = tempfile::tempdir().unwrap();
     let p = project_of(dir.path(), &[("funnels/b2b.yaml", B2B)]);
     let rt = crate::util::engine(&store, &p, t0()).await;
+    // The first 500 are in the north (and make every sale), the rest in the south.
     let leads: Vec<(Email, LeadInput)> = (0..1000)
         .map(|i| {
-            (
-                Email::parse(&format!("a{i}@example.com")).unwrap(),
-                LeadInput::default(),
-            )
+            let mut fields = serde_json::Map::new();
+            let region = if i < 500 { "north" } else { "south" };
+            fields.insert("region".into(), region.into());
+            let input = LeadInput {
+                fields,
+                ..LeadInput::default()
+            };
+            (Email::parse(&format!("a{i}@example.com")).unwrap(), input)
         })
         .collect();
     let ids = store
@@ -114,6 +119,48 @@ async fn the_textbook_funnel(store: Store) {
     let ins: Vec<u64> = calendar.stages.iter().map(|s| s.leads_in).collect();
     assert_eq!(ins, [1000, 520, 215, 130]);
     assert!(funnel_report(f, &rows, Cohort::Entry, to, from, now).is_err());
+
+    // Sliced by a lead field: the north made every offer but 20, every invoice and sale.
+    let region = SliceKey::parse("field:region").unwrap();
+    let slices = sliced_reports(f, &rows, &region, Cohort::Entry, from, to, now).unwrap();
+    /// A slice's value, its leads per stage and its stage conversions.
+    type Row<'a> = (&'a str, Vec<u64>, Vec<Option<f64>>);
+    let by: Vec<Row> = slices
+        .iter()
+        .map(|s| {
+            let ins = s.report.stages.iter().map(|x| x.leads_in).collect();
+            let pct = s
+                .report
+                .stages
+                .iter()
+                .map(|x| x.to_next.and_then(|t| t.percent))
+                .collect();
+            (s.value.as_str(), ins, pct)
+        })
+        .collect();
+    assert_eq!(
+        by,
+        [
+            (
+                "north",
+                vec![500, 500, 215, 130],
+                vec![Some(100.0), Some(43.0), Some(60.5), None]
+            ),
+            (
+                "south",
+                vec![500, 20, 0, 0],
+                vec![Some(4.0), Some(0.0), None, None]
+            ),
+        ]
+    );
+    // Nobody came through a form here: one group without a source.
+    let source = SliceKey::parse("utm_source").unwrap();
+    let slices = sliced_reports(f, &rows, &source, Cohort::Entry, from, to, now).unwrap();
+    assert_eq!(slices.len(), 1);
+    assert_eq!(
+        (slices[0].value.as_str(), slices[0].report.entered),
+        ("(none)", 1000)
+    );
 }
 
 on_both_backends! {

@@ -287,6 +287,168 @@ fn revenue_of(
         .collect()
 }
 
+/// What a report can be sliced by: the lead's first touch, or one of its fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub enum SliceKey {
+    Channel,
+    Source,
+    Medium,
+    Campaign,
+    Form,
+    /// `field:NAME`: any lead field (`region`, `manager`, …).
+    Field(String),
+}
+
+impl SliceKey {
+    /// `utm_source`, `utm_medium`, `utm_campaign`, `channel`, `form` or `field:NAME`.
+    pub fn parse(text: &str) -> Result<SliceKey, String> {
+        Ok(match text {
+            "channel" => SliceKey::Channel,
+            "utm_source" | "source" => SliceKey::Source,
+            "utm_medium" | "medium" => SliceKey::Medium,
+            "utm_campaign" | "campaign" => SliceKey::Campaign,
+            "form" => SliceKey::Form,
+            other => match other.strip_prefix("field:") {
+                Some(name) if crate::domain::FieldName::parse(name).is_ok() => {
+                    SliceKey::Field(name.to_string())
+                }
+                _ => {
+                    return Err(format!(
+                        "cannot slice by \"{text}\": use utm_source, utm_medium, utm_campaign, channel, form or field:NAME"
+                    ));
+                }
+            },
+        })
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            SliceKey::Channel => "channel".into(),
+            SliceKey::Source => "utm_source".into(),
+            SliceKey::Medium => "utm_medium".into(),
+            SliceKey::Campaign => "utm_campaign".into(),
+            SliceKey::Form => "form".into(),
+            SliceKey::Field(n) => format!("field:{n}"),
+        }
+    }
+}
+
+impl From<SliceKey> for String {
+    fn from(k: SliceKey) -> String {
+        k.name()
+    }
+}
+
+/// One slice of a report: the leads whose key has this value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Slice {
+    pub key: SliceKey,
+    /// The value; `(none)` for leads without one.
+    pub value: String,
+    pub report: FunnelReport,
+}
+
+/// The value a lead has for a slice key; `(none)` when it has none.
+fn slice_value(rows: &ReportRows, key: &SliceKey) -> HashMap<LeadId, String> {
+    let mut out = HashMap::new();
+    match key {
+        SliceKey::Field(name) => {
+            for (lead, fields) in &rows.fields {
+                let v = match fields.get(name) {
+                    Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+                    Some(serde_json::Value::Null) | None => continue,
+                    Some(serde_json::Value::String(_)) => continue,
+                    Some(v) => v.to_string(),
+                };
+                out.insert(*lead, v);
+            }
+        }
+        _ => {
+            for o in &rows.origins {
+                let v = match key {
+                    SliceKey::Channel => Some(o.channel.clone()),
+                    SliceKey::Source => o.source.clone(),
+                    SliceKey::Medium => o.medium.clone(),
+                    SliceKey::Campaign => o.campaign.clone(),
+                    SliceKey::Form => o.form.clone(),
+                    SliceKey::Field(_) => None,
+                };
+                if let Some(v) = v {
+                    out.insert(o.lead, v);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The report of each group of leads sharing a value of `key`, largest group first (leads
+/// without a value last, as `(none)`).
+pub fn sliced_reports(
+    f: &Funnel,
+    rows: &ReportRows,
+    key: &SliceKey,
+    cohort: Cohort,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Slice>, ReportError> {
+    const NONE: &str = "(none)";
+    let values = slice_value(rows, key);
+    let value_of = |lead: &LeadId| values.get(lead).map_or(NONE, String::as_str);
+    let run_lead: HashMap<EnrollmentId, LeadId> =
+        rows.runs.iter().map(|r| (r.enrollment, r.lead)).collect();
+    let groups: BTreeSet<&str> = rows.runs.iter().map(|r| value_of(&r.lead)).collect();
+    let mut out = Vec::new();
+    for g in groups {
+        let part = ReportRows {
+            runs: rows
+                .runs
+                .iter()
+                .filter(|r| value_of(&r.lead) == g)
+                .cloned()
+                .collect(),
+            visits: rows
+                .visits
+                .iter()
+                .filter(|v| {
+                    run_lead
+                        .get(&v.enrollment)
+                        .is_some_and(|l| value_of(l) == g)
+                })
+                .cloned()
+                .collect(),
+            purchases: rows
+                .purchases
+                .iter()
+                .filter(|p| value_of(&p.lead) == g)
+                .cloned()
+                .collect(),
+            origins: Vec::new(),
+            fields: Vec::new(),
+        };
+        out.push(Slice {
+            key: key.clone(),
+            value: g.to_string(),
+            report: funnel_report(f, &part, cohort, from, to, now)?,
+        });
+    }
+    out.sort_by(|a, b| {
+        (
+            a.value == NONE,
+            std::cmp::Reverse(a.report.entered),
+            &a.value,
+        )
+            .cmp(&(
+                b.value == NONE,
+                std::cmp::Reverse(b.report.entered),
+                &b.value,
+            ))
+    });
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +460,20 @@ mod tests {
         let s = Spread::of(vec![5, 1, 4, 2, 3, 10, 9, 8, 7, 6]);
         assert_eq!((s.p50_seconds, s.p90_seconds), (Some(5), Some(9)));
         assert_eq!(Spread::of(vec![]).p50_seconds, None);
+    }
+
+    #[test]
+    fn slice_keys() {
+        assert_eq!(SliceKey::parse("utm_source").unwrap(), SliceKey::Source);
+        assert_eq!(
+            SliceKey::parse("field:region").unwrap(),
+            SliceKey::Field("region".into())
+        );
+        assert!(
+            SliceKey::parse("field:Bad Name")
+                .unwrap_err()
+                .contains("cannot slice by")
+        );
+        assert!(SliceKey::parse("colour").is_err());
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Cohort, FunnelReport, Rate, Spread, StageReport};
+use super::{Cohort, FunnelReport, Rate, Slice, Spread, StageReport};
 
 /// How long, for people: `3d 4h`, `5h 10m`, `12m`, `40s`.
 fn span(secs: Option<i64>) -> String {
@@ -193,9 +193,53 @@ pub fn csv(r: &FunnelReport) -> String {
     out
 }
 
-/// The report as JSON (the same document the API will answer with).
+/// The report as JSON (the same document the API answers with).
 pub fn json(r: &FunnelReport) -> String {
     serde_json::to_string_pretty(r).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// The whole report, then each slice's, as tables.
+pub fn sliced_table(r: &FunnelReport, slices: &[Slice]) -> String {
+    let mut out = table(r);
+    for s in slices {
+        let _ = write!(out, "\n── {} = {} ──\n", s.key.name(), s.value);
+        // The slice's own table, without repeating the funnel's name and period.
+        let t = table(&s.report);
+        out.push_str(
+            t.split_once('\n')
+                .and_then(|(_, rest)| rest.split_once('\n'))
+                .map_or(&t[..], |(_, rest)| rest),
+        );
+    }
+    out
+}
+
+/// CSV with one row per slice and stage, the slice's key and value first.
+pub fn sliced_csv(r: &FunnelReport, slices: &[Slice]) -> String {
+    let whole = csv(r);
+    let (header, rows) = whole.split_once('\n').unwrap_or((&whole, ""));
+    let mut out = format!("slice_key,slice_value,{header}\n");
+    for line in rows.lines() {
+        let _ = writeln!(out, ",,{line}");
+    }
+    for s in slices {
+        let part = csv(&s.report);
+        for line in part.lines().skip(1) {
+            let _ = writeln!(
+                out,
+                "{},{},{line}",
+                csv_cell(&s.key.name()),
+                csv_cell(&s.value)
+            );
+        }
+    }
+    out
+}
+
+/// `{"report": …, "slices": [{"key", "value", "report"}]}`.
+pub fn sliced_json(r: &FunnelReport, slices: &[Slice]) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({ "report": r, "slices": slices }))
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
 #[cfg(test)]

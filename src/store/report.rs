@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
-use super::entities::{enrollment, event, stage_history};
-use super::{Result, Store, StoreError, batch, event_of, from_ms, ms};
+use super::entities::{enrollment, event, lead, stage_history, touch};
+use super::{Result, Store, StoreError, batch, event_of, from_ms, ms, parse_fields};
 use crate::domain::{EnrollmentId, EventKind, FunnelId, LeadId, Outcome, RunStatus, StageId};
 
 /// One run of a lead through the funnel.
@@ -40,12 +40,27 @@ pub struct PurchaseRow {
     pub at: DateTime<Utc>,
 }
 
+/// Where a lead came from: its first touch (the one that brought it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginRow {
+    pub lead: LeadId,
+    pub channel: String,
+    pub source: Option<String>,
+    pub medium: Option<String>,
+    pub campaign: Option<String>,
+    pub form: Option<String>,
+}
+
 /// Everything a funnel report reads.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReportRows {
     pub runs: Vec<RunRow>,
     pub visits: Vec<VisitRow>,
     pub purchases: Vec<PurchaseRow>,
+    /// Each lead's first touch, when one was recorded.
+    pub origins: Vec<OriginRow>,
+    /// Each lead's fields (`first_name` among them), for slices by field.
+    pub fields: Vec<(LeadId, serde_json::Map<String, serde_json::Value>)>,
 }
 
 impl Store {
@@ -115,6 +130,39 @@ impl Store {
                     currency: ev.currency,
                     at: from_ms(e.occurred_at),
                 });
+            }
+            let mut seen = std::collections::HashSet::new();
+            for t in touch::Entity::find()
+                .filter(touch::Column::LeadId.is_in(batch::padded(chunk.iter().copied())))
+                .order_by_asc(touch::Column::OccurredAt)
+                .order_by_asc(touch::Column::Id)
+                .all(&self.db)
+                .await?
+            {
+                if seen.insert(t.lead_id) {
+                    out.origins.push(OriginRow {
+                        lead: LeadId(t.lead_id),
+                        channel: t.channel,
+                        source: t.source,
+                        medium: t.medium,
+                        campaign: t.campaign,
+                        form: t.form_id,
+                    });
+                }
+            }
+            for l in lead::Entity::find()
+                .filter(lead::Column::Id.is_in(batch::padded(chunk.iter().copied())))
+                .all(&self.db)
+                .await?
+            {
+                let mut fields = parse_fields(&l.fields).unwrap_or_default();
+                if let Some(n) = l.first_name {
+                    fields.insert("first_name".into(), n.into());
+                }
+                if let Some(z) = l.timezone {
+                    fields.insert("timezone".into(), z.into());
+                }
+                out.fields.push((LeadId(l.id), fields));
             }
         }
         Ok(out)
