@@ -90,6 +90,10 @@ enum Command {
         /// repeat for several.
         #[arg(long, value_name = "KEY")]
         slice: Vec<String>,
+        /// Per email instead: queued, accepted, opens, clicks, click-to-open, unsubscribes,
+        /// bounces, complaints, next-stage conversion and clicks by link.
+        #[arg(long, conflicts_with = "slice")]
+        emails: bool,
     },
 }
 
@@ -139,13 +143,14 @@ pub fn main() -> ExitCode {
             cohort,
             format,
             ref slice,
+            emails,
         } => block_on(report(
             cli.project.clone(),
             cli.config.clone(),
             funnel.clone(),
             (from.clone(), to.clone()),
             (cohort, format),
-            slice.clone(),
+            (slice.clone(), emails),
         )),
     };
     match result {
@@ -284,7 +289,7 @@ async fn report(
     funnel: String,
     (from, to): (Option<String>, Option<String>),
     (cohort, format): (CohortArg, FormatArg),
-    slices: Vec<String>,
+    (slices, emails): (Vec<String>, bool),
 ) -> anyhow::Result<ExitCode> {
     let usage = |message: String| {
         eprintln!("error: {message}");
@@ -334,6 +339,19 @@ async fn report(
     }
     let store = open_store(&settings).await?;
     let rows = store.report_rows(&f.id.value, to.min(now)).await?;
+    if emails {
+        let r = match crate::report::emails::email_report(f, &rows, cohort, from, to, now) {
+            Ok(r) => r,
+            Err(e) => return usage(e.to_string()),
+        };
+        let text = match format {
+            FormatArg::Table => crate::report::render::email_table(&r),
+            FormatArg::Csv => crate::report::render::email_csv(&r),
+            FormatArg::Json => serde_json::to_string_pretty(&r)?,
+        };
+        println!("{}", text.trim_end());
+        return Ok(ExitCode::SUCCESS);
+    }
     let r = match crate::report::funnel_report(f, &rows, cohort, from, to, now) {
         Ok(r) => r,
         Err(e) => return usage(e.to_string()),

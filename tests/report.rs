@@ -166,3 +166,142 @@ async fn the_textbook_funnel(store: Store) {
 on_both_backends! {
     textbook => the_textbook_funnel,
 }
+
+const NEWS: &str = r#"name: Welcome and offer
+from: "Shop <shop@example.com>"
+entry: { api: true }
+products:
+  course: { price: 100, currency: EUR }
+stages:
+  - id: welcome
+    steps:
+      - send: hello
+      - wait: 2d
+      - goto: offer
+  - id: offer
+    offer: course
+    on: [{ event: purchase, product: course, goto: bought }]
+    steps:
+      - send: pitch
+      - wait: 3d
+      - exit: not_converted
+  - id: bought
+    steps:
+      - exit: converted
+"#;
+
+/// Per email, through the real runtime and sender: ten leads get `hello`; six open it, three
+/// of them click (two `buy`, one `read`), one unsubscribes; all ten go on to the offer (the
+/// funnel has no exit on unsubscribing), the nine still mailable get `pitch`, one bounces, two
+/// buy.
+async fn the_email_report(store: Store) {
+    use autofunnel::delivery::{Sender, Transport};
+    use autofunnel::report::emails::email_report;
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(
+        dir.path(),
+        &[
+            ("funnels/news.yaml", NEWS),
+            ("templates/news/hello.subject", "Hello"),
+            ("templates/news/hello.html", "<p>Hello</p>"),
+            ("templates/news/pitch.subject", "The course"),
+            ("templates/news/pitch.html", "<p>Buy it</p>"),
+        ],
+    );
+    let rt = crate::util::engine(&store, &p, t0()).await;
+    let leads: Vec<(Email, LeadInput)> = (0..10)
+        .map(|i| {
+            (
+                Email::parse(&format!("n{i}@example.com")).unwrap(),
+                LeadInput::default(),
+            )
+        })
+        .collect();
+    let ids = store
+        .import_leads(&leads, Consent::Confirmed, t0())
+        .await
+        .unwrap();
+    rt.enroll_many(&ids, &fid("news"), t0()).await.unwrap();
+    let outbox = dir.path().join("outbox");
+    std::fs::create_dir(&outbox).unwrap();
+    let sender = Sender::new(
+        store.outbox(),
+        p.clone(),
+        Transport::Folder(outbox),
+        "http://127.0.0.1:1",
+        b"report test secret",
+    );
+    assert_eq!(sender.drain(t0()).await.unwrap().sent, 10);
+    let at = |h: i64| t0() + Duration::hours(h);
+    let ev = |kind: EventKind, template: &str, link: Option<&str>| Event {
+        template: Some(template.into()),
+        link: link.map(String::from),
+        ..Event::of(kind)
+    };
+    for lead in &ids[..6] {
+        rt.event(*lead, ev(EventKind::Open, "hello", None), None, at(1))
+            .await
+            .unwrap();
+    }
+    for (i, link) in [(0, "buy"), (1, "buy"), (2, "read")] {
+        rt.event(
+            ids[i],
+            ev(EventKind::Click, "hello", Some(link)),
+            None,
+            at(2),
+        )
+        .await
+        .unwrap();
+    }
+    rt.event(ids[9], Event::of(EventKind::Unsubscribed), None, at(3))
+        .await
+        .unwrap();
+    // Two days on: the nine still subscribed move to the offer and get the pitch.
+    while rt.tick(at(49)).await.unwrap() > 0 {}
+    assert_eq!(sender.drain(at(49)).await.unwrap().sent, 9);
+    rt.event(ids[8], ev(EventKind::Bounced, "pitch", None), None, at(50))
+        .await
+        .unwrap();
+    for (i, lead) in ids[..2].iter().enumerate() {
+        let buy = Event {
+            product: Some("course".into()),
+            amount: Some(100.0),
+            currency: Some("EUR".into()),
+            ..Event::of(EventKind::Purchase)
+        };
+        rt.event(*lead, buy, Some(format!("order-{i}")), at(51))
+            .await
+            .unwrap();
+    }
+    let now = at(60);
+    let rows = store.report_rows(&fid("news"), now).await.unwrap();
+    let from = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let to = Utc.with_ymd_and_hms(2026, 11, 8, 0, 0, 0).unwrap();
+    let r = email_report(&p.funnels[0], &rows, Cohort::Entry, from, to, now).unwrap();
+    expect_file(
+        &root().join("tests/report/emails.table"),
+        &render::email_table(&r),
+    );
+    let hello = &r.emails[0];
+    assert_eq!(
+        (hello.queued, hello.accepted, hello.unsubscribed),
+        (10, 10, 1)
+    );
+    assert_eq!(
+        (
+            hello.opened.percent,
+            hello.clicked.percent,
+            hello.click_to_open.percent
+        ),
+        (Some(60.0), Some(30.0), Some(50.0))
+    );
+    assert_eq!(hello.next_stage.and_then(|n| n.percent), Some(100.0));
+    let pitch = &r.emails[1];
+    assert_eq!((pitch.queued, pitch.bounced), (9, 1));
+    assert_eq!(pitch.next_stage.and_then(|n| n.percent), Some(22.2));
+}
+
+on_both_backends! {
+    emails => the_email_report,
+}

@@ -8,6 +8,7 @@
 //! cohort** (a run counts in the period it entered the funnel, its later progress credited
 //! there) or in the **calendar** view (each stage entry counts in the period it happened).
 
+pub mod emails;
 pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -425,8 +426,7 @@ pub fn sliced_reports(
                 .filter(|p| value_of(&p.lead) == g)
                 .cloned()
                 .collect(),
-            origins: Vec::new(),
-            fields: Vec::new(),
+            ..ReportRows::default()
         };
         out.push(Slice {
             key: key.clone(),

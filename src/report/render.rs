@@ -107,25 +107,9 @@ pub fn table(r: &FunnelReport) -> String {
             ]
         })
         .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| -> String {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        padded.join("  ").trim_end().to_string()
-    };
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
     out.push('\n');
-    let _ = writeln!(out, "{}", line(header.to_vec()));
-    for row in &rows {
-        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
-    }
+    out.push_str(&grid(&header, &rows));
     out
 }
 
@@ -196,6 +180,130 @@ pub fn csv(r: &FunnelReport) -> String {
 /// The report as JSON (the same document the API answers with).
 pub fn json(r: &FunnelReport) -> String {
     serde_json::to_string_pretty(r).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// The per-email report as a table.
+pub fn email_table(r: &super::emails::EmailReport) -> String {
+    let mut out = String::new();
+    let view = match r.cohort {
+        Cohort::Entry => "emails to leads who entered the funnel",
+        Cohort::Calendar => "emails queued",
+    };
+    let _ = writeln!(
+        out,
+        "{} — {view} from {} to {} (UTC)",
+        r.funnel,
+        r.from.format("%Y-%m-%d %H:%M"),
+        r.to.format("%Y-%m-%d %H:%M")
+    );
+    let _ = writeln!(out, "{}", r.note);
+    let header = [
+        "email",
+        "stage",
+        "queued",
+        "accepted",
+        "failed",
+        "opened",
+        "clicked",
+        "click-to-open",
+        "unsubscribed",
+        "bounced",
+        "complained",
+        "next stage",
+        "clicks by link",
+    ];
+    let rows: Vec<Vec<String>> = r
+        .emails
+        .iter()
+        .map(|e| {
+            vec![
+                e.template.clone(),
+                e.stage.clone().unwrap_or_else(|| "—".into()),
+                e.queued.to_string(),
+                e.accepted.to_string(),
+                e.failed.to_string(),
+                rate(&e.opened),
+                rate(&e.clicked),
+                rate(&e.click_to_open),
+                e.unsubscribed.to_string(),
+                e.bounced.to_string(),
+                e.complained.to_string(),
+                e.next_stage
+                    .as_ref()
+                    .map(rate)
+                    .unwrap_or_else(|| "—".into()),
+                list(&e.links),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&grid(&header, &rows));
+    out
+}
+
+/// The per-email report as CSV.
+pub fn email_csv(r: &super::emails::EmailReport) -> String {
+    let mut out = String::from(
+        "funnel,template,stage,queued,accepted,failed,opened,clicked,click_to_open_percent,\
+         unsubscribed,bounced,complained,next_stage,next_stage_percent,links\n",
+    );
+    for e in &r.emails {
+        let cells = [
+            r.funnel.clone(),
+            e.template.clone(),
+            e.stage.clone().unwrap_or_default(),
+            e.queued.to_string(),
+            e.accepted.to_string(),
+            e.failed.to_string(),
+            e.opened.part.to_string(),
+            e.clicked.part.to_string(),
+            e.click_to_open
+                .percent
+                .map(|p| format!("{p:.1}"))
+                .unwrap_or_default(),
+            e.unsubscribed.to_string(),
+            e.bounced.to_string(),
+            e.complained.to_string(),
+            e.next_stage.map(|n| n.part.to_string()).unwrap_or_default(),
+            e.next_stage
+                .and_then(|n| n.percent)
+                .map(|p| format!("{p:.1}"))
+                .unwrap_or_default(),
+            e.links
+                .iter()
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect::<Vec<_>>()
+                .join(";"),
+        ];
+        let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
+        out.push_str(&line.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// Rows under a header, each column as wide as its widest cell.
+fn grid(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+            .collect();
+        padded.join("  ").trim_end().to_string()
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", line(header.to_vec()));
+    for row in rows {
+        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
+    }
+    out
 }
 
 /// The whole report, then each slice's, as tables.

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
-use super::entities::{enrollment, event, lead, stage_history, touch};
+use super::entities::{enrollment, event, lead, message, stage_history, touch};
 use super::{Result, Store, StoreError, batch, event_of, from_ms, ms, parse_fields};
 use crate::domain::{EnrollmentId, EventKind, FunnelId, LeadId, Outcome, RunStatus, StageId};
 
@@ -51,6 +51,28 @@ pub struct OriginRow {
     pub form: Option<String>,
 }
 
+/// An email a funnel queued.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmailRow {
+    pub lead: LeadId,
+    pub enrollment: Option<EnrollmentId>,
+    pub stage: Option<String>,
+    pub template: String,
+    /// `queued`, `sending`, `sent`, `failed`, `suppressed`.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A tracked event of a funnel's lead: click, open, unsubscribe, bounce, complaint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackRow {
+    pub lead: LeadId,
+    pub kind: EventKind,
+    pub template: Option<String>,
+    pub link: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
 /// Everything a funnel report reads.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReportRows {
@@ -61,6 +83,10 @@ pub struct ReportRows {
     pub origins: Vec<OriginRow>,
     /// Each lead's fields (`first_name` among them), for slices by field.
     pub fields: Vec<(LeadId, serde_json::Map<String, serde_json::Value>)>,
+    /// The funnel's emails, oldest first.
+    pub emails: Vec<EmailRow>,
+    /// Its leads' clicks, opens, unsubscribes, bounces and complaints, oldest first.
+    pub tracking: Vec<TrackRow>,
 }
 
 impl Store {
@@ -110,6 +136,23 @@ impl Store {
                 next: h.next_stage_id.and_then(|s| StageId::parse(&s).ok()),
             });
         }
+        for m in message::Entity::find()
+            .filter(message::Column::FunnelId.eq(funnel.as_str()))
+            .filter(message::Column::Kind.eq("email"))
+            .filter(message::Column::CreatedAt.lt(ms(until)))
+            .order_by_asc(message::Column::Id)
+            .all(&self.db)
+            .await?
+        {
+            out.emails.push(EmailRow {
+                lead: LeadId(m.lead_id),
+                enrollment: m.enrollment_id.map(EnrollmentId),
+                stage: m.stage_id,
+                template: m.template.unwrap_or_default(),
+                status: m.status,
+                created_at: from_ms(m.created_at),
+            });
+        }
         let mut leads: Vec<i64> = out.runs.iter().map(|r| r.lead.0).collect();
         leads.sort_unstable();
         leads.dedup();
@@ -149,6 +192,35 @@ impl Store {
                         form: t.form_id,
                     });
                 }
+            }
+            for e in event::Entity::find()
+                .filter(event::Column::LeadId.is_in(batch::padded(chunk.iter().copied())))
+                .filter(
+                    event::Column::Kind.is_in(
+                        [
+                            EventKind::Click,
+                            EventKind::Open,
+                            EventKind::Unsubscribed,
+                            EventKind::Bounced,
+                            EventKind::Complained,
+                        ]
+                        .map(|k| k.as_str().to_string()),
+                    ),
+                )
+                .order_by_asc(event::Column::OccurredAt)
+                .all(&self.db)
+                .await?
+            {
+                let Ok(ev) = event_of(e.id, &e.kind, &e.payload) else {
+                    continue;
+                };
+                out.tracking.push(TrackRow {
+                    lead: LeadId(e.lead_id.unwrap_or_default()),
+                    kind: ev.kind,
+                    template: ev.template,
+                    link: ev.link,
+                    at: from_ms(e.occurred_at),
+                });
             }
             for l in lead::Entity::find()
                 .filter(lead::Column::Id.is_in(batch::padded(chunk.iter().copied())))
