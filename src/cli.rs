@@ -94,6 +94,10 @@ enum Command {
         /// bounces, complaints, next-stage conversion and clicks by link.
         #[arg(long, conflicts_with = "slice")]
         emails: bool,
+        /// A/B verdicts instead: per `split` step and variant, leads, clicks, next-stage
+        /// conversion, revenue per lead, the chance each is best, a p-value and a verdict.
+        #[arg(long, conflicts_with_all = ["slice", "emails"])]
+        ab: bool,
     },
 }
 
@@ -144,13 +148,14 @@ pub fn main() -> ExitCode {
             format,
             ref slice,
             emails,
+            ab,
         } => block_on(report(
             cli.project.clone(),
             cli.config.clone(),
             funnel.clone(),
             (from.clone(), to.clone()),
             (cohort, format),
-            (slice.clone(), emails),
+            (slice.clone(), emails, ab),
         )),
     };
     match result {
@@ -289,7 +294,7 @@ async fn report(
     funnel: String,
     (from, to): (Option<String>, Option<String>),
     (cohort, format): (CohortArg, FormatArg),
-    (slices, emails): (Vec<String>, bool),
+    (slices, emails, ab): (Vec<String>, bool, bool),
 ) -> anyhow::Result<ExitCode> {
     let usage = |message: String| {
         eprintln!("error: {message}");
@@ -339,6 +344,19 @@ async fn report(
     }
     let store = open_store(&settings).await?;
     let rows = store.report_rows(&f.id.value, to.min(now)).await?;
+    if ab {
+        let r = match crate::report::ab::ab_report(f, &rows, cohort, from, to, now) {
+            Ok(r) => r,
+            Err(e) => return usage(e.to_string()),
+        };
+        let text = match format {
+            FormatArg::Table => crate::report::render::ab_table(&r),
+            FormatArg::Json => serde_json::to_string_pretty(&r)?,
+            FormatArg::Csv => return usage("`--ab` answers as a table or JSON".into()),
+        };
+        println!("{}", text.trim_end());
+        return Ok(ExitCode::SUCCESS);
+    }
     if emails {
         let r = match crate::report::emails::email_report(f, &rows, cohort, from, to, now) {
             Ok(r) => r,

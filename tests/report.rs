@@ -305,3 +305,129 @@ async fn the_email_report(store: Store) {
 on_both_backends! {
     emails => the_email_report,
 }
+
+const SPLIT: &str = r#"name: Split test
+from: "Shop <shop@example.com>"
+entry: { api: true }
+products:
+  course: { price: 100, currency: EUR }
+stages:
+  - id: pitch
+    offer: course
+    on: [{ event: purchase, product: course, goto: bought }]
+    steps:
+      - send:
+          split: [offer-a, offer-b]
+      - wait: 5d
+      - exit: not_converted
+  - id: bought
+    steps:
+      - exit: converted
+"#;
+
+/// A split step through the real runtime: 400 leads, each given a variant by the engine; 30 %
+/// of those who got `offer-a` buy and 10 % of those who got `offer-b`. The verdict names A,
+/// significant.
+async fn the_ab_verdict(store: Store) {
+    use autofunnel::report::ab::{ab_report, two_proportion_p};
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(
+        dir.path(),
+        &[
+            ("funnels/split.yaml", SPLIT),
+            ("templates/split/offer-a.subject", "A"),
+            ("templates/split/offer-a.html", "<p>A</p>"),
+            ("templates/split/offer-b.subject", "B"),
+            ("templates/split/offer-b.html", "<p>B</p>"),
+        ],
+    );
+    let rt = crate::util::engine(&store, &p, t0()).await;
+    let leads: Vec<(Email, LeadInput)> = (0..400)
+        .map(|i| {
+            (
+                Email::parse(&format!("s{i}@example.com")).unwrap(),
+                LeadInput::default(),
+            )
+        })
+        .collect();
+    let ids = store
+        .import_leads(&leads, Consent::Confirmed, t0())
+        .await
+        .unwrap();
+    rt.enroll_many(&ids, &fid("split"), t0()).await.unwrap();
+    let mut got: std::collections::BTreeMap<String, Vec<LeadId>> = Default::default();
+    for l in &ids {
+        let t = store.outbox_of(*l).await.unwrap()[0]
+            .template
+            .clone()
+            .unwrap();
+        got.entry(t).or_default().push(*l);
+    }
+    let (a, b) = (&got["offer-a"], &got["offer-b"]);
+    let buyers: Vec<LeadId> = a
+        .iter()
+        .take(a.len() * 3 / 10)
+        .chain(b.iter().take(b.len() / 10))
+        .copied()
+        .collect();
+    let batch = buyers
+        .iter()
+        .map(|l| BatchEvent {
+            who: LeadRef::Id(*l),
+            event: Event {
+                product: Some("course".into()),
+                amount: Some(100.0),
+                currency: Some("EUR".into()),
+                ..Event::of(EventKind::Purchase)
+            },
+            idempotency_key: Some(format!("o-{}", l.0)),
+            occurred_at: t0() + Duration::days(1),
+        })
+        .collect();
+    rt.record_batch(batch, t0() + Duration::days(1))
+        .await
+        .unwrap();
+    while rt.tick(t0() + Duration::days(1)).await.unwrap() > 0 {}
+    let now = t0() + Duration::days(2);
+    let rows = store.report_rows(&fid("split"), now).await.unwrap();
+    let from = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+    let to = Utc.with_ymd_and_hms(2026, 11, 8, 0, 0, 0).unwrap();
+    let r = ab_report(&p.funnels[0], &rows, Cohort::Entry, from, to, now).unwrap();
+    assert_eq!(r.splits.len(), 1);
+    let s = &r.splits[0];
+    let (va, vb) = (&s.variants[0], &s.variants[1]);
+    assert_eq!(
+        (va.template.as_str(), vb.template.as_str()),
+        ("offer-a", "offer-b")
+    );
+    let (xa, xb) = ((a.len() * 3 / 10) as u64, (b.len() / 10) as u64);
+    assert_eq!((va.leads, va.converted.part), (a.len() as u64, xa));
+    assert_eq!((vb.leads, vb.converted.part), (b.len() as u64, xb));
+    assert_eq!(
+        va.revenue_per_lead,
+        [("EUR".to_string(), xa as f64 * 100.0 / a.len() as f64)]
+    );
+    assert_eq!(
+        s.p_value,
+        two_proportion_p(xa, a.len() as u64, xb, b.len() as u64)
+    );
+    assert!(s.p_value.unwrap() < 0.05);
+    assert!(va.p_best.unwrap() > 0.99, "{va:?}");
+    assert!(
+        s.verdict.starts_with("offer-a converts 30."),
+        "{}",
+        s.verdict
+    );
+    assert!(
+        s.verdict.ends_with("; significant (p < 0.001)"),
+        "{}",
+        s.verdict
+    );
+    let text = render::ab_table(&r);
+    assert!(text.contains("verdict: offer-a converts"), "{text}");
+}
+
+on_both_backends! {
+    ab => the_ab_verdict,
+}

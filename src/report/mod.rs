@@ -8,6 +8,7 @@
 //! cohort** (a run counts in the period it entered the funnel, its later progress credited
 //! there) or in the **calendar** view (each stage entry counts in the period it happened).
 
+pub mod ab;
 pub mod emails;
 pub mod render;
 

@@ -282,6 +282,63 @@ pub fn email_csv(r: &super::emails::EmailReport) -> String {
     out
 }
 
+/// The A/B report as a table: each split step, its variants, its verdict.
+pub fn ab_table(r: &super::ab::AbReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} — A/B tests, {} from {} to {} (UTC)",
+        r.funnel,
+        match r.cohort {
+            Cohort::Entry => "leads who entered the funnel",
+            Cohort::Calendar => "variants sent",
+        },
+        r.from.format("%Y-%m-%d %H:%M"),
+        r.to.format("%Y-%m-%d %H:%M")
+    );
+    if r.splits.is_empty() {
+        let _ = writeln!(out, "\nno `split` step in this funnel");
+    }
+    for s in &r.splits {
+        let _ = writeln!(out, "\nstage {}, step {}", s.stage, s.step);
+        let header = [
+            "variant",
+            "leads",
+            "clicked",
+            "next stage",
+            "revenue per lead",
+            "chance best",
+        ];
+        let rows: Vec<Vec<String>> = s
+            .variants
+            .iter()
+            .map(|v| {
+                vec![
+                    v.template.clone(),
+                    v.leads.to_string(),
+                    rate(&v.clicked),
+                    rate(&v.converted),
+                    if v.revenue_per_lead.is_empty() {
+                        "—".into()
+                    } else {
+                        v.revenue_per_lead
+                            .iter()
+                            .map(|(c, x)| format!("{x:.2} {c}"))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    },
+                    v.p_best
+                        .map(|p| format!("{:.0}%", p * 100.0))
+                        .unwrap_or_else(|| "—".into()),
+                ]
+            })
+            .collect();
+        out.push_str(&grid(&header, &rows));
+        let _ = writeln!(out, "verdict: {}", s.verdict);
+    }
+    out
+}
+
 /// Rows under a header, each column as wide as its widest cell.
 fn grid(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
