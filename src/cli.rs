@@ -278,13 +278,7 @@ async fn plan(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitC
 
 /// A time from the command line: `YYYY-MM-DD` (midnight UTC) or RFC 3339.
 fn time_arg(name: &str, text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|d| d.and_utc())
+    crate::report::parse_time(text)
         .ok_or_else(|| format!("`--{name} {text}`: write a date (2026-11-01) or an RFC 3339 time"))
 }
 

@@ -40,6 +40,30 @@ fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).unwrap()
 }
 
+/// `n` confirmed leads `{prefix}{i}@example.com`, without fields.
+async fn confirmed_leads(store: &Store, prefix: &str, n: usize) -> Vec<LeadId> {
+    let leads: Vec<(Email, LeadInput)> = (0..n)
+        .map(|i| {
+            let email = Email::parse(&format!("{prefix}{i}@example.com")).unwrap();
+            (email, LeadInput::default())
+        })
+        .collect();
+    store
+        .import_leads(&leads, Consent::Confirmed, t0())
+        .await
+        .unwrap()
+}
+
+/// A purchase of `product` for `amount` EUR.
+fn purchase(product: &str, amount: f64) -> Event {
+    Event {
+        product: Some(product.into()),
+        amount: Some(amount),
+        currency: Some("EUR".into()),
+        ..Event::of(EventKind::Purchase)
+    }
+}
+
 /// The textbook funnel: 1,000 applications → 520 offers → 215 invoices → 130 paid, one day
 /// apart. Stage conversions 52.0 %, 41.3 %, 60.5 %; 13.0 % overall; 130 × 1,000 EUR.
 async fn the_textbook_funnel(store: Store) {
@@ -71,12 +95,7 @@ async fn the_textbook_funnel(store: Store) {
             .map(|l| BatchEvent {
                 who: LeadRef::Id(*l),
                 event: match kind {
-                    EventKind::Purchase => Event {
-                        product: Some("service".into()),
-                        amount: Some(1000.0),
-                        currency: Some("EUR".into()),
-                        ..Event::of(EventKind::Purchase)
-                    },
+                    EventKind::Purchase => purchase("service", 1000.0),
                     ref k => Event::of(k.clone()),
                 },
                 idempotency_key: Some(format!("{kind}:{}", l.0)),
@@ -210,18 +229,7 @@ async fn the_email_report(store: Store) {
         ],
     );
     let rt = crate::util::engine(&store, &p, t0()).await;
-    let leads: Vec<(Email, LeadInput)> = (0..10)
-        .map(|i| {
-            (
-                Email::parse(&format!("n{i}@example.com")).unwrap(),
-                LeadInput::default(),
-            )
-        })
-        .collect();
-    let ids = store
-        .import_leads(&leads, Consent::Confirmed, t0())
-        .await
-        .unwrap();
+    let ids = confirmed_leads(&store, "n", 10).await;
     rt.enroll_many(&ids, &fid("news"), t0()).await.unwrap();
     let outbox = dir.path().join("outbox");
     std::fs::create_dir(&outbox).unwrap();
@@ -264,12 +272,7 @@ async fn the_email_report(store: Store) {
         .await
         .unwrap();
     for (i, lead) in ids[..2].iter().enumerate() {
-        let buy = Event {
-            product: Some("course".into()),
-            amount: Some(100.0),
-            currency: Some("EUR".into()),
-            ..Event::of(EventKind::Purchase)
-        };
+        let buy = purchase("course", 100.0);
         rt.event(*lead, buy, Some(format!("order-{i}")), at(51))
             .await
             .unwrap();
@@ -343,18 +346,7 @@ async fn the_ab_verdict(store: Store) {
         ],
     );
     let rt = crate::util::engine(&store, &p, t0()).await;
-    let leads: Vec<(Email, LeadInput)> = (0..400)
-        .map(|i| {
-            (
-                Email::parse(&format!("s{i}@example.com")).unwrap(),
-                LeadInput::default(),
-            )
-        })
-        .collect();
-    let ids = store
-        .import_leads(&leads, Consent::Confirmed, t0())
-        .await
-        .unwrap();
+    let ids = confirmed_leads(&store, "s", 400).await;
     rt.enroll_many(&ids, &fid("split"), t0()).await.unwrap();
     let mut got: std::collections::BTreeMap<String, Vec<LeadId>> = Default::default();
     for l in &ids {
@@ -375,12 +367,7 @@ async fn the_ab_verdict(store: Store) {
         .iter()
         .map(|l| BatchEvent {
             who: LeadRef::Id(*l),
-            event: Event {
-                product: Some("course".into()),
-                amount: Some(100.0),
-                currency: Some("EUR".into()),
-                ..Event::of(EventKind::Purchase)
-            },
+            event: purchase("course", 100.0),
             idempotency_key: Some(format!("o-{}", l.0)),
             occurred_at: t0() + Duration::days(1),
         })

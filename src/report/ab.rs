@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Cohort, Rate, ReportError};
+use super::{Cohort, Rate, ReportError, Window, entered_by_stage};
 use crate::domain::{EnrollmentId, EventKind, LeadId};
 use crate::funnel::{Action, Funnel, Send};
 use crate::store::ReportRows;
@@ -105,26 +105,9 @@ pub fn ab_report(
     to: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<AbReport, ReportError> {
-    if from >= to {
-        return Err(ReportError::EmptyPeriod {
-            from: from.to_rfc3339(),
-            to: to.to_rfc3339(),
-        });
-    }
-    let within = |t: DateTime<Utc>| t >= from && t < to && t <= now;
-    let cohort_runs: BTreeSet<EnrollmentId> = rows
-        .runs
-        .iter()
-        .filter(|r| within(r.entered_at))
-        .map(|r| r.enrollment)
-        .collect();
-    let mut entered: HashMap<&str, BTreeSet<EnrollmentId>> = HashMap::new();
-    for v in &rows.visits {
-        entered
-            .entry(v.stage.as_str())
-            .or_default()
-            .insert(v.enrollment);
-    }
+    let w = Window::new(cohort, from, to, now)?;
+    let cohort_runs = w.cohort_runs(rows);
+    let entered = entered_by_stage(rows);
     let mut splits = Vec::new();
     for (i, stage) in f.stages.iter().enumerate() {
         let next = f.stages.get(i + 1).map(|s| s.id.value.as_str());
@@ -140,13 +123,7 @@ pub fn ab_report(
                     .filter(|e| {
                         e.template == v.value.as_str()
                             && e.stage.as_deref() == Some(stage.id.value.as_str())
-                            && e.created_at <= now
-                            && match cohort {
-                                Cohort::Entry => {
-                                    e.enrollment.is_some_and(|r| cohort_runs.contains(&r))
-                                }
-                                Cohort::Calendar => within(e.created_at),
-                            }
+                            && w.counts_email(e, &cohort_runs)
                     })
                     .collect();
                 let leads: BTreeSet<LeadId> = sent.iter().map(|e| e.lead).collect();

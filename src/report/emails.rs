@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Cohort, Rate, ReportError};
+use super::{Cohort, Rate, ReportError, Window, entered_by_stage};
 use crate::domain::{EnrollmentId, EventKind, LeadId};
 use crate::funnel::Funnel;
 use crate::store::{EmailRow, ReportRows};
@@ -66,27 +66,12 @@ pub fn email_report(
     to: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<EmailReport, ReportError> {
-    if from >= to {
-        return Err(ReportError::EmptyPeriod {
-            from: from.to_rfc3339(),
-            to: to.to_rfc3339(),
-        });
-    }
-    let within = |t: DateTime<Utc>| t >= from && t < to && t <= now;
-    let cohort_runs: BTreeSet<EnrollmentId> = rows
-        .runs
-        .iter()
-        .filter(|r| within(r.entered_at))
-        .map(|r| r.enrollment)
-        .collect();
+    let w = Window::new(cohort, from, to, now)?;
+    let cohort_runs = w.cohort_runs(rows);
     let counted: Vec<&EmailRow> = rows
         .emails
         .iter()
-        .filter(|e| e.created_at <= now)
-        .filter(|e| match cohort {
-            Cohort::Entry => e.enrollment.is_some_and(|r| cohort_runs.contains(&r)),
-            Cohort::Calendar => within(e.created_at),
-        })
+        .filter(|e| w.counts_email(e, &cohort_runs))
         .collect();
     // Each lead's emails from this funnel in order, to know which one came before an event.
     let mut by_lead: HashMap<LeadId, Vec<&EmailRow>> = HashMap::new();
@@ -102,13 +87,7 @@ pub fn email_report(
             .map(|e| e.template.as_str())
     };
     // Runs that entered each stage.
-    let mut entered: HashMap<&str, BTreeSet<EnrollmentId>> = HashMap::new();
-    for v in &rows.visits {
-        entered
-            .entry(v.stage.as_str())
-            .or_default()
-            .insert(v.enrollment);
-    }
+    let entered = entered_by_stage(rows);
     let next_of = |stage: &str| -> Option<&str> {
         let i = f.stages.iter().position(|s| s.id.value.as_str() == stage)?;
         f.stages.get(i + 1).map(|s| s.id.value.as_str())

@@ -132,6 +132,87 @@ pub enum ReportError {
     EmptyPeriod { from: String, to: String },
 }
 
+/// The period a report covers, how leads are assigned to it, and the time it is made.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    pub cohort: Cohort,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+}
+
+impl Window {
+    pub fn new(
+        cohort: Cohort,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Window, ReportError> {
+        if from >= to {
+            return Err(ReportError::EmptyPeriod {
+                from: from.to_rfc3339(),
+                to: to.to_rfc3339(),
+            });
+        }
+        Ok(Window {
+            cohort,
+            from,
+            to,
+            now,
+        })
+    }
+
+    /// Whether a time falls in the period (and has happened).
+    pub fn within(&self, t: DateTime<Utc>) -> bool {
+        t >= self.from && t < self.to && t <= self.now
+    }
+
+    /// The runs that entered the funnel in the period.
+    pub fn cohort_runs(&self, rows: &ReportRows) -> BTreeSet<EnrollmentId> {
+        rows.runs
+            .iter()
+            .filter(|r| self.within(r.entered_at))
+            .map(|r| r.enrollment)
+            .collect()
+    }
+
+    /// Whether an email counts: one of the cohort's runs (entry) or queued in the period
+    /// (calendar).
+    pub fn counts_email(
+        &self,
+        e: &crate::store::EmailRow,
+        cohort_runs: &BTreeSet<EnrollmentId>,
+    ) -> bool {
+        e.created_at <= self.now
+            && match self.cohort {
+                Cohort::Entry => e.enrollment.is_some_and(|r| cohort_runs.contains(&r)),
+                Cohort::Calendar => self.within(e.created_at),
+            }
+    }
+}
+
+/// The runs that entered each stage, by stage id.
+pub(crate) fn entered_by_stage(rows: &ReportRows) -> HashMap<&str, BTreeSet<EnrollmentId>> {
+    let mut out: HashMap<&str, BTreeSet<EnrollmentId>> = HashMap::new();
+    for v in &rows.visits {
+        out.entry(v.stage.as_str())
+            .or_default()
+            .insert(v.enrollment);
+    }
+    out
+}
+
+/// A time as people and the API give it: `YYYY-MM-DD` (midnight UTC) or RFC 3339.
+pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc())
+}
+
 /// The stage report of `f` over `[from, to)`, as the rows stand at `now`.
 pub fn funnel_report(
     f: &Funnel,
@@ -141,13 +222,8 @@ pub fn funnel_report(
     to: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<FunnelReport, ReportError> {
-    if from >= to {
-        return Err(ReportError::EmptyPeriod {
-            from: from.to_rfc3339(),
-            to: to.to_rfc3339(),
-        });
-    }
-    let within = |t: DateTime<Utc>| t >= from && t < to && t <= now;
+    let w = Window::new(cohort, from, to, now)?;
+    let within = |t: DateTime<Utc>| w.within(t);
     let entered_runs: Vec<_> = rows.runs.iter().filter(|r| within(r.entered_at)).collect();
     let cohort_runs: BTreeSet<EnrollmentId> = entered_runs.iter().map(|r| r.enrollment).collect();
     let lead_of: HashMap<EnrollmentId, LeadId> =

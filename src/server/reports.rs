@@ -20,13 +20,7 @@ pub struct Params {
 
 /// A time parameter: `YYYY-MM-DD` (midnight UTC) or RFC 3339.
 fn time(name: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|d| d.and_utc())
+    crate::report::parse_time(text)
         .ok_or_else(|| ApiError::invalid(name, "a date (2026-11-01) or an RFC 3339 time"))
 }
 
