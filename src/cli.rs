@@ -98,6 +98,14 @@ enum Command {
         /// conversion, revenue per lead, the chance each is best, a p-value and a verdict.
         #[arg(long, conflicts_with_all = ["slice", "emails"])]
         ab: bool,
+        /// Attribution instead: the period's purchases credited to the touches before them by
+        /// MODEL (`first`, `last`, `linear`, `time_decay`, `position`), per channel, source and
+        /// campaign.
+        #[arg(long, value_name = "MODEL", conflicts_with_all = ["slice", "emails", "ab"])]
+        attribution: Option<String>,
+        /// How far before a purchase a touch still counts, in days.
+        #[arg(long, default_value_t = 30)]
+        lookback: u32,
     },
 }
 
@@ -149,6 +157,8 @@ pub fn main() -> ExitCode {
             ref slice,
             emails,
             ab,
+            ref attribution,
+            lookback,
         } => block_on(report(
             cli.project.clone(),
             cli.config.clone(),
@@ -156,6 +166,7 @@ pub fn main() -> ExitCode {
             (from.clone(), to.clone()),
             (cohort, format),
             (slice.clone(), emails, ab),
+            attribution.clone().map(|m| (m, lookback)),
         )),
     };
     match result {
@@ -289,6 +300,7 @@ async fn report(
     (from, to): (Option<String>, Option<String>),
     (cohort, format): (CohortArg, FormatArg),
     (slices, emails, ab): (Vec<String>, bool, bool),
+    attribution: Option<(String, u32)>,
 ) -> anyhow::Result<ExitCode> {
     let usage = |message: String| {
         eprintln!("error: {message}");
@@ -338,6 +350,26 @@ async fn report(
     }
     let store = open_store(&settings).await?;
     let rows = store.report_rows(&f.id.value, to.min(now)).await?;
+    if let Some((model, days)) = attribution {
+        let model = match crate::report::attribution::Model::parse(&model) {
+            Ok(m) => m,
+            Err(e) => return usage(e),
+        };
+        let lookback = chrono::Duration::days(i64::from(days));
+        let r = match crate::report::attribution::attribution_report(
+            f, &rows, model, lookback, from, to, now,
+        ) {
+            Ok(r) => r,
+            Err(e) => return usage(e.to_string()),
+        };
+        let text = match format {
+            FormatArg::Table => crate::report::render::attribution_table(&r),
+            FormatArg::Json => serde_json::to_string_pretty(&r)?,
+            FormatArg::Csv => return usage("`--attribution` answers as a table or JSON".into()),
+        };
+        println!("{}", text.trim_end());
+        return Ok(ExitCode::SUCCESS);
+    }
     if ab {
         let r = match crate::report::ab::ab_report(f, &rows, cohort, from, to, now) {
             Ok(r) => r,

@@ -418,3 +418,76 @@ async fn the_ab_verdict(store: Store) {
 on_both_backends! {
     ab => the_ab_verdict,
 }
+
+/// Attribution through the store: Anna came from Google ten days before buying and from the
+/// newsletter two days before; Boris came from Facebook 40 days before buying, outside the
+/// 30-day lookback. Linear: Google and the newsletter half a sale (50 EUR) each, Boris's
+/// purchase unattributed; last touch: the newsletter all of Anna's.
+async fn attribution_credits_touches(store: Store) {
+    use autofunnel::report::attribution::{Model, attribution_report};
+    use autofunnel::store::NewTouch;
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(dir.path(), &[("funnels/b2b.yaml", B2B)]);
+    let day = Duration::days(1);
+    let rt = crate::util::engine(&store, &p, t0() - day * 50).await;
+    let ids = confirmed_leads(&store, "t", 2).await;
+    let (anna, boris) = (ids[0], ids[1]);
+    rt.enroll_many(&ids, &fid("b2b"), t0() - day * 50)
+        .await
+        .unwrap();
+    let touch = |source: &str| NewTouch {
+        channel: "form".into(),
+        source: Some(source.into()),
+        campaign: Some("spring".into()),
+        ..NewTouch::default()
+    };
+    store
+        .record_touch(anna, touch("google"), t0() - day * 10)
+        .await
+        .unwrap();
+    store
+        .record_touch(anna, touch("newsletter"), t0() - day * 2)
+        .await
+        .unwrap();
+    store
+        .record_touch(boris, touch("facebook"), t0() - day * 40)
+        .await
+        .unwrap();
+    rt.event(anna, purchase("service", 100.0), Some("o-a".into()), t0())
+        .await
+        .unwrap();
+    rt.event(boris, purchase("service", 50.0), Some("o-b".into()), t0())
+        .await
+        .unwrap();
+    let now = t0() + day;
+    let rows = store.report_rows(&fid("b2b"), now).await.unwrap();
+    let (from, to) = (t0() - day * 7, t0() + day);
+    let run = |m| attribution_report(&p.funnels[0], &rows, m, day * 30, from, to, now).unwrap();
+    let linear = run(Model::Linear);
+    assert_eq!((linear.purchases, linear.unattributed), (2, 1));
+    let got: Vec<(String, f64, f64)> = linear
+        .credits
+        .iter()
+        .map(|c| (c.source.clone().unwrap(), c.conversions, c.revenue["EUR"]))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("google".to_string(), 0.5, 50.0),
+            ("newsletter".to_string(), 0.5, 50.0)
+        ]
+    );
+    let last = run(Model::LastTouch);
+    assert_eq!(last.credits.len(), 2);
+    assert_eq!(last.credits[0].source.as_deref(), Some("newsletter"));
+    assert_eq!(
+        (last.credits[0].conversions, last.credits[0].revenue["EUR"]),
+        (1.0, 100.0)
+    );
+    assert_eq!(last.credits[1].conversions, 0.0);
+}
+
+on_both_backends! {
+    attribution => attribution_credits_touches,
+}

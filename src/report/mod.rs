@@ -9,6 +9,7 @@
 //! there) or in the **calendar** view (each stage entry counts in the period it happened).
 
 pub mod ab;
+pub mod attribution;
 pub mod emails;
 pub mod render;
 
@@ -443,7 +444,9 @@ fn slice_value(rows: &ReportRows, key: &SliceKey) -> HashMap<LeadId, String> {
             }
         }
         _ => {
-            for o in &rows.origins {
+            // The first touch of each lead: the one that brought it (touches come oldest first).
+            let mut seen = BTreeSet::new();
+            for o in rows.touches.iter().filter(|t| seen.insert(t.lead)) {
                 let v = match key {
                     SliceKey::Channel => Some(o.channel.clone()),
                     SliceKey::Source => o.source.clone(),

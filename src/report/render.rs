@@ -339,6 +339,46 @@ pub fn ab_table(r: &super::ab::AbReport) -> String {
     out
 }
 
+/// The attribution report as a table.
+pub fn attribution_table(r: &super::attribution::AttributionReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} — attribution ({:?}, touches up to {} days before each purchase), purchases from {} to {} (UTC)",
+        r.funnel,
+        r.model,
+        r.lookback_days,
+        r.from.format("%Y-%m-%d %H:%M"),
+        r.to.format("%Y-%m-%d %H:%M")
+    );
+    let _ = writeln!(
+        out,
+        "{} purchases, {} without a touch in the lookback",
+        r.purchases, r.unattributed
+    );
+    let header = ["channel", "source", "campaign", "conversions", "revenue"];
+    let rows: Vec<Vec<String>> = r
+        .credits
+        .iter()
+        .map(|c| {
+            vec![
+                c.channel.clone(),
+                c.source.clone().unwrap_or_else(|| "—".into()),
+                c.campaign.clone().unwrap_or_else(|| "—".into()),
+                format!("{:.2}", c.conversions),
+                c.revenue
+                    .iter()
+                    .map(|(cur, x)| format!("{x:.2} {cur}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&grid(&header, &rows));
+    out
+}
+
 /// Rows under a header, each column as wide as its widest cell.
 fn grid(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();

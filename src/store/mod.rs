@@ -14,7 +14,7 @@ pub use enrollments::{
     OutboxRow, Position, RunState, RunUpdate, RunWrites, StageVisit,
 };
 pub use outbox::{MessageOrigin, Outbox, Outgoing};
-pub use report::{EmailRow, OriginRow, PurchaseRow, ReportRows, RunRow, TrackRow, VisitRow};
+pub use report::{EmailRow, PurchaseRow, ReportRows, RunRow, TouchRow, TrackRow, VisitRow};
 pub use signups::NewSignup;
 
 use std::collections::HashMap;

@@ -40,10 +40,11 @@ pub struct PurchaseRow {
     pub at: DateTime<Utc>,
 }
 
-/// Where a lead came from: its first touch (the one that brought it).
+/// A touch: where a lead came from, once (a signup's UTM parameters and form, …).
 #[derive(Debug, Clone, PartialEq)]
-pub struct OriginRow {
+pub struct TouchRow {
     pub lead: LeadId,
+    pub at: DateTime<Utc>,
     pub channel: String,
     pub source: Option<String>,
     pub medium: Option<String>,
@@ -79,8 +80,8 @@ pub struct ReportRows {
     pub runs: Vec<RunRow>,
     pub visits: Vec<VisitRow>,
     pub purchases: Vec<PurchaseRow>,
-    /// Each lead's first touch, when one was recorded.
-    pub origins: Vec<OriginRow>,
+    /// The leads' touches, oldest first.
+    pub touches: Vec<TouchRow>,
     /// Each lead's fields (`first_name` among them), for slices by field.
     pub fields: Vec<(LeadId, serde_json::Map<String, serde_json::Value>)>,
     /// The funnel's emails, oldest first.
@@ -174,7 +175,6 @@ impl Store {
                     at: from_ms(e.occurred_at),
                 });
             }
-            let mut seen = std::collections::HashSet::new();
             for t in touch::Entity::find()
                 .filter(touch::Column::LeadId.is_in(batch::padded(chunk.iter().copied())))
                 .order_by_asc(touch::Column::OccurredAt)
@@ -182,16 +182,15 @@ impl Store {
                 .all(&self.db)
                 .await?
             {
-                if seen.insert(t.lead_id) {
-                    out.origins.push(OriginRow {
-                        lead: LeadId(t.lead_id),
-                        channel: t.channel,
-                        source: t.source,
-                        medium: t.medium,
-                        campaign: t.campaign,
-                        form: t.form_id,
-                    });
-                }
+                out.touches.push(TouchRow {
+                    lead: LeadId(t.lead_id),
+                    at: from_ms(t.occurred_at),
+                    channel: t.channel,
+                    source: t.source,
+                    medium: t.medium,
+                    campaign: t.campaign,
+                    form: t.form_id,
+                });
             }
             for e in event::Entity::find()
                 .filter(event::Column::LeadId.is_in(batch::padded(chunk.iter().copied())))
