@@ -350,51 +350,29 @@ async fn report(
     }
     let store = open_store(&settings).await?;
     let rows = store.report_rows(&f.id.value, to.min(now)).await?;
+    use crate::report::{ab, attribution as attr, emails as per_email, render};
     if let Some((model, days)) = attribution {
-        let model = match crate::report::attribution::Model::parse(&model) {
+        let model = match attr::Model::parse(&model) {
             Ok(m) => m,
             Err(e) => return usage(e),
         };
         let lookback = chrono::Duration::days(i64::from(days));
-        let r = match crate::report::attribution::attribution_report(
-            f, &rows, model, lookback, from, to, now,
-        ) {
-            Ok(r) => r,
-            Err(e) => return usage(e.to_string()),
-        };
-        let text = match format {
-            FormatArg::Table => crate::report::render::attribution_table(&r),
-            FormatArg::Json => serde_json::to_string_pretty(&r)?,
-            FormatArg::Csv => return usage("`--attribution` answers as a table or JSON".into()),
-        };
-        println!("{}", text.trim_end());
-        return Ok(ExitCode::SUCCESS);
+        let r = attr::attribution_report(f, &rows, model, lookback, from, to, now);
+        return print_report("--attribution", r, format, render::attribution_table, None);
     }
     if ab {
-        let r = match crate::report::ab::ab_report(f, &rows, cohort, from, to, now) {
-            Ok(r) => r,
-            Err(e) => return usage(e.to_string()),
-        };
-        let text = match format {
-            FormatArg::Table => crate::report::render::ab_table(&r),
-            FormatArg::Json => serde_json::to_string_pretty(&r)?,
-            FormatArg::Csv => return usage("`--ab` answers as a table or JSON".into()),
-        };
-        println!("{}", text.trim_end());
-        return Ok(ExitCode::SUCCESS);
+        let r = ab::ab_report(f, &rows, cohort, from, to, now);
+        return print_report("--ab", r, format, render::ab_table, None);
     }
     if emails {
-        let r = match crate::report::emails::email_report(f, &rows, cohort, from, to, now) {
-            Ok(r) => r,
-            Err(e) => return usage(e.to_string()),
-        };
-        let text = match format {
-            FormatArg::Table => crate::report::render::email_table(&r),
-            FormatArg::Csv => crate::report::render::email_csv(&r),
-            FormatArg::Json => serde_json::to_string_pretty(&r)?,
-        };
-        println!("{}", text.trim_end());
-        return Ok(ExitCode::SUCCESS);
+        let r = per_email::email_report(f, &rows, cohort, from, to, now);
+        return print_report(
+            "--emails",
+            r,
+            format,
+            render::email_table,
+            Some(render::email_csv),
+        );
     }
     let r = match crate::report::funnel_report(f, &rows, cohort, from, to, now) {
         Ok(r) => r,
@@ -407,7 +385,6 @@ async fn report(
             Err(e) => return usage(e.to_string()),
         }
     }
-    use crate::report::render;
     let text = match (format, keys.is_empty()) {
         (FormatArg::Table, true) => render::table(&r),
         (FormatArg::Csv, true) => render::csv(&r),
@@ -420,6 +397,35 @@ async fn report(
     if !text.ends_with('\n') {
         println!();
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a report in the asked format (CSV only where `csv` is given); a report that cannot
+/// be made, or a format it does not offer, is a usage error (exit 2).
+fn print_report<R: serde::Serialize>(
+    what: &str,
+    report: Result<R, crate::report::ReportError>,
+    format: FormatArg,
+    table: fn(&R) -> String,
+    csv: Option<fn(&R) -> String>,
+) -> anyhow::Result<ExitCode> {
+    let r = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let text = match (format, csv) {
+        (FormatArg::Table, _) => table(&r),
+        (FormatArg::Json, _) => serde_json::to_string_pretty(&r)?,
+        (FormatArg::Csv, Some(csv)) => csv(&r),
+        (FormatArg::Csv, None) => {
+            eprintln!("error: `{what}` answers as a table or JSON");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    println!("{}", text.trim_end());
     Ok(ExitCode::SUCCESS)
 }
 

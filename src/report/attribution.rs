@@ -36,6 +36,15 @@ impl Model {
         ("position", Model::PositionBased),
     ];
 
+    /// The model's name on the command line.
+    pub fn name(self) -> &'static str {
+        Model::ALL
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("linear")
+    }
+
     pub fn parse(text: &str) -> Result<Model, String> {
         Model::ALL
             .iter()

@@ -344,9 +344,9 @@ pub fn attribution_table(r: &super::attribution::AttributionReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} — attribution ({:?}, touches up to {} days before each purchase), purchases from {} to {} (UTC)",
+        "{} — attribution ({}, touches up to {} days before each purchase), purchases from {} to {} (UTC)",
         r.funnel,
-        r.model,
+        r.model.name(),
         r.lookback_days,
         r.from.format("%Y-%m-%d %H:%M"),
         r.to.format("%Y-%m-%d %H:%M")
