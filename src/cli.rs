@@ -82,6 +82,13 @@ enum Command {
         /// credited to it; `calendar`: each stage entry counted when it happened.
         #[arg(long, value_enum, default_value = "entry")]
         cohort: CohortArg,
+        /// Also the report of each day, week (from Monday) or month of the period.
+        #[arg(long, value_name = "day|week|month")]
+        by: Option<String>,
+        /// Conversion window: only what a lead did within this time of entering the funnel
+        /// counts (`7d`, `2w`, `36h`).
+        #[arg(long, value_name = "DURATION")]
+        window: Option<String>,
         /// `table`, `csv` or `json`.
         #[arg(long, value_enum, default_value = "table")]
         format: FormatArg,
@@ -92,20 +99,41 @@ enum Command {
         slice: Vec<String>,
         /// Per email instead: queued, accepted, opens, clicks, click-to-open, unsubscribes,
         /// bounces, complaints, next-stage conversion and clicks by link.
-        #[arg(long, conflicts_with = "slice")]
+        #[arg(long, conflicts_with_all = ["slice", "by"])]
         emails: bool,
         /// A/B verdicts instead: per `split` step and variant, leads, clicks, next-stage
         /// conversion, revenue per lead, the chance each is best, a p-value and a verdict.
-        #[arg(long, conflicts_with_all = ["slice", "emails"])]
+        #[arg(long, conflicts_with_all = ["slice", "emails", "by"])]
         ab: bool,
         /// Attribution instead: the period's purchases credited to the touches before them by
         /// MODEL (`first`, `last`, `linear`, `time_decay`, `position`), per channel, source and
         /// campaign.
-        #[arg(long, value_name = "MODEL", conflicts_with_all = ["slice", "emails", "ab"])]
+        #[arg(long, value_name = "MODEL", conflicts_with_all = ["slice", "emails", "ab", "by", "window"])]
         attribution: Option<String>,
-        /// How far before a purchase a touch still counts, in days.
-        #[arg(long, default_value_t = 30)]
-        lookback: u32,
+        /// How far before a purchase a touch still counts, in days (with `--attribution`).
+        #[arg(long, requires = "attribution")]
+        lookback: Option<String>,
+    },
+    /// What-if: leads per stage, conversions and revenue over the next days from the observed
+    /// rates and inflow, with an 80% interval; the baseline and a changed scenario side by side.
+    Forecast {
+        /// Funnel id.
+        funnel: String,
+        /// How many days ahead.
+        #[arg(long, default_value = "30")]
+        days: String,
+        /// Leads entering: `200/day`, `1400/week`, `6000/month`; default the observed rate.
+        #[arg(long)]
+        inflow: Option<String>,
+        /// A changed conversion: `STAGE=+20%` (relative), `STAGE=35%` (absolute); repeatable.
+        #[arg(long, value_name = "STAGE=CHANGE")]
+        set: Vec<String>,
+        /// Days of history the rates and the inflow are read from.
+        #[arg(long, default_value = "90")]
+        observe: String,
+        /// `table` or `json`.
+        #[arg(long, value_enum, default_value = "table")]
+        format: FormatArg,
     },
 }
 
@@ -153,21 +181,56 @@ pub fn main() -> ExitCode {
             ref from,
             ref to,
             cohort,
+            ref by,
+            ref window,
             format,
             ref slice,
             emails,
             ab,
             ref attribution,
-            lookback,
-        } => block_on(report(
-            cli.project.clone(),
-            cli.config.clone(),
-            funnel.clone(),
-            (from.clone(), to.clone()),
-            (cohort, format),
-            (slice.clone(), emails, ab),
-            attribution.clone().map(|m| (m, lookback)),
-        )),
+            ref lookback,
+        } => {
+            use crate::report::request::{Params, What};
+            let what = match (emails, ab, attribution) {
+                (_, _, Some(_)) => What::Attribution,
+                (_, true, _) => What::Ab,
+                (true, _, _) => What::Emails,
+                _ => What::Funnel,
+            };
+            let params = Params {
+                from: from.clone(),
+                to: to.clone(),
+                cohort: (what != What::Attribution).then(|| match cohort {
+                    CohortArg::Entry => "entry".into(),
+                    CohortArg::Calendar => "calendar".into(),
+                }),
+                by: by.clone(),
+                window: window.clone(),
+                slice: slice.clone(),
+                model: attribution.clone(),
+                lookback: lookback.clone(),
+                ..Params::default()
+            };
+            block_on(report(&cli, funnel, what, params, format))
+        }
+        Command::Forecast {
+            ref funnel,
+            ref days,
+            ref inflow,
+            ref set,
+            ref observe,
+            format,
+        } => {
+            let params = crate::report::request::Params {
+                days: Some(days.clone()),
+                inflow: inflow.clone(),
+                set: set.clone(),
+                observe: Some(observe.clone()),
+                ..Default::default()
+            };
+            let what = crate::report::request::What::Forecast;
+            block_on(report(&cli, funnel, what, params, format))
+        }
     };
     match result {
         Ok(code) => code,
@@ -287,34 +350,30 @@ async fn plan(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-/// A time from the command line: `YYYY-MM-DD` (midnight UTC) or RFC 3339.
-fn time_arg(name: &str, text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    crate::report::parse_time(text)
-        .ok_or_else(|| format!("`--{name} {text}`: write a date (2026-11-01) or an RFC 3339 time"))
-}
-
+/// Any report: the request checked as the API checks it, the rows read, the answer printed.
+/// A bad argument or an unknown funnel is a usage error (exit 2).
 async fn report(
-    project: PathBuf,
-    config: Option<PathBuf>,
-    funnel: String,
-    (from, to): (Option<String>, Option<String>),
-    (cohort, format): (CohortArg, FormatArg),
-    (slices, emails, ab): (Vec<String>, bool, bool),
-    attribution: Option<(String, u32)>,
+    cli: &Cli,
+    funnel: &str,
+    what: crate::report::request::What,
+    params: crate::report::request::Params,
+    format: FormatArg,
 ) -> anyhow::Result<ExitCode> {
+    use crate::report::render;
+    use crate::report::request::{Answer, Request, What};
     let usage = |message: String| {
         eprintln!("error: {message}");
         Ok(ExitCode::from(2))
     };
-    let settings = Settings::load(&project, config.as_deref())?;
-    let (loaded, report) = project::check(&settings, None);
+    let settings = Settings::load(&cli.project, cli.config.as_deref())?;
+    let (loaded, checked) = project::check(&settings, None);
     let Some(loaded) = loaded else {
-        for d in &report.diagnostics {
+        for d in &checked.diagnostics {
             eprintln!("{d}");
         }
         anyhow::bail!(
             "the funnels do not pass `autofunnel check` ({})",
-            report.summary()
+            checked.summary()
         );
     };
     let Some(f) = loaded
@@ -329,100 +388,32 @@ async fn report(
         ));
     };
     let now = chrono::Utc::now();
-    let to = match to.as_deref().map(|t| time_arg("to", t)).transpose() {
-        Ok(t) => t.unwrap_or(now),
-        Err(e) => return usage(e),
+    let req = match Request::parse(what, &params, now) {
+        Ok(r) => r,
+        Err(e) => return usage(format!("--{}: {}", e.param, e.message)),
     };
-    let from = match from.as_deref().map(|t| time_arg("from", t)).transpose() {
-        Ok(t) => t.unwrap_or(to - chrono::Duration::days(30)),
-        Err(e) => return usage(e),
-    };
-    let cohort = match cohort {
-        CohortArg::Entry => crate::report::Cohort::Entry,
-        CohortArg::Calendar => crate::report::Cohort::Calendar,
-    };
-    let mut keys = Vec::new();
-    for s in &slices {
-        match crate::report::SliceKey::parse(s) {
-            Ok(k) => keys.push(k),
-            Err(e) => return usage(e),
-        }
-    }
     let store = open_store(&settings).await?;
-    let rows = store.report_rows(&f.id.value, to.min(now)).await?;
-    use crate::report::{ab, attribution as attr, emails as per_email, render};
-    if let Some((model, days)) = attribution {
-        let model = match attr::Model::parse(&model) {
-            Ok(m) => m,
-            Err(e) => return usage(e),
-        };
-        let lookback = chrono::Duration::days(i64::from(days));
-        let r = attr::attribution_report(f, &rows, model, lookback, from, to, now);
-        return print_report("--attribution", r, format, render::attribution_table, None);
-    }
-    if ab {
-        let r = ab::ab_report(f, &rows, cohort, from, to, now);
-        return print_report("--ab", r, format, render::ab_table, None);
-    }
-    if emails {
-        let r = per_email::email_report(f, &rows, cohort, from, to, now);
-        return print_report(
-            "--emails",
-            r,
-            format,
-            render::email_table,
-            Some(render::email_csv),
-        );
-    }
-    let r = match crate::report::funnel_report(f, &rows, cohort, from, to, now) {
-        Ok(r) => r,
-        Err(e) => return usage(e.to_string()),
+    let rows = store.report_rows(&f.id.value, req.until(now)).await?;
+    let answer = match crate::report::request::answer(f, &rows, &req, now) {
+        Ok(a) => a,
+        Err(e) => return usage(format!("--{}: {e}", e.param())),
     };
-    let mut sliced = Vec::new();
-    for k in &keys {
-        match crate::report::sliced_reports(f, &rows, k, cohort, from, to, now) {
-            Ok(s) => sliced.extend(s),
-            Err(e) => return usage(e.to_string()),
-        }
-    }
-    let text = match (format, keys.is_empty()) {
-        (FormatArg::Table, true) => render::table(&r),
-        (FormatArg::Csv, true) => render::csv(&r),
-        (FormatArg::Json, true) => render::json(&r),
-        (FormatArg::Table, false) => render::sliced_table(&r, &sliced),
-        (FormatArg::Csv, false) => render::sliced_csv(&r, &sliced),
-        (FormatArg::Json, false) => render::sliced_json(&r, &sliced),
-    };
-    print!("{text}");
-    if !text.ends_with('\n') {
-        println!();
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Prints a report in the asked format (CSV only where `csv` is given); a report that cannot
-/// be made, or a format it does not offer, is a usage error (exit 2).
-fn print_report<R: serde::Serialize>(
-    what: &str,
-    report: Result<R, crate::report::ReportError>,
-    format: FormatArg,
-    table: fn(&R) -> String,
-    csv: Option<fn(&R) -> String>,
-) -> anyhow::Result<ExitCode> {
-    let r = match report {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    let text = match (format, csv) {
-        (FormatArg::Table, _) => table(&r),
-        (FormatArg::Json, _) => serde_json::to_string_pretty(&r)?,
-        (FormatArg::Csv, Some(csv)) => csv(&r),
-        (FormatArg::Csv, None) => {
-            eprintln!("error: `{what}` answers as a table or JSON");
-            return Ok(ExitCode::from(2));
+    let text = match (format, &answer) {
+        (FormatArg::Json, a) => serde_json::to_string_pretty(a)?,
+        (FormatArg::Table, Answer::Funnel(r)) => render::funnel_table(r),
+        (FormatArg::Csv, Answer::Funnel(r)) => render::funnel_csv(r),
+        (FormatArg::Table, Answer::Emails(r)) => render::email_table(r),
+        (FormatArg::Csv, Answer::Emails(r)) => render::email_csv(r),
+        (FormatArg::Table, Answer::Ab(r)) => render::ab_table(r),
+        (FormatArg::Table, Answer::Attribution(r)) => render::attribution_table(r),
+        (FormatArg::Table, Answer::Forecast(r)) => render::forecast_table(r),
+        (FormatArg::Csv, _) => {
+            let flag = match what {
+                What::Ab => "--ab",
+                What::Attribution => "--attribution",
+                _ => "forecast",
+            };
+            return usage(format!("`{flag}` answers as a table or JSON"));
         }
     };
     println!("{}", text.trim_end());

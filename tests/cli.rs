@@ -372,7 +372,7 @@ fn report_reads_a_funnel_and_refuses_bad_arguments() {
         "field:city",
     ]);
     let v: serde_json::Value = serde_json::from_slice(&sliced.stdout).unwrap();
-    assert_eq!(v["report"]["funnel"], "welcome");
+    assert_eq!(v["funnel"], "welcome");
     assert_eq!(v["slices"], serde_json::json!([]), "no leads, no groups");
     for (args, says) in [
         (
@@ -381,7 +381,7 @@ fn report_reads_a_funnel_and_refuses_bad_arguments() {
         ),
         (
             vec!["welcome", "--from", "yesterday"],
-            "`--from yesterday`: write a date",
+            "--from: a date (2026-11-01) or an RFC 3339 time",
         ),
         (
             vec!["welcome", "--from", "2026-11-08", "--to", "2026-11-01"],

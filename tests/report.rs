@@ -100,6 +100,7 @@ async fn the_textbook_funnel(store: Store) {
                 },
                 idempotency_key: Some(format!("{kind}:{}", l.0)),
                 occurred_at: at,
+                touch: None,
             })
             .collect();
         let rt = rt.clone();
@@ -370,6 +371,7 @@ async fn the_ab_verdict(store: Store) {
             event: purchase("course", 100.0),
             idempotency_key: Some(format!("o-{}", l.0)),
             occurred_at: t0() + Duration::days(1),
+            touch: None,
         })
         .collect();
     rt.record_batch(batch, t0() + Duration::days(1))

@@ -11,21 +11,23 @@ use sea_orm::{ConnectionTrait, Database};
 use crate::util::on_both_backends;
 use crate::util::postgres_url;
 
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     "m20261123_000001_init",
     "m20261124_000002_stage_entry",
     "m20261124_000003_pending_events",
     "m20261124_000004_lead_lease",
     "m20261124_000005_unstarted_signups",
+    "m20261129_000006_milestones",
 ];
 
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 10] = [
     "enrollments",
     "events",
     "funnel_versions",
     "lead_tags",
     "leads",
     "messages",
+    "milestones",
     "stage_history",
     "suppressions",
     "touches",

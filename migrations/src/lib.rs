@@ -9,6 +9,7 @@ mod m20261124_000002_stage_entry;
 mod m20261124_000003_pending_events;
 mod m20261124_000004_lead_lease;
 mod m20261124_000005_unstarted_signups;
+mod m20261129_000006_milestones;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_pending_events::Migration),
             Box::new(m20261124_000004_lead_lease::Migration),
             Box::new(m20261124_000005_unstarted_signups::Migration),
+            Box::new(m20261129_000006_milestones::Migration),
         ]
     }
 }

@@ -11,7 +11,9 @@
 pub mod ab;
 pub mod attribution;
 pub mod emails;
+pub mod forecast;
 pub mod render;
+pub mod request;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -124,6 +126,18 @@ pub struct FunnelReport {
     pub stages: Vec<StageReport>,
     /// From funnel entry to the `converted` exit.
     pub length_to_converted: Spread,
+    /// Leads that reached the funnel's scoring thresholds, when it has them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qualified: Option<Qualified>,
+}
+
+/// Marketing- and sales-qualified leads: runs whose lead crossed the funnel's `mql` / `sql`
+/// score (entry cohort: the period's runs, whenever they crossed; calendar: crossings in the
+/// period), of the runs that entered.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Qualified {
+    pub mql: Option<Rate>,
+    pub sql: Option<Rate>,
 }
 
 /// Why a report cannot be made.
@@ -131,6 +145,18 @@ pub struct FunnelReport {
 pub enum ReportError {
     #[error("the period is empty: `from` ({from}) is not before `to` ({to})")]
     EmptyPeriod { from: String, to: String },
+    #[error("no stage \"{stage}\" in this funnel (its stages are: {})", known.join(", "))]
+    UnknownStage { stage: String, known: Vec<String> },
+}
+
+impl ReportError {
+    /// The request parameter the error is about.
+    pub fn param(&self) -> &'static str {
+        match self {
+            ReportError::EmptyPeriod { .. } => "from",
+            ReportError::UnknownStage { .. } => "set",
+        }
+    }
 }
 
 /// The period a report covers, how leads are assigned to it, and the time it is made.
@@ -312,6 +338,25 @@ pub fn funnel_report(
         .filter(|r| r.status == RunStatus::Exited(Outcome::Converted))
         .filter_map(|r| r.exited_at.map(|x| (x - r.entered_at).num_seconds()))
         .collect();
+    let qualified = f.scoring.as_ref().and_then(|s| {
+        let count = |kind: crate::domain::EventKind| {
+            let runs: BTreeSet<EnrollmentId> = rows
+                .milestones
+                .iter()
+                .filter(|m| m.kind == kind && m.at <= now)
+                .filter(|m| match cohort {
+                    Cohort::Entry => cohort_runs.contains(&m.enrollment),
+                    Cohort::Calendar => within(m.at),
+                })
+                .map(|m| m.enrollment)
+                .collect();
+            Rate::of(runs.len() as u64, entered)
+        };
+        (s.mql.is_some() || s.sql.is_some()).then(|| Qualified {
+            mql: s.mql.map(|_| count(crate::domain::EventKind::Mql)),
+            sql: s.sql.map(|_| count(crate::domain::EventKind::Sql)),
+        })
+    });
     Ok(FunnelReport {
         funnel: f.id.value.to_string(),
         name: f.name.clone(),
@@ -322,7 +367,69 @@ pub fn funnel_report(
         converted: Rate::of(converted.len() as u64, entered),
         stages,
         length_to_converted: Spread::of(converted),
+        qualified,
     })
+}
+
+/// The rows as they stood `window` after each run entered the funnel: later stage entries,
+/// exits, purchases and milestones are left out (a stage left later is still there).
+pub fn windowed(rows: &ReportRows, window: chrono::Duration) -> ReportRows {
+    let limit: HashMap<EnrollmentId, DateTime<Utc>> = rows
+        .runs
+        .iter()
+        .map(|r| (r.enrollment, r.entered_at + window))
+        .collect();
+    let mut first_entry: HashMap<LeadId, DateTime<Utc>> = HashMap::new();
+    for r in &rows.runs {
+        let e = first_entry.entry(r.lead).or_insert(r.entered_at);
+        *e = (*e).min(r.entered_at);
+    }
+    let late = |run: &EnrollmentId, t: DateTime<Utc>| limit.get(run).is_none_or(|l| t > *l);
+    ReportRows {
+        runs: rows
+            .runs
+            .iter()
+            .map(|r| match r.exited_at {
+                Some(x) if late(&r.enrollment, x) => crate::store::RunRow {
+                    status: RunStatus::Active,
+                    exited_at: None,
+                    ..r.clone()
+                },
+                _ => r.clone(),
+            })
+            .collect(),
+        visits: rows
+            .visits
+            .iter()
+            .filter(|v| !late(&v.enrollment, v.entered_at))
+            .map(|v| match v.exited_at {
+                Some(x) if late(&v.enrollment, x) => VisitRow {
+                    exited_at: None,
+                    reason: None,
+                    next: None,
+                    ..v.clone()
+                },
+                _ => v.clone(),
+            })
+            .collect(),
+        purchases: rows
+            .purchases
+            .iter()
+            .filter(|p| {
+                first_entry
+                    .get(&p.lead)
+                    .is_some_and(|e| p.at <= *e + window)
+            })
+            .cloned()
+            .collect(),
+        milestones: rows
+            .milestones
+            .iter()
+            .filter(|m| !late(&m.enrollment, m.at))
+            .cloned()
+            .collect(),
+        ..rows.clone()
+    }
 }
 
 /// Purchases of `offer` by the leads of these visits, made after the visit began (and, in the
@@ -504,6 +611,16 @@ pub fn sliced_reports(
                 .purchases
                 .iter()
                 .filter(|p| value_of(&p.lead) == g)
+                .cloned()
+                .collect(),
+            milestones: rows
+                .milestones
+                .iter()
+                .filter(|m| {
+                    run_lead
+                        .get(&m.enrollment)
+                        .is_some_and(|l| value_of(l) == g)
+                })
                 .cloned()
                 .collect(),
             ..ReportRows::default()

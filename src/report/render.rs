@@ -2,7 +2,9 @@
 
 use std::fmt::Write as _;
 
-use super::{Cohort, FunnelReport, Rate, Slice, Spread, StageReport};
+use super::forecast::{Change, Estimate, ForecastReport};
+use super::request::{By, FunnelAnswer};
+use super::{Cohort, FunnelReport, Rate, Spread, StageReport};
 
 /// How long, for people: `3d 4h`, `5h 10m`, `12m`, `40s`.
 fn span(secs: Option<i64>) -> String {
@@ -77,6 +79,14 @@ pub fn table(r: &FunnelReport) -> String {
         rate(&r.converted),
         spread(&r.length_to_converted)
     );
+    if let Some(q) = &r.qualified {
+        let part = |name: &str, r: &Option<Rate>| r.as_ref().map(|r| format!("{name} {}", rate(r)));
+        let parts: Vec<String> = [part("MQL", &q.mql), part("SQL", &q.sql)]
+            .into_iter()
+            .flatten()
+            .collect();
+        let _ = writeln!(out, "qualified: {}", parts.join(", "));
+    }
     let header = [
         "stage",
         "kind",
@@ -175,11 +185,6 @@ pub fn csv(r: &FunnelReport) -> String {
         out.push('\n');
     }
     out
-}
-
-/// The report as JSON (the same document the API answers with).
-pub fn json(r: &FunnelReport) -> String {
-    serde_json::to_string_pretty(r).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
 /// The per-email report as a table.
@@ -403,48 +408,181 @@ fn grid(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The whole report, then each slice's, as tables.
-pub fn sliced_table(r: &FunnelReport, slices: &[Slice]) -> String {
-    let mut out = table(r);
-    for s in slices {
-        let _ = write!(out, "\n── {} = {} ──\n", s.key.name(), s.value);
-        // The slice's own table, without repeating the funnel's name and period.
-        let t = table(&s.report);
-        out.push_str(
-            t.split_once('\n')
-                .and_then(|(_, rest)| rest.split_once('\n'))
-                .map_or(&t[..], |(_, rest)| rest),
+/// A report's table without its first two lines (the funnel's name and period).
+fn body(t: &str) -> &str {
+    t.split_once('\n')
+        .and_then(|(_, rest)| rest.split_once('\n'))
+        .map_or(t, |(_, rest)| rest)
+}
+
+/// The funnel report as tables: the whole period, then each period of `--by` as a row per
+/// period, then each slice.
+pub fn funnel_table(a: &FunnelAnswer) -> String {
+    let mut out = table(&a.report);
+    if let Some(w) = a.window_seconds {
+        let _ = writeln!(
+            out,
+            "\nconversion window: what a lead did within {} of entering the funnel",
+            span(Some(w))
         );
+    }
+    if let Some(by) = a.by {
+        let by = match by {
+            By::Day => "day",
+            By::Week => "week",
+            By::Month => "month",
+        };
+        let _ = writeln!(out, "\n── by {by} ──");
+        let mut header = vec!["period".to_string(), "entered".to_string()];
+        header.extend(a.report.stages.iter().map(|s| s.stage.clone()));
+        header.push("converted".into());
+        let rows: Vec<Vec<String>> = a
+            .periods
+            .iter()
+            .flatten()
+            .map(|p| {
+                let mut row = vec![p.from.format("%Y-%m-%d").to_string(), p.entered.to_string()];
+                row.extend(p.stages.iter().map(|s| s.leads_in.to_string()));
+                row.push(rate(&p.converted));
+                row
+            })
+            .collect();
+        let header: Vec<&str> = header.iter().map(String::as_str).collect();
+        out.push_str(&grid(&header, &rows));
+    }
+    for s in a.slices.iter().flatten() {
+        let _ = write!(out, "\n── {} = {} ──\n", s.key.name(), s.value);
+        out.push_str(body(&table(&s.report)));
     }
     out
 }
 
-/// CSV with one row per slice and stage, the slice's key and value first.
-pub fn sliced_csv(r: &FunnelReport, slices: &[Slice]) -> String {
-    let whole = csv(r);
+/// The funnel report as CSV: one row per stage, first of the whole period, then of each
+/// period (`slice_key` = `period`) and each slice; every row holds its own `from` and `to`.
+pub fn funnel_csv(a: &FunnelAnswer) -> String {
+    let whole = csv(&a.report);
     let (header, rows) = whole.split_once('\n').unwrap_or((&whole, ""));
     let mut out = format!("slice_key,slice_value,{header}\n");
     for line in rows.lines() {
         let _ = writeln!(out, ",,{line}");
     }
-    for s in slices {
-        let part = csv(&s.report);
-        for line in part.lines().skip(1) {
-            let _ = writeln!(
-                out,
-                "{},{},{line}",
-                csv_cell(&s.key.name()),
-                csv_cell(&s.value)
-            );
+    let parts = a
+        .periods
+        .iter()
+        .flatten()
+        .map(|p| {
+            (
+                "period".to_string(),
+                p.from.format("%Y-%m-%d").to_string(),
+                p,
+            )
+        })
+        .chain(
+            a.slices
+                .iter()
+                .flatten()
+                .map(|s| (s.key.name(), s.value.clone(), &s.report)),
+        );
+    for (key, value, report) in parts {
+        for line in csv(report).lines().skip(1) {
+            let _ = writeln!(out, "{},{},{line}", csv_cell(&key), csv_cell(&value));
         }
     }
     out
 }
 
-/// `{"report": …, "slices": [{"key", "value", "report"}]}`.
-pub fn sliced_json(r: &FunnelReport, slices: &[Slice]) -> String {
-    serde_json::to_string_pretty(&serde_json::json!({ "report": r, "slices": slices }))
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+fn estimate(e: &Estimate, money: bool) -> String {
+    if money {
+        format!("{:.2} ({:.2}–{:.2})", e.expected, e.low, e.high)
+    } else {
+        format!("{:.0} ({:.0}–{:.0})", e.expected, e.low, e.high)
+    }
+}
+
+/// The forecast as a table: each stage's projected leads and orders, baseline and scenario.
+pub fn forecast_table(r: &ForecastReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{} — {}", r.funnel, r.name);
+    let _ = writeln!(
+        out,
+        "forecast for the {} days from {} (UTC); inflow {:.1} leads/day ({})",
+        r.days,
+        r.from.format("%Y-%m-%d %H:%M"),
+        r.inflow_per_day,
+        if r.inflow_source == "given" {
+            "given".to_string()
+        } else {
+            format!(
+                "observed: {} entered {} – {}",
+                r.observed_entered,
+                r.observed_from.format("%Y-%m-%d"),
+                r.observed_to.format("%Y-%m-%d")
+            )
+        }
+    );
+    let changes: Vec<String> = r
+        .changes
+        .iter()
+        .map(|(s, c)| match c {
+            Change::Relative(f) => format!("{s} {:+.0}%", (f - 1.0) * 100.0),
+            Change::Absolute(v) => format!("{s} = {:.1}%", v * 100.0),
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "scenario: {}",
+        if changes.is_empty() {
+            "as observed (no --set)".to_string()
+        } else {
+            changes.join(", ")
+        }
+    );
+    let header = [
+        "stage",
+        "conversion now",
+        "scenario",
+        "reached after",
+        "leads: baseline (80%)",
+        "scenario (80%)",
+        "orders: baseline",
+        "scenario",
+    ];
+    let pct = |p: Option<f64>| p.map_or("—".into(), |p| format!("{p:.1}%"));
+    let rows: Vec<Vec<String>> = r
+        .stages
+        .iter()
+        .map(|s| {
+            vec![
+                s.stage.clone(),
+                pct(s.conversion.baseline),
+                pct(s.conversion.scenario),
+                format!("{:.1}d", s.reached_after_days),
+                estimate(&s.leads.baseline, false),
+                estimate(&s.leads.scenario, false),
+                estimate(&s.orders.baseline, false),
+                estimate(&s.orders.scenario, false),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&grid(&header, &rows));
+    let _ = writeln!(
+        out,
+        "\nconverted: {} baseline, {} scenario",
+        estimate(&r.conversions.baseline, false),
+        estimate(&r.conversions.scenario, false)
+    );
+    for m in &r.revenue {
+        let _ = writeln!(
+            out,
+            "revenue {}: {} baseline, {} scenario",
+            m.currency,
+            estimate(&m.revenue.baseline, true),
+            estimate(&m.revenue.scenario, true)
+        );
+    }
+    let _ = writeln!(out, "\nmethod: {}", r.method);
+    out
 }
 
 #[cfg(test)]

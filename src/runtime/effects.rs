@@ -106,8 +106,8 @@ pub fn writes(
             Effect::Untag(t) => w.tags.push((t.clone(), false)),
             Effect::SetField { field, value } => w.fields.push((field.clone(), value.clone())),
             Effect::AddScore(n) => w.score += n,
-            Effect::Emitted(_) | Effect::Exit(_) | Effect::Held { .. } | Effect::Skipped { .. } => {
-            }
+            Effect::Emitted(kind) => w.milestones.push(kind.clone()),
+            Effect::Exit(_) | Effect::Held { .. } | Effect::Skipped { .. } => {}
         }
     }
     w

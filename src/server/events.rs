@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::input::{self, max};
 use crate::domain::{Email, Event, EventKind, LeadId};
 use crate::runtime::Runtime;
-use crate::store::{BatchEvent, LeadRef};
+use crate::store::{BatchEvent, LeadRef, NewTouch};
 
 /// Events in one request, at most.
 pub const MAX_BATCH: usize = 1000;
@@ -28,6 +28,7 @@ pub struct Incoming {
     event: Event,
     key: Option<String>,
     at: chrono::DateTime<chrono::Utc>,
+    touch: Option<NewTouch>,
 }
 
 fn bad(field: &str, message: &str) -> ApiError {
@@ -44,14 +45,15 @@ pub fn parse(
     let Value::Object(o) = v else {
         return Err(bad(at, "must be an object"));
     };
-    let text = |k: &str| -> Result<Option<String>, ApiError> {
+    let text_of = |k: &str, limit: usize| -> Result<Option<String>, ApiError> {
         match o.get(k) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-            Some(Value::String(s)) => input::text(&field(k), s, max::SHORT).map(Some),
+            Some(Value::String(s)) => input::text(&field(k), s, limit).map(Some),
             Some(_) => Err(bad(&field(k), "must be a string")),
         }
     };
+    let text = |k: &str| text_of(k, max::SHORT);
     let name = text("event")?.ok_or_else(|| bad(&field("event"), "missing"))?;
     let kind = EventKind::parse(&name).map_err(|_| {
         bad(
@@ -104,6 +106,44 @@ pub fn parse(
         None => now,
     };
     let product = text("product")?;
+    // UTM parameters and a referrer make the event a touch, for attribution.
+    let (source, medium, campaign, term, content, referrer) = (
+        text("utm_source")?,
+        text("utm_medium")?,
+        text("utm_campaign")?,
+        text("utm_term")?,
+        text("utm_content")?,
+        text_of("referrer", max::LONG)?,
+    );
+    let channel = text("channel")?;
+    let touch = [
+        &source, &medium, &campaign, &term, &content, &referrer, &channel,
+    ]
+    .iter()
+    .any(|v| v.is_some())
+    .then(|| NewTouch {
+        // The channel given, else the medium, else a referral or an event from another
+        // system.
+        channel: channel
+            .clone()
+            .or_else(|| medium.clone())
+            .unwrap_or_else(|| {
+                if referrer.is_some() {
+                    "referral"
+                } else {
+                    "event"
+                }
+                .into()
+            }),
+        source,
+        medium,
+        campaign,
+        term,
+        content,
+        referrer,
+        landing_url: None,
+        form: None,
+    });
     let key = if kind == EventKind::Purchase {
         let order = text("order_id")?.ok_or_else(|| {
             bad(
@@ -129,6 +169,7 @@ pub fn parse(
         },
         key,
         at: at_time,
+        touch,
     })
 }
 
@@ -162,6 +203,7 @@ pub async fn store_all(rt: &Runtime, events: Vec<Incoming>) -> Result<(usize, us
             event: e.event,
             idempotency_key: e.key,
             occurred_at: e.at,
+            touch: e.touch,
         })
         .collect();
     let stored = rt

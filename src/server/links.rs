@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::error::Page;
 use crate::domain::{Event, EventKind, LeadId};
+use crate::store::{BatchEvent, LeadRef, NewTouch};
 use crate::tokens::{Click, verify_open};
 
 /// `GET /r/{token}`: a tracked link. Records a `click` event (the first per message and link;
@@ -37,8 +38,30 @@ pub async fn click(
             link: Some(click.link.clone()),
             ..Event::of(EventKind::Click)
         };
-        let key = format!("click:{}:{}", click.message, click.link);
-        record(&state, o.lead, e, key, now).await;
+        // A click is a touch too: channel email, the funnel as campaign, the email as content.
+        let touch = NewTouch {
+            channel: "email".into(),
+            medium: Some("email".into()),
+            campaign: o.funnel.as_ref().map(|f| f.to_string()),
+            content: o.template.clone(),
+            ..NewTouch::default()
+        };
+        let click = BatchEvent {
+            who: LeadRef::Id(o.lead),
+            event: e,
+            idempotency_key: Some(format!("click:{}:{}", click.message, click.link)),
+            occurred_at: now,
+            touch: Some(touch),
+        };
+        match state.runtime.record_batch(vec![click], now).await {
+            Ok(stored) => {
+                state
+                    .metrics
+                    .events
+                    .inc_by(stored.iter().filter(|(_, new)| *new).count() as u64);
+            }
+            Err(err) => tracing::error!(error = %err, "cannot record a click"),
+        }
     }
     if click.expires.is_some_and(|d| now.timestamp() > d) {
         let elsewhere = origin.as_ref().and_then(|o| {

@@ -107,6 +107,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/leads/{id}/remove", post(admin::remove))
         .route("/api/v1/funnels", get(admin::funnels))
         .route("/api/v1/reports/funnels/{id}", get(reports::funnel))
+        .route("/api/v1/reports/funnels/{id}/emails", get(reports::emails))
+        .route("/api/v1/reports/funnels/{id}/ab", get(reports::ab))
+        .route(
+            "/api/v1/reports/funnels/{id}/attribution",
+            get(reports::attribution),
+        )
+        .route(
+            "/api/v1/reports/funnels/{id}/forecast",
+            get(reports::forecast),
+        )
         .route(
             "/api/v1/events",
             post(events::api_events).layer(DefaultBodyLimit::max(API_BODY_LIMIT)),

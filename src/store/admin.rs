@@ -106,6 +106,7 @@ impl Store {
             "DELETE FROM messages WHERE lead_id = $1",
             "DELETE FROM events WHERE lead_id = $1",
             "DELETE FROM touches WHERE lead_id = $1",
+            "DELETE FROM milestones WHERE lead_id = $1",
             "DELETE FROM lead_tags WHERE lead_id = $1",
         ] {
             let sql = match self.backend {

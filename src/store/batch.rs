@@ -140,8 +140,18 @@ pub(super) async fn write_runs(
     let mut visits: Vec<Vec<Value>> = Vec::new();
     let mut messages: Vec<Vec<Value>> = Vec::new();
     let mut tags: BTreeMap<(i64, String), bool> = BTreeMap::new();
+    let mut milestones: Vec<Vec<Value>> = Vec::new();
     for w in items {
         let id = w.enrollment.0;
+        for k in &w.writes.milestones {
+            milestones.push(vec![
+                id.into(),
+                w.lead.0.into(),
+                w.funnel.to_string().into(),
+                k.as_str().into(),
+                t.into(),
+            ]);
+        }
         for c in &w.writes.closed {
             closed.push(vec![
                 id.into(),
@@ -215,6 +225,14 @@ pub(super) async fn write_runs(
         "messages (kind, lead_id, enrollment_id, funnel_id, stage_id, step_id, template, send_key, recipient, payload, status, attempts, next_attempt_at, created_at)",
         "ON CONFLICT (send_key) DO NOTHING",
         messages,
+    )
+    .await?;
+    insert_rows(
+        txn,
+        backend,
+        "milestones (enrollment_id, lead_id, funnel_id, kind, occurred_at)",
+        "",
+        milestones,
     )
     .await?;
     let (add, remove): (Vec<_>, Vec<_>) = tags.into_iter().partition(|(_, on)| *on);

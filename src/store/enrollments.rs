@@ -107,6 +107,8 @@ pub struct RunWrites {
     pub fields: Vec<(String, serde_json::Value)>,
     /// Points added to the lead's score.
     pub score: i64,
+    /// Score thresholds crossed (`mql`, `sql`), for the reports.
+    pub milestones: Vec<EventKind>,
 }
 
 /// A new enrollment to store with its first transition.

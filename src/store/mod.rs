@@ -14,7 +14,9 @@ pub use enrollments::{
     OutboxRow, Position, RunState, RunUpdate, RunWrites, StageVisit,
 };
 pub use outbox::{MessageOrigin, Outbox, Outgoing};
-pub use report::{EmailRow, PurchaseRow, ReportRows, RunRow, TouchRow, TrackRow, VisitRow};
+pub use report::{
+    EmailRow, MilestoneRow, PurchaseRow, ReportRows, RunRow, TouchRow, TrackRow, VisitRow,
+};
 pub use signups::NewSignup;
 
 use std::collections::HashMap;
@@ -136,6 +138,9 @@ pub struct BatchEvent {
     pub event: Event,
     pub idempotency_key: Option<String>,
     pub occurred_at: DateTime<Utc>,
+    /// Where the event came from (UTM parameters, a tracked click), recorded as a touch at
+    /// the event's time when the event is new.
+    pub touch: Option<NewTouch>,
 }
 
 /// A stored event of a lead.
@@ -167,6 +172,23 @@ pub(crate) fn payload_of(e: &Event) -> serde_json::Value {
         p.insert("amount".into(), a.into());
     }
     serde_json::Value::Object(p)
+}
+
+fn touch_row(lead: LeadId, t: NewTouch, at: DateTime<Utc>) -> touch::ActiveModel {
+    touch::ActiveModel {
+        id: NotSet,
+        lead_id: Set(lead.0),
+        occurred_at: Set(ms(at)),
+        channel: Set(t.channel),
+        source: Set(t.source),
+        medium: Set(t.medium),
+        campaign: Set(t.campaign),
+        term: Set(t.term),
+        content: Set(t.content),
+        referrer: Set(t.referrer),
+        landing_url: Set(t.landing_url),
+        form_id: Set(t.form),
+    }
 }
 
 /// An event from its stored kind and payload.
@@ -542,22 +564,9 @@ impl Store {
     /// Records where a lead came from.
     pub async fn record_touch(&self, lead: LeadId, t: NewTouch, now: DateTime<Utc>) -> Result<()> {
         let _turn = self.turn().await;
-        touch::Entity::insert(touch::ActiveModel {
-            id: NotSet,
-            lead_id: Set(lead.0),
-            occurred_at: Set(ms(now)),
-            channel: Set(t.channel),
-            source: Set(t.source),
-            medium: Set(t.medium),
-            campaign: Set(t.campaign),
-            term: Set(t.term),
-            content: Set(t.content),
-            referrer: Set(t.referrer),
-            landing_url: Set(t.landing_url),
-            form_id: Set(t.form),
-        })
-        .exec_without_returning(&self.db)
-        .await?;
+        touch::Entity::insert(touch_row(lead, t, now))
+            .exec_without_returning(&self.db)
+            .await?;
         Ok(())
     }
 
@@ -681,6 +690,13 @@ impl Store {
             )
             .exec_without_returning(&*txn)
             .await?;
+            if stored > 0
+                && let Some(t) = b.touch
+            {
+                touch::Entity::insert(touch_row(lead, t, b.occurred_at))
+                    .exec_without_returning(&*txn)
+                    .await?;
+            }
             out.push((lead, stored > 0));
         }
         let mut leads: Vec<i64> = out

@@ -2,7 +2,7 @@
 //! purchases of the leads in them. The figures are computed by `report`, not here.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use super::entities::{enrollment, event, lead, message, stage_history, touch};
 use super::{Result, Store, StoreError, batch, event_of, from_ms, ms, parse_fields};
@@ -74,6 +74,14 @@ pub struct TrackRow {
     pub at: DateTime<Utc>,
 }
 
+/// A score threshold a run's lead crossed (`mql` or `sql`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MilestoneRow {
+    pub enrollment: EnrollmentId,
+    pub kind: EventKind,
+    pub at: DateTime<Utc>,
+}
+
 /// Everything a funnel report reads.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReportRows {
@@ -88,6 +96,8 @@ pub struct ReportRows {
     pub emails: Vec<EmailRow>,
     /// Its leads' clicks, opens, unsubscribes, bounces and complaints, oldest first.
     pub tracking: Vec<TrackRow>,
+    /// The runs' score milestones, oldest first.
+    pub milestones: Vec<MilestoneRow>,
 }
 
 impl Store {
@@ -153,6 +163,38 @@ impl Store {
                 status: m.status,
                 created_at: from_ms(m.created_at),
             });
+        }
+        let sql = match self.backend {
+            super::Backend::Sqlite => {
+                "SELECT enrollment_id, kind, occurred_at FROM milestones \
+                 WHERE funnel_id = ? AND occurred_at < ? ORDER BY occurred_at, id"
+            }
+            super::Backend::Postgres => {
+                "SELECT enrollment_id, kind, occurred_at FROM milestones \
+                 WHERE funnel_id = $1 AND occurred_at < $2 ORDER BY occurred_at, id"
+            }
+        };
+        for r in self
+            .db
+            .query_all_raw(sea_orm::Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                sql,
+                [funnel.as_str().into(), ms(until).into()],
+            ))
+            .await?
+        {
+            let (id, kind, at): (i64, String, i64) = (
+                r.try_get_by_index(0)?,
+                r.try_get_by_index(1)?,
+                r.try_get_by_index(2)?,
+            );
+            if let Ok(kind) = EventKind::parse(&kind) {
+                out.milestones.push(MilestoneRow {
+                    enrollment: EnrollmentId(id),
+                    kind,
+                    at: from_ms(at),
+                });
+            }
         }
         let mut leads: Vec<i64> = out.runs.iter().map(|r| r.lead.0).collect();
         leads.sort_unstable();

@@ -1,0 +1,446 @@
+//! A report request as the command line and the API take it: the same parameter names, the
+//! same checks and the same answer, so `autofunnel report … --format json` and
+//! `GET /api/v1/reports/funnels/{id}/…` agree to the byte.
+
+use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::ab::{AbReport, ab_report};
+use super::attribution::{AttributionReport, Model, attribution_report};
+use super::emails::{EmailReport, email_report};
+use super::forecast::{ForecastReport, Scenario, forecast};
+use super::{Cohort, FunnelReport, ReportError, Slice, SliceKey, funnel_report, sliced_reports};
+use crate::funnel::Funnel;
+use crate::store::ReportRows;
+
+/// Which report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum What {
+    Funnel,
+    Emails,
+    Ab,
+    Attribution,
+    Forecast,
+}
+
+impl What {
+    /// The parameters this report reads (others are refused, so a typo is not ignored).
+    fn takes(self) -> &'static [&'static str] {
+        match self {
+            What::Funnel => &["from", "to", "cohort", "by", "window", "slice"],
+            What::Emails | What::Ab => &["from", "to", "cohort", "window"],
+            What::Attribution => &["from", "to", "model", "lookback"],
+            What::Forecast => &["days", "inflow", "set", "observe"],
+        }
+    }
+}
+
+/// The parameters as text, before they are checked. Lists (`slice`, `set`) are repeated on
+/// the command line and comma-separated in a query string.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub cohort: Option<String>,
+    pub by: Option<String>,
+    pub window: Option<String>,
+    #[serde(default, deserialize_with = "comma_list")]
+    pub slice: Vec<String>,
+    pub model: Option<String>,
+    pub lookback: Option<String>,
+    pub days: Option<String>,
+    pub inflow: Option<String>,
+    #[serde(default, deserialize_with = "comma_list")]
+    pub set: Vec<String>,
+    pub observe: Option<String>,
+}
+
+fn comma_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let text = String::deserialize(d)?;
+    Ok(text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+impl Params {
+    fn given(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for (name, set) in [
+            ("from", self.from.is_some()),
+            ("to", self.to.is_some()),
+            ("cohort", self.cohort.is_some()),
+            ("by", self.by.is_some()),
+            ("window", self.window.is_some()),
+            ("slice", !self.slice.is_empty()),
+            ("model", self.model.is_some()),
+            ("lookback", self.lookback.is_some()),
+            ("days", self.days.is_some()),
+            ("inflow", self.inflow.is_some()),
+            ("set", !self.set.is_empty()),
+            ("observe", self.observe.is_some()),
+        ] {
+            if set {
+                out.push(name);
+            }
+        }
+        out
+    }
+}
+
+/// A parameter that cannot be read: which one, and what it should be.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{param}`: {message}")]
+pub struct ParamError {
+    pub param: &'static str,
+    pub message: String,
+}
+
+fn bad(param: &'static str, message: impl Into<String>) -> ParamError {
+    ParamError {
+        param,
+        message: message.into(),
+    }
+}
+
+/// Periods a funnel report is broken into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum By {
+    Day,
+    /// Weeks from Monday (ISO 8601).
+    Week,
+    Month,
+}
+
+impl By {
+    /// The start of the period holding `t` (UTC).
+    fn floor(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let d = t.date_naive();
+        let d = match self {
+            By::Day => d,
+            By::Week => d - Duration::days(i64::from(d.weekday().num_days_from_monday())),
+            By::Month => d.with_day(1).unwrap_or(d),
+        };
+        Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).unwrap_or_default())
+    }
+
+    fn next(self, start: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            By::Day => start + Duration::days(1),
+            By::Week => start + Duration::weeks(1),
+            By::Month => start
+                .checked_add_months(chrono::Months::new(1))
+                .unwrap_or(start + Duration::days(31)),
+        }
+    }
+
+    /// `[from, to)` cut at the period boundaries (the first and last periods clipped).
+    pub fn periods(
+        self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+        let mut out = Vec::new();
+        let mut start = from;
+        while start < to {
+            let end = self.next(self.floor(start)).min(to);
+            out.push((start, end));
+            start = end;
+        }
+        out
+    }
+}
+
+/// At most this many periods in one report.
+pub const MAX_PERIODS: usize = 400;
+
+/// A checked request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub what: What,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub cohort: Cohort,
+    pub by: Option<By>,
+    /// Only what a run did within this time of entering the funnel counts.
+    pub window: Option<Duration>,
+    pub slices: Vec<SliceKey>,
+    pub model: Model,
+    pub lookback: Duration,
+    pub scenario: Scenario,
+}
+
+fn whole_days(param: &'static str, text: &str, max: i64) -> Result<i64, ParamError> {
+    let t = text.trim();
+    let t = t.strip_suffix('d').unwrap_or(t);
+    match t.parse::<i64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(bad(
+            param,
+            format!("a whole number of days from 1 to {max}"),
+        )),
+    }
+}
+
+impl Request {
+    /// Checks `p` for the report `what`, made at `now`.
+    pub fn parse(what: What, p: &Params, now: DateTime<Utc>) -> Result<Request, ParamError> {
+        if let Some(extra) = p.given().into_iter().find(|n| !what.takes().contains(n)) {
+            return Err(bad(
+                extra,
+                format!(
+                    "this report does not take it (it takes {})",
+                    what.takes().join(", ")
+                ),
+            ));
+        }
+        let time = |param: &'static str, t: &str| {
+            super::parse_time(t)
+                .ok_or_else(|| bad(param, "a date (2026-11-01) or an RFC 3339 time"))
+        };
+        let to =
+            p.to.as_deref()
+                .map(|t| time("to", t))
+                .transpose()?
+                .unwrap_or(now);
+        let from = p
+            .from
+            .as_deref()
+            .map(|t| time("from", t))
+            .transpose()?
+            .unwrap_or(to - Duration::days(30));
+        if from >= to {
+            return Err(bad(
+                "from",
+                format!(
+                    "the period is empty: {} is not before `to` ({})",
+                    from.to_rfc3339(),
+                    to.to_rfc3339()
+                ),
+            ));
+        }
+        let cohort = match p.cohort.as_deref() {
+            None | Some("entry") => Cohort::Entry,
+            Some("calendar") => Cohort::Calendar,
+            Some(_) => return Err(bad("cohort", "`entry` or `calendar`")),
+        };
+        let by = match p.by.as_deref() {
+            None => None,
+            Some("day") => Some(By::Day),
+            Some("week") => Some(By::Week),
+            Some("month") => Some(By::Month),
+            Some(_) => return Err(bad("by", "`day`, `week` or `month`")),
+        };
+        if let Some(b) = by
+            && b.periods(from, to).len() > MAX_PERIODS
+        {
+            return Err(bad(
+                "by",
+                format!("more than {MAX_PERIODS} periods: take a longer period or a shorter span"),
+            ));
+        }
+        let window = match p.window.as_deref() {
+            None => None,
+            Some(w) => {
+                let d = crate::funnel::time::Duration::parse(w).map_err(|e| bad("window", e))?;
+                if d.as_secs() == 0 {
+                    return Err(bad("window", "a conversion window longer than zero"));
+                }
+                Some(Duration::seconds(d.as_secs() as i64))
+            }
+        };
+        let mut slices = Vec::new();
+        for s in &p.slice {
+            slices.push(SliceKey::parse(s).map_err(|e| bad("slice", e))?);
+        }
+        let model = match p.model.as_deref() {
+            None => Model::Linear,
+            Some(m) => Model::parse(m).map_err(|e| bad("model", e))?,
+        };
+        let lookback = match p.lookback.as_deref() {
+            None => Duration::days(30),
+            Some(l) => Duration::days(whole_days("lookback", l, 365)?),
+        };
+        let scenario = Scenario::parse(
+            p.days.as_deref(),
+            p.inflow.as_deref(),
+            &p.set,
+            p.observe.as_deref(),
+        )
+        .map_err(|(param, message)| bad(param, message))?;
+        Ok(Request {
+            what,
+            from,
+            to,
+            cohort,
+            by,
+            window,
+            slices,
+            model,
+            lookback,
+            scenario,
+        })
+    }
+
+    /// The newest time the report reads rows up to.
+    pub fn until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self.what {
+            What::Forecast => now,
+            _ => self.to.min(now),
+        }
+    }
+}
+
+/// The funnel report with its periods and slices.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunnelAnswer {
+    #[serde(flatten)]
+    pub report: FunnelReport,
+    /// The conversion window, when one was set: only what a run did within it of entering
+    /// the funnel counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_seconds: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<By>,
+    /// Each period of `by`, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub periods: Option<Vec<FunnelReport>>,
+    /// Each group of each slice key, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slices: Option<Vec<Slice>>,
+}
+
+/// Any report's answer, serialised as that report.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    Funnel(Box<FunnelAnswer>),
+    Emails(EmailReport),
+    Ab(AbReport),
+    Attribution(AttributionReport),
+    Forecast(ForecastReport),
+}
+
+/// The report `req` asks for of `f`, from the store's rows, as they stand at `now`.
+pub fn answer(
+    f: &Funnel,
+    rows: &ReportRows,
+    req: &Request,
+    now: DateTime<Utc>,
+) -> Result<Answer, ReportError> {
+    let windowed;
+    let rows = match req.window {
+        Some(w) if req.what != What::Attribution && req.what != What::Forecast => {
+            windowed = super::windowed(rows, w);
+            &windowed
+        }
+        _ => rows,
+    };
+    let (from, to, cohort) = (req.from, req.to, req.cohort);
+    Ok(match req.what {
+        What::Funnel => {
+            let report = funnel_report(f, rows, cohort, from, to, now)?;
+            let mut periods = Vec::new();
+            if let Some(b) = req.by {
+                for (a, z) in b.periods(from, to) {
+                    periods.push(funnel_report(f, rows, cohort, a, z, now)?);
+                }
+            }
+            let mut slices = Vec::new();
+            for k in &req.slices {
+                slices.extend(sliced_reports(f, rows, k, cohort, from, to, now)?);
+            }
+            Answer::Funnel(Box::new(FunnelAnswer {
+                report,
+                window_seconds: req.window.map(|w| w.num_seconds()),
+                by: req.by,
+                periods: req.by.map(|_| periods),
+                slices: (!req.slices.is_empty()).then_some(slices),
+            }))
+        }
+        What::Emails => Answer::Emails(email_report(f, rows, cohort, from, to, now)?),
+        What::Ab => Answer::Ab(ab_report(f, rows, cohort, from, to, now)?),
+        What::Attribution => Answer::Attribution(attribution_report(
+            f,
+            rows,
+            req.model,
+            req.lookback,
+            from,
+            to,
+            now,
+        )?),
+        What::Forecast => Answer::Forecast(forecast(f, rows, &req.scenario, now)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        super::super::parse_time(s).unwrap()
+    }
+
+    #[test]
+    fn periods_cut_at_calendar_boundaries() {
+        // 2026-11-04 is a Wednesday: the first week is clipped to start there.
+        let weeks = By::Week.periods(t("2026-11-04"), t("2026-11-20"));
+        let starts: Vec<String> = weeks
+            .iter()
+            .map(|(a, _)| a.format("%F").to_string())
+            .collect();
+        assert_eq!(starts, ["2026-11-04", "2026-11-09", "2026-11-16"]);
+        assert_eq!(weeks[2].1, t("2026-11-20"));
+        let months = By::Month.periods(t("2026-01-15"), t("2026-03-02"));
+        assert_eq!(months.len(), 3);
+        assert_eq!(months[1], (t("2026-02-01"), t("2026-03-01")));
+        assert_eq!(By::Day.periods(t("2026-11-01"), t("2026-11-03")).len(), 2);
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let now = t("2026-11-29");
+        let err = |what, p: Params| Request::parse(what, &p, now).unwrap_err().param;
+        let p = |f: fn(&mut Params)| {
+            let mut p = Params::default();
+            f(&mut p);
+            p
+        };
+        assert_eq!(
+            err(What::Funnel, p(|p| p.from = Some("2026-12-01".into()))),
+            "from"
+        );
+        assert_eq!(
+            err(What::Funnel, p(|p| p.to = Some("tomorrow".into()))),
+            "to"
+        );
+        assert_eq!(err(What::Funnel, p(|p| p.by = Some("year".into()))), "by");
+        assert_eq!(
+            err(What::Funnel, p(|p| p.window = Some("0d".into()))),
+            "window"
+        );
+        assert_eq!(
+            err(What::Funnel, p(|p| p.slice = vec!["colour".into()])),
+            "slice"
+        );
+        assert_eq!(err(What::Emails, p(|p| p.by = Some("week".into()))), "by");
+        assert_eq!(
+            err(What::Attribution, p(|p| p.model = Some("u".into()))),
+            "model"
+        );
+        assert_eq!(
+            err(What::Forecast, p(|p| p.days = Some("0".into()))),
+            "days"
+        );
+        let by_day = p(|p| {
+            p.from = Some("2020-01-01".into());
+            p.by = Some("day".into());
+        });
+        assert_eq!(err(What::Funnel, by_day), "by");
+        assert!(Request::parse(What::Funnel, &Params::default(), now).is_ok());
+    }
+}
