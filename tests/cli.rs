@@ -397,4 +397,92 @@ fn report_reads_a_funnel_and_refuses_bad_arguments() {
         report(&["welcome", "--format", "pdf"]).status.code(),
         Some(2)
     );
+    // Periods and a conversion window: an empty funnel still answers every week.
+    let weekly = report(&[
+        "welcome",
+        "--from",
+        "2026-11-02",
+        "--to",
+        "2026-11-16",
+        "--by",
+        "week",
+        "--window",
+        "7d",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        weekly.status.success(),
+        "{}",
+        String::from_utf8_lossy(&weekly.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&weekly.stdout).unwrap();
+    assert_eq!(v["periods"].as_array().unwrap().len(), 2);
+    assert_eq!(v["window_seconds"], 7 * 86_400);
+    // The forecast: a table with its method, and its own refusals.
+    let forecast = |args: &[&str]| {
+        autofunnel()
+            .arg("-C")
+            .arg(dir.path())
+            .arg("forecast")
+            .args(args)
+            .env(
+                "AUTOFUNNEL_DATABASE_URL",
+                format!("sqlite://{}/r.db?mode=rwc", dir.path().display()),
+            )
+            .output()
+            .unwrap()
+    };
+    let out = forecast(&["welcome", "--inflow", "50/day", "--set", "welcome=+20%"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("inflow 50.0 leads/day (given)"), "{stdout}");
+    assert!(stdout.contains("scenario: welcome +20%"), "{stdout}");
+    assert!(stdout.contains("method: "), "{stdout}");
+    for (args, says) in [
+        (
+            vec!["welcome", "--set", "nosuch=+5%"],
+            "--set: no stage \"nosuch\"",
+        ),
+        (
+            vec!["welcome", "--days", "0"],
+            "--days: a whole number of days",
+        ),
+        (
+            vec!["welcome", "--inflow", "many"],
+            "--inflow: leads per day",
+        ),
+        (
+            vec!["welcome", "--format", "csv"],
+            "answers as a table or JSON",
+        ),
+    ] {
+        let out = forecast(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    for (args, says) in [
+        (
+            vec!["welcome", "--by", "year"],
+            "--by: `day`, `week` or `month`",
+        ),
+        (
+            vec!["welcome", "--window", "soon"],
+            "--window: bad duration",
+        ),
+        (
+            vec!["welcome", "--ab", "--format", "csv"],
+            "`--ab` answers as a table or JSON",
+        ),
+    ] {
+        let out = report(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 }

@@ -331,7 +331,8 @@ async fn openapi(store: Store) {
             events(&base, Some(API)).json(&json!({"events": [
                 {"event": "purchase", "email": "anna@example.com", "order_id": "A-1",
                  "product": "course", "amount": 49.0, "currency": "EUR"},
-                {"event": "webinar_attended", "lead": anna}]})),
+                {"event": "webinar_attended", "lead": anna, "utm_source": "youtube",
+                 "utm_medium": "video", "utm_campaign": "autumn"}]})),
         )
         .await;
     assert_eq!(
@@ -359,6 +360,92 @@ async fn openapi(store: Store) {
     ] {
         assert_eq!(k.call(post.clone(), ev, req).await.0, status);
     }
+
+    // The reports: every one answers its document, and refuses what it does not take.
+    let as_admin =
+        |m: Method, url: &str, path: &str| c.request(m, format!("{url}{path}")).bearer_auth(ADMIN);
+    let now = Utc::now();
+    let period = format!(
+        "from={}&to={}",
+        (now - chrono::Duration::days(1)).format("%Y-%m-%d"),
+        (now + chrono::Duration::days(1)).format("%Y-%m-%d")
+    );
+    for (suffix, good, wrong) in [
+        (
+            "",
+            format!("{period}&by=day&window=7d&slice=utm_source,field:city"),
+            "by=year",
+        ),
+        ("/emails", format!("{period}&cohort=calendar"), "window=0d"),
+        ("/ab", period.clone(), "cohort=sideways"),
+        (
+            "/attribution",
+            format!("{period}&model=first&lookback=14"),
+            "model=u-shaped",
+        ),
+        (
+            "/forecast",
+            "days=14&inflow=70/week&set=hello=%2B20%25".to_string(),
+            "set=nosuch=%2B10%25",
+        ),
+    ] {
+        let template = format!("/api/v1/reports/funnels/{{id}}{suffix}");
+        let at = |id: &str, q: &str| format!("/api/v1/reports/funnels/{id}{suffix}?{q}");
+        let (status, b) = k
+            .call(
+                get.clone(),
+                &template,
+                as_admin(get.clone(), &base, &at("welcome", &good)),
+            )
+            .await;
+        assert_eq!(status, 200, "{suffix}: {}", String::from_utf8_lossy(&b));
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["funnel"], "welcome", "{suffix}");
+        let (status, b) = k
+            .call(
+                get.clone(),
+                &template,
+                as_admin(get.clone(), &base, &at("welcome", wrong)),
+            )
+            .await;
+        assert_eq!(status, 422, "{suffix}: {}", String::from_utf8_lossy(&b));
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        let param = wrong.split('=').next().unwrap();
+        assert_eq!(v["field"], param, "{suffix}");
+        for (req, status) in [
+            (
+                as_admin(get.clone(), &base, &at("welcome", "colour=red")),
+                400,
+            ),
+            (c.get(format!("{base}{}", at("welcome", ""))), 401),
+            (as_admin(get.clone(), &base, &at("nosuch", "")), 404),
+        ] {
+            assert_eq!(
+                k.call(get.clone(), &template, req).await.0,
+                status,
+                "{suffix}"
+            );
+        }
+    }
+    // The event with UTM fields is a touch.
+    let (_, b) = k
+        .call(
+            get.clone(),
+            "/api/v1/leads/{id}",
+            as_admin(get.clone(), &base, &format!("/api/v1/leads/{anna}")),
+        )
+        .await;
+    let lead: Value = serde_json::from_slice(&b).unwrap();
+    let touch = lead["touches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["source"] == "youtube")
+        .unwrap_or_else(|| panic!("no touch from the event: {lead}"));
+    assert_eq!(
+        (&touch["channel"], &touch["campaign"]),
+        (&json!("video"), &json!("autumn"))
+    );
 
     // Signed webhooks.
     let purchase = r#"{"order_id": "B-7", "email": "ben@example.com", "product": "course"}"#;

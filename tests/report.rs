@@ -2,6 +2,7 @@
 //! worked out by hand (`tests/report/*`; `UPDATE_EXPECT=1` rewrites them).
 
 use autofunnel::domain::{Consent, Email, Event, EventKind, LeadId};
+use autofunnel::report::request::{Answer, Params, Request, What, answer};
 use autofunnel::report::{Cohort, SliceKey, funnel_report, render, sliced_reports};
 use autofunnel::store::{BatchEvent, LeadInput, LeadRef, Store};
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -173,6 +174,124 @@ async fn the_textbook_funnel(store: Store) {
             ),
         ]
     );
+    // A conversion window of 36 hours: the offers (day 1) count, the invoices (day 2) and
+    // payments (day 3) do not, so the offers are still there; with 3 days everything counts.
+    let ask = |what, f: &dyn Fn(&mut Params)| {
+        let mut p = Params {
+            from: Some("2026-11-01".into()),
+            to: Some("2026-11-08".into()),
+            ..Params::default()
+        };
+        f(&mut p);
+        Request::parse(what, &p, now).unwrap()
+    };
+    let funnel_of = |req: &Request| match answer(f, &rows, req, now).unwrap() {
+        Answer::Funnel(a) => a,
+        _ => unreachable!(),
+    };
+    let short = funnel_of(&ask(What::Funnel, &|p| p.window = Some("36h".into())));
+    let ins: Vec<u64> = short.report.stages.iter().map(|s| s.leads_in).collect();
+    assert_eq!(ins, [1000, 520, 0, 0]);
+    assert_eq!(short.report.stages[1].still_there, 520);
+    assert_eq!(short.report.converted.part, 0);
+    assert_eq!(short.window_seconds, Some(36 * 3600));
+    let long = funnel_of(&ask(What::Funnel, &|p| p.window = Some("3d".into())));
+    assert_eq!(long.report.stages, r.stages);
+    // By day in the calendar view: each stage's entries on the day they happened.
+    let daily = funnel_of(&ask(What::Funnel, &|p| {
+        p.by = Some("day".into());
+        p.cohort = Some("calendar".into());
+    }));
+    let days: Vec<(String, Vec<u64>)> = daily
+        .periods
+        .iter()
+        .flatten()
+        .map(|p| {
+            let ins = p.stages.iter().map(|s| s.leads_in).collect();
+            (p.from.format("%m-%d").to_string(), ins)
+        })
+        .collect();
+    let z = vec![0, 0, 0, 0];
+    assert_eq!(
+        days,
+        [
+            ("11-01".into(), z.clone()),
+            ("11-02".into(), vec![1000, 0, 0, 0]),
+            ("11-03".into(), vec![0, 520, 0, 0]),
+            ("11-04".into(), vec![0, 0, 215, 0]),
+            ("11-05".into(), vec![0, 0, 0, 130]),
+            ("11-06".into(), z.clone()),
+            ("11-07".into(), z),
+        ]
+    );
+    expect_file(
+        &root().join("tests/report/textbook-by-day.table"),
+        &render::funnel_table(&daily),
+    );
+    // Weekly entry cohorts: the whole cohort and its progress in the week it entered.
+    let weekly = funnel_of(&ask(What::Funnel, &|p| p.by = Some("week".into())));
+    let weeks: Vec<(u64, u64)> = weekly
+        .periods
+        .iter()
+        .flatten()
+        .map(|p| (p.entered, p.converted.part))
+        .collect();
+    assert_eq!(weeks, [(0, 0), (1000, 130)]);
+
+    // The forecast from these rates, 100 a day for 30 days. By hand: every stage takes a day,
+    // so a lead arriving on day a reaches the offer on a + 1, the invoice on a + 2, payment on
+    // a + 3: 3,000 × 0.52 × 29/30 = 1,508 offers, 3,000 × 0.215 × 28/30 = 602 invoices,
+    // 3,000 × 0.13 × 27/30 = 351 paid (and converted); an invoice's order counts when it is
+    // left (day a + 3): 351 orders × 1,000 EUR. `invoice=+10%` lifts payments by a tenth.
+    let fc = match answer(
+        f,
+        &rows,
+        &ask(What::Forecast, &|p| {
+            *p = Params {
+                inflow: Some("100/day".into()),
+                set: vec!["invoice=+10%".into()],
+                ..Params::default()
+            }
+        }),
+        now,
+    )
+    .unwrap()
+    {
+        Answer::Forecast(fc) => fc,
+        _ => unreachable!(),
+    };
+    let leads: Vec<f64> = fc
+        .stages
+        .iter()
+        .map(|s| s.leads.baseline.expected)
+        .collect();
+    assert_eq!(leads, [3000.0, 1508.0, 602.0, 351.0]);
+    assert_eq!(fc.stages[2].orders.baseline.expected, 351.0);
+    assert_eq!(fc.conversions.baseline.expected, 351.0);
+    assert_eq!(fc.revenue[0].revenue.baseline.expected, 351_000.0);
+    assert_eq!(fc.stages[3].leads.scenario.expected, 386.1);
+    assert_eq!(fc.revenue[0].revenue.scenario.expected, 386_100.0);
+    let paid = fc.stages[3].leads.baseline;
+    assert!(
+        paid.low < paid.expected && paid.expected < paid.high,
+        "{paid:?}"
+    );
+    // The delta method gives the same band: the relative variance of a product of rates is
+    // the sum of theirs, (1 - p) / (p (n + 1)) each for a Dirichlet; 80% is ±1.2816 sd.
+    let rel: f64 = [(520.0, 1000.0), (215.0, 520.0), (130.0, 215.0)]
+        .iter()
+        .map(|(x, n): &(f64, f64)| (1.0 - x / n) / (x / n * (n + 1.0)))
+        .sum();
+    let half = 1.2816 * 351.0 * rel.sqrt();
+    assert!(
+        (paid.low - (351.0 - half)).abs() < 3.0,
+        "{paid:?} vs ±{half}"
+    );
+    assert!(
+        (paid.high - (351.0 + half)).abs() < 3.0,
+        "{paid:?} vs ±{half}"
+    );
+
     // Nobody came through a form here: one group without a source.
     let source = SliceKey::parse("utm_source").unwrap();
     let slices = sliced_reports(f, &rows, &source, Cohort::Entry, from, to, now).unwrap();
@@ -492,4 +611,73 @@ async fn attribution_credits_touches(store: Store) {
 
 on_both_backends! {
     attribution => attribution_credits_touches,
+}
+
+const SCORED: &str = r#"name: Webinar leads
+from: "Sales <sales@example.com>"
+entry: { api: true }
+scoring:
+  rules:
+    - { event: webinar_attended, points: 30 }
+    - { event: demo_requested, points: 40 }
+  mql: 30
+  sql: 60
+stages:
+  - id: nurture
+    steps:
+      - wait: 30d
+      - exit: not_converted
+"#;
+
+/// Ten leads; six attend the webinar (30 points: MQL), two of them also ask for a demo (70
+/// points: SQL) three days later. Entry cohort: MQL 6 of 10, SQL 2 of 10. The calendar view of
+/// the first two days sees only the webinar's crossings.
+async fn qualified_leads(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(dir.path(), &[("funnels/scored.yaml", SCORED)]);
+    let rt = crate::util::engine(&store, &p, t0()).await;
+    let ids = confirmed_leads(&store, "q", 10).await;
+    rt.enroll_many(&ids, &fid("scored"), t0()).await.unwrap();
+    let custom = |n: &str| Event::of(EventKind::parse(n).unwrap());
+    for l in &ids[..6] {
+        rt.event(
+            *l,
+            custom("webinar_attended"),
+            None,
+            t0() + Duration::days(1),
+        )
+        .await
+        .unwrap();
+    }
+    for l in &ids[..2] {
+        rt.event(*l, custom("demo_requested"), None, t0() + Duration::days(3))
+            .await
+            .unwrap();
+    }
+    while rt.tick(t0() + Duration::days(3)).await.unwrap() > 0 {}
+    let now = t0() + Duration::days(5);
+    let rows = store.report_rows(&fid("scored"), now).await.unwrap();
+    let f = &p.funnels[0];
+    let from = t0() - Duration::days(1);
+    let r = funnel_report(f, &rows, Cohort::Entry, from, now, now).unwrap();
+    let q = r.qualified.unwrap();
+    assert_eq!(
+        (q.mql.unwrap().part, q.sql.unwrap().part, r.entered),
+        (6, 2, 10)
+    );
+    assert_eq!(q.mql.unwrap().percent, Some(60.0));
+    let early = t0() + Duration::days(2);
+    let c = funnel_report(f, &rows, Cohort::Calendar, from, early, now).unwrap();
+    let q = c.qualified.unwrap();
+    assert_eq!((q.mql.unwrap().part, q.sql.unwrap().part), (6, 0));
+    assert!(render::table(&r).contains("qualified: MQL 60.0% (6), SQL 20.0% (2)"));
+    // A funnel without thresholds says nothing about them.
+    let b2b = project_of(dir.path(), &[("funnels/b2b.yaml", B2B)]);
+    let plain = funnel_report(&b2b.funnels[0], &rows, Cohort::Entry, from, now, now).unwrap();
+    assert_eq!(plain.qualified, None);
+}
+
+on_both_backends! {
+    qualified => qualified_leads,
 }

@@ -195,6 +195,18 @@ async fn links_are_tracked_and_offers_expire(store: Store) {
     assert_eq!(events[0].1["link"], "buy");
     assert_eq!(events[0].1["template"], "offer");
     assert_eq!(events[1].1["template"], "offer");
+    // The click is a touch (once, as the click event): channel email, the funnel as campaign,
+    // the email as content.
+    let touches = store.touches_of(fresh).await.unwrap();
+    let clicks: Vec<_> = touches.iter().filter(|t| t.channel == "email").collect();
+    assert_eq!(clicks.len(), 1, "{touches:?}");
+    assert_eq!(
+        (clicks[0].campaign.as_deref(), clicks[0].content.as_deref()),
+        (
+            Some(rt.funnels().keys().next().unwrap().as_str()),
+            Some("offer")
+        )
+    );
     // The engine sees the click: the condition `clicked: offer` now holds for this lead.
     let facts = rt.lead_facts(fresh, now).await.unwrap();
     assert!(

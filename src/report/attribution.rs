@@ -16,14 +16,17 @@ use crate::store::{ReportRows, TouchRow};
 #[serde(rename_all = "snake_case")]
 pub enum Model {
     /// All to the first touch.
+    #[serde(rename = "first")]
     FirstTouch,
     /// All to the last touch.
+    #[serde(rename = "last")]
     LastTouch,
     /// Equal shares.
     Linear,
     /// Halved for every 7 days a touch came before the purchase.
     TimeDecay,
     /// 40 % to the first, 40 % to the last, 20 % shared by those between.
+    #[serde(rename = "position")]
     PositionBased,
 }
 

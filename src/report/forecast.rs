@@ -36,6 +36,15 @@ pub enum Change {
     Absolute(f64),
 }
 
+/// A change of the scenario: `{"stage": "tripwire", "relative": 1.2}` or `{"stage": "main",
+/// "absolute": 0.35}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageChange {
+    pub stage: String,
+    #[serde(flatten)]
+    pub change: Change,
+}
+
 /// What to project: how far, from what inflow, with which changes.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Scenario {
@@ -176,7 +185,7 @@ pub struct ForecastReport {
     pub inflow_per_day: f64,
     /// `given` or `observed`.
     pub inflow_source: &'static str,
-    pub changes: Vec<(String, Change)>,
+    pub changes: Vec<StageChange>,
     pub stages: Vec<StageForecast>,
     /// Runs exiting `converted`.
     pub conversions: Pair<Estimate>,
@@ -546,7 +555,14 @@ pub fn forecast(
         observed_entered: r.entered,
         inflow_per_day: round(inflow, 2),
         inflow_source: if given { "given" } else { "observed" },
-        changes: sc.changes.clone(),
+        changes: sc
+            .changes
+            .iter()
+            .map(|(stage, change)| StageChange {
+                stage: stage.clone(),
+                change: *change,
+            })
+            .collect(),
         stages,
         conversions: pair(&|p: &Projected| p.conversions, 1),
         revenue,

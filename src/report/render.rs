@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::forecast::{Change, Estimate, ForecastReport};
+use super::forecast::{Change, Estimate, ForecastReport, StageChange};
 use super::request::{By, FunnelAnswer};
 use super::{Cohort, FunnelReport, Rate, Spread, StageReport};
 
@@ -523,10 +523,15 @@ pub fn forecast_table(r: &ForecastReport) -> String {
     let changes: Vec<String> = r
         .changes
         .iter()
-        .map(|(s, c)| match c {
-            Change::Relative(f) => format!("{s} {:+.0}%", (f - 1.0) * 100.0),
-            Change::Absolute(v) => format!("{s} = {:.1}%", v * 100.0),
-        })
+        .map(
+            |StageChange {
+                 stage: s,
+                 change: c,
+             }| match c {
+                Change::Relative(f) => format!("{s} {:+.0}%", (f - 1.0) * 100.0),
+                Change::Absolute(v) => format!("{s} = {:.1}%", v * 100.0),
+            },
+        )
         .collect();
     let _ = writeln!(
         out,
