@@ -260,6 +260,10 @@ async fn the_textbook_funnel(store: Store) {
         Answer::Forecast(fc) => fc,
         _ => unreachable!(),
     };
+    expect_file(
+        &root().join("tests/report/textbook-forecast.table"),
+        &render::forecast_table(&fc).replace(&now.format("%Y-%m-%d %H:%M").to_string(), "NOW"),
+    );
     let leads: Vec<f64> = fc
         .stages
         .iter()

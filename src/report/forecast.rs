@@ -156,8 +156,9 @@ pub struct Pair<T> {
 pub struct StageForecast {
     pub stage: String,
     pub kind: Option<&'static str>,
-    /// Leads observed in the stage, and the share that moved on to a later stage.
+    /// Leads observed in the stage.
     pub observed_leads: u64,
+    /// Per cent of the stage's leads that moved on to a later stage or exited `converted`.
     pub conversion: Pair<Option<f64>>,
     /// Median days from funnel entry to reaching the stage.
     pub reached_after_days: f64,
@@ -513,8 +514,10 @@ pub fn forecast(
         .enumerate()
         .map(|(i, s)| {
             let forward = |rt: &Rates| {
-                (st[i].leads > 0.0 || changes.iter().any(|(c, _)| *c == i))
-                    .then(|| round(rt.moves[i].iter().map(|(_, p)| p).sum::<f64>() * 100.0, 1))
+                (st[i].leads > 0.0 || changes.iter().any(|(c, _)| *c == i)).then(|| {
+                    let forward: f64 = rt.moves[i].iter().map(|(_, p)| p).sum();
+                    round((forward + rt.converted[i]) * 100.0, 1) + 0.0
+                })
             };
             StageForecast {
                 stage: s.stage.clone(),
