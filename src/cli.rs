@@ -393,7 +393,9 @@ async fn report(
         Err(e) => return usage(format!("--{}: {}", e.param, e.message)),
     };
     let store = open_store(&settings).await?;
-    let rows = store.report_rows(&f.id.value, req.until(now)).await?;
+    let rows = store
+        .report_rows(&f.id.value, req.until(now), req.needs())
+        .await?;
     let answer = match crate::report::request::answer(f, &rows, &req, now) {
         Ok(a) => a,
         Err(e) => return usage(format!("--{}: {e}", e.param())),

@@ -4,7 +4,7 @@
 use autofunnel::domain::{Consent, Email, Event, EventKind, LeadId};
 use autofunnel::report::request::{Answer, Params, Request, What, answer};
 use autofunnel::report::{Cohort, SliceKey, funnel_report, render, sliced_reports};
-use autofunnel::store::{BatchEvent, LeadInput, LeadRef, Store};
+use autofunnel::store::{BatchEvent, LeadInput, LeadRef, ReportNeeds, Store};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
 use crate::util::{expect_file, fid, on_both_backends, project_of, root};
@@ -114,7 +114,10 @@ async fn the_textbook_funnel(store: Store) {
     // Whatever the event path left pending is fed by a round.
     while rt.tick(t0() + Duration::days(3)).await.unwrap() > 0 {}
     let now = t0() + Duration::days(10);
-    let rows = store.report_rows(&fid("b2b"), now).await.unwrap();
+    let rows = store
+        .report_rows(&fid("b2b"), now, ReportNeeds::ALL)
+        .await
+        .unwrap();
     let f = &p.funnels[0];
     let from = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
     let to = Utc.with_ymd_and_hms(2026, 11, 8, 0, 0, 0).unwrap();
@@ -402,7 +405,10 @@ async fn the_email_report(store: Store) {
             .unwrap();
     }
     let now = at(60);
-    let rows = store.report_rows(&fid("news"), now).await.unwrap();
+    let rows = store
+        .report_rows(&fid("news"), now, ReportNeeds::ALL)
+        .await
+        .unwrap();
     let from = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
     let to = Utc.with_ymd_and_hms(2026, 11, 8, 0, 0, 0).unwrap();
     let r = email_report(&p.funnels[0], &rows, Cohort::Entry, from, to, now).unwrap();
@@ -502,7 +508,10 @@ async fn the_ab_verdict(store: Store) {
         .unwrap();
     while rt.tick(t0() + Duration::days(1)).await.unwrap() > 0 {}
     let now = t0() + Duration::days(2);
-    let rows = store.report_rows(&fid("split"), now).await.unwrap();
+    let rows = store
+        .report_rows(&fid("split"), now, ReportNeeds::ALL)
+        .await
+        .unwrap();
     let from = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
     let to = Utc.with_ymd_and_hms(2026, 11, 8, 0, 0, 0).unwrap();
     let r = ab_report(&p.funnels[0], &rows, Cohort::Entry, from, to, now).unwrap();
@@ -586,7 +595,10 @@ async fn attribution_credits_touches(store: Store) {
         .await
         .unwrap();
     let now = t0() + day;
-    let rows = store.report_rows(&fid("b2b"), now).await.unwrap();
+    let rows = store
+        .report_rows(&fid("b2b"), now, ReportNeeds::ALL)
+        .await
+        .unwrap();
     let (from, to) = (t0() - day * 7, t0() + day);
     let run = |m| attribution_report(&p.funnels[0], &rows, m, day * 30, from, to, now).unwrap();
     let linear = run(Model::Linear);
@@ -661,7 +673,10 @@ async fn qualified_leads(store: Store) {
     }
     while rt.tick(t0() + Duration::days(3)).await.unwrap() > 0 {}
     let now = t0() + Duration::days(5);
-    let rows = store.report_rows(&fid("scored"), now).await.unwrap();
+    let rows = store
+        .report_rows(&fid("scored"), now, ReportNeeds::ALL)
+        .await
+        .unwrap();
     let f = &p.funnels[0];
     let from = t0() - Duration::days(1);
     let r = funnel_report(f, &rows, Cohort::Entry, from, now, now).unwrap();

@@ -11,13 +11,14 @@ use sea_orm::{ConnectionTrait, Database};
 use crate::util::on_both_backends;
 use crate::util::postgres_url;
 
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     "m20261123_000001_init",
     "m20261124_000002_stage_entry",
     "m20261124_000003_pending_events",
     "m20261124_000004_lead_lease",
     "m20261124_000005_unstarted_signups",
     "m20261129_000006_milestones",
+    "m20261129_000007_report_indexes",
 ];
 
 const TABLES: [&str; 10] = [

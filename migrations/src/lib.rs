@@ -10,6 +10,7 @@ mod m20261124_000003_pending_events;
 mod m20261124_000004_lead_lease;
 mod m20261124_000005_unstarted_signups;
 mod m20261129_000006_milestones;
+mod m20261129_000007_report_indexes;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000004_lead_lease::Migration),
             Box::new(m20261124_000005_unstarted_signups::Migration),
             Box::new(m20261129_000006_milestones::Migration),
+            Box::new(m20261129_000007_report_indexes::Migration),
         ]
     }
 }

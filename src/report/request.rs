@@ -11,7 +11,7 @@ use super::emails::{EmailReport, email_report};
 use super::forecast::{ForecastReport, Scenario, forecast};
 use super::{Cohort, FunnelReport, ReportError, Slice, SliceKey, funnel_report, sliced_reports};
 use crate::funnel::Funnel;
-use crate::store::ReportRows;
+use crate::store::{ReportNeeds, ReportRows};
 
 /// Which report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,6 +284,44 @@ impl Request {
             lookback,
             scenario,
         })
+    }
+
+    /// The rows the report reads.
+    pub fn needs(&self) -> ReportNeeds {
+        let none = ReportNeeds::default();
+        match self.what {
+            What::Funnel => ReportNeeds {
+                visits: true,
+                purchases: true,
+                milestones: true,
+                touches: self.slices.iter().any(|k| !matches!(k, SliceKey::Field(_))),
+                fields: self.slices.iter().any(|k| matches!(k, SliceKey::Field(_))),
+                ..none
+            },
+            What::Emails => ReportNeeds {
+                visits: true,
+                emails: true,
+                tracking: true,
+                ..none
+            },
+            What::Ab => ReportNeeds {
+                visits: true,
+                emails: true,
+                tracking: true,
+                purchases: true,
+                ..none
+            },
+            What::Attribution => ReportNeeds {
+                purchases: true,
+                touches: true,
+                ..none
+            },
+            What::Forecast => ReportNeeds {
+                visits: true,
+                purchases: true,
+                ..none
+            },
+        }
     }
 
     /// The newest time the report reads rows up to.

@@ -15,7 +15,8 @@ pub use enrollments::{
 };
 pub use outbox::{MessageOrigin, Outbox, Outgoing};
 pub use report::{
-    EmailRow, MilestoneRow, PurchaseRow, ReportRows, RunRow, TouchRow, TrackRow, VisitRow,
+    EmailRow, MilestoneRow, PurchaseRow, ReportNeeds, ReportRows, RunRow, TouchRow, TrackRow,
+    VisitRow,
 };
 pub use signups::NewSignup;
 

@@ -1,11 +1,12 @@
-//! What the reports read, as plain rows: a funnel's runs, their stage visits, and the
-//! purchases of the leads in them. The figures are computed by `report`, not here.
+//! What the reports read, as plain rows: a funnel's runs, their stage visits, and what their
+//! leads did. Each report says which rows it needs; each kind is one query that selects only
+//! the columns used and finds the funnel's leads in the database (no list of ids sent back and
+//! forth). The figures are computed by `report`, not here.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ConnectionTrait, QueryResult, Statement, Value};
 
-use super::entities::{enrollment, event, lead, message, stage_history, touch};
-use super::{Result, Store, StoreError, batch, event_of, from_ms, ms, parse_fields};
+use super::{Backend, Result, Store, StoreError, event_of, from_ms, ms, parse_fields};
 use crate::domain::{EnrollmentId, EventKind, FunnelId, LeadId, Outcome, RunStatus, StageId};
 
 /// One run of a lead through the funnel.
@@ -100,182 +101,237 @@ pub struct ReportRows {
     pub milestones: Vec<MilestoneRow>,
 }
 
+/// Which rows a report reads besides the runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportNeeds {
+    pub visits: bool,
+    pub purchases: bool,
+    pub touches: bool,
+    pub fields: bool,
+    pub emails: bool,
+    pub tracking: bool,
+    pub milestones: bool,
+}
+
+impl ReportNeeds {
+    /// Every kind of row.
+    pub const ALL: ReportNeeds = ReportNeeds {
+        visits: true,
+        purchases: true,
+        touches: true,
+        fields: true,
+        emails: true,
+        tracking: true,
+        milestones: true,
+    };
+}
+
+/// The funnel's leads, as a subquery on the funnel id (`$1`) and the time (`$2`).
+const LEADS: &str = "SELECT lead_id FROM enrollments WHERE funnel_id = $1 AND entered_at < $2";
+
 impl Store {
-    /// The funnel's runs that entered before `until`, their visits and their leads' purchases.
-    pub async fn report_rows(&self, funnel: &FunnelId, until: DateTime<Utc>) -> Result<ReportRows> {
+    /// `sql` with `$1`, `$2`, … as the backend writes parameters (each used once, in order).
+    fn statement(&self, sql: &str, values: Vec<Value>) -> Statement {
+        let sql = match self.backend {
+            Backend::Postgres => sql.to_string(),
+            Backend::Sqlite => {
+                let mut out = String::with_capacity(sql.len());
+                let mut chars = sql.chars().peekable();
+                while let Some(c) = chars.next() {
+                    if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                        while chars.peek().is_some_and(char::is_ascii_digit) {
+                            chars.next();
+                        }
+                        out.push('?');
+                    } else {
+                        out.push(c);
+                    }
+                }
+                out
+            }
+        };
+        Statement::from_sql_and_values(self.db.get_database_backend(), sql, values)
+    }
+
+    async fn rows(&self, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>> {
+        Ok(self.db.query_all_raw(self.statement(sql, values)).await?)
+    }
+
+    /// The funnel's runs that entered before `until`, and the rows of `needs` about them.
+    pub async fn report_rows(
+        &self,
+        funnel: &FunnelId,
+        until: DateTime<Utc>,
+        needs: ReportNeeds,
+    ) -> Result<ReportRows> {
         let mut out = ReportRows::default();
-        let runs = enrollment::Entity::find()
-            .filter(enrollment::Column::FunnelId.eq(funnel.as_str()))
-            .filter(enrollment::Column::EnteredAt.lt(ms(until)))
-            .order_by_asc(enrollment::Column::Id)
-            .all(&self.db)
-            .await?;
-        for m in runs {
-            let status = match (m.status.as_str(), m.outcome.as_deref()) {
+        let f = || -> Vec<Value> { vec![funnel.as_str().into(), ms(until).into()] };
+        for r in self
+            .rows(
+                "SELECT id, lead_id, entered_at, status, outcome, exited_at FROM enrollments \
+                 WHERE funnel_id = $1 AND entered_at < $2 ORDER BY id",
+                f(),
+            )
+            .await?
+        {
+            let id: i64 = r.try_get_by_index(0)?;
+            let (status, outcome): (String, Option<String>) =
+                (r.try_get_by_index(3)?, r.try_get_by_index(4)?);
+            let status = match (status.as_str(), outcome.as_deref()) {
                 ("exited", Some(o)) => {
                     RunStatus::Exited(Outcome::from_name(o).ok_or_else(|| {
-                        StoreError::Corrupt(format!("enrollment {}: outcome \"{o}\"", m.id))
+                        StoreError::Corrupt(format!("enrollment {id}: outcome \"{o}\""))
                     })?)
                 }
                 ("unconfirmed", _) => RunStatus::Unconfirmed,
                 _ => RunStatus::Active,
             };
             out.runs.push(RunRow {
-                enrollment: EnrollmentId(m.id),
-                lead: LeadId(m.lead_id),
-                entered_at: from_ms(m.entered_at),
+                enrollment: EnrollmentId(id),
+                lead: LeadId(r.try_get_by_index(1)?),
+                entered_at: from_ms(r.try_get_by_index(2)?),
                 status,
-                exited_at: m.exited_at.map(from_ms),
+                exited_at: r.try_get_by_index::<Option<i64>>(5)?.map(from_ms),
             });
         }
-        for h in stage_history::Entity::find()
-            .filter(stage_history::Column::FunnelId.eq(funnel.as_str()))
-            .filter(stage_history::Column::EnteredAt.lt(ms(until)))
-            .order_by_asc(stage_history::Column::Id)
-            .all(&self.db)
-            .await?
-        {
-            let Ok(stage) = StageId::parse(&h.stage_id) else {
-                continue;
-            };
-            out.visits.push(VisitRow {
-                enrollment: EnrollmentId(h.enrollment_id),
-                stage,
-                entered_at: from_ms(h.entered_at),
-                exited_at: h.exited_at.map(from_ms),
-                reason: h.exit_reason,
-                next: h.next_stage_id.and_then(|s| StageId::parse(&s).ok()),
-            });
-        }
-        for m in message::Entity::find()
-            .filter(message::Column::FunnelId.eq(funnel.as_str()))
-            .filter(message::Column::Kind.eq("email"))
-            .filter(message::Column::CreatedAt.lt(ms(until)))
-            .order_by_asc(message::Column::Id)
-            .all(&self.db)
-            .await?
-        {
-            out.emails.push(EmailRow {
-                lead: LeadId(m.lead_id),
-                enrollment: m.enrollment_id.map(EnrollmentId),
-                stage: m.stage_id,
-                template: m.template.unwrap_or_default(),
-                status: m.status,
-                created_at: from_ms(m.created_at),
-            });
-        }
-        let sql = match self.backend {
-            super::Backend::Sqlite => {
-                "SELECT enrollment_id, kind, occurred_at FROM milestones \
-                 WHERE funnel_id = ? AND occurred_at < ? ORDER BY occurred_at, id"
-            }
-            super::Backend::Postgres => {
-                "SELECT enrollment_id, kind, occurred_at FROM milestones \
-                 WHERE funnel_id = $1 AND occurred_at < $2 ORDER BY occurred_at, id"
-            }
-        };
-        for r in self
-            .db
-            .query_all_raw(sea_orm::Statement::from_sql_and_values(
-                self.db.get_database_backend(),
-                sql,
-                [funnel.as_str().into(), ms(until).into()],
-            ))
-            .await?
-        {
-            let (id, kind, at): (i64, String, i64) = (
-                r.try_get_by_index(0)?,
-                r.try_get_by_index(1)?,
-                r.try_get_by_index(2)?,
-            );
-            if let Ok(kind) = EventKind::parse(&kind) {
-                out.milestones.push(MilestoneRow {
-                    enrollment: EnrollmentId(id),
-                    kind,
-                    at: from_ms(at),
+        if needs.visits {
+            for r in self
+                .rows(
+                    "SELECT enrollment_id, stage_id, entered_at, exited_at, exit_reason, \
+                     next_stage_id FROM stage_history WHERE funnel_id = $1 AND entered_at < $2 \
+                     ORDER BY id",
+                    f(),
+                )
+                .await?
+            {
+                let Ok(stage) = StageId::parse(&r.try_get_by_index::<String>(1)?) else {
+                    continue;
+                };
+                out.visits.push(VisitRow {
+                    enrollment: EnrollmentId(r.try_get_by_index(0)?),
+                    stage,
+                    entered_at: from_ms(r.try_get_by_index(2)?),
+                    exited_at: r.try_get_by_index::<Option<i64>>(3)?.map(from_ms),
+                    reason: r.try_get_by_index(4)?,
+                    next: r
+                        .try_get_by_index::<Option<String>>(5)?
+                        .and_then(|s| StageId::parse(&s).ok()),
                 });
             }
         }
-        let mut leads: Vec<i64> = out.runs.iter().map(|r| r.lead.0).collect();
-        leads.sort_unstable();
-        leads.dedup();
-        for chunk in leads.chunks(batch::ROWS) {
-            for e in event::Entity::find()
-                .filter(event::Column::LeadId.is_in(batch::padded(chunk.iter().copied())))
-                .filter(event::Column::Kind.eq(EventKind::Purchase.as_str()))
-                .all(&self.db)
+        if needs.emails {
+            for r in self
+                .rows(
+                    "SELECT lead_id, enrollment_id, stage_id, template, status, created_at \
+                     FROM messages WHERE funnel_id = $1 AND kind = 'email' AND created_at < $2 \
+                     ORDER BY id",
+                    f(),
+                )
                 .await?
             {
-                let Ok(ev) = event_of(e.id, &e.kind, &e.payload) else {
+                out.emails.push(EmailRow {
+                    lead: LeadId(r.try_get_by_index(0)?),
+                    enrollment: r.try_get_by_index::<Option<i64>>(1)?.map(EnrollmentId),
+                    stage: r.try_get_by_index(2)?,
+                    template: r.try_get_by_index::<Option<String>>(3)?.unwrap_or_default(),
+                    status: r.try_get_by_index(4)?,
+                    created_at: from_ms(r.try_get_by_index(5)?),
+                });
+            }
+        }
+        if needs.milestones {
+            for r in self
+                .rows(
+                    "SELECT enrollment_id, kind, occurred_at FROM milestones \
+                     WHERE funnel_id = $1 AND occurred_at < $2 ORDER BY occurred_at, id",
+                    f(),
+                )
+                .await?
+            {
+                if let Ok(kind) = EventKind::parse(&r.try_get_by_index::<String>(1)?) {
+                    out.milestones.push(MilestoneRow {
+                        enrollment: EnrollmentId(r.try_get_by_index(0)?),
+                        kind,
+                        at: from_ms(r.try_get_by_index(2)?),
+                    });
+                }
+            }
+        }
+        if needs.purchases {
+            let sql = format!(
+                "SELECT id, lead_id, kind, payload, occurred_at FROM events \
+                 WHERE kind = 'purchase' AND lead_id IN ({LEADS}) ORDER BY occurred_at, id"
+            );
+            for r in self.rows(&sql, f()).await? {
+                let id: i64 = r.try_get_by_index(0)?;
+                let (kind, payload): (String, String) =
+                    (r.try_get_by_index(2)?, r.try_get_by_index(3)?);
+                let Ok(ev) = event_of(id, &kind, &payload) else {
                     continue;
                 };
                 out.purchases.push(PurchaseRow {
-                    lead: LeadId(e.lead_id.unwrap_or_default()),
+                    lead: LeadId(r.try_get_by_index(1)?),
                     product: ev.product,
                     amount: ev.amount,
                     currency: ev.currency,
-                    at: from_ms(e.occurred_at),
+                    at: from_ms(r.try_get_by_index(4)?),
                 });
             }
-            for t in touch::Entity::find()
-                .filter(touch::Column::LeadId.is_in(batch::padded(chunk.iter().copied())))
-                .order_by_asc(touch::Column::OccurredAt)
-                .order_by_asc(touch::Column::Id)
-                .all(&self.db)
-                .await?
-            {
-                out.touches.push(TouchRow {
-                    lead: LeadId(t.lead_id),
-                    at: from_ms(t.occurred_at),
-                    channel: t.channel,
-                    source: t.source,
-                    medium: t.medium,
-                    campaign: t.campaign,
-                    form: t.form_id,
-                });
-            }
-            for e in event::Entity::find()
-                .filter(event::Column::LeadId.is_in(batch::padded(chunk.iter().copied())))
-                .filter(
-                    event::Column::Kind.is_in(
-                        [
-                            EventKind::Click,
-                            EventKind::Open,
-                            EventKind::Unsubscribed,
-                            EventKind::Bounced,
-                            EventKind::Complained,
-                        ]
-                        .map(|k| k.as_str().to_string()),
-                    ),
-                )
-                .order_by_asc(event::Column::OccurredAt)
-                .all(&self.db)
-                .await?
-            {
-                let Ok(ev) = event_of(e.id, &e.kind, &e.payload) else {
+        }
+        if needs.tracking {
+            let sql = format!(
+                "SELECT id, lead_id, kind, payload, occurred_at FROM events \
+                 WHERE kind IN ('click', 'open', 'unsubscribed', 'bounced', 'complained') \
+                 AND lead_id IN ({LEADS}) ORDER BY occurred_at, id"
+            );
+            for r in self.rows(&sql, f()).await? {
+                let id: i64 = r.try_get_by_index(0)?;
+                let (kind, payload): (String, String) =
+                    (r.try_get_by_index(2)?, r.try_get_by_index(3)?);
+                let Ok(ev) = event_of(id, &kind, &payload) else {
                     continue;
                 };
                 out.tracking.push(TrackRow {
-                    lead: LeadId(e.lead_id.unwrap_or_default()),
+                    lead: LeadId(r.try_get_by_index(1)?),
                     kind: ev.kind,
                     template: ev.template,
                     link: ev.link,
-                    at: from_ms(e.occurred_at),
+                    at: from_ms(r.try_get_by_index(4)?),
                 });
             }
-            for l in lead::Entity::find()
-                .filter(lead::Column::Id.is_in(batch::padded(chunk.iter().copied())))
-                .all(&self.db)
-                .await?
-            {
-                let mut fields = parse_fields(&l.fields).unwrap_or_default();
-                if let Some(n) = l.first_name {
+        }
+        if needs.touches {
+            let sql = format!(
+                "SELECT lead_id, occurred_at, channel, source, medium, campaign, form_id \
+                 FROM touches WHERE lead_id IN ({LEADS}) ORDER BY occurred_at, id"
+            );
+            for r in self.rows(&sql, f()).await? {
+                out.touches.push(TouchRow {
+                    lead: LeadId(r.try_get_by_index(0)?),
+                    at: from_ms(r.try_get_by_index(1)?),
+                    channel: r.try_get_by_index(2)?,
+                    source: r.try_get_by_index(3)?,
+                    medium: r.try_get_by_index(4)?,
+                    campaign: r.try_get_by_index(5)?,
+                    form: r.try_get_by_index(6)?,
+                });
+            }
+        }
+        if needs.fields {
+            let sql = format!(
+                "SELECT id, fields, first_name, timezone FROM leads WHERE id IN ({LEADS}) \
+                 ORDER BY id"
+            );
+            for r in self.rows(&sql, f()).await? {
+                let mut fields =
+                    parse_fields(&r.try_get_by_index::<String>(1)?).unwrap_or_default();
+                if let Some(n) = r.try_get_by_index::<Option<String>>(2)? {
                     fields.insert("first_name".into(), n.into());
                 }
-                if let Some(z) = l.timezone {
+                if let Some(z) = r.try_get_by_index::<Option<String>>(3)? {
                     fields.insert("timezone".into(), z.into());
                 }
-                out.fields.push((LeadId(l.id), fields));
+                out.fields.push((LeadId(r.try_get_by_index(0)?), fields));
             }
         }
         Ok(out)

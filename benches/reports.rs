@@ -1,0 +1,528 @@
+//! Reports benchmark: a course funnel (opt-in → tripwire → main course → upsell) with N leads
+//! (default 1,000,000), ten events each, their stage history, emails, touches and score
+//! milestones, written by bulk inserts; then each report is timed as `autofunnel report` makes
+//! it (the store's reads and the pure computation), next to `SELECT count(*)` over the same
+//! tables as the floor.
+//!
+//! `cargo bench --bench reports -- [LEADS] [postgres://…] [--keep DIR]` (SQLite in a temporary
+//! folder by default; `--keep DIR` writes the database into DIR and reuses it when it is there).
+
+#[path = "common.rs"]
+mod common;
+use common::peak_rss_mb;
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use autofunnel::domain::FunnelId;
+use autofunnel::funnel::{self, Sink};
+use autofunnel::report::request::{Answer, Params, Request, What, answer};
+use autofunnel::store::Store;
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use sea_orm::{ConnectionTrait, Database};
+
+const FUNNEL: &str = r#"name: Course
+from: "School <school@example.com>"
+entry: { form: course }
+products:
+  guide: { price: 0, currency: EUR }
+  mini: { price: 9, currency: EUR }
+  course: { price: 290, currency: EUR }
+  coaching: { price: 990, currency: EUR }
+scoring:
+  rules:
+    - { event: click, points: 10 }
+    - { event: open, points: 2 }
+  mql: 20
+  sql: 50
+stages:
+  - id: optin
+    kind: lead_magnet
+    offer: guide
+    on: [{ event: purchase, product: mini, goto: tripwire }]
+    steps:
+      - send: welcome
+      - wait: 7d
+      - exit: not_converted
+  - id: tripwire
+    kind: tripwire
+    offer: mini
+    on: [{ event: purchase, product: course, goto: main }]
+    steps:
+      - send: tripwire
+      - wait: 7d
+      - exit: not_converted
+  - id: main
+    kind: main_product
+    offer: course
+    on: [{ event: purchase, product: coaching, goto: upsell }]
+    steps:
+      - send: course
+      - wait: 7d
+      - exit: not_converted
+  - id: upsell
+    kind: upsell
+    offer: coaching
+    steps:
+      - send: coaching
+      - wait: 3d
+      - exit: converted
+"#;
+
+const SOURCES: [&str; 8] = [
+    "google",
+    "facebook",
+    "youtube",
+    "telegram",
+    "vk",
+    "newsletter",
+    "partner",
+    "direct",
+];
+const REGIONS: [&str; 5] = ["north", "south", "east", "west", "centre"];
+const STAGES: [(&str, &str, f64); 4] = [
+    ("optin", "mini", 9.0),
+    ("tripwire", "course", 290.0),
+    ("main", "coaching", 990.0),
+    ("upsell", "", 0.0),
+];
+/// The chance a lead moves on from each stage.
+const ON: [f64; 3] = [0.35, 0.3, 0.4];
+
+/// A small, fast, seeded generator (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn pick<'a>(&mut self, of: &[&'a str]) -> &'a str {
+        of[(self.next() % of.len() as u64) as usize]
+    }
+}
+
+/// Rows of one table, flushed as multi-row INSERTs of literal values.
+struct Table {
+    head: &'static str,
+    rows: Vec<String>,
+    written: u64,
+}
+
+impl Table {
+    fn new(head: &'static str) -> Table {
+        Table {
+            head,
+            rows: Vec::with_capacity(1000),
+            written: 0,
+        }
+    }
+
+    async fn push(&mut self, db: &impl ConnectionTrait, row: String) -> anyhow::Result<()> {
+        self.rows.push(row);
+        if self.rows.len() >= 500 {
+            self.flush(db).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, db: &impl ConnectionTrait) -> anyhow::Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let sql = format!("INSERT INTO {} VALUES {}", self.head, self.rows.join(","));
+        db.execute_unprepared(&sql).await?;
+        self.written += self.rows.len() as u64;
+        self.rows.clear();
+        Ok(())
+    }
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// Writes `n` leads and everything they did; returns the number of rows per table.
+async fn seed(url: &str, n: u64, t0: DateTime<Utc>, now: DateTime<Utc>) -> anyhow::Result<String> {
+    // One connection, so the transactions below hold; the tables are flushed in any order, so
+    // foreign keys are checked by nothing while seeding.
+    let mut opts = sea_orm::ConnectOptions::new(url.to_string());
+    opts.max_connections(1)
+        .min_connections(1)
+        .sqlx_logging(false);
+    let db = Database::connect(opts).await?;
+    if url.starts_with("sqlite") {
+        db.execute_unprepared("PRAGMA synchronous = OFF").await?;
+        db.execute_unprepared("PRAGMA foreign_keys = OFF").await?;
+    } else {
+        db.execute_unprepared("SET session_replication_role = replica")
+            .await?;
+    }
+    let mut leads = Table::new(
+        "leads (id, email, first_name, fields, timezone, consent, score, created_at, updated_at)",
+    );
+    let mut runs = Table::new(
+        "enrollments (id, lead_id, funnel_id, funnel_version, stage_id, step_index, status, \
+         stage_entered_at, entered_at, exited_at, outcome, updated_at)",
+    );
+    let mut visits = Table::new(
+        "stage_history (enrollment_id, lead_id, funnel_id, stage_id, entered_at, exited_at, \
+         exit_reason, next_stage_id)",
+    );
+    let mut events = Table::new(
+        "events (lead_id, kind, payload, idempotency_key, occurred_at, received_at, processed_at)",
+    );
+    let mut emails = Table::new(
+        "messages (kind, lead_id, enrollment_id, funnel_id, stage_id, step_id, template, \
+         send_key, recipient, payload, status, attempts, created_at, sent_at)",
+    );
+    let mut touches = Table::new(
+        "touches (lead_id, occurred_at, channel, source, medium, campaign, content, form_id)",
+    );
+    let mut milestones =
+        Table::new("milestones (enrollment_id, lead_id, funnel_id, kind, occurred_at)");
+    let started = Instant::now();
+    let day = Duration::days(1).num_milliseconds() as f64;
+    let mut txn_rows = 0u64;
+    db.execute_unprepared("BEGIN").await?;
+    for id in 1..=n {
+        let mut r = Rng(id.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let span = (now - t0).num_milliseconds() as f64;
+        let entered = ms(t0) + (r.unit() * span) as i64;
+        let source = r.pick(&SOURCES);
+        let region = r.pick(&REGIONS);
+        let email = format!("lead{id}@example.com");
+        // The path: how far the lead got, and when it entered each stage.
+        let mut at = vec![entered];
+        let mut t = entered;
+        for p in ON {
+            if r.unit() >= p {
+                break;
+            }
+            t += ((0.2 + r.unit() * 3.0) * day) as i64;
+            if t > ms(now) {
+                break;
+            }
+            at.push(t);
+        }
+        let last = at.len() - 1;
+        let end = at[last] + (if last == 3 { 3.0 } else { 7.0 } * day) as i64;
+        let (status, outcome, exited) = if end > ms(now) {
+            ("'active'", "NULL".to_string(), None)
+        } else if last == 3 {
+            ("'exited'", "'converted'".to_string(), Some(end))
+        } else {
+            ("'exited'", "'not_converted'".to_string(), Some(end))
+        };
+        let null = |v: Option<i64>| v.map_or("NULL".to_string(), |v| v.to_string());
+        let score = if r.unit() < 0.3 { 25 } else { 4 };
+        leads
+            .push(
+                &db,
+                format!(
+                    "({id}, '{email}', 'Lead', '{{\"region\":\"{region}\"}}', 'Europe/Berlin', \
+                     'confirmed', {score}, {entered}, {entered})"
+                ),
+            )
+            .await?;
+        runs.push(
+            &db,
+            format!(
+                "({id}, {id}, 'course', 1, '{}', 0, {status}, {}, {entered}, {}, {outcome}, {})",
+                STAGES[last].0,
+                at[last],
+                null(exited),
+                exited.unwrap_or(at[last])
+            ),
+        )
+        .await?;
+        let mut n_events = 0;
+        let mut ev = |kind: &str, payload: String, at: i64| {
+            n_events += 1;
+            format!("({id}, '{kind}', '{payload}', NULL, {at}, {at}, {at})")
+        };
+        let mut ev_rows = vec![ev("signup", "{\"form\":\"course\"}".into(), entered)];
+        for (i, s) in at.iter().enumerate() {
+            let (stage, product, price) = STAGES[i];
+            let (out, reason, next) = if i < last {
+                (
+                    Some(at[i + 1]),
+                    "'event: purchase'".to_string(),
+                    format!("'{}'", STAGES[i + 1].0),
+                )
+            } else {
+                match exited {
+                    Some(x) => (
+                        Some(x),
+                        format!("'exit: {}'", outcome.trim_matches('\'')),
+                        "NULL".into(),
+                    ),
+                    None => (None, "NULL".into(), "NULL".into()),
+                }
+            };
+            visits
+                .push(
+                    &db,
+                    format!(
+                        "({id}, {id}, 'course', '{stage}', {s}, {}, {reason}, {next})",
+                        null(out)
+                    ),
+                )
+                .await?;
+            if i < last {
+                ev_rows.push(ev(
+                    "purchase",
+                    format!(
+                        "{{\"product\":\"{product}\",\"amount\":{price},\"currency\":\"EUR\"}}"
+                    ),
+                    at[i + 1],
+                ));
+            }
+            // Two emails per stage: the offer and a reminder a day later.
+            for (k, template) in [(0, stage.to_string()), (1, format!("{stage}-reminder"))] {
+                let sent = s + k * day as i64;
+                if sent > ms(now) {
+                    continue;
+                }
+                emails
+                    .push(
+                        &db,
+                        format!(
+                            "('email', {id}, {id}, 'course', '{stage}', 's{k}', '{template}', \
+                             '{id}:v1:course:{stage}:1:s{k}', '{email}', '{{}}', 'sent', 1, \
+                             {sent}, {sent})"
+                        ),
+                    )
+                    .await?;
+                if r.unit() < 0.5 {
+                    ev_rows.push(ev(
+                        "open",
+                        format!("{{\"template\":\"{template}\"}}"),
+                        sent + 3_600_000,
+                    ));
+                    if r.unit() < 0.3 {
+                        let click = sent + 4_000_000;
+                        ev_rows.push(ev(
+                            "click",
+                            format!("{{\"template\":\"{template}\",\"link\":\"buy\"}}"),
+                            click,
+                        ));
+                        touches
+                            .push(
+                                &db,
+                                format!(
+                                    "({id}, {click}, 'email', NULL, 'email', 'course', '{template}', NULL)"
+                                ),
+                            )
+                            .await?;
+                    }
+                }
+            }
+        }
+        // Page views fill the lead's ten events.
+        while ev_rows.len() < 10 {
+            let t = entered + (r.unit() * 5.0 * day) as i64;
+            ev_rows.push(ev("page_view", "{}".into(), t));
+        }
+        for e in ev_rows {
+            events.push(&db, e).await?;
+        }
+        touches
+            .push(
+                &db,
+                format!("({id}, {entered}, 'form', '{source}', 'cpc', 'autumn', NULL, 'course')"),
+            )
+            .await?;
+        if score >= 20 {
+            milestones
+                .push(
+                    &db,
+                    format!("({id}, {id}, 'course', 'mql', {})", entered + 86_400_000),
+                )
+                .await?;
+        }
+        txn_rows += 1;
+        if txn_rows >= 20_000 {
+            for t in [
+                &mut leads,
+                &mut runs,
+                &mut visits,
+                &mut events,
+                &mut emails,
+                &mut touches,
+                &mut milestones,
+            ] {
+                t.flush(&db).await?;
+            }
+            db.execute_unprepared("COMMIT").await?;
+            db.execute_unprepared("BEGIN").await?;
+            txn_rows = 0;
+            if id % 100_000 == 0 {
+                eprintln!(
+                    "  {id} leads, {} events written ({:.0} s)",
+                    events.written,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    let mut summary = String::new();
+    for t in [
+        &mut leads,
+        &mut runs,
+        &mut visits,
+        &mut events,
+        &mut emails,
+        &mut touches,
+        &mut milestones,
+    ] {
+        t.flush(&db).await?;
+        let name = t.head.split_whitespace().next().unwrap_or_default();
+        let _ = write!(summary, "{name} {}, ", t.written);
+    }
+    db.execute_unprepared("COMMIT").await?;
+    if url.starts_with("postgres") {
+        db.execute_unprepared("ANALYZE").await?;
+        db.execute_unprepared(
+            "SELECT setval(pg_get_serial_sequence('leads', 'id'), (SELECT max(id) FROM leads))",
+        )
+        .await?;
+    } else {
+        db.execute_unprepared("ANALYZE").await?;
+    }
+    let _ = write!(summary, "in {:.0} s", started.elapsed().as_secs_f64());
+    db.close().await?;
+    Ok(summary)
+}
+
+/// The floor: `SELECT count(*)` over the tables the reports read.
+async fn floor(url: &str) -> anyhow::Result<(f64, String)> {
+    let db = Database::connect(url).await?;
+    let started = Instant::now();
+    let mut out = String::new();
+    for t in [
+        "enrollments",
+        "stage_history",
+        "events",
+        "messages",
+        "touches",
+    ] {
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT count(*) FROM {t}"),
+            ))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no count"))?;
+        let n: i64 = row.try_get_by_index(0)?;
+        let _ = write!(out, "{t} {n}, ");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    db.close().await?;
+    Ok((secs, out))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = common::args();
+    let n = common::count(&args).unwrap_or(1_000_000) as u64;
+    let pg = args.iter().find(|a| a.starts_with("postgres")).cloned();
+    let keep: Option<String> = common::flag(&args, "--keep");
+    let dir = tempfile::tempdir()?;
+    let folder = keep
+        .clone()
+        .unwrap_or_else(|| dir.path().display().to_string());
+    std::fs::create_dir_all(&folder)?;
+    let file = format!("{folder}/reports-{n}.db");
+    let reuse = pg.is_none() && Path::new(&file).exists();
+    let url = pg
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{file}?mode=rwc"));
+    let now = Utc.with_ymd_and_hms(2026, 11, 29, 0, 0, 0).unwrap();
+    let t0 = now - Duration::days(90);
+    let store = Store::connect(&url).await?;
+    store.migrate().await?;
+    if reuse {
+        eprintln!("reusing {file}");
+    } else {
+        eprintln!("seeding {n} leads into {}", pg.as_deref().unwrap_or(&file));
+        let summary = seed(&url, n, t0, now).await?;
+        eprintln!("seeded: {summary}");
+    }
+    let path = Path::new("funnels/course.yaml");
+    let mut sink = Sink::new(path);
+    let f = funnel::parse_text(path, FUNNEL, &mut sink).expect("the bench funnel parses");
+    let id = FunnelId::parse("course").expect("a funnel id");
+
+    let (floor_s, counts) = floor(&url).await?;
+    println!("rows: {counts}");
+    println!(
+        "floor: SELECT count(*) over those five tables: {:.3} s",
+        floor_s
+    );
+    let from = t0.format("%Y-%m-%d").to_string();
+    let to = now.format("%Y-%m-%d").to_string();
+    let period = |f: &dyn Fn(&mut Params)| {
+        let mut p = Params {
+            from: Some(from.clone()),
+            to: Some(to.clone()),
+            ..Params::default()
+        };
+        f(&mut p);
+        p
+    };
+    let cases: Vec<(&str, What, Params)> = vec![
+        (
+            "funnel report (90 days, entry cohorts)",
+            What::Funnel,
+            period(&|_| {}),
+        ),
+        (
+            "weekly cohorts (--by week)",
+            What::Funnel,
+            period(&|p| p.by = Some("week".into())),
+        ),
+        (
+            "slice by utm_source",
+            What::Funnel,
+            period(&|p| p.slice = vec!["utm_source".into()]),
+        ),
+        (
+            "attribution (linear, 30-day lookback)",
+            What::Attribution,
+            period(&|p| p.model = Some("linear".into())),
+        ),
+        ("per email", What::Emails, period(&|_| {})),
+    ];
+    for (name, what, params) in cases {
+        let req = Request::parse(what, &params, now).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let started = Instant::now();
+        let rows = store.report_rows(&id, req.until(now), req.needs()).await?;
+        let read = started.elapsed().as_secs_f64();
+        let a = answer(&f, &rows, &req, now)?;
+        let secs = started.elapsed().as_secs_f64();
+        drop(rows);
+        let check = match &a {
+            Answer::Funnel(r) => format!(
+                "entered {}, converted {}",
+                r.report.entered, r.report.converted.part
+            ),
+            Answer::Emails(r) => format!("{} emails", r.emails.len()),
+            Answer::Attribution(r) => format!("{} purchases", r.purchases),
+            _ => String::new(),
+        };
+        println!(
+            "{name}: {secs:.3} s (reading {read:.3} s); {check}; peak RSS so far {:.0} MB",
+            peak_rss_mb()
+        );
+    }
+    store.close().await?;
+    Ok(())
+}
