@@ -4,7 +4,7 @@
 //! forth). The figures are computed by `report`, not here.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, QueryResult, Statement, Value};
+use sea_orm::{QueryResult, Statement, StreamTrait, Value};
 
 use super::{Backend, Result, Store, StoreError, event_of, from_ms, ms, parse_fields};
 use crate::domain::{EnrollmentId, EventKind, FunnelId, LeadId, Outcome, RunStatus, StageId};
@@ -153,8 +153,19 @@ impl Store {
         Statement::from_sql_and_values(self.db.get_database_backend(), sql, values)
     }
 
-    async fn rows(&self, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>> {
-        Ok(self.db.query_all_raw(self.statement(sql, values)).await?)
+    /// Runs `sql` and hands each row to `f` as it comes (rows are not gathered first).
+    async fn each(
+        &self,
+        sql: &str,
+        values: Vec<Value>,
+        mut f: impl FnMut(QueryResult) -> Result<()>,
+    ) -> Result<()> {
+        use futures_util::TryStreamExt as _;
+        let mut rows = self.db.stream_raw(self.statement(sql, values)).await?;
+        while let Some(r) = rows.try_next().await? {
+            f(r)?;
+        }
+        Ok(())
     }
 
     /// The funnel's runs that entered before `until`, and the rows of `needs` about them.
@@ -166,108 +177,108 @@ impl Store {
     ) -> Result<ReportRows> {
         let mut out = ReportRows::default();
         let f = || -> Vec<Value> { vec![funnel.as_str().into(), ms(until).into()] };
-        for r in self
-            .rows(
-                "SELECT id, lead_id, entered_at, status, outcome, exited_at FROM enrollments \
+        self.each(
+            "SELECT id, lead_id, entered_at, status, outcome, exited_at FROM enrollments \
                  WHERE funnel_id = $1 AND entered_at < $2 ORDER BY id",
-                f(),
-            )
-            .await?
-        {
-            let id: i64 = r.try_get_by_index(0)?;
-            let (status, outcome): (String, Option<String>) =
-                (r.try_get_by_index(3)?, r.try_get_by_index(4)?);
-            let status = match (status.as_str(), outcome.as_deref()) {
-                ("exited", Some(o)) => {
-                    RunStatus::Exited(Outcome::from_name(o).ok_or_else(|| {
-                        StoreError::Corrupt(format!("enrollment {id}: outcome \"{o}\""))
-                    })?)
-                }
-                ("unconfirmed", _) => RunStatus::Unconfirmed,
-                _ => RunStatus::Active,
-            };
-            out.runs.push(RunRow {
-                enrollment: EnrollmentId(id),
-                lead: LeadId(r.try_get_by_index(1)?),
-                entered_at: from_ms(r.try_get_by_index(2)?),
-                status,
-                exited_at: r.try_get_by_index::<Option<i64>>(5)?.map(from_ms),
-            });
-        }
+            f(),
+            |r| {
+                let id: i64 = r.try_get_by_index(0)?;
+                let (status, outcome): (String, Option<String>) =
+                    (r.try_get_by_index(3)?, r.try_get_by_index(4)?);
+                let status = match (status.as_str(), outcome.as_deref()) {
+                    ("exited", Some(o)) => {
+                        RunStatus::Exited(Outcome::from_name(o).ok_or_else(|| {
+                            StoreError::Corrupt(format!("enrollment {id}: outcome \"{o}\""))
+                        })?)
+                    }
+                    ("unconfirmed", _) => RunStatus::Unconfirmed,
+                    _ => RunStatus::Active,
+                };
+                out.runs.push(RunRow {
+                    enrollment: EnrollmentId(id),
+                    lead: LeadId(r.try_get_by_index(1)?),
+                    entered_at: from_ms(r.try_get_by_index(2)?),
+                    status,
+                    exited_at: r.try_get_by_index::<Option<i64>>(5)?.map(from_ms),
+                });
+                Ok(())
+            },
+        )
+        .await?;
         if needs.visits {
-            for r in self
-                .rows(
-                    "SELECT enrollment_id, stage_id, entered_at, exited_at, exit_reason, \
+            self.each(
+                "SELECT enrollment_id, stage_id, entered_at, exited_at, exit_reason, \
                      next_stage_id FROM stage_history WHERE funnel_id = $1 AND entered_at < $2 \
                      ORDER BY id",
-                    f(),
-                )
-                .await?
-            {
-                let Ok(stage) = StageId::parse(&r.try_get_by_index::<String>(1)?) else {
-                    continue;
-                };
-                out.visits.push(VisitRow {
-                    enrollment: EnrollmentId(r.try_get_by_index(0)?),
-                    stage,
-                    entered_at: from_ms(r.try_get_by_index(2)?),
-                    exited_at: r.try_get_by_index::<Option<i64>>(3)?.map(from_ms),
-                    reason: r.try_get_by_index(4)?,
-                    next: r
-                        .try_get_by_index::<Option<String>>(5)?
-                        .and_then(|s| StageId::parse(&s).ok()),
-                });
-            }
+                f(),
+                |r| {
+                    let Ok(stage) = StageId::parse(&r.try_get_by_index::<String>(1)?) else {
+                        return Ok(());
+                    };
+                    out.visits.push(VisitRow {
+                        enrollment: EnrollmentId(r.try_get_by_index(0)?),
+                        stage,
+                        entered_at: from_ms(r.try_get_by_index(2)?),
+                        exited_at: r.try_get_by_index::<Option<i64>>(3)?.map(from_ms),
+                        reason: r.try_get_by_index(4)?,
+                        next: r
+                            .try_get_by_index::<Option<String>>(5)?
+                            .and_then(|s| StageId::parse(&s).ok()),
+                    });
+                    Ok(())
+                },
+            )
+            .await?;
         }
         if needs.emails {
-            for r in self
-                .rows(
-                    "SELECT lead_id, enrollment_id, stage_id, template, status, created_at \
+            self.each(
+                "SELECT lead_id, enrollment_id, stage_id, template, status, created_at \
                      FROM messages WHERE funnel_id = $1 AND kind = 'email' AND created_at < $2 \
                      ORDER BY id",
-                    f(),
-                )
-                .await?
-            {
-                out.emails.push(EmailRow {
-                    lead: LeadId(r.try_get_by_index(0)?),
-                    enrollment: r.try_get_by_index::<Option<i64>>(1)?.map(EnrollmentId),
-                    stage: r.try_get_by_index(2)?,
-                    template: r.try_get_by_index::<Option<String>>(3)?.unwrap_or_default(),
-                    status: r.try_get_by_index(4)?,
-                    created_at: from_ms(r.try_get_by_index(5)?),
-                });
-            }
+                f(),
+                |r| {
+                    out.emails.push(EmailRow {
+                        lead: LeadId(r.try_get_by_index(0)?),
+                        enrollment: r.try_get_by_index::<Option<i64>>(1)?.map(EnrollmentId),
+                        stage: r.try_get_by_index(2)?,
+                        template: r.try_get_by_index::<Option<String>>(3)?.unwrap_or_default(),
+                        status: r.try_get_by_index(4)?,
+                        created_at: from_ms(r.try_get_by_index(5)?),
+                    });
+                    Ok(())
+                },
+            )
+            .await?;
         }
         if needs.milestones {
-            for r in self
-                .rows(
-                    "SELECT enrollment_id, kind, occurred_at FROM milestones \
+            self.each(
+                "SELECT enrollment_id, kind, occurred_at FROM milestones \
                      WHERE funnel_id = $1 AND occurred_at < $2 ORDER BY occurred_at, id",
-                    f(),
-                )
-                .await?
-            {
-                if let Ok(kind) = EventKind::parse(&r.try_get_by_index::<String>(1)?) {
-                    out.milestones.push(MilestoneRow {
-                        enrollment: EnrollmentId(r.try_get_by_index(0)?),
-                        kind,
-                        at: from_ms(r.try_get_by_index(2)?),
-                    });
-                }
-            }
+                f(),
+                |r| {
+                    if let Ok(kind) = EventKind::parse(&r.try_get_by_index::<String>(1)?) {
+                        out.milestones.push(MilestoneRow {
+                            enrollment: EnrollmentId(r.try_get_by_index(0)?),
+                            kind,
+                            at: from_ms(r.try_get_by_index(2)?),
+                        });
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
         }
         if needs.purchases {
             let sql = format!(
                 "SELECT id, lead_id, kind, payload, occurred_at FROM events \
                  WHERE kind = 'purchase' AND lead_id IN ({LEADS}) ORDER BY occurred_at, id"
             );
-            for r in self.rows(&sql, f()).await? {
+            self.each(&sql, f(), |r| {
                 let id: i64 = r.try_get_by_index(0)?;
                 let (kind, payload): (String, String) =
                     (r.try_get_by_index(2)?, r.try_get_by_index(3)?);
                 let Ok(ev) = event_of(id, &kind, &payload) else {
-                    continue;
+                    return Ok(());
                 };
                 out.purchases.push(PurchaseRow {
                     lead: LeadId(r.try_get_by_index(1)?),
@@ -276,7 +287,9 @@ impl Store {
                     currency: ev.currency,
                     at: from_ms(r.try_get_by_index(4)?),
                 });
-            }
+                Ok(())
+            })
+            .await?;
         }
         if needs.tracking {
             let sql = format!(
@@ -284,12 +297,12 @@ impl Store {
                  WHERE kind IN ('click', 'open', 'unsubscribed', 'bounced', 'complained') \
                  AND lead_id IN ({LEADS}) ORDER BY occurred_at, id"
             );
-            for r in self.rows(&sql, f()).await? {
+            self.each(&sql, f(), |r| {
                 let id: i64 = r.try_get_by_index(0)?;
                 let (kind, payload): (String, String) =
                     (r.try_get_by_index(2)?, r.try_get_by_index(3)?);
                 let Ok(ev) = event_of(id, &kind, &payload) else {
-                    continue;
+                    return Ok(());
                 };
                 out.tracking.push(TrackRow {
                     lead: LeadId(r.try_get_by_index(1)?),
@@ -298,14 +311,16 @@ impl Store {
                     link: ev.link,
                     at: from_ms(r.try_get_by_index(4)?),
                 });
-            }
+                Ok(())
+            })
+            .await?;
         }
         if needs.touches {
             let sql = format!(
                 "SELECT lead_id, occurred_at, channel, source, medium, campaign, form_id \
                  FROM touches WHERE lead_id IN ({LEADS}) ORDER BY occurred_at, id"
             );
-            for r in self.rows(&sql, f()).await? {
+            self.each(&sql, f(), |r| {
                 out.touches.push(TouchRow {
                     lead: LeadId(r.try_get_by_index(0)?),
                     at: from_ms(r.try_get_by_index(1)?),
@@ -315,14 +330,16 @@ impl Store {
                     campaign: r.try_get_by_index(5)?,
                     form: r.try_get_by_index(6)?,
                 });
-            }
+                Ok(())
+            })
+            .await?;
         }
         if needs.fields {
             let sql = format!(
                 "SELECT id, fields, first_name, timezone FROM leads WHERE id IN ({LEADS}) \
                  ORDER BY id"
             );
-            for r in self.rows(&sql, f()).await? {
+            self.each(&sql, f(), |r| {
                 let mut fields =
                     parse_fields(&r.try_get_by_index::<String>(1)?).unwrap_or_default();
                 if let Some(n) = r.try_get_by_index::<Option<String>>(2)? {
@@ -332,7 +349,9 @@ impl Store {
                     fields.insert("timezone".into(), z.into());
                 }
                 out.fields.push((LeadId(r.try_get_by_index(0)?), fields));
-            }
+                Ok(())
+            })
+            .await?;
         }
         Ok(out)
     }
