@@ -373,7 +373,7 @@ async fn openapi(store: Store) {
     for (suffix, good, wrong) in [
         (
             "",
-            format!("{period}&by=day&window=7d&slice=utm_source,field:city"),
+            format!("{period}&by=day&window=7d&slice=utm_source,field:first_name"),
             "by=year",
         ),
         ("/emails", format!("{period}&cohort=calendar"), "window=0d"),

@@ -299,6 +299,16 @@ async fn the_textbook_funnel(store: Store) {
         "{paid:?} vs ±{half}"
     );
 
+    // A field no lead has is refused, with the fields there are.
+    let typo = SliceKey::parse("field:regon").unwrap();
+    let err = sliced_reports(f, &rows, &typo, Cohort::Entry, from, to, now).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no lead of this funnel has the field \"regon\" (did you mean \"region\"?) \
+         (their fields are: region)"
+    );
+    assert_eq!(err.param(), "slice");
+
     // Nobody came through a form here: one group without a source.
     let source = SliceKey::parse("utm_source").unwrap();
     let slices = sliced_reports(f, &rows, &source, Cohort::Entry, from, to, now).unwrap();

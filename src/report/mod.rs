@@ -145,8 +145,13 @@ pub struct Qualified {
 pub enum ReportError {
     #[error("the period is empty: `from` ({from}) is not before `to` ({to})")]
     EmptyPeriod { from: String, to: String },
-    #[error("no stage \"{stage}\" in this funnel (its stages are: {})", known.join(", "))]
+    #[error("no stage \"{stage}\" in this funnel{} (its stages are: {})",
+        crate::funnel::diag::did_you_mean(stage, known.iter().map(String::as_str)), known.join(", "))]
     UnknownStage { stage: String, known: Vec<String> },
+    #[error("no lead of this funnel has the field \"{field}\"{}{}",
+        crate::funnel::diag::did_you_mean(field, known.iter().map(String::as_str)),
+        if known.is_empty() { String::new() } else { format!(" (their fields are: {})", known.join(", ")) })]
+    UnknownField { field: String, known: Vec<String> },
 }
 
 impl ReportError {
@@ -155,6 +160,7 @@ impl ReportError {
         match self {
             ReportError::EmptyPeriod { .. } => "from",
             ReportError::UnknownStage { .. } => "set",
+            ReportError::UnknownField { .. } => "slice",
         }
     }
 }
@@ -583,6 +589,16 @@ pub fn sliced_reports(
     now: DateTime<Utc>,
 ) -> Result<Vec<Slice>, ReportError> {
     const NONE: &str = "(none)";
+    if let SliceKey::Field(name) = key
+        && !rows.runs.is_empty()
+        && !rows.fields.iter().any(|(_, f)| f.contains_key(name))
+    {
+        let known: BTreeSet<&String> = rows.fields.iter().flat_map(|(_, f)| f.keys()).collect();
+        return Err(ReportError::UnknownField {
+            field: name.clone(),
+            known: known.into_iter().cloned().collect(),
+        });
+    }
     let values = slice_value(rows, key);
     let value_of = |lead: &LeadId| values.get(lead).map_or(NONE, String::as_str);
     let run_lead: HashMap<EnrollmentId, LeadId> =
