@@ -15,7 +15,7 @@ pub mod forecast;
 pub mod render;
 pub mod request;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -201,7 +201,7 @@ impl Window {
     }
 
     /// The runs that entered the funnel in the period.
-    pub fn cohort_runs(&self, rows: &ReportRows) -> BTreeSet<EnrollmentId> {
+    pub fn cohort_runs(&self, rows: &ReportRows) -> HashSet<EnrollmentId> {
         rows.runs
             .iter()
             .filter(|r| self.within(r.entered_at))
@@ -214,7 +214,7 @@ impl Window {
     pub fn counts_email(
         &self,
         e: &crate::store::EmailRow,
-        cohort_runs: &BTreeSet<EnrollmentId>,
+        cohort_runs: &HashSet<EnrollmentId>,
     ) -> bool {
         e.created_at <= self.now
             && match self.cohort {
@@ -258,11 +258,13 @@ pub fn funnel_report(
     let w = Window::new(cohort, from, to, now)?;
     let within = |t: DateTime<Utc>| w.within(t);
     let entered_runs: Vec<_> = rows.runs.iter().filter(|r| within(r.entered_at)).collect();
-    let cohort_runs: BTreeSet<EnrollmentId> = entered_runs.iter().map(|r| r.enrollment).collect();
+    let cohort_runs: HashSet<EnrollmentId> = entered_runs.iter().map(|r| r.enrollment).collect();
     let lead_of: HashMap<EnrollmentId, LeadId> =
         rows.runs.iter().map(|r| (r.enrollment, r.lead)).collect();
-    // The visits that count: the cohort's (entry) or those that began in the period (calendar).
-    let counted: Vec<&VisitRow> = rows
+    // The visits that count — the cohort's (entry) or those that began in the period
+    // (calendar) — by stage, in one pass.
+    let mut by_stage: HashMap<&str, Vec<&VisitRow>> = HashMap::new();
+    for v in rows
         .visits
         .iter()
         .filter(|v| v.entered_at <= now)
@@ -270,25 +272,26 @@ pub fn funnel_report(
             Cohort::Entry => cohort_runs.contains(&v.enrollment),
             Cohort::Calendar => within(v.entered_at),
         })
+    {
+        by_stage.entry(v.stage.as_str()).or_default().push(v);
+    }
+    let runs_of: HashMap<&str, HashSet<EnrollmentId>> = by_stage
+        .iter()
+        .map(|(s, vs)| (*s, vs.iter().map(|v| v.enrollment).collect()))
         .collect();
-    let runs_in = |stage: &str| -> BTreeSet<EnrollmentId> {
-        counted
-            .iter()
-            .filter(|v| v.stage.as_str() == stage)
-            .map(|v| v.enrollment)
-            .collect()
-    };
+    let none = HashSet::new();
+    let runs_in = |stage: &str| runs_of.get(stage).unwrap_or(&none);
     let entered = entered_runs.len() as u64;
     let mut stages = Vec::with_capacity(f.stages.len());
     for (i, s) in f.stages.iter().enumerate() {
         let id = s.id.value.as_str();
-        let visits: Vec<&&VisitRow> = counted.iter().filter(|v| v.stage.as_str() == id).collect();
+        let visits: &[&VisitRow] = by_stage.get(id).map_or(&[], Vec::as_slice);
         let here = runs_in(id);
         let mut moved_on: BTreeMap<String, u64> = BTreeMap::new();
         let mut exited: BTreeMap<String, u64> = BTreeMap::new();
         let mut still_there = 0;
         let mut durations = Vec::new();
-        for v in &visits {
+        for v in visits {
             match (&v.exited_at, &v.next, v.reason.as_deref()) {
                 (None, _, _) => still_there += 1,
                 (Some(_), Some(next), _) => *moved_on.entry(next.to_string()).or_default() += 1,
@@ -306,7 +309,7 @@ pub fn funnel_report(
             let there = runs_in(next.id.value.as_str());
             match cohort {
                 Cohort::Entry => {
-                    Rate::of(here.intersection(&there).count() as u64, here.len() as u64)
+                    Rate::of(here.intersection(there).count() as u64, here.len() as u64)
                 }
                 Cohort::Calendar => Rate::of(there.len() as u64, here.len() as u64),
             }
@@ -317,7 +320,7 @@ pub fn funnel_report(
             .map(|offer| {
                 revenue_of(
                     rows,
-                    &visits,
+                    visits,
                     &lead_of,
                     offer.value.as_str(),
                     cohort,
@@ -346,7 +349,7 @@ pub fn funnel_report(
         .collect();
     let qualified = f.scoring.as_ref().and_then(|s| {
         let count = |kind: crate::domain::EventKind| {
-            let runs: BTreeSet<EnrollmentId> = rows
+            let runs: HashSet<EnrollmentId> = rows
                 .milestones
                 .iter()
                 .filter(|m| m.kind == kind && m.at <= now)
@@ -375,6 +378,88 @@ pub fn funnel_report(
         length_to_converted: Spread::of(converted),
         qualified,
     })
+}
+
+/// The rows each of `periods` (ascending, adjacent) reads for its own report, split in one
+/// pass: the runs that entered in the period, and for entry cohorts their visits, milestones
+/// and their leads' purchases; in the calendar view the visits, milestones and purchases of
+/// the period, with the runs those visits belong to. Each part gives the same report as the
+/// whole rows would for that period.
+pub fn split_by_period(
+    rows: &ReportRows,
+    cohort: Cohort,
+    periods: &[(DateTime<Utc>, DateTime<Utc>)],
+) -> Vec<ReportRows> {
+    let mut out: Vec<ReportRows> = periods.iter().map(|_| ReportRows::default()).collect();
+    let index = |t: DateTime<Utc>| -> Option<usize> {
+        let i = periods.partition_point(|(a, _)| *a <= t).checked_sub(1)?;
+        (t < periods[i].1).then_some(i)
+    };
+    match cohort {
+        Cohort::Entry => {
+            let mut run_period: HashMap<EnrollmentId, usize> = HashMap::new();
+            let mut lead_periods: HashMap<LeadId, Vec<usize>> = HashMap::new();
+            for r in &rows.runs {
+                if let Some(i) = index(r.entered_at) {
+                    run_period.insert(r.enrollment, i);
+                    let ps = lead_periods.entry(r.lead).or_default();
+                    if !ps.contains(&i) {
+                        ps.push(i);
+                    }
+                    out[i].runs.push(r.clone());
+                }
+            }
+            for v in &rows.visits {
+                if let Some(i) = run_period.get(&v.enrollment) {
+                    out[*i].visits.push(v.clone());
+                }
+            }
+            for m in &rows.milestones {
+                if let Some(i) = run_period.get(&m.enrollment) {
+                    out[*i].milestones.push(m.clone());
+                }
+            }
+            for p in &rows.purchases {
+                for i in lead_periods.get(&p.lead).into_iter().flatten() {
+                    out[*i].purchases.push(p.clone());
+                }
+            }
+        }
+        Cohort::Calendar => {
+            let run_of: HashMap<EnrollmentId, &crate::store::RunRow> =
+                rows.runs.iter().map(|r| (r.enrollment, r)).collect();
+            let mut runs: Vec<HashSet<EnrollmentId>> =
+                periods.iter().map(|_| HashSet::new()).collect();
+            for r in &rows.runs {
+                if let Some(i) = index(r.entered_at) {
+                    runs[i].insert(r.enrollment);
+                }
+            }
+            for v in &rows.visits {
+                if let Some(i) = index(v.entered_at) {
+                    runs[i].insert(v.enrollment);
+                    out[i].visits.push(v.clone());
+                }
+            }
+            for (i, ids) in runs.into_iter().enumerate() {
+                out[i].runs = ids
+                    .iter()
+                    .filter_map(|id| run_of.get(id).map(|r| (*r).clone()))
+                    .collect();
+            }
+            for m in &rows.milestones {
+                if let Some(i) = index(m.at) {
+                    out[i].milestones.push(m.clone());
+                }
+            }
+            for p in &rows.purchases {
+                if let Some(i) = index(p.at) {
+                    out[i].purchases.push(p.clone());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The rows as they stood `window` after each run entered the funnel: later stage entries,
@@ -442,7 +527,7 @@ pub fn windowed(rows: &ReportRows, window: chrono::Duration) -> ReportRows {
 /// calendar view, within the period); each order once.
 fn revenue_of(
     rows: &ReportRows,
-    visits: &[&&VisitRow],
+    visits: &[&VisitRow],
     lead_of: &HashMap<EnrollmentId, LeadId>,
     offer: &str,
     cohort: Cohort,

@@ -384,8 +384,10 @@ pub fn answer(
             let report = funnel_report(f, rows, cohort, from, to, now)?;
             let mut periods = Vec::new();
             if let Some(b) = req.by {
-                for (a, z) in b.periods(from, to) {
-                    periods.push(funnel_report(f, rows, cohort, a, z, now)?);
+                let spans = b.periods(from, to);
+                let parts = super::split_by_period(rows, cohort, &spans);
+                for ((a, z), part) in spans.into_iter().zip(&parts) {
+                    periods.push(funnel_report(f, part, cohort, a, z, now)?);
                 }
             }
             let mut slices = Vec::new();
