@@ -384,10 +384,8 @@ pub fn answer(
             let report = funnel_report(f, rows, cohort, from, to, now)?;
             let mut periods = Vec::new();
             if let Some(b) = req.by {
-                let spans = b.periods(from, to);
-                let parts = super::split_by_period(rows, cohort, &spans);
-                for ((a, z), part) in spans.into_iter().zip(&parts) {
-                    periods.push(funnel_report(f, part, cohort, a, z, now)?);
+                for (a, z) in b.periods(from, to) {
+                    periods.push(funnel_report(f, rows, cohort, a, z, now)?);
                 }
             }
             let mut slices = Vec::new();
