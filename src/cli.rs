@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `simulate`, `plan`, `report`, `migrate`, `init`. Errors end here as messages (anyhow);
+//! The command line: `run`, `check`, `simulate`, `plan`, `report`, `forecast`, `migrate`, `init`. Errors end here as messages (anyhow);
 //! exit code 1 for problems found, 2 for bad usage.
 
 use std::path::{Path, PathBuf};
