@@ -472,6 +472,31 @@ async fn double_opt_in_asks_only_leads_not_yet_confirmed(store: Store) {
         templates(&store.outbox_of(new_id).await.unwrap()),
         ["confirm"]
     );
+    // The report: two entered, one of them still waiting for the click and in no stage.
+    let report = |now| {
+        let store = store.clone();
+        async move {
+            let rows = store
+                .report_rows(
+                    &crate::util::fid("relationships-course"),
+                    now,
+                    autofunnel::store::ReportNeeds::ALL,
+                )
+                .await
+                .unwrap();
+            let r = autofunnel::report::funnel_report(
+                &course(),
+                &rows,
+                autofunnel::report::Cohort::Entry,
+                t0() - Duration::days(1),
+                now,
+                now,
+            )
+            .unwrap();
+            (r.entered, r.awaiting_confirmation, r.stages[0].leads_in)
+        }
+    };
+    assert_eq!(report(t0() + Duration::minutes(1)).await, (2, 1, 1));
     rt.event(
         new_id,
         Event::of(EventKind::Confirmed),
@@ -480,6 +505,7 @@ async fn double_opt_in_asks_only_leads_not_yet_confirmed(store: Store) {
     )
     .await
     .unwrap();
+    assert_eq!(report(t0() + Duration::minutes(10)).await, (2, 0, 2));
     assert_eq!(
         templates(&store.outbox_of(new_id).await.unwrap()),
         ["confirm", "book-delivery"]

@@ -121,6 +121,8 @@ pub struct FunnelReport {
     pub to: DateTime<Utc>,
     /// Runs that entered the funnel in the period.
     pub entered: u64,
+    /// Of those, runs still waiting for the double opt-in click (in no stage yet).
+    pub awaiting_confirmation: u64,
     /// Of those, runs that exited `converted` (by the time of the report).
     pub converted: Rate,
     pub stages: Vec<StageReport>,
@@ -373,6 +375,10 @@ pub fn funnel_report(
         from,
         to,
         entered,
+        awaiting_confirmation: entered_runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Unconfirmed)
+            .count() as u64,
         converted: Rate::of(converted.len() as u64, entered),
         stages,
         length_to_converted: Spread::of(converted),

@@ -72,9 +72,13 @@ pub fn table(r: &FunnelReport) -> String {
         r.from.format("%Y-%m-%d %H:%M"),
         r.to.format("%Y-%m-%d %H:%M")
     );
+    let waiting = match r.awaiting_confirmation {
+        0 => String::new(),
+        n => format!(" ({n} awaiting the double opt-in)"),
+    };
     let _ = writeln!(
         out,
-        "entered {}, converted {}, entry → converted p50 / p90: {}",
+        "entered {}{waiting}, converted {}, entry → converted p50 / p90: {}",
         r.entered,
         rate(&r.converted),
         spread(&r.length_to_converted)
