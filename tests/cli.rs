@@ -332,11 +332,11 @@ fn report_reads_a_funnel_and_refuses_bad_arguments() {
     let dir = tempfile::tempdir().unwrap();
     let init = autofunnel().arg("init").arg(dir.path()).output().unwrap();
     assert!(init.status.success());
-    let report = |args: &[&str]| {
+    let run = |verb: &str, args: &[&str]| {
         autofunnel()
             .arg("-C")
             .arg(dir.path())
-            .arg("report")
+            .arg(verb)
             .args(args)
             .env(
                 "AUTOFUNNEL_DATABASE_URL",
@@ -345,6 +345,7 @@ fn report_reads_a_funnel_and_refuses_bad_arguments() {
             .output()
             .unwrap()
     };
+    let report = |args: &[&str]| run("report", args);
     let out = report(&["welcome", "--from", "2026-11-01", "--to", "2026-11-08"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -420,19 +421,7 @@ fn report_reads_a_funnel_and_refuses_bad_arguments() {
     assert_eq!(v["periods"].as_array().unwrap().len(), 2);
     assert_eq!(v["window_seconds"], 7 * 86_400);
     // The forecast: a table with its method, and its own refusals.
-    let forecast = |args: &[&str]| {
-        autofunnel()
-            .arg("-C")
-            .arg(dir.path())
-            .arg("forecast")
-            .args(args)
-            .env(
-                "AUTOFUNNEL_DATABASE_URL",
-                format!("sqlite://{}/r.db?mode=rwc", dir.path().display()),
-            )
-            .output()
-            .unwrap()
-    };
+    let forecast = |args: &[&str]| run("forecast", args);
     let out = forecast(&["welcome", "--inflow", "50/day", "--set", "welcome=+20%"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -443,46 +432,46 @@ fn report_reads_a_funnel_and_refuses_bad_arguments() {
     assert!(stdout.contains("inflow 50.0 leads/day (given)"), "{stdout}");
     assert!(stdout.contains("scenario: welcome +20%"), "{stdout}");
     assert!(stdout.contains("method: "), "{stdout}");
-    for (args, says) in [
+    for (verb, args, says) in [
         (
+            "forecast",
             vec!["welcome", "--set", "nosuch=+5%"],
             "--set: no stage \"nosuch\"",
         ),
         (
+            "forecast",
             vec!["welcome", "--days", "0"],
             "--days: a whole number of days",
         ),
         (
+            "forecast",
             vec!["welcome", "--inflow", "many"],
             "--inflow: leads per day",
         ),
         (
+            "forecast",
             vec!["welcome", "--format", "csv"],
             "answers as a table or JSON",
         ),
-    ] {
-        let out = forecast(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(says), "{args:?}: {stderr}");
-    }
-    for (args, says) in [
         (
+            "report",
             vec!["welcome", "--by", "year"],
             "--by: `day`, `week` or `month`",
         ),
         (
+            "report",
             vec!["welcome", "--window", "soon"],
             "--window: bad duration",
         ),
         (
+            "report",
             vec!["welcome", "--ab", "--format", "csv"],
             "`--ab` answers as a table or JSON",
         ),
     ] {
-        let out = report(&args);
+        let out = run(verb, &args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(2), "{verb} {args:?}: {stderr}");
+        assert!(stderr.contains(says), "{verb} {args:?}: {stderr}");
     }
 }

@@ -168,6 +168,34 @@ impl Store {
         Ok(())
     }
 
+    /// Each event of the funnel's leads whose kind is one of `kinds` (quoted SQL literals),
+    /// oldest first; one whose payload cannot be read is left out.
+    async fn each_event(
+        &self,
+        kinds: &str,
+        values: Vec<Value>,
+        mut f: impl FnMut(LeadId, crate::domain::Event, DateTime<Utc>),
+    ) -> Result<()> {
+        let sql = format!(
+            "SELECT id, lead_id, kind, payload, occurred_at FROM events \
+             WHERE kind IN ({kinds}) AND lead_id IN ({LEADS}) ORDER BY occurred_at, id"
+        );
+        self.each(&sql, values, |r| {
+            let id: i64 = r.try_get_by_index(0)?;
+            let (kind, payload): (String, String) =
+                (r.try_get_by_index(2)?, r.try_get_by_index(3)?);
+            if let Ok(ev) = event_of(id, &kind, &payload) {
+                f(
+                    LeadId(r.try_get_by_index(1)?),
+                    ev,
+                    from_ms(r.try_get_by_index(4)?),
+                );
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// The funnel's runs that entered before `until`, and the rows of `needs` about them.
     pub async fn report_rows(
         &self,
@@ -269,49 +297,27 @@ impl Store {
             .await?;
         }
         if needs.purchases {
-            let sql = format!(
-                "SELECT id, lead_id, kind, payload, occurred_at FROM events \
-                 WHERE kind = 'purchase' AND lead_id IN ({LEADS}) ORDER BY occurred_at, id"
-            );
-            self.each(&sql, f(), |r| {
-                let id: i64 = r.try_get_by_index(0)?;
-                let (kind, payload): (String, String) =
-                    (r.try_get_by_index(2)?, r.try_get_by_index(3)?);
-                let Ok(ev) = event_of(id, &kind, &payload) else {
-                    return Ok(());
-                };
+            self.each_event("'purchase'", f(), |lead, ev, at| {
                 out.purchases.push(PurchaseRow {
-                    lead: LeadId(r.try_get_by_index(1)?),
+                    lead,
                     product: ev.product,
                     amount: ev.amount,
                     currency: ev.currency,
-                    at: from_ms(r.try_get_by_index(4)?),
-                });
-                Ok(())
+                    at,
+                })
             })
             .await?;
         }
         if needs.tracking {
-            let sql = format!(
-                "SELECT id, lead_id, kind, payload, occurred_at FROM events \
-                 WHERE kind IN ('click', 'open', 'unsubscribed', 'bounced', 'complained') \
-                 AND lead_id IN ({LEADS}) ORDER BY occurred_at, id"
-            );
-            self.each(&sql, f(), |r| {
-                let id: i64 = r.try_get_by_index(0)?;
-                let (kind, payload): (String, String) =
-                    (r.try_get_by_index(2)?, r.try_get_by_index(3)?);
-                let Ok(ev) = event_of(id, &kind, &payload) else {
-                    return Ok(());
-                };
+            let kinds = "'click', 'open', 'unsubscribed', 'bounced', 'complained'";
+            self.each_event(kinds, f(), |lead, ev, at| {
                 out.tracking.push(TrackRow {
-                    lead: LeadId(r.try_get_by_index(1)?),
+                    lead,
                     kind: ev.kind,
                     template: ev.template,
                     link: ev.link,
-                    at: from_ms(r.try_get_by_index(4)?),
-                });
-                Ok(())
+                    at,
+                })
             })
             .await?;
         }
