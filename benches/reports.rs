@@ -504,11 +504,13 @@ async fn main() -> anyhow::Result<()> {
     for (name, what, params) in cases {
         let req = Request::parse(what, &params, now).map_err(|e| anyhow::anyhow!("{e}"))?;
         let started = Instant::now();
-        let rows = store.report_rows(&id, req.until(now), req.needs()).await?;
+        let data = store
+            .read_report(&id, &req.read(now), req.until(now))
+            .await?;
         let read = started.elapsed().as_secs_f64();
-        let a = answer(&f, &rows, &req, now)?;
+        let a = answer(&f, &data, &req, now)?;
         let secs = started.elapsed().as_secs_f64();
-        drop(rows);
+        drop(data);
         let check = match &a {
             Answer::Funnel(r) => format!(
                 "entered {}, converted {}",

@@ -394,7 +394,7 @@ async fn report(
     };
     let store = open_store(&settings).await?;
     let rows = store
-        .report_rows(&f.id.value, req.until(now), req.needs())
+        .read_report(&f.id.value, &req.read(now), req.until(now))
         .await?;
     let answer = match crate::report::request::answer(f, &rows, &req, now) {
         Ok(a) => a,

@@ -11,7 +11,8 @@
 //!   [`plan`] print what it would do).
 //! - [`runtime`]: durable enrollments between the engine and the store: lead facts from rows,
 //!   effects into rows, the scheduler loop, signups by group commit.
-//! - [`report`]: funnel analytics, pure functions of the store's rows and a period.
+//! - [`report`]: funnel analytics, pure functions of the store's rows and a period;
+//!   [`tally`], the report counters the store keeps with the facts they count.
 //! - [`store`]: the database, and the only code that touches it.
 //! - [`delivery`]: the sender that drains the outbox over SMTP or into `.eml` files;
 //!   [`tokens`], the signed tokens in the links of emails.
@@ -34,5 +35,6 @@ pub mod server;
 pub mod settings;
 pub mod simulate;
 pub mod store;
+pub mod tally;
 pub mod templates;
 pub mod tokens;

@@ -185,6 +185,7 @@ async fn a_crashed_worker_loses_its_lease_and_nothing_is_done_twice(store: Store
         events_seen: c.events_seen,
         state: effects::state_row(&f, &t.state),
         writes: effects::writes(c.lead, &c.funnel, 1, "lead0@example.com", &t.effects),
+        before: c.before(),
     };
     assert_eq!(
         store

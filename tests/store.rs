@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, Database};
 use crate::util::on_both_backends;
 use crate::util::postgres_url;
 
-const MIGRATIONS: [&str; 7] = [
+const MIGRATIONS: [&str; 8] = [
     "m20261123_000001_init",
     "m20261124_000002_stage_entry",
     "m20261124_000003_pending_events",
@@ -19,9 +19,10 @@ const MIGRATIONS: [&str; 7] = [
     "m20261124_000005_unstarted_signups",
     "m20261129_000006_milestones",
     "m20261129_000007_report_indexes",
+    "m20261129_000008_report_counts",
 ];
 
-const TABLES: [&str; 10] = [
+const TABLES: [&str; 11] = [
     "enrollments",
     "events",
     "funnel_versions",
@@ -29,6 +30,7 @@ const TABLES: [&str; 10] = [
     "leads",
     "messages",
     "milestones",
+    "report_counts",
     "stage_history",
     "suppressions",
     "touches",

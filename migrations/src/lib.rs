@@ -11,6 +11,7 @@ mod m20261124_000004_lead_lease;
 mod m20261124_000005_unstarted_signups;
 mod m20261129_000006_milestones;
 mod m20261129_000007_report_indexes;
+mod m20261129_000008_report_counts;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000005_unstarted_signups::Migration),
             Box::new(m20261129_000006_milestones::Migration),
             Box::new(m20261129_000007_report_indexes::Migration),
+            Box::new(m20261129_000008_report_counts::Migration),
         ]
     }
 }

@@ -20,9 +20,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::domain::{EnrollmentId, LeadId, Outcome, RunStatus};
+use crate::domain::{EnrollmentId, LeadId, RunStatus};
 use crate::funnel::Funnel;
 use crate::store::{ReportRows, VisitRow};
+use crate::tally::{ALL, Figures, Tally};
 
 /// How leads are assigned to the period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -64,6 +65,24 @@ pub struct Spread {
 }
 
 impl Spread {
+    /// From (value, how many) pairs in increasing order of value.
+    pub fn of_histogram(pairs: &[(i64, u64)]) -> Spread {
+        let n: u64 = pairs.iter().map(|(_, c)| c).sum();
+        let rank = |p: f64| -> Option<i64> {
+            let k = ((p * n as f64).ceil() as u64).clamp(1, n.max(1));
+            let mut seen = 0;
+            pairs.iter().find_map(|(v, c)| {
+                seen += c;
+                (seen >= k).then_some(*v)
+            })
+        };
+        Spread {
+            count: n,
+            p50_seconds: rank(0.5),
+            p90_seconds: rank(0.9),
+        }
+    }
+
     pub fn of(mut secs: Vec<i64>) -> Spread {
         secs.sort_unstable();
         let rank = |p: f64| -> Option<i64> {
@@ -248,7 +267,132 @@ pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
         .map(|d| d.and_utc())
 }
 
-/// The stage report of `f` over `[from, to)`, as the rows stand at `now`.
+/// The stage report of `f` from its counters summed over the period `[from, to)`.
+pub fn report_of(
+    f: &Funnel,
+    fig: &Figures,
+    cohort: Cohort,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> FunnelReport {
+    use crate::tally::{FUNNEL, View, metric};
+    let v = match cohort {
+        Cohort::Entry => View::Entry,
+        Cohort::Calendar => View::Calendar,
+    };
+    let count = |view, stage: &str, m: &str| u64::try_from(fig.n(view, stage, m)).unwrap_or(0);
+    let entered = count(View::Entry, FUNNEL, metric::ENTERED);
+    let map = |stage: &str, prefix: &str| -> BTreeMap<String, u64> {
+        fig.with_prefix(v, stage, prefix)
+            .filter_map(|(k, s)| Some((k.to_string(), u64::try_from(s.n).ok().filter(|n| *n > 0)?)))
+            .collect()
+    };
+    let mut stages = Vec::with_capacity(f.stages.len());
+    for (i, s) in f.stages.iter().enumerate() {
+        let id = s.id.value.as_str();
+        let leads_in = count(v, id, metric::IN);
+        let to_next = f.stages.get(i + 1).map(|next| {
+            let next = next.id.value.as_str();
+            match cohort {
+                // Runs that reached both, counted under whichever they reached second.
+                Cohort::Entry => Rate::of(
+                    count(v, next, &format!("{}{id}", metric::WITH))
+                        + count(v, id, &format!("{}{next}", metric::WITH)),
+                    leads_in,
+                ),
+                Cohort::Calendar => Rate::of(count(v, next, metric::IN), leads_in),
+            }
+        });
+        let mut by_currency: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+        if let Some(offer) = &s.offer {
+            for (k, sum) in fig.with_prefix(v, id, metric::BUY) {
+                if let Some((product, currency)) = k.split_once('\u{1f}')
+                    && product == offer.value.as_str()
+                    && sum.n > 0
+                {
+                    let e = by_currency.entry(currency.to_string()).or_default();
+                    e.0 += sum.n as u64;
+                    e.1 += sum.total;
+                }
+            }
+        }
+        stages.push(StageReport {
+            stage: id.to_string(),
+            kind: s.kind.map(|k| k.name()),
+            offer: s.offer.as_ref().map(|o| o.value.to_string()),
+            leads_in,
+            moved_on: map(id, metric::NEXT),
+            exited: map(id, metric::EXIT),
+            still_there: count(v, id, metric::OPEN),
+            to_next,
+            from_entry: Rate::of(leads_in, entered),
+            revenue: by_currency
+                .into_iter()
+                .map(|(currency, (orders, total))| Revenue {
+                    currency,
+                    orders,
+                    total,
+                    average: total / orders as f64,
+                })
+                .collect(),
+            time_in_stage: Spread::of_histogram(&fig.histogram(v, id, metric::TIME)),
+        });
+    }
+    let qualified = f.scoring.as_ref().and_then(|s| {
+        (s.mql.is_some() || s.sql.is_some()).then(|| Qualified {
+            mql: s.mql.map(|_| Rate::of(count(v, FUNNEL, "mql"), entered)),
+            sql: s.sql.map(|_| Rate::of(count(v, FUNNEL, "sql"), entered)),
+        })
+    });
+    FunnelReport {
+        funnel: f.id.value.to_string(),
+        name: f.name.clone(),
+        cohort,
+        from,
+        to,
+        entered,
+        awaiting_confirmation: count(View::Entry, FUNNEL, metric::UNCONFIRMED),
+        converted: Rate::of(count(View::Entry, FUNNEL, metric::CONVERTED), entered),
+        stages,
+        length_to_converted: Spread::of_histogram(&fig.histogram(
+            View::Entry,
+            FUNNEL,
+            metric::LENGTH,
+        )),
+        qualified,
+    }
+}
+
+/// The counters of the stored rows, as the store keeps them, summed into each of `periods`
+/// (cut at `now`: what has not happened yet is left out): per period, [`ALL`] and each
+/// origin `origin_of` gives a run (none when `None`).
+pub fn figures_of_rows(
+    rows: &ReportRows,
+    periods: &[(DateTime<Utc>, DateTime<Utc>)],
+    now: DateTime<Utc>,
+    origin_of: Option<&dyn Fn(&crate::store::RunRow) -> String>,
+) -> BTreeMap<(i64, String), Figures> {
+    let until = now + chrono::Duration::milliseconds(1);
+    let mut tally = Tally::in_periods(
+        periods.iter().map(|(a, b)| (*a, (*b).min(until))).collect(),
+        origin_of.is_some(),
+    );
+    let mut origins: HashMap<EnrollmentId, String> = HashMap::new();
+    if let Some(of) = origin_of {
+        for r in &rows.runs {
+            origins.insert(r.enrollment, of(r));
+        }
+    }
+    for mut r in rows.run_facts() {
+        if let Some(o) = origins.get(&r.enrollment) {
+            r.facts.run.origin = o;
+        }
+        tally.replay(&r.facts);
+    }
+    crate::tally::figures(&tally)
+}
+
+/// The stage report of `f` over `[from, to)`, from the stored rows as they stand at `now`.
 pub fn funnel_report(
     f: &Funnel,
     rows: &ReportRows,
@@ -257,133 +401,11 @@ pub fn funnel_report(
     to: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<FunnelReport, ReportError> {
-    let w = Window::new(cohort, from, to, now)?;
-    let within = |t: DateTime<Utc>| w.within(t);
-    let entered_runs: Vec<_> = rows.runs.iter().filter(|r| within(r.entered_at)).collect();
-    let cohort_runs: HashSet<EnrollmentId> = entered_runs.iter().map(|r| r.enrollment).collect();
-    let lead_of: HashMap<EnrollmentId, LeadId> =
-        rows.runs.iter().map(|r| (r.enrollment, r.lead)).collect();
-    // The visits that count — the cohort's (entry) or those that began in the period
-    // (calendar) — by stage, in one pass.
-    let mut by_stage: HashMap<&str, Vec<&VisitRow>> = HashMap::new();
-    for v in rows
-        .visits
-        .iter()
-        .filter(|v| v.entered_at <= now)
-        .filter(|v| match cohort {
-            Cohort::Entry => cohort_runs.contains(&v.enrollment),
-            Cohort::Calendar => within(v.entered_at),
-        })
-    {
-        by_stage.entry(v.stage.as_str()).or_default().push(v);
-    }
-    let runs_of: HashMap<&str, HashSet<EnrollmentId>> = by_stage
-        .iter()
-        .map(|(s, vs)| (*s, vs.iter().map(|v| v.enrollment).collect()))
-        .collect();
-    let none = HashSet::new();
-    let runs_in = |stage: &str| runs_of.get(stage).unwrap_or(&none);
-    let entered = entered_runs.len() as u64;
-    let mut stages = Vec::with_capacity(f.stages.len());
-    for (i, s) in f.stages.iter().enumerate() {
-        let id = s.id.value.as_str();
-        let visits: &[&VisitRow] = by_stage.get(id).map_or(&[], Vec::as_slice);
-        let here = runs_in(id);
-        let mut moved_on: BTreeMap<String, u64> = BTreeMap::new();
-        let mut exited: BTreeMap<String, u64> = BTreeMap::new();
-        let mut still_there = 0;
-        let mut durations = Vec::new();
-        for v in visits {
-            match (&v.exited_at, &v.next, v.reason.as_deref()) {
-                (None, _, _) => still_there += 1,
-                (Some(_), Some(next), _) => *moved_on.entry(next.to_string()).or_default() += 1,
-                (Some(_), None, Some(r)) => {
-                    let outcome = r.strip_prefix("exit: ").unwrap_or(r);
-                    *exited.entry(outcome.to_string()).or_default() += 1;
-                }
-                (Some(_), None, None) => *exited.entry("unknown".into()).or_default() += 1,
-            }
-            if let Some(out) = v.exited_at {
-                durations.push((out - v.entered_at).num_seconds());
-            }
-        }
-        let to_next = f.stages.get(i + 1).map(|next| {
-            let there = runs_in(next.id.value.as_str());
-            match cohort {
-                Cohort::Entry => {
-                    Rate::of(here.intersection(there).count() as u64, here.len() as u64)
-                }
-                Cohort::Calendar => Rate::of(there.len() as u64, here.len() as u64),
-            }
-        });
-        let revenue = s
-            .offer
-            .as_ref()
-            .map(|offer| {
-                revenue_of(
-                    rows,
-                    visits,
-                    &lead_of,
-                    offer.value.as_str(),
-                    cohort,
-                    &within,
-                )
-            })
-            .unwrap_or_default();
-        stages.push(StageReport {
-            stage: id.to_string(),
-            kind: s.kind.map(|k| k.name()),
-            offer: s.offer.as_ref().map(|o| o.value.to_string()),
-            leads_in: here.len() as u64,
-            moved_on,
-            exited,
-            still_there,
-            to_next,
-            from_entry: Rate::of(here.len() as u64, entered),
-            revenue,
-            time_in_stage: Spread::of(durations),
-        });
-    }
-    let converted: Vec<i64> = entered_runs
-        .iter()
-        .filter(|r| r.status == RunStatus::Exited(Outcome::Converted))
-        .filter_map(|r| r.exited_at.map(|x| (x - r.entered_at).num_seconds()))
-        .collect();
-    let qualified = f.scoring.as_ref().and_then(|s| {
-        let count = |kind: crate::domain::EventKind| {
-            let runs: HashSet<EnrollmentId> = rows
-                .milestones
-                .iter()
-                .filter(|m| m.kind == kind && m.at <= now)
-                .filter(|m| match cohort {
-                    Cohort::Entry => cohort_runs.contains(&m.enrollment),
-                    Cohort::Calendar => within(m.at),
-                })
-                .map(|m| m.enrollment)
-                .collect();
-            Rate::of(runs.len() as u64, entered)
-        };
-        (s.mql.is_some() || s.sql.is_some()).then(|| Qualified {
-            mql: s.mql.map(|_| count(crate::domain::EventKind::Mql)),
-            sql: s.sql.map(|_| count(crate::domain::EventKind::Sql)),
-        })
-    });
-    Ok(FunnelReport {
-        funnel: f.id.value.to_string(),
-        name: f.name.clone(),
-        cohort,
-        from,
-        to,
-        entered,
-        awaiting_confirmation: entered_runs
-            .iter()
-            .filter(|r| r.status == RunStatus::Unconfirmed)
-            .count() as u64,
-        converted: Rate::of(converted.len() as u64, entered),
-        stages,
-        length_to_converted: Spread::of(converted),
-        qualified,
-    })
+    Window::new(cohort, from, to, now)?;
+    let fig = figures_of_rows(rows, &[(from, to)], now, None)
+        .remove(&(0, ALL.to_string()))
+        .unwrap_or_default();
+    Ok(report_of(f, &fig, cohort, from, to))
 }
 
 /// The rows as they stood `window` after each run entered the funnel: later stage entries,
@@ -445,47 +467,6 @@ pub fn windowed(rows: &ReportRows, window: chrono::Duration) -> ReportRows {
             .collect(),
         ..rows.clone()
     }
-}
-
-/// Purchases of `offer` by the leads of these visits, made after the visit began (and, in the
-/// calendar view, within the period); each order once.
-fn revenue_of(
-    rows: &ReportRows,
-    visits: &[&VisitRow],
-    lead_of: &HashMap<EnrollmentId, LeadId>,
-    offer: &str,
-    cohort: Cohort,
-    within: &impl Fn(DateTime<Utc>) -> bool,
-) -> Vec<Revenue> {
-    let mut first_visit: HashMap<LeadId, DateTime<Utc>> = HashMap::new();
-    for v in visits {
-        if let Some(lead) = lead_of.get(&v.enrollment) {
-            let at = first_visit.entry(*lead).or_insert(v.entered_at);
-            *at = (*at).min(v.entered_at);
-        }
-    }
-    let mut by_currency: BTreeMap<String, (u64, f64)> = BTreeMap::new();
-    for p in &rows.purchases {
-        let counts = p.product.as_deref() == Some(offer)
-            && first_visit.get(&p.lead).is_some_and(|at| p.at >= *at)
-            && (cohort == Cohort::Entry || within(p.at));
-        if counts {
-            let e = by_currency
-                .entry(p.currency.clone().unwrap_or_else(|| "—".into()))
-                .or_default();
-            e.0 += 1;
-            e.1 += p.amount.unwrap_or(0.0);
-        }
-    }
-    by_currency
-        .into_iter()
-        .map(|(currency, (orders, total))| Revenue {
-            currency,
-            orders,
-            total,
-            average: total / orders as f64,
-        })
-        .collect()
 }
 
 /// What a report can be sliced by: the lead's first touch, or one of its fields.
@@ -550,54 +531,33 @@ pub struct Slice {
     pub report: FunnelReport,
 }
 
-/// The value a lead has for a slice key; `(none)` when it has none.
-fn slice_value(rows: &ReportRows, key: &SliceKey) -> HashMap<LeadId, String> {
-    let mut out = HashMap::new();
-    match key {
-        SliceKey::Field(name) => {
-            for (lead, fields) in &rows.fields {
-                let v = match fields.get(name) {
-                    Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
-                    Some(serde_json::Value::Null) | None => continue,
-                    Some(serde_json::Value::String(_)) => continue,
-                    Some(v) => v.to_string(),
-                };
-                out.insert(*lead, v);
-            }
-        }
-        _ => {
-            // The first touch of each lead: the one that brought it (touches come oldest first).
-            let mut seen = BTreeSet::new();
-            for o in rows.touches.iter().filter(|t| seen.insert(t.lead)) {
-                let v = match key {
-                    SliceKey::Channel => Some(o.channel.clone()),
-                    SliceKey::Source => o.source.clone(),
-                    SliceKey::Medium => o.medium.clone(),
-                    SliceKey::Campaign => o.campaign.clone(),
-                    SliceKey::Form => o.form.clone(),
-                    SliceKey::Field(_) => None,
-                };
-                if let Some(v) = v {
-                    out.insert(o.lead, v);
-                }
-            }
-        }
-    }
-    out
+/// The origin given, in a slice by a field, to the runs whose lead has no value for it.
+const NO_VALUE: &str = "\u{0}";
+
+/// The value of a slice key for a run of this origin; `None` for none.
+fn origin_value(key: &SliceKey, origin: &str) -> Option<String> {
+    let i = match key {
+        SliceKey::Channel => 0,
+        SliceKey::Source => 1,
+        SliceKey::Medium => 2,
+        SliceKey::Campaign => 3,
+        SliceKey::Form => 4,
+        SliceKey::Field(_) => return (origin != NO_VALUE).then(|| origin.to_string()),
+    };
+    crate::tally::origin_parts(origin)[i].take()
 }
 
-/// The report of each group of leads sharing a value of `key`, largest group first (leads
-/// without a value last, as `(none)`).
-pub fn sliced_reports(
-    f: &Funnel,
-    rows: &ReportRows,
-    key: &SliceKey,
-    cohort: Cohort,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<Vec<Slice>, ReportError> {
-    const NONE: &str = "(none)";
+/// A lead field's value as a slice shows it; `None` for none.
+fn field_value(fields: &serde_json::Map<String, serde_json::Value>, name: &str) -> Option<String> {
+    match fields.get(name)? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Null | serde_json::Value::String(_) => None,
+        v => Some(v.to_string()),
+    }
+}
+
+/// Why a field cannot be sliced by: no lead of the funnel has it.
+pub fn check_field(rows: &ReportRows, key: &SliceKey) -> Result<(), ReportError> {
     if let SliceKey::Field(name) = key
         && !rows.runs.is_empty()
         && !rows.fields.iter().any(|(_, f)| f.contains_key(name))
@@ -608,54 +568,35 @@ pub fn sliced_reports(
             known: known.into_iter().cloned().collect(),
         });
     }
-    let values = slice_value(rows, key);
-    let value_of = |lead: &LeadId| values.get(lead).map_or(NONE, String::as_str);
-    let run_lead: HashMap<EnrollmentId, LeadId> =
-        rows.runs.iter().map(|r| (r.enrollment, r.lead)).collect();
-    let groups: BTreeSet<&str> = rows.runs.iter().map(|r| value_of(&r.lead)).collect();
-    let mut out = Vec::new();
-    for g in groups {
-        let part = ReportRows {
-            runs: rows
-                .runs
-                .iter()
-                .filter(|r| value_of(&r.lead) == g)
-                .cloned()
-                .collect(),
-            visits: rows
-                .visits
-                .iter()
-                .filter(|v| {
-                    run_lead
-                        .get(&v.enrollment)
-                        .is_some_and(|l| value_of(l) == g)
-                })
-                .cloned()
-                .collect(),
-            purchases: rows
-                .purchases
-                .iter()
-                .filter(|p| value_of(&p.lead) == g)
-                .cloned()
-                .collect(),
-            milestones: rows
-                .milestones
-                .iter()
-                .filter(|m| {
-                    run_lead
-                        .get(&m.enrollment)
-                        .is_some_and(|l| value_of(l) == g)
-                })
-                .cloned()
-                .collect(),
-            ..ReportRows::default()
-        };
-        out.push(Slice {
-            key: key.clone(),
-            value: g.to_string(),
-            report: funnel_report(f, &part, cohort, from, to, now)?,
-        });
+    Ok(())
+}
+
+/// The figures per origin (as [`figures_of_rows`] or the store's counters give them) of one
+/// period, grouped by the value of `key`, as reports: largest group first, leads without a
+/// value last as `(none)`. For a field, the origins are the field's values.
+pub fn slices_of(
+    f: &Funnel,
+    by_origin: &BTreeMap<String, Figures>,
+    key: &SliceKey,
+    cohort: Cohort,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Vec<Slice> {
+    const NONE: &str = "(none)";
+    let mut groups: BTreeMap<String, Figures> = BTreeMap::new();
+    for (origin, fig) in by_origin.iter().filter(|(o, _)| o.as_str() != ALL) {
+        let value = origin_value(key, origin).unwrap_or_else(|| NONE.to_string());
+        groups.entry(value).or_default().merge(fig);
     }
+    let mut out: Vec<Slice> = groups
+        .into_iter()
+        .map(|(value, fig)| Slice {
+            key: key.clone(),
+            value,
+            report: report_of(f, &fig, cohort, from, to),
+        })
+        .filter(|s| s.report.entered > 0 || s.report.stages.iter().any(|st| st.leads_in > 0))
+        .collect();
     out.sort_by(|a, b| {
         (
             a.value == NONE,
@@ -668,7 +609,53 @@ pub fn sliced_reports(
                 &b.value,
             ))
     });
-    Ok(out)
+    out
+}
+
+/// The report of each group of leads sharing a value of `key`, from the stored rows.
+pub fn sliced_reports(
+    f: &Funnel,
+    rows: &ReportRows,
+    key: &SliceKey,
+    cohort: Cohort,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Slice>, ReportError> {
+    Window::new(cohort, from, to, now)?;
+    check_field(rows, key)?;
+    let by_origin = origin_figures(rows, key, &[(from, to)], now)
+        .into_iter()
+        .map(|((_, o), fig)| (o, fig))
+        .collect();
+    Ok(slices_of(f, &by_origin, key, cohort, from, to))
+}
+
+/// [`figures_of_rows`] with the origins a slice by `key` groups: the first touches, or the
+/// values of a lead field.
+pub fn origin_figures(
+    rows: &ReportRows,
+    key: &SliceKey,
+    periods: &[(DateTime<Utc>, DateTime<Utc>)],
+    now: DateTime<Utc>,
+) -> BTreeMap<(i64, String), Figures> {
+    match key {
+        SliceKey::Field(name) => {
+            let values: HashMap<LeadId, String> = rows
+                .fields
+                .iter()
+                .filter_map(|(l, fs)| Some((*l, field_value(fs, name)?)))
+                .collect();
+            let of = |r: &crate::store::RunRow| {
+                values
+                    .get(&r.lead)
+                    .cloned()
+                    .unwrap_or_else(|| NO_VALUE.to_string())
+            };
+            figures_of_rows(rows, periods, now, Some(&of))
+        }
+        _ => figures_of_rows(rows, periods, now, Some(&|r| r.origin.clone())),
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! same checks and the same answer, so `autofunnel report … --format json` and
 //! `GET /api/v1/reports/funnels/{id}/…` agree to the byte.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -9,9 +11,13 @@ use super::ab::{AbReport, ab_report};
 use super::attribution::{AttributionReport, Model, attribution_report};
 use super::emails::{EmailReport, email_report};
 use super::forecast::{ForecastReport, Scenario, forecast};
-use super::{Cohort, FunnelReport, ReportError, Slice, SliceKey, funnel_report, sliced_reports};
+use super::{
+    Cohort, FunnelReport, ReportError, Slice, SliceKey, check_field, figures_of_rows,
+    origin_figures, report_of, slices_of,
+};
 use crate::funnel::Funnel;
-use crate::store::{ReportNeeds, ReportRows};
+use crate::store::{Grouping, ReportData, ReportNeeds, ReportRead};
+use crate::tally::{ALL, Figures, day_of};
 
 /// Which report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,7 +300,6 @@ impl Request {
                 visits: true,
                 purchases: true,
                 milestones: true,
-                touches: self.slices.iter().any(|k| !matches!(k, SliceKey::Field(_))),
                 fields: self.slices.iter().any(|k| matches!(k, SliceKey::Field(_))),
                 ..none
             },
@@ -363,13 +368,113 @@ pub enum Answer {
     Forecast(ForecastReport),
 }
 
-/// The report `req` asks for of `f`, from the store's rows, as they stand at `now`.
+/// Whether a time is midnight UTC: where the day counters start and end.
+fn midnight(t: DateTime<Utc>) -> bool {
+    t.timestamp().rem_euclid(86_400) == 0 && t.timestamp_subsec_nanos() == 0
+}
+
+impl Request {
+    /// What the report reads at `now`: the funnel report over whole days (a period from
+    /// midnight to midnight or to now), without a conversion window or a slice by a lead field,
+    /// reads the counters; every other report reads the rows.
+    pub fn read(&self, now: DateTime<Utc>) -> ReportRead {
+        let counted = self.what == What::Funnel
+            && self.window.is_none()
+            && !self.slices.iter().any(|k| matches!(k, SliceKey::Field(_)))
+            && midnight(self.from)
+            && (midnight(self.to) || self.to >= now);
+        if !counted {
+            return ReportRead::Rows(self.needs());
+        }
+        let to_day = if midnight(self.to) {
+            day_of(self.to)
+        } else {
+            day_of(self.to) + 1
+        };
+        ReportRead::Counts {
+            from_day: day_of(self.from),
+            to_day,
+            grouping: match self.by {
+                None => Grouping::Whole,
+                Some(b) => Grouping::Periods(
+                    b.periods(self.from, self.to)
+                        .iter()
+                        .map(|(a, _)| day_of(*a))
+                        .collect(),
+                ),
+            },
+            per_origin: !self.slices.is_empty(),
+        }
+    }
+}
+
+/// The funnel report from figures per (period, origin): the whole period, each period of
+/// `by`, and the slices by first touch; `more` are slices already made (by lead fields).
+fn funnel_answer(
+    f: &Funnel,
+    req: &Request,
+    figs: &BTreeMap<(i64, String), Figures>,
+    more: Vec<(usize, Vec<Slice>)>,
+) -> FunnelAnswer {
+    let (from, to, cohort) = (req.from, req.to, req.cohort);
+    let mut whole = Figures::default();
+    let mut by_origin: BTreeMap<String, Figures> = BTreeMap::new();
+    for ((_, origin), fig) in figs {
+        if origin == ALL {
+            whole.merge(fig);
+        } else {
+            by_origin.entry(origin.clone()).or_default().merge(fig);
+        }
+    }
+    let periods = req.by.map(|b| {
+        b.periods(from, to)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (a, z))| {
+                let fig = figs.get(&(i as i64, ALL.to_string()));
+                report_of(f, fig.unwrap_or(&Figures::default()), cohort, a, z)
+            })
+            .collect()
+    });
+    let mut slices: Vec<Vec<Slice>> = req
+        .slices
+        .iter()
+        .map(|k| match k {
+            SliceKey::Field(_) => Vec::new(),
+            k => slices_of(f, &by_origin, k, cohort, from, to),
+        })
+        .collect();
+    for (i, s) in more {
+        slices[i] = s;
+    }
+    FunnelAnswer {
+        report: report_of(f, &whole, cohort, from, to),
+        window_seconds: req.window.map(|w| w.num_seconds()),
+        by: req.by,
+        periods,
+        slices: (!req.slices.is_empty()).then(|| slices.into_iter().flatten().collect()),
+    }
+}
+
+/// The report `req` asks for of `f`, from what the store read for it ([`Request::read`]),
+/// as it stands at `now`.
 pub fn answer(
     f: &Funnel,
-    rows: &ReportRows,
+    data: &ReportData,
     req: &Request,
     now: DateTime<Utc>,
 ) -> Result<Answer, ReportError> {
+    let rows = match data {
+        ReportData::Counts(figs) => {
+            return Ok(Answer::Funnel(Box::new(funnel_answer(
+                f,
+                req,
+                figs,
+                Vec::new(),
+            ))));
+        }
+        ReportData::Rows(rows) => rows,
+    };
     let windowed;
     let rows = match req.window {
         Some(w) if req.what != What::Attribution && req.what != What::Forecast => {
@@ -379,26 +484,33 @@ pub fn answer(
         _ => rows,
     };
     let (from, to, cohort) = (req.from, req.to, req.cohort);
+    super::Window::new(cohort, from, to, now)?;
     Ok(match req.what {
         What::Funnel => {
-            let report = funnel_report(f, rows, cohort, from, to, now)?;
-            let mut periods = Vec::new();
-            if let Some(b) = req.by {
-                for (a, z) in b.periods(from, to) {
-                    periods.push(funnel_report(f, rows, cohort, a, z, now)?);
+            let periods = match req.by {
+                Some(b) => b.periods(from, to),
+                None => vec![(from, to)],
+            };
+            let mut more = Vec::new();
+            for (i, k) in req.slices.iter().enumerate() {
+                if matches!(k, SliceKey::Field(_)) {
+                    check_field(rows, k)?;
+                    let by_origin = origin_figures(rows, k, &[(from, to)], now)
+                        .into_iter()
+                        .map(|((_, o), fig)| (o, fig))
+                        .collect();
+                    more.push((i, slices_of(f, &by_origin, k, cohort, from, to)));
                 }
             }
-            let mut slices = Vec::new();
-            for k in &req.slices {
-                slices.extend(sliced_reports(f, rows, k, cohort, from, to, now)?);
-            }
-            Answer::Funnel(Box::new(FunnelAnswer {
-                report,
-                window_seconds: req.window.map(|w| w.num_seconds()),
-                by: req.by,
-                periods: req.by.map(|_| periods),
-                slices: (!req.slices.is_empty()).then_some(slices),
-            }))
+            let touch = req.slices.iter().any(|k| !matches!(k, SliceKey::Field(_)));
+            let origin = |r: &crate::store::RunRow| r.origin.clone();
+            let figs = figures_of_rows(
+                rows,
+                &periods,
+                now,
+                touch.then_some(&origin as &dyn Fn(&crate::store::RunRow) -> String),
+            );
+            Answer::Funnel(Box::new(funnel_answer(f, req, &figs, more)))
         }
         What::Emails => Answer::Emails(email_report(f, rows, cohort, from, to, now)?),
         What::Ab => Answer::Ab(ab_report(f, rows, cohort, from, to, now)?),

@@ -528,6 +528,7 @@ impl Runtime {
                 funnel: c.funnel.clone(),
                 version: r.version,
                 events_seen: seen,
+                before: c.before(),
                 state: effects::state_row(&r.funnel, &state),
                 writes: effects::writes(c.lead, &c.funnel, r.version, &to, &effects),
             });

@@ -30,7 +30,7 @@ async fn report(
     let rows = state
         .runtime
         .store()
-        .report_rows(&running.funnel.id.value, req.until(now), req.needs())
+        .read_report(&running.funnel.id.value, &req.read(now), req.until(now))
         .await?;
     let a = answer(&running.funnel, &rows, &req, now)
         .map_err(|e| ApiError::invalid(e.param(), e.to_string()))?;

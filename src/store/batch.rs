@@ -1,7 +1,7 @@
 //! Multi-row statements for a scheduler round: a round's enrollments are updated, and its
 //! history, outbox and tag rows inserted, in a handful of statements whatever the batch size.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait as _};
@@ -9,8 +9,9 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, Qu
 use sea_orm::{Statement, Value};
 
 use super::entities::{lead, lead_tag};
-use super::{Backend, Result, RunWrites, ms, parse_fields};
-use crate::domain::{EnrollmentId, FunnelId, LeadId};
+use super::{Backend, ClosedVisit, Result, RunBefore, RunWrites, ms, parse_fields};
+use crate::domain::{EnrollmentId, FunnelId, LeadId, Outcome, RunStatus, StageId};
+use crate::tally::{Reached, Run, Tally};
 
 /// Rows per statement: keeps every statement far below both backends' parameter limits.
 pub(super) const ROWS: usize = 512;
@@ -124,11 +125,16 @@ pub(super) struct Written<'a> {
     pub lead: LeadId,
     pub funnel: &'a FunnelId,
     pub writes: &'a RunWrites,
+    /// The run before the transition; `new` when the transition began it.
+    pub before: &'a RunBefore,
+    pub new: bool,
+    /// Its status after the transition.
+    pub status: RunStatus,
 }
 
 /// Writes what the transitions did, a statement per kind of row: visits closed that were
 /// opened before, new visits, outbox rows (once per send key), tags, then lead field and
-/// score changes.
+/// score changes, and what they add to the report counters.
 pub(super) async fn write_runs(
     txn: &DatabaseTransaction,
     backend: Backend,
@@ -141,8 +147,42 @@ pub(super) async fn write_runs(
     let mut messages: Vec<Vec<Value>> = Vec::new();
     let mut tags: BTreeMap<(i64, String), bool> = BTreeMap::new();
     let mut milestones: Vec<Vec<Value>> = Vec::new();
+    let mut tally = Tally::by_day();
+    let mut reached_rows: Vec<Vec<Value>> = Vec::new();
+    let mut closing: HashMap<(i64, &str), (&Written, &ClosedVisit)> = HashMap::new();
     for w in items {
         let id = w.enrollment.0;
+        let b = w.before;
+        let run = Run {
+            funnel: w.funnel.as_str(),
+            entered_at: b.entered_at,
+            origin: &b.origin,
+        };
+        let mut reached = Reached::parse(&b.reached);
+        if w.new {
+            tally.entered(&run, w.status == RunStatus::Unconfirmed);
+        } else if b.status == RunStatus::Unconfirmed && w.status != RunStatus::Unconfirmed {
+            tally.confirmed(&run);
+        }
+        for c in &w.writes.closed {
+            closing.insert((id, c.stage.as_str()), (w, c));
+        }
+        for v in &w.writes.opened {
+            tally.opened(&run, v.stage.as_str(), now, &mut reached);
+            if let Some((reason, next)) = &v.exit {
+                let next = next.as_ref().map(StageId::as_str);
+                tally.closed(&run, v.stage.as_str(), now, now, next, Some(reason));
+            }
+        }
+        for k in &w.writes.milestones {
+            tally.milestone(&run, k.as_str(), now, &mut reached);
+        }
+        if w.status == RunStatus::Exited(Outcome::Converted) && (w.new || b.status.is_live()) {
+            tally.converted(&run, now);
+        }
+        if w.new || reached.text() != b.reached {
+            reached_rows.push(vec![id.into(), reached.text().into()]);
+        }
         for k in &w.writes.milestones {
             milestones.push(vec![
                 id.into(),
@@ -207,7 +247,31 @@ pub(super) async fn write_runs(
         let sql = format!(
             "UPDATE stage_history SET exited_at = {t}, exit_reason = v.column3, next_stage_id = v.column4 \
              FROM (VALUES {values}) AS v WHERE stage_history.enrollment_id = v.column1 \
-             AND stage_history.stage_id = v.column2 AND stage_history.exited_at IS NULL"
+             AND stage_history.stage_id = v.column2 AND stage_history.exited_at IS NULL \
+             RETURNING stage_history.enrollment_id, stage_history.stage_id, stage_history.entered_at"
+        );
+        // Each visit closed is counted with the time it began.
+        for r in txn.query_all_raw(q.statement(sql)).await? {
+            let (id, stage): (i64, String) = (r.try_get_by_index(0)?, r.try_get_by_index(1)?);
+            if let Some((w, c)) = closing.get(&(id, stage.as_str())) {
+                let run = Run {
+                    funnel: w.funnel.as_str(),
+                    entered_at: w.before.entered_at,
+                    origin: &w.before.origin,
+                };
+                let entered = super::from_ms(r.try_get_by_index(2)?);
+                let next = c.next.as_ref().map(StageId::as_str);
+                tally.closed(&run, &stage, entered, now, next, Some(&c.reason));
+            }
+        }
+    }
+    write_counts(txn, backend, &tally).await?;
+    for chunk in chunks(reached_rows) {
+        let mut q = Params::new(backend);
+        let values = q.values(chunk);
+        let sql = format!(
+            "UPDATE enrollments SET reached = v.column2 FROM (VALUES {values}) AS v \
+             WHERE enrollments.id = v.column1"
         );
         txn.execute_raw(q.statement(sql)).await?;
     }
@@ -254,6 +318,40 @@ pub(super) async fn write_runs(
             .await?;
     }
     Ok(())
+}
+
+/// Adds a tally's counters to the stored ones.
+pub(super) async fn write_counts(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    t: &Tally,
+) -> Result<()> {
+    let rows: Vec<Vec<Value>> = t
+        .sums
+        .iter()
+        .filter(|(_, s)| s.n != 0 || s.total != 0.0)
+        .map(|(k, s)| {
+            vec![
+                k.funnel.clone().into(),
+                k.origin.clone().into(),
+                k.day.into(),
+                k.view.as_str().into(),
+                k.stage.clone().into(),
+                k.metric.clone().into(),
+                s.n.into(),
+                s.total.into(),
+            ]
+        })
+        .collect();
+    insert_rows(
+        txn,
+        backend,
+        "report_counts (funnel_id, origin, day, view, stage, metric, n, total)",
+        "ON CONFLICT (funnel_id, origin, day, view, stage, metric) DO UPDATE SET \
+         n = report_counts.n + excluded.n, total = report_counts.total + excluded.total",
+        rows,
+    )
+    .await
 }
 
 /// Writes field changes and score points to a lead, inside the round's transaction.

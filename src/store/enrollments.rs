@@ -49,6 +49,34 @@ pub struct EnrollmentRow {
     /// The id of the last event of the lead this enrollment has consumed.
     pub events_seen: i64,
     pub state: RunState,
+    /// Where the lead came from when the run began ([`crate::tally::origin`]).
+    pub origin: Option<String>,
+    /// Stages entered and milestones crossed ([`crate::tally::Reached`]).
+    pub reached: String,
+}
+
+impl EnrollmentRow {
+    /// What the run is before a transition, for the report counters.
+    pub fn before(&self) -> RunBefore {
+        RunBefore {
+            entered_at: self.entered_at,
+            origin: self.origin.clone().unwrap_or_default(),
+            reached: self.reached.clone(),
+            status: self.state.status,
+            stage_entered_at: self.state.stage_entered_at,
+        }
+    }
+}
+
+/// A run as it was before a transition: what its report counters need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunBefore {
+    pub entered_at: DateTime<Utc>,
+    pub origin: String,
+    pub reached: String,
+    pub status: RunStatus,
+    /// When the visit the transition may close began.
+    pub stage_entered_at: DateTime<Utc>,
 }
 
 /// A stage visit a transition closed that an earlier one opened.
@@ -132,6 +160,7 @@ pub struct RunUpdate {
     pub events_seen: i64,
     pub state: RunState,
     pub writes: RunWrites,
+    pub before: RunBefore,
 }
 
 /// What a round needs to know of some leads, as stored: the leads, the suppressions of their
@@ -201,6 +230,8 @@ fn to_row(m: enrollment::Model) -> Result<EnrollmentRow> {
             deadline: m.deadline_at.map(from_ms),
             wake_at: m.wake_at.map(from_ms),
         },
+        origin: m.origin,
+        reached: m.reached,
     })
 }
 
@@ -312,7 +343,15 @@ impl Store {
     ) -> Result<Vec<EnrollmentId>> {
         let txn = self.write().await?;
         let mut ids: HashMap<(i64, &str), i64> = HashMap::new();
+        let mut origins: HashMap<i64, String> = HashMap::new();
         for chunk in items.chunks(batch::ROWS) {
+            // Where each lead came from: its first touch so far.
+            let leads: Vec<LeadId> = chunk.iter().map(|n| n.lead).collect();
+            for (lead, touches) in super::counts::first_touches(&txn, self.backend, &leads).await? {
+                if let Some((_, o)) = touches.into_iter().find(|(t, _)| *t <= ms(now)) {
+                    origins.insert(lead, o);
+                }
+            }
             let leads = batch::padded(chunk.iter().map(|n| n.lead.0));
             let mut q = Params::new(self.backend);
             let list: Vec<String> = leads.into_iter().map(|l| q.p(l)).collect();
@@ -348,6 +387,11 @@ impl Store {
                         0i32.into(),
                         ms(now).into(),
                         last_event.get(&n.lead.0).copied().unwrap_or(0).into(),
+                        origins
+                            .get(&n.lead.0)
+                            .cloned()
+                            .unwrap_or_else(super::counts::none_origin)
+                            .into(),
                     ]
                 })
                 .collect();
@@ -355,7 +399,7 @@ impl Store {
             let sql = batch::insert_sql(
                 "enrollments (lead_id, funnel_id, funnel_version, stage_id, step_id, step_index, \
                  status, wake_at, deadline_at, stage_entered_at, stage_entry, entered_at, exited_at, \
-                 outcome, attempts, updated_at, events_seen)",
+                 outcome, attempts, updated_at, events_seen, origin)",
                 &values,
                 "RETURNING id, lead_id, funnel_id",
             );
@@ -372,8 +416,21 @@ impl Store {
             }
         }
         let mut out = Vec::with_capacity(items.len());
+        let befores: Vec<RunBefore> = items
+            .iter()
+            .map(|n| RunBefore {
+                entered_at: now,
+                origin: origins
+                    .get(&n.lead.0)
+                    .cloned()
+                    .unwrap_or_else(super::counts::none_origin),
+                reached: String::new(),
+                status: n.state.status,
+                stage_entered_at: now,
+            })
+            .collect();
         let mut written = Vec::with_capacity(items.len());
-        for n in items {
+        for (n, before) in items.iter().zip(&befores) {
             let id = *ids.get(&(n.lead.0, n.funnel.as_str())).ok_or_else(|| {
                 StoreError::Corrupt(format!("enrollment of lead {} was not stored", n.lead))
             })?;
@@ -383,6 +440,9 @@ impl Store {
                 lead: n.lead,
                 funnel: &n.funnel,
                 writes: &n.writes,
+                before,
+                new: true,
+                status: n.state.status,
             });
         }
         batch::write_runs(&txn, self.backend, &written, now).await?;
@@ -620,6 +680,9 @@ impl Store {
                 lead: c.lead,
                 funnel: &c.funnel,
                 writes: &c.writes,
+                before: &c.before,
+                new: false,
+                status: c.state.status,
             })
             .collect();
         batch::write_runs(&txn, self.backend, &written, now).await?;

@@ -101,6 +101,10 @@ pub mod enrollment {
         pub events_seen: i64,
         /// Set when an event arrives for the lead; cleared by the round that feeds it.
         pub pending_at: Option<i64>,
+        /// Where the lead came from when the run began (`tally::origin`).
+        pub origin: Option<String>,
+        /// Stages entered and milestones crossed, comma-separated (`tally::Reached`).
+        pub reached: String,
     }
     no_relations!();
 }

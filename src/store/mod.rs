@@ -3,20 +3,22 @@
 
 mod admin;
 mod batch;
+mod counts;
 mod enrollments;
 pub mod entities;
 mod outbox;
 mod report;
 mod signups;
 
+pub use counts::{Grouping, ReportData, ReportRead};
 pub use enrollments::{
     ClosedVisit, EnrollmentRow, FactRows, MAX_CLAIMS, MessageKind, NewMessage, NewRun, OpenedVisit,
-    OutboxRow, Position, RunState, RunUpdate, RunWrites, StageVisit,
+    OutboxRow, Position, RunBefore, RunState, RunUpdate, RunWrites, StageVisit,
 };
 pub use outbox::{MessageOrigin, Outbox, Outgoing};
 pub use report::{
-    EmailRow, MilestoneRow, PurchaseRow, ReportNeeds, ReportRows, RunRow, TouchRow, TrackRow,
-    VisitRow,
+    EmailRow, MilestoneRow, PurchaseRow, ReportNeeds, ReportRows, RunOf, RunRow, TouchRow,
+    TrackRow, VisitRow,
 };
 pub use signups::NewSignup;
 
@@ -316,7 +318,12 @@ impl Store {
             .await
             .map_err(StoreError::Migrate)?;
         let after = self.applied_migrations().await?;
-        Ok(after.into_iter().filter(|m| !before.contains(m)).collect())
+        let applied: Vec<String> = after.into_iter().filter(|m| !before.contains(m)).collect();
+        // The report counters came with this migration: count the rows stored before it.
+        if applied.iter().any(|m| m.ends_with("_report_counts")) {
+            self.recount(Utc::now()).await?;
+        }
+        Ok(applied)
     }
 
     /// Names of the migrations the database has, oldest first.
@@ -593,9 +600,10 @@ impl Store {
             .collect())
     }
 
-    /// Stores an event once per idempotency key.
+    /// Stores an event once per idempotency key (an order is counted for the reports in the
+    /// same transaction).
     pub async fn record_event(&self, e: NewEvent, now: DateTime<Utc>) -> Result<Recorded> {
-        let _turn = self.turn().await;
+        let txn = self.write().await?;
         let am = event::ActiveModel {
             id: NotSet,
             lead_id: Set(e.lead.map(|l| l.0)),
@@ -613,13 +621,18 @@ impl Store {
                     .do_nothing()
                     .to_owned(),
             )
-            .exec(&self.db)
+            .exec(&*txn)
             .await;
-        match res {
-            Ok(r) => Ok(Recorded::New(r.last_insert_id)),
-            Err(DbErr::RecordNotInserted) => Ok(Recorded::Duplicate),
-            Err(e) => Err(e.into()),
+        let id = match res {
+            Ok(r) => r.last_insert_id,
+            Err(DbErr::RecordNotInserted) => return Ok(Recorded::Duplicate),
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(lead) = e.lead {
+            counts::count_orders(&txn, self.backend, &[(lead, &e.event, e.occurred_at)]).await?;
         }
+        txn.commit().await?;
+        Ok(Recorded::New(id))
     }
 
     /// Stores a batch of events from another system all or nothing, in one transaction: a
@@ -635,6 +648,7 @@ impl Store {
         let txn = self.write().await?;
         let mut by_email: HashMap<String, LeadId> = HashMap::new();
         let mut out = Vec::with_capacity(events.len());
+        let mut orders: Vec<(LeadId, Event, DateTime<Utc>)> = Vec::new();
         for b in events {
             let lead = match b.who {
                 LeadRef::Id(id) => id,
@@ -691,6 +705,9 @@ impl Store {
             )
             .exec_without_returning(&*txn)
             .await?;
+            if stored > 0 && b.event.kind == EventKind::Purchase {
+                orders.push((lead, b.event.clone(), b.occurred_at));
+            }
             if stored > 0
                 && let Some(t) = b.touch
             {
@@ -721,6 +738,8 @@ impl Store {
                 .exec(&*txn)
                 .await?;
         }
+        let orders: Vec<_> = orders.iter().map(|(l, e, at)| (*l, e, *at)).collect();
+        counts::count_orders(&txn, self.backend, &orders).await?;
         txn.commit().await?;
         Ok(out)
     }

@@ -3,11 +3,14 @@
 //! the columns used and finds the funnel's leads in the database (no list of ids sent back and
 //! forth). The figures are computed by `report`, not here.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sea_orm::{QueryResult, Statement, StreamTrait, Value};
 
 use super::{Backend, Result, Store, StoreError, event_of, from_ms, ms, parse_fields};
 use crate::domain::{EnrollmentId, EventKind, FunnelId, LeadId, Outcome, RunStatus, StageId};
+use crate::tally::{Order, Run, RunFacts, Visit};
 
 /// One run of a lead through the funnel.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +20,8 @@ pub struct RunRow {
     pub entered_at: DateTime<Utc>,
     pub status: RunStatus,
     pub exited_at: Option<DateTime<Utc>>,
+    /// Where its lead came from when it began ([`crate::tally::origin`]).
+    pub origin: String,
 }
 
 /// One stage visit of a run: when it began and ended, why, and where it led.
@@ -86,6 +91,7 @@ pub struct MilestoneRow {
 /// Everything a funnel report reads.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReportRows {
+    pub funnel: String,
     pub runs: Vec<RunRow>,
     pub visits: Vec<VisitRow>,
     pub purchases: Vec<PurchaseRow>,
@@ -131,7 +137,7 @@ const LEADS: &str = "SELECT lead_id FROM enrollments WHERE funnel_id = $1 AND en
 
 impl Store {
     /// `sql` with `$1`, `$2`, … as the backend writes parameters (each used once, in order).
-    fn statement(&self, sql: &str, values: Vec<Value>) -> Statement {
+    pub(super) fn statement(&self, sql: &str, values: Vec<Value>) -> Statement {
         let sql = match self.backend {
             Backend::Postgres => sql.to_string(),
             Backend::Sqlite => {
@@ -154,7 +160,7 @@ impl Store {
     }
 
     /// Runs `sql` and hands each row to `f` as it comes (rows are not gathered first).
-    async fn each(
+    pub(super) async fn each(
         &self,
         sql: &str,
         values: Vec<Value>,
@@ -203,10 +209,13 @@ impl Store {
         until: DateTime<Utc>,
         needs: ReportNeeds,
     ) -> Result<ReportRows> {
-        let mut out = ReportRows::default();
+        let mut out = ReportRows {
+            funnel: funnel.to_string(),
+            ..ReportRows::default()
+        };
         let f = || -> Vec<Value> { vec![funnel.as_str().into(), ms(until).into()] };
         self.each(
-            "SELECT id, lead_id, entered_at, status, outcome, exited_at FROM enrollments \
+            "SELECT id, lead_id, entered_at, status, outcome, exited_at, origin FROM enrollments \
                  WHERE funnel_id = $1 AND entered_at < $2 ORDER BY id",
             f(),
             |r| {
@@ -228,6 +237,9 @@ impl Store {
                     entered_at: from_ms(r.try_get_by_index(2)?),
                     status,
                     exited_at: r.try_get_by_index::<Option<i64>>(5)?.map(from_ms),
+                    origin: r
+                        .try_get_by_index::<Option<String>>(6)?
+                        .unwrap_or_else(super::counts::none_origin),
                 });
                 Ok(())
             },
@@ -360,5 +372,73 @@ impl Store {
             .await?;
         }
         Ok(out)
+    }
+}
+
+/// A stored run's facts for its counters ([`crate::tally::Tally::replay`]).
+#[derive(Debug, Clone)]
+pub struct RunOf<'a> {
+    pub enrollment: EnrollmentId,
+    pub lead: LeadId,
+    pub facts: RunFacts<'a>,
+}
+
+impl ReportRows {
+    /// Each run with its visits (in the order they began), milestones and its lead's orders.
+    pub fn run_facts(&self) -> Vec<RunOf<'_>> {
+        let mut visits: HashMap<EnrollmentId, Vec<Visit>> = HashMap::new();
+        for v in &self.visits {
+            visits.entry(v.enrollment).or_default().push(Visit {
+                stage: v.stage.as_str(),
+                entered_at: v.entered_at,
+                exited_at: v.exited_at,
+                reason: v.reason.as_deref(),
+                next: v.next.as_ref().map(StageId::as_str),
+            });
+        }
+        let mut milestones: HashMap<EnrollmentId, Vec<(&str, DateTime<Utc>)>> = HashMap::new();
+        for m in &self.milestones {
+            milestones
+                .entry(m.enrollment)
+                .or_default()
+                .push((m.kind.as_str(), m.at));
+        }
+        let mut orders: HashMap<LeadId, Vec<Order>> = HashMap::new();
+        for p in &self.purchases {
+            if let Some(product) = p.product.as_deref() {
+                orders.entry(p.lead).or_default().push(Order {
+                    product,
+                    currency: p.currency.as_deref().unwrap_or("—"),
+                    amount: p.amount.unwrap_or(0.0),
+                    at: p.at,
+                });
+            }
+        }
+        self.runs
+            .iter()
+            .map(|r| {
+                let mut vs = visits.remove(&r.enrollment).unwrap_or_default();
+                vs.sort_by_key(|v| v.entered_at);
+                RunOf {
+                    enrollment: r.enrollment,
+                    lead: r.lead,
+                    facts: RunFacts {
+                        run: Run {
+                            funnel: &self.funnel,
+                            entered_at: r.entered_at,
+                            origin: &r.origin,
+                        },
+                        unconfirmed: r.status == RunStatus::Unconfirmed,
+                        converted_at: match r.status {
+                            RunStatus::Exited(Outcome::Converted) => r.exited_at,
+                            _ => None,
+                        },
+                        visits: vs,
+                        milestones: milestones.remove(&r.enrollment).unwrap_or_default(),
+                        orders: orders.get(&r.lead).cloned().unwrap_or_default(),
+                    },
+                }
+            })
+            .collect()
     }
 }

@@ -1,0 +1,320 @@
+//! The report counters (`report_counts`, see [`crate::tally`]): added in the transactions
+//! that write what they count, read as sums over a period, and made again from the stored rows
+//! (after the upgrade that brought them, or on demand).
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
+
+use super::batch::{self, Params};
+use super::{Backend, ReportNeeds, Result, Store};
+use crate::domain::{Event, EventKind, FunnelId, LeadId};
+use crate::tally::{self, Figures, Order, Run, Sum, Tally};
+
+/// Counts new orders: each purchase of a product is credited to every run of its lead that
+/// had entered a stage before it, under that stage.
+pub(super) async fn count_orders(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    orders: &[(LeadId, &Event, DateTime<Utc>)],
+) -> Result<()> {
+    let orders: Vec<_> = orders
+        .iter()
+        .filter(|(_, e, _)| e.kind == EventKind::Purchase && e.product.is_some())
+        .collect();
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let mut tally = Tally::by_day();
+    let mut leads: Vec<i64> = orders.iter().map(|(l, _, _)| l.0).collect();
+    leads.sort_unstable();
+    leads.dedup();
+    for chunk in leads.chunks(batch::ROWS) {
+        let mut q = Params::new(backend);
+        let list: Vec<String> = batch::padded(chunk.iter().copied())
+            .into_iter()
+            .map(|l| q.p(l))
+            .collect();
+        let sql = format!(
+            "SELECT e.lead_id, e.funnel_id, e.entered_at, e.origin, h.stage_id, MIN(h.entered_at) \
+             FROM enrollments e JOIN stage_history h ON h.enrollment_id = e.id \
+             WHERE e.lead_id IN ({}) \
+             GROUP BY e.id, e.lead_id, e.funnel_id, e.entered_at, e.origin, h.stage_id",
+            list.join(", ")
+        );
+        for r in txn.query_all_raw(q.statement(sql)).await? {
+            let lead: i64 = r.try_get_by_index(0)?;
+            let funnel: String = r.try_get_by_index(1)?;
+            let origin: Option<String> = r.try_get_by_index(3)?;
+            let run = Run {
+                funnel: &funnel,
+                entered_at: super::from_ms(r.try_get_by_index(2)?),
+                origin: origin.as_deref().unwrap_or_default(),
+            };
+            let stage: String = r.try_get_by_index(4)?;
+            let since = super::from_ms(r.try_get_by_index(5)?);
+            for (_, e, at) in orders.iter().filter(|(l, _, _)| l.0 == lead) {
+                if since <= *at {
+                    let o = order_of(e, *at);
+                    tally.purchase(&run, &stage, o.product, o.currency, o.amount, o.at);
+                }
+            }
+        }
+    }
+    batch::write_counts(txn, backend, &tally).await
+}
+
+/// An event's order, as the counters see it.
+pub(super) fn order_of(e: &Event, at: DateTime<Utc>) -> Order<'_> {
+    Order {
+        product: e.product.as_deref().unwrap_or_default(),
+        currency: e.currency.as_deref().unwrap_or("—"),
+        amount: e.amount.unwrap_or(0.0),
+        at,
+    }
+}
+
+/// How the days of a period are grouped: all together, or into periods starting on these
+/// days (the first is the period's first day).
+#[derive(Debug, Clone)]
+pub enum Grouping {
+    Whole,
+    Periods(Vec<i64>),
+}
+
+impl Store {
+    /// The counters of `funnel` over the days `[from_day, to_day)`, summed per period of
+    /// `grouping` (numbered from 0) and per origin: all runs together ([`tally::ALL`]), and
+    /// each origin too when `per_origin`.
+    pub async fn report_figures(
+        &self,
+        funnel: &FunnelId,
+        from_day: i64,
+        to_day: i64,
+        grouping: &Grouping,
+        per_origin: bool,
+    ) -> Result<BTreeMap<(i64, String), Figures>> {
+        // The boundaries are whole numbers made here, not text from outside.
+        let period = match grouping {
+            Grouping::Whole => "0".to_string(),
+            Grouping::Periods(starts) => {
+                let mut case = String::from("CASE");
+                for (i, d) in starts.iter().enumerate().skip(1) {
+                    case.push_str(&format!(" WHEN day < {d} THEN {}", i - 1));
+                }
+                format!("{case} ELSE {} END", starts.len().saturating_sub(1))
+            }
+        };
+        let origin = if per_origin { "1 = 1" } else { "origin = ''" };
+        let sql = format!(
+            "SELECT CAST({period} AS BIGINT) AS period, origin, view, stage, metric, CAST(SUM(n) AS BIGINT), SUM(total) \
+             FROM report_counts WHERE funnel_id = $1 AND {origin} AND day >= $2 AND day < $3 \
+             GROUP BY 1, origin, view, stage, metric"
+        );
+        let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
+        let values = vec![funnel.as_str().into(), from_day.into(), to_day.into()];
+        self.each(&sql, values, |r| {
+            let Some(view) = tally::View::parse(&r.try_get_by_index::<String>(2)?) else {
+                return Ok(());
+            };
+            let n: i64 = r.try_get_by_index::<Option<i64>>(5)?.unwrap_or(0);
+            let total: f64 = r.try_get_by_index::<Option<f64>>(6)?.unwrap_or(0.0);
+            out.entry((
+                r.try_get_by_index::<i64>(0)?,
+                r.try_get_by_index::<String>(1)?,
+            ))
+            .or_default()
+            .add(
+                view,
+                &r.try_get_by_index::<String>(3)?,
+                &r.try_get_by_index::<String>(4)?,
+                Sum { n, total },
+            );
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Makes every report counter again from the stored rows, and each run's origin (when it
+    /// has none) and what it has reached. Returns how many runs were counted.
+    pub async fn recount(&self, now: DateTime<Utc>) -> Result<u64> {
+        let funnels: Vec<String> = {
+            let mut v: Vec<String> = Vec::new();
+            self.each(
+                "SELECT DISTINCT funnel_id FROM enrollments",
+                Vec::new(),
+                |r| {
+                    v.push(r.try_get_by_index(0)?);
+                    Ok(())
+                },
+            )
+            .await?;
+            v
+        };
+        self.set_origins().await?;
+        let txn = self.write().await?;
+        txn.execute_unprepared("DELETE FROM report_counts").await?;
+        let mut runs = 0;
+        for f in funnels {
+            let Ok(funnel) = FunnelId::parse(&f) else {
+                continue;
+            };
+            let needs = ReportNeeds {
+                visits: true,
+                purchases: true,
+                milestones: true,
+                ..ReportNeeds::default()
+            };
+            let rows = self.report_rows(&funnel, now, needs).await?;
+            let mut tally = Tally::by_day();
+            let mut reached: Vec<Vec<Value>> = Vec::new();
+            for facts in rows.run_facts() {
+                let r = tally.replay(&facts.facts);
+                reached.push(vec![facts.enrollment.0.into(), r.text().into()]);
+                runs += 1;
+            }
+            batch::write_counts(&txn, self.backend, &tally).await?;
+            for chunk in batch::chunks(reached) {
+                let mut q = Params::new(self.backend);
+                let values = q.values(chunk);
+                let sql = format!(
+                    "UPDATE enrollments SET reached = v.column2 FROM (VALUES {values}) AS v \
+                     WHERE enrollments.id = v.column1"
+                );
+                txn.execute_raw(q.statement(sql)).await?;
+            }
+        }
+        txn.commit().await?;
+        Ok(runs)
+    }
+
+    /// Gives each run without an origin the first touch of its lead up to the run's entry.
+    async fn set_origins(&self) -> Result<()> {
+        let mut todo: Vec<(i64, i64, i64)> = Vec::new();
+        self.each(
+            "SELECT id, lead_id, entered_at FROM enrollments WHERE origin IS NULL ORDER BY id",
+            Vec::new(),
+            |r| {
+                todo.push((
+                    r.try_get_by_index(0)?,
+                    r.try_get_by_index(1)?,
+                    r.try_get_by_index(2)?,
+                ));
+                Ok(())
+            },
+        )
+        .await?;
+        let txn = self.write().await?;
+        for chunk in todo.chunks(batch::ROWS) {
+            let leads: Vec<LeadId> = chunk.iter().map(|(_, l, _)| LeadId(*l)).collect();
+            let touches = first_touches(&txn, self.backend, &leads).await?;
+            let rows: Vec<Vec<Value>> = chunk
+                .iter()
+                .map(|(id, lead, at)| {
+                    let o = touches
+                        .get(lead)
+                        .and_then(|ts| ts.iter().find(|(t, _)| *t <= *at))
+                        .map_or_else(none_origin, |(_, o)| o.clone());
+                    vec![(*id).into(), o.into()]
+                })
+                .collect();
+            let mut q = Params::new(self.backend);
+            let values = q.values(rows);
+            let sql = format!(
+                "UPDATE enrollments SET origin = v.column2 FROM (VALUES {values}) AS v \
+                 WHERE enrollments.id = v.column1"
+            );
+            txn.execute_raw(q.statement(sql)).await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+/// The origin of a run whose lead has no touch.
+pub(super) fn none_origin() -> String {
+    tally::origin([None; 5])
+}
+
+/// Each lead's touches as origins, oldest first, with their times (ms).
+pub(super) async fn first_touches(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    leads: &[LeadId],
+) -> Result<HashMap<i64, Vec<(i64, String)>>> {
+    let mut out: HashMap<i64, Vec<(i64, String)>> = HashMap::new();
+    if leads.is_empty() {
+        return Ok(out);
+    }
+    let mut q = Params::new(backend);
+    let list: Vec<String> = batch::padded(leads.iter().map(|l| l.0))
+        .into_iter()
+        .map(|l| q.p(l))
+        .collect();
+    let sql = format!(
+        "SELECT lead_id, occurred_at, channel, source, medium, campaign, form_id FROM touches \
+         WHERE lead_id IN ({}) ORDER BY lead_id, occurred_at, id",
+        list.join(", ")
+    );
+    for r in txn.query_all_raw(q.statement(sql)).await? {
+        let parts: [Option<String>; 5] = [
+            r.try_get_by_index::<Option<String>>(2)?,
+            r.try_get_by_index(3)?,
+            r.try_get_by_index(4)?,
+            r.try_get_by_index(5)?,
+            r.try_get_by_index(6)?,
+        ];
+        let o = tally::origin(parts.each_ref().map(|p| p.as_deref()));
+        out.entry(r.try_get_by_index(0)?)
+            .or_default()
+            .push((r.try_get_by_index(1)?, o));
+    }
+    Ok(out)
+}
+
+/// What a report reads: the rows it needs, or the counters over whole days.
+#[derive(Debug, Clone)]
+pub enum ReportRead {
+    Rows(ReportNeeds),
+    Counts {
+        from_day: i64,
+        to_day: i64,
+        grouping: Grouping,
+        per_origin: bool,
+    },
+}
+
+/// What a report read.
+#[derive(Debug, Clone)]
+pub enum ReportData {
+    Rows(super::ReportRows),
+    /// Per (period, origin).
+    Counts(BTreeMap<(i64, String), Figures>),
+}
+
+impl Store {
+    /// Reads what a report of `funnel` needs, up to `until` for rows.
+    pub async fn read_report(
+        &self,
+        funnel: &FunnelId,
+        read: &ReportRead,
+        until: DateTime<Utc>,
+    ) -> Result<ReportData> {
+        Ok(match read {
+            ReportRead::Rows(needs) => {
+                ReportData::Rows(self.report_rows(funnel, until, *needs).await?)
+            }
+            ReportRead::Counts {
+                from_day,
+                to_day,
+                grouping,
+                per_origin,
+            } => ReportData::Counts(
+                self.report_figures(funnel, *from_day, *to_day, grouping, *per_origin)
+                    .await?,
+            ),
+        })
+    }
+}

@@ -1,0 +1,582 @@
+//! Report counters: what each stored fact (a run entering, a stage visit opened or closed, a
+//! conversion, a score milestone, a purchase) adds to its funnel's figures, summed per day.
+//!
+//! The store adds these in the transaction that writes the fact, so a report reads a few
+//! hundred sums instead of every row; a report that needs the rows themselves (a conversion
+//! window, a slice by a lead field, a period that does not start at midnight) replays the rows
+//! through the same functions into periods instead of days. Either way the figures come from
+//! one place and agree. Pure: no IO, no clock.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+/// Which time a counter is filed under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum View {
+    /// The day the run entered the funnel (entry cohorts).
+    Entry,
+    /// The day the counted thing happened (the calendar view).
+    Calendar,
+}
+
+impl View {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            View::Entry => "entry",
+            View::Calendar => "calendar",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<View> {
+        match text {
+            "entry" => Some(View::Entry),
+            "calendar" => Some(View::Calendar),
+            _ => None,
+        }
+    }
+}
+
+/// Funnel-wide figures are filed under this stage.
+pub const FUNNEL: &str = "";
+/// The origin of the counters of all runs together.
+pub const ALL: &str = "";
+
+/// The names of the counters.
+pub mod metric {
+    /// Runs that entered the funnel (funnel-wide, entry view).
+    pub const ENTERED: &str = "entered";
+    /// Runs waiting for the double opt-in click (funnel-wide, entry view; down on the click).
+    pub const UNCONFIRMED: &str = "unconfirmed";
+    /// Runs that exited `converted` (funnel-wide, entry view).
+    pub const CONVERTED: &str = "converted";
+    /// `length:SECONDS`: runs that took this long from entry to `converted` (quantized).
+    pub const LENGTH: &str = "length:";
+    /// Runs that entered the stage for the first time.
+    pub const IN: &str = "in";
+    /// Visits of the stage not left yet.
+    pub const OPEN: &str = "open";
+    /// `next:STAGE`: visits left for this stage.
+    pub const NEXT: &str = "next:";
+    /// `exit:OUTCOME`: visits left by leaving the funnel.
+    pub const EXIT: &str = "exit:";
+    /// `time:SECONDS`: visits that lasted this long (quantized).
+    pub const TIME: &str = "time:";
+    /// `with:STAGE`: runs that reached both this stage and that one, counted under whichever
+    /// they reached second (entry view).
+    pub const WITH: &str = "with:";
+    /// `buy␟PRODUCT␟CURRENCY`: orders (and their total) by leads whose run had entered the
+    /// stage before buying.
+    pub const BUY: &str = "buy\u{1f}";
+}
+
+/// A counter: one figure of a funnel, for one day (or period), one view and one origin.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub funnel: String,
+    pub view: View,
+    /// Days since 1970-01-01 (UTC), or the index of a period when replaying rows.
+    pub day: i64,
+    /// Where the run's lead came from ([`origin`]), or [`ALL`].
+    pub origin: String,
+    /// A stage id, or [`FUNNEL`].
+    pub stage: String,
+    pub metric: String,
+}
+
+/// A counter's value: how many, and a sum of money for orders.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sum {
+    pub n: i64,
+    pub total: f64,
+}
+
+impl Sum {
+    pub fn add(&mut self, other: Sum) {
+        self.n += other.n;
+        self.total += other.total;
+    }
+}
+
+/// The run a fact belongs to, as the counters see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Run<'a> {
+    pub funnel: &'a str,
+    pub entered_at: DateTime<Utc>,
+    /// The run's [`origin`].
+    pub origin: &'a str,
+}
+
+/// What a run's lead came from — the first touch's channel, source, medium, campaign and form
+/// — as one text (a JSON array), so runs can be counted per origin and sliced by any part.
+pub fn origin(parts: [Option<&str>; 5]) -> String {
+    serde_json::Value::from(
+        parts
+            .iter()
+            .map(|p| p.map_or(serde_json::Value::Null, serde_json::Value::from))
+            .collect::<Vec<_>>(),
+    )
+    .to_string()
+}
+
+/// The five parts of an [`origin`] (none for a text that is not one).
+pub fn origin_parts(text: &str) -> [Option<String>; 5] {
+    let mut out: [Option<String>; 5] = Default::default();
+    if let Ok(serde_json::Value::Array(items)) = serde_json::from_str(text) {
+        for (o, v) in out.iter_mut().zip(items) {
+            *o = v.as_str().map(str::to_string);
+        }
+    }
+    out
+}
+
+/// Durations are kept to the second under a minute, to the minute under a day and to the hour
+/// beyond (what the report shows), so a day's visits need few counters.
+pub fn quantize(secs: i64) -> i64 {
+    match secs {
+        s if s < 60 => s.max(0),
+        s if s < 86_400 => s - s % 60,
+        s => s - s % 3_600,
+    }
+}
+
+/// The days since 1970-01-01 of a time (UTC).
+pub fn day_of(t: DateTime<Utc>) -> i64 {
+    t.timestamp().div_euclid(86_400)
+}
+
+/// Keeps a text out of the counters' separators.
+fn clean(text: &str) -> String {
+    text.replace('\u{1f}', " ")
+}
+
+/// Where counters are filed: by day (as stored), or into the periods of a report (facts
+/// outside every period are left out).
+#[derive(Debug, Clone)]
+enum Filing {
+    Days,
+    Periods(Vec<(DateTime<Utc>, DateTime<Utc>)>),
+}
+
+/// Counters being summed.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    filing: Filing,
+    /// Whether to add each counter to the run's origin as well as to [`ALL`].
+    origins: bool,
+    pub sums: BTreeMap<Key, Sum>,
+}
+
+impl Tally {
+    /// Counters per day, for all runs and per origin: what the store keeps.
+    pub fn by_day() -> Tally {
+        Tally {
+            filing: Filing::Days,
+            origins: true,
+            sums: BTreeMap::new(),
+        }
+    }
+
+    /// Counters per period (the key's `day` is the period's index), for all runs and, when
+    /// `origins`, per origin.
+    pub fn in_periods(periods: Vec<(DateTime<Utc>, DateTime<Utc>)>, origins: bool) -> Tally {
+        Tally {
+            filing: Filing::Periods(periods),
+            origins,
+            sums: BTreeMap::new(),
+        }
+    }
+
+    fn slot(&self, t: DateTime<Utc>) -> Option<i64> {
+        match &self.filing {
+            Filing::Days => Some(day_of(t)),
+            Filing::Periods(ps) => ps
+                .iter()
+                .position(|(a, b)| t >= *a && t < *b)
+                .map(|i| i as i64),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        run: &Run,
+        view: View,
+        at: DateTime<Utc>,
+        stage: &str,
+        metric: String,
+        n: i64,
+        total: f64,
+    ) {
+        let t = match view {
+            View::Entry => run.entered_at,
+            View::Calendar => at,
+        };
+        let Some(day) = self.slot(t) else {
+            return;
+        };
+        let mut key = Key {
+            funnel: run.funnel.to_string(),
+            view,
+            day,
+            origin: ALL.to_string(),
+            stage: stage.to_string(),
+            metric,
+        };
+        if self.origins && !run.origin.is_empty() {
+            let mut own = key.clone();
+            own.origin = run.origin.to_string();
+            self.sums.entry(own).or_default().add(Sum { n, total });
+        }
+        key.origin = ALL.to_string();
+        self.sums.entry(key).or_default().add(Sum { n, total });
+    }
+
+    fn both(&mut self, run: &Run, at: DateTime<Utc>, stage: &str, metric: String, n: i64) {
+        self.add(run, View::Entry, at, stage, metric.clone(), n, 0.0);
+        self.add(run, View::Calendar, at, stage, metric, n, 0.0);
+    }
+
+    /// A run entered the funnel (waiting for the double opt-in click when `unconfirmed`).
+    pub fn entered(&mut self, run: &Run, unconfirmed: bool) {
+        let at = run.entered_at;
+        self.add(run, View::Entry, at, FUNNEL, metric::ENTERED.into(), 1, 0.0);
+        if unconfirmed {
+            self.add(
+                run,
+                View::Entry,
+                at,
+                FUNNEL,
+                metric::UNCONFIRMED.into(),
+                1,
+                0.0,
+            );
+        }
+    }
+
+    /// A run that was waiting for the double opt-in click is not any more.
+    pub fn confirmed(&mut self, run: &Run) {
+        let at = run.entered_at;
+        self.add(
+            run,
+            View::Entry,
+            at,
+            FUNNEL,
+            metric::UNCONFIRMED.into(),
+            -1,
+            0.0,
+        );
+    }
+
+    /// A run entered `stage` at `at`; `reached` holds what it had reached before (stages and
+    /// milestones), and gets this stage.
+    pub fn opened(&mut self, run: &Run, stage: &str, at: DateTime<Utc>, reached: &mut Reached) {
+        if reached.insert(stage) {
+            self.both(run, at, stage, metric::IN.into(), 1);
+            let before: Vec<String> = reached
+                .stages()
+                .filter(|s| *s != stage)
+                .map(str::to_string)
+                .collect();
+            for other in before {
+                let m = format!("{}{other}", metric::WITH);
+                self.add(run, View::Entry, at, stage, m, 1, 0.0);
+            }
+        }
+        self.both(run, at, stage, metric::OPEN.into(), 1);
+    }
+
+    /// A run left `stage` (entered at `entered`) at `at`, for `next` or by `reason`
+    /// (`exit: OUTCOME`, …).
+    pub fn closed(
+        &mut self,
+        run: &Run,
+        stage: &str,
+        entered: DateTime<Utc>,
+        at: DateTime<Utc>,
+        next: Option<&str>,
+        reason: Option<&str>,
+    ) {
+        let way = match (next, reason) {
+            (Some(n), _) => format!("{}{n}", metric::NEXT),
+            (None, Some(r)) => format!("{}{}", metric::EXIT, r.strip_prefix("exit: ").unwrap_or(r)),
+            (None, None) => format!("{}unknown", metric::EXIT),
+        };
+        let time = format!("{}{}", metric::TIME, quantize((at - entered).num_seconds()));
+        // Calendar counters of a visit are filed under the day it began.
+        for (m, n) in [(metric::OPEN.to_string(), -1), (way, 1), (time, 1)] {
+            self.add(run, View::Entry, entered, stage, m.clone(), n, 0.0);
+            self.add(run, View::Calendar, entered, stage, m, n, 0.0);
+        }
+    }
+
+    /// A run exited `converted` at `at`.
+    pub fn converted(&mut self, run: &Run, at: DateTime<Utc>) {
+        let len = format!(
+            "{}{}",
+            metric::LENGTH,
+            quantize((at - run.entered_at).num_seconds())
+        );
+        for m in [metric::CONVERTED.to_string(), len] {
+            self.add(run, View::Entry, at, FUNNEL, m, 1, 0.0);
+        }
+    }
+
+    /// A run's lead crossed a score threshold (`mql`, `sql`); counted once per run.
+    pub fn milestone(&mut self, run: &Run, kind: &str, at: DateTime<Utc>, reached: &mut Reached) {
+        if reached.insert(&format!("@{kind}")) {
+            self.both(run, at, FUNNEL, kind.to_string(), 1);
+        }
+    }
+
+    /// The run's lead bought `product` at `at`, after the run entered `stage`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn purchase(
+        &mut self,
+        run: &Run,
+        stage: &str,
+        product: &str,
+        currency: &str,
+        amount: f64,
+        at: DateTime<Utc>,
+    ) {
+        let m = format!("{}{}\u{1f}{}", metric::BUY, clean(product), clean(currency));
+        self.add(run, View::Entry, at, stage, m.clone(), 1, amount);
+        self.add(run, View::Calendar, at, stage, m, 1, amount);
+    }
+
+    /// Every counter turned round: what to add to take these facts back out.
+    pub fn negated(mut self) -> Tally {
+        for s in self.sums.values_mut() {
+            s.n = -s.n;
+            s.total = -s.total;
+        }
+        self
+    }
+}
+
+/// What a run has reached: the stages it entered and the score milestones it crossed
+/// (`@mql`), as the store keeps it (comma-separated, in order).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reached(Vec<String>);
+
+impl Reached {
+    pub fn parse(text: &str) -> Reached {
+        Reached(
+            text.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+        )
+    }
+
+    /// Adds `item`; `false` when it was there already.
+    pub fn insert(&mut self, item: &str) -> bool {
+        if self.0.iter().any(|s| s == item) {
+            return false;
+        }
+        self.0.push(item.to_string());
+        true
+    }
+
+    /// The stages reached, in order.
+    pub fn stages(&self) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !s.starts_with('@'))
+    }
+
+    pub fn text(&self) -> String {
+        self.0.join(",")
+    }
+}
+
+/// The counters of one report, summed over its period for one origin: (view, stage, metric)
+/// → sum.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Figures(pub BTreeMap<(View, String, String), Sum>);
+
+impl Figures {
+    pub fn add(&mut self, view: View, stage: &str, metric: &str, s: Sum) {
+        self.0
+            .entry((view, stage.to_string(), metric.to_string()))
+            .or_default()
+            .add(s);
+    }
+
+    /// Adds another's counters to these.
+    pub fn merge(&mut self, other: &Figures) {
+        for ((v, st, m), s) in &other.0 {
+            self.add(*v, st, m, *s);
+        }
+    }
+
+    /// How many for one counter.
+    pub fn n(&self, view: View, stage: &str, metric: &str) -> i64 {
+        self.0
+            .get(&(view, stage.to_string(), metric.to_string()))
+            .map_or(0, |s| s.n)
+    }
+
+    /// The counters of a stage whose metric starts with `prefix`: (rest of the name, sum).
+    pub fn with_prefix<'a>(
+        &'a self,
+        view: View,
+        stage: &'a str,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a str, Sum)> + 'a {
+        self.0
+            .range((view, stage.to_string(), prefix.to_string())..)
+            .take_while(move |((v, s, m), _)| *v == view && s == stage && m.starts_with(prefix))
+            .map(move |((_, _, m), s)| (&m[prefix.len()..], *s))
+    }
+
+    /// The (value, count) pairs of a quantized distribution such as `time:`.
+    pub fn histogram(&self, view: View, stage: &str, prefix: &str) -> Vec<(i64, u64)> {
+        let mut out: Vec<(i64, u64)> = self
+            .with_prefix(view, stage, prefix)
+            .filter_map(|(v, s)| Some((v.parse().ok()?, u64::try_from(s.n).ok()?)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+}
+
+/// Sums a tally's counters per (day or period, origin) into [`Figures`].
+pub fn figures(tally: &Tally) -> BTreeMap<(i64, String), Figures> {
+    let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
+    for (k, s) in &tally.sums {
+        out.entry((k.day, k.origin.clone()))
+            .or_default()
+            .add(k.view, &k.stage, &k.metric, *s);
+    }
+    out
+}
+
+/// A stage visit as stored.
+#[derive(Debug, Clone, Copy)]
+pub struct Visit<'a> {
+    pub stage: &'a str,
+    pub entered_at: DateTime<Utc>,
+    pub exited_at: Option<DateTime<Utc>>,
+    pub reason: Option<&'a str>,
+    pub next: Option<&'a str>,
+}
+
+/// An order as stored: product, currency (`—` for none), amount and time.
+#[derive(Debug, Clone, Copy)]
+pub struct Order<'a> {
+    pub product: &'a str,
+    pub currency: &'a str,
+    pub amount: f64,
+    pub at: DateTime<Utc>,
+}
+
+/// Everything stored about one run that its counters come from.
+#[derive(Debug, Clone)]
+pub struct RunFacts<'a> {
+    pub run: Run<'a>,
+    /// Still waiting for the double opt-in click.
+    pub unconfirmed: bool,
+    /// When it exited `converted`.
+    pub converted_at: Option<DateTime<Utc>>,
+    /// Its stage visits, in the order they began.
+    pub visits: Vec<Visit<'a>>,
+    /// Its score milestones (`mql`, `sql`), oldest first.
+    pub milestones: Vec<(&'a str, DateTime<Utc>)>,
+    /// Every order of its lead.
+    pub orders: Vec<Order<'a>>,
+}
+
+impl Tally {
+    /// Adds the counters of a stored run, as its transitions and its lead's orders added them
+    /// when they were written; returns what the run has reached.
+    pub fn replay(&mut self, r: &RunFacts) -> Reached {
+        let run = &r.run;
+        let mut reached = Reached::default();
+        self.entered(run, r.unconfirmed);
+        let mut first: Vec<(&str, DateTime<Utc>)> = Vec::new();
+        for v in &r.visits {
+            if !first.iter().any(|(s, _)| *s == v.stage) {
+                first.push((v.stage, v.entered_at));
+            }
+            self.opened(run, v.stage, v.entered_at, &mut reached);
+            if let Some(out) = v.exited_at {
+                self.closed(run, v.stage, v.entered_at, out, v.next, v.reason);
+            }
+        }
+        for (kind, at) in &r.milestones {
+            self.milestone(run, kind, *at, &mut reached);
+        }
+        if let Some(at) = r.converted_at {
+            self.converted(run, at);
+        }
+        for o in &r.orders {
+            for (stage, since) in &first {
+                if *since <= o.at {
+                    self.purchase(run, stage, o.product, o.currency, o.amount, o.at);
+                }
+            }
+        }
+        reached
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(h: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + h * 3_600, 0).unwrap()
+    }
+
+    #[test]
+    fn a_run_through_two_stages() {
+        let run = Run {
+            funnel: "f",
+            entered_at: at(0),
+            origin: &origin([Some("signup"), Some("google"), None, None, Some("optin")]),
+        };
+        let mut t = Tally::by_day();
+        let mut reached = Reached::default();
+        t.entered(&run, false);
+        t.opened(&run, "a", at(0), &mut reached);
+        t.closed(&run, "a", at(0), at(30), Some("b"), Some("goto: b"));
+        t.opened(&run, "b", at(30), &mut reached);
+        t.opened(&run, "a", at(31), &mut reached);
+        t.purchase(&run, "a", "book", "USD", 9.5, at(32));
+        let f = figures(&t);
+        let all = &f[&(day_of(at(0)), ALL.to_string())];
+        assert_eq!(all.n(View::Entry, FUNNEL, metric::ENTERED), 1);
+        assert_eq!(
+            all.n(View::Entry, "a", metric::IN),
+            1,
+            "a second visit is not a new lead"
+        );
+        assert_eq!(all.n(View::Entry, "a", metric::OPEN), 1);
+        assert_eq!(all.n(View::Entry, "b", "with:a"), 1);
+        assert_eq!(
+            all.histogram(View::Entry, "a", metric::TIME),
+            vec![(108_000, 1)]
+        );
+        let buy: Vec<_> = all.with_prefix(View::Entry, "a", metric::BUY).collect();
+        assert_eq!(buy.len(), 1);
+        assert_eq!((buy[0].1.n, buy[0].1.total), (1, 9.5));
+        assert_eq!(origin_parts(run.origin)[1].as_deref(), Some("google"));
+        assert_eq!(
+            f.keys().filter(|(_, o)| o == run.origin).count(),
+            2,
+            "the run's origin has its own counters, on both days"
+        );
+    }
+
+    #[test]
+    fn quantized_as_shown() {
+        assert_eq!(quantize(59), 59);
+        assert_eq!(quantize(18_659), 18_600);
+        assert_eq!(quantize(273_601), 273_600);
+        assert_eq!(quantize(-5), 0);
+    }
+}
