@@ -72,7 +72,7 @@ enum Command {
     Report {
         /// Funnel id.
         funnel: String,
-        /// First day of the period (YYYY-MM-DD or RFC 3339, UTC); default 30 days before `--to`.
+        /// First day of the period (YYYY-MM-DD or RFC 3339, UTC); default midnight 30 days before `--to`.
         #[arg(long)]
         from: Option<String>,
         /// End of the period, exclusive (YYYY-MM-DD or RFC 3339, UTC); default now.

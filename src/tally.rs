@@ -329,7 +329,8 @@ impl Tally {
         }
     }
 
-    /// The run's lead bought `product` at `at`, after the run entered `stage`.
+    /// The run's lead bought `product` at `at`, after the run entered `stage` (strictly: an
+    /// order made as the run enters the stage is what brought it there, not the stage's sale).
     #[allow(clippy::too_many_arguments)]
     pub fn purchase(
         &mut self,
@@ -515,7 +516,7 @@ impl Tally {
         }
         for o in &r.orders {
             for (stage, since) in &first {
-                if *since <= o.at {
+                if *since < o.at {
                     self.purchase(run, stage, o.product, o.currency, o.amount, o.at);
                 }
             }

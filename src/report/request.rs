@@ -218,7 +218,8 @@ impl Request {
             .as_deref()
             .map(|t| time("from", t))
             .transpose()?
-            .unwrap_or(to - Duration::days(30));
+            // Whole days: from midnight (UTC) 30 days before `to`.
+            .unwrap_or_else(|| By::Day.floor(to - Duration::days(30)));
         if from >= to {
             return Err(bad(
                 "from",

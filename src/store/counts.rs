@@ -55,7 +55,7 @@ pub(super) async fn count_orders(
             let stage: String = r.try_get_by_index(4)?;
             let since = super::from_ms(r.try_get_by_index(5)?);
             for (_, e, at) in orders.iter().filter(|(l, _, _)| l.0 == lead) {
-                if since <= *at {
+                if since < *at {
                     let o = order_of(e, *at);
                     tally.purchase(&run, &stage, o.product, o.currency, o.amount, o.at);
                 }

@@ -384,7 +384,8 @@ pub struct RunOf<'a> {
 }
 
 impl ReportRows {
-    /// Each run with its visits (in the order they began), milestones and its lead's orders.
+    /// Each run with its visits (in the order they were written), milestones and its lead's
+    /// orders.
     pub fn run_facts(&self) -> Vec<RunOf<'_>> {
         let mut visits: HashMap<EnrollmentId, Vec<Visit>> = HashMap::new();
         for v in &self.visits {
@@ -416,28 +417,24 @@ impl ReportRows {
         }
         self.runs
             .iter()
-            .map(|r| {
-                let mut vs = visits.remove(&r.enrollment).unwrap_or_default();
-                vs.sort_by_key(|v| v.entered_at);
-                RunOf {
-                    enrollment: r.enrollment,
-                    lead: r.lead,
-                    facts: RunFacts {
-                        run: Run {
-                            funnel: &self.funnel,
-                            entered_at: r.entered_at,
-                            origin: &r.origin,
-                        },
-                        unconfirmed: r.status == RunStatus::Unconfirmed,
-                        converted_at: match r.status {
-                            RunStatus::Exited(Outcome::Converted) => r.exited_at,
-                            _ => None,
-                        },
-                        visits: vs,
-                        milestones: milestones.remove(&r.enrollment).unwrap_or_default(),
-                        orders: orders.get(&r.lead).cloned().unwrap_or_default(),
+            .map(|r| RunOf {
+                enrollment: r.enrollment,
+                lead: r.lead,
+                facts: RunFacts {
+                    run: Run {
+                        funnel: &self.funnel,
+                        entered_at: r.entered_at,
+                        origin: &r.origin,
                     },
-                }
+                    unconfirmed: r.status == RunStatus::Unconfirmed,
+                    converted_at: match r.status {
+                        RunStatus::Exited(Outcome::Converted) => r.exited_at,
+                        _ => None,
+                    },
+                    visits: visits.remove(&r.enrollment).unwrap_or_default(),
+                    milestones: milestones.remove(&r.enrollment).unwrap_or_default(),
+                    orders: orders.get(&r.lead).cloned().unwrap_or_default(),
+                },
             })
             .collect()
     }
