@@ -9,7 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
 
 /// Which time a counter is filed under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -68,6 +69,13 @@ pub mod metric {
     /// `buy␟PRODUCT␟CURRENCY`: orders (and their total) by leads whose run had entered the
     /// stage before buying.
     pub const BUY: &str = "buy\u{1f}";
+    /// Orders by the funnel's leads (funnel-wide, calendar view).
+    pub const PURCHASES: &str = "purchases";
+    /// Of those, orders with no touch in the lookback.
+    pub const UNATTRIBUTED: &str = "unattributed";
+    /// `credit␟[MODEL, CHANNEL, SOURCE, CAMPAIGN, CURRENCY]`: the share of orders (CURRENCY
+    /// null) or of their revenue a touch earned under a model, in `total`.
+    pub const CREDIT: &str = "credit\u{1f}";
 }
 
 /// A counter: one figure of a funnel, for one day (or period), one view and one origin.
@@ -454,6 +462,135 @@ pub fn figures(tally: &Tally) -> BTreeMap<(i64, String), Figures> {
             .add(k.view, &k.stage, &k.metric, *s);
     }
     out
+}
+
+/// How a purchase's credit is shared among the touches before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Model {
+    /// All to the first touch.
+    #[serde(rename = "first")]
+    FirstTouch,
+    /// All to the last touch.
+    #[serde(rename = "last")]
+    LastTouch,
+    /// Equal shares.
+    Linear,
+    /// Halved for every 7 days a touch came before the purchase.
+    TimeDecay,
+    /// 40 % to the first, 40 % to the last, 20 % shared by those between.
+    #[serde(rename = "position")]
+    PositionBased,
+}
+
+impl Model {
+    pub const ALL: [(&'static str, Model); 5] = [
+        ("first", Model::FirstTouch),
+        ("last", Model::LastTouch),
+        ("linear", Model::Linear),
+        ("time_decay", Model::TimeDecay),
+        ("position", Model::PositionBased),
+    ];
+
+    /// The model's name on the command line.
+    pub fn name(self) -> &'static str {
+        Model::ALL
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("linear")
+    }
+
+    pub fn parse(text: &str) -> Result<Model, String> {
+        Model::ALL
+            .iter()
+            .find(|(n, _)| *n == text)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| {
+                format!("no attribution model \"{text}\": use first, last, linear, time_decay or position")
+            })
+    }
+}
+
+/// Each touch's share of one conversion, in order; the shares sum to 1. `ages` are how long
+/// before the purchase each touch came, oldest touch first.
+pub fn weights(model: Model, ages: &[Duration]) -> Vec<f64> {
+    let n = ages.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let raw: Vec<f64> = match model {
+        Model::FirstTouch => (0..n).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect(),
+        Model::LastTouch => (0..n).map(|i| if i == n - 1 { 1.0 } else { 0.0 }).collect(),
+        Model::Linear => vec![1.0; n],
+        Model::TimeDecay => {
+            let half_life = Duration::days(7).num_seconds() as f64;
+            ages.iter()
+                .map(|a| 0.5f64.powf(a.num_seconds().max(0) as f64 / half_life))
+                .collect()
+        }
+        Model::PositionBased => match n {
+            1 => vec![1.0],
+            2 => vec![0.5, 0.5],
+            _ => (0..n)
+                .map(|i| {
+                    if i == 0 || i == n - 1 {
+                        0.4
+                    } else {
+                        0.2 / (n - 2) as f64
+                    }
+                })
+                .collect(),
+        },
+    };
+    let total: f64 = raw.iter().sum();
+    raw.into_iter().map(|w| w / total).collect()
+}
+
+/// The lookback the counters share orders among touches in (the reports' default).
+pub const LOOKBACK: Duration = Duration::days(30);
+
+/// A touch as attribution sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Touch<'a> {
+    pub at: DateTime<Utc>,
+    pub channel: &'a str,
+    pub source: Option<&'a str>,
+    pub campaign: Option<&'a str>,
+}
+
+impl Tally {
+    /// An order by a lead of `funnel` (one that had entered it by then), shared among the
+    /// lead's `touches` (oldest first) in the `lookback` before it, by every model.
+    pub fn attribute(&mut self, funnel: &str, o: &Order, touches: &[Touch], lookback: Duration) {
+        let run = Run {
+            funnel,
+            entered_at: o.at,
+            origin: ALL,
+        };
+        let mut add =
+            |m: String, total: f64| self.add(&run, View::Calendar, o.at, FUNNEL, m, 1, total);
+        add(metric::PURCHASES.into(), 0.0);
+        let before: Vec<&Touch> = touches
+            .iter()
+            .filter(|t| t.at <= o.at && o.at - t.at <= lookback)
+            .collect();
+        if before.is_empty() {
+            add(metric::UNATTRIBUTED.into(), 0.0);
+            return;
+        }
+        let ages: Vec<Duration> = before.iter().map(|t| o.at - t.at).collect();
+        for (name, model) in Model::ALL {
+            for (t, share) in before.iter().zip(weights(model, &ages)) {
+                let key = |currency: Option<&str>| {
+                    let parts = [Some(name), Some(t.channel), t.source, t.campaign, currency];
+                    format!("{}{}", metric::CREDIT, serde_json::json!(parts))
+                };
+                add(key(None), share);
+                add(key(Some(&clean(o.currency))), share * o.amount);
+            }
+        }
+    }
 }
 
 /// A stage visit as stored.

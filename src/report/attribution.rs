@@ -9,90 +9,10 @@ use serde::Serialize;
 
 use super::{Cohort, ReportError, Window};
 use crate::funnel::Funnel;
-use crate::store::{ReportRows, TouchRow};
+use crate::store::ReportRows;
+use crate::tally::{Figures, Tally};
 
-/// How a purchase's credit is shared among the touches before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Model {
-    /// All to the first touch.
-    #[serde(rename = "first")]
-    FirstTouch,
-    /// All to the last touch.
-    #[serde(rename = "last")]
-    LastTouch,
-    /// Equal shares.
-    Linear,
-    /// Halved for every 7 days a touch came before the purchase.
-    TimeDecay,
-    /// 40 % to the first, 40 % to the last, 20 % shared by those between.
-    #[serde(rename = "position")]
-    PositionBased,
-}
-
-impl Model {
-    pub const ALL: [(&'static str, Model); 5] = [
-        ("first", Model::FirstTouch),
-        ("last", Model::LastTouch),
-        ("linear", Model::Linear),
-        ("time_decay", Model::TimeDecay),
-        ("position", Model::PositionBased),
-    ];
-
-    /// The model's name on the command line.
-    pub fn name(self) -> &'static str {
-        Model::ALL
-            .iter()
-            .find(|(_, m)| *m == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("linear")
-    }
-
-    pub fn parse(text: &str) -> Result<Model, String> {
-        Model::ALL
-            .iter()
-            .find(|(n, _)| *n == text)
-            .map(|(_, m)| *m)
-            .ok_or_else(|| {
-                format!("no attribution model \"{text}\": use first, last, linear, time_decay or position")
-            })
-    }
-}
-
-/// Each touch's share of one conversion, in order; the shares sum to 1. `ages` are how long
-/// before the purchase each touch came, oldest touch first.
-pub fn weights(model: Model, ages: &[Duration]) -> Vec<f64> {
-    let n = ages.len();
-    if n == 0 {
-        return Vec::new();
-    }
-    let raw: Vec<f64> = match model {
-        Model::FirstTouch => (0..n).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect(),
-        Model::LastTouch => (0..n).map(|i| if i == n - 1 { 1.0 } else { 0.0 }).collect(),
-        Model::Linear => vec![1.0; n],
-        Model::TimeDecay => {
-            let half_life = Duration::days(7).num_seconds() as f64;
-            ages.iter()
-                .map(|a| 0.5f64.powf(a.num_seconds().max(0) as f64 / half_life))
-                .collect()
-        }
-        Model::PositionBased => match n {
-            1 => vec![1.0],
-            2 => vec![0.5, 0.5],
-            _ => (0..n)
-                .map(|i| {
-                    if i == 0 || i == n - 1 {
-                        0.4
-                    } else {
-                        0.2 / (n - 2) as f64
-                    }
-                })
-                .collect(),
-        },
-    };
-    let total: f64 = raw.iter().sum();
-    raw.into_iter().map(|w| w / total).collect()
-}
+pub use crate::tally::{Model, weights};
 
 /// The credit one channel, source and campaign earned.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -121,8 +41,68 @@ pub struct AttributionReport {
     pub credits: Vec<Credit>,
 }
 
-/// Attribution of the purchases the funnel's leads made in `[from, to)` to their touches in
-/// the `lookback` before each purchase.
+/// The attribution report from the counters of a period (`lookback` is the one they were
+/// made with): the purchases, and each channel, source and campaign's credit under `model`,
+/// most conversions first (conversions to 0.0001, revenue to the cent).
+pub fn attribution_of(
+    f: &Funnel,
+    fig: &Figures,
+    model: Model,
+    lookback: Duration,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> AttributionReport {
+    use crate::tally::{FUNNEL, View, metric};
+    type Key = (String, Option<String>, Option<String>);
+    let mut credits: BTreeMap<Key, (f64, BTreeMap<String, f64>)> = BTreeMap::new();
+    for (k, sum) in fig.with_prefix(View::Calendar, FUNNEL, metric::CREDIT) {
+        let Ok(parts) = serde_json::from_str::<[Option<String>; 5]>(k) else {
+            continue;
+        };
+        let [Some(name), Some(channel), source, campaign, currency] = parts else {
+            continue;
+        };
+        if name != model.name() {
+            continue;
+        }
+        let c = credits.entry((channel, source, campaign)).or_default();
+        match currency {
+            None => c.0 += sum.total,
+            Some(cur) => *c.1.entry(cur).or_default() += sum.total,
+        }
+    }
+    let round = |x: f64, by: f64| (x * by).round() / by;
+    let mut credits: Vec<Credit> = credits
+        .into_iter()
+        .map(
+            |((channel, source, campaign), (conversions, revenue))| Credit {
+                channel,
+                source,
+                campaign,
+                conversions: round(conversions, 10_000.0),
+                revenue: revenue
+                    .into_iter()
+                    .map(|(c, v)| (c, round(v, 100.0)))
+                    .collect(),
+            },
+        )
+        .collect();
+    credits.sort_by(|a, b| b.conversions.total_cmp(&a.conversions));
+    let count = |m: &str| u64::try_from(fig.n(View::Calendar, FUNNEL, m)).unwrap_or(0);
+    AttributionReport {
+        funnel: f.id.value.to_string(),
+        model,
+        lookback_days: lookback.num_days(),
+        from,
+        to,
+        purchases: count(metric::PURCHASES),
+        unattributed: count(metric::UNATTRIBUTED),
+        credits,
+    }
+}
+
+/// Attribution of the purchases the funnel's leads made in `[from, to)`, after they entered
+/// it, to their touches in the `lookback` before each purchase, from the stored rows.
 pub fn attribution_report(
     f: &Funnel,
     rows: &ReportRows,
@@ -132,60 +112,14 @@ pub fn attribution_report(
     to: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<AttributionReport, ReportError> {
-    let w = Window::new(Cohort::Calendar, from, to, now)?;
-    let mut by_lead: BTreeMap<_, Vec<&TouchRow>> = BTreeMap::new();
-    for t in &rows.touches {
-        by_lead.entry(t.lead).or_default().push(t);
-    }
-    type Key = (String, Option<String>, Option<String>);
-    let mut credits: BTreeMap<Key, (f64, BTreeMap<String, f64>)> = BTreeMap::new();
-    let (mut purchases, mut unattributed) = (0, 0);
-    for p in rows.purchases.iter().filter(|p| w.within(p.at)) {
-        purchases += 1;
-        let before: Vec<&&TouchRow> = by_lead
-            .get(&p.lead)
-            .map(|ts| {
-                ts.iter()
-                    .filter(|t| t.at <= p.at && p.at - t.at <= lookback)
-                    .collect()
-            })
-            .unwrap_or_default();
-        if before.is_empty() {
-            unattributed += 1;
-            continue;
-        }
-        let ages: Vec<Duration> = before.iter().map(|t| p.at - t.at).collect();
-        for (t, share) in before.iter().zip(weights(model, &ages)) {
-            let key = (t.channel.clone(), t.source.clone(), t.campaign.clone());
-            let c = credits.entry(key).or_default();
-            c.0 += share;
-            *c.1.entry(p.currency.clone().unwrap_or_else(|| "—".into()))
-                .or_default() += share * p.amount.unwrap_or(0.0);
-        }
-    }
-    let mut credits: Vec<Credit> = credits
-        .into_iter()
-        .map(
-            |((channel, source, campaign), (conversions, revenue))| Credit {
-                channel,
-                source,
-                campaign,
-                conversions,
-                revenue,
-            },
-        )
-        .collect();
-    credits.sort_by(|a, b| b.conversions.total_cmp(&a.conversions));
-    Ok(AttributionReport {
-        funnel: f.id.value.to_string(),
-        model,
-        lookback_days: lookback.num_days(),
-        from,
-        to,
-        purchases,
-        unattributed,
-        credits,
-    })
+    Window::new(Cohort::Calendar, from, to, now)?;
+    let until = now + Duration::milliseconds(1);
+    let mut tally = Tally::in_periods(vec![(from, to.min(until))], false);
+    rows.attribute(&mut tally, lookback);
+    let fig = crate::tally::figures(&tally)
+        .remove(&(0, crate::tally::ALL.to_string()))
+        .unwrap_or_default();
+    Ok(attribution_of(f, &fig, model, lookback, from, to))
 }
 
 #[cfg(test)]

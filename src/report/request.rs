@@ -8,7 +8,7 @@ use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::ab::{AbReport, ab_report};
-use super::attribution::{AttributionReport, Model, attribution_report};
+use super::attribution::{AttributionReport, Model, attribution_of, attribution_report};
 use super::emails::{EmailReport, email_report};
 use super::forecast::{ForecastReport, Scenario, forecast};
 use super::{
@@ -375,14 +375,19 @@ fn midnight(t: DateTime<Utc>) -> bool {
 }
 
 impl Request {
-    /// What the report reads at `now`: the funnel report over whole days (a period from
-    /// midnight to midnight or to now), without a conversion window or a slice by a lead field,
-    /// reads the counters; every other report reads the rows.
+    /// What the report reads at `now`: over whole days (a period from midnight to midnight or
+    /// to now), the funnel report without a conversion window or a slice by a lead field and
+    /// attribution over the default lookback read the counters; every other report reads the
+    /// rows.
     pub fn read(&self, now: DateTime<Utc>) -> ReportRead {
-        let counted = self.what == What::Funnel
-            && self.window.is_none()
-            && !self.slices.iter().any(|k| matches!(k, SliceKey::Field(_)))
-            && midnight(self.from)
+        let counted = match self.what {
+            What::Funnel => {
+                self.window.is_none()
+                    && !self.slices.iter().any(|k| matches!(k, SliceKey::Field(_)))
+            }
+            What::Attribution => self.lookback == crate::tally::LOOKBACK,
+            _ => false,
+        } && midnight(self.from)
             && (midnight(self.to) || self.to >= now);
         if !counted {
             return ReportRead::Rows(self.needs());
@@ -466,6 +471,17 @@ pub fn answer(
     now: DateTime<Utc>,
 ) -> Result<Answer, ReportError> {
     let rows = match data {
+        ReportData::Counts(figs) if req.what == What::Attribution => {
+            let fig = figs.get(&(0, ALL.to_string())).cloned().unwrap_or_default();
+            return Ok(Answer::Attribution(attribution_of(
+                f,
+                &fig,
+                req.model,
+                req.lookback,
+                req.from,
+                req.to,
+            )));
+        }
         ReportData::Counts(figs) => {
             return Ok(Answer::Funnel(Box::new(funnel_answer(
                 f,

@@ -10,10 +10,11 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
 use super::batch::{self, Params};
 use super::{Backend, ReportNeeds, Result, Store};
 use crate::domain::{Event, EventKind, FunnelId, LeadId};
-use crate::tally::{self, Figures, Order, Run, Sum, Tally};
+use crate::tally::{self, Figures, Order, Run, Sum, Tally, Touch};
 
 /// Counts new orders: each purchase of a product is credited to every run of its lead that
-/// had entered a stage before it, under that stage.
+/// had entered a stage before it, under that stage; and each purchase is shared among its
+/// lead's touches for attribution.
 pub(super) async fn count_orders(
     txn: &DatabaseTransaction,
     backend: Backend,
@@ -21,7 +22,7 @@ pub(super) async fn count_orders(
 ) -> Result<()> {
     let orders: Vec<_> = orders
         .iter()
-        .filter(|(_, e, _)| e.kind == EventKind::Purchase && e.product.is_some())
+        .filter(|(_, e, _)| e.kind == EventKind::Purchase)
         .collect();
     if orders.is_empty() {
         return Ok(());
@@ -55,14 +56,85 @@ pub(super) async fn count_orders(
             let stage: String = r.try_get_by_index(4)?;
             let since = super::from_ms(r.try_get_by_index(5)?);
             for (_, e, at) in orders.iter().filter(|(l, _, _)| l.0 == lead) {
-                if since < *at {
+                if since < *at && e.product.is_some() {
                     let o = order_of(e, *at);
                     tally.purchase(&run, &stage, o.product, o.currency, o.amount, o.at);
                 }
             }
         }
     }
+    attribute(txn, backend, &orders, &leads, &mut tally).await?;
     batch::write_counts(txn, backend, &tally).await
+}
+
+/// Shares new orders among their leads' touches, for each funnel the lead had entered by then
+/// (as [`super::ReportRows::attribute`] does from the rows).
+async fn attribute(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    orders: &[&(LeadId, &Event, DateTime<Utc>)],
+    leads: &[i64],
+    tally: &mut Tally,
+) -> Result<()> {
+    for chunk in leads.chunks(batch::ROWS) {
+        let list = |q: &mut Params| -> String {
+            let ps: Vec<String> = batch::padded(chunk.iter().copied())
+                .into_iter()
+                .map(|l| q.p(l))
+                .collect();
+            ps.join(", ")
+        };
+        let mut q = Params::new(backend);
+        let sql = format!(
+            "SELECT lead_id, funnel_id, MIN(entered_at) FROM enrollments WHERE lead_id IN ({}) \
+             GROUP BY lead_id, funnel_id",
+            list(&mut q)
+        );
+        let mut entered: Vec<(i64, String, DateTime<Utc>)> = Vec::new();
+        for r in txn.query_all_raw(q.statement(sql)).await? {
+            entered.push((
+                r.try_get_by_index(0)?,
+                r.try_get_by_index(1)?,
+                super::from_ms(r.try_get_by_index(2)?),
+            ));
+        }
+        let mut q = Params::new(backend);
+        let sql = format!(
+            "SELECT lead_id, occurred_at, channel, source, campaign FROM touches \
+             WHERE lead_id IN ({}) ORDER BY lead_id, occurred_at, id",
+            list(&mut q)
+        );
+        type Row = (DateTime<Utc>, String, Option<String>, Option<String>);
+        let mut touches: HashMap<i64, Vec<Row>> = HashMap::new();
+        for r in txn.query_all_raw(q.statement(sql)).await? {
+            touches.entry(r.try_get_by_index(0)?).or_default().push((
+                super::from_ms(r.try_get_by_index(1)?),
+                r.try_get_by_index(2)?,
+                r.try_get_by_index(3)?,
+                r.try_get_by_index(4)?,
+            ));
+        }
+        for (lead, funnel, since) in &entered {
+            let ts: Vec<Touch> = touches
+                .get(lead)
+                .into_iter()
+                .flatten()
+                .map(|(at, channel, source, campaign)| Touch {
+                    at: *at,
+                    channel,
+                    source: source.as_deref(),
+                    campaign: campaign.as_deref(),
+                })
+                .collect();
+            for (_, e, at) in orders
+                .iter()
+                .filter(|(l, _, at)| l.0 == *lead && *since <= *at)
+            {
+                tally.attribute(funnel, &order_of(e, *at), &ts, tally::LOOKBACK);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An event's order, as the counters see it.
@@ -165,6 +237,7 @@ impl Store {
                 visits: true,
                 purchases: true,
                 milestones: true,
+                touches: true,
                 ..ReportNeeds::default()
             };
             let rows = self.report_rows(&funnel, now, needs).await?;
@@ -175,6 +248,7 @@ impl Store {
                 reached.push(vec![facts.enrollment.0.into(), r.text().into()]);
                 runs += 1;
             }
+            rows.attribute(&mut tally, tally::LOOKBACK);
             batch::write_counts(&txn, self.backend, &tally).await?;
             for chunk in batch::chunks(reached) {
                 let mut q = Params::new(self.backend);

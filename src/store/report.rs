@@ -10,7 +10,7 @@ use sea_orm::{QueryResult, Statement, StreamTrait, Value};
 
 use super::{Backend, Result, Store, StoreError, event_of, from_ms, ms, parse_fields};
 use crate::domain::{EnrollmentId, EventKind, FunnelId, LeadId, Outcome, RunStatus, StageId};
-use crate::tally::{Order, Run, RunFacts, Visit};
+use crate::tally::{Order, Run, RunFacts, Tally, Touch, Visit};
 
 /// One run of a lead through the funnel.
 #[derive(Debug, Clone, PartialEq)]
@@ -384,6 +384,37 @@ pub struct RunOf<'a> {
 }
 
 impl ReportRows {
+    /// The orders of a funnel's leads made after they entered it, each with its lead's touches,
+    /// shared out into a tally as the store's counters share them.
+    pub fn attribute(&self, tally: &mut Tally, lookback: chrono::Duration) {
+        let mut entered: HashMap<LeadId, DateTime<Utc>> = HashMap::new();
+        for r in &self.runs {
+            let e = entered.entry(r.lead).or_insert(r.entered_at);
+            *e = (*e).min(r.entered_at);
+        }
+        let mut touches: HashMap<LeadId, Vec<Touch>> = HashMap::new();
+        for t in &self.touches {
+            touches.entry(t.lead).or_default().push(Touch {
+                at: t.at,
+                channel: &t.channel,
+                source: t.source.as_deref(),
+                campaign: t.campaign.as_deref(),
+            });
+        }
+        for p in &self.purchases {
+            if entered.get(&p.lead).is_some_and(|e| *e <= p.at) {
+                let o = Order {
+                    product: p.product.as_deref().unwrap_or_default(),
+                    currency: p.currency.as_deref().unwrap_or("—"),
+                    amount: p.amount.unwrap_or(0.0),
+                    at: p.at,
+                };
+                let ts = touches.get(&p.lead).map(Vec::as_slice).unwrap_or_default();
+                tally.attribute(&self.funnel, &o, ts, lookback);
+            }
+        }
+    }
+
     /// Each run with its visits (in the order they were written), milestones and its lead's
     /// orders.
     pub fn run_facts(&self) -> Vec<RunOf<'_>> {
