@@ -92,12 +92,15 @@ impl Store {
     }
 
     /// Deletes a lead and everything about them (tags, touches, events, enrollments and their
-    /// history, emails). A suppression of the address is kept, so an address that asked not to
+    /// history, emails, and what they added to the report counters). A suppression of the address is kept, so an address that asked not to
     /// be mailed is not mailed if it signs up again unasked. `false` when there was no lead.
     pub async fn erase_lead(&self, id: LeadId) -> Result<bool> {
+        // What the lead added to the report counters goes with it.
+        let counters = self.counters_of_lead(id).await?;
         // One transaction: a failure part-way erases nothing. Children first: the same on a
         // database whose foreign keys do not cascade.
         let txn = self.write().await?;
+        super::batch::write_counts(&txn, self.backend, &counters).await?;
         let history = "DELETE FROM stage_history WHERE enrollment_id IN \
                        (SELECT id FROM enrollments WHERE lead_id = $1)";
         for sql in [

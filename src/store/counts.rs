@@ -147,6 +147,17 @@ pub(super) fn order_of(e: &Event, at: DateTime<Utc>) -> Order<'_> {
     }
 }
 
+/// The rows the counters are made from.
+const RECOUNT: ReportNeeds = ReportNeeds {
+    visits: true,
+    purchases: true,
+    milestones: true,
+    touches: true,
+    fields: false,
+    emails: false,
+    tracking: false,
+};
+
 /// How the days of a period are grouped: all together, or into periods starting on these
 /// days (the first is the period's first day).
 #[derive(Debug, Clone)]
@@ -233,14 +244,7 @@ impl Store {
             let Ok(funnel) = FunnelId::parse(&f) else {
                 continue;
             };
-            let needs = ReportNeeds {
-                visits: true,
-                purchases: true,
-                milestones: true,
-                touches: true,
-                ..ReportNeeds::default()
-            };
-            let rows = self.report_rows(&funnel, now, needs).await?;
+            let rows = self.report_rows(&funnel, now, RECOUNT).await?;
             let mut tally = Tally::by_day();
             let mut reached: Vec<Vec<Value>> = Vec::new();
             for facts in rows.run_facts() {
@@ -390,5 +394,35 @@ impl Store {
                     .await?,
             ),
         })
+    }
+}
+
+impl Store {
+    /// What a lead's runs and orders added to the counters, to take back out when the lead is
+    /// erased (the figures then read as if the lead had never been).
+    pub(super) async fn counters_of_lead(&self, lead: LeadId) -> Result<Tally> {
+        let mut funnels: Vec<String> = Vec::new();
+        self.each(
+            "SELECT DISTINCT funnel_id FROM enrollments WHERE lead_id = $1",
+            vec![lead.0.into()],
+            |r| {
+                funnels.push(r.try_get_by_index(0)?);
+                Ok(())
+            },
+        )
+        .await?;
+        let mut tally = Tally::by_day();
+        let far = DateTime::<Utc>::MAX_UTC;
+        for f in funnels {
+            let Ok(funnel) = FunnelId::parse(&f) else {
+                continue;
+            };
+            let rows = self.rows_of(&funnel, far, RECOUNT, Some(lead)).await?;
+            for r in rows.run_facts() {
+                tally.replay(&r.facts);
+            }
+            rows.attribute(&mut tally, tally::LOOKBACK);
+        }
+        Ok(tally.negated())
     }
 }

@@ -179,12 +179,13 @@ impl Store {
     async fn each_event(
         &self,
         kinds: &str,
+        leads: &str,
         values: Vec<Value>,
         mut f: impl FnMut(LeadId, crate::domain::Event, DateTime<Utc>),
     ) -> Result<()> {
         let sql = format!(
             "SELECT id, lead_id, kind, payload, occurred_at FROM events \
-             WHERE kind IN ({kinds}) AND lead_id IN ({LEADS}) ORDER BY occurred_at, id"
+             WHERE kind IN ({kinds}) AND lead_id IN ({leads}) ORDER BY occurred_at, id"
         );
         self.each(&sql, values, |r| {
             let id: i64 = r.try_get_by_index(0)?;
@@ -209,14 +210,37 @@ impl Store {
         until: DateTime<Utc>,
         needs: ReportNeeds,
     ) -> Result<ReportRows> {
+        self.rows_of(funnel, until, needs, None).await
+    }
+
+    /// [`Store::report_rows`] of one lead's runs only, when `lead` is given.
+    pub(super) async fn rows_of(
+        &self,
+        funnel: &FunnelId,
+        until: DateTime<Utc>,
+        needs: ReportNeeds,
+        lead: Option<LeadId>,
+    ) -> Result<ReportRows> {
         let mut out = ReportRows {
             funnel: funnel.to_string(),
             ..ReportRows::default()
         };
-        let f = || -> Vec<Value> { vec![funnel.as_str().into(), ms(until).into()] };
+        let scope = if lead.is_some() {
+            " AND lead_id = $3"
+        } else {
+            ""
+        };
+        let leads = format!("{LEADS}{scope}");
+        let f = || -> Vec<Value> {
+            let mut v = vec![funnel.as_str().into(), ms(until).into()];
+            v.extend(lead.map(|l| Value::from(l.0)));
+            v
+        };
         self.each(
-            "SELECT id, lead_id, entered_at, status, outcome, exited_at, origin FROM enrollments \
-                 WHERE funnel_id = $1 AND entered_at < $2 ORDER BY id",
+            &format!(
+                "SELECT id, lead_id, entered_at, status, outcome, exited_at, origin FROM enrollments \
+                 WHERE funnel_id = $1 AND entered_at < $2{scope} ORDER BY id"
+            ),
             f(),
             |r| {
                 let id: i64 = r.try_get_by_index(0)?;
@@ -247,9 +271,11 @@ impl Store {
         .await?;
         if needs.visits {
             self.each(
-                "SELECT enrollment_id, stage_id, entered_at, exited_at, exit_reason, \
-                     next_stage_id FROM stage_history WHERE funnel_id = $1 AND entered_at < $2 \
-                     ORDER BY id",
+                &format!(
+                    "SELECT enrollment_id, stage_id, entered_at, exited_at, exit_reason, \
+                     next_stage_id FROM stage_history WHERE funnel_id = $1 AND entered_at < $2\
+                     {scope} ORDER BY id"
+                ),
                 f(),
                 |r| {
                     let Ok(stage) = StageId::parse(&r.try_get_by_index::<String>(1)?) else {
@@ -272,9 +298,11 @@ impl Store {
         }
         if needs.emails {
             self.each(
-                "SELECT lead_id, enrollment_id, stage_id, template, status, created_at \
-                     FROM messages WHERE funnel_id = $1 AND kind = 'email' AND created_at < $2 \
-                     ORDER BY id",
+                &format!(
+                    "SELECT lead_id, enrollment_id, stage_id, template, status, created_at \
+                     FROM messages WHERE funnel_id = $1 AND kind = 'email' AND created_at < $2\
+                     {scope} ORDER BY id"
+                ),
                 f(),
                 |r| {
                     out.emails.push(EmailRow {
@@ -292,8 +320,10 @@ impl Store {
         }
         if needs.milestones {
             self.each(
-                "SELECT enrollment_id, kind, occurred_at FROM milestones \
-                     WHERE funnel_id = $1 AND occurred_at < $2 ORDER BY occurred_at, id",
+                &format!(
+                    "SELECT enrollment_id, kind, occurred_at FROM milestones \
+                     WHERE funnel_id = $1 AND occurred_at < $2{scope} ORDER BY occurred_at, id"
+                ),
                 f(),
                 |r| {
                     if let Ok(kind) = EventKind::parse(&r.try_get_by_index::<String>(1)?) {
@@ -309,7 +339,7 @@ impl Store {
             .await?;
         }
         if needs.purchases {
-            self.each_event("'purchase'", f(), |lead, ev, at| {
+            self.each_event("'purchase'", &leads, f(), |lead, ev, at| {
                 out.purchases.push(PurchaseRow {
                     lead,
                     product: ev.product,
@@ -322,7 +352,7 @@ impl Store {
         }
         if needs.tracking {
             let kinds = "'click', 'open', 'unsubscribed', 'bounced', 'complained'";
-            self.each_event(kinds, f(), |lead, ev, at| {
+            self.each_event(kinds, &leads, f(), |lead, ev, at| {
                 out.tracking.push(TrackRow {
                     lead,
                     kind: ev.kind,
@@ -336,7 +366,7 @@ impl Store {
         if needs.touches {
             let sql = format!(
                 "SELECT lead_id, occurred_at, channel, source, medium, campaign, form_id \
-                 FROM touches WHERE lead_id IN ({LEADS}) ORDER BY occurred_at, id"
+                 FROM touches WHERE lead_id IN ({leads}) ORDER BY occurred_at, id"
             );
             self.each(&sql, f(), |r| {
                 out.touches.push(TouchRow {
@@ -354,7 +384,7 @@ impl Store {
         }
         if needs.fields {
             let sql = format!(
-                "SELECT id, fields, first_name, timezone FROM leads WHERE id IN ({LEADS}) \
+                "SELECT id, fields, first_name, timezone FROM leads WHERE id IN ({leads}) \
                  ORDER BY id"
             );
             self.each(&sql, f(), |r| {
