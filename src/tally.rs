@@ -7,7 +7,7 @@
 //! through the same functions into periods instead of days. Either way the figures come from
 //! one place and agree. Pure: no IO, no clock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -138,14 +138,27 @@ pub fn origin_parts(text: &str) -> [Option<String>; 5] {
     out
 }
 
-/// Durations are kept to the second under a minute, to the minute under a day and to the hour
-/// beyond (what the report shows), so a day's visits need few counters.
+/// Durations are kept on a grid that grows with them — the second under a minute, the minute
+/// under an hour, 5 minutes under 6 hours, 15 minutes under a day, the hour under 4 days,
+/// 3 hours under 2 weeks, 12 hours under 60 days, the day beyond — so a day's visits need a
+/// few hundred counters at most, and round waits (`30m`, `2d`, `1w`) stay exact.
 pub fn quantize(secs: i64) -> i64 {
-    match secs {
-        s if s < 60 => s.max(0),
-        s if s < 86_400 => s - s % 60,
-        s => s - s % 3_600,
-    }
+    const GRID: [(i64, i64); 8] = [
+        (60, 1),
+        (3_600, 60),
+        (6 * 3_600, 300),
+        (86_400, 900),
+        (4 * 86_400, 3_600),
+        (14 * 86_400, 3 * 3_600),
+        (60 * 86_400, 12 * 3_600),
+        (i64::MAX, 86_400),
+    ];
+    let s = secs.max(0);
+    let step = GRID
+        .iter()
+        .find(|(under, _)| s < *under)
+        .map_or(86_400, |g| g.1);
+    s - s % step
 }
 
 /// The days since 1970-01-01 of a time (UTC).
@@ -166,43 +179,85 @@ enum Filing {
     Periods(Vec<(DateTime<Utc>, DateTime<Utc>)>),
 }
 
+/// A counter's key with its texts numbered: (view, day, funnel, origin, stage, metric).
+type Slot = (View, i64, u32, u32, u32, u32);
+
 /// Counters being summed.
 #[derive(Debug, Clone)]
 pub struct Tally {
     filing: Filing,
     /// Whether to add each counter to the run's origin as well as to [`ALL`].
     origins: bool,
-    pub sums: BTreeMap<Key, Sum>,
+    /// Each text of the keys once: a million runs add tens of millions of counters, and
+    /// numbered texts keep that to hashing small keys.
+    numbers: HashMap<String, u32>,
+    texts: Vec<String>,
+    sums: HashMap<Slot, Sum>,
 }
 
 impl Tally {
+    fn new(filing: Filing, origins: bool) -> Tally {
+        Tally {
+            filing,
+            origins,
+            numbers: HashMap::new(),
+            texts: Vec::new(),
+            sums: HashMap::new(),
+        }
+    }
+
     /// Counters per day, for all runs and per origin: what the store keeps.
     pub fn by_day() -> Tally {
-        Tally {
-            filing: Filing::Days,
-            origins: true,
-            sums: BTreeMap::new(),
-        }
+        Tally::new(Filing::Days, true)
     }
 
     /// Counters per period (the key's `day` is the period's index), for all runs and, when
     /// `origins`, per origin.
     pub fn in_periods(periods: Vec<(DateTime<Utc>, DateTime<Utc>)>, origins: bool) -> Tally {
-        Tally {
-            filing: Filing::Periods(periods),
-            origins,
-            sums: BTreeMap::new(),
-        }
+        Tally::new(Filing::Periods(periods), origins)
     }
 
     fn slot(&self, t: DateTime<Utc>) -> Option<i64> {
         match &self.filing {
             Filing::Days => Some(day_of(t)),
-            Filing::Periods(ps) => ps
-                .iter()
-                .position(|(a, b)| t >= *a && t < *b)
-                .map(|i| i as i64),
+            Filing::Periods(ps) => {
+                // Periods are in order and do not overlap.
+                let i = ps.partition_point(|(_, b)| *b <= t);
+                ps.get(i).filter(|(a, _)| t >= *a).map(|_| i as i64)
+            }
         }
+    }
+
+    fn number(&mut self, text: &str) -> u32 {
+        if let Some(n) = self.numbers.get(text) {
+            return *n;
+        }
+        let n = self.texts.len() as u32;
+        self.texts.push(text.to_string());
+        self.numbers.insert(text.to_string(), n);
+        n
+    }
+
+    /// The counters, in key order.
+    pub fn counters(&self) -> Vec<(Key, Sum)> {
+        let text = |n: u32| self.texts[n as usize].clone();
+        let mut out: Vec<(Key, Sum)> = self
+            .sums
+            .iter()
+            .map(|((view, day, funnel, origin, stage, metric), s)| {
+                let key = Key {
+                    funnel: text(*funnel),
+                    view: *view,
+                    day: *day,
+                    origin: text(*origin),
+                    stage: text(*stage),
+                    metric: text(*metric),
+                };
+                (key, *s)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -223,20 +278,18 @@ impl Tally {
         let Some(day) = self.slot(t) else {
             return;
         };
-        let mut key = Key {
-            funnel: run.funnel.to_string(),
-            view,
-            day,
-            origin: ALL.to_string(),
-            stage: stage.to_string(),
-            metric,
-        };
+        let (funnel, stage, metric) = (
+            self.number(run.funnel),
+            self.number(stage),
+            self.number(&metric),
+        );
         if self.origins && !run.origin.is_empty() {
-            let mut own = key.clone();
-            own.origin = run.origin.to_string();
+            let origin = self.number(run.origin);
+            let own = (view, day, funnel, origin, stage, metric);
             self.sums.entry(own).or_default().add(Sum { n, total });
         }
-        key.origin = ALL.to_string();
+        let all = self.number(ALL);
+        let key = (view, day, funnel, all, stage, metric);
         self.sums.entry(key).or_default().add(Sum { n, total });
     }
 
@@ -456,10 +509,10 @@ impl Figures {
 /// Sums a tally's counters per (day or period, origin) into [`Figures`].
 pub fn figures(tally: &Tally) -> BTreeMap<(i64, String), Figures> {
     let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
-    for (k, s) in &tally.sums {
-        out.entry((k.day, k.origin.clone()))
+    for (k, s) in tally.counters() {
+        out.entry((k.day, k.origin))
             .or_default()
-            .add(k.view, &k.stage, &k.metric, *s);
+            .add(k.view, &k.stage, &k.metric, s);
     }
     out
 }
@@ -711,10 +764,19 @@ mod tests {
     }
 
     #[test]
-    fn quantized_as_shown() {
+    fn quantized_on_a_growing_grid() {
         assert_eq!(quantize(59), 59);
-        assert_eq!(quantize(18_659), 18_600);
-        assert_eq!(quantize(273_601), 273_600);
+        assert_eq!(quantize(1_799), 1_740, "29m 59s: the minute");
+        assert_eq!(quantize(18_659), 18_600, "5h 10m 59s: 5 minutes");
+        assert_eq!(quantize(18_899), 18_600);
+        assert_eq!(quantize(50_000), 49_500, "13h 53m: 15 minutes");
+        assert_eq!(quantize(172_800), 172_800, "2d stays 2d");
+        assert_eq!(quantize(273_601), 273_600, "3d 4h: the hour");
+        assert_eq!(
+            quantize(7 * 86_400 + 7_000),
+            7 * 86_400,
+            "a week and 2h: 3 hours"
+        );
         assert_eq!(quantize(-5), 0);
     }
 }

@@ -327,17 +327,17 @@ pub(super) async fn write_counts(
     t: &Tally,
 ) -> Result<()> {
     let rows: Vec<Vec<Value>> = t
-        .sums
-        .iter()
+        .counters()
+        .into_iter()
         .filter(|(_, s)| s.n != 0 || s.total != 0.0)
         .map(|(k, s)| {
             vec![
-                k.funnel.clone().into(),
-                k.origin.clone().into(),
+                k.funnel.into(),
+                k.origin.into(),
                 k.day.into(),
                 k.view.as_str().into(),
-                k.stage.clone().into(),
-                k.metric.clone().into(),
+                k.stage.into(),
+                k.metric.into(),
                 s.n.into(),
                 s.total.into(),
             ]
