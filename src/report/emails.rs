@@ -86,6 +86,23 @@ pub fn email_report(
             .max_by_key(|e| e.created_at)
             .map(|e| e.template.as_str())
     };
+    // Each tracked event once, under the email it is about: the one it names, or (for
+    // unsubscribes and complaints, which name none) the last one before it.
+    // With each, its link when the event names its email (a click does).
+    type About<'a> = Vec<(LeadId, Option<Option<&'a str>>)>;
+    let mut about: HashMap<(&str, EventKind), About> = HashMap::new();
+    for t in &rows.tracking {
+        let template = match t.template.as_deref() {
+            Some(tpl) => Some(tpl),
+            None => last_before(t.lead, t.at),
+        };
+        if let Some(tpl) = template {
+            about
+                .entry((tpl, t.kind.clone()))
+                .or_default()
+                .push((t.lead, t.template.is_some().then_some(t.link.as_deref())));
+        }
+    }
     // Runs that entered each stage.
     let entered = entered_by_stage(rows);
     let next_of = |stage: &str| -> Option<&str> {
@@ -106,30 +123,25 @@ pub fn email_report(
         let sent = &groups[&key];
         let (stage, template) = key;
         let leads: BTreeSet<LeadId> = sent.iter().map(|e| e.lead).collect();
-        let track = |kind: EventKind| -> BTreeSet<LeadId> {
-            rows.tracking
-                .iter()
-                .filter(|t| t.kind == kind && leads.contains(&t.lead))
-                .filter(|t| match t.template.as_deref() {
-                    Some(tpl) => tpl == template,
-                    // Unsubscribes and complaints name no email: the last one before them.
-                    None => last_before(t.lead, t.at) == Some(template.as_str()),
-                })
-                .map(|t| t.lead)
-                .collect()
+        let events = |kind: EventKind| {
+            about
+                .get(&(template.as_str(), kind))
+                .into_iter()
+                .flatten()
+                .filter(|(lead, _)| leads.contains(lead))
         };
+        let track =
+            |kind: EventKind| -> BTreeSet<LeadId> { events(kind).map(|(lead, _)| *lead).collect() };
         let opened = track(EventKind::Open);
         let clicked = track(EventKind::Click);
         let mut links: BTreeMap<String, BTreeSet<LeadId>> = BTreeMap::new();
-        for t in rows.tracking.iter().filter(|t| {
-            t.kind == EventKind::Click
-                && leads.contains(&t.lead)
-                && t.template.as_deref() == Some(template.as_str())
-        }) {
-            links
-                .entry(t.link.clone().unwrap_or_default())
-                .or_default()
-                .insert(t.lead);
+        for (lead, named) in events(EventKind::Click) {
+            if let Some(link) = named {
+                links
+                    .entry(link.unwrap_or_default().to_string())
+                    .or_default()
+                    .insert(*lead);
+            }
         }
         let accepted = sent.iter().filter(|e| e.status == "sent").count() as u64;
         let next_stage = stage.as_deref().and_then(next_of).map(|next| {
