@@ -148,7 +148,6 @@ pub(super) async fn write_runs(
     let mut tags: BTreeMap<(i64, String), bool> = BTreeMap::new();
     let mut milestones: Vec<Vec<Value>> = Vec::new();
     let mut tally = Tally::by_day();
-    let mut reached_rows: Vec<Vec<Value>> = Vec::new();
     let mut closing: HashMap<(i64, &str), (&Written, &ClosedVisit)> = HashMap::new();
     for w in items {
         let id = w.enrollment.0;
@@ -180,9 +179,7 @@ pub(super) async fn write_runs(
         if w.status == RunStatus::Exited(Outcome::Converted) && (w.new || b.status.is_live()) {
             tally.converted(&run, now);
         }
-        if w.new || reached.text() != b.reached {
-            reached_rows.push(vec![id.into(), reached.text().into()]);
-        }
+        debug_assert_eq!(reached.text(), reached_after(&b.reached, w.writes));
         for k in &w.writes.milestones {
             milestones.push(vec![
                 id.into(),
@@ -266,15 +263,6 @@ pub(super) async fn write_runs(
         }
     }
     write_counts(txn, backend, &tally).await?;
-    for chunk in chunks(reached_rows) {
-        let mut q = Params::new(backend);
-        let values = q.values(chunk);
-        let sql = format!(
-            "UPDATE enrollments SET reached = v.column2 FROM (VALUES {values}) AS v \
-             WHERE enrollments.id = v.column1"
-        );
-        txn.execute_raw(q.statement(sql)).await?;
-    }
     insert_rows(
         txn,
         backend,
@@ -318,6 +306,19 @@ pub(super) async fn write_runs(
             .await?;
     }
     Ok(())
+}
+
+/// What a run has reached after a transition ([`crate::tally::Reached`]): the stages it
+/// entered and milestones it crossed, written with the run's row.
+pub(super) fn reached_after(before: &str, w: &RunWrites) -> String {
+    let mut r = Reached::parse(before);
+    for v in &w.opened {
+        r.insert(v.stage.as_str());
+    }
+    for k in &w.milestones {
+        r.insert(&format!("@{}", k.as_str()));
+    }
+    r.text()
 }
 
 /// Adds a tally's counters to the stored ones.

@@ -392,6 +392,7 @@ impl Store {
                             .cloned()
                             .unwrap_or_else(super::counts::none_origin)
                             .into(),
+                        batch::reached_after("", &n.writes).into(),
                     ]
                 })
                 .collect();
@@ -399,7 +400,7 @@ impl Store {
             let sql = batch::insert_sql(
                 "enrollments (lead_id, funnel_id, funnel_version, stage_id, step_id, step_index, \
                  status, wake_at, deadline_at, stage_entered_at, stage_entry, entered_at, exited_at, \
-                 outcome, attempts, updated_at, events_seen, origin)",
+                 outcome, attempts, updated_at, events_seen, origin, reached)",
                 &values,
                 "RETURNING id, lead_id, funnel_id",
             );
@@ -650,6 +651,7 @@ impl Store {
                         (st.stage_entry as i32).into(),
                         (!st.status.is_live()).then_some(t).into(),
                         c.events_seen.into(),
+                        batch::reached_after(&c.before.reached, &c.writes).into(),
                     ]
                 })
                 .collect();
@@ -660,6 +662,7 @@ impl Store {
                  step_id = v.column4, step_index = v.column5, status = v.column6, outcome = v.column7, \
                  wake_at = v.column8, deadline_at = v.column9, stage_entered_at = v.column10, \
                  stage_entry = v.column11, exited_at = v.column12, events_seen = v.column13, \
+                 reached = v.column14, \
                  lease_owner = NULL, lease_until = NULL, updated_at = {t}, attempts = 0, \
                  pending_at = CASE WHEN enrollments.pending_at IS NULL THEN NULL \
                    WHEN EXISTS (SELECT 1 FROM events WHERE events.lead_id = enrollments.lead_id \
