@@ -40,7 +40,7 @@ scoring:
 stages:
   - id: optin
     kind: lead_magnet
-    offer: guide
+    offer: mini
     on: [{ event: purchase, product: mini, goto: tripwire }]
     steps:
       - send: welcome
@@ -48,7 +48,7 @@ stages:
       - exit: not_converted
   - id: tripwire
     kind: tripwire
-    offer: mini
+    offer: course
     on: [{ event: purchase, product: course, goto: main }]
     steps:
       - send: tripwire
@@ -56,7 +56,7 @@ stages:
       - exit: not_converted
   - id: main
     kind: main_product
-    offer: course
+    offer: coaching
     on: [{ event: purchase, product: coaching, goto: upsell }]
     steps:
       - send: course
@@ -64,7 +64,6 @@ stages:
       - exit: not_converted
   - id: upsell
     kind: upsell
-    offer: coaching
     steps:
       - send: coaching
       - wait: 3d
