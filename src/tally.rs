@@ -303,30 +303,18 @@ impl Tally {
         let at = run.entered_at;
         self.add(run, View::Entry, at, FUNNEL, metric::ENTERED.into(), 1, 0.0);
         if unconfirmed {
-            self.add(
-                run,
-                View::Entry,
-                at,
-                FUNNEL,
-                metric::UNCONFIRMED.into(),
-                1,
-                0.0,
-            );
+            self.waiting(run, 1);
         }
     }
 
     /// A run that was waiting for the double opt-in click is not any more.
     pub fn confirmed(&mut self, run: &Run) {
-        let at = run.entered_at;
-        self.add(
-            run,
-            View::Entry,
-            at,
-            FUNNEL,
-            metric::UNCONFIRMED.into(),
-            -1,
-            0.0,
-        );
+        self.waiting(run, -1);
+    }
+
+    fn waiting(&mut self, run: &Run, n: i64) {
+        let (m, at) = (metric::UNCONFIRMED.to_string(), run.entered_at);
+        self.add(run, View::Entry, at, FUNNEL, m, n, 0.0);
     }
 
     /// A run entered `stage` at `at`; `reached` holds what it had reached before (stages and

@@ -254,15 +254,7 @@ impl Store {
             }
             rows.attribute(&mut tally, tally::LOOKBACK);
             batch::write_counts(&txn, self.backend, &tally).await?;
-            for chunk in batch::chunks(reached) {
-                let mut q = Params::new(self.backend);
-                let values = q.values(chunk);
-                let sql = format!(
-                    "UPDATE enrollments SET reached = v.column2 FROM (VALUES {values}) AS v \
-                     WHERE enrollments.id = v.column1"
-                );
-                txn.execute_raw(q.statement(sql)).await?;
-            }
+            set_enrollments(&txn, self.backend, "reached", reached).await?;
         }
         txn.commit().await?;
         Ok(runs)
@@ -298,17 +290,30 @@ impl Store {
                     vec![(*id).into(), o.into()]
                 })
                 .collect();
-            let mut q = Params::new(self.backend);
-            let values = q.values(rows);
-            let sql = format!(
-                "UPDATE enrollments SET origin = v.column2 FROM (VALUES {values}) AS v \
-                 WHERE enrollments.id = v.column1"
-            );
-            txn.execute_raw(q.statement(sql)).await?;
+            set_enrollments(&txn, self.backend, "origin", rows).await?;
         }
         txn.commit().await?;
         Ok(())
     }
+}
+
+/// Sets one column of enrollments from (id, value) rows, a statement per [`batch::ROWS`].
+async fn set_enrollments(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    column: &'static str,
+    rows: Vec<Vec<Value>>,
+) -> Result<()> {
+    for chunk in batch::chunks(rows) {
+        let mut q = Params::new(backend);
+        let values = q.values(chunk);
+        let sql = format!(
+            "UPDATE enrollments SET {column} = v.column2 FROM (VALUES {values}) AS v \
+             WHERE enrollments.id = v.column1"
+        );
+        txn.execute_raw(q.statement(sql)).await?;
+    }
+    Ok(())
 }
 
 /// The origin of a run whose lead has no touch.
