@@ -298,6 +298,8 @@ pub struct Event {
     /// A purchase's value, kept for revenue reports (the engine does not match on it).
     pub amount: Option<f64>,
     pub currency: Option<String>,
+    /// The outbox row a tracked open or click (its link's token) or a bounce is about.
+    pub message: Option<i64>,
 }
 
 impl Event {
@@ -312,6 +314,7 @@ impl Event {
             funnel: None,
             amount: None,
             currency: None,
+            message: None,
         }
     }
 }

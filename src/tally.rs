@@ -76,6 +76,42 @@ pub mod metric {
     /// `credit␟[MODEL, CHANNEL, SOURCE, CAMPAIGN, CURRENCY]`: the share of orders (CURRENCY
     /// null) or of their revenue a touch earned under a model, in `total`.
     pub const CREDIT: &str = "credit\u{1f}";
+    /// `mail␟TEMPLATE␟WHAT`: what happened to the emails of a template sent from the stage,
+    /// filed under the day the run entered (entry view) or the email was queued (calendar):
+    /// WHAT is one of [`super::mail`]'s names, `link␟NAME` (emails with that link clicked) or
+    /// `reached␟STAGE` (emails whose run entered that stage for the first time after them).
+    pub const MAIL: &str = "mail\u{1f}";
+}
+
+/// What can happen to an email, as the per-email counters name it.
+pub mod mail {
+    /// Queued for its lead (each send once).
+    pub const QUEUED: &str = "queued";
+    /// Accepted by the relay (or written to the outbox folder).
+    pub const ACCEPTED: &str = "accepted";
+    /// Given up on (a permanent refusal, or the last attempt).
+    pub const FAILED: &str = "failed";
+    pub const OPENED: &str = "opened";
+    pub const CLICKED: &str = "clicked";
+    /// Its lead unsubscribed before the funnel sent another email.
+    pub const UNSUBSCRIBED: &str = "unsubscribed";
+    pub const BOUNCED: &str = "bounced";
+    pub const COMPLAINED: &str = "complained";
+    /// `link␟NAME`: a link of that name was clicked in it.
+    pub const LINK: &str = "link\u{1f}";
+    /// `reached␟STAGE`: its run entered that stage for the first time after it was queued
+    /// (later than the instant it was queued).
+    pub const REACHED: &str = "reached\u{1f}";
+
+    /// The name of the counter of emails with the link `name` clicked.
+    pub fn link(name: &str) -> String {
+        format!("{LINK}{}", super::clean(name))
+    }
+
+    /// The name of the counter of emails whose run went on to `stage`.
+    pub fn reached(stage: &str) -> String {
+        format!("{REACHED}{stage}")
+    }
 }
 
 /// A counter: one figure of a funnel, for one day (or period), one view and one origin.
@@ -629,6 +665,142 @@ impl Tally {
                 };
                 add(key(None), share);
                 add(key(Some(&clean(o.currency))), share * o.amount);
+            }
+        }
+    }
+}
+
+/// An email of a run, as the per-email counters see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Mail<'a> {
+    /// The stage that sent it, or [`FUNNEL`] (the double opt-in confirmation).
+    pub stage: &'a str,
+    pub template: &'a str,
+    pub queued_at: DateTime<Utc>,
+}
+
+impl Tally {
+    /// `what` happened to an email of `run` (`n` = 1), or is taken back (`n` = −1); `what` is
+    /// one of [`mail`]'s names, with the link or stage after `link␟` and `reached␟`.
+    pub fn mail(&mut self, run: &Run, m: &Mail, what: &str, n: i64) {
+        let metric = format!("{}{}\u{1f}{what}", metric::MAIL, clean(m.template));
+        self.add(
+            run,
+            View::Entry,
+            m.queued_at,
+            m.stage,
+            metric.clone(),
+            n,
+            0.0,
+        );
+        self.add(run, View::Calendar, m.queued_at, m.stage, metric, n, 0.0);
+    }
+}
+
+/// What tracked events mark on an email, as bits kept with it (`messages.marks`), so each
+/// counts once per email however often it happens.
+pub mod mark {
+    pub const OPENED: i64 = 1;
+    pub const CLICKED: i64 = 2;
+    pub const UNSUBSCRIBED: i64 = 4;
+    pub const BOUNCED: i64 = 8;
+    pub const COMPLAINED: i64 = 16;
+
+    /// Each mark with its counter's name.
+    pub const ALL: [(i64, &str); 5] = [
+        (OPENED, super::mail::OPENED),
+        (CLICKED, super::mail::CLICKED),
+        (UNSUBSCRIBED, super::mail::UNSUBSCRIBED),
+        (BOUNCED, super::mail::BOUNCED),
+        (COMPLAINED, super::mail::COMPLAINED),
+    ];
+
+    /// The mark an event of this kind leaves on the email it is about.
+    pub fn of(kind: &crate::domain::EventKind) -> Option<i64> {
+        use crate::domain::EventKind as K;
+        match kind {
+            K::Open => Some(OPENED),
+            K::Click => Some(CLICKED),
+            K::Unsubscribed => Some(UNSUBSCRIBED),
+            K::Bounced => Some(BOUNCED),
+            K::Complained => Some(COMPLAINED),
+            _ => None,
+        }
+    }
+}
+
+/// An email of a lead, as [`about`] chooses among them.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent<'a> {
+    /// Its outbox row.
+    pub id: i64,
+    pub template: &'a str,
+    pub queued_at: DateTime<Utc>,
+}
+
+/// Which of a lead's emails from one funnel a tracked event is about: the one it names (a
+/// tracked link or the open pixel name their email), else the latest one queued by the time
+/// of the event — of the template it names, when it names one. `None` when there is none (or
+/// the email it names is another funnel's).
+pub fn about(
+    emails: &[Sent],
+    message: Option<i64>,
+    template: Option<&str>,
+    at: DateTime<Utc>,
+) -> Option<usize> {
+    if let Some(id) = message {
+        return emails.iter().position(|e| e.id == id);
+    }
+    emails
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.queued_at <= at && template.is_none_or(|t| t == e.template))
+        .max_by_key(|(_, e)| (e.queued_at, e.id))
+        .map(|(i, _)| i)
+}
+
+/// An email with everything its counters come from.
+#[derive(Debug, Clone)]
+pub struct MailFacts<'a> {
+    pub mail: Mail<'a>,
+    /// `sent` (accepted), `failed`, or another outbox status (counted as queued only).
+    pub status: &'a str,
+    /// Its [`mark`]s.
+    pub marks: i64,
+    /// The names of the links clicked in it.
+    pub links: Vec<&'a str>,
+}
+
+impl Tally {
+    /// Adds the counters of a run's stored emails, given the stages it entered and when it
+    /// first entered each: an email reached each stage (but its own) first entered after the
+    /// time it was queued (an entry in the same instant is not one the email led to).
+    pub fn replay_mails(
+        &mut self,
+        run: &Run,
+        mails: &[MailFacts],
+        first_entries: &[(&str, DateTime<Utc>)],
+    ) {
+        for f in mails {
+            let m = &f.mail;
+            self.mail(run, m, mail::QUEUED, 1);
+            match f.status {
+                "sent" => self.mail(run, m, mail::ACCEPTED, 1),
+                "failed" => self.mail(run, m, mail::FAILED, 1),
+                _ => {}
+            }
+            for (bit, what) in mark::ALL {
+                if f.marks & bit != 0 {
+                    self.mail(run, m, what, 1);
+                }
+            }
+            for l in &f.links {
+                self.mail(run, m, &mail::link(l), 1);
+            }
+            for (stage, at) in first_entries {
+                if *at > m.queued_at && *stage != m.stage {
+                    self.mail(run, m, &mail::reached(stage), 1);
+                }
             }
         }
     }

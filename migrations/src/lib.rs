@@ -12,6 +12,7 @@ mod m20261124_000005_unstarted_signups;
 mod m20261129_000006_milestones;
 mod m20261129_000007_report_indexes;
 mod m20261129_000008_report_counts;
+mod m20261129_000009_email_marks;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000006_milestones::Migration),
             Box::new(m20261129_000007_report_indexes::Migration),
             Box::new(m20261129_000008_report_counts::Migration),
+            Box::new(m20261129_000009_email_marks::Migration),
         ]
     }
 }

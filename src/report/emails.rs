@@ -3,15 +3,14 @@
 //! of the leads who got the email reached the next stage. Opens are inflated by mail-privacy
 //! proxies that fetch every image, so clicks and conversions are what to judge an email by.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Cohort, Rate, ReportError, Window, entered_by_stage};
-use crate::domain::{EnrollmentId, EventKind, LeadId};
+use super::{Cohort, Rate};
 use crate::funnel::Funnel;
-use crate::store::{EmailRow, ReportRows};
+use crate::tally::{FUNNEL, Figures, View, mail, metric};
 
 /// What the report says about opens, in every output.
 pub const OPENS_NOTE: &str = "Opens are inflated by mail-privacy proxies (Apple Mail and others \
@@ -28,20 +27,21 @@ pub struct EmailFigures {
     /// Accepted by the relay (or written to the outbox folder).
     pub accepted: u64,
     pub failed: u64,
-    /// Leads who opened it at least once.
+    /// Emails opened at least once, of those accepted.
     pub opened: Rate,
-    /// Leads who clicked a link in it at least once.
+    /// Emails with a link clicked at least once, of those accepted.
     pub clicked: Rate,
-    /// Clicks among those who opened.
+    /// Clicked among those opened.
     pub click_to_open: Rate,
-    /// Leads who unsubscribed, bounced or complained after this email and before the next one
-    /// the funnel sent them.
+    /// Emails after which their lead unsubscribed, bounced or complained before the funnel
+    /// sent another.
     pub unsubscribed: u64,
     pub bounced: u64,
     pub complained: u64,
-    /// Of the leads who got it, those who went on to the stage after its stage.
+    /// Of the emails queued, those whose run entered the stage after the email's stage (in the
+    /// funnel's order) for the first time after getting it.
     pub next_stage: Option<Rate>,
-    /// Unique clicking leads per link name.
+    /// Emails with the link clicked, per link name.
     pub links: BTreeMap<String, u64>,
 }
 
@@ -56,132 +56,86 @@ pub struct EmailReport {
     pub emails: Vec<EmailFigures>,
 }
 
-/// The per-email report of `f` over `[from, to)`: emails of runs that entered in the period
-/// (entry cohort) or emails queued in it (calendar).
+/// The per-email report of `f` from its counters summed over `[from, to)`: emails of runs
+/// that entered in the period (entry cohort) or emails queued in it (calendar). Emails are
+/// listed in the funnel's stage order (the double opt-in confirmation first), then by name.
 pub fn email_report(
     f: &Funnel,
-    rows: &ReportRows,
+    fig: &Figures,
     cohort: Cohort,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<EmailReport, ReportError> {
-    let w = Window::new(cohort, from, to, now)?;
-    let cohort_runs = w.cohort_runs(rows);
-    let counted: Vec<&EmailRow> = rows
-        .emails
-        .iter()
-        .filter(|e| w.counts_email(e, &cohort_runs))
-        .collect();
-    // Each lead's emails from this funnel in order, to know which one came before an event.
-    let mut by_lead: HashMap<LeadId, Vec<&EmailRow>> = HashMap::new();
-    for e in rows.emails.iter() {
-        by_lead.entry(e.lead).or_default().push(e);
-    }
-    let last_before = |lead: LeadId, at: DateTime<Utc>| -> Option<&str> {
-        by_lead
-            .get(&lead)?
-            .iter()
-            .filter(|e| e.created_at <= at)
-            .max_by_key(|e| e.created_at)
-            .map(|e| e.template.as_str())
+) -> EmailReport {
+    let view = match cohort {
+        Cohort::Entry => View::Entry,
+        Cohort::Calendar => View::Calendar,
     };
-    // Each tracked event once, under the email it is about: the one it names, or (for
-    // unsubscribes and complaints, which name none) the last one before it.
-    // With each, its link when the event names its email (a click does).
-    type About<'a> = Vec<(LeadId, Option<Option<&'a str>>)>;
-    let mut about: HashMap<(&str, EventKind), About> = HashMap::new();
-    for t in &rows.tracking {
-        let template = match t.template.as_deref() {
-            Some(tpl) => Some(tpl),
-            None => last_before(t.lead, t.at),
+    // (stage, template) → what → how many.
+    let mut found: BTreeMap<(String, String), BTreeMap<String, i64>> = BTreeMap::new();
+    for ((v, stage, m), sum) in &fig.0 {
+        let Some(rest) = m.strip_prefix(metric::MAIL) else {
+            continue;
         };
-        if let Some(tpl) = template {
-            about
-                .entry((tpl, t.kind.clone()))
+        let Some((template, what)) = rest.split_once('\u{1f}') else {
+            continue;
+        };
+        if *v == view {
+            *found
+                .entry((stage.clone(), template.to_string()))
                 .or_default()
-                .push((t.lead, t.template.is_some().then_some(t.link.as_deref())));
+                .entry(what.to_string())
+                .or_default() += sum.n;
         }
     }
-    // Runs that entered each stage.
-    let entered = entered_by_stage(rows);
-    let next_of = |stage: &str| -> Option<&str> {
-        let i = f.stages.iter().position(|s| s.id.value.as_str() == stage)?;
-        f.stages.get(i + 1).map(|s| s.id.value.as_str())
+    let position = |stage: &str| {
+        f.stages
+            .iter()
+            .position(|s| s.id.value.as_str() == stage)
+            .map_or(0, |i| i + 1)
     };
-    let mut order: Vec<(Option<String>, String)> = Vec::new();
-    let mut groups: BTreeMap<(Option<String>, String), Vec<&EmailRow>> = BTreeMap::new();
-    for e in &counted {
-        let k = (e.stage.clone(), e.template.clone());
-        if !groups.contains_key(&k) {
-            order.push(k.clone());
-        }
-        groups.entry(k).or_default().push(e);
-    }
-    let mut emails = Vec::new();
-    for key in order {
-        let sent = &groups[&key];
-        let (stage, template) = key;
-        let leads: BTreeSet<LeadId> = sent.iter().map(|e| e.lead).collect();
-        let events = |kind: EventKind| {
-            about
-                .get(&(template.as_str(), kind))
-                .into_iter()
-                .flatten()
-                .filter(|(lead, _)| leads.contains(lead))
-        };
-        let track =
-            |kind: EventKind| -> BTreeSet<LeadId> { events(kind).map(|(lead, _)| *lead).collect() };
-        let opened = track(EventKind::Open);
-        let clicked = track(EventKind::Click);
-        let mut links: BTreeMap<String, BTreeSet<LeadId>> = BTreeMap::new();
-        for (lead, named) in events(EventKind::Click) {
-            if let Some(link) = named {
-                links
-                    .entry(link.unwrap_or_default().to_string())
-                    .or_default()
-                    .insert(*lead);
+    let mut keys: Vec<&(String, String)> = found.keys().collect();
+    keys.sort_by_key(|(stage, template)| (position(stage), template.clone()));
+    let emails = keys
+        .into_iter()
+        .map(|key| {
+            let what = &found[key];
+            let n = |w: &str| what.get(w).copied().unwrap_or(0).max(0) as u64;
+            let (stage, template) = key;
+            let stage = (stage != FUNNEL).then(|| stage.clone());
+            let accepted = n(mail::ACCEPTED);
+            let (opened, clicked) = (n(mail::OPENED), n(mail::CLICKED));
+            let next = stage.as_deref().and_then(|s| {
+                let i = f.stages.iter().position(|x| x.id.value.as_str() == s)?;
+                Some(f.stages.get(i + 1)?.id.value.to_string())
+            });
+            EmailFigures {
+                template: template.clone(),
+                stage,
+                queued: n(mail::QUEUED),
+                accepted,
+                failed: n(mail::FAILED),
+                opened: Rate::of(opened, accepted),
+                clicked: Rate::of(clicked, accepted),
+                click_to_open: Rate::of(clicked, opened),
+                unsubscribed: n(mail::UNSUBSCRIBED),
+                bounced: n(mail::BOUNCED),
+                complained: n(mail::COMPLAINED),
+                next_stage: next.map(|next| Rate::of(n(&mail::reached(&next)), n(mail::QUEUED))),
+                links: what
+                    .iter()
+                    .filter_map(|(w, c)| Some((w.strip_prefix(mail::LINK)?.to_string(), *c)))
+                    .filter(|(_, c)| *c > 0)
+                    .map(|(l, c)| (l, c as u64))
+                    .collect(),
             }
-        }
-        let accepted = sent.iter().filter(|e| e.status == "sent").count() as u64;
-        let next_stage = stage.as_deref().and_then(next_of).map(|next| {
-            let runs: BTreeSet<EnrollmentId> = sent.iter().filter_map(|e| e.enrollment).collect();
-            let there = entered.get(next).cloned().unwrap_or_default();
-            Rate::of(runs.intersection(&there).count() as u64, runs.len() as u64)
-        });
-        let (unsubscribed, bounced, complained) = (
-            track(EventKind::Unsubscribed).len() as u64,
-            track(EventKind::Bounced).len() as u64,
-            track(EventKind::Complained).len() as u64,
-        );
-        emails.push(EmailFigures {
-            template: template.clone(),
-            stage,
-            queued: sent.len() as u64,
-            accepted,
-            failed: sent.iter().filter(|e| e.status == "failed").count() as u64,
-            opened: Rate::of(opened.len() as u64, leads.len() as u64),
-            clicked: Rate::of(clicked.len() as u64, leads.len() as u64),
-            click_to_open: Rate::of(
-                clicked.intersection(&opened).count() as u64,
-                opened.len() as u64,
-            ),
-            unsubscribed,
-            bounced,
-            complained,
-            next_stage,
-            links: links
-                .into_iter()
-                .map(|(k, v)| (k, v.len() as u64))
-                .collect(),
-        });
-    }
-    Ok(EmailReport {
+        })
+        .collect();
+    EmailReport {
         funnel: f.id.value.to_string(),
         cohort,
         from,
         to,
         note: OPENS_NOTE,
         emails,
-    })
+    }
 }

@@ -465,6 +465,22 @@ pub fn windowed(rows: &ReportRows, window: chrono::Duration) -> ReportRows {
             .filter(|m| !late(&m.enrollment, m.at))
             .cloned()
             .collect(),
+        emails: rows
+            .emails
+            .iter()
+            .filter(|e| e.enrollment.is_some_and(|r| !late(&r, e.created_at)))
+            .cloned()
+            .collect(),
+        tracking: rows
+            .tracking
+            .iter()
+            .filter(|t| {
+                first_entry
+                    .get(&t.lead)
+                    .is_some_and(|e| t.at <= *e + window)
+            })
+            .cloned()
+            .collect(),
         ..rows.clone()
     }
 }

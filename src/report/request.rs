@@ -377,14 +377,15 @@ fn midnight(t: DateTime<Utc>) -> bool {
 impl Request {
     /// What the report reads at `now`: over whole days (a period from midnight to midnight or
     /// to now), the funnel report without a conversion window or a slice by a lead field and
-    /// attribution over the default lookback read the counters; every other report reads the
-    /// rows.
+    /// attribution over the default lookback and the per-email report without a conversion
+    /// window read the counters; every other report reads the rows.
     pub fn read(&self, now: DateTime<Utc>) -> ReportRead {
         let counted = match self.what {
             What::Funnel => {
                 self.window.is_none()
                     && !self.slices.iter().any(|k| matches!(k, SliceKey::Field(_)))
             }
+            What::Emails => self.window.is_none(),
             What::Attribution => self.lookback == crate::tally::LOOKBACK,
             _ => false,
         } && midnight(self.from)
@@ -482,6 +483,11 @@ pub fn answer(
                 req.to,
             )));
         }
+        ReportData::Counts(figs) if req.what == What::Emails => {
+            let fig = figs.get(&(0, ALL.to_string())).cloned().unwrap_or_default();
+            let (f, c) = (f, req.cohort);
+            return Ok(Answer::Emails(email_report(f, &fig, c, req.from, req.to)));
+        }
         ReportData::Counts(figs) => {
             return Ok(Answer::Funnel(Box::new(funnel_answer(
                 f,
@@ -529,7 +535,14 @@ pub fn answer(
             );
             Answer::Funnel(Box::new(funnel_answer(f, req, &figs, more)))
         }
-        What::Emails => Answer::Emails(email_report(f, rows, cohort, from, to, now)?),
+        What::Emails => {
+            let mut tally = crate::tally::Tally::in_periods(vec![(from, to)], false);
+            rows.replay_mails(&mut tally);
+            let fig = crate::tally::figures(&tally)
+                .remove(&(0, ALL.to_string()))
+                .unwrap_or_default();
+            Answer::Emails(email_report(f, &fig, cohort, from, to))
+        }
         What::Ab => Answer::Ab(ab_report(f, rows, cohort, from, to, now)?),
         What::Attribution => Answer::Attribution(attribution_report(
             f,

@@ -36,6 +36,7 @@ pub async fn click(
         let e = Event {
             template: o.template.clone(),
             link: Some(click.link.clone()),
+            message: Some(click.message),
             ..Event::of(EventKind::Click)
         };
         // A click is a touch too: channel email, the funnel as campaign, the email as content.
@@ -96,6 +97,7 @@ pub async fn open(
             Ok(Some(o)) => {
                 let e = Event {
                     template: o.template.clone(),
+                    message: Some(message),
                     ..Event::of(EventKind::Open)
                 };
                 let now = chrono::Utc::now();

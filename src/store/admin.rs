@@ -92,8 +92,9 @@ impl Store {
     }
 
     /// Deletes a lead and everything about them (tags, touches, events, enrollments and their
-    /// history, emails, and what they added to the report counters). A suppression of the address is kept, so an address that asked not to
-    /// be mailed is not mailed if it signs up again unasked. `false` when there was no lead.
+    /// history, emails and their clicked links, and what they added to the report counters).
+    /// A suppression of the address is kept, so an address that asked not to be mailed is not
+    /// mailed if it signs up again unasked. `false` when there was no lead.
     pub async fn erase_lead(&self, id: LeadId) -> Result<bool> {
         // What the lead added to the report counters goes with it.
         let counters = self.counters_of_lead(id).await?;
@@ -103,8 +104,11 @@ impl Store {
         super::batch::write_counts(&txn, self.backend, &counters).await?;
         let history = "DELETE FROM stage_history WHERE enrollment_id IN \
                        (SELECT id FROM enrollments WHERE lead_id = $1)";
+        let links = "DELETE FROM email_links WHERE message_id IN \
+                     (SELECT id FROM messages WHERE lead_id = $1)";
         for sql in [
             history,
+            links,
             "DELETE FROM enrollments WHERE lead_id = $1",
             "DELETE FROM messages WHERE lead_id = $1",
             "DELETE FROM events WHERE lead_id = $1",

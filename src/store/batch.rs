@@ -11,7 +11,7 @@ use sea_orm::{Statement, Value};
 use super::entities::{lead, lead_tag};
 use super::{Backend, ClosedVisit, Result, RunBefore, RunWrites, ms, parse_fields};
 use crate::domain::{EnrollmentId, FunnelId, LeadId, Outcome, RunStatus, StageId};
-use crate::tally::{Reached, Run, Tally};
+use crate::tally::{FUNNEL, Mail, Reached, Run, Tally, mail};
 
 /// Rows per statement: keeps every statement far below both backends' parameter limits.
 pub(super) const ROWS: usize = 512;
@@ -109,6 +109,27 @@ pub(super) async fn insert_rows(
     Ok(())
 }
 
+/// Inserts `rows` as [`insert_rows`] does, with a `RETURNING` clause in `tail`; returns the
+/// rows it gives back.
+pub(super) async fn insert_returning(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    head: &str,
+    tail: &str,
+    rows: Vec<Vec<Value>>,
+) -> Result<Vec<sea_orm::QueryResult>> {
+    let mut out = Vec::new();
+    for chunk in chunks(rows) {
+        let mut q = Params::new(backend);
+        let values = q.values(chunk);
+        out.extend(
+            txn.query_all_raw(q.statement(insert_sql(head, &values, tail)))
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
 /// Chunks of at most [`ROWS`] rows, owned.
 pub(super) fn chunks(rows: Vec<Vec<Value>>) -> Vec<Vec<Vec<Value>>> {
     let mut rows = rows.into_iter().peekable();
@@ -149,6 +170,9 @@ pub(super) async fn write_runs(
     let mut milestones: Vec<Vec<Value>> = Vec::new();
     let mut tally = Tally::by_day();
     let mut closing: HashMap<(i64, &str), (&Written, &ClosedVisit)> = HashMap::new();
+    // Stages runs entered for the first time: their earlier emails reached them.
+    let mut firsts: HashMap<i64, (&Written, Vec<&str>)> = HashMap::new();
+    let runs: HashMap<i64, &Written> = items.iter().map(|w| (w.enrollment.0, w)).collect();
     for w in items {
         let id = w.enrollment.0;
         let b = w.before;
@@ -167,6 +191,13 @@ pub(super) async fn write_runs(
             closing.insert((id, c.stage.as_str()), (w, c));
         }
         for v in &w.writes.opened {
+            if !reached.stages().any(|s| s == v.stage.as_str()) {
+                firsts
+                    .entry(id)
+                    .or_insert((w, Vec::new()))
+                    .1
+                    .push(v.stage.as_str());
+            }
             tally.opened(&run, v.stage.as_str(), now, &mut reached);
             if let Some((reason, next)) = &v.exit {
                 let next = next.as_ref().map(StageId::as_str);
@@ -262,7 +293,6 @@ pub(super) async fn write_runs(
             }
         }
     }
-    write_counts(txn, backend, &tally).await?;
     insert_rows(
         txn,
         backend,
@@ -271,14 +301,30 @@ pub(super) async fn write_runs(
         visits,
     )
     .await?;
-    insert_rows(
+    // Each email queued counts once: a send key already there inserts nothing.
+    for r in insert_returning(
         txn,
         backend,
         "messages (kind, lead_id, enrollment_id, funnel_id, stage_id, step_id, template, send_key, recipient, payload, status, attempts, next_attempt_at, created_at)",
-        "ON CONFLICT (send_key) DO NOTHING",
+        "ON CONFLICT (send_key) DO NOTHING RETURNING enrollment_id, stage_id, template, kind",
         messages,
     )
-    .await?;
+    .await?
+    {
+        let (kind, run): (String, Option<i64>) = (r.try_get_by_index(3)?, r.try_get_by_index(0)?);
+        if let (true, Some(w)) = (kind == "email", run.and_then(|id| runs.get(&id))) {
+            let (stage, template): (Option<String>, Option<String>) =
+                (r.try_get_by_index(1)?, r.try_get_by_index(2)?);
+            let m = Mail {
+                stage: stage.as_deref().unwrap_or(FUNNEL),
+                template: template.as_deref().unwrap_or_default(),
+                queued_at: now,
+            };
+            tally.mail(&w.run(), &m, mail::QUEUED, 1);
+        }
+    }
+    reached_by_mails(txn, backend, &firsts, now, &mut tally).await?;
+    write_counts(txn, backend, &tally).await?;
     insert_rows(
         txn,
         backend,
@@ -306,6 +352,68 @@ pub(super) async fn write_runs(
             .await?;
     }
     Ok(())
+}
+
+/// Counts, for each run that entered stages for the first time, its emails queued before now
+/// as having reached those stages (a new run has none).
+async fn reached_by_mails(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    firsts: &HashMap<i64, (&Written<'_>, Vec<&str>)>,
+    now: DateTime<Utc>,
+    tally: &mut Tally,
+) -> Result<()> {
+    let mut leads: Vec<i64> = firsts
+        .values()
+        .filter(|(w, _)| !w.new)
+        .map(|(w, _)| w.lead.0)
+        .collect();
+    leads.sort_unstable();
+    leads.dedup();
+    for chunk in leads.chunks(ROWS) {
+        let mut q = Params::new(backend);
+        let list: Vec<String> = padded(chunk.iter().copied())
+            .into_iter()
+            .map(|l| q.p(l))
+            .collect();
+        let sql = format!(
+            "SELECT enrollment_id, stage_id, template, created_at FROM messages \
+             WHERE lead_id IN ({}) AND kind = 'email' AND enrollment_id IS NOT NULL \
+             AND created_at < {}",
+            list.join(", "),
+            q.p(ms(now))
+        );
+        for r in txn.query_all_raw(q.statement(sql)).await? {
+            let Some((w, stages)) = firsts
+                .get(&r.try_get_by_index::<i64>(0)?)
+                .filter(|(w, _)| !w.new)
+            else {
+                continue;
+            };
+            let (stage, template): (Option<String>, Option<String>) =
+                (r.try_get_by_index(1)?, r.try_get_by_index(2)?);
+            let m = Mail {
+                stage: stage.as_deref().unwrap_or(FUNNEL),
+                template: template.as_deref().unwrap_or_default(),
+                queued_at: super::from_ms(r.try_get_by_index(3)?),
+            };
+            for s in stages.iter().filter(|s| **s != m.stage) {
+                tally.mail(&w.run(), &m, &mail::reached(s), 1);
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Written<'_> {
+    /// The run as its counters see it.
+    fn run(&self) -> Run<'_> {
+        Run {
+            funnel: self.funnel.as_str(),
+            entered_at: self.before.entered_at,
+            origin: &self.before.origin,
+        }
+    }
 }
 
 /// What a run has reached after a transition ([`crate::tally::Reached`]): the stages it

@@ -154,9 +154,60 @@ const RECOUNT: ReportNeeds = ReportNeeds {
     milestones: true,
     touches: true,
     fields: false,
-    emails: false,
-    tracking: false,
+    emails: true,
+    tracking: true,
 };
+
+/// How many lead ids [`Store::recount`] reads at a time.
+const RECOUNT_LEADS: i64 = 20_000;
+
+/// Writes the counters of some leads' rows, what each run has reached, and each email's marks
+/// and clicked links; returns how many runs were counted.
+async fn recount_rows(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    rows: &super::ReportRows,
+) -> Result<u64> {
+    let mut tally = Tally::by_day();
+    let mut reached: Vec<Vec<Value>> = Vec::new();
+    for facts in rows.run_facts() {
+        let r = tally.replay(&facts.facts);
+        reached.push(vec![facts.enrollment.0.into(), r.text().into()]);
+    }
+    rows.attribute(&mut tally, tally::LOOKBACK);
+    rows.replay_mails(&mut tally);
+    batch::write_counts(txn, backend, &tally).await?;
+    set_enrollments(txn, backend, "reached", reached.clone()).await?;
+    let (marks, links) = rows.marks();
+    let mut marked: Vec<Vec<Value>> = Vec::new();
+    let mut clicked: Vec<Vec<Value>> = Vec::new();
+    for ((e, m), ls) in rows.emails.iter().zip(marks).zip(links) {
+        if m != 0 {
+            marked.push(vec![e.id.into(), m.into()]);
+        }
+        for l in ls {
+            clicked.push(vec![e.id.into(), l.to_string().into()]);
+        }
+    }
+    for chunk in batch::chunks(marked) {
+        let mut q = Params::new(backend);
+        let values = q.values(chunk);
+        let sql = format!(
+            "UPDATE messages SET marks = v.column2 FROM (VALUES {values}) AS v \
+             WHERE messages.id = v.column1"
+        );
+        txn.execute_raw(q.statement(sql)).await?;
+    }
+    batch::insert_rows(
+        txn,
+        backend,
+        "email_links (message_id, link)",
+        "ON CONFLICT (message_id, link) DO NOTHING",
+        clicked,
+    )
+    .await?;
+    Ok(reached.len() as u64)
+}
 
 /// How the days of a period are grouped: all together, or into periods starting on these
 /// days (the first is the period's first day).
@@ -221,40 +272,44 @@ impl Store {
     }
 
     /// Makes every report counter again from the stored rows, and each run's origin (when it
-    /// has none) and what it has reached. Returns how many runs were counted.
+    /// has none) and what it has reached, and each email's marks and clicked links. Leads are
+    /// read a range of ids at a time, so memory stays bounded however many there are. Returns
+    /// how many runs were counted.
     pub async fn recount(&self, now: DateTime<Utc>) -> Result<u64> {
-        let funnels: Vec<String> = {
-            let mut v: Vec<String> = Vec::new();
-            self.each(
-                "SELECT DISTINCT funnel_id FROM enrollments",
-                Vec::new(),
-                |r| {
-                    v.push(r.try_get_by_index(0)?);
-                    Ok(())
-                },
-            )
-            .await?;
-            v
-        };
+        let mut funnels: Vec<(String, i64, i64)> = Vec::new();
+        self.each(
+            "SELECT funnel_id, MIN(lead_id), MAX(lead_id) FROM enrollments GROUP BY funnel_id",
+            Vec::new(),
+            |r| {
+                funnels.push((
+                    r.try_get_by_index(0)?,
+                    r.try_get_by_index(1)?,
+                    r.try_get_by_index(2)?,
+                ));
+                Ok(())
+            },
+        )
+        .await?;
         self.set_origins().await?;
         let txn = self.write().await?;
         txn.execute_unprepared("DELETE FROM report_counts").await?;
+        txn.execute_unprepared("DELETE FROM email_links").await?;
+        txn.execute_unprepared("UPDATE messages SET marks = 0 WHERE marks <> 0")
+            .await?;
         let mut runs = 0;
-        for f in funnels {
+        for (f, low, high) in funnels {
             let Ok(funnel) = FunnelId::parse(&f) else {
                 continue;
             };
-            let rows = self.report_rows(&funnel, now, RECOUNT).await?;
-            let mut tally = Tally::by_day();
-            let mut reached: Vec<Vec<Value>> = Vec::new();
-            for facts in rows.run_facts() {
-                let r = tally.replay(&facts.facts);
-                reached.push(vec![facts.enrollment.0.into(), r.text().into()]);
-                runs += 1;
+            let mut first = low;
+            while first <= high {
+                let end = first.saturating_add(RECOUNT_LEADS);
+                let rows = self
+                    .rows_of(&funnel, now, RECOUNT, Some((first, end)))
+                    .await?;
+                runs += recount_rows(&txn, self.backend, &rows).await?;
+                first = end;
             }
-            rows.attribute(&mut tally, tally::LOOKBACK);
-            batch::write_counts(&txn, self.backend, &tally).await?;
-            set_enrollments(&txn, self.backend, "reached", reached).await?;
         }
         txn.commit().await?;
         Ok(runs)
@@ -403,8 +458,8 @@ impl Store {
 }
 
 impl Store {
-    /// What a lead's runs and orders added to the counters, to take back out when the lead is
-    /// erased (the figures then read as if the lead had never been).
+    /// What a lead's runs, orders and emails added to the counters, to take back out when the
+    /// lead is erased (the figures then read as if the lead had never been).
     pub(super) async fn counters_of_lead(&self, lead: LeadId) -> Result<Tally> {
         let mut funnels: Vec<String> = Vec::new();
         self.each(
@@ -422,11 +477,14 @@ impl Store {
             let Ok(funnel) = FunnelId::parse(&f) else {
                 continue;
             };
-            let rows = self.rows_of(&funnel, far, RECOUNT, Some(lead)).await?;
+            let rows = self
+                .rows_of(&funnel, far, RECOUNT, Some((lead.0, lead.0 + 1)))
+                .await?;
             for r in rows.run_facts() {
                 tally.replay(&r.facts);
             }
             rows.attribute(&mut tally, tally::LOOKBACK);
+            rows.replay_mails(&mut tally);
         }
         Ok(tally.negated())
     }

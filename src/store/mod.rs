@@ -6,6 +6,7 @@ mod batch;
 mod counts;
 mod enrollments;
 pub mod entities;
+mod mails;
 mod outbox;
 mod report;
 mod signups;
@@ -174,6 +175,9 @@ pub(crate) fn payload_of(e: &Event) -> serde_json::Value {
     if let Some(a) = e.amount {
         p.insert("amount".into(), a.into());
     }
+    if let Some(m) = e.message {
+        p.insert("message".into(), m.into());
+    }
     serde_json::Value::Object(p)
 }
 
@@ -208,6 +212,7 @@ pub(crate) fn event_of(id: i64, kind: &str, payload: &str) -> Result<Event> {
         funnel: s("funnel").and_then(|f| FunnelId::parse(&f).ok()),
         amount: p.get("amount").and_then(|v| v.as_f64()),
         currency: s("currency"),
+        message: p.get("message").and_then(|v| v.as_i64()),
         ..Event::of(kind)
     })
 }
@@ -319,8 +324,12 @@ impl Store {
             .map_err(StoreError::Migrate)?;
         let after = self.applied_migrations().await?;
         let applied: Vec<String> = after.into_iter().filter(|m| !before.contains(m)).collect();
-        // The report counters came with this migration: count the rows stored before it.
-        if applied.iter().any(|m| m.ends_with("_report_counts")) {
+        // The report counters (and the emails' marks) came with these migrations: count the rows
+        // stored before them.
+        if applied
+            .iter()
+            .any(|m| m.ends_with("_report_counts") || m.ends_with("_email_marks"))
+        {
             self.recount(Utc::now()).await?;
         }
         Ok(applied)
@@ -600,8 +609,8 @@ impl Store {
             .collect())
     }
 
-    /// Stores an event once per idempotency key (an order is counted for the reports in the
-    /// same transaction).
+    /// Stores an event once per idempotency key (an order, or what a tracked event says of an
+    /// email, is counted for the reports in the same transaction).
     pub async fn record_event(&self, e: NewEvent, now: DateTime<Utc>) -> Result<Recorded> {
         let txn = self.write().await?;
         let am = event::ActiveModel {
@@ -629,7 +638,9 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         if let Some(lead) = e.lead {
-            counts::count_orders(&txn, self.backend, &[(lead, &e.event, e.occurred_at)]).await?;
+            let new = [(lead, &e.event, e.occurred_at)];
+            counts::count_orders(&txn, self.backend, &new).await?;
+            mails::count_tracking(&txn, self.backend, &new).await?;
         }
         txn.commit().await?;
         Ok(Recorded::New(id))
@@ -648,7 +659,8 @@ impl Store {
         let txn = self.write().await?;
         let mut by_email: HashMap<String, LeadId> = HashMap::new();
         let mut out = Vec::with_capacity(events.len());
-        let mut orders: Vec<(LeadId, Event, DateTime<Utc>)> = Vec::new();
+        // The new events, for the counters.
+        let mut new: Vec<(LeadId, Event, DateTime<Utc>)> = Vec::new();
         for b in events {
             let lead = match b.who {
                 LeadRef::Id(id) => id,
@@ -705,8 +717,8 @@ impl Store {
             )
             .exec_without_returning(&*txn)
             .await?;
-            if stored > 0 && b.event.kind == EventKind::Purchase {
-                orders.push((lead, b.event.clone(), b.occurred_at));
+            if stored > 0 {
+                new.push((lead, b.event.clone(), b.occurred_at));
             }
             if stored > 0
                 && let Some(t) = b.touch
@@ -738,8 +750,9 @@ impl Store {
                 .exec(&*txn)
                 .await?;
         }
-        let orders: Vec<_> = orders.iter().map(|(l, e, at)| (*l, e, *at)).collect();
-        counts::count_orders(&txn, self.backend, &orders).await?;
+        let new: Vec<_> = new.iter().map(|(l, e, at)| (*l, e, *at)).collect();
+        counts::count_orders(&txn, self.backend, &new).await?;
+        mails::count_tracking(&txn, self.backend, &new).await?;
         txn.commit().await?;
         Ok(out)
     }

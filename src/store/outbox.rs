@@ -7,12 +7,16 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
+};
 
 use super::batch::Params;
 use super::entities::{enrollment, event, message, suppression};
+use super::mails;
 use super::{Backend, Result, Store, from_ms, ms, payload_of};
 use crate::domain::{Email, EnrollmentId, Event, EventKind, FunnelId, Lead, LeadId, Outcome};
+use crate::tally::mail;
 
 /// An email waiting to be sent, as claimed by the sender.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +72,7 @@ impl Outbox {
         limit: u64,
     ) -> Result<Vec<Outgoing>> {
         let store = &self.store;
-        let _turn = store.turn().await;
+        let txn = store.write().await?;
         let mut q = Params::new(store.backend);
         let (error, lapsed, max) = (
             q.p(format!(
@@ -79,13 +83,13 @@ impl Outbox {
         );
         let sql = format!(
             "UPDATE messages SET status = 'failed', lease_until = NULL, last_error = {error} \
-             WHERE status = 'sending' AND lease_until < {lapsed} AND attempts >= {max}"
+             WHERE status = 'sending' AND lease_until < {lapsed} AND attempts >= {max} \
+             RETURNING {}",
+            mails::COLUMNS
         );
-        let parked = store
-            .db
-            .execute_raw(q.statement(sql))
-            .await?
-            .rows_affected();
+        let parked_rows = txn.query_all_raw(q.statement(sql)).await?;
+        mails::count_status(&txn, store.backend, &parked_rows, mail::FAILED).await?;
+        let parked = parked_rows.len();
         if parked > 0 {
             tracing::error!(
                 messages = parked,
@@ -98,7 +102,7 @@ impl Outbox {
             "UPDATE messages SET status = 'queued', lease_until = NULL \
              WHERE status = 'sending' AND lease_until < {lapsed}"
         );
-        store.db.execute_raw(q.statement(sql)).await?;
+        txn.execute_raw(q.statement(sql)).await?;
         let mut q = Params::new(store.backend);
         let until = q.p(ms(now + lease));
         let due = q.p(ms(now));
@@ -115,7 +119,7 @@ impl Outbox {
         );
         let mut out: Vec<Outgoing> = message::Entity::find()
             .from_raw_sql(q.statement(sql))
-            .all(&store.db)
+            .all(&*txn)
             .await?
             .into_iter()
             .map(|m| Outgoing {
@@ -132,6 +136,7 @@ impl Outbox {
             })
             .collect();
         out.sort_by_key(|m| m.id);
+        txn.commit().await?;
         Ok(out)
     }
 
@@ -140,22 +145,27 @@ impl Outbox {
         self.store.leads(ids).await
     }
 
-    /// These messages went out.
+    /// These messages went out: each counts as accepted once.
     pub async fn sent(&self, ids: &[i64], now: DateTime<Utc>) -> Result<()> {
-        let _turn = self.store.turn().await;
+        let store = &self.store;
+        let txn = store.write().await?;
         for chunk in ids.chunks(super::batch::ROWS) {
-            message::Entity::update_many()
-                .col_expr(message::Column::Status, Expr::value("sent"))
-                .col_expr(
-                    message::Column::LeaseUntil,
-                    Expr::value(Option::<i64>::None),
-                )
-                .col_expr(message::Column::SentAt, Expr::value(ms(now)))
-                .filter(message::Column::Id.is_in(super::batch::padded(chunk.iter().copied())))
-                .exec(&self.store.db)
-                .await?;
+            let mut q = Params::new(store.backend);
+            let at = q.p(ms(now));
+            let list: Vec<String> = super::batch::padded(chunk.iter().copied())
+                .into_iter()
+                .map(|id| q.p(id))
+                .collect();
+            let sql = format!(
+                "UPDATE messages SET status = 'sent', lease_until = NULL, sent_at = {at} \
+                 WHERE id IN ({}) AND status <> 'sent' RETURNING {}",
+                list.join(", "),
+                mails::COLUMNS
+            );
+            let rows = txn.query_all_raw(q.statement(sql)).await?;
+            mails::count_status(&txn, store.backend, &rows, mail::ACCEPTED).await?;
         }
-        Ok(())
+        txn.commit().await
     }
 
     /// A transient failure: try again at `at`.
@@ -174,6 +184,12 @@ impl Outbox {
             .await
     }
 
+    async fn finish(&self, id: i64, status: &str, next: Option<i64>, error: &str) -> Result<()> {
+        let txn = self.store.write().await?;
+        finish(&txn, self.store.backend, id, status, next, error).await?;
+        txn.commit().await
+    }
+
     /// The address refused the message for good: in one transaction the message fails, the
     /// address is suppressed everywhere, and a `bounced` event (once per message) is stored
     /// with the lead's live runs marked to be fed it, so the engine hears of it in its next
@@ -181,7 +197,7 @@ impl Outbox {
     pub async fn bounced(&self, m: &Outgoing, error: &str, now: DateTime<Utc>) -> Result<()> {
         let store = &self.store;
         let txn = store.write().await?;
-        finish(&*txn, m.id, "failed", None, error).await?;
+        finish(&txn, store.backend, m.id, "failed", None, error).await?;
         if let Ok(email) = Email::parse(&m.recipient) {
             suppression::Entity::insert(suppression::ActiveModel {
                 id: sea_orm::ActiveValue::NotSet,
@@ -203,9 +219,10 @@ impl Outbox {
         }
         let e = Event {
             template: m.template.clone(),
+            message: Some(m.id),
             ..Event::of(EventKind::Bounced)
         };
-        event::Entity::insert(event::ActiveModel {
+        let stored = event::Entity::insert(event::ActiveModel {
             id: sea_orm::ActiveValue::NotSet,
             lead_id: sea_orm::ActiveValue::Set(Some(m.lead.0)),
             kind: sea_orm::ActiveValue::Set(e.kind.as_str().into()),
@@ -222,6 +239,10 @@ impl Outbox {
         )
         .exec_without_returning(&*txn)
         .await?;
+        if stored > 0 {
+            let new = [(m.lead, &e, now)];
+            mails::count_tracking(&txn, store.backend, &new).await?;
+        }
         enrollment::Entity::update_many()
             .col_expr(enrollment::Column::PendingAt, Expr::value(ms(now)))
             .filter(enrollment::Column::LeadId.eq(m.lead.0))
@@ -279,11 +300,6 @@ impl Outbox {
             .collect())
     }
 
-    async fn finish(&self, id: i64, status: &str, next: Option<i64>, error: &str) -> Result<()> {
-        let _turn = self.store.turn().await;
-        finish(&self.store.db, id, status, next, error).await
-    }
-
     /// The stage deadlines of these messages' enrollments, as they stand now.
     pub async fn deadlines_of(&self, messages: &[Outgoing]) -> Result<HashMap<i64, DateTime<Utc>>> {
         let ids: Vec<i64> = messages
@@ -310,26 +326,34 @@ impl Outbox {
     }
 }
 
-/// Ends an attempt: `status`, the next attempt's time if any, the error.
+/// Ends an attempt: `status`, the next attempt's time if any, the error. A message failed
+/// here counts as failed (once: a failed message is not changed again).
 async fn finish(
-    db: &impl ConnectionTrait,
+    txn: &DatabaseTransaction,
+    backend: Backend,
     id: i64,
     status: &str,
     next: Option<i64>,
     error: &str,
 ) -> Result<()> {
-    let mut u = message::Entity::update_many()
-        .col_expr(message::Column::Status, Expr::value(status))
-        .col_expr(
-            message::Column::LeaseUntil,
-            Expr::value(Option::<i64>::None),
-        )
-        .col_expr(message::Column::SentAt, Expr::value(Option::<i64>::None))
-        .col_expr(message::Column::LastError, Expr::value(error));
+    let mut q = Params::new(backend);
+    let mut set = format!(
+        "status = {}, lease_until = NULL, sent_at = NULL, last_error = {}",
+        q.p(status),
+        q.p(error)
+    );
     if let Some(n) = next {
-        u = u.col_expr(message::Column::NextAttemptAt, Expr::value(n));
+        set.push_str(&format!(", next_attempt_at = {}", q.p(n)));
     }
-    u.filter(message::Column::Id.eq(id)).exec(db).await?;
+    let sql = format!(
+        "UPDATE messages SET {set} WHERE id = {} AND status <> 'failed' RETURNING {}",
+        q.p(id),
+        mails::COLUMNS
+    );
+    let rows = txn.query_all_raw(q.statement(sql)).await?;
+    if status == "failed" {
+        mails::count_status(txn, backend, &rows, mail::FAILED).await?;
+    }
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use sea_orm::{QueryResult, Statement, StreamTrait, Value};
 
 use super::{Backend, Result, Store, StoreError, event_of, from_ms, ms, parse_fields};
 use crate::domain::{EnrollmentId, EventKind, FunnelId, LeadId, Outcome, RunStatus, StageId};
-use crate::tally::{Order, Run, RunFacts, Tally, Touch, Visit};
+use crate::tally::{self, Mail, MailFacts, Order, Run, RunFacts, Sent, Tally, Touch, Visit};
 
 /// One run of a lead through the funnel.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +61,8 @@ pub struct TouchRow {
 /// An email a funnel queued.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmailRow {
+    /// Its outbox row.
+    pub id: i64,
     pub lead: LeadId,
     pub enrollment: Option<EnrollmentId>,
     pub stage: Option<String>,
@@ -75,6 +77,8 @@ pub struct EmailRow {
 pub struct TrackRow {
     pub lead: LeadId,
     pub kind: EventKind,
+    /// The email it names (a tracked link, the open pixel, a bounce from the sender).
+    pub message: Option<i64>,
     pub template: Option<String>,
     pub link: Option<String>,
     pub at: DateTime<Utc>,
@@ -213,29 +217,32 @@ impl Store {
         self.rows_of(funnel, until, needs, None).await
     }
 
-    /// [`Store::report_rows`] of one lead's runs only, when `lead` is given.
+    /// [`Store::report_rows`] of the runs of leads with ids in `[first, end)` only, when
+    /// `leads` is given.
     pub(super) async fn rows_of(
         &self,
         funnel: &FunnelId,
         until: DateTime<Utc>,
         needs: ReportNeeds,
-        lead: Option<LeadId>,
+        leads: Option<(i64, i64)>,
     ) -> Result<ReportRows> {
         let mut out = ReportRows {
             funnel: funnel.to_string(),
             ..ReportRows::default()
         };
-        let scope = if lead.is_some() {
-            " AND lead_id = $3"
+        let scope = if leads.is_some() {
+            " AND lead_id >= $3 AND lead_id < $4"
         } else {
             ""
         };
-        let leads = format!("{LEADS}{scope}");
         let f = || -> Vec<Value> {
             let mut v = vec![funnel.as_str().into(), ms(until).into()];
-            v.extend(lead.map(|l| Value::from(l.0)));
+            if let Some((first, end)) = leads {
+                v.extend([Value::from(first), Value::from(end)]);
+            }
             v
         };
+        let leads = format!("{LEADS}{scope}");
         self.each(
             &format!(
                 "SELECT id, lead_id, entered_at, status, outcome, exited_at, origin FROM enrollments \
@@ -299,19 +306,20 @@ impl Store {
         if needs.emails {
             self.each(
                 &format!(
-                    "SELECT lead_id, enrollment_id, stage_id, template, status, created_at \
+                    "SELECT id, lead_id, enrollment_id, stage_id, template, status, created_at \
                      FROM messages WHERE funnel_id = $1 AND kind = 'email' AND created_at < $2\
                      {scope} ORDER BY id"
                 ),
                 f(),
                 |r| {
                     out.emails.push(EmailRow {
-                        lead: LeadId(r.try_get_by_index(0)?),
-                        enrollment: r.try_get_by_index::<Option<i64>>(1)?.map(EnrollmentId),
-                        stage: r.try_get_by_index(2)?,
-                        template: r.try_get_by_index::<Option<String>>(3)?.unwrap_or_default(),
-                        status: r.try_get_by_index(4)?,
-                        created_at: from_ms(r.try_get_by_index(5)?),
+                        id: r.try_get_by_index(0)?,
+                        lead: LeadId(r.try_get_by_index(1)?),
+                        enrollment: r.try_get_by_index::<Option<i64>>(2)?.map(EnrollmentId),
+                        stage: r.try_get_by_index(3)?,
+                        template: r.try_get_by_index::<Option<String>>(4)?.unwrap_or_default(),
+                        status: r.try_get_by_index(5)?,
+                        created_at: from_ms(r.try_get_by_index(6)?),
                     });
                     Ok(())
                 },
@@ -356,6 +364,7 @@ impl Store {
                 out.tracking.push(TrackRow {
                     lead,
                     kind: ev.kind,
+                    message: ev.message,
                     template: ev.template,
                     link: ev.link,
                     at,
@@ -442,6 +451,94 @@ impl ReportRows {
                 let ts = touches.get(&p.lead).map(Vec::as_slice).unwrap_or_default();
                 tally.attribute(&self.funnel, &o, ts, lookback);
             }
+        }
+    }
+
+    /// What the leads' tracked events mark on the funnel's emails (per email, in the order of
+    /// [`ReportRows::emails`]): each event on the email [`tally::about`] says, as the store
+    /// marks them when the events come; with the names of the links clicked in each.
+    pub fn marks(&self) -> (Vec<i64>, Vec<Vec<&str>>) {
+        let mut by_lead: HashMap<LeadId, Vec<usize>> = HashMap::new();
+        for (i, e) in self.emails.iter().enumerate() {
+            by_lead.entry(e.lead).or_default().push(i);
+        }
+        let sent: HashMap<LeadId, Vec<Sent>> = by_lead
+            .iter()
+            .map(|(lead, ix)| {
+                let s = ix
+                    .iter()
+                    .map(|&i| Sent {
+                        id: self.emails[i].id,
+                        template: &self.emails[i].template,
+                        queued_at: self.emails[i].created_at,
+                    })
+                    .collect();
+                (*lead, s)
+            })
+            .collect();
+        let mut marks = vec![0i64; self.emails.len()];
+        let mut links: Vec<Vec<&str>> = vec![Vec::new(); self.emails.len()];
+        for t in &self.tracking {
+            let (Some(bit), Some(ix)) = (tally::mark::of(&t.kind), by_lead.get(&t.lead)) else {
+                continue;
+            };
+            let Some(k) = tally::about(&sent[&t.lead], t.message, t.template.as_deref(), t.at)
+            else {
+                continue;
+            };
+            let i = ix[k];
+            marks[i] |= bit;
+            if t.kind == EventKind::Click
+                && let Some(l) = t.link.as_deref()
+                && !links[i].contains(&l)
+            {
+                links[i].push(l);
+            }
+        }
+        (marks, links)
+    }
+
+    /// What each run's emails add to the counters: queued, accepted or failed, their
+    /// [`ReportRows::marks`], and the stages the run entered for the first time after each.
+    pub fn replay_mails(&self, tally: &mut Tally) {
+        let (marks, mut links) = self.marks();
+        let mut first: HashMap<EnrollmentId, Vec<(&str, DateTime<Utc>)>> = HashMap::new();
+        for v in &self.visits {
+            let f = first.entry(v.enrollment).or_default();
+            if !f.iter().any(|(s, _)| *s == v.stage.as_str()) {
+                f.push((v.stage.as_str(), v.entered_at));
+            }
+        }
+        let mut mails: HashMap<EnrollmentId, Vec<MailFacts>> = HashMap::new();
+        for (i, e) in self.emails.iter().enumerate() {
+            let Some(run) = e.enrollment else {
+                continue;
+            };
+            mails.entry(run).or_default().push(MailFacts {
+                mail: Mail {
+                    stage: e.stage.as_deref().unwrap_or(tally::FUNNEL),
+                    template: &e.template,
+                    queued_at: e.created_at,
+                },
+                status: &e.status,
+                marks: marks[i],
+                links: std::mem::take(&mut links[i]),
+            });
+        }
+        for r in &self.runs {
+            let Some(m) = mails.get(&r.enrollment) else {
+                continue;
+            };
+            let run = Run {
+                funnel: &self.funnel,
+                entered_at: r.entered_at,
+                origin: &r.origin,
+            };
+            let f = first
+                .get(&r.enrollment)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            tally.replay_mails(&run, m, f);
         }
     }
 

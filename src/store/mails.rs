@@ -1,0 +1,221 @@
+//! The per-email counters of what happens to an email after it is queued: accepted by the
+//! relay or failed (counted where the outbox records it), and opened, clicked, unsubscribed
+//! after, bounced or complained about (counted where the tracked event is stored, on the email
+//! [`tally::about`] names). Marks kept on the email (`messages.marks`, `email_links`) make each
+//! count once per email, whichever transaction comes first.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, QueryResult};
+
+use super::batch::{self, Params};
+use super::{Backend, Result, from_ms};
+use crate::domain::{Event, EventKind, LeadId};
+use crate::tally::{self, FUNNEL, Mail, Run, Sent, Tally, mail};
+
+/// The columns of `messages` a [`MailRow`] is read from, for `SELECT` and `RETURNING`.
+pub(super) const COLUMNS: &str =
+    "id, lead_id, enrollment_id, funnel_id, stage_id, template, created_at, kind";
+
+/// An email as its counters need it.
+#[derive(Debug, Clone)]
+pub(super) struct MailRow {
+    id: i64,
+    lead: i64,
+    run: i64,
+    funnel: String,
+    stage: Option<String>,
+    template: String,
+    queued_at: DateTime<Utc>,
+}
+
+impl MailRow {
+    /// The email of a row of [`COLUMNS`]; `None` for another kind of message or one of no run.
+    fn of(r: &QueryResult) -> Result<Option<MailRow>> {
+        let (run, funnel, kind): (Option<i64>, Option<String>, String) = (
+            r.try_get_by_index(2)?,
+            r.try_get_by_index(3)?,
+            r.try_get_by_index(7)?,
+        );
+        let (Some(run), Some(funnel), "email") = (run, funnel, kind.as_str()) else {
+            return Ok(None);
+        };
+        Ok(Some(MailRow {
+            id: r.try_get_by_index(0)?,
+            lead: r.try_get_by_index(1)?,
+            run,
+            funnel,
+            stage: r.try_get_by_index(4)?,
+            template: r.try_get_by_index::<Option<String>>(5)?.unwrap_or_default(),
+            queued_at: from_ms(r.try_get_by_index(6)?),
+        }))
+    }
+
+    fn mail(&self) -> Mail<'_> {
+        Mail {
+            stage: self.stage.as_deref().unwrap_or(FUNNEL),
+            template: &self.template,
+            queued_at: self.queued_at,
+        }
+    }
+}
+
+/// The emails of rows of [`COLUMNS`].
+pub(super) fn mail_rows(rows: &[QueryResult]) -> Result<Vec<MailRow>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.extend(MailRow::of(r)?);
+    }
+    Ok(out)
+}
+
+/// Adds `(email, what)` pairs to the counters, each run's entry time and origin read here.
+async fn count(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    counted: &[(&MailRow, String)],
+) -> Result<()> {
+    if counted.is_empty() {
+        return Ok(());
+    }
+    let mut ids: Vec<i64> = counted.iter().map(|(m, _)| m.run).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut runs: HashMap<i64, (DateTime<Utc>, String)> = HashMap::new();
+    for chunk in ids.chunks(batch::ROWS) {
+        let mut q = Params::new(backend);
+        let list: Vec<String> = batch::padded(chunk.iter().copied())
+            .into_iter()
+            .map(|id| q.p(id))
+            .collect();
+        let sql = format!(
+            "SELECT id, entered_at, origin FROM enrollments WHERE id IN ({})",
+            list.join(", ")
+        );
+        for r in txn.query_all_raw(q.statement(sql)).await? {
+            let origin: Option<String> = r.try_get_by_index(2)?;
+            runs.insert(
+                r.try_get_by_index(0)?,
+                (
+                    from_ms(r.try_get_by_index(1)?),
+                    origin.unwrap_or_else(super::counts::none_origin),
+                ),
+            );
+        }
+    }
+    let mut t = Tally::by_day();
+    for (m, what) in counted {
+        if let Some((entered_at, origin)) = runs.get(&m.run) {
+            let run = Run {
+                funnel: &m.funnel,
+                entered_at: *entered_at,
+                origin,
+            };
+            t.mail(&run, &m.mail(), what, 1);
+        }
+    }
+    batch::write_counts(txn, backend, &t).await
+}
+
+/// Counts `what` (accepted, failed) for the emails of rows an outbox `UPDATE … RETURNING`
+/// [`COLUMNS`] changed.
+pub(super) async fn count_status(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    rows: &[QueryResult],
+    what: &str,
+) -> Result<()> {
+    let mails = mail_rows(rows)?;
+    let counted: Vec<(&MailRow, String)> = mails.iter().map(|m| (m, what.to_string())).collect();
+    count(txn, backend, &counted).await
+}
+
+/// Marks new tracked events (opens, clicks, unsubscribes, bounces, complaints) on the emails
+/// they are about — in each funnel of the lead, the one [`tally::about`] chooses — and counts
+/// each mark (and each link clicked) the first time it is made on an email.
+pub(super) async fn count_tracking(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    events: &[(LeadId, &Event, DateTime<Utc>)],
+) -> Result<()> {
+    let events: Vec<_> = events
+        .iter()
+        .filter(|(_, e, _)| tally::mark::of(&e.kind).is_some())
+        .collect();
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut leads: Vec<i64> = events.iter().map(|(l, _, _)| l.0).collect();
+    leads.sort_unstable();
+    leads.dedup();
+    // Each lead's emails per funnel, in the order they were queued.
+    let mut emails: HashMap<(i64, String), Vec<MailRow>> = HashMap::new();
+    for chunk in leads.chunks(batch::ROWS) {
+        let mut q = Params::new(backend);
+        let list: Vec<String> = batch::padded(chunk.iter().copied())
+            .into_iter()
+            .map(|l| q.p(l))
+            .collect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM messages WHERE lead_id IN ({}) AND kind = 'email' ORDER BY id",
+            list.join(", ")
+        );
+        for m in mail_rows(&txn.query_all_raw(q.statement(sql)).await?)? {
+            emails
+                .entry((m.lead, m.funnel.clone()))
+                .or_default()
+                .push(m);
+        }
+    }
+    let mut counted: Vec<(&MailRow, String)> = Vec::new();
+    for (lead, e, at) in events {
+        let Some(bit) = tally::mark::of(&e.kind) else {
+            continue;
+        };
+        let what = tally::mark::ALL
+            .iter()
+            .find(|(b, _)| *b == bit)
+            .map_or("", |(_, w)| *w);
+        for ((l, _), mails) in &emails {
+            if *l != lead.0 {
+                continue;
+            }
+            let sent: Vec<Sent> = mails
+                .iter()
+                .map(|m| Sent {
+                    id: m.id,
+                    template: &m.template,
+                    queued_at: m.queued_at,
+                })
+                .collect();
+            let Some(m) =
+                tally::about(&sent, e.message, e.template.as_deref(), *at).map(|i| &mails[i])
+            else {
+                continue;
+            };
+            // The bit is one of a few constants: written in, not bound.
+            let mut q = Params::new(backend);
+            let sql = format!(
+                "UPDATE messages SET marks = marks | {bit} WHERE id = {} AND (marks & {bit}) = 0",
+                q.p(m.id),
+            );
+            if txn.execute_raw(q.statement(sql)).await?.rows_affected() > 0 {
+                counted.push((m, what.to_string()));
+            }
+            if let (EventKind::Click, Some(link)) = (&e.kind, &e.link) {
+                let mut q = Params::new(backend);
+                let sql = format!(
+                    "INSERT INTO email_links (message_id, link) VALUES ({}, {}) \
+                     ON CONFLICT (message_id, link) DO NOTHING",
+                    q.p(m.id),
+                    q.p(link.clone()),
+                );
+                if txn.execute_raw(q.statement(sql)).await?.rows_affected() > 0 {
+                    counted.push((m, mail::link(link)));
+                }
+            }
+        }
+    }
+    count(txn, backend, &counted).await
+}
