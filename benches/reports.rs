@@ -453,7 +453,10 @@ async fn main() -> anyhow::Result<()> {
     let applied = store.migrate().await?;
     if reuse {
         eprintln!("reusing {file}");
-        if applied.iter().any(|m| m.ends_with("_report_counts")) {
+        if applied
+            .iter()
+            .any(|m| m.ends_with("_report_counts") || m.ends_with("_email_marks"))
+        {
             println!(
                 "counters made from the stored rows on the upgrade: {:.1} s",
                 started.elapsed().as_secs_f64()
@@ -533,6 +536,11 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.model = Some("linear".into())),
         ),
         ("per email", What::Emails, period(&|_| {})),
+        (
+            "per email from the rows (a period starting within a day: reference)",
+            What::Emails,
+            period(&|p| p.from = Some(format!("{}T00:00:01Z", from))),
+        ),
     ];
     for (name, what, params) in cases {
         let req = Request::parse(what, &params, now).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -549,7 +557,13 @@ async fn main() -> anyhow::Result<()> {
                 "entered {}, converted {}",
                 r.report.entered, r.report.converted.part
             ),
-            Answer::Emails(r) => format!("{} emails", r.emails.len()),
+            Answer::Emails(r) => format!(
+                "{} emails, {} queued, {} opened, {} clicked",
+                r.emails.len(),
+                r.emails.iter().map(|e| e.queued).sum::<u64>(),
+                r.emails.iter().map(|e| e.opened.part).sum::<u64>(),
+                r.emails.iter().map(|e| e.clicked.part).sum::<u64>()
+            ),
             Answer::Attribution(r) => format!("{} purchases", r.purchases),
             _ => String::new(),
         };
