@@ -682,18 +682,17 @@ pub struct Mail<'a> {
 impl Tally {
     /// `what` happened to an email of `run` (`n` = 1), or is taken back (`n` = −1); `what` is
     /// one of [`mail`]'s names, with the link or stage after `link␟` and `reached␟`.
+    /// Email counters are kept for all runs together only (the per-email report is not sliced
+    /// by origin), which keeps them few.
     pub fn mail(&mut self, run: &Run, m: &Mail, what: &str, n: i64) {
+        let run = Run {
+            origin: ALL,
+            ..*run
+        };
         let metric = format!("{}{}\u{1f}{what}", metric::MAIL, clean(m.template));
-        self.add(
-            run,
-            View::Entry,
-            m.queued_at,
-            m.stage,
-            metric.clone(),
-            n,
-            0.0,
-        );
-        self.add(run, View::Calendar, m.queued_at, m.stage, metric, n, 0.0);
+        let (at, stage) = (m.queued_at, m.stage);
+        self.add(&run, View::Entry, at, stage, metric.clone(), n, 0.0);
+        self.add(&run, View::Calendar, at, stage, metric, n, 0.0);
     }
 }
 

@@ -70,7 +70,7 @@ pub(super) fn mail_rows(rows: &[QueryResult]) -> Result<Vec<MailRow>> {
     Ok(out)
 }
 
-/// Adds `(email, what)` pairs to the counters, each run's entry time and origin read here.
+/// Adds `(email, what)` pairs to the counters, each run's entry time read here.
 async fn count(
     txn: &DatabaseTransaction,
     backend: Backend,
@@ -82,7 +82,7 @@ async fn count(
     let mut ids: Vec<i64> = counted.iter().map(|(m, _)| m.run).collect();
     ids.sort_unstable();
     ids.dedup();
-    let mut runs: HashMap<i64, (DateTime<Utc>, String)> = HashMap::new();
+    let mut runs: HashMap<i64, DateTime<Utc>> = HashMap::new();
     for chunk in ids.chunks(batch::ROWS) {
         let mut q = Params::new(backend);
         let list: Vec<String> = batch::padded(chunk.iter().copied())
@@ -90,27 +90,21 @@ async fn count(
             .map(|id| q.p(id))
             .collect();
         let sql = format!(
-            "SELECT id, entered_at, origin FROM enrollments WHERE id IN ({})",
+            "SELECT id, entered_at FROM enrollments WHERE id IN ({})",
             list.join(", ")
         );
         for r in txn.query_all_raw(q.statement(sql)).await? {
-            let origin: Option<String> = r.try_get_by_index(2)?;
-            runs.insert(
-                r.try_get_by_index(0)?,
-                (
-                    from_ms(r.try_get_by_index(1)?),
-                    origin.unwrap_or_else(super::counts::none_origin),
-                ),
-            );
+            runs.insert(r.try_get_by_index(0)?, from_ms(r.try_get_by_index(1)?));
         }
     }
     let mut t = Tally::by_day();
     for (m, what) in counted {
-        if let Some((entered_at, origin)) = runs.get(&m.run) {
+        if let Some(entered_at) = runs.get(&m.run) {
+            // Email counters are kept for all runs together: no origin needed.
             let run = Run {
                 funnel: &m.funnel,
                 entered_at: *entered_at,
-                origin,
+                origin: tally::ALL,
             };
             t.mail(&run, &m.mail(), what, 1);
         }
