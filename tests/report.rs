@@ -812,7 +812,7 @@ async fn stored_counters(store: &Store) -> Vec<((i64, String), Vec<String>)> {
     let first = autofunnel::tally::day_of(t0()) - 1;
     let days = Grouping::Periods((first..first + 30).collect());
     let figs = store
-        .report_figures(&fid("mixed"), first, first + 30, &days, true)
+        .report_figures(&fid("mixed"), first, first + 30, &days, true, None)
         .await
         .unwrap();
     figs.into_iter()

@@ -16,8 +16,8 @@ use super::{
     origin_figures, report_of, slices_of,
 };
 use crate::funnel::Funnel;
-use crate::store::{Grouping, ReportData, ReportNeeds, ReportRead};
-use crate::tally::{ALL, Figures, day_of};
+use crate::store::{Grouping, ReportData, ReportNeeds, ReportRead, Scope};
+use crate::tally::{ALL, Figures, View, day_of};
 
 /// Which report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,6 +411,14 @@ impl Request {
                 ),
             },
             per_origin: !self.slices.is_empty(),
+            scope: Scope {
+                view: match (self.what, self.cohort) {
+                    (What::Attribution, _) | (_, Cohort::Calendar) => View::Calendar,
+                    (_, Cohort::Entry) => View::Entry,
+                },
+                entry_totals: self.what == What::Funnel && self.cohort == Cohort::Calendar,
+                mail_only: self.what == What::Emails,
+            },
         }
     }
 }

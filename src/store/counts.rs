@@ -209,6 +209,16 @@ async fn recount_rows(
     Ok(reached.len() as u64)
 }
 
+/// Which counters a report reads: those of one view (with, for the calendar view of the funnel
+/// report, the funnel-wide counters of entry cohorts — entries, conversions, lengths), and for
+/// the per-email report only the email counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    pub view: tally::View,
+    pub entry_totals: bool,
+    pub mail_only: bool,
+}
+
 /// How the days of a period are grouped: all together, or into periods starting on these
 /// days (the first is the period's first day).
 #[derive(Debug, Clone)]
@@ -220,7 +230,7 @@ pub enum Grouping {
 impl Store {
     /// The counters of `funnel` over the days `[from_day, to_day)`, summed per period of
     /// `grouping` (numbered from 0) and per origin: all runs together ([`tally::ALL`]), and
-    /// each origin too when `per_origin`.
+    /// each origin too when `per_origin`; those of `scope` only, when given.
     pub async fn report_figures(
         &self,
         funnel: &FunnelId,
@@ -228,6 +238,7 @@ impl Store {
         to_day: i64,
         grouping: &Grouping,
         per_origin: bool,
+        scope: Option<Scope>,
     ) -> Result<BTreeMap<(i64, String), Figures>> {
         // The boundaries are whole numbers made here, not text from outside.
         let period = match grouping {
@@ -241,13 +252,30 @@ impl Store {
             }
         };
         let origin = if per_origin { "1 = 1" } else { "origin = ''" };
+        let mut values: Vec<Value> = vec![funnel.as_str().into(), from_day.into(), to_day.into()];
+        // The view and the email prefix are values made here, bound all the same.
+        let which = match scope {
+            None => String::new(),
+            Some(s) => {
+                values.push(s.view.as_str().into());
+                let mut w = if s.entry_totals {
+                    " AND (view = $4 OR (view = 'entry' AND stage = ''))".to_string()
+                } else {
+                    " AND view = $4".to_string()
+                };
+                if s.mail_only {
+                    values.push(tally::metric::MAIL.into());
+                    w.push_str(" AND substr(metric, 1, 5) = $5");
+                }
+                w
+            }
+        };
         let sql = format!(
             "SELECT CAST({period} AS BIGINT) AS period, origin, view, stage, metric, CAST(SUM(n) AS BIGINT), SUM(total) \
-             FROM report_counts WHERE funnel_id = $1 AND {origin} AND day >= $2 AND day < $3 \
+             FROM report_counts WHERE funnel_id = $1 AND {origin} AND day >= $2 AND day < $3{which} \
              GROUP BY 1, origin, view, stage, metric"
         );
         let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
-        let values = vec![funnel.as_str().into(), from_day.into(), to_day.into()];
         self.each(&sql, values, |r| {
             let Some(view) = tally::View::parse(&r.try_get_by_index::<String>(2)?) else {
                 return Ok(());
@@ -421,6 +449,7 @@ pub enum ReportRead {
         to_day: i64,
         grouping: Grouping,
         per_origin: bool,
+        scope: Scope,
     },
 }
 
@@ -449,9 +478,17 @@ impl Store {
                 to_day,
                 grouping,
                 per_origin,
+                scope,
             } => ReportData::Counts(
-                self.report_figures(funnel, *from_day, *to_day, grouping, *per_origin)
-                    .await?,
+                self.report_figures(
+                    funnel,
+                    *from_day,
+                    *to_day,
+                    grouping,
+                    *per_origin,
+                    Some(*scope),
+                )
+                .await?,
             ),
         })
     }

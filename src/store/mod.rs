@@ -11,7 +11,7 @@ mod outbox;
 mod report;
 mod signups;
 
-pub use counts::{Grouping, ReportData, ReportRead};
+pub use counts::{Grouping, ReportData, ReportRead, Scope};
 pub use enrollments::{
     ClosedVisit, EnrollmentRow, FactRows, MAX_CLAIMS, MessageKind, NewMessage, NewRun, OpenedVisit,
     OutboxRow, Position, RunBefore, RunState, RunUpdate, RunWrites, StageVisit,
