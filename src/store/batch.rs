@@ -39,6 +39,15 @@ impl Params {
         }
     }
 
+    /// The placeholders of an `IN (…)` list of ids, padded as [`padded`] pads it.
+    pub(super) fn list(&mut self, ids: &[i64]) -> String {
+        let ps: Vec<String> = padded(ids.iter().copied())
+            .into_iter()
+            .map(|id| self.p(id))
+            .collect();
+        ps.join(", ")
+    }
+
     /// A parenthesised row of placeholders.
     fn row(&mut self, vs: Vec<Value>) -> String {
         let ps: Vec<String> = vs.into_iter().map(|v| self.p(v)).collect();
@@ -372,15 +381,12 @@ async fn reached_by_mails(
     leads.dedup();
     for chunk in leads.chunks(ROWS) {
         let mut q = Params::new(backend);
-        let list: Vec<String> = padded(chunk.iter().copied())
-            .into_iter()
-            .map(|l| q.p(l))
-            .collect();
+        let list = q.list(chunk);
         let sql = format!(
             "SELECT enrollment_id, stage_id, template, created_at FROM messages \
              WHERE lead_id IN ({}) AND kind = 'email' AND enrollment_id IS NOT NULL \
              AND created_at < {}",
-            list.join(", "),
+            list,
             q.p(ms(now))
         );
         for r in txn.query_all_raw(q.statement(sql)).await? {

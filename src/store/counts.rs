@@ -33,16 +33,13 @@ pub(super) async fn count_orders(
     leads.dedup();
     for chunk in leads.chunks(batch::ROWS) {
         let mut q = Params::new(backend);
-        let list: Vec<String> = batch::padded(chunk.iter().copied())
-            .into_iter()
-            .map(|l| q.p(l))
-            .collect();
+        let list = q.list(chunk);
         let sql = format!(
             "SELECT e.lead_id, e.funnel_id, e.entered_at, e.origin, h.stage_id, MIN(h.entered_at) \
              FROM enrollments e JOIN stage_history h ON h.enrollment_id = e.id \
              WHERE e.lead_id IN ({}) \
              GROUP BY e.id, e.lead_id, e.funnel_id, e.entered_at, e.origin, h.stage_id",
-            list.join(", ")
+            list
         );
         for r in txn.query_all_raw(q.statement(sql)).await? {
             let lead: i64 = r.try_get_by_index(0)?;
@@ -77,13 +74,7 @@ async fn attribute(
     tally: &mut Tally,
 ) -> Result<()> {
     for chunk in leads.chunks(batch::ROWS) {
-        let list = |q: &mut Params| -> String {
-            let ps: Vec<String> = batch::padded(chunk.iter().copied())
-                .into_iter()
-                .map(|l| q.p(l))
-                .collect();
-            ps.join(", ")
-        };
+        let list = |q: &mut Params| q.list(chunk);
         let mut q = Params::new(backend);
         let sql = format!(
             "SELECT lead_id, funnel_id, MIN(entered_at) FROM enrollments WHERE lead_id IN ({}) \
@@ -415,14 +406,12 @@ pub(super) async fn first_touches(
         return Ok(out);
     }
     let mut q = Params::new(backend);
-    let list: Vec<String> = batch::padded(leads.iter().map(|l| l.0))
-        .into_iter()
-        .map(|l| q.p(l))
-        .collect();
+    let ids: Vec<i64> = leads.iter().map(|l| l.0).collect();
+    let list = q.list(&ids);
     let sql = format!(
         "SELECT lead_id, occurred_at, channel, source, medium, campaign, form_id FROM touches \
          WHERE lead_id IN ({}) ORDER BY lead_id, occurred_at, id",
-        list.join(", ")
+        list
     );
     for r in txn.query_all_raw(q.statement(sql)).await? {
         let parts: [Option<String>; 5] = [

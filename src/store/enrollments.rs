@@ -352,12 +352,12 @@ impl Store {
                     origins.insert(lead, o);
                 }
             }
-            let leads = batch::padded(chunk.iter().map(|n| n.lead.0));
+            let leads: Vec<i64> = chunk.iter().map(|n| n.lead.0).collect();
             let mut q = Params::new(self.backend);
-            let list: Vec<String> = leads.into_iter().map(|l| q.p(l)).collect();
+            let list = q.list(&leads);
             let sql = format!(
                 "SELECT lead_id, MAX(id) FROM events WHERE lead_id IN ({}) GROUP BY lead_id",
-                list.join(", ")
+                list
             );
             let mut last_event: HashMap<i64, i64> = HashMap::new();
             for r in txn.query_all_raw(q.statement(sql)).await? {
@@ -511,17 +511,14 @@ impl Store {
             let mut q = Params::new(self.backend);
             let o = q.p(owner);
             let u = q.p(until);
-            let ids: Vec<String> = batch::padded(chunk.iter().copied())
-                .into_iter()
-                .map(|id| q.p(id))
-                .collect();
+            let ids = q.list(chunk);
             let work = has_work(&mut q, now_ms);
             let free = q.p(now_ms);
             let sql = format!(
                 "UPDATE enrollments SET lease_owner = {o}, lease_until = {u}, attempts = attempts + 1 \
                  WHERE lead_id IN ({}) AND {work} AND (lease_until IS NULL OR lease_until < {free}) \
                  RETURNING *",
-                ids.join(", ")
+                ids
             );
             let claimed = enrollment::Entity::find()
                 .from_raw_sql(q.statement(sql))

@@ -85,13 +85,10 @@ async fn count(
     let mut runs: HashMap<i64, DateTime<Utc>> = HashMap::new();
     for chunk in ids.chunks(batch::ROWS) {
         let mut q = Params::new(backend);
-        let list: Vec<String> = batch::padded(chunk.iter().copied())
-            .into_iter()
-            .map(|id| q.p(id))
-            .collect();
+        let list = q.list(chunk);
         let sql = format!(
             "SELECT id, entered_at FROM enrollments WHERE id IN ({})",
-            list.join(", ")
+            list
         );
         for r in txn.query_all_raw(q.statement(sql)).await? {
             runs.insert(r.try_get_by_index(0)?, from_ms(r.try_get_by_index(1)?));
@@ -147,13 +144,10 @@ pub(super) async fn count_tracking(
     let mut emails: HashMap<(i64, String), Vec<MailRow>> = HashMap::new();
     for chunk in leads.chunks(batch::ROWS) {
         let mut q = Params::new(backend);
-        let list: Vec<String> = batch::padded(chunk.iter().copied())
-            .into_iter()
-            .map(|l| q.p(l))
-            .collect();
+        let list = q.list(chunk);
         let sql = format!(
             "SELECT {COLUMNS} FROM messages WHERE lead_id IN ({}) AND kind = 'email' ORDER BY id",
-            list.join(", ")
+            list
         );
         for m in mail_rows(&txn.query_all_raw(q.statement(sql)).await?)? {
             emails

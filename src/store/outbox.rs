@@ -152,14 +152,11 @@ impl Outbox {
         for chunk in ids.chunks(super::batch::ROWS) {
             let mut q = Params::new(store.backend);
             let at = q.p(ms(now));
-            let list: Vec<String> = super::batch::padded(chunk.iter().copied())
-                .into_iter()
-                .map(|id| q.p(id))
-                .collect();
+            let list = q.list(chunk);
             let sql = format!(
                 "UPDATE messages SET status = 'sent', lease_until = NULL, sent_at = {at} \
                  WHERE id IN ({}) AND status <> 'sent' RETURNING {}",
-                list.join(", "),
+                list,
                 mails::COLUMNS
             );
             let rows = txn.query_all_raw(q.statement(sql)).await?;

@@ -161,14 +161,11 @@ impl Store {
         for chunk in unique.chunks(batch::ROWS) {
             let mut q = Params::new(self.backend);
             let at = q.p(t);
-            let list: Vec<String> = batch::padded(chunk.iter().copied())
-                .into_iter()
-                .map(|l| q.p(l))
-                .collect();
+            let list = q.list(chunk);
             let sql = format!(
                 "UPDATE enrollments SET pending_at = {at} WHERE lead_id IN ({}) \
                  AND status IN ('active', 'unconfirmed')",
-                list.join(", ")
+                list
             );
             txn.execute_raw(q.statement(sql)).await?;
         }
@@ -182,14 +179,12 @@ impl Store {
         for chunk in leads.chunks(batch::ROWS) {
             let mut q = Params::new(self.backend);
             let at = q.p(ms(now));
-            let list: Vec<String> = batch::padded(chunk.iter().map(|l| l.0))
-                .into_iter()
-                .map(|l| q.p(l))
-                .collect();
+            let ids: Vec<i64> = chunk.iter().map(|l| l.0).collect();
+            let list = q.list(&ids);
             let sql = format!(
                 "UPDATE events SET processed_at = {at} WHERE processed_at IS NULL \
                  AND kind = 'signup' AND lead_id IN ({})",
-                list.join(", ")
+                list
             );
             self.db.execute_raw(q.statement(sql)).await?;
         }
