@@ -37,6 +37,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 const CHUNK: usize = 1_000;
 
+/// The allocator of the `autofunnel` binary.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = common::args();

@@ -479,6 +479,12 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         chrono::Utc::now(),
     )
     .await?;
+    // Events a stopped process stored without starting their funnels: started before anything
+    // new comes in (later ones, a minute old, by the scheduler loop).
+    let started = chrono::Utc::now();
+    if let Err(e) = runtime.resume_entries(started, started).await {
+        tracing::error!(error = %e, "cannot start the funnels of stored events; the scheduler tries again in a minute");
+    }
     let transport = match &settings.smtp_url {
         Some(url) => {
             let mut target = delivery::smtp::Target::parse(url)

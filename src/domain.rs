@@ -272,6 +272,16 @@ impl EventKind {
         )
     }
 
+    /// The consent this event gives the lead: a double opt-in click confirms, an unsubscribe
+    /// withdraws.
+    pub fn consent(&self) -> Option<Consent> {
+        match self {
+            EventKind::Confirmed => Some(Consent::Confirmed),
+            EventKind::Unsubscribed => Some(Consent::Unsubscribed),
+            _ => None,
+        }
+    }
+
     /// Recorded only by the engine itself: from the links in emails, delivery reports and the
     /// admin API. Other systems may not post them.
     pub fn is_internal(&self) -> bool {

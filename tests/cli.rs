@@ -144,10 +144,16 @@ impl Drop for Reap {
 fn start_run() -> (tempfile::TempDir, Reap, mpsc::Receiver<String>) {
     let dir = tempfile::tempdir().unwrap();
     autofunnel().arg("init").arg(dir.path()).output().unwrap();
+    let (child, rx) = spawn_run(dir.path());
+    (dir, child, rx)
+}
+
+/// `autofunnel run` on the project in `dir`, port 0; its log lines arrive on the channel.
+fn spawn_run(dir: &std::path::Path) -> (Reap, mpsc::Receiver<String>) {
     let mut child = Reap(
         autofunnel()
             .arg("-C")
-            .arg(dir.path())
+            .arg(dir)
             .arg("run")
             .env("AUTOFUNNEL_LISTEN", "127.0.0.1:0")
             .env("AUTOFUNNEL_LOG", "info")
@@ -162,7 +168,140 @@ fn start_run() -> (tempfile::TempDir, Reap, mpsc::Receiver<String>) {
             let _ = tx.send(line);
         }
     });
-    (dir, child, rx)
+    (child, rx)
+}
+
+/// The address the server logged it listens on.
+fn listening(rx: &mpsc::Receiver<String>) -> String {
+    let line = wait_for_line(rx, "addr=");
+    let rest = line.split("addr=").nth(1).unwrap();
+    rest.split_whitespace().next().unwrap().to_string()
+}
+
+/// Killed with SIGKILL while batches of entry events pour in, `autofunnel run` loses no lead:
+/// after the restart every lead the events created has its run and its first email queued, and
+/// every event the API accepted has its lead.
+#[test]
+fn a_kill_mid_batch_loses_no_lead() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        (
+            "autofunnel.toml",
+            "api_token = \"api token of 16+ chars\"\n",
+        ),
+        (
+            "funnels/join.yaml",
+            "name: Join\nfrom: \"Shop <shop@example.com>\"\nentry: { event: join }\n\
+             stages:\n  - id: welcome\n    steps:\n      - send: hello\n      - wait: 30d\n",
+        ),
+        ("templates/join/hello.subject", "Welcome"),
+        ("templates/join/hello.html", "<p>Hello</p>"),
+    ];
+    for (path, text) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (mut child, rx) = spawn_run(dir.path());
+    let addr = listening(&rx);
+    // Four clients post batches of 250 new addresses until the process is killed.
+    let accepted: Vec<String> = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let (tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
+        for c in 0..4 {
+            let (client, addr, tx) = (client.clone(), addr.clone(), tx.clone());
+            tokio::spawn(async move {
+                for b in 0..40 {
+                    let emails: Vec<String> = (0..250)
+                        .map(|i| format!("c{c}b{b}i{i}@example.com"))
+                        .collect();
+                    let events: Vec<serde_json::Value> = emails
+                        .iter()
+                        .map(|e| serde_json::json!({ "email": e, "event": "join" }))
+                        .collect();
+                    let r = client
+                        .post(format!("http://{addr}/api/v1/events"))
+                        .bearer_auth("api token of 16+ chars")
+                        .json(&serde_json::json!({ "events": events }))
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == 200 => {
+                            if tx.send(emails).is_err() {
+                                return;
+                            }
+                        }
+                        _ => return,
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut accepted = Vec::new();
+        while let Some(batch) = acks.recv().await {
+            accepted.extend(batch);
+            if accepted.len() >= 2_000 {
+                // Batches of the other clients are on their way in.
+                Command::new("kill")
+                    .args(["-KILL", &child.0.id().to_string()])
+                    .status()
+                    .unwrap();
+                break;
+            }
+        }
+        accepted
+    });
+    let _ = child.0.wait();
+    assert!(
+        accepted.len() >= 2_000,
+        "{} events accepted",
+        accepted.len()
+    );
+    // The restart starts what was stored before it, then serves.
+    let (mut child, rx) = spawn_run(dir.path());
+    let addr = listening(&rx);
+    let url = format!("sqlite://{}", dir.path().join("autofunnel.db").display());
+    rt.block_on(async {
+        let health = reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .unwrap();
+        assert!(health.status().is_success());
+        use sea_orm::{ConnectionTrait, Database, Statement};
+        let db = Database::connect(&url).await.unwrap();
+        let count = |sql: &str| {
+            let st = Statement::from_string(db.get_database_backend(), sql.to_string());
+            let db = &db;
+            async move {
+                let row = db.query_one_raw(st).await.unwrap().unwrap();
+                row.try_get_by_index::<i64>(0).unwrap()
+            }
+        };
+        let leads = count("SELECT count(*) FROM leads").await;
+        let runs = count("SELECT count(DISTINCT lead_id) FROM enrollments").await;
+        let mailed = count("SELECT count(DISTINCT lead_id) FROM messages").await;
+        assert!(leads >= accepted.len() as i64, "{leads} leads");
+        assert_eq!(runs, leads, "leads without their run");
+        assert_eq!(mailed, leads, "leads without their first email");
+        let unstarted = count("SELECT count(*) FROM events WHERE processed_at IS NULL").await;
+        assert_eq!(unstarted, 0);
+        let st = Statement::from_string(db.get_database_backend(), "SELECT email FROM leads");
+        let known: std::collections::HashSet<String> = db
+            .query_all_raw(st)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get_by_index(0).unwrap())
+            .collect();
+        let lost: Vec<&String> = accepted.iter().filter(|e| !known.contains(*e)).collect();
+        assert!(lost.is_empty(), "accepted, then lost: {lost:?}");
+        db.close().await.unwrap();
+    });
+    Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    stopped_cleanly(&mut child, &rx);
 }
 
 /// Waits for the child to exit; a failure shows what it logged since.

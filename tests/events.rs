@@ -316,7 +316,107 @@ async fn event_entry(store: Store) {
     server.stop().await;
 }
 
+/// A process that stops between storing a batch of entry events and starting their funnels
+/// loses no lead: the next start (`resume_entries`, which `run` calls before it serves) starts
+/// each one's funnel once, and a run that had started before the stop is not started again,
+/// even where the funnel allows re-entry. What the live path took whole is not found again.
+async fn entries_after_a_stop(store: Store) {
+    use autofunnel::domain::{Event, EventKind, LeadId};
+    use autofunnel::store::{BatchEvent, LeadRef};
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(
+        dir.path(),
+        &[
+            (
+                "funnels/join.yaml",
+                "name: Join\nfrom: \"Shop <shop@example.com>\"\nentry: { event: join, re_entry: always }\n\
+                 stages:\n  - id: welcome\n    steps:\n      - send: hello\n      - wait: 30d\n",
+            ),
+            ("templates/join/hello.subject", "Welcome"),
+            ("templates/join/hello.html", "<p>Hello</p>"),
+        ],
+    );
+    let t = Utc::now();
+    let join = EventKind::parse("join").unwrap();
+    let batch = |from: usize, to: usize| -> Vec<BatchEvent> {
+        (from..to)
+            .map(|i| BatchEvent {
+                who: LeadRef::Email(Email::parse(&format!("l{i}@example.com")).unwrap()),
+                event: Event::of(join.clone()),
+                idempotency_key: None,
+                occurred_at: t,
+                touch: None,
+            })
+            .collect()
+    };
+    // Stored by a process that stopped before it started their funnels.
+    let stopped = store
+        .record_batch(batch(0, 40), std::slice::from_ref(&join), t)
+        .await
+        .unwrap();
+    let stopped: Vec<LeadId> = stopped.into_iter().map(|(l, _)| l).collect();
+    let rt = crate::util::engine(&store, &p, t).await;
+    // Half of them it had started, but stopped before marking their events.
+    rt.enroll_many(&stopped[..20], &crate::util::fid("join"), t)
+        .await
+        .unwrap();
+    // A batch the live path took whole.
+    let live = rt.record_batch(batch(40, 60), t).await.unwrap();
+    let leads: Vec<LeadId> = stopped
+        .iter()
+        .copied()
+        .chain(live.iter().map(|(l, _)| *l))
+        .collect();
+    assert_eq!(leads.len(), 60);
+    let restart = t + chrono::Duration::seconds(5);
+    assert_eq!(rt.resume_entries(restart, restart).await.unwrap(), 40);
+    for lead in &leads {
+        let runs = store
+            .enrollments_of(*lead, &crate::util::fid("join"))
+            .await
+            .unwrap();
+        assert_eq!(runs.len(), 1, "lead {lead}: {runs:?}");
+        assert_eq!(
+            store.outbox_of(*lead).await.unwrap().len(),
+            1,
+            "lead {lead}"
+        );
+    }
+    assert_eq!(rt.resume_entries(restart, restart).await.unwrap(), 0);
+}
+
+/// An unsubscribe is honoured by the transaction that stores it: the address is suppressed for
+/// every funnel and the lead's consent withdrawn, with nothing left for a later step to do.
+async fn unsubscribe_in_one_transaction(store: Store) {
+    use autofunnel::domain::{Consent, Event, EventKind};
+    use autofunnel::store::NewEvent;
+    store.migrate().await.unwrap();
+    let t = Utc::now();
+    let email = Email::parse("anna@example.com").unwrap();
+    let lead = store
+        .upsert_lead(&email, Default::default(), t)
+        .await
+        .unwrap()
+        .id;
+    let e = NewEvent {
+        lead: Some(lead),
+        event: Event::of(EventKind::Unsubscribed),
+        idempotency_key: None,
+        occurred_at: t,
+    };
+    store.record_event(e, &[], t).await.unwrap();
+    assert_eq!(
+        store.suppressions_of(&email).await.unwrap(),
+        vec!["*".to_string()]
+    );
+    let stored = store.lead_by_email(&email).await.unwrap().unwrap();
+    assert_eq!(stored.consent, Consent::Unsubscribed);
+}
+
 on_both_backends! {
     events_and_purchases => events_api,
     entry_by_event => event_entry,
+    entries_survive_a_stop => entries_after_a_stop,
+    unsubscribe_stored_with_its_effects => unsubscribe_in_one_transaction,
 }

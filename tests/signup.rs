@@ -348,7 +348,12 @@ async fn resumed_signups(store: Store) {
     let lead = store.record_signups(&[signup], t).await.unwrap()[0];
     let minute = chrono::Duration::minutes(1);
     // Too recent: it may still be on its way in this or another process.
-    assert_eq!(rt.resume_signups(t + minute / 2).await.unwrap(), 0);
+    assert_eq!(
+        rt.resume_entries(t - minute / 2, t + minute / 2)
+            .await
+            .unwrap(),
+        0
+    );
     assert!(
         store
             .enrollments_of(lead, &crate::util::fid("book"))
@@ -356,7 +361,10 @@ async fn resumed_signups(store: Store) {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(rt.resume_signups(t + minute * 2).await.unwrap(), 1);
+    assert_eq!(
+        rt.resume_entries(t + minute, t + minute * 2).await.unwrap(),
+        1
+    );
     assert_eq!(
         store
             .enrollments_of(lead, &crate::util::fid("book"))
@@ -365,7 +373,12 @@ async fn resumed_signups(store: Store) {
             .len(),
         1
     );
-    assert_eq!(rt.resume_signups(t + minute * 3).await.unwrap(), 0);
+    assert_eq!(
+        rt.resume_entries(t + minute * 2, t + minute * 3)
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(
         store
             .enrollments_of(lead, &crate::util::fid("book"))

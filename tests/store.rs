@@ -195,15 +195,15 @@ async fn events_are_stored_once_per_key(store: Store) {
         occurred_at: t0,
     };
     assert!(matches!(
-        store.record_event(purchase("A-1"), t0).await.unwrap(),
+        store.record_event(purchase("A-1"), &[], t0).await.unwrap(),
         Recorded::New(_)
     ));
     assert_eq!(
-        store.record_event(purchase("A-1"), t0).await.unwrap(),
+        store.record_event(purchase("A-1"), &[], t0).await.unwrap(),
         Recorded::Duplicate
     );
     assert!(matches!(
-        store.record_event(purchase("A-2"), t0).await.unwrap(),
+        store.record_event(purchase("A-2"), &[], t0).await.unwrap(),
         Recorded::New(_)
     ));
     // Events without a key never collide.
@@ -214,11 +214,11 @@ async fn events_are_stored_once_per_key(store: Store) {
         occurred_at: t0,
     };
     assert!(matches!(
-        store.record_event(click.clone(), t0).await.unwrap(),
+        store.record_event(click.clone(), &[], t0).await.unwrap(),
         Recorded::New(_)
     ));
     assert!(matches!(
-        store.record_event(click, t0).await.unwrap(),
+        store.record_event(click, &[], t0).await.unwrap(),
         Recorded::New(_)
     ));
     let kinds: Vec<String> = store

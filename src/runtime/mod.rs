@@ -15,17 +15,19 @@ mod signups;
 
 pub use signups::SignupTicket;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Duration, Utc};
 use tokio::sync::Notify;
 
-use crate::domain::{Consent, EnrollmentId, Event, EventKind, FunnelId, LeadId, RunStatus, Tag};
+use crate::domain::{EnrollmentId, Event, EventKind, FunnelId, LeadId, RunStatus, Tag};
 use crate::engine::{self, Input, LeadFacts};
 use crate::funnel::{EntryTrigger, Funnel, ReEntry, print};
-use crate::store::{BatchEvent, EnrollmentRow, NewEvent, NewRun, Recorded, RunUpdate, Store};
+use crate::store::{
+    BatchEvent, EnrollmentRow, NewEvent, NewRun, Recorded, RunUpdate, Store, Unstarted,
+};
 
 /// How long a claimed enrollment is reserved for its worker; a worker that dies loses it then.
 pub const LEASE: Duration = Duration::seconds(30);
@@ -390,74 +392,194 @@ impl Runtime {
             idempotency_key: key,
             occurred_at,
         };
-        if self.store.record_event(stored, now).await? == Recorded::Duplicate {
+        let starting = self.starting();
+        let Recorded::New(id) = self.store.record_event(stored, &starting, now).await? else {
             return Ok(None);
+        };
+        let seen = self.stored(lead, kind.clone(), now).await?;
+        if starting.contains(&kind) {
+            self.store.events_started(&[id], now).await?;
         }
-        self.store.mark_pending(lead, now).await?;
-        self.stored(lead, kind, now).await.map(Some)
+        Ok(Some(seen))
     }
 
     /// Stores a batch of events from another system all or nothing (leads created for new
-    /// addresses), then feeds them. Returns each event's lead and whether it was new; a
-    /// duplicate (same idempotency key) is fed to nobody.
+    /// addresses), feeds them to the leads' live runs in one round, then starts the funnels
+    /// they enter. Returns each event's lead and whether it was new; a duplicate (same
+    /// idempotency key) is fed to nobody.
     pub async fn record_batch(
         &self,
         events: Vec<BatchEvent>,
         now: DateTime<Utc>,
     ) -> Result<Vec<(LeadId, bool)>, RuntimeError> {
+        let starting = self.starting();
         let kinds: Vec<EventKind> = events.iter().map(|e| e.event.kind.clone()).collect();
-        let stored = self.store.record_batch(events, now).await?;
+        let stored = self.store.record_batch(events, &starting, now).await?;
         // Stored for good: feeding is best effort, and a round feeds whatever is left pending.
-        let mut fed: Vec<(LeadId, EventKind)> = Vec::new();
-        for ((lead, new), kind) in stored.iter().zip(kinds) {
-            if *new && !fed.contains(&(*lead, kind.clone())) {
-                fed.push((*lead, kind));
+        let fed: Vec<LeadId> = stored
+            .iter()
+            .filter(|(_, id)| id.is_some())
+            .map(|(l, _)| *l)
+            .collect();
+        if let Err(e) = self.feed(&fed, now).await {
+            tracing::warn!(error = %e, "events stored; the next round feeds them");
+        }
+        let mut entries = Vec::new();
+        let mut ids = Vec::new();
+        for ((lead, id), kind) in stored.iter().zip(kinds) {
+            if let Some(id) = id
+                && starting.contains(&kind)
+            {
+                entries.push((*lead, Trigger::Event(kind)));
+                ids.push(*id);
             }
         }
-        for (lead, kind) in fed {
-            if let Err(e) = self.stored(lead, kind, now).await {
-                tracing::warn!(lead = %lead, error = %e, "event stored; the next round feeds it");
+        // Stored for good: what is not started here, `resume_entries` starts later.
+        match self.start_entries(entries, now).await {
+            Ok(()) => self.store.events_started(&ids, now).await?,
+            Err(e) => {
+                tracing::warn!(error = %e, events = ids.len(), "events stored; starting their funnels failed, trying again in a minute")
             }
         }
         self.wake.notify_one();
-        Ok(stored)
+        Ok(stored
+            .into_iter()
+            .map(|(l, id)| (l, id.is_some()))
+            .collect())
     }
 
-    /// What follows a stored new event of `kind`: the lead's consent and suppression, its live
-    /// runs fed at once (when no other worker holds the lead), and funnels entered by the event
-    /// started. Returns how many runs saw it.
+    /// The event kinds a running funnel's entry names: such an event is stored unprocessed
+    /// until the funnels it enters have started.
+    fn starting(&self) -> Vec<EventKind> {
+        let mut kinds: Vec<EventKind> = Vec::new();
+        for r in self.funnels().values() {
+            for t in &r.funnel.entry.triggers {
+                if let EntryTrigger::Event(name) = &t.value
+                    && let Ok(k) = EventKind::parse(name.as_str())
+                    && !kinds.contains(&k)
+                {
+                    kinds.push(k);
+                }
+            }
+        }
+        kinds
+    }
+
+    /// Starts the funnels of events received before `before` whose funnels never started (the
+    /// process stopped between storing them and starting their funnels): the funnels their
+    /// kind enters and, for a signup, its form's. A funnel the lead already entered at or after
+    /// the event was received is not started again. Returns how many events it found; one
+    /// whose funnel cannot start stays unprocessed for the next call. `run` calls it at start
+    /// for everything stored before, and every minute for what is older than a minute.
+    pub async fn resume_entries(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, RuntimeError> {
+        const PAGE: u64 = 5_000;
+        // No signup group is between its two transactions meanwhile.
+        let _turn = self.committing.lock().await;
+        let (mut after, mut found) = (0, 0);
+        loop {
+            let page = self.store.unstarted_events(before, after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            found += page.len();
+            let funnels = self.funnels();
+            let mut by_funnel: BTreeMap<&FunnelId, Vec<&Unstarted>> = BTreeMap::new();
+            for u in &page {
+                let kind = Trigger::Event(u.event.kind.clone());
+                for (id, r) in funnels.iter() {
+                    let by_kind = r
+                        .funnel
+                        .entry
+                        .triggers
+                        .iter()
+                        .any(|t| kind.starts(&t.value));
+                    let by_form = u.event.kind == EventKind::Signup
+                        && r.funnel
+                            .entry
+                            .forms()
+                            .any(|f| Some(f.id.as_str()) == u.event.form.as_deref());
+                    if by_kind || by_form {
+                        by_funnel.entry(id).or_default().push(u);
+                    }
+                }
+            }
+            let mut failed: BTreeSet<i64> = BTreeSet::new();
+            for (f, events) in by_funnel {
+                let leads: Vec<LeadId> = events.iter().map(|u| u.lead).collect();
+                let entered: Vec<(LeadId, DateTime<Utc>)> = self
+                    .store
+                    .enrollments_of_many(&leads, f)
+                    .await?
+                    .into_iter()
+                    .map(|e| (e.lead, e.entered_at))
+                    .collect();
+                let todo: Vec<&Unstarted> = events
+                    .into_iter()
+                    .filter(|u| {
+                        !entered
+                            .iter()
+                            .any(|(l, at)| *l == u.lead && *at >= u.received_at)
+                    })
+                    .collect();
+                let leads: Vec<LeadId> = todo.iter().map(|u| u.lead).collect();
+                if leads.is_empty() || self.enroll_many(&leads, f, now).await.is_ok() {
+                    continue;
+                }
+                // One lead whose run cannot start does not hold back the others.
+                for u in todo {
+                    if let Err(e) = self.enroll_many(&[u.lead], f, now).await {
+                        tracing::error!(lead = %u.lead, funnel = %f, error = %e, "cannot start a stored event's funnel; trying again in a minute");
+                        failed.insert(u.id);
+                    }
+                }
+            }
+            let started: Vec<i64> = page
+                .iter()
+                .map(|u| u.id)
+                .filter(|id| !failed.contains(id))
+                .collect();
+            self.store.events_started(&started, now).await?;
+            tracing::warn!(
+                events = started.len(),
+                "started the funnels of events stored before the process stopped"
+            );
+            if (page.len() as u64) < PAGE {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// What follows a stored new event of `kind`: its lead's live runs fed at once (when no
+    /// other worker holds the lead), and funnels entered by the event started. Returns how many
+    /// runs saw it.
     async fn stored(
         &self,
         lead: LeadId,
         kind: EventKind,
         now: DateTime<Utc>,
     ) -> Result<usize, RuntimeError> {
-        match kind {
-            EventKind::Confirmed => {
-                self.store
-                    .set_consent(lead, Consent::Confirmed, now)
-                    .await?
-            }
-            EventKind::Unsubscribed => {
-                self.store
-                    .set_consent(lead, Consent::Unsubscribed, now)
-                    .await?
-            }
-            _ => {}
-        }
-        if kind.stops_mail() {
-            // No funnel mails this address again, whatever its own transitions say.
-            self.store.suppress(lead, kind.as_str(), now).await?;
-        }
-        let claimed = self
-            .store
-            .claim_for_lead(lead, &self.owner, now, LEASE)
-            .await?;
-        let seen = self.step_and_commit(&claimed, now, false).await?;
+        let seen = self.feed(&[lead], now).await?;
         self.start_entries(vec![(lead, Trigger::Event(kind))], now)
             .await?;
         self.wake.notify_one();
         Ok(seen)
+    }
+
+    /// Feeds the leads' live runs the events they have not seen, in one round (a lead another
+    /// worker holds is left to its round); returns how many runs were stepped.
+    async fn feed(&self, leads: &[LeadId], now: DateTime<Utc>) -> Result<usize, RuntimeError> {
+        if leads.is_empty() {
+            return Ok(0);
+        }
+        let claimed = self
+            .store
+            .claim_for_leads(leads, &self.owner, now, LEASE)
+            .await?;
+        self.step_and_commit(&claimed, now, false).await
     }
 
     /// Claims a batch of due or pending enrollments, steps each, and commits the round in one
@@ -583,8 +705,9 @@ impl Runtime {
         loop {
             if resumed.is_none_or(|r| clock() - r >= Duration::minutes(1)) {
                 resumed = Some(clock());
-                if let Err(e) = self.resume_signups(clock()).await {
-                    tracing::error!(error = %e, "cannot resume stored signups; retrying");
+                let now = clock();
+                if let Err(e) = self.resume_entries(now - Duration::minutes(1), now).await {
+                    tracing::error!(error = %e, "cannot start the funnels of stored events; retrying");
                 }
             }
             let busy = match self.tick(clock()).await {

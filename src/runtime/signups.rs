@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 
 use super::{Runtime, RuntimeError, Trigger};
 use crate::domain::{EventKind, FunnelId, LeadId};
@@ -63,7 +63,7 @@ impl Runtime {
             .filter_map(|(r, (funnels, _))| Some((*r.as_ref().ok()?, funnels.as_slice())))
             .collect();
         if let Err(e) = self.start_signups(&started, now).await {
-            // Stored for good: `resume_signups` starts their funnels within a minute.
+            // Stored for good: `resume_entries` starts their funnels within a minute.
             tracing::error!(error = %e, signups = started.len(), "signups stored; starting their funnels failed");
         }
         for (r, (_, done)) in stored.into_iter().zip(rest) {
@@ -74,54 +74,6 @@ impl Runtime {
             Ok(r) => r.map_err(RuntimeError::Signup),
             Err(_) => Err(RuntimeError::Signup("no answer for this signup".into())),
         }
-    }
-
-    /// Starts the funnels of signups stored more than a minute ago whose funnels never
-    /// started (the process stopped between the two transactions of a group); returns how
-    /// many signups it found. The scheduler loop calls it every minute.
-    pub async fn resume_signups(&self, now: DateTime<Utc>) -> Result<usize, RuntimeError> {
-        let _turn = self.committing.lock().await;
-        let found = self
-            .store
-            .unstarted_signups(now - Duration::minutes(1), 10_000)
-            .await?;
-        if found.is_empty() {
-            return Ok(0);
-        }
-        let funnels = self.funnels();
-        let mut by_funnel: BTreeMap<&FunnelId, Vec<LeadId>> = BTreeMap::new();
-        for (lead, form) in &found {
-            for (id, r) in funnels.iter() {
-                if r.funnel.entry.forms().any(|f| f.id.as_str() == form) {
-                    by_funnel.entry(id).or_default().push(*lead);
-                }
-            }
-        }
-        // A lead whose funnel cannot be started is left for the next minute; the others are not
-        // held back by it.
-        let mut failed: std::collections::BTreeSet<LeadId> = std::collections::BTreeSet::new();
-        for (f, leads) in by_funnel {
-            if self.enroll_many(&leads, f, now).await.is_ok() {
-                continue;
-            }
-            for lead in leads {
-                if let Err(e) = self.enroll_many(&[lead], f, now).await {
-                    tracing::error!(lead = %lead, funnel = %f, error = %e, "cannot start a stored signup's funnel; trying again in a minute");
-                    failed.insert(lead);
-                }
-            }
-        }
-        let leads: Vec<LeadId> = found
-            .iter()
-            .map(|(l, _)| *l)
-            .filter(|l| !failed.contains(l))
-            .collect();
-        self.store.signups_started(&leads, now).await?;
-        tracing::warn!(
-            signups = leads.len(),
-            "started the funnels of signups stored before the process stopped"
-        );
-        Ok(leads.len())
     }
 
     /// Waits until no signup is queued or being committed: at shutdown, after the server

@@ -2,13 +2,13 @@
 //! new states, stage history, outbox rows and lead changes together. The rows come ready-made
 //! from the runtime; nothing here knows the engine or its effects.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
-use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict};
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Value,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
 };
 
 use super::batch::{self, Params, Written};
@@ -529,9 +529,10 @@ impl Store {
             }
         }
         // A lead whose work another worker finished in the meantime is let go at once.
+        let busy: HashSet<i64> = rows.iter().map(|e| e.lead.0).collect();
         let idle: Vec<LeadId> = leads
             .iter()
-            .filter(|l| !rows.iter().any(|e| e.lead.0 == **l))
+            .filter(|l| !busy.contains(l))
             .map(|l| LeadId(*l))
             .collect();
         self.release_leads(&self.db, owner, &idle).await?;
@@ -539,55 +540,62 @@ impl Store {
         Ok(rows)
     }
 
-    /// Leases the lead and its live enrollments, to feed them an event. When another worker
-    /// holds the lead, nothing is claimed and the event waits, marked pending, for a round.
-    pub async fn claim_for_lead(
+    /// Leases the leads and their live enrollments, to feed them events. A lead another worker
+    /// holds is skipped: its events wait, marked pending, for a round.
+    pub async fn claim_for_leads(
         &self,
-        lead: LeadId,
+        leads: &[LeadId],
         owner: &str,
         now: DateTime<Utc>,
         lease: Duration,
     ) -> Result<Vec<EnrollmentRow>> {
         let _turn = self.turn().await;
-        let held = lead::Entity::update_many()
-            .col_expr(lead::Column::LeaseOwner, Expr::value(owner))
-            .col_expr(lead::Column::LeaseUntil, Expr::value(ms(now + lease)))
-            .filter(lead::Column::Id.eq(lead.0))
-            .filter(
-                lead::Column::LeaseUntil
-                    .is_null()
-                    .or(lead::Column::LeaseUntil.lt(ms(now))),
-            )
-            .exec(&self.db)
-            .await?;
-        if held.rows_affected != 1 {
-            return Ok(Vec::new());
+        let (now_ms, until) = (ms(now), ms(now + lease));
+        let mut ids: Vec<i64> = leads.iter().map(|l| l.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut held: Vec<i64> = Vec::new();
+        for chunk in ids.chunks(batch::ROWS) {
+            let mut q = Params::new(self.backend);
+            let (o, u) = (q.p(owner), q.p(until));
+            let list = q.list(chunk);
+            let free = q.p(now_ms);
+            let sql = format!(
+                "UPDATE leads SET lease_owner = {o}, lease_until = {u} WHERE id IN ({list}) \
+                 AND (lease_until IS NULL OR lease_until < {free}) RETURNING id"
+            );
+            for r in self.db.query_all_raw(q.statement(sql)).await? {
+                held.push(r.try_get_by_index(0)?);
+            }
         }
-        let mut q = Params::new(self.backend);
-        let (o, u, l, free, max) = (
-            q.p(owner),
-            q.p(ms(now + lease)),
-            q.p(lead.0),
-            q.p(ms(now)),
-            q.p(MAX_CLAIMS),
-        );
-        let sql = format!(
-            "UPDATE enrollments SET lease_owner = {o}, lease_until = {u}, attempts = attempts + 1 \
-             WHERE lead_id = {l} AND status IN ('active', 'unconfirmed') AND attempts < {max} \
-             AND (lease_until IS NULL OR lease_until < {free}) RETURNING *"
-        );
-        let mut claimed: Vec<EnrollmentRow> = enrollment::Entity::find()
-            .from_raw_sql(q.statement(sql))
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(to_row)
-            .collect::<Result<_>>()?;
-        if claimed.is_empty() {
-            self.release_leads(&self.db, owner, &[lead]).await?;
+        let mut rows: Vec<EnrollmentRow> = Vec::new();
+        for chunk in held.chunks(batch::ROWS) {
+            let mut q = Params::new(self.backend);
+            let (o, u) = (q.p(owner), q.p(until));
+            let list = q.list(chunk);
+            let (free, max) = (q.p(now_ms), q.p(MAX_CLAIMS));
+            let sql = format!(
+                "UPDATE enrollments SET lease_owner = {o}, lease_until = {u}, attempts = attempts + 1 \
+                 WHERE lead_id IN ({list}) AND status IN ('active', 'unconfirmed') AND attempts < {max} \
+                 AND (lease_until IS NULL OR lease_until < {free}) RETURNING *"
+            );
+            for m in enrollment::Entity::find()
+                .from_raw_sql(q.statement(sql))
+                .all(&self.db)
+                .await?
+            {
+                rows.push(to_row(m)?);
+            }
         }
-        claimed.sort_by_key(|e| e.id);
-        Ok(claimed)
+        let busy: HashSet<i64> = rows.iter().map(|e| e.lead.0).collect();
+        let idle: Vec<LeadId> = held
+            .iter()
+            .filter(|l| !busy.contains(l))
+            .map(|l| LeadId(*l))
+            .collect();
+        self.release_leads(&self.db, owner, &idle).await?;
+        rows.sort_by_key(|e| e.id);
+        Ok(rows)
     }
 
     /// Lets go of leads this worker holds.
@@ -770,15 +778,22 @@ impl Store {
             }
         }
         if let Some(since) = sent_since {
-            for m in message::Entity::find()
+            // Only what a frequency cap counts: not the payloads.
+            let sent: Vec<(i64, i64, String)> = message::Entity::find()
+                .select_only()
+                .columns([
+                    message::Column::LeadId,
+                    message::Column::CreatedAt,
+                    message::Column::SendKey,
+                ])
                 .filter(message::Column::LeadId.is_in(batch::padded(ids.iter().copied())))
                 .filter(message::Column::Kind.eq(MessageKind::Email.as_str()))
                 .filter(message::Column::CreatedAt.gt(ms(since)))
+                .into_tuple()
                 .all(&self.db)
-                .await?
-            {
-                out.sent
-                    .push((LeadId(m.lead_id), from_ms(m.created_at), m.send_key));
+                .await?;
+            for (lead, at, key) in sent {
+                out.sent.push((LeadId(lead), from_ms(at), key));
             }
         }
         Ok(())
@@ -880,16 +895,6 @@ impl Store {
 }
 
 impl Store {
-    /// Stops all mail to the lead's address (`unsubscribed`, `bounced`, `complained`, …).
-    pub async fn suppress(&self, lead: LeadId, reason: &str, now: DateTime<Utc>) -> Result<()> {
-        let Some(l) = lead::Entity::find_by_id(lead.0).one(&self.db).await? else {
-            return Ok(());
-        };
-        let email =
-            Email::parse(&l.email).map_err(|e| StoreError::Corrupt(format!("lead {lead}: {e}")))?;
-        self.suppress_email(&email, reason, now).await
-    }
-
     /// Where mail to this address is stopped: `*` (everywhere) or funnel ids.
     pub async fn suppressions_of(&self, email: &Email) -> Result<Vec<String>> {
         Ok(suppression::Entity::find()
@@ -934,18 +939,6 @@ impl Store {
         )
         .exec_without_returning(&self.db)
         .await?;
-        Ok(())
-    }
-
-    /// Marks the lead's live enrollments as having an event to consume.
-    pub async fn mark_pending(&self, lead: LeadId, now: DateTime<Utc>) -> Result<()> {
-        let _turn = self.turn().await;
-        enrollment::Entity::update_many()
-            .col_expr(enrollment::Column::PendingAt, Expr::value(ms(now)))
-            .filter(enrollment::Column::LeadId.eq(lead.0))
-            .filter(enrollment::Column::Status.is_in(["active", "unconfirmed"]))
-            .exec(&self.db)
-            .await?;
         Ok(())
     }
 

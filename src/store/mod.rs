@@ -39,6 +39,7 @@ use sea_orm::{
 use thiserror::Error;
 
 use crate::domain::{Consent, Email, Event, EventKind, FunnelId, Lead, LeadId, Tag};
+use batch::Params;
 use entities::{event, lead, lead_tag, touch};
 
 /// Errors a caller may want to tell apart.
@@ -215,6 +216,67 @@ pub(crate) fn event_of(id: i64, kind: &str, payload: &str) -> Result<Event> {
         message: p.get("message").and_then(|v| v.as_i64()),
         ..Event::of(kind)
     })
+}
+
+/// An event stored without its funnels started (see [`Store::unstarted_events`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unstarted {
+    pub id: i64,
+    pub lead: LeadId,
+    pub event: Event,
+    pub received_at: DateTime<Utc>,
+}
+
+/// `processed_at` of a new event: none yet when a funnel's entry names its kind.
+fn processed(kind: &EventKind, starting: &[EventKind], now: DateTime<Utc>) -> Option<i64> {
+    (!starting.contains(kind)).then_some(ms(now))
+}
+
+/// What newly stored events do at once, in the transaction that stores them: the leads' live
+/// runs are marked to be fed them, a confirmation or an unsubscribe sets the lead's consent,
+/// an event that stops mail suppresses the address for every funnel, and the report counters
+/// count orders and what tracked events say of emails.
+async fn took_effect(
+    txn: &sea_orm::DatabaseTransaction,
+    backend: Backend,
+    new: &[(LeadId, &Event, DateTime<Utc>)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let mut leads: Vec<i64> = new.iter().map(|(l, _, _)| l.0).collect();
+    leads.sort_unstable();
+    leads.dedup();
+    for chunk in leads.chunks(batch::ROWS) {
+        let mut q = Params::new(backend);
+        let at = q.p(ms(now));
+        let list = q.list(chunk);
+        let sql = format!(
+            "UPDATE enrollments SET pending_at = {at} WHERE lead_id IN ({list}) \
+             AND status IN ('active', 'unconfirmed')"
+        );
+        txn.execute_raw(q.statement(sql)).await?;
+    }
+    for (lead, e, _) in new {
+        if let Some(consent) = e.kind.consent() {
+            let mut q = Params::new(backend);
+            let (c, at, id) = (q.p(consent.as_str()), q.p(ms(now)), q.p(lead.0));
+            let sql = format!("UPDATE leads SET consent = {c}, updated_at = {at} WHERE id = {id}");
+            txn.execute_raw(q.statement(sql)).await?;
+        }
+        if e.kind.stops_mail() {
+            // No funnel mails this address again, whatever its own transitions say.
+            let mut q = Params::new(backend);
+            let (reason, at, id) = (q.p(e.kind.as_str()), q.p(ms(now)), q.p(lead.0));
+            let sql = format!(
+                "INSERT INTO suppressions (email, scope, reason, created_at) \
+                 SELECT email, '*', {reason}, {at} FROM leads WHERE id = {id} \
+                 ON CONFLICT (email, scope) DO NOTHING"
+            );
+            txn.execute_raw(q.statement(sql)).await?;
+        }
+    }
+    counts::count_orders(txn, backend, new).await?;
+    mails::count_tracking(txn, backend, new).await?;
+    Ok(())
 }
 
 /// Whether an event was stored now or had been stored before under the same key.
@@ -434,30 +496,6 @@ impl Store {
         to_lead(model)
     }
 
-    /// Records the lead's consent: `confirmed` by the double opt-in click (or an import of
-    /// confirmed contacts), `unsubscribed` when they leave.
-    pub async fn set_consent(
-        &self,
-        id: LeadId,
-        consent: Consent,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let _turn = self.turn().await;
-        lead::Entity::update_many()
-            .col_expr(
-                lead::Column::Consent,
-                sea_orm::sea_query::Expr::value(consent.as_str()),
-            )
-            .col_expr(
-                lead::Column::UpdatedAt,
-                sea_orm::sea_query::Expr::value(ms(now)),
-            )
-            .filter(lead::Column::Id.eq(id.0))
-            .exec(&self.db)
-            .await?;
-        Ok(())
-    }
-
     /// Adds many leads at once (an import); an address already stored keeps its lead as it
     /// is. Returns each address's lead id, in the order given.
     pub async fn import_leads(
@@ -609,9 +647,16 @@ impl Store {
             .collect())
     }
 
-    /// Stores an event once per idempotency key (an order, or what a tracked event says of an
-    /// email, is counted for the reports in the same transaction).
-    pub async fn record_event(&self, e: NewEvent, now: DateTime<Utc>) -> Result<Recorded> {
+    /// Stores an event once per idempotency key, with what it does at once in the same
+    /// transaction ([`took_effect`]). An event of a kind in `starting` (one a funnel's entry
+    /// names) is stored unprocessed: [`Store::events_started`] marks it once its funnels have
+    /// started, and until then [`Store::unstarted_events`] finds it again after a crash.
+    pub async fn record_event(
+        &self,
+        e: NewEvent,
+        starting: &[EventKind],
+        now: DateTime<Utc>,
+    ) -> Result<Recorded> {
         let txn = self.write().await?;
         let am = event::ActiveModel {
             id: NotSet,
@@ -621,8 +666,7 @@ impl Store {
             idempotency_key: Set(e.idempotency_key.clone()),
             occurred_at: Set(ms(e.occurred_at)),
             received_at: Set(ms(now)),
-            // Fed through the enrollments' pending marks: nothing more to do for it here.
-            processed_at: Set(Some(ms(now))),
+            processed_at: Set(processed(&e.event.kind, starting, now)),
         };
         let res = event::Entity::insert(am)
             .on_conflict(
@@ -638,9 +682,7 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         if let Some(lead) = e.lead {
-            let new = [(lead, &e.event, e.occurred_at)];
-            counts::count_orders(&txn, self.backend, &new).await?;
-            mails::count_tracking(&txn, self.backend, &new).await?;
+            took_effect(&txn, self.backend, &[(lead, &e.event, e.occurred_at)], now).await?;
         }
         txn.commit().await?;
         Ok(Recorded::New(id))
@@ -648,14 +690,16 @@ impl Store {
 
     /// Stores a batch of events from another system all or nothing, in one transaction: a
     /// lead is created for each address not known yet, each event is stored once per
-    /// idempotency key, and the leads' live runs are marked to be fed them. Returns each event's
-    /// lead and whether it was new, in order. Every `LeadRef::Id` must exist (the caller checks
-    /// with [`Store::missing_leads`]); one that does not fails the whole batch.
+    /// idempotency key (unprocessed when its kind is in `starting`, as in
+    /// [`Store::record_event`]), with what it does at once ([`took_effect`]). Returns each
+    /// event's lead and its id when it was new, in order. Every `LeadRef::Id` must exist (the
+    /// caller checks with [`Store::missing_leads`]); one that does not fails the whole batch.
     pub async fn record_batch(
         &self,
         events: Vec<BatchEvent>,
+        starting: &[EventKind],
         now: DateTime<Utc>,
-    ) -> Result<Vec<(LeadId, bool)>> {
+    ) -> Result<Vec<(LeadId, Option<i64>)>> {
         let txn = self.write().await?;
         let mut by_email: HashMap<String, LeadId> = HashMap::new();
         let mut out = Vec::with_capacity(events.len());
@@ -708,52 +752,81 @@ impl Store {
                 idempotency_key: Set(b.idempotency_key),
                 occurred_at: Set(ms(b.occurred_at)),
                 received_at: Set(ms(now)),
-                processed_at: Set(Some(ms(now))),
+                processed_at: Set(processed(&b.event.kind, starting, now)),
             })
             .on_conflict(
                 OnConflict::column(event::Column::IdempotencyKey)
                     .do_nothing()
                     .to_owned(),
             )
-            .exec_without_returning(&*txn)
-            .await?;
-            if stored > 0 {
+            .exec(&*txn)
+            .await;
+            let id = match stored {
+                Ok(r) => Some(r.last_insert_id),
+                Err(DbErr::RecordNotInserted) => None,
+                Err(e) => return Err(e.into()),
+            };
+            if id.is_some() {
                 new.push((lead, b.event.clone(), b.occurred_at));
+                if let Some(t) = b.touch {
+                    touch::Entity::insert(touch_row(lead, t, b.occurred_at))
+                        .exec_without_returning(&*txn)
+                        .await?;
+                }
             }
-            if stored > 0
-                && let Some(t) = b.touch
-            {
-                touch::Entity::insert(touch_row(lead, t, b.occurred_at))
-                    .exec_without_returning(&*txn)
-                    .await?;
-            }
-            out.push((lead, stored > 0));
-        }
-        let mut leads: Vec<i64> = out
-            .iter()
-            .filter(|(_, new)| *new)
-            .map(|(l, _)| l.0)
-            .collect();
-        leads.sort_unstable();
-        leads.dedup();
-        for chunk in leads.chunks(batch::ROWS) {
-            entities::enrollment::Entity::update_many()
-                .col_expr(
-                    entities::enrollment::Column::PendingAt,
-                    sea_orm::sea_query::Expr::value(ms(now)),
-                )
-                .filter(
-                    entities::enrollment::Column::LeadId
-                        .is_in(batch::padded(chunk.iter().copied())),
-                )
-                .filter(entities::enrollment::Column::Status.is_in(["active", "unconfirmed"]))
-                .exec(&*txn)
-                .await?;
+            out.push((lead, id));
         }
         let new: Vec<_> = new.iter().map(|(l, e, at)| (*l, e, *at)).collect();
-        counts::count_orders(&txn, self.backend, &new).await?;
-        mails::count_tracking(&txn, self.backend, &new).await?;
+        took_effect(&txn, self.backend, &new, now).await?;
         txn.commit().await?;
+        Ok(out)
+    }
+
+    /// Marks these events processed: the funnels they enter have started.
+    pub async fn events_started(&self, ids: &[i64], now: DateTime<Utc>) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let txn = self.write().await?;
+        for chunk in ids.chunks(batch::ROWS) {
+            let mut q = Params::new(self.backend);
+            let at = q.p(ms(now));
+            let list = q.list(chunk);
+            let sql = format!(
+                "UPDATE events SET processed_at = {at} WHERE processed_at IS NULL AND id IN ({list})"
+            );
+            txn.execute_raw(q.statement(sql)).await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Events received before `before` whose funnels never started (the process stopped
+    /// after storing them), in id order after `after`, at most `limit`.
+    pub async fn unstarted_events(
+        &self,
+        before: DateTime<Utc>,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<Unstarted>> {
+        let mut q = Params::new(self.backend);
+        let (b, a, n) = (q.p(ms(before)), q.p(after), q.p(limit as i64));
+        let sql = format!(
+            "SELECT id, lead_id, kind, payload, received_at FROM events WHERE processed_at IS NULL \
+             AND received_at < {b} AND id > {a} AND lead_id IS NOT NULL ORDER BY id LIMIT {n}"
+        );
+        let mut out = Vec::new();
+        for r in self.db.query_all_raw(q.statement(sql)).await? {
+            let id: i64 = r.try_get_by_index(0)?;
+            let kind: String = r.try_get_by_index(2)?;
+            let payload: String = r.try_get_by_index(3)?;
+            out.push(Unstarted {
+                id,
+                lead: LeadId(r.try_get_by_index(1)?),
+                event: event_of(id, &kind, &payload)?,
+                received_at: from_ms(r.try_get_by_index(4)?),
+            });
+        }
         Ok(out)
     }
 

@@ -190,30 +190,4 @@ impl Store {
         }
         Ok(())
     }
-
-    /// Signups stored before `before` whose funnels were never started (the process stopped
-    /// between the two transactions): (lead, form), oldest first, at most `limit`.
-    pub async fn unstarted_signups(
-        &self,
-        before: DateTime<Utc>,
-        limit: u64,
-    ) -> Result<Vec<(LeadId, String)>> {
-        let mut q = Params::new(self.backend);
-        let (b, n) = (q.p(ms(before)), q.p(limit as i64));
-        let sql = format!(
-            "SELECT lead_id, payload FROM events WHERE processed_at IS NULL AND kind = 'signup' \
-             AND received_at < {b} AND lead_id IS NOT NULL ORDER BY id LIMIT {n}"
-        );
-        let mut out = Vec::new();
-        for r in self.db.query_all_raw(q.statement(sql)).await? {
-            let lead: i64 = r.try_get_by_index(0)?;
-            let payload: String = r.try_get_by_index(1)?;
-            let form = serde_json::from_str::<serde_json::Value>(&payload)
-                .ok()
-                .and_then(|p| p.get("form")?.as_str().map(str::to_string))
-                .unwrap_or_default();
-            out.push((LeadId(lead), form));
-        }
-        Ok(out)
-    }
 }
