@@ -1,0 +1,132 @@
+//! A fixed small workload for counting instructions (`benches/icount.sh` runs it under
+//! callgrind): on the example project and a SQLite file, phase by phase,
+//!
+//! 1. `setup`: migrate, load the project, import N confirmed leads;
+//! 2. `enroll`: enroll them in the course funnel, 500 at a time (each queues `book-delivery`);
+//! 3. `rounds`: two days later, scheduler rounds until none is due (each lead moves to the
+//!    tripwire stage: one transition each);
+//! 4. `emails`: the sender drains the outbox into `.eml` files;
+//! 5. `signups`: N landing-page signups to `free-book`, queued and committed in groups of 100
+//!    (on the wall clock: the signup path reads it).
+//!
+//! `cargo bench --bench icount -- [N] --until PHASE` runs the phases up to PHASE and prints how
+//! many items the last one handled. Single-threaded and on a fixed clock and folder, so the
+//! same code gives the same count run after run.
+
+#[path = "common.rs"]
+mod common;
+
+use std::sync::Arc;
+
+use autofunnel::delivery::{Sender, Transport};
+use autofunnel::domain::{Consent, Email, FunnelId};
+use autofunnel::project;
+use autofunnel::runtime::Runtime;
+use autofunnel::settings::Settings;
+use autofunnel::store::{LeadInput, NewSignup, NewTouch, Store};
+use chrono::{Duration, TimeZone, Utc};
+
+/// The allocator of the `autofunnel` binary.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const PHASES: [&str; 5] = ["setup", "enroll", "rounds", "emails", "signups"];
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = common::args();
+    let n = common::count(&args).unwrap_or(2_000);
+    let until: String = common::flag(&args, "--until").unwrap_or_else(|| "signups".into());
+    let last = PHASES
+        .iter()
+        .position(|p| *p == until)
+        .ok_or_else(|| anyhow::anyhow!("--until takes one of {PHASES:?}"))?;
+    let dir = std::env::temp_dir().join("autofunnel-icount");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("outbox"))?;
+    let store = Store::connect(&format!("sqlite://{}/icount.db", dir.display())).await?;
+    store.migrate().await?;
+    let settings = Settings {
+        funnels_dir: "funnels".into(),
+        templates_dir: "templates".into(),
+        ..Default::default()
+    };
+    let (p, report) = project::check(&settings, None);
+    let p = Arc::new(p.ok_or_else(|| anyhow::anyhow!("{}", report.summary()))?);
+    // Monday 10:00 in Moscow: inside the course funnel's send window.
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 7, 0, 0).unwrap();
+    let rt = Runtime::new(store.clone(), p.funnels.clone(), "icount", t0).await?;
+    let input = LeadInput {
+        first_name: Some("Анна".into()),
+        timezone: Some(chrono_tz::Europe::Moscow),
+        ..Default::default()
+    };
+    let leads: Vec<(Email, LeadInput)> = (0..n)
+        .map(|i| {
+            let e = Email::parse(&format!("lead{i}@icount.example.com")).expect("an address");
+            (e, input.clone())
+        })
+        .collect();
+    let ids = store.import_leads(&leads, Consent::Confirmed, t0).await?;
+    let mut items = n;
+    let course = FunnelId::parse("relationships-course")?;
+    if last >= 1 {
+        for c in ids.chunks(500) {
+            rt.enroll_many(c, &course, t0).await?;
+        }
+    }
+    if last >= 2 {
+        let due = t0 + Duration::days(2) + Duration::minutes(1);
+        items = 0;
+        loop {
+            let done = rt.tick(due).await?;
+            if done == 0 {
+                break;
+            }
+            items += done;
+        }
+    }
+    if last >= 3 {
+        let sender = Sender::new(
+            store.outbox(),
+            p.clone(),
+            Transport::Folder(dir.join("outbox")),
+            "https://go.example.com",
+            b"icount secret, 16+ chars",
+        );
+        let t = sender.drain(t0 + Duration::days(3)).await?;
+        anyhow::ensure!(t.failed == 0, "emails failed: {t:?}");
+        items = t.sent;
+    }
+    if last >= 4 {
+        let funnels = vec![course.clone()];
+        for group in (0..n).collect::<Vec<_>>().chunks(100) {
+            let tickets: Vec<_> = group
+                .iter()
+                .map(|i| {
+                    let signup = NewSignup {
+                        email: Email::parse(&format!("visitor{i}@icount.example.com"))
+                            .expect("an address"),
+                        input: LeadInput::default(),
+                        touch: NewTouch {
+                            channel: "form".into(),
+                            source: Some("icount".into()),
+                            form: Some("free-book".into()),
+                            ..Default::default()
+                        },
+                        form: "free-book".into(),
+                    };
+                    rt.queue_signup(signup, funnels.clone())
+                })
+                .collect();
+            for t in tickets {
+                rt.signup_stored(t).await?;
+            }
+        }
+        items = n;
+    }
+    println!("{until}: {items}");
+    store.close().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
