@@ -7,7 +7,9 @@
 //! through the same functions into periods instead of days. Either way the figures come from
 //! one place and agree. Pure: no IO, no clock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -226,9 +228,9 @@ pub struct Tally {
     origins: bool,
     /// Each text of the keys once: a million runs add tens of millions of counters, and
     /// numbered texts keep that to hashing small keys.
-    numbers: HashMap<String, u32>,
+    numbers: FxHashMap<String, u32>,
     texts: Vec<String>,
-    sums: HashMap<Slot, Sum>,
+    sums: FxHashMap<Slot, Sum>,
 }
 
 impl Tally {
@@ -236,9 +238,9 @@ impl Tally {
         Tally {
             filing,
             origins,
-            numbers: HashMap::new(),
+            numbers: FxHashMap::default(),
             texts: Vec::new(),
-            sums: HashMap::new(),
+            sums: FxHashMap::default(),
         }
     }
 
