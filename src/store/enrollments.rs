@@ -264,7 +264,7 @@ impl Store {
         let latest = funnel_version::Entity::find()
             .filter(funnel_version::Column::FunnelId.eq(funnel.as_str()))
             .order_by_desc(funnel_version::Column::Version)
-            .one(&self.db)
+            .one(&self.wdb)
             .await?;
         if let Some(l) = &latest
             && l.hash == hash
@@ -288,7 +288,7 @@ impl Store {
             .do_nothing()
             .to_owned(),
         )
-        .exec_without_returning(&self.db)
+        .exec_without_returning(&self.wdb)
         .await?;
         Ok(version)
     }
@@ -502,7 +502,7 @@ impl Store {
                  ORDER BY {order} LIMIT {n}) \
                  AND (l.lease_until IS NULL OR l.lease_until < {free_lead}){lock}) RETURNING id"
             );
-            for r in self.db.query_all_raw(q.statement(sql)).await? {
+            for r in self.wdb.query_all_raw(q.statement(sql)).await? {
                 leads.push(r.try_get_by_index(0)?);
             }
         }
@@ -522,7 +522,7 @@ impl Store {
             );
             let claimed = enrollment::Entity::find()
                 .from_raw_sql(q.statement(sql))
-                .all(&self.db)
+                .all(&self.wdb)
                 .await?;
             for m in claimed {
                 rows.push(to_row(m)?);
@@ -535,7 +535,7 @@ impl Store {
             .filter(|l| !busy.contains(l))
             .map(|l| LeadId(*l))
             .collect();
-        self.release_leads(&self.db, owner, &idle).await?;
+        self.release_leads(&self.wdb, owner, &idle).await?;
         rows.sort_by_key(|e| (e.state.wake_at, e.id));
         Ok(rows)
     }
@@ -564,7 +564,7 @@ impl Store {
                 "UPDATE leads SET lease_owner = {o}, lease_until = {u} WHERE id IN ({list}) \
                  AND (lease_until IS NULL OR lease_until < {free}) RETURNING id"
             );
-            for r in self.db.query_all_raw(q.statement(sql)).await? {
+            for r in self.wdb.query_all_raw(q.statement(sql)).await? {
                 held.push(r.try_get_by_index(0)?);
             }
         }
@@ -581,7 +581,7 @@ impl Store {
             );
             for m in enrollment::Entity::find()
                 .from_raw_sql(q.statement(sql))
-                .all(&self.db)
+                .all(&self.wdb)
                 .await?
             {
                 rows.push(to_row(m)?);
@@ -593,7 +593,7 @@ impl Store {
             .filter(|l| !busy.contains(l))
             .map(|l| LeadId(*l))
             .collect();
-        self.release_leads(&self.db, owner, &idle).await?;
+        self.release_leads(&self.wdb, owner, &idle).await?;
         rows.sort_by_key(|e| e.id);
         Ok(rows)
     }
@@ -937,7 +937,7 @@ impl Store {
                 .do_nothing()
                 .to_owned(),
         )
-        .exec_without_returning(&self.db)
+        .exec_without_returning(&self.wdb)
         .await?;
         Ok(())
     }

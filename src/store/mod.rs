@@ -69,7 +69,10 @@ pub enum Backend {
 /// A connection pool to the application database.
 #[derive(Clone)]
 pub struct Store {
+    /// Reads (and, on PostgreSQL, writes too).
     pub(crate) db: DatabaseConnection,
+    /// SQLite: the one connection this process writes on, in turn; PostgreSQL: `db`.
+    pub(crate) wdb: DatabaseConnection,
     pub(crate) backend: Backend,
     /// SQLite: this process's writers take turns here, in order, rather than in SQLite's
     /// busy handler (which sleeps up to 100 ms between tries). `None` on PostgreSQL.
@@ -313,40 +316,61 @@ impl Store {
         {
             let _ = std::fs::create_dir_all(parent);
         }
-        let mut opts = ConnectOptions::new(url.to_string());
-        opts.sqlx_logging(false)
-            .acquire_timeout(Duration::from_secs(10));
-        if backend == Backend::Sqlite {
-            // WAL lets readers run beside the one writer; the busy timeout queues writers
-            // instead of failing them.
-            opts.max_connections(4).map_sqlx_sqlite_opts(|o| {
-                o.journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10))
-                    // Padded multi-row statements come in a few dozen shapes across the
-                    // signups, the scheduler and the sender; with fewer cache slots than
-                    // shapes every statement was prepared again (signups 4,900/s → 6,500/s
-                    // going from 16 to 64). A large round's program costs up to ~1 MB.
-                    .statement_cache_capacity(64)
-                    .foreign_keys(true)
-                    .create_if_missing(true)
-            });
-        } else {
-            // Tables grow from empty, so a generic plan cached while they were small (a
-            // sequential scan) would stay for the life of the connection: plan each execution.
-            opts.max_connections(16)
-                .map_sqlx_postgres_opts(|o| o.options([("plan_cache_mode", "force_custom_plan")]));
-        }
-        let db = Database::connect(opts)
-            .await
-            .map_err(|source| StoreError::Connect {
-                url: redact(url),
-                source,
-            })?;
-        let writer =
-            (backend == Backend::Sqlite).then(|| std::sync::Arc::new(tokio::sync::Mutex::new(())));
+        let open = |connections: u32| {
+            let mut opts = ConnectOptions::new(url.to_string());
+            opts.sqlx_logging(false)
+                .acquire_timeout(Duration::from_secs(10))
+                .max_connections(connections);
+            if backend == Backend::Sqlite {
+                // WAL lets readers run beside the one writer; the busy timeout queues writers
+                // of other processes instead of failing them.
+                opts.map_sqlx_sqlite_opts(|o| {
+                    o.journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                        .busy_timeout(Duration::from_secs(10))
+                        // Padded multi-row statements come in a few dozen shapes across the
+                        // signups, the scheduler and the sender; with fewer cache slots than
+                        // shapes every statement was prepared again (signups 4,900/s →
+                        // 6,500/s going from 16 to 64). A large round's program costs up to
+                        // ~1 MB.
+                        .statement_cache_capacity(64)
+                        .foreign_keys(true)
+                        .create_if_missing(true)
+                });
+            } else {
+                // Tables grow from empty, so a generic plan cached while they were small (a
+                // sequential scan) would stay for the life of the connection: plan each
+                // execution.
+                opts.map_sqlx_postgres_opts(|o| {
+                    o.options([("plan_cache_mode", "force_custom_plan")])
+                });
+            }
+            async move {
+                Database::connect(opts)
+                    .await
+                    .map_err(|source| StoreError::Connect {
+                        url: redact(url),
+                        source,
+                    })
+            }
+        };
+        let (db, wdb, writer) = match backend {
+            // This process's writes take turns anyway: on one connection of their own, whose
+            // prepared statements stay warm, instead of each statement being prepared again on
+            // whichever of the readers' connections it lands.
+            Backend::Sqlite => (
+                open(4).await?,
+                open(1).await?,
+                Some(std::sync::Arc::new(tokio::sync::Mutex::new(()))),
+            ),
+            Backend::Postgres => {
+                let db = open(16).await?;
+                (db.clone(), db, None)
+            }
+        };
         Ok(Store {
             db,
+            wdb,
             backend,
             writer,
         })
@@ -357,7 +381,7 @@ impl Store {
     pub(crate) async fn write(&self) -> Result<Write> {
         let turn = self.turn().await;
         let txn = self
-            .db
+            .wdb
             .begin_with_options(sea_orm::TransactionOptions {
                 sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
                 ..Default::default()
@@ -442,7 +466,7 @@ impl Store {
         let _turn = self.turn().await;
         let existing = lead::Entity::find()
             .filter(lead::Column::Email.eq(email.as_str()))
-            .one(&self.db)
+            .one(&self.wdb)
             .await?;
         let model = match existing {
             Some(old) => {
@@ -459,7 +483,7 @@ impl Store {
                     updated_at: Set(ms(now)),
                     ..Default::default()
                 };
-                lead::Entity::update(am).exec(&self.db).await?
+                lead::Entity::update(am).exec(&self.wdb).await?
             }
             None => {
                 let am = lead::ActiveModel {
@@ -482,11 +506,11 @@ impl Store {
                             .do_nothing()
                             .to_owned(),
                     )
-                    .exec_without_returning(&self.db)
+                    .exec_without_returning(&self.wdb)
                     .await?;
                 lead::Entity::find()
                     .filter(lead::Column::Email.eq(email.as_str()))
-                    .one(&self.db)
+                    .one(&self.wdb)
                     .await?
                     .ok_or_else(|| {
                         StoreError::Corrupt(format!("lead {email} vanished after insert"))
@@ -589,7 +613,7 @@ impl Store {
                     .do_nothing()
                     .to_owned(),
             )
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&self.wdb)
             .await?;
         Ok(())
     }
@@ -600,7 +624,7 @@ impl Store {
         lead_tag::Entity::delete_many()
             .filter(lead_tag::Column::LeadId.eq(id.0))
             .filter(lead_tag::Column::Tag.eq(tag.to_string()))
-            .exec(&self.db)
+            .exec(&self.wdb)
             .await?;
         Ok(())
     }
@@ -620,7 +644,7 @@ impl Store {
     pub async fn record_touch(&self, lead: LeadId, t: NewTouch, now: DateTime<Utc>) -> Result<()> {
         let _turn = self.turn().await;
         touch::Entity::insert(touch_row(lead, t, now))
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&self.wdb)
             .await?;
         Ok(())
     }
@@ -876,6 +900,9 @@ impl Store {
     }
 
     pub async fn close(self) -> Result<()> {
+        if self.backend == Backend::Sqlite {
+            self.wdb.close().await?;
+        }
         self.db.close().await?;
         Ok(())
     }

@@ -186,7 +186,7 @@ impl Store {
                  AND kind = 'signup' AND lead_id IN ({})",
                 list
             );
-            self.db.execute_raw(q.statement(sql)).await?;
+            self.wdb.execute_raw(q.statement(sql)).await?;
         }
         Ok(())
     }
