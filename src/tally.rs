@@ -231,17 +231,22 @@ pub struct Tally {
     numbers: FxHashMap<String, u32>,
     texts: Vec<String>,
     sums: FxHashMap<Slot, Sum>,
+    /// The number of [`ALL`], the origin every counter is also added to.
+    all: u32,
 }
 
 impl Tally {
     fn new(filing: Filing, origins: bool) -> Tally {
-        Tally {
+        let mut t = Tally {
             filing,
             origins,
             numbers: FxHashMap::default(),
             texts: Vec::new(),
             sums: FxHashMap::default(),
-        }
+            all: 0,
+        };
+        t.all = t.number(ALL);
+        t
     }
 
     /// Counters per day, for all runs and per origin: what the store keeps.
@@ -305,7 +310,7 @@ impl Tally {
         view: View,
         at: DateTime<Utc>,
         stage: &str,
-        metric: String,
+        metric: &str,
         n: i64,
         total: f64,
     ) {
@@ -319,27 +324,26 @@ impl Tally {
         let (funnel, stage, metric) = (
             self.number(run.funnel),
             self.number(stage),
-            self.number(&metric),
+            self.number(metric),
         );
         if self.origins && !run.origin.is_empty() {
             let origin = self.number(run.origin);
             let own = (view, day, funnel, origin, stage, metric);
             self.sums.entry(own).or_default().add(Sum { n, total });
         }
-        let all = self.number(ALL);
-        let key = (view, day, funnel, all, stage, metric);
+        let key = (view, day, funnel, self.all, stage, metric);
         self.sums.entry(key).or_default().add(Sum { n, total });
     }
 
-    fn both(&mut self, run: &Run, at: DateTime<Utc>, stage: &str, metric: String, n: i64) {
-        self.add(run, View::Entry, at, stage, metric.clone(), n, 0.0);
+    fn both(&mut self, run: &Run, at: DateTime<Utc>, stage: &str, metric: &str, n: i64) {
+        self.add(run, View::Entry, at, stage, metric, n, 0.0);
         self.add(run, View::Calendar, at, stage, metric, n, 0.0);
     }
 
     /// A run entered the funnel (waiting for the double opt-in click when `unconfirmed`).
     pub fn entered(&mut self, run: &Run, unconfirmed: bool) {
         let at = run.entered_at;
-        self.add(run, View::Entry, at, FUNNEL, metric::ENTERED.into(), 1, 0.0);
+        self.add(run, View::Entry, at, FUNNEL, metric::ENTERED, 1, 0.0);
         if unconfirmed {
             self.waiting(run, 1);
         }
@@ -351,26 +355,21 @@ impl Tally {
     }
 
     fn waiting(&mut self, run: &Run, n: i64) {
-        let (m, at) = (metric::UNCONFIRMED.to_string(), run.entered_at);
-        self.add(run, View::Entry, at, FUNNEL, m, n, 0.0);
+        let at = run.entered_at;
+        self.add(run, View::Entry, at, FUNNEL, metric::UNCONFIRMED, n, 0.0);
     }
 
     /// A run entered `stage` at `at`; `reached` holds what it had reached before (stages and
     /// milestones), and gets this stage.
     pub fn opened(&mut self, run: &Run, stage: &str, at: DateTime<Utc>, reached: &mut Reached) {
         if reached.insert(stage) {
-            self.both(run, at, stage, metric::IN.into(), 1);
-            let before: Vec<String> = reached
-                .stages()
-                .filter(|s| *s != stage)
-                .map(str::to_string)
-                .collect();
-            for other in before {
+            self.both(run, at, stage, metric::IN, 1);
+            for other in reached.stages().filter(|s| *s != stage) {
                 let m = format!("{}{other}", metric::WITH);
-                self.add(run, View::Entry, at, stage, m, 1, 0.0);
+                self.add(run, View::Entry, at, stage, &m, 1, 0.0);
             }
         }
-        self.both(run, at, stage, metric::OPEN.into(), 1);
+        self.both(run, at, stage, metric::OPEN, 1);
     }
 
     /// A run left `stage` (entered at `entered`) at `at`, for `next` or by `reason`
@@ -391,8 +390,8 @@ impl Tally {
         };
         let time = format!("{}{}", metric::TIME, quantize((at - entered).num_seconds()));
         // Calendar counters of a visit are filed under the day it began.
-        for (m, n) in [(metric::OPEN.to_string(), -1), (way, 1), (time, 1)] {
-            self.add(run, View::Entry, entered, stage, m.clone(), n, 0.0);
+        for (m, n) in [(metric::OPEN, -1), (way.as_str(), 1), (time.as_str(), 1)] {
+            self.add(run, View::Entry, entered, stage, m, n, 0.0);
             self.add(run, View::Calendar, entered, stage, m, n, 0.0);
         }
     }
@@ -404,7 +403,7 @@ impl Tally {
             metric::LENGTH,
             quantize((at - run.entered_at).num_seconds())
         );
-        for m in [metric::CONVERTED.to_string(), len] {
+        for m in [metric::CONVERTED, len.as_str()] {
             self.add(run, View::Entry, at, FUNNEL, m, 1, 0.0);
         }
     }
@@ -412,7 +411,7 @@ impl Tally {
     /// A run's lead crossed a score threshold (`mql`, `sql`); counted once per run.
     pub fn milestone(&mut self, run: &Run, kind: &str, at: DateTime<Utc>, reached: &mut Reached) {
         if reached.insert(&format!("@{kind}")) {
-            self.both(run, at, FUNNEL, kind.to_string(), 1);
+            self.both(run, at, FUNNEL, kind, 1);
         }
     }
 
@@ -429,8 +428,8 @@ impl Tally {
         at: DateTime<Utc>,
     ) {
         let m = format!("{}{}\u{1f}{}", metric::BUY, clean(product), clean(currency));
-        self.add(run, View::Entry, at, stage, m.clone(), 1, amount);
-        self.add(run, View::Calendar, at, stage, m, 1, amount);
+        self.add(run, View::Entry, at, stage, &m, 1, amount);
+        self.add(run, View::Calendar, at, stage, &m, 1, amount);
     }
 
     /// Every counter turned round: what to add to take these facts back out.
@@ -648,14 +647,14 @@ impl Tally {
             origin: ALL,
         };
         let mut add =
-            |m: String, total: f64| self.add(&run, View::Calendar, o.at, FUNNEL, m, 1, total);
-        add(metric::PURCHASES.into(), 0.0);
+            |m: &str, total: f64| self.add(&run, View::Calendar, o.at, FUNNEL, m, 1, total);
+        add(metric::PURCHASES, 0.0);
         let before: Vec<&Touch> = touches
             .iter()
             .filter(|t| t.at <= o.at && o.at - t.at <= lookback)
             .collect();
         if before.is_empty() {
-            add(metric::UNATTRIBUTED.into(), 0.0);
+            add(metric::UNATTRIBUTED, 0.0);
             return;
         }
         let ages: Vec<Duration> = before.iter().map(|t| o.at - t.at).collect();
@@ -665,8 +664,8 @@ impl Tally {
                     let parts = [Some(name), Some(t.channel), t.source, t.campaign, currency];
                     format!("{}{}", metric::CREDIT, serde_json::json!(parts))
                 };
-                add(key(None), share);
-                add(key(Some(&clean(o.currency))), share * o.amount);
+                add(&key(None), share);
+                add(&key(Some(&clean(o.currency))), share * o.amount);
             }
         }
     }
@@ -693,8 +692,8 @@ impl Tally {
         };
         let metric = format!("{}{}\u{1f}{what}", metric::MAIL, clean(m.template));
         let (at, stage) = (m.queued_at, m.stage);
-        self.add(&run, View::Entry, at, stage, metric.clone(), n, 0.0);
-        self.add(&run, View::Calendar, at, stage, metric, n, 0.0);
+        self.add(&run, View::Entry, at, stage, &metric, n, 0.0);
+        self.add(&run, View::Calendar, at, stage, &metric, n, 0.0);
     }
 }
 
