@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .position(|p| *p == until)
         .ok_or_else(|| anyhow::anyhow!("--until takes one of {PHASES:?}"))?;
-    let dir = std::env::temp_dir().join("autofunnel-icount");
+    let dir = std::env::temp_dir().join(format!("autofunnel-icount-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("outbox"))?;
     let store = Store::connect(&format!("sqlite://{}/icount.db", dir.display())).await?;

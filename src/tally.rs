@@ -156,13 +156,7 @@ pub struct Run<'a> {
 /// What a run's lead came from — the first touch's channel, source, medium, campaign and form
 /// — as one text (a JSON array), so runs can be counted per origin and sliced by any part.
 pub fn origin(parts: [Option<&str>; 5]) -> String {
-    serde_json::Value::from(
-        parts
-            .iter()
-            .map(|p| p.map_or(serde_json::Value::Null, serde_json::Value::from))
-            .collect::<Vec<_>>(),
-    )
-    .to_string()
+    serde_json::to_string(&parts).unwrap_or_default()
 }
 
 /// The five parts of an [`origin`] (none for a text that is not one).

@@ -32,26 +32,45 @@ impl Params {
 
     /// Binds a value and returns its placeholder.
     pub(super) fn p(&mut self, v: impl Into<Value>) -> String {
-        self.values.push(v.into());
+        let mut out = String::new();
+        self.push(&mut out, v.into());
+        out
+    }
+
+    /// Binds a value and writes its placeholder to `out`.
+    fn push(&mut self, out: &mut String, v: Value) {
+        self.values.push(v);
         match self.backend {
-            Backend::Sqlite => "?".to_string(),
-            Backend::Postgres => format!("${}", self.values.len()),
+            Backend::Sqlite => out.push('?'),
+            Backend::Postgres => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "${}", self.values.len());
+            }
         }
     }
 
     /// The placeholders of an `IN (…)` list of ids, padded as [`padded`] pads it.
     pub(super) fn list(&mut self, ids: &[i64]) -> String {
-        let ps: Vec<String> = padded(ids.iter().copied())
-            .into_iter()
-            .map(|id| self.p(id))
-            .collect();
-        ps.join(", ")
+        let mut out = String::with_capacity(ids.len().next_power_of_two() * 4);
+        for (i, id) in padded(ids.iter().copied()).into_iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            self.push(&mut out, id.into());
+        }
+        out
     }
 
-    /// A parenthesised row of placeholders.
-    fn row(&mut self, vs: Vec<Value>) -> String {
-        let ps: Vec<String> = vs.into_iter().map(|v| self.p(v)).collect();
-        format!("({})", ps.join(", "))
+    /// A parenthesised row of placeholders, written to `out`.
+    fn row(&mut self, out: &mut String, vs: Vec<Value>) {
+        out.push('(');
+        for (i, v) in vs.into_iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            self.push(out, v);
+        }
+        out.push(')');
     }
 
     /// The rows of a `VALUES` list, padded with rows of NULLs to the next power of two: a
@@ -63,14 +82,22 @@ impl Params {
             .first()
             .map(|r| r.iter().map(Value::as_null).collect::<Vec<_>>());
         let n = rows.len().next_power_of_two();
-        let mut out: Vec<String> = Vec::with_capacity(n);
+        let width = rows.first().map_or(0, Vec::len);
+        let mut out = String::with_capacity(n * (width * 6 + 4));
+        let mut written = 0;
         for r in rows {
-            out.push(self.row(r));
+            if written > 0 {
+                out.push_str(", ");
+            }
+            self.row(&mut out, r);
+            written += 1;
         }
-        while let Some(p) = pad.as_ref().filter(|_| out.len() < n) {
-            out.push(self.row(p.clone()));
+        while let Some(p) = pad.as_ref().filter(|_| written < n) {
+            out.push_str(", ");
+            self.row(&mut out, p.clone());
+            written += 1;
         }
-        out.join(", ")
+        out
     }
 
     pub(super) fn statement(self, sql: String) -> Statement {

@@ -392,7 +392,9 @@ async fn set_enrollments(
 
 /// The origin of a run whose lead has no touch.
 pub(super) fn none_origin() -> String {
-    tally::origin([None; 5])
+    static NONE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| tally::origin([None; 5]));
+    NONE.clone()
 }
 
 /// Each lead's touches as origins, oldest first, with their times (ms).
