@@ -509,20 +509,15 @@ impl Runtime {
             let mut failed: BTreeSet<i64> = BTreeSet::new();
             for (f, events) in by_funnel {
                 let leads: Vec<LeadId> = events.iter().map(|u| u.lead).collect();
-                let entered: Vec<(LeadId, DateTime<Utc>)> = self
-                    .store
-                    .enrollments_of_many(&leads, f)
-                    .await?
-                    .into_iter()
-                    .map(|e| (e.lead, e.entered_at))
-                    .collect();
+                // Each lead's latest entry into this funnel.
+                let mut entered: HashMap<LeadId, DateTime<Utc>> = HashMap::new();
+                for e in self.store.enrollments_of_many(&leads, f).await? {
+                    let at = entered.entry(e.lead).or_insert(e.entered_at);
+                    *at = (*at).max(e.entered_at);
+                }
                 let todo: Vec<&Unstarted> = events
                     .into_iter()
-                    .filter(|u| {
-                        !entered
-                            .iter()
-                            .any(|(l, at)| *l == u.lead && *at >= u.received_at)
-                    })
+                    .filter(|u| entered.get(&u.lead).is_none_or(|at| *at < u.received_at))
                     .collect();
                 let leads: Vec<LeadId> = todo.iter().map(|u| u.lead).collect();
                 if leads.is_empty() || self.enroll_many(&leads, f, now).await.is_ok() {

@@ -404,15 +404,16 @@ impl Store {
                 &values,
                 "RETURNING id, lead_id, funnel_id",
             );
+            let mine: HashMap<(i64, &str), &str> = chunk
+                .iter()
+                .map(|n| ((n.lead.0, n.funnel.as_str()), n.funnel.as_str()))
+                .collect();
             for r in txn.query_all_raw(q.statement(sql)).await? {
                 let id: i64 = r.try_get_by_index(0)?;
                 let lead: i64 = r.try_get_by_index(1)?;
                 let funnel: String = r.try_get_by_index(2)?;
-                if let Some(n) = chunk
-                    .iter()
-                    .find(|n| n.lead.0 == lead && n.funnel.as_str() == funnel)
-                {
-                    ids.insert((lead, n.funnel.as_str()), id);
+                if let Some(f) = mine.get(&(lead, funnel.as_str())) {
+                    ids.insert((lead, *f), id);
                 }
             }
         }
