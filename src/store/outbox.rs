@@ -111,30 +111,31 @@ impl Outbox {
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
         };
+        // Only what the sender uses (not the payload), read by position.
         let sql = format!(
             "UPDATE messages SET status = 'sending', lease_until = {until}, attempts = attempts + 1 \
              WHERE id IN (SELECT id FROM messages WHERE status = 'queued' \
              AND next_attempt_at <= {due} AND kind = 'email' \
-             ORDER BY next_attempt_at LIMIT {n}{lock}) RETURNING *"
+             ORDER BY next_attempt_at LIMIT {n}{lock}) \
+             RETURNING id, lead_id, enrollment_id, funnel_id, stage_id, template, send_key, \
+             recipient, attempts, created_at"
         );
-        let mut out: Vec<Outgoing> = message::Entity::find()
-            .from_raw_sql(q.statement(sql))
-            .all(&*txn)
-            .await?
-            .into_iter()
-            .map(|m| Outgoing {
-                id: m.id,
-                lead: LeadId(m.lead_id),
-                enrollment: m.enrollment_id.map(EnrollmentId),
-                funnel: m.funnel_id.and_then(|f| FunnelId::parse(&f).ok()),
-                stage: m.stage_id,
-                template: m.template,
-                send_key: m.send_key,
-                recipient: m.recipient,
-                attempts: m.attempts,
-                created_at: from_ms(m.created_at),
-            })
-            .collect();
+        let mut out: Vec<Outgoing> = Vec::new();
+        for r in txn.query_all_raw(q.statement(sql)).await? {
+            let funnel: Option<String> = r.try_get_by_index(3)?;
+            out.push(Outgoing {
+                id: r.try_get_by_index(0)?,
+                lead: LeadId(r.try_get_by_index(1)?),
+                enrollment: r.try_get_by_index::<Option<i64>>(2)?.map(EnrollmentId),
+                funnel: funnel.and_then(|f| FunnelId::parse(&f).ok()),
+                stage: r.try_get_by_index(4)?,
+                template: r.try_get_by_index(5)?,
+                send_key: r.try_get_by_index(6)?,
+                recipient: r.try_get_by_index(7)?,
+                attempts: r.try_get_by_index(8)?,
+                created_at: from_ms(r.try_get_by_index(9)?),
+            });
+        }
         out.sort_by_key(|m| m.id);
         txn.commit().await?;
         Ok(out)
