@@ -58,3 +58,44 @@ pub fn count(args: &[String]) -> Option<usize> {
         .filter(|(i, _)| *i == 0 || !args[i - 1].starts_with("--"))
         .find_map(|(_, a)| a.parse().ok())
 }
+
+/// A program of postfix's (`smtp-sink`, `smtp-source`), wherever Debian put it.
+#[allow(dead_code)]
+pub fn tool(name: &str) -> anyhow::Result<String> {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin"] {
+        let p = std::path::Path::new(dir).join(name);
+        if p.exists() {
+            return Ok(p.display().to_string());
+        }
+    }
+    anyhow::bail!(
+        "{name} not found: install the Debian package `postfix` (apt-get install postfix)"
+    )
+}
+
+/// The number a query of one row and one column gives (a `COUNT(*)`).
+#[allow(dead_code)]
+pub async fn query_count(db: &sea_orm::DatabaseConnection, sql: &str) -> anyhow::Result<i64> {
+    use anyhow::Context as _;
+    use sea_orm::ConnectionTrait as _;
+    let st = sea_orm::Statement::from_string(db.get_database_backend(), sql.to_string());
+    let row = db
+        .query_one_raw(st)
+        .await?
+        .with_context(|| format!("no row from {sql}"))?;
+    Ok(row.try_get_by_index::<i64>(0)?)
+}
+
+/// The example project in this repository (`funnels/`, `templates/`), loaded as `run` does.
+#[allow(dead_code)]
+pub fn example_project() -> anyhow::Result<std::sync::Arc<autofunnel::project::Project>> {
+    let settings = autofunnel::settings::Settings {
+        funnels_dir: "funnels".into(),
+        templates_dir: "templates".into(),
+        ..Default::default()
+    };
+    let (p, report) = autofunnel::project::check(&settings, None);
+    Ok(std::sync::Arc::new(
+        p.ok_or_else(|| anyhow::anyhow!("{}", report.summary()))?,
+    ))
+}

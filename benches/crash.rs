@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use sea_orm::{ConnectionTrait, Database, Statement};
+use sea_orm::{ConnectionTrait, Database};
 
 const TOKEN: &str = "crash bench api token";
 
@@ -30,16 +30,6 @@ impl Drop for Reap {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn tool(name: &str) -> anyhow::Result<String> {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return Ok(p.display().to_string());
-        }
-    }
-    bail!("{name} not found: install the Debian package `postfix` (apt-get install postfix)")
 }
 
 /// Starts `autofunnel run` on the project and waits until it answers `/healthz` (bounded).
@@ -92,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
         .local_addr()?
         .port();
     let root = Command::new("id").arg("-u").output()?.stdout == b"0\n";
-    let mut sink = Command::new(tool("smtp-sink")?);
+    let mut sink = Command::new(common::tool("smtp-sink")?);
     if root {
         sink.args(["-u", "nobody"]);
     }
@@ -201,34 +191,30 @@ async fn main() -> anyhow::Result<()> {
         bail!("autofunnel run stopped with {status}");
     }
     let db = Database::connect(&url).await?;
-    let one = |sql: &str| {
-        let db = &db;
-        let sql = sql.to_string();
-        async move {
-            let row = db
-                .query_one_raw(Statement::from_string(
-                    db.get_database_backend(),
-                    sql.clone(),
-                ))
-                .await?
-                .with_context(|| format!("no row from {sql}"))?;
-            anyhow::Ok(row.try_get_by_index::<i64>(0)?)
-        }
-    };
-    let leads = one("SELECT COUNT(*) FROM leads").await?;
-    let events = one("SELECT COUNT(*) FROM events WHERE kind = 'join'").await?;
-    let unprocessed = one("SELECT COUNT(*) FROM events WHERE processed_at IS NULL").await?;
-    let runs = one("SELECT COUNT(*) FROM enrollments").await?;
-    let without = one("SELECT COUNT(*) FROM leads l WHERE NOT EXISTS \
-         (SELECT 1 FROM enrollments e WHERE e.lead_id = l.id)")
+    let leads = common::query_count(&db, "SELECT COUNT(*) FROM leads").await?;
+    let events =
+        common::query_count(&db, "SELECT COUNT(*) FROM events WHERE kind = 'join'").await?;
+    let unprocessed = common::query_count(
+        &db,
+        "SELECT COUNT(*) FROM events WHERE processed_at IS NULL",
+    )
     .await?;
-    let twice = one(
+    let runs = common::query_count(&db, "SELECT COUNT(*) FROM enrollments").await?;
+    let without = common::query_count(
+        &db,
+        "SELECT COUNT(*) FROM leads l WHERE NOT EXISTS \
+         (SELECT 1 FROM enrollments e WHERE e.lead_id = l.id)",
+    )
+    .await?;
+    let twice = common::query_count(
+        &db,
         "SELECT COUNT(*) FROM (SELECT lead_id FROM enrollments GROUP BY lead_id \
          HAVING COUNT(*) > 1) x",
     )
     .await?;
-    let mails = one("SELECT COUNT(*) FROM messages").await?;
-    let sent = one("SELECT COUNT(*) FROM messages WHERE status = 'sent'").await?;
+    let mails = common::query_count(&db, "SELECT COUNT(*) FROM messages").await?;
+    let sent =
+        common::query_count(&db, "SELECT COUNT(*) FROM messages WHERE status = 'sent'").await?;
     println!(
         "  {posting:.1} s posting, {} batches retried",
         retries.load(Ordering::Relaxed)

@@ -10,30 +10,15 @@
 mod common;
 use common::peak_rss_mb;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
 use autofunnel::delivery::{Sender, Transport, smtp};
 use autofunnel::domain::{Consent, Email};
-use autofunnel::project;
 use autofunnel::runtime::Runtime;
-use autofunnel::settings::Settings;
 use autofunnel::store::{LeadInput, Store};
 use chrono::{TimeZone, Utc};
-
-fn tool(name: &str) -> anyhow::Result<String> {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return Ok(p.display().to_string());
-        }
-    }
-    anyhow::bail!(
-        "{name} not found: install the Debian package `postfix` (apt-get install postfix)"
-    )
-}
 
 /// The allocator of the `autofunnel` binary.
 #[global_allocator]
@@ -51,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let root = Command::new("id").arg("-u").output()?.stdout == b"0\n";
-    let mut sink = Command::new(tool("smtp-sink")?);
+    let mut sink = Command::new(common::tool("smtp-sink")?);
     if root {
         sink.args(["-u", "nobody"]);
     }
@@ -68,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let start = Instant::now();
-    let status = Command::new(tool("smtp-source")?)
+    let status = Command::new(common::tool("smtp-source")?)
         .args(["-d", "-s", "20", "-m", &n.to_string(), "-l", "2000", &addr])
         .status()?;
     anyhow::ensure!(status.success(), "smtp-source failed");
@@ -78,13 +63,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store = Store::connect(&format!("sqlite://{}/bench.db", dir.path().display())).await?;
     store.migrate().await?;
-    let settings = Settings {
-        funnels_dir: "funnels".into(),
-        templates_dir: "templates".into(),
-        ..Default::default()
-    };
-    let (p, report) = project::check(&settings, None);
-    let p = Arc::new(p.ok_or_else(|| anyhow::anyhow!("{}", report.summary()))?);
+    let p = common::example_project()?;
     // Monday 10:00 in Moscow: inside the course funnel's send window.
     let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 7, 0, 0).unwrap();
     let rt = Arc::new(Runtime::new(store.clone(), p.funnels.clone(), "bench", t0).await?);

@@ -16,13 +16,9 @@
 #[path = "common.rs"]
 mod common;
 
-use std::sync::Arc;
-
 use autofunnel::delivery::{Sender, Transport};
 use autofunnel::domain::{Consent, Email, FunnelId};
-use autofunnel::project;
 use autofunnel::runtime::Runtime;
-use autofunnel::settings::Settings;
 use autofunnel::store::{LeadInput, NewSignup, NewTouch, Store};
 use chrono::{Duration, TimeZone, Utc};
 
@@ -46,13 +42,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("outbox"))?;
     let store = Store::connect(&format!("sqlite://{}/icount.db", dir.display())).await?;
     store.migrate().await?;
-    let settings = Settings {
-        funnels_dir: "funnels".into(),
-        templates_dir: "templates".into(),
-        ..Default::default()
-    };
-    let (p, report) = project::check(&settings, None);
-    let p = Arc::new(p.ok_or_else(|| anyhow::anyhow!("{}", report.summary()))?);
+    let p = common::example_project()?;
     // Monday 10:00 in Moscow: inside the course funnel's send window.
     let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 7, 0, 0).unwrap();
     let rt = Runtime::new(store.clone(), p.funnels.clone(), "icount", t0).await?;

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use sea_orm::{ConnectionTrait, Database, Statement};
+use sea_orm::{ConnectionTrait, Database};
 
 /// Each wrk thread numbers its own addresses, so no two requests share one.
 const SCRIPT: &str = r#"
@@ -202,32 +202,25 @@ async fn main() -> anyhow::Result<()> {
         bail!("autofunnel run stopped with {status}");
     }
     let db = Database::connect(&url).await?;
-    let one = |sql: &str| {
-        let db = &db;
-        let sql = sql.to_string();
-        async move {
-            let row = db
-                .query_one_raw(Statement::from_string(
-                    db.get_database_backend(),
-                    sql.clone(),
-                ))
-                .await?
-                .with_context(|| format!("no row from {sql}"))?;
-            anyhow::Ok(row.try_get_by_index::<i64>(0)?)
-        }
-    };
-    let leads = one("SELECT COUNT(*) FROM leads WHERE email LIKE '%@bench.test'").await?;
-    let distinct =
-        one("SELECT COUNT(DISTINCT email) FROM leads WHERE email LIKE '%@bench.test'").await?;
+    let leads = common::query_count(
+        &db,
+        "SELECT COUNT(*) FROM leads WHERE email LIKE '%@bench.test'",
+    )
+    .await?;
+    let distinct = common::query_count(
+        &db,
+        "SELECT COUNT(DISTINCT email) FROM leads WHERE email LIKE '%@bench.test'",
+    )
+    .await?;
     let not_once = |table: &str, filter: &str| {
         format!(
             "SELECT COUNT(*) FROM leads l WHERE l.email LIKE '%@bench.test' AND \
              (SELECT COUNT(*) FROM {table} x WHERE x.lead_id = l.id {filter}) <> 1"
         )
     };
-    let events = one(&not_once("events", "AND x.kind = 'signup'")).await?;
-    let touches = one(&not_once("touches", "")).await?;
-    let enrollments = one(&not_once("enrollments", "")).await?;
+    let events = common::query_count(&db, &not_once("events", "AND x.kind = 'signup'")).await?;
+    let touches = common::query_count(&db, &not_once("touches", "")).await?;
+    let enrollments = common::query_count(&db, &not_once("enrollments", "")).await?;
     println!(
         "  stored: {leads} leads ({distinct} distinct addresses); leads without exactly one \
          signup event {events}, touch {touches}, enrollment {enrollments}"

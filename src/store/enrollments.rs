@@ -507,36 +507,9 @@ impl Store {
                 leads.push(r.try_get_by_index(0)?);
             }
         }
-        let mut rows: Vec<EnrollmentRow> = Vec::new();
-        for chunk in leads.chunks(batch::ROWS) {
-            let mut q = Params::new(self.backend);
-            let o = q.p(owner);
-            let u = q.p(until);
-            let ids = q.list(chunk);
-            let work = has_work(&mut q, now_ms);
-            let free = q.p(now_ms);
-            let sql = format!(
-                "UPDATE enrollments SET lease_owner = {o}, lease_until = {u}, attempts = attempts + 1 \
-                 WHERE lead_id IN ({}) AND {work} AND (lease_until IS NULL OR lease_until < {free}) \
-                 RETURNING *",
-                ids
-            );
-            let claimed = enrollment::Entity::find()
-                .from_raw_sql(q.statement(sql))
-                .all(&self.wdb)
-                .await?;
-            for m in claimed {
-                rows.push(to_row(m)?);
-            }
-        }
-        // A lead whose work another worker finished in the meantime is let go at once.
-        let busy: HashSet<i64> = rows.iter().map(|e| e.lead.0).collect();
-        let idle: Vec<LeadId> = leads
-            .iter()
-            .filter(|l| !busy.contains(l))
-            .map(|l| LeadId(*l))
-            .collect();
-        self.release_leads(&self.wdb, owner, &idle).await?;
+        let mut rows = self
+            .lease_runs(owner, now_ms, until, &leads, |q| has_work(q, now_ms))
+            .await?;
         rows.sort_by_key(|e| (e.state.wake_at, e.id));
         Ok(rows)
     }
@@ -569,16 +542,40 @@ impl Store {
                 held.push(r.try_get_by_index(0)?);
             }
         }
+        let mut rows = self
+            .lease_runs(owner, now_ms, until, &held, |q| {
+                format!(
+                    "status IN ('active', 'unconfirmed') AND attempts < {}",
+                    q.p(MAX_CLAIMS)
+                )
+            })
+            .await?;
+        rows.sort_by_key(|e| e.id);
+        Ok(rows)
+    }
+
+    /// Leases the enrollments of the `held` leads that `which` picks (a condition written
+    /// with the statement's parameters), and lets go at once of the held leads that have none:
+    /// another worker finished their work in the meantime.
+    async fn lease_runs(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        until: i64,
+        held: &[i64],
+        which: impl Fn(&mut Params) -> String,
+    ) -> Result<Vec<EnrollmentRow>> {
         let mut rows: Vec<EnrollmentRow> = Vec::new();
         for chunk in held.chunks(batch::ROWS) {
             let mut q = Params::new(self.backend);
             let (o, u) = (q.p(owner), q.p(until));
             let list = q.list(chunk);
-            let (free, max) = (q.p(now_ms), q.p(MAX_CLAIMS));
+            let which = which(&mut q);
+            let free = q.p(now_ms);
             let sql = format!(
                 "UPDATE enrollments SET lease_owner = {o}, lease_until = {u}, attempts = attempts + 1 \
-                 WHERE lead_id IN ({list}) AND status IN ('active', 'unconfirmed') AND attempts < {max} \
-                 AND (lease_until IS NULL OR lease_until < {free}) RETURNING *"
+                 WHERE lead_id IN ({list}) AND {which} AND (lease_until IS NULL OR lease_until < {free}) \
+                 RETURNING *"
             );
             for m in enrollment::Entity::find()
                 .from_raw_sql(q.statement(sql))
@@ -595,7 +592,6 @@ impl Store {
             .map(|l| LeadId(*l))
             .collect();
         self.release_leads(&self.wdb, owner, &idle).await?;
-        rows.sort_by_key(|e| e.id);
         Ok(rows)
     }
 
