@@ -1,11 +1,14 @@
-//! Report counters: what each stored fact (a run entering, a stage visit opened or closed, a
-//! conversion, a score milestone, a purchase) adds to its funnel's figures, summed per day.
+//! Report counters: what each stored [`Fact`] (a run entering, a stage visit opened or closed,
+//! a conversion, a score milestone, an order, what became of an email) adds to its funnel's
+//! figures, summed per day.
 //!
-//! The store adds these in the transaction that writes the fact, so a report reads a few
-//! hundred sums instead of every row; a report that needs the rows themselves (a conversion
-//! window, a slice by a lead field, a period that does not start at midnight) replays the rows
-//! through the same functions into periods instead of days. Either way the figures come from
-//! one place and agree. Pure: no IO, no clock.
+//! Every write transaction turns the rows it wrote into facts and [`Tally::count`] turns facts
+//! into counters — the one place that does — so a report reads a few hundred sums instead of
+//! every row. Replaying stored rows (a recount, or a report that needs the rows themselves: a
+//! conversion window, a slice by a lead field, a period that does not start at midnight) makes
+//! the same facts with the same rules ([`Reached`], [`order_facts`], [`marked`],
+//! [`reached_by`]) and counts them into periods instead of days. Either way the figures come
+//! from one place and agree. Pure: no IO, no clock.
 
 use std::collections::BTreeMap;
 
@@ -105,11 +108,6 @@ pub mod mail {
     /// (later than the instant it was queued).
     pub const REACHED: &str = "reached\u{1f}";
 
-    /// The name of the counter of emails with the link `name` clicked.
-    pub fn link(name: &str) -> String {
-        format!("{LINK}{}", super::clean(name))
-    }
-
     /// The name of the counter of emails whose run went on to `stage`.
     pub fn reached(stage: &str) -> String {
         format!("{REACHED}{stage}")
@@ -199,8 +197,110 @@ pub fn day_of(t: DateTime<Utc>) -> i64 {
 }
 
 /// Keeps a text out of the counters' separators.
-fn clean(text: &str) -> String {
-    text.replace('\u{1f}', " ")
+fn clean(text: &str, out: &mut String) {
+    for c in text.chars() {
+        out.push(if c == '\u{1f}' { ' ' } else { c });
+    }
+}
+
+/// A counter's name, typed; written as text only when it is numbered ([`Metric::write`]).
+#[derive(Debug, Clone, Copy)]
+enum Metric<'a> {
+    /// One of [`metric`]'s plain names, or a score milestone's kind (`mql`).
+    Plain(&'a str),
+    Length(i64),
+    Next(&'a str),
+    /// The outcome (`converted`), from an exit reason `exit: OUTCOME`.
+    Exit(&'a str),
+    Time(i64),
+    With(&'a str),
+    Buy {
+        product: &'a str,
+        currency: &'a str,
+    },
+    Credit {
+        model: &'static str,
+        touch: &'a Touch<'a>,
+        currency: Option<&'a str>,
+    },
+    Mail {
+        template: &'a str,
+        what: MailWhat<'a>,
+    },
+}
+
+impl Metric<'_> {
+    fn write(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        match *self {
+            Metric::Plain(m) => out.push_str(m),
+            Metric::Length(s) => {
+                let _ = write!(out, "{}{s}", metric::LENGTH);
+            }
+            Metric::Next(stage) => {
+                out.push_str(metric::NEXT);
+                out.push_str(stage);
+            }
+            Metric::Exit(reason) => {
+                out.push_str(metric::EXIT);
+                out.push_str(reason.strip_prefix("exit: ").unwrap_or(reason));
+            }
+            Metric::Time(s) => {
+                let _ = write!(out, "{}{s}", metric::TIME);
+            }
+            Metric::With(stage) => {
+                out.push_str(metric::WITH);
+                out.push_str(stage);
+            }
+            Metric::Buy { product, currency } => {
+                out.push_str(metric::BUY);
+                clean(product, out);
+                out.push('\u{1f}');
+                clean(currency, out);
+            }
+            Metric::Credit {
+                model,
+                touch,
+                currency,
+            } => {
+                let mut cur = String::new();
+                if let Some(c) = currency {
+                    clean(c, &mut cur);
+                }
+                let parts = [
+                    Some(model),
+                    Some(touch.channel),
+                    touch.source,
+                    touch.campaign,
+                    currency.map(|_| cur.as_str()),
+                ];
+                out.push_str(metric::CREDIT);
+                out.push_str(&serde_json::to_string(&parts).unwrap_or_default());
+            }
+            Metric::Mail { template, what } => {
+                out.push_str(metric::MAIL);
+                clean(template, out);
+                out.push('\u{1f}');
+                match what {
+                    MailWhat::Queued => out.push_str(mail::QUEUED),
+                    MailWhat::Accepted => out.push_str(mail::ACCEPTED),
+                    MailWhat::Failed => out.push_str(mail::FAILED),
+                    MailWhat::Marked(bit) => {
+                        let name = mark::ALL.iter().find(|(b, _)| *b == bit);
+                        out.push_str(name.map_or("", |(_, n)| n));
+                    }
+                    MailWhat::Link(name) => {
+                        out.push_str(mail::LINK);
+                        clean(name, out);
+                    }
+                    MailWhat::Reached(stage) => {
+                        out.push_str(mail::REACHED);
+                        out.push_str(stage);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Where counters are filed: by day (as stored), or into the periods of a report (facts
@@ -227,6 +327,8 @@ pub struct Tally {
     sums: FxHashMap<Slot, Sum>,
     /// The number of [`ALL`], the origin every counter is also added to.
     all: u32,
+    /// Where a metric's name is written before it is numbered.
+    name: String,
 }
 
 impl Tally {
@@ -238,6 +340,7 @@ impl Tally {
             texts: Vec::new(),
             sums: FxHashMap::default(),
             all: 0,
+            name: String::new(),
         };
         t.all = t.number(ALL);
         t
@@ -297,6 +400,11 @@ impl Tally {
         out
     }
 
+    /// Whether no counter has been added.
+    pub fn is_empty(&self) -> bool {
+        self.sums.is_empty()
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
@@ -304,7 +412,7 @@ impl Tally {
         view: View,
         at: DateTime<Utc>,
         stage: &str,
-        metric: &str,
+        metric: Metric,
         n: i64,
         total: f64,
     ) {
@@ -315,11 +423,15 @@ impl Tally {
         let Some(day) = self.slot(t) else {
             return;
         };
+        let mut name = std::mem::take(&mut self.name);
+        name.clear();
+        metric.write(&mut name);
         let (funnel, stage, metric) = (
             self.number(run.funnel),
             self.number(stage),
-            self.number(metric),
+            self.number(&name),
         );
+        self.name = name;
         if self.origins && !run.origin.is_empty() {
             let origin = self.number(run.origin);
             let own = (view, day, funnel, origin, stage, metric);
@@ -329,101 +441,9 @@ impl Tally {
         self.sums.entry(key).or_default().add(Sum { n, total });
     }
 
-    fn both(&mut self, run: &Run, at: DateTime<Utc>, stage: &str, metric: &str, n: i64) {
+    fn both(&mut self, run: &Run, at: DateTime<Utc>, stage: &str, metric: Metric, n: i64) {
         self.add(run, View::Entry, at, stage, metric, n, 0.0);
         self.add(run, View::Calendar, at, stage, metric, n, 0.0);
-    }
-
-    /// A run entered the funnel (waiting for the double opt-in click when `unconfirmed`).
-    pub fn entered(&mut self, run: &Run, unconfirmed: bool) {
-        let at = run.entered_at;
-        self.add(run, View::Entry, at, FUNNEL, metric::ENTERED, 1, 0.0);
-        if unconfirmed {
-            self.waiting(run, 1);
-        }
-    }
-
-    /// A run that was waiting for the double opt-in click is not any more.
-    pub fn confirmed(&mut self, run: &Run) {
-        self.waiting(run, -1);
-    }
-
-    fn waiting(&mut self, run: &Run, n: i64) {
-        let at = run.entered_at;
-        self.add(run, View::Entry, at, FUNNEL, metric::UNCONFIRMED, n, 0.0);
-    }
-
-    /// A run entered `stage` at `at`; `reached` holds what it had reached before (stages and
-    /// milestones), and gets this stage.
-    pub fn opened(&mut self, run: &Run, stage: &str, at: DateTime<Utc>, reached: &mut Reached) {
-        if reached.insert(stage) {
-            self.both(run, at, stage, metric::IN, 1);
-            for other in reached.stages().filter(|s| *s != stage) {
-                let m = format!("{}{other}", metric::WITH);
-                self.add(run, View::Entry, at, stage, &m, 1, 0.0);
-            }
-        }
-        self.both(run, at, stage, metric::OPEN, 1);
-    }
-
-    /// A run left `stage` (entered at `entered`) at `at`, for `next` or by `reason`
-    /// (`exit: OUTCOME`, …).
-    pub fn closed(
-        &mut self,
-        run: &Run,
-        stage: &str,
-        entered: DateTime<Utc>,
-        at: DateTime<Utc>,
-        next: Option<&str>,
-        reason: Option<&str>,
-    ) {
-        let way = match (next, reason) {
-            (Some(n), _) => format!("{}{n}", metric::NEXT),
-            (None, Some(r)) => format!("{}{}", metric::EXIT, r.strip_prefix("exit: ").unwrap_or(r)),
-            (None, None) => format!("{}unknown", metric::EXIT),
-        };
-        let time = format!("{}{}", metric::TIME, quantize((at - entered).num_seconds()));
-        // Calendar counters of a visit are filed under the day it began.
-        for (m, n) in [(metric::OPEN, -1), (way.as_str(), 1), (time.as_str(), 1)] {
-            self.add(run, View::Entry, entered, stage, m, n, 0.0);
-            self.add(run, View::Calendar, entered, stage, m, n, 0.0);
-        }
-    }
-
-    /// A run exited `converted` at `at`.
-    pub fn converted(&mut self, run: &Run, at: DateTime<Utc>) {
-        let len = format!(
-            "{}{}",
-            metric::LENGTH,
-            quantize((at - run.entered_at).num_seconds())
-        );
-        for m in [metric::CONVERTED, len.as_str()] {
-            self.add(run, View::Entry, at, FUNNEL, m, 1, 0.0);
-        }
-    }
-
-    /// A run's lead crossed a score threshold (`mql`, `sql`); counted once per run.
-    pub fn milestone(&mut self, run: &Run, kind: &str, at: DateTime<Utc>, reached: &mut Reached) {
-        if reached.insert(&format!("@{kind}")) {
-            self.both(run, at, FUNNEL, kind, 1);
-        }
-    }
-
-    /// The run's lead bought `product` at `at`, after the run entered `stage` (strictly: an
-    /// order made as the run enters the stage is what brought it there, not the stage's sale).
-    #[allow(clippy::too_many_arguments)]
-    pub fn purchase(
-        &mut self,
-        run: &Run,
-        stage: &str,
-        product: &str,
-        currency: &str,
-        amount: f64,
-        at: DateTime<Utc>,
-    ) {
-        let m = format!("{}{}\u{1f}{}", metric::BUY, clean(product), clean(currency));
-        self.add(run, View::Entry, at, stage, &m, 1, amount);
-        self.add(run, View::Calendar, at, stage, &m, 1, amount);
     }
 
     /// Every counter turned round: what to add to take these facts back out.
@@ -433,6 +453,223 @@ impl Tally {
             s.total = -s.total;
         }
         self
+    }
+}
+
+/// What a write stored, as the counters see it. Each write transaction makes these from the
+/// rows it wrote (its `RETURNING` rows), a replay of stored rows makes the same ones, and
+/// [`Tally::count`] alone turns them into counters.
+#[derive(Debug, Clone)]
+pub enum Fact<'a> {
+    /// A run entered the funnel (waiting for the double opt-in click when `unconfirmed`).
+    Entered { run: Run<'a>, unconfirmed: bool },
+    /// A run that was waiting for the double opt-in click is not any more.
+    Confirmed { run: Run<'a> },
+    /// A run entered `stage` at `at`; `first` holds, when it had never entered it before, the
+    /// other stages it had reached ([`Reached::enter`]).
+    Opened {
+        run: Run<'a>,
+        stage: &'a str,
+        at: DateTime<Utc>,
+        first: Option<Vec<String>>,
+    },
+    /// A run left `stage` (entered at `entered`) at `at`, for `next` or by `reason`
+    /// (`exit: OUTCOME`, …).
+    Closed {
+        run: Run<'a>,
+        stage: &'a str,
+        entered: DateTime<Utc>,
+        at: DateTime<Utc>,
+        next: Option<&'a str>,
+        reason: Option<&'a str>,
+    },
+    /// A run's lead crossed a score threshold (`mql`, `sql`) for the first time in the run
+    /// ([`Reached::cross`]).
+    Milestone {
+        run: Run<'a>,
+        kind: &'a str,
+        at: DateTime<Utc>,
+    },
+    /// A run exited `converted` at `at`.
+    Converted { run: Run<'a>, at: DateTime<Utc> },
+    /// An order credited to a stage of a run ([`order_facts`]).
+    Bought {
+        run: Run<'a>,
+        stage: &'a str,
+        order: Order<'a>,
+    },
+    /// An order by a lead of `funnel`, shared among the lead's `touches` (oldest first) in the
+    /// `lookback` before it, by every model ([`order_facts`]).
+    Ordered {
+        funnel: &'a str,
+        order: Order<'a>,
+        touches: &'a [Touch<'a>],
+        lookback: Duration,
+    },
+    /// `what` happened to an email of `run` (`n` = 1), or is taken back (`n` = −1).
+    Mail {
+        run: Run<'a>,
+        mail: Mail<'a>,
+        what: MailWhat<'a>,
+        n: i64,
+    },
+}
+
+/// What happened to an email, as its counters name it ([`mail`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailWhat<'a> {
+    Queued,
+    Accepted,
+    Failed,
+    /// A tracked event left this [`mark`] on it.
+    Marked(i64),
+    /// The link of this name was clicked in it.
+    Link(&'a str),
+    /// Its run entered this stage for the first time after it ([`reached_by`]).
+    Reached(&'a str),
+}
+
+impl MailWhat<'_> {
+    /// What an outbox status says of an email besides its being queued: `sent` is accepted,
+    /// `failed` failed; any other status says nothing more.
+    pub fn of_status(status: &str) -> Option<MailWhat<'static>> {
+        match status {
+            "sent" => Some(MailWhat::Accepted),
+            "failed" => Some(MailWhat::Failed),
+            _ => None,
+        }
+    }
+}
+
+impl Tally {
+    /// Adds what a fact adds to the counters: the one place a counter is made.
+    pub fn count(&mut self, fact: &Fact) {
+        use View::{Calendar, Entry};
+        match fact {
+            Fact::Entered { run, unconfirmed } => {
+                let at = run.entered_at;
+                self.add(
+                    run,
+                    Entry,
+                    at,
+                    FUNNEL,
+                    Metric::Plain(metric::ENTERED),
+                    1,
+                    0.0,
+                );
+                if *unconfirmed {
+                    let m = Metric::Plain(metric::UNCONFIRMED);
+                    self.add(run, Entry, at, FUNNEL, m, 1, 0.0);
+                }
+            }
+            Fact::Confirmed { run } => {
+                let m = Metric::Plain(metric::UNCONFIRMED);
+                self.add(run, Entry, run.entered_at, FUNNEL, m, -1, 0.0);
+            }
+            Fact::Opened {
+                run,
+                stage,
+                at,
+                first,
+            } => {
+                if let Some(others) = first {
+                    self.both(run, *at, stage, Metric::Plain(metric::IN), 1);
+                    for other in others.iter().filter(|s| s != stage) {
+                        self.add(run, Entry, *at, stage, Metric::With(other), 1, 0.0);
+                    }
+                }
+                self.both(run, *at, stage, Metric::Plain(metric::OPEN), 1);
+            }
+            Fact::Closed {
+                run,
+                stage,
+                entered,
+                at,
+                next,
+                reason,
+            } => {
+                let way = match (next, reason) {
+                    (Some(n), _) => Metric::Next(n),
+                    (None, Some(r)) => Metric::Exit(r),
+                    (None, None) => Metric::Exit("unknown"),
+                };
+                let time = Metric::Time(quantize((*at - *entered).num_seconds()));
+                // Calendar counters of a visit are filed under the day it began.
+                for (m, n) in [(Metric::Plain(metric::OPEN), -1), (way, 1), (time, 1)] {
+                    self.add(run, Entry, *entered, stage, m, n, 0.0);
+                    self.add(run, Calendar, *entered, stage, m, n, 0.0);
+                }
+            }
+            Fact::Milestone { run, kind, at } => {
+                self.both(run, *at, FUNNEL, Metric::Plain(kind), 1);
+            }
+            Fact::Converted { run, at } => {
+                let len = Metric::Length(quantize((*at - run.entered_at).num_seconds()));
+                for m in [Metric::Plain(metric::CONVERTED), len] {
+                    self.add(run, Entry, *at, FUNNEL, m, 1, 0.0);
+                }
+            }
+            Fact::Bought { run, stage, order } => {
+                let m = Metric::Buy {
+                    product: order.product,
+                    currency: order.currency,
+                };
+                self.add(run, Entry, order.at, stage, m, 1, order.amount);
+                self.add(run, Calendar, order.at, stage, m, 1, order.amount);
+            }
+            Fact::Ordered {
+                funnel,
+                order,
+                touches,
+                lookback,
+            } => self.attribute(funnel, order, touches, *lookback),
+            Fact::Mail { run, mail, what, n } => {
+                // Email counters are kept for all runs together only (the per-email report is
+                // not sliced by origin), which keeps them few.
+                let run = Run {
+                    origin: ALL,
+                    ..*run
+                };
+                let m = Metric::Mail {
+                    template: mail.template,
+                    what: *what,
+                };
+                let (at, stage) = (mail.queued_at, mail.stage);
+                self.add(&run, Entry, at, stage, m, *n, 0.0);
+                self.add(&run, Calendar, at, stage, m, *n, 0.0);
+            }
+        }
+    }
+
+    fn attribute(&mut self, funnel: &str, o: &Order, touches: &[Touch], lookback: Duration) {
+        let run = Run {
+            funnel,
+            entered_at: o.at,
+            origin: ALL,
+        };
+        let mut add =
+            |m: Metric, total: f64| self.add(&run, View::Calendar, o.at, FUNNEL, m, 1, total);
+        add(Metric::Plain(metric::PURCHASES), 0.0);
+        let before: Vec<&Touch> = touches
+            .iter()
+            .filter(|t| t.at <= o.at && o.at - t.at <= lookback)
+            .collect();
+        if before.is_empty() {
+            add(Metric::Plain(metric::UNATTRIBUTED), 0.0);
+            return;
+        }
+        let ages: Vec<Duration> = before.iter().map(|t| o.at - t.at).collect();
+        for (name, model) in Model::ALL {
+            for (t, share) in before.iter().zip(weights(model, &ages)) {
+                let credit = |currency| Metric::Credit {
+                    model: name,
+                    touch: t,
+                    currency,
+                };
+                add(credit(None), share);
+                add(credit(Some(o.currency)), share * o.amount);
+            }
+        }
     }
 }
 
@@ -452,12 +689,31 @@ impl Reached {
     }
 
     /// Adds `item`; `false` when it was there already.
-    pub fn insert(&mut self, item: &str) -> bool {
+    fn insert(&mut self, item: &str) -> bool {
         if self.0.iter().any(|s| s == item) {
             return false;
         }
         self.0.push(item.to_string());
         true
+    }
+
+    /// The run enters `stage`: when it is the first time, the other stages it had reached
+    /// (for [`Fact::Opened`]).
+    pub fn enter(&mut self, stage: &str) -> Option<Vec<String>> {
+        if !self.insert(stage) {
+            return None;
+        }
+        Some(
+            self.stages()
+                .filter(|s| *s != stage)
+                .map(str::to_string)
+                .collect(),
+        )
+    }
+
+    /// The run's lead crosses the score threshold `kind`: `true` the first time in the run.
+    pub fn cross(&mut self, kind: &str) -> bool {
+        self.insert(&format!("@{kind}"))
     }
 
     /// The stages reached, in order.
@@ -631,37 +887,73 @@ pub struct Touch<'a> {
     pub campaign: Option<&'a str>,
 }
 
-impl Tally {
-    /// An order by a lead of `funnel` (one that had entered it by then), shared among the
-    /// lead's `touches` (oldest first) in the `lookback` before it, by every model.
-    pub fn attribute(&mut self, funnel: &str, o: &Order, touches: &[Touch], lookback: Duration) {
-        let run = Run {
-            funnel,
-            entered_at: o.at,
-            origin: ALL,
-        };
-        let mut add =
-            |m: &str, total: f64| self.add(&run, View::Calendar, o.at, FUNNEL, m, 1, total);
-        add(metric::PURCHASES, 0.0);
-        let before: Vec<&Touch> = touches
-            .iter()
-            .filter(|t| t.at <= o.at && o.at - t.at <= lookback)
-            .collect();
-        if before.is_empty() {
-            add(metric::UNATTRIBUTED, 0.0);
-            return;
+/// An order as stored: product (empty for none), currency (`—` for none), amount and time.
+#[derive(Debug, Clone, Copy)]
+pub struct Order<'a> {
+    pub product: &'a str,
+    pub currency: &'a str,
+    pub amount: f64,
+    pub at: DateTime<Utc>,
+}
+
+impl<'a> Order<'a> {
+    /// The order of a purchase's stored fields.
+    pub fn of(
+        product: Option<&'a str>,
+        currency: Option<&'a str>,
+        amount: Option<f64>,
+        at: DateTime<Utc>,
+    ) -> Order<'a> {
+        Order {
+            product: product.unwrap_or_default(),
+            currency: currency.unwrap_or("—"),
+            amount: amount.unwrap_or(0.0),
+            at,
         }
-        let ages: Vec<Duration> = before.iter().map(|t| o.at - t.at).collect();
-        for (name, model) in Model::ALL {
-            for (t, share) in before.iter().zip(weights(model, &ages)) {
-                let key = |currency: Option<&str>| {
-                    let parts = [Some(name), Some(t.channel), t.source, t.campaign, currency];
-                    format!("{}{}", metric::CREDIT, serde_json::json!(parts))
-                };
-                add(&key(None), share);
-                add(&key(Some(&clean(o.currency))), share * o.amount);
+    }
+}
+
+/// A run of a lead, with the first time it entered each stage: what an order is credited to.
+#[derive(Debug, Clone)]
+pub struct LeadRun<'a> {
+    pub run: Run<'a>,
+    /// Each stage it entered, with the first time it did.
+    pub firsts: Vec<(&'a str, DateTime<Utc>)>,
+}
+
+/// What an order of a lead adds to one funnel, given the lead's runs of it and touches
+/// (oldest first): credited to each run under every stage the run had entered before the
+/// order (strictly: an order made as the run enters a stage is what brought it there, not
+/// the stage's sale), when it names a product; and shared among the touches for attribution
+/// when the lead had entered the funnel by then.
+pub fn order_facts<'a>(
+    funnel: &'a str,
+    runs: &[LeadRun<'a>],
+    touches: &'a [Touch<'a>],
+    order: Order<'a>,
+    lookback: Duration,
+    out: &mut Vec<Fact<'a>>,
+) {
+    if !order.product.is_empty() {
+        for r in runs {
+            for (stage, since) in &r.firsts {
+                if *since < order.at {
+                    out.push(Fact::Bought {
+                        run: r.run,
+                        stage,
+                        order,
+                    });
+                }
             }
         }
+    }
+    if runs.iter().any(|r| r.run.entered_at <= order.at) {
+        out.push(Fact::Ordered {
+            funnel,
+            order,
+            touches,
+            lookback,
+        });
     }
 }
 
@@ -674,21 +966,11 @@ pub struct Mail<'a> {
     pub queued_at: DateTime<Utc>,
 }
 
-impl Tally {
-    /// `what` happened to an email of `run` (`n` = 1), or is taken back (`n` = −1); `what` is
-    /// one of [`mail`]'s names, with the link or stage after `link␟` and `reached␟`.
-    /// Email counters are kept for all runs together only (the per-email report is not sliced
-    /// by origin), which keeps them few.
-    pub fn mail(&mut self, run: &Run, m: &Mail, what: &str, n: i64) {
-        let run = Run {
-            origin: ALL,
-            ..*run
-        };
-        let metric = format!("{}{}\u{1f}{what}", metric::MAIL, clean(m.template));
-        let (at, stage) = (m.queued_at, m.stage);
-        self.add(&run, View::Entry, at, stage, &metric, n, 0.0);
-        self.add(&run, View::Calendar, at, stage, &metric, n, 0.0);
-    }
+/// Whether an email reached `stage`, which its run first entered at `at`: a stage other than
+/// its own, entered after it was queued (an entry in the same instant is not one the email
+/// led to).
+pub fn reached_by(mail: &Mail, stage: &str, at: DateTime<Utc>) -> bool {
+    at > mail.queued_at && stage != mail.stage
 }
 
 /// What tracked events mark on an email, as bits kept with it (`messages.marks`), so each
@@ -753,51 +1035,41 @@ pub fn about(
         .map(|(i, _)| i)
 }
 
-/// An email with everything its counters come from.
-#[derive(Debug, Clone)]
-pub struct MailFacts<'a> {
-    pub mail: Mail<'a>,
-    /// `sent` (accepted), `failed`, or another outbox status (counted as queued only).
-    pub status: &'a str,
-    /// Its [`mark`]s.
-    pub marks: i64,
-    /// The names of the links clicked in it.
-    pub links: Vec<&'a str>,
+/// A tracked event (open, click, unsubscribe, bounce, complaint) as it marks emails.
+#[derive(Debug, Clone, Copy)]
+pub struct Tracked<'a> {
+    pub kind: &'a crate::domain::EventKind,
+    pub message: Option<i64>,
+    pub template: Option<&'a str>,
+    pub link: Option<&'a str>,
+    pub at: DateTime<Utc>,
 }
 
-impl Tally {
-    /// Adds the counters of a run's stored emails, given the stages it entered and when it
-    /// first entered each: an email reached each stage (but its own) first entered after the
-    /// time it was queued (an entry in the same instant is not one the email led to).
-    pub fn replay_mails(
-        &mut self,
-        run: &Run,
-        mails: &[MailFacts],
-        first_entries: &[(&str, DateTime<Utc>)],
-    ) {
-        for f in mails {
-            let m = &f.mail;
-            self.mail(run, m, mail::QUEUED, 1);
-            match f.status {
-                "sent" => self.mail(run, m, mail::ACCEPTED, 1),
-                "failed" => self.mail(run, m, mail::FAILED, 1),
-                _ => {}
-            }
-            for (bit, what) in mark::ALL {
-                if f.marks & bit != 0 {
-                    self.mail(run, m, what, 1);
-                }
-            }
-            for l in &f.links {
-                self.mail(run, m, &mail::link(l), 1);
-            }
-            for (stage, at) in first_entries {
-                if *at > m.queued_at && *stage != m.stage {
-                    self.mail(run, m, &mail::reached(stage), 1);
-                }
-            }
-        }
-    }
+/// What a tracked event marks among a lead's emails from one funnel: the email [`about`]
+/// chooses, the [`mark`] it leaves, and the link it clicked. `None` for an event that marks
+/// nothing, or no email.
+pub fn marked<'a>(emails: &[Sent], t: &Tracked<'a>) -> Option<(usize, i64, Option<&'a str>)> {
+    let bit = mark::of(t.kind)?;
+    let i = about(emails, t.message, t.template, t.at)?;
+    let link = t
+        .link
+        .filter(|_| *t.kind == crate::domain::EventKind::Click);
+    Some((i, bit, link))
+}
+
+/// Everything stored about one run that its counters come from, but its lead's orders
+/// ([`order_facts`]) and emails ([`mail_facts`]).
+#[derive(Debug, Clone)]
+pub struct RunFacts<'a> {
+    pub run: Run<'a>,
+    /// Still waiting for the double opt-in click.
+    pub unconfirmed: bool,
+    /// When it exited `converted`.
+    pub converted_at: Option<DateTime<Utc>>,
+    /// Its stage visits, in the order they began.
+    pub visits: Vec<Visit<'a>>,
+    /// Its score milestones (`mql`, `sql`), oldest first.
+    pub milestones: Vec<(&'a str, DateTime<Utc>)>,
 }
 
 /// A stage visit as stored.
@@ -810,62 +1082,103 @@ pub struct Visit<'a> {
     pub next: Option<&'a str>,
 }
 
-/// An order as stored: product, currency (`—` for none), amount and time.
-#[derive(Debug, Clone, Copy)]
-pub struct Order<'a> {
-    pub product: &'a str,
-    pub currency: &'a str,
-    pub amount: f64,
-    pub at: DateTime<Utc>,
-}
-
-/// Everything stored about one run that its counters come from.
-#[derive(Debug, Clone)]
-pub struct RunFacts<'a> {
-    pub run: Run<'a>,
-    /// Still waiting for the double opt-in click.
-    pub unconfirmed: bool,
-    /// When it exited `converted`.
-    pub converted_at: Option<DateTime<Utc>>,
-    /// Its stage visits, in the order they began.
-    pub visits: Vec<Visit<'a>>,
-    /// Its score milestones (`mql`, `sql`), oldest first.
-    pub milestones: Vec<(&'a str, DateTime<Utc>)>,
-    /// Every order of its lead.
-    pub orders: Vec<Order<'a>>,
-}
-
-impl Tally {
-    /// Adds the counters of a stored run, as its transitions and its lead's orders added them
-    /// when they were written; returns what the run has reached.
-    pub fn replay(&mut self, r: &RunFacts) -> Reached {
-        let run = &r.run;
+impl<'a> RunFacts<'a> {
+    /// The facts its transitions made when they were written, in order; and what the run has
+    /// reached.
+    pub fn facts(&self, out: &mut Vec<Fact<'a>>) -> Reached {
+        let run = self.run;
         let mut reached = Reached::default();
-        self.entered(run, r.unconfirmed);
+        out.push(Fact::Entered {
+            run,
+            unconfirmed: self.unconfirmed,
+        });
+        for v in &self.visits {
+            out.push(Fact::Opened {
+                run,
+                stage: v.stage,
+                at: v.entered_at,
+                first: reached.enter(v.stage),
+            });
+            if let Some(at) = v.exited_at {
+                out.push(Fact::Closed {
+                    run,
+                    stage: v.stage,
+                    entered: v.entered_at,
+                    at,
+                    next: v.next,
+                    reason: v.reason,
+                });
+            }
+        }
+        for (kind, at) in &self.milestones {
+            if reached.cross(kind) {
+                out.push(Fact::Milestone { run, kind, at: *at });
+            }
+        }
+        if let Some(at) = self.converted_at {
+            out.push(Fact::Converted { run, at });
+        }
+        reached
+    }
+
+    /// The first time it entered each stage.
+    pub fn firsts(&self) -> Vec<(&'a str, DateTime<Utc>)> {
         let mut first: Vec<(&str, DateTime<Utc>)> = Vec::new();
-        for v in &r.visits {
+        for v in &self.visits {
             if !first.iter().any(|(s, _)| *s == v.stage) {
                 first.push((v.stage, v.entered_at));
             }
-            self.opened(run, v.stage, v.entered_at, &mut reached);
-            if let Some(out) = v.exited_at {
-                self.closed(run, v.stage, v.entered_at, out, v.next, v.reason);
-            }
         }
-        for (kind, at) in &r.milestones {
-            self.milestone(run, kind, *at, &mut reached);
+        first
+    }
+}
+
+/// A stored email with everything its counters come from.
+#[derive(Debug, Clone)]
+pub struct MailFacts<'a> {
+    pub mail: Mail<'a>,
+    /// `sent` (accepted), `failed`, or another outbox status (counted as queued only).
+    pub status: &'a str,
+    /// Its [`mark`]s.
+    pub marks: i64,
+    /// The names of the links clicked in it.
+    pub links: Vec<&'a str>,
+}
+
+/// The facts of a run's stored email, given the first time the run entered each stage: as
+/// they were made when it was queued, when the outbox recorded its outcome, when tracked
+/// events marked it, and when the run went on to a stage.
+pub fn mail_facts<'a>(
+    run: Run<'a>,
+    f: &MailFacts<'a>,
+    firsts: &[(&'a str, DateTime<Utc>)],
+    out: &mut Vec<Fact<'a>>,
+) {
+    let mail = f.mail;
+    let mut push = |what| {
+        out.push(Fact::Mail {
+            run,
+            mail,
+            what,
+            n: 1,
+        })
+    };
+    push(MailWhat::Queued);
+    if let Some(w) = MailWhat::of_status(f.status) {
+        push(w);
+    }
+    for (bit, _) in mark::ALL {
+        if f.marks & bit != 0 {
+            push(MailWhat::Marked(bit));
         }
-        if let Some(at) = r.converted_at {
-            self.converted(run, at);
+    }
+    for l in &f.links {
+        push(MailWhat::Link(l));
+    }
+    for (stage, at) in firsts {
+        if reached_by(&mail, stage, *at) {
+            push(MailWhat::Reached(stage));
         }
-        for o in &r.orders {
-            for (stage, since) in &first {
-                if *since < o.at {
-                    self.purchase(run, stage, o.product, o.currency, o.amount, o.at);
-                }
-            }
-        }
-        reached
     }
 }
 
@@ -886,12 +1199,46 @@ mod tests {
         };
         let mut t = Tally::by_day();
         let mut reached = Reached::default();
-        t.entered(&run, false);
-        t.opened(&run, "a", at(0), &mut reached);
-        t.closed(&run, "a", at(0), at(30), Some("b"), Some("goto: b"));
-        t.opened(&run, "b", at(30), &mut reached);
-        t.opened(&run, "a", at(31), &mut reached);
-        t.purchase(&run, "a", "book", "USD", 9.5, at(32));
+        let order = Order::of(Some("book"), Some("USD"), Some(9.5), at(32));
+        for fact in [
+            Fact::Entered {
+                run,
+                unconfirmed: false,
+            },
+            Fact::Opened {
+                run,
+                stage: "a",
+                at: at(0),
+                first: reached.enter("a"),
+            },
+            Fact::Closed {
+                run,
+                stage: "a",
+                entered: at(0),
+                at: at(30),
+                next: Some("b"),
+                reason: Some("goto: b"),
+            },
+            Fact::Opened {
+                run,
+                stage: "b",
+                at: at(30),
+                first: reached.enter("b"),
+            },
+            Fact::Opened {
+                run,
+                stage: "a",
+                at: at(31),
+                first: reached.enter("a"),
+            },
+            Fact::Bought {
+                run,
+                stage: "a",
+                order,
+            },
+        ] {
+            t.count(&fact);
+        }
         let f = figures(&t);
         let all = &f[&(day_of(at(0)), ALL.to_string())];
         assert_eq!(all.n(View::Entry, FUNNEL, metric::ENTERED), 1);

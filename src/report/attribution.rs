@@ -115,7 +115,11 @@ pub fn attribution_report(
     Window::new(Cohort::Calendar, from, to, now)?;
     let until = now + Duration::milliseconds(1);
     let mut tally = Tally::in_periods(vec![(from, to.min(until))], false);
-    rows.attribute(&mut tally, lookback);
+    let attribution = crate::store::Replay {
+        attribution: true,
+        ..crate::store::Replay::default()
+    };
+    rows.replay(&mut tally, attribution, lookback, None);
     let fig = crate::tally::figures(&tally)
         .remove(&(0, crate::tally::ALL.to_string()))
         .unwrap_or_default();

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::domain::{EnrollmentId, LeadId, RunStatus};
 use crate::funnel::Funnel;
-use crate::store::{ReportRows, VisitRow};
+use crate::store::{Replay, ReportRows, VisitRow};
 use crate::tally::{ALL, Figures, Tally};
 
 /// How leads are assigned to the period.
@@ -377,18 +377,12 @@ pub fn figures_of_rows(
         periods.iter().map(|(a, b)| (*a, (*b).min(until))).collect(),
         origin_of.is_some(),
     );
-    let mut origins: HashMap<EnrollmentId, String> = HashMap::new();
-    if let Some(of) = origin_of {
-        for r in &rows.runs {
-            origins.insert(r.enrollment, of(r));
-        }
-    }
-    for mut r in rows.run_facts() {
-        if let Some(o) = origins.get(&r.enrollment) {
-            r.facts.run.origin = o;
-        }
-        tally.replay(&r.facts);
-    }
+    let runs = Replay {
+        runs: true,
+        orders: true,
+        ..Replay::default()
+    };
+    rows.replay(&mut tally, runs, crate::tally::LOOKBACK, origin_of);
     crate::tally::figures(&tally)
 }
 

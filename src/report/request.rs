@@ -545,7 +545,11 @@ pub fn answer(
         }
         What::Emails => {
             let mut tally = crate::tally::Tally::in_periods(vec![(from, to)], false);
-            rows.replay_mails(&mut tally);
+            let mails = crate::store::Replay {
+                mails: true,
+                ..crate::store::Replay::default()
+            };
+            rows.replay(&mut tally, mails, crate::tally::LOOKBACK, None);
             let fig = crate::tally::figures(&tally)
                 .remove(&(0, ALL.to_string()))
                 .unwrap_or_default();

@@ -101,7 +101,7 @@ impl Store {
         // One transaction: a failure part-way erases nothing. Children first: the same on a
         // database whose foreign keys do not cascade.
         let txn = self.write().await?;
-        super::batch::write_counts(&txn, self.backend, &counters).await?;
+        super::counts::forget(&txn, self.backend, &counters).await?;
         let history = "DELETE FROM stage_history WHERE enrollment_id IN \
                        (SELECT id FROM enrollments WHERE lead_id = $1)";
         let links = "DELETE FROM email_links WHERE message_id IN \

@@ -7,14 +7,67 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
 
-use super::batch::{self, Params};
-use super::{Backend, ReportNeeds, Result, Store};
+use super::sql::{self, Params};
+use super::{Backend, Replay, ReportNeeds, Result, Store};
 use crate::domain::{Event, EventKind, FunnelId, LeadId};
-use crate::tally::{self, Figures, Order, Run, Sum, Tally, Touch};
+use crate::tally::{self, Fact, Figures, LeadRun, Order, Run, Sum, Tally, Touch};
 
-/// Counts new orders: each purchase of a product is credited to every run of its lead that
-/// had entered a stage before it, under that stage; and each purchase is shared among its
-/// lead's touches for attribution.
+/// What one write transaction adds to the stored counters: each [`Fact`] goes in as the write
+/// makes it from the rows it wrote, [`Tally::count`] says what it adds, and
+/// [`Counting::write`] adds that to the stored counters in the same transaction. Besides a
+/// recount and an erase, this is the one way counters are written.
+pub(super) struct Counting(Tally);
+
+impl Counting {
+    pub(super) fn new() -> Counting {
+        Counting(Tally::by_day())
+    }
+
+    pub(super) fn count(&mut self, fact: Fact) {
+        self.0.count(&fact);
+    }
+
+    pub(super) async fn write(self, txn: &DatabaseTransaction, backend: Backend) -> Result<()> {
+        write(txn, backend, &self.0).await
+    }
+}
+
+/// Adds a tally's counters to the stored ones.
+async fn write(txn: &DatabaseTransaction, backend: Backend, t: &Tally) -> Result<()> {
+    if t.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<Vec<Value>> = t
+        .counters()
+        .into_iter()
+        .filter(|(_, s)| s.n != 0 || s.total != 0.0)
+        .map(|(k, s)| {
+            vec![
+                k.funnel.into(),
+                k.origin.into(),
+                k.day.into(),
+                k.view.as_str().into(),
+                k.stage.into(),
+                k.metric.into(),
+                s.n.into(),
+                s.total.into(),
+            ]
+        })
+        .collect();
+    sql::insert_rows(
+        txn,
+        backend,
+        "report_counts (funnel_id, origin, day, view, stage, metric, n, total)",
+        "ON CONFLICT (funnel_id, origin, day, view, stage, metric) DO UPDATE SET \
+         n = report_counts.n + excluded.n, total = report_counts.total + excluded.total",
+        rows,
+    )
+    .await
+}
+
+/// Counts new orders ([`tally::order_facts`]): each lead's runs of every funnel, with the
+/// first time each entered each stage, and the lead's touches, are read in the transaction
+/// that stores the orders.
 pub(super) async fn count_orders(
     txn: &DatabaseTransaction,
     backend: Backend,
@@ -27,115 +80,99 @@ pub(super) async fn count_orders(
     if orders.is_empty() {
         return Ok(());
     }
-    let mut tally = Tally::by_day();
     let mut leads: Vec<i64> = orders.iter().map(|(l, _, _)| l.0).collect();
     leads.sort_unstable();
     leads.dedup();
-    for chunk in leads.chunks(batch::ROWS) {
+    for chunk in leads.chunks(sql::ROWS) {
+        // (lead, funnel) → runs: (run id, funnel, entered, origin, [(stage, first entry)]).
+        type RunRow = (String, DateTime<Utc>, String, Vec<(String, DateTime<Utc>)>);
+        let mut runs: HashMap<(i64, String), Vec<(i64, RunRow)>> = HashMap::new();
         let mut q = Params::new(backend);
         let list = q.list(chunk);
         let sql = format!(
-            "SELECT e.lead_id, e.funnel_id, e.entered_at, e.origin, h.stage_id, MIN(h.entered_at) \
-             FROM enrollments e JOIN stage_history h ON h.enrollment_id = e.id \
-             WHERE e.lead_id IN ({}) \
-             GROUP BY e.id, e.lead_id, e.funnel_id, e.entered_at, e.origin, h.stage_id",
-            list
+            "SELECT e.lead_id, e.id, e.funnel_id, e.entered_at, e.origin, h.stage_id, \
+             MIN(h.entered_at) FROM enrollments e \
+             LEFT JOIN stage_history h ON h.enrollment_id = e.id \
+             WHERE e.lead_id IN ({list}) \
+             GROUP BY e.id, e.lead_id, e.funnel_id, e.entered_at, e.origin, h.stage_id \
+             ORDER BY e.id"
         );
         for r in txn.query_all_raw(q.statement(sql)).await? {
-            let lead: i64 = r.try_get_by_index(0)?;
-            let funnel: String = r.try_get_by_index(1)?;
-            let origin: Option<String> = r.try_get_by_index(3)?;
-            let run = Run {
-                funnel: &funnel,
-                entered_at: super::from_ms(r.try_get_by_index(2)?),
-                origin: origin.as_deref().unwrap_or_default(),
-            };
-            let stage: String = r.try_get_by_index(4)?;
-            let since = super::from_ms(r.try_get_by_index(5)?);
-            for (_, e, at) in orders.iter().filter(|(l, _, _)| l.0 == lead) {
-                if since < *at && e.product.is_some() {
-                    let o = order_of(e, *at);
-                    tally.purchase(&run, &stage, o.product, o.currency, o.amount, o.at);
-                }
-            }
-        }
-    }
-    attribute(txn, backend, &orders, &leads, &mut tally).await?;
-    batch::write_counts(txn, backend, &tally).await
-}
-
-/// Shares new orders among their leads' touches, for each funnel the lead had entered by then
-/// (as [`super::ReportRows::attribute`] does from the rows).
-async fn attribute(
-    txn: &DatabaseTransaction,
-    backend: Backend,
-    orders: &[&(LeadId, &Event, DateTime<Utc>)],
-    leads: &[i64],
-    tally: &mut Tally,
-) -> Result<()> {
-    for chunk in leads.chunks(batch::ROWS) {
-        let list = |q: &mut Params| q.list(chunk);
-        let mut q = Params::new(backend);
-        let sql = format!(
-            "SELECT lead_id, funnel_id, MIN(entered_at) FROM enrollments WHERE lead_id IN ({}) \
-             GROUP BY lead_id, funnel_id",
-            list(&mut q)
-        );
-        let mut entered: Vec<(i64, String, DateTime<Utc>)> = Vec::new();
-        for r in txn.query_all_raw(q.statement(sql)).await? {
-            entered.push((
+            let (lead, id, funnel): (i64, i64, String) = (
                 r.try_get_by_index(0)?,
                 r.try_get_by_index(1)?,
-                super::from_ms(r.try_get_by_index(2)?),
-            ));
+                r.try_get_by_index(2)?,
+            );
+            let of_lead = runs.entry((lead, funnel.clone())).or_default();
+            if of_lead.last().is_none_or(|(last, _)| *last != id) {
+                let origin: Option<String> = r.try_get_by_index(4)?;
+                let entered = super::from_ms(r.try_get_by_index(3)?);
+                of_lead.push((
+                    id,
+                    (funnel, entered, origin.unwrap_or_default(), Vec::new()),
+                ));
+            }
+            let stage: Option<String> = r.try_get_by_index(5)?;
+            let since: Option<i64> = r.try_get_by_index(6)?;
+            if let (Some(stage), Some(since), Some((_, run))) = (stage, since, of_lead.last_mut()) {
+                run.3.push((stage, super::from_ms(since)));
+            }
         }
         let mut q = Params::new(backend);
         let sql = format!(
             "SELECT lead_id, occurred_at, channel, source, campaign FROM touches \
              WHERE lead_id IN ({}) ORDER BY lead_id, occurred_at, id",
-            list(&mut q)
+            q.list(chunk)
         );
-        type Row = (DateTime<Utc>, String, Option<String>, Option<String>);
-        let mut touches: HashMap<i64, Vec<Row>> = HashMap::new();
+        type TouchRow = (DateTime<Utc>, String, Option<String>, Option<String>);
+        let mut touch_rows: HashMap<i64, Vec<TouchRow>> = HashMap::new();
         for r in txn.query_all_raw(q.statement(sql)).await? {
-            touches.entry(r.try_get_by_index(0)?).or_default().push((
+            touch_rows.entry(r.try_get_by_index(0)?).or_default().push((
                 super::from_ms(r.try_get_by_index(1)?),
                 r.try_get_by_index(2)?,
                 r.try_get_by_index(3)?,
                 r.try_get_by_index(4)?,
             ));
         }
-        for (lead, funnel, since) in &entered {
-            let ts: Vec<Touch> = touches
-                .get(lead)
-                .into_iter()
-                .flatten()
-                .map(|(at, channel, source, campaign)| Touch {
-                    at: *at,
-                    channel,
-                    source: source.as_deref(),
-                    campaign: campaign.as_deref(),
+        let touches: HashMap<i64, Vec<Touch>> = touch_rows
+            .iter()
+            .map(|(lead, ts)| {
+                let ts = ts
+                    .iter()
+                    .map(|(at, channel, source, campaign)| Touch {
+                        at: *at,
+                        channel,
+                        source: source.as_deref(),
+                        campaign: campaign.as_deref(),
+                    })
+                    .collect();
+                (*lead, ts)
+            })
+            .collect();
+        let mut counting = Counting::new();
+        let mut facts: Vec<Fact> = Vec::new();
+        for ((lead, funnel), of_lead) in &runs {
+            let lead_runs: Vec<LeadRun> = of_lead
+                .iter()
+                .map(|(_, (funnel, entered_at, origin, firsts))| LeadRun {
+                    run: Run {
+                        funnel,
+                        entered_at: *entered_at,
+                        origin,
+                    },
+                    firsts: firsts.iter().map(|(s, at)| (s.as_str(), *at)).collect(),
                 })
                 .collect();
-            for (_, e, at) in orders
-                .iter()
-                .filter(|(l, _, at)| l.0 == *lead && *since <= *at)
-            {
-                tally.attribute(funnel, &order_of(e, *at), &ts, tally::LOOKBACK);
+            let ts = touches.get(lead).map(Vec::as_slice).unwrap_or_default();
+            for (_, e, at) in orders.iter().filter(|(l, _, _)| l.0 == *lead) {
+                let order = Order::of(e.product.as_deref(), e.currency.as_deref(), e.amount, *at);
+                tally::order_facts(funnel, &lead_runs, ts, order, tally::LOOKBACK, &mut facts);
+                facts.drain(..).for_each(|f| counting.count(f));
             }
         }
+        counting.write(txn, backend).await?;
     }
     Ok(())
-}
-
-/// An event's order, as the counters see it.
-pub(super) fn order_of(e: &Event, at: DateTime<Utc>) -> Order<'_> {
-    Order {
-        product: e.product.as_deref().unwrap_or_default(),
-        currency: e.currency.as_deref().unwrap_or("—"),
-        amount: e.amount.unwrap_or(0.0),
-        at,
-    }
 }
 
 /// The rows the counters are made from.
@@ -160,15 +197,14 @@ async fn recount_rows(
     rows: &super::ReportRows,
 ) -> Result<u64> {
     let mut tally = Tally::by_day();
-    let mut reached: Vec<Vec<Value>> = Vec::new();
-    for facts in rows.run_facts() {
-        let r = tally.replay(&facts.facts);
-        reached.push(vec![facts.enrollment.0.into(), r.text().into()]);
-    }
-    rows.attribute(&mut tally, tally::LOOKBACK);
-    rows.replay_mails(&mut tally);
-    batch::write_counts(txn, backend, &tally).await?;
-    set_enrollments(txn, backend, "reached", reached.clone()).await?;
+    let reached: Vec<Vec<Value>> = rows
+        .replay(&mut tally, Replay::ALL, tally::LOOKBACK, None)
+        .into_iter()
+        .map(|(run, r)| vec![run.0.into(), r.text().into()])
+        .collect();
+    write(txn, backend, &tally).await?;
+    let runs = reached.len() as u64;
+    set_enrollments(txn, backend, "reached", reached).await?;
     let (marks, links) = rows.marks();
     let mut marked: Vec<Vec<Value>> = Vec::new();
     let mut clicked: Vec<Vec<Value>> = Vec::new();
@@ -180,7 +216,7 @@ async fn recount_rows(
             clicked.push(vec![e.id.into(), l.to_string().into()]);
         }
     }
-    for chunk in batch::chunks(marked) {
+    for chunk in sql::chunks(marked) {
         let mut q = Params::new(backend);
         let values = q.values(chunk);
         let sql = format!(
@@ -189,7 +225,7 @@ async fn recount_rows(
         );
         txn.execute_raw(q.statement(sql)).await?;
     }
-    batch::insert_rows(
+    sql::insert_rows(
         txn,
         backend,
         "email_links (message_id, link)",
@@ -197,7 +233,7 @@ async fn recount_rows(
         clicked,
     )
     .await?;
-    Ok(reached.len() as u64)
+    Ok(runs)
 }
 
 /// Which counters a report reads: those of one view (with, for the calendar view of the funnel
@@ -351,7 +387,7 @@ impl Store {
         )
         .await?;
         let txn = self.write().await?;
-        for chunk in todo.chunks(batch::ROWS) {
+        for chunk in todo.chunks(sql::ROWS) {
             let leads: Vec<LeadId> = chunk.iter().map(|(_, l, _)| LeadId(*l)).collect();
             let touches = first_touches(&txn, self.backend, &leads).await?;
             let rows: Vec<Vec<Value>> = chunk
@@ -371,14 +407,14 @@ impl Store {
     }
 }
 
-/// Sets one column of enrollments from (id, value) rows, a statement per [`batch::ROWS`].
+/// Sets one column of enrollments from (id, value) rows, a statement per [`sql::ROWS`].
 async fn set_enrollments(
     txn: &DatabaseTransaction,
     backend: Backend,
     column: &'static str,
     rows: Vec<Vec<Value>>,
 ) -> Result<()> {
-    for chunk in batch::chunks(rows) {
+    for chunk in sql::chunks(rows) {
         let mut q = Params::new(backend);
         let values = q.values(chunk);
         let sql = format!(
@@ -487,7 +523,7 @@ impl Store {
 
 impl Store {
     /// What a lead's runs, orders and emails added to the counters, to take back out when the
-    /// lead is erased (the figures then read as if the lead had never been).
+    /// lead is erased ([`forget`]): the figures then read as if the lead had never been.
     pub(super) async fn counters_of_lead(&self, lead: LeadId) -> Result<Tally> {
         let mut funnels: Vec<String> = Vec::new();
         self.each(
@@ -508,12 +544,18 @@ impl Store {
             let rows = self
                 .rows_of(&funnel, far, RECOUNT, Some((lead.0, lead.0 + 1)))
                 .await?;
-            for r in rows.run_facts() {
-                tally.replay(&r.facts);
-            }
-            rows.attribute(&mut tally, tally::LOOKBACK);
-            rows.replay_mails(&mut tally);
+            rows.replay(&mut tally, Replay::ALL, tally::LOOKBACK, None);
         }
         Ok(tally.negated())
     }
+}
+
+/// Takes what [`Store::counters_of_lead`] found out of the stored counters, in the transaction
+/// that erases the lead.
+pub(super) async fn forget(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    counters: &Tally,
+) -> Result<()> {
+    write(txn, backend, counters).await
 }

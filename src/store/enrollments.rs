@@ -11,10 +11,11 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
 };
 
-use super::batch::{self, Params, Written};
+use super::batch::{self, Written};
 use super::entities::{
     enrollment, event, funnel_version, lead, lead_tag, message, stage_history, suppression,
 };
+use super::sql::{self, Params};
 use super::{Backend, Result, Store, StoreError, StoredEvent, event_of, from_ms, ms, to_lead};
 use crate::domain::{
     Email, EnrollmentId, EventKind, FunnelId, Lead, LeadId, Outcome, RunStatus, StageId, StepId,
@@ -317,9 +318,9 @@ impl Store {
         funnel: &FunnelId,
     ) -> Result<Vec<EnrollmentRow>> {
         let mut out = Vec::new();
-        for chunk in leads.chunks(batch::ROWS) {
+        for chunk in leads.chunks(sql::ROWS) {
             for m in enrollment::Entity::find()
-                .filter(enrollment::Column::LeadId.is_in(batch::padded(chunk.iter().map(|l| l.0))))
+                .filter(enrollment::Column::LeadId.is_in(sql::padded(chunk.iter().map(|l| l.0))))
                 .filter(enrollment::Column::FunnelId.eq(funnel.as_str()))
                 .order_by_asc(enrollment::Column::Id)
                 .all(&self.db)
@@ -344,7 +345,7 @@ impl Store {
         let txn = self.write().await?;
         let mut ids: HashMap<(i64, &str), i64> = HashMap::new();
         let mut origins: HashMap<i64, String> = HashMap::new();
-        for chunk in items.chunks(batch::ROWS) {
+        for chunk in items.chunks(sql::ROWS) {
             // Where each lead came from: its first touch so far.
             let leads: Vec<LeadId> = chunk.iter().map(|n| n.lead).collect();
             for (lead, touches) in super::counts::first_touches(&txn, self.backend, &leads).await? {
@@ -397,7 +398,7 @@ impl Store {
                 })
                 .collect();
             let values = q.values(rows);
-            let sql = batch::insert_sql(
+            let sql = sql::insert_sql(
                 "enrollments (lead_id, funnel_id, funnel_version, stage_id, step_id, step_index, \
                  status, wake_at, deadline_at, stage_entered_at, stage_entry, entered_at, exited_at, \
                  outcome, attempts, updated_at, events_seen, origin, reached)",
@@ -529,7 +530,7 @@ impl Store {
         ids.sort_unstable();
         ids.dedup();
         let mut held: Vec<i64> = Vec::new();
-        for chunk in ids.chunks(batch::ROWS) {
+        for chunk in ids.chunks(sql::ROWS) {
             let mut q = Params::new(self.backend);
             let (o, u) = (q.p(owner), q.p(until));
             let list = q.list(chunk);
@@ -566,7 +567,7 @@ impl Store {
         which: impl Fn(&mut Params) -> String,
     ) -> Result<Vec<EnrollmentRow>> {
         let mut rows: Vec<EnrollmentRow> = Vec::new();
-        for chunk in held.chunks(batch::ROWS) {
+        for chunk in held.chunks(sql::ROWS) {
             let mut q = Params::new(self.backend);
             let (o, u) = (q.p(owner), q.p(until));
             let list = q.list(chunk);
@@ -602,14 +603,14 @@ impl Store {
         owner: &str,
         leads: &[LeadId],
     ) -> Result<()> {
-        for chunk in leads.chunks(batch::ROWS) {
+        for chunk in leads.chunks(sql::ROWS) {
             lead::Entity::update_many()
                 .col_expr(
                     lead::Column::LeaseOwner,
                     Expr::value(Option::<String>::None),
                 )
                 .col_expr(lead::Column::LeaseUntil, Expr::value(Option::<i64>::None))
-                .filter(lead::Column::Id.is_in(batch::padded(chunk.iter().map(|l| l.0))))
+                .filter(lead::Column::Id.is_in(sql::padded(chunk.iter().map(|l| l.0))))
                 .filter(lead::Column::LeaseOwner.eq(owner))
                 .exec(db)
                 .await?;
@@ -632,7 +633,7 @@ impl Store {
         let txn = self.write().await?;
         let mut applied: BTreeSet<i64> = BTreeSet::new();
         let t = ms(now);
-        for chunk in items.chunks(batch::ROWS) {
+        for chunk in items.chunks(sql::ROWS) {
             let mut q = Params::new(self.backend);
             let rows: Vec<Vec<Value>> = chunk
                 .iter()
@@ -713,7 +714,7 @@ impl Store {
             .into_iter()
             .collect();
         let kinds: Vec<&str> = kinds.iter().map(EventKind::as_str).collect();
-        for chunk in raw.chunks(batch::ROWS) {
+        for chunk in raw.chunks(sql::ROWS) {
             self.fact_rows_chunk(chunk, &kinds, sent_since, &mut out)
                 .await?;
         }
@@ -728,7 +729,7 @@ impl Store {
         out: &mut FactRows,
     ) -> Result<()> {
         let leads = lead::Entity::find()
-            .filter(lead::Column::Id.is_in(batch::padded(ids.iter().copied())))
+            .filter(lead::Column::Id.is_in(sql::padded(ids.iter().copied())))
             .all(&self.db)
             .await?;
         let emails: Vec<String> = leads.iter().map(|l| l.email.clone()).collect();
@@ -740,7 +741,7 @@ impl Store {
             }
         }
         for s in suppression::Entity::find()
-            .filter(suppression::Column::Email.is_in(batch::padded(emails)))
+            .filter(suppression::Column::Email.is_in(sql::padded(emails)))
             .all(&self.db)
             .await?
         {
@@ -749,7 +750,7 @@ impl Store {
             }
         }
         for t in lead_tag::Entity::find()
-            .filter(lead_tag::Column::LeadId.is_in(batch::padded(ids.iter().copied())))
+            .filter(lead_tag::Column::LeadId.is_in(sql::padded(ids.iter().copied())))
             .all(&self.db)
             .await?
         {
@@ -757,7 +758,7 @@ impl Store {
         }
         if !kinds.is_empty() {
             for ev in event::Entity::find()
-                .filter(event::Column::LeadId.is_in(batch::padded(ids.iter().copied())))
+                .filter(event::Column::LeadId.is_in(sql::padded(ids.iter().copied())))
                 .filter(event::Column::Kind.is_in(kinds.iter().copied()))
                 .order_by_asc(event::Column::Id)
                 .all(&self.db)
@@ -783,7 +784,7 @@ impl Store {
                     message::Column::CreatedAt,
                     message::Column::SendKey,
                 ])
-                .filter(message::Column::LeadId.is_in(batch::padded(ids.iter().copied())))
+                .filter(message::Column::LeadId.is_in(sql::padded(ids.iter().copied())))
                 .filter(message::Column::Kind.eq(MessageKind::Email.as_str()))
                 .filter(message::Column::CreatedAt.gt(ms(since)))
                 .into_tuple()
@@ -948,9 +949,9 @@ impl Store {
             .into_iter()
             .collect();
         let mut out = Vec::new();
-        for chunk in ids.chunks(batch::ROWS) {
+        for chunk in ids.chunks(sql::ROWS) {
             let rows = event::Entity::find()
-                .filter(event::Column::LeadId.is_in(batch::padded(chunk.iter().copied())))
+                .filter(event::Column::LeadId.is_in(sql::padded(chunk.iter().copied())))
                 .filter(event::Column::Id.gt(after))
                 .order_by_asc(event::Column::Id)
                 .all(&self.db)

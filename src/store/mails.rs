@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, QueryResult};
 
-use super::batch::{self, Params};
+use super::counts::Counting;
+use super::sql::{self, Params};
 use super::{Backend, Result, from_ms};
-use crate::domain::{Event, EventKind, LeadId};
-use crate::tally::{self, FUNNEL, Mail, Run, Sent, Tally, mail};
+use crate::domain::{Event, LeadId};
+use crate::tally::{self, FUNNEL, Fact, Mail, MailWhat, Run, Sent, Tracked};
 
 /// The columns of `messages` a [`MailRow`] is read from, for `SELECT` and `RETURNING`.
 pub(super) const COLUMNS: &str =
@@ -74,7 +75,7 @@ pub(super) fn mail_rows(rows: &[QueryResult]) -> Result<Vec<MailRow>> {
 async fn count(
     txn: &DatabaseTransaction,
     backend: Backend,
-    counted: &[(&MailRow, String)],
+    counted: &[(&MailRow, MailWhat<'_>)],
 ) -> Result<()> {
     if counted.is_empty() {
         return Ok(());
@@ -83,7 +84,7 @@ async fn count(
     ids.sort_unstable();
     ids.dedup();
     let mut runs: HashMap<i64, DateTime<Utc>> = HashMap::new();
-    for chunk in ids.chunks(batch::ROWS) {
+    for chunk in ids.chunks(sql::ROWS) {
         let mut q = Params::new(backend);
         let list = q.list(chunk);
         let sql = format!(
@@ -94,7 +95,7 @@ async fn count(
             runs.insert(r.try_get_by_index(0)?, from_ms(r.try_get_by_index(1)?));
         }
     }
-    let mut t = Tally::by_day();
+    let mut counting = Counting::new();
     for (m, what) in counted {
         if let Some(entered_at) = runs.get(&m.run) {
             // Email counters are kept for all runs together: no origin needed.
@@ -103,10 +104,16 @@ async fn count(
                 entered_at: *entered_at,
                 origin: tally::ALL,
             };
-            t.mail(&run, &m.mail(), what, 1);
+            let (mail, what) = (m.mail(), *what);
+            counting.count(Fact::Mail {
+                run,
+                mail,
+                what,
+                n: 1,
+            });
         }
     }
-    batch::write_counts(txn, backend, &t).await
+    counting.write(txn, backend).await
 }
 
 /// Counts `what` (accepted, failed) for the emails of rows an outbox `UPDATE … RETURNING`
@@ -115,16 +122,16 @@ pub(super) async fn count_status(
     txn: &DatabaseTransaction,
     backend: Backend,
     rows: &[QueryResult],
-    what: &str,
+    what: MailWhat<'_>,
 ) -> Result<()> {
     let mails = mail_rows(rows)?;
-    let counted: Vec<(&MailRow, String)> = mails.iter().map(|m| (m, what.to_string())).collect();
+    let counted: Vec<(&MailRow, MailWhat)> = mails.iter().map(|m| (m, what)).collect();
     count(txn, backend, &counted).await
 }
 
 /// Marks new tracked events (opens, clicks, unsubscribes, bounces, complaints) on the emails
-/// they are about — in each funnel of the lead, the one [`tally::about`] chooses — and counts
-/// each mark (and each link clicked) the first time it is made on an email.
+/// they are about — in each funnel of the lead, as [`tally::marked`] says — and counts each
+/// mark (and each link clicked) the first time it is made on an email.
 pub(super) async fn count_tracking(
     txn: &DatabaseTransaction,
     backend: Backend,
@@ -142,7 +149,7 @@ pub(super) async fn count_tracking(
     leads.dedup();
     // Each lead's emails per funnel, in the order they were queued.
     let mut emails: HashMap<(i64, String), Vec<MailRow>> = HashMap::new();
-    for chunk in leads.chunks(batch::ROWS) {
+    for chunk in leads.chunks(sql::ROWS) {
         let mut q = Params::new(backend);
         let list = q.list(chunk);
         let sql = format!(
@@ -156,15 +163,15 @@ pub(super) async fn count_tracking(
                 .push(m);
         }
     }
-    let mut counted: Vec<(&MailRow, String)> = Vec::new();
+    let mut counted: Vec<(&MailRow, MailWhat)> = Vec::new();
     for (lead, e, at) in events {
-        let Some(bit) = tally::mark::of(&e.kind) else {
-            continue;
+        let tracked = Tracked {
+            kind: &e.kind,
+            message: e.message,
+            template: e.template.as_deref(),
+            link: e.link.as_deref(),
+            at: *at,
         };
-        let what = tally::mark::ALL
-            .iter()
-            .find(|(b, _)| *b == bit)
-            .map_or("", |(_, w)| *w);
         for ((l, _), mails) in &emails {
             if *l != lead.0 {
                 continue;
@@ -177,11 +184,10 @@ pub(super) async fn count_tracking(
                     queued_at: m.queued_at,
                 })
                 .collect();
-            let Some(m) =
-                tally::about(&sent, e.message, e.template.as_deref(), *at).map(|i| &mails[i])
-            else {
+            let Some((i, bit, link)) = tally::marked(&sent, &tracked) else {
                 continue;
             };
+            let m = &mails[i];
             // The bit is one of a few constants: written in, not bound.
             let mut q = Params::new(backend);
             let sql = format!(
@@ -189,18 +195,18 @@ pub(super) async fn count_tracking(
                 q.p(m.id),
             );
             if txn.execute_raw(q.statement(sql)).await?.rows_affected() > 0 {
-                counted.push((m, what.to_string()));
+                counted.push((m, MailWhat::Marked(bit)));
             }
-            if let (EventKind::Click, Some(link)) = (&e.kind, &e.link) {
+            if let Some(link) = link {
                 let mut q = Params::new(backend);
                 let sql = format!(
                     "INSERT INTO email_links (message_id, link) VALUES ({}, {}) \
                      ON CONFLICT (message_id, link) DO NOTHING",
                     q.p(m.id),
-                    q.p(link.clone()),
+                    q.p(link.to_string()),
                 );
                 if txn.execute_raw(q.statement(sql)).await?.rows_affected() > 0 {
-                    counted.push((m, mail::link(link)));
+                    counted.push((m, MailWhat::Link(link)));
                 }
             }
         }

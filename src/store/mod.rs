@@ -10,6 +10,7 @@ mod mails;
 mod outbox;
 mod report;
 mod signups;
+mod sql;
 
 pub use counts::{Grouping, ReportData, ReportRead, Scope};
 pub use enrollments::{
@@ -18,7 +19,7 @@ pub use enrollments::{
 };
 pub use outbox::{MessageOrigin, Outbox, Outgoing};
 pub use report::{
-    EmailRow, MilestoneRow, PurchaseRow, ReportNeeds, ReportRows, RunOf, RunRow, TouchRow,
+    EmailRow, MilestoneRow, PurchaseRow, Replay, ReportNeeds, ReportRows, RunRow, TouchRow,
     TrackRow, VisitRow,
 };
 pub use signups::NewSignup;
@@ -39,8 +40,8 @@ use sea_orm::{
 use thiserror::Error;
 
 use crate::domain::{Consent, Email, Event, EventKind, FunnelId, Lead, LeadId, Tag};
-use batch::Params;
 use entities::{event, lead, lead_tag, touch};
+use sql::Params;
 
 /// Errors a caller may want to tell apart.
 #[derive(Debug, Error)]
@@ -248,7 +249,7 @@ async fn took_effect(
     let mut leads: Vec<i64> = new.iter().map(|(l, _, _)| l.0).collect();
     leads.sort_unstable();
     leads.dedup();
-    for chunk in leads.chunks(batch::ROWS) {
+    for chunk in leads.chunks(sql::ROWS) {
         let mut q = Params::new(backend);
         let at = q.p(ms(now));
         let list = q.list(chunk);
@@ -536,8 +537,8 @@ impl Store {
             }
         }
         let txn = self.write().await?;
-        for chunk in unique.chunks(batch::ROWS) {
-            let mut q = batch::Params::new(self.backend);
+        for chunk in unique.chunks(sql::ROWS) {
+            let mut q = sql::Params::new(self.backend);
             let rows: Vec<Vec<sea_orm::Value>> = chunk
                 .iter()
                 .map(|(email, input)| {
@@ -557,7 +558,7 @@ impl Store {
                 .collect();
             let values = q.values(rows);
             // The no-op update makes RETURNING answer for existing addresses too.
-            let sql = batch::insert_sql(
+            let sql = sql::insert_sql(
                 "leads (email, first_name, fields, timezone, consent, score, created_at, updated_at)",
                 &values,
                 "ON CONFLICT (email) DO UPDATE SET email = excluded.email RETURNING id, email",
@@ -578,9 +579,9 @@ impl Store {
     /// Many leads by id, in one query per 512.
     pub async fn leads(&self, ids: &[LeadId]) -> Result<HashMap<LeadId, Lead>> {
         let mut out = HashMap::new();
-        for chunk in ids.chunks(batch::ROWS) {
+        for chunk in ids.chunks(sql::ROWS) {
             for m in lead::Entity::find()
-                .filter(lead::Column::Id.is_in(batch::padded(chunk.iter().map(|l| l.0))))
+                .filter(lead::Column::Id.is_in(sql::padded(chunk.iter().map(|l| l.0))))
                 .all(&self.db)
                 .await?
             {
@@ -812,7 +813,7 @@ impl Store {
             return Ok(());
         }
         let txn = self.write().await?;
-        for chunk in ids.chunks(batch::ROWS) {
+        for chunk in ids.chunks(sql::ROWS) {
             let mut q = Params::new(self.backend);
             let at = q.p(ms(now));
             let list = q.list(chunk);

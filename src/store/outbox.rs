@@ -11,12 +11,12 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
 };
 
-use super::batch::Params;
 use super::entities::{enrollment, event, message, suppression};
 use super::mails;
+use super::sql::Params;
 use super::{Backend, Result, Store, from_ms, ms, payload_of};
 use crate::domain::{Email, EnrollmentId, Event, EventKind, FunnelId, Lead, LeadId, Outcome};
-use crate::tally::mail;
+use crate::tally::MailWhat;
 
 /// An email waiting to be sent, as claimed by the sender.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +88,7 @@ impl Outbox {
             mails::COLUMNS
         );
         let parked_rows = txn.query_all_raw(q.statement(sql)).await?;
-        mails::count_status(&txn, store.backend, &parked_rows, mail::FAILED).await?;
+        mails::count_status(&txn, store.backend, &parked_rows, MailWhat::Failed).await?;
         let parked = parked_rows.len();
         if parked > 0 {
             tracing::error!(
@@ -150,7 +150,7 @@ impl Outbox {
     pub async fn sent(&self, ids: &[i64], now: DateTime<Utc>) -> Result<()> {
         let store = &self.store;
         let txn = store.write().await?;
-        for chunk in ids.chunks(super::batch::ROWS) {
+        for chunk in ids.chunks(super::sql::ROWS) {
             let mut q = Params::new(store.backend);
             let at = q.p(ms(now));
             let list = q.list(chunk);
@@ -161,7 +161,7 @@ impl Outbox {
                 mails::COLUMNS
             );
             let rows = txn.query_all_raw(q.statement(sql)).await?;
-            mails::count_status(&txn, store.backend, &rows, mail::ACCEPTED).await?;
+            mails::count_status(&txn, store.backend, &rows, MailWhat::Accepted).await?;
         }
         txn.commit().await
     }
@@ -255,11 +255,9 @@ impl Outbox {
     pub async fn suppressed_among(&self, messages: &[Outgoing]) -> Result<HashSet<i64>> {
         let emails: Vec<String> = messages.iter().map(|m| m.recipient.clone()).collect();
         let mut scopes: HashMap<String, Vec<String>> = HashMap::new();
-        for chunk in emails.chunks(super::batch::ROWS) {
+        for chunk in emails.chunks(super::sql::ROWS) {
             for s in suppression::Entity::find()
-                .filter(
-                    suppression::Column::Email.is_in(super::batch::padded(chunk.iter().cloned())),
-                )
+                .filter(suppression::Column::Email.is_in(super::sql::padded(chunk.iter().cloned())))
                 .all(&self.store.db)
                 .await?
             {
@@ -273,11 +271,11 @@ impl Outbox {
             .map(|e| e.0)
             .collect();
         let mut removed: HashSet<i64> = HashSet::new();
-        for chunk in ids.chunks(super::batch::ROWS) {
+        for chunk in ids.chunks(super::sql::ROWS) {
             let rows: Vec<i64> = enrollment::Entity::find()
                 .select_only()
                 .column(enrollment::Column::Id)
-                .filter(enrollment::Column::Id.is_in(super::batch::padded(chunk.iter().copied())))
+                .filter(enrollment::Column::Id.is_in(super::sql::padded(chunk.iter().copied())))
                 .filter(enrollment::Column::Outcome.eq(Outcome::Removed.name()))
                 .into_tuple()
                 .all(&self.store.db)
@@ -306,11 +304,11 @@ impl Outbox {
             .map(|e| e.0)
             .collect();
         let mut by_enrollment = HashMap::new();
-        for chunk in ids.chunks(super::batch::ROWS) {
+        for chunk in ids.chunks(super::sql::ROWS) {
             let rows: Vec<(i64, i64)> = enrollment::Entity::find()
                 .select_only()
                 .columns([enrollment::Column::Id, enrollment::Column::DeadlineAt])
-                .filter(enrollment::Column::Id.is_in(super::batch::padded(chunk.iter().copied())))
+                .filter(enrollment::Column::Id.is_in(super::sql::padded(chunk.iter().copied())))
                 .filter(enrollment::Column::DeadlineAt.is_not_null())
                 .into_tuple()
                 .all(&self.store.db)
@@ -350,7 +348,7 @@ async fn finish(
     );
     let rows = txn.query_all_raw(q.statement(sql)).await?;
     if status == "failed" {
-        mails::count_status(txn, backend, &rows, mail::FAILED).await?;
+        mails::count_status(txn, backend, &rows, MailWhat::Failed).await?;
     }
     Ok(())
 }

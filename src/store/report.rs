@@ -10,7 +10,10 @@ use sea_orm::{QueryResult, Statement, StreamTrait, Value};
 
 use super::{Backend, Result, Store, StoreError, event_of, from_ms, ms, parse_fields};
 use crate::domain::{EnrollmentId, EventKind, FunnelId, LeadId, Outcome, RunStatus, StageId};
-use crate::tally::{self, Mail, MailFacts, Order, Run, RunFacts, Sent, Tally, Touch, Visit};
+use crate::tally::{
+    self, Fact, LeadRun, Mail, MailFacts, Order, Reached, Run, RunFacts, Sent, Tally, Touch,
+    Tracked, Visit,
+};
 
 /// One run of a lead through the funnel.
 #[derive(Debug, Clone, PartialEq)]
@@ -414,49 +417,128 @@ impl Store {
     }
 }
 
-/// A stored run's facts for its counters ([`crate::tally::Tally::replay`]).
-#[derive(Debug, Clone)]
-pub struct RunOf<'a> {
-    pub enrollment: EnrollmentId,
-    pub lead: LeadId,
-    pub facts: RunFacts<'a>,
+/// Which of the facts of a funnel's stored rows [`ReportRows::replay`] makes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// Each run's entry, stage visits, milestones and conversion.
+    pub runs: bool,
+    /// Orders credited to the stages of runs.
+    pub orders: bool,
+    /// Orders shared among touches.
+    pub attribution: bool,
+    /// What became of each email.
+    pub mails: bool,
+}
+
+impl Replay {
+    /// Every fact: what the store's counters hold.
+    pub const ALL: Replay = Replay {
+        runs: true,
+        orders: true,
+        attribution: true,
+        mails: true,
+    };
 }
 
 impl ReportRows {
-    /// The orders of a funnel's leads made after they entered it, each with its lead's touches,
-    /// shared out into a tally as the store's counters share them.
-    pub fn attribute(&self, tally: &mut Tally, lookback: chrono::Duration) {
-        let mut entered: HashMap<LeadId, DateTime<Utc>> = HashMap::new();
-        for r in &self.runs {
-            let e = entered.entry(r.lead).or_insert(r.entered_at);
-            *e = (*e).min(r.entered_at);
-        }
-        let mut touches: HashMap<LeadId, Vec<Touch>> = HashMap::new();
-        for t in &self.touches {
-            touches.entry(t.lead).or_default().push(Touch {
-                at: t.at,
-                channel: &t.channel,
-                source: t.source.as_deref(),
-                campaign: t.campaign.as_deref(),
-            });
-        }
-        for p in &self.purchases {
-            if entered.get(&p.lead).is_some_and(|e| *e <= p.at) {
-                let o = Order {
-                    product: p.product.as_deref().unwrap_or_default(),
-                    currency: p.currency.as_deref().unwrap_or("—"),
-                    amount: p.amount.unwrap_or(0.0),
-                    at: p.at,
-                };
-                let ts = touches.get(&p.lead).map(Vec::as_slice).unwrap_or_default();
-                tally.attribute(&self.funnel, &o, ts, lookback);
+    /// Counts the rows into `tally` as the writes that stored them counted them: the same
+    /// facts, made by the same rules, through [`Tally::count`]. Each run counts under the
+    /// origin `origin_of` gives it, when given (else its own); orders are shared among touches
+    /// in `lookback`. Returns what each run has reached.
+    pub fn replay(
+        &self,
+        tally: &mut Tally,
+        what: Replay,
+        lookback: chrono::Duration,
+        origin_of: Option<&dyn Fn(&RunRow) -> String>,
+    ) -> Vec<(EnrollmentId, Reached)> {
+        let origins: Vec<String> = match origin_of {
+            Some(of) => self.runs.iter().map(of).collect(),
+            None => Vec::new(),
+        };
+        let runs = self.run_facts(&origins);
+        let mut facts: Vec<Fact> = Vec::new();
+        let mut reached = Vec::new();
+        if what.runs {
+            for (r, f) in self.runs.iter().zip(&runs) {
+                reached.push((r.enrollment, f.facts(&mut facts)));
+                for fact in facts.drain(..) {
+                    tally.count(&fact);
+                }
             }
         }
+        if what.orders || what.attribution {
+            let mut by_lead: HashMap<LeadId, Vec<LeadRun>> = HashMap::new();
+            for (r, f) in self.runs.iter().zip(&runs) {
+                by_lead.entry(r.lead).or_default().push(LeadRun {
+                    run: f.run,
+                    firsts: f.firsts(),
+                });
+            }
+            let mut touches: HashMap<LeadId, Vec<Touch>> = HashMap::new();
+            for t in &self.touches {
+                touches.entry(t.lead).or_default().push(Touch {
+                    at: t.at,
+                    channel: &t.channel,
+                    source: t.source.as_deref(),
+                    campaign: t.campaign.as_deref(),
+                });
+            }
+            let mut facts: Vec<Fact> = Vec::new();
+            for p in &self.purchases {
+                let Some(lead_runs) = by_lead.get(&p.lead) else {
+                    continue;
+                };
+                let order = Order::of(p.product.as_deref(), p.currency.as_deref(), p.amount, p.at);
+                let ts = touches.get(&p.lead).map(Vec::as_slice).unwrap_or_default();
+                tally::order_facts(&self.funnel, lead_runs, ts, order, lookback, &mut facts);
+                for fact in facts.drain(..) {
+                    let wanted = match fact {
+                        Fact::Bought { .. } => what.orders,
+                        _ => what.attribution,
+                    };
+                    if wanted {
+                        tally.count(&fact);
+                    }
+                }
+            }
+        }
+        if what.mails {
+            let (marks, mut links) = self.marks();
+            let index: HashMap<EnrollmentId, usize> = self
+                .runs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.enrollment, i))
+                .collect();
+            let firsts: Vec<Vec<(&str, DateTime<Utc>)>> =
+                runs.iter().map(RunFacts::firsts).collect();
+            for (i, e) in self.emails.iter().enumerate() {
+                let Some(k) = e.enrollment.and_then(|run| index.get(&run)) else {
+                    continue;
+                };
+                let m = MailFacts {
+                    mail: Mail {
+                        stage: e.stage.as_deref().unwrap_or(tally::FUNNEL),
+                        template: &e.template,
+                        queued_at: e.created_at,
+                    },
+                    status: &e.status,
+                    marks: marks[i],
+                    links: std::mem::take(&mut links[i]),
+                };
+                tally::mail_facts(runs[*k].run, &m, &firsts[*k], &mut facts);
+                for fact in facts.drain(..) {
+                    tally.count(&fact);
+                }
+            }
+        }
+        reached
     }
 
     /// What the leads' tracked events mark on the funnel's emails (per email, in the order of
-    /// [`ReportRows::emails`]): each event on the email [`tally::about`] says, as the store
-    /// marks them when the events come; with the names of the links clicked in each.
+    /// [`ReportRows::emails`]), as the store marks them when the events come
+    /// ([`tally::marked`]); with the names of the links clicked in each.
     pub fn marks(&self) -> (Vec<i64>, Vec<Vec<&str>>) {
         let mut by_lead: HashMap<LeadId, Vec<usize>> = HashMap::new();
         for (i, e) in self.emails.iter().enumerate() {
@@ -479,17 +561,22 @@ impl ReportRows {
         let mut marks = vec![0i64; self.emails.len()];
         let mut links: Vec<Vec<&str>> = vec![Vec::new(); self.emails.len()];
         for t in &self.tracking {
-            let (Some(bit), Some(ix)) = (tally::mark::of(&t.kind), by_lead.get(&t.lead)) else {
+            let (Some(ix), Some(sent)) = (by_lead.get(&t.lead), sent.get(&t.lead)) else {
                 continue;
             };
-            let Some(k) = tally::about(&sent[&t.lead], t.message, t.template.as_deref(), t.at)
-            else {
+            let tracked = Tracked {
+                kind: &t.kind,
+                message: t.message,
+                template: t.template.as_deref(),
+                link: t.link.as_deref(),
+                at: t.at,
+            };
+            let Some((k, bit, link)) = tally::marked(sent, &tracked) else {
                 continue;
             };
             let i = ix[k];
             marks[i] |= bit;
-            if t.kind == EventKind::Click
-                && let Some(l) = t.link.as_deref()
+            if let Some(l) = link
                 && !links[i].contains(&l)
             {
                 links[i].push(l);
@@ -498,53 +585,9 @@ impl ReportRows {
         (marks, links)
     }
 
-    /// What each run's emails add to the counters: queued, accepted or failed, their
-    /// [`ReportRows::marks`], and the stages the run entered for the first time after each.
-    pub fn replay_mails(&self, tally: &mut Tally) {
-        let (marks, mut links) = self.marks();
-        let mut first: HashMap<EnrollmentId, Vec<(&str, DateTime<Utc>)>> = HashMap::new();
-        for v in &self.visits {
-            let f = first.entry(v.enrollment).or_default();
-            if !f.iter().any(|(s, _)| *s == v.stage.as_str()) {
-                f.push((v.stage.as_str(), v.entered_at));
-            }
-        }
-        let mut mails: HashMap<EnrollmentId, Vec<MailFacts>> = HashMap::new();
-        for (i, e) in self.emails.iter().enumerate() {
-            let Some(run) = e.enrollment else {
-                continue;
-            };
-            mails.entry(run).or_default().push(MailFacts {
-                mail: Mail {
-                    stage: e.stage.as_deref().unwrap_or(tally::FUNNEL),
-                    template: &e.template,
-                    queued_at: e.created_at,
-                },
-                status: &e.status,
-                marks: marks[i],
-                links: std::mem::take(&mut links[i]),
-            });
-        }
-        for r in &self.runs {
-            let Some(m) = mails.get(&r.enrollment) else {
-                continue;
-            };
-            let run = Run {
-                funnel: &self.funnel,
-                entered_at: r.entered_at,
-                origin: &r.origin,
-            };
-            let f = first
-                .get(&r.enrollment)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            tally.replay_mails(&run, m, f);
-        }
-    }
-
-    /// Each run with its visits (in the order they were written), milestones and its lead's
-    /// orders.
-    pub fn run_facts(&self) -> Vec<RunOf<'_>> {
+    /// Each run with its visits (in the order they were written) and milestones, under the
+    /// origin of the same place in `origins` (its own when there is none).
+    fn run_facts<'a>(&'a self, origins: &'a [String]) -> Vec<RunFacts<'a>> {
         let mut visits: HashMap<EnrollmentId, Vec<Visit>> = HashMap::new();
         for v in &self.visits {
             visits.entry(v.enrollment).or_default().push(Visit {
@@ -562,37 +605,22 @@ impl ReportRows {
                 .or_default()
                 .push((m.kind.as_str(), m.at));
         }
-        let mut orders: HashMap<LeadId, Vec<Order>> = HashMap::new();
-        for p in &self.purchases {
-            if let Some(product) = p.product.as_deref() {
-                orders.entry(p.lead).or_default().push(Order {
-                    product,
-                    currency: p.currency.as_deref().unwrap_or("—"),
-                    amount: p.amount.unwrap_or(0.0),
-                    at: p.at,
-                });
-            }
-        }
         self.runs
             .iter()
-            .map(|r| RunOf {
-                enrollment: r.enrollment,
-                lead: r.lead,
-                facts: RunFacts {
-                    run: Run {
-                        funnel: &self.funnel,
-                        entered_at: r.entered_at,
-                        origin: &r.origin,
-                    },
-                    unconfirmed: r.status == RunStatus::Unconfirmed,
-                    converted_at: match r.status {
-                        RunStatus::Exited(Outcome::Converted) => r.exited_at,
-                        _ => None,
-                    },
-                    visits: visits.remove(&r.enrollment).unwrap_or_default(),
-                    milestones: milestones.remove(&r.enrollment).unwrap_or_default(),
-                    orders: orders.get(&r.lead).cloned().unwrap_or_default(),
+            .enumerate()
+            .map(|(i, r)| RunFacts {
+                run: Run {
+                    funnel: &self.funnel,
+                    entered_at: r.entered_at,
+                    origin: origins.get(i).unwrap_or(&r.origin),
                 },
+                unconfirmed: r.status == RunStatus::Unconfirmed,
+                converted_at: match r.status {
+                    RunStatus::Exited(Outcome::Converted) => r.exited_at,
+                    _ => None,
+                },
+                visits: visits.remove(&r.enrollment).unwrap_or_default(),
+                milestones: milestones.remove(&r.enrollment).unwrap_or_default(),
             })
             .collect()
     }

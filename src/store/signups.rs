@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, Value};
 
-use super::batch::{self, Params};
+use super::sql::{self, Params};
 use super::{Backend, LeadInput, NewTouch, Result, Store, StoreError, ms};
 use crate::domain::{Consent, Email, EventKind, LeadId};
 
@@ -60,7 +60,7 @@ impl Store {
         let t = ms(now);
         let txn = self.write().await?;
         let mut ids: HashMap<String, i64> = HashMap::new();
-        for chunk in merged.chunks(batch::ROWS) {
+        for chunk in merged.chunks(sql::ROWS) {
             let mut q = Params::new(self.backend);
             let rows: Vec<Vec<Value>> = chunk
                 .iter()
@@ -80,7 +80,7 @@ impl Store {
                 })
                 .collect();
             let values = q.values(rows);
-            let sql = batch::insert_sql(
+            let sql = sql::insert_sql(
                 "leads (email, first_name, fields, timezone, consent, score, created_at, updated_at)",
                 &values,
                 &format!(
@@ -125,7 +125,7 @@ impl Store {
                 ]
             })
             .collect();
-        batch::insert_rows(
+        sql::insert_rows(
             &txn,
             self.backend,
             "touches (lead_id, occurred_at, channel, source, medium, campaign, term, content, \
@@ -147,7 +147,7 @@ impl Store {
                 ]
             })
             .collect();
-        batch::insert_rows(
+        sql::insert_rows(
             &txn,
             self.backend,
             "events (lead_id, kind, payload, occurred_at, received_at)",
@@ -158,7 +158,7 @@ impl Store {
         // Runs the leads are in already see the event in the scheduler's next round.
         let mut unique: Vec<i64> = ids.values().copied().collect();
         unique.sort_unstable();
-        for chunk in unique.chunks(batch::ROWS) {
+        for chunk in unique.chunks(sql::ROWS) {
             let mut q = Params::new(self.backend);
             let at = q.p(t);
             let list = q.list(chunk);
@@ -176,7 +176,7 @@ impl Store {
     /// Marks these leads' `signup` events as processed: their forms' funnels have started.
     pub async fn signups_started(&self, leads: &[LeadId], now: DateTime<Utc>) -> Result<()> {
         let _turn = self.turn().await;
-        for chunk in leads.chunks(batch::ROWS) {
+        for chunk in leads.chunks(sql::ROWS) {
             let mut q = Params::new(self.backend);
             let at = q.p(ms(now));
             let ids: Vec<i64> = chunk.iter().map(|l| l.0).collect();

@@ -1,0 +1,169 @@
+//! Multi-row statements: bound parameters written once per backend, `VALUES` lists and
+//! `IN (…)` lists padded to a few shapes, inserts a statement per [`ROWS`] rows.
+
+use sea_orm::{ConnectionTrait, DatabaseTransaction, Statement, Value};
+
+use super::{Backend, Result};
+
+/// Rows per statement: keeps every statement far below both backends' parameter limits.
+pub(super) const ROWS: usize = 512;
+
+/// Bound values of one statement and their placeholders, in the order they appear.
+pub(super) struct Params {
+    backend: Backend,
+    pub(super) values: Vec<Value>,
+}
+
+impl Params {
+    pub(super) fn new(backend: Backend) -> Params {
+        Params {
+            backend,
+            values: Vec::new(),
+        }
+    }
+
+    /// Binds a value and returns its placeholder.
+    pub(super) fn p(&mut self, v: impl Into<Value>) -> String {
+        let mut out = String::new();
+        self.push(&mut out, v.into());
+        out
+    }
+
+    /// Binds a value and writes its placeholder to `out`.
+    fn push(&mut self, out: &mut String, v: Value) {
+        self.values.push(v);
+        match self.backend {
+            Backend::Sqlite => out.push('?'),
+            Backend::Postgres => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "${}", self.values.len());
+            }
+        }
+    }
+
+    /// The placeholders of an `IN (…)` list of ids, padded as [`padded`] pads it.
+    pub(super) fn list(&mut self, ids: &[i64]) -> String {
+        let mut out = String::with_capacity(ids.len().next_power_of_two() * 4);
+        for (i, id) in padded(ids.iter().copied()).into_iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            self.push(&mut out, id.into());
+        }
+        out
+    }
+
+    /// A parenthesised row of placeholders, written to `out`.
+    fn row(&mut self, out: &mut String, vs: Vec<Value>) {
+        out.push('(');
+        for (i, v) in vs.into_iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            self.push(out, v);
+        }
+        out.push(')');
+    }
+
+    /// The rows of a `VALUES` list, padded with rows of NULLs to the next power of two: a
+    /// statement has one of a few shapes, so the prepared-statement cache keeps hitting (and
+    /// stays small) whatever the batch size. A padding row's first column is NULL, so it
+    /// matches nothing in an UPDATE and is filtered out of an INSERT … SELECT.
+    pub(super) fn values(&mut self, rows: Vec<Vec<Value>>) -> String {
+        let pad = rows
+            .first()
+            .map(|r| r.iter().map(Value::as_null).collect::<Vec<_>>());
+        let n = rows.len().next_power_of_two();
+        let width = rows.first().map_or(0, Vec::len);
+        let mut out = String::with_capacity(n * (width * 6 + 4));
+        let mut written = 0;
+        for r in rows {
+            if written > 0 {
+                out.push_str(", ");
+            }
+            self.row(&mut out, r);
+            written += 1;
+        }
+        while let Some(p) = pad.as_ref().filter(|_| written < n) {
+            out.push_str(", ");
+            self.row(&mut out, p.clone());
+            written += 1;
+        }
+        out
+    }
+
+    pub(super) fn statement(self, sql: String) -> Statement {
+        let b = match self.backend {
+            Backend::Sqlite => sea_orm::DbBackend::Sqlite,
+            Backend::Postgres => sea_orm::DbBackend::Postgres,
+        };
+        Statement::from_sql_and_values(b, sql, self.values)
+    }
+}
+
+/// An `IN (…)` list padded to the next power of two by repeating its last item, for the
+/// same reason as [`Params::values`]: few statement shapes.
+pub(super) fn padded<T: Clone>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut v: Vec<T> = items.into_iter().collect();
+    if let Some(last) = v.last().cloned() {
+        v.resize(v.len().next_power_of_two(), last);
+    }
+    v
+}
+
+/// `INSERT INTO {head} SELECT * FROM (VALUES …) AS v WHERE v.column1 IS NOT NULL {tail}`:
+/// padded rows (see [`Params::values`]) are left out.
+pub(super) fn insert_sql(head: &str, values: &str, tail: &str) -> String {
+    format!(
+        "INSERT INTO {head} SELECT * FROM (VALUES {values}) AS v WHERE v.column1 IS NOT NULL {tail}"
+    )
+}
+
+/// Inserts `rows`, a statement per [`ROWS`].
+pub(super) async fn insert_rows(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    head: &str,
+    tail: &str,
+    rows: Vec<Vec<Value>>,
+) -> Result<()> {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let mut q = Params::new(backend);
+        let values = q.values(rows.by_ref().take(ROWS).collect());
+        txn.execute_raw(q.statement(insert_sql(head, &values, tail)))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Inserts `rows` as [`insert_rows`] does, with a `RETURNING` clause in `tail`; returns the
+/// rows it gives back.
+pub(super) async fn insert_returning(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    head: &str,
+    tail: &str,
+    rows: Vec<Vec<Value>>,
+) -> Result<Vec<sea_orm::QueryResult>> {
+    let mut out = Vec::new();
+    for chunk in chunks(rows) {
+        let mut q = Params::new(backend);
+        let values = q.values(chunk);
+        out.extend(
+            txn.query_all_raw(q.statement(insert_sql(head, &values, tail)))
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// Chunks of at most [`ROWS`] rows, owned.
+pub(super) fn chunks(rows: Vec<Vec<Value>>) -> Vec<Vec<Vec<Value>>> {
+    let mut rows = rows.into_iter().peekable();
+    let mut out = Vec::new();
+    while rows.peek().is_some() {
+        out.push(rows.by_ref().take(ROWS).collect());
+    }
+    out
+}
