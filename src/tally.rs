@@ -128,17 +128,35 @@ pub struct Key {
     pub metric: String,
 }
 
-/// A counter's value: how many, and a sum of money for orders.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// An amount kept exact: whole millionths of a unit (of a currency, or of one order's
+/// credit), so the same facts sum to the same figure in whatever order they are added — the
+/// counters kept as facts are written and those made again from the rows agree to the unit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Micros(pub i64);
+
+impl Micros {
+    /// The nearest amount to `x` units.
+    pub fn of(x: f64) -> Micros {
+        Micros((x * 1e6).round() as i64)
+    }
+
+    /// In units.
+    pub fn units(self) -> f64 {
+        self.0 as f64 / 1e6
+    }
+}
+
+/// A counter's value: how many, and a sum of money (or of credit) for orders.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sum {
     pub n: i64,
-    pub total: f64,
+    pub total: Micros,
 }
 
 impl Sum {
     pub fn add(&mut self, other: Sum) {
         self.n += other.n;
-        self.total += other.total;
+        self.total.0 += other.total.0;
     }
 }
 
@@ -414,7 +432,7 @@ impl Tally {
         stage: &str,
         metric: Metric,
         n: i64,
-        total: f64,
+        total: Micros,
     ) {
         let t = match view {
             View::Entry => run.entered_at,
@@ -442,15 +460,15 @@ impl Tally {
     }
 
     fn both(&mut self, run: &Run, at: DateTime<Utc>, stage: &str, metric: Metric, n: i64) {
-        self.add(run, View::Entry, at, stage, metric, n, 0.0);
-        self.add(run, View::Calendar, at, stage, metric, n, 0.0);
+        self.add(run, View::Entry, at, stage, metric, n, Micros(0));
+        self.add(run, View::Calendar, at, stage, metric, n, Micros(0));
     }
 
     /// Every counter turned round: what to add to take these facts back out.
     pub fn negated(mut self) -> Tally {
         for s in self.sums.values_mut() {
             s.n = -s.n;
-            s.total = -s.total;
+            s.total.0 = -s.total.0;
         }
         self
     }
@@ -555,16 +573,16 @@ impl Tally {
                     FUNNEL,
                     Metric::Plain(metric::ENTERED),
                     1,
-                    0.0,
+                    Micros(0),
                 );
                 if *unconfirmed {
                     let m = Metric::Plain(metric::UNCONFIRMED);
-                    self.add(run, Entry, at, FUNNEL, m, 1, 0.0);
+                    self.add(run, Entry, at, FUNNEL, m, 1, Micros(0));
                 }
             }
             Fact::Confirmed { run } => {
                 let m = Metric::Plain(metric::UNCONFIRMED);
-                self.add(run, Entry, run.entered_at, FUNNEL, m, -1, 0.0);
+                self.add(run, Entry, run.entered_at, FUNNEL, m, -1, Micros(0));
             }
             Fact::Opened {
                 run,
@@ -575,7 +593,7 @@ impl Tally {
                 if let Some(others) = first {
                     self.both(run, *at, stage, Metric::Plain(metric::IN), 1);
                     for other in others.iter().filter(|s| s != stage) {
-                        self.add(run, Entry, *at, stage, Metric::With(other), 1, 0.0);
+                        self.add(run, Entry, *at, stage, Metric::With(other), 1, Micros(0));
                     }
                 }
                 self.both(run, *at, stage, Metric::Plain(metric::OPEN), 1);
@@ -596,8 +614,8 @@ impl Tally {
                 let time = Metric::Time(quantize((*at - *entered).num_seconds()));
                 // Calendar counters of a visit are filed under the day it began.
                 for (m, n) in [(Metric::Plain(metric::OPEN), -1), (way, 1), (time, 1)] {
-                    self.add(run, Entry, *entered, stage, m, n, 0.0);
-                    self.add(run, Calendar, *entered, stage, m, n, 0.0);
+                    self.add(run, Entry, *entered, stage, m, n, Micros(0));
+                    self.add(run, Calendar, *entered, stage, m, n, Micros(0));
                 }
             }
             Fact::Milestone { run, kind, at } => {
@@ -606,7 +624,7 @@ impl Tally {
             Fact::Converted { run, at } => {
                 let len = Metric::Length(quantize((*at - run.entered_at).num_seconds()));
                 for m in [Metric::Plain(metric::CONVERTED), len] {
-                    self.add(run, Entry, *at, FUNNEL, m, 1, 0.0);
+                    self.add(run, Entry, *at, FUNNEL, m, 1, Micros(0));
                 }
             }
             Fact::Bought { run, stage, order } => {
@@ -614,8 +632,9 @@ impl Tally {
                     product: order.product,
                     currency: order.currency,
                 };
-                self.add(run, Entry, order.at, stage, m, 1, order.amount);
-                self.add(run, Calendar, order.at, stage, m, 1, order.amount);
+                let total = Micros::of(order.amount);
+                self.add(run, Entry, order.at, stage, m, 1, total);
+                self.add(run, Calendar, order.at, stage, m, 1, total);
             }
             Fact::Ordered {
                 funnel,
@@ -635,8 +654,8 @@ impl Tally {
                     what: *what,
                 };
                 let (at, stage) = (mail.queued_at, mail.stage);
-                self.add(&run, Entry, at, stage, m, *n, 0.0);
-                self.add(&run, Calendar, at, stage, m, *n, 0.0);
+                self.add(&run, Entry, at, stage, m, *n, Micros(0));
+                self.add(&run, Calendar, at, stage, m, *n, Micros(0));
             }
         }
     }
@@ -648,14 +667,14 @@ impl Tally {
             origin: ALL,
         };
         let mut add =
-            |m: Metric, total: f64| self.add(&run, View::Calendar, o.at, FUNNEL, m, 1, total);
-        add(Metric::Plain(metric::PURCHASES), 0.0);
+            |m: Metric, total: Micros| self.add(&run, View::Calendar, o.at, FUNNEL, m, 1, total);
+        add(Metric::Plain(metric::PURCHASES), Micros(0));
         let before: Vec<&Touch> = touches
             .iter()
             .filter(|t| t.at <= o.at && o.at - t.at <= lookback)
             .collect();
         if before.is_empty() {
-            add(Metric::Plain(metric::UNATTRIBUTED), 0.0);
+            add(Metric::Plain(metric::UNATTRIBUTED), Micros(0));
             return;
         }
         let ages: Vec<Duration> = before.iter().map(|t| o.at - t.at).collect();
@@ -666,8 +685,8 @@ impl Tally {
                     touch: t,
                     currency,
                 };
-                add(credit(None), share);
-                add(credit(Some(o.currency)), share * o.amount);
+                add(credit(None), Micros::of(share));
+                add(credit(Some(o.currency)), Micros::of(share * o.amount));
             }
         }
     }
@@ -1255,7 +1274,7 @@ mod tests {
         );
         let buy: Vec<_> = all.with_prefix(View::Entry, "a", metric::BUY).collect();
         assert_eq!(buy.len(), 1);
-        assert_eq!((buy[0].1.n, buy[0].1.total), (1, 9.5));
+        assert_eq!((buy[0].1.n, buy[0].1.total), (1, Micros(9_500_000)));
         assert_eq!(origin_parts(run.origin)[1].as_deref(), Some("google"));
         assert_eq!(
             f.keys().filter(|(_, o)| o == run.origin).count(),

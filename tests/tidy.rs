@@ -126,7 +126,8 @@ struct Tree {
     siblings: BTreeMap<(String, String), BTreeSet<String>>,
 }
 
-fn read_tree(src: &Path) -> Tree {
+/// Every `.rs` file under `src`.
+fn rust_files(src: &Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     let mut dirs = vec![src.to_path_buf()];
     while let Some(d) = dirs.pop() {
@@ -139,6 +140,12 @@ fn read_tree(src: &Path) -> Tree {
             }
         }
     }
+    files.sort();
+    files
+}
+
+fn read_tree(src: &Path) -> Tree {
+    let files = rust_files(src);
     let mut tree = Tree {
         top: BTreeMap::new(),
         siblings: BTreeMap::new(),
@@ -266,5 +273,41 @@ fn the_reader_sees_imports_as_written() {
     assert_eq!(
         find_loop(&g),
         Some(["a", "b", "c", "a"].map(String::from).to_vec())
+    );
+}
+
+/// Where `word` is named in the code of `src/` (comments left out) as a word of its own, by
+/// file (relative to `src/`).
+fn named(word: &str) -> BTreeSet<String> {
+    let src = crate::util::root().join("src");
+    let mut out = BTreeSet::new();
+    for f in rust_files(&src) {
+        let code = code_of(&std::fs::read_to_string(&f).unwrap());
+        let own = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        if code.match_indices(word).any(|(i, _)| {
+            !own(code[..i].chars().next_back()) && !own(code[i + word.len()..].chars().next())
+        }) {
+            out.insert(f.strip_prefix(&src).unwrap().display().to_string());
+        }
+    }
+    out
+}
+
+/// The write path keeps one way to the counters: facts become counters only in
+/// `Tally::count` (the rest of `Tally` that makes them is private to `tally.rs`, which the
+/// compiler holds), and the stored counters are written, read and made again only by
+/// `store/counts.rs` — every other write hands its facts to `counts::Counting`.
+#[test]
+fn counters_are_written_in_one_place() {
+    assert_eq!(
+        named("report_counts"),
+        BTreeSet::from(["store/counts.rs".to_string()]),
+        "the counters' table is named outside store/counts.rs"
+    );
+    let makers: BTreeSet<String> = ["tally.rs", "store/counts.rs"].map(String::from).into();
+    assert!(
+        named("Tally::by_day").is_subset(&makers),
+        "stored counters (Tally::by_day) are made outside store/counts.rs: {:?}",
+        named("Tally::by_day")
     );
 }

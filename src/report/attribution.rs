@@ -52,9 +52,9 @@ pub fn attribution_of(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> AttributionReport {
-    use crate::tally::{FUNNEL, View, metric};
+    use crate::tally::{FUNNEL, Micros, View, metric};
     type Key = (String, Option<String>, Option<String>);
-    let mut credits: BTreeMap<Key, (f64, BTreeMap<String, f64>)> = BTreeMap::new();
+    let mut credits: BTreeMap<Key, (i64, BTreeMap<String, i64>)> = BTreeMap::new();
     for (k, sum) in fig.with_prefix(View::Calendar, FUNNEL, metric::CREDIT) {
         let Ok(parts) = serde_json::from_str::<[Option<String>; 5]>(k) else {
             continue;
@@ -67,11 +67,11 @@ pub fn attribution_of(
         }
         let c = credits.entry((channel, source, campaign)).or_default();
         match currency {
-            None => c.0 += sum.total,
-            Some(cur) => *c.1.entry(cur).or_default() += sum.total,
+            None => c.0 += sum.total.0,
+            Some(cur) => *c.1.entry(cur).or_default() += sum.total.0,
         }
     }
-    let round = |x: f64, by: f64| (x * by).round() / by;
+    let round = |x: i64, by: f64| (Micros(x).units() * by).round() / by;
     let mut credits: Vec<Credit> = credits
         .into_iter()
         .map(

@@ -303,7 +303,7 @@ pub fn report_of(
                 Cohort::Calendar => Rate::of(count(v, next, metric::IN), leads_in),
             }
         });
-        let mut by_currency: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+        let mut by_currency: BTreeMap<String, (u64, crate::tally::Micros)> = BTreeMap::new();
         if let Some(offer) = &s.offer {
             for (k, sum) in fig.with_prefix(v, id, metric::BUY) {
                 if let Some((product, currency)) = k.split_once('\u{1f}')
@@ -312,7 +312,7 @@ pub fn report_of(
                 {
                     let e = by_currency.entry(currency.to_string()).or_default();
                     e.0 += sum.n as u64;
-                    e.1 += sum.total;
+                    e.1.0 += sum.total.0;
                 }
             }
         }
@@ -331,8 +331,8 @@ pub fn report_of(
                 .map(|(currency, (orders, total))| Revenue {
                     currency,
                     orders,
-                    total,
-                    average: total / orders as f64,
+                    total: total.units(),
+                    average: total.units() / orders as f64,
                 })
                 .collect(),
             time_in_stage: Spread::of_histogram(&fig.histogram(v, id, metric::TIME)),

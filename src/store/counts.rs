@@ -10,7 +10,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
 use super::sql::{self, Params};
 use super::{Backend, Replay, ReportNeeds, Result, Store};
 use crate::domain::{Event, EventKind, FunnelId, LeadId};
-use crate::tally::{self, Fact, Figures, LeadRun, Order, Run, Sum, Tally, Touch};
+use crate::tally::{self, Fact, Figures, LeadRun, Micros, Order, Run, Sum, Tally, Touch};
 
 /// What one write transaction adds to the stored counters: each [`Fact`] goes in as the write
 /// makes it from the rows it wrote, [`Tally::count`] says what it adds, and
@@ -40,7 +40,7 @@ async fn write(txn: &DatabaseTransaction, backend: Backend, t: &Tally) -> Result
     let rows: Vec<Vec<Value>> = t
         .counters()
         .into_iter()
-        .filter(|(_, s)| s.n != 0 || s.total != 0.0)
+        .filter(|(_, s)| s.n != 0 || s.total.0 != 0)
         .map(|(k, s)| {
             vec![
                 k.funnel.into(),
@@ -50,7 +50,7 @@ async fn write(txn: &DatabaseTransaction, backend: Backend, t: &Tally) -> Result
                 k.stage.into(),
                 k.metric.into(),
                 s.n.into(),
-                s.total.into(),
+                s.total.0.into(),
             ]
         })
         .collect();
@@ -298,7 +298,7 @@ impl Store {
             }
         };
         let sql = format!(
-            "SELECT CAST({period} AS BIGINT) AS period, origin, view, stage, metric, CAST(SUM(n) AS BIGINT), SUM(total) \
+            "SELECT CAST({period} AS BIGINT) AS period, origin, view, stage, metric, CAST(SUM(n) AS BIGINT), CAST(SUM(total) AS BIGINT) \
              FROM report_counts WHERE funnel_id = $1 AND {origin} AND day >= $2 AND day < $3{which} \
              GROUP BY 1, origin, view, stage, metric"
         );
@@ -308,7 +308,7 @@ impl Store {
                 return Ok(());
             };
             let n: i64 = r.try_get_by_index::<Option<i64>>(5)?.unwrap_or(0);
-            let total: f64 = r.try_get_by_index::<Option<f64>>(6)?.unwrap_or(0.0);
+            let total = Micros(r.try_get_by_index::<Option<i64>>(6)?.unwrap_or(0));
             out.entry((
                 r.try_get_by_index::<i64>(0)?,
                 r.try_get_by_index::<String>(1)?,
