@@ -72,7 +72,7 @@ pub mod metric {
     /// they reached second (entry view).
     pub const WITH: &str = "with:";
     /// `buy␟PRODUCT␟CURRENCY`: orders (and their total) by leads whose run had entered the
-    /// stage before buying.
+    /// stage before buying, each credited to one run ([`super::order_facts`]).
     pub const BUY: &str = "buy\u{1f}";
     /// Orders by the funnel's leads (funnel-wide, calendar view).
     pub const PURCHASES: &str = "purchases";
@@ -940,11 +940,12 @@ pub struct LeadRun<'a> {
     pub firsts: Vec<(&'a str, DateTime<Utc>)>,
 }
 
-/// What an order of a lead adds to one funnel, given the lead's runs of it and touches
-/// (oldest first): credited to each run under every stage the run had entered before the
-/// order (strictly: an order made as the run enters a stage is what brought it there, not
-/// the stage's sale), when it names a product; and shared among the touches for attribution
-/// when the lead had entered the funnel by then.
+/// What an order of a lead adds to one funnel, given the lead's runs of it (oldest first) and
+/// touches (oldest first): when it names a product, it is credited to the one run that was in
+/// the funnel when it came — the latest to enter before it — under every stage that run had
+/// entered before the order (strictly: an order made as a run enters a stage, or the funnel,
+/// is what brought it there, not the stage's sale); and when the lead had entered the funnel
+/// by then, it is shared among the touches for attribution.
 pub fn order_facts<'a>(
     funnel: &'a str,
     runs: &[LeadRun<'a>],
@@ -953,16 +954,18 @@ pub fn order_facts<'a>(
     lookback: Duration,
     out: &mut Vec<Fact<'a>>,
 ) {
-    if !order.product.is_empty() {
-        for r in runs {
-            for (stage, since) in &r.firsts {
-                if *since < order.at {
-                    out.push(Fact::Bought {
-                        run: r.run,
-                        stage,
-                        order,
-                    });
-                }
+    let current = runs
+        .iter()
+        .filter(|r| r.run.entered_at < order.at)
+        .max_by_key(|r| r.run.entered_at);
+    if let Some(r) = current.filter(|_| !order.product.is_empty()) {
+        for (stage, since) in &r.firsts {
+            if *since < order.at {
+                out.push(Fact::Bought {
+                    run: r.run,
+                    stage,
+                    order,
+                });
             }
         }
     }

@@ -1211,3 +1211,75 @@ fn same_counters(made: Vec<((i64, String), Vec<String>)>, kept: Vec<((i64, Strin
 on_both_backends! {
     counters => counters_agree_with_rows,
 }
+
+const PASS: &str = r#"name: Pass
+entry: { api: true, re_entry: always }
+products:
+  pass: { price: 500, currency: RUB }
+stages:
+  - id: pitch
+    offer: pass
+    on:
+      - { event: leave, exit: not_converted }
+      - { event: purchase, product: pass, goto: member }
+    steps:
+      - wait: 30d
+      - exit: not_converted
+  - id: member
+    steps:
+      - exit: converted
+"#;
+
+/// An order counts once: a lead of a `re_entry: always` funnel joins, leaves, joins again and
+/// buys the 500 RUB pass once. The order is the second run's, credited under the stage that
+/// run was in — once, not once for every run that had entered the stage. A second lead who
+/// bought the pass for 300 RUB during its first run and came back later is credited to that
+/// first run only. Two orders, 800 RUB; the counters and the rows say the same.
+async fn an_order_counts_once(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(dir.path(), &[("funnels/pass.yaml", PASS)]);
+    let rt = crate::util::engine(&store, &p, t0()).await;
+    let leads = confirmed_leads(&store, "pass", 2).await;
+    let (ann, bob) = (leads[0], leads[1]);
+    let custom = |n: &str| Event::of(EventKind::parse(n).unwrap());
+    let at = |h: i64| t0() + Duration::hours(h);
+    let rub = |amount: f64| Event {
+        currency: Some("RUB".into()),
+        ..purchase("pass", amount)
+    };
+    rt.enroll_many(&leads, &fid("pass"), at(0)).await.unwrap();
+    rt.event(ann, custom("leave"), None, at(1)).await.unwrap();
+    rt.event(bob, rub(300.0), None, at(1)).await.unwrap();
+    while rt.tick(at(1)).await.unwrap() > 0 {}
+    rt.enroll_many(&leads, &fid("pass"), at(2)).await.unwrap();
+    rt.event(ann, rub(500.0), None, at(3)).await.unwrap();
+    while rt.tick(at(3)).await.unwrap() > 0 {}
+    let now = at(4);
+    let rows = store
+        .report_rows(&fid("pass"), now, ReportNeeds::ALL)
+        .await
+        .unwrap();
+    assert_eq!(rows.runs.len(), 4, "each lead entered twice");
+    let params = Params {
+        from: Some("2026-11-01".into()),
+        ..Params::default()
+    };
+    let req = Request::parse(What::Funnel, &params, now).unwrap();
+    let a = funnel_both(&store, &p.funnels[0], &rows, &req, now).await;
+    let pitch = &a.report.stages[0];
+    assert_eq!(pitch.leads_in, 4);
+    assert_eq!(pitch.revenue.len(), 1, "{:?}", pitch.revenue);
+    let r = &pitch.revenue[0];
+    assert_eq!(
+        (r.currency.as_str(), r.orders, r.total, r.average),
+        ("RUB", 2, 800.0, 400.0),
+        "one order of 500 RUB and one of 300 RUB, each counted once"
+    );
+    let table = render::table(&a.report);
+    assert!(table.contains("800.00 RUB (2 × 400.00)"), "{table}");
+}
+
+on_both_backends! {
+    order_once => an_order_counts_once,
+}
