@@ -546,7 +546,7 @@ async fn main() -> anyhow::Result<()> {
         let req = Request::parse(what, &params, now).map_err(|e| anyhow::anyhow!("{e}"))?;
         let started = Instant::now();
         let data = store
-            .read_report(&id, &req.read(now), req.until(now))
+            .read_report(&id, &req.read(now), now)
             .await?;
         let read = started.elapsed().as_secs_f64();
         let a = answer(&f, &data, &req, now)?;

@@ -393,9 +393,7 @@ async fn report(
         Err(e) => return usage(format!("--{}: {}", e.param, e.message)),
     };
     let store = open_store(&settings).await?;
-    let rows = store
-        .read_report(&f.id.value, &req.read(now), req.until(now))
-        .await?;
+    let rows = store.read_report(&f.id.value, &req.read(now), now).await?;
     let answer = match crate::report::request::answer(f, &rows, &req, now) {
         Ok(a) => a,
         Err(e) => return usage(format!("--{}: {e}", e.param())),

@@ -329,14 +329,6 @@ impl Request {
             },
         }
     }
-
-    /// The newest time the report reads rows up to.
-    pub fn until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        match self.what {
-            What::Forecast => now,
-            _ => self.to.min(now),
-        }
-    }
 }
 
 /// The funnel report with its periods and slices.

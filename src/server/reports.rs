@@ -30,7 +30,7 @@ async fn report(
     let rows = state
         .runtime
         .store()
-        .read_report(&running.funnel.id.value, &req.read(now), req.until(now))
+        .read_report(&running.funnel.id.value, &req.read(now), now)
         .await?;
     let a = answer(&running.funnel, &rows, &req, now)
         .map_err(|e| ApiError::invalid(e.param(), e.to_string()))?;
