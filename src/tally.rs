@@ -54,7 +54,7 @@ pub mod metric {
     pub const ENTERED: &str = "entered";
     /// Runs waiting for the double opt-in click (funnel-wide, entry view; down on the click).
     pub const UNCONFIRMED: &str = "unconfirmed";
-    /// Runs that exited `converted` (funnel-wide, entry view).
+    /// Runs that exited `converted` (funnel-wide; the calendar view files them when they did).
     pub const CONVERTED: &str = "converted";
     /// `length:SECONDS`: runs that took this long from entry to `converted` (quantized).
     pub const LENGTH: &str = "length:";
@@ -612,10 +612,15 @@ impl Tally {
                     (None, None) => Metric::Exit("unknown"),
                 };
                 let time = Metric::Time(quantize((*at - *entered).num_seconds()));
-                // Calendar counters of a visit are filed under the day it began.
-                for (m, n) in [(Metric::Plain(metric::OPEN), -1), (way, 1), (time, 1)] {
-                    self.add(run, Entry, *entered, stage, m, n, Micros(0));
-                    self.add(run, Calendar, *entered, stage, m, n, Micros(0));
+                let open = Metric::Plain(metric::OPEN);
+                // A visit's calendar counters: it stops being open in the period it began
+                // (so a period's open visits are those it opened and nobody has closed), and
+                // its way out and its length count in the period it ended.
+                self.add(run, Entry, *entered, stage, open, -1, Micros(0));
+                self.add(run, Calendar, *entered, stage, open, -1, Micros(0));
+                for m in [way, time] {
+                    self.add(run, Entry, *at, stage, m, 1, Micros(0));
+                    self.add(run, Calendar, *at, stage, m, 1, Micros(0));
                 }
             }
             Fact::Milestone { run, kind, at } => {
@@ -625,6 +630,7 @@ impl Tally {
                 let len = Metric::Length(quantize((*at - run.entered_at).num_seconds()));
                 for m in [Metric::Plain(metric::CONVERTED), len] {
                     self.add(run, Entry, *at, FUNNEL, m, 1, Micros(0));
+                    self.add(run, Calendar, *at, FUNNEL, m, 1, Micros(0));
                 }
             }
             Fact::Bought { run, stage, order } => {

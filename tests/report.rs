@@ -1358,3 +1358,80 @@ async fn entry_cohorts_keep_their_progress(store: Store) {
 on_both_backends! {
     entry_progress => entry_cohorts_keep_their_progress,
 }
+
+/// The calendar view in its own terms: 10 applications on day 0, 4 offers on day 1; the other 6
+/// applications time out after 30 days, on day 30, and the 4 offers on day 31. The view of day
+/// 0 sees the 10 entries and nothing ended; the view of day 30 sees the 6 exits with their 30
+/// days in the stage (filed on the day they ended, not the day the visits began), none of
+/// them moving on (0 %), and no share of the funnel's entries; day 31 sees the offers' exits.
+async fn calendar_view_in_its_own_terms(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(dir.path(), &[("funnels/b2b.yaml", B2B)]);
+    let rt = crate::util::engine(&store, &p, t0()).await;
+    let ids = confirmed_leads(&store, "k", 10).await;
+    rt.enroll_many(&ids, &fid("b2b"), t0()).await.unwrap();
+    let day = |d: i64| t0() + Duration::days(d);
+    for l in &ids[..4] {
+        let offer = Event::of(EventKind::parse("offer_made").unwrap());
+        rt.event(*l, offer, None, day(1)).await.unwrap();
+    }
+    for d in [1, 30, 31] {
+        while rt.tick(day(d)).await.unwrap() > 0 {}
+    }
+    let now = day(32);
+    let rows = store
+        .report_rows(&fid("b2b"), now, ReportNeeds::ALL)
+        .await
+        .unwrap();
+    let f = &p.funnels[0];
+    let report = |d: i64| {
+        let date = |t: DateTime<Utc>| t.format("%Y-%m-%d").to_string();
+        let params = Params {
+            from: Some(date(day(d))),
+            to: Some(date(day(d + 1))),
+            cohort: Some("calendar".into()),
+            ..Params::default()
+        };
+        let req = Request::parse(What::Funnel, &params, now).unwrap();
+        assert!(matches!(req.read(now), ReportRead::Counts { .. }));
+        let (store, rows) = (&store, &rows);
+        async move { funnel_both(store, f, rows, &req, now).await.report }
+    };
+    let first = report(0).await;
+    let app = &first.stages[0];
+    assert_eq!(
+        (first.entered, app.leads_in, app.still_there),
+        (10, 10, 0),
+        "all left by now"
+    );
+    assert!(app.exited.is_empty() && app.moved_on.is_empty());
+    assert_eq!(
+        app.to_next.unwrap().percent,
+        None,
+        "no visit ended that day"
+    );
+    assert_eq!(app.from_entry, None);
+    let next = report(1).await;
+    assert_eq!(next.stages[0].moved_on["offer"], 4);
+    assert_eq!(next.stages[0].to_next.unwrap().percent, Some(100.0));
+    let late = report(30).await;
+    let app = &late.stages[0];
+    assert_eq!((late.entered, app.leads_in), (0, 0));
+    assert_eq!(app.exited["not_converted"], 6);
+    assert_eq!(app.to_next.unwrap(), autofunnel::report::Rate::of(0, 6));
+    assert_eq!(app.time_in_stage.p50_seconds, Some(30 * 86_400));
+    assert_eq!((late.converted.part, late.converted.whole), (0, 6));
+    let last = report(31).await;
+    assert_eq!(last.stages[1].exited["not_converted"], 4);
+    assert_eq!(last.stages[0].exited.get("not_converted"), None);
+    let table = render::table(&late);
+    assert!(
+        table.contains("converted 0.0% (0) of the 6 runs that left the funnel in the period"),
+        "{table}"
+    );
+}
+
+on_both_backends! {
+    calendar_terms => calendar_view_in_its_own_terms,
+}

@@ -121,10 +121,13 @@ pub struct StageReport {
     pub exited: BTreeMap<String, u64>,
     /// Still in the stage now.
     pub still_there: u64,
-    /// Reached the next stage in the funnel's order, of those in this one.
+    /// Entry cohort: runs that reached the next stage in the funnel's order, of those in this
+    /// one. Calendar view: visits of this stage that ended in the period by moving on to the
+    /// next stage, of all its visits that ended in the period (moved on or exited).
     pub to_next: Option<Rate>,
-    /// In this stage, of those who entered the funnel.
-    pub from_entry: Rate,
+    /// In this stage, of those who entered the funnel (entry cohort only: in the calendar
+    /// view the stage's entries are not a part of the period's funnel entries).
+    pub from_entry: Option<Rate>,
     /// Purchases of the stage's offer by the leads that were in it, after they entered it.
     pub revenue: Vec<Revenue>,
     pub time_in_stage: Spread,
@@ -142,10 +145,12 @@ pub struct FunnelReport {
     pub entered: u64,
     /// Of those, runs still waiting for the double opt-in click (in no stage yet).
     pub awaiting_confirmation: u64,
-    /// Of those, runs that exited `converted` (by the time of the report).
+    /// Entry cohort: of those, runs that exited `converted` (by the time of the report).
+    /// Calendar view: runs that exited `converted` in the period, of all the runs that left
+    /// the funnel from a stage in the period.
     pub converted: Rate,
     pub stages: Vec<StageReport>,
-    /// From funnel entry to the `converted` exit.
+    /// From funnel entry to the `converted` exit, of the conversions counted in `converted`.
     pub length_to_converted: Spread,
     /// Leads that reached the funnel's scoring thresholds, when it has them.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -287,6 +292,13 @@ pub fn report_of(
             .filter_map(|(k, s)| Some((k.to_string(), u64::try_from(s.n).ok().filter(|n| *n > 0)?)))
             .collect()
     };
+    let sum = |stage: &str, prefix: &str| -> u64 {
+        fig.with_prefix(v, stage, prefix)
+            .map(|(_, s)| u64::try_from(s.n).unwrap_or(0))
+            .sum()
+    };
+    // Visits of a stage that ended in the period (calendar view).
+    let ended = |stage: &str| sum(stage, metric::NEXT) + sum(stage, metric::EXIT);
     let mut stages = Vec::with_capacity(f.stages.len());
     for (i, s) in f.stages.iter().enumerate() {
         let id = s.id.value.as_str();
@@ -300,7 +312,9 @@ pub fn report_of(
                         + count(v, id, &format!("{}{next}", metric::WITH)),
                     leads_in,
                 ),
-                Cohort::Calendar => Rate::of(count(v, next, metric::IN), leads_in),
+                Cohort::Calendar => {
+                    Rate::of(count(v, id, &format!("{}{next}", metric::NEXT)), ended(id))
+                }
             }
         });
         let mut by_currency: BTreeMap<String, (u64, crate::tally::Micros)> = BTreeMap::new();
@@ -325,7 +339,7 @@ pub fn report_of(
             exited: map(id, metric::EXIT),
             still_there: count(v, id, metric::OPEN),
             to_next,
-            from_entry: Rate::of(leads_in, entered),
+            from_entry: (cohort == Cohort::Entry).then(|| Rate::of(leads_in, entered)),
             revenue: by_currency
                 .into_iter()
                 .map(|(currency, (orders, total))| Revenue {
@@ -352,13 +366,17 @@ pub fn report_of(
         to,
         entered,
         awaiting_confirmation: count(View::Entry, FUNNEL, metric::UNCONFIRMED),
-        converted: Rate::of(count(View::Entry, FUNNEL, metric::CONVERTED), entered),
+        converted: match cohort {
+            Cohort::Entry => Rate::of(count(v, FUNNEL, metric::CONVERTED), entered),
+            Cohort::Calendar => {
+                let ids = || f.stages.iter().map(|s| s.id.value.as_str());
+                let exits = ids().map(|id| sum(id, metric::EXIT)).sum();
+                let won = format!("{}converted", metric::EXIT);
+                Rate::of(ids().map(|id| count(v, id, &won)).sum(), exits)
+            }
+        },
         stages,
-        length_to_converted: Spread::of_histogram(&fig.histogram(
-            View::Entry,
-            FUNNEL,
-            metric::LENGTH,
-        )),
+        length_to_converted: Spread::of_histogram(&fig.histogram(v, FUNNEL, metric::LENGTH)),
         qualified,
     }
 }

@@ -76,13 +76,26 @@ pub fn table(r: &FunnelReport) -> String {
         0 => String::new(),
         n => format!(" ({n} awaiting the double opt-in)"),
     };
+    let converted = match r.cohort {
+        Cohort::Entry => format!("converted {}", rate(&r.converted)),
+        Cohort::Calendar => format!(
+            "converted {} of the {} runs that left the funnel in the period",
+            rate(&r.converted),
+            r.converted.whole
+        ),
+    };
     let _ = writeln!(
         out,
-        "entered {}{waiting}, converted {}, entry → converted p50 / p90: {}",
+        "entered {}{waiting}, {converted}, entry → converted p50 / p90: {}",
         r.entered,
-        rate(&r.converted),
         spread(&r.length_to_converted)
     );
+    if r.cohort == Cohort::Calendar {
+        let _ = writeln!(
+            out,
+            "to next stage: of the stage's visits that ended in the period, those that moved on to the next"
+        );
+    }
     if let Some(q) = &r.qualified {
         let part = |name: &str, r: &Option<Rate>| r.as_ref().map(|r| format!("{name} {}", rate(r)));
         let parts: Vec<String> = [part("MQL", &q.mql), part("SQL", &q.sql)]
@@ -112,7 +125,10 @@ pub fn table(r: &FunnelReport) -> String {
                 s.kind.unwrap_or("—").to_string(),
                 s.leads_in.to_string(),
                 s.to_next.as_ref().map(rate).unwrap_or_else(|| "—".into()),
-                rate(&s.from_entry),
+                s.from_entry
+                    .as_ref()
+                    .map(rate)
+                    .unwrap_or_else(|| "—".into()),
                 list(&s.moved_on),
                 list(&s.exited),
                 s.still_there.to_string(),
@@ -158,7 +174,7 @@ pub fn csv(r: &FunnelReport) -> String {
             s.leads_in.to_string(),
             s.to_next.map(|t| t.part.to_string()).unwrap_or_default(),
             pct(s.to_next.as_ref()),
-            pct(Some(&s.from_entry)),
+            pct(s.from_entry.as_ref()),
             s.moved_on
                 .iter()
                 .map(|(k, n)| format!("{k}={n}"))
