@@ -15,6 +15,15 @@ use crate::server::{self, AppState};
 use crate::settings::{self, Settings};
 use crate::store::{Store, redact};
 
+/// `println!` that stops quietly when stdout is closed (`autofunnel report … | head`) instead
+/// of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "autofunnel",
@@ -28,6 +37,10 @@ struct Cli {
     /// Settings file to use instead of <project>/autofunnel.toml.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Print the log of what a command does (its own and its libraries') on stderr; `run`
+    /// logs at this level anyway. `-vv` for debug. `AUTOFUNNEL_LOG` overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -152,7 +165,14 @@ enum FormatArg {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // A command's output is its answer: the log stays out of it unless asked for; the
+    // server's job logs what it does.
+    let level = match (cli.verbose, matches!(cli.command, Command::Run)) {
+        (0, false) => "warn",
+        (0 | 1, _) => "info",
+        _ => "debug",
+    };
+    init_tracing(level);
     let result = match cli.command {
         Command::Check { ref paths } => check(&cli.project, cli.config.as_deref(), paths),
         Command::Init { ref dir } => init(dir),
@@ -241,9 +261,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AUTOFUNNEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -286,9 +306,9 @@ fn check(project: &Path, config: Option<&Path>, paths: &[PathBuf]) -> anyhow::Re
             anyhow::bail!("{}: no such file or folder", target.display());
         };
         for d in &report.diagnostics {
-            println!("{d}");
+            out!("{d}");
         }
-        println!("{}", report.summary());
+        out!("{}", report.summary());
         failed |= report.errors() > 0;
     }
     Ok(if failed {
@@ -300,13 +320,41 @@ fn check(project: &Path, config: Option<&Path>, paths: &[PathBuf]) -> anyhow::Re
 
 fn init(dir: &Path) -> anyhow::Result<ExitCode> {
     for path in crate::scaffold::init(dir)? {
-        println!("created {}", path.display());
+        out!("created {}", path.display());
     }
-    println!(
+    out!(
         "next: cd {} && autofunnel check && autofunnel run",
         dir.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The database for a read command (`report`, `forecast`, `plan`), never migrated or made:
+/// `None` when there is none yet; an error saying to run `autofunnel migrate` when it is
+/// behind this build.
+async fn open_for_reading(settings: &Settings) -> anyhow::Result<Option<Store>> {
+    let url = &settings.database_url;
+    let Some(store) = Store::open_existing(url).await? else {
+        return Ok(None);
+    };
+    let pending = store.pending_migrations().await?;
+    if let Some(last) = pending.last() {
+        anyhow::bail!(
+            "the database at {} is behind this autofunnel ({} migration(s) to apply, up to \
+             {last}): run `autofunnel migrate`",
+            redact(url),
+            pending.len()
+        );
+    }
+    Ok(Some(store))
+}
+
+/// The line a read command prints (on stderr) when there is no database yet.
+fn no_database(settings: &Settings) -> String {
+    format!(
+        "no database yet at {} (`autofunnel run` or `autofunnel migrate` makes it): nothing has been stored",
+        redact(&settings.database_url)
+    )
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
@@ -323,10 +371,10 @@ async fn migrate(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<Ex
     let store = Store::connect(&settings.database_url).await?;
     let applied = store.migrate().await?;
     if applied.is_empty() {
-        println!("{}: up to date", redact(&settings.database_url));
+        out!("{}: up to date", redact(&settings.database_url));
     }
     for m in applied {
-        println!("applied {m}");
+        out!("applied {m}");
     }
     store.close().await?;
     Ok(ExitCode::SUCCESS)
@@ -344,9 +392,12 @@ async fn plan(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitC
             report.summary()
         );
     };
-    let store = open_store(&settings).await?;
+    let Some(store) = open_for_reading(&settings).await? else {
+        eprintln!("{}", no_database(&settings));
+        return Ok(ExitCode::SUCCESS);
+    };
     let plans = crate::plan::plan(&store, &loaded.funnels).await?;
-    print!("{}", crate::plan::render(&plans).0);
+    out!("{}", crate::plan::render(&plans).0.trim_end());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -392,8 +443,16 @@ async fn report(
         Ok(r) => r,
         Err(e) => return usage(format!("--{}: {}", e.param, e.message)),
     };
-    let store = open_store(&settings).await?;
-    let rows = store.read_report(&f.id.value, &req.read(now), now).await?;
+    let rows = match open_for_reading(&settings).await? {
+        Some(store) => store.read_report(&f.id.value, &req.read(now), now).await?,
+        None => {
+            eprintln!("{}", no_database(&settings));
+            crate::store::ReportData::Rows(crate::store::ReportRows {
+                funnel: f.id.value.to_string(),
+                ..Default::default()
+            })
+        }
+    };
     let answer = match crate::report::request::answer(f, &rows, &req, now) {
         Ok(a) => a,
         Err(e) => return usage(format!("--{}: {e}", e.param())),
@@ -416,7 +475,7 @@ async fn report(
             return usage(format!("`{flag}` answers as a table or JSON"));
         }
     };
-    println!("{}", text.trim_end());
+    out!("{}", text.trim_end());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -123,7 +123,8 @@ pub fn run(
         "{sent} emails; {end}; simulated in {:.1} ms",
         elapsed.as_secs_f64() * 1000.0
     );
-    print!("{out}");
+    // Stops quietly when stdout is closed (`… | head`).
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -614,3 +614,112 @@ fn report_reads_a_funnel_and_refuses_bad_arguments() {
         assert!(stderr.contains(says), "{verb} {args:?}: {stderr}");
     }
 }
+
+/// Read commands never make or migrate the database: with none yet, `report`, `forecast` and
+/// `plan` answer empty with one line on stderr saying so, and no file appears; once made,
+/// the report carries no log lines; a database behind this build is refused with what to run,
+/// and left as it was. A closed stdout (`| head`) ends a command quietly.
+#[test]
+fn read_commands_never_migrate() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        autofunnel()
+            .arg("init")
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let db = dir.path().join("r.db");
+    let run = |args: &[&str]| {
+        autofunnel()
+            .arg("-C")
+            .arg(dir.path())
+            .args(args)
+            .env(
+                "AUTOFUNNEL_DATABASE_URL",
+                format!("sqlite://{}?mode=rwc", db.display()),
+            )
+            .env_remove("AUTOFUNNEL_LOG")
+            .output()
+            .unwrap()
+    };
+    for args in [
+        vec!["report", "welcome"],
+        vec!["report", "welcome", "--format", "json"],
+        vec!["forecast", "welcome"],
+        vec!["plan"],
+    ] {
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("no database yet at sqlite://"),
+            "{stderr}"
+        );
+        assert!(!db.exists(), "{args:?} made the database");
+    }
+    let json = run(&["report", "welcome", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["entered"], 0);
+    assert!(run(&["migrate"]).status.success());
+    let out = run(&["report", "welcome"]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("welcome — "));
+    let verbose = run(&["-v", "report", "welcome"]);
+    assert!(verbose.status.success());
+    // A database one migration behind: refused, and still behind afterwards.
+    let forget = "DELETE FROM seaql_migrations WHERE version = \
+                  (SELECT MAX(version) FROM seaql_migrations)";
+    let sqlite = |sql: &str| {
+        let c = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+                          r=c.execute(sys.argv[2]).fetchall(); c.commit(); print(r)",
+            ])
+            .arg(&db)
+            .arg(sql)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&c.stdout).trim().to_string()
+    };
+    sqlite(forget);
+    let count = "SELECT COUNT(*) FROM seaql_migrations";
+    let before = sqlite(count);
+    for args in [
+        vec!["report", "welcome"],
+        vec!["forecast", "welcome"],
+        vec!["plan"],
+    ] {
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("is behind this autofunnel"), "{stderr}");
+        assert!(stderr.contains("run `autofunnel migrate`"), "{stderr}");
+    }
+    assert_eq!(sqlite(count), before, "nothing migrated");
+    // `| true`: the pipe is closed before the report is written; no panic.
+    assert!(run(&["migrate"]).status.success());
+    let piped = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' -C '{}' report welcome --by day --from 2025-01-01 | true",
+            env!("CARGO_BIN_EXE_autofunnel"),
+            dir.path().display()
+        ))
+        .env(
+            "AUTOFUNNEL_DATABASE_URL",
+            format!("sqlite://{}", db.display()),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -403,6 +403,33 @@ impl Store {
         self.backend
     }
 
+    /// Opens the database at `url` for reading only when it is there: `None` for a SQLite
+    /// file that does not exist (none is created) or a database no migration has been applied
+    /// to.
+    pub async fn open_existing(url: &str) -> Result<Option<Store>> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.trim_start_matches("//");
+            let path = path.split('?').next().unwrap_or(path);
+            if path.is_empty() || path == ":memory:" || !Path::new(path).exists() {
+                return Ok(None);
+            }
+        }
+        let store = Store::connect(url).await?;
+        let applied = store.applied_migrations().await.unwrap_or_default();
+        Ok((!applied.is_empty()).then_some(store))
+    }
+
+    /// The migrations of this build the database has not had yet, oldest first (read only:
+    /// nothing is created).
+    pub async fn pending_migrations(&self) -> Result<Vec<String>> {
+        Ok(Migrator::get_pending_migrations_read_only(&self.db)
+            .await
+            .map_err(StoreError::Migrate)?
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect())
+    }
+
     /// Applies every pending migration; returns the names of those applied now.
     pub async fn migrate(&self) -> Result<Vec<String>> {
         let before = self.applied_migrations().await.unwrap_or_default();
