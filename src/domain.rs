@@ -295,6 +295,27 @@ impl fmt::Display for EventKind {
     }
 }
 
+/// An amount of money, exact: whole millionths of a currency unit, so sums of orders are the
+/// same in whatever order they are made (an amount with more decimals is rounded to six).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Money(pub i64);
+
+impl Money {
+    /// The largest amount taken: a thousand billion units.
+    pub const MAX_UNITS: f64 = 1e12;
+
+    /// `units` of a currency, if it is a finite amount from 0 to [`Money::MAX_UNITS`].
+    pub fn of_units(units: f64) -> Option<Money> {
+        (units.is_finite() && (0.0..=Money::MAX_UNITS).contains(&units))
+            .then(|| Money((units * 1e6).round() as i64))
+    }
+
+    /// In units (for JSON and display).
+    pub fn units(self) -> f64 {
+        self.0 as f64 / 1e6
+    }
+}
+
 /// A tracked event with what it is about, as stored and as the engine matches it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -306,7 +327,7 @@ pub struct Event {
     /// The funnel a `removed` event takes the lead out of.
     pub funnel: Option<FunnelId>,
     /// A purchase's value, kept for revenue reports (the engine does not match on it).
-    pub amount: Option<f64>,
+    pub amount: Option<Money>,
     pub currency: Option<String>,
     /// The outbox row a tracked open or click (its link's token) or a bounce is about.
     pub message: Option<i64>,

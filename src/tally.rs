@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
+use crate::domain::Money;
+
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
@@ -74,6 +76,9 @@ pub mod metric {
     /// `buy␟PRODUCT␟CURRENCY`: orders (and their total) by leads whose run had entered the
     /// stage before buying, each credited to one run ([`super::order_facts`]).
     pub const BUY: &str = "buy\u{1f}";
+    /// `unpriced␟PRODUCT`: orders with no amount, by leads whose run had entered the stage
+    /// before buying (counted apart, so they do not pull the average check down).
+    pub const UNPRICED: &str = "unpriced\u{1f}";
     /// Orders by the funnel's leads (funnel-wide, calendar view).
     pub const PURCHASES: &str = "purchases";
     /// Of those, orders with no touch in the lookback.
@@ -236,6 +241,7 @@ enum Metric<'a> {
         product: &'a str,
         currency: &'a str,
     },
+    Unpriced(&'a str),
     Credit {
         model: &'static str,
         touch: &'a Touch<'a>,
@@ -275,6 +281,10 @@ impl Metric<'_> {
                 clean(product, out);
                 out.push('\u{1f}');
                 clean(currency, out);
+            }
+            Metric::Unpriced(product) => {
+                out.push_str(metric::UNPRICED);
+                clean(product, out);
             }
             Metric::Credit {
                 model,
@@ -634,11 +644,16 @@ impl Tally {
                 }
             }
             Fact::Bought { run, stage, order } => {
-                let m = Metric::Buy {
-                    product: order.product,
-                    currency: order.currency,
+                let (m, total) = match order.amount {
+                    Some(a) => {
+                        let m = Metric::Buy {
+                            product: order.product,
+                            currency: order.currency,
+                        };
+                        (m, Micros(a.0))
+                    }
+                    None => (Metric::Unpriced(order.product), Micros(0)),
                 };
-                let total = Micros::of(order.amount);
                 self.add(run, Entry, order.at, stage, m, 1, total);
                 self.add(run, Calendar, order.at, stage, m, 1, total);
             }
@@ -692,7 +707,12 @@ impl Tally {
                     currency,
                 };
                 add(credit(None), Micros::of(share));
-                add(credit(Some(o.currency)), Micros::of(share * o.amount));
+                if let Some(a) = o.amount {
+                    add(
+                        credit(Some(o.currency)),
+                        Micros((share * a.0 as f64).round() as i64),
+                    );
+                }
             }
         }
     }
@@ -912,12 +932,13 @@ pub struct Touch<'a> {
     pub campaign: Option<&'a str>,
 }
 
-/// An order as stored: product (empty for none), currency (`—` for none), amount and time.
+/// An order as stored: product (empty for none), currency (`—` for none), amount (none when
+/// the purchase gave none) and time.
 #[derive(Debug, Clone, Copy)]
 pub struct Order<'a> {
     pub product: &'a str,
     pub currency: &'a str,
-    pub amount: f64,
+    pub amount: Option<Money>,
     pub at: DateTime<Utc>,
 }
 
@@ -926,13 +947,13 @@ impl<'a> Order<'a> {
     pub fn of(
         product: Option<&'a str>,
         currency: Option<&'a str>,
-        amount: Option<f64>,
+        amount: Option<Money>,
         at: DateTime<Utc>,
     ) -> Order<'a> {
         Order {
             product: product.unwrap_or_default(),
             currency: currency.unwrap_or("—"),
-            amount: amount.unwrap_or(0.0),
+            amount,
             at,
         }
     }
@@ -1227,7 +1248,7 @@ mod tests {
         };
         let mut t = Tally::by_day();
         let mut reached = Reached::default();
-        let order = Order::of(Some("book"), Some("USD"), Some(9.5), at(32));
+        let order = Order::of(Some("book"), Some("USD"), Money::of_units(9.5), at(32));
         for fact in [
             Fact::Entered {
                 run,

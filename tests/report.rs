@@ -101,7 +101,7 @@ async fn confirmed_leads(store: &Store, prefix: &str, n: usize) -> Vec<LeadId> {
 fn purchase(product: &str, amount: f64) -> Event {
     Event {
         product: Some(product.into()),
-        amount: Some(amount),
+        amount: autofunnel::domain::Money::of_units(amount),
         currency: Some("EUR".into()),
         ..Event::of(EventKind::Purchase)
     }
@@ -833,8 +833,8 @@ async fn stored_counters(store: &Store) -> Vec<((i64, String), Vec<String>)> {
 /// leads do with them, a touch that comes after a lead entered, a lead erased.
 #[derive(Debug, Clone)]
 struct Step {
-    /// (lead, what, amount): a purchase in one of two currencies or none, a move forward
-    /// or back, a score up or down, a double opt-in click, an event no rule names.
+    /// (lead, what, amount): a purchase in one of two currencies or none, or without an
+    /// amount, a move forward or back, a score up or down, a double opt-in click, an event no rule names.
     events: Vec<(usize, u8, u8)>,
     /// What becomes of each email claimed, in turn: sent, or failed, bounced, retried later,
     /// suppressed.
@@ -853,7 +853,7 @@ const HISTORY_LEADS: usize = 60;
 fn history() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
     use proptest::prelude::*;
     let step = (
-        prop::collection::vec((0..HISTORY_LEADS, 0u8..9, 1u8..80), 0..14),
+        prop::collection::vec((0..HISTORY_LEADS, 0u8..10, 1u8..80), 0..14),
         prop::collection::vec(0u8..10, 1..12),
         prop::collection::vec((0u8..12, 1u16..300, any::<bool>()), 1..12),
         prop::option::weighted(0.3, (0..HISTORY_LEADS, 0u8..3)),
@@ -962,6 +962,10 @@ async fn live(
                 5 => custom("engaged"),
                 6 => custom("cooled"),
                 7 => Event::of(EventKind::Confirmed),
+                8 => Event {
+                    amount: None,
+                    ..purchase("course", 0.0)
+                },
                 _ => custom("ignored"),
             };
             if event.kind == EventKind::Confirmed {
@@ -1234,14 +1238,16 @@ stages:
 /// buys the 500 RUB pass once. The order is the second run's, credited under the stage that
 /// run was in — once, not once for every run that had entered the stage. A second lead who
 /// bought the pass for 300 RUB during its first run and came back later is credited to that
-/// first run only. Two orders, 800 RUB; the counters and the rows say the same.
+/// first run only. A third lead's order came without an amount: counted apart, not as a
+/// zero pulling the average check down. Two orders, 800 RUB, and one without an amount; the
+/// counters and the rows say the same.
 async fn an_order_counts_once(store: Store) {
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = project_of(dir.path(), &[("funnels/pass.yaml", PASS)]);
     let rt = crate::util::engine(&store, &p, t0()).await;
-    let leads = confirmed_leads(&store, "pass", 2).await;
-    let (ann, bob) = (leads[0], leads[1]);
+    let leads = confirmed_leads(&store, "pass", 3).await;
+    let (ann, bob, cid) = (leads[0], leads[1], leads[2]);
     let custom = |n: &str| Event::of(EventKind::parse(n).unwrap());
     let at = |h: i64| t0() + Duration::hours(h);
     let rub = |amount: f64| Event {
@@ -1254,13 +1260,18 @@ async fn an_order_counts_once(store: Store) {
     while rt.tick(at(1)).await.unwrap() > 0 {}
     rt.enroll_many(&leads, &fid("pass"), at(2)).await.unwrap();
     rt.event(ann, rub(500.0), None, at(3)).await.unwrap();
+    let unpriced = Event {
+        amount: None,
+        ..rub(0.0)
+    };
+    rt.event(cid, unpriced, None, at(3)).await.unwrap();
     while rt.tick(at(3)).await.unwrap() > 0 {}
     let now = at(4);
     let rows = store
         .report_rows(&fid("pass"), now, ReportNeeds::ALL)
         .await
         .unwrap();
-    assert_eq!(rows.runs.len(), 4, "each lead entered twice");
+    assert_eq!(rows.runs.len(), 5, "ann and bob entered twice, the third lead once");
     let params = Params {
         from: Some("2026-11-01".into()),
         ..Params::default()
@@ -1268,7 +1279,8 @@ async fn an_order_counts_once(store: Store) {
     let req = Request::parse(What::Funnel, &params, now).unwrap();
     let a = funnel_both(&store, &p.funnels[0], &rows, &req, now).await;
     let pitch = &a.report.stages[0];
-    assert_eq!(pitch.leads_in, 4);
+    assert_eq!(pitch.leads_in, 5);
+    assert_eq!(pitch.orders_without_amount, 1, "counted apart");
     assert_eq!(pitch.revenue.len(), 1, "{:?}", pitch.revenue);
     let r = &pitch.revenue[0];
     assert_eq!(
@@ -1277,7 +1289,10 @@ async fn an_order_counts_once(store: Store) {
         "one order of 500 RUB and one of 300 RUB, each counted once"
     );
     let table = render::table(&a.report);
-    assert!(table.contains("800.00 RUB (2 × 400.00)"), "{table}");
+    assert!(
+        table.contains("800.00 RUB (2 × 400.00); 1 without an amount"),
+        "{table}"
+    );
 }
 
 on_both_backends! {

@@ -189,7 +189,7 @@ async fn events_are_stored_once_per_key(store: Store) {
         lead: Some(lead.id),
         event: Event {
             product: Some("course".into()),
-            amount: Some(14900.0),
+            amount: autofunnel::domain::Money::of_units(14900.0),
             ..Event::of(EventKind::Purchase)
         },
         idempotency_key: Some(format!("purchase:{order}")),

@@ -145,15 +145,18 @@ pub fn ab_report(
                 };
                 let first_send: HashMap<LeadId, DateTime<Utc>> =
                     sent.iter().map(|e| (e.lead, e.created_at)).collect();
-                let mut revenue: std::collections::BTreeMap<String, f64> = Default::default();
+                let mut revenue: std::collections::BTreeMap<String, crate::domain::Money> =
+                    Default::default();
                 if let Some(offer) = &stage.offer {
                     for p in &rows.purchases {
                         if p.product.as_deref() == Some(offer.value.as_str())
                             && first_send.get(&p.lead).is_some_and(|at| p.at >= *at)
+                            && let Some(a) = p.amount
                         {
-                            *revenue
+                            revenue
                                 .entry(p.currency.clone().unwrap_or_else(|| "—".into()))
-                                .or_default() += p.amount.unwrap_or(0.0);
+                                .or_default()
+                                .0 += a.0;
                         }
                     }
                 }
@@ -165,7 +168,7 @@ pub fn ab_report(
                     converted: Rate::of(converted, n),
                     revenue_per_lead: revenue
                         .into_iter()
-                        .map(|(c, t)| (c, if n > 0 { t / n as f64 } else { 0.0 }))
+                        .map(|(c, t)| (c, if n > 0 { t.units() / n as f64 } else { 0.0 }))
                         .collect(),
                     p_best: None,
                 });

@@ -130,6 +130,9 @@ pub struct StageReport {
     pub from_entry: Option<Rate>,
     /// Purchases of the stage's offer by the leads that were in it, after they entered it.
     pub revenue: Vec<Revenue>,
+    /// Of those purchases, the ones that came without an amount (counted apart from
+    /// `revenue`, whose average check they would pull down).
+    pub orders_without_amount: u64,
     pub time_in_stage: Spread,
 }
 
@@ -350,6 +353,10 @@ pub fn report_of(
                 })
                 .collect(),
             time_in_stage: Spread::of_histogram(&fig.histogram(v, id, metric::TIME)),
+            orders_without_amount: s.offer.as_ref().map_or(0, |offer| {
+                let m = format!("{}{}", metric::UNPRICED, offer.value.as_str());
+                count(v, id, &m)
+            }),
         });
     }
     let qualified = f.scoring.as_ref().and_then(|s| {

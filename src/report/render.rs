@@ -39,10 +39,8 @@ fn list(items: &std::collections::BTreeMap<String, u64>) -> String {
 }
 
 fn money(s: &StageReport) -> String {
-    if s.revenue.is_empty() {
-        return "—".into();
-    }
-    s.revenue
+    let mut parts: Vec<String> = s
+        .revenue
         .iter()
         .map(|r| {
             format!(
@@ -50,8 +48,14 @@ fn money(s: &StageReport) -> String {
                 r.total, r.currency, r.orders, r.average
             )
         })
-        .collect::<Vec<_>>()
-        .join("; ")
+        .collect();
+    if s.orders_without_amount > 0 {
+        parts.push(format!("{} without an amount", s.orders_without_amount));
+    }
+    if parts.is_empty() {
+        return "—".into();
+    }
+    parts.join("; ")
 }
 
 fn spread(s: &Spread) -> String {
@@ -155,7 +159,8 @@ fn csv_cell(s: &str) -> String {
 pub fn csv(r: &FunnelReport) -> String {
     let mut out = String::from(
         "funnel,cohort,from,to,stage,kind,offer,leads_in,to_next,to_next_percent,from_entry_percent,\
-         moved_on,exited,still_there,revenue,time_in_stage_p50_seconds,time_in_stage_p90_seconds\n",
+         moved_on,exited,still_there,revenue,orders_without_amount,time_in_stage_p50_seconds,\
+         time_in_stage_p90_seconds\n",
     );
     let pct = |r: Option<&Rate>| {
         r.and_then(|r| r.percent)
@@ -191,6 +196,7 @@ pub fn csv(r: &FunnelReport) -> String {
                 .map(|m| format!("{:.2} {}", m.total, m.currency))
                 .collect::<Vec<_>>()
                 .join(";"),
+            s.orders_without_amount.to_string(),
             s.time_in_stage
                 .p50_seconds
                 .map(|v| v.to_string())

@@ -13,7 +13,7 @@ use super::AppState;
 use super::auth::Api;
 use super::error::ApiError;
 use super::input::{self, max};
-use crate::domain::{Email, Event, EventKind, LeadId};
+use crate::domain::{Email, Event, EventKind, LeadId, Money};
 use crate::runtime::Runtime;
 use crate::store::{BatchEvent, LeadRef, NewTouch};
 
@@ -81,9 +81,9 @@ pub fn parse(
     };
     let amount = match o.get("amount") {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(a) if a >= 0.0 && a.is_finite() => Some(a),
-            _ => return Err(bad(&field("amount"), "must be a number ≥ 0")),
+        Some(Value::Number(n)) => match n.as_f64().and_then(Money::of_units) {
+            Some(a) => Some(a),
+            None => return Err(bad(&field("amount"), "must be a number from 0 to 10^12")),
         },
         Some(_) => return Err(bad(&field("amount"), "must be a number")),
     };

@@ -178,7 +178,7 @@ pub(crate) fn payload_of(e: &Event) -> serde_json::Value {
         p.insert("funnel".into(), f.as_str().into());
     }
     if let Some(a) = e.amount {
-        p.insert("amount".into(), a.into());
+        p.insert("amount".into(), a.units().into());
     }
     if let Some(m) = e.message {
         p.insert("message".into(), m.into());
@@ -215,7 +215,10 @@ pub(crate) fn event_of(id: i64, kind: &str, payload: &str) -> Result<Event> {
         link: s("link"),
         form: s("form"),
         funnel: s("funnel").and_then(|f| FunnelId::parse(&f).ok()),
-        amount: p.get("amount").and_then(|v| v.as_f64()),
+        amount: p
+            .get("amount")
+            .and_then(|v| v.as_f64())
+            .and_then(crate::domain::Money::of_units),
         currency: s("currency"),
         message: p.get("message").and_then(|v| v.as_i64()),
         ..Event::of(kind)

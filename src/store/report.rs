@@ -44,7 +44,7 @@ pub struct VisitRow {
 pub struct PurchaseRow {
     pub lead: LeadId,
     pub product: Option<String>,
-    pub amount: Option<f64>,
+    pub amount: Option<crate::domain::Money>,
     pub currency: Option<String>,
     pub at: DateTime<Utc>,
 }
