@@ -518,7 +518,7 @@ stages:
     on: [{ event: purchase, product: course, goto: bought }]
     steps:
       - send:
-          split: [offer-a, offer-b]
+          split: [offer-a, offer-b, offer-c]
       - wait: 5d
       - exit: not_converted
   - id: bought
@@ -526,11 +526,14 @@ stages:
       - exit: converted
 "#;
 
-/// A split step through the real runtime: 400 leads, each given a variant by the engine; 30 %
-/// of those who got `offer-a` buy and 10 % of those who got `offer-b`. The verdict names A,
-/// significant.
+/// A split step with three variants through the real runtime: 600 leads, each given a
+/// variant by the engine; 30 % of those who got `offer-a` buy, 10 % of `offer-b` and 20 % of
+/// `offer-c`; 20 of A's leads click their email (the link names it) and 10 of B's click naming
+/// only the template. Each variant is judged against the first and all three together by a
+/// chi-square test; the verdict names A, significant. The table is the worked example of
+/// docs/reading-your-funnel.md (`tests/report/ab.table`).
 async fn the_ab_verdict(store: Store) {
-    use autofunnel::report::ab::{ab_report, two_proportion_p};
+    use autofunnel::report::ab::{ab_report, chi_square_p, two_proportion_p};
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = project_of(
@@ -541,26 +544,49 @@ async fn the_ab_verdict(store: Store) {
             ("templates/split/offer-a.html", "<p>A</p>"),
             ("templates/split/offer-b.subject", "B"),
             ("templates/split/offer-b.html", "<p>B</p>"),
+            ("templates/split/offer-c.subject", "C"),
+            ("templates/split/offer-c.html", "<p>C</p>"),
         ],
     );
     let rt = crate::util::engine(&store, &p, t0()).await;
-    let ids = confirmed_leads(&store, "s", 400).await;
+    let ids = confirmed_leads(&store, "s", 600).await;
     rt.enroll_many(&ids, &fid("split"), t0()).await.unwrap();
-    let mut got: std::collections::BTreeMap<String, Vec<LeadId>> = Default::default();
-    for l in &ids {
-        let t = store.outbox_of(*l).await.unwrap()[0]
-            .template
-            .clone()
-            .unwrap();
-        got.entry(t).or_default().push(*l);
+    let mut got: std::collections::BTreeMap<String, Vec<(LeadId, i64)>> = Default::default();
+    let queued = store
+        .report_rows(&fid("split"), t0() + Duration::seconds(1), ReportNeeds::ALL)
+        .await
+        .unwrap();
+    for e in &queued.emails {
+        got.entry(e.template.clone())
+            .or_default()
+            .push((e.lead, e.id));
     }
-    let (a, b) = (&got["offer-a"], &got["offer-b"]);
+    let (a, b, c) = (&got["offer-a"], &got["offer-b"], &got["offer-c"]);
+    let share = |v: &[(LeadId, i64)], pct: usize| v.len() * pct / 100;
     let buyers: Vec<LeadId> = a
         .iter()
-        .take(a.len() * 3 / 10)
-        .chain(b.iter().take(b.len() / 10))
-        .copied()
+        .take(share(a, 30))
+        .chain(b.iter().take(share(b, 10)))
+        .chain(c.iter().take(share(c, 20)))
+        .map(|(l, _)| *l)
         .collect();
+    let later = t0() + Duration::hours(1);
+    for (l, m) in a.iter().take(20) {
+        let click = Event {
+            message: Some(*m),
+            template: Some("offer-a".into()),
+            link: Some("buy".into()),
+            ..Event::of(EventKind::Click)
+        };
+        rt.event(*l, click, None, later).await.unwrap();
+    }
+    for (l, _) in b.iter().take(10) {
+        let click = Event {
+            template: Some("offer-b".into()),
+            ..Event::of(EventKind::Click)
+        };
+        rt.event(*l, click, None, later).await.unwrap();
+    }
     let batch = buyers
         .iter()
         .map(|l| BatchEvent {
@@ -585,36 +611,70 @@ async fn the_ab_verdict(store: Store) {
     let r = ab_report(&p.funnels[0], &rows, Cohort::Entry, from, to, now).unwrap();
     assert_eq!(r.splits.len(), 1);
     let s = &r.splits[0];
-    let (va, vb) = (&s.variants[0], &s.variants[1]);
-    assert_eq!(
-        (va.template.as_str(), vb.template.as_str()),
-        ("offer-a", "offer-b")
-    );
-    let (xa, xb) = ((a.len() * 3 / 10) as u64, (b.len() / 10) as u64);
-    assert_eq!((va.leads, va.converted.part), (a.len() as u64, xa));
-    assert_eq!((vb.leads, vb.converted.part), (b.len() as u64, xb));
+    let names: Vec<&str> = s.variants.iter().map(|v| v.template.as_str()).collect();
+    assert_eq!(names, ["offer-a", "offer-b", "offer-c"]);
+    let n = |v: &[(LeadId, i64)]| v.len() as u64;
+    let x = [share(a, 30), share(b, 10), share(c, 20)].map(|x| x as u64);
+    for (v, (runs, conv, clicks)) in
+        s.variants
+            .iter()
+            .zip([(n(a), x[0], 20), (n(b), x[1], 10), (n(c), x[2], 0)])
+    {
+        assert_eq!((v.sends, v.leads), (runs, runs), "{}", v.template);
+        assert_eq!(v.converted, autofunnel::report::Rate::of(conv, runs));
+        assert_eq!(v.clicked.part, clicks, "{}", v.template);
+    }
+    let va = &s.variants[0];
     assert_eq!(
         va.revenue_per_lead,
-        [("EUR".to_string(), xa as f64 * 100.0 / a.len() as f64)]
+        [("EUR".to_string(), x[0] as f64 * 100.0 / n(a) as f64)]
+    );
+    assert_eq!(va.p_value, None, "the first is the reference");
+    assert_eq!(
+        s.variants[1].p_value,
+        two_proportion_p(x[1], n(b), x[0], n(a))
     );
     assert_eq!(
+        s.variants[2].p_value,
+        two_proportion_p(x[2], n(c), x[0], n(a))
+    );
+    assert_eq!(s.test, "chi-square across 3 variants, 2 df");
+    assert_eq!(
         s.p_value,
-        two_proportion_p(xa, a.len() as u64, xb, b.len() as u64)
+        chi_square_p(&[(x[0], n(a)), (x[1], n(b)), (x[2], n(c))])
     );
-    assert!(s.p_value.unwrap() < 0.05);
-    assert!(va.p_best.unwrap() > 0.99, "{va:?}");
+    assert!(s.p_value.unwrap() < 0.001);
+    assert!(va.p_best.unwrap() > 0.95, "{va:?}");
+    assert!(s.verdict.starts_with("offer-a converts "), "{}", s.verdict);
     assert!(
-        s.verdict.starts_with("offer-a converts 30."),
+        s.verdict
+            .ends_with("; the difference is significant (p < 0.001)"),
         "{}",
         s.verdict
     );
+    expect_file(&root().join("tests/report/ab.table"), &render::ab_table(&r));
+    // A period with no sends: no runs, no chance of being best, no verdict yet.
+    let (later_from, later_to) = (to, to + Duration::days(7));
+    let empty = ab_report(
+        &p.funnels[0],
+        &rows,
+        Cohort::Calendar,
+        later_from,
+        later_to,
+        later_to,
+    )
+    .unwrap();
+    let e = &empty.splits[0];
     assert!(
-        s.verdict.ends_with("; significant (p < 0.001)"),
-        "{}",
-        s.verdict
+        e.variants
+            .iter()
+            .all(|v| v.leads == 0 && v.p_best.is_none())
     );
-    let text = render::ab_table(&r);
-    assert!(text.contains("verdict: offer-a converts"), "{text}");
+    assert!(
+        e.verdict.starts_with("not enough data yet: 0, 0, 0 runs"),
+        "{}",
+        e.verdict
+    );
 }
 
 on_both_backends! {
@@ -1271,7 +1331,11 @@ async fn an_order_counts_once(store: Store) {
         .report_rows(&fid("pass"), now, ReportNeeds::ALL)
         .await
         .unwrap();
-    assert_eq!(rows.runs.len(), 5, "ann and bob entered twice, the third lead once");
+    assert_eq!(
+        rows.runs.len(),
+        5,
+        "ann and bob entered twice, the third lead once"
+    );
     let params = Params {
         from: Some("2026-11-01".into()),
         ..Params::default()

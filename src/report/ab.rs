@@ -1,32 +1,48 @@
-//! A/B verdicts for every `split` step: per variant the leads who got it, unique clickers,
-//! next-stage conversion and revenue per lead; a two-proportion z-test on conversion (two-sided
-//! p-value), the probability that each variant converts better (Beta(1, 1) posteriors, normal
-//! approximation), and a verdict in plain words once each variant has a minimum sample.
+//! A/B verdicts for every `split` step. The unit is the run that got a variant: per variant
+//! its sends, its runs, the runs whose lead clicked it after it was sent, the runs that went
+//! on to the next stage after it was sent, and revenue per run; each variant's conversion
+//! against the first's (two-proportion z-test, two-sided p-value), a chi-square test across
+//! all the variants, the probability that each converts best (Beta(1, 1) posteriors, drawn
+//! with a fixed seed), and a verdict in plain words once every variant has a minimum sample.
+//! Entry cohort: the period's runs, and what they did after each send up to now. Calendar
+//! view: the variants sent in the period, and the clicks, conversions and orders made in it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Cohort, Rate, ReportError, Window, entered_by_stage};
-use crate::domain::{EnrollmentId, EventKind, LeadId};
+use super::{Cohort, Rate, ReportError, Window};
+use crate::domain::{EnrollmentId, EventKind, LeadId, Money};
 use crate::funnel::{Action, Funnel, Send};
 use crate::store::ReportRows;
 
-/// Leads per variant before a verdict is given.
+/// Runs per variant before a verdict is given (and the chance of being best is shown).
 pub const MIN_SAMPLE: u64 = 100;
+
+/// Draws of the variants' posteriors behind the chance that each is best.
+const DRAWS: usize = 20_000;
 
 /// One variant's figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Variant {
     pub template: String,
+    /// Its emails queued (a run that loops back to the step gets it again).
+    pub sends: u64,
+    /// Runs that got it: the unit every rate below divides by.
     pub leads: u64,
+    /// Of them, runs whose lead clicked a link in it after it was sent.
     pub clicked: Rate,
-    /// Of its leads, those who went on to the next stage.
+    /// Of them, runs that entered the next stage after it was sent.
     pub converted: Rate,
-    /// Revenue of the stage's offer per lead who got the variant, per currency.
+    /// Revenue of the stage's offer per run that got it, per currency: orders its lead made
+    /// after it was sent.
     pub revenue_per_lead: Vec<(String, f64)>,
-    /// The probability that this variant's true conversion is the highest.
+    /// Two-sided p-value of its conversion against the first variant's (two-proportion
+    /// z-test); none for the first.
+    pub p_value: Option<f64>,
+    /// The probability that its true conversion is the highest, once every variant has
+    /// [`MIN_SAMPLE`] runs.
     pub p_best: Option<f64>,
 }
 
@@ -36,7 +52,10 @@ pub struct Split {
     pub stage: String,
     pub step: String,
     pub variants: Vec<Variant>,
-    /// Two-sided p-value of the two-proportion z-test on conversion (first two variants).
+    /// The test across all the variants with runs: `chi-square, N variants, N−1 df` (for two
+    /// variants the same as the two-proportion z-test).
+    pub test: String,
+    /// Its p-value.
     pub p_value: Option<f64>,
     pub verdict: String,
 }
@@ -83,20 +102,79 @@ pub fn two_proportion_p(x1: u64, n1: u64, x2: u64, n2: u64) -> Option<f64> {
     Some(2.0 * (1.0 - normal_cdf(z.abs())))
 }
 
-/// The probability that the first rate's true value exceeds the second's, with Beta(1, 1)
-/// priors and the posteriors approximated as normal.
-pub fn p_better(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
-    let post = |x: u64, n: u64| {
-        let (a, b) = (x as f64 + 1.0, (n - x) as f64 + 1.0);
-        let mean = a / (a + b);
-        (mean, a * b / ((a + b).powi(2) * (a + b + 1.0)))
+/// The chance that a chi-square variable with `df` degrees of freedom exceeds `x`: the
+/// closed forms for one and two degrees, and `Q(x; k + 2) = Q(x; k) + (x/2)^(k/2) e^(−x/2) /
+/// Γ(k/2 + 1)` up from there.
+pub fn chi_square_sf(x: f64, df: u32) -> f64 {
+    if df == 0 || x <= 0.0 {
+        return 1.0;
+    }
+    let e = (-x / 2.0).exp();
+    let (mut q, mut term, mut k) = if df.is_multiple_of(2) {
+        (e, x / 2.0 * e, 2)
+    } else {
+        let gamma_3_2 = std::f64::consts::PI.sqrt() / 2.0;
+        (
+            2.0 * (1.0 - normal_cdf(x.sqrt())),
+            (x / 2.0).sqrt() * e / gamma_3_2,
+            1,
+        )
     };
-    let ((m1, v1), (m2, v2)) = (post(x1, n1), post(x2, n2));
-    normal_cdf((m1 - m2) / (v1 + v2).sqrt())
+    while k < df {
+        q += term;
+        term *= x / f64::from(k + 2);
+        k += 2;
+    }
+    q.clamp(0.0, 1.0)
 }
 
-/// The A/B report of `f` over `[from, to)` (entry cohort: the period's runs; calendar: the
-/// variants sent in it).
+/// The chi-square test of independence of conversion across variants (`(converted, runs)`
+/// each): its p-value, with `k − 1` degrees of freedom; 1 when nothing or everything
+/// converted; `None` with fewer than two variants.
+pub fn chi_square_p(vs: &[(u64, u64)]) -> Option<f64> {
+    if vs.len() < 2 {
+        return None;
+    }
+    let (x, n): (u64, u64) = vs.iter().fold((0, 0), |(a, b), (x, n)| (a + x, b + n));
+    if x == 0 || x == n {
+        return Some(1.0);
+    }
+    let rate = x as f64 / n as f64;
+    let mut chi = 0.0;
+    for (xi, ni) in vs {
+        let (e1, e0) = (*ni as f64 * rate, *ni as f64 * (1.0 - rate));
+        chi += (*xi as f64 - e1).powi(2) / e1 + ((ni - xi) as f64 - e0).powi(2) / e0;
+    }
+    Some(chi_square_sf(chi, vs.len() as u32 - 1))
+}
+
+/// The probability that each rate's true value is the highest, with Beta(1, 1) priors, from
+/// [`DRAWS`] draws of the posteriors with a fixed seed (the same data give the same answer).
+pub fn p_best(vs: &[(u64, u64)]) -> Vec<f64> {
+    use rand::SeedableRng;
+    use rand_distr::{Beta, Distribution};
+    let betas: Vec<Option<Beta<f64>>> = vs
+        .iter()
+        .map(|(x, n)| Beta::new(*x as f64 + 1.0, (n - x) as f64 + 1.0).ok())
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x0ab);
+    let mut wins = vec![0u64; vs.len()];
+    for _ in 0..DRAWS {
+        let best = betas
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| Some((i, b.as_ref()?.sample(&mut rng))))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((i, _)) = best {
+            wins[i] += 1;
+        }
+    }
+    wins.iter().map(|w| *w as f64 / DRAWS as f64).collect()
+}
+
+/// The A/B report of `f` over `[from, to)` (entry cohort: the period's runs, and what they did
+/// after each send up to now; calendar: the variants sent in the period, and the clicks,
+/// conversions and orders made in it).
 pub fn ab_report(
     f: &Funnel,
     rows: &ReportRows,
@@ -107,7 +185,18 @@ pub fn ab_report(
 ) -> Result<AbReport, ReportError> {
     let w = Window::new(cohort, from, to, now)?;
     let cohort_runs = w.cohort_runs(rows);
-    let entered = entered_by_stage(rows);
+    // What happened after a send counts up to now (entry) or in the period (calendar).
+    let counts = |t: DateTime<Utc>| match cohort {
+        Cohort::Entry => t <= now,
+        Cohort::Calendar => w.within(t),
+    };
+    let mut visits: HashMap<(EnrollmentId, &str), Vec<DateTime<Utc>>> = HashMap::new();
+    for v in &rows.visits {
+        visits
+            .entry((v.enrollment, v.stage.as_str()))
+            .or_default()
+            .push(v.entered_at);
+    }
     let mut splits = Vec::new();
     for (i, stage) in f.stages.iter().enumerate() {
         let next = f.stages.get(i + 1).map(|s| s.id.value.as_str());
@@ -126,58 +215,92 @@ pub fn ab_report(
                             && w.counts_email(e, &cohort_runs)
                     })
                     .collect();
-                let leads: BTreeSet<LeadId> = sent.iter().map(|e| e.lead).collect();
-                let runs: BTreeSet<EnrollmentId> =
-                    sent.iter().filter_map(|e| e.enrollment).collect();
-                let clicked: BTreeSet<LeadId> = rows
-                    .tracking
-                    .iter()
-                    .filter(|t| {
-                        t.kind == EventKind::Click
-                            && t.template.as_deref() == Some(v.value.as_str())
-                            && leads.contains(&t.lead)
-                    })
-                    .map(|t| t.lead)
-                    .collect();
-                let converted = match next.and_then(|n| entered.get(n)) {
-                    Some(there) => runs.intersection(there).count() as u64,
-                    None => 0,
+                // Each run with its lead and the first time it was sent the variant.
+                let mut first: BTreeMap<EnrollmentId, (LeadId, DateTime<Utc>)> = BTreeMap::new();
+                for e in &sent {
+                    if let Some(run) = e.enrollment {
+                        let f = first.entry(run).or_insert((e.lead, e.created_at));
+                        f.1 = f.1.min(e.created_at);
+                    }
+                }
+                // A lead's runs that got it, by send time: what a click or an order of the
+                // lead is about (the latest sent by then).
+                let mut of_lead: HashMap<LeadId, Vec<(DateTime<Utc>, EnrollmentId)>> =
+                    HashMap::new();
+                for (run, (lead, at)) in &first {
+                    of_lead.entry(*lead).or_default().push((*at, *run));
+                }
+                for runs in of_lead.values_mut() {
+                    runs.sort();
+                }
+                let run_at = |lead: LeadId, t: DateTime<Utc>| {
+                    of_lead
+                        .get(&lead)?
+                        .iter()
+                        .rev()
+                        .find(|(at, _)| *at <= t)
+                        .map(|(_, r)| *r)
                 };
-                let first_send: HashMap<LeadId, DateTime<Utc>> =
-                    sent.iter().map(|e| (e.lead, e.created_at)).collect();
-                let mut revenue: std::collections::BTreeMap<String, crate::domain::Money> =
-                    Default::default();
+                let by_id: HashMap<i64, Option<EnrollmentId>> =
+                    sent.iter().map(|e| (e.id, e.enrollment)).collect();
+                let mut clicked: std::collections::BTreeSet<EnrollmentId> = Default::default();
+                for t in &rows.tracking {
+                    if t.kind != EventKind::Click || !counts(t.at) {
+                        continue;
+                    }
+                    let run = match t.message {
+                        Some(m) => by_id.get(&m).copied().flatten(),
+                        None if t.template.as_deref() == Some(v.value.as_str()) => {
+                            run_at(t.lead, t.at)
+                        }
+                        None => None,
+                    };
+                    if let Some(r) = run.filter(|r| first.get(r).is_some_and(|(_, at)| t.at >= *at))
+                    {
+                        clicked.insert(r);
+                    }
+                }
+                let converted = first
+                    .iter()
+                    .filter(|(run, (_, at))| {
+                        next.and_then(|n| visits.get(&(**run, n)))
+                            .is_some_and(|entries| entries.iter().any(|e| *e > *at && counts(*e)))
+                    })
+                    .count() as u64;
+                let mut revenue: BTreeMap<String, Money> = BTreeMap::new();
                 if let Some(offer) = &stage.offer {
                     for p in &rows.purchases {
                         if p.product.as_deref() == Some(offer.value.as_str())
-                            && first_send.get(&p.lead).is_some_and(|at| p.at >= *at)
+                            && counts(p.at)
+                            && run_at(p.lead, p.at).is_some()
                             && let Some(a) = p.amount
                         {
-                            revenue
-                                .entry(p.currency.clone().unwrap_or_else(|| "—".into()))
-                                .or_default()
-                                .0 += a.0;
+                            let currency = p.currency.clone().unwrap_or_else(|| "—".into());
+                            revenue.entry(currency).or_default().0 += a.0;
                         }
                     }
                 }
-                let n = runs.len() as u64;
+                let n = first.len() as u64;
                 figures.push(Variant {
                     template: v.value.to_string(),
+                    sends: sent.len() as u64,
                     leads: n,
-                    clicked: Rate::of(clicked.len() as u64, leads.len() as u64),
+                    clicked: Rate::of(clicked.len() as u64, n),
                     converted: Rate::of(converted, n),
                     revenue_per_lead: revenue
                         .into_iter()
                         .map(|(c, t)| (c, if n > 0 { t.units() / n as f64 } else { 0.0 }))
                         .collect(),
+                    p_value: None,
                     p_best: None,
                 });
             }
-            let (p_value, verdict) = verdict(&mut figures);
+            let (test, p_value, verdict) = verdict(&mut figures);
             splits.push(Split {
                 stage: stage.id.value.to_string(),
                 step: step.id.to_string(),
                 variants: figures,
+                test,
                 p_value,
                 verdict,
             });
@@ -192,43 +315,61 @@ pub fn ab_report(
     })
 }
 
-/// The p-value of the first two variants and the verdict in words; fills in `p_best`.
-fn verdict(vs: &mut [Variant]) -> (Option<f64>, String) {
-    let [a, b] = match vs {
-        [a, b, ..] => [a.clone(), b.clone()],
-        _ => return (None, "a split needs two variants".into()),
-    };
-    let (xa, na, xb, nb) = (a.converted.part, a.leads, b.converted.part, b.leads);
-    let p = two_proportion_p(xa, na, xb, nb);
-    if na > 0 && nb > 0 {
-        let pa = p_better(xa, na, xb, nb);
-        vs[0].p_best = Some((pa * 1000.0).round() / 1000.0);
-        vs[1].p_best = Some(((1.0 - pa) * 1000.0).round() / 1000.0);
+/// The test across the variants, its p-value and the verdict in words; fills in each
+/// variant's p-value against the first and, once every variant has [`MIN_SAMPLE`] runs, its
+/// chance of being best.
+fn verdict(vs: &mut [Variant]) -> (String, Option<f64>, String) {
+    if vs.len() < 2 {
+        return (String::new(), None, "a split needs two variants".into());
     }
-    if na < MIN_SAMPLE || nb < MIN_SAMPLE {
+    let (x0, n0) = (vs[0].converted.part, vs[0].leads);
+    for v in vs.iter_mut().skip(1) {
+        v.p_value = two_proportion_p(v.converted.part, v.leads, x0, n0);
+    }
+    let with_runs: Vec<(u64, u64)> = vs
+        .iter()
+        .filter(|v| v.leads > 0)
+        .map(|v| (v.converted.part, v.leads))
+        .collect();
+    let test = format!(
+        "chi-square across {} variants, {} df",
+        with_runs.len(),
+        with_runs.len().saturating_sub(1)
+    );
+    let p = chi_square_p(&with_runs);
+    let sizes: Vec<String> = vs.iter().map(|v| v.leads.to_string()).collect();
+    if vs.iter().any(|v| v.leads < MIN_SAMPLE) {
         return (
+            test,
             p,
             format!(
-                "not enough data yet: {na} and {nb} leads; a verdict needs {MIN_SAMPLE} per variant"
+                "not enough data yet: {} runs; a verdict needs {MIN_SAMPLE} per variant",
+                sizes.join(", ")
             ),
         );
     }
-    let (win, lose, p_win) = if vs[0].p_best >= vs[1].p_best {
-        (&a, &b, vs[0].p_best)
-    } else {
-        (&b, &a, vs[1].p_best)
-    };
+    let all: Vec<(u64, u64)> = vs.iter().map(|v| (v.converted.part, v.leads)).collect();
+    for (v, b) in vs.iter_mut().zip(p_best(&all)) {
+        v.p_best = Some((b * 1000.0).round() / 1000.0);
+    }
+    let best = vs
+        .iter()
+        .max_by(|a, b| a.p_best.unwrap_or(0.0).total_cmp(&b.p_best.unwrap_or(0.0)))
+        .cloned()
+        .unwrap_or_else(|| vs[0].clone());
     let pct = |r: &Rate| r.percent.unwrap_or(0.0);
-    let sure = p_win.unwrap_or(0.5) * 100.0;
+    let others: Vec<String> = vs
+        .iter()
+        .filter(|v| v.template != best.template)
+        .map(|v| format!("{:.1}% for {}", pct(&v.converted), v.template))
+        .collect();
     let words = format!(
-        "{} converts {:.1}% vs {:.1}% for {}; {:.0}% likely better; {} and {} leads",
-        win.template,
-        pct(&win.converted),
-        pct(&lose.converted),
-        lose.template,
-        sure,
-        na,
-        nb
+        "{} converts {:.1}% vs {}; {:.0}% likely the best; {} runs",
+        best.template,
+        pct(&best.converted),
+        others.join(", "),
+        best.p_best.unwrap_or(0.0) * 100.0,
+        sizes.join(", ")
     );
     let shown = |p: f64| {
         if p < 0.001 {
@@ -237,14 +378,12 @@ fn verdict(vs: &mut [Variant]) -> (Option<f64>, String) {
             format!("p = {p:.3}")
         }
     };
-    match p {
-        Some(p) if p < 0.05 => (Some(p), format!("{words}; significant ({})", shown(p))),
-        Some(p) => (
-            Some(p),
-            format!("{words}; not significant yet ({})", shown(p)),
-        ),
-        None => (None, words),
-    }
+    let verdict = match p {
+        Some(p) if p < 0.05 => format!("{words}; the difference is significant ({})", shown(p)),
+        Some(p) => format!("{words}; not significant yet ({})", shown(p)),
+        None => words,
+    };
+    (test, p, verdict)
 }
 
 #[cfg(test)]
@@ -263,8 +402,29 @@ mod tests {
         // 60/1000 against 30/1000: z = 3.23592, p = 0.001 212 5 (the same way).
         let p = two_proportion_p(60, 1000, 30, 1000).unwrap();
         assert!((p - 0.001_212_5).abs() < 1e-5, "{p}");
-        assert!(p_better(60, 1000, 30, 1000) > 0.99);
-        assert!((p_better(30, 1000, 30, 1000) - 0.5).abs() < 1e-9);
+        // The chi-square test of two variants is the z-test: the same p.
+        let chi = chi_square_p(&[(41, 1000), (29, 1000)]).unwrap();
+        assert!((chi - 0.144_276).abs() < 1e-5, "{chi}");
+        // The 5 % critical values for 1, 2, 3 and 4 degrees of freedom (any table; SciPy's
+        // chi2.ppf(0.95, df)).
+        for (x, df) in [
+            (3.841_458_821, 1),
+            (5.991_464_547, 2),
+            (7.814_727_903, 3),
+            (9.487_729_037, 4),
+        ] {
+            let q = chi_square_sf(x, df);
+            assert!((q - 0.05).abs() < 1e-6, "df {df}: {q}");
+        }
+        assert_eq!(chi_square_p(&[(0, 10), (0, 12)]), Some(1.0));
+        let best = p_best(&[(60, 1000), (30, 1000), (45, 1000)]);
+        assert!(best[0] > 0.9 && best[1] < 0.01, "{best:?}");
+        assert!((best.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        assert_eq!(
+            best,
+            p_best(&[(60, 1000), (30, 1000), (45, 1000)]),
+            "seeded"
+        );
         assert_eq!(two_proportion_p(0, 0, 1, 10), None);
     }
 }

@@ -253,17 +253,6 @@ impl Window {
     }
 }
 
-/// The runs that entered each stage, by stage id.
-pub(crate) fn entered_by_stage(rows: &ReportRows) -> HashMap<&str, BTreeSet<EnrollmentId>> {
-    let mut out: HashMap<&str, BTreeSet<EnrollmentId>> = HashMap::new();
-    for v in &rows.visits {
-        out.entry(v.stage.as_str())
-            .or_default()
-            .insert(v.enrollment);
-    }
-    out
-}
-
 /// A time as people and the API give it: `YYYY-MM-DD` (midnight UTC) or RFC 3339.
 pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {

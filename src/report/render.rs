@@ -313,6 +313,15 @@ pub fn email_csv(r: &super::emails::EmailReport) -> String {
     out
 }
 
+/// A p-value as the A/B table shows it.
+fn p_value(p: f64) -> String {
+    if p < 0.001 {
+        "p < 0.001".into()
+    } else {
+        format!("p = {p:.3}")
+    }
+}
+
 /// The A/B report as a table: each split step, its variants, its verdict.
 pub fn ab_table(r: &super::ab::AbReport) -> String {
     let mut out = String::new();
@@ -321,8 +330,8 @@ pub fn ab_table(r: &super::ab::AbReport) -> String {
         "{} — A/B tests, {} from {} to {} (UTC)",
         r.funnel,
         match r.cohort {
-            Cohort::Entry => "leads who entered the funnel",
-            Cohort::Calendar => "variants sent",
+            Cohort::Entry => "runs that entered the funnel (and what they did since)",
+            Cohort::Calendar => "variants sent (and what followed in the period)",
         },
         r.from.format("%Y-%m-%d %H:%M"),
         r.to.format("%Y-%m-%d %H:%M")
@@ -334,10 +343,12 @@ pub fn ab_table(r: &super::ab::AbReport) -> String {
         let _ = writeln!(out, "\nstage {}, step {}", s.stage, s.step);
         let header = [
             "variant",
-            "leads",
+            "sends",
+            "runs",
             "clicked",
             "next stage",
-            "revenue per lead",
+            "p vs first",
+            "revenue per run",
             "chance best",
         ];
         let rows: Vec<Vec<String>> = s
@@ -346,9 +357,11 @@ pub fn ab_table(r: &super::ab::AbReport) -> String {
             .map(|v| {
                 vec![
                     v.template.clone(),
+                    v.sends.to_string(),
                     v.leads.to_string(),
                     rate(&v.clicked),
                     rate(&v.converted),
+                    v.p_value.map_or_else(|| "—".into(), p_value),
                     if v.revenue_per_lead.is_empty() {
                         "—".into()
                     } else {
@@ -365,6 +378,9 @@ pub fn ab_table(r: &super::ab::AbReport) -> String {
             })
             .collect();
         out.push_str(&grid(&header, &rows));
+        if let Some(p) = s.p_value {
+            let _ = writeln!(out, "test: {}: {}", s.test, p_value(p));
+        }
         let _ = writeln!(out, "verdict: {}", s.verdict);
     }
     out
