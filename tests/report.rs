@@ -1514,3 +1514,97 @@ async fn calendar_view_in_its_own_terms(store: Store) {
 on_both_backends! {
     calendar_terms => calendar_view_in_its_own_terms,
 }
+
+/// History across edits: after the funnel's file renames a stage (`offer` → `proposal`) and
+/// drops an email (`nudge`), a report made with the new file still shows what the old stage and
+/// email did, after the file's own, marked removed — from the counters and from the rows alike.
+async fn history_survives_an_edit(store: Store) {
+    store.migrate().await.unwrap();
+    let before = r#"name: Edited
+from: "Shop <shop@example.com>"
+entry: { api: true }
+stages:
+  - id: application
+    on: [{ event: offer_made, goto: offer }]
+    steps:
+      - send: hello
+      - send: nudge
+      - wait: 30d
+      - exit: not_converted
+  - id: offer
+    steps:
+      - wait: 30d
+      - exit: not_converted
+"#;
+    let after = before
+        .replace("goto: offer", "goto: proposal")
+        .replace("id: offer", "id: proposal")
+        .replace("      - send: nudge\n", "");
+    let templates = [
+        ("templates/edited/hello.subject", "Hello"),
+        ("templates/edited/hello.html", "<p>Hello</p>"),
+        ("templates/edited/nudge.subject", "Nudge"),
+        ("templates/edited/nudge.html", "<p>Nudge</p>"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = vec![("funnels/edited.yaml", before)];
+    files.extend(templates);
+    let p = project_of(dir.path(), &files);
+    let rt = crate::util::engine(&store, &p, t0()).await;
+    let ids = confirmed_leads(&store, "e", 10).await;
+    rt.enroll_many(&ids, &fid("edited"), t0()).await.unwrap();
+    for l in &ids[..4] {
+        let offer = Event::of(EventKind::parse("offer_made").unwrap());
+        rt.event(*l, offer, None, t0() + Duration::hours(1))
+            .await
+            .unwrap();
+    }
+    while rt.tick(t0() + Duration::hours(1)).await.unwrap() > 0 {}
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut files = vec![("funnels/edited.yaml", after.as_str())];
+    files.extend(templates);
+    let edited = project_of(dir2.path(), &files);
+    let f = &edited.funnels[0];
+    let now = t0() + Duration::days(1);
+    let rows = store
+        .report_rows(&fid("edited"), now, ReportNeeds::ALL)
+        .await
+        .unwrap();
+    let params = Params {
+        from: Some("2026-11-02".into()),
+        ..Params::default()
+    };
+    let req = Request::parse(What::Funnel, &params, now).unwrap();
+    let a = funnel_both(&store, f, &rows, &req, now).await;
+    let stages: Vec<(&str, u64, bool)> = a
+        .report
+        .stages
+        .iter()
+        .map(|s| (s.stage.as_str(), s.leads_in, s.removed))
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            ("application", 10, false),
+            ("proposal", 0, false),
+            ("offer", 4, true)
+        ]
+    );
+    assert_eq!(a.report.stages[0].moved_on["offer"], 4);
+    assert!(render::table(&a.report).contains("offer (removed)"));
+    let req = Request::parse(What::Emails, &params, now).unwrap();
+    let Answer::Emails(e) = both(&store, f, &rows, &req, now).await else {
+        unreachable!()
+    };
+    let emails: Vec<(&str, u64, bool)> = e
+        .emails
+        .iter()
+        .map(|m| (m.template.as_str(), m.queued, m.removed))
+        .collect();
+    assert_eq!(emails, [("hello", 10, false), ("nudge", 10, true)]);
+    assert!(render::email_table(&e).contains("nudge (removed)"));
+}
+
+on_both_backends! {
+    edits => history_survives_an_edit,
+}

@@ -22,6 +22,10 @@ pub struct EmailFigures {
     pub template: String,
     /// The stage that sends it (none for the double opt-in confirmation).
     pub stage: Option<String>,
+    /// An email that has figures but that its stage no longer sends (the stage or the send
+    /// was removed or renamed in the funnel's file).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
     /// Queued for a lead (each send once).
     pub queued: u64,
     /// Accepted by the relay (or written to the outbox folder).
@@ -108,9 +112,22 @@ pub fn email_report(
                 let i = f.stages.iter().position(|x| x.id.value.as_str() == s)?;
                 Some(f.stages.get(i + 1)?.id.value.to_string())
             });
+            let removed = stage.as_deref().is_some_and(|st| {
+                !f.stages.iter().any(|s| {
+                    s.id.value.as_str() == st
+                        && s.steps.iter().any(|step| match &step.action {
+                            crate::funnel::Action::Send(send) => send
+                                .templates()
+                                .iter()
+                                .any(|t| t.value.as_str() == template),
+                            _ => false,
+                        })
+                })
+            });
             EmailFigures {
                 template: template.clone(),
                 stage,
+                removed,
                 queued: n(mail::QUEUED),
                 accepted,
                 failed: n(mail::FAILED),

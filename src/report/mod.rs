@@ -113,6 +113,11 @@ pub struct StageReport {
     pub stage: String,
     pub kind: Option<&'static str>,
     pub offer: Option<String>,
+    /// A stage that has figures but is no longer in the funnel's file (removed or renamed):
+    /// its history is shown after the file's stages (its offer is not known: all its orders
+    /// count).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
     /// Leads (runs) that entered the stage.
     pub leads_in: u64,
     /// Where they went next: stage id → leads.
@@ -291,41 +296,63 @@ pub fn report_of(
     };
     // Visits of a stage that ended in the period (calendar view).
     let ended = |stage: &str| sum(stage, metric::NEXT) + sum(stage, metric::EXIT);
-    let mut stages = Vec::with_capacity(f.stages.len());
-    for (i, s) in f.stages.iter().enumerate() {
-        let id = s.id.value.as_str();
+    // The file's stages in order, then those that have counters but left the file (removed
+    // or renamed), by name.
+    let mut places: Vec<(&str, Option<&crate::funnel::Stage>)> = f
+        .stages
+        .iter()
+        .map(|s| (s.id.value.as_str(), Some(s)))
+        .collect();
+    let gone: std::collections::BTreeSet<&str> = fig
+        .0
+        .keys()
+        .map(|(_, stage, _)| stage.as_str())
+        .filter(|st| *st != FUNNEL && !f.stages.iter().any(|s| s.id.value.as_str() == *st))
+        .collect();
+    places.extend(gone.into_iter().map(|st| (st, None)));
+    let mut stages = Vec::with_capacity(places.len());
+    for (i, (id, s)) in places.iter().enumerate() {
+        let id = *id;
         let leads_in = count(v, id, metric::IN);
-        let to_next = f.stages.get(i + 1).map(|next| {
-            let next = next.id.value.as_str();
-            match cohort {
-                // Runs that reached both, counted under whichever they reached second.
-                Cohort::Entry => Rate::of(
-                    count(v, next, &format!("{}{id}", metric::WITH))
-                        + count(v, id, &format!("{}{next}", metric::WITH)),
-                    leads_in,
-                ),
-                Cohort::Calendar => {
-                    Rate::of(count(v, id, &format!("{}{next}", metric::NEXT)), ended(id))
-                }
+        let next = s
+            .and_then(|_| f.stages.get(i + 1))
+            .map(|n| n.id.value.as_str());
+        let to_next = next.map(|next| match cohort {
+            // Runs that reached both, counted under whichever they reached second.
+            Cohort::Entry => Rate::of(
+                count(v, next, &format!("{}{id}", metric::WITH))
+                    + count(v, id, &format!("{}{next}", metric::WITH)),
+                leads_in,
+            ),
+            Cohort::Calendar => {
+                Rate::of(count(v, id, &format!("{}{next}", metric::NEXT)), ended(id))
             }
         });
+        let offer = s.and_then(|s| s.offer.as_ref()).map(|o| o.value.as_str());
+        // The offer's orders; a removed stage's offer is not known: all its orders.
+        let sold =
+            |product: &str| offer.is_none_or(|o| o == product) && (offer.is_some() || s.is_none());
         let mut by_currency: BTreeMap<String, (u64, crate::tally::Micros)> = BTreeMap::new();
-        if let Some(offer) = &s.offer {
-            for (k, sum) in fig.with_prefix(v, id, metric::BUY) {
-                if let Some((product, currency)) = k.split_once('\u{1f}')
-                    && product == offer.value.as_str()
-                    && sum.n > 0
-                {
-                    let e = by_currency.entry(currency.to_string()).or_default();
-                    e.0 += sum.n as u64;
-                    e.1.0 += sum.total.0;
-                }
+        for (k, sum) in fig.with_prefix(v, id, metric::BUY) {
+            if let Some((product, currency)) = k.split_once('\u{1f}')
+                && sold(product)
+                && sum.n > 0
+            {
+                let e = by_currency.entry(currency.to_string()).or_default();
+                e.0 += sum.n as u64;
+                e.1.0 += sum.total.0;
             }
         }
+        let unpriced: u64 = fig
+            .with_prefix(v, id, metric::UNPRICED)
+            .filter(|(product, _)| sold(product))
+            .map(|(_, sum)| u64::try_from(sum.n).unwrap_or(0))
+            .sum();
         stages.push(StageReport {
             stage: id.to_string(),
-            kind: s.kind.map(|k| k.name()),
-            offer: s.offer.as_ref().map(|o| o.value.to_string()),
+            kind: s.and_then(|s| s.kind).map(|k| k.name()),
+            offer: offer.map(str::to_string),
+            removed: s.is_none(),
             leads_in,
             moved_on: map(id, metric::NEXT),
             exited: map(id, metric::EXIT),
@@ -342,10 +369,7 @@ pub fn report_of(
                 })
                 .collect(),
             time_in_stage: Spread::of_histogram(&fig.histogram(v, id, metric::TIME)),
-            orders_without_amount: s.offer.as_ref().map_or(0, |offer| {
-                let m = format!("{}{}", metric::UNPRICED, offer.value.as_str());
-                count(v, id, &m)
-            }),
+            orders_without_amount: unpriced,
         });
     }
     let qualified = f.scoring.as_ref().and_then(|s| {
@@ -365,7 +389,7 @@ pub fn report_of(
         converted: match cohort {
             Cohort::Entry => Rate::of(count(v, FUNNEL, metric::CONVERTED), entered),
             Cohort::Calendar => {
-                let ids = || f.stages.iter().map(|s| s.id.value.as_str());
+                let ids = || stages.iter().map(|s| s.stage.as_str());
                 let exits = ids().map(|id| sum(id, metric::EXIT)).sum();
                 let won = format!("{}converted", metric::EXIT);
                 Rate::of(ids().map(|id| count(v, id, &won)).sum(), exits)

@@ -125,7 +125,11 @@ pub fn table(r: &FunnelReport) -> String {
         .iter()
         .map(|s| {
             [
-                s.stage.clone(),
+                if s.removed {
+                    format!("{} (removed)", s.stage)
+                } else {
+                    s.stage.clone()
+                },
                 s.kind.unwrap_or("—").to_string(),
                 s.leads_in.to_string(),
                 s.to_next.as_ref().map(rate).unwrap_or_else(|| "—".into()),
@@ -248,7 +252,11 @@ pub fn email_table(r: &super::emails::EmailReport) -> String {
         .iter()
         .map(|e| {
             vec![
-                e.template.clone(),
+                if e.removed {
+                    format!("{} (removed)", e.template)
+                } else {
+                    e.template.clone()
+                },
                 e.stage.clone().unwrap_or_else(|| "—".into()),
                 e.queued.to_string(),
                 e.accepted.to_string(),
