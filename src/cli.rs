@@ -411,7 +411,7 @@ async fn report(
     format: FormatArg,
 ) -> anyhow::Result<ExitCode> {
     use crate::report::render;
-    use crate::report::request::{Answer, Request, What};
+    use crate::report::request::{Answer, Request};
     let usage = |message: String| {
         eprintln!("error: {message}");
         Ok(ExitCode::from(2))
@@ -465,14 +465,11 @@ async fn report(
         (FormatArg::Csv, Answer::Emails(r)) => render::email_csv(r),
         (FormatArg::Table, Answer::Ab(r)) => render::ab_table(r),
         (FormatArg::Table, Answer::Attribution(r)) => render::attribution_table(r),
+        (FormatArg::Csv, Answer::Ab(r)) => render::ab_csv(r),
+        (FormatArg::Csv, Answer::Attribution(r)) => render::attribution_csv(r),
         (FormatArg::Table, Answer::Forecast(r)) => render::forecast_table(r),
-        (FormatArg::Csv, _) => {
-            let flag = match what {
-                What::Ab => "--ab",
-                What::Attribution => "--attribution",
-                _ => "forecast",
-            };
-            return usage(format!("`{flag}` answers as a table or JSON"));
+        (FormatArg::Csv, Answer::Forecast(_)) => {
+            return usage("`forecast` answers as a table or JSON".to_string());
         }
     };
     out!("{}", text.trim_end());

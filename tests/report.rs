@@ -653,6 +653,16 @@ async fn the_ab_verdict(store: Store) {
         s.verdict
     );
     expect_file(&root().join("tests/report/ab.table"), &render::ab_table(&r));
+    let csv = render::ab_csv(&r);
+    assert_eq!(
+        csv.lines().count(),
+        4,
+        "a header and a row per variant: {csv}"
+    );
+    assert!(
+        csv.contains(",pitch,split-offer-a,offer-b,201,201,10,20,10.0,"),
+        "{csv}"
+    );
     // A period with no sends: no runs, no chance of being best, no verdict yet.
     let (later_from, later_to) = (to, to + Duration::days(7));
     let empty = ab_report(
@@ -699,7 +709,12 @@ async fn attribution_credits_touches(store: Store) {
         .await
         .unwrap();
     let touch = |source: &str| NewTouch {
-        channel: "form".into(),
+        channel: if source == "newsletter" {
+            "email"
+        } else {
+            "ads"
+        }
+        .into(),
         source: Some(source.into()),
         campaign: Some("spring".into()),
         ..NewTouch::default()
@@ -742,6 +757,29 @@ async fn attribution_credits_touches(store: Store) {
             ("google".to_string(), 0.5, 50.0),
             ("newsletter".to_string(), 0.5, 50.0)
         ]
+    );
+    // Per channel: Google is an ad, the newsletter an email; each half of the one attributed
+    // purchase.
+    let channels: Vec<(&str, f64, f64, f64)> = linear
+        .channels
+        .iter()
+        .map(|c| (c.channel.as_str(), c.conversions, c.share, c.revenue["EUR"]))
+        .collect();
+    assert_eq!(
+        channels,
+        [("ads", 0.5, 50.0, 50.0), ("email", 0.5, 50.0, 50.0)]
+    );
+    assert_eq!(linear.revenue["EUR"], 100.0);
+    let table = render::attribution_table(&linear);
+    assert!(table.contains("revenue credited: 100.00 EUR"), "{table}");
+    let csv = render::attribution_csv(&linear);
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(
+        csv.lines()
+            .nth(1)
+            .unwrap()
+            .ends_with(",ads,google,spring,0.5000,50.00 EUR"),
+        "{csv}"
     );
     let last = run(Model::LastTouch);
     assert_eq!(last.credits.len(), 2);

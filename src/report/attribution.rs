@@ -39,6 +39,22 @@ pub struct AttributionReport {
     /// Of those, with no touch in the lookback (credited to nothing).
     pub unattributed: u64,
     pub credits: Vec<Credit>,
+    /// The credit summed per channel, most conversions first.
+    pub channels: Vec<ChannelTotal>,
+    /// All the revenue credited, per currency.
+    pub revenue: BTreeMap<String, f64>,
+}
+
+/// One channel's credit over all its sources and campaigns.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChannelTotal {
+    pub channel: String,
+    /// Conversions credited, in fractions.
+    pub conversions: f64,
+    /// Its share of the attributed purchases, in per cent (to 0.1).
+    pub share: f64,
+    /// Revenue credited, per currency.
+    pub revenue: BTreeMap<String, f64>,
 }
 
 /// The attribution report from the counters of a period (`lookback` is the one they were
@@ -97,8 +113,49 @@ pub fn attribution_of(
         to,
         purchases: count(metric::PURCHASES),
         unattributed: count(metric::UNATTRIBUTED),
+        channels: channels(
+            &credits,
+            count(metric::PURCHASES) - count(metric::UNATTRIBUTED),
+        ),
+        revenue: credits.iter().fold(BTreeMap::new(), |mut total, c| {
+            for (cur, x) in &c.revenue {
+                *total.entry(cur.clone()).or_default() += x;
+            }
+            total
+        }),
         credits,
     }
+}
+
+/// The credits summed per channel, with each channel's share of the `attributed` purchases.
+fn channels(credits: &[Credit], attributed: u64) -> Vec<ChannelTotal> {
+    let mut by: BTreeMap<&str, (f64, BTreeMap<String, f64>)> = BTreeMap::new();
+    for c in credits {
+        let e = by.entry(&c.channel).or_default();
+        e.0 += c.conversions;
+        for (cur, x) in &c.revenue {
+            *e.1.entry(cur.clone()).or_default() += x;
+        }
+    }
+    let round = |x: f64, by: f64| (x * by).round() / by;
+    let mut out: Vec<ChannelTotal> = by
+        .into_iter()
+        .map(|(channel, (conversions, revenue))| ChannelTotal {
+            channel: channel.to_string(),
+            conversions: round(conversions, 10_000.0),
+            share: if attributed > 0 {
+                round(conversions * 100.0 / attributed as f64, 10.0)
+            } else {
+                0.0
+            },
+            revenue: revenue
+                .into_iter()
+                .map(|(c, x)| (c, round(x, 100.0)))
+                .collect(),
+        })
+        .collect();
+    out.sort_by(|a, b| b.conversions.total_cmp(&a.conversions));
+    out
 }
 
 /// Attribution of the purchases the funnel's leads made in `[from, to)`, after they entered

@@ -431,6 +431,105 @@ pub fn attribution_table(r: &super::attribution::AttributionReport) -> String {
         .collect();
     out.push('\n');
     out.push_str(&grid(&header, &rows));
+    let header = ["channel", "conversions", "share", "revenue"];
+    let rows: Vec<Vec<String>> = r
+        .channels
+        .iter()
+        .map(|c| {
+            vec![
+                c.channel.clone(),
+                format!("{:.2}", c.conversions),
+                format!("{:.1}%", c.share),
+                amounts(&c.revenue),
+            ]
+        })
+        .collect();
+    out.push_str("\nper channel\n");
+    out.push_str(&grid(&header, &rows));
+    let _ = writeln!(out, "revenue credited: {}", amounts(&r.revenue));
+    out
+}
+
+/// Amounts per currency, `12.50 EUR; 3.00 USD`, or `—`.
+fn amounts(m: &std::collections::BTreeMap<String, f64>) -> String {
+    if m.is_empty() {
+        return "—".into();
+    }
+    m.iter()
+        .map(|(cur, x)| format!("{x:.2} {cur}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The attribution report as CSV: one row per channel, source and campaign.
+pub fn attribution_csv(r: &super::attribution::AttributionReport) -> String {
+    let mut out = String::from(
+        "funnel,model,lookback_days,from,to,channel,source,campaign,conversions,revenue\n",
+    );
+    for c in &r.credits {
+        let cells = [
+            r.funnel.clone(),
+            r.model.name().to_string(),
+            r.lookback_days.to_string(),
+            r.from.to_rfc3339(),
+            r.to.to_rfc3339(),
+            c.channel.clone(),
+            c.source.clone().unwrap_or_default(),
+            c.campaign.clone().unwrap_or_default(),
+            format!("{:.4}", c.conversions),
+            c.revenue
+                .iter()
+                .map(|(cur, x)| format!("{x:.2} {cur}"))
+                .collect::<Vec<_>>()
+                .join(";"),
+        ];
+        let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
+        out.push_str(&line.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// The A/B report as CSV: one row per variant of each split step.
+pub fn ab_csv(r: &super::ab::AbReport) -> String {
+    let mut out = String::from(
+        "funnel,cohort,from,to,stage,step,variant,sends,runs,clicked,converted,converted_percent,\
+         p_vs_first,revenue_per_run,chance_best,test,test_p\n",
+    );
+    let num = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_default();
+    for s in &r.splits {
+        for v in &s.variants {
+            let cells = [
+                r.funnel.clone(),
+                format!("{:?}", r.cohort).to_lowercase(),
+                r.from.to_rfc3339(),
+                r.to.to_rfc3339(),
+                s.stage.clone(),
+                s.step.clone(),
+                v.template.clone(),
+                v.sends.to_string(),
+                v.leads.to_string(),
+                v.clicked.part.to_string(),
+                v.converted.part.to_string(),
+                v.converted
+                    .percent
+                    .map(|p| format!("{p:.1}"))
+                    .unwrap_or_default(),
+                num(v.p_value),
+                v.revenue_per_lead
+                    .iter()
+                    .map(|(cur, x)| format!("{x:.2} {cur}"))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+                num(v.p_best),
+                s.test.clone(),
+                num(s.p_value),
+            ];
+            let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
+            out.push_str(&line.join(","));
+            out.push('\n');
+        }
+    }
     out
 }
 
