@@ -74,7 +74,8 @@ pub mod metric {
     /// they reached second (entry view).
     pub const WITH: &str = "with:";
     /// `buy␟PRODUCT␟CURRENCY`: orders (and their total) by leads whose run had entered the
-    /// stage before buying, each credited to one run ([`super::order_facts`]).
+    /// stage before buying, each credited to one run ([`super::order_facts`]); under
+    /// [`super::FUNNEL`], every order of the funnel's runs, whatever the product.
     pub const BUY: &str = "buy\u{1f}";
     /// `unpriced␟PRODUCT`: orders with no amount, by leads whose run had entered the stage
     /// before buying (counted apart, so they do not pull the average check down).
@@ -968,9 +969,9 @@ pub struct LeadRun<'a> {
 }
 
 /// What an order of a lead adds to one funnel, given the lead's runs of it (oldest first) and
-/// touches (oldest first): when it names a product, it is credited to the one run that was in
-/// the funnel when it came — the latest to enter before it — under every stage that run had
-/// entered before the order (strictly: an order made as a run enters a stage, or the funnel,
+/// touches (oldest first): it is the funnel's sale of the one run that was in the funnel when it
+/// came — the latest to enter before it — filed under [`FUNNEL`]; when it names a product, it is
+/// also credited to that run under every stage the run had entered before the order (strictly: an order made as a run enters a stage, or the funnel,
 /// is what brought it there, not the stage's sale); and when the lead had entered the funnel
 /// by then, it is shared among the touches for attribution.
 pub fn order_facts<'a>(
@@ -985,6 +986,14 @@ pub fn order_facts<'a>(
         .iter()
         .filter(|r| r.run.entered_at < order.at)
         .max_by_key(|r| r.run.entered_at);
+    if let Some(r) = current {
+        // The funnel's own sale, whatever the product.
+        out.push(Fact::Bought {
+            run: r.run,
+            stage: FUNNEL,
+            order,
+        });
+    }
     if let Some(r) = current.filter(|_| !order.product.is_empty()) {
         for (stage, since) in &r.firsts {
             if *since < order.at {

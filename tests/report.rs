@@ -1363,6 +1363,12 @@ async fn an_order_counts_once(store: Store) {
         ..rub(0.0)
     };
     rt.event(cid, unpriced, None, at(3)).await.unwrap();
+    // A product that is no stage's offer: the funnel's revenue, not a stage's.
+    let merch = Event {
+        currency: Some("RUB".into()),
+        ..purchase("merch", 50.0)
+    };
+    rt.event(bob, merch, None, at(3)).await.unwrap();
     while rt.tick(at(3)).await.unwrap() > 0 {}
     let now = at(4);
     let rows = store
@@ -1393,6 +1399,26 @@ async fn an_order_counts_once(store: Store) {
     let table = render::table(&a.report);
     assert!(
         table.contains("800.00 RUB (2 × 400.00); 1 without an amount"),
+        "{table}"
+    );
+    // The funnel's revenue: every order of its runs, the merch too, per run that entered.
+    let f = &a.report;
+    let total: Vec<(&str, u64, f64)> = f
+        .revenue
+        .iter()
+        .map(|r| (r.currency.as_str(), r.orders, r.total))
+        .collect();
+    assert_eq!(total, [("RUB", 3, 850.0)]);
+    assert_eq!(f.revenue_per_lead, [("RUB".to_string(), 170.0)]);
+    let products: Vec<(&str, u64, f64)> = f
+        .products
+        .iter()
+        .map(|p| (p.product.as_str(), p.orders, p.total))
+        .collect();
+    assert_eq!(products, [("pass", 2, 800.0), ("merch", 1, 50.0)]);
+    assert_eq!(f.orders_without_amount, 1);
+    assert!(
+        table.contains("revenue 850.00 RUB (3 × 283.33); 1 without an amount; per lead 170.00 RUB"),
         "{table}"
     );
 }

@@ -163,6 +163,25 @@ pub struct FunnelReport {
     /// Leads that reached the funnel's scoring thresholds, when it has them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qualified: Option<Qualified>,
+    /// Every order of the funnel's runs (made while the run was the lead's latest in the
+    /// funnel), whatever the product — an offer of a stage or not — per currency.
+    pub revenue: Vec<Revenue>,
+    /// Entry cohort: that revenue per run that entered, per currency (none in the calendar
+    /// view, whose orders are not the period's entries').
+    pub revenue_per_lead: Vec<(String, f64)>,
+    /// The same orders per product and currency, most revenue first.
+    pub products: Vec<ProductSales>,
+    /// Of those orders, the ones without an amount (not in `revenue`).
+    pub orders_without_amount: u64,
+}
+
+/// One product's orders in one currency.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProductSales {
+    pub product: String,
+    pub currency: String,
+    pub orders: u64,
+    pub total: f64,
 }
 
 /// Marketing- and sales-qualified leads: runs whose lead crossed the funnel's `mql` / `sql`
@@ -378,6 +397,47 @@ pub fn report_of(
             sql: s.sql.map(|_| Rate::of(count(v, FUNNEL, "sql"), entered)),
         })
     });
+    let mut products: Vec<ProductSales> = Vec::new();
+    let mut by_currency: BTreeMap<String, (u64, crate::tally::Micros)> = BTreeMap::new();
+    for (k, sum) in fig.with_prefix(v, FUNNEL, metric::BUY) {
+        let (Some((product, currency)), Ok(n)) = (k.split_once('\u{1f}'), u64::try_from(sum.n))
+        else {
+            continue;
+        };
+        if n == 0 {
+            continue;
+        }
+        let e = by_currency.entry(currency.to_string()).or_default();
+        e.0 += n;
+        e.1.0 += sum.total.0;
+        products.push(ProductSales {
+            product: product.to_string(),
+            currency: currency.to_string(),
+            orders: n,
+            total: sum.total.units(),
+        });
+    }
+    products.sort_by(|a, b| b.total.total_cmp(&a.total));
+    let revenue: Vec<Revenue> = by_currency
+        .into_iter()
+        .map(|(currency, (orders, total))| Revenue {
+            currency,
+            orders,
+            total: total.units(),
+            average: total.units() / orders as f64,
+        })
+        .collect();
+    let revenue_per_lead = match cohort {
+        Cohort::Entry if entered > 0 => revenue
+            .iter()
+            .map(|r| (r.currency.clone(), r.total / entered as f64))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let orders_without_amount = fig
+        .with_prefix(v, FUNNEL, metric::UNPRICED)
+        .map(|(_, s)| u64::try_from(s.n).unwrap_or(0))
+        .sum();
     FunnelReport {
         funnel: f.id.value.to_string(),
         name: f.name.clone(),
@@ -398,6 +458,10 @@ pub fn report_of(
         stages,
         length_to_converted: Spread::of_histogram(&fig.histogram(v, FUNNEL, metric::LENGTH)),
         qualified,
+        revenue,
+        revenue_per_lead,
+        products,
+        orders_without_amount,
     }
 }
 

@@ -108,6 +108,41 @@ pub fn table(r: &FunnelReport) -> String {
             .collect();
         let _ = writeln!(out, "qualified: {}", parts.join(", "));
     }
+    if !r.revenue.is_empty() || r.orders_without_amount > 0 {
+        let mut parts: Vec<String> = r
+            .revenue
+            .iter()
+            .map(|x| {
+                format!(
+                    "{:.2} {} ({} × {:.2})",
+                    x.total, x.currency, x.orders, x.average
+                )
+            })
+            .collect();
+        if r.orders_without_amount > 0 {
+            parts.push(format!("{} without an amount", r.orders_without_amount));
+        }
+        let per_lead: Vec<String> = r
+            .revenue_per_lead
+            .iter()
+            .map(|(c, x)| format!("{x:.2} {c}"))
+            .collect();
+        let per_lead = match per_lead.is_empty() {
+            true => String::new(),
+            false => format!("; per lead {}", per_lead.join(", ")),
+        };
+        let products: Vec<String> = r
+            .products
+            .iter()
+            .map(|p| format!("{} {:.2} {}", p.product, p.total, p.currency))
+            .collect();
+        let _ = writeln!(
+            out,
+            "revenue {}{per_lead}; by product: {}",
+            parts.join("; "),
+            products.join(", ")
+        );
+    }
     let header = [
         "stage",
         "kind",
