@@ -1496,6 +1496,33 @@ async fn entry_cohorts_keep_their_progress(store: Store) {
         ins(&funnel_both(&store, f, &rows, &req, now).await),
         [200, 0, 0, 0]
     );
+    // By day: the cohort's row carries each stage's share of its entries and its revenue.
+    let by_day = Params {
+        by: Some("day".into()),
+        ..ask("2026-11-04".into(), None, "entry")
+    };
+    let req = Request::parse(What::Funnel, &by_day, now).unwrap();
+    let table = render::funnel_table(&funnel_both(&store, f, &rows, &req, now).await);
+    let row = table.lines().find(|l| l.starts_with("2026-11-02")).unwrap();
+    let cells: Vec<&str> = row
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        cells,
+        [
+            "2026-11-02",
+            "200",
+            "200 (100.0%)",
+            "104 (52.0%)",
+            "43 (21.5%)",
+            "26 (13.0%)",
+            "13.0% (26)",
+            "26000.00 EUR"
+        ],
+        "{table}"
+    );
 }
 
 on_both_backends! {

@@ -620,14 +620,35 @@ pub fn funnel_table(a: &FunnelAnswer) -> String {
         let mut header = vec!["period".to_string(), "entered".to_string()];
         header.extend(a.report.stages.iter().map(|s| s.stage.clone()));
         header.push("converted".into());
+        header.push("revenue".into());
         let rows: Vec<Vec<String>> = a
             .periods
             .iter()
             .flatten()
             .map(|p| {
                 let mut row = vec![p.from.format("%Y-%m-%d").to_string(), p.entered.to_string()];
-                row.extend(p.stages.iter().map(|s| s.leads_in.to_string()));
+                // Each stage of the whole report's, found by name (a removed stage may have
+                // figures in some periods only): its runs in, and from entry (entry cohort).
+                row.extend(a.report.stages.iter().map(|whole| {
+                    match p.stages.iter().find(|s| s.stage == whole.stage) {
+                        Some(s) => match s.from_entry.and_then(|r| r.percent) {
+                            Some(pct) if s.leads_in > 0 => format!("{} ({pct:.1}%)", s.leads_in),
+                            _ => s.leads_in.to_string(),
+                        },
+                        None => "0".into(),
+                    }
+                }));
                 row.push(rate(&p.converted));
+                let revenue: Vec<String> = p
+                    .revenue
+                    .iter()
+                    .map(|r| format!("{:.2} {}", r.total, r.currency))
+                    .collect();
+                row.push(if revenue.is_empty() {
+                    "—".into()
+                } else {
+                    revenue.join("; ")
+                });
                 row
             })
             .collect();
