@@ -5,6 +5,10 @@
 //! The projection follows the observed moves between stages in the funnel's order (a move back
 //! to an earlier stage is left out): a lead arriving on day `a` reaches a stage at `a` plus the
 //! median times in the stages before it, with the product of the rates along the way. The
+//! leads already in the funnel go on from the stage they are in, after what is left of its
+//! median time. Times in stage are Kaplan–Meier medians: a visit not ended yet is censored,
+//! not left out (which would bias them low). The observed inflow is per day of the funnel's
+//! life when it is younger than the days observed. The
 //! interval is Monte Carlo: each draw takes every stage's rates from a Dirichlet over its
 //! observed counts, each offer's order rate from a Beta, and the inflow from a Poisson around
 //! the observed rate (a given `--inflow` is taken as exact); the 10th and 90th percentiles of
@@ -158,6 +162,11 @@ pub struct StageForecast {
     pub kind: Option<&'static str>,
     /// Leads observed in the stage.
     pub observed_leads: u64,
+    /// Leads in the stage now, of any entry date: projected on from where they stand.
+    pub in_flight: u64,
+    /// The median days in the stage (Kaplan–Meier over the observed visits, those not ended
+    /// yet censored; when more than half are still going, the longest seen so far).
+    pub days_in_stage: f64,
     /// Per cent of the stage's leads that moved on to a later stage or exited `converted`.
     pub conversion: Pair<Option<f64>>,
     /// Median days from funnel entry to reaching the stage.
@@ -195,8 +204,11 @@ pub struct ForecastReport {
 }
 
 const METHOD: &str = "projection from the observed stage conversions, median times in stage and \
-inflow; 80% interval: 10th to 90th percentile of 2,000 Monte Carlo draws (stage rates from a \
-Dirichlet over their counts, order rates from a Beta, observed inflow as Poisson)";
+inflow, for the leads to come and for those in flight from where they stand; median time in \
+stage by Kaplan-Meier (visits not ended yet are censored); observed inflow over the days \
+observed, or over the funnel's age when it is younger; 80% interval: 10th to 90th percentile \
+of 2,000 Monte Carlo draws (stage rates from a Dirichlet over their counts, order rates from a \
+Beta, observed inflow as Poisson)";
 
 /// A stage as observed: its leads, where they went (forward only), and its orders.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -210,8 +222,11 @@ pub struct Observed {
     pub orders: f64,
     /// Average check per currency, and each currency's share of the orders.
     pub checks: Vec<(String, f64, f64)>,
-    /// Median days in the stage.
+    /// Median days in the stage (Kaplan–Meier: visits not ended yet count as censored).
     pub days_in: f64,
+    /// Leads in the stage now (of any entry date), and the mean days they have been there.
+    pub in_flight: f64,
+    pub in_flight_days: f64,
 }
 
 /// The rates of one draw (or the observed point), with the scenario's changes applied.
@@ -358,11 +373,82 @@ fn project(st: &[Observed], rates: &Rates, arrivals: f64, days: f64) -> Projecte
         let done = arrivals * reach[i] * within(reached[i] + st[i].days_in);
         out.conversions += done * rates.converted[i];
         out.orders[i] = done * rates.orders[i];
-        for (currency, check, share) in &st[i].checks {
-            *out.revenue.entry(currency.clone()).or_default() += out.orders[i] * share * check;
+    }
+    // The leads in flight, from where they stand: each stage's leads finish it after what is
+    // left of its median time, then go on as new arrivals there would.
+    for s in 0..n {
+        let here = st[s].in_flight;
+        if here <= 0.0 {
+            continue;
+        }
+        let mut share = vec![0.0; n];
+        let mut at = vec![0.0; n];
+        share[s] = 1.0;
+        for i in s..n {
+            let left = if i == s {
+                (st[i].days_in - st[i].in_flight_days).max(0.0)
+            } else {
+                st[i].days_in
+            };
+            if share[i] <= 0.0 {
+                continue;
+            }
+            if i > s {
+                at[i] /= share[i];
+                if at[i] <= days {
+                    out.leads[i] += here * share[i];
+                }
+            }
+            if at[i] + left <= days {
+                let done = here * share[i];
+                out.conversions += done * rates.converted[i];
+                out.orders[i] += done * rates.orders[i];
+            }
+            for (j, p) in &rates.moves[i] {
+                if *j > i && *j < n {
+                    share[*j] += share[i] * p;
+                    at[*j] += share[i] * p * (at[i] + left);
+                }
+            }
+        }
+    }
+    for (stage, orders) in st.iter().zip(&out.orders) {
+        for (currency, check, part) in &stage.checks {
+            *out.revenue.entry(currency.clone()).or_default() += orders * part * check;
         }
     }
     out
+}
+
+/// The median of durations some of which are censored (`(days, ended)`; a visit not ended yet
+/// is known only to last at least that long): the Kaplan–Meier estimate, the first duration
+/// at which the estimated share still going falls to a half or below. `None` when it never
+/// does (most visits are still going): the median is not known yet.
+pub fn km_median(mut durations: Vec<(f64, bool)>) -> Option<f64> {
+    // Ends before censorings at the same time, as the estimator takes them.
+    durations.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+    let mut at_risk = durations.len() as f64;
+    let mut surviving = 1.0;
+    let mut i = 0;
+    while i < durations.len() {
+        let t = durations[i].0;
+        let (mut ended, mut gone) = (0.0, 0.0);
+        while i < durations.len() && durations[i].0 == t {
+            if durations[i].1 {
+                ended += 1.0;
+            }
+            gone += 1.0;
+            i += 1;
+        }
+        if ended > 0.0 && at_risk > 0.0 {
+            surviving *= 1.0 - ended / at_risk;
+            if surviving <= 0.5 {
+                return Some(t);
+            }
+        }
+        at_risk -= gone;
+    }
+    None
 }
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
@@ -461,12 +547,44 @@ pub fn forecast(
             })?;
         changes.push((i, *c));
     }
+    // Per stage: the cohort's visits as (days, ended) for the time in stage; and the leads
+    // there now, of any entry date, with how long they have been there.
+    let live: std::collections::HashSet<crate::domain::EnrollmentId> = rows
+        .runs
+        .iter()
+        .filter(|run| run.status.is_live())
+        .map(|run| run.enrollment)
+        .collect();
+    let cohort: std::collections::HashSet<crate::domain::EnrollmentId> = rows
+        .runs
+        .iter()
+        .filter(|run| run.entered_at >= observed_from && run.entered_at < now)
+        .map(|run| run.enrollment)
+        .collect();
+    let days_of = |d: Duration| d.num_seconds().max(0) as f64 / 86_400.0;
+    let mut visits: Vec<Vec<(f64, bool)>> = vec![Vec::new(); r.stages.len()];
+    let mut flight: Vec<(f64, f64)> = vec![(0.0, 0.0); r.stages.len()];
+    for v in rows.visits.iter().filter(|v| v.entered_at <= now) {
+        let Some(i) = index.get(v.stage.as_str()) else {
+            continue;
+        };
+        let ended = v.exited_at.filter(|x| *x <= now);
+        if cohort.contains(&v.enrollment) {
+            let d = days_of(ended.unwrap_or(now) - v.entered_at);
+            visits[*i].push((d, ended.is_some()));
+        }
+        if ended.is_none() && live.contains(&v.enrollment) {
+            flight[*i].0 += 1.0;
+            flight[*i].1 += days_of(now - v.entered_at);
+        }
+    }
     let st: Vec<Observed> = r
         .stages
         .iter()
         .enumerate()
         .map(|(i, s)| {
             let orders: u64 = s.revenue.iter().map(|m| m.orders).sum();
+            let (in_flight, total_days) = flight[i];
             Observed {
                 leads: s.leads_in as f64,
                 moves: s
@@ -488,16 +606,36 @@ pub fn forecast(
                         )
                     })
                     .collect(),
-                days_in: s.time_in_stage.p50_seconds.unwrap_or(0) as f64 / 86_400.0,
+                // Not known yet when more than half the visits are still going: the longest
+                // seen so far, ended or not, a lower bound.
+                days_in: {
+                    let seen = std::mem::take(&mut visits[i]);
+                    let longest = seen.iter().map(|(d, _)| *d).fold(0.0, f64::max);
+                    km_median(seen).unwrap_or(longest)
+                },
+                in_flight,
+                in_flight_days: if in_flight > 0.0 {
+                    total_days / in_flight
+                } else {
+                    0.0
+                },
             }
         })
         .collect();
+    // The inflow over the days observed — or over the funnel's age, when it is younger.
+    let age = rows
+        .runs
+        .iter()
+        .map(|run| run.entered_at)
+        .min()
+        .map_or(0.0, |first| days_of(now - first));
+    let observed_days = (sc.observe_days as f64).min(age.max(1.0));
     let (inflow, given) = match sc.inflow {
         Some(n) => (n, true),
-        None => (r.entered as f64 / sc.observe_days as f64, false),
+        None => (r.entered as f64 / observed_days, false),
     };
     let days = sc.days as f64;
-    let (exp, draws) = simulate(&st, &changes, inflow, given, sc.observe_days as f64, days);
+    let (exp, draws) = simulate(&st, &changes, inflow, given, observed_days, days);
     let pair = |f: &dyn Fn(&Projected) -> f64, places| Pair {
         baseline: estimate(f(&exp.baseline), &draws.baseline, f, places),
         scenario: estimate(f(&exp.scenario), &draws.scenario, f, places),
@@ -523,6 +661,8 @@ pub fn forecast(
                 stage: s.stage.clone(),
                 kind: s.kind,
                 observed_leads: s.leads_in,
+                in_flight: st[i].in_flight as u64,
+                days_in_stage: round(st[i].days_in, 2),
                 conversion: Pair {
                     baseline: forward(&base),
                     scenario: forward(&scen),
@@ -597,6 +737,7 @@ mod tests {
                 vec![]
             },
             days_in,
+            ..Observed::default()
         };
         let st = vec![
             stage(vec![(1, 50.0)], 0.0, 0.0, 2.0),
@@ -613,6 +754,70 @@ mod tests {
         for d in draws.baseline.iter().chain(&draws.scenario) {
             assert_eq!(d, e);
         }
+    }
+
+    /// Leads in flight go on from where they stand: with no new leads (inflow 0), 10 leads
+    /// one day into stage 1 (3 days, all buy at 49 and move on) finish it 2 days from now,
+    /// reach stage 2 then and exit converted 5 days later, within the 30 days; 4 leads in
+    /// stage 2 for 6 days (more than its median) finish at once.
+    #[test]
+    fn leads_in_flight_go_on_from_where_they_stand() {
+        let stage = |moves: Vec<(usize, f64)>, converted, orders, days_in| Observed {
+            leads: 50.0,
+            moves,
+            converted,
+            orders,
+            checks: if orders > 0.0 {
+                vec![("EUR".into(), 49.0, 1.0)]
+            } else {
+                vec![]
+            },
+            days_in,
+            ..Observed::default()
+        };
+        let mut st = vec![
+            stage(vec![(1, 50.0)], 0.0, 0.0, 2.0),
+            stage(vec![(2, 50.0)], 0.0, 50.0, 3.0),
+            stage(vec![], 50.0, 0.0, 5.0),
+        ];
+        st[1].in_flight = 10.0;
+        st[1].in_flight_days = 1.0;
+        st[2].in_flight = 4.0;
+        st[2].in_flight_days = 6.0;
+        let (exp, _) = simulate(&st, &[], 0.0, true, 90.0, 30.0);
+        let e = &exp.baseline;
+        assert_eq!(e.leads, [0.0, 0.0, 10.0], "the 10 reach stage 2");
+        assert_eq!(e.orders, [0.0, 10.0, 0.0]);
+        assert_eq!(e.conversions, 14.0);
+        assert_eq!(e.revenue["EUR"], 490.0);
+        // Over 4 days the 10 reach stage 2 (day 2) but do not finish it (day 7).
+        let (short, _) = simulate(&st, &[], 0.0, true, 90.0, 4.0);
+        assert_eq!(short.baseline.leads[2], 10.0);
+        assert_eq!(short.baseline.conversions, 4.0);
+    }
+
+    /// Kaplan–Meier against the median of the finished visits: two of five visits ended (after
+    /// 1 and 2 days), three still going after 10; the finished ones' median (1.5 days) is far
+    /// too low, and the estimate says the median is not known yet. With the ends and
+    /// censorings of the textbook case it is the duration where the share still going first
+    /// falls to a half.
+    #[test]
+    fn times_in_stage_count_the_visits_still_going() {
+        let going = vec![
+            (1.0, true),
+            (2.0, true),
+            (10.0, false),
+            (10.0, false),
+            (10.0, false),
+        ];
+        assert_eq!(km_median(going), None);
+        // 1 ends (0.75 left), 2 ends (0.75 × 2/3 = 0.5): the median is 2.
+        let some = vec![(1.0, true), (2.0, true), (3.0, false), (4.0, true)];
+        assert_eq!(km_median(some), Some(2.0));
+        // A censoring at 1 leaves 3 at risk; 2 ends (2/3), 3 ends (1/3): the median is 3.
+        let censored = vec![(1.0, false), (2.0, true), (3.0, true), (4.0, true)];
+        assert_eq!(km_median(censored), Some(3.0));
+        assert_eq!(km_median(Vec::new()), None);
     }
 
     /// Half of stage 0 moves on; `+20%` makes it 60%, `90%` makes it 90%; the interval holds

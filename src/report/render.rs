@@ -749,6 +749,8 @@ pub fn forecast_table(r: &ForecastReport) -> String {
     );
     let header = [
         "stage",
+        "in flight",
+        "days in stage",
         "conversion now",
         "scenario",
         "reached after",
@@ -764,6 +766,8 @@ pub fn forecast_table(r: &ForecastReport) -> String {
         .map(|s| {
             vec![
                 s.stage.clone(),
+                s.in_flight.to_string(),
+                format!("{:.1}d", s.days_in_stage),
                 pct(s.conversion.baseline),
                 pct(s.conversion.scenario),
                 format!("{:.1}d", s.reached_after_days),
