@@ -126,6 +126,10 @@ enum Command {
         /// How far before a purchase a touch still counts, in days (with `--attribution`).
         #[arg(long, requires = "attribution")]
         lookback: Option<String>,
+        /// The time zone days, weeks and months are counted in (an IANA name such as
+        /// Europe/Moscow); default `report_timezone` (UTC).
+        #[arg(long)]
+        tz: Option<String>,
     },
     /// What-if: leads per stage, conversions and revenue over the next days from the observed
     /// rates and inflow, with an 80% interval; the baseline and a changed scenario side by side.
@@ -147,6 +151,9 @@ enum Command {
         /// `table` or `json`.
         #[arg(long, value_enum, default_value = "table")]
         format: FormatArg,
+        /// The time zone days are shown in; default `report_timezone` (UTC).
+        #[arg(long)]
+        tz: Option<String>,
     },
 }
 
@@ -209,6 +216,7 @@ pub fn main() -> ExitCode {
             ab,
             ref attribution,
             ref lookback,
+            ref tz,
         } => {
             use crate::report::request::{Params, What};
             let what = match (emails, ab, attribution) {
@@ -229,6 +237,7 @@ pub fn main() -> ExitCode {
                 slice: slice.clone(),
                 model: attribution.clone(),
                 lookback: lookback.clone(),
+                tz: tz.clone(),
                 ..Params::default()
             };
             block_on(report(&cli, funnel, what, params, format))
@@ -240,12 +249,14 @@ pub fn main() -> ExitCode {
             ref set,
             ref observe,
             format,
+            ref tz,
         } => {
             let params = crate::report::request::Params {
                 days: Some(days.clone()),
                 inflow: inflow.clone(),
                 set: set.clone(),
                 observe: Some(observe.clone()),
+                tz: tz.clone(),
                 ..Default::default()
             };
             let what = crate::report::request::What::Forecast;
@@ -417,6 +428,10 @@ async fn report(
         Ok(ExitCode::from(2))
     };
     let settings = Settings::load(&cli.project, cli.config.as_deref())?;
+    let mut params = params;
+    if params.tz.is_none() {
+        params.tz = Some(settings.report_timezone.clone());
+    }
     let (loaded, checked) = project::check(&settings, None);
     let Some(loaded) = loaded else {
         for d in &checked.diagnostics {
@@ -614,6 +629,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
                 settings.signups_per_ip_per_minute,
                 settings.trusted_networks()?,
             ),
+            report_zone: settings.report_zone()?,
         },
         until_stopped(),
     ));

@@ -69,6 +69,9 @@ pub struct Settings {
     /// Key shared with the mail provider to sign bounce and complaint reports sent to
     /// `POST /hooks/delivery`; unset, that endpoint is off.
     pub hooks_secret: Option<String>,
+    /// The time zone reports count days, weeks and months in (an IANA name such as
+    /// `Europe/Moscow`), unless a report asks for another with `--tz` / `tz`.
+    pub report_timezone: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,12 +110,13 @@ impl Default for Settings {
             secret: None,
             secret_file: "autofunnel.secret".into(),
             hooks_secret: None,
+            report_timezone: "UTC".into(),
         }
     }
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 24] = [
+const ENV_KEYS: [&str; 25] = [
     "database_url",
     "listen",
     "base_url",
@@ -137,6 +141,7 @@ const ENV_KEYS: [&str; 24] = [
     "secret",
     "secret_file",
     "hooks_secret",
+    "report_timezone",
 ];
 
 impl Settings {
@@ -184,7 +189,20 @@ impl Settings {
             }
         }
         s.database_url = sqlite_relative_to(&s.database_url, base);
+        s.report_zone()?;
         Ok(s)
+    }
+}
+
+impl Settings {
+    /// `report_timezone` as a zone; an unknown name is an error that names it.
+    pub fn report_zone(&self) -> anyhow::Result<chrono_tz::Tz> {
+        self.report_timezone.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "report_timezone: no time zone \"{}\" (an IANA name such as Europe/Moscow, or UTC)",
+                self.report_timezone
+            )
+        })
     }
 }
 

@@ -619,6 +619,16 @@ fn report_reads_a_funnel_and_refuses_bad_arguments() {
             vec!["welcome", "--window", "soon"],
             "--window: bad duration",
         ),
+        (
+            "report",
+            vec!["welcome", "--tz", "Mars/Olympus"],
+            "--tz: no time zone \"Mars/Olympus\"",
+        ),
+        (
+            "forecast",
+            vec!["welcome", "--tz", "Moscow"],
+            "--tz: no time zone \"Moscow\"",
+        ),
     ] {
         let out = run(verb, &args);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -412,6 +412,27 @@ async fn openapi(store: Store) {
         let v: Value = serde_json::from_slice(&b).unwrap();
         let param = wrong.split('=').next().unwrap();
         assert_eq!(v["field"], param, "{suffix}");
+        // Every report takes a zone; an unknown one is 422 naming `tz`.
+        let (status, b) = k
+            .call(
+                get.clone(),
+                &template,
+                as_admin(get.clone(), &base, &at("welcome", "tz=Europe/Moscow")),
+            )
+            .await;
+        assert_eq!(status, 200, "{suffix}: {}", String::from_utf8_lossy(&b));
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["tz"], "Europe/Moscow", "{suffix}");
+        let (status, b) = k
+            .call(
+                get.clone(),
+                &template,
+                as_admin(get.clone(), &base, &at("welcome", "tz=Mars/Olympus")),
+            )
+            .await;
+        assert_eq!(status, 422, "{suffix}: {}", String::from_utf8_lossy(&b));
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["field"], "tz", "{suffix}");
         for (req, status) in [
             (
                 as_admin(get.clone(), &base, &at("welcome", "colour=red")),

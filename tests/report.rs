@@ -1710,3 +1710,70 @@ stages:
 on_both_backends! {
     edits => history_survives_an_edit,
 }
+
+/// Days in the seller's zone: 30 leads enter at 22:00 UTC on 2 November — 01:00 on 3
+/// November in Moscow — and 20 at 10:00 UTC on 3 November. In UTC the first 30 fall on
+/// 2 November; with `tz` Europe/Moscow all 50 fall on 3 November, the table's times are
+/// Moscow's and it says so. An unknown zone is refused, naming the parameter.
+async fn days_in_the_sellers_zone(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(dir.path(), &[("funnels/b2b.yaml", B2B)]);
+    let late = Utc.with_ymd_and_hms(2026, 11, 2, 22, 0, 0).unwrap();
+    let rt = crate::util::engine(&store, &p, late).await;
+    let ids = confirmed_leads(&store, "z", 50).await;
+    rt.enroll_many(&ids[..30], &fid("b2b"), late).await.unwrap();
+    rt.enroll_many(&ids[30..], &fid("b2b"), late + Duration::hours(12))
+        .await
+        .unwrap();
+    let now = late + Duration::days(2);
+    let rows = store
+        .report_rows(&fid("b2b"), now, ReportNeeds::ALL)
+        .await
+        .unwrap();
+    let f = &p.funnels[0];
+    let ask = |tz: Option<&str>| Params {
+        from: Some("2026-11-02".into()),
+        to: Some("2026-11-04".into()),
+        by: Some("day".into()),
+        tz: tz.map(str::to_string),
+        ..Params::default()
+    };
+    let days =
+        |a: &FunnelAnswer| -> Vec<u64> { a.periods.iter().flatten().map(|p| p.entered).collect() };
+    let utc = Request::parse(What::Funnel, &ask(None), now).unwrap();
+    assert!(matches!(utc.read(now), ReportRead::Counts { .. }));
+    assert_eq!(
+        days(&funnel_both(&store, f, &rows, &utc, now).await),
+        [30, 20]
+    );
+    let msk = Request::parse(What::Funnel, &ask(Some("Europe/Moscow")), now).unwrap();
+    assert_eq!(
+        msk.from,
+        Utc.with_ymd_and_hms(2026, 11, 1, 21, 0, 0).unwrap()
+    );
+    assert!(
+        matches!(msk.read(now), ReportRead::Rows(_)),
+        "counters are per UTC day"
+    );
+    let a = funnel_both(&store, f, &rows, &msk, now).await;
+    assert_eq!(days(&a), [0, 50]);
+    assert_eq!(a.report.tz, "Europe/Moscow");
+    let table = render::funnel_table(&a);
+    assert!(
+        table.contains("from 2026-11-02 00:00 to 2026-11-04 00:00 (Europe/Moscow)"),
+        "{table}"
+    );
+    assert!(table.contains("\n2026-11-03  50 "), "{table}");
+    let err = Request::parse(What::Funnel, &ask(Some("Mars/Olympus")), now).unwrap_err();
+    assert_eq!(err.param, "tz");
+    assert!(
+        err.message.contains("no time zone \"Mars/Olympus\""),
+        "{}",
+        err.message
+    );
+}
+
+on_both_backends! {
+    zones => days_in_the_sellers_zone,
+}

@@ -65,6 +65,8 @@ pub struct Split {
 pub struct AbReport {
     pub funnel: String,
     pub cohort: Cohort,
+    /// The time zone its days are in.
+    pub tz: String,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub splits: Vec<Split>,
@@ -309,6 +311,7 @@ pub fn ab_report(
     Ok(AbReport {
         funnel: f.id.value.to_string(),
         cohort,
+        tz: "UTC".into(),
         from,
         to,
         splits,

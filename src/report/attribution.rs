@@ -31,6 +31,8 @@ pub struct Credit {
 pub struct AttributionReport {
     pub funnel: String,
     pub model: Model,
+    /// The time zone its days are in.
+    pub tz: String,
     pub lookback_days: i64,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
@@ -108,6 +110,7 @@ pub fn attribution_of(
     AttributionReport {
         funnel: f.id.value.to_string(),
         model,
+        tz: "UTC".into(),
         lookback_days: lookback.num_days(),
         from,
         to,

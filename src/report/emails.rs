@@ -54,6 +54,8 @@ pub struct EmailFigures {
 pub struct EmailReport {
     pub funnel: String,
     pub cohort: Cohort,
+    /// The time zone its days are in.
+    pub tz: String,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub note: &'static str,
@@ -150,6 +152,7 @@ pub fn email_report(
     EmailReport {
         funnel: f.id.value.to_string(),
         cohort,
+        tz: "UTC".into(),
         from,
         to,
         note: OPENS_NOTE,

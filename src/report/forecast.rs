@@ -185,6 +185,8 @@ pub struct RevenueForecast {
 pub struct ForecastReport {
     pub funnel: String,
     pub name: String,
+    /// The time zone its days are shown in.
+    pub tz: String,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub days: i64,
@@ -690,6 +692,7 @@ pub fn forecast(
     Ok(ForecastReport {
         funnel: r.funnel,
         name: r.name,
+        tz: r.tz,
         from: now,
         to: now + Duration::days(sc.days),
         days: sc.days,

@@ -147,6 +147,8 @@ pub struct FunnelReport {
     pub funnel: String,
     pub name: String,
     pub cohort: Cohort,
+    /// The time zone its days, weeks and months are in.
+    pub tz: String,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     /// Runs that entered the funnel in the period.
@@ -277,15 +279,32 @@ impl Window {
     }
 }
 
-/// A time as people and the API give it: `YYYY-MM-DD` (midnight UTC) or RFC 3339.
-pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+/// Midnight at the start of the day `d` in `tz` (where a zone skips midnight, the day's first
+/// instant).
+pub fn midnight_in(d: chrono::NaiveDate, tz: chrono_tz::Tz) -> DateTime<Utc> {
+    use chrono::TimeZone as _;
+    (0..24)
+        .find_map(|h| {
+            let t = d.and_hms_opt(h, 0, 0)?;
+            tz.from_local_datetime(&t).earliest()
+        })
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
+}
+
+/// A time as people and the API give it: `YYYY-MM-DD` (midnight in `tz`) or RFC 3339.
+pub fn parse_time_in(text: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Some(t.with_timezone(&Utc));
     }
     chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|d| d.and_utc())
+        .map(|d| midnight_in(d, tz))
+}
+
+/// A time as people and the API give it: `YYYY-MM-DD` (midnight UTC) or RFC 3339.
+pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    parse_time_in(text, chrono_tz::UTC)
 }
 
 /// The stage report of `f` from its counters summed over the period `[from, to)`.
@@ -442,6 +461,7 @@ pub fn report_of(
         funnel: f.id.value.to_string(),
         name: f.name.clone(),
         cohort,
+        tz: "UTC".into(),
         from,
         to,
         entered,

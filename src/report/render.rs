@@ -72,9 +72,10 @@ pub fn table(r: &FunnelReport) -> String {
     let _ = writeln!(out, "{} — {}", r.funnel, r.name);
     let _ = writeln!(
         out,
-        "{view} from {} to {} (UTC)",
-        r.from.format("%Y-%m-%d %H:%M"),
-        r.to.format("%Y-%m-%d %H:%M")
+        "{view} from {} to {} ({})",
+        local(r.from, &r.tz),
+        local(r.to, &r.tz),
+        r.tz
     );
     let waiting = match r.awaiting_confirmation {
         0 => String::new(),
@@ -186,6 +187,12 @@ pub fn table(r: &FunnelReport) -> String {
     out
 }
 
+/// A time as the tables show it: minutes, in the report's zone.
+fn local(t: chrono::DateTime<chrono::Utc>, tz: &str) -> String {
+    let zone: chrono_tz::Tz = tz.parse().unwrap_or(chrono_tz::UTC);
+    t.with_timezone(&zone).format("%Y-%m-%d %H:%M").to_string()
+}
+
 fn csv_cell(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -261,10 +268,11 @@ pub fn email_table(r: &super::emails::EmailReport) -> String {
     };
     let _ = writeln!(
         out,
-        "{} — {view} from {} to {} (UTC)",
+        "{} — {view} from {} to {} ({})",
         r.funnel,
-        r.from.format("%Y-%m-%d %H:%M"),
-        r.to.format("%Y-%m-%d %H:%M")
+        local(r.from, &r.tz),
+        local(r.to, &r.tz),
+        r.tz
     );
     let _ = writeln!(out, "{}", r.note);
     let header = [
@@ -370,14 +378,15 @@ pub fn ab_table(r: &super::ab::AbReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} — A/B tests, {} from {} to {} (UTC)",
+        "{} — A/B tests, {} from {} to {} ({})",
         r.funnel,
         match r.cohort {
             Cohort::Entry => "runs that entered the funnel (and what they did since)",
             Cohort::Calendar => "variants sent (and what followed in the period)",
         },
-        r.from.format("%Y-%m-%d %H:%M"),
-        r.to.format("%Y-%m-%d %H:%M")
+        local(r.from, &r.tz),
+        local(r.to, &r.tz),
+        r.tz
     );
     if r.splits.is_empty() {
         let _ = writeln!(out, "\nno `split` step in this funnel");
@@ -434,12 +443,13 @@ pub fn attribution_table(r: &super::attribution::AttributionReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} — attribution ({}, touches up to {} days before each purchase), purchases from {} to {} (UTC)",
+        "{} — attribution ({}, touches up to {} days before each purchase), purchases from {} to {} ({})",
         r.funnel,
         r.model.name(),
         r.lookback_days,
-        r.from.format("%Y-%m-%d %H:%M"),
-        r.to.format("%Y-%m-%d %H:%M")
+        local(r.from, &r.tz),
+        local(r.to, &r.tz),
+        r.tz
     );
     let _ = writeln!(
         out,
@@ -626,7 +636,10 @@ pub fn funnel_table(a: &FunnelAnswer) -> String {
             .iter()
             .flatten()
             .map(|p| {
-                let mut row = vec![p.from.format("%Y-%m-%d").to_string(), p.entered.to_string()];
+                let mut row = vec![
+                    local(p.from, &p.tz)[..10].to_string(),
+                    p.entered.to_string(),
+                ];
                 // Each stage of the whole report's, found by name (a removed stage may have
                 // figures in some periods only): its runs in, and from entry (entry cohort).
                 row.extend(a.report.stages.iter().map(|whole| {
@@ -678,7 +691,7 @@ pub fn funnel_csv(a: &FunnelAnswer) -> String {
         .map(|p| {
             (
                 "period".to_string(),
-                p.from.format("%Y-%m-%d").to_string(),
+                local(p.from, &p.tz)[..10].to_string(),
                 p,
             )
         })
@@ -710,9 +723,10 @@ pub fn forecast_table(r: &ForecastReport) -> String {
     let _ = writeln!(out, "{} — {}", r.funnel, r.name);
     let _ = writeln!(
         out,
-        "forecast for the {} days from {} (UTC); inflow {:.1} leads/day ({})",
+        "forecast for the {} days from {} ({}); inflow {:.1} leads/day ({})",
         r.days,
-        r.from.format("%Y-%m-%d %H:%M"),
+        local(r.from, &r.tz),
+        r.tz,
         r.inflow_per_day,
         if r.inflow_source == "given" {
             "given".to_string()
@@ -720,8 +734,8 @@ pub fn forecast_table(r: &ForecastReport) -> String {
             format!(
                 "observed: {} entered {} – {}",
                 r.observed_entered,
-                r.observed_from.format("%Y-%m-%d"),
-                r.observed_to.format("%Y-%m-%d")
+                &local(r.observed_from, &r.tz)[..10],
+                &local(r.observed_to, &r.tz)[..10]
             )
         }
     );

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, Utc};
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use super::ab::{AbReport, ab_report};
@@ -33,10 +34,10 @@ impl What {
     /// The parameters this report reads (others are refused, so a typo is not ignored).
     fn takes(self) -> &'static [&'static str] {
         match self {
-            What::Funnel => &["from", "to", "cohort", "by", "window", "slice"],
-            What::Emails | What::Ab => &["from", "to", "cohort", "window"],
-            What::Attribution => &["from", "to", "model", "lookback"],
-            What::Forecast => &["days", "inflow", "set", "observe"],
+            What::Funnel => &["from", "to", "cohort", "by", "window", "slice", "tz"],
+            What::Emails | What::Ab => &["from", "to", "cohort", "window", "tz"],
+            What::Attribution => &["from", "to", "model", "lookback", "tz"],
+            What::Forecast => &["days", "inflow", "set", "observe", "tz"],
         }
     }
 }
@@ -60,6 +61,8 @@ pub struct Params {
     #[serde(default, deserialize_with = "comma_list")]
     pub set: Vec<String>,
     pub observe: Option<String>,
+    /// The time zone days, weeks and months are counted in (an IANA name); UTC when none.
+    pub tz: Option<String>,
 }
 
 fn comma_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -88,6 +91,7 @@ impl Params {
             ("inflow", self.inflow.is_some()),
             ("set", !self.set.is_empty()),
             ("observe", self.observe.is_some()),
+            ("tz", self.tz.is_some()),
         ] {
             if set {
                 out.push(name);
@@ -123,37 +127,45 @@ pub enum By {
 }
 
 impl By {
-    /// The start of the period holding `t` (UTC).
-    fn floor(self, t: DateTime<Utc>) -> DateTime<Utc> {
-        let d = t.date_naive();
-        let d = match self {
+    /// The first day of the period holding the day `d`.
+    fn first_day(self, d: chrono::NaiveDate) -> chrono::NaiveDate {
+        match self {
             By::Day => d,
             By::Week => d - Duration::days(i64::from(d.weekday().num_days_from_monday())),
             By::Month => d.with_day(1).unwrap_or(d),
-        };
-        Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).unwrap_or_default())
-    }
-
-    fn next(self, start: DateTime<Utc>) -> DateTime<Utc> {
-        match self {
-            By::Day => start + Duration::days(1),
-            By::Week => start + Duration::weeks(1),
-            By::Month => start
-                .checked_add_months(chrono::Months::new(1))
-                .unwrap_or(start + Duration::days(31)),
         }
     }
 
-    /// `[from, to)` cut at the period boundaries (the first and last periods clipped).
+    /// The start of the period holding `t`, in `tz`.
+    fn floor(self, t: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
+        super::midnight_in(self.first_day(t.with_timezone(&tz).date_naive()), tz)
+    }
+
+    /// The start of the period after the one holding `t`, in `tz`.
+    fn next(self, t: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
+        let first = self.first_day(t.with_timezone(&tz).date_naive());
+        let next = match self {
+            By::Day => first + Duration::days(1),
+            By::Week => first + Duration::weeks(1),
+            By::Month => first
+                .checked_add_months(chrono::Months::new(1))
+                .unwrap_or(first + Duration::days(31)),
+        };
+        super::midnight_in(next, tz)
+    }
+
+    /// `[from, to)` cut at the period boundaries in `tz` (the first and last periods
+    /// clipped).
     pub fn periods(
         self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        tz: Tz,
     ) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
         let mut out = Vec::new();
         let mut start = from;
         while start < to {
-            let end = self.next(self.floor(start)).min(to);
+            let end = self.next(start, tz).min(to);
             out.push((start, end));
             start = end;
         }
@@ -178,6 +190,8 @@ pub struct Request {
     pub model: Model,
     pub lookback: Duration,
     pub scenario: Scenario,
+    /// The zone days, weeks and months are counted in.
+    pub tz: Tz,
 }
 
 fn whole_days(param: &'static str, text: &str, max: i64) -> Result<i64, ParamError> {
@@ -204,8 +218,17 @@ impl Request {
                 ),
             ));
         }
+        let tz: Tz = match p.tz.as_deref() {
+            None => chrono_tz::UTC,
+            Some(z) => z.trim().parse().map_err(|_| {
+                bad(
+                    "tz",
+                    format!("no time zone \"{z}\": an IANA name such as Europe/Moscow, or UTC"),
+                )
+            })?,
+        };
         let time = |param: &'static str, t: &str| {
-            super::parse_time(t)
+            super::parse_time_in(t, tz)
                 .ok_or_else(|| bad(param, "a date (2026-11-01) or an RFC 3339 time"))
         };
         let to =
@@ -218,8 +241,8 @@ impl Request {
             .as_deref()
             .map(|t| time("from", t))
             .transpose()?
-            // Whole days: from midnight (UTC) 30 days before `to`.
-            .unwrap_or_else(|| By::Day.floor(to - Duration::days(30)));
+            // Whole days: from midnight (in the zone) 30 days before `to`.
+            .unwrap_or_else(|| By::Day.floor(to - Duration::days(30), tz));
         if from >= to {
             return Err(bad(
                 "from",
@@ -243,7 +266,7 @@ impl Request {
             Some(_) => return Err(bad("by", "`day`, `week` or `month`")),
         };
         if let Some(b) = by
-            && b.periods(from, to).len() > MAX_PERIODS
+            && b.periods(from, to, tz).len() > MAX_PERIODS
         {
             return Err(bad(
                 "by",
@@ -290,6 +313,7 @@ impl Request {
             model,
             lookback,
             scenario,
+            tz,
         })
     }
 
@@ -380,7 +404,9 @@ impl Request {
             What::Emails => self.window.is_none(),
             What::Attribution => self.lookback == crate::tally::LOOKBACK,
             _ => false,
-        } && midnight(self.from)
+        } && self.tz == chrono_tz::UTC
+            // The counters are kept per UTC day: another zone's days read the rows.
+            && midnight(self.from)
             && (midnight(self.to) || self.to >= now);
         if !counted {
             return ReportRead::Rows(self.needs());
@@ -396,7 +422,7 @@ impl Request {
             grouping: match self.by {
                 None => Grouping::Whole,
                 Some(b) => Grouping::Periods(
-                    b.periods(self.from, self.to)
+                    b.periods(self.from, self.to, self.tz)
                         .iter()
                         .map(|(a, _)| day_of(*a))
                         .collect(),
@@ -434,7 +460,7 @@ fn funnel_answer(
         }
     }
     let periods = req.by.map(|b| {
-        b.periods(from, to)
+        b.periods(from, to, req.tz)
             .into_iter()
             .enumerate()
             .map(|(i, (a, z))| {
@@ -466,6 +492,32 @@ fn funnel_answer(
 /// The report `req` asks for of `f`, from what the store read for it ([`Request::read`]),
 /// as it stands at `now`.
 pub fn answer(
+    f: &Funnel,
+    data: &ReportData,
+    req: &Request,
+    now: DateTime<Utc>,
+) -> Result<Answer, ReportError> {
+    let mut a = answer_of(f, data, req, now)?;
+    let tz = req.tz.name().to_string();
+    match &mut a {
+        Answer::Funnel(fa) => {
+            fa.report.tz = tz.clone();
+            for p in fa.periods.iter_mut().flatten() {
+                p.tz = tz.clone();
+            }
+            for s in fa.slices.iter_mut().flatten() {
+                s.report.tz = tz.clone();
+            }
+        }
+        Answer::Emails(r) => r.tz = tz,
+        Answer::Ab(r) => r.tz = tz,
+        Answer::Attribution(r) => r.tz = tz,
+        Answer::Forecast(r) => r.tz = tz,
+    }
+    Ok(a)
+}
+
+fn answer_of(
     f: &Funnel,
     data: &ReportData,
     req: &Request,
@@ -511,7 +563,7 @@ pub fn answer(
     Ok(match req.what {
         What::Funnel => {
             let periods = match req.by {
-                Some(b) => b.periods(from, to),
+                Some(b) => b.periods(from, to, req.tz),
                 None => vec![(from, to)],
             };
             let mut more = Vec::new();
@@ -572,17 +624,22 @@ mod tests {
     #[test]
     fn periods_cut_at_calendar_boundaries() {
         // 2026-11-04 is a Wednesday: the first week is clipped to start there.
-        let weeks = By::Week.periods(t("2026-11-04"), t("2026-11-20"));
+        let weeks = By::Week.periods(t("2026-11-04"), t("2026-11-20"), chrono_tz::UTC);
         let starts: Vec<String> = weeks
             .iter()
             .map(|(a, _)| a.format("%F").to_string())
             .collect();
         assert_eq!(starts, ["2026-11-04", "2026-11-09", "2026-11-16"]);
         assert_eq!(weeks[2].1, t("2026-11-20"));
-        let months = By::Month.periods(t("2026-01-15"), t("2026-03-02"));
+        let months = By::Month.periods(t("2026-01-15"), t("2026-03-02"), chrono_tz::UTC);
         assert_eq!(months.len(), 3);
         assert_eq!(months[1], (t("2026-02-01"), t("2026-03-01")));
-        assert_eq!(By::Day.periods(t("2026-11-01"), t("2026-11-03")).len(), 2);
+        assert_eq!(
+            By::Day
+                .periods(t("2026-11-01"), t("2026-11-03"), chrono_tz::UTC)
+                .len(),
+            2
+        );
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct AppState {
     pub api_token: Option<Arc<str>>,
     /// Signups per IP address (`signups_per_ip_per_minute`); `None`, no limit.
     pub signup_limit: Option<Arc<signup::Limiter>>,
+    /// The zone reports count days in unless a request names one (`report_timezone`).
+    pub report_zone: chrono_tz::Tz,
 }
 
 impl AppState {
@@ -79,6 +81,7 @@ impl AppState {
             admin_token: None,
             api_token: None,
             signup_limit: None,
+            report_zone: chrono_tz::UTC,
         }
     }
 }

@@ -17,8 +17,11 @@ async fn report(
     state: AppState,
     id: String,
     what: What,
-    params: Params,
+    mut params: Params,
 ) -> Result<Json<Answer>, ApiError> {
+    if params.tz.is_none() {
+        params.tz = Some(state.report_zone.name().to_string());
+    }
     let funnels = state.runtime.funnels();
     let running = FunnelId::parse(&id)
         .ok()
