@@ -545,7 +545,9 @@ async fn main() -> anyhow::Result<()> {
     for (name, what, params) in cases {
         let req = Request::parse(what, &params, now).map_err(|e| anyhow::anyhow!("{e}"))?;
         let started = Instant::now();
-        let data = store.read_report(&id, &req.read(now), now).await?;
+        let data = store
+            .read_report(&id, &req.read(now, chrono_tz::UTC), now)
+            .await?;
         let read = started.elapsed().as_secs_f64();
         let a = answer(&f, &data, &req, now)?;
         let secs = started.elapsed().as_secs_f64();

@@ -345,7 +345,7 @@ fn init(dir: &Path) -> anyhow::Result<ExitCode> {
 /// behind this build.
 async fn open_for_reading(settings: &Settings) -> anyhow::Result<Option<Store>> {
     let url = &settings.database_url;
-    let Some(store) = Store::open_existing(url).await? else {
+    let Some(mut store) = Store::open_existing(url).await? else {
         return Ok(None);
     };
     let pending = store.pending_migrations().await?;
@@ -357,6 +357,7 @@ async fn open_for_reading(settings: &Settings) -> anyhow::Result<Option<Store>> 
             pending.len()
         );
     }
+    store.read_counters_as_kept().await?;
     Ok(Some(store))
 }
 
@@ -369,18 +370,30 @@ fn no_database(settings: &Settings) -> String {
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    let store = Store::connect(&settings.database_url).await?;
+    let zone = settings.report_zone()?;
+    let mut store = Store::connect(&settings.database_url)
+        .await?
+        .with_zone(zone);
     let applied = store.migrate().await?;
     for m in &applied {
         tracing::info!(migration = %m, "applied");
+    }
+    if store.count_in(zone, chrono::Utc::now()).await? {
+        tracing::info!(zone = %zone, "the report counters were made again per day of report_timezone");
     }
     Ok(store)
 }
 
 async fn migrate(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(&project, config.as_deref())?;
-    let store = Store::connect(&settings.database_url).await?;
+    let zone = settings.report_zone()?;
+    let mut store = Store::connect(&settings.database_url)
+        .await?
+        .with_zone(zone);
     let applied = store.migrate().await?;
+    if store.count_in(zone, chrono::Utc::now()).await? {
+        println!("counted the report counters again per day of {zone}");
+    }
     if applied.is_empty() {
         out!("{}: up to date", redact(&settings.database_url));
     }
@@ -459,7 +472,11 @@ async fn report(
         Err(e) => return usage(format!("--{}: {}", e.param, e.message)),
     };
     let rows = match open_for_reading(&settings).await? {
-        Some(store) => store.read_report(&f.id.value, &req.read(now), now).await?,
+        Some(store) => {
+            store
+                .read_report(&f.id.value, &req.read(now, store.zone()), now)
+                .await?
+        }
         None => {
             eprintln!("{}", no_database(&settings));
             crate::store::ReportData::Rows(crate::store::ReportRows {

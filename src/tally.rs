@@ -220,6 +220,15 @@ pub fn day_of(t: DateTime<Utc>) -> i64 {
     t.timestamp().div_euclid(86_400)
 }
 
+/// The days since 1970-01-01 of the date a time falls on in `tz`.
+pub fn day_in(t: DateTime<Utc>, tz: chrono_tz::Tz) -> i64 {
+    if tz == chrono_tz::UTC {
+        return day_of(t);
+    }
+    let date = t.with_timezone(&tz).date_naive();
+    (date - chrono::NaiveDate::default()).num_days()
+}
+
 /// Keeps a text out of the counters' separators.
 fn clean(text: &str, out: &mut String) {
     for c in text.chars() {
@@ -336,7 +345,8 @@ impl Metric<'_> {
 /// outside every period are left out).
 #[derive(Debug, Clone)]
 enum Filing {
-    Days,
+    /// Days of this zone.
+    Days(chrono_tz::Tz),
     Periods(Vec<(DateTime<Utc>, DateTime<Utc>)>),
 }
 
@@ -375,9 +385,9 @@ impl Tally {
         t
     }
 
-    /// Counters per day, for all runs and per origin: what the store keeps.
-    pub fn by_day() -> Tally {
-        Tally::new(Filing::Days, true)
+    /// Counters per day of `zone`, for all runs and per origin: what the store keeps.
+    pub fn by_day(zone: chrono_tz::Tz) -> Tally {
+        Tally::new(Filing::Days(zone), true)
     }
 
     /// Counters per period (the key's `day` is the period's index), for all runs and, when
@@ -388,7 +398,7 @@ impl Tally {
 
     fn slot(&self, t: DateTime<Utc>) -> Option<i64> {
         match &self.filing {
-            Filing::Days => Some(day_of(t)),
+            Filing::Days(zone) => Some(day_in(t, *zone)),
             Filing::Periods(ps) => {
                 // Periods are in order and do not overlap.
                 let i = ps.partition_point(|(_, b)| *b <= t);
@@ -1255,7 +1265,7 @@ mod tests {
             entered_at: at(0),
             origin: &origin([Some("signup"), Some("google"), None, None, Some("optin")]),
         };
-        let mut t = Tally::by_day();
+        let mut t = Tally::by_day(chrono_tz::UTC);
         let mut reached = Reached::default();
         let order = Order::of(Some("book"), Some("USD"), Money::of_units(9.5), at(32));
         for fact in [

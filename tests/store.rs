@@ -24,7 +24,7 @@ const MIGRATIONS: [&str; 10] = [
     "m20261204_000010_exact_report_counts",
 ];
 
-const TABLES: [&str; 12] = [
+const TABLES: [&str; 13] = [
     "email_links",
     "enrollments",
     "events",
@@ -35,6 +35,7 @@ const TABLES: [&str; 12] = [
     "milestones",
     "report_counts",
     "stage_history",
+    "store_settings",
     "suppressions",
     "touches",
 ];

@@ -1,13 +1,21 @@
 //! Report counters with exact sums: `total` holds millionths of a unit (of a currency, or of
 //! one order's credit) as a whole number, so the same facts sum to the same figure in
 //! whatever order they are added. The table is made anew; the store counts the stored rows
-//! again after this migration.
+//! again after this migration. And `store_settings`: what the store keeps about itself, such
+//! as the time zone whose days the counters are kept in.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
+
+#[derive(DeriveIden)]
+enum StoreSettings {
+    Table,
+    Name,
+    Value,
+}
 
 #[derive(DeriveIden)]
 enum ReportCounts {
@@ -52,10 +60,21 @@ impl MigrationTrait for Migration {
         m.drop_table(Table::drop().table(ReportCounts::Table).to_owned())
             .await?;
         m.create_table(table(big_integer(ReportCounts::Total)))
-            .await
+            .await?;
+        m.create_table(
+            Table::create()
+                .table(StoreSettings::Table)
+                .if_not_exists()
+                .col(string(StoreSettings::Name).primary_key())
+                .col(string(StoreSettings::Value))
+                .to_owned(),
+        )
+        .await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_table(Table::drop().table(StoreSettings::Table).to_owned())
+            .await?;
         m.drop_table(Table::drop().table(ReportCounts::Table).to_owned())
             .await?;
         m.create_table(table(double(ReportCounts::Total))).await

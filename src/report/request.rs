@@ -18,7 +18,7 @@ use super::{
 };
 use crate::funnel::Funnel;
 use crate::store::{Grouping, ReportData, ReportNeeds, ReportRead, Scope};
-use crate::tally::{ALL, Figures, View, day_of};
+use crate::tally::{ALL, Figures, View, day_in};
 
 /// Which report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,17 +385,18 @@ pub enum Answer {
     Forecast(ForecastReport),
 }
 
-/// Whether a time is midnight UTC: where the day counters start and end.
-fn midnight(t: DateTime<Utc>) -> bool {
-    t.timestamp().rem_euclid(86_400) == 0 && t.timestamp_subsec_nanos() == 0
+/// Whether a time is midnight in `tz`: where the day counters start and end.
+fn midnight(t: DateTime<Utc>, tz: Tz) -> bool {
+    super::midnight_in(t.with_timezone(&tz).date_naive(), tz) == t
 }
 
 impl Request {
     /// What the report reads at `now`: over whole days (a period from midnight to midnight or
     /// to now), the funnel report without a conversion window or a slice by a lead field and
     /// attribution over the default lookback and the per-email report without a conversion
-    /// window read the counters; every other report reads the rows.
-    pub fn read(&self, now: DateTime<Utc>) -> ReportRead {
+    /// window read the counters — when the report's zone is `counted_in`, the zone whose days
+    /// the counters are kept in; every other report reads the rows.
+    pub fn read(&self, now: DateTime<Utc>, counted_in: Tz) -> ReportRead {
         let counted = match self.what {
             What::Funnel => {
                 self.window.is_none()
@@ -404,27 +405,28 @@ impl Request {
             What::Emails => self.window.is_none(),
             What::Attribution => self.lookback == crate::tally::LOOKBACK,
             _ => false,
-        } && self.tz == chrono_tz::UTC
-            // The counters are kept per UTC day: another zone's days read the rows.
-            && midnight(self.from)
-            && (midnight(self.to) || self.to >= now);
+        } && self.tz == counted_in
+            // The counters are kept per day of one zone: another zone's days read the rows.
+            && midnight(self.from, self.tz)
+            && (midnight(self.to, self.tz) || self.to >= now);
         if !counted {
             return ReportRead::Rows(self.needs());
         }
-        let to_day = if midnight(self.to) {
-            day_of(self.to)
+        let day = |t| day_in(t, self.tz);
+        let to_day = if midnight(self.to, self.tz) {
+            day(self.to)
         } else {
-            day_of(self.to) + 1
+            day(self.to) + 1
         };
         ReportRead::Counts {
-            from_day: day_of(self.from),
+            from_day: day(self.from),
             to_day,
             grouping: match self.by {
                 None => Grouping::Whole,
                 Some(b) => Grouping::Periods(
                     b.periods(self.from, self.to, self.tz)
                         .iter()
-                        .map(|(a, _)| day_of(*a))
+                        .map(|(a, _)| day(*a))
                         .collect(),
                 ),
             },

@@ -33,7 +33,11 @@ async fn report(
     let rows = state
         .runtime
         .store()
-        .read_report(&running.funnel.id.value, &req.read(now), now)
+        .read_report(
+            &running.funnel.id.value,
+            &req.read(now, state.runtime.store().zone()),
+            now,
+        )
         .await?;
     let a = answer(&running.funnel, &rows, &req, now)
         .map_err(|e| ApiError::invalid(e.param(), e.to_string()))?;

@@ -35,6 +35,7 @@ pub(super) struct Written<'a> {
 pub(super) async fn write_runs(
     txn: &DatabaseTransaction,
     backend: Backend,
+    zone: chrono_tz::Tz,
     items: &[Written<'_>],
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -44,7 +45,7 @@ pub(super) async fn write_runs(
     let mut messages: Vec<Vec<Value>> = Vec::new();
     let mut tags: BTreeMap<(i64, String), bool> = BTreeMap::new();
     let mut milestones: Vec<Vec<Value>> = Vec::new();
-    let mut counting = Counting::new();
+    let mut counting = Counting::new(zone);
     let mut closing: HashMap<(i64, &str), (&Written, &ClosedVisit)> = HashMap::new();
     // Stages runs entered for the first time: their earlier emails reached them.
     let mut firsts: HashMap<i64, (&Written, Vec<&str>)> = HashMap::new();

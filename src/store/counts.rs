@@ -19,8 +19,8 @@ use crate::tally::{self, Fact, Figures, LeadRun, Micros, Order, Run, Sum, Tally,
 pub(super) struct Counting(Tally);
 
 impl Counting {
-    pub(super) fn new() -> Counting {
-        Counting(Tally::by_day())
+    pub(super) fn new(zone: chrono_tz::Tz) -> Counting {
+        Counting(Tally::by_day(zone))
     }
 
     pub(super) fn count(&mut self, fact: Fact) {
@@ -71,6 +71,7 @@ async fn write(txn: &DatabaseTransaction, backend: Backend, t: &Tally) -> Result
 pub(super) async fn count_orders(
     txn: &DatabaseTransaction,
     backend: Backend,
+    zone: chrono_tz::Tz,
     orders: &[(LeadId, &Event, DateTime<Utc>)],
 ) -> Result<()> {
     let orders: Vec<_> = orders
@@ -149,7 +150,7 @@ pub(super) async fn count_orders(
                 (*lead, ts)
             })
             .collect();
-        let mut counting = Counting::new();
+        let mut counting = Counting::new(zone);
         let mut facts: Vec<Fact> = Vec::new();
         for ((lead, funnel), of_lead) in &runs {
             let lead_runs: Vec<LeadRun> = of_lead
@@ -194,9 +195,10 @@ const RECOUNT_LEADS: i64 = 20_000;
 async fn recount_rows(
     txn: &DatabaseTransaction,
     backend: Backend,
+    zone: chrono_tz::Tz,
     rows: &super::ReportRows,
 ) -> Result<u64> {
-    let mut tally = Tally::by_day();
+    let mut tally = Tally::by_day(zone);
     let reached: Vec<Vec<Value>> = rows
         .replay(&mut tally, Replay::ALL, tally::LOOKBACK, None)
         .into_iter()
@@ -362,12 +364,63 @@ impl Store {
                 let rows = self
                     .rows_of(&funnel, now, RECOUNT, Some((first, end)))
                     .await?;
-                runs += recount_rows(&txn, self.backend, &rows).await?;
+                runs += recount_rows(&txn, self.backend, self.zone, &rows).await?;
                 first = end;
             }
         }
+        // The zone the counters are now in.
+        let sql = "INSERT INTO store_settings (name, value) VALUES ('counters_zone', $1) \
+                   ON CONFLICT (name) DO UPDATE SET value = excluded.value";
+        txn.execute_raw(self.statement(sql, vec![self.zone.name().into()]))
+            .await?;
         txn.commit().await?;
         Ok(runs)
+    }
+
+    /// The zone whose days the stored counters are in (UTC when none was recorded).
+    pub async fn counters_zone(&self) -> Result<chrono_tz::Tz> {
+        let mut zone = chrono_tz::UTC;
+        self.each(
+            "SELECT value FROM store_settings WHERE name = 'counters_zone'",
+            Vec::new(),
+            |r| {
+                if let Ok(z) = r.try_get_by_index::<String>(0)?.parse() {
+                    zone = z;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(zone)
+    }
+
+    /// Keeps the counters per day of `zone` from now on: when they are in another zone, they
+    /// are made again from the rows (a recount) in this one. Returns whether they were.
+    pub async fn count_in(&mut self, zone: chrono_tz::Tz, now: DateTime<Utc>) -> Result<bool> {
+        self.zone = zone;
+        if self.counters_zone().await? == zone {
+            return Ok(false);
+        }
+        self.recount(now).await?;
+        Ok(true)
+    }
+
+    /// Reads the counters in the zone they were kept in (for a process that only reads).
+    pub async fn read_counters_as_kept(&mut self) -> Result<()> {
+        self.zone = self.counters_zone().await?;
+        Ok(())
+    }
+
+    /// This handle keeps and reads the counters per day of `zone` (no recount: see
+    /// [`Store::count_in`]).
+    pub fn with_zone(mut self, zone: chrono_tz::Tz) -> Store {
+        self.zone = zone;
+        self
+    }
+
+    /// The zone whose days this handle keeps and reads the counters in.
+    pub fn zone(&self) -> chrono_tz::Tz {
+        self.zone
     }
 
     /// Gives each run without an origin the first touch of its lead up to the run's entry.
@@ -535,7 +588,7 @@ impl Store {
             },
         )
         .await?;
-        let mut tally = Tally::by_day();
+        let mut tally = Tally::by_day(self.zone);
         let far = DateTime::<Utc>::MAX_UTC;
         for f in funnels {
             let Ok(funnel) = FunnelId::parse(&f) else {

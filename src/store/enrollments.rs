@@ -448,7 +448,7 @@ impl Store {
                 status: n.state.status,
             });
         }
-        batch::write_runs(&txn, self.backend, &written, now).await?;
+        batch::write_runs(&txn, self.backend, self.zone, &written, now).await?;
         txn.commit().await?;
         Ok(out)
     }
@@ -691,7 +691,7 @@ impl Store {
                 status: c.state.status,
             })
             .collect();
-        batch::write_runs(&txn, self.backend, &written, now).await?;
+        batch::write_runs(&txn, self.backend, self.zone, &written, now).await?;
         self.release_leads(&*txn, owner, leads).await?;
         txn.commit().await?;
         Ok(written.len())

@@ -75,6 +75,7 @@ pub(super) fn mail_rows(rows: &[QueryResult]) -> Result<Vec<MailRow>> {
 async fn count(
     txn: &DatabaseTransaction,
     backend: Backend,
+    zone: chrono_tz::Tz,
     counted: &[(&MailRow, MailWhat<'_>)],
 ) -> Result<()> {
     if counted.is_empty() {
@@ -95,7 +96,7 @@ async fn count(
             runs.insert(r.try_get_by_index(0)?, from_ms(r.try_get_by_index(1)?));
         }
     }
-    let mut counting = Counting::new();
+    let mut counting = Counting::new(zone);
     for (m, what) in counted {
         if let Some(entered_at) = runs.get(&m.run) {
             // Email counters are kept for all runs together: no origin needed.
@@ -121,12 +122,13 @@ async fn count(
 pub(super) async fn count_status(
     txn: &DatabaseTransaction,
     backend: Backend,
+    zone: chrono_tz::Tz,
     rows: &[QueryResult],
     what: MailWhat<'_>,
 ) -> Result<()> {
     let mails = mail_rows(rows)?;
     let counted: Vec<(&MailRow, MailWhat)> = mails.iter().map(|m| (m, what)).collect();
-    count(txn, backend, &counted).await
+    count(txn, backend, zone, &counted).await
 }
 
 /// Marks new tracked events (opens, clicks, unsubscribes, bounces, complaints) on the emails
@@ -135,6 +137,7 @@ pub(super) async fn count_status(
 pub(super) async fn count_tracking(
     txn: &DatabaseTransaction,
     backend: Backend,
+    zone: chrono_tz::Tz,
     events: &[(LeadId, &Event, DateTime<Utc>)],
 ) -> Result<()> {
     let events: Vec<_> = events
@@ -211,5 +214,5 @@ pub(super) async fn count_tracking(
             }
         }
     }
-    count(txn, backend, &counted).await
+    count(txn, backend, zone, &counted).await
 }

@@ -78,6 +78,8 @@ pub struct Store {
     /// SQLite: this process's writers take turns here, in order, rather than in SQLite's
     /// busy handler (which sleeps up to 100 ms between tries). `None` on PostgreSQL.
     writer: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
+    /// The zone whose days the report counters are kept in (`report_timezone`).
+    pub(crate) zone: chrono_tz::Tz,
 }
 
 /// A write transaction, holding the writer's turn until it commits or is dropped.
@@ -246,6 +248,7 @@ fn processed(kind: &EventKind, starting: &[EventKind], now: DateTime<Utc>) -> Op
 async fn took_effect(
     txn: &sea_orm::DatabaseTransaction,
     backend: Backend,
+    zone: chrono_tz::Tz,
     new: &[(LeadId, &Event, DateTime<Utc>)],
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -281,8 +284,8 @@ async fn took_effect(
             txn.execute_raw(q.statement(sql)).await?;
         }
     }
-    counts::count_orders(txn, backend, new).await?;
-    mails::count_tracking(txn, backend, new).await?;
+    counts::count_orders(txn, backend, zone, new).await?;
+    mails::count_tracking(txn, backend, zone, new).await?;
     Ok(())
 }
 
@@ -377,6 +380,7 @@ impl Store {
             wdb,
             backend,
             writer,
+            zone: chrono_tz::UTC,
         })
     }
 
@@ -737,7 +741,14 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         if let Some(lead) = e.lead {
-            took_effect(&txn, self.backend, &[(lead, &e.event, e.occurred_at)], now).await?;
+            took_effect(
+                &txn,
+                self.backend,
+                self.zone,
+                &[(lead, &e.event, e.occurred_at)],
+                now,
+            )
+            .await?;
         }
         txn.commit().await?;
         Ok(Recorded::New(id))
@@ -832,7 +843,7 @@ impl Store {
             out.push((lead, id));
         }
         let new: Vec<_> = new.iter().map(|(l, e, at)| (*l, e, *at)).collect();
-        took_effect(&txn, self.backend, &new, now).await?;
+        took_effect(&txn, self.backend, self.zone, &new, now).await?;
         txn.commit().await?;
         Ok(out)
     }

@@ -88,7 +88,14 @@ impl Outbox {
             mails::COLUMNS
         );
         let parked_rows = txn.query_all_raw(q.statement(sql)).await?;
-        mails::count_status(&txn, store.backend, &parked_rows, MailWhat::Failed).await?;
+        mails::count_status(
+            &txn,
+            store.backend,
+            store.zone,
+            &parked_rows,
+            MailWhat::Failed,
+        )
+        .await?;
         let parked = parked_rows.len();
         if parked > 0 {
             tracing::error!(
@@ -161,7 +168,7 @@ impl Outbox {
                 mails::COLUMNS
             );
             let rows = txn.query_all_raw(q.statement(sql)).await?;
-            mails::count_status(&txn, store.backend, &rows, MailWhat::Accepted).await?;
+            mails::count_status(&txn, store.backend, store.zone, &rows, MailWhat::Accepted).await?;
         }
         txn.commit().await
     }
@@ -184,7 +191,16 @@ impl Outbox {
 
     async fn finish(&self, id: i64, status: &str, next: Option<i64>, error: &str) -> Result<()> {
         let txn = self.store.write().await?;
-        finish(&txn, self.store.backend, id, status, next, error).await?;
+        finish(
+            &txn,
+            self.store.backend,
+            self.store.zone,
+            id,
+            status,
+            next,
+            error,
+        )
+        .await?;
         txn.commit().await
     }
 
@@ -195,7 +211,7 @@ impl Outbox {
     pub async fn bounced(&self, m: &Outgoing, error: &str, now: DateTime<Utc>) -> Result<()> {
         let store = &self.store;
         let txn = store.write().await?;
-        finish(&txn, store.backend, m.id, "failed", None, error).await?;
+        finish(&txn, store.backend, store.zone, m.id, "failed", None, error).await?;
         if let Ok(email) = Email::parse(&m.recipient) {
             suppression::Entity::insert(suppression::ActiveModel {
                 id: sea_orm::ActiveValue::NotSet,
@@ -239,7 +255,7 @@ impl Outbox {
         .await?;
         if stored > 0 {
             let new = [(m.lead, &e, now)];
-            mails::count_tracking(&txn, store.backend, &new).await?;
+            mails::count_tracking(&txn, store.backend, store.zone, &new).await?;
         }
         enrollment::Entity::update_many()
             .col_expr(enrollment::Column::PendingAt, Expr::value(ms(now)))
@@ -327,6 +343,7 @@ impl Outbox {
 async fn finish(
     txn: &DatabaseTransaction,
     backend: Backend,
+    zone: chrono_tz::Tz,
     id: i64,
     status: &str,
     next: Option<i64>,
@@ -348,7 +365,7 @@ async fn finish(
     );
     let rows = txn.query_all_raw(q.statement(sql)).await?;
     if status == "failed" {
-        mails::count_status(txn, backend, &rows, MailWhat::Failed).await?;
+        mails::count_status(txn, backend, zone, &rows, MailWhat::Failed).await?;
     }
     Ok(())
 }
