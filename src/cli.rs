@@ -106,8 +106,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: FormatArg,
         /// Also the report of each group of leads by `utm_source`, `utm_medium`,
-        /// `utm_campaign`, `channel`, `form` (their first touch) or `field:NAME` (a lead field);
-        /// repeat for several.
+        /// `utm_campaign`, `channel`, `form` (their first touch), `variant` (the A/B variant a
+        /// run got) or `field:NAME` (a lead field); repeat for several.
         #[arg(long, value_name = "KEY")]
         slice: Vec<String>,
         /// Per email instead: queued, accepted, opens, clicks, click-to-open, unsubscribes,

@@ -677,6 +677,35 @@ async fn the_ab_verdict(store: Store) {
         csv.contains(",pitch,split-offer-a,offer-b,201,201,10,20,10.0,"),
         "{csv}"
     );
+    // The whole funnel per variant: each variant's runs and what they went on to do.
+    let params = Params {
+        from: Some("2026-11-01".into()),
+        slice: vec!["variant".into()],
+        ..Params::default()
+    };
+    let req = Request::parse(What::Funnel, &params, now).unwrap();
+    assert!(matches!(req.read(now, store.zone()), ReportRead::Rows(_)));
+    let sliced = funnel_both(&store, &p.funnels[0], &rows, &req, now).await;
+    let by: Vec<(&str, u64, u64)> = sliced
+        .slices
+        .iter()
+        .flatten()
+        .map(|s| {
+            (
+                s.value.as_str(),
+                s.report.entered,
+                s.report.stages[1].leads_in,
+            )
+        })
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("offer-a", n(a), x[0]),
+            ("offer-b", n(b), x[1]),
+            ("offer-c", n(c), x[2])
+        ]
+    );
     // A period with no sends: no runs, no chance of being best, no verdict yet.
     let (later_from, later_to) = (to, to + Duration::days(7));
     let empty = ab_report(

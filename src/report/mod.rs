@@ -601,7 +601,8 @@ pub fn windowed(rows: &ReportRows, window: chrono::Duration) -> ReportRows {
     }
 }
 
-/// What a report can be sliced by: the lead's first touch, or one of its fields.
+/// What a report can be sliced by: the lead's first touch, one of its fields, or the A/B
+/// variant its run got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(into = "String")]
 pub enum SliceKey {
@@ -612,6 +613,8 @@ pub enum SliceKey {
     Form,
     /// `field:NAME`: any lead field (`region`, `manager`, …).
     Field(String),
+    /// The A/B variant a run got: the first email of a `split` step it was sent.
+    Variant,
 }
 
 impl SliceKey {
@@ -623,13 +626,14 @@ impl SliceKey {
             "utm_medium" | "medium" => SliceKey::Medium,
             "utm_campaign" | "campaign" => SliceKey::Campaign,
             "form" => SliceKey::Form,
+            "variant" => SliceKey::Variant,
             other => match other.strip_prefix("field:") {
                 Some(name) if crate::domain::FieldName::parse(name).is_ok() => {
                     SliceKey::Field(name.to_string())
                 }
                 _ => {
                     return Err(format!(
-                        "cannot slice by \"{text}\": use utm_source, utm_medium, utm_campaign, channel, form or field:NAME"
+                        "cannot slice by \"{text}\": use utm_source, utm_medium, utm_campaign, channel, form, variant or field:NAME"
                     ));
                 }
             },
@@ -644,7 +648,14 @@ impl SliceKey {
             SliceKey::Campaign => "utm_campaign".into(),
             SliceKey::Form => "form".into(),
             SliceKey::Field(n) => format!("field:{n}"),
+            SliceKey::Variant => "variant".into(),
         }
+    }
+
+    /// Whether the slice is made from the rows: a lead field or the A/B variant (the
+    /// counters are kept per first touch only).
+    pub fn from_rows(&self) -> bool {
+        matches!(self, SliceKey::Field(_) | SliceKey::Variant)
     }
 }
 
@@ -674,7 +685,9 @@ fn origin_value(key: &SliceKey, origin: &str) -> Option<String> {
         SliceKey::Medium => 2,
         SliceKey::Campaign => 3,
         SliceKey::Form => 4,
-        SliceKey::Field(_) => return (origin != NO_VALUE).then(|| origin.to_string()),
+        SliceKey::Field(_) | SliceKey::Variant => {
+            return (origin != NO_VALUE).then(|| origin.to_string());
+        }
     };
     crate::tally::origin_parts(origin)[i].take()
 }
@@ -756,16 +769,17 @@ pub fn sliced_reports(
 ) -> Result<Vec<Slice>, ReportError> {
     Window::new(cohort, from, to, now)?;
     check_field(rows, key)?;
-    let by_origin = origin_figures(rows, key, &[(from, to)], now)
+    let by_origin = origin_figures(f, rows, key, &[(from, to)], now)
         .into_iter()
         .map(|((_, o), fig)| (o, fig))
         .collect();
     Ok(slices_of(f, &by_origin, key, cohort, from, to))
 }
 
-/// [`figures_of_rows`] with the origins a slice by `key` groups: the first touches, or the
-/// values of a lead field.
+/// [`figures_of_rows`] with the origins a slice by `key` groups: the first touches, the
+/// values of a lead field, or the A/B variant each run got.
 pub fn origin_figures(
+    f: &Funnel,
     rows: &ReportRows,
     key: &SliceKey,
     periods: &[(DateTime<Utc>, DateTime<Utc>)],
@@ -783,6 +797,33 @@ pub fn origin_figures(
                     .get(&r.lead)
                     .cloned()
                     .unwrap_or_else(|| NO_VALUE.to_string())
+            };
+            figures_of_rows(rows, periods, now, Some(&of))
+        }
+        SliceKey::Variant => {
+            let variants: BTreeSet<&str> = f
+                .stages
+                .iter()
+                .flat_map(|s| &s.steps)
+                .filter_map(|step| match &step.action {
+                    crate::funnel::Action::Send(crate::funnel::Send::Split(ts)) => Some(ts),
+                    _ => None,
+                })
+                .flatten()
+                .map(|t| t.value.as_str())
+                .collect();
+            // Emails are in the order they were queued: the first variant each run got.
+            let mut got: HashMap<EnrollmentId, &str> = HashMap::new();
+            for e in &rows.emails {
+                if let Some(run) = e.enrollment
+                    && variants.contains(e.template.as_str())
+                {
+                    got.entry(run).or_insert(e.template.as_str());
+                }
+            }
+            let of = |r: &crate::store::RunRow| {
+                got.get(&r.enrollment)
+                    .map_or_else(|| NO_VALUE.to_string(), |t| t.to_string())
             };
             figures_of_rows(rows, periods, now, Some(&of))
         }

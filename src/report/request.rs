@@ -326,6 +326,7 @@ impl Request {
                 purchases: true,
                 milestones: true,
                 fields: self.slices.iter().any(|k| matches!(k, SliceKey::Field(_))),
+                emails: self.slices.contains(&SliceKey::Variant),
                 ..none
             },
             What::Emails => ReportNeeds {
@@ -400,7 +401,7 @@ impl Request {
         let counted = match self.what {
             What::Funnel => {
                 self.window.is_none()
-                    && !self.slices.iter().any(|k| matches!(k, SliceKey::Field(_)))
+                    && !self.slices.iter().any(SliceKey::from_rows)
             }
             What::Emails => self.window.is_none(),
             What::Attribution => self.lookback == crate::tally::LOOKBACK,
@@ -475,7 +476,7 @@ fn funnel_answer(
         .slices
         .iter()
         .map(|k| match k {
-            SliceKey::Field(_) => Vec::new(),
+            k if k.from_rows() => Vec::new(),
             k => slices_of(f, &by_origin, k, cohort, from, to),
         })
         .collect();
@@ -570,16 +571,16 @@ fn answer_of(
             };
             let mut more = Vec::new();
             for (i, k) in req.slices.iter().enumerate() {
-                if matches!(k, SliceKey::Field(_)) {
+                if k.from_rows() {
                     check_field(rows, k)?;
-                    let by_origin = origin_figures(rows, k, &[(from, to)], now)
+                    let by_origin = origin_figures(f, rows, k, &[(from, to)], now)
                         .into_iter()
                         .map(|((_, o), fig)| (o, fig))
                         .collect();
                     more.push((i, slices_of(f, &by_origin, k, cohort, from, to)));
                 }
             }
-            let touch = req.slices.iter().any(|k| !matches!(k, SliceKey::Field(_)));
+            let touch = req.slices.iter().any(|k| !k.from_rows());
             let origin = |r: &crate::store::RunRow| r.origin.clone();
             let figs = figures_of_rows(
                 rows,
