@@ -535,6 +535,16 @@ async fn main() -> anyhow::Result<()> {
             What::Attribution,
             period(&|p| p.model = Some("linear".into())),
         ),
+        (
+            "funnel report in Europe/Moscow (--tz: rows, the counters being per UTC day)",
+            What::Funnel,
+            period(&|p| p.tz = Some("Europe/Moscow".into())),
+        ),
+        (
+            "slice by variant (rows)",
+            What::Funnel,
+            period(&|p| p.slice = vec!["variant".into()]),
+        ),
         ("per email", What::Emails, period(&|_| {})),
         (
             "per email from the rows (a period starting within a day: reference)",
