@@ -571,6 +571,10 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     if let Err(e) = runtime.resume_entries(started, started).await {
         tracing::error!(error = %e, "cannot start the funnels of stored events; the scheduler tries again in a minute");
     }
+    // Likewise the funnels that tags and events of committed transitions start.
+    if let Err(e) = runtime.resume_pending(started, started).await {
+        tracing::error!(error = %e, "cannot start the funnels of kept entries; the scheduler tries again in a minute");
+    }
     let transport = match &settings.smtp_url {
         Some(url) => {
             let mut target = delivery::smtp::Target::parse(url)

@@ -24,7 +24,7 @@ const MIGRATIONS: [&str; 10] = [
     "m20261204_000010_exact_report_counts",
 ];
 
-const TABLES: [&str; 13] = [
+const TABLES: [&str; 14] = [
     "email_links",
     "enrollments",
     "events",
@@ -33,6 +33,7 @@ const TABLES: [&str; 13] = [
     "leads",
     "messages",
     "milestones",
+    "pending_entries",
     "report_counts",
     "stage_history",
     "store_settings",

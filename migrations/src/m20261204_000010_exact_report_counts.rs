@@ -2,13 +2,23 @@
 //! one order's credit) as a whole number, so the same facts sum to the same figure in
 //! whatever order they are added. The table is made anew; the store counts the stored rows
 //! again after this migration. And `store_settings`: what the store keeps about itself, such
-//! as the time zone whose days the counters are kept in.
+//! as the time zone whose days the counters are kept in. And `pending_entries`: the tags and
+//! events a write produced that start another funnel, kept until that funnel has started.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
+
+#[derive(DeriveIden)]
+enum PendingEntries {
+    Table,
+    Id,
+    LeadId,
+    Trigger,
+    CreatedAt,
+}
 
 #[derive(DeriveIden)]
 enum StoreSettings {
@@ -69,10 +79,23 @@ impl MigrationTrait for Migration {
                 .col(string(StoreSettings::Value))
                 .to_owned(),
         )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(PendingEntries::Table)
+                .if_not_exists()
+                .col(big_pk_auto(PendingEntries::Id))
+                .col(big_integer(PendingEntries::LeadId))
+                .col(string(PendingEntries::Trigger))
+                .col(big_integer(PendingEntries::CreatedAt))
+                .to_owned(),
+        )
         .await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_table(Table::drop().table(PendingEntries::Table).to_owned())
+            .await?;
         m.drop_table(Table::drop().table(StoreSettings::Table).to_owned())
             .await?;
         m.drop_table(Table::drop().table(ReportCounts::Table).to_owned())

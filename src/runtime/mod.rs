@@ -176,7 +176,7 @@ impl Runtime {
         now: DateTime<Utc>,
     ) -> Result<Vec<Enrolled>, RuntimeError> {
         let (out, triggers) = self.enroll_only(leads, funnel, now).await?;
-        self.start_entries(triggers, now).await?;
+        self.start_entries_kept(triggers, now).await?;
         Ok(out)
     }
 
@@ -187,14 +187,116 @@ impl Runtime {
         tag: &Tag,
         now: DateTime<Utc>,
     ) -> Result<(), RuntimeError> {
-        self.store.tag_lead(lead, tag, now).await?;
-        self.start_entries(vec![(lead, Trigger::Tag(tag.clone()))], now)
-            .await
+        let trigger = Trigger::Tag(tag.clone());
+        let starts = self.starts_a_funnel(&trigger);
+        self.store.tag_lead_starting(lead, tag, starts, now).await?;
+        self.start_entries_kept(vec![(lead, trigger)], now).await
     }
 
     /// Removes a tag from a lead; a tag the lead does not have is no error.
     pub async fn untag(&self, lead: LeadId, tag: &Tag) -> Result<(), RuntimeError> {
         Ok(self.store.untag_lead(lead, tag).await?)
+    }
+
+    /// Whether a running funnel's entry names this tag or event.
+    fn starts_a_funnel(&self, t: &Trigger) -> bool {
+        self.funnels()
+            .iter()
+            .any(|(_, r)| r.funnel.entry.triggers.iter().any(|e| t.starts(&e.value)))
+    }
+
+    /// The pending entries a write keeps for these triggers of one lead ([`RunWrites::entries`]).
+    fn entries_of(&self, triggers: &[(LeadId, Trigger)]) -> Vec<String> {
+        let mut out: Vec<String> = triggers
+            .iter()
+            .filter(|(_, t)| self.starts_a_funnel(t))
+            .map(|(_, t)| t.text())
+            .collect();
+        out.dedup();
+        out
+    }
+
+    /// [`Runtime::start_entries`], then the pending entries the writes kept for them go.
+    async fn start_entries_kept(
+        &self,
+        pending: Vec<(LeadId, Trigger)>,
+        now: DateTime<Utc>,
+    ) -> Result<(), RuntimeError> {
+        // Only triggers that start a funnel were kept.
+        let leads: Vec<LeadId> = pending
+            .iter()
+            .filter(|(_, t)| self.starts_a_funnel(t))
+            .map(|(l, _)| *l)
+            .collect();
+        self.start_entries(pending, now).await?;
+        if !leads.is_empty() {
+            self.store.entries_started(&leads, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the funnels of the pending entries kept before `before` that a stopped process
+    /// never started (or never cleared): for each, the funnels whose entry names it that the
+    /// lead has not entered since, following their re-entry policy. Returns how many entries
+    /// were taken.
+    pub async fn resume_pending(
+        &self,
+        before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, RuntimeError> {
+        const PAGE: u64 = 5_000;
+        let mut taken = 0;
+        loop {
+            let page = self.store.pending_entries(before, PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            taken += page.len();
+            let funnels = self.funnels();
+            let mut by_funnel: BTreeMap<&FunnelId, Vec<(LeadId, DateTime<Utc>)>> = BTreeMap::new();
+            for (_, lead, text, at) in &page {
+                let Some(t) = Trigger::parse(text) else {
+                    continue;
+                };
+                for (id, r) in funnels.iter() {
+                    if r.funnel.entry.triggers.iter().any(|e| t.starts(&e.value)) {
+                        by_funnel.entry(id).or_default().push((*lead, *at));
+                    }
+                }
+            }
+            let mut kept = BTreeSet::new();
+            for (f, pending) in by_funnel {
+                let leads: Vec<LeadId> = pending.iter().map(|(l, _)| *l).collect();
+                let mut entered: HashMap<LeadId, DateTime<Utc>> = HashMap::new();
+                for e in self.store.enrollments_of_many(&leads, f).await? {
+                    let at = entered.entry(e.lead).or_insert(e.entered_at);
+                    *at = (*at).max(e.entered_at);
+                }
+                let mut todo: Vec<LeadId> = pending
+                    .iter()
+                    .filter(|(l, at)| entered.get(l).is_none_or(|e| *e < *at))
+                    .map(|(l, _)| *l)
+                    .collect();
+                todo.sort_unstable();
+                todo.dedup();
+                for lead in todo {
+                    if let Err(e) = self.enroll_many(&[lead], f, now).await {
+                        tracing::error!(lead = %lead, funnel = %f, error = %e, "cannot start a kept entry's funnel; trying again in a minute");
+                        kept.insert(lead);
+                    }
+                }
+            }
+            let done: Vec<i64> = page
+                .iter()
+                .filter(|(_, l, _, _)| !kept.contains(l))
+                .map(|(id, _, _, _)| *id)
+                .collect();
+            self.store.pending_done(&done).await?;
+            if done.len() < page.len() || (page.len() as u64) < PAGE {
+                break;
+            }
+        }
+        Ok(taken)
     }
 
     /// Starts, for each lead, the funnels whose `entry` names the tag or event: then for the
@@ -294,16 +396,19 @@ impl Runtime {
                 funnel: funnel.clone(),
                 version: r.version,
                 state: effects::state_row(&r.funnel, &t.state),
-                writes: effects::writes(
-                    *lead,
-                    funnel,
-                    r.version,
-                    &facts
-                        .get(lead)
-                        .and_then(LeadFacts::email)
-                        .unwrap_or_default(),
-                    &t.effects,
-                ),
+                writes: crate::store::RunWrites {
+                    entries: self.entries_of(&triggers_of(*lead, &t.effects)),
+                    ..effects::writes(
+                        *lead,
+                        funnel,
+                        r.version,
+                        &facts
+                            .get(lead)
+                            .and_then(LeadFacts::email)
+                            .unwrap_or_default(),
+                        &t.effects,
+                    )
+                },
             })
             .collect();
         let ids = self.store.enroll_many(&items, now).await?;
@@ -637,7 +742,9 @@ impl Runtime {
                 state = t.state;
                 effects.extend(t.effects);
             }
-            triggers.extend(triggers_of(c.lead, &effects));
+            let own = triggers_of(c.lead, &effects);
+            let entries = self.entries_of(&own);
+            triggers.extend(own);
             let to = lead.email().unwrap_or_default();
             items.push(RunUpdate {
                 id: c.id,
@@ -647,7 +754,10 @@ impl Runtime {
                 events_seen: seen,
                 before: c.before(),
                 state: effects::state_row(&r.funnel, &state),
-                writes: effects::writes(c.lead, &c.funnel, r.version, &to, &effects),
+                writes: crate::store::RunWrites {
+                    entries,
+                    ..effects::writes(c.lead, &c.funnel, r.version, &to, &effects)
+                },
             });
         }
         let n = match self
@@ -679,7 +789,7 @@ impl Runtime {
             Err(e) => return Err(e.into()),
         };
         self.committed.fetch_add(n as u64, Ordering::Relaxed);
-        self.start_entries(triggers, now).await?;
+        self.start_entries_kept(triggers, now).await?;
         Ok(n)
     }
 
@@ -703,6 +813,9 @@ impl Runtime {
                 let now = clock();
                 if let Err(e) = self.resume_entries(now - Duration::minutes(1), now).await {
                     tracing::error!(error = %e, "cannot start the funnels of stored events; retrying");
+                }
+                if let Err(e) = self.resume_pending(now - Duration::minutes(1), now).await {
+                    tracing::error!(error = %e, "cannot start the funnels of kept entries; retrying");
                 }
             }
             let busy = match self.tick(clock()).await {
@@ -742,6 +855,23 @@ enum Trigger {
 }
 
 impl Trigger {
+    /// As a pending entry keeps it: `tag:NAME` or `event:KIND`.
+    fn text(&self) -> String {
+        match self {
+            Trigger::Tag(t) => format!("tag:{t}"),
+            Trigger::Event(k) => format!("event:{}", k.as_str()),
+        }
+    }
+
+    fn parse(text: &str) -> Option<Trigger> {
+        if let Some(t) = text.strip_prefix("tag:") {
+            return Tag::parse(t).ok().map(Trigger::Tag);
+        }
+        EventKind::parse(text.strip_prefix("event:")?)
+            .ok()
+            .map(Trigger::Event)
+    }
+
     fn starts(&self, entry: &EntryTrigger) -> bool {
         match (self, entry) {
             (Trigger::Tag(t), EntryTrigger::Tag(e)) => e == t,

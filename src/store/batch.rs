@@ -45,6 +45,7 @@ pub(super) async fn write_runs(
     let mut messages: Vec<Vec<Value>> = Vec::new();
     let mut tags: BTreeMap<(i64, String), bool> = BTreeMap::new();
     let mut milestones: Vec<Vec<Value>> = Vec::new();
+    let mut pending: Vec<Vec<Value>> = Vec::new();
     let mut counting = Counting::new(zone);
     let mut closing: HashMap<(i64, &str), (&Written, &ClosedVisit)> = HashMap::new();
     // Stages runs entered for the first time: their earlier emails reached them.
@@ -101,6 +102,9 @@ pub(super) async fn write_runs(
             counting.count(Fact::Converted { run, at: now });
         }
         debug_assert_eq!(reached.text(), reached_after(&b.reached, w.writes));
+        for e in &w.writes.entries {
+            pending.push(vec![w.lead.0.into(), e.clone().into(), t.into()]);
+        }
         for k in &w.writes.milestones {
             milestones.push(vec![
                 id.into(),
@@ -222,6 +226,14 @@ pub(super) async fn write_runs(
         "milestones (enrollment_id, lead_id, funnel_id, kind, occurred_at)",
         "",
         milestones,
+    )
+    .await?;
+    insert_rows(
+        txn,
+        backend,
+        "pending_entries (lead_id, trigger, created_at)",
+        "",
+        pending,
     )
     .await?;
     let (add, remove): (Vec<_>, Vec<_>) = tags.into_iter().partition(|(_, on)| *on);

@@ -138,6 +138,10 @@ pub struct RunWrites {
     pub score: i64,
     /// Score thresholds crossed (`mql`, `sql`), for the reports.
     pub milestones: Vec<EventKind>,
+    /// The tags and events it produced that a running funnel's entry names (`tag:NAME`,
+    /// `event:KIND`): kept (`pending_entries`) in the same transaction until those funnels
+    /// have started ([`Store::entries_started`]), so a stop in between loses no start.
+    pub entries: Vec<String>,
 }
 
 /// A new enrollment to store with its first transition.

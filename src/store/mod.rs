@@ -636,7 +636,19 @@ impl Store {
 
     /// Adds a tag; tagging twice is one tag.
     pub async fn tag_lead(&self, id: LeadId, tag: &Tag, now: DateTime<Utc>) -> Result<()> {
-        let _turn = self.turn().await;
+        self.tag_lead_starting(id, tag, false, now).await
+    }
+
+    /// [`Store::tag_lead`]; when the tag `starts` a running funnel, the start is kept as a
+    /// pending entry in the same transaction (see [`RunWrites::entries`]).
+    pub async fn tag_lead_starting(
+        &self,
+        id: LeadId,
+        tag: &Tag,
+        starts: bool,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let txn = self.write().await?;
         let am = lead_tag::ActiveModel {
             lead_id: Set(id.0),
             tag: Set(tag.to_string()),
@@ -648,8 +660,73 @@ impl Store {
                     .do_nothing()
                     .to_owned(),
             )
-            .exec_without_returning(&self.wdb)
+            .exec_without_returning(&*txn)
             .await?;
+        if starts {
+            let sql =
+                "INSERT INTO pending_entries (lead_id, trigger, created_at) VALUES ($1, $2, $3)";
+            let values = vec![id.0.into(), format!("tag:{tag}").into(), ms(now).into()];
+            txn.execute_raw(self.statement(sql, values)).await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// The pending entries of these leads made at `now` (by the writes whose starts were just
+    /// made) have started: they go. Older ones stay for [`Store::pending_entries`].
+    pub async fn entries_started(&self, leads: &[LeadId], now: DateTime<Utc>) -> Result<()> {
+        let mut ids: Vec<i64> = leads.iter().map(|l| l.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let txn = self.write().await?;
+        for chunk in ids.chunks(sql::ROWS) {
+            let mut q = Params::new(self.backend);
+            let list = q.list(chunk);
+            let at = q.p(ms(now));
+            let sql = format!(
+                "DELETE FROM pending_entries WHERE lead_id IN ({list}) AND created_at = {at}"
+            );
+            txn.execute_raw(q.statement(sql)).await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Pending entries made before `before`, oldest first: (id, lead, trigger, made at).
+    pub async fn pending_entries(
+        &self,
+        before: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<(i64, LeadId, String, DateTime<Utc>)>> {
+        let mut out = Vec::new();
+        self.each(
+            "SELECT id, lead_id, trigger, created_at FROM pending_entries WHERE created_at < $1 \
+             ORDER BY id LIMIT $2",
+            vec![ms(before).into(), (limit as i64).into()],
+            |r| {
+                out.push((
+                    r.try_get_by_index(0)?,
+                    LeadId(r.try_get_by_index(1)?),
+                    r.try_get_by_index(2)?,
+                    from_ms(r.try_get_by_index(3)?),
+                ));
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(out)
+    }
+
+    /// These pending entries are done with.
+    pub async fn pending_done(&self, ids: &[i64]) -> Result<()> {
+        let txn = self.write().await?;
+        for chunk in ids.chunks(sql::ROWS) {
+            let mut q = Params::new(self.backend);
+            let list = q.list(chunk);
+            let sql = format!("DELETE FROM pending_entries WHERE id IN ({list})");
+            txn.execute_raw(q.statement(sql)).await?;
+        }
+        txn.commit().await?;
         Ok(())
     }
 
