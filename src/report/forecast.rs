@@ -720,16 +720,9 @@ pub fn forecast(
 mod tests {
     use super::*;
 
-    /// A three-stage chain where every rate was observed as 0 or 1 and the inflow is given:
-    /// no spread, so the interval is the projection, which is worked out by hand. 100 leads a
-    /// day for 30 days; stage 0 holds a lead 2 days and all move on; stage 1 holds 3 days, all
-    /// buy (49 a check) and move on; stage 2 holds 5 days and all exit converted. Reaching
-    /// stage 1 takes 2 days, so 3,000 × 28/30 = 2,800 are there; stage 2 takes 5 days: 2,500;
-    /// orders count at the end of stage 1 (5 days): 2,500 × 49 = 122,500; conversions at the
-    /// end of stage 2 (10 days): 2,000.
-    #[test]
-    fn zero_variance_inputs_give_the_projection_exactly() {
-        let stage = |moves: Vec<(usize, f64)>, converted, orders, days_in| Observed {
+    /// A stage of 50 observed leads whose orders are checks of 49 EUR.
+    fn stage(moves: Vec<(usize, f64)>, converted: f64, orders: f64, days_in: f64) -> Observed {
+        Observed {
             leads: 50.0,
             moves,
             converted,
@@ -741,7 +734,18 @@ mod tests {
             },
             days_in,
             ..Observed::default()
-        };
+        }
+    }
+
+    /// A three-stage chain where every rate was observed as 0 or 1 and the inflow is given:
+    /// no spread, so the interval is the projection, which is worked out by hand. 100 leads a
+    /// day for 30 days; stage 0 holds a lead 2 days and all move on; stage 1 holds 3 days, all
+    /// buy (49 a check) and move on; stage 2 holds 5 days and all exit converted. Reaching
+    /// stage 1 takes 2 days, so 3,000 × 28/30 = 2,800 are there; stage 2 takes 5 days: 2,500;
+    /// orders count at the end of stage 1 (5 days): 2,500 × 49 = 122,500; conversions at the
+    /// end of stage 2 (10 days): 2,000.
+    #[test]
+    fn zero_variance_inputs_give_the_projection_exactly() {
         let st = vec![
             stage(vec![(1, 50.0)], 0.0, 0.0, 2.0),
             stage(vec![(2, 50.0)], 0.0, 50.0, 3.0),
@@ -765,19 +769,6 @@ mod tests {
     /// stage 2 for 6 days (more than its median) finish at once.
     #[test]
     fn leads_in_flight_go_on_from_where_they_stand() {
-        let stage = |moves: Vec<(usize, f64)>, converted, orders, days_in| Observed {
-            leads: 50.0,
-            moves,
-            converted,
-            orders,
-            checks: if orders > 0.0 {
-                vec![("EUR".into(), 49.0, 1.0)]
-            } else {
-                vec![]
-            },
-            days_in,
-            ..Observed::default()
-        };
         let mut st = vec![
             stage(vec![(1, 50.0)], 0.0, 0.0, 2.0),
             stage(vec![(2, 50.0)], 0.0, 50.0, 3.0),

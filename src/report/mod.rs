@@ -107,6 +107,20 @@ pub struct Revenue {
     pub average: f64,
 }
 
+impl Revenue {
+    /// Orders and their exact total per currency, as revenue lines.
+    fn per_currency(by: BTreeMap<String, (u64, crate::tally::Micros)>) -> Vec<Revenue> {
+        by.into_iter()
+            .map(|(currency, (orders, total))| Revenue {
+                currency,
+                orders,
+                total: total.units(),
+                average: total.units() / orders as f64,
+            })
+            .collect()
+    }
+}
+
 /// One stage's figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StageReport {
@@ -397,15 +411,7 @@ pub fn report_of(
             still_there: count(v, id, metric::OPEN),
             to_next,
             from_entry: (cohort == Cohort::Entry).then(|| Rate::of(leads_in, entered)),
-            revenue: by_currency
-                .into_iter()
-                .map(|(currency, (orders, total))| Revenue {
-                    currency,
-                    orders,
-                    total: total.units(),
-                    average: total.units() / orders as f64,
-                })
-                .collect(),
+            revenue: Revenue::per_currency(by_currency),
             time_in_stage: Spread::of_histogram(&fig.histogram(v, id, metric::TIME)),
             orders_without_amount: unpriced,
         });
@@ -437,15 +443,7 @@ pub fn report_of(
         });
     }
     products.sort_by(|a, b| b.total.total_cmp(&a.total));
-    let revenue: Vec<Revenue> = by_currency
-        .into_iter()
-        .map(|(currency, (orders, total))| Revenue {
-            currency,
-            orders,
-            total: total.units(),
-            average: total.units() / orders as f64,
-        })
-        .collect();
+    let revenue = Revenue::per_currency(by_currency);
     let revenue_per_lead = match cohort {
         Cohort::Entry if entered > 0 => revenue
             .iter()

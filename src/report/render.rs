@@ -123,14 +123,12 @@ pub fn table(r: &FunnelReport) -> String {
         if r.orders_without_amount > 0 {
             parts.push(format!("{} without an amount", r.orders_without_amount));
         }
-        let per_lead: Vec<String> = r
-            .revenue_per_lead
-            .iter()
-            .map(|(c, x)| format!("{x:.2} {c}"))
-            .collect();
-        let per_lead = match per_lead.is_empty() {
+        let per_lead = match r.revenue_per_lead.is_empty() {
             true => String::new(),
-            false => format!("; per lead {}", per_lead.join(", ")),
+            false => format!(
+                "; per lead {}",
+                in_currencies(r.revenue_per_lead.iter().map(|(c, x)| (c, x)), ", ")
+            ),
         };
         let products: Vec<String> = r
             .products
@@ -201,6 +199,22 @@ fn csv_cell(s: &str) -> String {
     }
 }
 
+/// One CSV line of `cells`, each quoted where it needs to be.
+fn csv_row(out: &mut String, cells: &[String]) {
+    let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
+    out.push_str(&line.join(","));
+    out.push('\n');
+}
+
+/// Amounts per currency, `12.50 EUR; 3.00 USD` (joined by `sep`; empty for none).
+fn in_currencies<'a>(items: impl IntoIterator<Item = (&'a String, &'a f64)>, sep: &str) -> String {
+    items
+        .into_iter()
+        .map(|(cur, x)| format!("{x:.2} {cur}"))
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
 /// The report as CSV: one row per stage, plain numbers.
 pub fn csv(r: &FunnelReport) -> String {
     let mut out = String::from(
@@ -252,9 +266,7 @@ pub fn csv(r: &FunnelReport) -> String {
                 .map(|v| v.to_string())
                 .unwrap_or_default(),
         ];
-        let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
-        out.push_str(&line.join(","));
-        out.push('\n');
+        csv_row(&mut out, &cells);
     }
     out
 }
@@ -357,9 +369,7 @@ pub fn email_csv(r: &super::emails::EmailReport) -> String {
                 .collect::<Vec<_>>()
                 .join(";"),
         ];
-        let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
-        out.push_str(&line.join(","));
-        out.push('\n');
+        csv_row(&mut out, &cells);
     }
     out
 }
@@ -417,11 +427,7 @@ pub fn ab_table(r: &super::ab::AbReport) -> String {
                     if v.revenue_per_lead.is_empty() {
                         "—".into()
                     } else {
-                        v.revenue_per_lead
-                            .iter()
-                            .map(|(c, x)| format!("{x:.2} {c}"))
-                            .collect::<Vec<_>>()
-                            .join("; ")
+                        in_currencies(v.revenue_per_lead.iter().map(|(c, x)| (c, x)), "; ")
                     },
                     v.p_best
                         .map(|p| format!("{:.0}%", p * 100.0))
@@ -466,11 +472,7 @@ pub fn attribution_table(r: &super::attribution::AttributionReport) -> String {
                 c.source.clone().unwrap_or_else(|| "—".into()),
                 c.campaign.clone().unwrap_or_else(|| "—".into()),
                 format!("{:.2}", c.conversions),
-                c.revenue
-                    .iter()
-                    .map(|(cur, x)| format!("{x:.2} {cur}"))
-                    .collect::<Vec<_>>()
-                    .join("; "),
+                in_currencies(&c.revenue, "; "),
             ]
         })
         .collect();
@@ -500,10 +502,7 @@ fn amounts(m: &std::collections::BTreeMap<String, f64>) -> String {
     if m.is_empty() {
         return "—".into();
     }
-    m.iter()
-        .map(|(cur, x)| format!("{x:.2} {cur}"))
-        .collect::<Vec<_>>()
-        .join("; ")
+    in_currencies(m, "; ")
 }
 
 /// The attribution report as CSV: one row per channel, source and campaign.
@@ -522,15 +521,9 @@ pub fn attribution_csv(r: &super::attribution::AttributionReport) -> String {
             c.source.clone().unwrap_or_default(),
             c.campaign.clone().unwrap_or_default(),
             format!("{:.4}", c.conversions),
-            c.revenue
-                .iter()
-                .map(|(cur, x)| format!("{x:.2} {cur}"))
-                .collect::<Vec<_>>()
-                .join(";"),
+            in_currencies(&c.revenue, ";"),
         ];
-        let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
-        out.push_str(&line.join(","));
-        out.push('\n');
+        csv_row(&mut out, &cells);
     }
     out
 }
@@ -561,18 +554,12 @@ pub fn ab_csv(r: &super::ab::AbReport) -> String {
                     .map(|p| format!("{p:.1}"))
                     .unwrap_or_default(),
                 num(v.p_value),
-                v.revenue_per_lead
-                    .iter()
-                    .map(|(cur, x)| format!("{x:.2} {cur}"))
-                    .collect::<Vec<_>>()
-                    .join(";"),
+                in_currencies(v.revenue_per_lead.iter().map(|(c, x)| (c, x)), ";"),
                 num(v.p_best),
                 s.test.clone(),
                 num(s.p_value),
             ];
-            let line: Vec<String> = cells.iter().map(|c| csv_cell(c)).collect();
-            out.push_str(&line.join(","));
-            out.push('\n');
+            csv_row(&mut out, &cells);
         }
     }
     out

@@ -221,9 +221,11 @@ impl Request {
         let tz: Tz = match p.tz.as_deref() {
             None => chrono_tz::UTC,
             Some(z) => z.trim().parse().map_err(|_| {
+                // The name is said back as given, cut short: no echo of a huge value.
+                let shown: String = z.chars().take(64).collect();
                 bad(
                     "tz",
-                    format!("no time zone \"{z}\": an IANA name such as Europe/Moscow, or UTC"),
+                    format!("no time zone {shown:?}: an IANA name such as Europe/Moscow, or UTC"),
                 )
             })?,
         };
