@@ -1,17 +1,24 @@
 //! The reports API, behind the admin token: `GET /api/v1/reports/funnels/{id}` and its
 //! `/emails`, `/ab`, `/attribution` and `/forecast` answer the same JSON as `autofunnel report
 //! FUNNEL --format json` (and `--emails`, `--ab`, `--attribution`, `autofunnel forecast`), with
-//! the same parameters, checked by the same code.
+//! the same parameters, checked by the same code. One report is computed at a time, off the
+//! async workers: a report that reads rows holds much memory and CPU for a while, and a few at
+//! once must neither exhaust the machine nor stall the requests the server is there for.
 
 use axum::Json;
 use axum::extract::State;
 use chrono::Utc;
+
+use tokio::sync::Semaphore;
 
 use super::AppState;
 use super::auth::Admin;
 use super::error::{ApiError, ApiPath, ApiQuery};
 use crate::domain::FunnelId;
 use crate::report::request::{Answer, Params, Request, What, answer};
+
+/// Reports being computed: one at a time; the others wait their turn.
+static COMPUTING: Semaphore = Semaphore::const_new(1);
 
 async fn report(
     state: AppState,
@@ -27,9 +34,14 @@ async fn report(
         .ok()
         .and_then(|id| funnels.get(&id))
         .ok_or_else(|| ApiError::not_found("id", "no such funnel is running"))?;
+    // The report is as of the request's arrival, however long it waits for its turn.
     let now = Utc::now();
     let req =
         Request::parse(what, &params, now).map_err(|e| ApiError::invalid(e.param, e.message))?;
+    let _turn = COMPUTING
+        .acquire()
+        .await
+        .map_err(|e| ApiError::unavailable("reports", e))?;
     let rows = state
         .runtime
         .store()
@@ -39,7 +51,10 @@ async fn report(
             now,
         )
         .await?;
-    let a = answer(&running.funnel, &rows, &req, now)
+    let funnel = running.funnel.clone();
+    let a = tokio::task::spawn_blocking(move || answer(&funnel, &rows, &req, now))
+        .await
+        .map_err(|e| ApiError::unavailable("reports", e))?
         .map_err(|e| ApiError::invalid(e.param(), e.to_string()))?;
     Ok(Json(a))
 }
