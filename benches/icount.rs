@@ -10,8 +10,10 @@
 //!    (on the wall clock: the signup path reads it).
 //!
 //! `cargo bench --bench icount -- [N] --until PHASE` runs the phases up to PHASE and prints how
-//! many items the last one handled. Single-threaded and on a fixed clock and folder, so the
-//! same code gives the same count run after run.
+//! many items each handled. Each phase ends in [`phase_done`], on entering which callgrind
+//! dumps and zeroes its counts (`--dump-before`), so one run counts every phase by itself.
+//! Single-threaded and on a fixed clock and folder, so the same code gives nearly the same
+//! count run after run.
 
 #[path = "common.rs"]
 mod common;
@@ -27,6 +29,13 @@ use chrono::{Duration, TimeZone, Utc};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PHASES: [&str; 5] = ["setup", "enroll", "rounds", "emails", "signups"];
+
+/// The end of a phase, with how many items it handled: printed, and the function callgrind
+/// dumps its counts before (`benches/icount.sh`).
+#[inline(never)]
+fn phase_done(phase: &str, items: usize) {
+    println!("{phase}: {}", std::hint::black_box(items));
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -58,16 +67,17 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     let ids = store.import_leads(&leads, Consent::Confirmed, t0).await?;
-    let mut items = n;
+    phase_done("setup", n);
     let course = FunnelId::parse("relationships-course")?;
     if last >= 1 {
         for c in ids.chunks(500) {
             rt.enroll_many(c, &course, t0).await?;
         }
+        phase_done("enroll", n);
     }
     if last >= 2 {
         let due = t0 + Duration::days(2) + Duration::minutes(1);
-        items = 0;
+        let mut items = 0;
         loop {
             let done = rt.tick(due).await?;
             if done == 0 {
@@ -75,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
             }
             items += done;
         }
+        phase_done("rounds", items);
     }
     if last >= 3 {
         let sender = Sender::new(
@@ -86,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         );
         let t = sender.drain(t0 + Duration::days(3)).await?;
         anyhow::ensure!(t.failed == 0, "emails failed: {t:?}");
-        items = t.sent;
+        phase_done("emails", t.sent);
     }
     if last >= 4 {
         let funnels = vec![course.clone()];
@@ -113,9 +124,8 @@ async fn main() -> anyhow::Result<()> {
                 rt.signup_stored(t).await?;
             }
         }
-        items = n;
+        phase_done("signups", n);
     }
-    println!("{until}: {items}");
     store.close().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Instructions per enrollment, per transition, per email and per signup: the icount workload
-# (benches/icount.rs) counted by callgrind up to each phase, each phase's count minus the one
-# before, divided by what the phase handled. A whole run repeats to about 1 % (which of
-# SQLite's reading connections a query lands on, and so how often a statement is prepared,
-# varies), so each prefix is counted ICOUNT_RUNS times (default 3) and the least is kept.
+# (benches/icount.rs) run under callgrind, which dumps and zeroes its counts on entering the
+# bench's `phase_done` (--dump-before), so one run counts each phase by itself: no phase is the
+# difference of two runs. The whole run is made ICOUNT_RUNS times (default 3); each phase
+# prints the median and the spread (largest − least, in per cent of the median).
 #   bash benches/icount.sh [N]        (default 2,000 leads; builds the release bench first)
 #   ICOUNT_BIN=path bash benches/icount.sh [N]   counts another build of the same workload
 set -euo pipefail
@@ -20,27 +20,35 @@ for l in sys.stdin:
 fi
 [ -x "$bin" ] || { echo "icount: no bench binary" >&2; exit 2; }
 runs="${ICOUNT_RUNS:-3}"
-count() {  # count PHASE -> "least-instructions items"
-  local out log total items best=""
-  out=$(mktemp); log=$(mktemp)
-  for _ in $(seq "$runs"); do
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" "$n" --until "$1" >"$log.stdout" 2>"$log"
-    total=$(grep -oE 'Collected : [0-9]+' "$log" | grep -oE '[0-9]+$')
-    items=$(grep -oE "^$1: [0-9]+" "$log.stdout" | grep -oE '[0-9]+$')
-    if [ -z "$best" ] || [ "$total" -lt "$best" ]; then best=$total; fi
-  done
-  rm -f "$out" "$log" "$log.stdout"
-  echo "$best $items"
-}
-prev=""
-echo "icount: $n leads, $(basename "$bin"), least of $runs runs per phase"
-for phase in setup enroll rounds emails signups; do
-  read -r total items < <(count "$phase")
-  if [ -n "$prev" ]; then
-    per=$(( (total - prev) / items ))
-    printf '  %-8s %'"'"'15d instructions, %6d items, %'"'"'10d per item\n' "$phase" "$((total - prev))" "$items" "$per"
-  else
-    printf '  %-8s %'"'"'15d instructions\n' "$phase" "$total"
-  fi
-  prev=$total
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+for r in $(seq "$runs"); do
+  valgrind --tool=callgrind --dump-before='*phase_done*' --callgrind-out-file="$work/cg.$r" \
+    "$bin" "$n" >"$work/items.$r" 2>"$work/log.$r" \
+    || { cat "$work/log.$r" >&2; exit 1; }
 done
+echo "icount: $n leads, $(basename "$bin"), $runs runs"
+python3 - "$work" "$runs" <<'PY'
+import re, statistics, sys
+work, runs = sys.argv[1], int(sys.argv[2])
+phases = ["setup", "enroll", "rounds", "emails", "signups"]
+per = {p: [] for p in phases}
+items = {}
+for r in range(1, runs + 1):
+    for line in open(f"{work}/items.{r}"):
+        name, k = line.split(":")
+        items[name] = int(k)
+    # Dump i (1-based) holds what ran before the i-th phase_done: phase i.
+    for i, p in enumerate(phases, 1):
+        text = open(f"{work}/cg.{r}.{i}").read()
+        total = int(re.search(r"^(?:summary|totals): (\d+)", text, re.M).group(1))
+        per[p].append(total)
+for p in phases:
+    xs = per[p]
+    med = statistics.median(xs)
+    spread = (max(xs) - min(xs)) / med * 100
+    if p == "setup":
+        print(f"  {p:<8} {med:>15,.0f} instructions{'':>24} spread {spread:4.2f} %")
+    else:
+        print(f"  {p:<8} {med:>15,.0f} instructions, {items[p]:>6} items, {med / items[p]:>10,.0f} per item, spread {spread:4.2f} %")
+PY

@@ -28,6 +28,9 @@ pub enum View {
     Calendar,
 }
 
+/// Both views, for what counts in each.
+const BOTH: [View; 2] = [View::Entry, View::Calendar];
+
 impl View {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -231,8 +234,10 @@ pub fn day_in(t: DateTime<Utc>, tz: chrono_tz::Tz) -> i64 {
 
 /// Keeps a text out of the counters' separators.
 fn clean(text: &str, out: &mut String) {
-    for c in text.chars() {
-        out.push(if c == '\u{1f}' { ' ' } else { c });
+    if text.contains('\u{1f}') {
+        out.push_str(&text.replace('\u{1f}', " "));
+    } else {
+        out.push_str(text);
     }
 }
 
@@ -455,13 +460,21 @@ impl Tally {
         n: i64,
         total: Micros,
     ) {
-        let t = match view {
-            View::Entry => run.entered_at,
-            View::Calendar => at,
-        };
-        let Some(day) = self.slot(t) else {
-            return;
-        };
+        self.add_in(run, &[view], at, stage, metric, n, total);
+    }
+
+    /// [`Tally::add`] in each of `views`, the texts numbered once.
+    #[allow(clippy::too_many_arguments)]
+    fn add_in(
+        &mut self,
+        run: &Run,
+        views: &[View],
+        at: DateTime<Utc>,
+        stage: &str,
+        metric: Metric,
+        n: i64,
+        total: Micros,
+    ) {
         let mut name = std::mem::take(&mut self.name);
         name.clear();
         metric.write(&mut name);
@@ -471,18 +484,26 @@ impl Tally {
             self.number(&name),
         );
         self.name = name;
-        if self.origins && !run.origin.is_empty() {
-            let origin = self.number(run.origin);
-            let own = (view, day, funnel, origin, stage, metric);
-            self.sums.entry(own).or_default().add(Sum { n, total });
+        let origin = (self.origins && !run.origin.is_empty()).then(|| self.number(run.origin));
+        for &view in views {
+            let t = match view {
+                View::Entry => run.entered_at,
+                View::Calendar => at,
+            };
+            let Some(day) = self.slot(t) else {
+                continue;
+            };
+            if let Some(origin) = origin {
+                let own = (view, day, funnel, origin, stage, metric);
+                self.sums.entry(own).or_default().add(Sum { n, total });
+            }
+            let key = (view, day, funnel, self.all, stage, metric);
+            self.sums.entry(key).or_default().add(Sum { n, total });
         }
-        let key = (view, day, funnel, self.all, stage, metric);
-        self.sums.entry(key).or_default().add(Sum { n, total });
     }
 
     fn both(&mut self, run: &Run, at: DateTime<Utc>, stage: &str, metric: Metric, n: i64) {
-        self.add(run, View::Entry, at, stage, metric, n, Micros(0));
-        self.add(run, View::Calendar, at, stage, metric, n, Micros(0));
+        self.add_in(run, &BOTH, at, stage, metric, n, Micros(0));
     }
 
     /// Every counter turned round: what to add to take these facts back out.
@@ -583,7 +604,7 @@ impl MailWhat<'_> {
 impl Tally {
     /// Adds what a fact adds to the counters: the one place a counter is made.
     pub fn count(&mut self, fact: &Fact) {
-        use View::{Calendar, Entry};
+        use View::Entry;
         match fact {
             Fact::Entered { run, unconfirmed } => {
                 let at = run.entered_at;
@@ -637,11 +658,9 @@ impl Tally {
                 // A visit's calendar counters: it stops being open in the period it began
                 // (so a period's open visits are those it opened and nobody has closed), and
                 // its way out and its length count in the period it ended.
-                self.add(run, Entry, *entered, stage, open, -1, Micros(0));
-                self.add(run, Calendar, *entered, stage, open, -1, Micros(0));
+                self.add_in(run, &BOTH, *entered, stage, open, -1, Micros(0));
                 for m in [way, time] {
-                    self.add(run, Entry, *at, stage, m, 1, Micros(0));
-                    self.add(run, Calendar, *at, stage, m, 1, Micros(0));
+                    self.add_in(run, &BOTH, *at, stage, m, 1, Micros(0));
                 }
             }
             Fact::Milestone { run, kind, at } => {
@@ -650,8 +669,7 @@ impl Tally {
             Fact::Converted { run, at } => {
                 let len = Metric::Length(quantize((*at - run.entered_at).num_seconds()));
                 for m in [Metric::Plain(metric::CONVERTED), len] {
-                    self.add(run, Entry, *at, FUNNEL, m, 1, Micros(0));
-                    self.add(run, Calendar, *at, FUNNEL, m, 1, Micros(0));
+                    self.add_in(run, &BOTH, *at, FUNNEL, m, 1, Micros(0));
                 }
             }
             Fact::Bought { run, stage, order } => {
@@ -665,8 +683,7 @@ impl Tally {
                     }
                     None => (Metric::Unpriced(order.product), Micros(0)),
                 };
-                self.add(run, Entry, order.at, stage, m, 1, total);
-                self.add(run, Calendar, order.at, stage, m, 1, total);
+                self.add_in(run, &BOTH, order.at, stage, m, 1, total);
             }
             Fact::Ordered {
                 funnel,
@@ -686,8 +703,7 @@ impl Tally {
                     what: *what,
                 };
                 let (at, stage) = (mail.queued_at, mail.stage);
-                self.add(&run, Entry, at, stage, m, *n, Micros(0));
-                self.add(&run, Calendar, at, stage, m, *n, Micros(0));
+                self.add_in(&run, &BOTH, at, stage, m, *n, Micros(0));
             }
         }
     }

@@ -1,14 +1,16 @@
 //! Multi-row statements for a scheduler round: a round's enrollments are updated, and its
 //! history, outbox and tag rows inserted, in a handful of statements whatever the batch size.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::Value;
 use sea_orm::sea_query::{Expr, ExprTrait as _};
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
 
-use super::sql::{Params, ROWS, chunks, insert_returning, insert_rows};
+use super::sql::{Params, ROWS, chunks, insert_returning, insert_rows, select_packed};
 
 use super::counts::Counting;
 use super::entities::{lead, lead_tag};
@@ -47,10 +49,10 @@ pub(super) async fn write_runs(
     let mut milestones: Vec<Vec<Value>> = Vec::new();
     let mut pending: Vec<Vec<Value>> = Vec::new();
     let mut counting = Counting::new(zone);
-    let mut closing: HashMap<(i64, &str), (&Written, &ClosedVisit)> = HashMap::new();
+    let mut closing: FxHashMap<(i64, &str), (&Written, &ClosedVisit)> = FxHashMap::default();
     // Stages runs entered for the first time: their earlier emails reached them.
-    let mut firsts: HashMap<i64, (&Written, Vec<&str>)> = HashMap::new();
-    let runs: HashMap<i64, &Written> = items.iter().map(|w| (w.enrollment.0, w)).collect();
+    let mut firsts: FxHashMap<i64, (&Written, Vec<&str>)> = FxHashMap::default();
+    let runs: FxHashMap<i64, &Written> = items.iter().map(|w| (w.enrollment.0, w)).collect();
     for w in items {
         let id = w.enrollment.0;
         let b = w.before;
@@ -262,7 +264,7 @@ pub(super) async fn write_runs(
 async fn reached_by_mails(
     txn: &DatabaseTransaction,
     backend: Backend,
-    firsts: &HashMap<i64, (&Written<'_>, Vec<&str>)>,
+    firsts: &FxHashMap<i64, (&Written<'_>, Vec<&str>)>,
     now: DateTime<Utc>,
     counting: &mut Counting,
 ) -> Result<()> {
@@ -276,23 +278,25 @@ async fn reached_by_mails(
     for chunk in leads.chunks(ROWS) {
         let mut q = Params::new(backend);
         let list = q.list(chunk);
-        let sql = format!(
-            "SELECT enrollment_id, stage_id, template, created_at FROM messages \
-             WHERE lead_id IN ({list}) AND kind = 'email' AND enrollment_id IS NOT NULL"
+        let rest = format!(
+            "FROM messages WHERE lead_id IN ({list}) AND kind = 'email' \
+             AND enrollment_id IS NOT NULL"
         );
-        for r in txn.query_all_raw(q.statement(sql)).await? {
-            let Some((w, stages)) = firsts
-                .get(&r.try_get_by_index::<i64>(0)?)
-                .filter(|(w, _)| !w.new)
-            else {
+        let rows: Vec<(i64, Option<String>, Option<String>, i64)> = select_packed(
+            txn,
+            q,
+            "enrollment_id, stage_id, template, created_at",
+            &rest,
+        )
+        .await?;
+        for (id, stage, template, created_at) in rows {
+            let Some((w, stages)) = firsts.get(&id).filter(|(w, _)| !w.new) else {
                 continue;
             };
-            let (stage, template): (Option<String>, Option<String>) =
-                (r.try_get_by_index(1)?, r.try_get_by_index(2)?);
             let mail = Mail {
                 stage: stage.as_deref().unwrap_or(FUNNEL),
                 template: template.as_deref().unwrap_or_default(),
-                queued_at: super::from_ms(r.try_get_by_index(3)?),
+                queued_at: super::from_ms(created_at),
             };
             for s in stages.iter().filter(|s| tally::reached_by(&mail, s, now)) {
                 let (run, what) = (w.run(), MailWhat::Reached(s));
