@@ -499,23 +499,21 @@ pub(super) async fn first_touches(
     let mut q = Params::new(backend);
     let ids: Vec<i64> = leads.iter().map(|l| l.0).collect();
     let list = q.list(&ids);
-    let sql = format!(
-        "SELECT lead_id, occurred_at, channel, source, medium, campaign, form_id FROM touches \
-         WHERE lead_id IN ({}) ORDER BY lead_id, occurred_at, id",
-        list
-    );
-    for r in txn.query_all_raw(q.statement(sql)).await? {
-        let parts: [Option<String>; 5] = [
-            r.try_get_by_index::<Option<String>>(2)?,
-            r.try_get_by_index(3)?,
-            r.try_get_by_index(4)?,
-            r.try_get_by_index(5)?,
-            r.try_get_by_index(6)?,
-        ];
+    type Text = Option<String>;
+    type Row = (i64, i64, i64, Text, Text, Text, Text, Text);
+    let mut rows: Vec<Row> = sql::select_packed(
+        txn,
+        q,
+        "lead_id, occurred_at, id, channel, source, medium, campaign, form_id",
+        &format!("FROM touches WHERE lead_id IN ({list})"),
+    )
+    .await?;
+    // Oldest first: by time, then as stored.
+    rows.sort_unstable_by_key(|r| (r.0, r.1, r.2));
+    for (lead, at, _, channel, source, medium, campaign, form) in rows {
+        let parts = [channel, source, medium, campaign, form];
         let o = tally::origin(parts.each_ref().map(|p| p.as_deref()));
-        out.entry(r.try_get_by_index(0)?)
-            .or_default()
-            .push((r.try_get_by_index(1)?, o));
+        out.entry(lead).or_default().push((at, o));
     }
     Ok(out)
 }

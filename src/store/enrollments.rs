@@ -13,7 +13,7 @@ use sea_orm::{
 
 use super::batch::{self, Written};
 use super::entities::{
-    enrollment, event, funnel_version, lead, lead_tag, message, stage_history, suppression,
+    enrollment, event, funnel_version, lead, message, stage_history, suppression,
 };
 use super::sql::{self, Params};
 use super::{Backend, Result, Store, StoreError, StoredEvent, event_of, from_ms, ms, to_lead};
@@ -360,14 +360,14 @@ impl Store {
             let leads: Vec<i64> = chunk.iter().map(|n| n.lead.0).collect();
             let mut q = Params::new(self.backend);
             let list = q.list(&leads);
-            let sql = format!(
-                "SELECT lead_id, MAX(id) FROM events WHERE lead_id IN ({}) GROUP BY lead_id",
-                list
+            let rest = format!(
+                "FROM (SELECT lead_id, MAX(id) AS last FROM events WHERE lead_id IN ({list}) GROUP BY lead_id) AS e"
             );
-            let mut last_event: HashMap<i64, i64> = HashMap::new();
-            for r in txn.query_all_raw(q.statement(sql)).await? {
-                last_event.insert(r.try_get_by_index(0)?, r.try_get_by_index(1)?);
-            }
+            let last_event: HashMap<i64, i64> =
+                sql::select_packed::<(i64, i64)>(&*txn, q, "e.lead_id, e.last", &rest)
+                    .await?
+                    .into_iter()
+                    .collect();
             let mut q = Params::new(self.backend);
             let rows: Vec<Vec<Value>> = chunk
                 .iter()
@@ -732,10 +732,56 @@ impl Store {
         sent_since: Option<DateTime<Utc>>,
         out: &mut FactRows,
     ) -> Result<()> {
-        let leads = lead::Entity::find()
-            .filter(lead::Column::Id.is_in(sql::padded(ids.iter().copied())))
-            .all(&self.db)
-            .await?;
+        type LeadRow = (
+            i64,
+            String,
+            Option<String>,
+            String,
+            Option<String>,
+            String,
+            i64,
+            i64,
+            i64,
+        );
+        let mut q = Params::new(self.backend);
+        let list = q.list(ids);
+        let rows: Vec<LeadRow> = sql::select_packed(
+            &self.db,
+            q,
+            "id, email, first_name, fields, timezone, consent, score, created_at, updated_at",
+            &format!("FROM leads WHERE id IN ({list})"),
+        )
+        .await?;
+        let leads: Vec<lead::Model> = rows
+            .into_iter()
+            .map(
+                |(
+                    id,
+                    email,
+                    first_name,
+                    fields,
+                    timezone,
+                    consent,
+                    score,
+                    created_at,
+                    updated_at,
+                )| {
+                    lead::Model {
+                        id,
+                        email,
+                        first_name,
+                        fields,
+                        timezone,
+                        consent,
+                        score,
+                        created_at,
+                        updated_at,
+                        lease_owner: None,
+                        lease_until: None,
+                    }
+                },
+            )
+            .collect();
         let emails: Vec<String> = leads.iter().map(|l| l.email.clone()).collect();
         for l in leads {
             // One lead's unreadable row must not hold up the others' round.
@@ -753,13 +799,17 @@ impl Store {
                 out.suppressions.push((email, s.scope));
             }
         }
-        for t in lead_tag::Entity::find()
-            .filter(lead_tag::Column::LeadId.is_in(sql::padded(ids.iter().copied())))
-            .all(&self.db)
-            .await?
-        {
-            out.tags.push((LeadId(t.lead_id), t.tag));
-        }
+        let mut q = Params::new(self.backend);
+        let list = q.list(ids);
+        let tags: Vec<(i64, String)> = sql::select_packed(
+            &self.db,
+            q,
+            "lead_id, tag",
+            &format!("FROM lead_tags WHERE lead_id IN ({list})"),
+        )
+        .await?;
+        out.tags
+            .extend(tags.into_iter().map(|(lead, tag)| (LeadId(lead), tag)));
         if !kinds.is_empty() {
             for ev in event::Entity::find()
                 .filter(event::Column::LeadId.is_in(sql::padded(ids.iter().copied())))

@@ -172,7 +172,7 @@ pub(super) fn chunks(rows: Vec<Vec<Value>>) -> Vec<Vec<Vec<Value>>> {
 /// columns, in order) aggregated by the database: one answer instead of one per row, which
 /// costs far less to carry out of the database when many small rows come back.
 pub(super) async fn select_packed<T: serde::de::DeserializeOwned>(
-    txn: &DatabaseTransaction,
+    db: &impl ConnectionTrait,
     q: Params,
     columns: &str,
     rest: &str,
@@ -183,7 +183,7 @@ pub(super) async fn select_packed<T: serde::de::DeserializeOwned>(
             format!("SELECT COALESCE(json_agg(json_build_array({columns})), '[]')::text {rest}")
         }
     };
-    let Some(row) = txn.query_one_raw(q.statement(sql)).await? else {
+    let Some(row) = db.query_one_raw(q.statement(sql)).await? else {
         return Ok(Vec::new());
     };
     let text: String = row.try_get_by_index(0)?;
