@@ -163,6 +163,14 @@ pub fn context(
 /// Text fit for one header line: control characters (line breaks included) become spaces,
 /// runs of spaces one, and it is at most 998 characters long.
 fn one_line(text: &str) -> String {
+    if is_one_line(text) {
+        return text.to_string();
+    }
+    made_one_line(text)
+}
+
+/// [`one_line`] the long way, for text that needs changing.
+fn made_one_line(text: &str) -> String {
     let spaced: String = text
         .chars()
         .map(|c| {
@@ -180,6 +188,28 @@ fn one_line(text: &str) -> String {
         .chars()
         .take(998)
         .collect()
+}
+
+/// Whether [`one_line`] leaves `text` as it is: at most 998 bytes (so characters), no
+/// control character or line separator, no space but single ones between words.
+fn is_one_line(text: &str) -> bool {
+    if text.len() > 998 {
+        return false;
+    }
+    let mut after_space = true;
+    for c in text.chars() {
+        if c == ' ' {
+            if after_space {
+                return false;
+            }
+            after_space = true;
+        } else if c.is_whitespace() || c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+            return false;
+        } else {
+            after_space = false;
+        }
+    }
+    !after_space || text.is_empty()
 }
 
 /// A display name for an address header: one line, at most 100 characters; `None` when
@@ -255,4 +285,27 @@ pub fn compose(
         .header(ListUnsubscribePost)
         .multipart(MultiPart::alternative_plain_html(r.text, r.html))
         .map_err(|e| ComposeError::Build(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// What the quick check lets through is what the long way would make of it.
+        #[test]
+        fn text_left_as_is_is_already_one_line(text in "[a-z \\t\\n\u{a0}\u{2028}\u{7f}é]{0,12}") {
+            if is_one_line(&text) {
+                proptest::prop_assert_eq!(made_one_line(&text), text.clone());
+            }
+            proptest::prop_assert!(is_one_line(&one_line(&text)));
+        }
+    }
+
+    #[test]
+    fn long_text_is_cut() {
+        assert_eq!(one_line(&"a".repeat(2_000)).len(), 998);
+        assert!(is_one_line("Ваш подарок: книга"));
+        assert!(!is_one_line(" leading"));
+    }
 }

@@ -88,13 +88,9 @@ async fn count(
     for chunk in ids.chunks(sql::ROWS) {
         let mut q = Params::new(backend);
         let list = q.list(chunk);
-        let sql = format!(
-            "SELECT id, entered_at FROM enrollments WHERE id IN ({})",
-            list
-        );
-        for r in txn.query_all_raw(q.statement(sql)).await? {
-            runs.insert(r.try_get_by_index(0)?, from_ms(r.try_get_by_index(1)?));
-        }
+        let rest = format!("FROM enrollments WHERE id IN ({list})");
+        let rows: Vec<(i64, i64)> = sql::select_packed(txn, q, "id, entered_at", &rest).await?;
+        runs.extend(rows.into_iter().map(|(id, at)| (id, from_ms(at))));
     }
     let mut counting = Counting::new(zone);
     for (m, what) in counted {
