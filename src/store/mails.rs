@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, QueryResult};
+use sea_orm::{ConnectionTrait, DatabaseTransaction};
 
 use super::counts::Counting;
 use super::sql::{self, Params};
@@ -31,26 +31,34 @@ pub(super) struct MailRow {
     queued_at: DateTime<Utc>,
 }
 
+/// A row of [`COLUMNS`] as [`sql::select_packed`] reads it.
+pub(super) type Columns = (
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    String,
+);
+
 impl MailRow {
     /// The email of a row of [`COLUMNS`]; `None` for another kind of message or one of no run.
-    fn of(r: &QueryResult) -> Result<Option<MailRow>> {
-        let (run, funnel, kind): (Option<i64>, Option<String>, String) = (
-            r.try_get_by_index(2)?,
-            r.try_get_by_index(3)?,
-            r.try_get_by_index(7)?,
-        );
+    fn of(r: Columns) -> Option<MailRow> {
+        let (id, lead, run, funnel, stage, template, queued_at, kind) = r;
         let (Some(run), Some(funnel), "email") = (run, funnel, kind.as_str()) else {
-            return Ok(None);
+            return None;
         };
-        Ok(Some(MailRow {
-            id: r.try_get_by_index(0)?,
-            lead: r.try_get_by_index(1)?,
+        Some(MailRow {
+            id,
+            lead,
             run,
             funnel,
-            stage: r.try_get_by_index(4)?,
-            template: r.try_get_by_index::<Option<String>>(5)?.unwrap_or_default(),
-            queued_at: from_ms(r.try_get_by_index(6)?),
-        }))
+            stage,
+            template: template.unwrap_or_default(),
+            queued_at: from_ms(queued_at),
+        })
     }
 
     fn mail(&self) -> Mail<'_> {
@@ -60,15 +68,6 @@ impl MailRow {
             queued_at: self.queued_at,
         }
     }
-}
-
-/// The emails of rows of [`COLUMNS`].
-pub(super) fn mail_rows(rows: &[QueryResult]) -> Result<Vec<MailRow>> {
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        out.extend(MailRow::of(r)?);
-    }
-    Ok(out)
 }
 
 /// Adds `(email, what)` pairs to the counters, each run's entry time read here.
@@ -113,16 +112,16 @@ async fn count(
     counting.write(txn, backend).await
 }
 
-/// Counts `what` (accepted, failed) for the emails of rows an outbox `UPDATE … RETURNING`
-/// [`COLUMNS`] changed.
+/// Counts `what` (accepted, failed) for the emails of rows of [`COLUMNS`] an outbox update
+/// changed.
 pub(super) async fn count_status(
     txn: &DatabaseTransaction,
     backend: Backend,
     zone: chrono_tz::Tz,
-    rows: &[QueryResult],
+    rows: Vec<Columns>,
     what: MailWhat<'_>,
 ) -> Result<()> {
-    let mails = mail_rows(rows)?;
+    let mails: Vec<MailRow> = rows.into_iter().filter_map(MailRow::of).collect();
     let counted: Vec<(&MailRow, MailWhat)> = mails.iter().map(|m| (m, what)).collect();
     count(txn, backend, zone, &counted).await
 }
@@ -151,11 +150,10 @@ pub(super) async fn count_tracking(
     for chunk in leads.chunks(sql::ROWS) {
         let mut q = Params::new(backend);
         let list = q.list(chunk);
-        let sql = format!(
-            "SELECT {COLUMNS} FROM messages WHERE lead_id IN ({}) AND kind = 'email' ORDER BY id",
-            list
-        );
-        for m in mail_rows(&txn.query_all_raw(q.statement(sql)).await?)? {
+        let rest = format!("FROM messages WHERE lead_id IN ({list}) AND kind = 'email'");
+        let mut rows: Vec<Columns> = sql::select_packed(txn, q, COLUMNS, &rest).await?;
+        rows.sort_unstable_by_key(|r| r.0);
+        for m in rows.into_iter().filter_map(MailRow::of) {
             emails
                 .entry((m.lead, m.funnel.clone()))
                 .or_default()

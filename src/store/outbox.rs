@@ -73,30 +73,38 @@ impl Outbox {
     ) -> Result<Vec<Outgoing>> {
         let store = &self.store;
         let txn = store.write().await?;
-        let mut q = Params::new(store.backend);
-        let (error, lapsed, max) = (
-            q.p(format!(
-                "parked: {max_attempts} attempts ended without an outcome (the sender stopped each time)"
-            )),
-            q.p(ms(now)),
-            q.p(max_attempts),
+        let reason = format!(
+            "parked: {max_attempts} attempts ended without an outcome (the sender stopped each time)"
         );
-        let sql = format!(
-            "UPDATE messages SET status = 'failed', lease_until = NULL, last_error = {error} \
-             WHERE status = 'sending' AND lease_until < {lapsed} AND attempts >= {max} \
-             RETURNING {}",
-            mails::COLUMNS
-        );
-        let parked_rows = txn.query_all_raw(q.statement(sql)).await?;
+        let parked_rows: Vec<mails::Columns> = super::sql::update_packed(
+            &txn,
+            store.backend,
+            "messages",
+            |q| {
+                format!(
+                    "status = 'failed', lease_until = NULL, last_error = {}",
+                    q.p(reason.clone())
+                )
+            },
+            |q| {
+                format!(
+                    "status = 'sending' AND lease_until < {} AND attempts >= {}",
+                    q.p(ms(now)),
+                    q.p(max_attempts)
+                )
+            },
+            mails::COLUMNS,
+        )
+        .await?;
+        let parked = parked_rows.len();
         mails::count_status(
             &txn,
             store.backend,
             store.zone,
-            &parked_rows,
+            parked_rows,
             MailWhat::Failed,
         )
         .await?;
-        let parked = parked_rows.len();
         if parked > 0 {
             tracing::error!(
                 messages = parked,
@@ -158,17 +166,21 @@ impl Outbox {
         let store = &self.store;
         let txn = store.write().await?;
         for chunk in ids.chunks(super::sql::ROWS) {
-            let mut q = Params::new(store.backend);
-            let at = q.p(ms(now));
-            let list = q.list(chunk);
-            let sql = format!(
-                "UPDATE messages SET status = 'sent', lease_until = NULL, sent_at = {at} \
-                 WHERE id IN ({}) AND status <> 'sent' RETURNING {}",
-                list,
-                mails::COLUMNS
-            );
-            let rows = txn.query_all_raw(q.statement(sql)).await?;
-            mails::count_status(&txn, store.backend, store.zone, &rows, MailWhat::Accepted).await?;
+            let rows: Vec<mails::Columns> = super::sql::update_packed(
+                &txn,
+                store.backend,
+                "messages",
+                |q| {
+                    format!(
+                        "status = 'sent', lease_until = NULL, sent_at = {}",
+                        q.p(ms(now))
+                    )
+                },
+                |q| format!("id IN ({}) AND status <> 'sent'", q.list(chunk)),
+                mails::COLUMNS,
+            )
+            .await?;
+            mails::count_status(&txn, store.backend, store.zone, rows, MailWhat::Accepted).await?;
         }
         txn.commit().await
     }
@@ -349,23 +361,27 @@ async fn finish(
     next: Option<i64>,
     error: &str,
 ) -> Result<()> {
-    let mut q = Params::new(backend);
-    let mut set = format!(
-        "status = {}, lease_until = NULL, sent_at = NULL, last_error = {}",
-        q.p(status),
-        q.p(error)
-    );
-    if let Some(n) = next {
-        set.push_str(&format!(", next_attempt_at = {}", q.p(n)));
-    }
-    let sql = format!(
-        "UPDATE messages SET {set} WHERE id = {} AND status <> 'failed' RETURNING {}",
-        q.p(id),
-        mails::COLUMNS
-    );
-    let rows = txn.query_all_raw(q.statement(sql)).await?;
+    let rows: Vec<mails::Columns> = super::sql::update_packed(
+        txn,
+        backend,
+        "messages",
+        |q| {
+            let mut set = format!(
+                "status = {}, lease_until = NULL, sent_at = NULL, last_error = {}",
+                q.p(status),
+                q.p(error)
+            );
+            if let Some(n) = next {
+                set.push_str(&format!(", next_attempt_at = {}", q.p(n)));
+            }
+            set
+        },
+        |q| format!("id = {} AND status <> 'failed'", q.p(id)),
+        mails::COLUMNS,
+    )
+    .await?;
     if status == "failed" {
-        mails::count_status(txn, backend, zone, &rows, MailWhat::Failed).await?;
+        mails::count_status(txn, backend, zone, rows, MailWhat::Failed).await?;
     }
     Ok(())
 }

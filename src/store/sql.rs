@@ -183,7 +183,51 @@ pub(super) async fn select_packed<T: serde::de::DeserializeOwned>(
             format!("SELECT COALESCE(json_agg(json_build_array({columns})), '[]')::text {rest}")
         }
     };
-    let Some(row) = db.query_one_raw(q.statement(sql)).await? else {
+    unpack(db.query_one_raw(q.statement(sql)).await?)
+}
+
+/// `UPDATE {table} SET {set} WHERE {filter}`, returning `columns` of the rows it changed
+/// packed as [`select_packed`] reads them. `columns` must be ones the update leaves as they
+/// were. PostgreSQL aggregates the update's `RETURNING` rows (a data-modifying `WITH`);
+/// SQLite, whose `RETURNING` rows cannot be aggregated, reads the rows the filter matches and
+/// then updates them in the same write transaction, which holds the write lock from its start
+/// (`BEGIN IMMEDIATE`), so no other writer comes between.
+/// `set` and `filter` bind their values into the statement they are given.
+pub(super) async fn update_packed<T: serde::de::DeserializeOwned>(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    table: &str,
+    set: impl Fn(&mut Params) -> String,
+    filter: impl Fn(&mut Params) -> String,
+    columns: &str,
+) -> Result<Vec<T>> {
+    match backend {
+        Backend::Sqlite => {
+            let mut q = Params::new(backend);
+            let rest = format!("FROM {table} WHERE {}", filter(&mut q));
+            let rows = select_packed(txn, q, columns, &rest).await?;
+            let mut q = Params::new(backend);
+            let set = set(&mut q);
+            let sql = format!("UPDATE {table} SET {set} WHERE {}", filter(&mut q));
+            txn.execute_raw(q.statement(sql)).await?;
+            Ok(rows)
+        }
+        Backend::Postgres => {
+            let mut q = Params::new(backend);
+            let set = set(&mut q);
+            let filter = filter(&mut q);
+            let sql = format!(
+                "WITH changed AS (UPDATE {table} SET {set} WHERE {filter} RETURNING {columns}) \
+                 SELECT COALESCE(json_agg(json_build_array({columns})), '[]')::text FROM changed"
+            );
+            unpack(txn.query_one_raw(q.statement(sql)).await?)
+        }
+    }
+}
+
+/// The rows of a packed answer.
+fn unpack<T: serde::de::DeserializeOwned>(row: Option<sea_orm::QueryResult>) -> Result<Vec<T>> {
+    let Some(row) = row else {
         return Ok(Vec::new());
     };
     let text: String = row.try_get_by_index(0)?;
