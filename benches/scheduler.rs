@@ -91,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
 
     let gap = Duration::microseconds((CHUNK as f64 / rate * 1e6) as i64);
     let start = Instant::now();
+    let cpu0 = common::cpu_seconds();
     let mut analyzed = 0;
     for (k, c) in leads.chunks(CHUNK).enumerate() {
         rt.enroll_many(c, &course(), t0 + gap * k as i32).await?;
@@ -102,9 +103,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let enroll_secs = start.elapsed().as_secs_f64();
+    let enroll_cpu = common::cpu_seconds() - cpu0;
     println!(
-        "enroll: {:.0} enrollments/s ({enroll_secs:.1} s, batches of {CHUNK}, each queues book-delivery)",
-        n as f64 / enroll_secs
+        "enroll: {:.0} enrollments/s ({enroll_secs:.1} s, batches of {CHUNK}, each queues book-delivery; {:.1} µs CPU each)",
+        n as f64 / enroll_secs,
+        enroll_cpu / n as f64 * 1e6
     );
     println!("peak RSS after enrolling: {:.1} MB", peak_rss_mb());
     analyze(&store).await?;
