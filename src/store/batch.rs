@@ -10,7 +10,7 @@ use sea_orm::Value;
 use sea_orm::sea_query::{Expr, ExprTrait as _};
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
 
-use super::sql::{Params, ROWS, chunks, insert_returning, insert_rows, select_packed};
+use super::sql::{Params, ROWS, chunks, insert_packed, insert_rows, select_packed};
 
 use super::counts::Counting;
 use super::entities::{lead, lead_tag};
@@ -198,26 +198,30 @@ pub(super) async fn write_runs(
     )
     .await?;
     // Each email queued counts once: a send key already there inserts nothing.
-    for r in insert_returning(
+    let queued: Vec<(Option<i64>, Option<String>, Option<String>, String)> = insert_packed(
         txn,
         backend,
-        "messages (kind, lead_id, enrollment_id, funnel_id, stage_id, step_id, template, send_key, recipient, payload, status, attempts, next_attempt_at, created_at)",
-        "ON CONFLICT (send_key) DO NOTHING RETURNING enrollment_id, stage_id, template, kind",
+        "messages",
+        "(kind, lead_id, enrollment_id, funnel_id, stage_id, step_id, template, send_key, recipient, payload, status, attempts, next_attempt_at, created_at)",
+        "ON CONFLICT (send_key) DO NOTHING",
         messages,
+        "enrollment_id, stage_id, template, kind",
     )
-    .await?
-    {
-        let (kind, run): (String, Option<i64>) = (r.try_get_by_index(3)?, r.try_get_by_index(0)?);
+    .await?;
+    for (run, stage, template, kind) in queued {
         if let (true, Some(w)) = (kind == "email", run.and_then(|id| runs.get(&id))) {
-            let (stage, template): (Option<String>, Option<String>) =
-                (r.try_get_by_index(1)?, r.try_get_by_index(2)?);
             let mail = Mail {
                 stage: stage.as_deref().unwrap_or(FUNNEL),
                 template: template.as_deref().unwrap_or_default(),
                 queued_at: now,
             };
             let (run, what) = (w.run(), MailWhat::Queued);
-            counting.count(Fact::Mail { run, mail, what, n: 1 });
+            counting.count(Fact::Mail {
+                run,
+                mail,
+                what,
+                n: 1,
+            });
         }
     }
     reached_by_mails(txn, backend, &firsts, now, &mut counting).await?;

@@ -368,7 +368,6 @@ impl Store {
                     .await?
                     .into_iter()
                     .collect();
-            let mut q = Params::new(self.backend);
             let rows: Vec<Vec<Value>> = chunk
                 .iter()
                 .map(|n| {
@@ -401,22 +400,23 @@ impl Store {
                     ]
                 })
                 .collect();
-            let values = q.values(rows);
-            let sql = sql::insert_sql(
-                "enrollments (lead_id, funnel_id, funnel_version, stage_id, step_id, step_index, \
+            let inserted: Vec<(i64, i64, String)> = sql::insert_packed(
+                &txn,
+                self.backend,
+                "enrollments",
+                "(lead_id, funnel_id, funnel_version, stage_id, step_id, step_index, \
                  status, wake_at, deadline_at, stage_entered_at, stage_entry, entered_at, exited_at, \
                  outcome, attempts, updated_at, events_seen, origin, reached)",
-                &values,
-                "RETURNING id, lead_id, funnel_id",
-            );
+                "",
+                rows,
+                "id, lead_id, funnel_id",
+            )
+            .await?;
             let mine: HashMap<(i64, &str), &str> = chunk
                 .iter()
                 .map(|n| ((n.lead.0, n.funnel.as_str()), n.funnel.as_str()))
                 .collect();
-            for r in txn.query_all_raw(q.statement(sql)).await? {
-                let id: i64 = r.try_get_by_index(0)?;
-                let lead: i64 = r.try_get_by_index(1)?;
-                let funnel: String = r.try_get_by_index(2)?;
+            for (id, lead, funnel) in inserted {
                 if let Some(f) = mine.get(&(lead, funnel.as_str())) {
                     ids.insert((lead, *f), id);
                 }

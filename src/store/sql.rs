@@ -137,27 +137,6 @@ pub(super) async fn insert_rows(
     Ok(())
 }
 
-/// Inserts `rows` as [`insert_rows`] does, with a `RETURNING` clause in `tail`; returns the
-/// rows it gives back.
-pub(super) async fn insert_returning(
-    txn: &DatabaseTransaction,
-    backend: Backend,
-    head: &str,
-    tail: &str,
-    rows: Vec<Vec<Value>>,
-) -> Result<Vec<sea_orm::QueryResult>> {
-    let mut out = Vec::new();
-    for chunk in chunks(rows) {
-        let mut q = Params::new(backend);
-        let values = q.values(chunk);
-        out.extend(
-            txn.query_all_raw(q.statement(insert_sql(head, &values, tail)))
-                .await?,
-        );
-    }
-    Ok(out)
-}
-
 /// Chunks of at most [`ROWS`] rows, owned.
 pub(super) fn chunks(rows: Vec<Vec<Value>>) -> Vec<Vec<Vec<Value>>> {
     let mut rows = rows.into_iter().peekable();
@@ -233,4 +212,50 @@ fn unpack<T: serde::de::DeserializeOwned>(row: Option<sea_orm::QueryResult>) -> 
     let text: String = row.try_get_by_index(0)?;
     serde_json::from_str(&text)
         .map_err(|e| super::StoreError::Corrupt(format!("rows read as JSON: {e}")))
+}
+
+/// Inserts `rows` as [`insert_rows`] does and returns `columns` of the rows it inserted,
+/// packed as [`select_packed`] reads them. `tail` may skip conflicting rows (`ON CONFLICT …
+/// DO NOTHING`) but not update them, and `table` must have an integer primary key `id`.
+/// PostgreSQL aggregates the insert's `RETURNING` rows (a data-modifying `WITH`); on SQLite a
+/// new row's id is one more than the largest before it, so the rows inserted are those past
+/// the largest id read first, in the same `BEGIN IMMEDIATE` transaction (no other writer).
+pub(super) async fn insert_packed<T: serde::de::DeserializeOwned>(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    table: &str,
+    head: &str,
+    tail: &str,
+    rows: Vec<Vec<Value>>,
+    columns: &str,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for chunk in chunks(rows) {
+        let mut q = Params::new(backend);
+        let values = q.values(chunk);
+        let insert = insert_sql(&format!("{table} {head}"), &values, tail);
+        match backend {
+            Backend::Sqlite => {
+                let largest = Params::new(backend)
+                    .statement(format!("SELECT COALESCE(MAX(id), 0) FROM {table}"));
+                let before: i64 = match txn.query_one_raw(largest).await? {
+                    Some(r) => r.try_get_by_index(0)?,
+                    None => 0,
+                };
+                txn.execute_raw(q.statement(insert)).await?;
+                let mut p = Params::new(backend);
+                let rest = format!("FROM {table} WHERE id > {}", p.p(before));
+                out.extend(select_packed::<T>(txn, p, columns, &rest).await?);
+            }
+            Backend::Postgres => {
+                let sql = format!(
+                    "WITH inserted AS ({insert} RETURNING {columns}) \
+                     SELECT COALESCE(json_agg(json_build_array({columns})), '[]')::text \
+                     FROM inserted"
+                );
+                out.extend(unpack::<T>(txn.query_one_raw(q.statement(sql)).await?)?);
+            }
+        }
+    }
+    Ok(out)
 }
