@@ -198,7 +198,9 @@ pub(super) async fn write_runs(
     )
     .await?;
     // Each email queued counts once: a send key already there inserts nothing.
-    let queued: Vec<(Option<i64>, Option<String>, Option<String>, String)> = insert_packed(
+    // (run, stage, template, kind) of each message inserted.
+    type Queued = (Option<i64>, Option<String>, Option<String>, String);
+    let queued: Vec<Queued> = insert_packed(
         txn,
         backend,
         "messages",
