@@ -8,7 +8,8 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Value,
 };
 
 use super::batch::{self, Written};
@@ -208,7 +209,34 @@ fn status_parts(s: RunStatus) -> (&'static str, Option<&'static str>) {
     }
 }
 
-fn to_row(m: enrollment::Model) -> Result<EnrollmentRow> {
+/// The columns of `enrollments` a run is read from, in [`RunColumns`]' order.
+const RUN_COLUMNS: &str = "id, lead_id, funnel_id, funnel_version, stage_id, step_id, \
+     step_index, status, wake_at, deadline_at, stage_entered_at, stage_entry, entered_at, \
+     outcome, events_seen, origin, reached";
+
+/// A row of [`RUN_COLUMNS`] as [`sql::select_packed`] reads it.
+#[derive(Debug, serde::Deserialize)]
+struct RunColumns {
+    id: i64,
+    lead_id: i64,
+    funnel_id: String,
+    funnel_version: i32,
+    stage_id: String,
+    step_id: Option<String>,
+    step_index: i32,
+    status: String,
+    wake_at: Option<i64>,
+    deadline_at: Option<i64>,
+    stage_entered_at: i64,
+    stage_entry: i32,
+    entered_at: i64,
+    outcome: Option<String>,
+    events_seen: i64,
+    origin: Option<String>,
+    reached: String,
+}
+
+fn to_row(m: RunColumns) -> Result<EnrollmentRow> {
     let corrupt = |what: String| StoreError::Corrupt(format!("enrollment {}: {what}", m.id));
     let status = match (m.status.as_str(), m.outcome.as_deref()) {
         ("unconfirmed", _) => RunStatus::Unconfirmed,
@@ -304,15 +332,7 @@ impl Store {
         lead: LeadId,
         funnel: &FunnelId,
     ) -> Result<Vec<EnrollmentRow>> {
-        enrollment::Entity::find()
-            .filter(enrollment::Column::LeadId.eq(lead.0))
-            .filter(enrollment::Column::FunnelId.eq(funnel.as_str()))
-            .order_by_asc(enrollment::Column::Id)
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(to_row)
-            .collect()
+        self.enrollments_of_many(&[lead], funnel).await
     }
 
     /// Every enrollment of these leads in a funnel, oldest first.
@@ -323,13 +343,15 @@ impl Store {
     ) -> Result<Vec<EnrollmentRow>> {
         let mut out = Vec::new();
         for chunk in leads.chunks(sql::ROWS) {
-            for m in enrollment::Entity::find()
-                .filter(enrollment::Column::LeadId.is_in(sql::padded(chunk.iter().map(|l| l.0))))
-                .filter(enrollment::Column::FunnelId.eq(funnel.as_str()))
-                .order_by_asc(enrollment::Column::Id)
-                .all(&self.db)
-                .await?
-            {
+            let mut q = Params::new(self.backend);
+            let ids: Vec<i64> = chunk.iter().map(|l| l.0).collect();
+            let rest = format!(
+                "FROM enrollments WHERE lead_id IN ({}) AND funnel_id = {}",
+                q.list(&ids),
+                q.p(funnel.as_str())
+            );
+            let rows: Vec<RunColumns> = sql::select_packed(&self.db, q, RUN_COLUMNS, &rest).await?;
+            for m in rows {
                 out.push(to_row(m)?);
             }
         }
@@ -468,7 +490,7 @@ impl Store {
         lease: Duration,
         limit: u64,
     ) -> Result<Vec<EnrollmentRow>> {
-        let _turn = self.turn().await;
+        let txn = self.write().await?;
         let (now_ms, until) = (ms(now), ms(now + lease));
         let mut leads: Vec<i64> = Vec::new();
         for pending in [false, true] {
@@ -476,45 +498,50 @@ impl Store {
             if left == 0 {
                 break;
             }
-            let mut q = Params::new(self.backend);
-            let o = q.p(owner);
-            let u = q.p(until);
-            let which = if pending {
-                format!(
-                    "pending_at IS NOT NULL AND pending_at <= {} AND status IN ('active', 'unconfirmed') \
-                     AND attempts < {}",
-                    q.p(now_ms),
-                    q.p(MAX_CLAIMS)
-                )
-            } else {
-                format!(
-                    "wake_at <= {} AND status = 'active' AND attempts < {}",
-                    q.p(now_ms),
-                    q.p(MAX_CLAIMS)
-                )
-            };
-            let order = if pending { "pending_at" } else { "wake_at" };
-            let free_enrollment = q.p(now_ms);
-            let n = q.p(left as i64);
-            let free_lead = q.p(now_ms);
             let lock = match self.backend {
                 Backend::Sqlite => "",
                 Backend::Postgres => " FOR UPDATE SKIP LOCKED",
             };
-            let sql = format!(
-                "UPDATE leads SET lease_owner = {o}, lease_until = {u} WHERE id IN \
-                 (SELECT l.id FROM leads l WHERE l.id IN (SELECT lead_id FROM enrollments \
-                 WHERE {which} AND (lease_until IS NULL OR lease_until < {free_enrollment}) \
-                 ORDER BY {order} LIMIT {n}) \
-                 AND (l.lease_until IS NULL OR l.lease_until < {free_lead}){lock}) RETURNING id"
-            );
-            for r in self.wdb.query_all_raw(q.statement(sql)).await? {
-                leads.push(r.try_get_by_index(0)?);
-            }
+            let claimed: Vec<(i64,)> = sql::update_packed(
+                &txn,
+                self.backend,
+                "leads",
+                |q| format!("lease_owner = {}, lease_until = {}", q.p(owner), q.p(until)),
+                |q| {
+                    let which = if pending {
+                        format!(
+                            "pending_at IS NOT NULL AND pending_at <= {} \
+                             AND status IN ('active', 'unconfirmed') AND attempts < {}",
+                            q.p(now_ms),
+                            q.p(MAX_CLAIMS)
+                        )
+                    } else {
+                        format!(
+                            "wake_at <= {} AND status = 'active' AND attempts < {}",
+                            q.p(now_ms),
+                            q.p(MAX_CLAIMS)
+                        )
+                    };
+                    let order = if pending { "pending_at" } else { "wake_at" };
+                    let free_enrollment = q.p(now_ms);
+                    let n = q.p(left as i64);
+                    let free_lead = q.p(now_ms);
+                    format!(
+                        "id IN (SELECT l.id FROM leads l WHERE l.id IN (SELECT lead_id FROM \
+                         enrollments WHERE {which} AND (lease_until IS NULL OR lease_until < \
+                         {free_enrollment}) ORDER BY {order} LIMIT {n}) AND (l.lease_until IS \
+                         NULL OR l.lease_until < {free_lead}){lock})"
+                    )
+                },
+                "id",
+            )
+            .await?;
+            leads.extend(claimed.into_iter().map(|(id,)| id));
         }
         let mut rows = self
-            .lease_runs(owner, now_ms, until, &leads, |q| has_work(q, now_ms))
+            .lease_runs(&txn, owner, now_ms, until, &leads, |q| has_work(q, now_ms))
             .await?;
+        txn.commit().await?;
         rows.sort_by_key(|e| (e.state.wake_at, e.id));
         Ok(rows)
     }
@@ -528,33 +555,39 @@ impl Store {
         now: DateTime<Utc>,
         lease: Duration,
     ) -> Result<Vec<EnrollmentRow>> {
-        let _turn = self.turn().await;
+        let txn = self.write().await?;
         let (now_ms, until) = (ms(now), ms(now + lease));
         let mut ids: Vec<i64> = leads.iter().map(|l| l.0).collect();
         ids.sort_unstable();
         ids.dedup();
         let mut held: Vec<i64> = Vec::new();
         for chunk in ids.chunks(sql::ROWS) {
-            let mut q = Params::new(self.backend);
-            let (o, u) = (q.p(owner), q.p(until));
-            let list = q.list(chunk);
-            let free = q.p(now_ms);
-            let sql = format!(
-                "UPDATE leads SET lease_owner = {o}, lease_until = {u} WHERE id IN ({list}) \
-                 AND (lease_until IS NULL OR lease_until < {free}) RETURNING id"
-            );
-            for r in self.wdb.query_all_raw(q.statement(sql)).await? {
-                held.push(r.try_get_by_index(0)?);
-            }
+            let claimed: Vec<(i64,)> = sql::update_packed(
+                &txn,
+                self.backend,
+                "leads",
+                |q| format!("lease_owner = {}, lease_until = {}", q.p(owner), q.p(until)),
+                |q| {
+                    let list = q.list(chunk);
+                    format!(
+                        "id IN ({list}) AND (lease_until IS NULL OR lease_until < {})",
+                        q.p(now_ms)
+                    )
+                },
+                "id",
+            )
+            .await?;
+            held.extend(claimed.into_iter().map(|(id,)| id));
         }
         let mut rows = self
-            .lease_runs(owner, now_ms, until, &held, |q| {
+            .lease_runs(&txn, owner, now_ms, until, &held, |q| {
                 format!(
                     "status IN ('active', 'unconfirmed') AND attempts < {}",
                     q.p(MAX_CLAIMS)
                 )
             })
             .await?;
+        txn.commit().await?;
         rows.sort_by_key(|e| e.id);
         Ok(rows)
     }
@@ -564,6 +597,7 @@ impl Store {
     /// another worker finished their work in the meantime.
     async fn lease_runs(
         &self,
+        txn: &DatabaseTransaction,
         owner: &str,
         now_ms: i64,
         until: i64,
@@ -572,21 +606,30 @@ impl Store {
     ) -> Result<Vec<EnrollmentRow>> {
         let mut rows: Vec<EnrollmentRow> = Vec::new();
         for chunk in held.chunks(sql::ROWS) {
-            let mut q = Params::new(self.backend);
-            let (o, u) = (q.p(owner), q.p(until));
-            let list = q.list(chunk);
-            let which = which(&mut q);
-            let free = q.p(now_ms);
-            let sql = format!(
-                "UPDATE enrollments SET lease_owner = {o}, lease_until = {u}, attempts = attempts + 1 \
-                 WHERE lead_id IN ({list}) AND {which} AND (lease_until IS NULL OR lease_until < {free}) \
-                 RETURNING *"
-            );
-            for m in enrollment::Entity::find()
-                .from_raw_sql(q.statement(sql))
-                .all(&self.wdb)
-                .await?
-            {
+            let leased: Vec<RunColumns> = sql::update_packed(
+                txn,
+                self.backend,
+                "enrollments",
+                |q| {
+                    format!(
+                        "lease_owner = {}, lease_until = {}, attempts = attempts + 1",
+                        q.p(owner),
+                        q.p(until)
+                    )
+                },
+                |q| {
+                    let list = q.list(chunk);
+                    let which = which(q);
+                    let free = q.p(now_ms);
+                    format!(
+                        "lead_id IN ({list}) AND {which} \
+                         AND (lease_until IS NULL OR lease_until < {free})"
+                    )
+                },
+                RUN_COLUMNS,
+            )
+            .await?;
+            for m in leased {
                 rows.push(to_row(m)?);
             }
         }
@@ -596,7 +639,7 @@ impl Store {
             .filter(|l| !busy.contains(l))
             .map(|l| LeadId(*l))
             .collect();
-        self.release_leads(&self.wdb, owner, &idle).await?;
+        self.release_leads(txn, owner, &idle).await?;
         Ok(rows)
     }
 
