@@ -8,11 +8,9 @@ use rustc_hash::FxHashMap;
 use chrono::{DateTime, Utc};
 use sea_orm::Value;
 use sea_orm::sea_query::{Expr, ExprTrait as _};
-use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter};
 
-use super::sql::{
-    Params, ROWS, chunks, insert_packed, insert_rows, select_packed, update_from_packed,
-};
+use super::sql::{Params, ROWS, chunks, insert_packed, insert_rows, select_packed};
 
 use super::counts::Counting;
 use super::entities::{lead, lead_tag};
@@ -168,27 +166,22 @@ pub(super) async fn write_runs(
         }
     }
     for chunk in chunks(closed) {
+        let mut q = Params::new(backend);
+        let values = q.values(chunk);
+        let sql = format!(
+            "UPDATE stage_history SET exited_at = {t}, exit_reason = v.column3, next_stage_id = v.column4 \
+             FROM (VALUES {values}) AS v WHERE stage_history.enrollment_id = v.column1 \
+             AND stage_history.stage_id = v.column2 AND stage_history.exited_at IS NULL \
+             RETURNING stage_history.enrollment_id, stage_history.stage_id, stage_history.entered_at"
+        );
         // Each visit closed is counted with the time it began.
-        let ended: Vec<(i64, String, i64)> = update_from_packed(
-            txn,
-            backend,
-            "stage_history",
-            |_| format!("exited_at = {t}, exit_reason = v.column3, next_stage_id = v.column4"),
-            |q| format!("(VALUES {}) AS v", q.values(chunk.clone())),
-            |_| {
-                "stage_history.enrollment_id = v.column1 AND stage_history.stage_id = v.column2 \
-                 AND stage_history.exited_at IS NULL"
-                    .to_string()
-            },
-            "stage_history.enrollment_id, stage_history.stage_id, stage_history.entered_at",
-        )
-        .await?;
-        for (id, stage, entered) in ended {
+        for r in txn.query_all_raw(q.statement(sql)).await? {
+            let (id, stage): (i64, String) = (r.try_get_by_index(0)?, r.try_get_by_index(1)?);
             if let Some((w, c)) = closing.get(&(id, stage.as_str())) {
                 counting.count(Fact::Closed {
                     run: w.run(),
                     stage: &stage,
-                    entered: super::from_ms(entered),
+                    entered: super::from_ms(r.try_get_by_index(2)?),
                     at: now,
                     next: c.next.as_ref().map(StageId::as_str),
                     reason: Some(&c.reason),

@@ -681,6 +681,7 @@ impl Store {
         let mut applied: BTreeSet<i64> = BTreeSet::new();
         let t = ms(now);
         for chunk in items.chunks(sql::ROWS) {
+            let mut q = Params::new(self.backend);
             let rows: Vec<Vec<Value>> = chunk
                 .iter()
                 .map(|c| {
@@ -704,30 +705,25 @@ impl Store {
                     ]
                 })
                 .collect();
-            let held: Vec<(i64,)> = sql::update_from_packed(
-                &txn,
-                self.backend,
-                "enrollments",
-                |_| {
-                    format!(
-                        "funnel_version = v.column2, stage_id = v.column3, step_id = v.column4, \
-                         step_index = v.column5, status = v.column6, outcome = v.column7, \
-                         wake_at = v.column8, deadline_at = v.column9, stage_entered_at = v.column10, \
-                         stage_entry = v.column11, exited_at = v.column12, events_seen = v.column13, \
-                         reached = v.column14, \
-                         lease_owner = NULL, lease_until = NULL, updated_at = {t}, attempts = 0, \
-                         pending_at = CASE WHEN enrollments.pending_at IS NULL THEN NULL \
-                           WHEN EXISTS (SELECT 1 FROM events WHERE events.lead_id = enrollments.lead_id \
-                           AND events.id > v.column13) THEN enrollments.pending_at ELSE NULL END"
-                    )
-                },
-                |q| format!("(VALUES {}) AS v", q.values(rows.clone())),
-                |q| format!("enrollments.id = v.column1 AND enrollments.lease_owner = {}", q.p(owner)),
-                "enrollments.id",
-            )
-            .await?;
-            // The runs whose lease held: only they were written.
-            applied.extend(held.into_iter().map(|(id,)| id));
+            let values = q.values(rows);
+            let owner_p = q.p(owner);
+            let sql = format!(
+                "UPDATE enrollments SET funnel_version = v.column2, stage_id = v.column3, \
+                 step_id = v.column4, step_index = v.column5, status = v.column6, outcome = v.column7, \
+                 wake_at = v.column8, deadline_at = v.column9, stage_entered_at = v.column10, \
+                 stage_entry = v.column11, exited_at = v.column12, events_seen = v.column13, \
+                 reached = v.column14, \
+                 lease_owner = NULL, lease_until = NULL, updated_at = {t}, attempts = 0, \
+                 pending_at = CASE WHEN enrollments.pending_at IS NULL THEN NULL \
+                   WHEN EXISTS (SELECT 1 FROM events WHERE events.lead_id = enrollments.lead_id \
+                   AND events.id > v.column13) THEN enrollments.pending_at ELSE NULL END \
+                 FROM (VALUES {values}) AS v \
+                 WHERE enrollments.id = v.column1 AND enrollments.lease_owner = {owner_p} \
+                 RETURNING enrollments.id"
+            );
+            for r in txn.query_all_raw(q.statement(sql)).await? {
+                applied.insert(r.try_get_by_index(0)?);
+            }
         }
         let written: Vec<Written> = items
             .iter()

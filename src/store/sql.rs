@@ -165,7 +165,13 @@ pub(super) async fn select_packed<T: serde::de::DeserializeOwned>(
     unpack(db.query_one_raw(q.statement(sql)).await?)
 }
 
-/// `UPDATE {table} SET {set} WHERE {filter}`: [`update_from_packed`] without a `FROM`.
+/// `UPDATE {table} SET {set} WHERE {filter}`, returning `columns` of the rows it changed
+/// packed as [`select_packed`] reads them. `columns` must be ones the update leaves as they
+/// were. PostgreSQL aggregates the update's `RETURNING` rows (a data-modifying `WITH`);
+/// SQLite, whose `RETURNING` rows cannot be aggregated, reads the rows the filter matches and
+/// then updates them in the same write transaction, which holds the write lock from its start
+/// (`BEGIN IMMEDIATE`), so no other writer comes between.
+/// `set` and `filter` bind their values into the statement they are given.
 pub(super) async fn update_packed<T: serde::de::DeserializeOwned>(
     txn: &DatabaseTransaction,
     backend: Backend,
@@ -174,81 +180,28 @@ pub(super) async fn update_packed<T: serde::de::DeserializeOwned>(
     filter: impl Fn(&mut Params) -> String,
     columns: &str,
 ) -> Result<Vec<T>> {
-    update_from_packed(txn, backend, table, set, |_| String::new(), filter, columns).await
-}
-
-/// `UPDATE {table} SET {set} [FROM {from}] WHERE {filter}`, returning `columns` of the rows
-/// it changed packed as [`select_packed`] reads them (`from` may be empty; `columns` may name
-/// its tables). `columns` must be ones the update leaves as they were. PostgreSQL aggregates
-/// the update's `RETURNING` rows (a data-modifying `WITH`); SQLite, whose `RETURNING` rows
-/// cannot be aggregated, reads the rows the filter matches and then updates them in the same
-/// write transaction, which holds the write lock from its start (`BEGIN IMMEDIATE`), so no
-/// other writer comes between. `set`, `from` and `filter` bind their values into the
-/// statement they are given, in that order.
-pub(super) async fn update_from_packed<T: serde::de::DeserializeOwned>(
-    txn: &DatabaseTransaction,
-    backend: Backend,
-    table: &str,
-    set: impl Fn(&mut Params) -> String,
-    from: impl Fn(&mut Params) -> String,
-    filter: impl Fn(&mut Params) -> String,
-    columns: &str,
-) -> Result<Vec<T>> {
-    let joined = |from: String, sep: &str| {
-        if from.is_empty() {
-            String::new()
-        } else {
-            format!("{sep}{from}")
-        }
-    };
     match backend {
         Backend::Sqlite => {
             let mut q = Params::new(backend);
-            let from_rows = joined(from(&mut q), ", ");
-            let rest = format!("FROM {table}{from_rows} WHERE {}", filter(&mut q));
+            let rest = format!("FROM {table} WHERE {}", filter(&mut q));
             let rows = select_packed(txn, q, columns, &rest).await?;
             let mut q = Params::new(backend);
             let set = set(&mut q);
-            let from_rows = joined(from(&mut q), " FROM ");
-            let sql = format!(
-                "UPDATE {table} SET {set}{from_rows} WHERE {}",
-                filter(&mut q)
-            );
+            let sql = format!("UPDATE {table} SET {set} WHERE {}", filter(&mut q));
             txn.execute_raw(q.statement(sql)).await?;
             Ok(rows)
         }
         Backend::Postgres => {
             let mut q = Params::new(backend);
             let set = set(&mut q);
-            let from_rows = joined(from(&mut q), " FROM ");
             let filter = filter(&mut q);
-            let (returning, pack) = returned(columns);
             let sql = format!(
-                "WITH changed AS (UPDATE {table} SET {set}{from_rows} WHERE {filter} \
-                 RETURNING {returning}) SELECT {pack} FROM changed"
+                "WITH changed AS (UPDATE {table} SET {set} WHERE {filter} RETURNING {columns}) \
+                 SELECT COALESCE(json_agg(json_build_array({columns})), '[]')::text FROM changed"
             );
             unpack(txn.query_one_raw(q.statement(sql)).await?)
         }
     }
-}
-
-/// For PostgreSQL's `… RETURNING` in a `WITH`: the columns named by position (`c1`, `c2`, …),
-/// and the expression that packs the `WITH`'s rows of them into one JSON array.
-fn returned(columns: &str) -> (String, String) {
-    let names: Vec<String> = (1..=columns.split(',').count())
-        .map(|i| format!("c{i}"))
-        .collect();
-    let returning = columns
-        .split(',')
-        .zip(&names)
-        .map(|(c, n)| format!("{} AS {n}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let pack = format!(
-        "COALESCE(json_agg(json_build_array({})), '[]')::text",
-        names.join(", ")
-    );
-    (returning, pack)
 }
 
 /// The rows of a packed answer.
@@ -295,9 +248,10 @@ pub(super) async fn insert_packed<T: serde::de::DeserializeOwned>(
                 out.extend(select_packed::<T>(txn, p, columns, &rest).await?);
             }
             Backend::Postgres => {
-                let (returning, pack) = returned(columns);
                 let sql = format!(
-                    "WITH inserted AS ({insert} RETURNING {returning}) SELECT {pack} FROM inserted"
+                    "WITH inserted AS ({insert} RETURNING {columns}) \
+                     SELECT COALESCE(json_agg(json_build_array({columns})), '[]')::text \
+                     FROM inserted"
                 );
                 out.extend(unpack::<T>(txn.query_one_raw(q.statement(sql)).await?)?);
             }
