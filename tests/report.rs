@@ -1256,10 +1256,9 @@ async fn counters_are_their_rows_replayed_on_postgres() {
 
 /// Counters and rows give the same reports on the mixed funnel (see [`live`]) after a long
 /// history: each report, both views, by day and by week, sliced by first touch, is made from
-/// both and compared to the byte. The rows are read 7 at a time, so every read crosses pages.
+/// both and compared to the byte.
 async fn counters_agree_with_rows(store: Store) {
     use proptest::strategy::{Strategy, ValueTree};
-    let store = store.with_report_page(7);
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = mixed_project(dir.path());

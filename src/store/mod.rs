@@ -80,8 +80,6 @@ pub struct Store {
     writer: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
     /// The zone whose days the report counters are kept in (`report_timezone`).
     pub(crate) zone: chrono_tz::Tz,
-    /// Rows a report's reads fetch per packed answer ([`Store::with_report_page`]).
-    pub(crate) report_page: usize,
 }
 
 /// A write transaction, holding the writer's turn until it commits or is dropped.
@@ -383,7 +381,6 @@ impl Store {
             backend,
             writer,
             zone: chrono_tz::UTC,
-            report_page: report::PAGE,
         })
     }
 

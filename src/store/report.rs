@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, QueryResult, Statement, StreamTrait, Value};
+use sea_orm::{QueryResult, Statement, StreamTrait, Value};
 
 use super::{Backend, Result, Store, StoreError, event_of, from_ms, ms, parse_fields};
 use crate::domain::{EnrollmentId, EventKind, FunnelId, LeadId, Outcome, RunStatus, StageId};
@@ -139,32 +139,10 @@ impl ReportNeeds {
     };
 }
 
-/// Rows a report reads per packed answer by default ([`Store::each_packed`]): a few MB of
-/// JSON at a time.
-pub(super) const PAGE: usize = 50_000;
-
-/// A row read packed: its columns in order.
-pub(super) struct Packed(Vec<serde_json::Value>);
-
-impl Packed {
-    /// Column `i`, as a `T`.
-    pub(super) fn try_get_by_index<T: serde::de::DeserializeOwned>(&self, i: usize) -> Result<T> {
-        let v = self.0.get(i).unwrap_or(&serde_json::Value::Null);
-        T::deserialize(v).map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
-    }
-}
-
 /// The funnel's leads, as a subquery on the funnel id (`$1`) and the time (`$2`).
 const LEADS: &str = "SELECT lead_id FROM enrollments WHERE funnel_id = $1 AND entered_at < $2";
 
 impl Store {
-    /// This handle with reports reading `rows` rows per packed answer (default 50,000): fewer
-    /// hold less memory at once and cost more statements.
-    pub fn with_report_page(mut self, rows: usize) -> Store {
-        self.report_page = rows.max(1);
-        self
-    }
-
     /// `sql` with `$1`, `$2`, … as the backend writes parameters (each used once, in order).
     pub(super) fn statement(&self, sql: &str, values: Vec<Value>) -> Statement {
         let sql = match self.backend {
@@ -203,52 +181,6 @@ impl Store {
         Ok(())
     }
 
-    /// [`Store::each`] for a `SELECT` of plain columns with an `ORDER BY` that gives every row
-    /// its place, the rows read packed (`report_page` at a time, as one JSON array each: see
-    /// `sql::select_packed`) instead of one by one.
-    pub(super) async fn each_packed(
-        &self,
-        sql: &str,
-        values: Vec<Value>,
-        mut f: impl FnMut(Packed) -> Result<()>,
-    ) -> Result<()> {
-        let (columns, rest) = sql
-            .strip_prefix("SELECT ")
-            .and_then(|s| s.split_once(" FROM "))
-            .ok_or_else(|| StoreError::Corrupt(format!("not a plain SELECT: {sql}")))?;
-        let pack = match self.backend {
-            Backend::Sqlite => format!("json_group_array(json_array({columns}))"),
-            Backend::Postgres => {
-                format!("COALESCE(json_agg(json_build_array({columns})), '[]')::text")
-            }
-        };
-        let page = self.report_page.max(1);
-        let mut offset = 0;
-        loop {
-            let paged = format!(
-                "SELECT {pack} FROM (SELECT {columns} FROM {rest} LIMIT {page} OFFSET {offset}) AS page"
-            );
-            let Some(row) = self
-                .db
-                .query_one_raw(self.statement(&paged, values.clone()))
-                .await?
-            else {
-                return Ok(());
-            };
-            let text: String = row.try_get_by_index(0)?;
-            let rows: Vec<Vec<serde_json::Value>> = serde_json::from_str(&text)
-                .map_err(|e| StoreError::Corrupt(format!("rows read as JSON: {e}")))?;
-            let n = rows.len();
-            for r in rows {
-                f(Packed(r))?;
-            }
-            if n < page {
-                return Ok(());
-            }
-            offset += page;
-        }
-    }
-
     /// Each event of the funnel's leads whose kind is one of `kinds` (quoted SQL literals),
     /// oldest first; one whose payload cannot be read is left out.
     async fn each_event(
@@ -262,7 +194,7 @@ impl Store {
             "SELECT id, lead_id, kind, payload, occurred_at FROM events \
              WHERE kind IN ({kinds}) AND lead_id IN ({leads}) ORDER BY occurred_at, id"
         );
-        self.each_packed(&sql, values, |r| {
+        self.each(&sql, values, |r| {
             let id: i64 = r.try_get_by_index(0)?;
             let (kind, payload): (String, String) =
                 (r.try_get_by_index(2)?, r.try_get_by_index(3)?);
@@ -314,7 +246,7 @@ impl Store {
             v
         };
         let leads = format!("{LEADS}{scope}");
-        self.each_packed(
+        self.each(
             &format!(
                 "SELECT id, lead_id, entered_at, status, outcome, exited_at, origin FROM enrollments \
                  WHERE funnel_id = $1 AND entered_at < $2{scope} ORDER BY id"
@@ -348,7 +280,7 @@ impl Store {
         )
         .await?;
         if needs.visits {
-            self.each_packed(
+            self.each(
                 &format!(
                     "SELECT enrollment_id, stage_id, entered_at, exited_at, exit_reason, \
                      next_stage_id FROM stage_history WHERE funnel_id = $1 AND entered_at < $2\
@@ -375,7 +307,7 @@ impl Store {
             .await?;
         }
         if needs.emails {
-            self.each_packed(
+            self.each(
                 &format!(
                     "SELECT id, lead_id, enrollment_id, stage_id, template, status, created_at \
                      FROM messages WHERE funnel_id = $1 AND kind = 'email' AND created_at < $2\
@@ -398,7 +330,7 @@ impl Store {
             .await?;
         }
         if needs.milestones {
-            self.each_packed(
+            self.each(
                 &format!(
                     "SELECT enrollment_id, kind, occurred_at FROM milestones \
                      WHERE funnel_id = $1 AND occurred_at < $2{scope} ORDER BY occurred_at, id"
@@ -448,7 +380,7 @@ impl Store {
                 "SELECT lead_id, occurred_at, channel, source, medium, campaign, form_id \
                  FROM touches WHERE lead_id IN ({leads}) ORDER BY occurred_at, id"
             );
-            self.each_packed(&sql, f(), |r| {
+            self.each(&sql, f(), |r| {
                 out.touches.push(TouchRow {
                     lead: LeadId(r.try_get_by_index(0)?),
                     at: from_ms(r.try_get_by_index(1)?),
@@ -467,7 +399,7 @@ impl Store {
                 "SELECT id, fields, first_name, timezone FROM leads WHERE id IN ({leads}) \
                  ORDER BY id"
             );
-            self.each_packed(&sql, f(), |r| {
+            self.each(&sql, f(), |r| {
                 let mut fields =
                     parse_fields(&r.try_get_by_index::<String>(1)?).unwrap_or_default();
                 if let Some(n) = r.try_get_by_index::<Option<String>>(2)? {
