@@ -775,56 +775,16 @@ impl Store {
         sent_since: Option<DateTime<Utc>>,
         out: &mut FactRows,
     ) -> Result<()> {
-        type LeadRow = (
-            i64,
-            String,
-            Option<String>,
-            String,
-            Option<String>,
-            String,
-            i64,
-            i64,
-            i64,
-        );
         let mut q = Params::new(self.backend);
         let list = q.list(ids);
-        let rows: Vec<LeadRow> = sql::select_packed(
+        let leads: Vec<lead::Model> = sql::select_packed(
             &self.db,
             q,
-            "id, email, first_name, fields, timezone, consent, score, created_at, updated_at",
+            "id, email, first_name, fields, timezone, consent, score, created_at, updated_at, \
+             lease_owner, lease_until",
             &format!("FROM leads WHERE id IN ({list})"),
         )
         .await?;
-        let leads: Vec<lead::Model> = rows
-            .into_iter()
-            .map(
-                |(
-                    id,
-                    email,
-                    first_name,
-                    fields,
-                    timezone,
-                    consent,
-                    score,
-                    created_at,
-                    updated_at,
-                )| {
-                    lead::Model {
-                        id,
-                        email,
-                        first_name,
-                        fields,
-                        timezone,
-                        consent,
-                        score,
-                        created_at,
-                        updated_at,
-                        lease_owner: None,
-                        lease_until: None,
-                    }
-                },
-            )
-            .collect();
         let emails: Vec<String> = leads.iter().map(|l| l.email.clone()).collect();
         for l in leads {
             // One lead's unreadable row must not hold up the others' round.

@@ -12,7 +12,8 @@ macro_rules! no_relations {
 pub mod lead {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    /// Also read by position from a packed answer (`sql::select_packed`), in field order.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Deserialize)]
     #[sea_orm(table_name = "leads")]
     pub struct Model {
         #[sea_orm(primary_key)]
