@@ -92,8 +92,9 @@ pub mod metric {
     pub const CREDIT: &str = "credit\u{1f}";
     /// `mail␟TEMPLATE␟WHAT`: what happened to the emails of a template sent from the stage,
     /// filed under the day the run entered (entry view) or the email was queued (calendar):
-    /// WHAT is one of [`super::mail`]'s names, `link␟NAME` (emails with that link clicked) or
-    /// `reached␟STAGE` (emails whose run entered that stage for the first time after them).
+    /// WHAT is one of [`super::mail`]'s names, `link␟NAME` (emails with that link clicked),
+    /// `reached␟STAGE` (emails whose run entered that stage for the first time after them) or
+    /// `link␟NAME␟reached␟STAGE` (both).
     pub const MAIL: &str = "mail\u{1f}";
 }
 
@@ -111,7 +112,8 @@ pub mod mail {
     pub const UNSUBSCRIBED: &str = "unsubscribed";
     pub const BOUNCED: &str = "bounced";
     pub const COMPLAINED: &str = "complained";
-    /// `link␟NAME`: a link of that name was clicked in it.
+    /// `link␟NAME`: a link of that name was clicked in it; `link␟NAME␟reached␟STAGE`: that,
+    /// and its run entered the stage for the first time after it was queued.
     pub const LINK: &str = "link\u{1f}";
     /// `reached␟STAGE`: its run entered that stage for the first time after it was queued
     /// (later than the instant it was queued).
@@ -337,6 +339,13 @@ impl Metric<'_> {
                         clean(name, out);
                     }
                     MailWhat::Reached(stage) => {
+                        out.push_str(mail::REACHED);
+                        out.push_str(stage);
+                    }
+                    MailWhat::LinkReached { link, stage } => {
+                        out.push_str(mail::LINK);
+                        clean(link, out);
+                        out.push('\u{1f}');
                         out.push_str(mail::REACHED);
                         out.push_str(stage);
                     }
@@ -587,6 +596,11 @@ pub enum MailWhat<'a> {
     Link(&'a str),
     /// Its run entered this stage for the first time after it ([`reached_by`]).
     Reached(&'a str),
+    /// Both: the link of this name was clicked in it, and its run reached this stage.
+    LinkReached {
+        link: &'a str,
+        stage: &'a str,
+    },
 }
 
 impl MailWhat<'_> {
@@ -1262,6 +1276,9 @@ pub fn mail_facts<'a>(
     for (stage, at) in firsts {
         if reached_by(&mail, stage, *at) {
             push(MailWhat::Reached(stage));
+            for link in &f.links {
+                push(MailWhat::LinkReached { link, stage });
+            }
         }
     }
 }

@@ -412,7 +412,9 @@ stages:
 /// Per email, through the real runtime and sender: ten leads get `hello`; six open it, three
 /// of them click (two `buy`, one `read`), one unsubscribes; all ten go on to the offer (the
 /// funnel has no exit on unsubscribing), the nine still mailable get `pitch`, one bounces, two
-/// buy.
+/// buy. Per link: the `read` clicker also clicks `buy` in `hello` once in the offer stage (a
+/// click after its run moved on counts toward the move); two click `pay` in `pitch`, one of
+/// them buys after (a move after the click counts toward it).
 async fn the_email_report(store: Store) {
     use autofunnel::delivery::{Sender, Transport};
     store.migrate().await.unwrap();
@@ -470,6 +472,20 @@ async fn the_email_report(store: Store) {
     rt.event(ids[8], ev(EventKind::Bounced, "pitch", None), None, at(50))
         .await
         .unwrap();
+    for (lead, template, link) in [
+        (2, "hello", "buy"),
+        (0, "pitch", "pay"),
+        (4, "pitch", "pay"),
+    ] {
+        rt.event(
+            ids[lead],
+            ev(EventKind::Click, template, Some(link)),
+            None,
+            at(50),
+        )
+        .await
+        .unwrap();
+    }
     for (i, lead) in ids[..2].iter().enumerate() {
         let buy = purchase("course", 100.0);
         rt.event(*lead, buy, Some(format!("order-{i}")), at(51))
@@ -515,6 +531,21 @@ async fn the_email_report(store: Store) {
     let pitch = &r.emails[1];
     assert_eq!((pitch.queued, pitch.bounced), (9, 1));
     assert_eq!(pitch.next_stage.and_then(|n| n.percent), Some(22.2));
+    let link = |e: &autofunnel::report::emails::EmailFigures, name: &str| {
+        let l = &e.links[name];
+        (l.clicked, l.next_stage.map(|r| r.part))
+    };
+    assert_eq!(
+        link(hello, "buy"),
+        (3, Some(3)),
+        "a click after the move counts"
+    );
+    assert_eq!(link(hello, "read"), (1, Some(1)));
+    assert_eq!(
+        link(pitch, "pay"),
+        (2, Some(1)),
+        "a move after the click counts"
+    );
 }
 
 on_both_backends! {
@@ -1333,7 +1364,7 @@ async fn counters_agree_with_rows(store: Store) {
                 sum(|e| e.unsubscribed),
                 sum(|e| e.bounced),
                 sum(|e| e.complained),
-                sum(|e| e.links.values().sum()),
+                sum(|e| e.links.values().map(|l| l.clicked).sum()),
                 sum(|e| e.next_stage.map_or(0, |n| n.part)),
             ]
             .iter()
@@ -1661,9 +1692,10 @@ on_both_backends! {
     calendar_terms => calendar_view_in_its_own_terms,
 }
 
-/// History across edits: after the funnel's file renames a stage (`offer` → `proposal`) and
-/// drops an email (`nudge`), a report made with the new file still shows what the old stage and
-/// email did, after the file's own, marked removed — from the counters and from the rows alike.
+/// History across edits: after the funnel's file renames a stage (`offer` → `proposal`), drops
+/// an email (`nudge`) and replaces a split's variant (`hi` → `hey`), a report made with the new
+/// file still shows what the old stage, email and variant did, after the file's own, marked
+/// removed — from the counters and from the rows alike.
 async fn history_survives_an_edit(store: Store) {
     store.migrate().await.unwrap();
     let before = r#"name: Edited
@@ -1673,7 +1705,8 @@ stages:
   - id: application
     on: [{ event: offer_made, goto: offer }]
     steps:
-      - send: hello
+      - send:
+          split: [hello, hi]
       - send: nudge
       - wait: 30d
       - exit: not_converted
@@ -1685,10 +1718,15 @@ stages:
     let after = before
         .replace("goto: offer", "goto: proposal")
         .replace("id: offer", "id: proposal")
-        .replace("      - send: nudge\n", "");
+        .replace("      - send: nudge\n", "")
+        .replace("[hello, hi]", "[hello, hey]");
     let templates = [
         ("templates/edited/hello.subject", "Hello"),
         ("templates/edited/hello.html", "<p>Hello</p>"),
+        ("templates/edited/hi.subject", "Hi"),
+        ("templates/edited/hi.html", "<p>Hi</p>"),
+        ("templates/edited/hey.subject", "Hey"),
+        ("templates/edited/hey.html", "<p>Hey</p>"),
         ("templates/edited/nudge.subject", "Nudge"),
         ("templates/edited/nudge.html", "<p>Nudge</p>"),
     ];
@@ -1747,8 +1785,41 @@ stages:
         .iter()
         .map(|m| (m.template.as_str(), m.queued, m.removed))
         .collect();
-    assert_eq!(emails, [("hello", 10, false), ("nudge", 10, true)]);
+    assert_eq!(emails[0].0, "hello");
+    assert_eq!((emails[1].0, emails[1].2), ("hi", true));
+    assert_eq!(emails[0].1 + emails[1].1, 10, "each lead got one variant");
+    assert!(emails[0].1 > 0 && emails[1].1 > 0, "{emails:?}");
+    assert_eq!(emails[2], ("nudge", 10, true));
     assert!(render::email_table(&e).contains("nudge (removed)"));
+    let req = Request::parse(What::Ab, &params, now).unwrap();
+    let Answer::Ab(ab) = both(&store, f, &rows, &req, now).await else {
+        unreachable!()
+    };
+    assert_eq!(ab.splits.len(), 1);
+    let split = &ab.splits[0];
+    assert!(!split.removed);
+    let variants: Vec<(&str, u64, bool)> = split
+        .variants
+        .iter()
+        .map(|v| (v.template.as_str(), v.leads, v.removed))
+        .collect();
+    assert_eq!(
+        variants,
+        [
+            ("hello", emails[0].1, false),
+            ("hey", 0, false),
+            ("hi", emails[1].1, true)
+        ],
+        "the removed variant is shown after the split's own"
+    );
+    assert!(render::ab_table(&ab).contains("hi (removed)"));
+    assert!(
+        render::ab_csv(&ab)
+            .lines()
+            .last()
+            .unwrap()
+            .ends_with(",true")
+    );
 }
 
 on_both_backends! {

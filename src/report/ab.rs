@@ -27,6 +27,10 @@ const DRAWS: usize = 20_000;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Variant {
     pub template: String,
+    /// A variant with sends that the split no longer has (removed or renamed in the file):
+    /// shown, and left out of the test and the verdict.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
     /// Its emails queued (a run that loops back to the step gets it again).
     pub sends: u64,
     /// Runs that got it: the unit every rate below divides by.
@@ -51,6 +55,9 @@ pub struct Variant {
 pub struct Split {
     pub stage: String,
     pub step: String,
+    /// A split step with sends that the funnel's file no longer has.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
     pub variants: Vec<Variant>,
     /// The test across all the variants with runs: `chi-square, N variants, N−1 df` (for two
     /// variants the same as the two-proportion z-test).
@@ -199,114 +206,176 @@ pub fn ab_report(
             .or_default()
             .push(v.entered_at);
     }
+    // One variant's figures: the emails of `template` sent by the step (`stage`, `step`).
+    let variant =
+        |stage: &str, step: &str, next: Option<&str>, offer: Option<&str>, template: &str| {
+            let sent: Vec<_> = rows
+                .emails
+                .iter()
+                .filter(|e| {
+                    e.template == template
+                        && e.stage.as_deref() == Some(stage)
+                        && e.step.as_deref().is_none_or(|s| s == step)
+                        && w.counts_email(e, &cohort_runs)
+                })
+                .collect();
+            // Each run with its lead and the first time it was sent the variant.
+            let mut first: BTreeMap<EnrollmentId, (LeadId, DateTime<Utc>)> = BTreeMap::new();
+            for e in &sent {
+                if let Some(run) = e.enrollment {
+                    let f = first.entry(run).or_insert((e.lead, e.created_at));
+                    f.1 = f.1.min(e.created_at);
+                }
+            }
+            // A lead's runs that got it, by send time: what a click or an order of the lead is
+            // about (the latest sent by then).
+            let mut of_lead: HashMap<LeadId, Vec<(DateTime<Utc>, EnrollmentId)>> = HashMap::new();
+            for (run, (lead, at)) in &first {
+                of_lead.entry(*lead).or_default().push((*at, *run));
+            }
+            for runs in of_lead.values_mut() {
+                runs.sort();
+            }
+            let run_at = |lead: LeadId, t: DateTime<Utc>| {
+                of_lead
+                    .get(&lead)?
+                    .iter()
+                    .rev()
+                    .find(|(at, _)| *at <= t)
+                    .map(|(_, r)| *r)
+            };
+            let by_id: HashMap<i64, Option<EnrollmentId>> =
+                sent.iter().map(|e| (e.id, e.enrollment)).collect();
+            let mut clicked: std::collections::BTreeSet<EnrollmentId> = Default::default();
+            for t in &rows.tracking {
+                if t.kind != EventKind::Click || !counts(t.at) {
+                    continue;
+                }
+                let run = match t.message {
+                    Some(m) => by_id.get(&m).copied().flatten(),
+                    None if t.template.as_deref() == Some(template) => run_at(t.lead, t.at),
+                    None => None,
+                };
+                if let Some(r) = run.filter(|r| first.get(r).is_some_and(|(_, at)| t.at >= *at)) {
+                    clicked.insert(r);
+                }
+            }
+            let converted = first
+                .iter()
+                .filter(|(run, (_, at))| {
+                    next.and_then(|n| visits.get(&(**run, n)))
+                        .is_some_and(|entries| entries.iter().any(|e| *e > *at && counts(*e)))
+                })
+                .count() as u64;
+            let mut revenue: BTreeMap<String, Money> = BTreeMap::new();
+            if let Some(offer) = offer {
+                for p in &rows.purchases {
+                    if p.product.as_deref() == Some(offer)
+                        && counts(p.at)
+                        && run_at(p.lead, p.at).is_some()
+                        && let Some(a) = p.amount
+                    {
+                        let currency = p.currency.clone().unwrap_or_else(|| "—".into());
+                        revenue.entry(currency).or_default().0 += a.0;
+                    }
+                }
+            }
+            let n = first.len() as u64;
+            Variant {
+                template: template.to_string(),
+                removed: false,
+                sends: sent.len() as u64,
+                leads: n,
+                clicked: Rate::of(clicked.len() as u64, n),
+                converted: Rate::of(converted, n),
+                revenue_per_lead: revenue
+                    .into_iter()
+                    .map(|(c, t)| (c, if n > 0 { t.units() / n as f64 } else { 0.0 }))
+                    .collect(),
+                p_value: None,
+                p_best: None,
+            }
+        };
+    // The steps and templates sent per (stage, step), to find what left the file.
+    let mut sent_by: BTreeMap<(&str, &str), std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for e in &rows.emails {
+        if let (Some(stage), Some(step)) = (e.stage.as_deref(), e.step.as_deref()) {
+            sent_by
+                .entry((stage, step))
+                .or_default()
+                .insert(e.template.as_str());
+        }
+    }
     let mut splits = Vec::new();
+    let mut current: std::collections::BTreeSet<(&str, String)> = Default::default();
     for (i, stage) in f.stages.iter().enumerate() {
+        let sid = stage.id.value.as_str();
         let next = f.stages.get(i + 1).map(|s| s.id.value.as_str());
+        let offer = stage.offer.as_ref().map(|o| o.value.as_str());
         for step in &stage.steps {
+            let step_id = step.id.to_string();
+            current.insert((sid, step_id.clone()));
             let Action::Send(Send::Split(variants)) = &step.action else {
                 continue;
             };
-            let mut figures = Vec::new();
-            for v in variants {
-                let sent: Vec<_> = rows
-                    .emails
-                    .iter()
-                    .filter(|e| {
-                        e.template == v.value.as_str()
-                            && e.stage.as_deref() == Some(stage.id.value.as_str())
-                            && w.counts_email(e, &cohort_runs)
-                    })
-                    .collect();
-                // Each run with its lead and the first time it was sent the variant.
-                let mut first: BTreeMap<EnrollmentId, (LeadId, DateTime<Utc>)> = BTreeMap::new();
-                for e in &sent {
-                    if let Some(run) = e.enrollment {
-                        let f = first.entry(run).or_insert((e.lead, e.created_at));
-                        f.1 = f.1.min(e.created_at);
-                    }
-                }
-                // A lead's runs that got it, by send time: what a click or an order of the
-                // lead is about (the latest sent by then).
-                let mut of_lead: HashMap<LeadId, Vec<(DateTime<Utc>, EnrollmentId)>> =
-                    HashMap::new();
-                for (run, (lead, at)) in &first {
-                    of_lead.entry(*lead).or_default().push((*at, *run));
-                }
-                for runs in of_lead.values_mut() {
-                    runs.sort();
-                }
-                let run_at = |lead: LeadId, t: DateTime<Utc>| {
-                    of_lead
-                        .get(&lead)?
-                        .iter()
-                        .rev()
-                        .find(|(at, _)| *at <= t)
-                        .map(|(_, r)| *r)
-                };
-                let by_id: HashMap<i64, Option<EnrollmentId>> =
-                    sent.iter().map(|e| (e.id, e.enrollment)).collect();
-                let mut clicked: std::collections::BTreeSet<EnrollmentId> = Default::default();
-                for t in &rows.tracking {
-                    if t.kind != EventKind::Click || !counts(t.at) {
-                        continue;
-                    }
-                    let run = match t.message {
-                        Some(m) => by_id.get(&m).copied().flatten(),
-                        None if t.template.as_deref() == Some(v.value.as_str()) => {
-                            run_at(t.lead, t.at)
-                        }
-                        None => None,
-                    };
-                    if let Some(r) = run.filter(|r| first.get(r).is_some_and(|(_, at)| t.at >= *at))
-                    {
-                        clicked.insert(r);
-                    }
-                }
-                let converted = first
-                    .iter()
-                    .filter(|(run, (_, at))| {
-                        next.and_then(|n| visits.get(&(**run, n)))
-                            .is_some_and(|entries| entries.iter().any(|e| *e > *at && counts(*e)))
-                    })
-                    .count() as u64;
-                let mut revenue: BTreeMap<String, Money> = BTreeMap::new();
-                if let Some(offer) = &stage.offer {
-                    for p in &rows.purchases {
-                        if p.product.as_deref() == Some(offer.value.as_str())
-                            && counts(p.at)
-                            && run_at(p.lead, p.at).is_some()
-                            && let Some(a) = p.amount
-                        {
-                            let currency = p.currency.clone().unwrap_or_else(|| "—".into());
-                            revenue.entry(currency).or_default().0 += a.0;
-                        }
-                    }
-                }
-                let n = first.len() as u64;
+            let mut figures: Vec<Variant> = variants
+                .iter()
+                .map(|v| variant(sid, &step_id, next, offer, v.value.as_str()))
+                .collect();
+            let (test, p_value, verdict) = verdict(&mut figures);
+            // Variants sent before and no longer in the split: shown, out of the test.
+            let gone = sent_by
+                .get(&(sid, step_id.as_str()))
+                .into_iter()
+                .flatten()
+                .filter(|t| !variants.iter().any(|v| v.value.as_str() == **t));
+            for t in gone {
                 figures.push(Variant {
-                    template: v.value.to_string(),
-                    sends: sent.len() as u64,
-                    leads: n,
-                    clicked: Rate::of(clicked.len() as u64, n),
-                    converted: Rate::of(converted, n),
-                    revenue_per_lead: revenue
-                        .into_iter()
-                        .map(|(c, t)| (c, if n > 0 { t.units() / n as f64 } else { 0.0 }))
-                        .collect(),
-                    p_value: None,
-                    p_best: None,
+                    removed: true,
+                    ..variant(sid, &step_id, next, offer, t)
                 });
             }
-            let (test, p_value, verdict) = verdict(&mut figures);
             splits.push(Split {
-                stage: stage.id.value.to_string(),
-                step: step.id.to_string(),
+                stage: sid.to_string(),
+                step: step_id,
+                removed: false,
                 variants: figures,
                 test,
                 p_value,
                 verdict,
             });
         }
+    }
+    // Splits no longer in the file (their step or stage removed or renamed): a step that sent
+    // more than one template was one.
+    for ((stage, step), templates) in &sent_by {
+        if templates.len() < 2 || current.contains(&(*stage, step.to_string())) {
+            continue;
+        }
+        let i = f.stages.iter().position(|s| s.id.value.as_str() == *stage);
+        let next = i
+            .and_then(|i| f.stages.get(i + 1))
+            .map(|s| s.id.value.as_str());
+        let offer = i
+            .and_then(|i| f.stages[i].offer.as_ref())
+            .map(|o| o.value.as_str());
+        let mut figures: Vec<Variant> = templates
+            .iter()
+            .map(|t| Variant {
+                removed: true,
+                ..variant(stage, step, next, offer, t)
+            })
+            .collect();
+        let (test, p_value, verdict) = verdict(&mut figures);
+        splits.push(Split {
+            stage: stage.to_string(),
+            step: step.to_string(),
+            removed: true,
+            variants: figures,
+            test,
+            p_value,
+            verdict: format!("removed from the funnel's file; as it stood: {verdict}"),
+        });
     }
     Ok(AbReport {
         funnel: f.id.value.to_string(),

@@ -45,8 +45,18 @@ pub struct EmailFigures {
     /// Of the emails queued, those whose run entered the stage after the email's stage (in the
     /// funnel's order) for the first time after getting it.
     pub next_stage: Option<Rate>,
-    /// Emails with the link clicked, per link name.
-    pub links: BTreeMap<String, u64>,
+    /// Per link name: the emails with it clicked, and of those, the ones whose run entered
+    /// the next stage after getting the email.
+    pub links: BTreeMap<String, LinkFigures>,
+}
+
+/// One link of an email.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinkFigures {
+    /// Emails with the link clicked (each email is one lead's).
+    pub clicked: u64,
+    /// Of them, those whose run entered the next stage after getting the email.
+    pub next_stage: Option<Rate>,
 }
 
 /// The per-email report of a funnel.
@@ -139,12 +149,29 @@ pub fn email_report(
                 unsubscribed: n(mail::UNSUBSCRIBED),
                 bounced: n(mail::BOUNCED),
                 complained: n(mail::COMPLAINED),
-                next_stage: next.map(|next| Rate::of(n(&mail::reached(&next)), n(mail::QUEUED))),
+                next_stage: next
+                    .as_ref()
+                    .map(|next| Rate::of(n(&mail::reached(next)), n(mail::QUEUED))),
                 links: what
                     .iter()
-                    .filter_map(|(w, c)| Some((w.strip_prefix(mail::LINK)?.to_string(), *c)))
-                    .filter(|(_, c)| *c > 0)
-                    .map(|(l, c)| (l, c as u64))
+                    .filter_map(|(w, c)| {
+                        let name = w.strip_prefix(mail::LINK)?;
+                        (!name.contains('\u{1f}') && *c > 0).then_some((name, *c as u64))
+                    })
+                    .map(|(name, clicked)| {
+                        let next_stage = next.as_ref().map(|next| {
+                            let reached =
+                                format!("{}{name}\u{1f}{}", mail::LINK, mail::reached(next));
+                            Rate::of(n(&reached), clicked)
+                        });
+                        (
+                            name.to_string(),
+                            LinkFigures {
+                                clicked,
+                                next_stage,
+                            },
+                        )
+                    })
                     .collect(),
             }
         })

@@ -38,6 +38,21 @@ fn list(items: &std::collections::BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
+/// Clicks per link, with how many of those emails' runs went on to the next stage.
+fn links(items: &std::collections::BTreeMap<String, super::emails::LinkFigures>) -> String {
+    if items.is_empty() {
+        return "—".into();
+    }
+    items
+        .iter()
+        .map(|(k, l)| match &l.next_stage {
+            Some(r) => format!("{k} {} ({} to next)", l.clicked, r.part),
+            None => format!("{k} {}", l.clicked),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn money(s: &StageReport) -> String {
     let mut parts: Vec<String> = s
         .revenue
@@ -215,24 +230,70 @@ fn in_currencies<'a>(items: impl IntoIterator<Item = (&'a String, &'a f64)>, sep
         .join(sep)
 }
 
-/// The report as CSV: one row per stage, plain numbers.
+/// The report as CSV: a row for the funnel as a whole (`kind` = `funnel`, no stage: its runs,
+/// conversion, every order whatever the product, revenue per lead and per product), then one
+/// row per stage; plain numbers.
 pub fn csv(r: &FunnelReport) -> String {
     let mut out = String::from(
         "funnel,cohort,from,to,stage,kind,offer,leads_in,to_next,to_next_percent,from_entry_percent,\
          moved_on,exited,still_there,revenue,orders_without_amount,time_in_stage_p50_seconds,\
-         time_in_stage_p90_seconds\n",
+         time_in_stage_p90_seconds,revenue_per_lead,products\n",
     );
     let pct = |r: Option<&Rate>| {
         r.and_then(|r| r.percent)
             .map(|p| format!("{p:.1}"))
             .unwrap_or_default()
     };
-    for s in &r.stages {
-        let cells = [
+    let head = || {
+        [
             r.funnel.clone(),
             format!("{:?}", r.cohort).to_lowercase(),
             r.from.to_rfc3339(),
             r.to.to_rfc3339(),
+        ]
+    };
+    let totals = |revenue: &[super::Revenue]| {
+        revenue
+            .iter()
+            .map(|m| format!("{:.2} {}", m.total, m.currency))
+            .collect::<Vec<_>>()
+            .join(";")
+    };
+    let whole = [
+        String::new(),
+        "funnel".into(),
+        String::new(),
+        r.entered.to_string(),
+        String::new(),
+        String::new(),
+        pct(Some(&r.converted)),
+        String::new(),
+        format!("converted={}", r.converted.part),
+        String::new(),
+        totals(&r.revenue),
+        r.orders_without_amount.to_string(),
+        r.length_to_converted
+            .p50_seconds
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+        r.length_to_converted
+            .p90_seconds
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+        r.revenue_per_lead
+            .iter()
+            .map(|(c, x)| format!("{x:.2} {c}"))
+            .collect::<Vec<_>>()
+            .join(";"),
+        r.products
+            .iter()
+            .map(|p| format!("{}={:.2} {}", p.product, p.total, p.currency))
+            .collect::<Vec<_>>()
+            .join(";"),
+    ];
+    csv_row(&mut out, &[head().as_slice(), &whole].concat());
+    for s in &r.stages {
+        let cells = [
             s.stage.clone(),
             s.kind.unwrap_or_default().to_string(),
             s.offer.clone().unwrap_or_default(),
@@ -251,11 +312,7 @@ pub fn csv(r: &FunnelReport) -> String {
                 .collect::<Vec<_>>()
                 .join(";"),
             s.still_there.to_string(),
-            s.revenue
-                .iter()
-                .map(|m| format!("{:.2} {}", m.total, m.currency))
-                .collect::<Vec<_>>()
-                .join(";"),
+            totals(&s.revenue),
             s.orders_without_amount.to_string(),
             s.time_in_stage
                 .p50_seconds
@@ -265,8 +322,10 @@ pub fn csv(r: &FunnelReport) -> String {
                 .p90_seconds
                 .map(|v| v.to_string())
                 .unwrap_or_default(),
+            String::new(),
+            String::new(),
         ];
-        csv_row(&mut out, &cells);
+        csv_row(&mut out, &[head().as_slice(), &cells].concat());
     }
     out
 }
@@ -300,7 +359,7 @@ pub fn email_table(r: &super::emails::EmailReport) -> String {
         "bounced",
         "complained",
         "next stage",
-        "clicks by link",
+        "clicks by link (to next stage)",
     ];
     let rows: Vec<Vec<String>> = r
         .emails
@@ -326,7 +385,7 @@ pub fn email_table(r: &super::emails::EmailReport) -> String {
                     .as_ref()
                     .map(rate)
                     .unwrap_or_else(|| "—".into()),
-                list(&e.links),
+                links(&e.links),
             ]
         })
         .collect();
@@ -339,7 +398,7 @@ pub fn email_table(r: &super::emails::EmailReport) -> String {
 pub fn email_csv(r: &super::emails::EmailReport) -> String {
     let mut out = String::from(
         "funnel,template,stage,queued,accepted,failed,opened,clicked,click_to_open_percent,\
-         unsubscribed,bounced,complained,next_stage,next_stage_percent,links\n",
+         unsubscribed,bounced,complained,next_stage,next_stage_percent,links,links_to_next_stage\n",
     );
     for e in &r.emails {
         let cells = [
@@ -365,7 +424,12 @@ pub fn email_csv(r: &super::emails::EmailReport) -> String {
                 .unwrap_or_default(),
             e.links
                 .iter()
-                .map(|(k, n)| format!("{k}={n}"))
+                .map(|(k, l)| format!("{k}={}", l.clicked))
+                .collect::<Vec<_>>()
+                .join(";"),
+            e.links
+                .iter()
+                .filter_map(|(k, l)| Some(format!("{k}={}", l.next_stage?.part)))
                 .collect::<Vec<_>>()
                 .join(";"),
         ];
@@ -402,7 +466,12 @@ pub fn ab_table(r: &super::ab::AbReport) -> String {
         let _ = writeln!(out, "\nno `split` step in this funnel");
     }
     for s in &r.splits {
-        let _ = writeln!(out, "\nstage {}, step {}", s.stage, s.step);
+        let gone = if s.removed {
+            " (removed from the file)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "\nstage {}, step {}{gone}", s.stage, s.step);
         let header = [
             "variant",
             "sends",
@@ -418,7 +487,11 @@ pub fn ab_table(r: &super::ab::AbReport) -> String {
             .iter()
             .map(|v| {
                 vec![
-                    v.template.clone(),
+                    if v.removed && !s.removed {
+                        format!("{} (removed)", v.template)
+                    } else {
+                        v.template.clone()
+                    },
                     v.sends.to_string(),
                     v.leads.to_string(),
                     rate(&v.clicked),
@@ -532,7 +605,7 @@ pub fn attribution_csv(r: &super::attribution::AttributionReport) -> String {
 pub fn ab_csv(r: &super::ab::AbReport) -> String {
     let mut out = String::from(
         "funnel,cohort,from,to,stage,step,variant,sends,runs,clicked,converted,converted_percent,\
-         p_vs_first,revenue_per_run,chance_best,test,test_p\n",
+         p_vs_first,revenue_per_run,chance_best,test,test_p,removed\n",
     );
     let num = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_default();
     for s in &r.splits {
@@ -558,6 +631,7 @@ pub fn ab_csv(r: &super::ab::AbReport) -> String {
                 num(v.p_best),
                 s.test.clone(),
                 num(s.p_value),
+                (s.removed || v.removed).to_string(),
             ];
             csv_row(&mut out, &cells);
         }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::Value;
@@ -265,6 +265,17 @@ pub(super) async fn write_runs(
     Ok(())
 }
 
+/// An email of a run read by [`reached_by_mails`]: (message, run, stage, template, queued at,
+/// a link clicked in it).
+type EarlierMail = (
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<String>,
+);
+
 /// Counts, for each run that entered stages for the first time now, its emails that reached
 /// them ([`tally::reached_by`]; a new run has none).
 async fn reached_by_mails(
@@ -284,34 +295,49 @@ async fn reached_by_mails(
     for chunk in leads.chunks(ROWS) {
         let mut q = Params::new(backend);
         let list = q.list(chunk);
+        // An email with its clicked links is a row per link (one with none).
         let rest = format!(
-            "FROM messages WHERE lead_id IN ({list}) AND kind = 'email' \
-             AND enrollment_id IS NOT NULL"
+            "FROM messages m LEFT JOIN email_links l ON l.message_id = m.id \
+             WHERE m.lead_id IN ({list}) AND m.kind = 'email' AND m.enrollment_id IS NOT NULL"
         );
-        let rows: Vec<(i64, Option<String>, Option<String>, i64)> = select_packed(
+        let rows: Vec<EarlierMail> = select_packed(
             txn,
             q,
-            "enrollment_id, stage_id, template, created_at",
+            "m.id, m.enrollment_id, m.stage_id, m.template, m.created_at, l.link",
             &rest,
         )
         .await?;
-        for (id, stage, template, created_at) in rows {
-            let Some((w, stages)) = firsts.get(&id).filter(|(w, _)| !w.new) else {
+        let mut seen: FxHashSet<i64> = FxHashSet::default();
+        for (message, id, stage, template, created_at, link) in &rows {
+            let Some((w, stages)) = firsts.get(id).filter(|(w, _)| !w.new) else {
                 continue;
             };
             let mail = Mail {
                 stage: stage.as_deref().unwrap_or(FUNNEL),
                 template: template.as_deref().unwrap_or_default(),
-                queued_at: super::from_ms(created_at),
+                queued_at: super::from_ms(*created_at),
             };
+            let first_row = seen.insert(*message);
             for s in stages.iter().filter(|s| tally::reached_by(&mail, s, now)) {
-                let (run, what) = (w.run(), MailWhat::Reached(s));
-                counting.count(Fact::Mail {
-                    run,
-                    mail,
-                    what,
-                    n: 1,
-                });
+                let run = w.run();
+                if first_row {
+                    let what = MailWhat::Reached(s);
+                    counting.count(Fact::Mail {
+                        run,
+                        mail,
+                        what,
+                        n: 1,
+                    });
+                }
+                if let Some(link) = link.as_deref() {
+                    let what = MailWhat::LinkReached { link, stage: s };
+                    counting.count(Fact::Mail {
+                        run,
+                        mail,
+                        what,
+                        n: 1,
+                    });
+                }
             }
         }
     }

@@ -161,6 +161,7 @@ pub(super) async fn count_tracking(
         }
     }
     let mut counted: Vec<(&MailRow, MailWhat)> = Vec::new();
+    let mut clicked: Vec<(&MailRow, &str)> = Vec::new();
     for (lead, e, at) in events {
         let tracked = Tracked {
             kind: &e.kind,
@@ -204,9 +205,47 @@ pub(super) async fn count_tracking(
                 );
                 if txn.execute_raw(q.statement(sql)).await?.rows_affected() > 0 {
                     counted.push((m, MailWhat::Link(link)));
+                    clicked.push((m, link));
                 }
             }
         }
     }
+    // A link clicked for the first time counts toward every stage its run has already
+    // reached after the email ([`tally::reached_by`]); stages reached later count it then.
+    let firsts = first_entries(txn, backend, clicked.iter().map(|(m, _)| m.run)).await?;
+    for (m, link) in &clicked {
+        let mail = m.mail();
+        for (stage, at) in firsts.get(&m.run).into_iter().flatten() {
+            if tally::reached_by(&mail, stage, *at) {
+                counted.push((m, MailWhat::LinkReached { link, stage }));
+            }
+        }
+    }
     count(txn, backend, zone, &counted).await
+}
+
+/// The first time each of these runs entered each stage.
+async fn first_entries(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    runs: impl Iterator<Item = i64>,
+) -> Result<HashMap<i64, Vec<(String, DateTime<Utc>)>>> {
+    let mut ids: Vec<i64> = runs.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out: HashMap<i64, Vec<(String, DateTime<Utc>)>> = HashMap::new();
+    for chunk in ids.chunks(sql::ROWS) {
+        let mut q = Params::new(backend);
+        let list = q.list(chunk);
+        let rest = format!(
+            "FROM (SELECT enrollment_id, stage_id, MIN(entered_at) AS at FROM stage_history \
+             WHERE enrollment_id IN ({list}) GROUP BY enrollment_id, stage_id) firsts"
+        );
+        let rows: Vec<(i64, String, i64)> =
+            sql::select_packed(txn, q, "enrollment_id, stage_id, at", &rest).await?;
+        for (run, stage, at) in rows {
+            out.entry(run).or_default().push((stage, from_ms(at)));
+        }
+    }
+    Ok(out)
 }

@@ -69,6 +69,8 @@ pub struct EmailRow {
     pub lead: LeadId,
     pub enrollment: Option<EnrollmentId>,
     pub stage: Option<String>,
+    /// The step that sent it (none for the double opt-in confirmation).
+    pub step: Option<String>,
     pub template: String,
     /// `queued`, `sending`, `sent`, `failed`, `suppressed`.
     pub status: String,
@@ -309,8 +311,8 @@ impl Store {
         if needs.emails {
             self.each(
                 &format!(
-                    "SELECT id, lead_id, enrollment_id, stage_id, template, status, created_at \
-                     FROM messages WHERE funnel_id = $1 AND kind = 'email' AND created_at < $2\
+                    "SELECT id, lead_id, enrollment_id, stage_id, template, status, created_at, \
+                     step_id FROM messages WHERE funnel_id = $1 AND kind = 'email' AND created_at < $2\
                      {scope} ORDER BY id"
                 ),
                 f(),
@@ -323,6 +325,7 @@ impl Store {
                         template: r.try_get_by_index::<Option<String>>(4)?.unwrap_or_default(),
                         status: r.try_get_by_index(5)?,
                         created_at: from_ms(r.try_get_by_index(6)?),
+                        step: r.try_get_by_index(7)?,
                     });
                     Ok(())
                 },
