@@ -1,5 +1,12 @@
 //! What the benchmark binaries share.
 
+/// Starts the process's peak resident set size again from what it holds now (Linux: `5` to
+/// `/proc/self/clear_refs`), so the next [`peak_rss_mb`] is the peak of what follows.
+#[allow(dead_code)]
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// The process's peak resident set size so far, in MB (Linux `VmHWM`).
 #[allow(dead_code)]
 pub fn peak_rss_mb() -> f64 {

@@ -10,16 +10,15 @@
 
 #[path = "common.rs"]
 mod common;
-use common::peak_rss_mb;
+use common::{peak_rss_mb, reset_peak_rss};
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
-use autofunnel::domain::FunnelId;
 use autofunnel::funnel::{self, Sink};
-use autofunnel::report::request::{Answer, Params, Request, What, answer};
-use autofunnel::store::Store;
+use autofunnel::report::request::{Answer, Fold, Params, Request, What};
+use autofunnel::store::{ReportRead, Store};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use sea_orm::{ConnectionTrait, Database};
 
@@ -485,7 +484,6 @@ async fn main() -> anyhow::Result<()> {
     let path = Path::new("funnels/course.yaml");
     let mut sink = Sink::new(path);
     let f = funnel::parse_text(path, FUNNEL, &mut sink).expect("the bench funnel parses");
-    let id = FunnelId::parse("course").expect("a funnel id");
 
     let (floor_s, counts) = floor(&url).await?;
     println!("rows: {counts}");
@@ -545,6 +543,18 @@ async fn main() -> anyhow::Result<()> {
             What::Funnel,
             period(&|p| p.slice = vec!["variant".into()]),
         ),
+        (
+            "slice by field:region (rows)",
+            What::Funnel,
+            period(&|p| p.slice = vec!["field:region".into()]),
+        ),
+        (
+            "7-day conversion window (--window 7d: rows)",
+            What::Funnel,
+            period(&|p| p.window = Some("7d".into())),
+        ),
+        ("A/B (--ab: rows)", What::Ab, period(&|_| {})),
+        ("forecast (rows)", What::Forecast, Params::default()),
         ("per email", What::Emails, period(&|_| {})),
         (
             "per email from the rows (a period starting within a day: reference)",
@@ -554,14 +564,15 @@ async fn main() -> anyhow::Result<()> {
     ];
     for (name, what, params) in cases {
         let req = Request::parse(what, &params, now).map_err(|e| anyhow::anyhow!("{e}"))?;
+        reset_peak_rss();
+        let reads = match req.read(now, store.zone()) {
+            ReportRead::Counts { .. } => "counters",
+            ReportRead::Rows(_) if Fold::folds(&req) => "rows, 20,000 leads at a time",
+            ReportRead::Rows(_) => "rows",
+        };
         let started = Instant::now();
-        let data = store
-            .read_report(&id, &req.read(now, chrono_tz::UTC), now)
-            .await?;
-        let read = started.elapsed().as_secs_f64();
-        let a = answer(&f, &data, &req, now)?;
+        let a = autofunnel::runtime::report::make(&store, &f, &req, now).await?;
         let secs = started.elapsed().as_secs_f64();
-        drop(data);
         let check = match &a {
             Answer::Funnel(r) => format!(
                 "entered {}, converted {}",
@@ -578,7 +589,7 @@ async fn main() -> anyhow::Result<()> {
             _ => String::new(),
         };
         println!(
-            "{name}: {secs:.3} s (reading {read:.3} s); {check}; peak RSS so far {:.0} MB",
+            "{name}: {secs:.3} s ({reads}); {check}; peak RSS {:.0} MB",
             peak_rss_mb()
         );
     }

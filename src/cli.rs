@@ -471,23 +471,23 @@ async fn report(
         Ok(r) => r,
         Err(e) => return usage(format!("--{}: {}", e.param, e.message)),
     };
-    let rows = match open_for_reading(&settings).await? {
-        Some(store) => {
-            store
-                .read_report(&f.id.value, &req.read(now, store.zone()), now)
-                .await?
-        }
+    let made = match open_for_reading(&settings).await? {
+        Some(store) => crate::runtime::report::make(&store, f, &req, now).await,
         None => {
             eprintln!("{}", no_database(&settings));
-            crate::store::ReportData::Rows(crate::store::ReportRows {
+            let empty = crate::store::ReportData::Rows(crate::store::ReportRows {
                 funnel: f.id.value.to_string(),
                 ..Default::default()
-            })
+            });
+            crate::report::request::answer(f, &empty, &req, now).map_err(Into::into)
         }
     };
-    let answer = match crate::report::request::answer(f, &rows, &req, now) {
+    let answer = match made {
         Ok(a) => a,
-        Err(e) => return usage(format!("--{}: {e}", e.param())),
+        Err(crate::runtime::report::ReportFailed::Report(e)) => {
+            return usage(format!("--{}: {e}", e.param()));
+        }
+        Err(crate::runtime::report::ReportFailed::Store(e)) => return Err(e.into()),
     };
     let text = match (format, &answer) {
         (FormatArg::Json, a) => serde_json::to_string_pretty(a)?,

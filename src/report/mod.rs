@@ -483,6 +483,35 @@ pub fn report_of(
     }
 }
 
+/// A tally of runs into each of `periods`, cut at `now` (what has not happened yet is left
+/// out), for all runs and, when `origins`, per origin.
+pub fn runs_tally(
+    periods: &[(DateTime<Utc>, DateTime<Utc>)],
+    now: DateTime<Utc>,
+    origins: bool,
+) -> Tally {
+    let until = now + chrono::Duration::milliseconds(1);
+    Tally::in_periods(
+        periods.iter().map(|(a, b)| (*a, (*b).min(until))).collect(),
+        origins,
+    )
+}
+
+/// Counts the stored rows' runs and orders into `tally`, as the store counts them; each run
+/// also under the origin `origin_of` gives it, when given.
+pub fn replay_runs(
+    rows: &ReportRows,
+    tally: &mut Tally,
+    origin_of: Option<&dyn Fn(&crate::store::RunRow) -> String>,
+) {
+    let runs = Replay {
+        runs: true,
+        orders: true,
+        ..Replay::default()
+    };
+    rows.replay(tally, runs, crate::tally::LOOKBACK, origin_of);
+}
+
 /// The counters of the stored rows, as the store keeps them, summed into each of `periods`
 /// (cut at `now`: what has not happened yet is left out): per period, [`ALL`] and each
 /// origin `origin_of` gives a run (none when `None`).
@@ -492,17 +521,8 @@ pub fn figures_of_rows(
     now: DateTime<Utc>,
     origin_of: Option<&dyn Fn(&crate::store::RunRow) -> String>,
 ) -> BTreeMap<(i64, String), Figures> {
-    let until = now + chrono::Duration::milliseconds(1);
-    let mut tally = Tally::in_periods(
-        periods.iter().map(|(a, b)| (*a, (*b).min(until))).collect(),
-        origin_of.is_some(),
-    );
-    let runs = Replay {
-        runs: true,
-        orders: true,
-        ..Replay::default()
-    };
-    rows.replay(&mut tally, runs, crate::tally::LOOKBACK, origin_of);
+    let mut tally = runs_tally(periods, now, origin_of.is_some());
+    replay_runs(rows, &mut tally, origin_of);
     crate::tally::figures(&tally)
 }
 
@@ -701,14 +721,31 @@ fn field_value(fields: &serde_json::Map<String, serde_json::Value>, name: &str) 
 
 /// Why a field cannot be sliced by: no lead of the funnel has it.
 pub fn check_field(rows: &ReportRows, key: &SliceKey) -> Result<(), ReportError> {
+    check_field_in(!rows.runs.is_empty(), &field_names(rows), key)
+}
+
+/// The names of the fields the rows' leads have.
+pub fn field_names(rows: &ReportRows) -> BTreeSet<String> {
+    rows.fields
+        .iter()
+        .flat_map(|(_, f)| f.keys())
+        .cloned()
+        .collect()
+}
+
+/// [`check_field`] given whether the funnel has runs and the fields its leads have.
+pub fn check_field_in(
+    any_runs: bool,
+    known: &BTreeSet<String>,
+    key: &SliceKey,
+) -> Result<(), ReportError> {
     if let SliceKey::Field(name) = key
-        && !rows.runs.is_empty()
-        && !rows.fields.iter().any(|(_, f)| f.contains_key(name))
+        && any_runs
+        && !known.contains(name)
     {
-        let known: BTreeSet<&String> = rows.fields.iter().flat_map(|(_, f)| f.keys()).collect();
         return Err(ReportError::UnknownField {
             field: name.clone(),
-            known: known.into_iter().cloned().collect(),
+            known: known.iter().cloned().collect(),
         });
     }
     Ok(())
@@ -783,6 +820,14 @@ pub fn origin_figures(
     periods: &[(DateTime<Utc>, DateTime<Utc>)],
     now: DateTime<Utc>,
 ) -> BTreeMap<(i64, String), Figures> {
+    let mut tally = runs_tally(periods, now, true);
+    replay_by(f, rows, key, &mut tally);
+    crate::tally::figures(&tally)
+}
+
+/// Counts the rows' runs and orders into `tally` (made with origins), each run under the
+/// origin a slice by `key` groups it by.
+pub fn replay_by(f: &Funnel, rows: &ReportRows, key: &SliceKey, tally: &mut Tally) {
     match key {
         SliceKey::Field(name) => {
             let values: HashMap<LeadId, String> = rows
@@ -796,7 +841,7 @@ pub fn origin_figures(
                     .cloned()
                     .unwrap_or_else(|| NO_VALUE.to_string())
             };
-            figures_of_rows(rows, periods, now, Some(&of))
+            replay_runs(rows, tally, Some(&of))
         }
         SliceKey::Variant => {
             let variants: BTreeSet<&str> = f
@@ -823,9 +868,9 @@ pub fn origin_figures(
                 got.get(&r.enrollment)
                     .map_or_else(|| NO_VALUE.to_string(), |t| t.to_string())
             };
-            figures_of_rows(rows, periods, now, Some(&of))
+            replay_runs(rows, tally, Some(&of))
         }
-        _ => figures_of_rows(rows, periods, now, Some(&|r| r.origin.clone())),
+        _ => replay_runs(rows, tally, Some(&|r| r.origin.clone())),
     }
 }
 

@@ -2,7 +2,7 @@
 //! same checks and the same answer, so `autofunnel report … --format json` and
 //! `GET /api/v1/reports/funnels/{id}/…` agree to the byte.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Datelike, Duration, Utc};
 use chrono_tz::Tz;
@@ -13,12 +13,12 @@ use super::attribution::{AttributionReport, Model, attribution_of, attribution_r
 use super::emails::{EmailReport, email_report};
 use super::forecast::{ForecastReport, Scenario, forecast};
 use super::{
-    Cohort, FunnelReport, ReportError, Slice, SliceKey, check_field, figures_of_rows,
-    origin_figures, report_of, slices_of,
+    Cohort, FunnelReport, ReportError, Slice, SliceKey, check_field_in, field_names, replay_by,
+    replay_runs, report_of, runs_tally, slices_of,
 };
 use crate::funnel::Funnel;
-use crate::store::{Grouping, ReportData, ReportNeeds, ReportRead, Scope};
-use crate::tally::{ALL, Figures, View, day_in};
+use crate::store::{Grouping, ReportData, ReportNeeds, ReportRead, ReportRows, Scope};
+use crate::tally::{ALL, Figures, Tally, View, day_in};
 
 /// Which report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -502,7 +502,11 @@ pub fn answer(
     req: &Request,
     now: DateTime<Utc>,
 ) -> Result<Answer, ReportError> {
-    let mut a = answer_of(f, data, req, now)?;
+    Ok(zoned(answer_of(f, data, req, now)?, req))
+}
+
+/// The answer with the request's time zone named in every report it holds.
+fn zoned(mut a: Answer, req: &Request) -> Answer {
     let tz = req.tz.name().to_string();
     match &mut a {
         Answer::Funnel(fa) => {
@@ -519,7 +523,132 @@ pub fn answer(
         Answer::Attribution(r) => r.tz = tz,
         Answer::Forecast(r) => r.tz = tz,
     }
-    Ok(a)
+    a
+}
+
+/// A funnel or per-email report made from rows read a range of leads at a time: each range is
+/// counted as it comes (everything a report counts of a run depends on its own lead's rows
+/// only) and dropped, so memory stays bounded however many leads the funnel has.
+pub struct Fold<'a> {
+    f: &'a Funnel,
+    req: &'a Request,
+    /// The runs (funnel report) or their emails (per email), into the report's periods.
+    tally: Tally,
+    /// Per slice made from the rows (a lead field, the variant): its position among the
+    /// request's slices and its runs by the slice's origins.
+    slices: Vec<(usize, Tally)>,
+    /// Whether any run was read, and the fields the leads have (a slice by a field no lead has
+    /// is refused).
+    any_runs: bool,
+    fields: BTreeSet<String>,
+}
+
+impl<'a> Fold<'a> {
+    /// Whether `req` is made this way when it reads rows.
+    pub fn folds(req: &Request) -> bool {
+        matches!(req.what, What::Funnel | What::Emails)
+    }
+
+    /// A fold for `req`, checked as of `now` (what happens after `now` is not counted: rows
+    /// are read up to it).
+    pub fn new(
+        f: &'a Funnel,
+        req: &'a Request,
+        now: DateTime<Utc>,
+    ) -> Result<Fold<'a>, ReportError> {
+        let (from, to) = (req.from, req.to);
+        super::Window::new(req.cohort, from, to, now)?;
+        let (tally, slices) = match req.what {
+            What::Emails => (Tally::in_periods(vec![(from, to)], false), Vec::new()),
+            _ => {
+                let periods = match req.by {
+                    Some(b) => b.periods(from, to, req.tz),
+                    None => vec![(from, to)],
+                };
+                let touch = req.slices.iter().any(|k| !k.from_rows());
+                let slices = req
+                    .slices
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, k)| k.from_rows())
+                    .map(|(i, _)| (i, runs_tally(&[(from, to)], now, true)))
+                    .collect();
+                (runs_tally(&periods, now, touch), slices)
+            }
+        };
+        Ok(Fold {
+            f,
+            req,
+            tally,
+            slices,
+            any_runs: false,
+            fields: BTreeSet::new(),
+        })
+    }
+
+    /// Counts one range of leads' rows.
+    pub fn add(&mut self, rows: &ReportRows) {
+        let windowed;
+        let rows = match self.req.window {
+            Some(w) => {
+                windowed = super::windowed(rows, w);
+                &windowed
+            }
+            None => rows,
+        };
+        self.any_runs |= !rows.runs.is_empty();
+        if self.req.what == What::Emails {
+            let mails = crate::store::Replay {
+                mails: true,
+                ..crate::store::Replay::default()
+            };
+            rows.replay(&mut self.tally, mails, crate::tally::LOOKBACK, None);
+            return;
+        }
+        for (i, tally) in &mut self.slices {
+            let key = &self.req.slices[*i];
+            if matches!(key, SliceKey::Field(_)) {
+                self.fields.extend(field_names(rows));
+            }
+            replay_by(self.f, rows, key, tally);
+        }
+        let touch = self.req.slices.iter().any(|k| !k.from_rows());
+        let origin = |r: &crate::store::RunRow| r.origin.clone();
+        replay_runs(
+            rows,
+            &mut self.tally,
+            touch.then_some(&origin as &dyn Fn(&crate::store::RunRow) -> String),
+        );
+    }
+
+    /// The report of every range counted.
+    pub fn finish(self) -> Result<Answer, ReportError> {
+        let (f, req) = (self.f, self.req);
+        let (from, to, cohort) = (req.from, req.to, req.cohort);
+        let a = match req.what {
+            What::Emails => {
+                let fig = crate::tally::figures(&self.tally)
+                    .remove(&(0, ALL.to_string()))
+                    .unwrap_or_default();
+                Answer::Emails(email_report(f, &fig, cohort, from, to))
+            }
+            _ => {
+                let mut more = Vec::new();
+                for (i, tally) in &self.slices {
+                    let key = &req.slices[*i];
+                    check_field_in(self.any_runs, &self.fields, key)?;
+                    let by_origin = crate::tally::figures(tally)
+                        .into_iter()
+                        .map(|((_, o), fig)| (o, fig))
+                        .collect();
+                    more.push((*i, slices_of(f, &by_origin, key, cohort, from, to)));
+                }
+                let figs = crate::tally::figures(&self.tally);
+                Answer::Funnel(Box::new(funnel_answer(f, req, &figs, more)))
+            }
+        };
+        Ok(zoned(a, req))
+    }
 }
 
 fn answer_of(
@@ -557,7 +686,7 @@ fn answer_of(
     };
     let windowed;
     let rows = match req.window {
-        Some(w) if req.what != What::Attribution && req.what != What::Forecast => {
+        Some(w) if req.what == What::Ab => {
             windowed = super::windowed(rows, w);
             &windowed
         }
@@ -566,43 +695,10 @@ fn answer_of(
     let (from, to, cohort) = (req.from, req.to, req.cohort);
     super::Window::new(cohort, from, to, now)?;
     Ok(match req.what {
-        What::Funnel => {
-            let periods = match req.by {
-                Some(b) => b.periods(from, to, req.tz),
-                None => vec![(from, to)],
-            };
-            let mut more = Vec::new();
-            for (i, k) in req.slices.iter().enumerate() {
-                if k.from_rows() {
-                    check_field(rows, k)?;
-                    let by_origin = origin_figures(f, rows, k, &[(from, to)], now)
-                        .into_iter()
-                        .map(|((_, o), fig)| (o, fig))
-                        .collect();
-                    more.push((i, slices_of(f, &by_origin, k, cohort, from, to)));
-                }
-            }
-            let touch = req.slices.iter().any(|k| !k.from_rows());
-            let origin = |r: &crate::store::RunRow| r.origin.clone();
-            let figs = figures_of_rows(
-                rows,
-                &periods,
-                now,
-                touch.then_some(&origin as &dyn Fn(&crate::store::RunRow) -> String),
-            );
-            Answer::Funnel(Box::new(funnel_answer(f, req, &figs, more)))
-        }
-        What::Emails => {
-            let mut tally = crate::tally::Tally::in_periods(vec![(from, to)], false);
-            let mails = crate::store::Replay {
-                mails: true,
-                ..crate::store::Replay::default()
-            };
-            rows.replay(&mut tally, mails, crate::tally::LOOKBACK, None);
-            let fig = crate::tally::figures(&tally)
-                .remove(&(0, ALL.to_string()))
-                .unwrap_or_default();
-            Answer::Emails(email_report(f, &fig, cohort, from, to))
+        What::Funnel | What::Emails => {
+            let mut fold = Fold::new(f, req, now)?;
+            fold.add(rows);
+            fold.finish()?
         }
         What::Ab => Answer::Ab(ab_report(f, rows, cohort, from, to, now)?),
         What::Attribution => Answer::Attribution(attribution_report(

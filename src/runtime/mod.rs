@@ -8,9 +8,12 @@
 //! - [`effects`]: a transition as the rows the store writes (visits, outbox rows and their
 //!   send keys, tags, fields).
 //! - [`signups`]: landing-page signups by group commit.
+//! - [`report`]: a report made against the store (counters, or rows a range of leads at a
+//!   time).
 
 pub mod effects;
 pub mod facts;
+pub mod report;
 mod signups;
 
 pub use signups::SignupTicket;

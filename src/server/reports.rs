@@ -15,7 +15,8 @@ use super::AppState;
 use super::auth::Admin;
 use super::error::{ApiError, ApiPath, ApiQuery};
 use crate::domain::FunnelId;
-use crate::report::request::{Answer, Params, Request, What, answer};
+use crate::report::request::{Answer, Params, Request, What};
+use crate::runtime::report::{self, ReportFailed};
 
 /// Reports being computed: one at a time; the others wait their turn.
 static COMPUTING: Semaphore = Semaphore::const_new(1);
@@ -42,20 +43,19 @@ async fn report(
         .acquire()
         .await
         .map_err(|e| ApiError::unavailable("reports", e))?;
-    let rows = state
-        .runtime
-        .store()
-        .read_report(
-            &running.funnel.id.value,
-            &req.read(now, state.runtime.store().zone()),
-            now,
-        )
-        .await?;
-    let funnel = running.funnel.clone();
-    let a = tokio::task::spawn_blocking(move || answer(&funnel, &rows, &req, now))
-        .await
-        .map_err(|e| ApiError::unavailable("reports", e))?
-        .map_err(|e| ApiError::invalid(e.param(), e.to_string()))?;
+    let (store, funnel) = (state.runtime.store().clone(), running.funnel.clone());
+    // Off the async workers: the rows a report counts take CPU for a while.
+    let handle = tokio::runtime::Handle::current();
+    let made = tokio::task::spawn_blocking(move || {
+        handle.block_on(report::make(&store, &funnel, &req, now))
+    })
+    .await
+    .map_err(|e| ApiError::unavailable("reports", e))?;
+    let a = match made {
+        Ok(a) => a,
+        Err(ReportFailed::Report(e)) => return Err(ApiError::invalid(e.param(), e.to_string())),
+        Err(ReportFailed::Store(e)) => return Err(e.into()),
+    };
     Ok(Json(a))
 }
 

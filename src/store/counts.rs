@@ -187,9 +187,6 @@ const RECOUNT: ReportNeeds = ReportNeeds {
     tracking: true,
 };
 
-/// How many lead ids [`Store::recount`] reads at a time.
-const RECOUNT_LEADS: i64 = 20_000;
-
 /// Writes the counters of some leads' rows, what each run has reached, and each email's marks
 /// and clicked links; returns how many runs were counted.
 async fn recount_rows(
@@ -333,16 +330,12 @@ impl Store {
     /// read a range of ids at a time, so memory stays bounded however many there are. Returns
     /// how many runs were counted.
     pub async fn recount(&self, now: DateTime<Utc>) -> Result<u64> {
-        let mut funnels: Vec<(String, i64, i64)> = Vec::new();
+        let mut funnels: Vec<String> = Vec::new();
         self.each(
-            "SELECT funnel_id, MIN(lead_id), MAX(lead_id) FROM enrollments GROUP BY funnel_id",
+            "SELECT DISTINCT funnel_id FROM enrollments",
             Vec::new(),
             |r| {
-                funnels.push((
-                    r.try_get_by_index(0)?,
-                    r.try_get_by_index(1)?,
-                    r.try_get_by_index(2)?,
-                ));
+                funnels.push(r.try_get_by_index(0)?);
                 Ok(())
             },
         )
@@ -354,18 +347,13 @@ impl Store {
         txn.execute_unprepared("UPDATE messages SET marks = 0 WHERE marks <> 0")
             .await?;
         let mut runs = 0;
-        for (f, low, high) in funnels {
+        for f in funnels {
             let Ok(funnel) = FunnelId::parse(&f) else {
                 continue;
             };
-            let mut first = low;
-            while first <= high {
-                let end = first.saturating_add(RECOUNT_LEADS);
-                let rows = self
-                    .rows_of(&funnel, now, RECOUNT, Some((first, end)))
-                    .await?;
+            for range in self.lead_ranges(&funnel).await? {
+                let rows = self.rows_of(&funnel, now, RECOUNT, Some(range)).await?;
                 runs += recount_rows(&txn, self.backend, self.zone, &rows).await?;
-                first = end;
             }
         }
         // The zone the counters are now in.

@@ -80,6 +80,8 @@ pub struct Store {
     writer: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
     /// The zone whose days the report counters are kept in (`report_timezone`).
     pub(crate) zone: chrono_tz::Tz,
+    /// How many lead ids a report or a recount reads at a time ([`report::LEAD_RANGE`]).
+    lead_range: i64,
 }
 
 /// A write transaction, holding the writer's turn until it commits or is dropped.
@@ -381,6 +383,7 @@ impl Store {
             backend,
             writer,
             zone: chrono_tz::UTC,
+            lead_range: report::LEAD_RANGE,
         })
     }
 

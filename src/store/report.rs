@@ -141,6 +141,9 @@ impl ReportNeeds {
     };
 }
 
+/// How many lead ids a report or a recount reads at a time.
+pub const LEAD_RANGE: i64 = 20_000;
+
 /// The funnel's leads, as a subquery on the funnel id (`$1`) and the time (`$2`).
 const LEADS: &str = "SELECT lead_id FROM enrollments WHERE funnel_id = $1 AND entered_at < $2";
 
@@ -222,6 +225,53 @@ impl Store {
         self.rows_of(funnel, until, needs, None).await
     }
 
+    /// [`Store::report_rows`] a range of lead ids at a time ([`LEAD_RANGE`]): each range's
+    /// rows are handed to `each` and dropped, so a report over a million leads holds one range
+    /// in memory, not the funnel.
+    pub async fn each_range(
+        &self,
+        funnel: &FunnelId,
+        until: DateTime<Utc>,
+        needs: ReportNeeds,
+        mut each: impl FnMut(ReportRows),
+    ) -> Result<()> {
+        for range in self.lead_ranges(funnel).await? {
+            each(self.rows_of(funnel, until, needs, Some(range)).await?);
+        }
+        Ok(())
+    }
+
+    /// Reads `n` lead ids at a time instead of [`LEAD_RANGE`] (tests cross many ranges so).
+    pub fn with_lead_range(mut self, n: i64) -> Store {
+        self.lead_range = n.max(1);
+        self
+    }
+
+    /// The funnel's lead ids cut into ranges `[first, end)` of [`LEAD_RANGE`] ids.
+    pub(super) async fn lead_ranges(&self, funnel: &FunnelId) -> Result<Vec<(i64, i64)>> {
+        let mut span: Option<(i64, i64)> = None;
+        self.each(
+            "SELECT MIN(lead_id), MAX(lead_id) FROM enrollments WHERE funnel_id = $1",
+            vec![funnel.as_str().into()],
+            |r| {
+                let low: Option<i64> = r.try_get_by_index(0)?;
+                let high: Option<i64> = r.try_get_by_index(1)?;
+                span = low.zip(high);
+                Ok(())
+            },
+        )
+        .await?;
+        let mut out = Vec::new();
+        if let Some((mut first, high)) = span {
+            while first <= high {
+                let end = first.saturating_add(self.lead_range);
+                out.push((first, end));
+                first = end;
+            }
+        }
+        Ok(out)
+    }
+
     /// [`Store::report_rows`] of the runs of leads with ids in `[first, end)` only, when
     /// `leads` is given.
     pub(super) async fn rows_of(
@@ -235,6 +285,7 @@ impl Store {
             funnel: funnel.to_string(),
             ..ReportRows::default()
         };
+        let range = leads;
         let scope = if leads.is_some() {
             " AND lead_id >= $3 AND lead_id < $4"
         } else {
@@ -282,30 +333,43 @@ impl Store {
         )
         .await?;
         if needs.visits {
-            self.each(
-                &format!(
+            // A range's visits are found through its runs (stage_history has no index by lead).
+            let (sql, values) = match range {
+                None => (
                     "SELECT enrollment_id, stage_id, entered_at, exited_at, exit_reason, \
-                     next_stage_id FROM stage_history WHERE funnel_id = $1 AND entered_at < $2\
-                     {scope} ORDER BY id"
+                     next_stage_id FROM stage_history WHERE funnel_id = $1 AND entered_at < $2 \
+                     ORDER BY id",
+                    f(),
                 ),
-                f(),
-                |r| {
-                    let Ok(stage) = StageId::parse(&r.try_get_by_index::<String>(1)?) else {
-                        return Ok(());
-                    };
-                    out.visits.push(VisitRow {
-                        enrollment: EnrollmentId(r.try_get_by_index(0)?),
-                        stage,
-                        entered_at: from_ms(r.try_get_by_index(2)?),
-                        exited_at: r.try_get_by_index::<Option<i64>>(3)?.map(from_ms),
-                        reason: r.try_get_by_index(4)?,
-                        next: r
-                            .try_get_by_index::<Option<String>>(5)?
-                            .and_then(|s| StageId::parse(&s).ok()),
-                    });
-                    Ok(())
-                },
-            )
+                Some((first, end)) => (
+                    "SELECT enrollment_id, stage_id, entered_at, exited_at, exit_reason, \
+                     next_stage_id FROM stage_history WHERE entered_at < $1 AND enrollment_id IN \
+                     (SELECT id FROM enrollments WHERE funnel_id = $2 AND lead_id >= $3 \
+                     AND lead_id < $4) ORDER BY id",
+                    vec![
+                        ms(until).into(),
+                        funnel.as_str().into(),
+                        first.into(),
+                        end.into(),
+                    ],
+                ),
+            };
+            self.each(sql, values, |r| {
+                let Ok(stage) = StageId::parse(&r.try_get_by_index::<String>(1)?) else {
+                    return Ok(());
+                };
+                out.visits.push(VisitRow {
+                    enrollment: EnrollmentId(r.try_get_by_index(0)?),
+                    stage,
+                    entered_at: from_ms(r.try_get_by_index(2)?),
+                    exited_at: r.try_get_by_index::<Option<i64>>(3)?.map(from_ms),
+                    reason: r.try_get_by_index(4)?,
+                    next: r
+                        .try_get_by_index::<Option<String>>(5)?
+                        .and_then(|s| StageId::parse(&s).ok()),
+                });
+                Ok(())
+            })
             .await?;
         }
         if needs.emails {
