@@ -669,6 +669,17 @@ async fn the_ab_verdict(store: Store) {
     let to = Utc.with_ymd_and_hms(2026, 11, 8, 0, 0, 0).unwrap();
     let r = ab_report(&p.funnels[0], &rows, Cohort::Entry, from, to, now).unwrap();
     assert_eq!(r.splits.len(), 1);
+    // Made by the store three leads at a time, the same report.
+    let params = Params {
+        from: Some("2026-11-01".into()),
+        to: Some("2026-11-08".into()),
+        ..Params::default()
+    };
+    let req = Request::parse(What::Ab, &params, now).unwrap();
+    let Answer::Ab(ranged) = both(&store, &p.funnels[0], &rows, &req, now).await else {
+        unreachable!()
+    };
+    assert_eq!(ranged, r);
     let s = &r.splits[0];
     let names: Vec<&str> = s.variants.iter().map(|v| v.template.as_str()).collect();
     assert_eq!(names, ["offer-a", "offer-b", "offer-c"]);
@@ -834,6 +845,20 @@ async fn attribution_credits_touches(store: Store) {
     let run = |m| attribution_report(&p.funnels[0], &rows, m, day * 30, from, to, now).unwrap();
     let linear = run(Model::Linear);
     assert_eq!((linear.purchases, linear.unattributed), (2, 1));
+    // Another lookback reads the rows, three leads at a time: the same credit.
+    let params = Params {
+        from: Some(from.to_rfc3339()),
+        to: Some(to.to_rfc3339()),
+        model: Some("linear".into()),
+        lookback: Some("20".into()),
+        ..Params::default()
+    };
+    let req = Request::parse(What::Attribution, &params, now).unwrap();
+    let Answer::Attribution(ranged) = both(&store, &p.funnels[0], &rows, &req, now).await else {
+        unreachable!()
+    };
+    let direct = attribution_report(&p.funnels[0], &rows, Model::Linear, day * 20, from, to, now);
+    assert_eq!(ranged, direct.unwrap());
     let got: Vec<(String, f64, f64)> = linear
         .credits
         .iter()

@@ -7,7 +7,7 @@
 //! Entry cohort: the period's runs, and what they did after each send up to now. Calendar
 //! view: the variants sent in the period, and the clicks, conversions and orders made in it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -192,29 +192,109 @@ pub fn ab_report(
     to: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<AbReport, ReportError> {
-    let w = Window::new(cohort, from, to, now)?;
-    let cohort_runs = w.cohort_runs(rows);
-    // What happened after a send counts up to now (entry) or in the period (calendar).
-    let counts = |t: DateTime<Utc>| match cohort {
-        Cohort::Entry => t <= now,
-        Cohort::Calendar => w.within(t),
-    };
-    let mut visits: HashMap<(EnrollmentId, &str), Vec<DateTime<Utc>>> = HashMap::new();
-    for v in &rows.visits {
-        visits
-            .entry((v.enrollment, v.stage.as_str()))
-            .or_default()
-            .push(v.entered_at);
+    let mut fold = AbFold::new(cohort, from, to, now)?;
+    fold.add(f, rows);
+    Ok(fold.finish(f))
+}
+
+/// What one variant's sends added up to (sums over leads, so ranges of leads add up).
+#[derive(Debug, Clone, Default)]
+struct Sums {
+    sends: u64,
+    runs: u64,
+    clicked: u64,
+    converted: u64,
+    revenue: BTreeMap<String, Money>,
+}
+
+/// (stage, step, template): one variant of one split step.
+type Key = (String, String, String);
+
+/// The A/B report counted from rows one range of leads at a time: everything it counts of a
+/// run (its sends, clicks, next-stage entry, its lead's orders) is its own lead's.
+#[derive(Debug, Clone)]
+pub struct AbFold {
+    w: Window,
+    sums: BTreeMap<Key, Sums>,
+    /// The templates each (stage, step) sent, to find the variants that left the file.
+    sent_by: BTreeMap<(String, String), BTreeSet<String>>,
+}
+
+impl AbFold {
+    pub fn new(
+        cohort: Cohort,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<AbFold, ReportError> {
+        Ok(AbFold {
+            w: Window::new(cohort, from, to, now)?,
+            sums: BTreeMap::new(),
+            sent_by: BTreeMap::new(),
+        })
     }
-    // One variant's figures: the emails of `template` sent by the step (`stage`, `step`).
-    let variant =
-        |stage: &str, step: &str, next: Option<&str>, offer: Option<&str>, template: &str| {
+
+    /// Counts one range of leads' rows.
+    pub fn add(&mut self, f: &Funnel, rows: &ReportRows) {
+        let w = &self.w;
+        let cohort_runs = w.cohort_runs(rows);
+        // What happened after a send counts up to now (entry) or in the period (calendar).
+        let counts = |t: DateTime<Utc>| match w.cohort {
+            Cohort::Entry => t <= w.now,
+            Cohort::Calendar => w.within(t),
+        };
+        let mut visits: HashMap<(EnrollmentId, &str), Vec<DateTime<Utc>>> = HashMap::new();
+        for v in &rows.visits {
+            visits
+                .entry((v.enrollment, v.stage.as_str()))
+                .or_default()
+                .push(v.entered_at);
+        }
+        for e in &rows.emails {
+            if let (Some(stage), Some(step)) = (e.stage.as_deref(), e.step.as_deref()) {
+                let templates = self
+                    .sent_by
+                    .entry((stage.to_string(), step.to_string()))
+                    .or_default();
+                if !templates.contains(&e.template) {
+                    templates.insert(e.template.clone());
+                }
+            }
+        }
+        // The variants to count: the file's splits', and whatever steps the file no longer has
+        // sent (a step of the file that is not a split is no test).
+        let mut keys: BTreeSet<Key> = BTreeSet::new();
+        for (stage, step, variants) in splits_of(f) {
+            for v in variants {
+                keys.insert((stage.to_string(), step.clone(), v.to_string()));
+            }
+        }
+        for ((stage, step), templates) in &self.sent_by {
+            let known = f
+                .stage(stage)
+                .is_some_and(|s| s.steps.iter().any(|x| x.id.to_string() == *step));
+            let split = keys.iter().any(|(a, b, _)| a == stage && b == step);
+            if split || !known {
+                for t in templates {
+                    keys.insert((stage.clone(), step.clone(), t.clone()));
+                }
+            }
+        }
+        for key in keys {
+            let (stage, step, template) = (&key.0, &key.1, &key.2);
+            let i = f.stages.iter().position(|s| s.id.value.as_str() == stage);
+            let next = i
+                .and_then(|i| f.stages.get(i + 1))
+                .map(|s| s.id.value.as_str());
+            let offer = i
+                .and_then(|i| f.stages[i].offer.as_ref())
+                .map(|o| o.value.as_str());
             let sent: Vec<_> = rows
                 .emails
                 .iter()
                 .filter(|e| {
-                    e.template == template
-                        && e.stage.as_deref() == Some(stage)
+                    e.template == *template
+                        && e.stage.as_deref() == Some(stage.as_str())
                         && e.step.as_deref().is_none_or(|s| s == step)
                         && w.counts_email(e, &cohort_runs)
                 })
@@ -227,8 +307,8 @@ pub fn ab_report(
                     f.1 = f.1.min(e.created_at);
                 }
             }
-            // A lead's runs that got it, by send time: what a click or an order of the lead is
-            // about (the latest sent by then).
+            // A lead's runs that got it, by send time: what a click or an order of the lead
+            // is about (the latest sent by then).
             let mut of_lead: HashMap<LeadId, Vec<(DateTime<Utc>, EnrollmentId)>> = HashMap::new();
             for (run, (lead, at)) in &first {
                 of_lead.entry(*lead).or_default().push((*at, *run));
@@ -246,14 +326,16 @@ pub fn ab_report(
             };
             let by_id: HashMap<i64, Option<EnrollmentId>> =
                 sent.iter().map(|e| (e.id, e.enrollment)).collect();
-            let mut clicked: std::collections::BTreeSet<EnrollmentId> = Default::default();
+            let mut clicked: BTreeSet<EnrollmentId> = BTreeSet::new();
             for t in &rows.tracking {
                 if t.kind != EventKind::Click || !counts(t.at) {
                     continue;
                 }
                 let run = match t.message {
                     Some(m) => by_id.get(&m).copied().flatten(),
-                    None if t.template.as_deref() == Some(template) => run_at(t.lead, t.at),
+                    None if t.template.as_deref() == Some(template.as_str()) => {
+                        run_at(t.lead, t.at)
+                    }
                     None => None,
                 };
                 if let Some(r) = run.filter(|r| first.get(r).is_some_and(|(_, at)| t.at >= *at)) {
@@ -267,7 +349,7 @@ pub fn ab_report(
                         .is_some_and(|entries| entries.iter().any(|e| *e > *at && counts(*e)))
                 })
                 .count() as u64;
-            let mut revenue: BTreeMap<String, Money> = BTreeMap::new();
+            let sums = self.sums.entry(key.clone()).or_default();
             if let Some(offer) = offer {
                 for p in &rows.purchases {
                     if p.product.as_deref() == Some(offer)
@@ -276,19 +358,31 @@ pub fn ab_report(
                         && let Some(a) = p.amount
                     {
                         let currency = p.currency.clone().unwrap_or_else(|| "—".into());
-                        revenue.entry(currency).or_default().0 += a.0;
+                        sums.revenue.entry(currency).or_default().0 += a.0;
                     }
                 }
             }
-            let n = first.len() as u64;
+            sums.sends += sent.len() as u64;
+            sums.runs += first.len() as u64;
+            sums.clicked += clicked.len() as u64;
+            sums.converted += converted;
+        }
+    }
+
+    /// The report of every range counted.
+    pub fn finish(self, f: &Funnel) -> AbReport {
+        let variant = |key: Key, removed: bool| {
+            let s = self.sums.get(&key).cloned().unwrap_or_default();
+            let n = s.runs;
             Variant {
-                template: template.to_string(),
-                removed: false,
-                sends: sent.len() as u64,
+                template: key.2,
+                removed,
+                sends: s.sends,
                 leads: n,
-                clicked: Rate::of(clicked.len() as u64, n),
-                converted: Rate::of(converted, n),
-                revenue_per_lead: revenue
+                clicked: Rate::of(s.clicked, n),
+                converted: Rate::of(s.converted, n),
+                revenue_per_lead: s
+                    .revenue
                     .into_iter()
                     .map(|(c, t)| (c, if n > 0 { t.units() / n as f64 } else { 0.0 }))
                     .collect(),
@@ -296,48 +390,34 @@ pub fn ab_report(
                 p_best: None,
             }
         };
-    // The steps and templates sent per (stage, step), to find what left the file.
-    let mut sent_by: BTreeMap<(&str, &str), std::collections::BTreeSet<&str>> = BTreeMap::new();
-    for e in &rows.emails {
-        if let (Some(stage), Some(step)) = (e.stage.as_deref(), e.step.as_deref()) {
-            sent_by
-                .entry((stage, step))
-                .or_default()
-                .insert(e.template.as_str());
+        let key =
+            |stage: &str, step: &str, t: &str| (stage.to_string(), step.to_string(), t.to_string());
+        let mut splits = Vec::new();
+        let mut current: BTreeSet<(String, String)> = BTreeSet::new();
+        for s in &f.stages {
+            for step in &s.steps {
+                current.insert((s.id.value.to_string(), step.id.to_string()));
+            }
         }
-    }
-    let mut splits = Vec::new();
-    let mut current: std::collections::BTreeSet<(&str, String)> = Default::default();
-    for (i, stage) in f.stages.iter().enumerate() {
-        let sid = stage.id.value.as_str();
-        let next = f.stages.get(i + 1).map(|s| s.id.value.as_str());
-        let offer = stage.offer.as_ref().map(|o| o.value.as_str());
-        for step in &stage.steps {
-            let step_id = step.id.to_string();
-            current.insert((sid, step_id.clone()));
-            let Action::Send(Send::Split(variants)) = &step.action else {
-                continue;
-            };
+        for (stage, step, variants) in splits_of(f) {
             let mut figures: Vec<Variant> = variants
                 .iter()
-                .map(|v| variant(sid, &step_id, next, offer, v.value.as_str()))
+                .map(|v| variant(key(stage, &step, v), false))
                 .collect();
             let (test, p_value, verdict) = verdict(&mut figures);
             // Variants sent before and no longer in the split: shown, out of the test.
-            let gone = sent_by
-                .get(&(sid, step_id.as_str()))
+            let gone = self
+                .sent_by
+                .get(&(stage.to_string(), step.clone()))
                 .into_iter()
                 .flatten()
-                .filter(|t| !variants.iter().any(|v| v.value.as_str() == **t));
+                .filter(|t| !variants.contains(&t.as_str()));
             for t in gone {
-                figures.push(Variant {
-                    removed: true,
-                    ..variant(sid, &step_id, next, offer, t)
-                });
+                figures.push(variant(key(stage, &step, t), true));
             }
             splits.push(Split {
-                stage: sid.to_string(),
-                step: step_id,
+                stage: stage.to_string(),
+                step,
                 removed: false,
                 variants: figures,
                 test,
@@ -345,46 +425,53 @@ pub fn ab_report(
                 verdict,
             });
         }
-    }
-    // Splits no longer in the file (their step or stage removed or renamed): a step that sent
-    // more than one template was one.
-    for ((stage, step), templates) in &sent_by {
-        if templates.len() < 2 || current.contains(&(*stage, step.to_string())) {
-            continue;
-        }
-        let i = f.stages.iter().position(|s| s.id.value.as_str() == *stage);
-        let next = i
-            .and_then(|i| f.stages.get(i + 1))
-            .map(|s| s.id.value.as_str());
-        let offer = i
-            .and_then(|i| f.stages[i].offer.as_ref())
-            .map(|o| o.value.as_str());
-        let mut figures: Vec<Variant> = templates
-            .iter()
-            .map(|t| Variant {
+        // Splits no longer in the file (their step or stage removed or renamed): a step that
+        // sent more than one template was one.
+        for ((stage, step), templates) in &self.sent_by {
+            if templates.len() < 2 || current.contains(&(stage.clone(), step.clone())) {
+                continue;
+            }
+            let mut figures: Vec<Variant> = templates
+                .iter()
+                .map(|t| variant(key(stage, step, t), true))
+                .collect();
+            let (test, p_value, verdict) = verdict(&mut figures);
+            splits.push(Split {
+                stage: stage.clone(),
+                step: step.clone(),
                 removed: true,
-                ..variant(stage, step, next, offer, t)
-            })
-            .collect();
-        let (test, p_value, verdict) = verdict(&mut figures);
-        splits.push(Split {
-            stage: stage.to_string(),
-            step: step.to_string(),
-            removed: true,
-            variants: figures,
-            test,
-            p_value,
-            verdict: format!("removed from the funnel's file; as it stood: {verdict}"),
-        });
+                variants: figures,
+                test,
+                p_value,
+                verdict: format!("removed from the funnel's file; as it stood: {verdict}"),
+            });
+        }
+        AbReport {
+            funnel: f.id.value.to_string(),
+            cohort: self.w.cohort,
+            tz: "UTC".into(),
+            from: self.w.from,
+            to: self.w.to,
+            splits,
+        }
     }
-    Ok(AbReport {
-        funnel: f.id.value.to_string(),
-        cohort,
-        tz: "UTC".into(),
-        from,
-        to,
-        splits,
-    })
+}
+
+/// The funnel's split steps: (stage, step id, variants).
+fn splits_of(f: &Funnel) -> Vec<(&str, String, Vec<&str>)> {
+    let mut out = Vec::new();
+    for stage in &f.stages {
+        for step in &stage.steps {
+            if let Action::Send(Send::Split(variants)) = &step.action {
+                out.push((
+                    stage.id.value.as_str(),
+                    step.id.to_string(),
+                    variants.iter().map(|v| v.value.as_str()).collect(),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The test across the variants, its p-value and the verdict in words; fills in each

@@ -173,17 +173,27 @@ pub fn attribution_report(
     now: DateTime<Utc>,
 ) -> Result<AttributionReport, ReportError> {
     Window::new(Cohort::Calendar, from, to, now)?;
-    let until = now + Duration::milliseconds(1);
-    let mut tally = Tally::in_periods(vec![(from, to.min(until))], false);
-    let attribution = crate::store::Replay {
-        attribution: true,
-        ..crate::store::Replay::default()
-    };
-    rows.replay(&mut tally, attribution, lookback, None);
+    let mut tally = credit_tally(from, to, now);
+    credit(rows, &mut tally, lookback);
     let fig = crate::tally::figures(&tally)
         .remove(&(0, crate::tally::ALL.to_string()))
         .unwrap_or_default();
     Ok(attribution_of(f, &fig, model, lookback, from, to))
+}
+
+/// A tally of the credit of the orders made in `[from, to)`, up to `now`.
+pub fn credit_tally(from: DateTime<Utc>, to: DateTime<Utc>, now: DateTime<Utc>) -> Tally {
+    let until = now + Duration::milliseconds(1);
+    Tally::in_periods(vec![(from, to.min(until))], false)
+}
+
+/// Shares the rows' orders among their leads' touches in `lookback`, into `tally`.
+pub fn credit(rows: &ReportRows, tally: &mut Tally, lookback: Duration) {
+    let attribution = crate::store::Replay {
+        attribution: true,
+        ..crate::store::Replay::default()
+    };
+    rows.replay(tally, attribution, lookback, None);
 }
 
 #[cfg(test)]

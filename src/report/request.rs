@@ -8,8 +8,8 @@ use chrono::{DateTime, Datelike, Duration, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use super::ab::{AbReport, ab_report};
-use super::attribution::{AttributionReport, Model, attribution_of, attribution_report};
+use super::ab::{AbFold, AbReport};
+use super::attribution::{AttributionReport, Model, attribution_of, credit, credit_tally};
 use super::emails::{EmailReport, email_report};
 use super::forecast::{ForecastReport, Scenario, forecast};
 use super::{
@@ -526,27 +526,40 @@ fn zoned(mut a: Answer, req: &Request) -> Answer {
     a
 }
 
-/// A funnel or per-email report made from rows read a range of leads at a time: each range is
-/// counted as it comes (everything a report counts of a run depends on its own lead's rows
-/// only) and dropped, so memory stays bounded however many leads the funnel has.
+/// A report made from rows read a range of leads at a time (all but the forecast): each range
+/// is counted as it comes — everything a report counts of a run (its visits, emails, clicks,
+/// its lead's orders and touches) is its own lead's — and dropped, so memory stays bounded
+/// however many leads the funnel has.
 pub struct Fold<'a> {
     f: &'a Funnel,
     req: &'a Request,
-    /// The runs (funnel report) or their emails (per email), into the report's periods.
-    tally: Tally,
-    /// Per slice made from the rows (a lead field, the variant): its position among the
-    /// request's slices and its runs by the slice's origins.
-    slices: Vec<(usize, Tally)>,
+    counting: Counting,
     /// Whether any run was read, and the fields the leads have (a slice by a field no lead has
     /// is refused).
     any_runs: bool,
     fields: BTreeSet<String>,
 }
 
+/// What a [`Fold`] sums, per report.
+enum Counting {
+    /// The funnel report: the runs into the report's periods (and per first touch when a
+    /// slice asks), and per slice made from the rows (a lead field, the variant) its position
+    /// among the request's slices and the runs by the slice's origins.
+    Runs {
+        tally: Tally,
+        slices: Vec<(usize, Tally)>,
+    },
+    /// The per-email report: what became of each email.
+    Mails(Tally),
+    /// Attribution: orders shared among touches in the lookback.
+    Credit(Tally),
+    Ab(AbFold),
+}
+
 impl<'a> Fold<'a> {
     /// Whether `req` is made this way when it reads rows.
     pub fn folds(req: &Request) -> bool {
-        matches!(req.what, What::Funnel | What::Emails)
+        req.what != What::Forecast
     }
 
     /// A fold for `req`, checked as of `now` (what happens after `now` is not counted: rows
@@ -558,8 +571,10 @@ impl<'a> Fold<'a> {
     ) -> Result<Fold<'a>, ReportError> {
         let (from, to) = (req.from, req.to);
         super::Window::new(req.cohort, from, to, now)?;
-        let (tally, slices) = match req.what {
-            What::Emails => (Tally::in_periods(vec![(from, to)], false), Vec::new()),
+        let counting = match req.what {
+            What::Emails => Counting::Mails(Tally::in_periods(vec![(from, to)], false)),
+            What::Attribution => Counting::Credit(credit_tally(from, to, now)),
+            What::Ab => Counting::Ab(AbFold::new(req.cohort, from, to, now)?),
             _ => {
                 let periods = match req.by {
                     Some(b) => b.periods(from, to, req.tz),
@@ -573,14 +588,16 @@ impl<'a> Fold<'a> {
                     .filter(|(_, k)| k.from_rows())
                     .map(|(i, _)| (i, runs_tally(&[(from, to)], now, true)))
                     .collect();
-                (runs_tally(&periods, now, touch), slices)
+                Counting::Runs {
+                    tally: runs_tally(&periods, now, touch),
+                    slices,
+                }
             }
         };
         Ok(Fold {
             f,
             req,
-            tally,
-            slices,
+            counting,
             any_runs: false,
             fields: BTreeSet::new(),
         })
@@ -588,8 +605,9 @@ impl<'a> Fold<'a> {
 
     /// Counts one range of leads' rows.
     pub fn add(&mut self, rows: &ReportRows) {
+        let (f, req) = (self.f, self.req);
         let windowed;
-        let rows = match self.req.window {
+        let rows = match req.window {
             Some(w) => {
                 windowed = super::windowed(rows, w);
                 &windowed
@@ -597,53 +615,69 @@ impl<'a> Fold<'a> {
             None => rows,
         };
         self.any_runs |= !rows.runs.is_empty();
-        if self.req.what == What::Emails {
-            let mails = crate::store::Replay {
-                mails: true,
-                ..crate::store::Replay::default()
-            };
-            rows.replay(&mut self.tally, mails, crate::tally::LOOKBACK, None);
-            return;
-        }
-        for (i, tally) in &mut self.slices {
-            let key = &self.req.slices[*i];
-            if matches!(key, SliceKey::Field(_)) {
-                self.fields.extend(field_names(rows));
+        match &mut self.counting {
+            Counting::Ab(ab) => ab.add(f, rows),
+            Counting::Mails(tally) => {
+                let mails = crate::store::Replay {
+                    mails: true,
+                    ..Default::default()
+                };
+                rows.replay(tally, mails, crate::tally::LOOKBACK, None);
             }
-            replay_by(self.f, rows, key, tally);
+            Counting::Credit(tally) => credit(rows, tally, req.lookback),
+            Counting::Runs { tally, slices } => {
+                for (i, t) in slices.iter_mut() {
+                    let key = &req.slices[*i];
+                    if matches!(key, SliceKey::Field(_)) {
+                        self.fields.extend(field_names(rows));
+                    }
+                    replay_by(f, rows, key, t);
+                }
+                let touch = req.slices.iter().any(|k| !k.from_rows());
+                let origin = |r: &crate::store::RunRow| r.origin.clone();
+                replay_runs(
+                    rows,
+                    tally,
+                    touch.then_some(&origin as &dyn Fn(&crate::store::RunRow) -> String),
+                );
+            }
         }
-        let touch = self.req.slices.iter().any(|k| !k.from_rows());
-        let origin = |r: &crate::store::RunRow| r.origin.clone();
-        replay_runs(
-            rows,
-            &mut self.tally,
-            touch.then_some(&origin as &dyn Fn(&crate::store::RunRow) -> String),
-        );
     }
 
     /// The report of every range counted.
     pub fn finish(self) -> Result<Answer, ReportError> {
         let (f, req) = (self.f, self.req);
         let (from, to, cohort) = (req.from, req.to, req.cohort);
-        let a = match req.what {
-            What::Emails => {
-                let fig = crate::tally::figures(&self.tally)
-                    .remove(&(0, ALL.to_string()))
-                    .unwrap_or_default();
-                Answer::Emails(email_report(f, &fig, cohort, from, to))
+        let whole = |tally: &Tally| {
+            crate::tally::figures(tally)
+                .remove(&(0, ALL.to_string()))
+                .unwrap_or_default()
+        };
+        let a = match self.counting {
+            Counting::Ab(ab) => Answer::Ab(ab.finish(f)),
+            Counting::Mails(tally) => {
+                Answer::Emails(email_report(f, &whole(&tally), cohort, from, to))
             }
-            _ => {
+            Counting::Credit(tally) => Answer::Attribution(attribution_of(
+                f,
+                &whole(&tally),
+                req.model,
+                req.lookback,
+                from,
+                to,
+            )),
+            Counting::Runs { tally, slices } => {
                 let mut more = Vec::new();
-                for (i, tally) in &self.slices {
+                for (i, t) in &slices {
                     let key = &req.slices[*i];
                     check_field_in(self.any_runs, &self.fields, key)?;
-                    let by_origin = crate::tally::figures(tally)
+                    let by_origin = crate::tally::figures(t)
                         .into_iter()
                         .map(|((_, o), fig)| (o, fig))
                         .collect();
                     more.push((*i, slices_of(f, &by_origin, key, cohort, from, to)));
                 }
-                let figs = crate::tally::figures(&self.tally);
+                let figs = crate::tally::figures(&tally);
                 Answer::Funnel(Box::new(funnel_answer(f, req, &figs, more)))
             }
         };
@@ -684,34 +718,14 @@ fn answer_of(
         }
         ReportData::Rows(rows) => rows,
     };
-    let windowed;
-    let rows = match req.window {
-        Some(w) if req.what == What::Ab => {
-            windowed = super::windowed(rows, w);
-            &windowed
-        }
-        _ => rows,
-    };
-    let (from, to, cohort) = (req.from, req.to, req.cohort);
-    super::Window::new(cohort, from, to, now)?;
-    Ok(match req.what {
-        What::Funnel | What::Emails => {
-            let mut fold = Fold::new(f, req, now)?;
-            fold.add(rows);
-            fold.finish()?
-        }
-        What::Ab => Answer::Ab(ab_report(f, rows, cohort, from, to, now)?),
-        What::Attribution => Answer::Attribution(attribution_report(
-            f,
-            rows,
-            req.model,
-            req.lookback,
-            from,
-            to,
-            now,
-        )?),
-        What::Forecast => Answer::Forecast(forecast(f, rows, &req.scenario, now)?),
-    })
+    let (from, to) = (req.from, req.to);
+    super::Window::new(req.cohort, from, to, now)?;
+    if Fold::folds(req) {
+        let mut fold = Fold::new(f, req, now)?;
+        fold.add(rows);
+        return fold.finish();
+    }
+    Ok(Answer::Forecast(forecast(f, rows, &req.scenario, now)?))
 }
 
 #[cfg(test)]
