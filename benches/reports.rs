@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use autofunnel::funnel::{self, Sink};
-use autofunnel::report::request::{Answer, Fold, Params, Request, What};
+use autofunnel::report::request::{Answer, Params, Request, What};
 use autofunnel::store::{ReportRead, Store};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use sea_orm::{ConnectionTrait, Database};
@@ -567,8 +567,7 @@ async fn main() -> anyhow::Result<()> {
         reset_peak_rss();
         let reads = match req.read(now, store.zone()) {
             ReportRead::Counts { .. } => "counters",
-            ReportRead::Rows(_) if Fold::folds(&req) => "rows, 20,000 leads at a time",
-            ReportRead::Rows(_) => "rows",
+            ReportRead::Rows(_) => "rows, 20,000 leads at a time",
         };
         let started = Instant::now();
         let a = autofunnel::runtime::report::make(&store, &f, &req, now).await?;

@@ -317,9 +317,11 @@ async fn the_textbook_funnel(store: Store) {
     // 62.4 payments; the 305 offers 126.1 invoices and 76.25 payments; the 85 invoices 51.4
     // payments. Paid: 247 + 62.4 + 76.25 + 51.395 = 437.045; as many orders of 1,000 EUR and
     // conversions. `invoice=+10%` lifts every payment by a tenth: 480.7.
-    let fc = match answer(
+    // Made at once and three leads at a time, the same forecast.
+    let fc = match both(
+        &store,
         f,
-        &ReportData::Rows(rows.clone()),
+        &rows,
         &ask(What::Forecast, &|p| {
             *p = Params {
                 inflow: Some("100/day".into()),
@@ -329,7 +331,7 @@ async fn the_textbook_funnel(store: Store) {
         }),
         now,
     )
-    .unwrap()
+    .await
     {
         Answer::Forecast(fc) => fc,
         _ => unreachable!(),
@@ -355,13 +357,14 @@ async fn the_textbook_funnel(store: Store) {
     assert_eq!(fc.revenue[0].revenue.scenario.expected, 480_749.88);
     // Without `--inflow`, the inflow is observed over the funnel's life (10 days), not the 90
     // days of history asked for: 1,000 / 10 a day.
-    let observed = match answer(
+    let observed = match both(
+        &store,
         f,
-        &ReportData::Rows(rows.clone()),
+        &rows,
         &ask(What::Forecast, &|p| *p = Params::default()),
         now,
     )
-    .unwrap()
+    .await
     {
         Answer::Forecast(fc) => fc,
         _ => unreachable!(),

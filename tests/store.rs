@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, Database};
 use crate::util::on_both_backends;
 use crate::util::postgres_url;
 
-const MIGRATIONS: [&str; 10] = [
+const MIGRATIONS: [&str; 11] = [
     "m20261123_000001_init",
     "m20261124_000002_stage_entry",
     "m20261124_000003_pending_events",
@@ -22,6 +22,7 @@ const MIGRATIONS: [&str; 10] = [
     "m20261129_000008_report_counts",
     "m20261129_000009_email_marks",
     "m20261204_000010_exact_report_counts",
+    "m20261205_000011_range_reads",
 ];
 
 const TABLES: [&str; 14] = [

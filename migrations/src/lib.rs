@@ -14,6 +14,7 @@ mod m20261129_000007_report_indexes;
 mod m20261129_000008_report_counts;
 mod m20261129_000009_email_marks;
 mod m20261204_000010_exact_report_counts;
+mod m20261205_000011_range_reads;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000008_report_counts::Migration),
             Box::new(m20261129_000009_email_marks::Migration),
             Box::new(m20261204_000010_exact_report_counts::Migration),
+            Box::new(m20261205_000011_range_reads::Migration),
         ]
     }
 }

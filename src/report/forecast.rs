@@ -23,9 +23,10 @@ use rand::rngs::StdRng;
 use rand_distr::{Beta, Distribution, Gamma, Poisson};
 use serde::Serialize;
 
-use super::{Cohort, ReportError, funnel_report};
+use super::{Cohort, ReportError};
 use crate::funnel::Funnel;
 use crate::store::ReportRows;
+use crate::tally::Tally;
 
 /// Draws behind each interval.
 pub const DRAWS: usize = 2000;
@@ -531,189 +532,235 @@ pub fn forecast(
     sc: &Scenario,
     now: DateTime<Utc>,
 ) -> Result<ForecastReport, ReportError> {
-    let observed_from = now - Duration::days(sc.observe_days);
-    let r = funnel_report(f, rows, Cohort::Entry, observed_from, now, now)?;
-    let index: BTreeMap<&str, usize> = r
-        .stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.stage.as_str(), i))
-        .collect();
-    let mut changes = Vec::new();
-    for (stage, c) in &sc.changes {
-        let i = *index
-            .get(stage.as_str())
-            .ok_or_else(|| ReportError::UnknownStage {
-                stage: stage.clone(),
-                known: r.stages.iter().map(|s| s.stage.clone()).collect(),
-            })?;
-        changes.push((i, *c));
+    let mut fold = ForecastFold::new(sc, now)?;
+    fold.add(rows);
+    fold.finish(f, sc)
+}
+
+/// The forecast counted from rows one range of leads at a time: the observed cohort's stage
+/// moves (as the funnel report counts them), each stage's visits as (days, ended) for the time
+/// in stage, the leads in each stage now and how long they have been there, and the first
+/// entry — all of them a run's own, or sums.
+#[derive(Debug, Clone)]
+pub struct ForecastFold {
+    observed_from: DateTime<Utc>,
+    now: DateTime<Utc>,
+    tally: Tally,
+    /// Per stage: the cohort's visits as (days, ended).
+    visits: BTreeMap<String, Vec<(f64, bool)>>,
+    /// Per stage: the live runs there now, and the days they have been there in all.
+    flight: BTreeMap<String, (f64, f64)>,
+    first: Option<DateTime<Utc>>,
+}
+
+fn days_of(d: Duration) -> f64 {
+    d.num_seconds().max(0) as f64 / 86_400.0
+}
+
+impl ForecastFold {
+    pub fn new(sc: &Scenario, now: DateTime<Utc>) -> Result<ForecastFold, ReportError> {
+        let observed_from = now - Duration::days(sc.observe_days);
+        super::Window::new(Cohort::Entry, observed_from, now, now)?;
+        Ok(ForecastFold {
+            observed_from,
+            now,
+            tally: super::runs_tally(&[(observed_from, now)], now, false),
+            visits: BTreeMap::new(),
+            flight: BTreeMap::new(),
+            first: None,
+        })
     }
-    // Per stage: the cohort's visits as (days, ended) for the time in stage; and the leads
-    // there now, of any entry date, with how long they have been there.
-    let live: std::collections::HashSet<crate::domain::EnrollmentId> = rows
-        .runs
-        .iter()
-        .filter(|run| run.status.is_live())
-        .map(|run| run.enrollment)
-        .collect();
-    let cohort: std::collections::HashSet<crate::domain::EnrollmentId> = rows
-        .runs
-        .iter()
-        .filter(|run| run.entered_at >= observed_from && run.entered_at < now)
-        .map(|run| run.enrollment)
-        .collect();
-    let days_of = |d: Duration| d.num_seconds().max(0) as f64 / 86_400.0;
-    let mut visits: Vec<Vec<(f64, bool)>> = vec![Vec::new(); r.stages.len()];
-    let mut flight: Vec<(f64, f64)> = vec![(0.0, 0.0); r.stages.len()];
-    for v in rows.visits.iter().filter(|v| v.entered_at <= now) {
-        let Some(i) = index.get(v.stage.as_str()) else {
-            continue;
-        };
-        let ended = v.exited_at.filter(|x| *x <= now);
-        if cohort.contains(&v.enrollment) {
-            let d = days_of(ended.unwrap_or(now) - v.entered_at);
-            visits[*i].push((d, ended.is_some()));
-        }
-        if ended.is_none() && live.contains(&v.enrollment) {
-            flight[*i].0 += 1.0;
-            flight[*i].1 += days_of(now - v.entered_at);
-        }
-    }
-    let st: Vec<Observed> = r
-        .stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let orders: u64 = s.revenue.iter().map(|m| m.orders).sum();
-            let (in_flight, total_days) = flight[i];
-            Observed {
-                leads: s.leads_in as f64,
-                moves: s
-                    .moved_on
-                    .iter()
-                    .filter_map(|(to, n)| index.get(to.as_str()).map(|j| (*j, *n as f64)))
-                    .filter(|(j, _)| *j > i)
-                    .collect(),
-                converted: s.exited.get("converted").copied().unwrap_or(0) as f64,
-                orders: orders.min(s.leads_in) as f64,
-                checks: s
-                    .revenue
-                    .iter()
-                    .map(|m| {
-                        (
-                            m.currency.clone(),
-                            m.average,
-                            m.orders as f64 / orders as f64,
-                        )
-                    })
-                    .collect(),
-                // Not known yet when more than half the visits are still going: the longest
-                // seen so far, ended or not, a lower bound.
-                days_in: {
-                    let seen = std::mem::take(&mut visits[i]);
-                    let longest = seen.iter().map(|(d, _)| *d).fold(0.0, f64::max);
-                    km_median(seen).unwrap_or(longest)
-                },
-                in_flight,
-                in_flight_days: if in_flight > 0.0 {
-                    total_days / in_flight
-                } else {
-                    0.0
-                },
-            }
-        })
-        .collect();
-    // The inflow over the days observed — or over the funnel's age, when it is younger.
-    let age = rows
-        .runs
-        .iter()
-        .map(|run| run.entered_at)
-        .min()
-        .map_or(0.0, |first| days_of(now - first));
-    let observed_days = (sc.observe_days as f64).min(age.max(1.0));
-    let (inflow, given) = match sc.inflow {
-        Some(n) => (n, true),
-        None => (r.entered as f64 / observed_days, false),
-    };
-    let days = sc.days as f64;
-    let (exp, draws) = simulate(&st, &changes, inflow, given, observed_days, days);
-    let pair = |f: &dyn Fn(&Projected) -> f64, places| Pair {
-        baseline: estimate(f(&exp.baseline), &draws.baseline, f, places),
-        scenario: estimate(f(&exp.scenario), &draws.scenario, f, places),
-    };
-    let scen = {
-        let mut s = point(&st);
-        change(&mut s, &changes);
-        s
-    };
-    let base = point(&st);
-    let stages = r
-        .stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let forward = |rt: &Rates| {
-                (st[i].leads > 0.0 || changes.iter().any(|(c, _)| *c == i)).then(|| {
-                    let forward: f64 = rt.moves[i].iter().map(|(_, p)| p).sum();
-                    round((forward + rt.converted[i]) * 100.0, 1) + 0.0
-                })
-            };
-            StageForecast {
-                stage: s.stage.clone(),
-                kind: s.kind,
-                observed_leads: s.leads_in,
-                in_flight: st[i].in_flight as u64,
-                days_in_stage: round(st[i].days_in, 2),
-                conversion: Pair {
-                    baseline: forward(&base),
-                    scenario: forward(&scen),
-                },
-                reached_after_days: round(exp.baseline.reached[i], 1),
-                leads: pair(&|p: &Projected| p.leads[i], 1),
-                orders: pair(&|p: &Projected| p.orders[i], 1),
-            }
-        })
-        .collect();
-    let currencies: Vec<String> = exp.baseline.revenue.keys().cloned().collect();
-    let revenue = currencies
-        .into_iter()
-        .map(|c| {
-            let key = c.clone();
-            RevenueForecast {
-                currency: c,
-                revenue: pair(
-                    &move |p: &Projected| p.revenue.get(&key).copied().unwrap_or(0.0),
-                    2,
-                ),
-            }
-        })
-        .collect();
-    Ok(ForecastReport {
-        funnel: r.funnel,
-        name: r.name,
-        tz: r.tz,
-        from: now,
-        to: now + Duration::days(sc.days),
-        days: sc.days,
-        observed_from,
-        observed_to: now,
-        observed_entered: r.entered,
-        inflow_per_day: round(inflow, 2),
-        inflow_source: if given { "given" } else { "observed" },
-        changes: sc
-            .changes
+
+    /// Counts one range of leads' rows.
+    pub fn add(&mut self, rows: &ReportRows) {
+        let now = self.now;
+        super::replay_runs(rows, &mut self.tally, None);
+        let live: std::collections::HashSet<crate::domain::EnrollmentId> = rows
+            .runs
             .iter()
-            .map(|(stage, change)| StageChange {
-                stage: stage.clone(),
-                change: *change,
+            .filter(|run| run.status.is_live())
+            .map(|run| run.enrollment)
+            .collect();
+        let cohort: std::collections::HashSet<crate::domain::EnrollmentId> = rows
+            .runs
+            .iter()
+            .filter(|run| run.entered_at >= self.observed_from && run.entered_at < now)
+            .map(|run| run.enrollment)
+            .collect();
+        for v in rows.visits.iter().filter(|v| v.entered_at <= now) {
+            let ended = v.exited_at.filter(|x| *x <= now);
+            if cohort.contains(&v.enrollment) {
+                let d = days_of(ended.unwrap_or(now) - v.entered_at);
+                self.visits
+                    .entry(v.stage.to_string())
+                    .or_default()
+                    .push((d, ended.is_some()));
+            }
+            if ended.is_none() && live.contains(&v.enrollment) {
+                let f = self.flight.entry(v.stage.to_string()).or_default();
+                f.0 += 1.0;
+                f.1 += days_of(now - v.entered_at);
+            }
+        }
+        if let Some(first) = rows.runs.iter().map(|run| run.entered_at).min() {
+            self.first = Some(self.first.map_or(first, |f| f.min(first)));
+        }
+    }
+
+    /// The forecast of every range counted.
+    pub fn finish(mut self, f: &Funnel, sc: &Scenario) -> Result<ForecastReport, ReportError> {
+        let (observed_from, now) = (self.observed_from, self.now);
+        let fig = crate::tally::figures(&self.tally)
+            .remove(&(0, crate::tally::ALL.to_string()))
+            .unwrap_or_default();
+        let r = super::report_of(f, &fig, Cohort::Entry, observed_from, now);
+        let index: BTreeMap<&str, usize> = r
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.stage.as_str(), i))
+            .collect();
+        let mut changes = Vec::new();
+        for (stage, c) in &sc.changes {
+            let i = *index
+                .get(stage.as_str())
+                .ok_or_else(|| ReportError::UnknownStage {
+                    stage: stage.clone(),
+                    known: r.stages.iter().map(|s| s.stage.clone()).collect(),
+                })?;
+            changes.push((i, *c));
+        }
+        let st: Vec<Observed> = r
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let orders: u64 = s.revenue.iter().map(|m| m.orders).sum();
+                let (in_flight, total_days) =
+                    self.flight.get(&s.stage).copied().unwrap_or_default();
+                Observed {
+                    leads: s.leads_in as f64,
+                    moves: s
+                        .moved_on
+                        .iter()
+                        .filter_map(|(to, n)| index.get(to.as_str()).map(|j| (*j, *n as f64)))
+                        .filter(|(j, _)| *j > i)
+                        .collect(),
+                    converted: s.exited.get("converted").copied().unwrap_or(0) as f64,
+                    orders: orders.min(s.leads_in) as f64,
+                    checks: s
+                        .revenue
+                        .iter()
+                        .map(|m| {
+                            (
+                                m.currency.clone(),
+                                m.average,
+                                m.orders as f64 / orders as f64,
+                            )
+                        })
+                        .collect(),
+                    // Not known yet when more than half the visits are still going: the
+                    // longest seen so far, ended or not, a lower bound.
+                    days_in: {
+                        let seen = self.visits.remove(&s.stage).unwrap_or_default();
+                        let longest = seen.iter().map(|(d, _)| *d).fold(0.0, f64::max);
+                        km_median(seen).unwrap_or(longest)
+                    },
+                    in_flight,
+                    in_flight_days: if in_flight > 0.0 {
+                        total_days / in_flight
+                    } else {
+                        0.0
+                    },
+                }
             })
-            .collect(),
-        stages,
-        conversions: pair(&|p: &Projected| p.conversions, 1),
-        revenue,
-        method: METHOD,
-    })
+            .collect();
+        // The inflow over the days observed — or over the funnel's age, when it is younger.
+        let age = self.first.map_or(0.0, |first| days_of(now - first));
+        let observed_days = (sc.observe_days as f64).min(age.max(1.0));
+        let (inflow, given) = match sc.inflow {
+            Some(n) => (n, true),
+            None => (r.entered as f64 / observed_days, false),
+        };
+        let days = sc.days as f64;
+        let (exp, draws) = simulate(&st, &changes, inflow, given, observed_days, days);
+        let pair = |f: &dyn Fn(&Projected) -> f64, places| Pair {
+            baseline: estimate(f(&exp.baseline), &draws.baseline, f, places),
+            scenario: estimate(f(&exp.scenario), &draws.scenario, f, places),
+        };
+        let scen = {
+            let mut s = point(&st);
+            change(&mut s, &changes);
+            s
+        };
+        let base = point(&st);
+        let stages = r
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let forward = |rt: &Rates| {
+                    (st[i].leads > 0.0 || changes.iter().any(|(c, _)| *c == i)).then(|| {
+                        let forward: f64 = rt.moves[i].iter().map(|(_, p)| p).sum();
+                        round((forward + rt.converted[i]) * 100.0, 1) + 0.0
+                    })
+                };
+                StageForecast {
+                    stage: s.stage.clone(),
+                    kind: s.kind,
+                    observed_leads: s.leads_in,
+                    in_flight: st[i].in_flight as u64,
+                    days_in_stage: round(st[i].days_in, 2),
+                    conversion: Pair {
+                        baseline: forward(&base),
+                        scenario: forward(&scen),
+                    },
+                    reached_after_days: round(exp.baseline.reached[i], 1),
+                    leads: pair(&|p: &Projected| p.leads[i], 1),
+                    orders: pair(&|p: &Projected| p.orders[i], 1),
+                }
+            })
+            .collect();
+        let currencies: Vec<String> = exp.baseline.revenue.keys().cloned().collect();
+        let revenue = currencies
+            .into_iter()
+            .map(|c| {
+                let key = c.clone();
+                RevenueForecast {
+                    currency: c,
+                    revenue: pair(
+                        &move |p: &Projected| p.revenue.get(&key).copied().unwrap_or(0.0),
+                        2,
+                    ),
+                }
+            })
+            .collect();
+        Ok(ForecastReport {
+            funnel: r.funnel,
+            name: r.name,
+            tz: r.tz,
+            from: now,
+            to: now + Duration::days(sc.days),
+            days: sc.days,
+            observed_from,
+            observed_to: now,
+            observed_entered: r.entered,
+            inflow_per_day: round(inflow, 2),
+            inflow_source: if given { "given" } else { "observed" },
+            changes: sc
+                .changes
+                .iter()
+                .map(|(stage, change)| StageChange {
+                    stage: stage.clone(),
+                    change: *change,
+                })
+                .collect(),
+            stages,
+            conversions: pair(&|p: &Projected| p.conversions, 1),
+            revenue,
+            method: METHOD,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::ab::{AbFold, AbReport};
 use super::attribution::{AttributionReport, Model, attribution_of, credit, credit_tally};
 use super::emails::{EmailReport, email_report};
-use super::forecast::{ForecastReport, Scenario, forecast};
+use super::forecast::{ForecastFold, ForecastReport, Scenario};
 use super::{
     Cohort, FunnelReport, ReportError, Slice, SliceKey, check_field_in, field_names, replay_by,
     replay_runs, report_of, runs_tally, slices_of,
@@ -526,8 +526,7 @@ fn zoned(mut a: Answer, req: &Request) -> Answer {
     a
 }
 
-/// A report made from rows read a range of leads at a time (all but the forecast): each range
-/// is counted as it comes — everything a report counts of a run (its visits, emails, clicks,
+/// A report made from rows read a range of leads at a time: each range is counted as it comes — everything a report counts of a run (its visits, emails, clicks,
 /// its lead's orders and touches) is its own lead's — and dropped, so memory stays bounded
 /// however many leads the funnel has.
 pub struct Fold<'a> {
@@ -554,14 +553,10 @@ enum Counting {
     /// Attribution: orders shared among touches in the lookback.
     Credit(Tally),
     Ab(AbFold),
+    Forecast(ForecastFold),
 }
 
 impl<'a> Fold<'a> {
-    /// Whether `req` is made this way when it reads rows.
-    pub fn folds(req: &Request) -> bool {
-        req.what != What::Forecast
-    }
-
     /// A fold for `req`, checked as of `now` (what happens after `now` is not counted: rows
     /// are read up to it).
     pub fn new(
@@ -575,6 +570,7 @@ impl<'a> Fold<'a> {
             What::Emails => Counting::Mails(Tally::in_periods(vec![(from, to)], false)),
             What::Attribution => Counting::Credit(credit_tally(from, to, now)),
             What::Ab => Counting::Ab(AbFold::new(req.cohort, from, to, now)?),
+            What::Forecast => Counting::Forecast(ForecastFold::new(&req.scenario, now)?),
             _ => {
                 let periods = match req.by {
                     Some(b) => b.periods(from, to, req.tz),
@@ -617,6 +613,7 @@ impl<'a> Fold<'a> {
         self.any_runs |= !rows.runs.is_empty();
         match &mut self.counting {
             Counting::Ab(ab) => ab.add(f, rows),
+            Counting::Forecast(fc) => fc.add(rows),
             Counting::Mails(tally) => {
                 let mails = crate::store::Replay {
                     mails: true,
@@ -655,6 +652,7 @@ impl<'a> Fold<'a> {
         };
         let a = match self.counting {
             Counting::Ab(ab) => Answer::Ab(ab.finish(f)),
+            Counting::Forecast(fc) => Answer::Forecast(fc.finish(f, &req.scenario)?),
             Counting::Mails(tally) => {
                 Answer::Emails(email_report(f, &whole(&tally), cohort, from, to))
             }
@@ -720,12 +718,9 @@ fn answer_of(
     };
     let (from, to) = (req.from, req.to);
     super::Window::new(req.cohort, from, to, now)?;
-    if Fold::folds(req) {
-        let mut fold = Fold::new(f, req, now)?;
-        fold.add(rows);
-        return fold.finish();
-    }
-    Ok(Answer::Forecast(forecast(f, rows, &req.scenario, now)?))
+    let mut fold = Fold::new(f, req, now)?;
+    fold.add(rows);
+    fold.finish()
 }
 
 #[cfg(test)]

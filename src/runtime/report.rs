@@ -1,6 +1,5 @@
-//! A report made against the store: the counters it reads, or its rows — a range of leads at a
-//! time for the funnel and per-email reports ([`Fold`]), at once for the others. The one way
-//! the command line, the API and the bench make a report.
+//! A report made against the store: the counters it reads, or its rows a range of leads at a
+//! time ([`Fold`]). The one way the command line, the API and the bench make a report.
 
 use chrono::{DateTime, Utc};
 
@@ -28,14 +27,14 @@ pub async fn make(
 ) -> Result<Answer, ReportFailed> {
     let id = &f.id.value;
     match req.read(now, store.zone()) {
-        ReportRead::Rows(needs) if Fold::folds(req) => {
+        ReportRead::Rows(needs) => {
             let mut fold = Fold::new(f, req, now)?;
             store
                 .each_range(id, now, needs, |rows| fold.add(&rows))
                 .await?;
             Ok(fold.finish()?)
         }
-        read => {
+        read @ ReportRead::Counts { .. } => {
             let data: ReportData = store.read_report(id, &read, now).await?;
             Ok(answer(f, &data, req, now)?)
         }
