@@ -207,24 +207,52 @@ fn touch_row(lead: LeadId, t: NewTouch, at: DateTime<Utc>) -> touch::ActiveModel
     }
 }
 
+/// An event's payload as [`payload_of`] writes it, read without building a JSON tree (reports
+/// and rounds read millions).
+#[derive(Default, serde::Deserialize)]
+struct Payload {
+    product: Option<String>,
+    template: Option<String>,
+    link: Option<String>,
+    form: Option<String>,
+    funnel: Option<String>,
+    amount: Option<f64>,
+    currency: Option<String>,
+    message: Option<i64>,
+}
+
+impl Payload {
+    /// Any JSON object: a key of another type than [`payload_of`] writes counts as absent.
+    fn lenient(text: &str) -> Payload {
+        let p: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+        let s = |k: &str| p.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        Payload {
+            product: s("product"),
+            template: s("template"),
+            link: s("link"),
+            form: s("form"),
+            funnel: s("funnel"),
+            amount: p.get("amount").and_then(|v| v.as_f64()),
+            currency: s("currency"),
+            message: p.get("message").and_then(|v| v.as_i64()),
+        }
+    }
+}
+
 /// An event from its stored kind and payload.
 pub(crate) fn event_of(id: i64, kind: &str, payload: &str) -> Result<Event> {
     let kind =
         EventKind::parse(kind).map_err(|e| StoreError::Corrupt(format!("event {id}: {e}")))?;
-    let p: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
-    let s = |k: &str| p.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let p: Payload = serde_json::from_str(payload).unwrap_or_else(|_| Payload::lenient(payload));
     Ok(Event {
-        product: s("product"),
-        template: s("template"),
-        link: s("link"),
-        form: s("form"),
-        funnel: s("funnel").and_then(|f| FunnelId::parse(&f).ok()),
-        amount: p
-            .get("amount")
-            .and_then(|v| v.as_f64())
-            .and_then(crate::domain::Money::of_units),
-        currency: s("currency"),
-        message: p.get("message").and_then(|v| v.as_i64()),
+        product: p.product,
+        template: p.template,
+        link: p.link,
+        form: p.form,
+        funnel: p.funnel.and_then(|f| FunnelId::parse(&f).ok()),
+        amount: p.amount.and_then(crate::domain::Money::of_units),
+        currency: p.currency,
+        message: p.message,
         ..Event::of(kind)
     })
 }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sea_orm::{QueryResult, Statement, StreamTrait, Value};
 
+use super::sql::{self, Params};
 use super::{Backend, Result, Store, StoreError, event_of, from_ms, ms, parse_fields};
 use crate::domain::{EnrollmentId, EventKind, FunnelId, LeadId, Outcome, RunStatus, StageId};
 use crate::tally::{
@@ -144,9 +145,6 @@ impl ReportNeeds {
 /// How many lead ids a report or a recount reads at a time.
 pub const LEAD_RANGE: i64 = 20_000;
 
-/// The funnel's leads, as a subquery on the funnel id (`$1`) and the time (`$2`).
-const LEADS: &str = "SELECT lead_id FROM enrollments WHERE funnel_id = $1 AND entered_at < $2";
-
 impl Store {
     /// `sql` with `$1`, `$2`, … as the backend writes parameters (each used once, in order).
     pub(super) fn statement(&self, sql: &str, values: Vec<Value>) -> Statement {
@@ -184,35 +182,6 @@ impl Store {
             f(r)?;
         }
         Ok(())
-    }
-
-    /// Each event of the funnel's leads whose kind is one of `kinds` (quoted SQL literals),
-    /// oldest first; one whose payload cannot be read is left out.
-    async fn each_event(
-        &self,
-        kinds: &str,
-        leads: &str,
-        values: Vec<Value>,
-        mut f: impl FnMut(LeadId, crate::domain::Event, DateTime<Utc>),
-    ) -> Result<()> {
-        let sql = format!(
-            "SELECT id, lead_id, kind, payload, occurred_at FROM events \
-             WHERE kind IN ({kinds}) AND lead_id IN ({leads}) ORDER BY occurred_at, id"
-        );
-        self.each(&sql, values, |r| {
-            let id: i64 = r.try_get_by_index(0)?;
-            let (kind, payload): (String, String) =
-                (r.try_get_by_index(2)?, r.try_get_by_index(3)?);
-            if let Ok(ev) = event_of(id, &kind, &payload) {
-                f(
-                    LeadId(r.try_get_by_index(1)?),
-                    ev,
-                    from_ms(r.try_get_by_index(4)?),
-                );
-            }
-            Ok(())
-        })
-        .await
     }
 
     /// The funnel's runs that entered before `until`, and the rows of `needs` about them.
@@ -273,7 +242,8 @@ impl Store {
     }
 
     /// [`Store::report_rows`] of the runs of leads with ids in `[first, end)` only, when
-    /// `leads` is given.
+    /// `leads` is given. Each kind of row comes packed in one answer ([`sql::select_packed`])
+    /// and is put in order here.
     pub(super) async fn rows_of(
         &self,
         funnel: &FunnelId,
@@ -285,152 +255,212 @@ impl Store {
             funnel: funnel.to_string(),
             ..ReportRows::default()
         };
-        let range = leads;
-        let scope = if leads.is_some() {
-            " AND lead_id >= $3 AND lead_id < $4"
-        } else {
-            ""
-        };
-        let f = || -> Vec<Value> {
-            let mut v = vec![funnel.as_str().into(), ms(until).into()];
+        let backend = self.backend;
+        // The funnel's rows from before `until` (by the column `time`), of the range of leads.
+        let of_funnel = |q: &mut Params, time: &str| {
+            let mut w = format!(
+                "funnel_id = {} AND {time} < {}",
+                q.p(funnel.as_str()),
+                q.p(ms(until))
+            );
             if let Some((first, end)) = leads {
-                v.extend([Value::from(first), Value::from(end)]);
+                w.push_str(&format!(
+                    " AND lead_id >= {} AND lead_id < {}",
+                    q.p(first),
+                    q.p(end)
+                ));
             }
-            v
+            w
         };
-        let leads = format!("{LEADS}{scope}");
-        self.each(
-            &format!(
-                "SELECT id, lead_id, entered_at, status, outcome, exited_at, origin FROM enrollments \
-                 WHERE funnel_id = $1 AND entered_at < $2{scope} ORDER BY id"
-            ),
-            f(),
-            |r| {
-                let id: i64 = r.try_get_by_index(0)?;
-                let (status, outcome): (String, Option<String>) =
-                    (r.try_get_by_index(3)?, r.try_get_by_index(4)?);
-                let status = match (status.as_str(), outcome.as_deref()) {
-                    ("exited", Some(o)) => {
-                        RunStatus::Exited(Outcome::from_name(o).ok_or_else(|| {
-                            StoreError::Corrupt(format!("enrollment {id}: outcome \"{o}\""))
-                        })?)
-                    }
-                    ("unconfirmed", _) => RunStatus::Unconfirmed,
-                    _ => RunStatus::Active,
-                };
-                out.runs.push(RunRow {
-                    enrollment: EnrollmentId(id),
-                    lead: LeadId(r.try_get_by_index(1)?),
-                    entered_at: from_ms(r.try_get_by_index(2)?),
-                    status,
-                    exited_at: r.try_get_by_index::<Option<i64>>(5)?.map(from_ms),
-                    origin: r
-                        .try_get_by_index::<Option<String>>(6)?
-                        .unwrap_or_else(super::counts::none_origin),
-                });
-                Ok(())
-            },
+
+        let mut q = Params::new(backend);
+        let rest = format!("FROM enrollments WHERE {}", of_funnel(&mut q, "entered_at"));
+        type RunCols = (
+            i64,
+            i64,
+            i64,
+            String,
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+        );
+        let mut runs: Vec<RunCols> = sql::select_packed(
+            &self.db,
+            q,
+            "id, lead_id, entered_at, status, outcome, exited_at, origin",
+            &rest,
         )
         .await?;
+        runs.sort_unstable_by_key(|r| r.0);
+        for (id, lead, entered_at, status, outcome, exited_at, origin) in runs {
+            let status = match (status.as_str(), outcome.as_deref()) {
+                ("exited", Some(o)) => {
+                    RunStatus::Exited(Outcome::from_name(o).ok_or_else(|| {
+                        StoreError::Corrupt(format!("enrollment {id}: outcome \"{o}\""))
+                    })?)
+                }
+                ("unconfirmed", _) => RunStatus::Unconfirmed,
+                _ => RunStatus::Active,
+            };
+            out.runs.push(RunRow {
+                enrollment: EnrollmentId(id),
+                lead: LeadId(lead),
+                entered_at: from_ms(entered_at),
+                status,
+                exited_at: exited_at.map(from_ms),
+                origin: origin.unwrap_or_else(super::counts::none_origin),
+            });
+        }
         if needs.visits {
-            // A range's visits are found through its runs (stage_history has no index by lead).
-            let (sql, values) = match range {
-                None => (
-                    "SELECT enrollment_id, stage_id, entered_at, exited_at, exit_reason, \
-                     next_stage_id FROM stage_history WHERE funnel_id = $1 AND entered_at < $2 \
-                     ORDER BY id",
-                    f(),
+            let mut q = Params::new(backend);
+            let rest = match leads {
+                None => format!(
+                    "FROM stage_history WHERE {}",
+                    of_funnel(&mut q, "entered_at")
                 ),
-                Some((first, end)) => (
-                    "SELECT enrollment_id, stage_id, entered_at, exited_at, exit_reason, \
-                     next_stage_id FROM stage_history WHERE entered_at < $1 AND enrollment_id IN \
-                     (SELECT id FROM enrollments WHERE funnel_id = $2 AND lead_id >= $3 \
-                     AND lead_id < $4) ORDER BY id",
-                    vec![
-                        ms(until).into(),
-                        funnel.as_str().into(),
-                        first.into(),
-                        end.into(),
-                    ],
+                // A range's visits are found through its runs (stage_history has no index by
+                // lead).
+                Some((first, end)) => format!(
+                    "FROM stage_history WHERE entered_at < {} AND enrollment_id IN \
+                     (SELECT id FROM enrollments WHERE funnel_id = {} AND lead_id >= {} \
+                     AND lead_id < {})",
+                    q.p(ms(until)),
+                    q.p(funnel.as_str()),
+                    q.p(first),
+                    q.p(end)
                 ),
             };
-            self.each(sql, values, |r| {
-                let Ok(stage) = StageId::parse(&r.try_get_by_index::<String>(1)?) else {
-                    return Ok(());
+            type VisitCols = (
+                i64,
+                i64,
+                String,
+                i64,
+                Option<i64>,
+                Option<String>,
+                Option<String>,
+            );
+            let mut visits: Vec<VisitCols> = sql::select_packed(
+                &self.db,
+                q,
+                "id, enrollment_id, stage_id, entered_at, exited_at, exit_reason, next_stage_id",
+                &rest,
+            )
+            .await?;
+            visits.sort_unstable_by_key(|v| v.0);
+            for (_, run, stage, entered_at, exited_at, reason, next) in visits {
+                let Ok(stage) = StageId::parse(&stage) else {
+                    continue;
                 };
                 out.visits.push(VisitRow {
-                    enrollment: EnrollmentId(r.try_get_by_index(0)?),
+                    enrollment: EnrollmentId(run),
                     stage,
-                    entered_at: from_ms(r.try_get_by_index(2)?),
-                    exited_at: r.try_get_by_index::<Option<i64>>(3)?.map(from_ms),
-                    reason: r.try_get_by_index(4)?,
-                    next: r
-                        .try_get_by_index::<Option<String>>(5)?
-                        .and_then(|s| StageId::parse(&s).ok()),
+                    entered_at: from_ms(entered_at),
+                    exited_at: exited_at.map(from_ms),
+                    reason,
+                    next: next.and_then(|s| StageId::parse(&s).ok()),
                 });
-                Ok(())
-            })
-            .await?;
+            }
         }
         if needs.emails {
-            self.each(
-                &format!(
-                    "SELECT id, lead_id, enrollment_id, stage_id, template, status, created_at, \
-                     step_id FROM messages WHERE funnel_id = $1 AND kind = 'email' AND created_at < $2\
-                     {scope} ORDER BY id"
-                ),
-                f(),
-                |r| {
-                    out.emails.push(EmailRow {
-                        id: r.try_get_by_index(0)?,
-                        lead: LeadId(r.try_get_by_index(1)?),
-                        enrollment: r.try_get_by_index::<Option<i64>>(2)?.map(EnrollmentId),
-                        stage: r.try_get_by_index(3)?,
-                        template: r.try_get_by_index::<Option<String>>(4)?.unwrap_or_default(),
-                        status: r.try_get_by_index(5)?,
-                        created_at: from_ms(r.try_get_by_index(6)?),
-                        step: r.try_get_by_index(7)?,
-                    });
-                    Ok(())
-                },
+            let mut q = Params::new(backend);
+            let rest = format!(
+                "FROM messages WHERE kind = 'email' AND {}",
+                of_funnel(&mut q, "created_at")
+            );
+            type EmailCols = (
+                i64,
+                i64,
+                Option<i64>,
+                Option<String>,
+                Option<String>,
+                String,
+                i64,
+                Option<String>,
+            );
+            let mut emails: Vec<EmailCols> = sql::select_packed(
+                &self.db,
+                q,
+                "id, lead_id, enrollment_id, stage_id, template, status, created_at, step_id",
+                &rest,
             )
             .await?;
+            emails.sort_unstable_by_key(|e| e.0);
+            for (id, lead, run, stage, template, status, created_at, step) in emails {
+                out.emails.push(EmailRow {
+                    id,
+                    lead: LeadId(lead),
+                    enrollment: run.map(EnrollmentId),
+                    stage,
+                    step,
+                    template: template.unwrap_or_default(),
+                    status,
+                    created_at: from_ms(created_at),
+                });
+            }
         }
         if needs.milestones {
-            self.each(
-                &format!(
-                    "SELECT enrollment_id, kind, occurred_at FROM milestones \
-                     WHERE funnel_id = $1 AND occurred_at < $2{scope} ORDER BY occurred_at, id"
-                ),
-                f(),
-                |r| {
-                    if let Ok(kind) = EventKind::parse(&r.try_get_by_index::<String>(1)?) {
-                        out.milestones.push(MilestoneRow {
-                            enrollment: EnrollmentId(r.try_get_by_index(0)?),
-                            kind,
-                            at: from_ms(r.try_get_by_index(2)?),
-                        });
-                    }
-                    Ok(())
-                },
-            )
-            .await?;
+            let mut q = Params::new(backend);
+            let rest = format!("FROM milestones WHERE {}", of_funnel(&mut q, "occurred_at"));
+            let mut rows: Vec<(i64, i64, String, i64)> =
+                sql::select_packed(&self.db, q, "id, enrollment_id, kind, occurred_at", &rest)
+                    .await?;
+            rows.sort_unstable_by_key(|r| (r.3, r.0));
+            for (_, run, kind, at) in rows {
+                if let Ok(kind) = EventKind::parse(&kind) {
+                    out.milestones.push(MilestoneRow {
+                        enrollment: EnrollmentId(run),
+                        kind,
+                        at: from_ms(at),
+                    });
+                }
+            }
         }
+        // The funnel's leads, as a subquery.
+        let of_leads = |q: &mut Params| {
+            format!(
+                "SELECT lead_id FROM enrollments WHERE {}",
+                of_funnel(q, "entered_at")
+            )
+        };
+        // Each event of the funnel's leads whose kind is one of `kinds` (quoted SQL literals),
+        // oldest first; one whose payload cannot be read is left out.
+        let events =
+            async |kinds: &str| -> Result<Vec<(LeadId, crate::domain::Event, DateTime<Utc>)>> {
+                let mut q = Params::new(backend);
+                let rest = format!(
+                    "FROM events WHERE kind IN ({kinds}) AND lead_id IN ({})",
+                    of_leads(&mut q)
+                );
+                let mut rows: Vec<(i64, i64, String, String, i64)> = sql::select_packed(
+                    &self.db,
+                    q,
+                    "id, lead_id, kind, payload, occurred_at",
+                    &rest,
+                )
+                .await?;
+                rows.sort_unstable_by_key(|r| (r.4, r.0));
+                Ok(rows
+                    .into_iter()
+                    .filter_map(|(id, lead, kind, payload, at)| {
+                        let ev = event_of(id, &kind, &payload).ok()?;
+                        Some((LeadId(lead), ev, from_ms(at)))
+                    })
+                    .collect())
+            };
         if needs.purchases {
-            self.each_event("'purchase'", &leads, f(), |lead, ev, at| {
+            for (lead, ev, at) in events("'purchase'").await? {
                 out.purchases.push(PurchaseRow {
                     lead,
                     product: ev.product,
                     amount: ev.amount,
                     currency: ev.currency,
                     at,
-                })
-            })
-            .await?;
+                });
+            }
         }
         if needs.tracking {
             let kinds = "'click', 'open', 'unsubscribed', 'bounced', 'complained'";
-            self.each_event(kinds, &leads, f(), |lead, ev, at| {
+            for (lead, ev, at) in events(kinds).await? {
                 out.tracking.push(TrackRow {
                     lead,
                     kind: ev.kind,
@@ -438,47 +468,58 @@ impl Store {
                     template: ev.template,
                     link: ev.link,
                     at,
-                })
-            })
-            .await?;
+                });
+            }
         }
         if needs.touches {
-            let sql = format!(
-                "SELECT lead_id, occurred_at, channel, source, medium, campaign, form_id \
-                 FROM touches WHERE lead_id IN ({leads}) ORDER BY occurred_at, id"
+            let mut q = Params::new(backend);
+            let rest = format!("FROM touches WHERE lead_id IN ({})", of_leads(&mut q));
+            type TouchCols = (
+                i64,
+                i64,
+                i64,
+                String,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
             );
-            self.each(&sql, f(), |r| {
-                out.touches.push(TouchRow {
-                    lead: LeadId(r.try_get_by_index(0)?),
-                    at: from_ms(r.try_get_by_index(1)?),
-                    channel: r.try_get_by_index(2)?,
-                    source: r.try_get_by_index(3)?,
-                    medium: r.try_get_by_index(4)?,
-                    campaign: r.try_get_by_index(5)?,
-                    form: r.try_get_by_index(6)?,
-                });
-                Ok(())
-            })
+            let mut rows: Vec<TouchCols> = sql::select_packed(
+                &self.db,
+                q,
+                "id, lead_id, occurred_at, channel, source, medium, campaign, form_id",
+                &rest,
+            )
             .await?;
+            rows.sort_unstable_by_key(|r| (r.2, r.0));
+            for (_, lead, at, channel, source, medium, campaign, form) in rows {
+                out.touches.push(TouchRow {
+                    lead: LeadId(lead),
+                    at: from_ms(at),
+                    channel,
+                    source,
+                    medium,
+                    campaign,
+                    form,
+                });
+            }
         }
         if needs.fields {
-            let sql = format!(
-                "SELECT id, fields, first_name, timezone FROM leads WHERE id IN ({leads}) \
-                 ORDER BY id"
-            );
-            self.each(&sql, f(), |r| {
-                let mut fields =
-                    parse_fields(&r.try_get_by_index::<String>(1)?).unwrap_or_default();
-                if let Some(n) = r.try_get_by_index::<Option<String>>(2)? {
+            let mut q = Params::new(backend);
+            let rest = format!("FROM leads WHERE id IN ({})", of_leads(&mut q));
+            let mut rows: Vec<(i64, String, Option<String>, Option<String>)> =
+                sql::select_packed(&self.db, q, "id, fields, first_name, timezone", &rest).await?;
+            rows.sort_unstable_by_key(|r| r.0);
+            for (id, fields, first_name, timezone) in rows {
+                let mut fields = parse_fields(&fields).unwrap_or_default();
+                if let Some(n) = first_name {
                     fields.insert("first_name".into(), n.into());
                 }
-                if let Some(z) = r.try_get_by_index::<Option<String>>(3)? {
+                if let Some(z) = timezone {
                     fields.insert("timezone".into(), z.into());
                 }
-                out.fields.push((LeadId(r.try_get_by_index(0)?), fields));
-                Ok(())
-            })
-            .await?;
+                out.fields.push((LeadId(id), fields));
+            }
         }
         Ok(out)
     }
