@@ -141,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
     let client = {
         let retries = retries.clone();
         tokio::spawn(async move {
+            autofunnel::delivery::webhook::install_tls();
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?;

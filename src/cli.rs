@@ -601,6 +601,10 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     let runtime = std::sync::Arc::new(runtime);
     let secret = settings.secret_bytes()?;
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+    let hooks = std::sync::Arc::new(
+        delivery::webhook::Hooks::new(store.outbox(), project.clone())
+            .with_metrics(metrics.clone()),
+    );
     let sender = std::sync::Arc::new(
         delivery::Sender::new(
             store.outbox(),
@@ -623,12 +627,17 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         let (s, done) = (sender.clone(), until_stopped());
         tokio::spawn(async move { s.run(done).await })
     };
+    let calling = {
+        let (h, done) = (hooks.clone(), until_stopped());
+        tokio::spawn(async move { h.run(done).await })
+    };
     #[cfg(unix)]
     let reloader = tokio::spawn(reload_on_sighup(
         hangup,
         files,
         runtime.clone(),
         sender.clone(),
+        hooks.clone(),
         settings.clone(),
         until_stopped(),
     ));
@@ -667,6 +676,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     served.context("the HTTP server task failed")??;
     scheduler.await.context("the scheduler task failed")?;
     sending.await.context("the sender task failed")?;
+    calling.await.context("the webhook task failed")?;
     reloader.await.context("the reload task failed")?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -699,6 +709,7 @@ async fn reload_on_sighup(
     mut seen: u64,
     runtime: std::sync::Arc<Runtime>,
     sender: std::sync::Arc<delivery::Sender>,
+    hooks: std::sync::Arc<delivery::webhook::Hooks>,
     settings: Settings,
     stopped: impl Future<Output = ()>,
 ) {
@@ -724,7 +735,9 @@ async fn reload_on_sighup(
                 let n = p.funnels.len();
                 match runtime.reload(p.funnels.clone(), chrono::Utc::now()).await {
                     Ok(()) => {
-                        sender.reload(std::sync::Arc::new(p));
+                        let p = std::sync::Arc::new(p);
+                        hooks.reload(p.clone());
+                        sender.reload(p);
                         tracing::info!(funnels = n, "reloaded")
                     }
                     Err(e) => {

@@ -17,6 +17,9 @@ pub struct Metrics {
     pub emails_retried: Counter,
     pub emails_failed: Counter,
     pub emails_suppressed: Counter,
+    pub webhooks_delivered: Counter,
+    pub webhooks_retried: Counter,
+    pub webhooks_failed: Counter,
     outbox_queued: Gauge,
     outbox_sending: Gauge,
     wake_lag: Gauge<f64, AtomicU64>,
@@ -32,6 +35,9 @@ impl Default for Metrics {
             emails_retried: Counter::default(),
             emails_failed: Counter::default(),
             emails_suppressed: Counter::default(),
+            webhooks_delivered: Counter::default(),
+            webhooks_retried: Counter::default(),
+            webhooks_failed: Counter::default(),
             outbox_queued: Gauge::default(),
             outbox_sending: Gauge::default(),
             wake_lag: Gauge::default(),
@@ -59,6 +65,21 @@ impl Default for Metrics {
                 "emails_suppressed",
                 "Queued emails dropped because the address was suppressed",
                 &m.emails_suppressed,
+            ),
+            (
+                "webhooks_delivered",
+                "Webhook calls answered with 2xx",
+                &m.webhooks_delivered,
+            ),
+            (
+                "webhooks_retried",
+                "Webhook calls that failed transiently and were queued again",
+                &m.webhooks_retried,
+            ),
+            (
+                "webhooks_failed",
+                "Webhook calls given up (the dead letters)",
+                &m.webhooks_failed,
             ),
         ];
         for (name, help, c) in counters {

@@ -45,7 +45,7 @@ async fn admin_api(store: Store) {
             ..crate::util::off(&rt)
         },
     );
-    let client = reqwest::Client::new();
+    let client = crate::util::http();
     let email = Email::parse("anna@example.com").unwrap();
     let id = store
         .import_leads(
@@ -213,7 +213,7 @@ async fn remove_and_tags(store: Store) {
         .await
         .unwrap()[0]
         .0;
-    let client = reqwest::Client::new();
+    let client = crate::util::http();
     let call = |method: reqwest::Method, path: String, body: Option<Value>| {
         let mut r = client
             .request(method, format!("{base}{path}"))

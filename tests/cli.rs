@@ -207,7 +207,7 @@ fn a_kill_mid_batch_loses_no_lead() {
     let addr = listening(&rx);
     // Four clients post batches of 250 new addresses until the process is killed.
     let accepted: Vec<String> = rt.block_on(async {
-        let client = reqwest::Client::new();
+        let client = crate::util::http();
         let (tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
         for c in 0..4 {
             let (client, addr, tx) = (client.clone(), addr.clone(), tx.clone());
@@ -263,7 +263,9 @@ fn a_kill_mid_batch_loses_no_lead() {
     let addr = listening(&rx);
     let url = format!("sqlite://{}", dir.path().join("autofunnel.db").display());
     rt.block_on(async {
-        let health = reqwest::get(format!("http://{addr}/healthz"))
+        let health = crate::util::http()
+            .get(format!("http://{addr}/healthz"))
+            .send()
             .await
             .unwrap();
         assert!(health.status().is_success());
@@ -342,7 +344,9 @@ fn run_serves_healthz_on_the_embedded_defaults_and_stops_on_sigterm() {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let body: serde_json::Value = rt.block_on(async {
-        reqwest::get(format!("http://{addr}/healthz"))
+        crate::util::http()
+            .get(format!("http://{addr}/healthz"))
+            .send()
             .await
             .unwrap()
             .json()

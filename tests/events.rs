@@ -58,7 +58,7 @@ async fn events_api(store: Store) {
             ..crate::util::off(&rt)
         },
     );
-    let client = reqwest::Client::new();
+    let client = crate::util::http();
     let api = format!("{base}/api/v1/events");
     let post = |body: Value| client.post(&api).bearer_auth(TOKEN).json(&body).send();
 
@@ -266,7 +266,7 @@ async fn event_entry(store: Store) {
             ..crate::util::off(&rt)
         },
     );
-    let client = reqwest::Client::new();
+    let client = crate::util::http();
     let post = |body: Value| {
         let r = client
             .post(format!("{base}/api/v1/events"))

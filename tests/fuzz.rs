@@ -83,7 +83,7 @@ async fn arbitrary_signups_are_refused_or_delivered(store: Store) {
     let rt = crate::util::engine(&store, &p, Utc::now()).await;
     let (listener, base) = Server::bind().await;
     let server = Server::start(listener, crate::util::off(&rt));
-    let client = reqwest::Client::builder()
+    let client = crate::util::http_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

@@ -13,7 +13,7 @@ use autofunnel::server::{AppState, signup};
 use autofunnel::store::{LeadInput, Store};
 use autofunnel::tokens::{self, LeadLink};
 use chrono::Utc;
-use reqwest::{Client, Method, RequestBuilder};
+use reqwest::{Method, RequestBuilder};
 use serde_json::{Value, json};
 
 use crate::util::{Server, on_both_backends, project_of};
@@ -158,6 +158,12 @@ fn project(dir: &Path) -> Arc<project::Project> {
                 "name: News\nfrom: \"Shop <shop@example.com>\"\nentry: { form: news }\n\
                  stages:\n  - id: news\n    steps:\n      - wait: 30d\n      - exit: completed\n",
             ),
+            (
+                "funnels/crm.yaml",
+                "name: CRM\nentry: { api: true }\n\
+                 webhooks:\n  crm:\n    url: \"http://127.0.0.1:9/hook\"\n\
+                 stages:\n  - id: won\n    steps:\n      - webhook: crm\n      - wait: 30d\n      - exit: completed\n",
+            ),
             ("templates/welcome/hello.subject", "Hello"),
             ("templates/welcome/hello.html", "<p>Hello</p>"),
         ],
@@ -206,7 +212,7 @@ async fn openapi(store: Store) {
     let server = Server::start(listener, state);
     let (listener, off) = Server::bind().await;
     let off_server = Server::start(listener, bare);
-    let c = Client::builder()
+    let c = crate::util::http_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
@@ -233,7 +239,7 @@ async fn openapi(store: Store) {
         .await;
     let health: Value = serde_json::from_slice(&health).unwrap();
     assert_eq!(health["status"], "ok", "{health}");
-    assert_eq!(health["funnels"], 2);
+    assert_eq!(health["funnels"], 3);
     k.call(get.clone(), "/metrics", c.get(format!("{base}/metrics")))
         .await;
 
@@ -253,6 +259,31 @@ async fn openapi(store: Store) {
         .expect("stored")
         .id
         .0;
+    // A webhook call given up on: its funnel's webhook is gone from the project the caller has.
+    let hooked = store
+        .import_leads(
+            &[(
+                Email::parse("hook@example.com").unwrap(),
+                Default::default(),
+            )],
+            autofunnel::domain::Consent::Confirmed,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    rt.enroll_many(&hooked, &crate::util::fid("crm"), Utc::now())
+        .await
+        .unwrap();
+    while rt.tick(Utc::now()).await.unwrap() > 0 {}
+    let none = Arc::new(autofunnel::project::Project {
+        funnels: Vec::new(),
+        templates: Default::default(),
+    });
+    let hooks = autofunnel::delivery::webhook::Hooks::new(store.outbox(), none);
+    assert_eq!(hooks.round(Utc::now()).await.unwrap().failed, 1);
+    let dead = store.failed_webhooks(1).await.unwrap()[0].id;
+    let failed = "/api/v1/webhooks/failed";
+    let retry = "/api/v1/webhooks/failed/{id}/retry";
     assert_eq!(
         k.call(
             post.clone(),
@@ -764,6 +795,45 @@ async fn openapi(store: Store) {
             "/api/v1/funnels",
             admin(get.clone(), &base, "/api/v1/funnels"),
             200,
+        ),
+        (get.clone(), failed, admin(get.clone(), &base, failed), 200),
+        (
+            get.clone(),
+            failed,
+            admin(get.clone(), &base, &format!("{failed}?limit=x")),
+            400,
+        ),
+        (get.clone(), failed, c.get(format!("{base}{failed}")), 401),
+        (get.clone(), failed, admin(get.clone(), &off, failed), 404),
+        (
+            get.clone(),
+            failed,
+            admin(get.clone(), &base, &format!("{failed}?limit=0")),
+            422,
+        ),
+        (
+            post.clone(),
+            retry,
+            admin(post.clone(), &base, &format!("{failed}/{dead}/retry")),
+            200,
+        ),
+        (
+            post.clone(),
+            retry,
+            admin(post.clone(), &base, &format!("{failed}/x/retry")),
+            400,
+        ),
+        (
+            post.clone(),
+            retry,
+            c.post(format!("{base}{failed}/{dead}/retry")),
+            401,
+        ),
+        (
+            post.clone(),
+            retry,
+            admin(post.clone(), &base, &format!("{failed}/424242/retry")),
+            404,
         ),
         (
             get.clone(),

@@ -79,7 +79,7 @@ async fn confirm_and_unsubscribe(store: Store) {
             ..crate::util::off(&rt)
         },
     );
-    let client = reqwest::Client::new();
+    let client = crate::util::http();
 
     // Double opt-in: the page does not confirm by itself; the POST does, once.
     let ann = lead(&store, "ann@example.com", Consent::Pending).await;

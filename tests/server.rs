@@ -50,7 +50,9 @@ async fn healthz_answers_ok_while_the_database_answers() {
         ..crate::util::off(&rt)
     })
     .await;
-    let resp = reqwest::get(format!("http://{addr}/healthz"))
+    let resp = crate::util::http()
+        .get(format!("http://{addr}/healthz"))
+        .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -64,7 +66,11 @@ async fn healthz_answers_ok_while_the_database_answers() {
         serde_json::json!({ "queued": 0, "sending": 0, "oldest_due_seconds": 0.0 })
     );
     assert_eq!(body["problems"], serde_json::json!([]));
-    let missing = reqwest::get(format!("http://{addr}/nope")).await.unwrap();
+    let missing = crate::util::http()
+        .get(format!("http://{addr}/nope"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
@@ -117,7 +123,9 @@ async fn healthz_says_degraded_when_work_is_overdue() {
         ..crate::util::off(&rt)
     })
     .await;
-    let resp = reqwest::get(format!("http://{addr}/healthz"))
+    let resp = crate::util::http()
+        .get(format!("http://{addr}/healthz"))
+        .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -179,7 +187,7 @@ async fn delivery_reports_are_verified_then_suppress() {
         ..crate::util::off(&rt)
     })
     .await;
-    let client = reqwest::Client::new();
+    let client = crate::util::http();
     let post = |body: &'static str, ts: i64, sig: String| {
         client
             .post(format!("http://{addr}/hooks/delivery"))

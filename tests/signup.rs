@@ -48,7 +48,7 @@ async fn signups(store: Store) {
             ..crate::util::off(&rt)
         },
     );
-    let client = reqwest::Client::builder()
+    let client = crate::util::http_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
@@ -265,7 +265,7 @@ async fn concurrent_signups(store: Store) {
             ..crate::util::off(&rt)
         },
     );
-    let client = reqwest::Client::new();
+    let client = crate::util::http();
     let requests = (0..200).map(|i| {
         // Addresses 0..40 sign up twice: first with a city, then with a plan.
         let (n, field) = if i < 160 {

@@ -20,3 +20,4 @@ mod store;
 mod tidy;
 mod tracking;
 mod util;
+mod webhooks;

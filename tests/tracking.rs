@@ -162,7 +162,7 @@ async fn links_are_tracked_and_offers_expire(store: Store) {
             ..crate::util::off(&rt)
         },
     );
-    let client = reqwest::Client::builder()
+    let client = crate::util::http_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

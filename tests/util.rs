@@ -138,3 +138,14 @@ pub async fn engine(
             .unwrap(),
     )
 }
+
+/// An HTTP client (rustls with ring made the process's TLS default first).
+pub fn http() -> reqwest::Client {
+    http_builder().build().unwrap()
+}
+
+/// An HTTP client's builder, as [`http`] makes it.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    autofunnel::delivery::webhook::install_tls();
+    reqwest::Client::builder()
+}

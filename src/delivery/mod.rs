@@ -10,6 +10,7 @@ pub mod compose;
 pub mod rate;
 pub mod smtp;
 pub mod track;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

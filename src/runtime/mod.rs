@@ -432,6 +432,12 @@ impl Runtime {
         Ok((out, triggers))
     }
 
+    /// Queues a failed webhook call (a dead letter) again, for an attempt now; `false` when
+    /// there is no such failed call.
+    pub async fn retry_webhook(&self, id: i64, now: DateTime<Utc>) -> Result<bool, RuntimeError> {
+        Ok(self.store.retry_webhook(id, now).await?)
+    }
+
     /// Takes the lead out of the funnel: its live run ends with the outcome `removed` (through
     /// a stored `removed` event, so whichever node holds the run ends it). `None` when the lead
     /// is not in the funnel.

@@ -1,6 +1,7 @@
 //! The admin API, behind `Authorization: Bearer <admin_token>` (the [`Admin`] extractor): find
 //! a lead, export everything about them, tag and untag them, enroll them in a funnel or take
-//! them out, erase them, and list the funnels with their counts.
+//! them out, erase them, list the funnels with their counts, and list and retry the webhook
+//! calls given up on.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -183,4 +184,41 @@ pub async fn funnels(_: Admin, State(state): State<AppState>) -> Answer {
         })
         .collect();
     Ok(Json(json!({ "funnels": list })))
+}
+
+#[derive(serde::Deserialize)]
+pub struct Limit {
+    limit: Option<u64>,
+}
+
+/// `GET /api/v1/webhooks/failed?limit=100`: the webhook calls given up on, newest first, with
+/// their last error.
+pub async fn failed_webhooks(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<Limit>,
+) -> Answer {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit", "from 1 to 1000"));
+    }
+    let failed = state.runtime.store().failed_webhooks(limit).await?;
+    Ok(Json(json!({ "failed": failed })))
+}
+
+/// `POST /api/v1/webhooks/failed/{id}/retry`: queues a failed call again, its attempts counted
+/// from zero.
+pub async fn retry_webhook(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Answer {
+    if state.runtime.retry_webhook(id, chrono::Utc::now()).await? {
+        Ok(Json(json!({ "status": "queued", "id": id })))
+    } else {
+        Err(ApiError::not_found(
+            "id",
+            "no failed webhook call with this id",
+        ))
+    }
 }

@@ -109,6 +109,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/leads/{id}/enroll", post(admin::enroll))
         .route("/api/v1/leads/{id}/remove", post(admin::remove))
         .route("/api/v1/funnels", get(admin::funnels))
+        .route("/api/v1/webhooks/failed", get(admin::failed_webhooks))
+        .route(
+            "/api/v1/webhooks/failed/{id}/retry",
+            post(admin::retry_webhook),
+        )
         .route("/api/v1/reports/funnels/{id}", get(reports::funnel))
         .route("/api/v1/reports/funnels/{id}/emails", get(reports::emails))
         .route("/api/v1/reports/funnels/{id}/ab", get(reports::ab))

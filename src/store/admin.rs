@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::entities::{enrollment, event, message, suppression};
 use super::{Result, Store, from_ms};
 use crate::domain::LeadId;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 impl Store {
     /// Everything stored about a lead, as JSON: the lead, tags, touches, events, enrollments,
@@ -165,5 +165,82 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// A webhook call given up on: its last error, for the admin to read and retry.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FailedHook {
+    pub id: i64,
+    pub lead: i64,
+    pub funnel: Option<String>,
+    pub stage: Option<String>,
+    pub step: Option<String>,
+    pub webhook: Option<String>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub queued_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Store {
+    /// The webhook calls given up on (the dead letters), newest first, at most `limit`.
+    pub async fn failed_webhooks(&self, limit: u64) -> Result<Vec<FailedHook>> {
+        let rows = message::Entity::find()
+            .filter(message::Column::Kind.eq("webhook"))
+            .filter(message::Column::Status.eq("failed"))
+            .order_by_desc(message::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|m| {
+                let webhook = serde_json::from_str::<Value>(&m.payload)
+                    .ok()
+                    .and_then(|p| p.get("webhook")?.as_str().map(str::to_string));
+                FailedHook {
+                    id: m.id,
+                    lead: m.lead_id,
+                    funnel: m.funnel_id,
+                    stage: m.stage_id,
+                    step: m.step_id,
+                    webhook,
+                    attempts: m.attempts,
+                    last_error: m.last_error,
+                    queued_at: from_ms(m.created_at),
+                }
+            })
+            .collect())
+    }
+
+    /// Queues a failed webhook call again for an attempt at `now`, its attempts counted from
+    /// zero. `false` when there is no such failed call.
+    pub async fn retry_webhook(&self, id: i64, now: chrono::DateTime<chrono::Utc>) -> Result<bool> {
+        let txn = self.write().await?;
+        let done = message::Entity::update_many()
+            .col_expr(
+                message::Column::Status,
+                sea_orm::sea_query::Expr::value("queued"),
+            )
+            .col_expr(
+                message::Column::Attempts,
+                sea_orm::sea_query::Expr::value(0),
+            )
+            .col_expr(
+                message::Column::NextAttemptAt,
+                sea_orm::sea_query::Expr::value(super::ms(now)),
+            )
+            .col_expr(
+                message::Column::LeaseUntil,
+                sea_orm::sea_query::Expr::value(Option::<i64>::None),
+            )
+            .filter(message::Column::Id.eq(id))
+            .filter(message::Column::Kind.eq("webhook"))
+            .filter(message::Column::Status.eq("failed"))
+            .exec(&*txn)
+            .await?
+            .rows_affected;
+        txn.commit().await?;
+        Ok(done > 0)
     }
 }

@@ -12,12 +12,13 @@ mod report;
 mod signups;
 mod sql;
 
+pub use admin::FailedHook;
 pub use counts::{Grouping, ReportData, ReportRead, Scope};
 pub use enrollments::{
     ClosedVisit, EnrollmentRow, FactRows, MAX_CLAIMS, MessageKind, NewMessage, NewRun, OpenedVisit,
     OutboxRow, Position, RunBefore, RunState, RunUpdate, RunWrites, StageVisit,
 };
-pub use outbox::{MessageOrigin, Outbox, Outgoing};
+pub use outbox::{MessageOrigin, Outbox, Outgoing, OutgoingHook};
 pub use report::{
     EmailRow, MilestoneRow, PurchaseRow, Replay, ReportNeeds, ReportRows, RunRow, TouchRow,
     TrackRow, VisitRow,

@@ -34,6 +34,21 @@ pub struct Outgoing {
     pub created_at: DateTime<Utc>,
 }
 
+/// A webhook call waiting to be made, as claimed by the sender.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingHook {
+    pub id: i64,
+    pub lead: LeadId,
+    pub funnel: Option<FunnelId>,
+    pub stage: Option<String>,
+    pub step: Option<String>,
+    /// The funnel's `webhooks:` entry it calls.
+    pub webhook: Option<String>,
+    /// Attempts made so far, this one included.
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+}
+
 /// Where a message came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageOrigin {
@@ -149,6 +164,56 @@ impl Outbox {
                 recipient: r.try_get_by_index(7)?,
                 attempts: r.try_get_by_index(8)?,
                 created_at: from_ms(r.try_get_by_index(9)?),
+            });
+        }
+        out.sort_by_key(|m| m.id);
+        txn.commit().await?;
+        Ok(out)
+    }
+
+    /// Leases up to `limit` webhook calls due for an attempt (or whose attempt's lease
+    /// lapsed: the sender stopped mid-call), oldest due first.
+    pub async fn claim_webhooks(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u64,
+    ) -> Result<Vec<OutgoingHook>> {
+        let store = &self.store;
+        let txn = store.write().await?;
+        let mut q = Params::new(store.backend);
+        let until = q.p(ms(now + lease));
+        let due = q.p(ms(now));
+        let lapsed = q.p(ms(now));
+        let n = q.p(limit as i64);
+        let lock = match store.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
+            "UPDATE messages SET status = 'sending', lease_until = {until}, attempts = attempts + 1 \
+             WHERE id IN (SELECT id FROM messages WHERE kind = 'webhook' \
+             AND ((status = 'queued' AND next_attempt_at <= {due}) \
+             OR (status = 'sending' AND lease_until < {lapsed})) \
+             ORDER BY next_attempt_at LIMIT {n}{lock}) \
+             RETURNING id, lead_id, funnel_id, stage_id, step_id, payload, attempts, created_at"
+        );
+        let mut out: Vec<OutgoingHook> = Vec::new();
+        for r in txn.query_all_raw(q.statement(sql)).await? {
+            let funnel: Option<String> = r.try_get_by_index(2)?;
+            let payload: Option<String> = r.try_get_by_index(5)?;
+            let webhook = payload
+                .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+                .and_then(|p| p.get("webhook")?.as_str().map(str::to_string));
+            out.push(OutgoingHook {
+                id: r.try_get_by_index(0)?,
+                lead: LeadId(r.try_get_by_index(1)?),
+                funnel: funnel.and_then(|f| FunnelId::parse(&f).ok()),
+                stage: r.try_get_by_index(3)?,
+                step: r.try_get_by_index(4)?,
+                webhook,
+                attempts: r.try_get_by_index(6)?,
+                created_at: from_ms(r.try_get_by_index(7)?),
             });
         }
         out.sort_by_key(|m| m.id);

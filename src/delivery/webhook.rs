@@ -1,0 +1,370 @@
+//! Outbound webhooks: the calls a funnel's `webhook:` steps queue are claimed from the outbox
+//! with a lease, like emails, and POSTed as JSON signed the Standard Webhooks way
+//! (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256>` over
+//! `id.timestamp.body`, the key from the webhook's `secret_env`). A 2xx answer is delivered;
+//! 429, 5xx, a timeout or a refused connection are tried again with exponential backoff and
+//! jitter (or when `Retry-After` says) for up to a day; any other answer fails the call for
+//! good. Failed calls are the dead letters the admin API lists and queues again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use base64::Engine as _;
+use chrono::{DateTime, Duration, Utc};
+use hmac::{KeyInit, Mac};
+use tokio::sync::Semaphore;
+
+use crate::domain::Lead;
+use crate::metrics::Metrics;
+use crate::project::Project;
+use crate::store::{Outbox, OutgoingHook};
+
+/// How long a claimed call is reserved for its attempt.
+pub const LEASE: Duration = Duration::minutes(2);
+/// Calls claimed per round.
+pub const BATCH: u64 = 200;
+/// Calls in flight to one URL at once, so one slow receiver cannot hold every call.
+pub const PER_ENDPOINT: usize = 4;
+/// How long a call is tried before it is given up.
+pub const GIVE_UP_AFTER: Duration = Duration::hours(24);
+/// The longest an answer is waited for, by default.
+pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What became of one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Called {
+    Delivered,
+    /// Try again, not before this time.
+    Later(Option<DateTime<Utc>>, String),
+    Failed(String),
+}
+
+/// A round's tally.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HookTally {
+    pub delivered: usize,
+    pub retried: usize,
+    pub failed: usize,
+}
+
+/// Calls the webhooks the outbox holds.
+pub struct Hooks {
+    outbox: Outbox,
+    project: RwLock<Arc<Project>>,
+    client: reqwest::Client,
+    /// The project-wide webhooks of `autofunnel.toml` (`[webhooks.NAME]`), for steps that name
+    /// one their funnel does not declare.
+    shared: Vec<crate::funnel::model::Webhook>,
+    metrics: Option<Arc<Metrics>>,
+    /// Per URL, the calls that may be in flight.
+    endpoints: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// The Standard Webhooks signature of `body`: `v1,` and the base64 HMAC-SHA256 of
+/// `id.timestamp.body` under `secret` (a `whsec_` secret is base64 after its prefix; any other
+/// is used as it is).
+pub fn signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let key = match secret.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_else(|_| secret.as_bytes().to_vec()),
+        None => secret.as_bytes().to_vec(),
+    };
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key length");
+    m.update(id.as_bytes());
+    m.update(b".");
+    m.update(timestamp.to_string().as_bytes());
+    m.update(b".");
+    m.update(body);
+    let sig = base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes());
+    format!("v1,{sig}")
+}
+
+/// The JSON a call posts: the message id (the receiver's key to drop a repeat), the webhook,
+/// funnel, stage and step, and the lead.
+pub fn body(h: &OutgoingHook, lead: Option<&Lead>, now: DateTime<Utc>) -> serde_json::Value {
+    let lead = lead.map(|l| {
+        serde_json::json!({
+            "id": l.id.0,
+            "email": l.email.as_str(),
+            "first_name": l.first_name,
+            "fields": l.fields,
+            "score": l.score,
+        })
+    });
+    serde_json::json!({
+        "id": message_id(h),
+        "type": "funnel.webhook",
+        "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "data": {
+            "webhook": h.webhook,
+            "funnel": h.funnel.as_ref().map(|f| f.as_str()),
+            "stage": h.stage,
+            "step": h.step,
+            "queued_at": h.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "lead": lead,
+        }
+    })
+}
+
+/// The id a call keeps across its attempts (`webhook-id`).
+fn message_id(h: &OutgoingHook) -> String {
+    format!("msg_{}", h.id)
+}
+
+/// What an answer means, given when the call was first queued.
+pub fn outcome(
+    status: u16,
+    retry_after: Option<&str>,
+    h: &OutgoingHook,
+    now: DateTime<Utc>,
+) -> Called {
+    if (200..300).contains(&status) {
+        return Called::Delivered;
+    }
+    let why = format!("HTTP {status}");
+    if status == 429 || status == 408 || status >= 500 {
+        let at = retry_after.and_then(|v| retry_at(v, now));
+        return later(h, now, at, why);
+    }
+    Called::Failed(why)
+}
+
+/// A transient failure: again at `at` (or after the backoff), unless the call is a day old.
+fn later(h: &OutgoingHook, now: DateTime<Utc>, at: Option<DateTime<Utc>>, why: String) -> Called {
+    let next = at.unwrap_or_else(|| super::next_attempt(now, h.attempts, h.id));
+    if next - h.created_at > GIVE_UP_AFTER {
+        return Called::Failed(format!("{why}; given up after {} attempts", h.attempts));
+    }
+    Called::Later(Some(next), why)
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_at(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<i64>() {
+        return Some(now + Duration::seconds(secs.clamp(0, 86_400)));
+    }
+    DateTime::parse_from_rfc2822(v)
+        .ok()
+        .map(|t| t.with_timezone(&Utc).max(now))
+}
+
+/// Makes rustls with ring (the TLS stack SMTP uses too) the process's default, which HTTP
+/// clients built without their own TLS settings take; again is harmless.
+pub fn install_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Hooks {
+    pub fn new(outbox: Outbox, project: Arc<Project>) -> Hooks {
+        Hooks::with_timeout(outbox, project, TIMEOUT)
+    }
+
+    /// Waits `timeout` for each answer instead of [`TIMEOUT`].
+    pub fn with_timeout(
+        outbox: Outbox,
+        project: Arc<Project>,
+        timeout: std::time::Duration,
+    ) -> Hooks {
+        install_tls();
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("autofunnel/", env!("CARGO_PKG_VERSION")));
+        if let Ok(tls) = tls {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let client = builder.build().unwrap_or_default();
+        Hooks {
+            outbox,
+            project: RwLock::new(project),
+            client,
+            shared: Vec::new(),
+            metrics: None,
+            endpoints: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The project-wide webhooks (`[webhooks.NAME]` in `autofunnel.toml`).
+    pub fn with_shared(
+        mut self,
+        webhooks: &std::collections::BTreeMap<String, crate::settings::WebhookSettings>,
+    ) -> Hooks {
+        self.shared = webhooks
+            .iter()
+            .filter_map(|(name, w)| {
+                Some(crate::funnel::model::Webhook {
+                    id: crate::domain::WebhookId::parse(name).ok()?,
+                    url: w.url.clone(),
+                    secret_env: w.secret_env.clone(),
+                })
+            })
+            .collect();
+        self
+    }
+
+    /// Counts what it delivers in these metrics.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Hooks {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Funnels after a reload.
+    pub fn reload(&self, project: Arc<Project>) {
+        *self.project.write().unwrap_or_else(|e| e.into_inner()) = project;
+    }
+
+    fn endpoint(&self, url: &str) -> Arc<Semaphore> {
+        let mut all = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        all.entry(url.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(PER_ENDPOINT)))
+            .clone()
+    }
+
+    /// Claims the calls due at `now`, makes them (each URL at most [`PER_ENDPOINT`] at a time)
+    /// and records each outcome.
+    pub async fn round(&self, now: DateTime<Utc>) -> anyhow::Result<HookTally> {
+        let claimed = self.outbox.claim_webhooks(now, LEASE, BATCH).await?;
+        if claimed.is_empty() {
+            return Ok(HookTally::default());
+        }
+        let ids: Vec<_> = claimed.iter().map(|h| h.lead).collect();
+        let leads = Arc::new(self.outbox.leads(&ids).await?);
+        let project = self
+            .project
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut tasks = Vec::with_capacity(claimed.len());
+        for h in claimed {
+            // The funnel's own webhook of that name, else the project-wide one.
+            let named = h.webhook.as_deref().unwrap_or_default();
+            let target = h
+                .funnel
+                .as_ref()
+                .and_then(|f| project.funnels.iter().find(|x| x.id.value == *f))
+                .and_then(|f| f.webhooks.iter().find(|(k, _)| k.as_str() == named))
+                .map(|(_, w)| w)
+                .or_else(|| self.shared.iter().find(|w| w.id.as_str() == named))
+                .cloned();
+            let Some(w) = target else {
+                let why = format!(
+                    "no webhook \"{}\" in funnel \"{}\" now",
+                    h.webhook.as_deref().unwrap_or_default(),
+                    h.funnel.as_ref().map(|f| f.as_str()).unwrap_or_default()
+                );
+                tasks.push(tokio::spawn(async move { (h, Called::Failed(why)) }));
+                continue;
+            };
+            let (client, leads, gate) = (self.client.clone(), leads.clone(), self.endpoint(&w.url));
+            tasks.push(tokio::spawn(async move {
+                let _turn = gate.acquire_owned().await;
+                let called = call(&client, &w, &h, leads.get(&h.lead), now).await;
+                (h, called)
+            }));
+        }
+        let mut tally = HookTally::default();
+        for t in tasks {
+            let Ok((h, called)) = t.await else { continue };
+            match called {
+                Called::Delivered => {
+                    self.outbox.sent(&[h.id], now).await?;
+                    tally.delivered += 1;
+                }
+                Called::Later(at, why) => {
+                    let at = at.unwrap_or_else(|| super::next_attempt(now, h.attempts, h.id));
+                    self.outbox.retry(h.id, at, &why).await?;
+                    tally.retried += 1;
+                }
+                Called::Failed(why) => {
+                    tracing::warn!(message = h.id, webhook = ?h.webhook, error = %why, "webhook call failed");
+                    self.outbox.failed(h.id, &why).await?;
+                    tally.failed += 1;
+                }
+            }
+        }
+        if let Some(m) = &self.metrics {
+            m.webhooks_delivered.inc_by(tally.delivered as u64);
+            m.webhooks_retried.inc_by(tally.retried as u64);
+            m.webhooks_failed.inc_by(tally.failed as u64);
+        }
+        Ok(tally)
+    }
+
+    /// Calls until `shutdown`: every call due, then a look again every second.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let busy = match self.round(Utc::now()).await {
+                Ok(t) => t.delivered + t.retried + t.failed >= BATCH as usize,
+                Err(e) => {
+                    tracing::error!(error = %e, "webhook round failed; retrying");
+                    false
+                }
+            };
+            if busy {
+                continue;
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+/// One attempt of one call.
+async fn call(
+    client: &reqwest::Client,
+    w: &crate::funnel::model::Webhook,
+    h: &OutgoingHook,
+    lead: Option<&Lead>,
+    now: DateTime<Utc>,
+) -> Called {
+    let body = body(h, lead, now).to_string();
+    let id = message_id(h);
+    let ts = now.timestamp();
+    let mut req = client
+        .post(&w.url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", ts.to_string());
+    if let Some(secret) = w
+        .secret_env
+        .as_deref()
+        .and_then(|v| std::env::var(v).ok())
+        .filter(|s| !s.is_empty())
+    {
+        req = req.header(
+            "webhook-signature",
+            signature(&secret, &id, ts, body.as_bytes()),
+        );
+    }
+    match req.body(body).send().await {
+        Ok(answer) => {
+            let retry_after = answer
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            outcome(answer.status().as_u16(), retry_after.as_deref(), h, now)
+        }
+        Err(e) => {
+            let why = if e.is_timeout() {
+                "no answer in time".to_string()
+            } else {
+                format!("cannot call: {e}")
+            };
+            later(h, now, None, why)
+        }
+    }
+}

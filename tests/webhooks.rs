@@ -1,0 +1,231 @@
+//! Outbound webhooks against a real HTTP receiver on 127.0.0.1: delivered and signed (the
+//! signature checked by Python's `hmac`, an independent implementation), a 500 and a 429
+//! with `Retry-After` tried again when due, a 410 failed for good, listed as a dead letter and
+//! queued again, a receiver that does not answer in time tried again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use autofunnel::delivery::webhook::{HookTally, Hooks};
+use autofunnel::domain::{Consent, Email, LeadId};
+use autofunnel::store::{LeadInput, Store};
+use axum::http::{HeaderMap, StatusCode};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+
+use crate::util::{fid, on_both_backends, project_of};
+
+/// The signing secret, in an environment variable no other test reads.
+const SECRET_ENV: &str = "AUTOFUNNEL_TEST_WEBHOOK_SECRET";
+/// `whsec_` and the base64 of the key `test-webhook-key`.
+const SECRET: &str = "whsec_dGVzdC13ZWJob29rLWtleQ==";
+
+/// What the receiver got: each request's headers and body, in order.
+#[derive(Clone, Default)]
+struct Received(Arc<Mutex<Vec<(HeaderMap, String)>>>);
+
+/// A receiver whose answer depends on the lead's address and on how often it called before:
+/// `ok` 200; `flaky` 500 then 200; `busy` 429 with `Retry-After: 120` then 200; `gone` 410
+/// then (once queued again by hand) 200; `slow` answers after two seconds.
+async fn receiver() -> (String, Received) {
+    let got = Received::default();
+    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let app = {
+        let got = got.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: String| {
+                let (got, seen) = (got.clone(), seen.clone());
+                async move {
+                    got.0.lock().unwrap().push((headers, body.clone()));
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    let email = v["data"]["lead"]["email"].as_str().unwrap_or_default();
+                    let who = email.split('@').next().unwrap_or_default().to_string();
+                    let n = {
+                        let mut s = seen.lock().unwrap();
+                        let n = s.entry(who.clone()).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    let mut h = HeaderMap::new();
+                    let status = match (who.as_str(), n) {
+                        ("flaky", 1) => StatusCode::INTERNAL_SERVER_ERROR,
+                        ("busy", 1) => {
+                            h.insert("retry-after", "120".parse().unwrap());
+                            StatusCode::TOO_MANY_REQUESTS
+                        }
+                        ("gone", 1) => StatusCode::GONE,
+                        ("slow", 1) => {
+                            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                            StatusCode::OK
+                        }
+                        _ => StatusCode::OK,
+                    };
+                    (status, h, "")
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 2, 10, 0, 0).unwrap()
+}
+
+/// Python's `hmac` over `id.timestamp.body` with the key after `whsec_`.
+fn python_signature(id: &str, ts: &str, body: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import base64,hashlib,hmac,sys; k=base64.b64decode(sys.argv[1][6:]); \
+             m=(sys.argv[2]+'.'+sys.argv[3]+'.'+sys.argv[4]).encode(); \
+             print('v1,'+base64.b64encode(hmac.new(k,m,hashlib.sha256).digest()).decode())",
+            SECRET,
+            id,
+            ts,
+            body,
+        ])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+async fn webhooks_go_out(store: Store) {
+    store.migrate().await.unwrap();
+    // SAFETY: no other test reads or writes this variable.
+    unsafe { std::env::set_var(SECRET_ENV, SECRET) };
+    let (url, got) = receiver().await;
+    let funnel = format!(
+        r#"name: CRM
+from: "Shop <shop@example.com>"
+entry: {{ api: true }}
+webhooks:
+  crm:
+    url: "{url}"
+    secret_env: {SECRET_ENV}
+stages:
+  - id: won
+    steps:
+      - webhook: crm
+      - wait: 30d
+      - exit: converted
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(dir.path(), &[("funnels/crm.yaml", &funnel)]);
+    let rt = crate::util::engine(&store, &p, t0()).await;
+    let leads: Vec<(Email, LeadInput)> = ["ok", "flaky", "busy", "gone", "slow"]
+        .iter()
+        .map(|w| {
+            let e = Email::parse(&format!("{w}@example.com")).unwrap();
+            (e, LeadInput::default())
+        })
+        .collect();
+    let ids: Vec<LeadId> = store
+        .import_leads(&leads, Consent::Confirmed, t0())
+        .await
+        .unwrap();
+    rt.enroll_many(&ids, &fid("crm"), t0()).await.unwrap();
+    while rt.tick(t0()).await.unwrap() > 0 {}
+    let hooks = Hooks::with_timeout(
+        store.outbox(),
+        p.clone(),
+        std::time::Duration::from_millis(500),
+    );
+    let tally = |delivered, retried, failed| HookTally {
+        delivered,
+        retried,
+        failed,
+    };
+
+    assert_eq!(hooks.round(t0()).await.unwrap(), tally(1, 3, 1));
+    {
+        let got = got.0.lock().unwrap();
+        assert_eq!(got.len(), 5, "one call per lead");
+        let (h, body) = got
+            .iter()
+            .find(|(_, b)| b.contains("ok@example.com"))
+            .unwrap();
+        let header = |k: &str| h.get(k).unwrap().to_str().unwrap().to_string();
+        let (id, ts) = (header("webhook-id"), header("webhook-timestamp"));
+        assert_eq!(ts, t0().timestamp().to_string());
+        assert_eq!(
+            header("webhook-signature"),
+            python_signature(&id, &ts, body),
+            "signed the Standard Webhooks way"
+        );
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            v["id"],
+            id.as_str(),
+            "the body carries the id to drop a repeat"
+        );
+        assert_eq!(v["data"]["webhook"], "crm");
+        assert_eq!(v["data"]["funnel"], "crm");
+        assert_eq!(v["data"]["stage"], "won");
+        assert_eq!(v["data"]["lead"]["id"], ids[0].0);
+    }
+    // Nothing is due 30 seconds later: the 500 and the timeout wait their backoff (a minute,
+    // up to a fifth more), the 429 its two minutes.
+    let at = |s: i64| t0() + Duration::seconds(s);
+    assert_eq!(hooks.round(at(30)).await.unwrap(), tally(0, 0, 0));
+    assert_eq!(hooks.round(at(100)).await.unwrap(), tally(2, 0, 0));
+    assert_eq!(hooks.round(at(121)).await.unwrap(), tally(1, 0, 0));
+    assert_eq!(got.0.lock().unwrap().len(), 8);
+
+    // The 410 is a dead letter; queued again, it goes.
+    let failed = store.failed_webhooks(10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].lead, ids[3].0);
+    assert_eq!(failed[0].last_error.as_deref(), Some("HTTP 410"));
+    assert!(store.retry_webhook(failed[0].id, at(200)).await.unwrap());
+    assert!(
+        !store.retry_webhook(failed[0].id, at(200)).await.unwrap(),
+        "only a failed call is queued again"
+    );
+    assert_eq!(hooks.round(at(200)).await.unwrap(), tally(1, 0, 0));
+    assert!(store.failed_webhooks(10).await.unwrap().is_empty());
+    assert_eq!(
+        hooks.round(at(3600)).await.unwrap(),
+        tally(0, 0, 0),
+        "each call once"
+    );
+}
+
+on_both_backends! {
+    go_out => webhooks_go_out,
+}
+
+/// A call that keeps failing is given up a day after it was queued.
+#[test]
+fn given_up_after_a_day() {
+    use autofunnel::delivery::webhook::{Called, outcome};
+    let h = autofunnel::store::OutgoingHook {
+        id: 7,
+        lead: LeadId(1),
+        funnel: None,
+        stage: None,
+        step: None,
+        webhook: Some("crm".into()),
+        attempts: 3,
+        created_at: t0(),
+    };
+    assert!(matches!(outcome(503, None, &h, t0()), Called::Later(..)));
+    assert_eq!(
+        outcome(400, None, &h, t0()),
+        Called::Failed("HTTP 400".into())
+    );
+    let late = t0() + Duration::hours(23) + Duration::minutes(59);
+    assert!(matches!(
+        outcome(503, Some("3600"), &h, late),
+        Called::Failed(why) if why.contains("given up")
+    ));
+    assert_eq!(
+        outcome(429, Some("60"), &h, t0()),
+        Called::Later(Some(t0() + Duration::seconds(60)), "HTTP 429".into())
+    );
+    assert_eq!(outcome(204, None, &h, t0()), Called::Delivered);
+}
