@@ -162,6 +162,11 @@ pub fn check(settings: &Settings, only: Option<&[PathBuf]>) -> (Option<Project>,
             default_from: settings.from.is_some(),
         };
         validate(&f, &cx, &mut sink);
+        for w in f.webhooks.values() {
+            if let Some(why) = unsigned(&w.id.to_string(), w.secret_env.as_deref()) {
+                sink.warning(f.id.pos, why);
+            }
+        }
         let render_diags = render_all(&f, &set, settings);
         if wanted(&f.file) {
             report.funnels += 1;
@@ -176,12 +181,36 @@ pub fn check(settings: &Settings, only: Option<&[PathBuf]>) -> (Option<Project>,
         templates.insert(f.id.value.to_string(), set);
         funnels.push(f);
     }
+    if only.is_none() {
+        for (name, w) in &settings.webhooks {
+            if let Some(why) = unsigned(name, w.secret_env.as_deref()) {
+                report.diagnostics.push(Diagnostic {
+                    file: PathBuf::from(crate::settings::FILE_NAME),
+                    pos: Pos::START,
+                    severity: Severity::Warning,
+                    message: why,
+                });
+            }
+        }
+    }
     report
         .diagnostics
         .sort_by(|a, b| (&a.file, a.pos, &a.message).cmp(&(&b.file, b.pos, &b.message)));
     report.diagnostics.dedup();
     let project = (report.errors() == 0).then_some(Project { funnels, templates });
     (project, report)
+}
+
+/// Why a webhook's calls would go out unsigned: its `secret_env` names a variable this
+/// process does not have (`run` signs with what it sees at each call).
+fn unsigned(name: &str, secret_env: Option<&str>) -> Option<String> {
+    let var = secret_env?;
+    let set = std::env::var(var).is_ok_and(|v| !v.is_empty());
+    (!set).then(|| {
+        format!(
+            "webhook \"{name}\": secret_env {var} is not set here, so its calls would go unsigned"
+        )
+    })
 }
 
 /// A fingerprint of every file under the funnels and templates folders (path, size, modified

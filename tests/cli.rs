@@ -65,11 +65,30 @@ fn check_of_the_examples_exits_0() {
     let out = autofunnel()
         .current_dir(root())
         .arg("check")
+        .env("SALES_ALERT_SECRET", "whsec_c2FsZXM=")
+        .env("CRM_WEBHOOK_SECRET", "whsec_Y3Jt")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.starts_with("ok: 4 funnels and "), "{stdout}");
+    // Without a webhook's secret its calls would go unsigned: a warning, not an error.
+    let out = autofunnel()
+        .current_dir(root())
+        .arg("check")
+        .env_remove("SALES_ALERT_SECRET")
+        .env("CRM_WEBHOOK_SECRET", "")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "warning: webhook \"crm-customer\": secret_env CRM_WEBHOOK_SECRET is not set here"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 warnings"), "{stdout}");
 }
 
 #[test]
