@@ -316,6 +316,106 @@ async fn event_entry(store: Store) {
     server.stop().await;
 }
 
+/// Lead fields posted with an event (`fields`) are stored with it, before the steps the event
+/// starts run: the cart reminder sent at once has the cart in it. A field no running funnel
+/// declares, or a value of the wrong type, is refused naming it, and nothing is stored.
+async fn event_fields(store: Store) {
+    use autofunnel::delivery::{Sender, Transport};
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(
+        dir.path(),
+        &[
+            (
+                "funnels/cart.yaml",
+                "name: Cart\nfrom: \"Shop <shop@example.com>\"\nentry: { event: checkout_started }\n\
+                 fields:\n  cart_url: { type: text, sample: \"https://shop.example.com/c/1\" }\n\
+                 \x20 cart_total: { type: number, sample: 10 }\n\
+                 stages:\n  - id: remind\n    steps:\n      - send: reminder\n      - wait: 1d\n      - exit: not_converted\n",
+            ),
+            (
+                "templates/cart/reminder.subject",
+                "Your cart of {{ lead.cart_total }} EUR",
+            ),
+            ("templates/cart/reminder.html", "<p>Finish your order.</p>"),
+        ],
+    );
+    let rt = crate::util::engine(&store, &p, Utc::now()).await;
+    let (listener, base) = Server::bind().await;
+    let server = Server::start(
+        listener,
+        AppState {
+            api_token: Some(Arc::from(TOKEN)),
+            ..crate::util::off(&rt)
+        },
+    );
+    let client = crate::util::http();
+    let post = async |body: Value| {
+        let r = client
+            .post(format!("{base}/api/v1/events"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap())
+    };
+    let (status, answer) = post(
+        json!({ "email": "bob@example.com", "event": "checkout_started",
+                   "fields": { "cart_ulr": "https://shop.example.com/c/9" } }),
+    )
+    .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["field"], "fields.cart_ulr", "{answer}");
+    let (status, answer) = post(json!({ "events": [
+        { "email": "bob@example.com", "event": "checkout_started" },
+        { "email": "bob@example.com", "event": "checkout_started",
+          "fields": { "cart_total": "lots" } } ] }))
+    .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["field"], "events[1].fields.cart_total", "{answer}");
+    let bob = Email::parse("bob@example.com").unwrap();
+    assert!(
+        store.lead_by_email(&bob).await.unwrap().is_none(),
+        "nothing stored"
+    );
+
+    let (status, answer) = post(
+        json!({ "email": "anna@example.com", "event": "checkout_started",
+                   "fields": { "cart_url": "https://shop.example.com/c/8812", "cart_total": 59.9,
+                               "first_name": "Anna" } }),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let anna = store
+        .lead_by_email(&Email::parse("anna@example.com").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(anna.first_name.as_deref(), Some("Anna"));
+    assert_eq!(anna.fields["cart_url"], "https://shop.example.com/c/8812");
+    assert_eq!(anna.fields["cart_total"], 59.9);
+    while rt.tick(Utc::now()).await.unwrap() > 0 {}
+    let outbox = dir.path().join("outbox");
+    std::fs::create_dir(&outbox).unwrap();
+    let sender = Sender::new(
+        store.outbox(),
+        p.clone(),
+        Transport::Folder(outbox.clone()),
+        "http://127.0.0.1:1",
+        b"event fields test secret",
+    );
+    assert_eq!(sender.drain(Utc::now()).await.unwrap().sent, 1);
+    let file = std::fs::read_dir(&outbox).unwrap().next().unwrap().unwrap();
+    let eml = std::fs::read_to_string(file.path()).unwrap();
+    assert!(
+        eml.contains("Subject: Your cart of 59.9 EUR"),
+        "the step the event started sees the fields it set: {eml}"
+    );
+    server.stop().await;
+}
+
 /// A process that stops between storing a batch of entry events and starting their funnels
 /// loses no lead: the next start (`resume_entries`, which `run` calls before it serves) starts
 /// each one's funnel once, and a run that had started before the stop is not started again,
@@ -342,6 +442,7 @@ async fn entries_after_a_stop(store: Store) {
     let batch = |from: usize, to: usize| -> Vec<BatchEvent> {
         (from..to)
             .map(|i| BatchEvent {
+                fields: Default::default(),
                 who: LeadRef::Email(Email::parse(&format!("l{i}@example.com")).unwrap()),
                 event: Event::of(join.clone()),
                 idempotency_key: None,
@@ -417,6 +518,7 @@ async fn unsubscribe_in_one_transaction(store: Store) {
 on_both_backends! {
     events_and_purchases => events_api,
     entry_by_event => event_entry,
+    fields_with_events => event_fields,
     entries_survive_a_stop => entries_after_a_stop,
     unsubscribe_stored_with_its_effects => unsubscribe_in_one_transaction,
 }

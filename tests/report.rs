@@ -136,6 +136,7 @@ async fn the_textbook_funnel(store: Store) {
         let batch: Vec<BatchEvent> = ids
             .iter()
             .map(|l| BatchEvent {
+                fields: Default::default(),
                 who: LeadRef::Id(*l),
                 event: match kind {
                     EventKind::Purchase => purchase("service", 1000.0),
@@ -652,6 +653,7 @@ async fn the_ab_verdict(store: Store) {
     let batch = buyers
         .iter()
         .map(|l| BatchEvent {
+            fields: Default::default(),
             who: LeadRef::Id(*l),
             event: purchase("course", 100.0),
             idempotency_key: Some(format!("o-{}", l.0)),
@@ -1187,6 +1189,7 @@ async fn live(
                 continue;
             }
             batch.push(BatchEvent {
+                fields: Default::default(),
                 who: LeadRef::Id(lead),
                 event,
                 idempotency_key: None,
@@ -1572,6 +1575,7 @@ async fn entry_cohorts_keep_their_progress(store: Store) {
         let batch = ids[..n]
             .iter()
             .map(|l| BatchEvent {
+                fields: Default::default(),
                 who: LeadRef::Id(*l),
                 event: event.clone(),
                 idempotency_key: None,

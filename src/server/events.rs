@@ -14,6 +14,8 @@ use super::auth::Api;
 use super::error::ApiError;
 use super::input::{self, max};
 use crate::domain::{Email, Event, EventKind, LeadId, Money};
+use crate::funnel::FieldKind;
+use crate::funnel::parse::check_field_value;
 use crate::runtime::Runtime;
 use crate::store::{BatchEvent, LeadRef, NewTouch};
 
@@ -29,6 +31,70 @@ pub struct Incoming {
     key: Option<String>,
     at: chrono::DateTime<chrono::Utc>,
     touch: Option<NewTouch>,
+    fields: serde_json::Map<String, Value>,
+}
+
+/// The lead fields an event may set: `first_name`, and each field a running funnel declares,
+/// with the types it is declared with.
+pub type Catalog = std::collections::BTreeMap<String, Vec<FieldKind>>;
+
+/// The fields the running funnels declare.
+pub fn catalog(rt: &Runtime) -> Catalog {
+    let mut out = Catalog::new();
+    for r in rt.funnels().values() {
+        for (name, def) in &r.funnel.fields {
+            out.entry(name.to_string()).or_default().push(def.kind);
+        }
+    }
+    out
+}
+
+/// An event's `fields`: each a declared field (or `first_name`) with a value of its type.
+fn fields_of(
+    v: Option<&Value>,
+    field: &dyn Fn(&str) -> String,
+    catalog: &Catalog,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let o = match v {
+        None | Some(Value::Null) => return Ok(Default::default()),
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(bad(&field("fields"), "must be an object of lead fields")),
+    };
+    let mut out = serde_json::Map::new();
+    for (k, value) in o {
+        let at = field(&format!("fields.{k}"));
+        if k == "first_name" {
+            match value {
+                Value::String(s) => {
+                    out.insert(k.clone(), input::text(&at, s, max::SHORT)?.into());
+                }
+                _ => return Err(bad(&at, "must be a string")),
+            }
+            continue;
+        }
+        let Some(kinds) = catalog.get(k) else {
+            let known: Vec<&str> = catalog.keys().map(String::as_str).collect();
+            return Err(bad(
+                &at,
+                &format!(
+                    "no running funnel declares this field (declared: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        };
+        if let Value::String(s) = value {
+            input::text(&at, s, max::LONG)?;
+        }
+        for kind in kinds {
+            check_field_value(*kind, value).map_err(|e| bad(&at, &e))?;
+        }
+        out.insert(k.clone(), value.clone());
+    }
+    Ok(out)
 }
 
 fn bad(field: &str, message: &str) -> ApiError {
@@ -40,6 +106,7 @@ pub fn parse(
     v: &Value,
     at: &str,
     now: chrono::DateTime<chrono::Utc>,
+    catalog: &Catalog,
 ) -> Result<Incoming, ApiError> {
     let field = |k: &str| format!("{at}{}{k}", if at.is_empty() { "" } else { "." });
     let Value::Object(o) = v else {
@@ -106,6 +173,7 @@ pub fn parse(
         None => now,
     };
     let product = text("product")?;
+    let fields = fields_of(o.get("fields"), &field, catalog)?;
     // UTM parameters and a referrer make the event a touch, for attribution.
     let (source, medium, campaign, term, content, referrer) = (
         text("utm_source")?,
@@ -170,6 +238,7 @@ pub fn parse(
         key,
         at: at_time,
         touch,
+        fields,
     })
 }
 
@@ -204,6 +273,7 @@ pub async fn store_all(rt: &Runtime, events: Vec<Incoming>) -> Result<(usize, us
             idempotency_key: e.key,
             occurred_at: e.at,
             touch: e.touch,
+            fields: e.fields,
         })
         .collect();
     let stored = rt
@@ -224,6 +294,7 @@ pub async fn api_events(
     let v: Value = serde_json::from_slice(&body)
         .map_err(|_| ApiError::malformed("", "the body is not JSON"))?;
     let now = chrono::Utc::now();
+    let catalog = catalog(&state.runtime);
     if v.get("events").is_some() && v.as_object().is_some_and(|o| o.len() > 1) {
         return Err(bad(
             "events",
@@ -240,10 +311,10 @@ pub async fn api_events(
         Some(Value::Array(list)) => list
             .iter()
             .enumerate()
-            .map(|(i, e)| parse(e, &format!("events[{i}]"), now))
+            .map(|(i, e)| parse(e, &format!("events[{i}]"), now, &catalog))
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(bad("events", "must be a list")),
-        None => vec![parse(&v, "", now)?],
+        None => vec![parse(&v, "", now, &catalog)?],
     };
     let (accepted, duplicates) = store_all(&state.runtime, events).await?;
     state.metrics.events.inc_by(accepted as u64);

@@ -78,7 +78,12 @@ pub async fn purchase(
     if let Value::Object(o) = &mut v {
         o.insert("event".into(), json!(EventKind::Purchase.as_str()));
     }
-    let e = parse(&v, "", chrono::Utc::now())?;
+    let e = parse(
+        &v,
+        "",
+        chrono::Utc::now(),
+        &super::events::catalog(&state.runtime),
+    )?;
     let (accepted, duplicates) = store_all(&state.runtime, vec![e]).await?;
     state.metrics.events.inc_by(accepted as u64);
     Ok(Json(json!({

@@ -48,6 +48,7 @@ pub async fn click(
             ..NewTouch::default()
         };
         let click = BatchEvent {
+            fields: Default::default(),
             who: LeadRef::Id(o.lead),
             event: e,
             idempotency_key: Some(format!("click:{}:{}", click.message, click.link)),

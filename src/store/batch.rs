@@ -369,7 +369,7 @@ pub(super) fn reached_after(before: &str, w: &RunWrites) -> String {
 }
 
 /// Writes field changes and score points to a lead, inside the round's transaction.
-async fn update_lead(
+pub(super) async fn update_lead(
     txn: &DatabaseTransaction,
     id: LeadId,
     set: &[(String, serde_json::Value)],

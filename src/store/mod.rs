@@ -155,6 +155,9 @@ pub struct BatchEvent {
     /// Where the event came from (UTM parameters, a tracked click), recorded as a touch at
     /// the event's time when the event is new.
     pub touch: Option<NewTouch>,
+    /// Lead fields the event sets (checked by the caller), written with it when it is new:
+    /// `first_name` to its column, the others into the lead's fields.
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A stored event of a lead.
@@ -943,6 +946,21 @@ impl Store {
             };
             if id.is_some() {
                 new.push((lead, b.event.clone(), b.occurred_at));
+                let mut fields = b.fields;
+                if let Some(name) = fields.remove("first_name") {
+                    lead::Entity::update_many()
+                        .col_expr(
+                            lead::Column::FirstName,
+                            sea_orm::sea_query::Expr::value(name.as_str().map(str::to_string)),
+                        )
+                        .filter(lead::Column::Id.eq(lead.0))
+                        .exec(&*txn)
+                        .await?;
+                }
+                if !fields.is_empty() {
+                    let set: Vec<(String, serde_json::Value)> = fields.into_iter().collect();
+                    batch::update_lead(&txn, lead, &set, 0, now).await?;
+                }
                 if let Some(t) = b.touch {
                     touch::Entity::insert(touch_row(lead, t, b.occurred_at))
                         .exec_without_returning(&*txn)
