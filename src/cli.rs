@@ -603,6 +603,8 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
     let hooks = std::sync::Arc::new(
         delivery::webhook::Hooks::new(store.outbox(), project.clone())
+            .with_shared(&settings.webhooks)
+            .with_per_endpoint(settings.webhook_concurrency)
             .with_metrics(metrics.clone()),
     );
     let sender = std::sync::Arc::new(

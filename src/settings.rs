@@ -43,6 +43,8 @@ pub struct Settings {
     pub dkim_key_file: Option<PathBuf>,
     /// SMTP connections kept open and used at once.
     pub smtp_connections: usize,
+    /// Webhook calls in flight to one URL at once.
+    pub webhook_concurrency: usize,
     /// At most this many emails per second (unset: as fast as the transport takes them).
     pub send_rate: Option<f64>,
     /// Bearer token for the admin API (`/api/v1/leads…`, `/api/v1/funnels`); unset, it is off.
@@ -99,6 +101,7 @@ impl Default for Settings {
             dkim_domain: None,
             dkim_key_file: None,
             smtp_connections: 4,
+            webhook_concurrency: crate::delivery::webhook::PER_ENDPOINT,
             send_rate: None,
             admin_token: None,
             api_token: None,
@@ -116,7 +119,7 @@ impl Default for Settings {
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 25] = [
+const ENV_KEYS: [&str; 26] = [
     "database_url",
     "listen",
     "base_url",
@@ -130,6 +133,7 @@ const ENV_KEYS: [&str; 25] = [
     "dkim_domain",
     "dkim_key_file",
     "smtp_connections",
+    "webhook_concurrency",
     "send_rate",
     "admin_token",
     "api_token",

@@ -23,8 +23,9 @@ use crate::store::{Outbox, OutgoingHook};
 pub const LEASE: Duration = Duration::minutes(2);
 /// Calls claimed per round.
 pub const BATCH: u64 = 200;
-/// Calls in flight to one URL at once, so one slow receiver cannot hold every call.
-pub const PER_ENDPOINT: usize = 4;
+/// Calls in flight to one URL at once, by default, so one slow receiver cannot hold every
+/// call.
+pub const PER_ENDPOINT: usize = 8;
 /// How long a call is tried before it is given up.
 pub const GIVE_UP_AFTER: Duration = Duration::hours(24);
 /// The longest an answer is waited for, by default.
@@ -58,6 +59,7 @@ pub struct Hooks {
     metrics: Option<Arc<Metrics>>,
     /// Per URL, the calls that may be in flight.
     endpoints: Mutex<HashMap<String, Arc<Semaphore>>>,
+    per_endpoint: usize,
 }
 
 /// The Standard Webhooks signature of `body`: `v1,` and the base64 HMAC-SHA256 of
@@ -191,7 +193,14 @@ impl Hooks {
             shared: Vec::new(),
             metrics: None,
             endpoints: Mutex::new(HashMap::new()),
+            per_endpoint: PER_ENDPOINT,
         }
+    }
+
+    /// At most `n` calls in flight to one URL (`webhook_concurrency`).
+    pub fn with_per_endpoint(mut self, n: usize) -> Hooks {
+        self.per_endpoint = n.max(1);
+        self
     }
 
     /// The project-wide webhooks (`[webhooks.NAME]` in `autofunnel.toml`).
@@ -226,12 +235,13 @@ impl Hooks {
     fn endpoint(&self, url: &str) -> Arc<Semaphore> {
         let mut all = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         all.entry(url.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(PER_ENDPOINT)))
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_endpoint)))
             .clone()
     }
 
-    /// Claims the calls due at `now`, makes them (each URL at most [`PER_ENDPOINT`] at a time)
-    /// and records each outcome.
+    /// Claims the calls due at `now`, makes them (each URL at most `per_endpoint` at a time)
+    /// and records the outcomes: the delivered ones in one write at the end (a crash before it
+    /// repeats at most the round's calls, each with its `webhook-id`).
     pub async fn round(&self, now: DateTime<Utc>) -> anyhow::Result<HookTally> {
         let claimed = self.outbox.claim_webhooks(now, LEASE, BATCH).await?;
         if claimed.is_empty() {
@@ -273,11 +283,12 @@ impl Hooks {
             }));
         }
         let mut tally = HookTally::default();
+        let mut delivered = Vec::new();
         for t in tasks {
             let Ok((h, called)) = t.await else { continue };
             match called {
                 Called::Delivered => {
-                    self.outbox.sent(&[h.id], now).await?;
+                    delivered.push(h.id);
                     tally.delivered += 1;
                 }
                 Called::Later(at, why) => {
@@ -291,6 +302,9 @@ impl Hooks {
                     tally.failed += 1;
                 }
             }
+        }
+        if !delivered.is_empty() {
+            self.outbox.sent(&delivered, now).await?;
         }
         if let Some(m) = &self.metrics {
             m.webhooks_delivered.inc_by(tally.delivered as u64);
