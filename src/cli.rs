@@ -369,6 +369,36 @@ fn no_database(settings: &Settings) -> String {
     )
 }
 
+/// The lifecycle events each project-wide webhook subscribes to (`events = [...]`).
+fn subscriptions(settings: &Settings) -> anyhow::Result<Vec<crate::store::Subscription>> {
+    use crate::domain::Lifecycle;
+    let mut out = Vec::new();
+    for (name, w) in &settings.webhooks {
+        if w.events.is_empty() {
+            continue;
+        }
+        let events = w
+            .events
+            .iter()
+            .map(|e| {
+                Lifecycle::parse(e).ok_or_else(|| {
+                    let known: Vec<&str> = Lifecycle::ALL.iter().map(|l| l.as_str()).collect();
+                    anyhow::anyhow!(
+                        "`webhooks.{name}.events`: no event \"{e}\" (the events are: {})",
+                        known.join(", ")
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        out.push(crate::store::Subscription {
+            webhook: name.clone(),
+            events,
+            funnels: w.funnels.clone(),
+        });
+    }
+    Ok(out)
+}
+
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let zone = settings.report_zone()?;
     let mut store = Store::connect(&settings.database_url)
@@ -522,7 +552,9 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         eprintln!("error: the funnels do not pass `autofunnel check`; nothing was started");
         return Ok(ExitCode::FAILURE);
     };
-    let store = open_store(&settings).await?;
+    let store = open_store(&settings)
+        .await?
+        .with_subscriptions(subscriptions(&settings)?);
     std::fs::create_dir_all(&settings.outbox_dir).with_context(|| {
         format!(
             "cannot create the outbox folder {}",

@@ -547,3 +547,45 @@ mod tests {
         assert!(Mailbox::parse("Anna <anna>").is_err());
     }
 }
+
+/// What a project-wide webhook may subscribe to (`events = [...]` under `[webhooks.NAME]`), so
+/// a CRM mirrors each lead's progress without a step in any funnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lifecycle {
+    /// A run entered a stage.
+    StageEntered,
+    /// A run left its funnel (with its outcome).
+    FunnelExited,
+    Purchase,
+    Unsubscribed,
+    /// The lead crossed a funnel's `mql` score.
+    Mql,
+    /// The lead crossed a funnel's `sql` score.
+    Sql,
+}
+
+impl Lifecycle {
+    pub const ALL: [Lifecycle; 6] = [
+        Lifecycle::StageEntered,
+        Lifecycle::FunnelExited,
+        Lifecycle::Purchase,
+        Lifecycle::Unsubscribed,
+        Lifecycle::Mql,
+        Lifecycle::Sql,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::StageEntered => "stage.entered",
+            Lifecycle::FunnelExited => "funnel.exited",
+            Lifecycle::Purchase => "purchase",
+            Lifecycle::Unsubscribed => "unsubscribed",
+            Lifecycle::Mql => "mql",
+            Lifecycle::Sql => "sql",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Lifecycle> {
+        Lifecycle::ALL.into_iter().find(|l| l.as_str() == text)
+    }
+}

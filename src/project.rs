@@ -182,14 +182,38 @@ pub fn check(settings: &Settings, only: Option<&[PathBuf]>) -> (Option<Project>,
         funnels.push(f);
     }
     if only.is_none() {
+        let toml = |severity, message| Diagnostic {
+            file: PathBuf::from(crate::settings::FILE_NAME),
+            pos: Pos::START,
+            severity,
+            message,
+        };
         for (name, w) in &settings.webhooks {
             if let Some(why) = unsigned(name, w.secret_env.as_deref()) {
-                report.diagnostics.push(Diagnostic {
-                    file: PathBuf::from(crate::settings::FILE_NAME),
-                    pos: Pos::START,
-                    severity: Severity::Warning,
-                    message: why,
-                });
+                report.diagnostics.push(toml(Severity::Warning, why));
+            }
+            for e in &w.events {
+                if crate::domain::Lifecycle::parse(e).is_none() {
+                    let known: Vec<&str> = crate::domain::Lifecycle::ALL
+                        .iter()
+                        .map(|l| l.as_str())
+                        .collect();
+                    report.diagnostics.push(toml(
+                        Severity::Error,
+                        format!(
+                            "webhooks.{name}.events: no event \"{e}\" (the events are: {})",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+            for f in &w.funnels {
+                if !funnels.iter().any(|x: &Funnel| x.id.value.as_str() == f) {
+                    report.diagnostics.push(toml(
+                        Severity::Warning,
+                        format!("webhooks.{name}.funnels: no funnel \"{f}\" here"),
+                    ));
+                }
             }
         }
     }

@@ -76,12 +76,23 @@ pub struct Settings {
     pub report_timezone: String,
 }
 
+/// Webhook calls in flight to one URL at once, by default, so one slow receiver cannot hold
+/// every call.
+pub const WEBHOOK_CONCURRENCY: usize = 8;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
     pub url: String,
     /// Environment variable that holds the signing secret.
     pub secret_env: Option<String>,
+    /// Lifecycle events it is called for, of every funnel (`stage.entered`, `funnel.exited`,
+    /// `purchase`, `unsubscribed`, `mql`, `sql`).
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Only these funnels' stage, exit and score events (empty: every funnel's).
+    #[serde(default)]
+    pub funnels: Vec<String>,
 }
 
 impl Default for Settings {
@@ -101,7 +112,7 @@ impl Default for Settings {
             dkim_domain: None,
             dkim_key_file: None,
             smtp_connections: 4,
-            webhook_concurrency: crate::delivery::webhook::PER_ENDPOINT,
+            webhook_concurrency: WEBHOOK_CONCURRENCY,
             send_rate: None,
             admin_token: None,
             api_token: None,

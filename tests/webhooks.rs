@@ -195,8 +195,106 @@ stages:
     );
 }
 
+/// A CRM mirrors each lead without a step in the funnel: a project-wide webhook subscribed to
+/// `stage.entered`, `funnel.exited` and `purchase` is called for each, queued in the
+/// transaction that writes what it tells.
+async fn lifecycle_mirrored(store: Store) {
+    use autofunnel::domain::{Event, EventKind, Lifecycle};
+    store.migrate().await.unwrap();
+    let (url, got) = receiver().await;
+    let store = store.with_subscriptions(vec![autofunnel::store::Subscription {
+        webhook: "crm".into(),
+        events: vec![
+            Lifecycle::StageEntered,
+            Lifecycle::FunnelExited,
+            Lifecycle::Purchase,
+        ],
+        funnels: Vec::new(),
+    }]);
+    let funnel = r#"name: Course
+from: "Shop <shop@example.com>"
+entry: { api: true }
+products:
+  course: { price: 100, currency: EUR }
+stages:
+  - id: lead
+    on: [{ event: purchase, product: course, goto: bought }]
+    steps:
+      - wait: 30d
+      - exit: not_converted
+  - id: bought
+    steps:
+      - exit: converted
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(dir.path(), &[("funnels/course.yaml", funnel)]);
+    let rt = crate::util::engine(&store, &p, t0()).await;
+    let mia = Email::parse("mia@example.com").unwrap();
+    let ids = store
+        .import_leads(&[(mia, LeadInput::default())], Consent::Confirmed, t0())
+        .await
+        .unwrap();
+    rt.enroll_many(&ids, &fid("course"), t0()).await.unwrap();
+    while rt.tick(t0()).await.unwrap() > 0 {}
+    let later = t0() + Duration::hours(1);
+    let buy = Event {
+        product: Some("course".into()),
+        amount: autofunnel::domain::Money::of_units(100.0),
+        currency: Some("EUR".into()),
+        ..Event::of(EventKind::Purchase)
+    };
+    rt.event(ids[0], buy, Some("order-1".into()), later)
+        .await
+        .unwrap();
+    while rt.tick(later).await.unwrap() > 0 {}
+    let shared = std::collections::BTreeMap::from([(
+        "crm".to_string(),
+        autofunnel::settings::WebhookSettings {
+            url,
+            secret_env: None,
+            events: vec!["stage.entered".into()],
+            funnels: Vec::new(),
+        },
+    )]);
+    let hooks = Hooks::new(store.outbox(), p.clone()).with_shared(&shared);
+    assert_eq!(hooks.round(later).await.unwrap().delivered, 4);
+    let mut seen: Vec<String> = got
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            let d = &v["data"];
+            assert_eq!(d["lead"]["email"], "mia@example.com");
+            let what = d["stage"]
+                .as_str()
+                .or(d["outcome"].as_str())
+                .or(d["product"].as_str())
+                .unwrap_or_default();
+            format!("{} {what}", v["type"].as_str().unwrap())
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "funnel.exited converted",
+            "purchase course",
+            "stage.entered bought",
+            "stage.entered lead",
+        ]
+    );
+    assert_eq!(
+        hooks.round(later).await.unwrap(),
+        HookTally::default(),
+        "once each"
+    );
+}
+
 on_both_backends! {
     go_out => webhooks_go_out,
+    mirrored => lifecycle_mirrored,
 }
 
 /// A call that keeps failing is given up a day after it was queued.
@@ -210,6 +308,8 @@ fn given_up_after_a_day() {
         stage: None,
         step: None,
         webhook: Some("crm".into()),
+        event: None,
+        detail: Default::default(),
         attempts: 3,
         created_at: t0(),
     };

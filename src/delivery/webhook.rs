@@ -23,9 +23,6 @@ use crate::store::{Outbox, OutgoingHook};
 pub const LEASE: Duration = Duration::minutes(2);
 /// Calls claimed per round.
 pub const BATCH: u64 = 200;
-/// Calls in flight to one URL at once, by default, so one slow receiver cannot hold every
-/// call.
-pub const PER_ENDPOINT: usize = 8;
 /// How long a call is tried before it is given up.
 pub const GIVE_UP_AFTER: Duration = Duration::hours(24);
 /// The longest an answer is waited for, by default.
@@ -94,18 +91,24 @@ pub fn body(h: &OutgoingHook, lead: Option<&Lead>, now: DateTime<Utc>) -> serde_
             "score": l.score,
         })
     });
+    let mut data = serde_json::json!({
+        "webhook": h.webhook,
+        "funnel": h.funnel.as_ref().map(|f| f.as_str()),
+        "stage": h.stage,
+        "step": h.step,
+        "queued_at": h.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "lead": lead,
+    });
+    if let Some(d) = data.as_object_mut() {
+        for (k, v) in &h.detail {
+            d.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
     serde_json::json!({
         "id": message_id(h),
-        "type": "funnel.webhook",
+        "type": h.event.as_deref().unwrap_or("funnel.webhook"),
         "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "data": {
-            "webhook": h.webhook,
-            "funnel": h.funnel.as_ref().map(|f| f.as_str()),
-            "stage": h.stage,
-            "step": h.step,
-            "queued_at": h.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "lead": lead,
-        }
+        "data": data,
     })
 }
 
@@ -193,7 +196,7 @@ impl Hooks {
             shared: Vec::new(),
             metrics: None,
             endpoints: Mutex::new(HashMap::new()),
-            per_endpoint: PER_ENDPOINT,
+            per_endpoint: crate::settings::WEBHOOK_CONCURRENCY,
         }
     }
 

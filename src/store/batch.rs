@@ -38,6 +38,7 @@ pub(super) async fn write_runs(
     txn: &DatabaseTransaction,
     backend: Backend,
     zone: chrono_tz::Tz,
+    subs: &[super::Subscription],
     items: &[Written<'_>],
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -139,6 +140,9 @@ pub(super) async fn write_runs(
                 reason.into(),
                 next.into(),
             ]);
+        }
+        if !subs.is_empty() {
+            subscribed(subs, w, t, &mut messages);
         }
         for m in &w.writes.messages {
             messages.push(vec![
@@ -275,6 +279,56 @@ type EarlierMail = (
     i64,
     Option<String>,
 );
+
+/// The calls project-wide webhooks subscribed to a run's lifecycle want for one transition: a
+/// stage entered, the funnel left, a score threshold crossed.
+fn subscribed(subs: &[super::Subscription], w: &Written, t: i64, out: &mut Vec<Vec<Value>>) {
+    use crate::domain::Lifecycle;
+    let (id, funnel) = (w.enrollment.0, Some(w.funnel.as_str()));
+    let happened = |event, stage, key: String, detail| super::Happened {
+        event,
+        lead: w.lead,
+        run: Some(id),
+        funnel,
+        stage,
+        key,
+        detail,
+    };
+    let detail = |k: &str, v: &str| {
+        let mut d = serde_json::Map::new();
+        d.insert(k.into(), v.into());
+        d
+    };
+    for v in &w.writes.opened {
+        let stage = v.stage.as_str();
+        let h = happened(
+            Lifecycle::StageEntered,
+            Some(stage),
+            format!("{id}:{stage}:{t}"),
+            detail("stage", stage),
+        );
+        out.extend(super::subscribed_calls(subs, h, t));
+    }
+    if let RunStatus::Exited(o) = w.status
+        && (w.new || w.before.status.is_live())
+    {
+        let h = happened(
+            Lifecycle::FunnelExited,
+            None,
+            id.to_string(),
+            detail("outcome", o.name()),
+        );
+        out.extend(super::subscribed_calls(subs, h, t));
+    }
+    for k in &w.writes.milestones {
+        if let Some(e) =
+            Lifecycle::parse(k.as_str()).filter(|e| matches!(e, Lifecycle::Mql | Lifecycle::Sql))
+        {
+            let h = happened(e, None, id.to_string(), serde_json::Map::new());
+            out.extend(super::subscribed_calls(subs, h, t));
+        }
+    }
+}
 
 /// Counts, for each run that entered stages for the first time now, its emails that reached
 /// them ([`tally::reached_by`]; a new run has none).

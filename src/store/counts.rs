@@ -406,6 +406,12 @@ impl Store {
         self
     }
 
+    /// Queues the calls of these project-wide webhooks' subscriptions with what they tell.
+    pub fn with_subscriptions(mut self, subs: Vec<super::Subscription>) -> Store {
+        self.subscriptions = std::sync::Arc::from(subs);
+        self
+    }
+
     /// The zone whose days this handle keeps and reads the counters in.
     pub fn zone(&self) -> chrono_tz::Tz {
         self.zone

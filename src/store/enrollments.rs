@@ -474,7 +474,8 @@ impl Store {
                 status: n.state.status,
             });
         }
-        batch::write_runs(&txn, self.backend, self.zone, &written, now).await?;
+        let subs = self.subscriptions.clone();
+        batch::write_runs(&txn, self.backend, self.zone, &subs, &written, now).await?;
         txn.commit().await?;
         Ok(out)
     }
@@ -738,7 +739,8 @@ impl Store {
                 status: c.state.status,
             })
             .collect();
-        batch::write_runs(&txn, self.backend, self.zone, &written, now).await?;
+        let subs = self.subscriptions.clone();
+        batch::write_runs(&txn, self.backend, self.zone, &subs, &written, now).await?;
         self.release_leads(&*txn, owner, leads).await?;
         txn.commit().await?;
         Ok(written.len())

@@ -83,6 +83,73 @@ pub struct Store {
     pub(crate) zone: chrono_tz::Tz,
     /// How many lead ids a report or a recount reads at a time ([`report::LEAD_RANGE`]).
     lead_range: i64,
+    /// The lifecycle events project-wide webhooks are called for: queued in the transaction
+    /// that writes what they tell.
+    pub(crate) subscriptions: std::sync::Arc<[Subscription]>,
+}
+
+/// A project-wide webhook's subscription to lifecycle events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    pub webhook: String,
+    pub events: Vec<crate::domain::Lifecycle>,
+    /// Only these funnels' events (empty: every funnel's); a purchase or an unsubscribe is the
+    /// lead's, of no funnel, and always goes.
+    pub funnels: Vec<String>,
+}
+
+impl Subscription {
+    fn wants(&self, e: crate::domain::Lifecycle, funnel: Option<&str>) -> bool {
+        self.events.contains(&e)
+            && (self.funnels.is_empty()
+                || funnel.is_none_or(|f| self.funnels.iter().any(|x| x == f)))
+    }
+}
+
+/// One lifecycle event of a lead, as the webhooks subscribed to it are told.
+pub(crate) struct Happened<'a> {
+    pub event: crate::domain::Lifecycle,
+    pub lead: LeadId,
+    pub run: Option<i64>,
+    pub funnel: Option<&'a str>,
+    pub stage: Option<&'a str>,
+    /// Unique to the event, so each webhook is called once for it.
+    pub key: String,
+    /// What the call says besides the lead.
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The outbox rows (as `batch::write_runs` inserts them) of the webhook calls `subs` want for
+/// what happened, queued at `at`.
+pub(crate) fn subscribed_calls(
+    subs: &[Subscription],
+    h: Happened,
+    at: i64,
+) -> Vec<Vec<sea_orm::Value>> {
+    subs.iter()
+        .filter(|s| s.wants(h.event, h.funnel))
+        .map(|s| {
+            let mut payload = h.detail.clone();
+            payload.insert("webhook".into(), s.webhook.clone().into());
+            payload.insert("event".into(), h.event.as_str().into());
+            vec![
+                "webhook".into(),
+                h.lead.0.into(),
+                h.run.into(),
+                h.funnel.map(str::to_string).into(),
+                h.stage.map(str::to_string).into(),
+                Option::<String>::None.into(),
+                Option::<String>::None.into(),
+                format!("sub:{}:{}:{}", s.webhook, h.event.as_str(), h.key).into(),
+                String::new().into(),
+                serde_json::Value::Object(payload).to_string().into(),
+                "queued".into(),
+                0i32.into(),
+                Some(at).into(),
+                at.into(),
+            ]
+        })
+        .collect()
 }
 
 /// A write transaction, holding the writer's turn until it commits or is dropped.
@@ -283,6 +350,7 @@ async fn took_effect(
     txn: &sea_orm::DatabaseTransaction,
     backend: Backend,
     zone: chrono_tz::Tz,
+    subs: &[Subscription],
     new: &[(LeadId, &Event, DateTime<Utc>)],
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -317,6 +385,50 @@ async fn took_effect(
             );
             txn.execute_raw(q.statement(sql)).await?;
         }
+    }
+    if !subs.is_empty() {
+        // A purchase or an unsubscribe, for the webhooks subscribed to it.
+        let mut calls = Vec::new();
+        for (lead, e, at) in new {
+            let which = match e.kind {
+                EventKind::Purchase => crate::domain::Lifecycle::Purchase,
+                EventKind::Unsubscribed => crate::domain::Lifecycle::Unsubscribed,
+                _ => continue,
+            };
+            let mut detail = serde_json::Map::new();
+            for (k, v) in [("product", &e.product), ("currency", &e.currency)] {
+                if let Some(v) = v {
+                    detail.insert(k.into(), v.clone().into());
+                }
+            }
+            if let Some(a) = e.amount {
+                detail.insert("amount".into(), a.units().into());
+            }
+            let key = format!(
+                "{}:{}:{}",
+                lead.0,
+                ms(*at),
+                e.product.as_deref().unwrap_or_default()
+            );
+            let h = Happened {
+                event: which,
+                lead: *lead,
+                run: None,
+                funnel: None,
+                stage: None,
+                key,
+                detail,
+            };
+            calls.extend(subscribed_calls(subs, h, ms(now)));
+        }
+        sql::insert_rows(
+            txn,
+            backend,
+            "messages (kind, lead_id, enrollment_id, funnel_id, stage_id, step_id, template, send_key, recipient, payload, status, attempts, next_attempt_at, created_at)",
+            "ON CONFLICT (send_key) DO NOTHING",
+            calls,
+        )
+        .await?;
     }
     counts::count_orders(txn, backend, zone, new).await?;
     mails::count_tracking(txn, backend, zone, new).await?;
@@ -416,6 +528,7 @@ impl Store {
             writer,
             zone: chrono_tz::UTC,
             lead_range: report::LEAD_RANGE,
+            subscriptions: std::sync::Arc::from(Vec::new()),
         })
     }
 
@@ -857,6 +970,7 @@ impl Store {
                 &txn,
                 self.backend,
                 self.zone,
+                &self.subscriptions,
                 &[(lead, &e.event, e.occurred_at)],
                 now,
             )
@@ -970,7 +1084,15 @@ impl Store {
             out.push((lead, id));
         }
         let new: Vec<_> = new.iter().map(|(l, e, at)| (*l, e, *at)).collect();
-        took_effect(&txn, self.backend, self.zone, &new, now).await?;
+        took_effect(
+            &txn,
+            self.backend,
+            self.zone,
+            &self.subscriptions,
+            &new,
+            now,
+        )
+        .await?;
         txn.commit().await?;
         Ok(out)
     }

@@ -44,6 +44,10 @@ pub struct OutgoingHook {
     pub step: Option<String>,
     /// The funnel's `webhooks:` entry it calls.
     pub webhook: Option<String>,
+    /// The lifecycle event of a subscription's call (`stage.entered`, …), with what the call
+    /// says of it; none for a funnel's `webhook:` step.
+    pub event: Option<String>,
+    pub detail: serde_json::Map<String, serde_json::Value>,
     /// Attempts made so far, this one included.
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
@@ -202,9 +206,19 @@ impl Outbox {
         for r in txn.query_all_raw(q.statement(sql)).await? {
             let funnel: Option<String> = r.try_get_by_index(2)?;
             let payload: Option<String> = r.try_get_by_index(5)?;
-            let webhook = payload
-                .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
-                .and_then(|p| p.get("webhook")?.as_str().map(str::to_string));
+            let mut detail = match payload.map(|p| serde_json::from_str(&p)) {
+                Some(Ok(serde_json::Value::Object(o))) => o,
+                _ => serde_json::Map::new(),
+            };
+            let mut take = |k: &str| match detail.remove(k) {
+                Some(serde_json::Value::String(s)) => Some(s),
+                _ => None,
+            };
+            let (webhook, event) = (take("webhook"), take("event"));
+            // A step's call keeps its funnel and version out of the body.
+            if event.is_none() {
+                detail.clear();
+            }
             out.push(OutgoingHook {
                 id: r.try_get_by_index(0)?,
                 lead: LeadId(r.try_get_by_index(1)?),
@@ -212,6 +226,8 @@ impl Outbox {
                 stage: r.try_get_by_index(3)?,
                 step: r.try_get_by_index(4)?,
                 webhook,
+                event,
+                detail,
                 attempts: r.try_get_by_index(6)?,
                 created_at: from_ms(r.try_get_by_index(7)?),
             });
