@@ -352,6 +352,7 @@ async fn took_effect(
     zone: chrono_tz::Tz,
     subs: &[Subscription],
     new: &[(LeadId, &Event, DateTime<Utc>)],
+    ids: &[i64],
     now: DateTime<Utc>,
 ) -> Result<()> {
     let mut leads: Vec<i64> = new.iter().map(|(l, _, _)| l.0).collect();
@@ -389,7 +390,7 @@ async fn took_effect(
     if !subs.is_empty() {
         // A purchase or an unsubscribe, for the webhooks subscribed to it.
         let mut calls = Vec::new();
-        for (lead, e, at) in new {
+        for ((lead, e, _), id) in new.iter().zip(ids) {
             let which = match e.kind {
                 EventKind::Purchase => crate::domain::Lifecycle::Purchase,
                 EventKind::Unsubscribed => crate::domain::Lifecycle::Unsubscribed,
@@ -404,12 +405,7 @@ async fn took_effect(
             if let Some(a) = e.amount {
                 detail.insert("amount".into(), a.units().into());
             }
-            let key = format!(
-                "{}:{}:{}",
-                lead.0,
-                ms(*at),
-                e.product.as_deref().unwrap_or_default()
-            );
+            let key = id.to_string();
             let h = Happened {
                 event: which,
                 lead: *lead,
@@ -972,6 +968,7 @@ impl Store {
                 self.zone,
                 &self.subscriptions,
                 &[(lead, &e.event, e.occurred_at)],
+                &[id],
                 now,
             )
             .await?;
@@ -997,6 +994,7 @@ impl Store {
         let mut out = Vec::with_capacity(events.len());
         // The new events, for the counters.
         let mut new: Vec<(LeadId, Event, DateTime<Utc>)> = Vec::new();
+        let mut new_ids: Vec<i64> = Vec::new();
         for b in events {
             let lead = match b.who {
                 LeadRef::Id(id) => id,
@@ -1060,6 +1058,7 @@ impl Store {
             };
             if id.is_some() {
                 new.push((lead, b.event.clone(), b.occurred_at));
+                new_ids.extend(id);
                 let mut fields = b.fields;
                 if let Some(name) = fields.remove("first_name") {
                     lead::Entity::update_many()
@@ -1090,6 +1089,7 @@ impl Store {
             self.zone,
             &self.subscriptions,
             &new,
+            &new_ids,
             now,
         )
         .await?;
