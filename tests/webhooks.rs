@@ -292,9 +292,73 @@ stages:
     );
 }
 
+/// A caller stopped mid-round (its round dropped while calls are in flight, as a kill would
+/// leave them) repeats, after the lease, only the calls it had not recorded, with the same
+/// `webhook-id`; every call is made, none is lost.
+async fn stopped_mid_round(store: Store) {
+    store.migrate().await.unwrap();
+    let (url, got) = receiver().await;
+    let funnel = format!(
+        "name: CRM\nentry: {{ api: true }}\nwebhooks:\n  crm:\n    url: \"{url}\"\n\
+         stages:\n  - id: won\n    steps:\n      - webhook: crm\n      - wait: 30d\n      - exit: completed\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(dir.path(), &[("funnels/crm.yaml", &funnel)]);
+    let rt = crate::util::engine(&store, &p, t0()).await;
+    // `slow` answers after two seconds: the round is stopped while it waits.
+    let leads: Vec<(Email, LeadInput)> = (0..6)
+        .map(|i| {
+            let who = if i == 0 {
+                "slow".to_string()
+            } else {
+                format!("ok{i}")
+            };
+            let e = Email::parse(&format!("{who}@example.com")).unwrap();
+            (e, LeadInput::default())
+        })
+        .collect();
+    let ids = store
+        .import_leads(&leads, Consent::Confirmed, t0())
+        .await
+        .unwrap();
+    rt.enroll_many(&ids, &fid("crm"), t0()).await.unwrap();
+    while rt.tick(t0()).await.unwrap() > 0 {}
+    let hooks = Hooks::new(store.outbox(), p.clone());
+    let stopped =
+        tokio::time::timeout(std::time::Duration::from_millis(300), hooks.round(t0())).await;
+    assert!(
+        stopped.is_err(),
+        "the round was stopped with a call in flight"
+    );
+    // The calls already answered were made, not recorded: within the lease nothing is due.
+    assert_eq!(hooks.round(t0()).await.unwrap(), HookTally::default());
+    let later = t0() + autofunnel::delivery::webhook::LEASE + Duration::seconds(1);
+    let again = hooks.round(later).await.unwrap();
+    assert_eq!(
+        again.delivered, 6,
+        "every call of the stopped round, made again"
+    );
+    assert_eq!(hooks.round(later).await.unwrap(), HookTally::default());
+    // Each lead's call arrived at most twice, every repeat with the first one's id.
+    let got = got.0.lock().unwrap();
+    let mut ids_seen: HashMap<String, Vec<String>> = HashMap::new();
+    for (h, body) in got.iter() {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let email = v["data"]["lead"]["email"].as_str().unwrap().to_string();
+        let id = h.get("webhook-id").unwrap().to_str().unwrap().to_string();
+        ids_seen.entry(email).or_default().push(id);
+    }
+    assert_eq!(ids_seen.len(), 6, "no call lost");
+    for (lead, calls) in &ids_seen {
+        assert!(calls.len() <= 2, "{lead}: {calls:?}");
+        assert!(calls.iter().all(|c| *c == calls[0]), "{lead}: {calls:?}");
+    }
+}
+
 on_both_backends! {
     go_out => webhooks_go_out,
     mirrored => lifecycle_mirrored,
+    stopped => stopped_mid_round,
 }
 
 /// A call that keeps failing is given up a day after it was queued.
