@@ -1,5 +1,5 @@
 //! Webhook benchmark: N webhook calls queued by a funnel's `webhook:` step (N leads enrolled),
-//! delivered by `Hooks` rounds into a receiver on 127.0.0.1 that answers 200 at once (in this
+//! delivered by `Hooks::drain` (what `run` does) into a receiver on 127.0.0.1 that answers 200 at once (in this
 //! process); next to it, in the same run, `wrk` posting a body of the same size to the same
 //! receiver with the same number of connections: the reference.
 //!
@@ -92,15 +92,9 @@ async fn main() -> anyhow::Result<()> {
 
     let started = Instant::now();
     let cpu0 = common::cpu_seconds();
-    let mut delivered = 0;
-    loop {
-        let t = hooks.round(t0).await?;
-        if t.delivered + t.retried + t.failed == 0 {
-            break;
-        }
-        anyhow::ensure!(t.retried + t.failed == 0, "calls failed: {t:?}");
-        delivered += t.delivered;
-    }
+    let t = hooks.drain(t0).await?;
+    anyhow::ensure!(t.retried + t.failed == 0, "calls failed: {t:?}");
+    let delivered = t.delivered;
     let secs = started.elapsed().as_secs_f64();
     let cpu = common::cpu_seconds() - cpu0;
     let ours = delivered as f64 / secs;

@@ -23,6 +23,8 @@ use crate::store::{Outbox, OutgoingHook};
 pub const LEASE: Duration = Duration::minutes(2);
 /// Calls claimed per round.
 pub const BATCH: u64 = 200;
+/// Rounds in flight at once in [`Hooks::drain`].
+pub const PIPELINES: usize = 2;
 /// How long a call is tried before it is given up.
 pub const GIVE_UP_AFTER: Duration = Duration::hours(24);
 /// The longest an answer is waited for, by default.
@@ -317,19 +319,37 @@ impl Hooks {
         Ok(tally)
     }
 
+    /// Makes every call due at `now`: [`PIPELINES`] rounds at once, so one round's claim and
+    /// record overlap another's calls in flight.
+    pub async fn drain(&self, now: DateTime<Utc>) -> anyhow::Result<HookTally> {
+        let one = || async {
+            let mut total = HookTally::default();
+            loop {
+                let t = self.round(now).await?;
+                total.delivered += t.delivered;
+                total.retried += t.retried;
+                total.failed += t.failed;
+                if t.delivered + t.retried + t.failed == 0 {
+                    return anyhow::Ok(total);
+                }
+            }
+        };
+        let mut total = HookTally::default();
+        for t in futures_util::future::join_all((0..PIPELINES).map(|_| one())).await {
+            let t = t?;
+            total.delivered += t.delivered;
+            total.retried += t.retried;
+            total.failed += t.failed;
+        }
+        Ok(total)
+    }
+
     /// Calls until `shutdown`: every call due, then a look again every second.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            let busy = match self.round(Utc::now()).await {
-                Ok(t) => t.delivered + t.retried + t.failed >= BATCH as usize,
-                Err(e) => {
-                    tracing::error!(error = %e, "webhook round failed; retrying");
-                    false
-                }
-            };
-            if busy {
-                continue;
+            if let Err(e) = self.drain(Utc::now()).await {
+                tracing::error!(error = %e, "webhook round failed; retrying");
             }
             tokio::select! {
                 _ = &mut shutdown => return,
