@@ -552,6 +552,8 @@ mod tests {
 /// a CRM mirrors each lead's progress without a step in any funnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Lifecycle {
+    /// A new address became a lead (a signup, an event naming it).
+    LeadCreated,
     /// A run entered a stage.
     StageEntered,
     /// A run left its funnel (with its outcome).
@@ -565,7 +567,8 @@ pub enum Lifecycle {
 }
 
 impl Lifecycle {
-    pub const ALL: [Lifecycle; 6] = [
+    pub const ALL: [Lifecycle; 7] = [
+        Lifecycle::LeadCreated,
         Lifecycle::StageEntered,
         Lifecycle::FunnelExited,
         Lifecycle::Purchase,
@@ -576,6 +579,7 @@ impl Lifecycle {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Lifecycle::LeadCreated => "lead.created",
             Lifecycle::StageEntered => "stage.entered",
             Lifecycle::FunnelExited => "funnel.exited",
             Lifecycle::Purchase => "purchase",

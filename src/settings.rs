@@ -86,8 +86,8 @@ pub struct WebhookSettings {
     pub url: String,
     /// Environment variable that holds the signing secret.
     pub secret_env: Option<String>,
-    /// Lifecycle events it is called for, of every funnel (`stage.entered`, `funnel.exited`,
-    /// `purchase`, `unsubscribed`, `mql`, `sql`).
+    /// Lifecycle events it is called for, of every funnel (`lead.created`, `stage.entered`,
+    /// `funnel.exited`, `purchase`, `unsubscribed`, `mql`, `sql`).
     #[serde(default)]
     pub events: Vec<String>,
     /// Only these funnels' stage, exit and score events (empty: every funnel's).

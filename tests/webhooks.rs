@@ -290,6 +290,55 @@ stages:
         HookTally::default(),
         "once each"
     );
+    // A new address from a signup or an event is a `lead.created`; a known one is not.
+    let store = store.with_subscriptions(vec![autofunnel::store::Subscription {
+        webhook: "crm".into(),
+        events: vec![Lifecycle::LeadCreated],
+        funnels: Vec::new(),
+    }]);
+    let signup = |e: &str| autofunnel::store::NewSignup {
+        email: Email::parse(e).unwrap(),
+        input: LeadInput::default(),
+        touch: autofunnel::store::NewTouch {
+            channel: "form".into(),
+            ..Default::default()
+        },
+        form: "optin".into(),
+    };
+    store
+        .record_signups(
+            &[signup("new@example.com"), signup("mia@example.com")],
+            later,
+        )
+        .await
+        .unwrap();
+    let batch = ["from-shop@example.com", "mia@example.com"]
+        .iter()
+        .map(|e| autofunnel::store::BatchEvent {
+            who: autofunnel::store::LeadRef::Email(Email::parse(e).unwrap()),
+            event: Event::of(EventKind::parse("visited").unwrap()),
+            idempotency_key: None,
+            occurred_at: later,
+            touch: None,
+            fields: Default::default(),
+        })
+        .collect();
+    store.record_batch(batch, &[], later).await.unwrap();
+    got.0.lock().unwrap().clear();
+    assert_eq!(hooks.round(later).await.unwrap().delivered, 2);
+    let mut created: Vec<String> = got
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            assert_eq!(v["type"], "lead.created");
+            v["data"]["lead"]["email"].as_str().unwrap().to_string()
+        })
+        .collect();
+    created.sort();
+    assert_eq!(created, ["from-shop@example.com", "new@example.com"]);
 }
 
 /// A caller stopped mid-round (its round dropped while calls are in flight, as a kill would

@@ -106,6 +106,74 @@ impl Subscription {
     }
 }
 
+/// The addresses among `emails` not stored as leads yet, read in the write transaction that is
+/// about to store them — only when a webhook subscribes to `lead.created` (else none, and no
+/// read).
+pub(crate) async fn not_stored(
+    txn: &sea_orm::DatabaseTransaction,
+    backend: Backend,
+    subs: &[Subscription],
+    emails: &[&str],
+) -> Result<std::collections::HashSet<String>> {
+    let mut out = std::collections::HashSet::new();
+    if !subs
+        .iter()
+        .any(|s| s.events.contains(&crate::domain::Lifecycle::LeadCreated))
+    {
+        return Ok(out);
+    }
+    out.extend(emails.iter().map(|e| e.to_string()));
+    for chunk in emails.chunks(sql::ROWS) {
+        let mut q = Params::new(backend);
+        let mut list = String::new();
+        for (i, e) in chunk.iter().enumerate() {
+            if i > 0 {
+                list.push_str(", ");
+            }
+            list.push_str(&q.p(e.to_string()));
+        }
+        let rest = format!("FROM leads WHERE email IN ({list})");
+        let stored: Vec<(String,)> = sql::select_packed(txn, q, "email", &rest).await?;
+        for (e,) in stored {
+            out.remove(&e);
+        }
+    }
+    Ok(out)
+}
+
+/// Queues the `lead.created` calls of these new leads (lead, address) in `txn`.
+pub(crate) async fn created(
+    txn: &sea_orm::DatabaseTransaction,
+    backend: Backend,
+    subs: &[Subscription],
+    new: &[(LeadId, &str)],
+    at: i64,
+) -> Result<()> {
+    let mut calls = Vec::new();
+    for (lead, email) in new {
+        let mut detail = serde_json::Map::new();
+        detail.insert("email".into(), (*email).into());
+        let h = Happened {
+            event: crate::domain::Lifecycle::LeadCreated,
+            lead: *lead,
+            run: None,
+            funnel: None,
+            stage: None,
+            key: lead.0.to_string(),
+            detail,
+        };
+        calls.extend(subscribed_calls(subs, h, at));
+    }
+    sql::insert_rows(
+        txn,
+        backend,
+        "messages (kind, lead_id, enrollment_id, funnel_id, stage_id, step_id, template, send_key, recipient, payload, status, attempts, next_attempt_at, created_at)",
+        "ON CONFLICT (send_key) DO NOTHING",
+        calls,
+    )
+    .await
+}
+
 /// One lifecycle event of a lead, as the webhooks subscribed to it are told.
 pub(crate) struct Happened<'a> {
     pub event: crate::domain::Lifecycle,
@@ -1001,7 +1069,7 @@ impl Store {
                 LeadRef::Email(email) => match by_email.get(email.as_str()) {
                     Some(id) => *id,
                     None => {
-                        lead::Entity::insert(lead::ActiveModel {
+                        let inserted = lead::Entity::insert(lead::ActiveModel {
                             id: NotSet,
                             email: Set(email.as_str().to_string()),
                             first_name: Set(None),
@@ -1030,6 +1098,10 @@ impl Store {
                                 StoreError::Corrupt(format!("lead {email} vanished after insert"))
                             })?;
                         by_email.insert(email.as_str().to_string(), id);
+                        if inserted > 0 && !self.subscriptions.is_empty() {
+                            let new = [(id, email.as_str())];
+                            created(&txn, self.backend, &self.subscriptions, &new, ms(now)).await?;
+                        }
                         id
                     }
                 },

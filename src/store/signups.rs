@@ -59,6 +59,8 @@ impl Store {
         };
         let t = ms(now);
         let txn = self.write().await?;
+        let emails: Vec<&str> = merged.iter().map(|(e, _)| e.as_str()).collect();
+        let fresh = super::not_stored(&txn, self.backend, &self.subscriptions, &emails).await?;
         let mut ids: HashMap<String, i64> = HashMap::new();
         for chunk in merged.chunks(sql::ROWS) {
             let mut q = Params::new(self.backend);
@@ -94,6 +96,14 @@ impl Store {
             for r in txn.query_all_raw(q.statement(sql)).await? {
                 ids.insert(r.try_get_by_index(1)?, r.try_get_by_index(0)?);
             }
+        }
+        if !fresh.is_empty() {
+            let new: Vec<(LeadId, &str)> = emails
+                .iter()
+                .filter(|e| fresh.contains(**e))
+                .filter_map(|e| Some((LeadId(*ids.get(*e)?), *e)))
+                .collect();
+            super::created(&txn, self.backend, &self.subscriptions, &new, t).await?;
         }
         let leads: Vec<LeadId> = signups
             .iter()
