@@ -208,7 +208,7 @@ pub(super) async fn write_runs(
         txn,
         backend,
         "messages",
-        "(kind, lead_id, enrollment_id, funnel_id, stage_id, step_id, template, send_key, recipient, payload, status, attempts, next_attempt_at, created_at)",
+        super::MESSAGE_COLUMNS,
         "ON CONFLICT (send_key) DO NOTHING",
         messages,
         "enrollment_id, stage_id, template, kind",

@@ -164,10 +164,23 @@ pub(crate) async fn created(
         };
         calls.extend(subscribed_calls(subs, h, at));
     }
+    queue_calls(txn, backend, calls).await
+}
+
+/// The columns of an outbox row, in the order [`subscribed_calls`] and the round's writes give
+/// them.
+pub(crate) const MESSAGE_COLUMNS: &str = "(kind, lead_id, enrollment_id, funnel_id, stage_id, step_id, template, send_key, recipient, payload, status, attempts, next_attempt_at, created_at)";
+
+/// Inserts the outbox rows of subscribed calls; a call already queued (its send key) stays.
+async fn queue_calls(
+    txn: &sea_orm::DatabaseTransaction,
+    backend: Backend,
+    calls: Vec<Vec<sea_orm::Value>>,
+) -> Result<()> {
     sql::insert_rows(
         txn,
         backend,
-        "messages (kind, lead_id, enrollment_id, funnel_id, stage_id, step_id, template, send_key, recipient, payload, status, attempts, next_attempt_at, created_at)",
+        &format!("messages {MESSAGE_COLUMNS}"),
         "ON CONFLICT (send_key) DO NOTHING",
         calls,
     )
@@ -485,14 +498,7 @@ async fn took_effect(
             };
             calls.extend(subscribed_calls(subs, h, ms(now)));
         }
-        sql::insert_rows(
-            txn,
-            backend,
-            "messages (kind, lead_id, enrollment_id, funnel_id, stage_id, step_id, template, send_key, recipient, payload, status, attempts, next_attempt_at, created_at)",
-            "ON CONFLICT (send_key) DO NOTHING",
-            calls,
-        )
-        .await?;
+        queue_calls(txn, backend, calls).await?;
     }
     counts::count_orders(txn, backend, zone, new).await?;
     mails::count_tracking(txn, backend, zone, new).await?;
