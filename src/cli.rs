@@ -552,6 +552,11 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         eprintln!("error: the funnels do not pass `autofunnel check`; nothing was started");
         return Ok(ExitCode::FAILURE);
     };
+    let payments = crate::payments::accounts(&settings.payments, &|v| std::env::var(v).ok())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    for why in payments.values().filter_map(|a| a.unusable.as_ref()) {
+        tracing::warn!("{why}: its notifications are answered 503 until it is");
+    }
     let store = open_store(&settings)
         .await?
         .with_subscriptions(subscriptions(&settings)?);
@@ -694,6 +699,7 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
                 settings.trusted_networks()?,
             ),
             report_zone: settings.report_zone()?,
+            payments: server::pay::Payments::new(payments, settings.trusted_networks()?),
         },
         until_stopped(),
     ));

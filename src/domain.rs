@@ -310,6 +310,28 @@ impl Money {
             .then(|| Money((units * 1e6).round() as i64))
     }
 
+    /// A decimal amount as providers write it (`"2.00"`, `"1490"`), exactly; `None` for
+    /// anything else, a negative amount, more than six decimals or more than
+    /// [`Money::MAX_UNITS`].
+    pub fn parse(text: &str) -> Option<Money> {
+        let (whole, frac) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() || whole.len() > 13 || frac.len() > 6 || !digits(whole) || !digits(frac)
+        {
+            return None;
+        }
+        let units: i64 = whole.parse().ok()?;
+        let micros: i64 = format!("{frac:0<6}").parse().ok()?;
+        (units as f64 <= Money::MAX_UNITS).then_some(Money(units * 1_000_000 + micros))
+    }
+
+    /// `minor` units of a currency with `exponent` decimals (kopecks: 2; yen: 0).
+    pub fn of_minor(minor: i64, exponent: u32) -> Option<Money> {
+        let scale = 10i64.checked_pow(6u32.checked_sub(exponent)?)?;
+        let m = minor.checked_mul(scale)?;
+        (minor >= 0 && m as f64 <= Money::MAX_UNITS * 1e6).then_some(Money(m))
+    }
+
     /// In units (for JSON and display).
     pub fn units(self) -> f64 {
         self.0 as f64 / 1e6
@@ -500,6 +522,20 @@ mod tests {
         assert!(StageId::parse("2nd").is_err());
         assert!(StageId::parse("").is_err());
         assert!(StageId::parse("a b").is_err());
+    }
+
+    #[test]
+    fn amounts_as_providers_write_them() {
+        assert_eq!(Money::parse("2.00"), Some(Money(2_000_000)));
+        assert_eq!(Money::parse("14900"), Some(Money(14_900_000_000)));
+        assert_eq!(Money::parse("0.000001"), Some(Money(1)));
+        for bad in ["", "-1", "1e3", "1.0000001", "1,5", ".5", "99999999999999"] {
+            assert_eq!(Money::parse(bad), None, "{bad}");
+        }
+        assert_eq!(Money::of_minor(1_490_000, 2), Some(Money(14_900_000_000)));
+        assert_eq!(Money::of_minor(14900, 0), Money::parse("14900"));
+        assert_eq!(Money::of_minor(1, 3), Some(Money(1_000)));
+        assert_eq!(Money::of_minor(-1, 2), None);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub mod domain;
 pub mod engine;
 pub mod funnel;
 pub mod metrics;
+pub mod outbound;
+pub mod payments;
 pub mod plan;
 pub mod project;
 pub mod report;

@@ -216,6 +216,33 @@ pub fn check(settings: &Settings, only: Option<&[PathBuf]>) -> (Option<Project>,
                 }
             }
         }
+        match crate::payments::accounts(&settings.payments, &|v| std::env::var(v).ok()) {
+            Err(e) => report.diagnostics.push(toml(Severity::Error, e)),
+            Ok(accounts) => {
+                for a in accounts.values() {
+                    if let Some(why) = &a.unusable {
+                        report.diagnostics.push(toml(
+                            Severity::Warning,
+                            format!("{why}: its notifications would be refused"),
+                        ));
+                    }
+                    for (item, product) in &a.products {
+                        if !funnels
+                            .iter()
+                            .any(|f| f.products.keys().any(|p| p.as_str() == product))
+                        {
+                            report.diagnostics.push(toml(
+                                Severity::Warning,
+                                format!(
+                                    "payments.{}.products: \"{item}\" maps to \"{product}\", which no funnel declares",
+                                    a.name
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
     }
     report
         .diagnostics

@@ -30,6 +30,8 @@ pub struct Settings {
     pub from: Option<String>,
     /// Webhooks that any funnel may call by name.
     pub webhooks: BTreeMap<String, WebhookSettings>,
+    /// Payment providers whose notifications `POST /hooks/pay/{name}` takes.
+    pub payments: BTreeMap<String, PaymentSettings>,
     /// `smtp://host:port` (plain, for a relay on localhost) or
     /// `smtp+starttls://user:pass@host:587`; unset, emails go to `outbox_dir` as `.eml` files.
     pub smtp_url: Option<String>,
@@ -95,6 +97,39 @@ pub struct WebhookSettings {
     pub funnels: Vec<String>,
 }
 
+/// One payment provider account: `[payments.NAME]`, its notifications posted to
+/// `/hooks/pay/NAME`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentSettings {
+    /// `yookassa`, `cloudpayments`, `prodamus`, `robokassa`, `tbank` or `stripe`; unset, the
+    /// table's name.
+    pub provider: Option<String>,
+    /// Environment variable that holds the key notifications are verified with (YooKassa:
+    /// the API secret key its payments are re-read with).
+    pub secret_env: Option<String>,
+    /// The provider's item (its product name, description or metadata, see the README) to a
+    /// product id the funnels declare. An item that is itself a product id needs no entry.
+    #[serde(default)]
+    pub products: BTreeMap<String, String>,
+    /// The currency of a provider whose notifications name none (Robokassa, T-Bank;
+    /// default RUB).
+    pub currency: Option<String>,
+    /// YooKassa: the shop id, with `secret_env` the credentials its payments are re-read with.
+    pub shop_id: Option<String>,
+    /// YooKassa: addresses notifications may come from (default: its published ranges).
+    pub allowed_ips: Option<Vec<String>>,
+    /// YooKassa: its API (default `https://api.yookassa.ru/v3`).
+    pub api_url: Option<String>,
+    /// T-Bank: the terminal a notification must name.
+    pub terminal_key: Option<String>,
+    /// Robokassa: the signature's hash (`md5`, `sha1`, `sha256`, `sha384`, `sha512`; default
+    /// md5), as set in its technical settings.
+    pub hash: Option<String>,
+    /// Stripe: how far a signature's timestamp may be from now, in seconds (default 300).
+    pub tolerance_seconds: Option<u64>,
+}
+
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
@@ -106,6 +141,7 @@ impl Default for Settings {
             outbox_dir: "outbox".into(),
             from: None,
             webhooks: BTreeMap::new(),
+            payments: BTreeMap::new(),
             smtp_url: None,
             smtp_ca_file: None,
             dkim_selector: None,

@@ -187,6 +187,22 @@ fn signed(req: RequestBuilder, body: &str) -> RequestBuilder {
         .body(body.to_string())
 }
 
+const STRIPE: &str = "whsec_openapi contract";
+
+fn stripe_account() -> Arc<autofunnel::server::pay::Payments> {
+    let settings = autofunnel::settings::PaymentSettings {
+        secret_env: Some("STRIPE".into()),
+        products: [("Course".to_string(), "course".to_string())].into(),
+        ..Default::default()
+    };
+    let accounts =
+        autofunnel::payments::accounts(&[("stripe".to_string(), settings)].into(), &|_| {
+            Some(STRIPE.to_string())
+        })
+        .unwrap();
+    autofunnel::server::pay::Payments::new(accounts, Vec::new())
+}
+
 async fn openapi(store: Store) {
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -198,6 +214,7 @@ async fn openapi(store: Store) {
         signup_limit: signup::limiter(12),
         api_token: Some(Arc::from(API)),
         admin_token: Some(Arc::from(ADMIN)),
+        payments: stripe_account(),
         ..crate::util::off(&rt)
     };
     // The same server with every token and secret unset.
@@ -526,6 +543,48 @@ async fn openapi(store: Store) {
         (signed(hook(&base, hd), r#"{"type": "spam"}"#), 422),
     ] {
         assert_eq!(k.call(post.clone(), hd, req).await.0, status);
+    }
+
+    // A payment provider's notification (a Stripe account: see tests/payments.rs for all).
+    let pay = "/hooks/pay/{name}";
+    let event = |product: &str| {
+        json!({ "id": "evt_1", "type": "checkout.session.completed", "created": 1764580000,
+            "data": { "object": { "id": "cs_1", "payment_intent": "pi_1", "payment_status": "paid",
+            "amount_total": 4900, "currency": "eur", "metadata": { "product": product },
+            "customer_details": { "email": "dan@example.com" } } } })
+        .to_string()
+    };
+    let stripe = |body: String| {
+        use hmac::{KeyInit, Mac};
+        let t = Utc::now().timestamp();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(STRIPE.as_bytes()).unwrap();
+        mac.update(format!("{t}.{body}").as_bytes());
+        let sig: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        c.post(format!("{base}/hooks/pay/stripe"))
+            .header("stripe-signature", format!("t={t},v1={sig}"))
+            .body(body)
+    };
+    for (req, status) in [
+        (stripe(event("Course")), 200),
+        (stripe("[]".into()), 400),
+        (
+            c.post(format!("{base}/hooks/pay/stripe"))
+                .body(event("Course")),
+            401,
+        ),
+        (
+            c.post(format!("{base}/hooks/pay/paypal"))
+                .body(event("Course")),
+            404,
+        ),
+        (stripe(event("Other")), 422),
+    ] {
+        assert_eq!(k.call(post.clone(), pay, req).await.0, status);
     }
 
     // The links in emails.

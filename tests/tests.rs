@@ -11,6 +11,7 @@ mod examples;
 mod fuzz;
 mod openapi;
 mod pages;
+mod payments;
 mod report;
 mod roundtrip;
 mod runtime;

@@ -27,6 +27,13 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "store",
         &["engine", "runtime", "server", "delivery", "cli", "project"],
     ),
+    // Payment notifications are read without IO.
+    (
+        "payments",
+        &[
+            "engine", "runtime", "store", "server", "delivery", "cli", "project",
+        ],
+    ),
     // The sender sees only its outbox handle.
     ("delivery", &["runtime", "server", "cli"]),
     ("metrics", &["delivery", "runtime", "server", "cli"]),

@@ -157,11 +157,7 @@ fn retry_at(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc).max(now))
 }
 
-/// Makes rustls with ring (the TLS stack SMTP uses too) the process's default, which HTTP
-/// clients built without their own TLS settings take; again is harmless.
-pub fn install_tls() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use crate::outbound::{http_client, install_tls};
 
 impl Hooks {
     pub fn new(outbox: Outbox, project: Arc<Project>) -> Hooks {
@@ -174,23 +170,7 @@ impl Hooks {
         project: Arc<Project>,
         timeout: std::time::Duration,
     ) -> Hooks {
-        install_tls();
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("autofunnel/", env!("CARGO_PKG_VERSION")));
-        if let Ok(tls) = tls {
-            builder = builder.tls_backend_preconfigured(tls);
-        }
-        let client = builder.build().unwrap_or_default();
+        let client = http_client(timeout);
         Hooks {
             outbox,
             project: RwLock::new(project),

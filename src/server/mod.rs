@@ -4,6 +4,7 @@
 //! - [`signup`]: `POST /f/{form}`, landing-page signups.
 //! - [`events`]: `POST /api/v1/events`, tracked events from other systems.
 //! - [`hooks`]: signed webhooks: delivery reports and purchases.
+//! - [`pay`]: payment providers' notifications.
 //! - [`links`]: tracked clicks and the open pixel.
 //! - [`pages`]: the unsubscribe and double opt-in pages.
 //! - [`admin`]: the admin API; [`reports`]: funnel reports for it.
@@ -23,6 +24,7 @@ pub mod hooks;
 pub mod input;
 pub mod links;
 pub mod pages;
+pub mod pay;
 pub mod reports;
 pub mod signup;
 
@@ -67,6 +69,8 @@ pub struct AppState {
     pub signup_limit: Option<Arc<signup::Limiter>>,
     /// The zone reports count days in unless a request names one (`report_timezone`).
     pub report_zone: chrono_tz::Tz,
+    /// The payment provider accounts (`[payments.*]`).
+    pub payments: Arc<pay::Payments>,
 }
 
 impl AppState {
@@ -82,6 +86,7 @@ impl AppState {
             api_token: None,
             signup_limit: None,
             report_zone: chrono_tz::UTC,
+            payments: pay::Payments::new(Default::default(), Vec::new()),
         }
     }
 }
@@ -99,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.yaml", get(health::openapi_yaml))
         .route("/hooks/delivery", post(hooks::delivery_report))
         .route("/hooks/purchase", post(hooks::purchase))
+        .route("/hooks/pay/{name}", post(pay::notification))
         .route("/api/v1/leads", get(admin::find))
         .route(
             "/api/v1/leads/{id}",

@@ -1250,6 +1250,25 @@ impl Store {
             .collect()
     }
 
+    /// The event stored under an idempotency key (a provider's payment), if any.
+    pub async fn event_by_key(&self, key: &str) -> Result<Option<StoredEvent>> {
+        let Some(r) = event::Entity::find()
+            .filter(event::Column::IdempotencyKey.eq(key))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let Some(lead) = r.lead_id else {
+            return Ok(None);
+        };
+        Ok(Some(StoredEvent {
+            id: r.id,
+            lead: LeadId(lead),
+            event: event_of(r.id, &r.kind, &r.payload)?,
+        }))
+    }
+
     /// Refreshes the planner's statistics (PostgreSQL `ANALYZE`; SQLite `PRAGMA optimize`).
     pub async fn analyze(&self) -> Result<()> {
         let sql = match self.backend {
