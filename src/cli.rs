@@ -81,6 +81,35 @@ enum Command {
     },
     /// Write a starter project into DIR.
     Init { dir: PathBuf },
+    /// Bring leads in from a CSV file (another service's export): columns matched to the
+    /// lead's and the funnels' fields by header, repeated and known addresses merged,
+    /// unsubscribed and suppressed ones kept so, refused rows written with the reason.
+    Import {
+        file: PathBuf,
+        /// Enroll the imported leads (but the unsubscribed and suppressed) into this funnel.
+        #[arg(long)]
+        funnel: Option<String>,
+        /// Tag every imported lead; repeatable.
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// The leads confirmed their subscription elsewhere: import them confirmed.
+        #[arg(long, requires = "consent_source")]
+        confirmed: bool,
+        /// Where and how they confirmed it, kept as the consent's proof.
+        #[arg(long, value_name = "TEXT", requires = "confirmed")]
+        consent_source: Option<String>,
+        /// `COLUMN=FIELD` for a column named otherwise, `COLUMN=` to leave one out; repeatable.
+        #[arg(long = "map", value_name = "COLUMN=FIELD")]
+        maps: Vec<String>,
+        /// Read and check every row and say what would happen; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Where the refused rows go (default: FILE.rejects.csv beside the file).
+        #[arg(long, value_name = "FILE")]
+        rejects: Option<PathBuf>,
+    },
+    /// Write every lead to a CSV file (`-` for the standard output), fields as columns.
+    Export { file: PathBuf },
     /// Read a funnel: per stage, leads in, where they went, conversion, revenue, time in stage.
     Report {
         /// Funnel id.
@@ -183,6 +212,30 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { ref paths } => check(&cli.project, cli.config.as_deref(), paths),
         Command::Init { ref dir } => init(dir),
+        Command::Import {
+            ref file,
+            ref funnel,
+            ref tags,
+            confirmed,
+            ref consent_source,
+            ref maps,
+            dry_run,
+            ref rejects,
+        } => {
+            let args = crate::transfer::ImportArgs {
+                file: file.clone(),
+                funnel: funnel.clone(),
+                tags: tags.clone(),
+                confirmed,
+                consent_source: consent_source.clone(),
+                maps: maps.clone(),
+                dry_run,
+                rejects: rejects.clone(),
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            block_on(import(&cli, args))
+        }
+        Command::Export { ref file } => block_on(export(&cli, file)),
         Command::Simulate {
             ref funnel,
             ref lead,
@@ -327,6 +380,66 @@ fn check(project: &Path, config: Option<&Path>, paths: &[PathBuf]) -> anyhow::Re
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `autofunnel import`: usage errors exit 2 before anything is stored.
+async fn import(cli: &Cli, args: crate::transfer::ImportArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&cli.project, cli.config.as_deref())?;
+    let (loaded, checked) = project::check(&settings, None);
+    let Some(loaded) = loaded else {
+        for d in &checked.diagnostics {
+            eprintln!("{d}");
+        }
+        anyhow::bail!(
+            "the funnels do not pass `autofunnel check` ({})",
+            checked.summary()
+        );
+    };
+    let store = if args.dry_run {
+        open_for_reading(&settings).await?
+    } else {
+        Some(open_store(&settings).await?)
+    };
+    let project = std::sync::Arc::new(loaded);
+    match crate::transfer::import(store.as_ref(), project, &args, chrono::Utc::now()).await {
+        Ok(summary) => {
+            let lines = crate::transfer::describe(
+                &summary,
+                &args.file,
+                args.dry_run,
+                args.funnel.as_deref(),
+            );
+            for line in lines {
+                out!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => match e.downcast_ref::<crate::transfer::Usage>() {
+            Some(usage) => {
+                eprintln!("error: {usage}");
+                Ok(ExitCode::from(2))
+            }
+            None => Err(e),
+        },
+    }
+}
+
+/// `autofunnel export FILE`.
+async fn export(cli: &Cli, file: &Path) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&cli.project, cli.config.as_deref())?;
+    let store = open_for_reading(&settings).await?;
+    if store.is_none() {
+        eprintln!("{}", no_database(&settings));
+    }
+    if file == Path::new("-") {
+        crate::transfer::export(store.as_ref(), std::io::stdout().lock()).await?;
+    } else {
+        let f = std::fs::File::create(file)
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        let n = crate::transfer::export(store.as_ref(), std::io::BufWriter::new(f)).await?;
+        out!("exported {n} leads to {}", file.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init(dir: &Path) -> anyhow::Result<ExitCode> {

@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, Database};
 use crate::util::on_both_backends;
 use crate::util::postgres_url;
 
-const MIGRATIONS: [&str; 11] = [
+const MIGRATIONS: [&str; 12] = [
     "m20261123_000001_init",
     "m20261124_000002_stage_entry",
     "m20261124_000003_pending_events",
@@ -23,9 +23,11 @@ const MIGRATIONS: [&str; 11] = [
     "m20261129_000009_email_marks",
     "m20261204_000010_exact_report_counts",
     "m20261205_000011_range_reads",
+    "m20261206_000012_consents",
 ];
 
-const TABLES: [&str; 14] = [
+const TABLES: [&str; 15] = [
+    "consents",
     "email_links",
     "enrollments",
     "events",
@@ -62,6 +64,22 @@ where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = ()>,
 {
+    on_postgres_url(test, |db_url| async move {
+        let store = Store::connect(&db_url).await.unwrap();
+        assert_eq!(store.backend(), Backend::Postgres);
+        body(store.clone()).await;
+        store.close().await.unwrap();
+    })
+    .await
+}
+
+/// Runs `body` with the URL of a fresh PostgreSQL database, dropped afterwards (for a test
+/// that runs the binary on it).
+pub async fn on_postgres_url<F, Fut>(test: &str, body: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let Some(url) = postgres_url(test) else {
         return;
     };
@@ -85,10 +103,7 @@ where
         Some((server, _)) => format!("{server}/{name}"),
         None => panic!("AUTOFUNNEL_TEST_POSTGRES_URL needs a database part: {url}"),
     };
-    let store = Store::connect(&db_url).await.unwrap();
-    assert_eq!(store.backend(), Backend::Postgres);
-    body(store.clone()).await;
-    store.close().await.unwrap();
+    body(db_url).await;
     admin
         .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
         .await

@@ -9,6 +9,7 @@ mod engine;
 mod events;
 mod examples;
 mod fuzz;
+mod import;
 mod openapi;
 mod pages;
 mod payments;

@@ -15,6 +15,7 @@ mod m20261129_000008_report_counts;
 mod m20261129_000009_email_marks;
 mod m20261204_000010_exact_report_counts;
 mod m20261205_000011_range_reads;
+mod m20261206_000012_consents;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000009_email_marks::Migration),
             Box::new(m20261204_000010_exact_report_counts::Migration),
             Box::new(m20261205_000011_range_reads::Migration),
+            Box::new(m20261206_000012_consents::Migration),
         ]
     }
 }

@@ -440,6 +440,29 @@ impl CompareOp {
     ];
 }
 
+/// The lead fields kept in a lead's `fields` (all but `email` and `first_name`, which are
+/// its own columns) that other systems may set: the built-in ones and those `funnels`
+/// declare, each with the types it has (a field two funnels declare differently has both).
+pub fn settable_fields<'a>(
+    funnels: impl IntoIterator<Item = &'a Funnel>,
+) -> std::collections::BTreeMap<String, Vec<FieldKind>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, kind, _) in BUILTIN_FIELDS {
+        if name != "email" && name != "first_name" {
+            out.insert(name.to_string(), vec![kind]);
+        }
+    }
+    for f in funnels {
+        for (name, def) in &f.fields {
+            let kinds: &mut Vec<FieldKind> = out.entry(name.to_string()).or_default();
+            if !kinds.contains(&def.kind) {
+                kinds.push(def.kind);
+            }
+        }
+    }
+    out
+}
+
 /// Fields every lead has, whether or not a funnel declares them.
 pub const BUILTIN_FIELDS: [(&str, FieldKind, &str); 8] = [
     ("email", FieldKind::Text, "anna@example.com"),

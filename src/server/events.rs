@@ -34,19 +34,14 @@ pub struct Incoming {
     fields: serde_json::Map<String, Value>,
 }
 
-/// The lead fields an event may set: `first_name`, and each field a running funnel declares,
-/// with the types it is declared with.
+/// The lead fields an event may set: `first_name`, the built-in fields and each field a
+/// running funnel declares, with the types it is declared with.
 pub type Catalog = std::collections::BTreeMap<String, Vec<FieldKind>>;
 
-/// The fields the running funnels declare.
+/// The fields the running funnels may be given.
 pub fn catalog(rt: &Runtime) -> Catalog {
-    let mut out = Catalog::new();
-    for r in rt.funnels().values() {
-        for (name, def) in &r.funnel.fields {
-            out.entry(name.to_string()).or_default().push(def.kind);
-        }
-    }
-    out
+    let funnels = rt.funnels();
+    crate::funnel::settable_fields(funnels.values().map(|r| &r.funnel))
 }
 
 /// An event's `fields`: each a declared field (or `first_name`) with a value of its type.
@@ -77,7 +72,7 @@ fn fields_of(
             return Err(bad(
                 &at,
                 &format!(
-                    "no running funnel declares this field (declared: {})",
+                    "no such field: neither built in nor declared by a running funnel (the fields: {})",
                     if known.is_empty() {
                         "none".to_string()
                     } else {

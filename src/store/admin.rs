@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::entities::{enrollment, event, message, suppression};
+use super::entities::{consent, enrollment, event, message, suppression};
 use super::{Result, Store, from_ms};
 use crate::domain::LeadId;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -76,6 +76,17 @@ impl Store {
             .into_iter()
             .map(|s| json!({ "scope": s.scope, "reason": s.reason, "at": from_ms(s.created_at) }))
             .collect();
+        let consents: Vec<Value> = consent::Entity::find()
+            .filter(consent::Column::LeadId.eq(id.0))
+            .order_by_asc(consent::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|c| {
+                json!({ "status": c.status, "source": c.source, "text_version": c.text_version,
+                        "ip": c.ip, "user_agent": c.user_agent, "at": from_ms(c.recorded_at) })
+            })
+            .collect();
         Ok(Some(json!({
             "lead": {
                 "id": lead.id.0, "email": lead.email.as_str(), "first_name": lead.first_name,
@@ -88,6 +99,7 @@ impl Store {
             "enrollments": enrollments,
             "emails": emails,
             "suppressions": suppressions,
+            "consents": consents,
         })))
     }
 
@@ -115,6 +127,7 @@ impl Store {
             "DELETE FROM touches WHERE lead_id = $1",
             "DELETE FROM milestones WHERE lead_id = $1",
             "DELETE FROM lead_tags WHERE lead_id = $1",
+            "DELETE FROM consents WHERE lead_id = $1",
         ] {
             let sql = match self.backend {
                 super::Backend::Sqlite => sql.replace("$1", "?"),

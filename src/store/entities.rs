@@ -222,3 +222,25 @@ pub mod touch {
     }
     no_relations!();
 }
+
+pub mod consent {
+    use sea_orm::entity::prelude::*;
+
+    /// One consent given or withdrawn: its proof.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "consents")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub lead_id: i64,
+        /// confirmed or unsubscribed.
+        pub status: String,
+        /// A form's id, or what an import names (`--consent-source`).
+        pub source: Option<String>,
+        pub text_version: Option<String>,
+        pub ip: Option<String>,
+        pub user_agent: Option<String>,
+        pub recorded_at: i64,
+    }
+    no_relations!();
+}

@@ -6,6 +6,7 @@ mod batch;
 mod counts;
 mod enrollments;
 pub mod entities;
+mod import;
 mod mails;
 mod outbox;
 mod report;
@@ -18,6 +19,7 @@ pub use enrollments::{
     ClosedVisit, EnrollmentRow, FactRows, MAX_CLAIMS, MessageKind, NewMessage, NewRun, OpenedVisit,
     OutboxRow, Position, RunBefore, RunState, RunUpdate, RunWrites, StageVisit,
 };
+pub use import::{Import, ImportRow, Imported};
 pub use outbox::{MessageOrigin, Outbox, Outgoing, OutgoingHook};
 pub use report::{
     EmailRow, MilestoneRow, PurchaseRow, Replay, ReportNeeds, ReportRows, RunRow, TouchRow,
@@ -771,61 +773,6 @@ impl Store {
             }
         };
         to_lead(model)
-    }
-
-    /// Adds many leads at once (an import); an address already stored keeps its lead as it
-    /// is. Returns each address's lead id, in the order given.
-    pub async fn import_leads(
-        &self,
-        leads: &[(Email, LeadInput)],
-        consent: Consent,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<LeadId>> {
-        let mut ids: HashMap<String, i64> = HashMap::new();
-        let mut unique: Vec<&(Email, LeadInput)> = Vec::new();
-        for l in leads {
-            if ids.insert(l.0.as_str().to_string(), 0).is_none() {
-                unique.push(l);
-            }
-        }
-        let txn = self.write().await?;
-        for chunk in unique.chunks(sql::ROWS) {
-            let mut q = sql::Params::new(self.backend);
-            let rows: Vec<Vec<sea_orm::Value>> = chunk
-                .iter()
-                .map(|(email, input)| {
-                    vec![
-                        email.as_str().into(),
-                        input.first_name.clone().into(),
-                        serde_json::Value::Object(input.fields.clone())
-                            .to_string()
-                            .into(),
-                        input.timezone.map(|t| t.name().to_string()).into(),
-                        consent.as_str().into(),
-                        0i64.into(),
-                        ms(now).into(),
-                        ms(now).into(),
-                    ]
-                })
-                .collect();
-            let values = q.values(rows);
-            // The no-op update makes RETURNING answer for existing addresses too.
-            let sql = sql::insert_sql(
-                "leads (email, first_name, fields, timezone, consent, score, created_at, updated_at)",
-                &values,
-                "ON CONFLICT (email) DO UPDATE SET email = excluded.email RETURNING id, email",
-            );
-            for r in txn.query_all_raw(q.statement(sql)).await? {
-                let id: i64 = r.try_get_by_index(0)?;
-                let email: String = r.try_get_by_index(1)?;
-                ids.insert(email, id);
-            }
-        }
-        txn.commit().await?;
-        Ok(leads
-            .iter()
-            .map(|(e, _)| LeadId(ids.get(e.as_str()).copied().unwrap_or_default()))
-            .collect())
     }
 
     /// Many leads by id, in one query per 512.
