@@ -101,13 +101,18 @@ pub async fn import(
             Some(FunnelId::parse(f).map_err(|e| Usage(e.to_string()))?)
         }
     };
-    let bytes = std::fs::read(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let first_line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    let open = || {
+        std::fs::File::open(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))
+    };
+    let size = open()?.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut start = Vec::with_capacity(64 * 1024);
+    std::io::Read::read_to_end(&mut std::io::Read::take(open()?, 64 * 1024), &mut start)?;
+    let first_line = start.split(|b| *b == b'\n').next().unwrap_or_default();
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter(first_line))
         .flexible(true)
-        .from_reader(bytes.as_slice());
+        .from_reader(std::io::BufReader::with_capacity(256 * 1024, open()?));
     let header: Vec<String> = reader
         .byte_headers()
         .with_context(|| format!("{}: no header row", args.file.display()))?
@@ -143,7 +148,7 @@ pub async fn import(
         consent_source: args.consent_source.as_deref(),
     };
     let progress = if args.progress {
-        indicatif::ProgressBar::new(bytes.len() as u64).with_style(
+        indicatif::ProgressBar::new(size).with_style(
             indicatif::ProgressStyle::with_template(
                 "{bar:40} {percent:>3}% {msg} ({elapsed}, {eta} left)",
             )
@@ -272,41 +277,43 @@ async fn store_batch(
     now: chrono::DateTime<chrono::Utc>,
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
-    let emails: Vec<&str> = batch.iter().map(|r| r.email.as_str()).collect();
-    let (stored, suppressed) = match store {
-        Some(s) => (
-            s.stored_among(&emails).await?,
-            s.suppressed_among(&emails).await?,
-        ),
-        None => Default::default(),
+    // What was stored and suppressed before: read for a dry run, told by the import else.
+    let (stored, suppressed, imported) = match (store, dry_run) {
+        (Some(s), false) => {
+            let i = s.import(batch, how, now).await?;
+            (i.known, i.suppressed, Some(i.ids))
+        }
+        (Some(s), true) => {
+            let emails: Vec<&str> = batch.iter().map(|r| r.email.as_str()).collect();
+            let stored = s.stored_among(&emails).await?;
+            (stored, s.suppressed_among(&emails).await?, None)
+        }
+        (None, _) => Default::default(),
     };
     // Counted by address, the first time the file gives it.
     for (r, _) in batch.iter().zip(first).filter(|(_, f)| **f) {
-        {
-            if stored.contains(r.email.as_str()) {
-                summary.merged += 1;
-            } else {
-                summary.new += 1;
-            }
-            if suppressed.contains(r.email.as_str()) || r.unsubscribed {
-                summary.suppressed += 1;
-            }
+        if stored.contains(r.email.as_str()) {
+            summary.merged += 1;
+        } else {
+            summary.new += 1;
+        }
+        if suppressed.contains(r.email.as_str()) || r.unsubscribed {
+            summary.suppressed += 1;
         }
     }
-    if dry_run {
-        return Ok(());
-    }
-    let Some(store) = store else {
+    let Some(ids) = imported else {
         return Ok(());
     };
-    let imported = store.import(batch, how, now).await?;
     if let (Some(rt), Some(funnel)) = (runtime, funnel) {
-        let mut leads: Vec<LeadId> = Vec::new();
-        for (r, id) in batch.iter().zip(&imported.ids) {
-            if !(r.unsubscribed || suppressed.contains(r.email.as_str()) || leads.contains(id)) {
-                leads.push(*id);
-            }
-        }
+        let mut once = std::collections::HashSet::new();
+        let leads: Vec<LeadId> = batch
+            .iter()
+            .zip(&ids)
+            .filter(|(r, id)| {
+                !(r.unsubscribed || suppressed.contains(r.email.as_str())) && once.insert(**id)
+            })
+            .map(|(_, id)| *id)
+            .collect();
         for e in rt.enroll_many(&leads, funnel, now).await? {
             match e {
                 Enrolled::New(_) => summary.enrolled += 1,

@@ -325,6 +325,113 @@ fn a_kill_mid_batch_loses_no_lead() {
     stopped_cleanly(&mut child, &rx);
 }
 
+/// Killed with SIGKILL while a funnel's webhook calls go out, `autofunnel run` makes every
+/// call after the restart (those the killed process had claimed once its lease lapses), and
+/// repeats at most the calls that were in flight (the rounds it had claimed: `BATCH` ×
+/// `PIPELINES`), each with the `webhook-id` it had.
+#[test]
+fn a_kill_mid_delivery_repeats_at_most_the_calls_in_flight() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    const LEADS: usize = 2_000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The receiver: each call's webhook-id, counted.
+    let got: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let receiver = {
+        let got = got.clone();
+        axum::Router::new().route(
+            "/crm",
+            axum::routing::post(move |h: axum::http::HeaderMap| {
+                let got = got.clone();
+                async move {
+                    let id = h["webhook-id"].to_str().unwrap().to_string();
+                    *got.lock().unwrap().entry(id).or_default() += 1;
+                    ""
+                }
+            }),
+        )
+    };
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let crm = format!("http://{}/crm", listener.local_addr().unwrap());
+    rt.spawn(async move { axum::serve(listener, receiver).await });
+    let dir = tempfile::tempdir().unwrap();
+    let funnel = format!(
+        "name: Join\nentry: {{ event: join }}\nwebhooks:\n  crm: {{ url: \"{crm}\" }}\n\
+         stages:\n  - id: customer\n    steps:\n      - webhook: crm\n      - wait: 30d\n"
+    );
+    for (path, text) in [
+        (
+            "autofunnel.toml",
+            "api_token = \"api token of 16+ chars\"\n".to_string(),
+        ),
+        ("funnels/join.yaml", funnel),
+    ] {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let (mut child, rx) = spawn_run(dir.path());
+    let addr = listening(&rx);
+    let distinct = |got: &Mutex<HashMap<String, u32>>| got.lock().unwrap().len();
+    rt.block_on(async {
+        let client = crate::util::http();
+        for b in 0..LEADS / 250 {
+            let events: Vec<serde_json::Value> = (0..250)
+                .map(|i| serde_json::json!({ "email": format!("b{b}i{i}@example.com"), "event": "join" }))
+                .collect();
+            let r = client
+                .post(format!("http://{addr}/api/v1/events"))
+                .bearer_auth("api token of 16+ chars")
+                .json(&serde_json::json!({ "events": events }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        // Killed once some calls have gone out and the rest are going.
+        while distinct(&got) < 200 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    Command::new("kill")
+        .args(["-KILL", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = child.0.wait();
+    let before = distinct(&got);
+    let (mut child, rx) = spawn_run(dir.path());
+    let _ = listening(&rx);
+    rt.block_on(async {
+        let all = async {
+            while distinct(&got) < LEADS {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        // The killed process's claim lapses after its lease; then they go out.
+        let lease = autofunnel::delivery::webhook::LEASE.num_seconds() as u64;
+        tokio::time::timeout(Duration::from_secs(lease + 60), all)
+            .await
+            .unwrap_or_else(|_| panic!("{} of {LEADS} calls made", distinct(&got)));
+    });
+    let counts = got.lock().unwrap().clone();
+    let repeated: u32 = counts.values().map(|n| n - 1).sum();
+    let in_flight = autofunnel::delivery::webhook::BATCH as u32
+        * autofunnel::delivery::webhook::PIPELINES as u32;
+    assert!(before < LEADS, "the kill came after every call ({before})");
+    assert!(
+        repeated <= in_flight,
+        "{repeated} calls repeated, more than the {in_flight} in flight"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    stopped_cleanly(&mut child, &rx);
+}
+
 /// Waits for the child to exit; a failure shows what it logged since.
 fn stopped_cleanly(child: &mut Reap, rx: &mpsc::Receiver<String>) {
     let status = child.0.wait().unwrap();

@@ -41,8 +41,10 @@ pub struct Import<'a> {
 pub struct Imported {
     /// Each row's lead, in the order given.
     pub ids: Vec<LeadId>,
-    /// Addresses that were not stored before.
-    pub new: usize,
+    /// The addresses given that had a lead before.
+    pub known: HashSet<String>,
+    /// The addresses given that were suppressed before.
+    pub suppressed: HashSet<String>,
 }
 
 /// The rows with one per address: a later row's values win (fields merged), tags add up.
@@ -99,6 +101,7 @@ impl Store {
         let txn = self.write().await?;
         let mut ids: HashMap<String, i64> = HashMap::new();
         let mut new: Vec<(LeadId, String)> = Vec::new();
+        let (mut known_before, mut suppressed_before) = (HashSet::new(), HashSet::new());
         for chunk in unique.chunks(sql::ROWS) {
             let emails: Vec<&str> = chunk.iter().map(|r| r.email.as_str()).collect();
             let known = known(&txn, self.backend, &emails).await?;
@@ -169,6 +172,8 @@ impl Store {
             )
             .await?;
             ids.extend(stored);
+            known_before.extend(known.into_keys());
+            suppressed_before.extend(suppressed);
         }
         let created: Vec<(LeadId, &str)> = new.iter().map(|(l, e)| (*l, e.as_str())).collect();
         super::created(&txn, self.backend, &self.subscriptions, &created, t).await?;
@@ -178,7 +183,8 @@ impl Store {
                 .iter()
                 .map(|r| LeadId(ids.get(r.email.as_str()).copied().unwrap_or_default()))
                 .collect(),
-            new: new.len(),
+            known: known_before,
+            suppressed: suppressed_before,
         })
     }
 
