@@ -52,6 +52,7 @@ pub fn args() -> Vec<String> {
 }
 
 /// The value after `--name`, parsed.
+#[allow(dead_code)]
 pub fn flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
     let i = args.iter().position(|a| a == name)?;
     args.get(i + 1)?.parse().ok()

@@ -673,6 +673,13 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     let store = open_store(&settings)
         .await?
         .with_subscriptions(subscriptions(&settings)?);
+    let freed = store.release_stale_claims().await?;
+    if freed > 0 {
+        tracing::info!(
+            rows = freed,
+            "took back the claims a stopped process still held"
+        );
+    }
     std::fs::create_dir_all(&settings.outbox_dir).with_context(|| {
         format!(
             "cannot create the outbox folder {}",

@@ -1197,6 +1197,31 @@ impl Store {
             .collect()
     }
 
+    /// On SQLite, which one process serves, every claim still held was held by a process
+    /// that stopped without giving it back (a kill, a crash): its emails and webhook calls in
+    /// flight, its runs and leads are made free at once, so the restarted process takes them
+    /// up now instead of when their leases lapse. Returns how many rows were freed. On
+    /// PostgreSQL, which several nodes may serve, a node's claims lapse with their leases.
+    pub async fn release_stale_claims(&self) -> Result<u64> {
+        if self.backend != Backend::Sqlite {
+            return Ok(0);
+        }
+        let txn = self.write().await?;
+        let mut freed = 0;
+        for sql in [
+            "UPDATE messages SET lease_until = 0 WHERE status = 'sending' AND lease_until > 0",
+            "UPDATE enrollments SET lease_until = 0 WHERE lease_until > 0",
+            "UPDATE leads SET lease_until = 0 WHERE lease_until > 0",
+        ] {
+            freed += txn
+                .execute_raw(Statement::from_string(self.db.get_database_backend(), sql))
+                .await?
+                .rows_affected();
+        }
+        txn.commit().await?;
+        Ok(freed)
+    }
+
     /// The event stored under an idempotency key (a provider's payment), if any.
     pub async fn event_by_key(&self, key: &str) -> Result<Option<StoredEvent>> {
         let Some(r) = event::Entity::find()
