@@ -775,6 +775,76 @@ async fn unfinished_sends_are_parked(store: Store) {
     assert_eq!(statuses(&store).await, [("failed".to_string(), 1)]);
 }
 
+/// The documented idiom for a field a lead may not have given: `| default(value=…)` takes
+/// its place, whether the field is missing, null or empty.
+#[tokio::test]
+async fn a_missing_name_falls_back_to_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = crate::util::project_of(
+        dir.path(),
+        &[
+            (
+                "funnels/hello.yaml",
+                "name: Hello\nfrom: \"Shop <shop@example.com>\"\nentry: { api: true }\n\
+                 stages:\n  - id: hello\n    steps:\n      - send: hi\n      - wait: 30d\n",
+            ),
+            ("templates/hello/hi.subject", "Hello"),
+            (
+                "templates/hello/hi.html",
+                "<p>Hi {{ lead.first_name | default(value=\"friend\") }} from {{ lead.city | default(value=\"your city\") }}!{{ lead.phone }}</p>",
+            ),
+        ],
+    );
+    let store = Store::connect(&format!("sqlite://{}/t.db", dir.path().display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let rt = Runtime::new(store.clone(), p.funnels.clone(), "node-a", t0())
+        .await
+        .unwrap();
+    let mut empty_city = LeadInput {
+        first_name: Some("Ann".into()),
+        ..Default::default()
+    };
+    empty_city.fields.insert("city".into(), "".into());
+    let leads = [
+        (
+            Email::parse("nobody@example.com").unwrap(),
+            LeadInput::default(),
+        ),
+        (Email::parse("ann@example.com").unwrap(), empty_city),
+    ];
+    let ids = store
+        .import_leads(&leads, Consent::Confirmed, t0())
+        .await
+        .unwrap();
+    rt.enroll_many(&ids, &crate::util::fid("hello"), t0())
+        .await
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let sender = Sender::new(
+        store.outbox(),
+        p,
+        Transport::Folder(out.path().to_path_buf()),
+        "http://127.0.0.1:8080",
+        b"k",
+    );
+    assert_eq!(sender.round(t0()).await.unwrap().sent, 2);
+    let mut bodies: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| {
+            let raw = std::fs::read(e.unwrap().path()).unwrap();
+            let m = mail_parser::MessageParser::default().parse(&raw).unwrap();
+            m.body_text(0).unwrap().trim().to_string()
+        })
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        ["Hi Ann from your city!", "Hi friend from your city!"]
+    );
+}
+
 on_both_backends! {
     poison_lead => a_poison_lead_delays_nobody,
     parked_sends => unfinished_sends_are_parked,

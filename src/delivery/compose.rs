@@ -95,18 +95,23 @@ pub fn context(
 ) -> tera::Context {
     let mut fields = lead.fields.clone();
     fields.insert("email".into(), json!(lead.email.as_str()));
-    fields.insert(
-        "first_name".into(),
-        json!(lead.first_name.clone().unwrap_or_default()),
-    );
+    fields.insert("first_name".into(), json!(lead.first_name));
     fields.insert("score".into(), json!(lead.score));
     fields.entry("tags").or_insert(json!([]));
-    // A field the lead never gave renders empty rather than failing the email.
+    // A field the lead never gave (or gave empty) is null: it renders empty rather than
+    // failing the email, and `| default(value="friend")` takes its place.
     for (name, _, _) in crate::funnel::BUILTIN_FIELDS {
-        fields.entry(name).or_insert(json!(""));
+        fields.entry(name).or_insert(serde_json::Value::Null);
     }
     for name in f.fields.keys() {
-        fields.entry(name.as_str().to_string()).or_insert(json!(""));
+        fields
+            .entry(name.as_str().to_string())
+            .or_insert(serde_json::Value::Null);
+    }
+    for v in fields.values_mut() {
+        if v.as_str().is_some_and(|s| s.trim().is_empty()) {
+            *v = serde_json::Value::Null;
+        }
     }
     let base = links.base_url.trim_end_matches('/');
     let mut cx = tera::Context::new();
