@@ -820,6 +820,10 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
             ),
             report_zone: settings.report_zone()?,
             payments: server::pay::Payments::new(payments, settings.trusted_networks()?),
+            outbox_dir: settings
+                .smtp_url
+                .is_none()
+                .then(|| std::sync::Arc::from(settings.outbox_dir.as_path())),
         },
         until_stopped(),
     ));

@@ -38,10 +38,13 @@ async fn admin_api(store: Store) {
     let now = Utc::now();
     let rt = crate::util::engine(&store, &p, now).await;
     let (listener, base) = Server::bind().await;
+    let outbox = dir.path().join("outbox");
+    std::fs::create_dir_all(&outbox).unwrap();
     let server = Server::start(
         listener,
         AppState {
             admin_token: Some(Arc::from(ADMIN)),
+            outbox_dir: Some(Arc::from(outbox.as_path())),
             ..crate::util::off(&rt)
         },
     );
@@ -143,12 +146,44 @@ async fn admin_api(store: Store) {
     assert_eq!(v["funnels"][0]["enrollments"]["active"], 1);
     assert_eq!(v["funnels"][0]["emails"]["queued"], 1);
 
-    // Erase: the lead and everything about them are gone.
+    // Another lead's email, and both written to the outbox folder.
+    let bob = Email::parse("bob@example.com").unwrap();
+    let bob_id = store
+        .import_leads(
+            &[(bob.clone(), LeadInput::default())],
+            Consent::Confirmed,
+            now,
+        )
+        .await
+        .unwrap()[0];
+    rt.enroll(bob_id, &crate::util::fid("welcome"), now)
+        .await
+        .unwrap();
+    let sender = Sender::new(
+        store.outbox(),
+        p.clone(),
+        Transport::Folder(outbox.clone()),
+        &base,
+        b"k",
+    );
+    assert_eq!(sender.round(Utc::now()).await.unwrap().sent, 2);
+    let files = || -> Vec<String> {
+        std::fs::read_dir(&outbox)
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect()
+    };
+    assert_eq!(files().len(), 2);
+
+    // Erase: the lead and everything about them are gone, their email file too.
     let r = call(Method::DELETE, &format!("/api/v1/leads/{id}"), None)
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(store.lead_by_email(&email).await.unwrap().is_none());
+    let left = files();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].contains("bob@example.com") && !left[0].contains("anna@"));
     let r = call(Method::GET, &format!("/api/v1/leads/{id}"), None)
         .await
         .unwrap();
@@ -163,8 +198,8 @@ async fn admin_api(store: Store) {
         .json()
         .await
         .unwrap();
-    assert_eq!(v["funnels"][0]["enrollments"], json!({}));
-    assert_eq!(v["funnels"][0]["emails"], json!({}));
+    assert_eq!(v["funnels"][0]["enrollments"], json!({ "active": 1 }));
+    assert_eq!(v["funnels"][0]["emails"], json!({ "sent": 1 }));
 
     server.stop().await;
 }

@@ -83,7 +83,7 @@ impl Transport {
                 emails
                     .into_iter()
                     .map(|(id, name, email)| {
-                        let file = dir.join(format!("{name}.eml"));
+                        let file = dir.join(&name);
                         match std::fs::write(&file, email.formatted()) {
                             Ok(()) => (id, Outcome::Sent),
                             Err(e) => (
@@ -141,7 +141,7 @@ impl Transport {
                     }
                     let outcome = match transport {
                         Transport::Folder(dir) => {
-                            let file = dir.join(format!("{name}.eml"));
+                            let file = dir.join(&name);
                             match tokio::fs::write(&file, email.formatted()).await {
                                 Ok(()) => Outcome::Sent,
                                 Err(e) => Outcome::Transient(format!(
@@ -407,7 +407,7 @@ impl Sender {
             match c {
                 Ok(email) => {
                     outcomes.push(None);
-                    emails.push((m.id, m.send_key.replace([':', '/'], "_"), email));
+                    emails.push((m.id, crate::store::file_name(&m.send_key), email));
                 }
                 Err(o) => outcomes.push(Some(o)),
             }

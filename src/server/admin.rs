@@ -52,11 +52,21 @@ pub async fn export(_: Admin, State(state): State<AppState>, ApiPath(id): ApiPat
 
 /// `DELETE /api/v1/leads/{id}`: erases the lead and everything about them.
 pub async fn erase(_: Admin, State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Answer {
-    if state.runtime.store().erase_lead(LeadId(id)).await? {
-        Ok(Json(json!({ "status": "erased", "id": id })))
-    } else {
-        Err(no_lead())
+    let Some(files) = state.runtime.store().erase_lead(LeadId(id)).await? else {
+        return Err(no_lead());
+    };
+    if let Some(dir) = &state.outbox_dir {
+        for f in files {
+            match std::fs::remove_file(dir.join(&f)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(file = f, error = %e, "an erased lead's email file stays")
+                }
+            }
+        }
     }
+    Ok(Json(json!({ "status": "erased", "id": id })))
 }
 
 /// A JSON body's string field, or the refusal naming it.

@@ -71,6 +71,9 @@ pub struct AppState {
     pub report_zone: chrono_tz::Tz,
     /// The payment provider accounts (`[payments.*]`).
     pub payments: Arc<pay::Payments>,
+    /// The folder emails are written to when no SMTP is set (`outbox_dir`): an erased lead's
+    /// files are deleted from it.
+    pub outbox_dir: Option<Arc<std::path::Path>>,
 }
 
 impl AppState {
@@ -87,6 +90,7 @@ impl AppState {
             signup_limit: None,
             report_zone: chrono_tz::UTC,
             payments: pay::Payments::new(Default::default(), Vec::new()),
+            outbox_dir: None,
         }
     }
 }

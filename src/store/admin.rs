@@ -106,12 +106,23 @@ impl Store {
     /// Deletes a lead and everything about them (tags, touches, events, enrollments and their
     /// history, emails and their clicked links, and what they added to the report counters).
     /// A suppression of the address is kept, so an address that asked not to be mailed is not
-    /// mailed if it signs up again unasked. `false` when there was no lead.
-    pub async fn erase_lead(&self, id: LeadId) -> Result<bool> {
+    /// mailed if it signs up again unasked. Returns the names of the files its emails were
+    /// written to in the outbox folder (the embedded transport), for the caller to delete;
+    /// `None` when there was no lead.
+    pub async fn erase_lead(&self, id: LeadId) -> Result<Option<Vec<String>>> {
         // What the lead added to the report counters goes with it.
         let counters = self.counters_of_lead(id).await?;
         // One transaction: a failure part-way erases nothing. Children first: the same on a
         // database whose foreign keys do not cascade.
+        // The files its emails were written to in the outbox folder, for the caller to delete.
+        let files: Vec<String> = message::Entity::find()
+            .filter(message::Column::LeadId.eq(id.0))
+            .filter(message::Column::Kind.eq("email"))
+            .all(&self.db)
+            .await?
+            .iter()
+            .map(|m| super::outbox::file_name(&m.send_key))
+            .collect();
         let txn = self.write().await?;
         super::counts::forget(&txn, self.backend, &counters).await?;
         let history = "DELETE FROM stage_history WHERE enrollment_id IN \
@@ -144,7 +155,7 @@ impl Store {
             .exec(&*txn)
             .await?;
         txn.commit().await?;
-        Ok(gone.rows_affected > 0)
+        Ok((gone.rows_affected > 0).then_some(files))
     }
 
     /// Per funnel and status: how many enrollments, and how many emails.

@@ -20,7 +20,7 @@ pub use enrollments::{
     OutboxRow, Position, RunBefore, RunState, RunUpdate, RunWrites, StageVisit,
 };
 pub use import::{Import, ImportRow, Imported};
-pub use outbox::{MessageOrigin, Outbox, Outgoing, OutgoingHook};
+pub use outbox::{MessageOrigin, Outbox, Outgoing, OutgoingHook, file_name};
 pub use report::{
     EmailRow, MilestoneRow, PurchaseRow, Replay, ReportNeeds, ReportRows, RunRow, TouchRow,
     TrackRow, VisitRow,

@@ -77,6 +77,12 @@ impl Store {
     }
 }
 
+/// The file an email is written to in the outbox folder (the embedded transport): its send
+/// key made a file name.
+pub fn file_name(send_key: &str) -> String {
+    format!("{}.eml", send_key.replace([':', '/'], "_"))
+}
+
 impl Outbox {
     /// Leases up to `limit` emails due for an attempt, oldest due first. A message whose
     /// sender died mid-attempt (`sending` with a lapsed lease) is queued again first, so it is
