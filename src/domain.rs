@@ -346,7 +346,8 @@ pub struct Event {
     pub template: Option<String>,
     pub link: Option<String>,
     pub form: Option<String>,
-    /// The funnel a `removed` event takes the lead out of.
+    /// The funnel a `removed` event takes the lead out of; for `unsubscribed`, the one funnel
+    /// the lead stopped (from its unsubscribe page), the others going on.
     pub funnel: Option<FunnelId>,
     /// A purchase's value, kept for revenue reports (the engine does not match on it).
     pub amount: Option<Money>,

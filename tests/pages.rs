@@ -161,6 +161,23 @@ async fn confirm_and_unsubscribe(store: Store) {
     assert_eq!(store.suppressions_of(&bob_email).await.unwrap(), ["news"]);
     let facts = rt.lead_facts(bob, now).await.unwrap();
     assert!(facts.mailable && facts.muted.contains("news"));
+    // That funnel's run ended as unsubscribed (its history says so); the promo goes on, and
+    // Bob's consent is still his.
+    let news = store
+        .enrollments_of(bob, &crate::util::fid("news"))
+        .await
+        .unwrap();
+    assert_eq!(
+        news[0].state.status,
+        autofunnel::domain::RunStatus::Exited(autofunnel::domain::Outcome::Unsubscribed)
+    );
+    let promo = store
+        .enrollments_of(bob, &crate::util::fid("promo"))
+        .await
+        .unwrap();
+    assert!(promo[0].state.status.is_live());
+    let bob_lead = store.lead_by_email(&bob_email).await.unwrap().unwrap();
+    assert_eq!(bob_lead.consent, Consent::Confirmed);
     let page = client
         .get(format!("{u}?f=news"))
         .send()

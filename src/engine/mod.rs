@@ -69,7 +69,7 @@ impl LeadFacts {
                 }
             }
             EventKind::Open => self.opened.extend(e.template.clone()),
-            ref k if k.stops_mail() => self.mailable = false,
+            ref k if k.stops_mail() && e.funnel.is_none() => self.mailable = false,
             _ => {}
         }
     }
@@ -547,6 +547,13 @@ impl Machine<'_> {
         if e.kind == EventKind::Removed {
             if e.funnel.as_ref() == Some(&self.f.id.value) {
                 self.exit(Outcome::Removed);
+            }
+            return;
+        }
+        // Unsubscribed from one funnel (its page): that funnel's run ends; others go on.
+        if e.kind == EventKind::Unsubscribed && e.funnel.is_some() {
+            if e.funnel.as_ref() == Some(&self.f.id.value) {
+                self.exit(Outcome::Unsubscribed);
             }
             return;
         }

@@ -114,6 +114,13 @@ pub async fn unsubscribe(
             rt.store()
                 .suppress_in(&email, Some(funnel), EventKind::Unsubscribed.as_str(), now)
                 .await?;
+            // The run in that funnel ends as unsubscribed; the lead's other funnels go on.
+            let key = format!("unsubscribed:{}:{funnel}", id.0);
+            let e = Event {
+                funnel: Some(funnel.clone()),
+                ..Event::of(EventKind::Unsubscribed)
+            };
+            rt.event(id, e, Some(key), now).await?;
             format!("You will get no more emails about «{}».", html_escape(name))
         }
         None => {

@@ -452,13 +452,16 @@ async fn took_effect(
         txn.execute_raw(q.statement(sql)).await?;
     }
     for (lead, e, _) in new {
-        if let Some(consent) = e.kind.consent() {
+        // Unsubscribed from one funnel: that funnel's suppression is the caller's; the lead's
+        // consent and its other funnels stay as they are.
+        let everywhere = e.funnel.is_none();
+        if let Some(consent) = e.kind.consent().filter(|_| everywhere) {
             let mut q = Params::new(backend);
             let (c, at, id) = (q.p(consent.as_str()), q.p(ms(now)), q.p(lead.0));
             let sql = format!("UPDATE leads SET consent = {c}, updated_at = {at} WHERE id = {id}");
             txn.execute_raw(q.statement(sql)).await?;
         }
-        if e.kind.stops_mail() {
+        if e.kind.stops_mail() && everywhere {
             // No funnel mails this address again, whatever its own transitions say.
             let mut q = Params::new(backend);
             let (reason, at, id) = (q.p(e.kind.as_str()), q.p(ms(now)), q.p(lead.0));
@@ -493,7 +496,8 @@ async fn took_effect(
                 event: which,
                 lead: *lead,
                 run: None,
-                funnel: None,
+                // A funnel-scoped unsubscribe names its funnel.
+                funnel: e.funnel.as_ref().map(FunnelId::as_str),
                 stage: None,
                 key,
                 detail,
