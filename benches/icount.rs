@@ -116,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
                             ..Default::default()
                         },
                         form: "free-book".into(),
+                        requester: Default::default(),
                     };
                     rt.queue_signup(signup, funnels.clone())
                 })

@@ -819,7 +819,8 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
                 settings.trusted_networks()?,
             ),
             report_zone: settings.report_zone()?,
-            payments: server::pay::Payments::new(payments, settings.trusted_networks()?),
+            payments: server::pay::Payments::new(payments),
+            trusted_proxies: std::sync::Arc::from(settings.trusted_networks()?),
             outbox_dir: settings
                 .smtp_url
                 .is_none()

@@ -511,6 +511,32 @@ impl Consent {
     }
 }
 
+/// What a consent record proves: consent given (a form), confirmed (the double opt-in link, or
+/// an import of leads confirmed elsewhere) or withdrawn (an unsubscribe, a complaint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConsentAct {
+    Given,
+    Confirmed,
+    Withdrawn,
+}
+
+impl ConsentAct {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentAct::Given => "given",
+            ConsentAct::Confirmed => "confirmed",
+            ConsentAct::Withdrawn => "withdrawn",
+        }
+    }
+}
+
+/// Who acted, as the request showed them: the consent record's address and browser.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requester {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

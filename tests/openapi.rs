@@ -200,7 +200,7 @@ fn stripe_account() -> Arc<autofunnel::server::pay::Payments> {
             Some(STRIPE.to_string())
         })
         .unwrap();
-    autofunnel::server::pay::Payments::new(accounts, Vec::new())
+    autofunnel::server::pay::Payments::new(accounts)
 }
 
 async fn openapi(store: Store) {

@@ -255,6 +255,107 @@ async fn confirm_and_unsubscribe(store: Store) {
     server.stop().await;
 }
 
+/// The consent ledger through the real pages: the form's consent given (its form, the
+/// visitor's address and browser), the double opt-in confirmed once however often the button
+/// is pressed, the one-click unsubscribe withdrawn; the admin export shows all three.
+async fn consent_ledger(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(
+        dir.path(),
+        &[
+            (
+                "funnels/club.yaml",
+                "name: Club\nfrom: \"Shop <shop@example.com>\"\nentry: { form: join, double_opt_in: confirm }\n\
+                 stages:\n  - id: in\n    steps:\n      - wait: 7d\n      - exit: completed\n",
+            ),
+            ("templates/club/confirm.subject", "Please confirm"),
+            (
+                "templates/club/confirm.html",
+                "<p><a href=\"{{ confirm_url }}\">Confirm</a></p>",
+            ),
+        ],
+    );
+    let rt = crate::util::engine(&store, &p, Utc::now()).await;
+    let (listener, base) = Server::bind().await;
+    let server = Server::start(
+        listener,
+        AppState {
+            secret: Arc::from(SECRET),
+            ..crate::util::off(&rt)
+        },
+    );
+    let client = crate::util::http_builder()
+        .user_agent("Mozilla/5.0 (X11; Linux) Firefox/140.0")
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!("{base}/f/join"))
+        .form(&[("email", "dana@example.com")])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success() || r.status().is_redirection(),
+        "{}",
+        r.status()
+    );
+    let dana = store
+        .lead_by_email(&Email::parse("dana@example.com").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let c = format!(
+        "{base}/c/{}",
+        tokens::lead_token(SECRET, LeadLink::Confirm, dana)
+    );
+    for _ in 0..2 {
+        assert_eq!(client.post(&c).send().await.unwrap().status(), 200);
+    }
+    let u = format!(
+        "{base}/u/{}",
+        tokens::lead_token(SECRET, LeadLink::Unsubscribe, dana)
+    );
+    let r = client
+        .post(&u)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let record = store.export_lead(dana).await.unwrap().unwrap();
+    let ledger: Vec<(String, String, String, String)> = record["consents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (s("status"), s("source"), s("ip"), s("user_agent"))
+        })
+        .collect();
+    let ua = "Mozilla/5.0 (X11; Linux) Firefox/140.0".to_string();
+    let row = |a: &str, b: &str| {
+        (
+            a.to_string(),
+            b.to_string(),
+            "127.0.0.1".to_string(),
+            ua.clone(),
+        )
+    };
+    assert_eq!(
+        ledger,
+        [
+            row("given", "form:join"),
+            row("confirmed", "double opt-in link"),
+            row("withdrawn", "one-click unsubscribe"),
+        ]
+    );
+    server.stop().await;
+}
+
 on_both_backends! {
+    consent_ledger => consent_ledger,
     confirm_and_unsubscribe_pages => confirm_and_unsubscribe,
 }

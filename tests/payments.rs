@@ -213,7 +213,7 @@ async fn providers(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            payments: Payments::new(accounts(&api), Vec::new()),
+            payments: Payments::new(accounts(&api)),
             ..crate::util::off(&rt)
         },
     );
@@ -510,7 +510,7 @@ async fn without_key(store: Store) {
     let server = Server::start(
         listener,
         AppState {
-            payments: Payments::new(accounts, Vec::new()),
+            payments: Payments::new(accounts),
             ..crate::util::off(&rt)
         },
     );

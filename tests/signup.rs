@@ -344,6 +344,7 @@ async fn resumed_signups(store: Store) {
             ..Default::default()
         },
         form: "free-book".into(),
+        requester: Default::default(),
     };
     let lead = store.record_signups(&[signup], t).await.unwrap()[0];
     let minute = chrono::Duration::minutes(1);
@@ -414,6 +415,7 @@ async fn a_refused_signup_fails_alone(store: Store) {
                     ..NewTouch::default()
                 },
                 form: "free-book".into(),
+                requester: Default::default(),
             };
             rt.queue_signup(signup, book.clone())
         })

@@ -304,6 +304,7 @@ stages:
             ..Default::default()
         },
         form: "optin".into(),
+        requester: Default::default(),
     };
     store
         .record_signups(

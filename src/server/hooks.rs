@@ -13,7 +13,7 @@ use super::auth::verify_signed;
 use super::error::ApiError;
 use super::events::{parse, store_all};
 use super::input::{self, max};
-use crate::domain::{Email, Event, EventKind};
+use crate::domain::{ConsentAct, Email, Event, EventKind};
 
 /// `POST /hooks/delivery`. Body: `{"type": "bounce" | "complaint", "email": "…", "id":
 /// "provider event id"}`. The address is suppressed (with or without a lead) and the lead's
@@ -52,7 +52,15 @@ pub async fn delivery_report(
     let rt = &state.runtime;
     match rt.store().lead_by_email(&email).await? {
         Some(l) => {
+            let complained = kind == EventKind::Complained;
             rt.event(l.id, Event::of(kind), id, now).await?;
+            if complained && !rt.store().has_consent(l.id, ConsentAct::Withdrawn).await? {
+                let source = Some("complaint to the mail provider".to_string());
+                let who = crate::domain::Requester::default();
+                rt.store()
+                    .record_consent(&[(l.id, ConsentAct::Withdrawn, source, who)], now)
+                    .await?;
+            }
         }
         None => {
             rt.store()

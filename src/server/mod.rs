@@ -71,6 +71,9 @@ pub struct AppState {
     pub report_zone: chrono_tz::Tz,
     /// The payment provider accounts (`[payments.*]`).
     pub payments: Arc<pay::Payments>,
+    /// Reverse proxies (`trusted_proxies`) whose forwarding headers name the visitor: for the
+    /// consent records' addresses and a payment provider's sender.
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
     /// The folder emails are written to when no SMTP is set (`outbox_dir`): an erased lead's
     /// files are deleted from it.
     pub outbox_dir: Option<Arc<std::path::Path>>,
@@ -89,7 +92,8 @@ impl AppState {
             api_token: None,
             signup_limit: None,
             report_zone: chrono_tz::UTC,
-            payments: pay::Payments::new(Default::default(), Vec::new()),
+            payments: pay::Payments::new(Default::default()),
+            trusted_proxies: Arc::from(Vec::new()),
             outbox_dir: None,
         }
     }

@@ -3,13 +3,13 @@
 //! shows a page; a `POST` acts, so a link scanner's fetch changes nothing.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 
 use super::AppState;
 use super::error::{Page, html_escape};
-use crate::domain::{Email, Event, EventKind, FunnelId, LeadId};
+use crate::domain::{ConsentAct, Email, Event, EventKind, FunnelId, LeadId};
 use crate::tokens::{LeadLink, verify_lead_token};
 
 /// Which funnel an unsubscribe link came from (`?f=`), offered as "this funnel" on the page.
@@ -99,6 +99,8 @@ pub async fn unsubscribe_page(
 pub async fn unsubscribe(
     State(state): State<AppState>,
     Path(token): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Page, Page> {
     let (id, email) = lead_of(&state, LeadLink::Unsubscribe, &token).await?;
@@ -130,6 +132,16 @@ pub async fn unsubscribe(
             "You will get no more emails from us.".to_string()
         }
     };
+    let one_click = form.iter().any(|(k, _)| k == "List-Unsubscribe");
+    let source = match (&scope, one_click) {
+        (Some((funnel, _)), _) => format!("unsubscribe page: {funnel}"),
+        (None, true) => "one-click unsubscribe".to_string(),
+        (None, false) => "unsubscribe page: everything".to_string(),
+    };
+    let who = super::signup::requester(peer.ip(), &headers, &state.trusted_proxies);
+    rt.store()
+        .record_consent(&[(id, ConsentAct::Withdrawn, Some(source), who)], now)
+        .await?;
     Ok(Page::new(StatusCode::OK, "You are unsubscribed", what))
 }
 
@@ -152,18 +164,31 @@ pub async fn confirm_page(
 pub async fn confirm(
     State(state): State<AppState>,
     Path(token): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
 ) -> Result<Page, Page> {
     let (id, _) = lead_of(&state, LeadLink::Confirm, &token).await?;
     let key = format!("confirmed:{}", id.0);
+    let now = chrono::Utc::now();
     state
         .runtime
-        .event(
-            id,
-            Event::of(EventKind::Confirmed),
-            Some(key),
-            chrono::Utc::now(),
-        )
+        .event(id, Event::of(EventKind::Confirmed), Some(key), now)
         .await?;
+    // The first confirmation is the proof; a second press of the button adds nothing.
+    if !state
+        .runtime
+        .store()
+        .has_consent(id, ConsentAct::Confirmed)
+        .await?
+    {
+        let who = super::signup::requester(peer.ip(), &headers, &state.trusted_proxies);
+        let source = Some("double opt-in link".to_string());
+        state
+            .runtime
+            .store()
+            .record_consent(&[(id, ConsentAct::Confirmed, source, who)], now)
+            .await?;
+    }
     Ok(Page::new(
         StatusCode::OK,
         "Thank you",

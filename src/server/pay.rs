@@ -24,18 +24,14 @@ use crate::store::{BatchEvent, LeadRef};
 /// The payment accounts and what reading their notifications needs.
 pub struct Payments {
     pub accounts: Accounts,
-    /// Reverse proxies whose forwarding headers name the sender (YooKassa is checked by its
-    /// address).
-    pub trusted: Vec<ipnet::IpNet>,
     /// Re-reads a YooKassa payment through its API.
     pub http: reqwest::Client,
 }
 
 impl Payments {
-    pub fn new(accounts: Accounts, trusted: Vec<ipnet::IpNet>) -> Arc<Payments> {
+    pub fn new(accounts: Accounts) -> Arc<Payments> {
         Arc::new(Payments {
             accounts,
-            trusted,
             http: crate::outbound::http_client(std::time::Duration::from_secs(10)),
         })
     }
@@ -94,7 +90,7 @@ pub async fn notification(
         headers: &headers,
         body: &body,
         query: query.as_deref(),
-        from: super::signup::visitor(peer.ip(), &headers, &pay.trusted),
+        from: super::signup::visitor(peer.ip(), &headers, &state.trusted_proxies),
         now,
     };
     let mut notice = payments::read(account, &n).map_err(|e| refusal(account, e))?;

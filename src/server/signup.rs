@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::{ApiError, ApiPath, Page};
 use super::input::{self, max};
-use crate::domain::{Email, FunnelId};
+use crate::domain::{Email, FunnelId, Requester};
 use crate::store::{LeadInput, NewSignup, NewTouch};
 
 /// Addresses the limiter remembers at most; past that, forgotten ones are pruned and, if that
@@ -80,6 +80,25 @@ impl Limiter {
     /// Addresses remembered now.
     pub fn tracked(&self) -> usize {
         self.table.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Who sent a request, for a consent record: the visitor's address and their browser's
+/// `User-Agent` (one printable line, 512 characters at most).
+pub fn requester(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> Requester {
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.chars()
+                .filter(|c| !c.is_control())
+                .take(512)
+                .collect::<String>()
+        })
+        .filter(|v| !v.trim().is_empty());
+    Requester {
+        ip: Some(visitor(peer, headers, trusted).to_string()),
+        user_agent,
     }
 }
 
@@ -287,6 +306,7 @@ fn read(
     fields: &[(String, String)],
     headers: &HeaderMap,
     form: &str,
+    requester: Requester,
 ) -> Result<Option<NewSignup>, ApiError> {
     let raw = |name: &str| {
         fields
@@ -366,6 +386,7 @@ fn read(
         input,
         touch,
         form: form.to_string(),
+        requester,
     }))
 }
 
@@ -421,7 +442,8 @@ async fn accept(
         ));
     }
     let fields = fields_of(headers, body)?;
-    let Some(signup) = read(&fields, headers, form)? else {
+    let who = requester(peer.ip(), headers, &state.trusted_proxies);
+    let Some(signup) = read(&fields, headers, form, who)? else {
         return Ok(None);
     };
     // A task of its own: a visitor who leaves mid-commit does not stop the others' signups.

@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect
 use super::entities::{lead, lead_tag};
 use super::sql::{self, Params};
 use super::{Backend, LeadInput, Result, Store, ms};
-use crate::domain::{Consent, Email, Lead, LeadId, Tag};
+use crate::domain::{Consent, ConsentAct, Email, Lead, LeadId, Requester, Tag};
 
 /// One lead of an import.
 #[derive(Debug, Clone)]
@@ -124,37 +124,26 @@ impl Store {
                         None => true,
                         Some(c) => how.update && c == Consent::Pending.as_str(),
                     };
-                let proof = if r.unsubscribed {
+                let act = if r.unsubscribed {
                     suppressions.push(vec![
                         r.email.as_str().into(),
                         "*".into(),
                         Consent::Unsubscribed.as_str().into(),
                         t.into(),
                     ]);
-                    Some(Consent::Unsubscribed)
+                    Some(ConsentAct::Withdrawn)
                 } else {
-                    (raised && how.consent == Consent::Confirmed).then_some(Consent::Confirmed)
+                    (raised && how.consent == Consent::Confirmed).then_some(ConsentAct::Confirmed)
                 };
-                if let Some(status) = proof {
-                    proofs.push(vec![
-                        id.into(),
-                        status.as_str().into(),
-                        how.consent_source.map(str::to_string).into(),
-                        t.into(),
-                    ]);
+                if let Some(act) = act {
+                    let source = how.consent_source.map(str::to_string);
+                    proofs.push(proof_row(LeadId(id), act, source, &Requester::default(), t));
                 }
                 for tag in &r.tags {
                     tags.push(vec![id.into(), tag.as_str().into(), t.into()]);
                 }
             }
-            sql::insert_rows(
-                &txn,
-                self.backend,
-                "consents (lead_id, status, source, recorded_at)",
-                "",
-                proofs,
-            )
-            .await?;
+            insert_proofs(&txn, self.backend, proofs).await?;
             sql::insert_rows(
                 &txn,
                 self.backend,
@@ -211,6 +200,33 @@ impl Store {
             consent_source: None,
         };
         Ok(self.import(&rows, how, now).await?.ids)
+    }
+
+    /// Appends consent records (the ledger is never rewritten; erase takes a lead's with it).
+    pub async fn record_consent(
+        &self,
+        records: &[(LeadId, ConsentAct, Option<String>, Requester)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let rows = records
+            .iter()
+            .map(|(lead, act, source, who)| proof_row(*lead, *act, source.clone(), who, ms(now)))
+            .collect();
+        let txn = self.write().await?;
+        insert_proofs(&txn, self.backend, rows).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Whether the lead's ledger has a record of this act.
+    pub async fn has_consent(&self, lead: LeadId, act: ConsentAct) -> Result<bool> {
+        use super::entities::consent;
+        Ok(consent::Entity::find()
+            .filter(consent::Column::LeadId.eq(lead.0))
+            .filter(consent::Column::Status.eq(act.as_str()))
+            .one(&self.db)
+            .await?
+            .is_some())
     }
 
     /// The addresses among `emails` that are suppressed (for every funnel or one).
@@ -275,6 +291,40 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// A `consents` row.
+pub(super) fn proof_row(
+    lead: LeadId,
+    act: ConsentAct,
+    source: Option<String>,
+    who: &Requester,
+    at: i64,
+) -> Vec<Value> {
+    vec![
+        lead.0.into(),
+        act.as_str().into(),
+        source.into(),
+        who.ip.clone().into(),
+        who.user_agent.clone().into(),
+        at.into(),
+    ]
+}
+
+/// Inserts `consents` rows made by [`proof_row`].
+pub(super) async fn insert_proofs(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    rows: Vec<Vec<Value>>,
+) -> Result<()> {
+    sql::insert_rows(
+        txn,
+        backend,
+        "consents (lead_id, status, source, ip, user_agent, recorded_at)",
+        "",
+        rows,
+    )
+    .await
 }
 
 /// The addresses among `emails` that `table` (`leads`, `suppressions`) has.

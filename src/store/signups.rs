@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, Value};
 
 use super::sql::{self, Params};
 use super::{Backend, LeadInput, NewTouch, Result, Store, StoreError, ms};
-use crate::domain::{Consent, Email, EventKind, LeadId};
+use crate::domain::{Consent, ConsentAct, Email, EventKind, LeadId, Requester};
 
 /// One signup as the form delivered it.
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct NewSignup {
     pub input: LeadInput,
     pub touch: NewTouch,
     pub form: String,
+    /// Who sent the form: the consent it gives is recorded with their address and browser.
+    pub requester: Requester,
 }
 
 impl Store {
@@ -144,6 +146,16 @@ impl Store {
             touches,
         )
         .await?;
+        // The consent each form gives, on record.
+        let proofs = signups
+            .iter()
+            .zip(&leads)
+            .map(|(s, l)| {
+                let source = Some(format!("form:{}", s.form));
+                super::import::proof_row(*l, ConsentAct::Given, source, &s.requester, t)
+            })
+            .collect();
+        super::import::insert_proofs(&txn, self.backend, proofs).await?;
         let events: Vec<Vec<Value>> = signups
             .iter()
             .zip(&leads)
