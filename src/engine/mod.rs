@@ -363,7 +363,7 @@ impl Machine<'_> {
                             step: step.id.clone(),
                             why: "lead is not mailable".into(),
                         });
-                    } else if let Some((until, why)) = self.send_held() {
+                    } else if let Some((until, why)) = self.send_held().filter(|_| !step.urgent) {
                         self.hold(until, why);
                         return;
                     } else {

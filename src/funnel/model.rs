@@ -318,6 +318,9 @@ pub struct Step {
     pub id: StepId,
     pub guard: Option<Condition>,
     pub action: Action,
+    /// `urgent: true` on a `send`: it goes out now, held by neither the send window nor the
+    /// frequency cap (and still counted in the cap): "the webinar starts now".
+    pub urgent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

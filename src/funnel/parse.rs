@@ -865,7 +865,7 @@ fn parse_steps(sink: &mut Sink, node: &Node) -> Vec<Step> {
     let mut counts: HashMap<&'static str, usize> = HashMap::new();
     let mut seen: HashMap<String, Pos> = HashMap::new();
     for item in seq(sink, node, "steps") {
-        let allowed = [ACTIONS, &["id", "if"]].concat();
+        let allowed = [ACTIONS, &["id", "if", "urgent"]].concat();
         let Some(m) = Map::new(sink, item, "step", &allowed) else {
             continue;
         };
@@ -903,6 +903,19 @@ fn parse_steps(sink: &mut Sink, node: &Node) -> Vec<Step> {
             }
         };
         let guard = m.get("if").and_then(|n| parse_condition(sink, n));
+        let urgent = match m.get("urgent").map(|n| (n.pos, &n.value)) {
+            None | Some((_, Value::Bool(false))) => false,
+            Some((pos, Value::Bool(true))) => {
+                if key.name != "send" {
+                    sink.error(pos, "`urgent` is for a `send` step: only an email can be urgent");
+                }
+                true
+            }
+            Some((pos, _)) => {
+                sink.error(pos, "`urgent` is true or false");
+                false
+            }
+        };
         let explicit_id = m.get("id").and_then(|n| located(sink, n, StepId::parse));
         let Some(action) = parse_action(sink, key, value) else {
             continue;
@@ -936,6 +949,7 @@ fn parse_steps(sink: &mut Sink, node: &Node) -> Vec<Step> {
             id,
             guard,
             action,
+            urgent,
         });
     }
     steps

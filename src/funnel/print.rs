@@ -189,6 +189,9 @@ fn step(s: &Step) -> Value {
     if let Some(g) = &s.guard {
         m.insert("if".into(), condition(g));
     }
+    if s.urgent {
+        m.insert("urgent".into(), json!(true));
+    }
     let v = match &s.action {
         Action::Send(Send::Template(t)) => json!(t.value.as_str()),
         Action::Send(Send::Split(ts)) => {
