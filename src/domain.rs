@@ -483,6 +483,8 @@ pub struct Lead {
     pub timezone: Option<chrono_tz::Tz>,
     pub consent: Consent,
     pub score: i64,
+    /// When the score last changed: a funnel's decay counts from it.
+    pub scored_at: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 

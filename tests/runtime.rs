@@ -680,7 +680,76 @@ async fn a_run_that_never_commits_is_parked(store: Store) {
     assert!(store.outbox_of(stuck).await.unwrap().is_empty());
 }
 
+/// A funnel's score decay in the real runtime: the points lost since the score last changed
+/// (kept with the lead) are taken off before new ones are added, and an MQL is emitted only
+/// when the decayed score crosses the threshold upward.
+async fn score_decays_between_rounds(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = crate::util::project_of(
+        dir.path(),
+        &[(
+            "funnels/decay.yaml",
+            "name: Decay\nentry: { api: true }\n\
+             scoring:\n  rules:\n    - { event: click, points: 10 }\n  decay: { points: 5, every: 7d }\n  mql: 15\n\
+             stages:\n  - id: warm\n    steps:\n      - wait: 60d\n      - exit: completed\n",
+        )],
+    );
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).unwrap();
+    let rt = crate::util::engine(&store, &p, t0).await;
+    let email = Email::parse("cool@example.com").unwrap();
+    let id = store
+        .import_leads(
+            &[(email.clone(), LeadInput::default())],
+            Consent::Confirmed,
+            t0,
+        )
+        .await
+        .unwrap()[0];
+    rt.enroll(id, &crate::util::fid("decay"), t0).await.unwrap();
+    let click = |at: DateTime<Utc>, n: u32| {
+        let rt = rt.clone();
+        async move {
+            rt.event(
+                id,
+                Event::of(EventKind::Click),
+                Some(format!("click-{n}")),
+                at,
+            )
+            .await
+            .unwrap();
+            rt.tick(at).await.unwrap();
+        }
+    };
+    let score = || {
+        let (store, email) = (store.clone(), email.clone());
+        async move { store.lead_by_email(&email).await.unwrap().unwrap() }
+    };
+    click(t0 + Duration::hours(1), 1).await;
+    click(t0 + Duration::hours(2), 2).await;
+    let l = score().await;
+    assert_eq!((l.score, l.scored_at), (20, Some(t0 + Duration::hours(2))));
+    // Twenty days on: two periods lost (20 → 10), then 10 more: 20, a second upward crossing.
+    click(t0 + Duration::days(20), 3).await;
+    assert_eq!(score().await.score, 20);
+    // Ten days on: one period (20 → 15), at the threshold already: no crossing.
+    click(t0 + Duration::days(30), 4).await;
+    assert_eq!(score().await.score, 25);
+    let mqls = store
+        .lead_events(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k == "mql")
+        .count();
+    let record = store.export_lead(id).await.unwrap().unwrap();
+    let milestones = record["milestones"].as_array().unwrap();
+    assert_eq!((mqls, milestones.len()), (0, 2), "{milestones:?}");
+    assert_eq!(milestones[1]["kind"], "mql");
+}
+
 on_both_backends! {
+    score_decay => score_decays_between_rounds,
     parked_run => a_run_that_never_commits_is_parked,
     one_worker_per_lead => a_lead_is_stepped_by_one_worker_at_a_time,
     cap_across_funnels_in_one_round => the_frequency_cap_holds_across_funnels_stepped_in_one_round,

@@ -16,6 +16,7 @@ mod m20261129_000009_email_marks;
 mod m20261204_000010_exact_report_counts;
 mod m20261205_000011_range_reads;
 mod m20261206_000012_consents;
+mod m20261206_000013_score_decay;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000010_exact_report_counts::Migration),
             Box::new(m20261205_000011_range_reads::Migration),
             Box::new(m20261206_000012_consents::Migration),
+            Box::new(m20261206_000013_score_decay::Migration),
         ]
     }
 }

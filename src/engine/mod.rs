@@ -42,7 +42,10 @@ pub struct LeadFacts {
     pub timezone: Option<Tz>,
     pub fields: BTreeMap<String, Json>,
     pub tags: BTreeSet<String>,
+    /// The score as stored; [`Run::score_now`] is what it is worth after decay.
     pub score: i64,
+    /// When the score last changed.
+    pub scored_at: Option<DateTime<Utc>>,
     /// (template, link) pairs the lead clicked.
     pub clicked: BTreeSet<(String, String)>,
     pub opened: BTreeSet<String>,
@@ -90,7 +93,11 @@ impl LeadFacts {
                 Effect::SetField { field, value } => {
                     self.fields.insert(field.clone(), value.clone());
                 }
-                Effect::AddScore(n) => self.score += n,
+                Effect::AddScore(n) => {
+                    self.score += n;
+                    self.scored_at = Some(now);
+                }
+                Effect::Decayed(n) => self.score -= n,
                 _ => {}
             }
         }
@@ -152,6 +159,9 @@ pub enum Effect {
         value: Json,
     },
     AddScore(i64),
+    /// Points the score lost to the funnel's decay since it last changed, taken off before
+    /// new points are added.
+    Decayed(i64),
     /// The score crossed a threshold; the matching event was already handled.
     Emitted(EventKind),
     Exit(Outcome),
@@ -523,9 +533,28 @@ impl Machine<'_> {
         }
     }
 
+    /// The lead's score now: the funnel's `scoring.decay` taken off for every full period
+    /// since the score last changed, down to 0 at most (decay on read; nothing sweeps).
+    fn score_now(&self) -> i64 {
+        let l = &self.lead;
+        let decay = self.f.scoring.as_ref().and_then(|s| s.decay);
+        match (decay, l.scored_at) {
+            (Some(d), Some(at)) if l.score > 0 && d.points > 0 && self.now > at => {
+                let every = i64::try_from(d.every.as_secs()).unwrap_or(i64::MAX).max(1);
+                let periods = (self.now - at).num_seconds() / every;
+                (l.score - d.points.saturating_mul(periods)).max(0)
+            }
+            _ => l.score,
+        }
+    }
+
     fn add_score(&mut self, n: i64) {
-        let before = self.lead.score;
-        self.lead.score += n;
+        let before = self.score_now();
+        if before != self.lead.score {
+            self.fx.push(Effect::Decayed(self.lead.score - before));
+        }
+        self.lead.score = before + n;
+        self.lead.scored_at = Some(self.now);
         self.fx.push(Effect::AddScore(n));
         if let Some(s) = &self.f.scoring {
             for (kind, threshold) in [(EventKind::Mql, s.mql), (EventKind::Sql, s.sql)] {
@@ -607,9 +636,11 @@ impl Machine<'_> {
             Condition::Field { field, op, value } => {
                 compare(l.fields.get(field.value.as_str()), *op, value)
             }
-            Condition::Score { op, value } => {
-                compare(Some(&Json::from(l.score)), *op, &Json::from(*value))
-            }
+            Condition::Score { op, value } => compare(
+                Some(&Json::from(self.score_now())),
+                *op,
+                &Json::from(*value),
+            ),
             Condition::Not(inner) => !self.holds(inner),
             Condition::All(cs) => cs.iter().all(|c| self.holds(c)),
             Condition::Any(cs) => cs.iter().any(|c| self.holds(c)),

@@ -235,6 +235,10 @@ fn record(
                 score += n;
                 push(&stage, format!("score {n:+} = {score}"));
             }
+            Effect::Decayed(n) => {
+                score -= n;
+                push(&stage, format!("score decayed -{n} = {score}"));
+            }
             Effect::Emitted(kind) => push(&stage, format!("emit {kind}")),
             Effect::Exit(o) => push(&stage, format!("exit {}", o.name())),
             Effect::Held { until, why } => {

@@ -907,7 +907,10 @@ fn parse_steps(sink: &mut Sink, node: &Node) -> Vec<Step> {
             None | Some((_, Value::Bool(false))) => false,
             Some((pos, Value::Bool(true))) => {
                 if key.name != "send" {
-                    sink.error(pos, "`urgent` is for a `send` step: only an email can be urgent");
+                    sink.error(
+                        pos,
+                        "`urgent` is for a `send` step: only an email can be urgent",
+                    );
                 }
                 true
             }

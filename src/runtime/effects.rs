@@ -105,7 +105,11 @@ pub fn writes(
             Effect::Tag(t) => w.tags.push((t.clone(), true)),
             Effect::Untag(t) => w.tags.push((t.clone(), false)),
             Effect::SetField { field, value } => w.fields.push((field.clone(), value.clone())),
-            Effect::AddScore(n) => w.score += n,
+            Effect::AddScore(n) => {
+                w.score += n;
+                w.scored = true;
+            }
+            Effect::Decayed(n) => w.score -= n,
             Effect::Emitted(kind) => w.milestones.push(kind.clone()),
             Effect::Exit(_) | Effect::Held { .. } | Effect::Skipped { .. } => {}
         }

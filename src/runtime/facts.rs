@@ -47,6 +47,7 @@ pub fn lead_facts(rows: FactRows) -> HashMap<LeadId, LeadFacts> {
                 timezone: l.timezone,
                 fields,
                 score: l.score,
+                scored_at: l.scored_at,
                 mailable: l.consent != Consent::Unsubscribed,
                 confirmed: l.consent == Consent::Confirmed,
                 ..LeadFacts::default()

@@ -87,6 +87,23 @@ impl Store {
                         "ip": c.ip, "user_agent": c.user_agent, "at": from_ms(c.recorded_at) })
             })
             .collect();
+        // The score thresholds the lead crossed, per funnel (`mql`, `sql`).
+        let mut q = super::sql::Params::new(self.backend);
+        let sql = format!(
+            "SELECT funnel_id, kind, occurred_at FROM milestones WHERE lead_id = {} ORDER BY id",
+            q.p(id.0)
+        );
+        let milestones: Vec<Value> = self
+            .db
+            .query_all_raw(q.statement(sql))
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(json!({ "funnel": r.try_get_by_index::<String>(0)?,
+                           "kind": r.try_get_by_index::<String>(1)?,
+                           "at": from_ms(r.try_get_by_index::<i64>(2)?) }))
+            })
+            .collect::<Result<_>>()?;
         Ok(Some(json!({
             "lead": {
                 "id": lead.id.0, "email": lead.email.as_str(), "first_name": lead.first_name,
@@ -100,6 +117,7 @@ impl Store {
             "emails": emails,
             "suppressions": suppressions,
             "consents": consents,
+            "milestones": milestones,
         })))
     }
 

@@ -165,8 +165,15 @@ pub(super) async fn write_runs(
         for (tag, on) in &w.writes.tags {
             tags.insert((w.lead.0, tag.to_string()), *on);
         }
-        if !w.writes.fields.is_empty() || w.writes.score != 0 {
-            update_lead(txn, w.lead, &w.writes.fields, w.writes.score, now).await?;
+        if !w.writes.fields.is_empty() || w.writes.score != 0 || w.writes.scored {
+            update_lead(
+                txn,
+                w.lead,
+                &w.writes.fields,
+                (w.writes.score, w.writes.scored),
+                now,
+            )
+            .await?;
         }
     }
     for chunk in chunks(closed) {
@@ -427,7 +434,7 @@ pub(super) async fn update_lead(
     txn: &DatabaseTransaction,
     id: LeadId,
     set: &[(String, serde_json::Value)],
-    score: i64,
+    (score, scored): (i64, bool),
     now: DateTime<Utc>,
 ) -> Result<()> {
     let mut update = lead::Entity::update_many()
@@ -436,6 +443,9 @@ pub(super) async fn update_lead(
             lead::Column::Score,
             Expr::col(lead::Column::Score).add(score),
         );
+    if scored {
+        update = update.col_expr(lead::Column::ScoredAt, Expr::value(ms(now)));
+    }
     if !set.is_empty() {
         let mut fields = match lead::Entity::find_by_id(id.0).one(txn).await? {
             Some(l) => parse_fields(&l.fields)?,

@@ -135,8 +135,10 @@ pub struct RunWrites {
     pub tags: Vec<(Tag, bool)>,
     /// Lead fields set, in order.
     pub fields: Vec<(String, serde_json::Value)>,
-    /// Points added to the lead's score.
+    /// Points added to the lead's score (less what decayed).
     pub score: i64,
+    /// Points were added: the score's time is now.
+    pub scored: bool,
     /// Score thresholds crossed (`mql`, `sql`), for the reports.
     pub milestones: Vec<EventKind>,
     /// The tags and events it produced that a running funnel's entry names (`tag:NAME`,
@@ -782,8 +784,8 @@ impl Store {
         let leads: Vec<lead::Model> = sql::select_packed(
             &self.db,
             q,
-            "id, email, first_name, fields, timezone, consent, score, created_at, updated_at, \
-             lease_owner, lease_until",
+            "id, email, first_name, fields, timezone, consent, score, scored_at, created_at, \
+             updated_at, lease_owner, lease_until",
             &format!("FROM leads WHERE id IN ({list})"),
         )
         .await?;

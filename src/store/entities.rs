@@ -27,6 +27,9 @@ pub mod lead {
         /// pending, confirmed or unsubscribed.
         pub consent: String,
         pub score: i64,
+        /// When the score last changed (decay counts from it).
+        #[serde(default)]
+        pub scored_at: Option<i64>,
         pub created_at: i64,
         pub updated_at: i64,
         /// The worker stepping this lead's enrollments, and until when.

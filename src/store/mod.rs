@@ -753,6 +753,7 @@ impl Store {
                     timezone: Set(input.timezone.map(|t| t.name().to_string())),
                     consent: Set(Consent::Pending.as_str().to_string()),
                     score: Set(0),
+                    scored_at: NotSet,
                     created_at: Set(ms(now)),
                     updated_at: Set(ms(now)),
                     lease_owner: NotSet,
@@ -1034,6 +1035,7 @@ impl Store {
                             timezone: Set(None),
                             consent: Set(Consent::Pending.as_str().to_string()),
                             score: Set(0),
+                            scored_at: NotSet,
                             created_at: Set(ms(now)),
                             updated_at: Set(ms(now)),
                             lease_owner: NotSet,
@@ -1101,7 +1103,7 @@ impl Store {
                 }
                 if !fields.is_empty() {
                     let set: Vec<(String, serde_json::Value)> = fields.into_iter().collect();
-                    batch::update_lead(&txn, lead, &set, 0, now).await?;
+                    batch::update_lead(&txn, lead, &set, (0, false), now).await?;
                 }
                 if let Some(t) = b.touch {
                     touch::Entity::insert(touch_row(lead, t, b.occurred_at))
@@ -1291,6 +1293,7 @@ fn to_lead(m: lead::Model) -> Result<Lead> {
         consent: Consent::parse(&m.consent)
             .ok_or_else(|| StoreError::Corrupt(format!("consent \"{}\"", m.consent)))?,
         score: m.score,
+        scored_at: m.scored_at.map(from_ms),
         created_at: from_ms(m.created_at),
     })
 }
