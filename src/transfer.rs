@@ -119,6 +119,13 @@ pub async fn import(
         .iter()
         .map(|h| String::from_utf8_lossy(h).into_owned())
         .collect();
+    if header.iter().all(|h| h.trim().is_empty()) {
+        return Err(Usage(format!(
+            "{} has no header row: the first line names the columns (email, first_name, …)",
+            args.file.display()
+        ))
+        .into());
+    }
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     let mapping = Mapping::new(
         &header_refs,

@@ -307,4 +307,8 @@ fn a_file_that_cannot_be_mapped_is_exit_2_and_stores_nothing() {
         String::from_utf8_lossy(&out.stderr)
             .contains("--funnel nope: no such funnel (the funnels are: course)")
     );
+    std::fs::write(p.join("empty.csv"), "").unwrap();
+    let out = autofunnel(p, &db, &["import", p.join("empty.csv").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no header row"));
 }
