@@ -130,6 +130,8 @@ async fn admin_api(store: Store) {
     assert_eq!(v["lead"]["id"], id);
     assert_eq!(v["lead"]["tags"], json!(["vip"]));
     assert_eq!(v["enrollments"][0]["funnel"], "welcome");
+    assert_eq!(v["enrollments"][0]["history"][0]["stage"], "hello");
+    assert_eq!(v["enrollments"][0]["history"][0]["exited_at"], Value::Null);
     assert_eq!(v["emails"][0]["template"], "hello");
     let r = call(
         Method::GET,

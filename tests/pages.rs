@@ -171,6 +171,17 @@ async fn confirm_and_unsubscribe(store: Store) {
         news[0].state.status,
         autofunnel::domain::RunStatus::Exited(autofunnel::domain::Outcome::Unsubscribed)
     );
+    let record = store.export_lead(bob).await.unwrap().unwrap();
+    let news_run = record["enrollments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["funnel"] == "news")
+        .unwrap();
+    assert_eq!(
+        news_run["history"][0]["reason"], "exit: unsubscribed",
+        "{news_run}"
+    );
     let promo = store
         .enrollments_of(bob, &crate::util::fid("promo"))
         .await

@@ -43,19 +43,29 @@ impl Store {
                         "occurred_at": from_ms(e.occurred_at) })
             })
             .collect();
-        let enrollments: Vec<Value> = enrollment::Entity::find()
+        let mut enrollments: Vec<Value> = Vec::new();
+        for e in enrollment::Entity::find()
             .filter(enrollment::Column::LeadId.eq(id.0))
             .order_by_asc(enrollment::Column::Id)
             .all(&self.db)
             .await?
-            .into_iter()
-            .map(|e| {
-                json!({ "funnel": e.funnel_id, "version": e.funnel_version, "stage": e.stage_id,
-                        "status": e.status, "outcome": e.outcome,
-                        "entered_at": from_ms(e.entered_at),
-                        "exited_at": e.exited_at.map(from_ms) })
-            })
-            .collect();
+        {
+            // Each stage the run entered and left, and why it left.
+            let history: Vec<Value> = self
+                .stage_history(crate::domain::EnrollmentId(e.id))
+                .await?
+                .into_iter()
+                .map(|v| {
+                    json!({ "stage": v.stage, "entered_at": v.entered_at,
+                            "exited_at": v.exited_at, "reason": v.exit_reason,
+                            "next_stage": v.next_stage })
+                })
+                .collect();
+            enrollments.push(json!({ "funnel": e.funnel_id, "version": e.funnel_version,
+                    "stage": e.stage_id, "status": e.status, "outcome": e.outcome,
+                    "entered_at": from_ms(e.entered_at),
+                    "exited_at": e.exited_at.map(from_ms), "history": history }));
+        }
         let emails: Vec<Value> = message::Entity::find()
             .filter(message::Column::LeadId.eq(id.0))
             .order_by_asc(message::Column::Id)
