@@ -382,19 +382,25 @@ fn check(project: &Path, config: Option<&Path>, paths: &[PathBuf]) -> anyhow::Re
     })
 }
 
-/// `autofunnel import`: usage errors exit 2 before anything is stored.
-async fn import(cli: &Cli, args: crate::transfer::ImportArgs) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(&cli.project, cli.config.as_deref())?;
-    let (loaded, checked) = project::check(&settings, None);
-    let Some(loaded) = loaded else {
+/// The project's funnels, checked; when they do not pass, their problems on stderr and an
+/// error.
+fn checked_project(settings: &Settings) -> anyhow::Result<project::Project> {
+    let (loaded, checked) = project::check(settings, None);
+    loaded.ok_or_else(|| {
         for d in &checked.diagnostics {
             eprintln!("{d}");
         }
-        anyhow::bail!(
+        anyhow::anyhow!(
             "the funnels do not pass `autofunnel check` ({})",
             checked.summary()
-        );
-    };
+        )
+    })
+}
+
+/// `autofunnel import`: usage errors exit 2 before anything is stored.
+async fn import(cli: &Cli, args: crate::transfer::ImportArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&cli.project, cli.config.as_deref())?;
+    let loaded = checked_project(&settings)?;
     let store = if args.dry_run {
         open_for_reading(&settings).await?
     } else {
@@ -549,16 +555,7 @@ async fn migrate(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<Ex
 
 async fn plan(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(&project, config.as_deref())?;
-    let (loaded, report) = project::check(&settings, None);
-    let Some(loaded) = loaded else {
-        for d in &report.diagnostics {
-            eprintln!("{d}");
-        }
-        anyhow::bail!(
-            "the funnels do not pass `autofunnel check` ({})",
-            report.summary()
-        );
-    };
+    let loaded = checked_project(&settings)?;
     let Some(store) = open_for_reading(&settings).await? else {
         eprintln!("{}", no_database(&settings));
         return Ok(ExitCode::SUCCESS);
@@ -588,16 +585,7 @@ async fn report(
     if params.tz.is_none() {
         params.tz = Some(settings.report_timezone.clone());
     }
-    let (loaded, checked) = project::check(&settings, None);
-    let Some(loaded) = loaded else {
-        for d in &checked.diagnostics {
-            eprintln!("{d}");
-        }
-        anyhow::bail!(
-            "the funnels do not pass `autofunnel check` ({})",
-            checked.summary()
-        );
-    };
+    let loaded = checked_project(&settings)?;
     let Some(f) = loaded
         .funnels
         .iter()
