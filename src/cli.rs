@@ -110,6 +110,9 @@ enum Command {
     },
     /// Write every lead to a CSV file (`-` for the standard output), fields as columns.
     Export { file: PathBuf },
+    /// Why nothing happened yet: where each funnel's live runs wait (stage, step, the next
+    /// wake-up) and the outbox (queued, when the oldest became due, sent, failed).
+    Status,
     /// Read a funnel: per stage, leads in, where they went, conversion, revenue, time in stage.
     Report {
         /// Funnel id.
@@ -236,6 +239,7 @@ pub fn main() -> ExitCode {
             block_on(import(&cli, args))
         }
         Command::Export { ref file } => block_on(export(&cli, file)),
+        Command::Status => block_on(status(&cli)),
         Command::Simulate {
             ref funnel,
             ref lead,
@@ -428,6 +432,91 @@ async fn import(cli: &Cli, args: crate::transfer::ImportArgs) -> anyhow::Result<
             None => Err(e),
         },
     }
+}
+
+/// `autofunnel status`: read only, in `report_timezone`.
+async fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&cli.project, cli.config.as_deref())?;
+    let zone = settings.report_zone()?;
+    let Some(store) = open_for_reading(&settings).await? else {
+        eprintln!("{}", no_database(&settings));
+        return Ok(ExitCode::SUCCESS);
+    };
+    let now = chrono::Utc::now();
+    let at = |t: chrono::DateTime<chrono::Utc>| {
+        if t <= now {
+            "now (due)".to_string()
+        } else {
+            t.with_timezone(&zone)
+                .format("%a %Y-%m-%d %H:%M %Z")
+                .to_string()
+        }
+    };
+    // What a step is, when the funnels load: a send that waits is held by the send window or
+    // the frequency cap.
+    let loaded = project::check(&settings, None).0;
+    let keyword = |funnel: &str, stage: &str, step: &str| {
+        let f = loaded
+            .as_ref()?
+            .funnels
+            .iter()
+            .find(|f| f.id.value.as_str() == funnel)?;
+        let s = f
+            .stage(stage)?
+            .steps
+            .iter()
+            .find(|s| s.id.as_str() == step)?;
+        Some(s.action.keyword())
+    };
+    let waiting = store.waiting().await?;
+    if waiting.is_empty() {
+        out!("no lead is in a funnel");
+    }
+    let mut funnel = "";
+    for w in &waiting {
+        if w.funnel != funnel {
+            funnel = &w.funnel;
+            out!("{funnel}");
+        }
+        let where_ = match &w.step_id {
+            Some(step) => format!("stage {}, step {step}", w.stage),
+            None => format!("stage {}", w.stage),
+        };
+        let why = if w.status == "unconfirmed" {
+            "waiting for the double opt-in click".to_string()
+        } else {
+            let held = w
+                .step_id
+                .as_deref()
+                .and_then(|s| keyword(&w.funnel, &w.stage, s))
+                .filter(|k| *k == "send" && w.next_wake.is_some_and(|t| t > now))
+                .map_or(
+                    "",
+                    |_| " (a send held by the send window or the frequency cap)",
+                );
+            match w.next_wake {
+                Some(t) => format!("next wake-up {}{held}", at(t)),
+                None => "waiting for an event".to_string(),
+            }
+        };
+        out!("  {where_}: {} run(s), {why}", w.runs);
+    }
+    let counts = store.outbox_counts().await?;
+    let n = |s: &str| counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+    let oldest = match store.oldest_queued().await? {
+        Some(t) => format!(", the oldest due {}", at(t)),
+        None => String::new(),
+    };
+    out!(
+        "outbox: {} queued{oldest}, {} sending, {} sent, {} failed, {} suppressed",
+        n("queued"),
+        n("sending"),
+        n("sent"),
+        n("failed"),
+        n("suppressed")
+    );
+    store.close().await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `autofunnel export FILE`.

@@ -312,3 +312,40 @@ fn a_file_that_cannot_be_mapped_is_exit_2_and_stores_nothing() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no header row"));
 }
+
+/// `autofunnel status` says where the runs wait and what the outbox holds; with no database
+/// yet it says so and makes none.
+#[test]
+fn status_says_where_the_runs_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir_all(p.join("funnels")).unwrap();
+    std::fs::write(p.join("funnels/course.yaml"), FUNNEL).unwrap();
+    let db = format!("sqlite://{}/s.db?mode=rwc", p.display());
+    let out = autofunnel(p, &db, &["status"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("no database yet"));
+    assert!(!p.join("s.db").exists());
+    std::fs::write(
+        p.join("two.csv"),
+        "email\nann@example.com\nbob@example.com\n",
+    )
+    .unwrap();
+    let csv = p.join("two.csv");
+    stdout(&autofunnel(
+        p,
+        &db,
+        &["import", csv.to_str().unwrap(), "--funnel", "course"],
+    ));
+    let out = stdout(&autofunnel(p, &db, &["status"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "course", "{out}");
+    assert!(
+        lines[1].starts_with("  stage warm, step wait-1: 2 run(s), next wake-up "),
+        "{out}"
+    );
+    assert_eq!(
+        lines[2],
+        "outbox: 0 queued, 0 sending, 0 sent, 0 failed, 0 suppressed"
+    );
+}

@@ -906,6 +906,18 @@ impl Store {
     }
 }
 
+/// Live runs standing at one step of a funnel, and the earliest of their wake-ups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub funnel: String,
+    pub stage: String,
+    pub step_id: Option<String>,
+    /// `active`, or `unconfirmed` (waiting for the double opt-in click).
+    pub status: String,
+    pub runs: i64,
+    pub next_wake: Option<DateTime<Utc>>,
+}
+
 /// How many live enrollments of a funnel stand at one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
@@ -925,6 +937,31 @@ impl Store {
             .one(&self.db)
             .await?
             .map(|v| (v.version, v.source)))
+    }
+
+    /// Where every funnel's live runs wait, per stage, step and status (one query).
+    pub async fn waiting(&self) -> Result<Vec<Waiting>> {
+        let rows = self
+            .db
+            .query_all_raw(sea_orm::Statement::from_string(
+                self.db.get_database_backend(),
+                "SELECT funnel_id, stage_id, step_id, status, COUNT(*), MIN(wake_at) \
+                 FROM enrollments WHERE status IN ('active', 'unconfirmed') \
+                 GROUP BY funnel_id, stage_id, step_id, status ORDER BY 1, 2, 3, 4",
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Waiting {
+                    funnel: r.try_get_by_index(0)?,
+                    stage: r.try_get_by_index(1)?,
+                    step_id: r.try_get_by_index(2)?,
+                    status: r.try_get_by_index(3)?,
+                    runs: r.try_get_by_index(4)?,
+                    next_wake: r.try_get_by_index::<Option<i64>>(5)?.map(from_ms),
+                })
+            })
+            .collect()
     }
 
     /// Where the live enrollments of a funnel stand, counted per stage and step.

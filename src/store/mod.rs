@@ -17,7 +17,7 @@ pub use admin::FailedHook;
 pub use counts::{Grouping, ReportData, ReportRead, Scope};
 pub use enrollments::{
     ClosedVisit, EnrollmentRow, FactRows, MAX_CLAIMS, MessageKind, NewMessage, NewRun, OpenedVisit,
-    OutboxRow, Position, RunBefore, RunState, RunUpdate, RunWrites, StageVisit,
+    OutboxRow, Position, RunBefore, RunState, RunUpdate, RunWrites, StageVisit, Waiting,
 };
 pub use import::{Import, ImportRow, Imported};
 pub use outbox::{MessageOrigin, Outbox, Outgoing, OutgoingHook, file_name};
