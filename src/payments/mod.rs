@@ -271,13 +271,51 @@ pub struct Reply {
 
 /// Reads a notification to `account`: verified, then what it says.
 pub fn read(account: &Account, n: &Notification) -> Result<Notice, PayError> {
-    match account.provider {
+    let notice = match account.provider {
         Provider::YooKassa => yookassa::read(account, n),
         Provider::CloudPayments => cloudpayments::read(account, n),
         Provider::Prodamus => prodamus::read(account, n),
         Provider::Robokassa => robokassa::read(account, n),
         Provider::TBank => tbank::read(account, n),
         Provider::Stripe => stripe::read(account, n),
+    }?;
+    printable(&notice)?;
+    Ok(notice)
+}
+
+/// Every text a notice carries (ids, email, items) is one printable line of reasonable length:
+/// a control character or a NUL never reaches a key or a stored event.
+fn printable(notice: &Notice) -> Result<(), PayError> {
+    let texts: Vec<(&str, &str)> = match notice {
+        Notice::Paid(p) => {
+            let mut t = vec![("payment id", p.id.as_str())];
+            t.extend(p.email.as_deref().map(|e| ("email", e)));
+            t.extend(
+                p.lines
+                    .iter()
+                    .filter_map(|l| l.item.as_deref())
+                    .map(|i| ("item", i)),
+            );
+            t
+        }
+        Notice::Refunded(r) => {
+            let mut t = vec![
+                ("refund id", r.id.as_str()),
+                ("payment id", r.payment.as_str()),
+            ];
+            t.extend(r.email.as_deref().map(|e| ("email", e)));
+            t
+        }
+        Notice::Ignored(_) => Vec::new(),
+    };
+    match texts
+        .iter()
+        .find(|(_, t)| t.chars().count() > 1000 || t.chars().any(char::is_control))
+    {
+        Some((what, _)) => Err(PayError::Malformed(format!(
+            "{what}: control characters, or longer than 1,000 characters"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -540,6 +578,28 @@ mod tests {
             e.to_string(),
             "currency: the payment is in USD but product course is priced in RUB"
         );
+    }
+
+    #[test]
+    fn control_characters_never_reach_a_key() {
+        let paid = |id: &str| {
+            Notice::Paid(Payment {
+                id: id.into(),
+                email: None,
+                lines: vec![],
+                currency: "RUB".into(),
+                at: None,
+            })
+        };
+        assert!(printable(&paid("pi_123")).is_ok());
+        assert!(matches!(
+            printable(&paid("pi\u{0}1")),
+            Err(PayError::Malformed(_))
+        ));
+        assert!(matches!(
+            printable(&paid("a\r\nb")),
+            Err(PayError::Malformed(_))
+        ));
     }
 
     #[test]
