@@ -351,8 +351,8 @@ impl Store {
             let Ok(funnel) = FunnelId::parse(&f) else {
                 continue;
             };
-            for range in self.lead_ranges(&funnel).await? {
-                let rows = self.rows_of(&funnel, now, RECOUNT, Some(range)).await?;
+            let mut ranges = self.ranges(&funnel, now, RECOUNT).await?;
+            while let Some(rows) = ranges.next().await? {
                 runs += recount_rows(&txn, self.backend, self.zone, &rows).await?;
             }
         }
