@@ -549,9 +549,14 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.slice = vec!["field:region".into()]),
         ),
         (
-            "7-day conversion window (--window 7d: rows)",
+            "7-day conversion window (--window 7d: counters by the days after entry)",
             What::Funnel,
             period(&|p| p.window = Some("7d".into())),
+        ),
+        (
+            "36-hour conversion window (--window 36h: rows)",
+            What::Funnel,
+            period(&|p| p.window = Some("36h".into())),
         ),
         ("A/B (--ab: rows)", What::Ab, period(&|_| {})),
         ("forecast (rows)", What::Forecast, Params::default()),

@@ -26,16 +26,34 @@ pub enum View {
     Entry,
     /// The day the counted thing happened (the calendar view).
     Calendar,
+    /// The entry view of what happened this many days after the run entered ([`days_after`]):
+    /// a conversion window of `d` whole days is the sum of these up to `d`. Kept for all runs
+    /// together, up to [`WITHIN_DAYS`].
+    Within(u16),
 }
 
 /// Both views, for what counts in each.
 const BOTH: [View; 2] = [View::Entry, View::Calendar];
 
+/// The longest conversion window, in days, the counters answer (a longer one reads the rows).
+pub const WITHIN_DAYS: u16 = 90;
+
+/// The days from `entered` to `at`, rounded up (0 for `at` not after `entered`): what happened
+/// at `at` is within a window of `d` whole days of `entered` exactly when this is at most `d`.
+pub fn days_after(entered: DateTime<Utc>, at: DateTime<Utc>) -> i64 {
+    const DAY: i64 = 86_400_000;
+    let ms = (at - entered).num_milliseconds();
+    if ms <= 0 { 0 } else { (ms + DAY - 1) / DAY }
+}
+
 impl View {
-    pub fn as_str(self) -> &'static str {
+    /// Its name in the counters' table: `entry`, `calendar`, `entry+007` (the days padded, so
+    /// the names of a window's days sort between `entry+000` and the window's).
+    pub fn name(self) -> String {
         match self {
-            View::Entry => "entry",
-            View::Calendar => "calendar",
+            View::Entry => "entry".into(),
+            View::Calendar => "calendar".into(),
+            View::Within(d) => format!("entry+{d:03}"),
         }
     }
 
@@ -43,7 +61,12 @@ impl View {
         match text {
             "entry" => Some(View::Entry),
             "calendar" => Some(View::Calendar),
-            _ => None,
+            _ => {
+                let d = text.strip_prefix("entry+")?;
+                (d.len() == 3 && d.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| d.parse().ok().map(View::Within))
+                    .flatten()
+            }
         }
     }
 }
@@ -382,6 +405,9 @@ pub struct Tally {
     all: u32,
     /// Where a metric's name is written before it is numbered.
     name: String,
+    /// Only what happened within this long of its run's entry is counted (a report with a
+    /// conversion window, from the rows).
+    within: Option<Duration>,
 }
 
 impl Tally {
@@ -394,6 +420,7 @@ impl Tally {
             sums: FxHashMap::default(),
             all: 0,
             name: String::new(),
+            within: None,
         };
         t.all = t.number(ALL);
         t
@@ -408,6 +435,13 @@ impl Tally {
     /// `origins`, per origin.
     pub fn in_periods(periods: Vec<(DateTime<Utc>, DateTime<Utc>)>, origins: bool) -> Tally {
         Tally::new(Filing::Periods(periods), origins)
+    }
+
+    /// Counts only what happened within `window` of its run's entry: the rows as they stood
+    /// that long after each run entered (a stage left later is still there).
+    pub fn within(mut self, window: Duration) -> Tally {
+        self.within = Some(window);
+        self
     }
 
     fn slot(&self, t: DateTime<Utc>) -> Option<i64> {
@@ -469,21 +503,34 @@ impl Tally {
         n: i64,
         total: Micros,
     ) {
-        self.add_in(run, &[view], at, stage, metric, n, total);
+        self.add_in(run, &[view], (at, at), stage, metric, n, total);
     }
 
-    /// [`Tally::add`] in each of `views`, the texts numbered once.
+    /// [`Tally::add`] in each of `views`, the texts numbered once. `at` is (the time the
+    /// calendar view files it under, the time it happened): they differ for a visit that stops
+    /// being open, filed in the period it began and happening when it ends.
     #[allow(clippy::too_many_arguments)]
     fn add_in(
         &mut self,
         run: &Run,
         views: &[View],
-        at: DateTime<Utc>,
+        at: (DateTime<Utc>, DateTime<Utc>),
         stage: &str,
         metric: Metric,
         n: i64,
         total: Micros,
     ) {
+        let (at, happened) = at;
+        if self.within.is_some_and(|w| happened > run.entered_at + w) {
+            return;
+        }
+        // What the store keeps of the entry view is kept by the days after entry too, for
+        // conversion windows (emails' counters apart: the per-email report keeps none).
+        let after = (matches!(self.filing, Filing::Days(_))
+            && !matches!(metric, Metric::Mail { .. }))
+        .then(|| u16::try_from(days_after(run.entered_at, happened)).ok())
+        .flatten()
+        .filter(|d| *d <= WITHIN_DAYS);
         let mut name = std::mem::take(&mut self.name);
         name.clear();
         metric.write(&mut name);
@@ -496,8 +543,8 @@ impl Tally {
         let origin = (self.origins && !run.origin.is_empty()).then(|| self.number(run.origin));
         for &view in views {
             let t = match view {
-                View::Entry => run.entered_at,
                 View::Calendar => at,
+                _ => run.entered_at,
             };
             let Some(day) = self.slot(t) else {
                 continue;
@@ -508,11 +555,17 @@ impl Tally {
             }
             let key = (view, day, funnel, self.all, stage, metric);
             self.sums.entry(key).or_default().add(Sum { n, total });
+            if view == View::Entry
+                && let Some(d) = after
+            {
+                let key = (View::Within(d), day, funnel, self.all, stage, metric);
+                self.sums.entry(key).or_default().add(Sum { n, total });
+            }
         }
     }
 
     fn both(&mut self, run: &Run, at: DateTime<Utc>, stage: &str, metric: Metric, n: i64) {
-        self.add_in(run, &BOTH, at, stage, metric, n, Micros(0));
+        self.add_in(run, &BOTH, (at, at), stage, metric, n, Micros(0));
     }
 
     /// Every counter turned round: what to add to take these facts back out.
@@ -672,9 +725,9 @@ impl Tally {
                 // A visit's calendar counters: it stops being open in the period it began
                 // (so a period's open visits are those it opened and nobody has closed), and
                 // its way out and its length count in the period it ended.
-                self.add_in(run, &BOTH, *entered, stage, open, -1, Micros(0));
+                self.add_in(run, &BOTH, (*entered, *at), stage, open, -1, Micros(0));
                 for m in [way, time] {
-                    self.add_in(run, &BOTH, *at, stage, m, 1, Micros(0));
+                    self.add_in(run, &BOTH, (*at, *at), stage, m, 1, Micros(0));
                 }
             }
             Fact::Milestone { run, kind, at } => {
@@ -683,7 +736,7 @@ impl Tally {
             Fact::Converted { run, at } => {
                 let len = Metric::Length(quantize((*at - run.entered_at).num_seconds()));
                 for m in [Metric::Plain(metric::CONVERTED), len] {
-                    self.add_in(run, &BOTH, *at, FUNNEL, m, 1, Micros(0));
+                    self.add_in(run, &BOTH, (*at, *at), FUNNEL, m, 1, Micros(0));
                 }
             }
             Fact::Bought { run, stage, order } => {
@@ -697,7 +750,7 @@ impl Tally {
                     }
                     None => (Metric::Unpriced(order.product), Micros(0)),
                 };
-                self.add_in(run, &BOTH, order.at, stage, m, 1, total);
+                self.add_in(run, &BOTH, (order.at, order.at), stage, m, 1, total);
             }
             Fact::Ordered {
                 funnel,
@@ -717,7 +770,7 @@ impl Tally {
                     what: *what,
                 };
                 let (at, stage) = (mail.queued_at, mail.stage);
-                self.add_in(&run, &BOTH, at, stage, m, *n, Micros(0));
+                self.add_in(&run, &BOTH, (at, at), stage, m, *n, Micros(0));
             }
         }
     }

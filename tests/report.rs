@@ -1658,6 +1658,80 @@ on_both_backends! {
     entry_progress => entry_cohorts_keep_their_progress,
 }
 
+/// A conversion window of whole days reads the counters kept by the days after entry, and
+/// they agree with the rows: 10 applications at 09:00, 6 offers exactly a day later (inside a
+/// 1-day window: the window includes its end), 3 invoices a minute after that (outside it,
+/// inside 2 days), 2 payments of 1,000 EUR seven days and an hour after entry (inside 8 days,
+/// not 7). A window of 36 hours is not whole days: it reads the rows, with the same figures as
+/// 2 days here.
+async fn whole_day_windows_read_counters(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(dir.path(), &[("funnels/b2b.yaml", B2B)]);
+    let rt = crate::util::engine(&store, &p, t0()).await;
+    let ids = confirmed_leads(&store, "w", 10).await;
+    rt.enroll_many(&ids, &fid("b2b"), t0()).await.unwrap();
+    let custom = |n: &str| Event::of(EventKind::parse(n).unwrap());
+    let moves = [
+        (6, custom("offer_made"), Duration::days(1)),
+        (
+            3,
+            custom("invoiced"),
+            Duration::days(1) + Duration::minutes(1),
+        ),
+        (
+            2,
+            purchase("service", 1000.0),
+            Duration::days(7) + Duration::hours(1),
+        ),
+    ];
+    for (n, event, after) in moves {
+        let at = t0() + after;
+        for l in &ids[..n] {
+            rt.event(*l, event.clone(), None, at).await.unwrap();
+        }
+        while rt.tick(at).await.unwrap() > 0 {}
+    }
+    let now = t0() + Duration::days(10);
+    let rows = store
+        .report_rows(&fid("b2b"), now, ReportNeeds::ALL)
+        .await
+        .unwrap();
+    let f = &p.funnels[0];
+    let expected: [(&str, [u64; 4], u64, f64); 6] = [
+        ("1d", [10, 6, 0, 0], 0, 0.0),
+        ("2d", [10, 6, 3, 0], 0, 0.0),
+        ("7d", [10, 6, 3, 0], 0, 0.0),
+        ("8d", [10, 6, 3, 2], 2, 2000.0),
+        ("90d", [10, 6, 3, 2], 2, 2000.0),
+        ("36h", [10, 6, 3, 0], 0, 0.0),
+    ];
+    for (window, ins, converted, revenue) in expected {
+        let params = Params {
+            from: Some("2026-11-02".into()),
+            to: Some("2026-11-03".into()),
+            window: Some(window.into()),
+            ..Params::default()
+        };
+        let req = Request::parse(What::Funnel, &params, now).unwrap();
+        let counted = matches!(req.read(now, chrono_tz::UTC), ReportRead::Counts { .. });
+        assert_eq!(counted, window != "36h", "{window}");
+        let a = funnel_both(&store, f, &rows, &req, now).await;
+        let got: Vec<u64> = a.report.stages.iter().map(|s| s.leads_in).collect();
+        assert_eq!(got, ins, "{window}");
+        assert_eq!(a.report.converted.part, converted, "{window}");
+        let invoice = &a.report.stages[2];
+        let paid: f64 = invoice.revenue.iter().map(|r| r.total).sum();
+        assert_eq!(paid, revenue, "{window}");
+        // What is not yet moved on within the window is still there.
+        assert_eq!(a.report.stages[1].still_there, ins[1] - ins[2], "{window}");
+    }
+}
+
+on_both_backends! {
+    whole_day_windows => whole_day_windows_read_counters,
+}
+
 /// The calendar view in its own terms: 10 applications on day 0, 4 offers on day 1; the other 6
 /// applications time out after 30 days, on day 30, and the 4 offers on day 31. The view of day
 /// 0 sees the 10 entries and nothing ended; the view of day 30 sees the 6 exits with their 30

@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, Database};
 use crate::util::on_both_backends;
 use crate::util::postgres_url;
 
-const MIGRATIONS: [&str; 13] = [
+const MIGRATIONS: [&str; 14] = [
     "m20261123_000001_init",
     "m20261124_000002_stage_entry",
     "m20261124_000003_pending_events",
@@ -25,6 +25,7 @@ const MIGRATIONS: [&str; 13] = [
     "m20261205_000011_range_reads",
     "m20261206_000012_consents",
     "m20261206_000013_score_decay",
+    "m20261206_000014_window_report_counts",
 ];
 
 const TABLES: [&str; 15] = [

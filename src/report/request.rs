@@ -394,16 +394,28 @@ fn midnight(t: DateTime<Utc>, tz: Tz) -> bool {
 }
 
 impl Request {
+    /// The conversion window in days, when it is whole days the counters keep
+    /// ([`crate::tally::WITHIN_DAYS`] at most).
+    fn window_days(&self) -> Option<u16> {
+        let ms = self.window?.num_milliseconds();
+        let days = u16::try_from(ms / 86_400_000).ok()?;
+        (ms % 86_400_000 == 0 && days <= crate::tally::WITHIN_DAYS).then_some(days)
+    }
+
     /// What the report reads at `now`: over whole days (a period from midnight to midnight or
-    /// to now), the funnel report without a conversion window or a slice by a lead field and
-    /// attribution over the default lookback and the per-email report without a conversion
-    /// window read the counters — when the report's zone is `counted_in`, the zone whose days
-    /// the counters are kept in; every other report reads the rows.
+    /// to now), the funnel report without a slice by a lead field or the variant (and, with a
+    /// conversion window of whole days, entry cohorts of all runs together), attribution over
+    /// the default lookback and the per-email report without a conversion window read the
+    /// counters — when the report's zone is `counted_in`, the zone whose days the counters are
+    /// kept in; every other report reads the rows.
     pub fn read(&self, now: DateTime<Utc>, counted_in: Tz) -> ReportRead {
         let counted = match self.what {
             What::Funnel => {
-                self.window.is_none()
-                    && !self.slices.iter().any(SliceKey::from_rows)
+                let window = self.window.is_none()
+                    || (self.window_days().is_some()
+                        && self.cohort == Cohort::Entry
+                        && self.slices.is_empty());
+                window && !self.slices.iter().any(SliceKey::from_rows)
             }
             What::Emails => self.window.is_none(),
             What::Attribution => self.lookback == crate::tally::LOOKBACK,
@@ -435,9 +447,10 @@ impl Request {
             },
             per_origin: !self.slices.is_empty(),
             scope: Scope {
-                view: match (self.what, self.cohort) {
-                    (What::Attribution, _) | (_, Cohort::Calendar) => View::Calendar,
-                    (_, Cohort::Entry) => View::Entry,
+                view: match (self.what, self.cohort, self.window_days()) {
+                    (What::Attribution, _, _) | (_, Cohort::Calendar, _) => View::Calendar,
+                    (_, Cohort::Entry, Some(d)) => View::Within(d),
+                    (_, Cohort::Entry, None) => View::Entry,
                 },
                 entry_totals: self.what == What::Funnel && self.cohort == Cohort::Calendar,
                 mail_only: self.what == What::Emails,
@@ -577,15 +590,19 @@ impl<'a> Fold<'a> {
                     None => vec![(from, to)],
                 };
                 let touch = req.slices.iter().any(|k| !k.from_rows());
+                let within = |t: Tally| match req.window {
+                    Some(w) => t.within(w),
+                    None => t,
+                };
                 let slices = req
                     .slices
                     .iter()
                     .enumerate()
                     .filter(|(_, k)| k.from_rows())
-                    .map(|(i, _)| (i, runs_tally(&[(from, to)], now, true)))
+                    .map(|(i, _)| (i, within(runs_tally(&[(from, to)], now, true))))
                     .collect();
                 Counting::Runs {
-                    tally: runs_tally(&periods, now, touch),
+                    tally: within(runs_tally(&periods, now, touch)),
                     slices,
                 }
             }
@@ -602,13 +619,15 @@ impl<'a> Fold<'a> {
     /// Counts one range of leads' rows.
     pub fn add(&mut self, rows: &ReportRows) {
         let (f, req) = (self.f, self.req);
+        // The funnel report's window is its tallies' (as the counters keep it); the others'
+        // is the rows as they stood.
         let windowed;
         let rows = match req.window {
-            Some(w) => {
+            Some(w) if !matches!(self.counting, Counting::Runs { .. }) => {
                 windowed = super::windowed(rows, w);
                 &windowed
             }
-            None => rows,
+            _ => rows,
         };
         self.any_runs |= !rows.runs.is_empty();
         match &mut self.counting {

@@ -46,7 +46,7 @@ async fn write(txn: &DatabaseTransaction, backend: Backend, t: &Tally) -> Result
                 k.funnel.into(),
                 k.origin.into(),
                 k.day.into(),
-                k.view.as_str().into(),
+                k.view.name().into(),
                 k.stage.into(),
                 k.metric.into(),
                 s.n.into(),
@@ -283,23 +283,39 @@ impl Store {
         let which = match scope {
             None => String::new(),
             Some(s) => {
-                values.push(s.view.as_str().into());
-                let mut w = if s.entry_totals {
-                    " AND (view = $4 OR (view = 'entry' AND stage = ''))".to_string()
-                } else {
-                    " AND view = $4".to_string()
+                let mut w = match s.view {
+                    // A conversion window: the entry view of what happened up to its days
+                    // after entry.
+                    tally::View::Within(_) => {
+                        values.push(tally::View::Within(0).name().into());
+                        values.push(s.view.name().into());
+                        " AND view BETWEEN $4 AND $5".to_string()
+                    }
+                    view => {
+                        values.push(view.name().into());
+                        if s.entry_totals {
+                            " AND (view = $4 OR (view = 'entry' AND stage = ''))".to_string()
+                        } else {
+                            " AND view = $4".to_string()
+                        }
+                    }
                 };
                 if s.mail_only {
                     values.push(tally::metric::MAIL.into());
-                    w.push_str(" AND substr(metric, 1, 5) = $5");
+                    w.push_str(&format!(" AND substr(metric, 1, 5) = ${}", values.len()));
                 }
                 w
             }
         };
+        // The days after entry of a window's counters are summed as the entry view.
+        let (view, by_view) = match scope.map(|s| s.view) {
+            Some(tally::View::Within(_)) => ("'entry'", ""),
+            _ => ("view", " view,"),
+        };
         let sql = format!(
-            "SELECT CAST({period} AS BIGINT) AS period, origin, view, stage, metric, CAST(SUM(n) AS BIGINT), CAST(SUM(total) AS BIGINT) \
+            "SELECT CAST({period} AS BIGINT) AS period, origin, {view}, stage, metric, CAST(SUM(n) AS BIGINT), CAST(SUM(total) AS BIGINT) \
              FROM report_counts WHERE funnel_id = $1 AND {origin} AND day >= $2 AND day < $3{which} \
-             GROUP BY 1, origin, view, stage, metric"
+             GROUP BY 1, origin,{by_view} stage, metric"
         );
         let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
         self.each(&sql, values, |r| {
