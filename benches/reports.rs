@@ -6,7 +6,8 @@
 //!
 //! `cargo bench --bench reports -- [LEADS] [postgres://…] [--keep DIR] [--recount]` (SQLite in a
 //! temporary folder by default; `--keep DIR` writes the database into DIR and reuses it when it
-//! is there; `--recount` makes a reused database's counters again).
+//! is there; `--recount` makes a reused database's counters again; `--only TEXT` times only the
+//! reports whose name contains TEXT).
 
 #[path = "common.rs"]
 mod common;
@@ -567,7 +568,12 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.from = Some(format!("{}T00:00:01Z", from))),
         ),
     ];
+    // `--only TEXT`: the reports whose name contains TEXT (to profile one).
+    let only: Option<String> = common::flag(&args, "--only");
     for (name, what, params) in cases {
+        if only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
         let req = Request::parse(what, &params, now).map_err(|e| anyhow::anyhow!("{e}"))?;
         reset_peak_rss();
         let reads = match req.read(now, store.zone()) {

@@ -537,6 +537,7 @@ impl Store {
                     )
                 },
                 "id",
+                None,
             )
             .await?;
             leads.extend(claimed.into_iter().map(|(id,)| id));
@@ -578,6 +579,7 @@ impl Store {
                     )
                 },
                 "id",
+                None,
             )
             .await?;
             held.extend(claimed.into_iter().map(|(id,)| id));
@@ -630,6 +632,7 @@ impl Store {
                     )
                 },
                 RUN_COLUMNS,
+                None,
             )
             .await?;
             for m in leased {
@@ -784,8 +787,7 @@ impl Store {
         let leads: Vec<lead::Model> = sql::select_packed(
             &self.db,
             q,
-            "id, email, first_name, fields, timezone, consent, score, scored_at, created_at, \
-             updated_at, lease_owner, lease_until",
+            super::LEAD_COLUMNS,
             &format!("FROM leads WHERE id IN ({list})"),
         )
         .await?;

@@ -119,6 +119,7 @@ impl Outbox {
                 )
             },
             mails::COLUMNS,
+            None,
         )
         .await?;
         let parked = parked_rows.len();
@@ -191,27 +192,55 @@ impl Outbox {
     ) -> Result<Vec<OutgoingHook>> {
         let store = &self.store;
         let txn = store.write().await?;
-        let mut q = Params::new(store.backend);
-        let until = q.p(ms(now + lease));
-        let due = q.p(ms(now));
-        let lapsed = q.p(ms(now));
-        let n = q.p(limit as i64);
         let lock = match store.backend {
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
         };
+        // Calls whose attempt's lease lapsed are due again. Then the due calls in the order
+        // of the status index (one ordered range, not every queued call sorted each round).
+        let mut q = Params::new(store.backend);
         let sql = format!(
-            "UPDATE messages SET status = 'sending', lease_until = {until}, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM messages WHERE kind = 'webhook' \
-             AND ((status = 'queued' AND next_attempt_at <= {due}) \
-             OR (status = 'sending' AND lease_until < {lapsed})) \
-             ORDER BY next_attempt_at LIMIT {n}{lock}) \
-             RETURNING id, lead_id, funnel_id, stage_id, step_id, payload, attempts, created_at"
+            "UPDATE messages SET status = 'queued', lease_until = NULL \
+             WHERE status = 'sending' AND kind = 'webhook' AND lease_until < {}",
+            q.p(ms(now))
         );
+        txn.execute_raw(q.statement(sql)).await?;
+        type Row = (
+            i64,
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            i32,
+            i64,
+        );
+        // Read packed, in one answer; `attempts` as the update leaves it.
+        let rows: Vec<Row> = super::sql::update_packed(
+            &txn,
+            store.backend,
+            "messages",
+            |q| {
+                format!(
+                    "status = 'sending', lease_until = {}, attempts = attempts + 1",
+                    q.p(ms(now + lease))
+                )
+            },
+            |q| {
+                format!(
+                    "id IN (SELECT id FROM messages WHERE status = 'queued' \
+                     AND next_attempt_at <= {} AND kind = 'webhook' \
+                     ORDER BY next_attempt_at LIMIT {}{lock})",
+                    q.p(ms(now)),
+                    q.p(limit as i64)
+                )
+            },
+            "id, lead_id, funnel_id, stage_id, step_id, payload, attempts, created_at",
+            Some("id, lead_id, funnel_id, stage_id, step_id, payload, attempts + 1, created_at"),
+        )
+        .await?;
         let mut out: Vec<OutgoingHook> = Vec::new();
-        for r in txn.query_all_raw(q.statement(sql)).await? {
-            let funnel: Option<String> = r.try_get_by_index(2)?;
-            let payload: Option<String> = r.try_get_by_index(5)?;
+        for (id, lead, funnel, stage, step, payload, attempts, created_at) in rows {
             let mut detail = match payload.map(|p| serde_json::from_str(&p)) {
                 Some(Ok(serde_json::Value::Object(o))) => o,
                 _ => serde_json::Map::new(),
@@ -226,16 +255,16 @@ impl Outbox {
                 detail.clear();
             }
             out.push(OutgoingHook {
-                id: r.try_get_by_index(0)?,
-                lead: LeadId(r.try_get_by_index(1)?),
+                id,
+                lead: LeadId(lead),
                 funnel: funnel.and_then(|f| FunnelId::parse(&f).ok()),
-                stage: r.try_get_by_index(3)?,
-                step: r.try_get_by_index(4)?,
+                stage,
+                step,
                 webhook,
                 event,
                 detail,
-                attempts: r.try_get_by_index(6)?,
-                created_at: from_ms(r.try_get_by_index(7)?),
+                attempts,
+                created_at: from_ms(created_at),
             });
         }
         out.sort_by_key(|m| m.id);
@@ -265,6 +294,7 @@ impl Outbox {
                 },
                 |q| format!("id IN ({}) AND status <> 'sent'", q.list(chunk)),
                 mails::COLUMNS,
+                None,
             )
             .await?;
             mails::count_status(&txn, store.backend, store.zone, rows, MailWhat::Accepted).await?;
@@ -465,6 +495,7 @@ async fn finish(
         },
         |q| format!("id = {} AND status <> 'failed'", q.p(id)),
         mails::COLUMNS,
+        None,
     )
     .await?;
     if status == "failed" {

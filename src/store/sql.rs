@@ -169,9 +169,11 @@ pub(super) async fn select_packed<T: serde::de::DeserializeOwned>(
 /// packed as [`select_packed`] reads them. `columns` must be ones the update leaves as they
 /// were. PostgreSQL aggregates the update's `RETURNING` rows (a data-modifying `WITH`);
 /// SQLite, whose `RETURNING` rows cannot be aggregated, reads the rows the filter matches and
-/// then updates them in the same write transaction, which holds the write lock from its start
+/// then updates them (by row id) in the same write transaction, which holds the write lock from its start
 /// (`BEGIN IMMEDIATE`), so no other writer comes between.
-/// `set` and `filter` bind their values into the statement they are given.
+/// `set` and `filter` bind their values into the statement they are given. A column the update
+/// does change can be read all the same when `before` gives, for SQLite, the columns as
+/// expressions of the row before the update that make their values after it (`attempts + 1`).
 pub(super) async fn update_packed<T: serde::de::DeserializeOwned>(
     txn: &DatabaseTransaction,
     backend: Backend,
@@ -179,17 +181,27 @@ pub(super) async fn update_packed<T: serde::de::DeserializeOwned>(
     set: impl Fn(&mut Params) -> String,
     filter: impl Fn(&mut Params) -> String,
     columns: &str,
+    before: Option<&str>,
 ) -> Result<Vec<T>> {
     match backend {
         Backend::Sqlite => {
             let mut q = Params::new(backend);
             let rest = format!("FROM {table} WHERE {}", filter(&mut q));
-            let rows = select_packed(txn, q, columns, &rest).await?;
-            let mut q = Params::new(backend);
-            let set = set(&mut q);
-            let sql = format!("UPDATE {table} SET {set} WHERE {}", filter(&mut q));
-            txn.execute_raw(q.statement(sql)).await?;
-            Ok(rows)
+            let columns = format!("rowid, json_array({})", before.unwrap_or(columns));
+            let rows: Vec<(i64, T)> = select_packed(txn, q, &columns, &rest).await?;
+            // The rows read are updated by their row ids: the filter (an ordered, limited
+            // subquery as often as not) is not evaluated twice.
+            let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+            for chunk in ids.chunks(ROWS) {
+                let mut q = Params::new(backend);
+                let set = set(&mut q);
+                let sql = format!(
+                    "UPDATE {table} SET {set} WHERE rowid IN ({})",
+                    q.list(chunk)
+                );
+                txn.execute_raw(q.statement(sql)).await?;
+            }
+            Ok(rows.into_iter().map(|(_, row)| row).collect())
         }
         Backend::Postgres => {
             let mut q = Params::new(backend);
