@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::project::Project;
 use crate::store::{Outbox, OutgoingHook};
 
-/// How long a claimed call is reserved for its attempt.
+/// How long a claimed call is reserved for its attempt, at least ([`Hooks::lease`]).
 pub const LEASE: Duration = Duration::minutes(2);
 /// Calls claimed per round.
 pub const BATCH: u64 = 200;
@@ -59,6 +59,8 @@ pub struct Hooks {
     /// Per URL, the calls that may be in flight.
     endpoints: Mutex<HashMap<String, Arc<Semaphore>>>,
     per_endpoint: usize,
+    /// The longest an answer is waited for.
+    timeout: std::time::Duration,
 }
 
 /// The Standard Webhooks signature of `body`: `v1,` and the base64 HMAC-SHA256 of
@@ -206,7 +208,22 @@ impl Hooks {
             metrics: None,
             endpoints: Mutex::new(HashMap::new()),
             per_endpoint: crate::settings::WEBHOOK_CONCURRENCY,
+            timeout,
         }
+    }
+
+    /// How long a round's calls are reserved for: [`LEASE`], or as long as the round could
+    /// take when all its calls go to one slow URL — each waiting its turn among
+    /// `per_endpoint`, then the whole timeout — and a minute more. A lease that lapsed while
+    /// its call was still going would let another node make the call again.
+    pub fn lease(&self) -> Duration {
+        let turns = BATCH.div_ceil(self.per_endpoint as u64);
+        let worst = u32::try_from(turns)
+            .ok()
+            .and_then(|t| self.timeout.checked_mul(t))
+            .and_then(|d| Duration::from_std(d).ok())
+            .unwrap_or(GIVE_UP_AFTER);
+        (worst + Duration::minutes(1)).max(LEASE)
     }
 
     /// At most `n` calls in flight to one URL (`webhook_concurrency`).
@@ -252,10 +269,11 @@ impl Hooks {
     }
 
     /// Claims the calls due at `now`, makes them (each URL at most `per_endpoint` at a time)
-    /// and records the outcomes: the delivered ones in one write at the end (a crash before it
-    /// repeats at most the round's calls, each with its `webhook-id`).
+    /// and records the outcomes: each delivered one as it is delivered, with the others of that
+    /// moment (group commit: a crash repeats only the calls in flight and those not yet
+    /// written, each with its `webhook-id`).
     pub async fn round(&self, now: DateTime<Utc>) -> anyhow::Result<HookTally> {
-        let claimed = self.outbox.claim_webhooks(now, LEASE, BATCH).await?;
+        let claimed = self.outbox.claim_webhooks(now, self.lease(), BATCH).await?;
         if claimed.is_empty() {
             return Ok(HookTally::default());
         }
@@ -267,6 +285,9 @@ impl Hooks {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let mut tasks = Vec::with_capacity(claimed.len());
+        // Each delivered call is recorded as it is delivered (group commit), not at the
+        // round's end: a crash repeats only the calls in flight.
+        let (delivered, recorder) = super::recorder(self.outbox.clone(), now);
         // Each address parsed once a round, not once a call.
         let mut urls: HashMap<String, Result<reqwest::Url, String>> = HashMap::new();
         for h in claimed {
@@ -305,21 +326,22 @@ impl Hooks {
                 }
             };
             let (client, leads, gate) = (self.client.clone(), leads.clone(), self.endpoint(&w.url));
+            let delivered = delivered.clone();
             tasks.push(tokio::spawn(async move {
                 let _turn = gate.acquire_owned().await;
                 let called = call(&client, &w, url, &h, leads.get(&h.lead), now).await;
+                if called == Called::Delivered {
+                    let _ = delivered.send(h.id);
+                }
                 (h, called)
             }));
         }
+        drop(delivered);
         let mut tally = HookTally::default();
-        let mut delivered = Vec::new();
         for t in tasks {
             let Ok((h, called)) = t.await else { continue };
             match called {
-                Called::Delivered => {
-                    delivered.push(h.id);
-                    tally.delivered += 1;
-                }
+                Called::Delivered => tally.delivered += 1,
                 Called::Later(at, why) => {
                     let at = at.unwrap_or_else(|| super::next_attempt(now, h.attempts, h.id));
                     self.outbox.retry(h.id, at, &why).await?;
@@ -332,9 +354,7 @@ impl Hooks {
                 }
             }
         }
-        if !delivered.is_empty() {
-            self.outbox.sent(&delivered, now).await?;
-        }
+        let _ = recorder.await;
         if let Some(m) = &self.metrics {
             m.webhooks_delivered.inc_by(tally.delivered as u64);
             m.webhooks_retried.inc_by(tally.retried as u64);
