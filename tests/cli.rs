@@ -327,9 +327,8 @@ fn a_kill_mid_batch_loses_no_lead() {
 
 /// Killed with SIGKILL while a funnel's webhook calls go out, `autofunnel run` makes every
 /// call after the restart (those the killed process had claimed taken back at the start), and
-/// repeats only the calls in flight and those delivered since the recorder's last write (group
-/// commit) — never more than the rounds it had claimed (`BATCH` × `PIPELINES`) — each with
-/// the `webhook-id` it had.
+/// repeats at most the calls that were in flight (the rounds it had claimed: `BATCH` ×
+/// `PIPELINES`), each with the `webhook-id` it had.
 #[test]
 fn a_kill_mid_delivery_repeats_at_most_the_calls_in_flight() {
     use std::collections::HashMap;

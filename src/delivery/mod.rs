@@ -59,41 +59,6 @@ pub enum Transport {
     Smtp(Arc<smtp::Pool>),
 }
 
-/// Records messages (emails, webhook calls) as sent as soon as they are accepted: each id handed
-/// to the returned sender is written with whatever else was accepted in that moment (group
-/// commit), so a crash can only repeat the few in flight. The task ends once every sender is
-/// dropped and the last ids are written.
-pub(crate) fn recorder(
-    outbox: Outbox,
-    now: DateTime<Utc>,
-) -> (
-    tokio::sync::mpsc::UnboundedSender<i64>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (accepted, mut to_record) = tokio::sync::mpsc::unbounded_channel::<i64>();
-    let task = tokio::spawn(async move {
-        let mut ids = Vec::new();
-        while to_record.recv_many(&mut ids, 512).await > 0 {
-            // Group commit: a moment for more acceptances to join this write.
-            if ids.len() < GROUP {
-                tokio::time::sleep(GROUP_WAIT).await;
-                while ids.len() < 512 {
-                    match to_record.try_recv() {
-                        Ok(id) => ids.push(id),
-                        Err(_) => break,
-                    }
-                }
-            }
-            if let Err(e) = outbox.sent(&ids, now).await {
-                // Sent but not recorded: they will be sent again after their lease.
-                tracing::error!(error = %e, count = ids.len(), "cannot record sent messages");
-            }
-            ids.clear();
-        }
-    });
-    (accepted, task)
-}
-
 impl Transport {
     /// SMTP through a pool of `connections`.
     pub fn smtp(target: smtp::Target, connections: usize) -> Transport {
@@ -141,7 +106,30 @@ impl Transport {
             }
             return written.into_iter().map(|(_, o)| o).collect();
         }
-        let (accepted, recorder) = recorder(outbox.clone(), now);
+        let (accepted, mut to_record) = tokio::sync::mpsc::unbounded_channel::<i64>();
+        let recorder = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                while to_record.recv_many(&mut ids, 512).await > 0 {
+                    // Group commit: a moment for more acceptances to join this write.
+                    if ids.len() < GROUP {
+                        tokio::time::sleep(GROUP_WAIT).await;
+                        while ids.len() < 512 {
+                            match to_record.try_recv() {
+                                Ok(id) => ids.push(id),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    if let Err(e) = outbox.sent(&ids, now).await {
+                        // Sent but not recorded: they will be sent again after their lease.
+                        tracing::error!(error = %e, count = ids.len(), "cannot record sent messages");
+                    }
+                    ids.clear();
+                }
+            })
+        };
         let tasks: Vec<_> = emails
             .into_iter()
             .map(|(id, name, email)| {
