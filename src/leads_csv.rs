@@ -258,6 +258,10 @@ fn typed(kind: FieldKind, text: &str) -> Result<Value, String> {
                 .map(|d| Value::String(d.format("%Y-%m-%d").to_string()))
                 .map_err(|_| format!("expected a date like 2026-01-15, found \"{text}\""))
         }
+        FieldKind::DateTime => {
+            let value = Value::String(text.to_string());
+            check_field_value(kind, &value).map(|()| value)
+        }
     }
 }
 

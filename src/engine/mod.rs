@@ -8,7 +8,7 @@ pub mod sim;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Duration, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::Value as Json;
 
@@ -16,7 +16,8 @@ use crate::domain::{
     Event, EventKind, Outcome, RunStatus, StageId, StepId, Tag, TemplateName, WebhookId,
 };
 use crate::funnel::{
-    Action, CompareOp, Condition, EventMatch, EventPattern, Funnel, Send, Stage, Target, WaitUntil,
+    Action, CompareOp, Condition, EventMatch, EventPattern, Funnel, IfPast, Send, Stage, Target,
+    WaitUntil,
 };
 
 /// Where one lead stands in one funnel.
@@ -392,19 +393,60 @@ impl Machine<'_> {
                     self.hold(until, format!("wait {d}"));
                     return;
                 }
-                Action::WaitUntil(w) => match self.until(w) {
-                    Some(until) if until > self.now => {
-                        self.hold(until, format!("wait_until {}", describe(w)));
-                        return;
+                Action::WaitUntil(w) => {
+                    // (whether the moment is known, what the timeline says) when it is not ahead.
+                    let missed = match self.until(w) {
+                        Some(until) if until > self.now => {
+                            self.hold(until, format!("wait_until {}", describe(w)));
+                            return;
+                        }
+                        Some(until) if until == self.now => None,
+                        Some(_) => Some((true, format!("wait_until {} has passed", describe(w)))),
+                        None => Some((false, format!("no time for wait_until {}", describe(w)))),
+                    };
+                    if let Some((known, why)) = missed {
+                        match step.if_past() {
+                            // A moment passed goes on at once; one that cannot be known says
+                            // so and goes on.
+                            IfPast::Send => {
+                                if !known {
+                                    self.fx.push(Effect::Skipped {
+                                        step: step.id.clone(),
+                                        why,
+                                    });
+                                }
+                            }
+                            IfPast::Exit => {
+                                self.fx.push(Effect::Skipped {
+                                    step: step.id.clone(),
+                                    why,
+                                });
+                                self.exit(Outcome::NotConverted);
+                                return;
+                            }
+                            IfPast::Skip => {
+                                // The steps that were for that moment, up to the next wait,
+                                // `goto` or `exit`.
+                                self.fx.push(Effect::Skipped {
+                                    step: step.id.clone(),
+                                    why: why.clone(),
+                                });
+                                self.st.step += 1;
+                                while let Some(next) = self.current().filter(|s| {
+                                    !s.action.waits()
+                                        && !matches!(s.action, Action::Goto(_) | Action::Exit(_))
+                                }) {
+                                    self.fx.push(Effect::Skipped {
+                                        step: next.id.clone(),
+                                        why: why.clone(),
+                                    });
+                                    self.st.step += 1;
+                                }
+                                continue;
+                            }
+                        }
                     }
-                    Some(_) => {}
-                    None => {
-                        self.fx.push(Effect::Skipped {
-                            step: step.id.clone(),
-                            why: format!("no time for wait_until {}", describe(w)),
-                        });
-                    }
-                },
+                }
                 Action::Goto(s) => {
                     let reason = format!("goto: {}", s.value);
                     self.leave(reason);
@@ -519,11 +561,8 @@ impl Machine<'_> {
                 .map(|d| d + Duration::seconds(*offset_secs)),
             WaitUntil::Field { field, offset_secs } => {
                 let text = self.lead.fields.get(field.value.as_str())?.as_str()?;
-                let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
-                let local = tz
-                    .from_local_datetime(&date.and_hms_opt(0, 0, 0)?)
-                    .earliest()?;
-                Some(local.with_timezone(&Utc) + Duration::seconds(*offset_secs))
+                let at = crate::funnel::time::FieldTime::parse(text)?.instant(tz)?;
+                Some(at + Duration::seconds(*offset_secs))
             }
             WaitUntil::At(t) => Some(t.with_timezone(&Utc)),
             WaitUntil::Local(t) => tz

@@ -122,6 +122,9 @@ pub enum FieldKind {
     Number,
     Bool,
     Date,
+    /// An instant (`2026-01-15T19:00:00+03:00`) or a wall time in the lead's zone
+    /// (`2026-01-15T19:00`): a webinar's start.
+    DateTime,
 }
 
 impl FieldKind {
@@ -131,6 +134,7 @@ impl FieldKind {
             FieldKind::Number => "number",
             FieldKind::Bool => "bool",
             FieldKind::Date => "date",
+            FieldKind::DateTime => "datetime",
         }
     }
 }
@@ -321,6 +325,48 @@ pub struct Step {
     /// `urgent: true` on a `send`: it goes out now, held by neither the send window nor the
     /// frequency cap (and still counted in the cap): "the webinar starts now".
     pub urgent: bool,
+    /// `if_past:` on a `wait_until`, when written ([`Step::if_past`] gives the default).
+    pub if_past: Option<IfPast>,
+}
+
+/// What a `wait_until` does when its moment has already passed (or the lead has no value for
+/// its field) as the lead reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfPast {
+    /// The steps after it up to the next wait, `goto` or `exit` are skipped: the reminder of
+    /// a moment gone is not sent late.
+    Skip,
+    /// It goes on at once.
+    Send,
+    /// The lead leaves the funnel, `not_converted`.
+    Exit,
+}
+
+impl IfPast {
+    pub const ALL: [(&'static str, IfPast); 3] = [
+        ("skip", IfPast::Skip),
+        ("send", IfPast::Send),
+        ("exit", IfPast::Exit),
+    ];
+
+    pub fn name(self) -> &'static str {
+        IfPast::ALL
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map_or("skip", |(n, _)| n)
+    }
+}
+
+impl Step {
+    /// What the step does when its moment has passed: as written, else `skip` for a lead
+    /// field's moment (a webinar reminder) and `send` for the others.
+    pub fn if_past(&self) -> IfPast {
+        match (&self.if_past, &self.action) {
+            (Some(p), _) => *p,
+            (None, Action::WaitUntil(WaitUntil::Field { .. })) => IfPast::Skip,
+            _ => IfPast::Send,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -383,7 +429,7 @@ pub enum WaitUntil {
     Cron(Cron),
     /// The stage's deadline, shifted by `offset_secs` (negative: before it).
     Deadline { offset_secs: i64 },
-    /// A date field of the lead, shifted (`lead.birthday - 1d`).
+    /// A `date` or `datetime` field of the lead, shifted (`lead.webinar_at - 1h`).
     Field {
         field: Located<FieldName>,
         offset_secs: i64,

@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDateTime};
 
 use super::diag::{Pos, Sink, did_you_mean};
 use super::model::*;
-use super::time::{Cron, Duration, FrequencyCap, parse_timezone};
+use super::time::{Cron, Duration, FieldTime, FrequencyCap, parse_timezone};
 use super::yaml::{Key, Node, Value};
 use crate::domain::{
     EventName, FieldName, FormId, FunnelId, InvalidValue, Mailbox, ProductId, StageId, StepId, Tag,
@@ -463,12 +463,13 @@ fn parse_fields(sink: &mut Sink, node: &Node) -> BTreeMap<FieldName, FieldDef> {
                 "number" => Some(FieldKind::Number),
                 "bool" => Some(FieldKind::Bool),
                 "date" => Some(FieldKind::Date),
+                "datetime" => Some(FieldKind::DateTime),
                 other => {
                     sink.error(
                         n.pos,
                         format!(
                             "unknown field type \"{other}\"{}",
-                            hint(other, &["text", "number", "bool", "date"])
+                            hint(other, &["text", "number", "bool", "date", "datetime"])
                         ),
                     );
                     None
@@ -501,10 +502,12 @@ fn default_sample(kind: FieldKind) -> serde_json::Value {
         FieldKind::Number => 1.into(),
         FieldKind::Bool => true.into(),
         FieldKind::Date => "2026-01-15".into(),
+        FieldKind::DateTime => "2026-01-15T19:00".into(),
     }
 }
 
-/// Whether `value` fits a field of `kind`; dates are `YYYY-MM-DD`.
+/// Whether `value` fits a field of `kind`; dates are `YYYY-MM-DD`, date-times an instant with
+/// its offset or a wall time in the lead's zone ([`FieldTime`]).
 pub fn check_field_value(kind: FieldKind, value: &serde_json::Value) -> Result<(), String> {
     use serde_json::Value as J;
     let ok = match (kind, value) {
@@ -512,15 +515,20 @@ pub fn check_field_value(kind: FieldKind, value: &serde_json::Value) -> Result<(
         (FieldKind::Text, J::String(_)) => true,
         (FieldKind::Number, J::Number(_)) => true,
         (FieldKind::Bool, J::Bool(_)) => true,
-        (FieldKind::Date, J::String(s)) => chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok(),
+        (FieldKind::Date, J::String(s)) => matches!(FieldTime::parse(s), Some(FieldTime::Date(_))),
+        (FieldKind::DateTime, J::String(s)) => matches!(
+            FieldTime::parse(s),
+            Some(FieldTime::Instant(_) | FieldTime::Local(_))
+        ),
         _ => false,
     };
-    if ok {
-        Ok(())
-    } else if kind == FieldKind::Date {
-        Err(format!("expected a date like 2026-01-15, found {value}"))
-    } else {
-        Err(format!("expected a {} value, found {value}", kind.name()))
+    match kind {
+        _ if ok => Ok(()),
+        FieldKind::Date => Err(format!("expected a date like 2026-01-15, found {value}")),
+        FieldKind::DateTime => Err(format!(
+            "expected a date and time like 2026-01-15T19:00:00+03:00 or 2026-01-15T19:00 (in the lead's time zone), found {value}"
+        )),
+        _ => Err(format!("expected a {} value, found {value}", kind.name())),
     }
 }
 
@@ -865,7 +873,7 @@ fn parse_steps(sink: &mut Sink, node: &Node) -> Vec<Step> {
     let mut counts: HashMap<&'static str, usize> = HashMap::new();
     let mut seen: HashMap<String, Pos> = HashMap::new();
     for item in seq(sink, node, "steps") {
-        let allowed = [ACTIONS, &["id", "if", "urgent"]].concat();
+        let allowed = [ACTIONS, &["id", "if", "urgent", "if_past"]].concat();
         let Some(m) = Map::new(sink, item, "step", &allowed) else {
             continue;
         };
@@ -919,6 +927,24 @@ fn parse_steps(sink: &mut Sink, node: &Node) -> Vec<Step> {
                 false
             }
         };
+        let if_past = m.get("if_past").and_then(|n| {
+            if key.name != "wait_until" {
+                sink.error(
+                    n.pos,
+                    "`if_past` is for a `wait_until` step: what to do when its moment has passed",
+                );
+            }
+            let t = string(sink, n)?;
+            let found = IfPast::ALL
+                .iter()
+                .find(|(name, _)| *name == t)
+                .map(|(_, p)| *p);
+            if found.is_none() {
+                let names: Vec<&str> = IfPast::ALL.iter().map(|(n, _)| *n).collect();
+                sink.error(n.pos, format!("unknown if_past \"{t}\"{}", hint(t, &names)));
+            }
+            found
+        });
         let explicit_id = m.get("id").and_then(|n| located(sink, n, StepId::parse));
         let Some(action) = parse_action(sink, key, value) else {
             continue;
@@ -953,6 +979,7 @@ fn parse_steps(sink: &mut Sink, node: &Node) -> Vec<Step> {
             guard,
             action,
             urgent,
+            if_past,
         });
     }
     steps
@@ -1126,7 +1153,7 @@ fn parse_wait_until(sink: &mut Sink, node: &Node) -> Option<WaitUntil> {
     }
     sink.error(
         node.pos,
-        format!("wait_until \"{text}\": expected a cron expression (\"0 19 * * Thu\"), \"deadline - 6h\", \"lead.<date field> - 1d\", or a time like \"2026-12-01 10:00\""),
+        format!("wait_until \"{text}\": expected a cron expression (\"0 19 * * Thu\"), \"deadline - 6h\", \"lead.<date or datetime field> - 1h\", or a time like \"2026-12-01 10:00\""),
     );
     None
 }

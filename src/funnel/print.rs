@@ -192,6 +192,9 @@ fn step(s: &Step) -> Value {
     if s.urgent {
         m.insert("urgent".into(), json!(true));
     }
+    if let Some(p) = s.if_past {
+        m.insert("if_past".into(), json!(p.name()));
+    }
     let v = match &s.action {
         Action::Send(Send::Template(t)) => json!(t.value.as_str()),
         Action::Send(Send::Split(ts)) => {

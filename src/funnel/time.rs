@@ -250,6 +250,54 @@ fn posix_weekdays(field: &str) -> Result<String, String> {
 }
 
 /// Parses an IANA time zone name such as `Europe/Moscow`, suggesting the closest on a typo.
+/// A time a lead's field holds: a `date` (`2026-01-15`, midnight in the lead's zone) or a
+/// `datetime` — an instant with its offset (`2026-01-15T19:00:00+03:00`, RFC 3339) or a wall
+/// time in the lead's zone (`2026-01-15T19:00`, `2026-01-15 19:00`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldTime {
+    Date(chrono::NaiveDate),
+    Instant(DateTime<chrono::FixedOffset>),
+    Local(NaiveDateTime),
+}
+
+impl FieldTime {
+    pub fn parse(text: &str) -> Option<FieldTime> {
+        let text = text.trim();
+        if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            return Some(FieldTime::Date(d));
+        }
+        if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+            return Some(FieldTime::Instant(t));
+        }
+        [
+            "%Y-%m-%dT%H:%M:%S",
+            "%Y-%m-%dT%H:%M",
+            "%Y-%m-%d %H:%M:%S",
+            "%Y-%m-%d %H:%M",
+        ]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+        .map(FieldTime::Local)
+    }
+
+    /// The instant it names for a lead in `tz` (a wall time that does not exist there, in a
+    /// spring-forward gap, is moved on by the hour the clocks skip: 02:30 → 03:30).
+    pub fn instant(self, tz: Tz) -> Option<DateTime<Utc>> {
+        let local = |t: NaiveDateTime| match tz.from_local_datetime(&t) {
+            LocalResult::Single(x) | LocalResult::Ambiguous(x, _) => Some(x.with_timezone(&Utc)),
+            LocalResult::None => tz
+                .from_local_datetime(&(t + chrono::Duration::hours(1)))
+                .earliest()
+                .map(|x| x.with_timezone(&Utc)),
+        };
+        match self {
+            FieldTime::Date(d) => local(d.and_hms_opt(0, 0, 0)?),
+            FieldTime::Instant(t) => Some(t.with_timezone(&Utc)),
+            FieldTime::Local(t) => local(t),
+        }
+    }
+}
+
 pub fn parse_timezone(text: &str) -> Result<Tz, String> {
     Tz::from_str(text.trim()).map_err(|_| {
         let exact = chrono_tz::TZ_VARIANTS
@@ -302,6 +350,36 @@ impl fmt::Display for FrequencyCap {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn field_times_are_dates_instants_or_wall_times_in_the_leads_zone() {
+        let moscow: Tz = "Europe/Moscow".parse().unwrap();
+        let at = |s: &str, tz: Tz| FieldTime::parse(s).and_then(|t| t.instant(tz));
+        let utc = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(at("2026-11-26", moscow), Some(utc("2026-11-25T21:00:00Z")));
+        assert_eq!(
+            at("2026-11-26T19:00", moscow),
+            Some(utc("2026-11-26T16:00:00Z"))
+        );
+        assert_eq!(
+            at("2026-11-26 19:00:30", moscow),
+            Some(utc("2026-11-26T16:00:30Z"))
+        );
+        // An instant keeps its own offset, whatever the lead's zone.
+        assert_eq!(
+            at("2026-11-26T19:00:00+03:00", chrono_tz::UTC),
+            Some(utc("2026-11-26T16:00:00Z"))
+        );
+        // 02:30 does not exist in Berlin on 29 March 2026: moved on by the skipped hour.
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        assert_eq!(
+            at("2026-03-29T02:30", berlin),
+            Some(utc("2026-03-29T01:30:00Z"))
+        );
+        for bad in ["tomorrow", "2026-13-01", "26.11.2026 19:00", ""] {
+            assert_eq!(FieldTime::parse(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
     use chrono::{TimeZone, Utc};
     use chrono_tz::Europe::Berlin;

@@ -247,12 +247,12 @@ impl Checker<'_, '_> {
             }
             Action::WaitUntil(WaitUntil::Field { field, .. }) => {
                 if let Some(kind) = self.field(field)
-                    && kind != FieldKind::Date
+                    && !matches!(kind, FieldKind::Date | FieldKind::DateTime)
                 {
                     self.sink.error(
                         field.pos,
                         format!(
-                            "wait_until needs a date field, but \"{}\" is {}",
+                            "wait_until needs a date or datetime field, but \"{}\" is {}",
                             field.value,
                             kind.name()
                         ),
