@@ -480,6 +480,29 @@ impl Machine<'_> {
                         });
                     }
                 }
+                Action::AssignSession(session) => {
+                    // The first session at least `min_lead_time` away (one exactly that far
+                    // counts), in the lead's zone, written with the zone's offset.
+                    let tz = self.tz();
+                    let earliest = self.now
+                        + Duration::seconds(session.min_lead_time.as_secs() as i64)
+                        - Duration::seconds(1);
+                    match session.schedule.next_after(tz, earliest) {
+                        Some(at) => {
+                            let value = serde_json::Value::from(
+                                at.with_timezone(&tz)
+                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+                            );
+                            let field = session.field.value.to_string();
+                            self.lead.fields.insert(field.clone(), value.clone());
+                            self.fx.push(Effect::SetField { field, value });
+                        }
+                        None => self.fx.push(Effect::Skipped {
+                            step: step.id.clone(),
+                            why: format!("no session in \"{}\"", session.schedule.source()),
+                        }),
+                    }
+                }
                 Action::Score(n) => {
                     let entry = self.st.stage_entry;
                     self.add_score(*n);

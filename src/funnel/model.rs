@@ -379,6 +379,8 @@ pub enum Action {
     Tag(Vec<Tag>),
     Untag(Vec<Tag>),
     Set(Vec<(Located<FieldName>, serde_json::Value)>),
+    /// `assign_session`: the lead's `datetime` field set to the nearest session of a schedule.
+    AssignSession(Session),
     Score(i64),
     Webhook(Located<WebhookId>),
 }
@@ -397,6 +399,7 @@ impl Action {
             Action::Set(_) => "set",
             Action::Score(_) => "score",
             Action::Webhook(_) => "webhook",
+            Action::AssignSession(_) => "assign_session",
         }
     }
 
@@ -420,6 +423,15 @@ impl Send {
             Send::Split(ts) => ts.iter().collect(),
         }
     }
+}
+
+/// Sessions of an evergreen (auto-)webinar: `assign_session` sets `field` to the first firing
+/// of `schedule`, in the lead's time zone, at least `min_lead_time` away.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub schedule: Cron,
+    pub min_lead_time: Duration,
+    pub field: Located<FieldName>,
 }
 
 /// The moment a `wait_until` step waits for.

@@ -866,6 +866,7 @@ const ACTIONS: &[&str] = &[
     "set",
     "score",
     "webhook",
+    "assign_session",
 ];
 
 fn parse_steps(sink: &mut Sink, node: &Node) -> Vec<Step> {
@@ -1050,6 +1051,7 @@ fn parse_action(sink: &mut Sink, key: &Key, node: &Node) -> Option<Action> {
         }
         "score" => int(sink, node).map(Action::Score),
         "webhook" => located(sink, node, WebhookId::parse).map(Action::Webhook),
+        "assign_session" => parse_session(sink, node).map(Action::AssignSession),
         _ => None,
     }
 }
@@ -1094,6 +1096,49 @@ fn outcome(sink: &mut Sink, node: &Node) -> Option<Outcome> {
 
 /// `deadline - 6h`, `lead.birthday - 1d`, `2026-12-01T10:00:00+03:00`, `2026-12-01 10:00`, or
 /// a 5-field cron expression.
+fn parse_session(sink: &mut Sink, node: &Node) -> Option<Session> {
+    let m = Map::new(
+        sink,
+        node,
+        "assign_session",
+        &["schedule", "min_lead_time", "field"],
+    )?;
+    let schedule = match m.get("schedule") {
+        Some(n) => string(sink, n).and_then(|t| {
+            Cron::parse(t)
+                .map_err(|e| sink.error(n.pos, format!("schedule: {e}")))
+                .ok()
+        }),
+        None => {
+            sink.error(
+                node.pos,
+                "assign_session needs `schedule`: the sessions as cron, like \"0 11,20 * * *\"",
+            );
+            None
+        }
+    };
+    let min_lead_time = match m.get("min_lead_time") {
+        Some(n) => duration(sink, n),
+        None => Some(Duration::from_secs(0)),
+    };
+    let field = match m.get("field") {
+        Some(n) => located(sink, n, FieldName::parse),
+        None => {
+            sink.error(
+                node.pos,
+                "assign_session needs `field`: the datetime field the session is written to",
+            );
+            None
+        }
+    };
+    m.done();
+    Some(Session {
+        schedule: schedule?,
+        min_lead_time: min_lead_time?,
+        field: field?,
+    })
+}
+
 fn parse_wait_until(sink: &mut Sink, node: &Node) -> Option<WaitUntil> {
     let text = string(sink, node)?.trim();
     let offset = |rest: &str| -> Result<i64, String> {

@@ -215,6 +215,11 @@ fn step(s: &Step) -> Value {
         ),
         Action::Score(n) => json!(n),
         Action::Webhook(w) => json!(w.value.as_str()),
+        Action::AssignSession(session) => json!({
+            "schedule": session.schedule.source(),
+            "min_lead_time": session.min_lead_time.to_string(),
+            "field": session.field.value.as_str(),
+        }),
     };
     m.insert(s.action.keyword().into(), v);
     Value::Object(m)

@@ -272,6 +272,20 @@ impl Checker<'_, '_> {
                     }
                 }
             }
+            Action::AssignSession(session) => {
+                if let Some(kind) = self.field(&session.field)
+                    && kind != FieldKind::DateTime
+                {
+                    self.sink.error(
+                        session.field.pos,
+                        format!(
+                            "assign_session writes a session time: \"{}\" must be a datetime field, not {}",
+                            session.field.value,
+                            kind.name()
+                        ),
+                    );
+                }
+            }
             Action::Webhook(w) if !known(&self.webhooks, w.value.as_str()) => {
                 let hint = did_you_mean(w.value.as_str(), self.webhooks.iter().map(String::as_str));
                 self.sink.error(
