@@ -578,7 +578,7 @@ async fn main() -> anyhow::Result<()> {
         reset_peak_rss();
         let reads = match req.read(now, store.zone()) {
             ReportRead::Counts { .. } => "counters",
-            ReportRead::Rows(_) => "rows, 20,000 leads at a time",
+            ReportRead::Rows(_) => "rows, a range of leads at a time",
         };
         let started = Instant::now();
         let a = autofunnel::runtime::report::make(&store, &f, &req, now).await?;

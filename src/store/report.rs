@@ -143,7 +143,9 @@ impl ReportNeeds {
 }
 
 /// How many lead ids a report or a recount reads at a time.
-pub const LEAD_RANGE: i64 = 20_000;
+/// Two ranges are in memory at a time (one read ahead); 10,000 takes a row-path report's peak
+/// 30-40 % below that of 20,000 at the same speed (BENCHMARKS.md).
+pub const LEAD_RANGE: i64 = 10_000;
 
 impl Store {
     /// `sql` with `$1`, `$2`, … as the backend writes parameters (each used once, in order).
