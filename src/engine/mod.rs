@@ -585,7 +585,7 @@ impl Machine<'_> {
             WaitUntil::Field { field, offset_secs } => {
                 let text = self.lead.fields.get(field.value.as_str())?.as_str()?;
                 let at = crate::funnel::time::FieldTime::parse(text)?.instant(tz)?;
-                Some(at + Duration::seconds(*offset_secs))
+                at.checked_add_signed(Duration::seconds(*offset_secs))
             }
             WaitUntil::At(t) => Some(t.with_timezone(&Utc)),
             WaitUntil::Local(t) => tz

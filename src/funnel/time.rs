@@ -261,23 +261,32 @@ pub enum FieldTime {
 }
 
 impl FieldTime {
+    /// Years 1 to 9999 only, as RFC 3339 writes them (so an offset added to one cannot run
+    /// past what a time can hold).
     pub fn parse(text: &str) -> Option<FieldTime> {
+        use chrono::Datelike;
         let text = text.trim();
-        if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-            return Some(FieldTime::Date(d));
-        }
-        if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-            return Some(FieldTime::Instant(t));
-        }
-        [
-            "%Y-%m-%dT%H:%M:%S",
-            "%Y-%m-%dT%H:%M",
-            "%Y-%m-%d %H:%M:%S",
-            "%Y-%m-%d %H:%M",
-        ]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
-        .map(FieldTime::Local)
+        let t = if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            FieldTime::Date(d)
+        } else if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+            FieldTime::Instant(t)
+        } else {
+            [
+                "%Y-%m-%dT%H:%M:%S",
+                "%Y-%m-%dT%H:%M",
+                "%Y-%m-%d %H:%M:%S",
+                "%Y-%m-%d %H:%M",
+            ]
+            .iter()
+            .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+            .map(FieldTime::Local)?
+        };
+        let year = match t {
+            FieldTime::Date(d) => d.year(),
+            FieldTime::Instant(t) => t.year(),
+            FieldTime::Local(t) => t.year(),
+        };
+        (1..=9999).contains(&year).then_some(t)
     }
 
     /// The instant it names for a lead in `tz` (a wall time that does not exist there, in a
@@ -375,7 +384,14 @@ mod tests {
             at("2026-03-29T02:30", berlin),
             Some(utc("2026-03-29T01:30:00Z"))
         );
-        for bad in ["tomorrow", "2026-13-01", "26.11.2026 19:00", ""] {
+        for bad in [
+            "tomorrow",
+            "2026-13-01",
+            "26.11.2026 19:00",
+            "",
+            "-0001-01-01T00:00",
+            "+262142-12-31T23:59",
+        ] {
             assert_eq!(FieldTime::parse(bad), None, "{bad}");
         }
     }
