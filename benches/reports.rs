@@ -560,7 +560,11 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.window = Some("36h".into())),
         ),
         ("A/B (--ab: rows)", What::Ab, period(&|_| {})),
-        ("forecast (rows)", What::Forecast, Params::default()),
+        (
+            "forecast (counters and the runs in flight)",
+            What::Forecast,
+            Params::default(),
+        ),
         ("per email", What::Emails, period(&|_| {})),
         (
             "per email from the rows (a period starting within a day: reference)",
@@ -579,6 +583,7 @@ async fn main() -> anyhow::Result<()> {
         let reads = match req.read(now, store.zone()) {
             ReportRead::Counts { .. } => "counters",
             ReportRead::Rows(_) => "rows, a range of leads at a time",
+            ReportRead::Forecast { .. } => "counters and the runs in flight",
         };
         let started = Instant::now();
         let a = autofunnel::runtime::report::make(&store, &f, &req, now).await?;
@@ -596,6 +601,13 @@ async fn main() -> anyhow::Result<()> {
                 r.emails.iter().map(|e| e.clicked.part).sum::<u64>()
             ),
             Answer::Attribution(r) => format!("{} purchases", r.purchases),
+            Answer::Forecast(r) => format!(
+                "observed {}, in flight {}, days in stage {:?}, converted {}",
+                r.observed_entered,
+                r.stages.iter().map(|s| s.in_flight).sum::<u64>(),
+                r.stages.iter().map(|s| s.days_in_stage).collect::<Vec<_>>(),
+                r.conversions.baseline.expected
+            ),
             _ => String::new(),
         };
         println!(

@@ -25,8 +25,8 @@ use serde::Serialize;
 
 use super::{Cohort, ReportError};
 use crate::funnel::Funnel;
-use crate::store::ReportRows;
-use crate::tally::Tally;
+use crate::store::{LiveRow, Observations, ReportRows};
+use crate::tally::{Tally, View, metric};
 
 /// Draws behind each interval.
 pub const DRAWS: usize = 2000;
@@ -423,24 +423,25 @@ fn project(st: &[Observed], rates: &Rates, arrivals: f64, days: f64) -> Projecte
     out
 }
 
-/// The median of durations some of which are censored (`(days, ended)`; a visit not ended yet
-/// is known only to last at least that long): the Kaplan–Meier estimate, the first duration
-/// at which the estimated share still going falls to a half or below. `None` when it never
-/// does (most visits are still going): the median is not known yet.
-pub fn km_median(mut durations: Vec<(f64, bool)>) -> Option<f64> {
+/// The median of durations some of which are censored (`(days, ended, how many)`; a visit not
+/// ended yet is known only to last at least that long): the Kaplan–Meier estimate, the first
+/// duration at which the estimated share still going falls to a half or below. `None` when it
+/// never does (most visits are still going): the median is not known yet.
+pub fn km_median(mut durations: Vec<(f64, bool, u64)>) -> Option<f64> {
     // Ends before censorings at the same time, as the estimator takes them.
     durations.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
-    let mut at_risk = durations.len() as f64;
+    let mut at_risk: f64 = durations.iter().map(|d| d.2 as f64).sum();
     let mut surviving = 1.0;
     let mut i = 0;
     while i < durations.len() {
         let t = durations[i].0;
         let (mut ended, mut gone) = (0.0, 0.0);
         while i < durations.len() && durations[i].0 == t {
+            let n = durations[i].2 as f64;
             if durations[i].1 {
-                ended += 1.0;
+                ended += n;
             }
-            gone += 1.0;
+            gone += n;
             i += 1;
         }
         if ended > 0.0 && at_risk > 0.0 {
@@ -525,31 +526,24 @@ fn estimate(
     }
 }
 
-/// The forecast of `f` from its rows at `now`.
-pub fn forecast(
-    f: &Funnel,
-    rows: &ReportRows,
-    sc: &Scenario,
-    now: DateTime<Utc>,
-) -> Result<ForecastReport, ReportError> {
-    let mut fold = ForecastFold::new(sc, now)?;
-    fold.add(rows);
-    fold.finish(f, sc)
+/// The start of the days a forecast observes: midnight (in `tz`) of the day `observe_days`
+/// before `now`, so whole days are observed and the store's counters can answer.
+pub fn observed_from(sc: &Scenario, now: DateTime<Utc>, tz: chrono_tz::Tz) -> DateTime<Utc> {
+    let day = (now - Duration::days(sc.observe_days))
+        .with_timezone(&tz)
+        .date_naive();
+    super::midnight_in(day, tz)
 }
 
-/// The forecast counted from rows one range of leads at a time: the observed cohort's stage
-/// moves (as the funnel report counts them), each stage's visits as (days, ended) for the time
-/// in stage, the leads in each stage now and how long they have been there, and the first
-/// entry — all of them a run's own, or sums.
+/// The forecast counted from rows one range of leads at a time: the observed cohort's runs
+/// counted as the store counts them, the runs in a stage now, and the first entry — all of
+/// them a run's own, or sums. The same [`Observations`] as the store's counters give.
 #[derive(Debug, Clone)]
 pub struct ForecastFold {
     observed_from: DateTime<Utc>,
     now: DateTime<Utc>,
     tally: Tally,
-    /// Per stage: the cohort's visits as (days, ended).
-    visits: BTreeMap<String, Vec<(f64, bool)>>,
-    /// Per stage: the live runs there now, and the days they have been there in all.
-    flight: BTreeMap<String, (f64, f64)>,
+    live: Vec<LiveRow>,
     first: Option<DateTime<Utc>>,
 }
 
@@ -558,15 +552,18 @@ fn days_of(d: Duration) -> f64 {
 }
 
 impl ForecastFold {
-    pub fn new(sc: &Scenario, now: DateTime<Utc>) -> Result<ForecastFold, ReportError> {
-        let observed_from = now - Duration::days(sc.observe_days);
+    pub fn new(
+        sc: &Scenario,
+        now: DateTime<Utc>,
+        tz: chrono_tz::Tz,
+    ) -> Result<ForecastFold, ReportError> {
+        let observed_from = observed_from(sc, now, tz);
         super::Window::new(Cohort::Entry, observed_from, now, now)?;
         Ok(ForecastFold {
             observed_from,
             now,
             tally: super::runs_tally(&[(observed_from, now)], now, false),
-            visits: BTreeMap::new(),
-            flight: BTreeMap::new(),
+            live: Vec::new(),
             first: None,
         })
     }
@@ -575,31 +572,22 @@ impl ForecastFold {
     pub fn add(&mut self, rows: &ReportRows) {
         let now = self.now;
         super::replay_runs(rows, &mut self.tally, None);
-        let live: std::collections::HashSet<crate::domain::EnrollmentId> = rows
+        let active: std::collections::HashMap<crate::domain::EnrollmentId, DateTime<Utc>> = rows
             .runs
             .iter()
-            .filter(|run| run.status.is_live())
-            .map(|run| run.enrollment)
+            .filter(|run| run.status == crate::domain::RunStatus::Active)
+            .map(|run| (run.enrollment, run.entered_at))
             .collect();
-        let cohort: std::collections::HashSet<crate::domain::EnrollmentId> = rows
-            .runs
-            .iter()
-            .filter(|run| run.entered_at >= self.observed_from && run.entered_at < now)
-            .map(|run| run.enrollment)
-            .collect();
-        for v in rows.visits.iter().filter(|v| v.entered_at <= now) {
-            let ended = v.exited_at.filter(|x| *x <= now);
-            if cohort.contains(&v.enrollment) {
-                let d = days_of(ended.unwrap_or(now) - v.entered_at);
-                self.visits
-                    .entry(v.stage.to_string())
-                    .or_default()
-                    .push((d, ended.is_some()));
-            }
-            if ended.is_none() && live.contains(&v.enrollment) {
-                let f = self.flight.entry(v.stage.to_string()).or_default();
-                f.0 += 1.0;
-                f.1 += days_of(now - v.entered_at);
+        for v in &rows.visits {
+            if v.entered_at <= now
+                && v.exited_at.is_none_or(|x| x > now)
+                && let Some(entered_at) = active.get(&v.enrollment)
+            {
+                self.live.push(LiveRow {
+                    stage: v.stage.to_string(),
+                    since: v.entered_at,
+                    entered_at: *entered_at,
+                });
             }
         }
         if let Some(first) = rows.runs.iter().map(|run| run.entered_at).min() {
@@ -608,159 +596,200 @@ impl ForecastFold {
     }
 
     /// The forecast of every range counted.
-    pub fn finish(mut self, f: &Funnel, sc: &Scenario) -> Result<ForecastReport, ReportError> {
-        let (observed_from, now) = (self.observed_from, self.now);
-        let fig = crate::tally::figures(&self.tally)
+    pub fn finish(self, f: &Funnel, sc: &Scenario) -> Result<ForecastReport, ReportError> {
+        let figures = crate::tally::figures(&self.tally)
             .remove(&(0, crate::tally::ALL.to_string()))
             .unwrap_or_default();
-        let r = super::report_of(f, &fig, Cohort::Entry, observed_from, now);
-        let index: BTreeMap<&str, usize> = r
-            .stages
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.stage.as_str(), i))
-            .collect();
-        let mut changes = Vec::new();
-        for (stage, c) in &sc.changes {
-            let i = *index
-                .get(stage.as_str())
-                .ok_or_else(|| ReportError::UnknownStage {
-                    stage: stage.clone(),
-                    known: r.stages.iter().map(|s| s.stage.clone()).collect(),
-                })?;
-            changes.push((i, *c));
-        }
-        let st: Vec<Observed> = r
-            .stages
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let orders: u64 = s.revenue.iter().map(|m| m.orders).sum();
-                let (in_flight, total_days) =
-                    self.flight.get(&s.stage).copied().unwrap_or_default();
-                Observed {
-                    leads: s.leads_in as f64,
-                    moves: s
-                        .moved_on
-                        .iter()
-                        .filter_map(|(to, n)| index.get(to.as_str()).map(|j| (*j, *n as f64)))
-                        .filter(|(j, _)| *j > i)
-                        .collect(),
-                    converted: s.exited.get("converted").copied().unwrap_or(0) as f64,
-                    orders: orders.min(s.leads_in) as f64,
-                    checks: s
-                        .revenue
-                        .iter()
-                        .map(|m| {
-                            (
-                                m.currency.clone(),
-                                m.average,
-                                m.orders as f64 / orders as f64,
-                            )
-                        })
-                        .collect(),
-                    // Not known yet when more than half the visits are still going: the
-                    // longest seen so far, ended or not, a lower bound.
-                    days_in: {
-                        let seen = self.visits.remove(&s.stage).unwrap_or_default();
-                        let longest = seen.iter().map(|(d, _)| *d).fold(0.0, f64::max);
-                        km_median(seen).unwrap_or(longest)
-                    },
-                    in_flight,
-                    in_flight_days: if in_flight > 0.0 {
-                        total_days / in_flight
-                    } else {
-                        0.0
-                    },
-                }
-            })
-            .collect();
-        // The inflow over the days observed — or over the funnel's age, when it is younger.
-        let age = self.first.map_or(0.0, |first| days_of(now - first));
-        let observed_days = (sc.observe_days as f64).min(age.max(1.0));
-        let (inflow, given) = match sc.inflow {
-            Some(n) => (n, true),
-            None => (r.entered as f64 / observed_days, false),
+        let seen = Observations {
+            figures,
+            live: self.live,
+            first: self.first,
         };
-        let days = sc.days as f64;
-        let (exp, draws) = simulate(&st, &changes, inflow, given, observed_days, days);
-        let pair = |f: &dyn Fn(&Projected) -> f64, places| Pair {
-            baseline: estimate(f(&exp.baseline), &draws.baseline, f, places),
-            scenario: estimate(f(&exp.scenario), &draws.scenario, f, places),
-        };
-        let scen = {
-            let mut s = point(&st);
-            change(&mut s, &changes);
-            s
-        };
-        let base = point(&st);
-        let stages = r
-            .stages
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let forward = |rt: &Rates| {
-                    (st[i].leads > 0.0 || changes.iter().any(|(c, _)| *c == i)).then(|| {
-                        let forward: f64 = rt.moves[i].iter().map(|(_, p)| p).sum();
-                        round((forward + rt.converted[i]) * 100.0, 1) + 0.0
-                    })
-                };
-                StageForecast {
-                    stage: s.stage.clone(),
-                    kind: s.kind,
-                    observed_leads: s.leads_in,
-                    in_flight: st[i].in_flight as u64,
-                    days_in_stage: round(st[i].days_in, 2),
-                    conversion: Pair {
-                        baseline: forward(&base),
-                        scenario: forward(&scen),
-                    },
-                    reached_after_days: round(exp.baseline.reached[i], 1),
-                    leads: pair(&|p: &Projected| p.leads[i], 1),
-                    orders: pair(&|p: &Projected| p.orders[i], 1),
-                }
-            })
-            .collect();
-        let currencies: Vec<String> = exp.baseline.revenue.keys().cloned().collect();
-        let revenue = currencies
-            .into_iter()
-            .map(|c| {
-                let key = c.clone();
-                RevenueForecast {
-                    currency: c,
-                    revenue: pair(
-                        &move |p: &Projected| p.revenue.get(&key).copied().unwrap_or(0.0),
-                        2,
-                    ),
-                }
-            })
-            .collect();
-        Ok(ForecastReport {
-            funnel: r.funnel,
-            name: r.name,
-            tz: r.tz,
-            from: now,
-            to: now + Duration::days(sc.days),
-            days: sc.days,
-            observed_from,
-            observed_to: now,
-            observed_entered: r.entered,
-            inflow_per_day: round(inflow, 2),
-            inflow_source: if given { "given" } else { "observed" },
-            changes: sc
-                .changes
-                .iter()
-                .map(|(stage, change)| StageChange {
-                    stage: stage.clone(),
-                    change: *change,
-                })
-                .collect(),
-            stages,
-            conversions: pair(&|p: &Projected| p.conversions, 1),
-            revenue,
-            method: METHOD,
-        })
+        forecast_of(f, sc, self.observed_from, self.now, &seen)
     }
+}
+
+/// The forecast of `f` at `now` from what was observed since `observed_from` (its rows'
+/// [`ForecastFold`] or the store's counters). Times in stage: Kaplan–Meier over the observed
+/// cohort's visits, the ended ones as their counters keep them (quantized) and those still
+/// going censored at the same grid.
+pub fn forecast_of(
+    f: &Funnel,
+    sc: &Scenario,
+    observed_from: DateTime<Utc>,
+    now: DateTime<Utc>,
+    seen: &Observations,
+) -> Result<ForecastReport, ReportError> {
+    let r = super::report_of(f, &seen.figures, Cohort::Entry, observed_from, now);
+    // Per stage: the runs there now and the days they have been there in all; the cohort's
+    // visits still going, by quantized seconds.
+    let mut flight: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    let mut going: BTreeMap<(&str, i64), u64> = BTreeMap::new();
+    for l in &seen.live {
+        let fl = flight.entry(l.stage.as_str()).or_default();
+        fl.0 += 1.0;
+        fl.1 += days_of(now - l.since);
+        if l.entered_at >= observed_from && l.entered_at < now {
+            let secs = crate::tally::quantize((now - l.since).num_seconds());
+            *going.entry((l.stage.as_str(), secs)).or_default() += 1;
+        }
+    }
+    let index: BTreeMap<&str, usize> = r
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.stage.as_str(), i))
+        .collect();
+    let mut changes = Vec::new();
+    for (stage, c) in &sc.changes {
+        let i = *index
+            .get(stage.as_str())
+            .ok_or_else(|| ReportError::UnknownStage {
+                stage: stage.clone(),
+                known: r.stages.iter().map(|s| s.stage.clone()).collect(),
+            })?;
+        changes.push((i, *c));
+    }
+    let st: Vec<Observed> = r
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let orders: u64 = s.revenue.iter().map(|m| m.orders).sum();
+            let (in_flight, total_days) = flight.get(s.stage.as_str()).copied().unwrap_or_default();
+            Observed {
+                leads: s.leads_in as f64,
+                moves: s
+                    .moved_on
+                    .iter()
+                    .filter_map(|(to, n)| index.get(to.as_str()).map(|j| (*j, *n as f64)))
+                    .filter(|(j, _)| *j > i)
+                    .collect(),
+                converted: s.exited.get("converted").copied().unwrap_or(0) as f64,
+                orders: orders.min(s.leads_in) as f64,
+                checks: s
+                    .revenue
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.currency.clone(),
+                            m.average,
+                            m.orders as f64 / orders as f64,
+                        )
+                    })
+                    .collect(),
+                // Not known yet when more than half the visits are still going: the
+                // longest seen so far, ended or not, a lower bound.
+                days_in: {
+                    let day = |secs: i64| secs as f64 / 86_400.0;
+                    let mut visits: Vec<(f64, bool, u64)> = seen
+                        .figures
+                        .histogram(View::Entry, &s.stage, metric::TIME)
+                        .into_iter()
+                        .map(|(secs, n)| (day(secs), true, n))
+                        .collect();
+                    visits.extend(
+                        going
+                            .range((s.stage.as_str(), i64::MIN)..=(s.stage.as_str(), i64::MAX))
+                            .map(|((_, secs), n)| (day(*secs), false, *n)),
+                    );
+                    let longest = visits.iter().map(|v| v.0).fold(0.0, f64::max);
+                    km_median(visits).unwrap_or(longest)
+                },
+                in_flight,
+                in_flight_days: if in_flight > 0.0 {
+                    total_days / in_flight
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect();
+    // The inflow over the days observed — or over the funnel's age, when it is younger.
+    let age = seen.first.map_or(0.0, |first| days_of(now - first));
+    let observed_days = days_of(now - observed_from).min(age.max(1.0));
+    let (inflow, given) = match sc.inflow {
+        Some(n) => (n, true),
+        None => (r.entered as f64 / observed_days, false),
+    };
+    let days = sc.days as f64;
+    let (exp, draws) = simulate(&st, &changes, inflow, given, observed_days, days);
+    let pair = |f: &dyn Fn(&Projected) -> f64, places| Pair {
+        baseline: estimate(f(&exp.baseline), &draws.baseline, f, places),
+        scenario: estimate(f(&exp.scenario), &draws.scenario, f, places),
+    };
+    let scen = {
+        let mut s = point(&st);
+        change(&mut s, &changes);
+        s
+    };
+    let base = point(&st);
+    let stages = r
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let forward = |rt: &Rates| {
+                (st[i].leads > 0.0 || changes.iter().any(|(c, _)| *c == i)).then(|| {
+                    let forward: f64 = rt.moves[i].iter().map(|(_, p)| p).sum();
+                    round((forward + rt.converted[i]) * 100.0, 1) + 0.0
+                })
+            };
+            StageForecast {
+                stage: s.stage.clone(),
+                kind: s.kind,
+                observed_leads: s.leads_in,
+                in_flight: st[i].in_flight as u64,
+                days_in_stage: round(st[i].days_in, 2),
+                conversion: Pair {
+                    baseline: forward(&base),
+                    scenario: forward(&scen),
+                },
+                reached_after_days: round(exp.baseline.reached[i], 1),
+                leads: pair(&|p: &Projected| p.leads[i], 1),
+                orders: pair(&|p: &Projected| p.orders[i], 1),
+            }
+        })
+        .collect();
+    let currencies: Vec<String> = exp.baseline.revenue.keys().cloned().collect();
+    let revenue = currencies
+        .into_iter()
+        .map(|c| {
+            let key = c.clone();
+            RevenueForecast {
+                currency: c,
+                revenue: pair(
+                    &move |p: &Projected| p.revenue.get(&key).copied().unwrap_or(0.0),
+                    2,
+                ),
+            }
+        })
+        .collect();
+    Ok(ForecastReport {
+        funnel: r.funnel,
+        name: r.name,
+        tz: r.tz,
+        from: now,
+        to: now + Duration::days(sc.days),
+        days: sc.days,
+        observed_from,
+        observed_to: now,
+        observed_entered: r.entered,
+        inflow_per_day: round(inflow, 2),
+        inflow_source: if given { "given" } else { "observed" },
+        changes: sc
+            .changes
+            .iter()
+            .map(|(stage, change)| StageChange {
+                stage: stage.clone(),
+                change: *change,
+            })
+            .collect(),
+        stages,
+        conversions: pair(&|p: &Projected| p.conversions, 1),
+        revenue,
+        method: METHOD,
+    })
 }
 
 #[cfg(test)]
@@ -844,19 +873,23 @@ mod tests {
     /// falls to a half.
     #[test]
     fn times_in_stage_count_the_visits_still_going() {
-        let going = vec![
-            (1.0, true),
-            (2.0, true),
-            (10.0, false),
-            (10.0, false),
-            (10.0, false),
-        ];
+        let going = vec![(1.0, true, 1), (2.0, true, 1), (10.0, false, 3)];
         assert_eq!(km_median(going), None);
         // 1 ends (0.75 left), 2 ends (0.75 × 2/3 = 0.5): the median is 2.
-        let some = vec![(1.0, true), (2.0, true), (3.0, false), (4.0, true)];
+        let some = vec![
+            (1.0, true, 1),
+            (2.0, true, 1),
+            (3.0, false, 1),
+            (4.0, true, 1),
+        ];
         assert_eq!(km_median(some), Some(2.0));
         // A censoring at 1 leaves 3 at risk; 2 ends (2/3), 3 ends (1/3): the median is 3.
-        let censored = vec![(1.0, false), (2.0, true), (3.0, true), (4.0, true)];
+        let censored = vec![
+            (1.0, false, 1),
+            (2.0, true, 1),
+            (3.0, true, 1),
+            (4.0, true, 1),
+        ];
         assert_eq!(km_median(censored), Some(3.0));
         assert_eq!(km_median(Vec::new()), None);
     }

@@ -407,8 +407,16 @@ impl Request {
     /// conversion window of whole days, entry cohorts of all runs together), attribution over
     /// the default lookback and the per-email report without a conversion window read the
     /// counters — when the report's zone is `counted_in`, the zone whose days the counters are
-    /// kept in; every other report reads the rows.
+    /// kept in; so does the forecast (with the runs in flight); every other report reads the
+    /// rows.
     pub fn read(&self, now: DateTime<Utc>, counted_in: Tz) -> ReportRead {
+        if self.what == What::Forecast && self.tz == counted_in {
+            let from = super::forecast::observed_from(&self.scenario, now, self.tz);
+            return ReportRead::Forecast {
+                from_day: day_in(from, self.tz),
+                to_day: day_in(now, self.tz) + 1,
+            };
+        }
         let counted = match self.what {
             What::Funnel => {
                 let window = self.window.is_none()
@@ -583,7 +591,7 @@ impl<'a> Fold<'a> {
             What::Emails => Counting::Mails(Tally::in_periods(vec![(from, to)], false)),
             What::Attribution => Counting::Credit(credit_tally(from, to, now)),
             What::Ab => Counting::Ab(AbFold::new(req.cohort, from, to, now)?),
-            What::Forecast => Counting::Forecast(ForecastFold::new(&req.scenario, now)?),
+            What::Forecast => Counting::Forecast(ForecastFold::new(&req.scenario, now, req.tz)?),
             _ => {
                 let periods = match req.by {
                     Some(b) => b.periods(from, to, req.tz),
@@ -732,6 +740,11 @@ fn answer_of(
                 figs,
                 Vec::new(),
             ))));
+        }
+        ReportData::Forecast(seen) => {
+            let from = super::forecast::observed_from(&req.scenario, now, req.tz);
+            let fc = super::forecast::forecast_of(f, &req.scenario, from, now, seen)?;
+            return Ok(Answer::Forecast(fc));
         }
         ReportData::Rows(rows) => rows,
     };

@@ -34,7 +34,7 @@ pub async fn make(
                 .await?;
             Ok(fold.finish()?)
         }
-        read @ ReportRead::Counts { .. } => {
+        read @ (ReportRead::Counts { .. } | ReportRead::Forecast { .. }) => {
             let data: ReportData = store.read_report(id, &read, now).await?;
             Ok(answer(f, &data, req, now)?)
         }

@@ -539,6 +539,11 @@ pub enum ReportRead {
         per_origin: bool,
         scope: Scope,
     },
+    /// A forecast: the entry view of the observed days (all runs), and the runs in flight.
+    Forecast {
+        from_day: i64,
+        to_day: i64,
+    },
 }
 
 /// What a report read.
@@ -547,6 +552,7 @@ pub enum ReportData {
     Rows(super::ReportRows),
     /// Per (period, origin).
     Counts(BTreeMap<(i64, String), Figures>),
+    Forecast(super::Observations),
 }
 
 impl Store {
@@ -578,6 +584,31 @@ impl Store {
                 )
                 .await?,
             ),
+            ReportRead::Forecast { from_day, to_day } => {
+                let entry = Scope {
+                    view: tally::View::Entry,
+                    entry_totals: false,
+                    mail_only: false,
+                };
+                let figures = self
+                    .report_figures(
+                        funnel,
+                        *from_day,
+                        *to_day,
+                        &Grouping::Whole,
+                        false,
+                        Some(entry),
+                    )
+                    .await?
+                    .remove(&(0, tally::ALL.to_string()))
+                    .unwrap_or_default();
+                let (live, first) = self.in_flight(funnel).await?;
+                ReportData::Forecast(super::Observations {
+                    figures,
+                    live,
+                    first,
+                })
+            }
         })
     }
 }

@@ -22,8 +22,8 @@ pub use enrollments::{
 pub use import::{Import, ImportRow, Imported};
 pub use outbox::{MessageOrigin, Outbox, Outgoing, OutgoingHook, file_name};
 pub use report::{
-    EmailRow, MilestoneRow, PurchaseRow, Replay, ReportNeeds, ReportRows, RunRow, TouchRow,
-    TrackRow, VisitRow,
+    EmailRow, LiveRow, MilestoneRow, Observations, PurchaseRow, Replay, ReportNeeds, ReportRows,
+    RunRow, TouchRow, TrackRow, VisitRow,
 };
 pub use signups::NewSignup;
 

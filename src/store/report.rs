@@ -98,6 +98,25 @@ pub struct MilestoneRow {
     pub at: DateTime<Utc>,
 }
 
+/// A run in a stage now (an active run's open visit): what a forecast goes on from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveRow {
+    pub stage: String,
+    /// When it entered the stage.
+    pub since: DateTime<Utc>,
+    /// When the run entered the funnel.
+    pub entered_at: DateTime<Utc>,
+}
+
+/// What a forecast goes on from: the observed cohort's figures (entry view, all runs), each
+/// run in a stage now, and the funnel's first entry.
+#[derive(Debug, Clone, Default)]
+pub struct Observations {
+    pub figures: tally::Figures,
+    pub live: Vec<LiveRow>,
+    pub first: Option<DateTime<Utc>>,
+}
+
 /// Everything a funnel report reads.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReportRows {
@@ -232,6 +251,41 @@ impl Store {
         };
         out.ahead = out.read_next();
         Ok(out)
+    }
+
+    /// The funnel's active runs, each in the stage it is in, and the funnel's first entry:
+    /// with the counters, all a forecast reads.
+    pub async fn in_flight(
+        &self,
+        funnel: &FunnelId,
+    ) -> Result<(Vec<LiveRow>, Option<DateTime<Utc>>)> {
+        let mut q = Params::new(self.backend);
+        let rest = format!(
+            "FROM enrollments WHERE funnel_id = {} AND status = 'active'",
+            q.p(funnel.as_str())
+        );
+        let rows: Vec<(String, i64, i64)> =
+            sql::select_packed(&self.db, q, "stage_id, stage_entered_at, entered_at", &rest)
+                .await?;
+        let live = rows
+            .into_iter()
+            .map(|(stage, since, entered_at)| LiveRow {
+                stage,
+                since: from_ms(since),
+                entered_at: from_ms(entered_at),
+            })
+            .collect();
+        let mut first = None;
+        self.each(
+            "SELECT MIN(entered_at) FROM enrollments WHERE funnel_id = $1",
+            vec![funnel.as_str().into()],
+            |r| {
+                first = r.try_get_by_index::<Option<i64>>(0)?.map(from_ms);
+                Ok(())
+            },
+        )
+        .await?;
+        Ok((live, first))
     }
 
     /// Reads `n` lead ids at a time instead of [`LEAD_RANGE`] (tests cross many ranges so).
