@@ -117,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
                         },
                         form: "free-book".into(),
                         requester: Default::default(),
+                        consent_text: None,
                     };
                     rt.queue_signup(signup, funnels.clone())
                 })

@@ -532,6 +532,14 @@ impl ConsentAct {
     }
 }
 
+/// The consent text a form showed: its file in the project and the SHA-256 (hex) of its
+/// content then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownText {
+    pub file: String,
+    pub sha256: String,
+}
+
 /// Who acted, as the request showed them: the consent record's address and browser.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Requester {

@@ -152,7 +152,8 @@ pub fn check(settings: &Settings, only: Option<&[PathBuf]>) -> (Option<Project>,
     // Pass 2: templates and cross-references.
     let mut templates = BTreeMap::new();
     let mut funnels = Vec::new();
-    for (f, mut sink) in parsed {
+    for (mut f, mut sink) in parsed {
+        read_consent_texts(&mut f, settings, &mut sink);
         let dir = settings.templates_dir.join(f.id.value.as_str());
         let (set, template_diags) = TemplateSet::load(&dir);
         let cx = Context {
@@ -250,6 +251,44 @@ pub fn check(settings: &Settings, only: Option<&[PathBuf]>) -> (Option<Project>,
     report.diagnostics.dedup();
     let project = (report.errors() == 0).then_some(Project { funnels, templates });
     (project, report)
+}
+
+/// Reads each form's consent text and keeps the SHA-256 of its content; a text that is not
+/// there, cannot be read or is blank is an error where the funnel names it.
+fn read_consent_texts(f: &mut Funnel, settings: &Settings, sink: &mut Sink) {
+    use sha2::Digest as _;
+    for t in &mut f.entry.triggers {
+        let funnel::EntryTrigger::Form(form) = &mut t.value else {
+            continue;
+        };
+        let Some(c) = &mut form.consent else {
+            continue;
+        };
+        let file = crate::settings::join_clean(&settings.project_dir, Path::new(&c.path));
+        match std::fs::read(&file) {
+            Ok(bytes) if String::from_utf8_lossy(&bytes).trim().is_empty() => {
+                sink.error(c.pos, format!("consent: {} is empty", file.display()));
+            }
+            Ok(bytes) if std::str::from_utf8(&bytes).is_err() => {
+                sink.error(
+                    c.pos,
+                    format!("consent: {} is not UTF-8 text", file.display()),
+                );
+            }
+            Ok(bytes) => c.sha256 = Some(hex::encode(sha2::Sha256::digest(&bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => sink.error(
+                c.pos,
+                format!(
+                    "consent: {} does not exist (the text the form shows, a file of the project)",
+                    file.display()
+                ),
+            ),
+            Err(e) => sink.error(
+                c.pos,
+                format!("consent: cannot read {} ({e})", file.display()),
+            ),
+        }
+    }
 }
 
 /// Why a webhook's calls would go out unsigned: its `secret_env` names a variable this

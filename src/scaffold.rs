@@ -6,9 +6,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 
 /// (path inside the project, contents).
-pub const FILES: [(&str, &str); 6] = [
+pub const FILES: [(&str, &str); 7] = [
     ("autofunnel.toml", include_str!("scaffold/autofunnel.toml")),
     (".gitignore", include_str!("scaffold/gitignore")),
+    (
+        "legal/newsletter-v1.txt",
+        include_str!("scaffold/legal/newsletter-v1.txt"),
+    ),
     (
         "funnels/welcome.yaml",
         include_str!("scaffold/funnels/welcome.yaml"),

@@ -76,6 +76,9 @@ pub struct Settings {
     /// The time zone reports count days, weeks and months in (an IANA name such as
     /// `Europe/Moscow`), unless a report asks for another with `--tz` / `tz`.
     pub report_timezone: String,
+    /// The project folder: files the funnels name (consent texts) are taken from it.
+    #[serde(skip)]
+    pub project_dir: PathBuf,
 }
 
 /// Webhook calls in flight to one URL at once, by default, so one slow receiver cannot hold
@@ -161,6 +164,7 @@ impl Default for Settings {
             secret_file: "autofunnel.secret".into(),
             hooks_secret: None,
             report_timezone: "UTC".into(),
+            project_dir: PathBuf::new(),
         }
     }
 }
@@ -221,6 +225,7 @@ impl Settings {
             None => "bad settings in AUTOFUNNEL_* variables".to_string(),
         })?;
         let base = file.as_deref().and_then(Path::parent).unwrap_or(project);
+        s.project_dir = base.to_path_buf();
         for dir in [
             &mut s.funnels_dir,
             &mut s.templates_dir,

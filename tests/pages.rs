@@ -267,8 +267,9 @@ async fn confirm_and_unsubscribe(store: Store) {
 }
 
 /// The consent ledger through the real pages: the form's consent given (its form, the
-/// visitor's address and browser), the double opt-in confirmed once however often the button
-/// is pressed, the one-click unsubscribe withdrawn; the admin export shows all three.
+/// visitor's address and browser, the consent text the form declares and the SHA-256 of its
+/// words), the double opt-in confirmed once however often the button is pressed, the
+/// one-click unsubscribe withdrawn; the admin export shows all three.
 async fn consent_ledger(store: Store) {
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -277,9 +278,11 @@ async fn consent_ledger(store: Store) {
         &[
             (
                 "funnels/club.yaml",
-                "name: Club\nfrom: \"Shop <shop@example.com>\"\nentry: { form: join, double_opt_in: confirm }\n\
+                "name: Club\nfrom: \"Shop <shop@example.com>\"\n\
+                 entry: { form: { id: join, consent: legal/club-v2.txt }, double_opt_in: confirm }\n\
                  stages:\n  - id: in\n    steps:\n      - wait: 7d\n      - exit: completed\n",
             ),
+            ("legal/club-v2.txt", CLUB_TEXT),
             ("templates/club/confirm.subject", "Please confirm"),
             (
                 "templates/club/confirm.html",
@@ -363,8 +366,32 @@ async fn consent_ledger(store: Store) {
             row("withdrawn", "one-click unsubscribe"),
         ]
     );
+    // Which words were agreed to: the text's file and the SHA-256 of its content, on the
+    // consent given through the form only.
+    let texts: Vec<(Option<&str>, Option<&str>)> = record["consents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["text_version"].as_str(), c["text_sha256"].as_str()))
+        .collect();
+    let sha = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(CLUB_TEXT.as_bytes()))
+    };
+    assert_eq!(
+        texts,
+        [
+            (Some("legal/club-v2.txt"), Some(sha.as_str())),
+            (None, None),
+            (None, None)
+        ]
+    );
     server.stop().await;
 }
+
+/// The consent text of the club's form.
+const CLUB_TEXT: &str = "I agree to receive the Club's letters about its courses and offers. \
+I can unsubscribe at any time with the link in every letter.\n";
 
 on_both_backends! {
     consent_ledger => consent_ledger,

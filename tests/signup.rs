@@ -345,6 +345,7 @@ async fn resumed_signups(store: Store) {
         },
         form: "free-book".into(),
         requester: Default::default(),
+        consent_text: None,
     };
     let lead = store.record_signups(&[signup], t).await.unwrap()[0];
     let minute = chrono::Duration::minutes(1);
@@ -416,6 +417,7 @@ async fn a_refused_signup_fails_alone(store: Store) {
                 },
                 form: "free-book".into(),
                 requester: Default::default(),
+                consent_text: None,
             };
             rt.queue_signup(signup, book.clone())
         })

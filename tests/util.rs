@@ -80,6 +80,7 @@ pub fn project_of(
     let settings = autofunnel::settings::Settings {
         funnels_dir: dir.join("funnels"),
         templates_dir: dir.join("templates"),
+        project_dir: dir.to_path_buf(),
         ..Default::default()
     };
     let (p, report) = autofunnel::project::check(&settings, None);

@@ -305,6 +305,7 @@ stages:
         },
         form: "optin".into(),
         requester: Default::default(),
+        consent_text: None,
     };
     store
         .record_signups(

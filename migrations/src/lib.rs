@@ -18,6 +18,7 @@ mod m20261205_000011_range_reads;
 mod m20261206_000012_consents;
 mod m20261206_000013_score_decay;
 mod m20261206_000014_window_report_counts;
+mod m20261206_000015_consent_text_hash;
 
 pub struct Migrator;
 
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000012_consents::Migration),
             Box::new(m20261206_000013_score_decay::Migration),
             Box::new(m20261206_000014_window_report_counts::Migration),
+            Box::new(m20261206_000015_consent_text_hash::Migration),
         ]
     }
 }

@@ -77,6 +77,19 @@ pub struct Form {
     pub thank_you: Option<String>,
     /// Origins allowed to post from a browser's fetch().
     pub cors: Vec<String>,
+    /// The consent text the form shows, recorded with each signup it takes.
+    pub consent: Option<ConsentText>,
+}
+
+/// A consent text: a file of the project (`legal/newsletter-v3.txt`, from the project folder)
+/// and, once the project has read it, the SHA-256 of its content — the proof of which words
+/// a lead agreed to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsentText {
+    pub path: String,
+    pub pos: Pos,
+    /// Hex; `None` until the project has read the file.
+    pub sha256: Option<String>,
 }
 
 impl Entry {

@@ -751,7 +751,7 @@ fn parse_entry(sink: &mut Sink, node: &Node) -> Option<Entry> {
 
 fn parse_form(sink: &mut Sink, node: &Node) -> Option<Form> {
     if let Value::Map(_) = node.value {
-        let m = Map::new(sink, node, "form", &["id", "thank_you", "cors"])?;
+        let m = Map::new(sink, node, "form", &["id", "thank_you", "cors", "consent"])?;
         let id = match m.get("id") {
             Some(n) => ident(sink, n, FormId::parse),
             None => {
@@ -775,11 +775,23 @@ fn parse_form(sink: &mut Sink, node: &Node) -> Option<Form> {
                 }
             }
         }
+        let consent = m.get("consent").and_then(|n| {
+            let path = string(sink, n)?;
+            check_consent_path(path)
+                .map_err(|e| sink.error(n.pos, e))
+                .ok()?;
+            Some(ConsentText {
+                path: path.to_string(),
+                pos: n.pos,
+                sha256: None,
+            })
+        });
         m.done();
         Some(Form {
             id: id?,
             thank_you,
             cors,
+            consent,
         })
     } else {
         let id = ident(sink, node, FormId::parse)?;
@@ -787,8 +799,26 @@ fn parse_form(sink: &mut Sink, node: &Node) -> Option<Form> {
             id,
             thank_you: None,
             cors: Vec::new(),
+            consent: None,
         })
     }
+}
+
+/// A consent text's path: relative, inside the project folder, plain characters.
+fn check_consent_path(path: &str) -> Result<(), String> {
+    let p = std::path::Path::new(path);
+    let plain = path.chars().all(|c| !c.is_control()) && !path.contains('\\');
+    if path.trim().is_empty()
+        || !plain
+        || p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(format!(
+            "consent: \"{path}\" is not a file of the project (a path such as legal/newsletter-v3.txt, from the project folder)"
+        ));
+    }
+    Ok(())
 }
 
 fn parse_stages(sink: &mut Sink, node: &Node) -> Vec<Stage> {

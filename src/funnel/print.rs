@@ -132,6 +132,9 @@ fn entry(e: &Entry) -> Value {
                 if !f.cors.is_empty() {
                     o.insert("cors".into(), json!(f.cors));
                 }
+                if let Some(c) = &f.consent {
+                    o.insert("consent".into(), json!(c.path));
+                }
                 forms.push(Value::Object(o));
             }
             EntryTrigger::Event(n) => events.push(json!(n.as_str())),

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::{ApiError, ApiPath, Page};
 use super::input::{self, max};
-use crate::domain::{Email, FunnelId, Requester};
+use crate::domain::{Email, FunnelId, Requester, ShownText};
 use crate::store::{LeadInput, NewSignup, NewTouch};
 
 /// Addresses the limiter remembers at most; past that, forgotten ones are pruned and, if that
@@ -196,6 +196,8 @@ struct Target {
     funnels: Vec<FunnelId>,
     thank_you: Option<String>,
     cors: Vec<String>,
+    /// The consent text the form shows.
+    consent: Option<ShownText>,
 }
 
 fn target(state: &AppState, form: &str) -> Option<Target> {
@@ -204,12 +206,21 @@ fn target(state: &AppState, form: &str) -> Option<Target> {
         funnels: Vec::new(),
         thank_you: None,
         cors: Vec::new(),
+        consent: None,
     };
     for (id, r) in funnels.iter() {
         for f in r.funnel.entry.forms().filter(|f| f.id.as_str() == form) {
             t.funnels.push(id.clone());
             t.thank_you = t.thank_you.take().or_else(|| f.thank_you.clone());
             t.cors.extend(f.cors.iter().cloned());
+            if let Some(c) = &f.consent
+                && let Some(sha256) = &c.sha256
+            {
+                t.consent = Some(ShownText {
+                    file: c.path.clone(),
+                    sha256: sha256.clone(),
+                });
+            }
         }
     }
     (!t.funnels.is_empty()).then_some(t)
@@ -387,6 +398,7 @@ fn read(
         touch,
         form: form.to_string(),
         requester,
+        consent_text: None,
     }))
 }
 
@@ -443,9 +455,10 @@ async fn accept(
     }
     let fields = fields_of(headers, body)?;
     let who = requester(peer.ip(), headers, &state.trusted_proxies);
-    let Some(signup) = read(&fields, headers, form, who)? else {
+    let Some(mut signup) = read(&fields, headers, form, who)? else {
         return Ok(None);
     };
+    signup.consent_text = t.consent.clone();
     // A task of its own: a visitor who leaves mid-commit does not stop the others' signups.
     let rt = state.runtime.clone();
     let ticket = rt.queue_signup(signup, t.funnels.clone());

@@ -93,7 +93,7 @@ impl Store {
             .await?
             .into_iter()
             .map(|c| {
-                json!({ "status": c.status, "source": c.source, "text_version": c.text_version,
+                json!({ "status": c.status, "source": c.source, "text_version": c.text_version, "text_sha256": c.text_sha256,
                         "ip": c.ip, "user_agent": c.user_agent, "at": from_ms(c.recorded_at) })
             })
             .collect();

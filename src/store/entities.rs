@@ -236,11 +236,14 @@ pub mod consent {
         #[sea_orm(primary_key)]
         pub id: i64,
         pub lead_id: i64,
-        /// confirmed or unsubscribed.
+        /// given, confirmed or withdrawn.
         pub status: String,
         /// A form's id, or what an import names (`--consent-source`).
         pub source: Option<String>,
+        /// The consent text's file, for a consent given through a form that declares one.
         pub text_version: Option<String>,
+        /// The SHA-256 (hex) of that text as it was when the consent was given.
+        pub text_sha256: Option<String>,
         pub ip: Option<String>,
         pub user_agent: Option<String>,
         pub recorded_at: i64,

@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect
 use super::entities::{lead, lead_tag};
 use super::sql::{self, Params};
 use super::{Backend, LeadInput, Result, Store, ms};
-use crate::domain::{Consent, ConsentAct, Email, Lead, LeadId, Requester, Tag};
+use crate::domain::{Consent, ConsentAct, Email, Lead, LeadId, Requester, ShownText, Tag};
 
 /// One lead of an import.
 #[derive(Debug, Clone)]
@@ -137,7 +137,14 @@ impl Store {
                 };
                 if let Some(act) = act {
                     let source = how.consent_source.map(str::to_string);
-                    proofs.push(proof_row(LeadId(id), act, source, &Requester::default(), t));
+                    proofs.push(proof_row(
+                        LeadId(id),
+                        act,
+                        source,
+                        &Requester::default(),
+                        None,
+                        t,
+                    ));
                 }
                 for tag in &r.tags {
                     tags.push(vec![id.into(), tag.as_str().into(), t.into()]);
@@ -210,7 +217,9 @@ impl Store {
     ) -> Result<()> {
         let rows = records
             .iter()
-            .map(|(lead, act, source, who)| proof_row(*lead, *act, source.clone(), who, ms(now)))
+            .map(|(lead, act, source, who)| {
+                proof_row(*lead, *act, source.clone(), who, None, ms(now))
+            })
             .collect();
         let txn = self.write().await?;
         insert_proofs(&txn, self.backend, rows).await?;
@@ -299,12 +308,15 @@ pub(super) fn proof_row(
     act: ConsentAct,
     source: Option<String>,
     who: &Requester,
+    text: Option<&ShownText>,
     at: i64,
 ) -> Vec<Value> {
     vec![
         lead.0.into(),
         act.as_str().into(),
         source.into(),
+        text.map(|t| t.file.clone()).into(),
+        text.map(|t| t.sha256.clone()).into(),
         who.ip.clone().into(),
         who.user_agent.clone().into(),
         at.into(),
@@ -320,7 +332,7 @@ pub(super) async fn insert_proofs(
     sql::insert_rows(
         txn,
         backend,
-        "consents (lead_id, status, source, ip, user_agent, recorded_at)",
+        "consents (lead_id, status, source, text_version, text_sha256, ip, user_agent, recorded_at)",
         "",
         rows,
     )

@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, Value};
 
 use super::sql::{self, Params};
 use super::{Backend, LeadInput, NewTouch, Result, Store, StoreError, ms};
-use crate::domain::{Consent, ConsentAct, Email, EventKind, LeadId, Requester};
+use crate::domain::{Consent, ConsentAct, Email, EventKind, LeadId, Requester, ShownText};
 
 /// One signup as the form delivered it.
 #[derive(Debug, Clone)]
@@ -20,6 +20,8 @@ pub struct NewSignup {
     pub form: String,
     /// Who sent the form: the consent it gives is recorded with their address and browser.
     pub requester: Requester,
+    /// The consent text the form shows, when its funnel declares one.
+    pub consent_text: Option<ShownText>,
 }
 
 impl Store {
@@ -152,7 +154,8 @@ impl Store {
             .zip(&leads)
             .map(|(s, l)| {
                 let source = Some(format!("form:{}", s.form));
-                super::import::proof_row(*l, ConsentAct::Given, source, &s.requester, t)
+                let text = s.consent_text.as_ref();
+                super::import::proof_row(*l, ConsentAct::Given, source, &s.requester, text, t)
             })
             .collect();
         super::import::insert_proofs(&txn, self.backend, proofs).await?;
