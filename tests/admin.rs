@@ -329,7 +329,156 @@ async fn remove_and_tags(store: Store) {
     server.stop().await;
 }
 
+/// What an erase leaves: nothing that holds the address or the lead's id, in any table or in
+/// the outbox folder, but the key of its suppression (`sha256:` of the address). The lead
+/// signed up through the form (touch, event, consent given with its text, address and
+/// browser), was sent an email (written to the outbox folder), bought, and unsubscribed with
+/// one click (suppression, consent withdrawn) before being erased through the admin API.
+async fn erase_leaves_only_the_suppression_key(store: Store) {
+    use autofunnel::tokens::{self, LeadLink};
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(
+        dir.path(),
+        &[
+            (
+                "funnels/club.yaml",
+                "name: Club\nfrom: \"Shop <shop@example.com>\"\n\
+                 entry: { form: { id: join, consent: legal/club-v1.txt } }\n\
+                 stages:\n  - id: in\n    steps:\n      - send: hello\n      - wait: 7d\n      - exit: completed\n",
+            ),
+            ("legal/club-v1.txt", "I agree to the Club's letters."),
+            (
+                "templates/club/hello.subject",
+                "Hello {{ lead.first_name }}",
+            ),
+            (
+                "templates/club/hello.html",
+                "<p>Hello, {{ lead.email }}</p>",
+            ),
+        ],
+    );
+    let now = Utc::now();
+    let rt = crate::util::engine(&store, &p, now).await;
+    let (listener, base) = Server::bind().await;
+    let outbox = dir.path().join("outbox");
+    std::fs::create_dir_all(&outbox).unwrap();
+    const SECRET: &[u8] = b"erase secret";
+    let server = Server::start(
+        listener,
+        AppState {
+            admin_token: Some(Arc::from(ADMIN)),
+            outbox_dir: Some(Arc::from(outbox.as_path())),
+            secret: Arc::from(SECRET),
+            ..crate::util::off(&rt)
+        },
+    );
+    let client = crate::util::http();
+    let address = "zoe.erase-me@example.org";
+    for who in [address, "kept@example.org"] {
+        let r = client
+            .post(format!("{base}/f/join"))
+            .form(&[("email", who), ("first_name", "Zoe"), ("utm_source", "ads")])
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success() || r.status().is_redirection());
+    }
+    while rt.tick(Utc::now()).await.unwrap() > 0 {}
+    let id = store
+        .lead_by_email(&Email::parse(address).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let sender = Sender::new(
+        store.outbox(),
+        p.clone(),
+        Transport::Folder(outbox.clone()),
+        &base,
+        SECRET,
+    );
+    assert_eq!(sender.round(Utc::now()).await.unwrap().sent, 2);
+    let order = autofunnel::domain::Event {
+        product: Some("course".into()),
+        ..autofunnel::domain::Event::of(autofunnel::domain::EventKind::Purchase)
+    };
+    rt.event(id, order, None, Utc::now()).await.unwrap();
+    let u = format!(
+        "{base}/u/{}",
+        tokens::lead_token(SECRET, LeadLink::Unsubscribe, id)
+    );
+    let r = client
+        .post(&u)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let with_address = |dir: &Path| -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                std::fs::read_to_string(e.as_ref().unwrap().path())
+                    .unwrap()
+                    .contains(address)
+            })
+            .count()
+    };
+    assert_eq!(with_address(&outbox), 1, "the lead's email was written");
+
+    let r = client
+        .delete(format!("{base}/api/v1/leads/{}", id.0))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop().await;
+
+    // Every table, every row, every column.
+    let key = autofunnel::store::suppression_key(address);
+    let mut keys_left = 0;
+    for table in store.tables().await.unwrap() {
+        for row in store.table_text(&table).await.unwrap() {
+            for (c, text) in row {
+                assert!(
+                    !text.to_lowercase().contains("erase-me"),
+                    "{table}.{c} still holds the address: {text}"
+                );
+                let is_lead = c == "lead_id" || (table == "leads" && c == "id");
+                assert!(
+                    !(is_lead && text == id.0.to_string()),
+                    "{table}.{c} still names the lead {}",
+                    id.0
+                );
+                if text == key {
+                    assert_eq!((table.as_str(), c.as_str()), ("suppressions", "email"));
+                    keys_left += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        keys_left, 1,
+        "the suppression is kept, by the key of the address"
+    );
+    assert_eq!(with_address(&outbox), 0, "the lead's email file is gone");
+    // The other lead is untouched, and the address signing up again is not mailed.
+    assert!(
+        store
+            .lead_by_email(&Email::parse("kept@example.org").unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let again = Email::parse(address).unwrap();
+    assert_eq!(store.suppressions_of(&again).await.unwrap(), ["*"]);
+}
+
 on_both_backends! {
     admin => admin_api,
     remove => remove_and_tags,
+    erase_everything => erase_leaves_only_the_suppression_key,
 }

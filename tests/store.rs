@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, Database};
 use crate::util::on_both_backends;
 use crate::util::postgres_url;
 
-const MIGRATIONS: [&str; 14] = [
+const MIGRATIONS: [&str; 16] = [
     "m20261123_000001_init",
     "m20261124_000002_stage_entry",
     "m20261124_000003_pending_events",
@@ -26,6 +26,8 @@ const MIGRATIONS: [&str; 14] = [
     "m20261206_000012_consents",
     "m20261206_000013_score_decay",
     "m20261206_000014_window_report_counts",
+    "m20261206_000015_consent_text_hash",
+    "m20261206_000016_hashed_suppressions",
 ];
 
 const TABLES: [&str; 15] = [
@@ -265,4 +267,40 @@ on_both_backends! {
     migrations => migrations_apply_once,
     leads_unique_by_email => leads_are_unique_by_email,
     events_once_per_key => events_are_stored_once_per_key,
+}
+
+/// A database from before suppressions were keyed: the migration that keys them rewrites the
+/// addresses stored before into their keys, and mail to the address stays stopped.
+#[tokio::test]
+async fn suppressions_stored_before_are_keyed_on_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/old.db?mode=rwc", dir.path().display());
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    // As it stood before: the address itself, and no record of the migration.
+    let raw = Database::connect(&url).await.unwrap();
+    for sql in [
+        "INSERT INTO suppressions (email, scope, reason, created_at) VALUES ('old@example.com', '*', 'unsubscribed', 0)",
+        "DELETE FROM seaql_migrations WHERE version = 'm20261206_000016_hashed_suppressions'",
+    ] {
+        raw.execute_unprepared(sql).await.unwrap();
+    }
+    raw.close().await.unwrap();
+    let applied = store.migrate().await.unwrap();
+    assert_eq!(applied, ["m20261206_000016_hashed_suppressions"]);
+    let rows: Vec<String> = store
+        .table_text("suppressions")
+        .await
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .filter(|(c, _)| c == "email")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(
+        rows,
+        [autofunnel::store::suppression_key("old@example.com")]
+    );
+    let old = Email::parse("old@example.com").unwrap();
+    assert_eq!(store.suppressions_of(&old).await.unwrap(), ["*"]);
 }

@@ -193,6 +193,23 @@ stages:
         tally(0, 0, 0),
         "each call once"
     );
+    // The lead's export lists the calls made about it (and no email for them).
+    let record = store.export_lead(ids[3]).await.unwrap().unwrap();
+    let calls = record["webhooks"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{record}");
+    assert_eq!(
+        (
+            &calls[0]["webhook"],
+            &calls[0]["stage"],
+            &calls[0]["status"]
+        ),
+        (
+            &serde_json::json!("crm"),
+            &serde_json::json!("won"),
+            &serde_json::json!("sent")
+        )
+    );
+    assert_eq!(record["emails"], serde_json::json!([]));
 }
 
 /// A CRM mirrors each lead without a step in the funnel: a project-wide webhook subscribed to

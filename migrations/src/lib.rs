@@ -19,6 +19,7 @@ mod m20261206_000012_consents;
 mod m20261206_000013_score_decay;
 mod m20261206_000014_window_report_counts;
 mod m20261206_000015_consent_text_hash;
+mod m20261206_000016_hashed_suppressions;
 
 pub struct Migrator;
 
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000013_score_decay::Migration),
             Box::new(m20261206_000014_window_report_counts::Migration),
             Box::new(m20261206_000015_consent_text_hash::Migration),
+            Box::new(m20261206_000016_hashed_suppressions::Migration),
         ]
     }
 }

@@ -66,12 +66,28 @@ impl Store {
                     "entered_at": from_ms(e.entered_at),
                     "exited_at": e.exited_at.map(from_ms), "history": history }));
         }
-        let emails: Vec<Value> = message::Entity::find()
+        let messages = message::Entity::find()
             .filter(message::Column::LeadId.eq(id.0))
             .order_by_asc(message::Column::Id)
             .all(&self.db)
-            .await?
+            .await?;
+        // The webhook calls made about the lead: which webhook, when, and how they went.
+        let webhooks: Vec<Value> = messages
+            .iter()
+            .filter(|m| m.kind == "webhook")
+            .map(|m| {
+                let webhook = serde_json::from_str::<Value>(&m.payload)
+                    .ok()
+                    .and_then(|p| p.get("webhook")?.as_str().map(str::to_string));
+                json!({ "funnel": m.funnel_id, "stage": m.stage_id, "step": m.step_id,
+                        "webhook": webhook, "status": m.status,
+                        "created_at": from_ms(m.created_at), "sent_at": m.sent_at.map(from_ms),
+                        "attempts": m.attempts, "error": m.last_error })
+            })
+            .collect();
+        let emails: Vec<Value> = messages
             .into_iter()
+            .filter(|m| m.kind == "email")
             .map(|m| {
                 json!({ "funnel": m.funnel_id, "template": m.template, "status": m.status,
                         "to": m.recipient, "created_at": from_ms(m.created_at),
@@ -80,7 +96,7 @@ impl Store {
             })
             .collect();
         let suppressions: Vec<Value> = suppression::Entity::find()
-            .filter(suppression::Column::Email.eq(lead.email.as_str()))
+            .filter(suppression::Column::Email.eq(super::suppression_key(lead.email.as_str())))
             .all(&self.db)
             .await?
             .into_iter()
@@ -125,6 +141,7 @@ impl Store {
             "events": events,
             "enrollments": enrollments,
             "emails": emails,
+            "webhooks": webhooks,
             "suppressions": suppressions,
             "consents": consents,
             "milestones": milestones,

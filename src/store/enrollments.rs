@@ -799,12 +799,16 @@ impl Store {
                 Err(e) => tracing::error!(error = %e, "lead left out of a round"),
             }
         }
+        let keys: HashMap<String, String> = emails
+            .into_iter()
+            .map(|e| (super::suppression_key(&e), e))
+            .collect();
         for s in suppression::Entity::find()
-            .filter(suppression::Column::Email.is_in(sql::padded(emails)))
+            .filter(suppression::Column::Email.is_in(sql::padded(keys.keys().cloned())))
             .all(&self.db)
             .await?
         {
-            if let Ok(email) = Email::parse(&s.email) {
+            if let Some(email) = keys.get(&s.email).and_then(|e| Email::parse(e).ok()) {
                 out.suppressions.push((email, s.scope));
             }
         }
@@ -996,7 +1000,7 @@ impl Store {
     /// Where mail to this address is stopped: `*` (everywhere) or funnel ids.
     pub async fn suppressions_of(&self, email: &Email) -> Result<Vec<String>> {
         Ok(suppression::Entity::find()
-            .filter(suppression::Column::Email.eq(email.as_str()))
+            .filter(suppression::Column::Email.eq(super::suppression_key(email.as_str())))
             .all(&self.db)
             .await?
             .into_iter()
@@ -1025,7 +1029,7 @@ impl Store {
         let _turn = self.turn().await;
         suppression::Entity::insert(suppression::ActiveModel {
             id: NotSet,
-            email: Set(email.as_str().to_string()),
+            email: Set(super::suppression_key(email.as_str())),
             scope: Set(funnel.map_or("*", FunnelId::as_str).to_string()),
             reason: Set(reason.to_string()),
             created_at: Set(ms(now)),

@@ -193,6 +193,8 @@ pub mod suppression {
     pub struct Model {
         #[sea_orm(primary_key)]
         pub id: i64,
+        /// Not the address: its [`super::super::suppression_key`] (`sha256:…`), so an erased
+        /// lead's address is not kept while its wish not to be mailed is.
         pub email: String,
         /// `*` for every funnel, or one funnel's id.
         pub scope: String,

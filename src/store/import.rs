@@ -105,7 +105,7 @@ impl Store {
         for chunk in unique.chunks(sql::ROWS) {
             let emails: Vec<&str> = chunk.iter().map(|r| r.email.as_str()).collect();
             let known = known(&txn, self.backend, &emails).await?;
-            let suppressed = among(&*txn, self.backend, "suppressions", &emails).await?;
+            let suppressed = among(&*txn, self.backend, Among::Suppressed, &emails).await?;
             let stored = insert(&txn, self.backend, chunk, &suppressed, how, t).await?;
             let mut proofs = Vec::new();
             let mut tags = Vec::new();
@@ -126,7 +126,7 @@ impl Store {
                     };
                 let act = if r.unsubscribed {
                     suppressions.push(vec![
-                        r.email.as_str().into(),
+                        super::suppression_key(r.email.as_str()).into(),
                         "*".into(),
                         Consent::Unsubscribed.as_str().into(),
                         t.into(),
@@ -240,16 +240,16 @@ impl Store {
 
     /// The addresses among `emails` that are suppressed (for every funnel or one).
     pub async fn suppressed_among(&self, emails: &[&str]) -> Result<HashSet<String>> {
-        self.among("suppressions", emails).await
+        self.among(Among::Suppressed, emails).await
     }
 
     /// The addresses among `emails` that have a lead.
     pub async fn stored_among(&self, emails: &[&str]) -> Result<HashSet<String>> {
-        self.among("leads", emails).await
+        self.among(Among::Leads, emails).await
     }
 
-    async fn among(&self, table: &str, emails: &[&str]) -> Result<HashSet<String>> {
-        among(&self.db, self.backend, table, emails).await
+    async fn among(&self, which: Among, emails: &[&str]) -> Result<HashSet<String>> {
+        among(&self.db, self.backend, which, emails).await
     }
 
     /// The names of every field some lead has, sorted.
@@ -339,20 +339,45 @@ pub(super) async fn insert_proofs(
     .await
 }
 
-/// The addresses among `emails` that `table` (`leads`, `suppressions`) has.
+/// Which addresses [`among`] looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Among {
+    /// Those with a lead.
+    Leads,
+    /// Those suppressed (by their [`super::suppression_key`]).
+    Suppressed,
+}
+
+/// The addresses among `emails` that have a lead, or are suppressed.
 async fn among(
     db: &impl ConnectionTrait,
     backend: Backend,
-    table: &str,
+    which: Among,
     emails: &[&str],
 ) -> Result<HashSet<String>> {
+    let (table, keys): (&str, HashMap<String, &str>) = match which {
+        Among::Leads => (
+            "leads",
+            emails.iter().map(|e| (e.to_string(), *e)).collect(),
+        ),
+        Among::Suppressed => (
+            "suppressions",
+            emails
+                .iter()
+                .map(|e| (super::suppression_key(e), *e))
+                .collect(),
+        ),
+    };
+    let keys_in_order: Vec<&str> = keys.keys().map(String::as_str).collect();
     let mut out = HashSet::new();
-    for chunk in emails.chunks(sql::ROWS) {
+    for chunk in keys_in_order.chunks(sql::ROWS) {
         let mut q = Params::new(backend);
         let list = texts(&mut q, chunk);
         let sql = format!("SELECT DISTINCT email FROM {table} WHERE email IN ({list})");
         for r in db.query_all_raw(q.statement(sql)).await? {
-            out.insert(r.try_get_by_index::<String>(0)?);
+            if let Some(address) = keys.get(&r.try_get_by_index::<String>(0)?) {
+                out.insert(address.to_string());
+            }
         }
     }
     Ok(out)

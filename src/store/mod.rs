@@ -27,6 +27,18 @@ pub use report::{
 };
 pub use signups::NewSignup;
 
+/// What the suppressions keep of an address: `sha256:` and the hex SHA-256 of the address as
+/// stored (lower-cased domain, trimmed). The one place it is made: every write and lookup of
+/// a suppression goes through it, so after an erase no table holds the address, and whoever
+/// has the address can still tell it must not be mailed.
+pub fn suppression_key(address: &str) -> String {
+    use sha2::Digest as _;
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(address.as_bytes()))
+    )
+}
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -464,13 +476,22 @@ async fn took_effect(
         if e.kind.stops_mail() && everywhere {
             // No funnel mails this address again, whatever its own transitions say.
             let mut q = Params::new(backend);
-            let (reason, at, id) = (q.p(e.kind.as_str()), q.p(ms(now)), q.p(lead.0));
-            let sql = format!(
-                "INSERT INTO suppressions (email, scope, reason, created_at) \
-                 SELECT email, '*', {reason}, {at} FROM leads WHERE id = {id} \
-                 ON CONFLICT (email, scope) DO NOTHING"
-            );
-            txn.execute_raw(q.statement(sql)).await?;
+            let id = q.p(lead.0);
+            let sql = format!("SELECT email FROM leads WHERE id = {id}");
+            if let Some(r) = txn.query_one_raw(q.statement(sql)).await? {
+                let address: String = r.try_get_by_index(0)?;
+                let mut q = Params::new(backend);
+                let (key, reason, at) = (
+                    q.p(suppression_key(&address)),
+                    q.p(e.kind.as_str()),
+                    q.p(ms(now)),
+                );
+                let sql = format!(
+                    "INSERT INTO suppressions (email, scope, reason, created_at) \
+                     VALUES ({key}, '*', {reason}, {at}) ON CONFLICT (email, scope) DO NOTHING"
+                );
+                txn.execute_raw(q.statement(sql)).await?;
+            }
         }
     }
     if !subs.is_empty() {
@@ -663,6 +684,43 @@ impl Store {
 
     /// Applies every pending migration; returns the names of those applied now.
     pub async fn migrate(&self) -> Result<Vec<String>> {
+        let applied = self.migrate_schema().await?;
+        // Suppressions kept the address until they were keyed by its hash: key the rows
+        // stored before.
+        if applied.iter().any(|m| m.ends_with("_hashed_suppressions")) {
+            self.hash_suppressions().await?;
+        }
+        Ok(applied)
+    }
+
+    /// Rewrites the suppressions that still hold an address to hold its key.
+    async fn hash_suppressions(&self) -> Result<()> {
+        use entities::suppression;
+        use sea_orm::QuerySelect as _;
+        let rows: Vec<(i64, String)> = suppression::Entity::find()
+            .select_only()
+            .column(suppression::Column::Id)
+            .column(suppression::Column::Email)
+            .filter(suppression::Column::Email.not_like("sha256:%"))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        let txn = self.write().await?;
+        for (id, address) in rows {
+            suppression::Entity::update_many()
+                .col_expr(
+                    suppression::Column::Email,
+                    sea_orm::sea_query::Expr::value(suppression_key(&address)),
+                )
+                .filter(suppression::Column::Id.eq(id))
+                .exec(&*txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    async fn migrate_schema(&self) -> Result<Vec<String>> {
         let before = self.applied_migrations().await.unwrap_or_default();
         Migrator::up(&self.db, None)
             .await
@@ -692,6 +750,43 @@ impl Store {
         Ok(rows
             .iter()
             .filter_map(|r| r.try_get::<String>("", "version").ok())
+            .collect())
+    }
+
+    /// Every row of one of [`Store::tables`], each column as text (a number written out,
+    /// null as empty): what an audit reads to see what is stored — nothing is left of an
+    /// erased lead, say.
+    pub async fn table_text(&self, table: &str) -> Result<Vec<Vec<(String, String)>>> {
+        if !self.tables().await?.iter().any(|t| t == table) {
+            return Err(StoreError::Corrupt(format!("no table {table}")));
+        }
+        let sql = format!("SELECT * FROM {table}");
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(self.db.get_database_backend(), sql))
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                r.column_names()
+                    .into_iter()
+                    .map(|c| {
+                        let text = r
+                            .try_get::<Option<String>>("", &c)
+                            .map(Option::unwrap_or_default)
+                            .or_else(|_| {
+                                r.try_get::<Option<i64>>("", &c)
+                                    .map(|v| v.map(|n| n.to_string()).unwrap_or_default())
+                            })
+                            .or_else(|_| {
+                                r.try_get::<Option<f64>>("", &c)
+                                    .map(|v| v.map(|n| n.to_string()).unwrap_or_default())
+                            })
+                            .unwrap_or_default();
+                        (c, text)
+                    })
+                    .collect()
+            })
             .collect())
     }
 

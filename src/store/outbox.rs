@@ -344,7 +344,7 @@ impl Outbox {
         if let Ok(email) = Email::parse(&m.recipient) {
             suppression::Entity::insert(suppression::ActiveModel {
                 id: sea_orm::ActiveValue::NotSet,
-                email: sea_orm::ActiveValue::Set(email.as_str().to_string()),
+                email: sea_orm::ActiveValue::Set(super::suppression_key(email.as_str())),
                 scope: sea_orm::ActiveValue::Set("*".into()),
                 reason: sea_orm::ActiveValue::Set(EventKind::Bounced.as_str().into()),
                 created_at: sea_orm::ActiveValue::Set(ms(now)),
@@ -398,9 +398,13 @@ impl Outbox {
     /// Which of these messages must not go: to an address suppressed everywhere or in their
     /// funnel, or from a run taken out of its funnel.
     pub async fn suppressed_among(&self, messages: &[Outgoing]) -> Result<HashSet<i64>> {
-        let emails: Vec<String> = messages.iter().map(|m| m.recipient.clone()).collect();
+        // Each recipient's key, the same key for the same address.
+        let keys: Vec<String> = messages
+            .iter()
+            .map(|m| super::suppression_key(&m.recipient))
+            .collect();
         let mut scopes: HashMap<String, Vec<String>> = HashMap::new();
-        for chunk in emails.chunks(super::sql::ROWS) {
+        for chunk in keys.chunks(super::sql::ROWS) {
             for s in suppression::Entity::find()
                 .filter(suppression::Column::Email.is_in(super::sql::padded(chunk.iter().cloned())))
                 .all(&self.store.db)
@@ -429,15 +433,16 @@ impl Outbox {
         }
         Ok(messages
             .iter()
-            .filter(|m| {
+            .zip(&keys)
+            .filter(|(m, key)| {
                 m.enrollment.is_some_and(|e| removed.contains(&e.0))
-                    || scopes.get(&m.recipient).is_some_and(|s| {
+                    || scopes.get(*key).is_some_and(|s| {
                         s.iter().any(|s| {
                             s == "*" || Some(s.as_str()) == m.funnel.as_ref().map(FunnelId::as_str)
                         })
                     })
             })
-            .map(|m| m.id)
+            .map(|(m, _)| m.id)
             .collect())
     }
 
