@@ -33,10 +33,15 @@ pub use signups::NewSignup;
 /// has the address can still tell it must not be mailed.
 pub fn suppression_key(address: &str) -> String {
     use sha2::Digest as _;
-    format!(
-        "sha256:{}",
-        hex::encode(sha2::Sha256::digest(address.as_bytes()))
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = sha2::Sha256::digest(address.as_bytes());
+    let mut key = String::with_capacity(7 + 64);
+    key.push_str("sha256:");
+    for b in digest {
+        key.push(char::from(HEX[usize::from(b >> 4)]));
+        key.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    key
 }
 
 use std::collections::HashMap;
