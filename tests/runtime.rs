@@ -584,6 +584,33 @@ async fn the_frequency_cap_holds_across_funnels_stepped_in_one_round(store: Stor
     assert_eq!(store.outbox_of(l).await.unwrap().len(), 2);
 }
 
+/// A cap over six weeks counts every send of those six weeks in the runtime as in
+/// `simulate` (tests/engine/long-cap.timeline): two emails on day 0 and day 20 hold the third,
+/// due on day 35, until day 42.
+async fn a_long_frequency_cap_counts_every_send_of_its_period(store: Store) {
+    store.migrate().await.unwrap();
+    let f = parse_inline(
+        "funnels/slow.yaml",
+        &format!(
+            "{CART_HEADER}frequency_cap: 2 per 6w\nstages:\n  - id: slow\n    steps:\n      - send: one\n      - wait: 20d\n      - send: two\n      - wait: 15d\n      - send: three\n      - wait: 30d\n      - exit: completed\n"
+        ),
+    );
+    let rt = Runtime::new(store.clone(), vec![f], "node-a", t0())
+        .await
+        .unwrap();
+    let l = lead(&store, "slow@example.com").await;
+    rt.enroll(l, &crate::util::fid("slow"), t0()).await.unwrap();
+    let day = |d: i64| t0() + Duration::days(d);
+    for d in [20, 35] {
+        while rt.tick(day(d)).await.unwrap() > 0 {}
+    }
+    assert_eq!(store.outbox_of(l).await.unwrap().len(), 2, "held on day 35");
+    while rt.tick(day(42) - Duration::minutes(1)).await.unwrap() > 0 {}
+    assert_eq!(store.outbox_of(l).await.unwrap().len(), 2, "still held");
+    while rt.tick(day(42)).await.unwrap() > 0 {}
+    assert_eq!(store.outbox_of(l).await.unwrap().len(), 3, "out on day 42");
+}
+
 async fn a_lead_is_stepped_by_one_worker_at_a_time(store: Store) {
     store.migrate().await.unwrap();
     let drip = |id: &str| {
@@ -753,6 +780,7 @@ on_both_backends! {
     parked_run => a_run_that_never_commits_is_parked,
     one_worker_per_lead => a_lead_is_stepped_by_one_worker_at_a_time,
     cap_across_funnels_in_one_round => the_frequency_cap_holds_across_funnels_stepped_in_one_round,
+    long_cap => a_long_frequency_cap_counts_every_send_of_its_period,
     event_fed_once => an_event_is_fed_once_and_its_mark_cleared,
     double_opt_in_once => double_opt_in_asks_only_leads_not_yet_confirmed,
     timers_wake_and_events_move => timers_wake_and_events_move,

@@ -304,3 +304,13 @@ async fn suppressions_stored_before_are_keyed_on_upgrade() {
     let old = Email::parse("old@example.com").unwrap();
     assert_eq!(store.suppressions_of(&old).await.unwrap(), ["*"]);
 }
+
+/// The key is the standard SHA-256 in hex (FIPS 180-2's "abc"), so it can be checked
+/// with any tool (`printf %s ADDRESS | sha256sum`).
+#[test]
+fn suppression_keys_are_plain_sha256() {
+    assert_eq!(
+        autofunnel::store::suppression_key("abc"),
+        "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}

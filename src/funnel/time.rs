@@ -347,6 +347,12 @@ impl FrequencyCap {
         if per.as_secs() == 0 {
             return Err(bad());
         }
+        // Every send of the period is read for each lead a round steps: a year at most.
+        if per.as_secs() > 366 * 86_400 {
+            return Err(format!(
+                "frequency cap \"{text}\": the period can be a year (366d) at most"
+            ));
+        }
         Ok(FrequencyCap { count, per })
     }
 }
@@ -536,6 +542,16 @@ mod tests {
         let c = FrequencyCap::parse("2 per 24h").unwrap();
         assert_eq!((c.count, c.per.as_secs()), (2, 86_400));
         assert!(FrequencyCap::parse("0 per 1d").is_err());
+        assert_eq!(
+            FrequencyCap::parse("2 per 6w").unwrap().per.as_secs(),
+            42 * 86_400
+        );
+        assert!(FrequencyCap::parse("1 per 366d").is_ok());
+        assert!(
+            FrequencyCap::parse("1 per 53w")
+                .unwrap_err()
+                .contains("a year (366d) at most")
+        );
         assert!(FrequencyCap::parse("2/24h").is_err());
     }
 }
