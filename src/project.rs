@@ -177,6 +177,7 @@ pub fn check(settings: &Settings, only: Option<&[PathBuf]>) -> (Option<Project>,
             if settings.link_hosts.is_empty() {
                 report.diagnostics.extend(set.data_links());
             }
+            report.diagnostics.extend(set.unguarded_fields());
             report.diagnostics.extend(render_diags);
         }
         templates.insert(f.id.value.to_string(), set);

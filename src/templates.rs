@@ -297,6 +297,45 @@ impl TemplateSet {
         out
     }
 
+    /// Warnings for a lead field printed without a fallback (`{{ lead.first_name }}`): a lead
+    /// who never gave it gets nothing there ("Hi  from …"). A field printed with
+    /// `default(value=…)`, one the template tests (`{% if lead.first_name %}`), and the address
+    /// (always there) are fine.
+    pub fn unguarded_fields(&self) -> Vec<Diagnostic> {
+        static PRINTED: std::sync::LazyLock<regex::Regex> =
+            std::sync::LazyLock::new(|| regex::Regex::new(r"\{\{-?([^}]*)-?\}\}").expect("regex"));
+        static FIELD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            regex::Regex::new(r"\blead\.([A-Za-z_][A-Za-z0-9_]*)").expect("regex")
+        });
+        let mut out = Vec::new();
+        for (path, src) in self.sources.values() {
+            for p in PRINTED.captures_iter(src) {
+                let (whole, inner) = (p.get(0).expect("match"), &p[1]);
+                if inner.contains("default(") {
+                    continue;
+                }
+                for f in FIELD.captures_iter(inner) {
+                    let name = &f[1];
+                    let tested = format!("if lead.{name}");
+                    if matches!(name, "email" | "id") || src.contains(&tested) {
+                        continue;
+                    }
+                    out.push(Diagnostic {
+                        file: path.clone(),
+                        pos: pos_of(src, whole.start()),
+                        severity: Severity::Warning,
+                        message: format!(
+                            "`lead.{name}` has no fallback: a lead without it gets nothing here; \
+                             write `{{{{ lead.{name} | default(value=\"…\") }}}}` or test it with \
+                             `{{% if lead.{name} %}}`"
+                        ),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.found.contains_key(name)
     }
