@@ -53,17 +53,20 @@ pub fn run(
     let templates = &loaded.templates[f.id.value.as_str()];
 
     let mut facts = sim::parse_lead(lead).map_err(|e| anyhow!(e))?;
-    for (name, _, sample) in BUILTIN_FIELDS {
-        facts
-            .fields
-            .entry(name.to_string())
-            .or_insert_with(|| json!(sample));
-    }
-    for (name, def) in &f.fields {
-        facts
-            .fields
-            .entry(name.to_string())
-            .or_insert_with(|| def.sample.clone());
+    // What `--lead` does not give is a sample value, and the output says which.
+    let mut samples: Vec<String> = Vec::new();
+    let declared = f
+        .fields
+        .iter()
+        .map(|(n, d)| (n.to_string(), d.sample.clone()));
+    let builtin = BUILTIN_FIELDS
+        .iter()
+        .map(|(n, _, sample)| (n.to_string(), json!(sample)));
+    for (name, sample) in builtin.chain(declared) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = facts.fields.entry(name) {
+            samples.push(format!("{}={}", slot.key(), plain(&sample)));
+            slot.insert(sample);
+        }
     }
     let script = sim::parse_script(script).map_err(|e| anyhow!(e))?;
     let start: DateTime<Utc> = match start {
@@ -92,18 +95,30 @@ pub fn run(
         horizon,
         start.with_timezone(&tz).format("%a %Y-%m-%d %H:%M")
     );
+    if !samples.is_empty() {
+        let _ = writeln!(
+            out,
+            "sample values, for what --lead does not give: {}",
+            samples.join(", ")
+        );
+    }
     let mut sent = 0;
+    let mut emails = run.emails.iter();
     for line in sim::render(&run.lines, tz).lines().zip(&run.lines) {
         let (text, l) = line;
         let _ = write!(out, "{text}");
-        if let Some(template) = l.what.strip_prefix("send ") {
-            let cx = context(f, &l.stage, &settings, &run.lead.fields);
-            match templates.render(template, &cx) {
+        if l.what.starts_with("send ")
+            && let Some(e) = emails.next()
+        {
+            // Made as the sender makes it: the lead's fields then, the run's deadline and
+            // the time left to it at the moment of sending.
+            let cx = context(f, e, &facts, start, &settings);
+            match templates.render(&e.template, &cx) {
                 Ok(r) => {
                     let _ = write!(out, "  «{}»", r.subject);
                     sent += 1;
                     if let Some(dir) = render {
-                        write_email(dir, sent, template, f, &l.at, &r)?;
+                        write_email(dir, sent, &e.template, f, &e.at, &r)?;
                     }
                 }
                 Err(d) => {
@@ -128,19 +143,57 @@ pub fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The template context of the stage, with the simulated lead's fields.
+/// A value as a sample list shows it: text without quotes.
+fn plain(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
+/// The template context of a simulated email, made by the sender's own
+/// [`crate::delivery::compose::context`] from the simulated lead as it was then.
 fn context(
     f: &Funnel,
-    stage: &str,
+    e: &sim::SimEmail,
+    facts: &crate::engine::LeadFacts,
+    start: DateTime<Utc>,
     settings: &Settings,
-    fields: &std::collections::BTreeMap<String, serde_json::Value>,
 ) -> tera::Context {
-    let mut cx = project::sample_context(f, f.stage(stage), settings);
-    let mut lead: serde_json::Map<String, serde_json::Value> = fields.clone().into_iter().collect();
-    lead.insert("score".into(), json!(0));
-    lead.insert("tags".into(), json!([]));
-    cx.insert("lead", &lead);
-    cx
+    let text = |name: &str| {
+        e.fields
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let email = text("email")
+        .and_then(|a| crate::domain::Email::parse(&a).ok())
+        .or_else(|| crate::domain::Email::parse("anna@example.com").ok())
+        .expect("a sample address");
+    let lead = crate::domain::Lead {
+        id: crate::domain::LeadId(facts.id),
+        email,
+        first_name: text("first_name"),
+        fields: e
+            .fields
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "email" | "first_name"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        timezone: facts.timezone,
+        consent: crate::domain::Consent::Confirmed,
+        score: e.score,
+        scored_at: None,
+        created_at: start,
+    };
+    let links = crate::delivery::compose::Links {
+        base_url: &settings.base_url,
+        secret: b"simulated",
+        clicks: false,
+        opens: false,
+        hosts: None,
+    };
+    crate::delivery::compose::context(f, Some(&e.stage), &lead, e.deadline, &links, e.at)
 }
 
 fn write_email(

@@ -541,6 +541,46 @@ fn simulate_prints_the_timeline_with_subjects_and_renders_emails() {
         "{first}"
     );
     assert!(first.contains("Здравствуйте, Ольга!"), "{first}");
+    // What the lead did not give is a sample, and the output says so.
+    assert!(
+        stdout.contains("sample values, for what --lead does not give: email=anna@example.com"),
+        "{stdout}"
+    );
+}
+
+/// `simulate --render` makes each email as the sender would at that moment: the run's own
+/// deadline and the time left to it when the email goes (held by the send window to 09:00,
+/// an hour before the deadline), not a sample.
+#[test]
+fn simulate_renders_the_runs_own_deadline() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = autofunnel()
+        .current_dir(root())
+        .args([
+            "simulate",
+            "relationships-course",
+            "--lead",
+            "timezone=Europe/Moscow first_name=Olga",
+            "--script",
+            "1m confirm",
+            "--start",
+            "2026-11-23T10:00:00+03:00",
+            "--horizon",
+            "20d",
+            "--render",
+        ])
+        .arg(out_dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("send webinar-last-chance  «Last chance: 1 hour left»"),
+        "{stdout}"
+    );
+    let reminder =
+        std::fs::read_to_string(out_dir.path().join("004-webinar-reminder.txt")).unwrap();
+    assert!(reminder.contains("until 2026-11-28 10:01"), "{reminder}");
 }
 
 #[test]

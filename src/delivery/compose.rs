@@ -149,13 +149,14 @@ pub fn context(
             let tz = lead.timezone.unwrap_or(f.timezone);
             let at = deadline.unwrap_or(now);
             let left = (at - now).max(chrono::Duration::zero());
-            let left = if left.num_hours() >= 48 {
-                format!("{} days", left.num_days())
+            let (n, unit) = if left.num_hours() >= 48 {
+                (left.num_days(), "day")
             } else if left.num_hours() >= 1 {
-                format!("{} hours", left.num_hours())
+                (left.num_hours(), "hour")
             } else {
-                format!("{} minutes", left.num_minutes())
+                (left.num_minutes(), "minute")
             };
+            let left = format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
             cx.insert(
                 "deadline",
                 &json!({ "at": at.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string(), "left": left }),

@@ -1,6 +1,7 @@
 //! Simulation on a virtual clock: one lead, a script of events at virtual times, the real
 //! engine, and the timeline it produces. `autofunnel simulate` and the engine tests use it.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Duration, Utc};
@@ -133,9 +134,24 @@ pub struct Line {
     pub what: String,
 }
 
+/// An email the simulated run sent, with what the lead's email would be made from then.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimEmail {
+    pub at: DateTime<Utc>,
+    pub stage: String,
+    pub template: String,
+    /// The stage's deadline as the run had it.
+    pub deadline: Option<DateTime<Utc>>,
+    /// The lead's fields at that moment (a field a step set before is there).
+    pub fields: BTreeMap<String, serde_json::Value>,
+    pub score: i64,
+}
+
 /// The result of a simulation.
 pub struct Run {
     pub lines: Vec<Line>,
+    /// Each email sent, in the order of the timeline's `send` lines.
+    pub emails: Vec<SimEmail>,
     pub state: Enrollment,
     pub lead: LeadFacts,
 }
@@ -151,6 +167,7 @@ pub fn simulate(
     let end = start + Duration::seconds(horizon.as_secs() as i64);
     let mut state = new_enrollment(f, start);
     let mut lines = Vec::new();
+    let mut emails = Vec::new();
     let mut pending = script.iter().peekable();
     let mut now = start;
     let mut input = Input::Enroll;
@@ -158,6 +175,28 @@ pub fn simulate(
     for _ in 0..100_000 {
         let t = step(f, &state, &lead, &input, now);
         record(&mut lines, &mut lead, &state, &t.effects, now, &input);
+        // Each email with the stage it was sent from and that stage's deadline.
+        let mut at_stage = state.stage.to_string();
+        for e in &t.effects {
+            match e {
+                Effect::EnterStage { stage } => at_stage = stage.to_string(),
+                Effect::SendEmail { template, .. } => emails.push(SimEmail {
+                    at: now,
+                    stage: at_stage.clone(),
+                    template: template.to_string(),
+                    deadline: if at_stage == t.state.stage.as_str() {
+                        t.state.deadline
+                    } else if at_stage == state.stage.as_str() {
+                        state.deadline
+                    } else {
+                        None
+                    },
+                    fields: lead.fields.clone(),
+                    score: lead.score,
+                }),
+                _ => {}
+            }
+        }
         state = t.state;
         let next_event = pending
             .peek()
@@ -181,7 +220,12 @@ pub fn simulate(
         now = at.max(now);
         input = next;
     }
-    Run { lines, state, lead }
+    Run {
+        lines,
+        emails,
+        state,
+        lead,
+    }
 }
 
 /// Applies effects to the simulated lead and writes them as timeline lines.
