@@ -21,11 +21,13 @@
 //!   starter project written by `autofunnel init`.
 
 pub mod cli;
+pub mod context;
 pub mod delivery;
 pub mod domain;
 pub mod engine;
 pub mod funnel;
 pub mod leads_csv;
+pub mod locale;
 pub mod metrics;
 pub mod outbound;
 pub mod payments;

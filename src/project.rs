@@ -369,51 +369,38 @@ fn render_all(f: &Funnel, set: &TemplateSet, settings: &Settings) -> Vec<Diagnos
     out
 }
 
-/// The variables a template sees, filled from a sample lead. The runtime builds the same shape
-/// from the real lead.
+/// The variables a template sees, made by the sender's own
+/// [`crate::context::context`] for a sample lead (every field its sample), on a
+/// sample day with the stage's deadline its full length away.
 pub fn sample_context(
     f: &Funnel,
     stage: Option<&funnel::Stage>,
     settings: &Settings,
 ) -> tera::Context {
-    let mut lead = serde_json::Map::new();
+    use chrono::TimeZone as _;
+    let mut fields = serde_json::Map::new();
     for (name, _, sample) in funnel::BUILTIN_FIELDS {
-        lead.insert(name.to_string(), json!(sample));
+        fields.insert(name.to_string(), json!(sample));
     }
     for (name, def) in &f.fields {
-        lead.insert(name.to_string(), def.sample.clone());
+        fields.insert(name.to_string(), def.sample.clone());
     }
-    lead.insert("score".into(), json!(0));
-    lead.insert("tags".into(), json!([]));
-    let base = settings.base_url.trim_end_matches('/');
-    let mut cx = tera::Context::new();
-    cx.insert("lead", &lead);
-    cx.insert(
-        "funnel",
-        &json!({ "id": f.id.value.as_str(), "name": f.name }),
-    );
-    cx.insert("unsubscribe_url", &format!("{base}/u/sample-token"));
-    cx.insert("confirm_url", &format!("{base}/c/sample-token"));
-    if let Some(from) = &f.from {
-        cx.insert(
-            "sender",
-            &json!({ "name": from.name, "email": from.email.as_str() }),
-        );
-    }
-    if let Some(s) = stage {
-        cx.insert(
-            "stage",
-            &json!({ "id": s.id.value.as_str(), "kind": s.kind.map(|k| k.name()) }),
-        );
-        if let Some(p) = s.offer.as_ref().and_then(|o| f.products.get(&o.value)) {
-            cx.insert("offer", &json!({ "id": p.id.as_str(), "name": p.name, "price": p.price, "currency": p.currency }));
-        }
-        if let Some(d) = s.deadline {
-            cx.insert(
-                "deadline",
-                &json!({ "at": "2026-01-18 19:00", "left": d.to_string() }),
-            );
-        }
-    }
-    cx
+    let now = chrono::Utc
+        .with_ymd_and_hms(2026, 1, 15, 10, 0, 0)
+        .single()
+        .expect("a sample day");
+    let lead = crate::context::lead_of_fields(1, fields, None, 0, now);
+    let deadline = stage
+        .and_then(|s| s.deadline)
+        .map(|d| now + chrono::Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(0)));
+    let stage = stage.map(|s| s.id.value.as_str());
+    crate::context::context(
+        f,
+        stage,
+        &lead,
+        deadline,
+        &settings.base_url,
+        b"sample",
+        now,
+    )
 }

@@ -152,7 +152,7 @@ fn plain(v: &serde_json::Value) -> String {
 }
 
 /// The template context of a simulated email, made by the sender's own
-/// [`crate::delivery::compose::context`] from the simulated lead as it was then.
+/// [`crate::context::context`] from the simulated lead as it was then.
 fn context(
     f: &Funnel,
     e: &sim::SimEmail,
@@ -160,40 +160,10 @@ fn context(
     start: DateTime<Utc>,
     settings: &Settings,
 ) -> tera::Context {
-    let text = |name: &str| {
-        e.fields
-            .get(name)
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-    };
-    let email = text("email")
-        .and_then(|a| crate::domain::Email::parse(&a).ok())
-        .or_else(|| crate::domain::Email::parse("anna@example.com").ok())
-        .expect("a sample address");
-    let lead = crate::domain::Lead {
-        id: crate::domain::LeadId(facts.id),
-        email,
-        first_name: text("first_name"),
-        fields: e
-            .fields
-            .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "email" | "first_name"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        timezone: facts.timezone,
-        consent: crate::domain::Consent::Confirmed,
-        score: e.score,
-        scored_at: None,
-        created_at: start,
-    };
-    let links = crate::delivery::compose::Links {
-        base_url: &settings.base_url,
-        secret: b"simulated",
-        clicks: false,
-        opens: false,
-        hosts: None,
-    };
-    crate::delivery::compose::context(f, Some(&e.stage), &lead, e.deadline, &links, e.at)
+    let fields = e.fields.iter().map(|(k, v)| (k.clone(), v.clone()));
+    let lead = crate::context::lead_of_fields(facts.id, fields, facts.timezone, e.score, start);
+    let (base, secret) = (&settings.base_url, b"simulated");
+    crate::context::context(f, Some(&e.stage), &lead, e.deadline, base, secret, e.at)
 }
 
 fn write_email(

@@ -580,7 +580,10 @@ fn simulate_renders_the_runs_own_deadline() {
     );
     let reminder =
         std::fs::read_to_string(out_dir.path().join("004-webinar-reminder.txt")).unwrap();
-    assert!(reminder.contains("until 2026-11-28 10:01"), "{reminder}");
+    assert!(
+        reminder.contains("costs 490 RUB until Saturday, 28 November, 10:01 am."),
+        "{reminder}"
+    );
 }
 
 #[test]

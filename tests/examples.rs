@@ -46,7 +46,7 @@ fn russian_funnel_renders_cyrillic_end_to_end() {
     let r = loaded.templates["yoga-course-ru"]
         .render("predlozhenie-mini-kursa", &cx)
         .unwrap();
-    assert_eq!(r.subject, "Мини-курс «Спина без боли» — всего 990 ₽");
+    assert_eq!(r.subject, "Мини-курс «Спина без боли» — всего 990\u{a0}₽");
     assert!(r.text.contains("Понравился урок?"), "{}", r.text);
     // HTML escaping leaves Cyrillic and guillemets alone.
     assert!(r.html.contains("Мини-курс «Спина без боли»"), "{}", r.html);
@@ -71,4 +71,61 @@ fn lead_values_are_escaped_in_html_only() {
     let r = set.render("webinar-ticket", &cx).unwrap();
     assert!(r.html.contains("&lt;script&gt;"), "{}", r.html);
     assert!(!r.html.contains("<script>"));
+}
+
+/// Money, the deadline and the time left are written in the funnel's language, or in the
+/// lead's when it has one: the English course funnel's tripwire offer for a lead whose
+/// `language` is `ru`, and for one without.
+#[test]
+fn money_and_deadlines_follow_the_email_language() {
+    use chrono::TimeZone as _;
+    let settings = Settings::load(&root(), None).unwrap();
+    let (loaded, _) = project::check(&settings, None);
+    let loaded = loaded.unwrap();
+    let f = loaded
+        .funnels
+        .iter()
+        .find(|f| f.id.value.as_str() == "relationships-course")
+        .unwrap();
+    let now = chrono::Utc.with_ymd_and_hms(2026, 1, 16, 16, 0, 0).unwrap();
+    let deadline = chrono::Utc.with_ymd_and_hms(2026, 1, 18, 16, 0, 0).unwrap();
+    let moscow: chrono_tz::Tz = "Europe/Moscow".parse().unwrap();
+    let said = |language: Option<&str>| {
+        let mut fields = vec![("email".to_string(), "olga@example.com".into())];
+        if let Some(l) = language {
+            fields.push(("language".to_string(), l.into()));
+        }
+        let lead = autofunnel::context::lead_of_fields(7, fields, Some(moscow), 0, now);
+        let cx = autofunnel::context::context(
+            f,
+            Some("tripwire"),
+            &lead,
+            Some(deadline),
+            "https://example.com",
+            b"k",
+            now,
+        )
+        .into_json();
+        (
+            cx["offer"]["price_text"].as_str().unwrap().to_string(),
+            cx["deadline"]["at"].as_str().unwrap().to_string(),
+            cx["deadline"]["left"].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(
+        said(None),
+        (
+            "490 RUB".to_string(),
+            "Sunday, 18 January, 7 pm".to_string(),
+            "2 days".to_string()
+        )
+    );
+    assert_eq!(
+        said(Some("ru")),
+        (
+            "490\u{a0}₽".to_string(),
+            "18 января, 19:00".to_string(),
+            "2 дня".to_string()
+        )
+    );
 }

@@ -6,14 +6,12 @@ use std::time::SystemTime;
 use chrono::{DateTime, Utc};
 use lettre::message::header::{self, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
-use serde_json::json;
 
 use super::track;
 use crate::domain::Lead;
 use crate::funnel::Funnel;
 use crate::store::Outgoing;
 use crate::templates::TemplateSet;
-use crate::tokens::{LeadLink, lead_token};
 
 /// Why an email could not be made: the message fails, nothing is sent.
 #[derive(Debug, thiserror::Error)]
@@ -44,16 +42,6 @@ pub struct Links<'a> {
     pub hosts: Option<&'a std::collections::HashSet<String>>,
 }
 
-/// The lead's unsubscribe page, offering to stop this funnel's emails or all of them (a
-/// one-click POST to it stops all).
-fn unsubscribe_url(base: &str, secret: &[u8], lead: &Lead, f: &Funnel) -> String {
-    format!(
-        "{base}/u/{}?f={}",
-        lead_token(secret, LeadLink::Unsubscribe, lead.id),
-        f.id.value.as_str()
-    )
-}
-
 #[derive(Clone)]
 struct ListUnsubscribe(String);
 
@@ -82,88 +70,6 @@ impl header::Header for ListUnsubscribePost {
     fn display(&self) -> HeaderValue {
         HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".to_string())
     }
-}
-
-/// The template context of a real lead (the same names `check` renders with sample values).
-pub fn context(
-    f: &Funnel,
-    stage: Option<&str>,
-    lead: &Lead,
-    deadline: Option<DateTime<Utc>>,
-    links: &Links<'_>,
-    now: DateTime<Utc>,
-) -> tera::Context {
-    let mut fields = lead.fields.clone();
-    fields.insert("email".into(), json!(lead.email.as_str()));
-    fields.insert("first_name".into(), json!(lead.first_name));
-    fields.insert("score".into(), json!(lead.score));
-    fields.entry("tags").or_insert(json!([]));
-    // A field the lead never gave (or gave empty) is null: it renders empty rather than
-    // failing the email, and `| default(value="friend")` takes its place.
-    for (name, _, _) in crate::funnel::BUILTIN_FIELDS {
-        fields.entry(name).or_insert(serde_json::Value::Null);
-    }
-    for name in f.fields.keys() {
-        fields
-            .entry(name.as_str().to_string())
-            .or_insert(serde_json::Value::Null);
-    }
-    for v in fields.values_mut() {
-        if v.as_str().is_some_and(|s| s.trim().is_empty()) {
-            *v = serde_json::Value::Null;
-        }
-    }
-    let base = links.base_url.trim_end_matches('/');
-    let mut cx = tera::Context::new();
-    cx.insert("lead", &fields);
-    cx.insert(
-        "funnel",
-        &json!({ "id": f.id.value.as_str(), "name": f.name }),
-    );
-    cx.insert(
-        "unsubscribe_url",
-        &unsubscribe_url(base, links.secret, lead, f),
-    );
-    cx.insert(
-        "confirm_url",
-        &format!(
-            "{base}/c/{}",
-            lead_token(links.secret, LeadLink::Confirm, lead.id)
-        ),
-    );
-    if let Some(from) = &f.from {
-        cx.insert(
-            "sender",
-            &json!({ "name": from.name, "email": from.email.as_str() }),
-        );
-    }
-    if let Some(s) = stage.and_then(|s| f.stage(s)) {
-        cx.insert(
-            "stage",
-            &json!({ "id": s.id.value.as_str(), "kind": s.kind.map(|k| k.name()) }),
-        );
-        if let Some(p) = s.offer.as_ref().and_then(|o| f.products.get(&o.value)) {
-            cx.insert("offer", &json!({ "id": p.id.as_str(), "name": p.name, "price": p.price, "currency": p.currency }));
-        }
-        if s.deadline.is_some() {
-            let tz = lead.timezone.unwrap_or(f.timezone);
-            let at = deadline.unwrap_or(now);
-            let left = (at - now).max(chrono::Duration::zero());
-            let (n, unit) = if left.num_hours() >= 48 {
-                (left.num_days(), "day")
-            } else if left.num_hours() >= 1 {
-                (left.num_hours(), "hour")
-            } else {
-                (left.num_minutes(), "minute")
-            };
-            let left = format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
-            cx.insert(
-                "deadline",
-                &json!({ "at": at.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string(), "left": left }),
-            );
-        }
-    }
-    cx
 }
 
 /// Text fit for one header line: control characters (line breaks included) become spaces,
@@ -237,7 +143,8 @@ pub fn compose(
 ) -> Result<lettre::Message, ComposeError> {
     let from = f.from.as_ref().ok_or(ComposeError::NoSender)?;
     let template = row.template.as_deref().unwrap_or_default();
-    let cx = context(f, row.stage.as_deref(), lead, deadline, links, now);
+    let stage = row.stage.as_deref();
+    let cx = crate::context::context(f, stage, lead, deadline, links.base_url, links.secret, now);
     let mut r = templates
         .render(template, &cx)
         .map_err(|d| ComposeError::Render(d.to_string()))?;
@@ -277,7 +184,7 @@ pub fn compose(
     let base = links.base_url.trim_end_matches('/');
     let unsubscribe = format!(
         "<{}>, <mailto:{}?subject=unsubscribe>",
-        unsubscribe_url(base, links.secret, lead, f),
+        crate::context::unsubscribe_url(base, links.secret, lead, f),
         from.email.as_str()
     );
     lettre::Message::builder()

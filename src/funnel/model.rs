@@ -33,6 +33,9 @@ pub struct Funnel {
     pub expired_offer: Option<Located<String>>,
     /// The zone used for leads that have none.
     pub timezone: Tz,
+    /// The language its emails are written in (`en` by default): how money, dates and time
+    /// left are written for its templates.
+    pub language: crate::locale::Language,
     pub send_window: Option<Located<Cron>>,
     pub frequency_cap: Option<FrequencyCap>,
     pub entry: Entry,
@@ -546,5 +549,6 @@ pub const BUILTIN_FIELDS: [(&str, FieldKind, &str); 8] = [
     ("company", FieldKind::Text, "Example LLC"),
     ("city", FieldKind::Text, "Moscow"),
     ("country", FieldKind::Text, "RU"),
-    ("language", FieldKind::Text, "ru"),
+    // No sample: a lead's `language` picks the language of its emails, a sample must not.
+    ("language", FieldKind::Text, ""),
 ];

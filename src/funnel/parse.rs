@@ -87,6 +87,21 @@ pub fn parse_funnel(file: &Path, root: &Node, sink: &mut Sink) -> Option<Funnel>
             .unwrap_or(chrono_tz::UTC),
         None => chrono_tz::UTC,
     };
+    let language = match m.get("language") {
+        Some(n) => string(sink, n)
+            .and_then(|s| {
+                crate::locale::Language::parse(s)
+                    .ok_or_else(|| {
+                        sink.error(
+                            n.pos,
+                            format!("language: \"{s}\" is not one the emails can be written in (en or ru)"),
+                        )
+                    })
+                    .ok()
+            })
+            .unwrap_or_default(),
+        None => crate::locale::Language::default(),
+    };
     let send_window = m.get("send_window").and_then(|n| {
         let s = string(sink, n)?;
         let c = Cron::parse(s)
@@ -147,6 +162,7 @@ pub fn parse_funnel(file: &Path, root: &Node, sink: &mut Sink) -> Option<Funnel>
         reply_to,
         expired_offer,
         timezone,
+        language,
         send_window,
         frequency_cap,
         entry: entry.unwrap_or(Entry {
@@ -172,6 +188,7 @@ const TOP_KEYS: &[&str] = &[
     "reply_to",
     "expired_offer",
     "timezone",
+    "language",
     "send_window",
     "frequency_cap",
     "entry",

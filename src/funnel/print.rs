@@ -26,6 +26,9 @@ pub fn to_value(f: &Funnel) -> Value {
         m.insert("expired_offer".into(), json!(u.value));
     }
     m.insert("timezone".into(), json!(f.timezone.name()));
+    if f.language != crate::locale::Language::default() {
+        m.insert("language".into(), json!(f.language.code()));
+    }
     if let Some(w) = &f.send_window {
         m.insert("send_window".into(), json!(w.value.source()));
     }
