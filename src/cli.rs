@@ -79,8 +79,13 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         render: Option<PathBuf>,
     },
-    /// Write a starter project into DIR.
-    Init { dir: PathBuf },
+    /// Write a starter project into DIR: the course funnel (lead magnet → tripwire → main
+    /// product → upsell) or, with `--example welcome`, a welcome series.
+    Init {
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = crate::scaffold::Example::Course)]
+        example: crate::scaffold::Example,
+    },
     /// Bring leads in from a CSV file (another service's export): columns matched to the
     /// lead's and the funnels' fields by header, repeated and known addresses merged,
     /// unsubscribed and suppressed ones kept so, refused rows written with the reason.
@@ -214,7 +219,7 @@ pub fn main() -> ExitCode {
     init_tracing(level);
     let result = match cli.command {
         Command::Check { ref paths } => check(&cli.project, cli.config.as_deref(), paths),
-        Command::Init { ref dir } => init(dir),
+        Command::Init { ref dir, example } => init(dir, example),
         Command::Import {
             ref file,
             ref funnel,
@@ -537,8 +542,8 @@ async fn export(cli: &Cli, file: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init(dir: &Path) -> anyhow::Result<ExitCode> {
-    for path in crate::scaffold::init(dir)? {
+fn init(dir: &Path, example: crate::scaffold::Example) -> anyhow::Result<ExitCode> {
+    for path in crate::scaffold::init(dir, example)? {
         out!("created {}", path.display());
     }
     out!(

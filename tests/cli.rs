@@ -17,7 +17,11 @@ fn autofunnel() -> Command {
 #[test]
 fn init_scaffolds_a_project_that_passes_check() {
     let dir = tempfile::tempdir().unwrap();
-    let out = autofunnel().arg("init").arg(dir.path()).output().unwrap();
+    let out = autofunnel()
+        .args(["init", "--example", "welcome"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -36,9 +40,51 @@ fn init_scaffolds_a_project_that_passes_check() {
         "ok: 1 funnel and 1 template checked, 0 warnings"
     );
     // A second init refuses to overwrite.
-    let again = autofunnel().arg("init").arg(dir.path()).output().unwrap();
+    let again = autofunnel()
+        .args(["init", "--example", "welcome"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not overwriting"));
+}
+
+/// `init` without `--example` writes the course funnel the product is named for: lead magnet
+/// → tripwire → main product → upsell, its emails, landing page and consent text; it passes
+/// `check` (the one warning: its CRM webhook's secret is not set here).
+#[test]
+fn init_writes_the_course_funnel_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = autofunnel().arg("init").arg(dir.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in [
+        "funnels/relationships-course.yaml",
+        "legal/free-book-v1.txt",
+        "templates/relationships-course/confirm.html",
+        "templates/relationships-course/webinar-starting.subject",
+        "templates/landing/free-book.html",
+    ] {
+        assert!(dir.path().join(file).is_file(), "{file}");
+    }
+    let out = autofunnel()
+        .arg("-C")
+        .arg(dir.path())
+        .arg("check")
+        .env("CRM_WEBHOOK_SECRET", "whsec_Y3Jt")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.trim().ends_with("0 warnings"), "{stdout}");
+    let funnel =
+        std::fs::read_to_string(dir.path().join("funnels/relationships-course.yaml")).unwrap();
+    for kind in ["lead_magnet", "tripwire", "main_product", "upsell"] {
+        assert!(funnel.contains(&format!("kind: {kind}")), "{kind}");
+    }
 }
 
 #[test]
@@ -162,7 +208,11 @@ impl Drop for Reap {
 /// `autofunnel run` on a fresh `init` project, port 0; its log lines arrive on the channel.
 fn start_run() -> (tempfile::TempDir, Reap, mpsc::Receiver<String>) {
     let dir = tempfile::tempdir().unwrap();
-    autofunnel().arg("init").arg(dir.path()).output().unwrap();
+    autofunnel()
+        .args(["init", "--example", "welcome"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let (child, rx) = spawn_run(dir.path());
     (dir, child, rx)
 }
@@ -644,7 +694,11 @@ fn sighup_reloads_funnels_that_pass_check_only() {
 #[test]
 fn report_reads_a_funnel_and_refuses_bad_arguments() {
     let dir = tempfile::tempdir().unwrap();
-    let init = autofunnel().arg("init").arg(dir.path()).output().unwrap();
+    let init = autofunnel()
+        .args(["init", "--example", "welcome"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(init.status.success());
     let run = |verb: &str, args: &[&str]| {
         autofunnel()
@@ -821,7 +875,7 @@ fn read_commands_never_migrate() {
     let dir = tempfile::tempdir().unwrap();
     assert!(
         autofunnel()
-            .arg("init")
+            .args(["init", "--example", "welcome"])
             .arg(dir.path())
             .status()
             .unwrap()
