@@ -625,7 +625,7 @@ fn simulate_renders_the_runs_own_deadline() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
-        stdout.contains("send webinar-last-chance  «Last chance: 1 hour left»"),
+        stdout.contains("send webinar-last-chance  «Last chance: 6 hours left»"),
         "{stdout}"
     );
     let reminder =

@@ -83,12 +83,89 @@ pub fn validate(f: &Funnel, cx: &Context, sink: &mut Sink) {
             v.action(stage, &step.action, step.pos);
         }
         check_unreachable_steps(stage, v.sink);
+        check_timed_sends(f, stage, v.sink);
     }
     if (sends || f.entry.double_opt_in.is_some()) && f.from.is_none() && !cx.default_from {
         v.sink.error(f.id.pos, "the funnel sends email but has no `from`: add a sender like `from: \"Anna <anna@example.com>\"`");
     }
     check_reachability(f, v.sink);
     check_instant_cycles(f, v.sink);
+}
+
+/// A send timed to a moment (right after a `wait_until` on a lead's date or time field, or
+/// on the deadline, at or before it) closer to it than the send window's longest closed
+/// stretch or the frequency cap's period: either can hold the email past the moment ("starts
+/// in an hour" arriving the next morning). Warned, with the way out (`urgent: true`).
+fn check_timed_sends(f: &Funnel, stage: &Stage, sink: &mut Sink) {
+    let window = f
+        .send_window
+        .as_ref()
+        .map(|w| (longest_closed(&w.value), "the send window"));
+    let cap = f.frequency_cap.map(|c| {
+        let secs = i64::try_from(c.per.as_secs()).unwrap_or(i64::MAX);
+        (secs, "the frequency cap")
+    });
+    let Some((hold, by)) = [window, cap].into_iter().flatten().max() else {
+        return;
+    };
+    let mut timed: Option<String> = None;
+    for step in &stage.steps {
+        let before = |offset_secs: i64| offset_secs <= 0 && -offset_secs < hold;
+        match &step.action {
+            Action::WaitUntil(WaitUntil::Field { field, offset_secs }) => {
+                timed = before(*offset_secs)
+                    .then(|| moment(&format!("lead.{}", field.value), *offset_secs));
+            }
+            Action::WaitUntil(WaitUntil::Deadline { offset_secs }) => {
+                timed = before(*offset_secs).then(|| moment("the deadline", *offset_secs));
+            }
+            Action::Send(_) if !step.urgent => {
+                if let Some(at) = timed.take() {
+                    let d = super::time::Duration::from_secs(hold.unsigned_abs());
+                    sink.warning(
+                        step.pos,
+                        format!(
+                            "this email is timed to {at}, but {by} can hold an email for up to \
+                             {d}, past that moment; add `urgent: true` if it must go on time"
+                        ),
+                    );
+                }
+            }
+            Action::Wait(_) | Action::WaitUntil(_) | Action::Goto(_) | Action::Exit(_) => {
+                timed = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The longest a send window stays closed, in seconds (by the minute, over two weeks, so a
+/// weekend that spans the week's end counts whole).
+fn longest_closed(w: &super::time::Cron) -> i64 {
+    use chrono::TimeZone as _;
+    let Some(start) = chrono::Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).single() else {
+        return 0;
+    };
+    let (mut run, mut longest) = (0i64, 0i64);
+    for m in 0..2 * 7 * 24 * 60 {
+        if w.contains(chrono_tz::UTC, start + chrono::Duration::minutes(m)) {
+            run = 0;
+        } else {
+            run += 60;
+            longest = longest.max(run);
+        }
+    }
+    longest
+}
+
+/// `lead.webinar_at - 1h`, as a message says it.
+fn moment(anchor: &str, offset_secs: i64) -> String {
+    let d = super::time::Duration::from_secs(offset_secs.unsigned_abs());
+    match offset_secs.signum() {
+        0 => anchor.to_string(),
+        -1 => format!("{anchor} - {d}"),
+        _ => format!("{anchor} + {d}"),
+    }
 }
 
 fn check_stage_ids(f: &Funnel, sink: &mut Sink) -> BTreeMap<String, Pos> {
