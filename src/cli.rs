@@ -791,6 +791,32 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         funnels = loaded.funnels.len(),
         "autofunnel is running"
     );
+    // Each funnel: where its forms post, its runs in flight and its emails waiting, so a first
+    // signup that shows nothing yet can be looked for (`autofunnel status` says why it waits).
+    let counts = store.funnel_counts().await.unwrap_or_default();
+    let count = |what: &str, funnel: &str, status: &str| -> i64 {
+        counts
+            .iter()
+            .filter(|(w, f, s, _)| w == what && f == funnel && s == status)
+            .map(|c| c.3)
+            .sum()
+    };
+    for f in &loaded.funnels {
+        let id = f.id.value.as_str();
+        let base = settings.base_url.trim_end_matches('/');
+        let forms: Vec<String> = f
+            .entry
+            .forms()
+            .map(|form| format!("{base}/f/{}", form.id))
+            .collect();
+        tracing::info!(
+            funnel = id,
+            forms = %forms.join(" "),
+            in_flight = count("enrollments", id, "active"),
+            emails_queued = count("emails", id, "queued"),
+            "funnel loaded"
+        );
+    }
     let owner = format!(
         "node-{}-{}",
         std::process::id(),

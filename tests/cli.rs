@@ -657,6 +657,12 @@ fn edited_funnels_are_reloaded_without_a_signal() {
     let (dir, mut child, rx) = start_run();
     let wait_for = |needle: &str| wait_for_line(&rx, needle);
     wait_for("autofunnel is running");
+    // Each funnel is named at the start with where its forms post and what it has in flight.
+    let loaded = wait_for("funnel loaded");
+    assert!(
+        loaded.contains("/f/welcome") && loaded.contains("in_flight=0"),
+        "{loaded}"
+    );
     let funnel = dir.path().join("funnels/welcome.yaml");
     let good = std::fs::read_to_string(&funnel).unwrap();
     std::fs::write(&funnel, good.replace("wait: 2d", "wait: 30h")).unwrap();
