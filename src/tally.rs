@@ -119,6 +119,27 @@ pub mod metric {
     /// `reached␟STAGE` (emails whose run entered that stage for the first time after them) or
     /// `link␟NAME␟reached␟STAGE` (both).
     pub const MAIL: &str = "mail\u{1f}";
+    /// `ab␟STEP␟TEMPLATE␟WHAT`: the A/B figures of the emails a step sent from the stage, filed
+    /// like the per-email counters (the run's entry, or the day the email was queued): WHAT
+    /// is one of [`super::ab`]'s names.
+    pub const AB: &str = "ab\u{1f}";
+}
+
+/// What the A/B counters of a step's template name. The unit is the run's first email of
+/// the step ([`super::mark::FIRST`]): a run that loops back to the step is one run.
+pub mod ab {
+    /// Every email of the step with this template.
+    pub const SENDS: &str = "sends";
+    /// Runs whose first email of the step had this template.
+    pub const RUNS: &str = "runs";
+    /// Of them, those whose first email of the step was clicked.
+    pub const CLICKED: &str = "clicked";
+    /// `reached␟STAGE`: those whose run entered the stage for the first time after it.
+    pub const REACHED: &str = "reached\u{1f}";
+    /// `buy␟PRODUCT␟CURRENCY`: orders (and their total) credited to the email's stage of the
+    /// run after it was queued; `unpriced␟PRODUCT`: those with no amount.
+    pub const BUY: &str = "buy\u{1f}";
+    pub const UNPRICED: &str = "unpriced\u{1f}";
 }
 
 /// What can happen to an email, as the per-email counters name it.
@@ -291,6 +312,22 @@ enum Metric<'a> {
         template: &'a str,
         what: MailWhat<'a>,
     },
+    Ab {
+        step: &'a str,
+        template: &'a str,
+        what: AbWhat<'a>,
+    },
+}
+
+/// What an A/B counter counts ([`ab`]).
+#[derive(Debug, Clone, Copy)]
+enum AbWhat<'a> {
+    Sends,
+    Runs,
+    Clicked,
+    Reached(&'a str),
+    Buy { product: &'a str, currency: &'a str },
+    Unpriced(&'a str),
 }
 
 impl Metric<'_> {
@@ -371,6 +408,36 @@ impl Metric<'_> {
                         out.push('\u{1f}');
                         out.push_str(mail::REACHED);
                         out.push_str(stage);
+                    }
+                }
+            }
+            Metric::Ab {
+                step,
+                template,
+                what,
+            } => {
+                out.push_str(metric::AB);
+                clean(step, out);
+                out.push('\u{1f}');
+                clean(template, out);
+                out.push('\u{1f}');
+                match what {
+                    AbWhat::Sends => out.push_str(ab::SENDS),
+                    AbWhat::Runs => out.push_str(ab::RUNS),
+                    AbWhat::Clicked => out.push_str(ab::CLICKED),
+                    AbWhat::Reached(stage) => {
+                        out.push_str(ab::REACHED);
+                        out.push_str(stage);
+                    }
+                    AbWhat::Buy { product, currency } => {
+                        out.push_str(ab::BUY);
+                        clean(product, out);
+                        out.push('\u{1f}');
+                        clean(currency, out);
+                    }
+                    AbWhat::Unpriced(product) => {
+                        out.push_str(ab::UNPRICED);
+                        clean(product, out);
                     }
                 }
             }
@@ -527,7 +594,7 @@ impl Tally {
         // What the store keeps of the entry view is kept by the days after entry too, for
         // conversion windows (emails' counters apart: the per-email report keeps none).
         let after = (matches!(self.filing, Filing::Days(_))
-            && !matches!(metric, Metric::Mail { .. }))
+            && !matches!(metric, Metric::Mail { .. } | Metric::Ab { .. }))
         .then(|| u16::try_from(days_after(run.entered_at, happened)).ok())
         .flatten()
         .filter(|d| *d <= WITHIN_DAYS);
@@ -627,6 +694,13 @@ pub enum Fact<'a> {
         order: Order<'a>,
         touches: &'a [Touch<'a>],
         lookback: Duration,
+    },
+    /// An order credited to a stage of a run ([`order_facts`]) after the run's first email of
+    /// a step there was queued: what that email's template (its A/B variant) brought.
+    BoughtAfter {
+        run: Run<'a>,
+        mail: Mail<'a>,
+        order: Order<'a>,
     },
     /// `what` happened to an email of `run` (`n` = 1), or is taken back (`n` = −1).
     Mail {
@@ -771,6 +845,51 @@ impl Tally {
                 };
                 let (at, stage) = (mail.queued_at, mail.stage);
                 self.add_in(&run, &BOTH, (at, at), stage, m, *n, Micros(0));
+                // The A/B counters of the step: every email, and what came of the run's first.
+                let Some(step) = mail.step else {
+                    return;
+                };
+                let ab = |what| Metric::Ab {
+                    step,
+                    template: mail.template,
+                    what,
+                };
+                let first = |w| mail.first.then_some(w);
+                let whats: [Option<AbWhat>; 2] = match *what {
+                    MailWhat::Queued => [Some(AbWhat::Sends), first(AbWhat::Runs)],
+                    MailWhat::Marked(mark::CLICKED) => [first(AbWhat::Clicked), None],
+                    MailWhat::Reached(s) => [first(AbWhat::Reached(s)), None],
+                    _ => [None, None],
+                };
+                for w in whats.into_iter().flatten() {
+                    self.add_in(&run, &BOTH, (at, at), stage, ab(w), *n, Micros(0));
+                }
+            }
+            Fact::BoughtAfter { run, mail, order } => {
+                let Some(step) = mail.step else {
+                    return;
+                };
+                let run = Run {
+                    origin: ALL,
+                    ..*run
+                };
+                let (what, total) = match order.amount {
+                    Some(a) => {
+                        let w = AbWhat::Buy {
+                            product: order.product,
+                            currency: order.currency,
+                        };
+                        (w, Micros(a.0))
+                    }
+                    None => (AbWhat::Unpriced(order.product), Micros(0)),
+                };
+                let m = Metric::Ab {
+                    step,
+                    template: mail.template,
+                    what,
+                };
+                let at = mail.queued_at;
+                self.add_in(&run, &BOTH, (at, at), mail.stage, m, 1, total);
             }
         }
     }
@@ -812,8 +931,9 @@ impl Tally {
     }
 }
 
-/// What a run has reached: the stages it entered and the score milestones it crossed
-/// (`@mql`), as the store keeps it (comma-separated, in order).
+/// What a run has reached: the stages it entered, the score milestones it crossed (`@mql`)
+/// and the steps it sent an email from (`#STAGE/STEP`), as the store keeps it
+/// (comma-separated, in order).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reached(Vec<String>);
 
@@ -855,12 +975,17 @@ impl Reached {
         self.insert(&format!("@{kind}"))
     }
 
+    /// The run sends an email from `step` of `stage`: `true` the first time in the run.
+    pub fn send(&mut self, stage: &str, step: &str) -> bool {
+        self.insert(&format!("#{stage}/{step}"))
+    }
+
     /// The stages reached, in order.
     pub fn stages(&self) -> impl Iterator<Item = &str> {
         self.0
             .iter()
             .map(String::as_str)
-            .filter(|s| !s.starts_with('@'))
+            .filter(|s| !s.starts_with(['@', '#']))
     }
 
     pub fn text(&self) -> String {
@@ -1059,6 +1184,8 @@ pub struct LeadRun<'a> {
     pub run: Run<'a>,
     /// Each stage it entered, with the first time it did.
     pub firsts: Vec<(&'a str, DateTime<Utc>)>,
+    /// Its first email of each step ([`mark::FIRST`]).
+    pub mails: Vec<Mail<'a>>,
 }
 
 /// What an order of a lead adds to one funnel, given the lead's runs of it (oldest first) and
@@ -1095,6 +1222,13 @@ pub fn order_facts<'a>(
                     stage,
                     order,
                 });
+                // What each of the stage's A/B variants the run was sent by then brought.
+                for mail in r.mails.iter().filter(|m| m.stage == *stage) {
+                    if mail.queued_at < order.at {
+                        let (run, mail) = (r.run, *mail);
+                        out.push(Fact::BoughtAfter { run, mail, order });
+                    }
+                }
             }
         }
     }
@@ -1115,6 +1249,10 @@ pub struct Mail<'a> {
     pub stage: &'a str,
     pub template: &'a str,
     pub queued_at: DateTime<Utc>,
+    /// The step that sent it (none for the double opt-in confirmation).
+    pub step: Option<&'a str>,
+    /// It is its run's first email of the step ([`mark::FIRST`]): the A/B unit.
+    pub first: bool,
 }
 
 /// Whether an email reached `stage`, which its run first entered at `at`: a stage other than
@@ -1132,6 +1270,9 @@ pub mod mark {
     pub const UNSUBSCRIBED: i64 = 4;
     pub const BOUNCED: i64 = 8;
     pub const COMPLAINED: i64 = 16;
+    /// Not an event's: the email is its run's first of its step (from its stage), set when it
+    /// is queued ([`super::Reached::send`]) — what the A/B counters count a run by.
+    pub const FIRST: i64 = 32;
 
     /// Each mark with its counter's name.
     pub const ALL: [(i64, &str); 5] = [

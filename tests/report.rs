@@ -594,7 +594,7 @@ stages:
 /// chi-square test; the verdict names A, significant. The table is the worked example of
 /// docs/reading-your-funnel.md (`tests/report/ab.table`).
 async fn the_ab_verdict(store: Store) {
-    use autofunnel::report::ab::{ab_report, chi_square_p, two_proportion_p};
+    use autofunnel::report::ab::{chi_square_p, two_proportion_p};
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = project_of(
@@ -668,21 +668,34 @@ async fn the_ab_verdict(store: Store) {
         .report_rows(&fid("split"), now, ReportNeeds::ALL)
         .await
         .unwrap();
-    let from = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
     let to = Utc.with_ymd_and_hms(2026, 11, 8, 0, 0, 0).unwrap();
-    let r = ab_report(&p.funnels[0], &rows, Cohort::Entry, from, to, now).unwrap();
-    assert_eq!(r.splits.len(), 1);
-    // Made by the store three leads at a time, the same report.
+    // From the A/B counters, and the same from the rows.
     let params = Params {
         from: Some("2026-11-01".into()),
         to: Some("2026-11-08".into()),
         ..Params::default()
     };
     let req = Request::parse(What::Ab, &params, now).unwrap();
-    let Answer::Ab(ranged) = both(&store, &p.funnels[0], &rows, &req, now).await else {
+    assert!(matches!(
+        req.read(now, store.zone()),
+        ReportRead::Counts { .. }
+    ));
+    let Answer::Ab(r) = both(&store, &p.funnels[0], &rows, &req, now).await else {
         unreachable!()
     };
-    assert_eq!(ranged, r);
+    assert_eq!(r.splits.len(), 1);
+    // A period inside a day reads the rows: the same runs.
+    let params = Params {
+        from: Some("2026-11-02T08:00:00Z".into()),
+        to: Some("2026-11-08".into()),
+        ..Params::default()
+    };
+    let req = Request::parse(What::Ab, &params, now).unwrap();
+    assert!(matches!(req.read(now, store.zone()), ReportRead::Rows(_)));
+    let Answer::Ab(inside) = both(&store, &p.funnels[0], &rows, &req, now).await else {
+        unreachable!()
+    };
+    assert_eq!(inside.splits, r.splits);
     let s = &r.splits[0];
     let names: Vec<&str> = s.variants.iter().map(|v| v.template.as_str()).collect();
     assert_eq!(names, ["offer-a", "offer-b", "offer-c"]);
@@ -766,16 +779,17 @@ async fn the_ab_verdict(store: Store) {
         ]
     );
     // A period with no sends: no runs, no chance of being best, no verdict yet.
-    let (later_from, later_to) = (to, to + Duration::days(7));
-    let empty = ab_report(
-        &p.funnels[0],
-        &rows,
-        Cohort::Calendar,
-        later_from,
-        later_to,
-        later_to,
-    )
-    .unwrap();
+    let params = Params {
+        from: Some("2026-11-08".into()),
+        to: Some("2026-11-15".into()),
+        cohort: Some("calendar".into()),
+        ..Params::default()
+    };
+    let later = to + Duration::days(7);
+    let req = Request::parse(What::Ab, &params, later).unwrap();
+    let Answer::Ab(empty) = both(&store, &p.funnels[0], &rows, &req, later).await else {
+        unreachable!()
+    };
     let e = &empty.splits[0];
     assert!(
         e.variants
@@ -789,8 +803,136 @@ async fn the_ab_verdict(store: Store) {
     );
 }
 
+/// One lead of the mixed funnel sent to the pitch (its split), back to the magnet, to the
+/// pitch again, and buying the course: returns the time after.
+async fn looped_back(
+    store: &Store,
+    p: &std::sync::Arc<autofunnel::project::Project>,
+) -> DateTime<Utc> {
+    let rt = crate::util::engine(store, p, t0()).await;
+    let ids = confirmed_leads(store, "loop", 1).await;
+    let lead = ids[0];
+    rt.enroll_many(&ids, &fid("mixed"), t0()).await.unwrap();
+    let kind = |n: &str| Event::of(EventKind::parse(n).unwrap());
+    let at = |h: i64| t0() + Duration::hours(h);
+    for (h, e) in [(1, kind("skip")), (2, kind("back")), (3, kind("skip"))] {
+        rt.event(lead, e, None, at(h)).await.unwrap();
+        while rt.tick(at(h)).await.unwrap() > 0 {}
+    }
+    let mut order = purchase("course", 100.0);
+    order.currency = Some("USD".into());
+    rt.event(lead, order, None, at(4)).await.unwrap();
+    while rt.tick(at(4)).await.unwrap() > 0 {}
+    at(5)
+}
+
+/// The A/B figures of the mixed funnel's split that have sends: (sends, runs, converted,
+/// revenue per run), from the store (its counters over whole days).
+async fn ab_figures(
+    store: &Store,
+    f: &Funnel,
+    cohort: &str,
+    now: DateTime<Utc>,
+) -> Vec<(u64, u64, u64, Vec<(String, f64)>)> {
+    let params = Params {
+        from: Some("2026-11-02".into()),
+        cohort: Some(cohort.into()),
+        ..Params::default()
+    };
+    let req = Request::parse(What::Ab, &params, now).unwrap();
+    assert!(matches!(
+        req.read(now, store.zone()),
+        ReportRead::Counts { .. }
+    ));
+    let Answer::Ab(r) = autofunnel::runtime::report::make(store, f, &req, now)
+        .await
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    r.splits[0]
+        .variants
+        .iter()
+        .filter(|v| v.sends > 0)
+        .map(|v| {
+            (
+                v.sends,
+                v.leads,
+                v.converted.part,
+                v.revenue_per_lead.clone(),
+            )
+        })
+        .collect()
+}
+
+/// A run that loops back to a split step gets its variant again: two sends, one run. The
+/// next stage counts once, after the first send; its order after the send counts once, for
+/// the one run, however often the run was sent the variant. Counters and rows agree.
+async fn a_run_sent_a_variant_twice_is_one_run(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = mixed_project(dir.path());
+    let now = looped_back(&store, &p).await;
+    let rows = store
+        .report_rows(&fid("mixed"), now, ReportNeeds::ALL)
+        .await
+        .unwrap();
+    let pitched = rows
+        .emails
+        .iter()
+        .filter(|e| e.stage.as_deref() == Some("pitch"))
+        .count();
+    assert_eq!(pitched, 2, "the run was sent the split twice");
+    for cohort in ["entry", "calendar"] {
+        let params = Params {
+            from: Some("2026-11-02".into()),
+            cohort: Some(cohort.into()),
+            ..Params::default()
+        };
+        let req = Request::parse(What::Ab, &params, now).unwrap();
+        // Compared with the rows, to the byte.
+        both(&store, &p.funnels[0], &rows, &req, now).await;
+        assert_eq!(
+            ab_figures(&store, &p.funnels[0], cohort, now).await,
+            [(2, 1, 1, vec![("USD".to_string(), 100.0)])],
+            "{cohort}"
+        );
+    }
+}
+
+/// A database from before the A/B counters: the migration that brings them makes them (and
+/// each run's first email of a step) from the rows stored before, and the report reads them.
+#[tokio::test]
+async fn ab_counters_are_made_on_upgrade() {
+    use sea_orm::{ConnectionTrait as _, Database};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/old.db?mode=rwc", dir.path().display());
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let p = mixed_project(dir.path());
+    let now = looped_back(&store, &p).await;
+    let f = &p.funnels[0];
+    let before = ab_figures(&store, f, "entry", now).await;
+    assert_eq!(before, [(2, 1, 1, vec![("USD".to_string(), 100.0)])]);
+    // As it stood before: no A/B counters, no first emails marked, no record of the migration.
+    let raw = Database::connect(&url).await.unwrap();
+    for sql in [
+        "DELETE FROM report_counts WHERE metric LIKE 'ab' || char(31) || '%'",
+        "UPDATE messages SET marks = marks & ~32",
+        "DELETE FROM seaql_migrations WHERE version = 'm20261206_000017_ab_report_counts'",
+    ] {
+        raw.execute_unprepared(sql).await.unwrap();
+    }
+    raw.close().await.unwrap();
+    assert_eq!(ab_figures(&store, f, "entry", now).await, []);
+    let applied = store.migrate().await.unwrap();
+    assert_eq!(applied, ["m20261206_000017_ab_report_counts"]);
+    assert_eq!(ab_figures(&store, f, "entry", now).await, before);
+}
+
 on_both_backends! {
     ab => the_ab_verdict,
+    ab_loop => a_run_sent_a_variant_twice_is_one_run,
 }
 
 /// Attribution through the store: Anna came from Google ten days before buying and from the
@@ -1013,7 +1155,7 @@ stages:
       - { event: purchase, product: course, goto: won }
       - { event: back, goto: magnet }
     steps:
-      - send: offer
+      - send: { split: [offer, offer-b] }
       - wait: 3d
       - exit: not_converted
   - id: won
@@ -1103,6 +1245,8 @@ fn mixed_project(dir: &std::path::Path) -> std::sync::Arc<autofunnel::project::P
             ("templates/mixed/nudge.html", "<p>Nudge</p>"),
             ("templates/mixed/offer.subject", "The course"),
             ("templates/mixed/offer.html", "<p>Offer</p>"),
+            ("templates/mixed/offer-b.subject", "The course, again"),
+            ("templates/mixed/offer-b.html", "<p>Offer B</p>"),
         ],
     )
 }
@@ -1412,6 +1556,37 @@ async fn counters_agree_with_rows(store: Store) {
             ]
             .iter()
             .all(|n| *n > 0),
+            "every figure is exercised: {r:#?}"
+        );
+    }
+    // The A/B report of the split at `pitch`, which runs that loop back get again.
+    for cohort in ["entry", "calendar"] {
+        let params = Params {
+            from: Some("2026-11-01".into()),
+            cohort: Some(cohort.into()),
+            ..Params::default()
+        };
+        let req = Request::parse(What::Ab, &params, now).unwrap();
+        assert!(matches!(
+            req.read(now, chrono_tz::UTC),
+            ReportRead::Counts { .. }
+        ));
+        let Answer::Ab(r) = both(&store, f, &rows, &req, now).await else {
+            unreachable!()
+        };
+        let vs = &r.splits[0].variants;
+        let sum =
+            |g: fn(&autofunnel::report::ab::Variant) -> u64| -> u64 { vs.iter().map(g).sum() };
+        assert!(
+            sum(|v| v.sends) >= sum(|v| v.leads)
+                && [
+                    sum(|v| v.leads),
+                    sum(|v| v.clicked.part),
+                    sum(|v| v.converted.part),
+                    sum(|v| v.revenue_per_lead.len() as u64),
+                ]
+                .iter()
+                .all(|n| *n > 0),
             "every figure is exercised: {r:#?}"
         );
     }

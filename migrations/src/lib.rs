@@ -20,6 +20,7 @@ mod m20261206_000013_score_decay;
 mod m20261206_000014_window_report_counts;
 mod m20261206_000015_consent_text_hash;
 mod m20261206_000016_hashed_suppressions;
+mod m20261206_000017_ab_report_counts;
 
 pub struct Migrator;
 
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000014_window_report_counts::Migration),
             Box::new(m20261206_000015_consent_text_hash::Migration),
             Box::new(m20261206_000016_hashed_suppressions::Migration),
+            Box::new(m20261206_000017_ab_report_counts::Migration),
         ]
     }
 }

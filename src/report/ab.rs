@@ -1,21 +1,22 @@
-//! A/B verdicts for every `split` step. The unit is the run that got a variant: per variant
-//! its sends, its runs, the runs whose lead clicked it after it was sent, the runs that went
-//! on to the next stage after it was sent, and revenue per run; each variant's conversion
-//! against the first's (two-proportion z-test, two-sided p-value), a chi-square test across
-//! all the variants, the probability that each converts best (Beta(1, 1) posteriors, drawn
-//! with a fixed seed), and a verdict in plain words once every variant has a minimum sample.
-//! Entry cohort: the period's runs, and what they did after each send up to now. Calendar
-//! view: the variants sent in the period, and the clicks, conversions and orders made in it.
+//! A/B verdicts for every `split` step. The unit is the run that got a variant, by its first
+//! email of the step: per variant its sends, its runs, the runs whose first email of it was
+//! clicked, the runs that entered the next stage for the first time after it, and the stage's
+//! offer bought after it per run; each variant's conversion against the first's
+//! (two-proportion z-test, two-sided p-value), a chi-square test across all the variants, the
+//! probability that each converts best (Beta(1, 1) posteriors, drawn with a fixed seed), and
+//! a verdict in plain words once every variant has a minimum sample. Made from the A/B
+//! counters (`ab␟STEP␟TEMPLATE␟WHAT`), kept as the emails are written or made again from the
+//! rows. Entry cohort: the period's runs, and what came of each one's first email of the split
+//! up to now. Calendar view: the first emails queued in the period, and what came of them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Cohort, Rate, ReportError, Window};
-use crate::domain::{EnrollmentId, EventKind, LeadId, Money};
+use super::{Cohort, Rate};
 use crate::funnel::{Action, Funnel, Send};
-use crate::store::ReportRows;
+use crate::tally::{Figures, Micros, View, ab, metric};
 
 /// Runs per variant before a verdict is given (and the chance of being best is shown).
 pub const MIN_SAMPLE: u64 = 100;
@@ -181,279 +182,161 @@ pub fn p_best(vs: &[(u64, u64)]) -> Vec<f64> {
     wins.iter().map(|w| *w as f64 / DRAWS as f64).collect()
 }
 
-/// The A/B report of `f` over `[from, to)` (entry cohort: the period's runs, and what they did
-/// after each send up to now; calendar: the variants sent in the period, and the clicks,
-/// conversions and orders made in it).
-pub fn ab_report(
-    f: &Funnel,
-    rows: &ReportRows,
-    cohort: Cohort,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<AbReport, ReportError> {
-    let mut fold = AbFold::new(cohort, from, to, now)?;
-    fold.add(f, rows);
-    Ok(fold.finish(f))
-}
-
-/// What one variant's sends added up to (sums over leads, so ranges of leads add up).
+/// One variant's counters summed over the report's period.
 #[derive(Debug, Clone, Default)]
 struct Sums {
     sends: u64,
     runs: u64,
     clicked: u64,
-    converted: u64,
-    revenue: BTreeMap<String, Money>,
+    /// Runs that entered each stage for the first time after the email.
+    reached: BTreeMap<String, u64>,
+    /// Per product, per currency: the total of the orders credited after the email.
+    bought: BTreeMap<(String, String), Micros>,
 }
 
-/// (stage, step, template): one variant of one split step.
-type Key = (String, String, String);
-
-/// The A/B report counted from rows one range of leads at a time: everything it counts of a
-/// run (its sends, clicks, next-stage entry, its lead's orders) is its own lead's.
-#[derive(Debug, Clone)]
-pub struct AbFold {
-    w: Window,
-    sums: BTreeMap<Key, Sums>,
-    /// The templates each (stage, step) sent, to find the variants that left the file.
-    sent_by: BTreeMap<(String, String), BTreeSet<String>>,
-}
-
-impl AbFold {
-    pub fn new(
-        cohort: Cohort,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<AbFold, ReportError> {
-        Ok(AbFold {
-            w: Window::new(cohort, from, to, now)?,
-            sums: BTreeMap::new(),
-            sent_by: BTreeMap::new(),
-        })
-    }
-
-    /// Counts one range of leads' rows.
-    pub fn add(&mut self, f: &Funnel, rows: &ReportRows) {
-        let w = &self.w;
-        let cohort_runs = w.cohort_runs(rows);
-        // What happened after a send counts up to now (entry) or in the period (calendar).
-        let counts = |t: DateTime<Utc>| match w.cohort {
-            Cohort::Entry => t <= w.now,
-            Cohort::Calendar => w.within(t),
+/// The A/B report of `f` from its counters summed over `[from, to)`
+/// ([`crate::tally::metric::AB`]): the runs that entered in the period and what came of
+/// each one's first email of the split (entry cohort), or the first emails queued in the
+/// period and what came of them (calendar).
+pub fn ab_report(
+    f: &Funnel,
+    fig: &Figures,
+    cohort: Cohort,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> AbReport {
+    let view = match cohort {
+        Cohort::Entry => View::Entry,
+        Cohort::Calendar => View::Calendar,
+    };
+    // (stage, step) → template → its sums.
+    let mut found: BTreeMap<(String, String), BTreeMap<String, Sums>> = BTreeMap::new();
+    for ((v, stage, m), sum) in &fig.0 {
+        let Some(rest) = m.strip_prefix(metric::AB).filter(|_| *v == view) else {
+            continue;
         };
-        let mut visits: HashMap<(EnrollmentId, &str), Vec<DateTime<Utc>>> = HashMap::new();
-        for v in &rows.visits {
-            visits
-                .entry((v.enrollment, v.stage.as_str()))
-                .or_default()
-                .push(v.entered_at);
-        }
-        for e in &rows.emails {
-            if let (Some(stage), Some(step)) = (e.stage.as_deref(), e.step.as_deref()) {
-                let templates = self
-                    .sent_by
-                    .entry((stage.to_string(), step.to_string()))
-                    .or_default();
-                if !templates.contains(&e.template) {
-                    templates.insert(e.template.clone());
+        let mut parts = rest.splitn(3, '\u{1f}');
+        let (Some(step), Some(template), Some(what)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let s = found
+            .entry((stage.clone(), step.to_string()))
+            .or_default()
+            .entry(template.to_string())
+            .or_default();
+        let n = sum.n.max(0) as u64;
+        match what {
+            ab::SENDS => s.sends += n,
+            ab::RUNS => s.runs += n,
+            ab::CLICKED => s.clicked += n,
+            _ => {
+                if let Some(stage) = what.strip_prefix(ab::REACHED) {
+                    *s.reached.entry(stage.to_string()).or_default() += n;
+                } else if let Some((product, currency)) = what
+                    .strip_prefix(ab::BUY)
+                    .and_then(|r| r.split_once('\u{1f}'))
+                {
+                    s.bought
+                        .entry((product.to_string(), currency.to_string()))
+                        .or_default()
+                        .0 += sum.total.0;
                 }
             }
-        }
-        // The variants to count: the file's splits', and whatever steps the file no longer has
-        // sent (a step of the file that is not a split is no test).
-        let mut keys: BTreeSet<Key> = BTreeSet::new();
-        for (stage, step, variants) in splits_of(f) {
-            for v in variants {
-                keys.insert((stage.to_string(), step.clone(), v.to_string()));
-            }
-        }
-        for ((stage, step), templates) in &self.sent_by {
-            let known = f
-                .stage(stage)
-                .is_some_and(|s| s.steps.iter().any(|x| x.id.to_string() == *step));
-            let split = keys.iter().any(|(a, b, _)| a == stage && b == step);
-            if split || !known {
-                for t in templates {
-                    keys.insert((stage.clone(), step.clone(), t.clone()));
-                }
-            }
-        }
-        for key in keys {
-            let (stage, step, template) = (&key.0, &key.1, &key.2);
-            let i = f.stages.iter().position(|s| s.id.value.as_str() == stage);
-            let next = i
-                .and_then(|i| f.stages.get(i + 1))
-                .map(|s| s.id.value.as_str());
-            let offer = i
-                .and_then(|i| f.stages[i].offer.as_ref())
-                .map(|o| o.value.as_str());
-            let sent: Vec<_> = rows
-                .emails
-                .iter()
-                .filter(|e| {
-                    e.template == *template
-                        && e.stage.as_deref() == Some(stage.as_str())
-                        && e.step.as_deref().is_none_or(|s| s == step)
-                        && w.counts_email(e, &cohort_runs)
-                })
-                .collect();
-            // Each run with its lead and the first time it was sent the variant.
-            let mut first: BTreeMap<EnrollmentId, (LeadId, DateTime<Utc>)> = BTreeMap::new();
-            for e in &sent {
-                if let Some(run) = e.enrollment {
-                    let f = first.entry(run).or_insert((e.lead, e.created_at));
-                    f.1 = f.1.min(e.created_at);
-                }
-            }
-            // A lead's runs that got it, by send time: what a click or an order of the lead
-            // is about (the latest sent by then).
-            let mut of_lead: HashMap<LeadId, Vec<(DateTime<Utc>, EnrollmentId)>> = HashMap::new();
-            for (run, (lead, at)) in &first {
-                of_lead.entry(*lead).or_default().push((*at, *run));
-            }
-            for runs in of_lead.values_mut() {
-                runs.sort();
-            }
-            let run_at = |lead: LeadId, t: DateTime<Utc>| {
-                of_lead
-                    .get(&lead)?
-                    .iter()
-                    .rev()
-                    .find(|(at, _)| *at <= t)
-                    .map(|(_, r)| *r)
-            };
-            let by_id: HashMap<i64, Option<EnrollmentId>> =
-                sent.iter().map(|e| (e.id, e.enrollment)).collect();
-            let mut clicked: BTreeSet<EnrollmentId> = BTreeSet::new();
-            for t in &rows.tracking {
-                if t.kind != EventKind::Click || !counts(t.at) {
-                    continue;
-                }
-                let run = match t.message {
-                    Some(m) => by_id.get(&m).copied().flatten(),
-                    None if t.template.as_deref() == Some(template.as_str()) => {
-                        run_at(t.lead, t.at)
-                    }
-                    None => None,
-                };
-                if let Some(r) = run.filter(|r| first.get(r).is_some_and(|(_, at)| t.at >= *at)) {
-                    clicked.insert(r);
-                }
-            }
-            let converted = first
-                .iter()
-                .filter(|(run, (_, at))| {
-                    next.and_then(|n| visits.get(&(**run, n)))
-                        .is_some_and(|entries| entries.iter().any(|e| *e > *at && counts(*e)))
-                })
-                .count() as u64;
-            let sums = self.sums.entry(key.clone()).or_default();
-            if let Some(offer) = offer {
-                for p in &rows.purchases {
-                    if p.product.as_deref() == Some(offer)
-                        && counts(p.at)
-                        && run_at(p.lead, p.at).is_some()
-                        && let Some(a) = p.amount
-                    {
-                        let currency = p.currency.clone().unwrap_or_else(|| "—".into());
-                        sums.revenue.entry(currency).or_default().0 += a.0;
-                    }
-                }
-            }
-            sums.sends += sent.len() as u64;
-            sums.runs += first.len() as u64;
-            sums.clicked += clicked.len() as u64;
-            sums.converted += converted;
         }
     }
-
-    /// The report of every range counted.
-    pub fn finish(self, f: &Funnel) -> AbReport {
-        let variant = |key: Key, removed: bool| {
-            let s = self.sums.get(&key).cloned().unwrap_or_default();
-            let n = s.runs;
-            Variant {
-                template: key.2,
-                removed,
-                sends: s.sends,
-                leads: n,
-                clicked: Rate::of(s.clicked, n),
-                converted: Rate::of(s.converted, n),
-                revenue_per_lead: s
-                    .revenue
-                    .into_iter()
-                    .map(|(c, t)| (c, if n > 0 { t.units() / n as f64 } else { 0.0 }))
-                    .collect(),
-                p_value: None,
-                p_best: None,
-            }
-        };
-        let key =
-            |stage: &str, step: &str, t: &str| (stage.to_string(), step.to_string(), t.to_string());
-        let mut splits = Vec::new();
-        let mut current: BTreeSet<(String, String)> = BTreeSet::new();
-        for s in &f.stages {
-            for step in &s.steps {
-                current.insert((s.id.value.to_string(), step.id.to_string()));
-            }
-        }
-        for (stage, step, variants) in splits_of(f) {
-            let mut figures: Vec<Variant> = variants
+    let variant = |stage: &str, step: &str, template: &str, removed: bool| {
+        let s = found
+            .get(&(stage.to_string(), step.to_string()))
+            .and_then(|ts| ts.get(template))
+            .cloned()
+            .unwrap_or_default();
+        let i = f.stages.iter().position(|x| x.id.value.as_str() == stage);
+        let next = i
+            .and_then(|i| f.stages.get(i + 1))
+            .map(|x| x.id.value.as_str());
+        let offer = i
+            .and_then(|i| f.stages[i].offer.as_ref())
+            .map(|o| o.value.as_str());
+        let n = s.runs;
+        let converted = next.and_then(|x| s.reached.get(x)).copied().unwrap_or(0);
+        Variant {
+            template: template.to_string(),
+            removed,
+            sends: s.sends,
+            leads: n,
+            clicked: Rate::of(s.clicked, n),
+            converted: Rate::of(converted, n),
+            revenue_per_lead: s
+                .bought
                 .iter()
-                .map(|v| variant(key(stage, &step, v), false))
-                .collect();
-            let (test, p_value, verdict) = verdict(&mut figures);
-            // Variants sent before and no longer in the split: shown, out of the test.
-            let gone = self
-                .sent_by
-                .get(&(stage.to_string(), step.clone()))
-                .into_iter()
-                .flatten()
-                .filter(|t| !variants.contains(&t.as_str()));
-            for t in gone {
-                figures.push(variant(key(stage, &step, t), true));
-            }
-            splits.push(Split {
-                stage: stage.to_string(),
-                step,
-                removed: false,
-                variants: figures,
-                test,
-                p_value,
-                verdict,
-            });
+                .filter(|((product, _), _)| Some(product.as_str()) == offer)
+                .map(|((_, c), t)| (c.clone(), if n > 0 { t.units() / n as f64 } else { 0.0 }))
+                .collect(),
+            p_value: None,
+            p_best: None,
         }
-        // Splits no longer in the file (their step or stage removed or renamed): a step that
-        // sent more than one template was one.
-        for ((stage, step), templates) in &self.sent_by {
-            if templates.len() < 2 || current.contains(&(stage.clone(), step.clone())) {
-                continue;
-            }
-            let mut figures: Vec<Variant> = templates
-                .iter()
-                .map(|t| variant(key(stage, step, t), true))
-                .collect();
-            let (test, p_value, verdict) = verdict(&mut figures);
-            splits.push(Split {
-                stage: stage.clone(),
-                step: step.clone(),
-                removed: true,
-                variants: figures,
-                test,
-                p_value,
-                verdict: format!("removed from the funnel's file; as it stood: {verdict}"),
-            });
+    };
+    let mut splits = Vec::new();
+    let mut current: BTreeSet<(String, String)> = BTreeSet::new();
+    for s in &f.stages {
+        for step in &s.steps {
+            current.insert((s.id.value.to_string(), step.id.to_string()));
         }
-        AbReport {
-            funnel: f.id.value.to_string(),
-            cohort: self.w.cohort,
-            tz: "UTC".into(),
-            from: self.w.from,
-            to: self.w.to,
-            splits,
+    }
+    for (stage, step, variants) in splits_of(f) {
+        let mut figures: Vec<Variant> = variants
+            .iter()
+            .map(|v| variant(stage, &step, v, false))
+            .collect();
+        let (test, p_value, verdict) = verdict(&mut figures);
+        // Variants sent before and no longer in the split: shown, out of the test.
+        let gone = found
+            .get(&(stage.to_string(), step.clone()))
+            .into_iter()
+            .flat_map(|ts| ts.keys())
+            .filter(|t| !variants.contains(&t.as_str()));
+        for t in gone {
+            figures.push(variant(stage, &step, t, true));
         }
+        splits.push(Split {
+            stage: stage.to_string(),
+            step,
+            removed: false,
+            variants: figures,
+            test,
+            p_value,
+            verdict,
+        });
+    }
+    // Splits no longer in the file (their step or stage removed or renamed): a step that
+    // sent more than one template was one.
+    for ((stage, step), templates) in &found {
+        if templates.len() < 2 || current.contains(&(stage.clone(), step.clone())) {
+            continue;
+        }
+        let mut figures: Vec<Variant> = templates
+            .keys()
+            .map(|t| variant(stage, step, t, true))
+            .collect();
+        let (test, p_value, verdict) = verdict(&mut figures);
+        splits.push(Split {
+            stage: stage.clone(),
+            step: step.clone(),
+            removed: true,
+            variants: figures,
+            test,
+            p_value,
+            verdict: format!("removed from the funnel's file; as it stood: {verdict}"),
+        });
+    }
+    AbReport {
+        funnel: f.id.value.to_string(),
+        cohort,
+        tz: "UTC".into(),
+        from,
+        to,
+        splits,
     }
 }
 

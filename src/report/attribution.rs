@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
-use super::{Cohort, ReportError, Window};
+use super::{ReportError, check_period};
 use crate::funnel::Funnel;
 use crate::store::ReportRows;
 use crate::tally::{Figures, Tally};
@@ -172,7 +172,7 @@ pub fn attribution_report(
     to: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<AttributionReport, ReportError> {
-    Window::new(Cohort::Calendar, from, to, now)?;
+    check_period(from, to)?;
     let mut tally = credit_tally(from, to, now);
     credit(rows, &mut tally, lookback);
     let fig = crate::tally::figures(&tally)

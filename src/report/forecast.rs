@@ -558,7 +558,7 @@ impl ForecastFold {
         tz: chrono_tz::Tz,
     ) -> Result<ForecastFold, ReportError> {
         let observed_from = observed_from(sc, now, tz);
-        super::Window::new(Cohort::Entry, observed_from, now, now)?;
+        super::check_period(observed_from, now)?;
         Ok(ForecastFold {
             observed_from,
             now,

@@ -15,7 +15,7 @@ pub mod forecast;
 pub mod render;
 pub mod request;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -234,63 +234,15 @@ impl ReportError {
     }
 }
 
-/// The period a report covers, how leads are assigned to it, and the time it is made.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Window {
-    pub cohort: Cohort,
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    pub now: DateTime<Utc>,
-}
-
-impl Window {
-    pub fn new(
-        cohort: Cohort,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<Window, ReportError> {
-        if from >= to {
-            return Err(ReportError::EmptyPeriod {
-                from: from.to_rfc3339(),
-                to: to.to_rfc3339(),
-            });
-        }
-        Ok(Window {
-            cohort,
-            from,
-            to,
-            now,
-        })
+/// A report's period `[from, to)`: an empty one is refused.
+pub(crate) fn check_period(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<(), ReportError> {
+    if from >= to {
+        return Err(ReportError::EmptyPeriod {
+            from: from.to_rfc3339(),
+            to: to.to_rfc3339(),
+        });
     }
-
-    /// Whether a time falls in the period (and has happened).
-    pub fn within(&self, t: DateTime<Utc>) -> bool {
-        t >= self.from && t < self.to && t <= self.now
-    }
-
-    /// The runs that entered the funnel in the period.
-    pub fn cohort_runs(&self, rows: &ReportRows) -> HashSet<EnrollmentId> {
-        rows.runs
-            .iter()
-            .filter(|r| self.within(r.entered_at))
-            .map(|r| r.enrollment)
-            .collect()
-    }
-
-    /// Whether an email counts: one of the cohort's runs (entry) or queued in the period
-    /// (calendar).
-    pub fn counts_email(
-        &self,
-        e: &crate::store::EmailRow,
-        cohort_runs: &HashSet<EnrollmentId>,
-    ) -> bool {
-        e.created_at <= self.now
-            && match self.cohort {
-                Cohort::Entry => e.enrollment.is_some_and(|r| cohort_runs.contains(&r)),
-                Cohort::Calendar => self.within(e.created_at),
-            }
-    }
+    Ok(())
 }
 
 /// Midnight at the start of the day `d` in `tz` (where a zone skips midnight, the day's first
@@ -535,7 +487,7 @@ pub fn funnel_report(
     to: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<FunnelReport, ReportError> {
-    Window::new(cohort, from, to, now)?;
+    check_period(from, to)?;
     let fig = figures_of_rows(rows, &[(from, to)], now, None)
         .remove(&(0, ALL.to_string()))
         .unwrap_or_default();
@@ -802,7 +754,7 @@ pub fn sliced_reports(
     to: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Slice>, ReportError> {
-    Window::new(cohort, from, to, now)?;
+    check_period(from, to)?;
     check_field(rows, key)?;
     let by_origin = origin_figures(f, rows, key, &[(from, to)], now)
         .into_iter()

@@ -8,7 +8,7 @@ use chrono::{DateTime, Datelike, Duration, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use super::ab::{AbFold, AbReport};
+use super::ab::{AbReport, ab_report};
 use super::attribution::{AttributionReport, Model, attribution_of, credit, credit_tally};
 use super::emails::{EmailReport, email_report};
 use super::forecast::{ForecastFold, ForecastReport, Scenario};
@@ -425,7 +425,7 @@ impl Request {
                         && self.slices.is_empty());
                 window && !self.slices.iter().any(SliceKey::from_rows)
             }
-            What::Emails => self.window.is_none(),
+            What::Emails | What::Ab => self.window.is_none(),
             What::Attribution => self.lookback == crate::tally::LOOKBACK,
             _ => false,
         } && self.tz == counted_in
@@ -461,7 +461,11 @@ impl Request {
                     (_, Cohort::Entry, None) => View::Entry,
                 },
                 entry_totals: self.what == What::Funnel && self.cohort == Cohort::Calendar,
-                mail_only: self.what == What::Emails,
+                prefix: match self.what {
+                    What::Emails => Some(crate::tally::metric::MAIL),
+                    What::Ab => Some(crate::tally::metric::AB),
+                    _ => None,
+                },
             },
         }
     }
@@ -573,7 +577,8 @@ enum Counting {
     Mails(Tally),
     /// Attribution: orders shared among touches in the lookback.
     Credit(Tally),
-    Ab(AbFold),
+    /// The A/B report: what came of each split's emails, and the orders after them.
+    Ab(Tally),
     Forecast(ForecastFold),
 }
 
@@ -586,11 +591,11 @@ impl<'a> Fold<'a> {
         now: DateTime<Utc>,
     ) -> Result<Fold<'a>, ReportError> {
         let (from, to) = (req.from, req.to);
-        super::Window::new(req.cohort, from, to, now)?;
+        super::check_period(from, to)?;
         let counting = match req.what {
             What::Emails => Counting::Mails(Tally::in_periods(vec![(from, to)], false)),
             What::Attribution => Counting::Credit(credit_tally(from, to, now)),
-            What::Ab => Counting::Ab(AbFold::new(req.cohort, from, to, now)?),
+            What::Ab => Counting::Ab(Tally::in_periods(vec![(from, to)], false)),
             What::Forecast => Counting::Forecast(ForecastFold::new(&req.scenario, now, req.tz)?),
             _ => {
                 let periods = match req.by {
@@ -639,7 +644,14 @@ impl<'a> Fold<'a> {
         };
         self.any_runs |= !rows.runs.is_empty();
         match &mut self.counting {
-            Counting::Ab(ab) => ab.add(f, rows),
+            Counting::Ab(tally) => {
+                let ab = crate::store::Replay {
+                    mails: true,
+                    orders: true,
+                    ..Default::default()
+                };
+                rows.replay(tally, ab, crate::tally::LOOKBACK, None);
+            }
             Counting::Forecast(fc) => fc.add(rows),
             Counting::Mails(tally) => {
                 let mails = crate::store::Replay {
@@ -678,7 +690,7 @@ impl<'a> Fold<'a> {
                 .unwrap_or_default()
         };
         let a = match self.counting {
-            Counting::Ab(ab) => Answer::Ab(ab.finish(f)),
+            Counting::Ab(tally) => Answer::Ab(ab_report(f, &whole(&tally), cohort, from, to)),
             Counting::Forecast(fc) => Answer::Forecast(fc.finish(f, &req.scenario)?),
             Counting::Mails(tally) => {
                 Answer::Emails(email_report(f, &whole(&tally), cohort, from, to))
@@ -733,6 +745,11 @@ fn answer_of(
             let (f, c) = (f, req.cohort);
             return Ok(Answer::Emails(email_report(f, &fig, c, req.from, req.to)));
         }
+        ReportData::Counts(figs) if req.what == What::Ab => {
+            let fig = figs.get(&(0, ALL.to_string())).cloned().unwrap_or_default();
+            let (f, c) = (f, req.cohort);
+            return Ok(Answer::Ab(ab_report(f, &fig, c, req.from, req.to)));
+        }
         ReportData::Counts(figs) => {
             return Ok(Answer::Funnel(Box::new(funnel_answer(
                 f,
@@ -749,7 +766,7 @@ fn answer_of(
         ReportData::Rows(rows) => rows,
     };
     let (from, to) = (req.from, req.to);
-    super::Window::new(req.cohort, from, to, now)?;
+    super::check_period(from, to)?;
     let mut fold = Fold::new(f, req, now)?;
     fold.add(rows);
     fold.finish()

@@ -104,7 +104,6 @@ pub(super) async fn write_runs(
         if w.status == RunStatus::Exited(Outcome::Converted) && (w.new || b.status.is_live()) {
             counting.count(Fact::Converted { run, at: now });
         }
-        debug_assert_eq!(reached.text(), reached_after(&b.reached, w.writes));
         for e in &w.writes.entries {
             pending.push(vec![w.lead.0.into(), e.clone().into(), t.into()]);
         }
@@ -145,6 +144,13 @@ pub(super) async fn write_runs(
             subscribed(subs, w, t, &mut messages);
         }
         for m in &w.writes.messages {
+            // A run's first email of a step is the A/B unit.
+            let first = match (&m.kind, &m.stage) {
+                (super::MessageKind::Email, Some(stage)) => {
+                    reached.send(stage.as_str(), m.step.as_str())
+                }
+                _ => false,
+            };
             messages.push(vec![
                 m.kind.as_str().into(),
                 w.lead.0.into(),
@@ -160,8 +166,10 @@ pub(super) async fn write_runs(
                 0i32.into(),
                 Some(t).into(),
                 t.into(),
+                if first { tally::mark::FIRST } else { 0 }.into(),
             ]);
         }
+        debug_assert_eq!(reached.text(), reached_after(&b.reached, w.writes));
         for (tag, on) in &w.writes.tags {
             tags.insert((w.lead.0, tag.to_string()), *on);
         }
@@ -209,8 +217,15 @@ pub(super) async fn write_runs(
     )
     .await?;
     // Each email queued counts once: a send key already there inserts nothing.
-    // (run, stage, template, kind) of each message inserted.
-    type Queued = (Option<i64>, Option<String>, Option<String>, String);
+    // (run, stage, step, template, kind, marks) of each message inserted.
+    type Queued = (
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        String,
+        i64,
+    );
     let queued: Vec<Queued> = insert_packed(
         txn,
         backend,
@@ -218,15 +233,17 @@ pub(super) async fn write_runs(
         super::MESSAGE_COLUMNS,
         "ON CONFLICT (send_key) DO NOTHING",
         messages,
-        "enrollment_id, stage_id, template, kind",
+        "enrollment_id, stage_id, step_id, template, kind, marks",
     )
     .await?;
-    for (run, stage, template, kind) in queued {
+    for (run, stage, step, template, kind, marks) in queued {
         if let (true, Some(w)) = (kind == "email", run.and_then(|id| runs.get(&id))) {
             let mail = Mail {
                 stage: stage.as_deref().unwrap_or(FUNNEL),
                 template: template.as_deref().unwrap_or_default(),
                 queued_at: now,
+                step: step.as_deref(),
+                first: marks & tally::mark::FIRST != 0,
             };
             let (run, what) = (w.run(), MailWhat::Queued);
             counting.count(Fact::Mail {
@@ -276,13 +293,15 @@ pub(super) async fn write_runs(
     Ok(())
 }
 
-/// An email of a run read by [`reached_by_mails`]: (message, run, stage, template, queued at,
-/// a link clicked in it).
+/// An email of a run read by [`reached_by_mails`]: (message, run, stage, step, template,
+/// queued at, marks, a link clicked in it).
 type EarlierMail = (
     i64,
     i64,
     Option<String>,
     Option<String>,
+    Option<String>,
+    i64,
     i64,
     Option<String>,
 );
@@ -364,12 +383,12 @@ async fn reached_by_mails(
         let rows: Vec<EarlierMail> = select_packed(
             txn,
             q,
-            "m.id, m.enrollment_id, m.stage_id, m.template, m.created_at, l.link",
+            "m.id, m.enrollment_id, m.stage_id, m.step_id, m.template, m.created_at, m.marks, l.link",
             &rest,
         )
         .await?;
         let mut seen: FxHashSet<i64> = FxHashSet::default();
-        for (message, id, stage, template, created_at, link) in &rows {
+        for (message, id, stage, step, template, created_at, marks, link) in &rows {
             let Some((w, stages)) = firsts.get(id).filter(|(w, _)| !w.new) else {
                 continue;
             };
@@ -377,6 +396,8 @@ async fn reached_by_mails(
                 stage: stage.as_deref().unwrap_or(FUNNEL),
                 template: template.as_deref().unwrap_or_default(),
                 queued_at: super::from_ms(*created_at),
+                step: step.as_deref(),
+                first: marks & tally::mark::FIRST != 0,
             };
             let first_row = seen.insert(*message);
             for s in stages.iter().filter(|s| tally::reached_by(&mail, s, now)) {
@@ -425,6 +446,11 @@ pub(super) fn reached_after(before: &str, w: &RunWrites) -> String {
     }
     for k in &w.milestones {
         r.cross(k.as_str());
+    }
+    for m in &w.messages {
+        if let (super::MessageKind::Email, Some(stage)) = (&m.kind, &m.stage) {
+            r.send(stage.as_str(), m.step.as_str());
+        }
     }
     r.text()
 }

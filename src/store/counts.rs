@@ -10,7 +10,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
 use super::sql::{self, Params};
 use super::{Backend, Replay, ReportNeeds, Result, Store};
 use crate::domain::{Event, EventKind, FunnelId, LeadId};
-use crate::tally::{self, Fact, Figures, LeadRun, Micros, Order, Run, Sum, Tally, Touch};
+use crate::tally::{self, Fact, Figures, LeadRun, Mail, Micros, Order, Run, Sum, Tally, Touch};
 
 /// What one write transaction adds to the stored counters: each [`Fact`] goes in as the write
 /// makes it from the rows it wrote, [`Tally::count`] says what it adds, and
@@ -119,6 +119,32 @@ pub(super) async fn count_orders(
                 run.3.push((stage, super::from_ms(since)));
             }
         }
+        // Each run's first email of each step (the A/B unit): (run, stage, step, template, queued).
+        let mut q = Params::new(backend);
+        let list = q.list(chunk);
+        let rest = format!(
+            "FROM messages WHERE lead_id IN ({list}) AND kind = 'email' \
+             AND enrollment_id IS NOT NULL AND stage_id IS NOT NULL AND (marks & {}) <> 0",
+            tally::mark::FIRST
+        );
+        type FirstMail = (i64, String, Option<String>, Option<String>, i64);
+        let first_rows: Vec<FirstMail> = sql::select_packed(
+            txn,
+            q,
+            "enrollment_id, stage_id, step_id, template, created_at",
+            &rest,
+        )
+        .await?;
+        let mut first_mails: HashMap<i64, Vec<Mail>> = HashMap::new();
+        for (run, stage, step, template, at) in &first_rows {
+            first_mails.entry(*run).or_default().push(Mail {
+                stage,
+                template: template.as_deref().unwrap_or_default(),
+                queued_at: super::from_ms(*at),
+                step: step.as_deref(),
+                first: true,
+            });
+        }
         let mut q = Params::new(backend);
         let sql = format!(
             "SELECT lead_id, occurred_at, channel, source, campaign FROM touches \
@@ -155,13 +181,14 @@ pub(super) async fn count_orders(
         for ((lead, funnel), of_lead) in &runs {
             let lead_runs: Vec<LeadRun> = of_lead
                 .iter()
-                .map(|(_, (funnel, entered_at, origin, firsts))| LeadRun {
+                .map(|(id, (funnel, entered_at, origin, firsts))| LeadRun {
                     run: Run {
                         funnel,
                         entered_at: *entered_at,
                         origin,
                     },
                     firsts: firsts.iter().map(|(s, at)| (s.as_str(), *at)).collect(),
+                    mails: first_mails.get(id).cloned().unwrap_or_default(),
                 })
                 .collect();
             let ts = touches.get(lead).map(Vec::as_slice).unwrap_or_default();
@@ -237,12 +264,13 @@ async fn recount_rows(
 
 /// Which counters a report reads: those of one view (with, for the calendar view of the funnel
 /// report, the funnel-wide counters of entry cohorts — entries, conversions, lengths), and for
-/// the per-email report only the email counters.
+/// the per-email and A/B reports only the counters whose names begin with theirs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scope {
     pub view: tally::View,
     pub entry_totals: bool,
-    pub mail_only: bool,
+    /// Only the metrics that begin with this ([`tally::metric::MAIL`], [`tally::metric::AB`]).
+    pub prefix: Option<&'static str>,
 }
 
 /// How the days of a period are grouped: all together, or into periods starting on these
@@ -300,9 +328,13 @@ impl Store {
                         }
                     }
                 };
-                if s.mail_only {
-                    values.push(tally::metric::MAIL.into());
-                    w.push_str(&format!(" AND substr(metric, 1, 5) = ${}", values.len()));
+                if let Some(prefix) = s.prefix {
+                    values.push(prefix.into());
+                    let len = prefix.chars().count();
+                    w.push_str(&format!(
+                        " AND substr(metric, 1, {len}) = ${}",
+                        values.len()
+                    ));
                 }
                 w
             }
@@ -588,7 +620,7 @@ impl Store {
                 let entry = Scope {
                     view: tally::View::Entry,
                     entry_totals: false,
-                    mail_only: false,
+                    prefix: None,
                 };
                 let figures = self
                     .report_figures(

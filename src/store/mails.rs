@@ -17,7 +17,7 @@ use crate::tally::{self, FUNNEL, Fact, Mail, MailWhat, Run, Sent, Tracked};
 
 /// The columns of `messages` a [`MailRow`] is read from, for `SELECT` and `RETURNING`.
 pub(super) const COLUMNS: &str =
-    "id, lead_id, enrollment_id, funnel_id, stage_id, template, created_at, kind";
+    "id, lead_id, enrollment_id, funnel_id, stage_id, template, created_at, kind, step_id, marks";
 
 /// An email as its counters need it.
 #[derive(Debug, Clone)]
@@ -29,6 +29,9 @@ pub(super) struct MailRow {
     stage: Option<String>,
     template: String,
     queued_at: DateTime<Utc>,
+    step: Option<String>,
+    /// Its run's first email of the step ([`tally::mark::FIRST`]).
+    first: bool,
 }
 
 /// A row of [`COLUMNS`] as [`sql::select_packed`] reads it.
@@ -41,12 +44,14 @@ pub(super) type Columns = (
     Option<String>,
     i64,
     String,
+    Option<String>,
+    i64,
 );
 
 impl MailRow {
     /// The email of a row of [`COLUMNS`]; `None` for another kind of message or one of no run.
     fn of(r: Columns) -> Option<MailRow> {
-        let (id, lead, run, funnel, stage, template, queued_at, kind) = r;
+        let (id, lead, run, funnel, stage, template, queued_at, kind, step, marks) = r;
         let (Some(run), Some(funnel), "email") = (run, funnel, kind.as_str()) else {
             return None;
         };
@@ -58,6 +63,8 @@ impl MailRow {
             stage,
             template: template.unwrap_or_default(),
             queued_at: from_ms(queued_at),
+            step,
+            first: marks & tally::mark::FIRST != 0,
         })
     }
 
@@ -66,6 +73,8 @@ impl MailRow {
             stage: self.stage.as_deref().unwrap_or(FUNNEL),
             template: &self.template,
             queued_at: self.queued_at,
+            step: self.step.as_deref(),
+            first: self.first,
         }
     }
 }

@@ -188,7 +188,7 @@ pub(crate) async fn created(
 
 /// The columns of an outbox row, in the order [`subscribed_calls`] and the round's writes give
 /// them.
-pub(crate) const MESSAGE_COLUMNS: &str = "(kind, lead_id, enrollment_id, funnel_id, stage_id, step_id, template, send_key, recipient, payload, status, attempts, next_attempt_at, created_at)";
+pub(crate) const MESSAGE_COLUMNS: &str = "(kind, lead_id, enrollment_id, funnel_id, stage_id, step_id, template, send_key, recipient, payload, status, attempts, next_attempt_at, created_at, marks)";
 
 /// Inserts the outbox rows of subscribed calls; a call already queued (its send key) stays.
 async fn queue_calls(
@@ -247,6 +247,7 @@ pub(crate) fn subscribed_calls(
                 0i32.into(),
                 Some(at).into(),
                 at.into(),
+                0i64.into(),
             ]
         })
         .collect()

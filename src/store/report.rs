@@ -687,6 +687,38 @@ impl ReportRows {
         let runs = self.run_facts(&origins);
         let mut facts: Vec<Fact> = Vec::new();
         let mut reached = Vec::new();
+        let (marks, mut links) = if what.mails || what.orders {
+            self.marks()
+        } else {
+            Default::default()
+        };
+        let index: HashMap<EnrollmentId, usize> = self
+            .runs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.enrollment, i))
+            .collect();
+        // Each email as its counters see it, with the run it is of (none for an email of no
+        // run read).
+        let mails: Vec<Option<(usize, Mail)>> = if what.mails || what.orders {
+            self.emails
+                .iter()
+                .zip(&marks)
+                .map(|(e, m)| {
+                    let k = *e.enrollment.and_then(|run| index.get(&run))?;
+                    let mail = Mail {
+                        stage: e.stage.as_deref().unwrap_or(tally::FUNNEL),
+                        template: &e.template,
+                        queued_at: e.created_at,
+                        step: e.step.as_deref(),
+                        first: m & tally::mark::FIRST != 0,
+                    };
+                    Some((k, mail))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         if what.runs {
             for (r, f) in self.runs.iter().zip(&runs) {
                 reached.push((r.enrollment, f.facts(&mut facts)));
@@ -696,11 +728,16 @@ impl ReportRows {
             }
         }
         if what.orders || what.attribution {
+            let mut first_mails: Vec<Vec<Mail>> = vec![Vec::new(); self.runs.len()];
+            for (k, m) in mails.iter().flatten().filter(|(_, m)| m.first) {
+                first_mails[*k].push(*m);
+            }
             let mut by_lead: HashMap<LeadId, Vec<LeadRun>> = HashMap::new();
-            for (r, f) in self.runs.iter().zip(&runs) {
+            for ((r, f), mails) in self.runs.iter().zip(&runs).zip(first_mails) {
                 by_lead.entry(r.lead).or_default().push(LeadRun {
                     run: f.run,
                     firsts: f.firsts(),
+                    mails,
                 });
             }
             let mut touches: HashMap<LeadId, Vec<Touch>> = HashMap::new();
@@ -722,7 +759,7 @@ impl ReportRows {
                 tally::order_facts(&self.funnel, lead_runs, ts, order, lookback, &mut facts);
                 for fact in facts.drain(..) {
                     let wanted = match fact {
-                        Fact::Bought { .. } => what.orders,
+                        Fact::Bought { .. } | Fact::BoughtAfter { .. } => what.orders,
                         _ => what.attribution,
                     };
                     if wanted {
@@ -732,25 +769,14 @@ impl ReportRows {
             }
         }
         if what.mails {
-            let (marks, mut links) = self.marks();
-            let index: HashMap<EnrollmentId, usize> = self
-                .runs
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (r.enrollment, i))
-                .collect();
             let firsts: Vec<Vec<(&str, DateTime<Utc>)>> =
                 runs.iter().map(RunFacts::firsts).collect();
-            for (i, e) in self.emails.iter().enumerate() {
-                let Some(k) = e.enrollment.and_then(|run| index.get(&run)) else {
+            for (i, (e, m)) in self.emails.iter().zip(&mails).enumerate() {
+                let Some((k, mail)) = m else {
                     continue;
                 };
                 let m = MailFacts {
-                    mail: Mail {
-                        stage: e.stage.as_deref().unwrap_or(tally::FUNNEL),
-                        template: &e.template,
-                        queued_at: e.created_at,
-                    },
+                    mail: *mail,
                     status: &e.status,
                     marks: marks[i],
                     links: std::mem::take(&mut links[i]),
@@ -758,6 +784,23 @@ impl ReportRows {
                 tally::mail_facts(runs[*k].run, &m, &firsts[*k], &mut facts);
                 for fact in facts.drain(..) {
                     tally.count(&fact);
+                }
+            }
+        }
+        if what.runs {
+            // The steps each run sent an email from.
+            let at: HashMap<EnrollmentId, usize> = reached
+                .iter()
+                .enumerate()
+                .map(|(i, (r, _))| (*r, i))
+                .collect();
+            for e in &self.emails {
+                if let (Some(i), Some(stage), Some(step)) = (
+                    e.enrollment.and_then(|r| at.get(&r)),
+                    e.stage.as_deref(),
+                    e.step.as_deref(),
+                ) {
+                    reached[*i].1.send(stage, step);
                 }
             }
         }
@@ -787,6 +830,17 @@ impl ReportRows {
             })
             .collect();
         let mut marks = vec![0i64; self.emails.len()];
+        // Each run's first email of each step, as it was marked when queued.
+        let mut sent_from: std::collections::HashSet<(EnrollmentId, &str, &str)> =
+            Default::default();
+        for (e, m) in self.emails.iter().zip(marks.iter_mut()) {
+            if let (Some(run), Some(stage), Some(step)) =
+                (e.enrollment, e.stage.as_deref(), e.step.as_deref())
+                && sent_from.insert((run, stage, step))
+            {
+                *m |= tally::mark::FIRST;
+            }
+        }
         let mut links: Vec<Vec<&str>> = vec![Vec::new(); self.emails.len()];
         for t in &self.tracking {
             let (Some(ix), Some(sent)) = (by_lead.get(&t.lead), sent.get(&t.lead)) else {
