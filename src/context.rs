@@ -86,9 +86,16 @@ pub fn context(
     let base = base_url.trim_end_matches('/');
     let mut cx = tera::Context::new();
     cx.insert("lead", &fields);
+    // Money, the deadline and the time left as the email's language writes them: the lead's
+    // `language` when it is one the emails can be written in, else the funnel's.
+    let lang = fields
+        .get("language")
+        .and_then(|v| v.as_str())
+        .and_then(crate::locale::Language::parse)
+        .unwrap_or(f.language);
     cx.insert(
         "funnel",
-        &json!({ "id": f.id.value.as_str(), "name": f.name }),
+        &json!({ "id": f.id.value.as_str(), "name": f.name, "language": lang.code() }),
     );
     cx.insert("unsubscribe_url", &unsubscribe_url(base, secret, lead, f));
     cx.insert(
@@ -98,19 +105,15 @@ pub fn context(
             lead_token(secret, LeadLink::Confirm, lead.id)
         ),
     );
-    if let Some(from) = &f.from {
-        cx.insert(
-            "sender",
-            &json!({ "name": from.name, "email": from.email.as_str() }),
-        );
-    }
-    // Money, the deadline and the time left as the email's language writes them: the lead's
-    // `language` when it is one the emails can be written in, else the funnel's.
-    let lang = fields
-        .get("language")
-        .and_then(|v| v.as_str())
-        .and_then(crate::locale::Language::parse)
-        .unwrap_or(f.language);
+    let from = f.from.as_ref();
+    cx.insert(
+        "sender",
+        &json!({
+            "name": from.and_then(|m| m.name.clone()),
+            "email": from.map(|m| m.email.as_str()),
+            "address": f.postal_address,
+        }),
+    );
     if let Some(s) = stage.and_then(|s| f.stage(s)) {
         cx.insert(
             "stage",

@@ -5,11 +5,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 
-/// (path inside the project, contents) of the welcome series; its first two (the settings and
-/// `.gitignore`) start every example.
-pub const FILES: [(&str, &str); 7] = [
+/// (path inside the project, contents) of the welcome series; its first four (the settings,
+/// `.gitignore` and the shared email layout, the repository's own) start every example.
+pub const FILES: [(&str, &str); 9] = [
     ("autofunnel.toml", include_str!("scaffold/autofunnel.toml")),
     (".gitignore", include_str!("scaffold/gitignore")),
+    (
+        "templates/_layout.html",
+        include_str!("../templates/_layout.html"),
+    ),
+    (
+        "templates/_layout.txt",
+        include_str!("../templates/_layout.txt"),
+    ),
     (
         "legal/newsletter-v1.txt",
         include_str!("scaffold/legal/newsletter-v1.txt"),
@@ -51,7 +59,7 @@ static COURSE_TEMPLATES: include_dir::Dir<'_> =
 
 /// (path inside the project, contents) of an example.
 pub fn files(example: Example) -> Vec<(String, &'static str)> {
-    let common = FILES[..2].iter().map(|(p, b)| (p.to_string(), *b));
+    let common = FILES[..4].iter().map(|(p, b)| (p.to_string(), *b));
     match example {
         Example::Welcome => FILES.iter().map(|(p, b)| (p.to_string(), *b)).collect(),
         Example::Course => {

@@ -129,3 +129,59 @@ fn money_and_deadlines_follow_the_email_language() {
         )
     );
 }
+
+/// Every email of every example extends the shared layout (`templates/_layout.*`): the HTML
+/// and the text part both end with why the reader gets it, the funnel's postal address and
+/// the unsubscribe link, in the funnel's language — what bulk-mail rules want in each one.
+#[test]
+fn every_example_email_has_the_footer_bulk_mail_rules_want() {
+    use autofunnel::funnel::{Action, Send};
+    let settings = Settings::load(&root(), None).unwrap();
+    let (loaded, _) = project::check(&settings, None);
+    let loaded = loaded.unwrap();
+    let mut checked = 0;
+    for f in &loaded.funnels {
+        let address = f.postal_address.as_deref().expect("every example has one");
+        let unsubscribe = match f.language.code() {
+            "ru" => "Отписаться",
+            _ => "Unsubscribe",
+        };
+        let set = &loaded.templates[f.id.value.as_str()];
+        // Each email with the stage that sends it (the double opt-in confirmation none).
+        let mut sent: Vec<(Option<&autofunnel::funnel::Stage>, String)> = Vec::new();
+        if let Some(t) = &f.entry.double_opt_in {
+            sent.push((None, t.value.to_string()));
+        }
+        for stage in &f.stages {
+            for step in &stage.steps {
+                if let Action::Send(send) = &step.action {
+                    let names: Vec<String> = match send {
+                        Send::Template(t) => vec![t.value.to_string()],
+                        Send::Split(ts) => ts.iter().map(|t| t.value.to_string()).collect(),
+                    };
+                    sent.extend(names.into_iter().map(|n| (Some(stage), n)));
+                }
+            }
+        }
+        for (stage, name) in sent {
+            let cx = sample_context(f, stage, &settings);
+            let r = set.render(&name, &cx).unwrap();
+            let url = cx
+                .get("unsubscribe_url")
+                .and_then(|u| u.as_str())
+                .unwrap()
+                .to_string();
+            for (part, body) in [("html", &r.html), ("text", &r.text)] {
+                let tail = &body[body.len().saturating_sub(800)..];
+                assert!(
+                    tail.contains(address) && tail.contains(&url) && tail.contains(unsubscribe),
+                    "{}/{name} ({part}) ends without the footer:\n{body}",
+                    f.id.value
+                );
+            }
+            assert!(r.html.contains("<html lang=") && r.html.contains("class=\"footer\""));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "{checked} emails");
+}

@@ -29,6 +29,9 @@ pub struct Funnel {
     pub name: String,
     pub from: Option<Mailbox>,
     pub reply_to: Option<Mailbox>,
+    /// The sender's postal address, which bulk-mail rules (CAN-SPAM, 38-ФЗ) want in every
+    /// email's footer: `sender.address` in templates.
+    pub postal_address: Option<String>,
     /// Where links of an offer lead once its deadline has passed (else a built-in page).
     pub expired_offer: Option<Located<String>>,
     /// The zone used for leads that have none.

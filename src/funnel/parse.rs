@@ -65,6 +65,14 @@ pub fn parse_funnel(file: &Path, root: &Node, sink: &mut Sink) -> Option<Funnel>
     let _ = m.get("description").and_then(|n| string(sink, n));
     let from = m.get("from").and_then(|n| mailbox(sink, n));
     let reply_to = m.get("reply_to").and_then(|n| mailbox(sink, n));
+    let postal_address = m.get("postal_address").and_then(|n| {
+        let text = string(sink, n)?.trim();
+        if text.is_empty() {
+            sink.error(n.pos, "postal_address is empty: give the address your emails are sent from, or leave the key out");
+            return None;
+        }
+        Some(text.to_string())
+    });
     let expired_offer = m.get("expired_offer").and_then(|n| {
         let url = string(sink, n)?;
         if !(url.starts_with("https://") || url.starts_with("http://"))
@@ -160,6 +168,7 @@ pub fn parse_funnel(file: &Path, root: &Node, sink: &mut Sink) -> Option<Funnel>
         id,
         from,
         reply_to,
+        postal_address,
         expired_offer,
         timezone,
         language,
@@ -186,6 +195,7 @@ const TOP_KEYS: &[&str] = &[
     "description",
     "from",
     "reply_to",
+    "postal_address",
     "expired_offer",
     "timezone",
     "language",

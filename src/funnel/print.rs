@@ -22,6 +22,9 @@ pub fn to_value(f: &Funnel) -> Value {
     if let Some(r) = &f.reply_to {
         m.insert("reply_to".into(), json!(r.to_string()));
     }
+    if let Some(a) = &f.postal_address {
+        m.insert("postal_address".into(), json!(a));
+    }
     if let Some(u) = &f.expired_offer {
         m.insert("expired_offer".into(), json!(u.value));
     }
