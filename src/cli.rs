@@ -933,6 +933,9 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
                 .smtp_url
                 .is_none()
                 .then(|| std::sync::Arc::from(settings.outbox_dir.as_path())),
+            ui_language: settings.ui_language()?,
+            https: settings.base_url.starts_with("https://"),
+            signed_out: Default::default(),
         },
         until_stopped(),
     ));

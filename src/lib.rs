@@ -16,12 +16,14 @@
 //! - [`store`]: the database, and the only code that touches it.
 //! - [`delivery`]: the sender that drains the outbox over SMTP or into `.eml` files;
 //!   [`tokens`], the signed tokens in the links of emails.
-//! - [`server`]: the HTTP side of `autofunnel run`; [`metrics`], what `/metrics` shows.
+//! - [`server`]: the HTTP side of `autofunnel run`; [`metrics`], what `/metrics` shows;
+//!   [`dashboard`], the pages the server shows a signed-in marketer, made from the reports.
 //! - [`cli`]: the command line; `main.rs` only calls [`cli::main`]. [`scaffold`]: the
 //!   starter project written by `autofunnel init`.
 
 pub mod cli;
 pub mod context;
+pub mod dashboard;
 pub mod delivery;
 pub mod domain;
 pub mod engine;

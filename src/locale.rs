@@ -59,6 +59,23 @@ fn grouped(n: u64, sep: &str) -> String {
     out
 }
 
+/// A count as a reader writes it: `14,900` in English, `14 900` in Russian.
+pub fn count(n: u64, lang: Language) -> String {
+    match lang {
+        Language::En => grouped(n, ","),
+        Language::Ru => grouped(n, "\u{a0}"),
+    }
+}
+
+/// A percentage to one decimal: `52.0%`, `52,0 %`; a dash when there is none.
+pub fn percent(p: Option<f64>, lang: Language) -> String {
+    match (p, lang) {
+        (None, _) => "—".into(),
+        (Some(p), Language::En) => format!("{p:.1}%"),
+        (Some(p), Language::Ru) => format!("{p:.1}\u{a0}%").replace('.', ","),
+    }
+}
+
 /// An amount in `currency`: `14 900 ₽`, `59,90 €` (Russian: groups by a no-break space,
 /// comma for the cents, the sign after); `€59.90`, `$10`, `14,900 RUB`… in English (the sign
 /// before for the euro, the dollar and the pound, the code after for the others). Cents are

@@ -76,6 +76,8 @@ pub struct Settings {
     /// The time zone reports count days, weeks and months in (an IANA name such as
     /// `Europe/Moscow`), unless a report asks for another with `--tz` / `tz`.
     pub report_timezone: String,
+    /// The dashboard's language (`en` or `ru`); unset, the browser's.
+    pub ui_language: Option<String>,
     /// The project folder: files the funnels name (consent texts) are taken from it.
     #[serde(skip)]
     pub project_dir: PathBuf,
@@ -164,13 +166,14 @@ impl Default for Settings {
             secret_file: "autofunnel.secret".into(),
             hooks_secret: None,
             report_timezone: "UTC".into(),
+            ui_language: None,
             project_dir: PathBuf::new(),
         }
     }
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 26] = [
+const ENV_KEYS: [&str; 27] = [
     "database_url",
     "listen",
     "base_url",
@@ -197,6 +200,7 @@ const ENV_KEYS: [&str; 26] = [
     "secret_file",
     "hooks_secret",
     "report_timezone",
+    "ui_language",
 ];
 
 impl Settings {
@@ -251,6 +255,20 @@ impl Settings {
 }
 
 impl Settings {
+    /// `ui_language` as a language (none: the browser's); another value is an error.
+    pub fn ui_language(&self) -> anyhow::Result<Option<crate::locale::Language>> {
+        self.ui_language
+            .as_deref()
+            .map(|l| {
+                crate::locale::Language::parse(l).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "ui_language: \"{l}\" is not one the dashboard speaks (en or ru)"
+                    )
+                })
+            })
+            .transpose()
+    }
+
     /// `report_timezone` as a zone; an unknown name is an error that names it.
     pub fn report_zone(&self) -> anyhow::Result<chrono_tz::Tz> {
         self.report_timezone.parse().map_err(|_| {

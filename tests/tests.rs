@@ -4,6 +4,7 @@ mod admin;
 mod bad_input;
 mod check_corpus;
 mod cli;
+mod dashboard;
 mod delivery;
 mod engine;
 mod events;

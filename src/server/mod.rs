@@ -8,6 +8,7 @@
 //! - [`links`]: tracked clicks and the open pixel.
 //! - [`pages`]: the unsubscribe and double opt-in pages.
 //! - [`admin`]: the admin API; [`reports`]: funnel reports for it.
+//! - [`dashboard`]: the dashboard's sign-in, session and pages.
 //! - [`health`]: `/healthz`, `/metrics`, `/openapi.*`.
 //! - [`error`], [`input`] and [`auth`]: the refusals every handler answers with, the checks
 //!   every text passes at the edge, bearer tokens and signatures.
@@ -17,6 +18,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -77,6 +79,13 @@ pub struct AppState {
     /// The folder emails are written to when no SMTP is set (`outbox_dir`): an erased lead's
     /// files are deleted from it.
     pub outbox_dir: Option<Arc<std::path::Path>>,
+    /// The dashboard's language (`ui_language`); `None`, the browser's.
+    pub ui_language: Option<crate::locale::Language>,
+    /// The server is reached over https (`base_url`): the dashboard's cookies are `Secure`.
+    pub https: bool,
+    /// Dashboard sessions signed out before they expire (value → expiry), so a copied cookie
+    /// stops working at sign-out; kept by this process.
+    pub signed_out: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
 }
 
 impl AppState {
@@ -95,6 +104,9 @@ impl AppState {
             payments: pay::Payments::new(Default::default()),
             trusted_proxies: Arc::from(Vec::new()),
             outbox_dir: None,
+            ui_language: None,
+            https: false,
+            signed_out: Arc::default(),
         }
     }
 }
@@ -106,6 +118,17 @@ const SIGNUP_BODY_LIMIT: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/dashboard", get(dashboard::overview))
+        .route(
+            "/dashboard/login",
+            get(dashboard::login_form).post(dashboard::login),
+        )
+        .route("/dashboard/logout", post(dashboard::logout))
+        .route("/dashboard/funnels/{id}", get(dashboard::funnel))
+        .route(
+            "/dashboard/funnels/{id}/{file}",
+            get(dashboard::funnel_download),
+        )
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(health::openapi_json))

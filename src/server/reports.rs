@@ -39,11 +39,21 @@ async fn report(
     let now = Utc::now();
     let req =
         Request::parse(what, &params, now).map_err(|e| ApiError::invalid(e.param, e.message))?;
+    Ok(Json(compute(&state, &running.funnel, req, now).await?))
+}
+
+/// Makes a report as the API and the dashboard do: one at a time, off the async workers.
+pub async fn compute(
+    state: &AppState,
+    funnel: &crate::funnel::Funnel,
+    req: Request,
+    now: chrono::DateTime<Utc>,
+) -> Result<Answer, ApiError> {
     let _turn = COMPUTING
         .acquire()
         .await
         .map_err(|e| ApiError::unavailable("reports", e))?;
-    let (store, funnel) = (state.runtime.store().clone(), running.funnel.clone());
+    let (store, funnel) = (state.runtime.store().clone(), funnel.clone());
     // Off the async workers: the rows a report counts take CPU for a while.
     let handle = tokio::runtime::Handle::current();
     let made = tokio::task::spawn_blocking(move || {
@@ -51,12 +61,11 @@ async fn report(
     })
     .await
     .map_err(|e| ApiError::unavailable("reports", e))?;
-    let a = match made {
-        Ok(a) => a,
-        Err(ReportFailed::Report(e)) => return Err(ApiError::invalid(e.param(), e.to_string())),
-        Err(ReportFailed::Store(e)) => return Err(e.into()),
-    };
-    Ok(Json(a))
+    match made {
+        Ok(a) => Ok(a),
+        Err(ReportFailed::Report(e)) => Err(ApiError::invalid(e.param(), e.to_string())),
+        Err(ReportFailed::Store(e)) => Err(e.into()),
+    }
 }
 
 /// `GET /api/v1/reports/funnels/{id}?from=&to=&cohort=&by=&window=&slice=`.

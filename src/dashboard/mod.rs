@@ -1,0 +1,422 @@
+//! The dashboard's pages, made from the reports' own figures (`src/report/`, never a second
+//! computation): server-rendered HTML with inline SVG charts and one small stylesheet, no
+//! external asset and no script. Pure: the server's handlers (`server::dashboard`) read the
+//! store and the reports and hand the answers here.
+//!
+//! - [`session`]: the signed session cookie, the forms' CSRF token, the login form's value.
+//! - [`svg`]: the funnel chart and the sparklines.
+//! - [`i18n`]: every word shown, in English and Russian.
+
+pub mod i18n;
+pub mod session;
+pub mod svg;
+
+use std::sync::OnceLock;
+
+use chrono::{DateTime, Datelike, Utc};
+use serde::Serialize;
+
+use crate::funnel::Funnel;
+use crate::locale::{self, Language};
+use crate::report::ab::AbReport;
+use crate::report::emails::EmailReport;
+use crate::report::{Cohort, FunnelReport, Revenue};
+use i18n::Strings;
+
+const CSS: &str = include_str!("pages/style.css");
+
+fn tera() -> &'static tera::Tera {
+    static TERA: OnceLock<tera::Tera> = OnceLock::new();
+    TERA.get_or_init(|| {
+        let mut t = tera::Tera::default();
+        t.autoescape_on(vec![".html"]);
+        t.add_raw_templates(vec![
+            ("base.html", include_str!("pages/base.html")),
+            ("login.html", include_str!("pages/login.html")),
+            ("overview.html", include_str!("pages/overview.html")),
+            ("funnel.html", include_str!("pages/funnel.html")),
+        ])
+        .expect("the dashboard's pages parse");
+        t
+    })
+}
+
+/// A funnel in the navigation.
+#[derive(Debug, Clone, Serialize)]
+pub struct NavItem {
+    pub id: String,
+    pub name: String,
+}
+
+/// What every page of a signed-in session shows around its own content.
+#[derive(Debug, Clone)]
+pub struct Frame<'a> {
+    pub t: &'static Strings,
+    pub lang: Language,
+    /// The session's CSRF token, for the sign-out form.
+    pub csrf: &'a str,
+    pub nav: &'a [NavItem],
+}
+
+fn render(
+    page: &str,
+    title: &str,
+    t: &Strings,
+    frame: Option<&Frame>,
+    mut cx: tera::Context,
+) -> String {
+    cx.insert("t", t);
+    cx.insert("css", CSS);
+    cx.insert("title", title);
+    // Not signed in (the sign-in page): no navigation, no sign-out form.
+    cx.insert("csrf", frame.map_or("", |f| f.csrf));
+    cx.insert("nav", frame.map_or(&[][..], |f| f.nav));
+    if !cx.contains_key("current") {
+        cx.insert("current", "");
+    }
+    tera().render(page, &cx).unwrap_or_else(|e| {
+        format!(
+            "<!doctype html><title>error</title><p>{}</p>",
+            tera_error(&e)
+        )
+    })
+}
+
+fn tera_error(e: &tera::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text.replace('&', "&amp;").replace('<', "&lt;")
+}
+
+/// The sign-in page: `form` is the value its hidden field and cookie share.
+pub fn login_page(t: &'static Strings, form: &str, error: Option<&str>) -> String {
+    let mut cx = tera::Context::new();
+    cx.insert("form", form);
+    cx.insert("error", &error);
+    render("login.html", t.sign_in, t, None, cx)
+}
+
+/// Revenue per currency as the language writes money.
+fn money(revenue: &[Revenue], lang: Language) -> Vec<String> {
+    revenue
+        .iter()
+        .map(|r| locale::money(r.total, &r.currency, lang))
+        .collect()
+}
+
+/// Sums revenue per currency.
+fn add_revenue(into: &mut Vec<Revenue>, more: &[Revenue]) {
+    for r in more {
+        match into.iter_mut().find(|x| x.currency == r.currency) {
+            Some(x) => {
+                x.orders += r.orders;
+                x.total += r.total;
+            }
+            None => into.push(r.clone()),
+        }
+    }
+}
+
+/// One period of a funnel on the overview.
+#[derive(Debug, Clone, Serialize)]
+struct PeriodFigures {
+    key: &'static str,
+    label: &'static str,
+    signups: String,
+    conversions: String,
+    revenue: Vec<String>,
+}
+
+/// One funnel on the overview.
+#[derive(Debug, Clone, Serialize)]
+struct OverviewFunnel {
+    id: String,
+    name: String,
+    periods: Vec<PeriodFigures>,
+    sparkline: String,
+    stages: Vec<StageCount>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct StageCount {
+    id: String,
+    leads: String,
+}
+
+/// What the overview says of the machine.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    pub queued: u64,
+    pub sending: u64,
+    /// How long the most overdue timer has been due, in seconds.
+    pub lag_secs: f64,
+    pub failed_webhooks: u64,
+    pub bounces: u64,
+}
+
+/// What the overview shows of one funnel: its calendar-view report of the last 30 days by
+/// day (the last period is today), and its live runs per stage.
+pub struct FunnelDay<'a> {
+    pub funnel: &'a Funnel,
+    pub days: &'a [FunnelReport],
+    pub in_flight: Vec<(String, u64)>,
+}
+
+/// The overview: every funnel's signups, conversions and revenue today, this week (from
+/// Monday, in the report zone) and over 30 days, a sparkline of its daily signups, its leads
+/// in flight per stage; and the machine's health.
+pub fn overview_page(
+    frame: &Frame,
+    funnels: &[FunnelDay],
+    health: &Health,
+    tz: chrono_tz::Tz,
+) -> String {
+    let (t, lang) = (frame.t, frame.lang);
+    let n = |x: u64| locale::count(x, lang);
+    let rows: Vec<OverviewFunnel> = funnels
+        .iter()
+        .map(|fd| {
+            let sum = |days: &[FunnelReport]| {
+                let mut revenue = Vec::new();
+                for d in days {
+                    add_revenue(&mut revenue, &d.revenue);
+                }
+                (
+                    days.iter().map(|d| d.entered).sum::<u64>(),
+                    days.iter().map(|d| d.converted.part).sum::<u64>(),
+                    revenue,
+                )
+            };
+            let today = fd.days.len().saturating_sub(1);
+            // Days since Monday, today included.
+            let week = fd.days.last().map_or(1, |d| {
+                d.from.with_timezone(&tz).weekday().num_days_from_monday() + 1
+            }) as usize;
+            let periods = [
+                ("today", t.today, &fd.days[today.min(fd.days.len())..]),
+                (
+                    "week",
+                    t.this_week,
+                    &fd.days[fd.days.len().saturating_sub(week)..],
+                ),
+                ("30d", t.last_30_days, fd.days),
+            ]
+            .into_iter()
+            .map(|(key, label, days)| {
+                let (signups, conversions, revenue) = sum(days);
+                PeriodFigures {
+                    key,
+                    label,
+                    signups: n(signups),
+                    conversions: n(conversions),
+                    revenue: money(&revenue, lang),
+                }
+            })
+            .collect();
+            let per_day: Vec<u64> = fd.days.iter().map(|d| d.entered).collect();
+            OverviewFunnel {
+                id: fd.funnel.id.value.to_string(),
+                name: fd.funnel.name.clone(),
+                periods,
+                sparkline: svg::sparkline(&per_day, t.signups_per_day),
+                stages: fd
+                    .in_flight
+                    .iter()
+                    .map(|(id, leads)| StageCount {
+                        id: id.clone(),
+                        leads: n(*leads),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let mut cx = tera::Context::new();
+    cx.insert("funnels", &rows);
+    cx.insert(
+        "health",
+        &serde_json::json!({
+            "queued": n(health.queued),
+            "sending": n(health.sending),
+            "lag": format!("{:.0} {}", health.lag_secs, t.seconds),
+            "lagging": health.lag_secs > 60.0,
+            "failed_webhooks": n(health.failed_webhooks),
+            "bounces": n(health.bounces),
+        }),
+    );
+    render("overview.html", t.overview, t, Some(frame), cx)
+}
+
+/// The period and view a funnel page shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    /// The last this many days, today included.
+    pub days: u32,
+    pub cohort: Cohort,
+}
+
+impl View {
+    /// The periods the page offers.
+    pub const DAYS: [u32; 3] = [7, 30, 90];
+
+    /// `?days=&cohort=` as a link's query.
+    pub fn query(self) -> String {
+        let cohort = match self.cohort {
+            Cohort::Entry => "entry",
+            Cohort::Calendar => "calendar",
+        };
+        format!("days={}&cohort={cohort}", self.days)
+    }
+}
+
+/// The reports a funnel page shows, made for its period and view.
+pub struct FunnelFigures<'a> {
+    pub funnel: &'a Funnel,
+    pub view: View,
+    pub report: &'a FunnelReport,
+    pub emails: &'a EmailReport,
+    pub ab: &'a AbReport,
+}
+
+/// A funnel's page: the funnel chart and its table, the per-email table, the A/B tests; the
+/// period and the cohort/calendar switch as links; the same figures as JSON and CSV.
+pub fn funnel_page(frame: &Frame, f: &FunnelFigures) -> String {
+    let (t, lang) = (frame.t, frame.lang);
+    let id = f.funnel.id.value.as_str();
+    let n = |x: u64| locale::count(x, lang);
+    let pct = |r: Option<&crate::report::Rate>| locale::percent(r.and_then(|r| r.percent), lang);
+    let r = f.report;
+    let stages: Vec<serde_json::Value> = r
+        .stages
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "id": s.stage,
+                "removed": s.removed,
+                "leads_in": n(s.leads_in),
+                "to_next": pct(s.to_next.as_ref()),
+                "from_entry": pct(s.from_entry.as_ref()),
+                "still_there": n(s.still_there),
+                "median": s.time_in_stage.p50_seconds.map_or("—".to_string(), |secs| {
+                    locale::span(chrono::Duration::seconds(secs), lang)
+                }),
+                "revenue": money(&s.revenue, lang),
+            })
+        })
+        .collect();
+    let emails: Vec<serde_json::Value> = f
+        .emails
+        .emails
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "template": e.template,
+                "removed": e.removed,
+                "stage": e.stage.clone().unwrap_or_default(),
+                "queued": n(e.queued),
+                "opened": pct(Some(&e.opened)),
+                "clicked": pct(Some(&e.clicked)),
+                "next_stage": pct(e.next_stage.as_ref()),
+                "unsubscribed": n(e.unsubscribed),
+                "bounced": n(e.bounced),
+            })
+        })
+        .collect();
+    let splits: Vec<serde_json::Value> = f
+        .ab
+        .splits
+        .iter()
+        .map(|s| {
+            let variants: Vec<serde_json::Value> = s
+                .variants
+                .iter()
+                .map(|v| {
+                    serde_json::json!({
+                        "template": v.template,
+                        "removed": v.removed,
+                        "sends": n(v.sends),
+                        "runs": n(v.leads),
+                        "clicked": pct(Some(&v.clicked)),
+                        "converted": pct(Some(&v.converted)),
+                        "p": v.p_value.map_or("—".to_string(), |p| if p < 0.001 { "< 0.001".into() } else { format!("{p:.3}") }),
+                    })
+                })
+                .collect();
+            serde_json::json!({ "stage": s.stage, "step": s.step, "variants": variants, "verdict": s.verdict })
+        })
+        .collect();
+    // Links put in as they are (`| safe`): the id is an identifier, the rest ours.
+    let link = |v: View| {
+        format!(
+            "/dashboard/funnels/{id}?{}",
+            v.query().replace('&', "&amp;")
+        )
+    };
+    let periods: Vec<serde_json::Value> = View::DAYS
+        .iter()
+        .zip([t.days_7, t.days_30, t.days_90])
+        .map(|(d, label)| {
+            let v = View { days: *d, ..f.view };
+            serde_json::json!({ "label": label, "current": v == f.view, "href": link(v) })
+        })
+        .collect();
+    let cohorts: Vec<serde_json::Value> = [
+        (Cohort::Entry, t.entry_cohorts),
+        (Cohort::Calendar, t.calendar_view),
+    ]
+    .into_iter()
+    .map(|(c, label)| {
+        let v = View {
+            cohort: c,
+            ..f.view
+        };
+        serde_json::json!({ "label": label, "current": v == f.view, "href": link(v) })
+    })
+    .collect();
+    let mut cx = tera::Context::new();
+    cx.insert("current", id);
+    cx.insert("name", &f.funnel.name);
+    let tz: chrono_tz::Tz = r.tz.parse().unwrap_or(chrono_tz::UTC);
+    let day = |at: DateTime<Utc>| at.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string();
+    let view = match r.cohort {
+        Cohort::Entry => t.entry_cohorts,
+        Cohort::Calendar => t.calendar_view,
+    };
+    cx.insert(
+        "heading",
+        &format!("{view}: {} — {} ({})", day(r.from), day(r.to), r.tz),
+    );
+    cx.insert(
+        "chart",
+        &svg::funnel(r, lang, &format!("{} — {}", t.funnel_chart, f.funnel.name)),
+    );
+    cx.insert("entered", &n(r.entered));
+    cx.insert("converted", &pct(Some(&r.converted)));
+    cx.insert("revenue", &money(&r.revenue, lang));
+    cx.insert("stages", &stages);
+    cx.insert("emails", &emails);
+    cx.insert("splits", &splits);
+    cx.insert("periods", &periods);
+    cx.insert("cohorts", &cohorts);
+    let query = f.view.query().replace('&', "&amp;");
+    cx.insert(
+        "json_href",
+        &format!("/dashboard/funnels/{id}/report.json?{query}"),
+    );
+    cx.insert(
+        "csv_href",
+        &format!("/dashboard/funnels/{id}/report.csv?{query}"),
+    );
+    render("funnel.html", &f.funnel.name, t, Some(frame), cx)
+}
+
+/// Midnight `days - 1` days before `now`'s day in `tz`: the start of a page's period.
+pub fn period_start(now: DateTime<Utc>, days: u32, tz: chrono_tz::Tz) -> DateTime<Utc> {
+    let today = now.with_timezone(&tz).date_naive();
+    let first = today - chrono::Duration::days(i64::from(days.max(1)) - 1);
+    crate::report::midnight_in(first, tz)
+}

@@ -1,0 +1,480 @@
+//! The dashboard's HTTP side (`/dashboard…`): sign in with the admin token, a signed session
+//! cookie, CSRF-checked forms, and the pages `crate::dashboard` makes from the reports, which
+//! are computed here as the reports API computes them. Off (404) when no `admin_token` is set.
+
+use axum::Form;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use chrono::Utc;
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::ApiError;
+use super::reports::compute;
+use crate::dashboard::{
+    self, Frame, FunnelDay, FunnelFigures, Health, NavItem, View, i18n, session,
+};
+use crate::domain::FunnelId;
+use crate::locale::Language;
+use crate::report::Cohort;
+use crate::report::request::{Answer, Params, Request, What};
+use crate::tokens::constant_time_eq;
+
+/// What every dashboard answer carries: no caching, no framing, nothing loaded from anywhere
+/// (the page is its own styles and inline SVG), no referrer.
+fn secured(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    let set = [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    for (k, v) in set {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    r
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    secured((status, axum::response::Html(body)).into_response())
+}
+
+/// The language to speak to this browser.
+fn language(state: &AppState, headers: &HeaderMap) -> Language {
+    let accept = headers
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok());
+    i18n::choose(state.ui_language, accept)
+}
+
+fn cookie_of<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| session::read(h, name))
+}
+
+fn off() -> Response {
+    html(
+        StatusCode::NOT_FOUND,
+        "<!doctype html><title>Not enabled</title><p>The dashboard is not enabled (set admin_token).</p>".into(),
+    )
+}
+
+fn nonce() -> [u8; 16] {
+    let mut n = [0u8; 16];
+    // Without the system's randomness a login form is refused at its check, not forged.
+    let _ = getrandom::fill(&mut n);
+    n
+}
+
+/// A signed-in request: its session cookie, valid. Anything else is sent to the sign-in page.
+pub struct Signed {
+    session: String,
+    lang: Language,
+}
+
+impl FromRequestParts<AppState> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        if state.admin_token.is_none() {
+            return Err(off());
+        }
+        let now = Utc::now().timestamp();
+        let signed_out = |s: &str| {
+            state
+                .signed_out
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(s)
+        };
+        match cookie_of(&parts.headers, session::COOKIE) {
+            Some(s) if session::valid(&state.secret, s, now) && !signed_out(s) => Ok(Signed {
+                session: s.to_string(),
+                lang: language(state, &parts.headers),
+            }),
+            _ => Err(secured(Redirect::to("/dashboard/login").into_response())),
+        }
+    }
+}
+
+impl Signed {
+    fn csrf(&self, state: &AppState) -> String {
+        session::csrf(&state.secret, &self.session)
+    }
+}
+
+fn nav(state: &AppState) -> Vec<NavItem> {
+    state
+        .runtime
+        .funnels()
+        .values()
+        .map(|r| NavItem {
+            id: r.funnel.id.value.to_string(),
+            name: r.funnel.name.clone(),
+        })
+        .collect()
+}
+
+/// `GET /dashboard/login`: the sign-in form, tied to this browser by a one-time value.
+pub async fn login_form(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if state.admin_token.is_none() {
+        return off();
+    }
+    login_page(&state, &headers, StatusCode::OK, None)
+}
+
+fn login_page(
+    state: &AppState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    error: Option<&str>,
+) -> Response {
+    let form = hex::encode(nonce());
+    let t = i18n::strings(language(state, headers));
+    let mut r = html(status, dashboard::login_page(t, &form, error));
+    let c = session::cookie(session::LOGIN_COOKIE, &form, 600, state.https);
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    form: String,
+    #[serde(default)]
+    token: String,
+}
+
+/// `POST /dashboard/login`: the admin token (compared in constant time) from the form this
+/// browser fetched starts a session.
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let Some(token) = state.admin_token.as_deref() else {
+        return off();
+    };
+    let t = i18n::strings(language(&state, &headers));
+    let tied = cookie_of(&headers, session::LOGIN_COOKIE)
+        .is_some_and(|c| !f.form.is_empty() && constant_time_eq(c.as_bytes(), f.form.as_bytes()));
+    if !tied {
+        return login_page(&state, &headers, StatusCode::FORBIDDEN, Some(t.stale_form));
+    }
+    if !constant_time_eq(f.token.trim().as_bytes(), token.as_bytes()) {
+        tracing::warn!("dashboard sign-in with a wrong token");
+        return login_page(
+            &state,
+            &headers,
+            StatusCode::UNAUTHORIZED,
+            Some(t.wrong_token),
+        );
+    }
+    let value = session::issue(&state.secret, &nonce(), Utc::now().timestamp());
+    let mut r = secured(Redirect::to("/dashboard").into_response());
+    for c in [
+        session::cookie(session::COOKIE, &value, session::LIFETIME_SECS, state.https),
+        session::cookie(session::LOGIN_COOKIE, "", 0, state.https),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    r
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /dashboard/logout`: ends the session (its cookie removed), with the session's token.
+pub async fn logout(
+    State(state): State<AppState>,
+    signed: Signed,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if !session::csrf_ok(&state.secret, &signed.session, &f.csrf) {
+        return html(
+            StatusCode::FORBIDDEN,
+            "<!doctype html><title>Refused</title><p>The form's token is missing or wrong.</p>"
+                .into(),
+        );
+    }
+    {
+        let now = Utc::now().timestamp();
+        let mut out = state.signed_out.lock().unwrap_or_else(|e| e.into_inner());
+        // Expired sessions are refused anyway: only the live ones are kept.
+        out.retain(|s, _| session::valid(&state.secret, s, now));
+        out.insert(signed.session.clone(), now + session::LIFETIME_SECS);
+    }
+    let mut r = secured(Redirect::to("/dashboard/login").into_response());
+    let c = session::cookie(session::COOKIE, "", 0, state.https);
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+fn failed(e: ApiError) -> Response {
+    let text = crate::server::error::html_escape(&e.message);
+    html(
+        e.status,
+        format!("<!doctype html><title>Cannot show this</title><p>{text}</p>"),
+    )
+}
+
+/// `GET /dashboard`: the overview.
+pub async fn overview(State(state): State<AppState>, signed: Signed) -> Response {
+    let now = Utc::now();
+    let tz = state.report_zone;
+    let funnels = state.runtime.funnels();
+    let store = state.runtime.store();
+    let waiting = match store.waiting().await {
+        Ok(w) => w,
+        Err(e) => return failed(e.into()),
+    };
+    let mut days: Vec<(FunnelId, Vec<crate::report::FunnelReport>, u64)> = Vec::new();
+    for (id, r) in funnels.iter() {
+        let params = Params {
+            from: Some(dashboard::period_start(now, 30, tz).to_rfc3339()),
+            cohort: Some("calendar".into()),
+            by: Some("day".into()),
+            tz: Some(tz.name().into()),
+            ..Params::default()
+        };
+        let week = Params {
+            from: Some(dashboard::period_start(now, 7, tz).to_rfc3339()),
+            cohort: Some("calendar".into()),
+            tz: Some(tz.name().into()),
+            ..Params::default()
+        };
+        let made = async {
+            let req = Request::parse(What::Funnel, &params, now)
+                .map_err(|e| ApiError::invalid(e.param, e.message))?;
+            let a = compute(&state, &r.funnel, req, now).await?;
+            let req = Request::parse(What::Emails, &week, now)
+                .map_err(|e| ApiError::invalid(e.param, e.message))?;
+            let e = compute(&state, &r.funnel, req, now).await?;
+            Ok::<_, ApiError>((a, e))
+        };
+        match made.await {
+            Ok((Answer::Funnel(a), Answer::Emails(e))) => {
+                let bounces = e.emails.iter().map(|x| x.bounced).sum();
+                days.push((id.clone(), a.periods.unwrap_or_default(), bounces));
+            }
+            Ok(_) => {}
+            Err(e) => return failed(e),
+        }
+    }
+    let items: Vec<FunnelDay> = days
+        .iter()
+        .filter_map(|(id, reports, _)| {
+            let f = &funnels.get(id)?.funnel;
+            // Live runs per stage, in the funnel's order.
+            let in_flight = f
+                .stages
+                .iter()
+                .map(|s| {
+                    let n = waiting
+                        .iter()
+                        .filter(|w| {
+                            w.funnel == id.as_str()
+                                && w.stage == s.id.value.as_str()
+                                && w.status == "active"
+                        })
+                        .map(|w| w.runs.max(0) as u64)
+                        .sum();
+                    (s.id.value.to_string(), n)
+                })
+                .collect();
+            Some(FunnelDay {
+                funnel: f,
+                days: reports,
+                in_flight,
+            })
+        })
+        .collect();
+    let (queued, sending) = store.outbox_depth().await.unwrap_or((0, 0));
+    let lag_secs = store
+        .next_wake()
+        .await
+        .ok()
+        .flatten()
+        .map(|w| (now - w).num_milliseconds().max(0) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    let health = Health {
+        queued: queued.max(0) as u64,
+        sending: sending.max(0) as u64,
+        lag_secs,
+        failed_webhooks: store
+            .failed_webhooks(10_000)
+            .await
+            .map(|f| f.len() as u64)
+            .unwrap_or(0),
+        bounces: days.iter().map(|d| d.2).sum(),
+    };
+    let nav = nav(&state);
+    let csrf = signed.csrf(&state);
+    let frame = Frame {
+        t: i18n::strings(signed.lang),
+        lang: signed.lang,
+        csrf: &csrf,
+        nav: &nav,
+    };
+    html(
+        StatusCode::OK,
+        dashboard::overview_page(&frame, &items, &health, tz),
+    )
+}
+
+#[derive(Deserialize, Default)]
+pub struct ViewQuery {
+    days: Option<u32>,
+    cohort: Option<String>,
+}
+
+impl ViewQuery {
+    fn view(&self) -> View {
+        View {
+            days: self.days.filter(|d| View::DAYS.contains(d)).unwrap_or(30),
+            cohort: match self.cohort.as_deref() {
+                Some("calendar") => Cohort::Calendar,
+                _ => Cohort::Entry,
+            },
+        }
+    }
+
+    fn params(&self, state: &AppState) -> Params {
+        let v = self.view();
+        Params {
+            from: Some(dashboard::period_start(Utc::now(), v.days, state.report_zone).to_rfc3339()),
+            cohort: Some(
+                match v.cohort {
+                    Cohort::Entry => "entry",
+                    Cohort::Calendar => "calendar",
+                }
+                .into(),
+            ),
+            tz: Some(state.report_zone.name().into()),
+            ..Params::default()
+        }
+    }
+}
+
+/// Three reports of one funnel for a page's period and view.
+async fn reports_of(
+    state: &AppState,
+    id: &str,
+    q: &ViewQuery,
+    what: &[What],
+) -> Result<(crate::funnel::Funnel, Vec<Answer>), ApiError> {
+    let funnels = state.runtime.funnels();
+    let running = FunnelId::parse(id)
+        .ok()
+        .and_then(|id| funnels.get(&id))
+        .ok_or_else(|| ApiError::not_found("id", "no such funnel is running"))?;
+    let now = Utc::now();
+    let params = q.params(state);
+    let mut out = Vec::new();
+    for w in what {
+        let req =
+            Request::parse(*w, &params, now).map_err(|e| ApiError::invalid(e.param, e.message))?;
+        out.push(compute(state, &running.funnel, req, now).await?);
+    }
+    Ok((running.funnel.clone(), out))
+}
+
+/// `GET /dashboard/funnels/{id}?days=7|30|90&cohort=entry|calendar`: a funnel's page.
+pub async fn funnel(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    Query(q): Query<ViewQuery>,
+) -> Response {
+    let (f, answers) =
+        match reports_of(&state, &id, &q, &[What::Funnel, What::Emails, What::Ab]).await {
+            Ok(x) => x,
+            Err(e) => return failed(e),
+        };
+    let [
+        Answer::Funnel(report),
+        Answer::Emails(emails),
+        Answer::Ab(ab),
+    ] = &answers[..]
+    else {
+        return failed(ApiError::unavailable(
+            "reports",
+            "an answer of another kind",
+        ));
+    };
+    let nav = nav(&state);
+    let csrf = signed.csrf(&state);
+    let frame = Frame {
+        t: i18n::strings(signed.lang),
+        lang: signed.lang,
+        csrf: &csrf,
+        nav: &nav,
+    };
+    let figures = FunnelFigures {
+        funnel: &f,
+        view: q.view(),
+        report: &report.report,
+        emails,
+        ab,
+    };
+    html(StatusCode::OK, dashboard::funnel_page(&frame, &figures))
+}
+
+/// `GET /dashboard/funnels/{id}/report.json` and `.csv`: the funnel page's report as the
+/// reports API and `report --format csv` give it.
+pub async fn funnel_download(
+    State(state): State<AppState>,
+    _: Signed,
+    Path((id, file)): Path<(String, String)>,
+    Query(q): Query<ViewQuery>,
+) -> Response {
+    let csv = match file.as_str() {
+        "report.json" => false,
+        "report.csv" => true,
+        _ => return failed(ApiError::not_found("file", "report.json or report.csv")),
+    };
+    let (_, answers) = match reports_of(&state, &id, &q, &[What::Funnel]).await {
+        Ok(x) => x,
+        Err(e) => return failed(e),
+    };
+    let Some(Answer::Funnel(a)) = answers.first() else {
+        return failed(ApiError::unavailable(
+            "reports",
+            "an answer of another kind",
+        ));
+    };
+    let (body, kind) = if csv {
+        (
+            crate::report::render::funnel_csv(a),
+            "text/csv; charset=utf-8",
+        )
+    } else {
+        (
+            serde_json::to_string_pretty(&answers[0]).unwrap_or_default(),
+            "application/json",
+        )
+    };
+    let mut r = secured((StatusCode::OK, body).into_response());
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    r
+}

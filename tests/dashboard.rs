@@ -1,0 +1,380 @@
+//! The dashboard through the real server and a real HTTP client: signing in and out, the
+//! session cookie's flags, forms refused without their token, and the figures on the pages
+//! equal to the reports API's JSON.
+
+use autofunnel::domain::{Email, LeadId};
+use autofunnel::server::AppState;
+use autofunnel::store::{LeadInput, Store};
+use chrono::Utc;
+use reqwest::StatusCode;
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+
+use crate::util::{Server, fid, project_of};
+
+const TOKEN: &str = "dashboard-admin-token-0123456789";
+
+const FUNNEL: &str = r#"name: "Course <pilot>"
+from: "Shop <shop@example.com>"
+entry: { api: true }
+products:
+  course: { price: 100, currency: EUR }
+stages:
+  - id: intro
+    steps:
+      - send: hello
+      - wait: 1d
+      - goto: pitch
+  - id: pitch
+    offer: course
+    on: [{ event: purchase, product: course, goto: won }]
+    steps:
+      - send: { split: [offer-a, offer-b] }
+      - wait: 3d
+      - exit: not_converted
+  - id: won
+    steps:
+      - exit: converted
+"#;
+
+/// A running server over a project with one funnel and `leads` leads in it; its base URL.
+async fn dashboard(
+    dir: &std::path::Path,
+    leads: usize,
+    token: Option<&str>,
+) -> (Server, String, Store) {
+    let store = Store::connect(&format!("sqlite://{}/d.db?mode=rwc", dir.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let p = project_of(
+        dir,
+        &[
+            ("funnels/course.yaml", FUNNEL),
+            ("templates/course/hello.subject", "Hello"),
+            ("templates/course/hello.html", "<p>Hi</p>"),
+            ("templates/course/offer-a.subject", "A"),
+            ("templates/course/offer-a.html", "<p>A</p>"),
+            ("templates/course/offer-b.subject", "B"),
+            ("templates/course/offer-b.html", "<p>B</p>"),
+        ],
+    );
+    let now = Utc::now();
+    let rt = crate::util::engine(&store, &p, now).await;
+    let people: Vec<(Email, LeadInput)> = (0..leads)
+        .map(|i| {
+            let email = Email::parse(&format!("d{i}@example.com")).unwrap();
+            (email, LeadInput::default())
+        })
+        .collect();
+    let ids: Vec<LeadId> = store
+        .import_leads(&people, autofunnel::domain::Consent::Confirmed, now)
+        .await
+        .unwrap();
+    rt.enroll_many(&ids, &fid("course"), now).await.unwrap();
+    let (listener, base) = Server::bind().await;
+    let server = Server::start(
+        listener,
+        AppState {
+            admin_token: token.map(std::sync::Arc::from),
+            ..crate::util::off(&rt)
+        },
+    );
+    (server, base, store)
+}
+
+fn client() -> reqwest::Client {
+    crate::util::http_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The `name=value` of each `Set-Cookie` of a response, with its attributes.
+fn cookies(r: &reqwest::Response) -> Vec<String> {
+    r.headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+fn value_of(set_cookie: &str) -> &str {
+    set_cookie.split(';').next().unwrap()
+}
+
+/// Signs in as a browser would: the form, then the token; the session's `Cookie` value.
+async fn sign_in(c: &reqwest::Client, base: &str) -> String {
+    let r = c
+        .get(format!("{base}/dashboard/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let login = value_of(&cookies(&r)[0]).to_string();
+    let page = r.text().await.unwrap();
+    let form = page
+        .split("name=\"form\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let r = c
+        .post(format!("{base}/dashboard/login"))
+        .header(COOKIE, &login)
+        .form(&[("form", form.as_str()), ("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let set = cookies(&r);
+    let session = set.iter().find(|c| c.starts_with("af_session=")).unwrap();
+    value_of(session).to_string()
+}
+
+/// The figures a page marks with `data-figure="NAME"`, in order.
+fn figures(page: &str, name: &str) -> Vec<String> {
+    page.split(&format!("data-figure=\"{name}\">"))
+        .skip(1)
+        .map(|s| s.split('<').next().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn signing_in_and_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, base, _store) = dashboard(dir.path(), 3, Some(TOKEN)).await;
+    let c = client();
+    // No session: to the sign-in page, whatever the page.
+    for path in ["/dashboard", "/dashboard/funnels/course"] {
+        let r = c.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(r.headers()[LOCATION], "/dashboard/login");
+    }
+    // The form, its one-time value in a cookie of the dashboard's paths only.
+    let r = c
+        .get(format!("{base}/dashboard/login"))
+        .send()
+        .await
+        .unwrap();
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.starts_with("default-src 'none'"), "{csp}");
+    let login = cookies(&r)[0].clone();
+    assert!(
+        login.contains("Path=/dashboard")
+            && login.contains("HttpOnly")
+            && login.contains("SameSite=Strict"),
+        "{login}"
+    );
+    assert!(!login.contains("Secure"), "plain http: {login}");
+    let page = r.text().await.unwrap();
+    assert!(page.contains("<label for=\"token\">"), "a labelled input");
+    let form = page
+        .split("name=\"form\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    // Posted without the form's cookie (another site's form): refused.
+    let r = c
+        .post(format!("{base}/dashboard/login"))
+        .form(&[("form", form), ("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(cookies(&r).iter().all(|c| !c.starts_with("af_session=")));
+    // A wrong token: refused, said so.
+    let r = c
+        .post(format!("{base}/dashboard/login"))
+        .header(COOKIE, value_of(&login))
+        .form(&[("form", form), ("token", "nope")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("That is not the admin token.")
+    );
+    // The right one: a session cookie, HttpOnly, SameSite=Strict, 12 hours.
+    let session = sign_in(&c, &base).await;
+    let r = c
+        .get(format!("{base}/dashboard"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let page = r.text().await.unwrap();
+    // Nothing is loaded from anywhere: no script, no external style, image or font.
+    for bad in ["<script", "src=\"http", "href=\"http", "@import", "url("] {
+        assert!(!page.contains(bad), "{bad} in the overview");
+    }
+    assert!(page.len() < 100_000, "{} bytes", page.len());
+    // The name is escaped.
+    assert!(page.contains("Course &lt;pilot&gt;"));
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    // Signing out without the form's token is refused; with it, the cookie goes and the
+    // session is over even for a copy of the cookie.
+    let r = c
+        .post(format!("{base}/dashboard/logout"))
+        .header(COOKIE, &session)
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = c
+        .post(format!("{base}/dashboard/logout"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "no cookie, no session");
+    assert_eq!(r.headers()[LOCATION], "/dashboard/login");
+    let r = c
+        .post(format!("{base}/dashboard/logout"))
+        .header(COOKIE, &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(
+        cookies(&r)
+            .iter()
+            .any(|c| c.starts_with("af_session=;") && c.contains("Max-Age=0"))
+    );
+    let r = c
+        .get(format!("{base}/dashboard"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "signed out");
+    // A forged session: to the sign-in page.
+    let forged = session.replacen('.', "9.", 1);
+    let r = c
+        .get(format!("{base}/dashboard"))
+        .header(COOKIE, &forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_an_admin_token_there_is_no_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, base, _store) = dashboard(dir.path(), 0, None).await;
+    for path in ["/dashboard", "/dashboard/login"] {
+        let r = client().get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    server.stop().await;
+}
+
+/// The overview's and the funnel page's figures are the reports API's.
+#[tokio::test]
+async fn the_pages_show_the_reports_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, base, _store) = dashboard(dir.path(), 7, Some(TOKEN)).await;
+    let c = client();
+    let session = sign_in(&c, &base).await;
+    let page = |path: String| {
+        let c = c.clone();
+        let session = session.clone();
+        async move {
+            let r = c.get(path).header(COOKIE, session).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.text().await.unwrap()
+        }
+    };
+    let api = |path: String| {
+        let c = c.clone();
+        async move {
+            let r = c.get(path).bearer_auth(TOKEN).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let overview = page(format!("{base}/dashboard")).await;
+    // Today, this week, 30 days: the 7 runs that entered today.
+    assert_eq!(figures(&overview, "signups"), ["7", "7", "7"]);
+    // In flight: all 7 in the first stage.
+    assert_eq!(figures(&overview, "in-flight"), ["7", "0", "0"]);
+    assert_eq!(figures(&overview, "outbox-queued"), ["7"], "one email each");
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let json = api(format!("{base}/api/v1/reports/funnels/course?from={today}")).await;
+    assert_eq!(json["entered"], 7);
+    let funnel = page(format!(
+        "{base}/dashboard/funnels/course?days=7&cohort=entry"
+    ))
+    .await;
+    assert_eq!(figures(&funnel, "entered"), [json["entered"].to_string()]);
+    let leads_in: Vec<String> = json["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["leads_in"].to_string())
+        .collect();
+    assert_eq!(figures(&funnel, "leads-in"), leads_in);
+    assert!(
+        funnel.contains("<svg") && funnel.contains("role=\"img\""),
+        "the chart, labelled"
+    );
+    assert!(
+        funnel.contains("data-template=\"hello\""),
+        "the per-email table"
+    );
+    // The same figures to download.
+    let r = c
+        .get(format!(
+            "{base}/dashboard/funnels/course/report.json?days=7"
+        ))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    let downloaded: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(downloaded["entered"], 7);
+    let r = c
+        .get(format!("{base}/dashboard/funnels/course/report.csv?days=7"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert!(r.text().await.unwrap().lines().count() >= 4);
+    // The calendar view switch is a plain link.
+    assert!(funnel.contains("href=\"/dashboard/funnels/course?days=7&amp;cohort=calendar\""));
+    // A funnel that does not run: said so, 404.
+    let r = c
+        .get(format!("{base}/dashboard/funnels/nope"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    server.stop().await;
+}
