@@ -139,7 +139,7 @@ enum Command {
         /// counts (`7d`, `2w`, `36h`).
         #[arg(long, value_name = "DURATION")]
         window: Option<String>,
-        /// `table`, `csv` or `json`.
+        /// `table`, `csv`, `json`, or `svg` (the funnel chart, for slides).
         #[arg(long, value_enum, default_value = "table")]
         format: FormatArg,
         /// Also the report of each group of leads by `utm_source`, `utm_medium`,
@@ -205,6 +205,8 @@ enum FormatArg {
     Table,
     Csv,
     Json,
+    /// The funnel chart as an SVG image (the dashboard's), for slides.
+    Svg,
 }
 
 pub fn main() -> ExitCode {
@@ -727,6 +729,16 @@ async fn report(
         (FormatArg::Table, Answer::Forecast(r)) => render::forecast_table(r),
         (FormatArg::Csv, Answer::Forecast(_)) => {
             return usage("`forecast` answers as a table or JSON".to_string());
+        }
+        (FormatArg::Svg, Answer::Funnel(r)) => {
+            let title = format!("{} — {}", r.report.name, r.report.funnel);
+            let lang =
+                crate::locale::Language::parse(settings.ui_language.as_deref().unwrap_or("en"))
+                    .unwrap_or_default();
+            crate::dashboard::svg::funnel(&r.report, lang, &title)
+        }
+        (FormatArg::Svg, _) => {
+            return usage("--format svg draws the funnel report's chart: not with --emails, --ab, --attribution or forecast".to_string());
         }
     };
     out!("{}", text.trim_end());

@@ -772,6 +772,21 @@ fn report_reads_a_funnel_and_refuses_bad_arguments() {
         report(&["welcome", "--format", "pdf"]).status.code(),
         Some(2)
     );
+    // The funnel chart for slides: an SVG image of the same report.
+    let svg = report(&["welcome", "--format", "svg"]);
+    assert!(svg.status.success());
+    let svg = String::from_utf8(svg.stdout).unwrap();
+    assert!(
+        svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\"")
+            && svg.trim_end().ends_with("</svg>"),
+        "{svg}"
+    );
+    assert!(
+        svg.contains(">welcome</text>") || svg.contains(">entered</text>"),
+        "{svg}"
+    );
+    let refused = report(&["welcome", "--emails", "--format", "svg"]);
+    assert_eq!(refused.status.code(), Some(2));
     // Periods and a conversion window: an empty funnel still answers every week.
     let weekly = report(&[
         "welcome",
