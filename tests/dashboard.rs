@@ -368,6 +368,20 @@ async fn the_pages_show_the_reports_figures() {
     assert!(r.text().await.unwrap().lines().count() >= 4);
     // The calendar view switch is a plain link.
     assert!(funnel.contains("href=\"/dashboard/funnels/course?days=7&amp;cohort=calendar\""));
+    // The map: the file's stages with the leads in each now, and every way on.
+    let map = page(format!("{base}/dashboard/funnels/course/map")).await;
+    assert_eq!(figures(&map, "in-stage"), ["7", "0", "0"]);
+    for way in [
+        "<td>intro</td><td>pitch</td><td>after 1d</td>",
+        "<td>pitch</td><td>won</td><td>on purchase product=course</td>",
+        "<td>pitch</td><td>exit not_converted</td><td>after 3d</td>",
+    ] {
+        assert!(map.contains(way), "{way}");
+    }
+    assert!(
+        map.contains("offer course · €100"),
+        "the offer with its price"
+    );
     // A funnel that does not run: said so, 404.
     let r = c
         .get(format!("{base}/dashboard/funnels/nope"))

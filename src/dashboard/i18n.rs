@@ -68,6 +68,14 @@ pub struct Strings {
     pub download: &'static str,
     pub removed: &'static str,
     pub no_data: &'static str,
+    pub map: &'static str,
+    pub map_alt: &'static str,
+    pub ways_on: &'static str,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub when: &'static str,
+    pub any_stage: &'static str,
+    pub exit: &'static str,
 }
 
 pub const EN: Strings = Strings {
@@ -131,6 +139,14 @@ pub const EN: Strings = Strings {
     download: "Download",
     removed: "removed",
     no_data: "Nothing in this period yet.",
+    map: "Funnel map",
+    map_alt: "The funnel file as a diagram: stages with the leads in them now, the ways on between them and the exits; the table below lists every way on.",
+    ways_on: "Ways on",
+    from: "From",
+    to: "To",
+    when: "When",
+    any_stage: "any stage",
+    exit: "exit",
 };
 
 pub const RU: Strings = Strings {
@@ -194,6 +210,14 @@ pub const RU: Strings = Strings {
     download: "Скачать",
     removed: "удалён",
     no_data: "За этот период данных ещё нет.",
+    map: "Карта воронки",
+    map_alt: "Файл воронки в виде схемы: этапы с лидами в них сейчас, переходы между ними и выходы; в таблице ниже — все переходы.",
+    ways_on: "Переходы",
+    from: "Откуда",
+    to: "Куда",
+    when: "Когда",
+    any_stage: "любой этап",
+    exit: "выход",
 };
 
 /// The words of a language.

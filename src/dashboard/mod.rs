@@ -4,10 +4,11 @@
 //! store and the reports and hand the answers here.
 //!
 //! - [`session`]: the signed session cookie, the forms' CSRF token, the login form's value.
-//! - [`svg`]: the funnel chart and the sparklines.
+//! - [`svg`]: the funnel chart and the sparklines; [`map`]: the funnel file as a diagram.
 //! - [`i18n`]: every word shown, in English and Russian.
 
 pub mod i18n;
+pub mod map;
 pub mod session;
 pub mod svg;
 
@@ -35,6 +36,7 @@ fn tera() -> &'static tera::Tera {
             ("login.html", include_str!("pages/login.html")),
             ("overview.html", include_str!("pages/overview.html")),
             ("funnel.html", include_str!("pages/funnel.html")),
+            ("map.html", include_str!("pages/map.html")),
         ])
         .expect("the dashboard's pages parse");
         t
@@ -419,4 +421,31 @@ pub fn period_start(now: DateTime<Utc>, days: u32, tz: chrono_tz::Tz) -> DateTim
     let today = now.with_timezone(&tz).date_naive();
     let first = today - chrono::Duration::days(i64::from(days.max(1)) - 1);
     crate::report::midnight_in(first, tz)
+}
+
+/// A funnel's map: the diagram of its file with the leads in each stage now
+/// (`in_stage`), and every way on as a table.
+pub fn map_page(frame: &Frame, f: &Funnel, in_stage: &[(String, u64)]) -> String {
+    let t = frame.t;
+    let id = f.id.value.as_str();
+    let edges: Vec<serde_json::Value> = map::edges(f)
+        .into_iter()
+        .map(|e| {
+            let to = match e.to {
+                map::To::Stage(s) => s,
+                map::To::Exit(o) => format!("{} {o}", t.exit),
+            };
+            serde_json::json!({ "from": e.from, "to": to, "when": e.when })
+        })
+        .collect();
+    let mut cx = tera::Context::new();
+    cx.insert("current", id);
+    cx.insert("id", id);
+    cx.insert("name", &f.name);
+    cx.insert(
+        "svg",
+        &map::svg(f, in_stage, frame.lang, &format!("{} — {}", t.map, f.name)),
+    );
+    cx.insert("edges", &edges);
+    render("map.html", &f.name, t, Some(frame), cx)
 }

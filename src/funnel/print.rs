@@ -256,7 +256,8 @@ pub fn wait_until(w: &WaitUntil) -> String {
     }
 }
 
-fn transition(t: &Transition) -> Value {
+/// A transition as it is written in a funnel (`{event: purchase, product: course, goto: won}`).
+pub fn transition(t: &Transition) -> Value {
     let mut m = event(&t.on);
     if let Some(g) = &t.guard {
         m.insert("if".into(), condition(g));
@@ -294,7 +295,8 @@ fn event(e: &EventMatch) -> Map<String, Value> {
     m
 }
 
-fn condition(c: &Condition) -> Value {
+/// A condition as it is written in a funnel.
+pub fn condition(c: &Condition) -> Value {
     let op_name = |op: CompareOp| {
         CompareOp::ALL
             .iter()

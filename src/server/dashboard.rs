@@ -284,23 +284,7 @@ pub async fn overview(State(state): State<AppState>, signed: Signed) -> Response
         .iter()
         .filter_map(|(id, reports, _)| {
             let f = &funnels.get(id)?.funnel;
-            // Live runs per stage, in the funnel's order.
-            let in_flight = f
-                .stages
-                .iter()
-                .map(|s| {
-                    let n = waiting
-                        .iter()
-                        .filter(|w| {
-                            w.funnel == id.as_str()
-                                && w.stage == s.id.value.as_str()
-                                && w.status == "active"
-                        })
-                        .map(|w| w.runs.max(0) as u64)
-                        .sum();
-                    (s.id.value.to_string(), n)
-                })
-                .collect();
+            let in_flight = live_per_stage(f, &waiting);
             Some(FunnelDay {
                 funnel: f,
                 days: reports,
@@ -437,6 +421,64 @@ pub async fn funnel(
         ab,
     };
     html(StatusCode::OK, dashboard::funnel_page(&frame, &figures))
+}
+
+/// Live runs per stage of `f`, in the funnel's order.
+async fn in_stage(
+    state: &AppState,
+    f: &crate::funnel::Funnel,
+) -> Result<Vec<(String, u64)>, ApiError> {
+    let waiting = state.runtime.store().waiting().await?;
+    Ok(live_per_stage(f, &waiting))
+}
+
+fn live_per_stage(
+    f: &crate::funnel::Funnel,
+    waiting: &[crate::store::Waiting],
+) -> Vec<(String, u64)> {
+    f.stages
+        .iter()
+        .map(|s| {
+            let n = waiting
+                .iter()
+                .filter(|w| {
+                    w.funnel == f.id.value.as_str()
+                        && w.stage == s.id.value.as_str()
+                        && w.status == "active"
+                })
+                .map(|w| w.runs.max(0) as u64)
+                .sum();
+            (s.id.value.to_string(), n)
+        })
+        .collect()
+}
+
+/// `GET /dashboard/funnels/{id}/map`: the funnel map.
+pub async fn map(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+) -> Response {
+    let funnels = state.runtime.funnels();
+    let Some(running) = FunnelId::parse(&id).ok().and_then(|id| funnels.get(&id)) else {
+        return failed(ApiError::not_found("id", "no such funnel is running"));
+    };
+    let counts = match in_stage(&state, &running.funnel).await {
+        Ok(c) => c,
+        Err(e) => return failed(e),
+    };
+    let nav = nav(&state);
+    let csrf = signed.csrf(&state);
+    let frame = Frame {
+        t: i18n::strings(signed.lang),
+        lang: signed.lang,
+        csrf: &csrf,
+        nav: &nav,
+    };
+    html(
+        StatusCode::OK,
+        dashboard::map_page(&frame, &running.funnel, &counts),
+    )
 }
 
 /// `GET /dashboard/funnels/{id}/report.json` and `.csv`: the funnel page's report as the

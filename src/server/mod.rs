@@ -125,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/dashboard/logout", post(dashboard::logout))
         .route("/dashboard/funnels/{id}", get(dashboard::funnel))
+        .route("/dashboard/funnels/{id}/map", get(dashboard::map))
         .route(
             "/dashboard/funnels/{id}/{file}",
             get(dashboard::funnel_download),
