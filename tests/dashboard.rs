@@ -392,3 +392,127 @@ async fn the_pages_show_the_reports_figures() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     server.stop().await;
 }
+
+/// A lead found by address, its page and timeline, and the admin actions through their forms:
+/// each refused without the session's token; erase only once the address is typed again.
+#[tokio::test]
+async fn a_lead_found_tagged_taken_out_and_erased() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, base, store) = dashboard(dir.path(), 2, Some(TOKEN)).await;
+    let c = client();
+    let session = sign_in(&c, &base).await;
+    let get = |path: String| {
+        let (c, session) = (c.clone(), session.clone());
+        async move { c.get(path).header(COOKIE, session).send().await.unwrap() }
+    };
+    let post = |path: String, form: Vec<(&'static str, String)>| {
+        let (c, session) = (c.clone(), session.clone());
+        async move {
+            c.post(path)
+                .header(COOKIE, session)
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = get(format!("{base}/dashboard/leads?email=D1@example.com")).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let at = r.headers()[LOCATION].to_str().unwrap().to_string();
+    assert!(at.starts_with("/dashboard/leads/"), "{at}");
+    let id: i64 = at.rsplit('/').next().unwrap().parse().unwrap();
+    let page = get(format!("{base}{at}")).await.text().await.unwrap();
+    assert!(
+        page.contains("d1@example.com") && page.contains("entered course"),
+        "the timeline"
+    );
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    // Without the token: refused, nothing done.
+    let r = post(
+        format!("{base}{at}/tag"),
+        vec![("csrf", "x".into()), ("tag", "vip".into())],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Tagged, said so.
+    let r = post(
+        format!("{base}{at}/tag"),
+        vec![("csrf", csrf.clone()), ("tag", "vip".into())],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.headers()[LOCATION],
+        format!("/dashboard/leads/{id}?done=tagged")
+    );
+    let page = get(format!("{base}/dashboard/leads/{id}?done=tagged"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(figures(&page, "tags"), ["vip"]);
+    assert!(page.contains("Tagged."));
+    // A bad tag: said what is wrong, 422.
+    let r = post(
+        format!("{base}{at}/tag"),
+        vec![("csrf", csrf.clone()), ("tag", "Not A Tag".into())],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Taken out of the funnel, then not in it any more.
+    let r = post(
+        format!("{base}{at}/remove"),
+        vec![("csrf", csrf.clone()), ("funnel", "course".into())],
+    )
+    .await;
+    assert_eq!(
+        r.headers()[LOCATION],
+        format!("/dashboard/leads/{id}?done=removed")
+    );
+    let r = post(
+        format!("{base}{at}/remove"),
+        vec![("csrf", csrf.clone()), ("funnel", "course".into())],
+    )
+    .await;
+    assert_eq!(
+        r.headers()[LOCATION],
+        format!("/dashboard/leads/{id}?done=not_in")
+    );
+    // Erase asks for the address again; another address erases nothing.
+    let confirm = get(format!("{base}{at}/erase")).await.text().await.unwrap();
+    assert!(confirm.contains("<label for=\"confirm\">"));
+    let r = post(
+        format!("{base}{at}/erase"),
+        vec![("csrf", csrf.clone()), ("confirm", "d0@example.com".into())],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        store
+            .leads(&[LeadId(id)])
+            .await
+            .unwrap()
+            .contains_key(&LeadId(id))
+    );
+    let r = post(
+        format!("{base}{at}/erase"),
+        vec![("csrf", csrf.clone()), ("confirm", "d1@example.com".into())],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[LOCATION], "/dashboard/leads?done=erased");
+    assert!(
+        store.leads(&[LeadId(id)]).await.unwrap().is_empty(),
+        "erased"
+    );
+    let r = get(format!("{base}/dashboard/leads?email=d1@example.com")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    server.stop().await;
+}

@@ -37,6 +37,8 @@ fn tera() -> &'static tera::Tera {
             ("overview.html", include_str!("pages/overview.html")),
             ("funnel.html", include_str!("pages/funnel.html")),
             ("map.html", include_str!("pages/map.html")),
+            ("lead.html", include_str!("pages/lead.html")),
+            ("erase.html", include_str!("pages/erase.html")),
         ])
         .expect("the dashboard's pages parse");
         t
@@ -448,4 +450,190 @@ pub fn map_page(frame: &Frame, f: &Funnel, in_stage: &[(String, u64)]) -> String
     );
     cx.insert("edges", &edges);
     render("map.html", &f.name, t, Some(frame), cx)
+}
+
+/// One line of a lead's timeline.
+#[derive(Debug, Clone, Serialize)]
+struct Moment {
+    at: String,
+    what: String,
+    detail: String,
+    #[serde(skip)]
+    sort: String,
+}
+
+/// A lead's timeline from its export (`Store::export_lead`): runs entered and left, stage
+/// visits, events, emails, webhook calls, consent records and score milestones, oldest
+/// first, times in `tz`.
+fn timeline(export: &serde_json::Value, tz: chrono_tz::Tz) -> Vec<Moment> {
+    use serde_json::Value;
+    let text = |v: &Value| v.as_str().map(str::to_string).unwrap_or_default();
+    let mut out: Vec<Moment> = Vec::new();
+    let mut push = |at: &Value, what: String, detail: String| {
+        let Some(t) = at
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        else {
+            return;
+        };
+        out.push(Moment {
+            at: t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string(),
+            what,
+            detail,
+            sort: t.with_timezone(&Utc).to_rfc3339(),
+        });
+    };
+    let list = |k: &str| {
+        export
+            .get(k)
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default()
+    };
+    for e in list("enrollments") {
+        let funnel = text(&e["funnel"]);
+        push(&e["entered_at"], format!("entered {funnel}"), String::new());
+        for h in e["history"].as_array().cloned().unwrap_or_default() {
+            push(
+                &h["entered_at"],
+                format!("{funnel}: stage {}", text(&h["stage"])),
+                String::new(),
+            );
+            if !h["exited_at"].is_null() {
+                let way = match (h["next_stage"].as_str(), h["reason"].as_str()) {
+                    (Some(n), _) => format!("→ {n}"),
+                    (None, Some(r)) => r.to_string(),
+                    _ => String::new(),
+                };
+                push(
+                    &h["exited_at"],
+                    format!("{funnel}: left {}", text(&h["stage"])),
+                    way,
+                );
+            }
+        }
+        if !e["exited_at"].is_null() {
+            push(
+                &e["exited_at"],
+                format!("left {funnel}"),
+                text(&e["outcome"]),
+            );
+        }
+    }
+    for e in list("events") {
+        let data = match &e["data"] {
+            Value::Object(m) if !m.is_empty() => Value::Object(m.clone()).to_string(),
+            _ => String::new(),
+        };
+        push(
+            &e["occurred_at"],
+            format!("event {}", text(&e["event"])),
+            data,
+        );
+    }
+    for m in list("emails") {
+        let status = text(&m["status"]);
+        push(
+            &m["created_at"],
+            format!("email {}", text(&m["template"])),
+            format!("{status} ({})", text(&m["funnel"])),
+        );
+    }
+    for w in list("webhooks") {
+        push(
+            &w["created_at"],
+            format!("webhook {}", text(&w["webhook"])),
+            text(&w["status"]),
+        );
+    }
+    for c in list("consents") {
+        push(
+            &c["at"],
+            format!("consent {}", text(&c["status"])),
+            text(&c["source"]),
+        );
+    }
+    for m in list("milestones") {
+        push(
+            &m["at"],
+            format!("score: {}", text(&m["kind"])),
+            text(&m["funnel"]),
+        );
+    }
+    out.sort_by(|a, b| a.sort.cmp(&b.sort));
+    out
+}
+
+/// What the lead page shows.
+pub struct LeadView<'a> {
+    /// The address searched for.
+    pub query: &'a str,
+    /// Why nothing is shown, or what an action did.
+    pub message: Option<&'a str>,
+    pub done: Option<&'a str>,
+    /// The lead's export, when one was found.
+    pub export: Option<&'a serde_json::Value>,
+    /// The running funnels, to start one.
+    pub funnels: &'a [NavItem],
+    pub tz: chrono_tz::Tz,
+}
+
+/// The lead page: search by address; the lead's fields, consent, score and tags, the admin
+/// actions (tag, start a funnel, take out of one, erase) and its timeline.
+pub fn lead_page(frame: &Frame, v: &LeadView) -> String {
+    let t = frame.t;
+    let mut cx = tera::Context::new();
+    cx.insert("current", "leads");
+    cx.insert("query", v.query);
+    cx.insert("message", &v.message);
+    cx.insert("done", &v.done);
+    cx.insert("funnels", v.funnels);
+    if let Some(e) = v.export {
+        let lead = &e["lead"];
+        let created = lead["created_at"]
+            .as_str()
+            .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
+            .map(|c| c.with_timezone(&v.tz).format("%Y-%m-%d %H:%M").to_string())
+            .unwrap_or_default();
+        let fields: std::collections::BTreeMap<String, String> = lead["fields"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, x)| {
+                        (
+                            k.clone(),
+                            x.as_str().map_or_else(|| x.to_string(), str::to_string),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        cx.insert(
+            "lead",
+            &serde_json::json!({
+                "id": lead["id"], "email": lead["email"], "first_name": lead["first_name"],
+                "consent": lead["consent"], "score": lead["score"], "tags": lead["tags"],
+                "created_at": created, "fields": fields,
+            }),
+        );
+        let live: Vec<String> = e["enrollments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| matches!(r["status"].as_str(), Some("active" | "unconfirmed")))
+            .filter_map(|r| r["funnel"].as_str().map(str::to_string))
+            .collect();
+        cx.insert("live", &live);
+        cx.insert("timeline", &timeline(e, v.tz));
+    }
+    render("lead.html", t.leads, t, Some(frame), cx)
+}
+
+/// The confirmation before a lead is erased: the address must be typed again.
+pub fn erase_page(frame: &Frame, id: i64, email: &str) -> String {
+    let mut cx = tera::Context::new();
+    cx.insert("current", "leads");
+    cx.insert("id", &id);
+    cx.insert("email", email);
+    render("erase.html", frame.t.erase, frame.t, Some(frame), cx)
 }

@@ -52,8 +52,17 @@ pub async fn export(_: Admin, State(state): State<AppState>, ApiPath(id): ApiPat
 
 /// `DELETE /api/v1/leads/{id}`: erases the lead and everything about them.
 pub async fn erase(_: Admin, State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Answer {
-    let Some(files) = state.runtime.store().erase_lead(LeadId(id)).await? else {
+    if !erase_lead(&state, LeadId(id)).await? {
         return Err(no_lead());
+    }
+    Ok(Json(json!({ "status": "erased", "id": id })))
+}
+
+/// Erases a lead and, with the embedded transport, its email files; `false` when there is no
+/// such lead. The API's and the dashboard's erase.
+pub async fn erase_lead(state: &AppState, id: LeadId) -> Result<bool, ApiError> {
+    let Some(files) = state.runtime.store().erase_lead(id).await? else {
+        return Ok(false);
     };
     if let Some(dir) = &state.outbox_dir {
         for f in files {
@@ -66,7 +75,7 @@ pub async fn erase(_: Admin, State(state): State<AppState>, ApiPath(id): ApiPath
             }
         }
     }
-    Ok(Json(json!({ "status": "erased", "id": id })))
+    Ok(true)
 }
 
 /// A JSON body's string field, or the refusal naming it.

@@ -520,3 +520,277 @@ pub async fn funnel_download(
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     r
 }
+
+fn frame_parts(state: &AppState, signed: &Signed) -> (Vec<NavItem>, String) {
+    (nav(state), signed.csrf(state))
+}
+
+#[derive(Deserialize, Default)]
+pub struct LeadQuery {
+    email: Option<String>,
+    done: Option<String>,
+}
+
+/// `GET /dashboard/leads?email=`: find a lead by address (found: its page).
+pub async fn leads(
+    State(state): State<AppState>,
+    signed: Signed,
+    Query(q): Query<LeadQuery>,
+) -> Response {
+    let t = i18n::strings(signed.lang);
+    let query = q.email.as_deref().unwrap_or("").trim().to_string();
+    let mut message = (q.done.as_deref() == Some("erased")).then_some(t.erased);
+    if !query.is_empty() {
+        let found = match crate::domain::Email::parse(&query) {
+            Ok(email) => match state.runtime.store().lead_by_email(&email).await {
+                Ok(l) => l,
+                Err(e) => return failed(e.into()),
+            },
+            Err(_) => None,
+        };
+        match found {
+            Some(l) => {
+                return secured(
+                    Redirect::to(&format!("/dashboard/leads/{}", l.id.0)).into_response(),
+                );
+            }
+            None => message = Some(t.no_such_lead),
+        }
+    }
+    let (nav, csrf) = frame_parts(&state, &signed);
+    let frame = Frame {
+        t,
+        lang: signed.lang,
+        csrf: &csrf,
+        nav: &nav,
+    };
+    let view = dashboard::LeadView {
+        query: &query,
+        message,
+        done: None,
+        export: None,
+        funnels: &nav,
+        tz: state.report_zone,
+    };
+    let status = if message == Some(t.no_such_lead) {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
+    html(status, dashboard::lead_page(&frame, &view))
+}
+
+/// What an action's `?done=` says, in the page's language.
+fn done_text(t: &'static i18n::Strings, done: Option<&str>) -> Option<&'static str> {
+    Some(match done? {
+        "tagged" => t.done_tagged,
+        "enrolled" => t.done_enrolled,
+        "already_in" => t.done_already_in,
+        "not_again" => t.done_not_again,
+        "removed" => t.done_removed,
+        "not_in" => t.done_not_in,
+        _ => return None,
+    })
+}
+
+/// `GET /dashboard/leads/{id}`: the lead's page.
+pub async fn lead(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<i64>,
+    Query(q): Query<LeadQuery>,
+) -> Response {
+    lead_answer(&state, &signed, id, q.done.as_deref(), None, StatusCode::OK).await
+}
+
+async fn lead_answer(
+    state: &AppState,
+    signed: &Signed,
+    id: i64,
+    done: Option<&str>,
+    message: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    let t = i18n::strings(signed.lang);
+    let export = match state
+        .runtime
+        .store()
+        .export_lead(crate::domain::LeadId(id))
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => return failed(e.into()),
+    };
+    let (status, message) = match (&export, message) {
+        (None, _) => (StatusCode::NOT_FOUND, Some(t.no_such_lead)),
+        (Some(_), m) => (status, m),
+    };
+    let (nav, csrf) = frame_parts(state, signed);
+    let frame = Frame {
+        t,
+        lang: signed.lang,
+        csrf: &csrf,
+        nav: &nav,
+    };
+    let query = export
+        .as_ref()
+        .and_then(|e| e["lead"]["email"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let view = dashboard::LeadView {
+        query: &query,
+        message,
+        done: done_text(t, done),
+        export: export.as_ref(),
+        funnels: &nav,
+        tz: state.report_zone,
+    };
+    html(status, dashboard::lead_page(&frame, &view))
+}
+
+#[derive(Deserialize)]
+pub struct ActionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    tag: String,
+    #[serde(default)]
+    funnel: String,
+    #[serde(default)]
+    confirm: String,
+}
+
+fn refused(t: &i18n::Strings) -> Response {
+    html(
+        StatusCode::FORBIDDEN,
+        format!(
+            "<!doctype html><title>Refused</title><p>{}</p>",
+            t.refused_form
+        ),
+    )
+}
+
+/// `POST /dashboard/leads/{id}/{action}` (`tag`, `enroll`, `remove`, `erase`), each with the
+/// session's form token; done, back to the lead's page saying what was done.
+pub async fn lead_action(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path((id, action)): Path<(i64, String)>,
+    Form(f): Form<ActionForm>,
+) -> Response {
+    act(&state, &signed, id, &action, f).await
+}
+
+/// `POST /dashboard/leads/{id}/erase`: [`lead_action`]'s erase.
+pub async fn erase(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<i64>,
+    Form(f): Form<ActionForm>,
+) -> Response {
+    act(&state, &signed, id, "erase", f).await
+}
+
+async fn act(state: &AppState, signed: &Signed, id: i64, action: &str, f: ActionForm) -> Response {
+    let t = i18n::strings(signed.lang);
+    if !session::csrf_ok(&state.secret, &signed.session, &f.csrf) {
+        return refused(t);
+    }
+    let lead = crate::domain::LeadId(id);
+    let known = match state.runtime.store().leads(&[lead]).await {
+        Ok(l) => l,
+        Err(e) => return failed(e.into()),
+    };
+    let Some(found) = known.get(&lead) else {
+        return lead_answer(state, signed, id, None, None, StatusCode::NOT_FOUND).await;
+    };
+    let now = Utc::now();
+    let invalid = |m: String| lead_invalid(state, signed, id, m);
+    let funnel = || {
+        FunnelId::parse(f.funnel.trim())
+            .ok()
+            .filter(|x| state.runtime.funnels().contains_key(x))
+    };
+    let done = match action {
+        "tag" => match crate::domain::Tag::parse(f.tag.trim()) {
+            Ok(tag) => match state.runtime.tag(lead, &tag, now).await {
+                Ok(()) => "tagged",
+                Err(e) => return failed(e.into()),
+            },
+            Err(e) => return invalid(e.to_string()).await,
+        },
+        "enroll" => {
+            let Some(fid) = funnel() else {
+                return invalid("no such funnel is running".into()).await;
+            };
+            match state.runtime.enroll(lead, &fid, now).await {
+                Ok(crate::runtime::Enrolled::New(_)) => "enrolled",
+                Ok(crate::runtime::Enrolled::AlreadyIn(_)) => "already_in",
+                Ok(crate::runtime::Enrolled::NotAgain) => "not_again",
+                Err(e) => return failed(e.into()),
+            }
+        }
+        "remove" => {
+            let Some(fid) = funnel() else {
+                return invalid("no such funnel is running".into()).await;
+            };
+            match state.runtime.remove(lead, &fid, now).await {
+                Ok(Some(_)) => "removed",
+                Ok(None) => "not_in",
+                Err(e) => return failed(e.into()),
+            }
+        }
+        "erase" => {
+            if !f.confirm.trim().eq_ignore_ascii_case(found.email.as_str()) {
+                return invalid(t.wrong_address.to_string()).await;
+            }
+            return match super::admin::erase_lead(state, lead).await {
+                Ok(_) => secured(Redirect::to("/dashboard/leads?done=erased").into_response()),
+                Err(e) => failed(e),
+            };
+        }
+        _ => {
+            return failed(ApiError::not_found(
+                "action",
+                "tag, enroll, remove or erase",
+            ));
+        }
+    };
+    secured(Redirect::to(&format!("/dashboard/leads/{id}?done={done}")).into_response())
+}
+
+async fn lead_invalid(state: &AppState, signed: &Signed, id: i64, message: String) -> Response {
+    lead_answer(
+        state,
+        signed,
+        id,
+        None,
+        Some(&message),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await
+}
+
+/// `GET /dashboard/leads/{id}/erase`: the confirmation before erasing.
+pub async fn erase_form(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<i64>,
+) -> Response {
+    let lead = crate::domain::LeadId(id);
+    let email = match state.runtime.store().leads(&[lead]).await {
+        Ok(l) => l.get(&lead).map(|l| l.email.as_str().to_string()),
+        Err(e) => return failed(e.into()),
+    };
+    let Some(email) = email else {
+        return lead_answer(&state, &signed, id, None, None, StatusCode::NOT_FOUND).await;
+    };
+    let (nav, csrf) = frame_parts(&state, &signed);
+    let frame = Frame {
+        t: i18n::strings(signed.lang),
+        lang: signed.lang,
+        csrf: &csrf,
+        nav: &nav,
+    };
+    html(StatusCode::OK, dashboard::erase_page(&frame, id, &email))
+}

@@ -126,6 +126,16 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard/logout", post(dashboard::logout))
         .route("/dashboard/funnels/{id}", get(dashboard::funnel))
         .route("/dashboard/funnels/{id}/map", get(dashboard::map))
+        .route("/dashboard/leads", get(dashboard::leads))
+        .route("/dashboard/leads/{id}", get(dashboard::lead))
+        .route(
+            "/dashboard/leads/{id}/erase",
+            get(dashboard::erase_form).post(dashboard::erase),
+        )
+        .route(
+            "/dashboard/leads/{id}/{action}",
+            post(dashboard::lead_action),
+        )
         .route(
             "/dashboard/funnels/{id}/{file}",
             get(dashboard::funnel_download),
