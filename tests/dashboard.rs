@@ -382,6 +382,34 @@ async fn the_pages_show_the_reports_figures() {
         map.contains("offer course · €100"),
         "the offer with its price"
     );
+    // Cohorts by week: this week's 7 entries; attribution: no purchase yet, every model.
+    let cohorts = page(format!("{base}/dashboard/funnels/course/cohorts")).await;
+    assert_eq!(
+        figures(&cohorts, "cohort-entered")
+            .first()
+            .map(String::as_str),
+        Some("7")
+    );
+    for model in ["first", "last", "linear", "time_decay", "position"] {
+        let a = page(format!(
+            "{base}/dashboard/funnels/course/attribution?model={model}"
+        ))
+        .await;
+        assert_eq!(figures(&a, "purchases"), ["0"], "{model}");
+    }
+    let r = c
+        .get(format!(
+            "{base}/dashboard/funnels/course/attribution?model=magic"
+        ))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an unknown model is named"
+    );
     // A funnel that does not run: said so, 404.
     let r = c
         .get(format!("{base}/dashboard/funnels/nope"))

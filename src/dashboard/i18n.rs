@@ -105,6 +105,19 @@ pub struct Strings {
     pub done_not_in: &'static str,
     pub wrong_address: &'static str,
     pub refused_form: &'static str,
+    pub cohorts: &'static str,
+    pub cohorts_by_week: &'static str,
+    pub cohorts_lead: &'static str,
+    pub week_of: &'static str,
+    pub attribution: &'static str,
+    pub model: &'static str,
+    pub purchases: &'static str,
+    pub unattributed: &'static str,
+    pub channel: &'static str,
+    pub share: &'static str,
+    pub source: &'static str,
+    pub campaign: &'static str,
+    pub by_source: &'static str,
 }
 
 pub const EN: Strings = Strings {
@@ -205,6 +218,19 @@ pub const EN: Strings = Strings {
     done_not_in: "The lead is not in that funnel.",
     wrong_address: "That is not the lead's address: nothing was erased.",
     refused_form: "The form's token is missing or wrong.",
+    cohorts: "Cohorts",
+    cohorts_by_week: "Entry cohorts by week",
+    cohorts_lead: "Each row is the leads who entered that week; each cell the share of them that reached the stage since (darker: more).",
+    week_of: "Week of",
+    attribution: "Attribution",
+    model: "Model",
+    purchases: "Purchases",
+    unattributed: "unattributed",
+    channel: "Channel",
+    share: "Share",
+    source: "Source",
+    campaign: "Campaign",
+    by_source: "By source and campaign",
 };
 
 pub const RU: Strings = Strings {
@@ -305,6 +331,19 @@ pub const RU: Strings = Strings {
     done_not_in: "Лида нет в этой воронке.",
     wrong_address: "Это не адрес лида: ничего не удалено.",
     refused_form: "Токен формы отсутствует или неверен.",
+    cohorts: "Когорты",
+    cohorts_by_week: "Когорты по неделе входа",
+    cohorts_lead: "Строка — лиды, вошедшие за неделю; ячейка — доля из них, дошедшая до этапа (темнее — больше).",
+    week_of: "Неделя с",
+    attribution: "Атрибуция",
+    model: "Модель",
+    purchases: "Покупки",
+    unattributed: "без источника",
+    channel: "Канал",
+    share: "Доля",
+    source: "Источник",
+    campaign: "Кампания",
+    by_source: "По источникам и кампаниям",
 };
 
 /// The words of a language.

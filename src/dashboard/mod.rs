@@ -38,6 +38,9 @@ fn tera() -> &'static tera::Tera {
             ("funnel.html", include_str!("pages/funnel.html")),
             ("map.html", include_str!("pages/map.html")),
             ("lead.html", include_str!("pages/lead.html")),
+            ("tabs.html", include_str!("pages/tabs.html")),
+            ("cohorts.html", include_str!("pages/cohorts.html")),
+            ("attribution.html", include_str!("pages/attribution.html")),
             ("erase.html", include_str!("pages/erase.html")),
         ])
         .expect("the dashboard's pages parse");
@@ -415,6 +418,7 @@ pub fn funnel_page(frame: &Frame, f: &FunnelFigures) -> String {
         "csv_href",
         &format!("/dashboard/funnels/{id}/report.csv?{query}"),
     );
+    cx.insert("tabs", &tabs(t, id, Tab::Funnel));
     render("funnel.html", &f.funnel.name, t, Some(frame), cx)
 }
 
@@ -449,6 +453,7 @@ pub fn map_page(frame: &Frame, f: &Funnel, in_stage: &[(String, u64)]) -> String
         &map::svg(f, in_stage, frame.lang, &format!("{} — {}", t.map, f.name)),
     );
     cx.insert("edges", &edges);
+    cx.insert("tabs", &tabs(t, id, Tab::Map));
     render("map.html", &f.name, t, Some(frame), cx)
 }
 
@@ -636,4 +641,133 @@ pub fn erase_page(frame: &Frame, id: i64, email: &str) -> String {
     cx.insert("id", &id);
     cx.insert("email", email);
     render("erase.html", frame.t.erase, frame.t, Some(frame), cx)
+}
+
+/// The pages of one funnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    Funnel,
+    Cohorts,
+    Attribution,
+    Map,
+}
+
+fn tabs(t: &Strings, id: &str, current: Tab) -> Vec<serde_json::Value> {
+    [
+        (Tab::Funnel, t.funnel_chart, String::new()),
+        (Tab::Cohorts, t.cohorts, "/cohorts".to_string()),
+        (Tab::Attribution, t.attribution, "/attribution".to_string()),
+        (Tab::Map, t.map, "/map".to_string()),
+    ]
+    .into_iter()
+    .map(|(tab, label, path)| {
+        serde_json::json!({ "label": label, "current": tab == current, "href": format!("/dashboard/funnels/{id}{path}") })
+    })
+    .collect()
+}
+
+/// The weeks a cohort page shows.
+pub const COHORT_WEEKS: i64 = 12;
+
+/// Entry cohorts by week as a heat map: per week of entry, the runs that entered and the share
+/// of them that reached each stage since, and converted.
+pub fn cohorts_page(frame: &Frame, f: &Funnel, weeks: &[FunnelReport]) -> String {
+    let (t, lang) = (frame.t, frame.lang);
+    let id = f.id.value.as_str();
+    let stages: Vec<&str> = f.stages.iter().map(|s| s.id.value.as_str()).collect();
+    let rows: Vec<serde_json::Value> = weeks
+        .iter()
+        .rev()
+        .map(|w| {
+            let tz: chrono_tz::Tz = w.tz.parse().unwrap_or(chrono_tz::UTC);
+            let cells: Vec<serde_json::Value> = stages
+                .iter()
+                .map(|s| {
+                    let st = w.stages.iter().find(|x| x.stage == *s);
+                    let rate = st.and_then(|x| x.from_entry.as_ref());
+                    let p = rate.and_then(|r| r.percent).unwrap_or(0.0);
+                    serde_json::json!({
+                        "text": format!("{} ({})", locale::percent(rate.and_then(|r| r.percent), lang), locale::count(st.map_or(0, |x| x.leads_in), lang)),
+                        "alpha": format!("{:.2}", (p / 100.0).clamp(0.0, 1.0) * 0.6),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "week": w.from.with_timezone(&tz).format("%Y-%m-%d").to_string(),
+                "entered": locale::count(w.entered, lang),
+                "cells": cells,
+                "converted": locale::percent(w.converted.percent, lang),
+            })
+        })
+        .collect();
+    let mut cx = tera::Context::new();
+    cx.insert("current", id);
+    cx.insert("name", &f.name);
+    cx.insert("tabs", &tabs(t, id, Tab::Cohorts));
+    cx.insert("stages", &stages);
+    cx.insert("weeks", &rows);
+    render("cohorts.html", &f.name, t, Some(frame), cx)
+}
+
+/// Attribution: the purchases of the last 30 days credited to channels, sources and campaigns
+/// under a model, with the switch between models as links.
+pub fn attribution_page(
+    frame: &Frame,
+    f: &Funnel,
+    r: &crate::report::attribution::AttributionReport,
+) -> String {
+    let (t, lang) = (frame.t, frame.lang);
+    let id = f.id.value.as_str();
+    let money_of = |m: &std::collections::BTreeMap<String, f64>| {
+        m.iter()
+            .map(|(c, x)| locale::money(*x, c, lang))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let fraction = |x: f64| {
+        let s = format!("{x:.2}");
+        if lang == Language::Ru {
+            s.replace('.', ",")
+        } else {
+            s
+        }
+    };
+    let channels: Vec<serde_json::Value> = r
+        .channels
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "channel": c.channel, "conversions": fraction(c.conversions),
+                "share": locale::percent(Some(c.share), lang), "revenue": money_of(&c.revenue),
+            })
+        })
+        .collect();
+    let credits: Vec<serde_json::Value> = r
+        .credits
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "channel": c.channel, "source": c.source.clone().unwrap_or_default(),
+                "campaign": c.campaign.clone().unwrap_or_default(),
+                "conversions": fraction(c.conversions), "revenue": money_of(&c.revenue),
+            })
+        })
+        .collect();
+    let models: Vec<serde_json::Value> = crate::tally::Model::ALL
+        .iter()
+        .map(|(name, m)| {
+            serde_json::json!({ "label": name, "current": *m == r.model,
+                "href": format!("/dashboard/funnels/{id}/attribution?model={name}") })
+        })
+        .collect();
+    let mut cx = tera::Context::new();
+    cx.insert("current", id);
+    cx.insert("name", &f.name);
+    cx.insert("tabs", &tabs(t, id, Tab::Attribution));
+    cx.insert("models", &models);
+    cx.insert("purchases", &locale::count(r.purchases, lang));
+    cx.insert("unattributed", &locale::count(r.unattributed, lang));
+    cx.insert("channels", &channels);
+    cx.insert("credits", &credits);
+    render("attribution.html", &f.name, t, Some(frame), cx)
 }

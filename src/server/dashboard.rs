@@ -794,3 +794,99 @@ pub async fn erase_form(
     };
     html(StatusCode::OK, dashboard::erase_page(&frame, id, &email))
 }
+
+/// One report of a running funnel with these parameters, as of now.
+async fn one_report(
+    state: &AppState,
+    id: &str,
+    what: What,
+    params: Params,
+) -> Result<(crate::funnel::Funnel, Answer), ApiError> {
+    let funnels = state.runtime.funnels();
+    let running = FunnelId::parse(id)
+        .ok()
+        .and_then(|id| funnels.get(&id))
+        .ok_or_else(|| ApiError::not_found("id", "no such funnel is running"))?;
+    let now = Utc::now();
+    let req =
+        Request::parse(what, &params, now).map_err(|e| ApiError::invalid(e.param, e.message))?;
+    let a = compute(state, &running.funnel, req, now).await?;
+    Ok((running.funnel.clone(), a))
+}
+
+/// `GET /dashboard/funnels/{id}/cohorts`: entry cohorts by week, the last 12 weeks.
+pub async fn cohorts(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+) -> Response {
+    let tz = state.report_zone;
+    let params = Params {
+        from: Some(
+            dashboard::period_start(Utc::now(), 7 * dashboard::COHORT_WEEKS as u32, tz)
+                .to_rfc3339(),
+        ),
+        by: Some("week".into()),
+        tz: Some(tz.name().into()),
+        ..Params::default()
+    };
+    let (f, a) = match one_report(&state, &id, What::Funnel, params).await {
+        Ok(x) => x,
+        Err(e) => return failed(e),
+    };
+    let Answer::Funnel(a) = a else {
+        return failed(ApiError::unavailable(
+            "reports",
+            "an answer of another kind",
+        ));
+    };
+    let (nav, csrf) = frame_parts(&state, &signed);
+    let frame = Frame {
+        t: i18n::strings(signed.lang),
+        lang: signed.lang,
+        csrf: &csrf,
+        nav: &nav,
+    };
+    let weeks = a.periods.unwrap_or_default();
+    html(StatusCode::OK, dashboard::cohorts_page(&frame, &f, &weeks))
+}
+
+#[derive(Deserialize, Default)]
+pub struct ModelQuery {
+    model: Option<String>,
+}
+
+/// `GET /dashboard/funnels/{id}/attribution?model=`: the last 30 days' purchases credited to
+/// their touches.
+pub async fn attribution(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    Query(q): Query<ModelQuery>,
+) -> Response {
+    let tz = state.report_zone;
+    let params = Params {
+        from: Some(dashboard::period_start(Utc::now(), 30, tz).to_rfc3339()),
+        model: Some(q.model.unwrap_or_else(|| "linear".into())),
+        tz: Some(tz.name().into()),
+        ..Params::default()
+    };
+    let (f, a) = match one_report(&state, &id, What::Attribution, params).await {
+        Ok(x) => x,
+        Err(e) => return failed(e),
+    };
+    let Answer::Attribution(r) = a else {
+        return failed(ApiError::unavailable(
+            "reports",
+            "an answer of another kind",
+        ));
+    };
+    let (nav, csrf) = frame_parts(&state, &signed);
+    let frame = Frame {
+        t: i18n::strings(signed.lang),
+        lang: signed.lang,
+        csrf: &csrf,
+        nav: &nav,
+    };
+    html(StatusCode::OK, dashboard::attribution_page(&frame, &f, &r))
+}

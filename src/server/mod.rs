@@ -126,6 +126,11 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard/logout", post(dashboard::logout))
         .route("/dashboard/funnels/{id}", get(dashboard::funnel))
         .route("/dashboard/funnels/{id}/map", get(dashboard::map))
+        .route("/dashboard/funnels/{id}/cohorts", get(dashboard::cohorts))
+        .route(
+            "/dashboard/funnels/{id}/attribution",
+            get(dashboard::attribution),
+        )
         .route("/dashboard/leads", get(dashboard::leads))
         .route("/dashboard/leads/{id}", get(dashboard::lead))
         .route(
