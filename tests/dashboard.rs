@@ -410,6 +410,32 @@ async fn the_pages_show_the_reports_figures() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "an unknown model is named"
     );
+    // What if: the forecast as observed and with a stage converting better.
+    let w = page(format!(
+        "{base}/dashboard/funnels/course/whatif?days=30&inflow=10&set_intro=20"
+    ))
+    .await;
+    assert!(
+        w.contains("data-figure=\"conversions-scenario\""),
+        "a projection"
+    );
+    assert!(
+        w.contains("id=\"set-intro\"") && w.contains("value=\"20\""),
+        "the inputs kept"
+    );
+    let r = c
+        .get(format!("{base}/dashboard/funnels/course/whatif?days=0"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("days: a whole number of days from 1 to 366")
+    );
     // A funnel that does not run: said so, 404.
     let r = c
         .get(format!("{base}/dashboard/funnels/nope"))

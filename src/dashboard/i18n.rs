@@ -118,6 +118,14 @@ pub struct Strings {
     pub source: &'static str,
     pub campaign: &'static str,
     pub by_source: &'static str,
+    pub whatif: &'static str,
+    pub whatif_lead: &'static str,
+    pub days_ahead: &'static str,
+    pub inflow_per_day: &'static str,
+    pub change_in: &'static str,
+    pub project: &'static str,
+    pub projection: &'static str,
+    pub orders: &'static str,
 }
 
 pub const EN: Strings = Strings {
@@ -231,6 +239,14 @@ pub const EN: Strings = Strings {
     source: "Source",
     campaign: "Campaign",
     by_source: "By source and campaign",
+    whatif: "What if",
+    whatif_lead: "The next days projected from what the funnel has done (the last 90 days and the leads in it now), with the changes you try: more leads a day, a stage converting better or worse. Expected value and the 80% interval.",
+    days_ahead: "Days ahead",
+    inflow_per_day: "New leads a day (empty: as observed)",
+    change_in: "Change in",
+    project: "Project",
+    projection: "Projection: as observed → with the changes",
+    orders: "Orders",
 };
 
 pub const RU: Strings = Strings {
@@ -344,6 +360,14 @@ pub const RU: Strings = Strings {
     source: "Источник",
     campaign: "Кампания",
     by_source: "По источникам и кампаниям",
+    whatif: "Что если",
+    whatif_lead: "Прогноз на следующие дни по тому, что воронка уже показала (последние 90 дней и лиды в ней сейчас), с вашими изменениями: больше лидов в день, этап конвертирует лучше или хуже. Ожидаемое значение и 80-процентный интервал.",
+    days_ahead: "Дней вперёд",
+    inflow_per_day: "Новых лидов в день (пусто — как было)",
+    change_in: "Изменение конверсии",
+    project: "Спрогнозировать",
+    projection: "Прогноз: как есть → с изменениями",
+    orders: "Заказы",
 };
 
 /// The words of a language.

@@ -41,6 +41,7 @@ fn tera() -> &'static tera::Tera {
             ("tabs.html", include_str!("pages/tabs.html")),
             ("cohorts.html", include_str!("pages/cohorts.html")),
             ("attribution.html", include_str!("pages/attribution.html")),
+            ("whatif.html", include_str!("pages/whatif.html")),
             ("erase.html", include_str!("pages/erase.html")),
         ])
         .expect("the dashboard's pages parse");
@@ -649,6 +650,7 @@ pub enum Tab {
     Funnel,
     Cohorts,
     Attribution,
+    WhatIf,
     Map,
 }
 
@@ -657,6 +659,7 @@ fn tabs(t: &Strings, id: &str, current: Tab) -> Vec<serde_json::Value> {
         (Tab::Funnel, t.funnel_chart, String::new()),
         (Tab::Cohorts, t.cohorts, "/cohorts".to_string()),
         (Tab::Attribution, t.attribution, "/attribution".to_string()),
+        (Tab::WhatIf, t.whatif, "/whatif".to_string()),
         (Tab::Map, t.map, "/map".to_string()),
     ]
     .into_iter()
@@ -770,4 +773,102 @@ pub fn attribution_page(
     cx.insert("channels", &channels);
     cx.insert("credits", &credits);
     render("attribution.html", &f.name, t, Some(frame), cx)
+}
+
+/// What the what-if page was asked: the form's values as given.
+pub struct WhatIfInputs<'a> {
+    pub days: &'a str,
+    pub inflow: &'a str,
+    /// Per stage, the change in its conversion in per cent (as typed).
+    pub changes: &'a [(String, String)],
+    /// Why the projection could not be made from them.
+    pub error: Option<&'a str>,
+}
+
+/// What if: the forecast of the funnel as observed and with the changes tried (inflow, a
+/// stage's conversion), each figure its expected value and 80% interval.
+pub fn whatif_page(
+    frame: &Frame,
+    f: &Funnel,
+    inputs: &WhatIfInputs,
+    r: Option<&crate::report::forecast::ForecastReport>,
+) -> String {
+    let (t, lang) = (frame.t, frame.lang);
+    let id = f.id.value.as_str();
+    let num = |x: f64| {
+        let s = if x.abs() >= 100.0 {
+            format!("{x:.0}")
+        } else {
+            format!("{x:.1}")
+        };
+        if lang == Language::Ru {
+            s.replace('.', ",")
+        } else {
+            s
+        }
+    };
+    let est = |e: &crate::report::forecast::Estimate| {
+        format!("{} [{}–{}]", num(e.expected), num(e.low), num(e.high))
+    };
+    let mut cx = tera::Context::new();
+    cx.insert("current", id);
+    cx.insert("id", id);
+    cx.insert("name", &f.name);
+    cx.insert("tabs", &tabs(t, id, Tab::WhatIf));
+    cx.insert("error", &inputs.error);
+    cx.insert("days", inputs.days);
+    cx.insert("inflow", inputs.inflow);
+    let given: Vec<serde_json::Value> = f
+        .stages
+        .iter()
+        .map(|s| {
+            let id = s.id.value.as_str();
+            let value = inputs
+                .changes
+                .iter()
+                .find(|(x, _)| x == id)
+                .map_or("", |(_, v)| v.as_str());
+            serde_json::json!({ "stage": id, "value": value })
+        })
+        .collect();
+    cx.insert("inputs", &given);
+    cx.insert(
+        "observed_inflow",
+        &r.map_or(String::new(), |r| num(r.inflow_per_day)),
+    );
+    if let Some(r) = r {
+        let stages: Vec<serde_json::Value> = r
+            .stages
+            .iter()
+            .map(|s| {
+                let pct = |p: Option<f64>| locale::percent(p, lang);
+                serde_json::json!({
+                    "stage": s.stage,
+                    "in_flight": locale::count(s.in_flight, lang),
+                    "days": num(s.days_in_stage),
+                    "conversion": format!("{} → {}", pct(s.conversion.baseline), pct(s.conversion.scenario)),
+                    "leads": format!("{} → {}", est(&s.leads.baseline), est(&s.leads.scenario)),
+                    "orders": format!("{} → {}", est(&s.orders.baseline), est(&s.orders.scenario)),
+                })
+            })
+            .collect();
+        let revenue: Vec<serde_json::Value> = r
+            .revenue
+            .iter()
+            .map(|x| {
+                let m = |e: &crate::report::forecast::Estimate| locale::money(e.expected, &x.currency, lang);
+                serde_json::json!({ "baseline": m(&x.revenue.baseline), "scenario": m(&x.revenue.scenario) })
+            })
+            .collect();
+        cx.insert("stages", &stages);
+        cx.insert("revenue", &revenue);
+        cx.insert(
+            "conversions",
+            &serde_json::json!({ "baseline": est(&r.conversions.baseline), "scenario": est(&r.conversions.scenario) }),
+        );
+        cx.insert("method", r.method);
+    } else {
+        cx.insert("stages", &Vec::<serde_json::Value>::new());
+    }
+    render("whatif.html", &f.name, t, Some(frame), cx)
 }

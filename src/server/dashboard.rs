@@ -890,3 +890,83 @@ pub async fn attribution(
     };
     html(StatusCode::OK, dashboard::attribution_page(&frame, &f, &r))
 }
+
+/// `GET /dashboard/funnels/{id}/whatif?days=&inflow=&set_STAGE=`: the forecast with the
+/// changes tried; a value that cannot be used is named on the page.
+pub async fn whatif(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    Query(q): Query<std::collections::BTreeMap<String, String>>,
+) -> Response {
+    let funnels = state.runtime.funnels();
+    let Some(running) = FunnelId::parse(&id).ok().and_then(|id| funnels.get(&id)) else {
+        return failed(ApiError::not_found("id", "no such funnel is running"));
+    };
+    let f = &running.funnel;
+    let days = q
+        .get("days")
+        .map(|d| d.trim().to_string())
+        .unwrap_or_default();
+    let inflow = q
+        .get("inflow")
+        .map(|d| d.trim().to_string())
+        .unwrap_or_default();
+    let changes: Vec<(String, String)> = f
+        .stages
+        .iter()
+        .filter_map(|s| {
+            let v = q.get(&format!("set_{}", s.id.value))?.trim().to_string();
+            (!v.is_empty()).then(|| (s.id.value.to_string(), v))
+        })
+        .collect();
+    let set = changes
+        .iter()
+        .map(|(s, v)| {
+            let signed_v = if v.starts_with(['-', '+']) {
+                v.clone()
+            } else {
+                format!("+{v}")
+            };
+            format!("{s}={signed_v}%")
+        })
+        .collect();
+    let params = Params {
+        days: (!days.is_empty()).then(|| days.clone()),
+        inflow: (!inflow.is_empty()).then(|| format!("{inflow}/day")),
+        set,
+        tz: Some(state.report_zone.name().into()),
+        ..Params::default()
+    };
+    let now = Utc::now();
+    let made = match Request::parse(What::Forecast, &params, now) {
+        Ok(req) => compute(&state, f, req, now).await.map_err(|e| e.message),
+        Err(e) => Err(format!("{}: {}", e.param, e.message)),
+    };
+    let (report, error, status) = match made {
+        Ok(Answer::Forecast(r)) => (Some(r), None, StatusCode::OK),
+        Ok(_) => (
+            None,
+            Some("an answer of another kind".to_string()),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        Err(m) => (None, Some(m), StatusCode::UNPROCESSABLE_ENTITY),
+    };
+    let (nav, csrf) = frame_parts(&state, &signed);
+    let frame = Frame {
+        t: i18n::strings(signed.lang),
+        lang: signed.lang,
+        csrf: &csrf,
+        nav: &nav,
+    };
+    let inputs = dashboard::WhatIfInputs {
+        days: if days.is_empty() { "30" } else { &days },
+        inflow: &inflow,
+        changes: &changes,
+        error: error.as_deref(),
+    };
+    html(
+        status,
+        dashboard::whatif_page(&frame, f, &inputs, report.as_ref()),
+    )
+}
