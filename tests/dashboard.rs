@@ -11,7 +11,7 @@ use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 
 use crate::util::{Server, fid, project_of};
 
-const TOKEN: &str = "dashboard-admin-token-0123456789";
+pub(crate) const TOKEN: &str = "dashboard-admin-token-0123456789";
 
 const FUNNEL: &str = r#"name: "Course <pilot>"
 from: "Shop <shop@example.com>"
@@ -37,7 +37,7 @@ stages:
 "#;
 
 /// A running server over a project with one funnel and `leads` leads in it; its base URL.
-async fn dashboard(
+pub(crate) async fn dashboard(
     dir: &std::path::Path,
     leads: usize,
     token: Option<&str>,

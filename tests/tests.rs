@@ -2,6 +2,7 @@
 
 mod admin;
 mod bad_input;
+mod browser;
 mod check_corpus;
 mod cli;
 mod dashboard;
