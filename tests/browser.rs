@@ -180,6 +180,7 @@ async fn the_dashboard_in_a_real_browser() {
     shoot("funnel-calendar", b.screenshot().await.unwrap(), &mut sizes);
     for (tab, name) in [
         ("Cohorts", "cohorts"),
+        ("Sources", "slices"),
         ("Attribution", "attribution"),
         ("What if", "whatif"),
         ("Funnel map", "map"),

@@ -318,6 +318,7 @@ async fn the_pages_show_the_reports_figures() {
     assert_eq!(figures(&overview, "signups"), ["7", "7", "7"]);
     // In flight: all 7 in the first stage.
     assert_eq!(figures(&overview, "in-flight"), ["7", "0", "0"]);
+    assert_eq!(figures(&overview, "awaiting"), ["0"], "confirmed leads");
     assert_eq!(figures(&overview, "outbox-queued"), ["7"], "one email each");
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let json = api(format!("{base}/api/v1/reports/funnels/course?from={today}")).await;
@@ -409,6 +410,17 @@ async fn the_pages_show_the_reports_figures() {
         r.status(),
         StatusCode::UNPROCESSABLE_ENTITY,
         "an unknown model is named"
+    );
+    // Sources: the leads were imported, so one group with no first touch; and by variant.
+    let sources = page(format!(
+        "{base}/dashboard/funnels/course/slices?by=utm_source"
+    ))
+    .await;
+    assert_eq!(figures(&sources, "slice-entered"), ["7"]);
+    let variants = page(format!("{base}/dashboard/funnels/course/slices?by=variant")).await;
+    assert!(
+        variants.contains("<h2 id=\"slices\">Sources: variant</h2>"),
+        "{variants}"
     );
     // What if: the forecast as observed and with a stage converting better.
     let w = page(format!(

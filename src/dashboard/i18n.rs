@@ -126,6 +126,9 @@ pub struct Strings {
     pub project: &'static str,
     pub projection: &'static str,
     pub orders: &'static str,
+    pub awaiting_confirmation: &'static str,
+    pub slices: &'static str,
+    pub slice_by: &'static str,
 }
 
 pub const EN: Strings = Strings {
@@ -247,6 +250,9 @@ pub const EN: Strings = Strings {
     project: "Project",
     projection: "Projection: as observed → with the changes",
     orders: "Orders",
+    awaiting_confirmation: "Awaiting the double opt-in click",
+    slices: "Sources",
+    slice_by: "By",
 };
 
 pub const RU: Strings = Strings {
@@ -368,6 +374,9 @@ pub const RU: Strings = Strings {
     project: "Спрогнозировать",
     projection: "Прогноз: как есть → с изменениями",
     orders: "Заказы",
+    awaiting_confirmation: "Ждут подтверждения подписки",
+    slices: "Источники",
+    slice_by: "По",
 };
 
 /// The words of a language.

@@ -42,6 +42,7 @@ fn tera() -> &'static tera::Tera {
             ("cohorts.html", include_str!("pages/cohorts.html")),
             ("attribution.html", include_str!("pages/attribution.html")),
             ("whatif.html", include_str!("pages/whatif.html")),
+            ("slices.html", include_str!("pages/slices.html")),
             ("erase.html", include_str!("pages/erase.html")),
         ])
         .expect("the dashboard's pages parse");
@@ -145,6 +146,7 @@ struct PeriodFigures {
 struct OverviewFunnel {
     id: String,
     name: String,
+    awaiting: String,
     periods: Vec<PeriodFigures>,
     sparkline: String,
     stages: Vec<StageCount>,
@@ -173,6 +175,8 @@ pub struct FunnelDay<'a> {
     pub funnel: &'a Funnel,
     pub days: &'a [FunnelReport],
     pub in_flight: Vec<(String, u64)>,
+    /// Runs waiting for the double opt-in click (in no stage yet).
+    pub awaiting: u64,
 }
 
 /// The overview: every funnel's signups, conversions and revenue today, this week (from
@@ -230,6 +234,7 @@ pub fn overview_page(
             OverviewFunnel {
                 id: fd.funnel.id.value.to_string(),
                 name: fd.funnel.name.clone(),
+                awaiting: n(fd.awaiting),
                 periods,
                 sparkline: svg::sparkline(&per_day, t.signups_per_day),
                 stages: fd
@@ -649,6 +654,7 @@ pub fn erase_page(frame: &Frame, id: i64, email: &str) -> String {
 pub enum Tab {
     Funnel,
     Cohorts,
+    Slices,
     Attribution,
     WhatIf,
     Map,
@@ -658,6 +664,7 @@ fn tabs(t: &Strings, id: &str, current: Tab) -> Vec<serde_json::Value> {
     [
         (Tab::Funnel, t.funnel_chart, String::new()),
         (Tab::Cohorts, t.cohorts, "/cohorts".to_string()),
+        (Tab::Slices, t.slices, "/slices".to_string()),
         (Tab::Attribution, t.attribution, "/attribution".to_string()),
         (Tab::WhatIf, t.whatif, "/whatif".to_string()),
         (Tab::Map, t.map, "/map".to_string()),
@@ -871,4 +878,83 @@ pub fn whatif_page(
         cx.insert("stages", &Vec::<serde_json::Value>::new());
     }
     render("whatif.html", &f.name, t, Some(frame), cx)
+}
+
+/// The keys the sources page slices by.
+pub const SLICE_KEYS: [&str; 6] = [
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "channel",
+    "form",
+    "variant",
+];
+
+/// The funnel of the last 30 days per group of leads: by first touch (source, medium, campaign,
+/// channel, form) or A/B variant — each group's entries, the share that reached each stage,
+/// conversion and revenue.
+pub fn slices_page(
+    frame: &Frame,
+    f: &Funnel,
+    key: &str,
+    a: &crate::report::request::FunnelAnswer,
+) -> String {
+    let (t, lang) = (frame.t, frame.lang);
+    let id = f.id.value.as_str();
+    let stages: Vec<&str> = f.stages.iter().map(|s| s.id.value.as_str()).collect();
+    let rows: Vec<serde_json::Value> = a
+        .slices
+        .iter()
+        .flatten()
+        .map(|s| {
+            let r = &s.report;
+            let cells: Vec<String> = stages
+                .iter()
+                .map(|st| {
+                    let x = r.stages.iter().find(|x| x.stage == *st);
+                    locale::percent(
+                        x.and_then(|x| x.from_entry.as_ref())
+                            .and_then(|r| r.percent),
+                        lang,
+                    )
+                })
+                .collect();
+            serde_json::json!({
+                "value": s.value,
+                "entered": locale::count(r.entered, lang),
+                "cells": cells,
+                "converted": locale::percent(r.converted.percent, lang),
+                "revenue": money(&r.revenue, lang).join(", "),
+            })
+        })
+        .collect();
+    let keys: Vec<serde_json::Value> = SLICE_KEYS
+        .iter()
+        .map(|k| {
+            serde_json::json!({ "label": k, "current": *k == key,
+                "href": format!("/dashboard/funnels/{id}/slices?by={k}") })
+        })
+        .collect();
+    let r = &a.report;
+    let tz: chrono_tz::Tz = r.tz.parse().unwrap_or(chrono_tz::UTC);
+    let day = |at: DateTime<Utc>| at.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string();
+    let mut cx = tera::Context::new();
+    cx.insert("current", id);
+    cx.insert("name", &f.name);
+    cx.insert("tabs", &tabs(t, id, Tab::Slices));
+    cx.insert("keys", &keys);
+    cx.insert("key", key);
+    cx.insert(
+        "heading",
+        &format!(
+            "{}: {} — {} ({})",
+            t.entry_cohorts,
+            day(r.from),
+            day(r.to),
+            r.tz
+        ),
+    );
+    cx.insert("stages", &stages);
+    cx.insert("rows", &rows);
+    render("slices.html", &f.name, t, Some(frame), cx)
 }

@@ -285,10 +285,16 @@ pub async fn overview(State(state): State<AppState>, signed: Signed) -> Response
         .filter_map(|(id, reports, _)| {
             let f = &funnels.get(id)?.funnel;
             let in_flight = live_per_stage(f, &waiting);
+            let awaiting = waiting
+                .iter()
+                .filter(|w| w.funnel == id.as_str() && w.status == "unconfirmed")
+                .map(|w| w.runs.max(0) as u64)
+                .sum();
             Some(FunnelDay {
                 funnel: f,
                 days: reports,
                 in_flight,
+                awaiting,
             })
         })
         .collect();
@@ -969,4 +975,46 @@ pub async fn whatif(
         status,
         dashboard::whatif_page(&frame, f, &inputs, report.as_ref()),
     )
+}
+
+#[derive(Deserialize, Default)]
+pub struct SliceQuery {
+    by: Option<String>,
+}
+
+/// `GET /dashboard/funnels/{id}/slices?by=utm_source`: the last 30 days' funnel per group.
+pub async fn slices(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    Query(q): Query<SliceQuery>,
+) -> Response {
+    let key =
+        q.by.filter(|k| dashboard::SLICE_KEYS.contains(&k.as_str()))
+            .unwrap_or_else(|| "utm_source".into());
+    let tz = state.report_zone;
+    let params = Params {
+        from: Some(dashboard::period_start(Utc::now(), 30, tz).to_rfc3339()),
+        slice: vec![key.clone()],
+        tz: Some(tz.name().into()),
+        ..Params::default()
+    };
+    let (f, a) = match one_report(&state, &id, What::Funnel, params).await {
+        Ok(x) => x,
+        Err(e) => return failed(e),
+    };
+    let Answer::Funnel(a) = a else {
+        return failed(ApiError::unavailable(
+            "reports",
+            "an answer of another kind",
+        ));
+    };
+    let (nav, csrf) = frame_parts(&state, &signed);
+    let frame = Frame {
+        t: i18n::strings(signed.lang),
+        lang: signed.lang,
+        csrf: &csrf,
+        nav: &nav,
+    };
+    html(StatusCode::OK, dashboard::slices_page(&frame, &f, &key, &a))
 }

@@ -127,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard/funnels/{id}", get(dashboard::funnel))
         .route("/dashboard/funnels/{id}/map", get(dashboard::map))
         .route("/dashboard/funnels/{id}/cohorts", get(dashboard::cohorts))
+        .route("/dashboard/funnels/{id}/slices", get(dashboard::slices))
         .route("/dashboard/funnels/{id}/whatif", get(dashboard::whatif))
         .route(
             "/dashboard/funnels/{id}/attribution",
