@@ -250,6 +250,7 @@ impl Settings {
         }
         s.database_url = sqlite_relative_to(&s.database_url, base);
         s.report_zone()?;
+        s.ui_language()?;
         Ok(s)
     }
 }
@@ -383,6 +384,20 @@ fn sqlite_relative_to(url: &str, base: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dashboard_speaks_english_or_russian() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), "ui_language = \"ru-RU\"\n").unwrap();
+        let s = Settings::load(dir.path(), None).unwrap();
+        assert_eq!(s.ui_language().unwrap(), Some(crate::locale::Language::Ru));
+        std::fs::write(dir.path().join(FILE_NAME), "ui_language = \"klingon\"\n").unwrap();
+        let e = Settings::load(dir.path(), None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "ui_language: \"klingon\" is not one the dashboard speaks (en or ru)"
+        );
+    }
 
     #[test]
     fn short_or_shared_secrets_are_refused_at_start() {
