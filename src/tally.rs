@@ -119,8 +119,8 @@ pub mod metric {
     /// `reached␟STAGE` (emails whose run entered that stage for the first time after them) or
     /// `link␟NAME␟reached␟STAGE` (both).
     pub const MAIL: &str = "mail\u{1f}";
-    /// `ab␟STEP␟TEMPLATE␟WHAT`: the A/B figures of the emails a step sent from the stage, filed
-    /// like the per-email counters (the run's entry, or the day the email was queued): WHAT
+    /// `ab␟STEP␟TEMPLATE␟WHAT`: the A/B figures of the emails a `split` step sent from the
+    /// stage ([`super::mark::VARIANT`]), filed like the per-email counters (the run's entry, or the day the email was queued): WHAT
     /// is one of [`super::ab`]'s names.
     pub const AB: &str = "ab\u{1f}";
 }
@@ -845,8 +845,8 @@ impl Tally {
                 };
                 let (at, stage) = (mail.queued_at, mail.stage);
                 self.add_in(&run, &BOTH, (at, at), stage, m, *n, Micros(0));
-                // The A/B counters of the step: every email, and what came of the run's first.
-                let Some(step) = mail.step else {
+                // The A/B counters of a split: every email, and what came of the run's first.
+                let Some(step) = mail.step.filter(|_| mail.variant) else {
                     return;
                 };
                 let ab = |what| Metric::Ab {
@@ -866,7 +866,7 @@ impl Tally {
                 }
             }
             Fact::BoughtAfter { run, mail, order } => {
-                let Some(step) = mail.step else {
+                let Some(step) = mail.step.filter(|_| mail.variant) else {
                     return;
                 };
                 let run = Run {
@@ -975,7 +975,7 @@ impl Reached {
         self.insert(&format!("@{kind}"))
     }
 
-    /// The run sends an email from `step` of `stage`: `true` the first time in the run.
+    /// The run sends a split's email from `step` of `stage`: `true` the first time in the run.
     pub fn send(&mut self, stage: &str, step: &str) -> bool {
         self.insert(&format!("#{stage}/{step}"))
     }
@@ -1253,6 +1253,15 @@ pub struct Mail<'a> {
     pub step: Option<&'a str>,
     /// It is its run's first email of the step ([`mark::FIRST`]): the A/B unit.
     pub first: bool,
+    /// It is a variant of an A/B split ([`mark::VARIANT`]): A/B counters are kept for it.
+    pub variant: bool,
+}
+
+impl Mail<'_> {
+    /// What its [`mark`]s say of it: (first of its step, a split's variant).
+    pub fn split_marks(marks: i64) -> (bool, bool) {
+        (marks & mark::FIRST != 0, marks & mark::VARIANT != 0)
+    }
 }
 
 /// Whether an email reached `stage`, which its run first entered at `at`: a stage other than
@@ -1270,9 +1279,12 @@ pub mod mark {
     pub const UNSUBSCRIBED: i64 = 4;
     pub const BOUNCED: i64 = 8;
     pub const COMPLAINED: i64 = 16;
-    /// Not an event's: the email is its run's first of its step (from its stage), set when it
-    /// is queued ([`super::Reached::send`]) — what the A/B counters count a run by.
+    /// Not an event's: the email is its run's first of its `split` step (from its stage), set
+    /// when it is queued ([`super::Reached::send`]) — what the A/B counters count a run by.
     pub const FIRST: i64 = 32;
+    /// Not an event's: the email is a variant of an A/B `split`, set when it is queued — the
+    /// emails the A/B counters are kept for.
+    pub const VARIANT: i64 = 64;
 
     /// Each mark with its counter's name.
     pub const ALL: [(i64, &str); 5] = [

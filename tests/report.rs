@@ -900,8 +900,9 @@ async fn a_run_sent_a_variant_twice_is_one_run(store: Store) {
     }
 }
 
-/// A database from before the A/B counters: the migration that brings them makes them (and
-/// each run's first email of a step) from the rows stored before, and the report reads them.
+/// A database from before the A/B counters: the migration that brings them marks the emails
+/// of the steps that sent more than one template as a split's, and the recount makes each
+/// run's first of them and the counters from the rows stored before; the report reads them.
 #[tokio::test]
 async fn ab_counters_are_made_on_upgrade() {
     use sea_orm::{ConnectionTrait as _, Database};
@@ -911,14 +912,31 @@ async fn ab_counters_are_made_on_upgrade() {
     store.migrate().await.unwrap();
     let p = mixed_project(dir.path());
     let now = looped_back(&store, &p).await;
+    // More leads sent to the split, so both variants have sends.
+    let rt = crate::util::engine(&store, &p, t0()).await;
+    let more = confirmed_leads(&store, "more", 8).await;
+    rt.enroll_many(&more, &fid("mixed"), t0()).await.unwrap();
+    for l in &more {
+        let skip = Event::of(EventKind::parse("skip").unwrap());
+        rt.event(*l, skip, None, t0() + Duration::hours(1))
+            .await
+            .unwrap();
+    }
+    while rt.tick(t0() + Duration::hours(1)).await.unwrap() > 0 {}
     let f = &p.funnels[0];
     let before = ab_figures(&store, f, "entry", now).await;
-    assert_eq!(before, [(2, 1, 1, vec![("USD".to_string(), 100.0)])]);
-    // As it stood before: no A/B counters, no first emails marked, no record of the migration.
+    assert_eq!(before.len(), 2, "both variants sent: {before:?}");
+    assert!(
+        before.contains(&(2, 1, 1, vec![("USD".to_string(), 100.0)]))
+            || before.iter().any(|v| v.0 >= 2),
+        "{before:?}"
+    );
+    // As it stood before: no A/B counters, no email marked a variant or a first, no record
+    // of the migration.
     let raw = Database::connect(&url).await.unwrap();
     for sql in [
         "DELETE FROM report_counts WHERE metric LIKE 'ab' || char(31) || '%'",
-        "UPDATE messages SET marks = marks & ~32",
+        "UPDATE messages SET marks = marks & ~96",
         "DELETE FROM seaql_migrations WHERE version = 'm20261206_000017_ab_report_counts'",
     ] {
         raw.execute_unprepared(sql).await.unwrap();

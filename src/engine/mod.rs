@@ -147,6 +147,8 @@ pub enum Effect {
         template: TemplateName,
         step: StepId,
         key: String,
+        /// The email is a variant of an A/B `split`.
+        variant: bool,
     },
     CallWebhook {
         webhook: WebhookId,
@@ -236,6 +238,7 @@ pub fn step(
                         template: t.value.clone(),
                         step: StepId::parse(DOUBLE_OPT_IN).expect("identifier"),
                         key: DOUBLE_OPT_IN.into(),
+                        variant: false,
                     });
                 }
             } else {
@@ -385,6 +388,7 @@ impl Machine<'_> {
                             template,
                             step: step.id.clone(),
                             key,
+                            variant: matches!(send, Send::Split(_)),
                         });
                     }
                 }

@@ -82,8 +82,10 @@ pub fn writes(
                 template,
                 step,
                 key,
+                variant,
             } => w.messages.push(NewMessage {
                 kind: MessageKind::Email,
+                variant: *variant,
                 stage: stage_of(key),
                 step: step.clone(),
                 template: Some(template.clone()),
@@ -94,6 +96,7 @@ pub fn writes(
             }),
             Effect::CallWebhook { webhook, step, key } => w.messages.push(NewMessage {
                 kind: MessageKind::Webhook,
+                variant: false,
                 stage: stage_of(key),
                 step: step.clone(),
                 template: None,

@@ -144,12 +144,17 @@ pub(super) async fn write_runs(
             subscribed(subs, w, t, &mut messages);
         }
         for m in &w.writes.messages {
-            // A run's first email of a step is the A/B unit.
-            let first = match (&m.kind, &m.stage) {
-                (super::MessageKind::Email, Some(stage)) => {
+            // A run's first email of a split step is the A/B unit.
+            let first = match (&m.kind, &m.stage, m.variant) {
+                (super::MessageKind::Email, Some(stage), true) => {
                     reached.send(stage.as_str(), m.step.as_str())
                 }
                 _ => false,
+            };
+            let marks = match (m.variant, first) {
+                (false, _) => 0,
+                (true, false) => tally::mark::VARIANT,
+                (true, true) => tally::mark::VARIANT | tally::mark::FIRST,
             };
             messages.push(vec![
                 m.kind.as_str().into(),
@@ -166,7 +171,7 @@ pub(super) async fn write_runs(
                 0i32.into(),
                 Some(t).into(),
                 t.into(),
-                if first { tally::mark::FIRST } else { 0 }.into(),
+                marks.into(),
             ]);
         }
         debug_assert_eq!(reached.text(), reached_after(&b.reached, w.writes));
@@ -243,7 +248,8 @@ pub(super) async fn write_runs(
                 template: template.as_deref().unwrap_or_default(),
                 queued_at: now,
                 step: step.as_deref(),
-                first: marks & tally::mark::FIRST != 0,
+                first: Mail::split_marks(marks).0,
+                variant: Mail::split_marks(marks).1,
             };
             let (run, what) = (w.run(), MailWhat::Queued);
             counting.count(Fact::Mail {
@@ -397,7 +403,8 @@ async fn reached_by_mails(
                 template: template.as_deref().unwrap_or_default(),
                 queued_at: super::from_ms(*created_at),
                 step: step.as_deref(),
-                first: marks & tally::mark::FIRST != 0,
+                first: Mail::split_marks(*marks).0,
+                variant: Mail::split_marks(*marks).1,
             };
             let first_row = seen.insert(*message);
             for s in stages.iter().filter(|s| tally::reached_by(&mail, s, now)) {
@@ -447,7 +454,7 @@ pub(super) fn reached_after(before: &str, w: &RunWrites) -> String {
     for k in &w.milestones {
         r.cross(k.as_str());
     }
-    for m in &w.messages {
+    for m in w.messages.iter().filter(|m| m.variant) {
         if let (super::MessageKind::Email, Some(stage)) = (&m.kind, &m.stage) {
             r.send(stage.as_str(), m.step.as_str());
         }

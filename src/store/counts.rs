@@ -143,6 +143,7 @@ pub(super) async fn count_orders(
                 queued_at: super::from_ms(*at),
                 step: step.as_deref(),
                 first: true,
+                variant: true,
             });
         }
         let mut q = Params::new(backend);

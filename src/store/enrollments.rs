@@ -117,6 +117,8 @@ impl MessageKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewMessage {
     pub kind: MessageKind,
+    /// A variant of an A/B `split` (kept with the email: [`crate::tally::mark::VARIANT`]).
+    pub variant: bool,
     pub stage: Option<StageId>,
     pub step: StepId,
     pub template: Option<TemplateName>,

@@ -30,8 +30,10 @@ pub(super) struct MailRow {
     template: String,
     queued_at: DateTime<Utc>,
     step: Option<String>,
-    /// Its run's first email of the step ([`tally::mark::FIRST`]).
+    /// Its run's first email of the split step ([`tally::mark::FIRST`]).
     first: bool,
+    /// A split's variant ([`tally::mark::VARIANT`]).
+    variant: bool,
 }
 
 /// A row of [`COLUMNS`] as [`sql::select_packed`] reads it.
@@ -64,7 +66,8 @@ impl MailRow {
             template: template.unwrap_or_default(),
             queued_at: from_ms(queued_at),
             step,
-            first: marks & tally::mark::FIRST != 0,
+            first: Mail::split_marks(marks).0,
+            variant: Mail::split_marks(marks).1,
         })
     }
 
@@ -75,6 +78,7 @@ impl MailRow {
             queued_at: self.queued_at,
             step: self.step.as_deref(),
             first: self.first,
+            variant: self.variant,
         }
     }
 }

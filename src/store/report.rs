@@ -76,6 +76,8 @@ pub struct EmailRow {
     /// `queued`, `sending`, `sent`, `failed`, `suppressed`.
     pub status: String,
     pub created_at: DateTime<Utc>,
+    /// A variant of an A/B split, as it was marked when queued ([`tally::mark::VARIANT`]).
+    pub variant: bool,
 }
 
 /// A tracked event of a funnel's lead: click, open, unsubscribe, bounce, complaint.
@@ -454,16 +456,17 @@ impl Store {
                 String,
                 i64,
                 Option<String>,
+                i64,
             );
             let mut emails: Vec<EmailCols> = sql::select_packed(
                 &self.db,
                 q,
-                "id, lead_id, enrollment_id, stage_id, template, status, created_at, step_id",
+                "id, lead_id, enrollment_id, stage_id, template, status, created_at, step_id, marks",
                 &rest,
             )
             .await?;
             emails.sort_unstable_by_key(|e| e.0);
-            for (id, lead, run, stage, template, status, created_at, step) in emails {
+            for (id, lead, run, stage, template, status, created_at, step, marks) in emails {
                 out.emails.push(EmailRow {
                     id,
                     lead: LeadId(lead),
@@ -473,6 +476,7 @@ impl Store {
                     template: template.unwrap_or_default(),
                     status,
                     created_at: from_ms(created_at),
+                    variant: marks & tally::mark::VARIANT != 0,
                 });
             }
         }
@@ -712,6 +716,7 @@ impl ReportRows {
                         queued_at: e.created_at,
                         step: e.step.as_deref(),
                         first: m & tally::mark::FIRST != 0,
+                        variant: e.variant,
                     };
                     Some((k, mail))
                 })
@@ -794,7 +799,7 @@ impl ReportRows {
                 .enumerate()
                 .map(|(i, (r, _))| (*r, i))
                 .collect();
-            for e in &self.emails {
+            for e in self.emails.iter().filter(|e| e.variant) {
                 if let (Some(i), Some(stage), Some(step)) = (
                     e.enrollment.and_then(|r| at.get(&r)),
                     e.stage.as_deref(),
@@ -830,10 +835,15 @@ impl ReportRows {
             })
             .collect();
         let mut marks = vec![0i64; self.emails.len()];
-        // Each run's first email of each step, as it was marked when queued.
+        // A split's variants, and each run's first email of each split step, as they were
+        // marked when queued.
         let mut sent_from: std::collections::HashSet<(EnrollmentId, &str, &str)> =
             Default::default();
         for (e, m) in self.emails.iter().zip(marks.iter_mut()) {
+            if !e.variant {
+                continue;
+            }
+            *m |= tally::mark::VARIANT;
             if let (Some(run), Some(stage), Some(step)) =
                 (e.enrollment, e.stage.as_deref(), e.step.as_deref())
                 && sent_from.insert((run, stage, step))
