@@ -1577,6 +1577,29 @@ async fn counters_agree_with_rows(store: Store) {
             "every figure is exercised: {r:#?}"
         );
     }
+    // Where the runs stand now, from the counters, is what a scan of the runs finds.
+    let (open, unconfirmed) = store.standing(&fid("mixed")).await.unwrap();
+    let waiting = store.waiting().await.unwrap();
+    let scanned = |stage: Option<&str>, status: &str| -> i64 {
+        waiting
+            .iter()
+            .filter(|w| w.funnel == "mixed" && w.status == status)
+            .filter(|w| stage.is_none_or(|s| w.stage == s))
+            .map(|w| w.runs)
+            .sum()
+    };
+    for stage in ["magnet", "pitch", "won"] {
+        assert_eq!(
+            open.get(stage).copied().unwrap_or(0),
+            scanned(Some(stage), "active"),
+            "{stage}"
+        );
+    }
+    assert_eq!(unconfirmed, scanned(None, "unconfirmed"));
+    assert!(
+        open.values().sum::<i64>() > 0 && unconfirmed > 0,
+        "{open:?} {unconfirmed}"
+    );
     // The A/B report of the split at `pitch`, which runs that loop back get again.
     for cohort in ["entry", "calendar"] {
         let params = Params {

@@ -243,11 +243,13 @@ pub async fn overview(State(state): State<AppState>, signed: Signed) -> Response
     let tz = state.report_zone;
     let funnels = state.runtime.funnels();
     let store = state.runtime.store();
-    let waiting = match store.waiting().await {
-        Ok(w) => w,
-        Err(e) => return failed(e.into()),
-    };
-    let mut days: Vec<(FunnelId, Vec<crate::report::FunnelReport>, u64)> = Vec::new();
+    type Day = (
+        FunnelId,
+        Vec<crate::report::FunnelReport>,
+        u64,
+        (Vec<(String, u64)>, u64),
+    );
+    let mut days: Vec<Day> = Vec::new();
     for (id, r) in funnels.iter() {
         let params = Params {
             from: Some(dashboard::period_start(now, 30, tz).to_rfc3339()),
@@ -271,10 +273,14 @@ pub async fn overview(State(state): State<AppState>, signed: Signed) -> Response
             let e = compute(&state, &r.funnel, req, now).await?;
             Ok::<_, ApiError>((a, e))
         };
+        let standing = match in_stage(&state, &r.funnel).await {
+            Ok(s) => s,
+            Err(e) => return failed(e),
+        };
         match made.await {
             Ok((Answer::Funnel(a), Answer::Emails(e))) => {
                 let bounces = e.emails.iter().map(|x| x.bounced).sum();
-                days.push((id.clone(), a.periods.unwrap_or_default(), bounces));
+                days.push((id.clone(), a.periods.unwrap_or_default(), bounces, standing));
             }
             Ok(_) => {}
             Err(e) => return failed(e),
@@ -282,14 +288,9 @@ pub async fn overview(State(state): State<AppState>, signed: Signed) -> Response
     }
     let items: Vec<FunnelDay> = days
         .iter()
-        .filter_map(|(id, reports, _)| {
+        .filter_map(|(id, reports, _, (in_flight, awaiting))| {
             let f = &funnels.get(id)?.funnel;
-            let in_flight = live_per_stage(f, &waiting);
-            let awaiting = waiting
-                .iter()
-                .filter(|w| w.funnel == id.as_str() && w.status == "unconfirmed")
-                .map(|w| w.runs.max(0) as u64)
-                .sum();
+            let (in_flight, awaiting) = (in_flight.clone(), *awaiting);
             Some(FunnelDay {
                 funnel: f,
                 days: reports,
@@ -429,34 +430,22 @@ pub async fn funnel(
     html(StatusCode::OK, dashboard::funnel_page(&frame, &figures))
 }
 
-/// Live runs per stage of `f`, in the funnel's order.
+/// Live runs per stage of `f`, in the funnel's order, and the runs awaiting the double opt-in:
+/// from its counters (`Store::standing`), not a scan of every run.
 async fn in_stage(
     state: &AppState,
     f: &crate::funnel::Funnel,
-) -> Result<Vec<(String, u64)>, ApiError> {
-    let waiting = state.runtime.store().waiting().await?;
-    Ok(live_per_stage(f, &waiting))
-}
-
-fn live_per_stage(
-    f: &crate::funnel::Funnel,
-    waiting: &[crate::store::Waiting],
-) -> Vec<(String, u64)> {
-    f.stages
+) -> Result<(Vec<(String, u64)>, u64), ApiError> {
+    let (open, unconfirmed) = state.runtime.store().standing(&f.id.value).await?;
+    let per_stage = f
+        .stages
         .iter()
         .map(|s| {
-            let n = waiting
-                .iter()
-                .filter(|w| {
-                    w.funnel == f.id.value.as_str()
-                        && w.stage == s.id.value.as_str()
-                        && w.status == "active"
-                })
-                .map(|w| w.runs.max(0) as u64)
-                .sum();
-            (s.id.value.to_string(), n)
+            let n = open.get(s.id.value.as_str()).copied().unwrap_or(0);
+            (s.id.value.to_string(), n.max(0) as u64)
         })
-        .collect()
+        .collect();
+    Ok((per_stage, unconfirmed.max(0) as u64))
 }
 
 /// `GET /dashboard/funnels/{id}/map`: the funnel map.
@@ -470,7 +459,7 @@ pub async fn map(
         return failed(ApiError::not_found("id", "no such funnel is running"));
     };
     let counts = match in_stage(&state, &running.funnel).await {
-        Ok(c) => c,
+        Ok((c, _)) => c,
         Err(e) => return failed(e),
     };
     let nav = nav(&state);

@@ -374,6 +374,37 @@ impl Store {
         Ok(out)
     }
 
+    /// Where a funnel's runs stand now, from its counters summed over every day: the visits
+    /// of each stage not left yet (the calendar view's open visits) — its live runs per stage —
+    /// and the runs waiting for the double opt-in click. No scan of the runs themselves.
+    pub async fn standing(&self, funnel: &FunnelId) -> Result<(BTreeMap<String, i64>, i64)> {
+        let sql = "SELECT stage, metric, CAST(SUM(n) AS BIGINT) FROM report_counts \
+                   WHERE funnel_id = $1 AND origin = '' AND ((view = $2 AND metric = $3) \
+                   OR (view = $4 AND stage = '' AND metric = $5)) GROUP BY stage, metric";
+        let values: Vec<Value> = vec![
+            funnel.as_str().into(),
+            tally::View::Calendar.name().into(),
+            tally::metric::OPEN.into(),
+            tally::View::Entry.name().into(),
+            tally::metric::UNCONFIRMED.into(),
+        ];
+        let mut open = BTreeMap::new();
+        let mut unconfirmed = 0;
+        self.each(sql, values, |r| {
+            let stage: String = r.try_get_by_index(0)?;
+            let metric: String = r.try_get_by_index(1)?;
+            let n: i64 = r.try_get_by_index::<Option<i64>>(2)?.unwrap_or(0);
+            if metric == tally::metric::UNCONFIRMED {
+                unconfirmed += n;
+            } else {
+                open.insert(stage, n);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok((open, unconfirmed))
+    }
+
     /// Makes every report counter again from the stored rows, and each run's origin (when it
     /// has none) and what it has reached, and each email's marks and clicked links. Leads are
     /// read a range of ids at a time, so memory stays bounded however many there are. Returns
