@@ -18,6 +18,8 @@ from: "Shop <shop@example.com>"
 entry: { api: true }
 products:
   course: { price: 100, currency: EUR }
+fields:
+  region: { type: text, sample: Bavaria }
 stages:
   - id: intro
     steps:
@@ -417,6 +419,21 @@ async fn the_pages_show_the_reports_figures() {
     ))
     .await;
     assert_eq!(figures(&sources, "slice-entered"), ["7"]);
+    assert!(
+        sources.contains("slices?by=field:region"),
+        "a declared field to slice by"
+    );
+    // No lead has a region yet: said so.
+    let r = c
+        .get(format!(
+            "{base}/dashboard/funnels/course/slices?by=field:region"
+        ))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.text().await.unwrap().contains("region"));
     let variants = page(format!("{base}/dashboard/funnels/course/slices?by=variant")).await;
     assert!(
         variants.contains("<h2 id=\"slices\">Sources: variant</h2>"),

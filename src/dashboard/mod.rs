@@ -880,7 +880,8 @@ pub fn whatif_page(
     render("whatif.html", &f.name, t, Some(frame), cx)
 }
 
-/// The keys the sources page slices by.
+/// The keys the sources page slices by, besides the funnel's declared fields
+/// ([`slice_keys`]).
 pub const SLICE_KEYS: [&str; 6] = [
     "utm_source",
     "utm_medium",
@@ -928,7 +929,7 @@ pub fn slices_page(
             })
         })
         .collect();
-    let keys: Vec<serde_json::Value> = SLICE_KEYS
+    let keys: Vec<serde_json::Value> = slice_keys(f)
         .iter()
         .map(|k| {
             serde_json::json!({ "label": k, "current": *k == key,
@@ -957,4 +958,14 @@ pub fn slices_page(
     cx.insert("stages", &stages);
     cx.insert("rows", &rows);
     render("slices.html", &f.name, t, Some(frame), cx)
+}
+
+/// What the sources page of `f` slices by: the first touch's parts, the A/B variant and each
+/// field the funnel declares (`field:NAME`, read from the rows).
+pub fn slice_keys(f: &Funnel) -> Vec<String> {
+    SLICE_KEYS
+        .iter()
+        .map(|k| k.to_string())
+        .chain(f.fields.keys().map(|n| format!("field:{n}")))
+        .collect()
 }

@@ -978,8 +978,14 @@ pub async fn slices(
     Path(id): Path<String>,
     Query(q): Query<SliceQuery>,
 ) -> Response {
+    let funnels = state.runtime.funnels();
+    let keys = FunnelId::parse(&id)
+        .ok()
+        .and_then(|x| funnels.get(&x))
+        .map(|r| dashboard::slice_keys(&r.funnel))
+        .unwrap_or_default();
     let key =
-        q.by.filter(|k| dashboard::SLICE_KEYS.contains(&k.as_str()))
+        q.by.filter(|k| keys.contains(k))
             .unwrap_or_else(|| "utm_source".into());
     let tz = state.report_zone;
     let params = Params {
