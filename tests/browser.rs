@@ -107,6 +107,18 @@ async fn the_dashboard_in_a_real_browser() {
             out
         }
     };
+    // A click that navigates returns before the next page is there: wait for an element only
+    // that page has (fantoccini polls for it, within a bound).
+    let landed = |b: &fantoccini::Client, css: &'static str| {
+        let b = b.clone();
+        async move {
+            b.wait()
+                .at_most(std::time::Duration::from_secs(20))
+                .for_element(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("no {css}: {e}"));
+        }
+    };
     // What a blank page looks like, to tell a page from nothing.
     b.goto("about:blank").await.unwrap();
     let blank = b.screenshot().await.unwrap().len();
@@ -127,6 +139,7 @@ async fn the_dashboard_in_a_real_browser() {
         .click()
         .await
         .unwrap();
+    landed(&b, "[data-funnel]").await;
     assert_eq!(path(&b).await, "/dashboard");
 
     // The overview's figures are the reports API's.
@@ -155,6 +168,7 @@ async fn the_dashboard_in_a_real_browser() {
         .click()
         .await
         .unwrap();
+    landed(&b, "[data-report=stages]").await;
     assert_eq!(path(&b).await, "/dashboard/funnels/course");
     assert_eq!(texts(&b, "[data-figure=entered]").await, [entered.as_str()]);
     shoot("funnel", b.screenshot().await.unwrap(), &mut sizes);
@@ -164,6 +178,7 @@ async fn the_dashboard_in_a_real_browser() {
         .click()
         .await
         .unwrap();
+    landed(&b, "p.switch a[href*='cohort=entry']").await;
     assert!(
         path(&b).await.ends_with("cohort=calendar"),
         "{}",
@@ -178,12 +193,12 @@ async fn the_dashboard_in_a_real_browser() {
         .unwrap();
     assert!(heading.starts_with("Calendar view:"), "{heading}");
     shoot("funnel-calendar", b.screenshot().await.unwrap(), &mut sizes);
-    for (tab, name) in [
-        ("Cohorts", "cohorts"),
-        ("Sources", "slices"),
-        ("Attribution", "attribution"),
-        ("What if", "whatif"),
-        ("Funnel map", "map"),
+    for (tab, name, css) in [
+        ("Cohorts", "cohorts", "[data-report=cohorts]"),
+        ("Sources", "slices", "[data-report=slices]"),
+        ("Attribution", "attribution", "[data-report=channels]"),
+        ("What if", "whatif", "#whatif"),
+        ("Funnel map", "map", "[data-report=map]"),
     ] {
         b.find(Locator::LinkText(tab))
             .await
@@ -191,6 +206,7 @@ async fn the_dashboard_in_a_real_browser() {
             .click()
             .await
             .unwrap();
+        landed(&b, css).await;
         assert!(path(&b).await.ends_with(name), "{tab}: {}", path(&b).await);
         shoot(name, b.screenshot().await.unwrap(), &mut sizes);
     }
@@ -202,6 +218,7 @@ async fn the_dashboard_in_a_real_browser() {
         .click()
         .await
         .unwrap();
+    landed(&b, "#email").await;
     b.find(Locator::Css("#email"))
         .await
         .unwrap()
@@ -214,6 +231,7 @@ async fn the_dashboard_in_a_real_browser() {
         .click()
         .await
         .unwrap();
+    landed(&b, "[data-lead]").await;
     let lead_path = path(&b).await;
     assert!(lead_path.starts_with("/dashboard/leads/"), "{lead_path}");
     shoot("lead", b.screenshot().await.unwrap(), &mut sizes);
@@ -226,6 +244,7 @@ async fn the_dashboard_in_a_real_browser() {
     .click()
     .await
     .unwrap();
+    landed(&b, "#confirm").await;
     shoot("erase", b.screenshot().await.unwrap(), &mut sizes);
     b.find(Locator::Css("#confirm"))
         .await
@@ -258,6 +277,7 @@ async fn the_dashboard_in_a_real_browser() {
         .click()
         .await
         .unwrap();
+    landed(&b, "#token").await;
     assert_eq!(path(&b).await, "/dashboard/login");
     b.goto(&format!("{base}/dashboard/funnels/course"))
         .await
