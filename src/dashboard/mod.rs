@@ -59,12 +59,12 @@ pub struct NavItem {
 
 /// What every page of a signed-in session shows around its own content.
 #[derive(Debug, Clone)]
-pub struct Frame<'a> {
+pub struct Frame {
     pub t: &'static Strings,
     pub lang: Language,
     /// The session's CSRF token, for the sign-out form.
-    pub csrf: &'a str,
-    pub nav: &'a [NavItem],
+    pub csrf: String,
+    pub nav: Vec<NavItem>,
 }
 
 fn render(
@@ -78,8 +78,8 @@ fn render(
     cx.insert("css", CSS);
     cx.insert("title", title);
     // Not signed in (the sign-in page): no navigation, no sign-out form.
-    cx.insert("csrf", frame.map_or("", |f| f.csrf));
-    cx.insert("nav", frame.map_or(&[][..], |f| f.nav));
+    cx.insert("csrf", frame.map_or("", |f| f.csrf.as_str()));
+    cx.insert("nav", frame.map_or(&[][..], |f| f.nav.as_slice()));
     if !cx.contains_key("current") {
         cx.insert("current", "");
     }

@@ -108,9 +108,24 @@ impl FromRequestParts<AppState> for Signed {
 }
 
 impl Signed {
-    fn csrf(&self, state: &AppState) -> String {
-        session::csrf(&state.secret, &self.session)
+    /// What every page of this session shows around its own: its words, the sign-out form's
+    /// token, the running funnels.
+    fn frame(&self, state: &AppState) -> Frame {
+        Frame {
+            t: i18n::strings(self.lang),
+            lang: self.lang,
+            csrf: session::csrf(&state.secret, &self.session),
+            nav: nav(state),
+        }
     }
+}
+
+/// Adds a `Set-Cookie` to an answer.
+fn set_cookie(mut r: Response, cookie: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
 }
 
 fn nav(state: &AppState) -> Vec<NavItem> {
@@ -141,12 +156,11 @@ fn login_page(
 ) -> Response {
     let form = hex::encode(nonce());
     let t = i18n::strings(language(state, headers));
-    let mut r = html(status, dashboard::login_page(t, &form, error));
-    let c = session::cookie(session::LOGIN_COOKIE, &form, 600, state.https);
-    if let Ok(v) = HeaderValue::from_str(&c) {
-        r.headers_mut().append(header::SET_COOKIE, v);
-    }
-    r
+    let r = html(status, dashboard::login_page(t, &form, error));
+    set_cookie(
+        r,
+        &session::cookie(session::LOGIN_COOKIE, &form, 600, state.https),
+    )
 }
 
 #[derive(Deserialize)]
@@ -183,16 +197,15 @@ pub async fn login(
         );
     }
     let value = session::issue(&state.secret, &nonce(), Utc::now().timestamp());
-    let mut r = secured(Redirect::to("/dashboard").into_response());
-    for c in [
-        session::cookie(session::COOKIE, &value, session::LIFETIME_SECS, state.https),
-        session::cookie(session::LOGIN_COOKIE, "", 0, state.https),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&c) {
-            r.headers_mut().append(header::SET_COOKIE, v);
-        }
-    }
-    r
+    let r = secured(Redirect::to("/dashboard").into_response());
+    let r = set_cookie(
+        r,
+        &session::cookie(session::COOKIE, &value, session::LIFETIME_SECS, state.https),
+    );
+    set_cookie(
+        r,
+        &session::cookie(session::LOGIN_COOKIE, "", 0, state.https),
+    )
 }
 
 #[derive(Deserialize)]
@@ -221,12 +234,8 @@ pub async fn logout(
         out.retain(|s, _| session::valid(&state.secret, s, now));
         out.insert(signed.session.clone(), now + session::LIFETIME_SECS);
     }
-    let mut r = secured(Redirect::to("/dashboard/login").into_response());
-    let c = session::cookie(session::COOKIE, "", 0, state.https);
-    if let Ok(v) = HeaderValue::from_str(&c) {
-        r.headers_mut().append(header::SET_COOKIE, v);
-    }
-    r
+    let r = secured(Redirect::to("/dashboard/login").into_response());
+    set_cookie(r, &session::cookie(session::COOKIE, "", 0, state.https))
 }
 
 fn failed(e: ApiError) -> Response {
@@ -318,14 +327,7 @@ pub async fn overview(State(state): State<AppState>, signed: Signed) -> Response
             .unwrap_or(0),
         bounces: days.iter().map(|d| d.2).sum(),
     };
-    let nav = nav(&state);
-    let csrf = signed.csrf(&state);
-    let frame = Frame {
-        t: i18n::strings(signed.lang),
-        lang: signed.lang,
-        csrf: &csrf,
-        nav: &nav,
-    };
+    let frame = signed.frame(&state);
     html(
         StatusCode::OK,
         dashboard::overview_page(&frame, &items, &health, tz),
@@ -366,27 +368,22 @@ impl ViewQuery {
     }
 }
 
-/// Three reports of one funnel for a page's period and view.
+/// Reports of one running funnel, each with the same parameters, as of now.
 async fn reports_of(
     state: &AppState,
     id: &str,
-    q: &ViewQuery,
+    params: &Params,
     what: &[What],
 ) -> Result<(crate::funnel::Funnel, Vec<Answer>), ApiError> {
-    let funnels = state.runtime.funnels();
-    let running = FunnelId::parse(id)
-        .ok()
-        .and_then(|id| funnels.get(&id))
-        .ok_or_else(|| ApiError::not_found("id", "no such funnel is running"))?;
+    let f = super::reports::running_funnel(state, id)?;
     let now = Utc::now();
-    let params = q.params(state);
     let mut out = Vec::new();
     for w in what {
         let req =
-            Request::parse(*w, &params, now).map_err(|e| ApiError::invalid(e.param, e.message))?;
-        out.push(compute(state, &running.funnel, req, now).await?);
+            Request::parse(*w, params, now).map_err(|e| ApiError::invalid(e.param, e.message))?;
+        out.push(compute(state, &f, req, now).await?);
     }
-    Ok((running.funnel.clone(), out))
+    Ok((f, out))
 }
 
 /// `GET /dashboard/funnels/{id}?days=7|30|90&cohort=entry|calendar`: a funnel's page.
@@ -396,11 +393,17 @@ pub async fn funnel(
     Path(id): Path<String>,
     Query(q): Query<ViewQuery>,
 ) -> Response {
-    let (f, answers) =
-        match reports_of(&state, &id, &q, &[What::Funnel, What::Emails, What::Ab]).await {
-            Ok(x) => x,
-            Err(e) => return failed(e),
-        };
+    let (f, answers) = match reports_of(
+        &state,
+        &id,
+        &q.params(&state),
+        &[What::Funnel, What::Emails, What::Ab],
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(e) => return failed(e),
+    };
     let [
         Answer::Funnel(report),
         Answer::Emails(emails),
@@ -412,14 +415,7 @@ pub async fn funnel(
             "an answer of another kind",
         ));
     };
-    let nav = nav(&state);
-    let csrf = signed.csrf(&state);
-    let frame = Frame {
-        t: i18n::strings(signed.lang),
-        lang: signed.lang,
-        csrf: &csrf,
-        nav: &nav,
-    };
+    let frame = signed.frame(&state);
     let figures = FunnelFigures {
         funnel: &f,
         view: q.view(),
@@ -454,25 +450,18 @@ pub async fn map(
     signed: Signed,
     Path(id): Path<String>,
 ) -> Response {
-    let funnels = state.runtime.funnels();
-    let Some(running) = FunnelId::parse(&id).ok().and_then(|id| funnels.get(&id)) else {
-        return failed(ApiError::not_found("id", "no such funnel is running"));
+    let running = match super::reports::running_funnel(&state, &id) {
+        Ok(f) => f,
+        Err(e) => return failed(e),
     };
-    let counts = match in_stage(&state, &running.funnel).await {
+    let counts = match in_stage(&state, &running).await {
         Ok((c, _)) => c,
         Err(e) => return failed(e),
     };
-    let nav = nav(&state);
-    let csrf = signed.csrf(&state);
-    let frame = Frame {
-        t: i18n::strings(signed.lang),
-        lang: signed.lang,
-        csrf: &csrf,
-        nav: &nav,
-    };
+    let frame = signed.frame(&state);
     html(
         StatusCode::OK,
-        dashboard::map_page(&frame, &running.funnel, &counts),
+        dashboard::map_page(&frame, &running, &counts),
     )
 }
 
@@ -489,7 +478,7 @@ pub async fn funnel_download(
         "report.csv" => true,
         _ => return failed(ApiError::not_found("file", "report.json or report.csv")),
     };
-    let (_, answers) = match reports_of(&state, &id, &q, &[What::Funnel]).await {
+    let (_, answers) = match reports_of(&state, &id, &q.params(&state), &[What::Funnel]).await {
         Ok(x) => x,
         Err(e) => return failed(e),
     };
@@ -514,10 +503,6 @@ pub async fn funnel_download(
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     r
-}
-
-fn frame_parts(state: &AppState, signed: &Signed) -> (Vec<NavItem>, String) {
-    (nav(state), signed.csrf(state))
 }
 
 #[derive(Deserialize, Default)]
@@ -552,19 +537,13 @@ pub async fn leads(
             None => message = Some(t.no_such_lead),
         }
     }
-    let (nav, csrf) = frame_parts(&state, &signed);
-    let frame = Frame {
-        t,
-        lang: signed.lang,
-        csrf: &csrf,
-        nav: &nav,
-    };
+    let frame = signed.frame(&state);
     let view = dashboard::LeadView {
         query: &query,
         message,
         done: None,
         export: None,
-        funnels: &nav,
+        funnels: &frame.nav,
         tz: state.report_zone,
     };
     let status = if message == Some(t.no_such_lead) {
@@ -620,13 +599,7 @@ async fn lead_answer(
         (None, _) => (StatusCode::NOT_FOUND, Some(t.no_such_lead)),
         (Some(_), m) => (status, m),
     };
-    let (nav, csrf) = frame_parts(state, signed);
-    let frame = Frame {
-        t,
-        lang: signed.lang,
-        csrf: &csrf,
-        nav: &nav,
-    };
+    let frame = signed.frame(state);
     let query = export
         .as_ref()
         .and_then(|e| e["lead"]["email"].as_str())
@@ -637,7 +610,7 @@ async fn lead_answer(
         message,
         done: done_text(t, done),
         export: export.as_ref(),
-        funnels: &nav,
+        funnels: &frame.nav,
         tz: state.report_zone,
     };
     html(status, dashboard::lead_page(&frame, &view))
@@ -780,33 +753,8 @@ pub async fn erase_form(
     let Some(email) = email else {
         return lead_answer(&state, &signed, id, None, None, StatusCode::NOT_FOUND).await;
     };
-    let (nav, csrf) = frame_parts(&state, &signed);
-    let frame = Frame {
-        t: i18n::strings(signed.lang),
-        lang: signed.lang,
-        csrf: &csrf,
-        nav: &nav,
-    };
+    let frame = signed.frame(&state);
     html(StatusCode::OK, dashboard::erase_page(&frame, id, &email))
-}
-
-/// One report of a running funnel with these parameters, as of now.
-async fn one_report(
-    state: &AppState,
-    id: &str,
-    what: What,
-    params: Params,
-) -> Result<(crate::funnel::Funnel, Answer), ApiError> {
-    let funnels = state.runtime.funnels();
-    let running = FunnelId::parse(id)
-        .ok()
-        .and_then(|id| funnels.get(&id))
-        .ok_or_else(|| ApiError::not_found("id", "no such funnel is running"))?;
-    let now = Utc::now();
-    let req =
-        Request::parse(what, &params, now).map_err(|e| ApiError::invalid(e.param, e.message))?;
-    let a = compute(state, &running.funnel, req, now).await?;
-    Ok((running.funnel.clone(), a))
 }
 
 /// `GET /dashboard/funnels/{id}/cohorts`: entry cohorts by week, the last 12 weeks.
@@ -825,8 +773,8 @@ pub async fn cohorts(
         tz: Some(tz.name().into()),
         ..Params::default()
     };
-    let (f, a) = match one_report(&state, &id, What::Funnel, params).await {
-        Ok(x) => x,
+    let (f, a) = match reports_of(&state, &id, &params, &[What::Funnel]).await {
+        Ok((f, mut a)) => (f, a.remove(0)),
         Err(e) => return failed(e),
     };
     let Answer::Funnel(a) = a else {
@@ -835,13 +783,7 @@ pub async fn cohorts(
             "an answer of another kind",
         ));
     };
-    let (nav, csrf) = frame_parts(&state, &signed);
-    let frame = Frame {
-        t: i18n::strings(signed.lang),
-        lang: signed.lang,
-        csrf: &csrf,
-        nav: &nav,
-    };
+    let frame = signed.frame(&state);
     let weeks = a.periods.unwrap_or_default();
     html(StatusCode::OK, dashboard::cohorts_page(&frame, &f, &weeks))
 }
@@ -866,8 +808,8 @@ pub async fn attribution(
         tz: Some(tz.name().into()),
         ..Params::default()
     };
-    let (f, a) = match one_report(&state, &id, What::Attribution, params).await {
-        Ok(x) => x,
+    let (f, a) = match reports_of(&state, &id, &params, &[What::Attribution]).await {
+        Ok((f, mut a)) => (f, a.remove(0)),
         Err(e) => return failed(e),
     };
     let Answer::Attribution(r) = a else {
@@ -876,13 +818,7 @@ pub async fn attribution(
             "an answer of another kind",
         ));
     };
-    let (nav, csrf) = frame_parts(&state, &signed);
-    let frame = Frame {
-        t: i18n::strings(signed.lang),
-        lang: signed.lang,
-        csrf: &csrf,
-        nav: &nav,
-    };
+    let frame = signed.frame(&state);
     html(StatusCode::OK, dashboard::attribution_page(&frame, &f, &r))
 }
 
@@ -894,11 +830,11 @@ pub async fn whatif(
     Path(id): Path<String>,
     Query(q): Query<std::collections::BTreeMap<String, String>>,
 ) -> Response {
-    let funnels = state.runtime.funnels();
-    let Some(running) = FunnelId::parse(&id).ok().and_then(|id| funnels.get(&id)) else {
-        return failed(ApiError::not_found("id", "no such funnel is running"));
+    let running = match super::reports::running_funnel(&state, &id) {
+        Ok(f) => f,
+        Err(e) => return failed(e),
     };
-    let f = &running.funnel;
+    let f = &running;
     let days = q
         .get("days")
         .map(|d| d.trim().to_string())
@@ -947,13 +883,7 @@ pub async fn whatif(
         ),
         Err(m) => (None, Some(m), StatusCode::UNPROCESSABLE_ENTITY),
     };
-    let (nav, csrf) = frame_parts(&state, &signed);
-    let frame = Frame {
-        t: i18n::strings(signed.lang),
-        lang: signed.lang,
-        csrf: &csrf,
-        nav: &nav,
-    };
+    let frame = signed.frame(&state);
     let inputs = dashboard::WhatIfInputs {
         days: if days.is_empty() { "30" } else { &days },
         inflow: &inflow,
@@ -978,11 +908,8 @@ pub async fn slices(
     Path(id): Path<String>,
     Query(q): Query<SliceQuery>,
 ) -> Response {
-    let funnels = state.runtime.funnels();
-    let keys = FunnelId::parse(&id)
-        .ok()
-        .and_then(|x| funnels.get(&x))
-        .map(|r| dashboard::slice_keys(&r.funnel))
+    let keys = super::reports::running_funnel(&state, &id)
+        .map(|f| dashboard::slice_keys(&f))
         .unwrap_or_default();
     let key =
         q.by.filter(|k| keys.contains(k))
@@ -994,8 +921,8 @@ pub async fn slices(
         tz: Some(tz.name().into()),
         ..Params::default()
     };
-    let (f, a) = match one_report(&state, &id, What::Funnel, params).await {
-        Ok(x) => x,
+    let (f, a) = match reports_of(&state, &id, &params, &[What::Funnel]).await {
+        Ok((f, mut a)) => (f, a.remove(0)),
         Err(e) => return failed(e),
     };
     let Answer::Funnel(a) = a else {
@@ -1004,12 +931,6 @@ pub async fn slices(
             "an answer of another kind",
         ));
     };
-    let (nav, csrf) = frame_parts(&state, &signed);
-    let frame = Frame {
-        t: i18n::strings(signed.lang),
-        lang: signed.lang,
-        csrf: &csrf,
-        nav: &nav,
-    };
+    let frame = signed.frame(&state);
     html(StatusCode::OK, dashboard::slices_page(&frame, &f, &key, &a))
 }

@@ -30,16 +30,22 @@ async fn report(
     if params.tz.is_none() {
         params.tz = Some(state.report_zone.name().to_string());
     }
-    let funnels = state.runtime.funnels();
-    let running = FunnelId::parse(&id)
-        .ok()
-        .and_then(|id| funnels.get(&id))
-        .ok_or_else(|| ApiError::not_found("id", "no such funnel is running"))?;
+    let funnel = running_funnel(&state, &id)?;
     // The report is as of the request's arrival, however long it waits for its turn.
     let now = Utc::now();
     let req =
         Request::parse(what, &params, now).map_err(|e| ApiError::invalid(e.param, e.message))?;
-    Ok(Json(compute(&state, &running.funnel, req, now).await?))
+    Ok(Json(compute(&state, &funnel, req, now).await?))
+}
+
+/// The running funnel `id` names, or the refusal saying there is none (404).
+pub fn running_funnel(state: &AppState, id: &str) -> Result<crate::funnel::Funnel, ApiError> {
+    let funnels = state.runtime.funnels();
+    FunnelId::parse(id)
+        .ok()
+        .and_then(|id| funnels.get(&id))
+        .map(|r| r.funnel.clone())
+        .ok_or_else(|| ApiError::not_found("id", "no such funnel is running"))
 }
 
 /// Makes a report as the API and the dashboard do: one at a time, off the async workers.
