@@ -375,6 +375,119 @@ fn a_kill_mid_batch_loses_no_lead() {
     stopped_cleanly(&mut child, &rx);
 }
 
+/// Killed with SIGKILL while landing-page signups pour in, `autofunnel run` leaves no signup
+/// half-done: before any restart, every stored lead has its run in the form's funnel and its
+/// first email, every `signup` event is processed (a signup commits with the funnels it
+/// starts), and every signup the server answered is stored.
+#[test]
+fn a_kill_mid_signups_leaves_none_unstarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        ("autofunnel.toml", "signups_per_ip_per_minute = 1000000\n"),
+        (
+            "funnels/book.yaml",
+            "name: Book\nfrom: \"Shop <shop@example.com>\"\n\
+             entry:\n  form:\n    id: book\n    thank_you: https://example.com/thanks\n\
+             stages:\n  - id: welcome\n    steps:\n      - send: hello\n      - wait: 30d\n",
+        ),
+        ("templates/book/hello.subject", "Welcome"),
+        ("templates/book/hello.html", "<p>Hello</p>"),
+    ];
+    for (path, text) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("autofunnel.db").display());
+    let mut accepted: Vec<String> = Vec::new();
+    for round in 0..5 {
+        let (mut child, rx) = spawn_run(dir.path());
+        let addr = listening(&rx);
+        // Eight visitors sign up until the process is killed, after 200 answers.
+        let answered: Vec<String> = rt.block_on(async {
+            let client = crate::util::http();
+            let (tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<String>();
+            for c in 0..8 {
+                let (client, addr, tx) = (client.clone(), addr.clone(), tx.clone());
+                tokio::spawn(async move {
+                    for i in 0..1_000 {
+                        let email = format!("r{round}c{c}i{i}@example.com");
+                        let r = client
+                            .post(format!("http://{addr}/f/book"))
+                            .json(&serde_json::json!({ "email": email }))
+                            .send()
+                            .await;
+                        match r {
+                            Ok(r) if r.status().is_success() => {
+                                if tx.send(email).is_err() {
+                                    return;
+                                }
+                            }
+                            _ => return,
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut answered = Vec::new();
+            while let Some(email) = acks.recv().await {
+                answered.push(email);
+                if answered.len() >= 200 {
+                    Command::new("kill")
+                        .args(["-KILL", &child.0.id().to_string()])
+                        .status()
+                        .unwrap();
+                    break;
+                }
+            }
+            answered
+        });
+        let _ = child.0.wait();
+        assert!(
+            answered.len() >= 200,
+            "round {round}: {} answered",
+            answered.len()
+        );
+        accepted.extend(answered);
+        // The database as the killed process left it, before any restart.
+        rt.block_on(async {
+            use sea_orm::{ConnectionTrait, Database, Statement};
+            let db = Database::connect(&url).await.unwrap();
+            let count = |sql: &str| {
+                let st = Statement::from_string(db.get_database_backend(), sql.to_string());
+                let db = &db;
+                async move {
+                    let row = db.query_one_raw(st).await.unwrap().unwrap();
+                    row.try_get_by_index::<i64>(0).unwrap()
+                }
+            };
+            let leads = count("SELECT count(*) FROM leads").await;
+            let runs = count("SELECT count(DISTINCT lead_id) FROM enrollments").await;
+            let mailed = count("SELECT count(DISTINCT lead_id) FROM messages").await;
+            let unstarted =
+                count("SELECT count(*) FROM events WHERE kind = 'signup' AND processed_at IS NULL")
+                    .await;
+            assert_eq!(
+                (runs, mailed, unstarted),
+                (leads, leads, 0),
+                "round {round}: {leads} leads"
+            );
+            let st = Statement::from_string(db.get_database_backend(), "SELECT email FROM leads");
+            let known: std::collections::HashSet<String> = db
+                .query_all_raw(st)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.try_get_by_index(0).unwrap())
+                .collect();
+            let lost: Vec<&String> = accepted.iter().filter(|e| !known.contains(*e)).collect();
+            assert!(lost.is_empty(), "answered, then lost: {lost:?}");
+            db.close().await.unwrap();
+        });
+    }
+}
+
 /// Killed with SIGKILL while a funnel's webhook calls go out, `autofunnel run` makes every
 /// call after the restart (those the killed process had claimed taken back at the start), and
 /// repeats at most the calls that were in flight (the rounds it had claimed: `BATCH` ×

@@ -448,6 +448,108 @@ async fn a_refused_signup_fails_alone(store: Store) {
     }
 }
 
+/// A signup and the funnels it starts commit together: once answered, its lead has its run
+/// and its `signup` event is processed — nothing is left for a stopped process to leave
+/// half-done. When the database refuses the runs (a trigger makes it, as a fault would), the
+/// signup is still stored, unstarted, and the resume a minute later starts its funnel once.
+async fn signup_commits_with_its_funnels(url: String) {
+    use autofunnel::store::{LeadInput, NewSignup, NewTouch};
+    use sea_orm::{ConnectionTrait, Database};
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project(dir.path());
+    let t = Utc::now();
+    let rt = crate::util::engine(&store, &p, t).await;
+    let book = crate::util::fid("book");
+    let signup = |name: &str| NewSignup {
+        email: Email::parse(&format!("{name}@example.com")).unwrap(),
+        input: LeadInput::default(),
+        touch: NewTouch {
+            channel: "form".into(),
+            form: Some("free-book".into()),
+            ..Default::default()
+        },
+        form: "free-book".into(),
+        requester: Default::default(),
+        consent_text: None,
+    };
+    let sign = |names: &[&str]| {
+        let tickets: Vec<_> = names
+            .iter()
+            .map(|n| rt.queue_signup(signup(n), vec![book.clone()]))
+            .collect();
+        let rt = rt.clone();
+        async move {
+            let mut leads = Vec::new();
+            for t in tickets {
+                leads.push(rt.signup_stored(t).await.unwrap());
+            }
+            leads
+        }
+    };
+    let far = t + chrono::Duration::days(1);
+    let unstarted = || async { store.unstarted_events(far, 0, 100).await.unwrap().len() };
+    let anna = sign(&["anna"]).await[0];
+    assert_eq!(store.enrollments_of(anna, &book).await.unwrap().len(), 1);
+    assert_eq!(
+        unstarted().await,
+        0,
+        "its event is processed in the same commit"
+    );
+
+    let raw = Database::connect(&url).await.unwrap();
+    let postgres = store.backend() == autofunnel::store::Backend::Postgres;
+    let (refuse, allow) = if postgres {
+        (
+            vec![
+                "CREATE FUNCTION no_runs() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'no runs today'; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER no_runs BEFORE INSERT ON enrollments FOR EACH ROW EXECUTE FUNCTION no_runs()",
+            ],
+            "DROP TRIGGER no_runs ON enrollments",
+        )
+    } else {
+        (
+            vec![
+                "CREATE TRIGGER no_runs BEFORE INSERT ON enrollments BEGIN SELECT RAISE(ABORT, 'no runs today'); END",
+            ],
+            "DROP TRIGGER no_runs",
+        )
+    };
+    for sql in refuse {
+        raw.execute_unprepared(sql).await.unwrap();
+    }
+    // A group of two, both refused their runs: each is stored alone, unstarted.
+    let refused = sign(&["boris", "vera"]).await;
+    for lead in &refused {
+        assert!(store.enrollments_of(*lead, &book).await.unwrap().is_empty());
+        assert_eq!(store.touches_of(*lead).await.unwrap().len(), 1);
+    }
+    assert_eq!(unstarted().await, 2);
+    raw.execute_unprepared(allow).await.unwrap();
+    raw.close().await.unwrap();
+    let minute = chrono::Duration::minutes(1);
+    let later = Utc::now() + minute;
+    assert_eq!(rt.resume_entries(later, later).await.unwrap(), 2);
+    assert_eq!(rt.resume_entries(later, later).await.unwrap(), 0);
+    for lead in refused.iter().chain([&anna]) {
+        assert_eq!(store.enrollments_of(*lead, &book).await.unwrap().len(), 1);
+    }
+    assert_eq!(unstarted().await, 0);
+}
+
+#[tokio::test]
+async fn signup_commits_with_its_funnels_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/s.db?mode=rwc", dir.path().display());
+    signup_commits_with_its_funnels(url).await;
+}
+
+#[tokio::test]
+async fn signup_commits_with_its_funnels_postgres() {
+    crate::store::on_postgres_url("signup_commits", signup_commits_with_its_funnels).await;
+}
+
 on_both_backends! {
     refused_signup_alone => a_refused_signup_fails_alone,
     form_signups => signups,

@@ -29,7 +29,7 @@ use crate::domain::{EnrollmentId, Event, EventKind, FunnelId, LeadId, RunStatus,
 use crate::engine::{self, Input, LeadFacts};
 use crate::funnel::{EntryTrigger, Funnel, ReEntry, print};
 use crate::store::{
-    BatchEvent, EnrollmentRow, NewEvent, NewRun, Recorded, RunUpdate, Store, Unstarted,
+    BatchEvent, EnrollmentRow, NewEvent, NewRun, Recorded, RunUpdate, Store, Unstarted, Write,
 };
 
 /// How long a claimed enrollment is reserved for its worker; a worker that dies loses it then.
@@ -154,10 +154,20 @@ impl Runtime {
         leads: &[LeadId],
         now: DateTime<Utc>,
     ) -> Result<HashMap<LeadId, LeadFacts>, RuntimeError> {
+        self.lead_facts_in(None, leads, now).await
+    }
+
+    /// [`Runtime::lead_facts_many`] as a write transaction held open sees them.
+    async fn lead_facts_in(
+        &self,
+        on: Option<&Write>,
+        leads: &[LeadId],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<LeadId, LeadFacts>, RuntimeError> {
         let since = facts::sent_since(&self.funnels(), now);
         let rows = self
             .store
-            .fact_rows(leads, &facts::FACT_EVENTS, since)
+            .fact_rows_in(on, leads, &facts::FACT_EVENTS, since)
             .await?;
         Ok(facts::lead_facts(rows))
     }
@@ -182,8 +192,20 @@ impl Runtime {
         funnel: &FunnelId,
         now: DateTime<Utc>,
     ) -> Result<Vec<Enrolled>, RuntimeError> {
-        let (out, triggers) = self.enroll_only(leads, funnel, now).await?;
-        self.start_entries_kept(triggers, now).await?;
+        self.enroll_many_in(None, leads, funnel, now).await
+    }
+
+    /// [`Runtime::enroll_many`] in a write transaction held open (`None`: a transaction per
+    /// write); a caller holding one wakes the scheduler once it has committed.
+    async fn enroll_many_in(
+        &self,
+        on: Option<&Write>,
+        leads: &[LeadId],
+        funnel: &FunnelId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Enrolled>, RuntimeError> {
+        let (out, triggers) = self.enroll_only(on, leads, funnel, now).await?;
+        self.start_entries_kept(on, triggers, now).await?;
         Ok(out)
     }
 
@@ -197,7 +219,8 @@ impl Runtime {
         let trigger = Trigger::Tag(tag.clone());
         let starts = self.starts_a_funnel(&trigger);
         self.store.tag_lead_starting(lead, tag, starts, now).await?;
-        self.start_entries_kept(vec![(lead, trigger)], now).await
+        self.start_entries_kept(None, vec![(lead, trigger)], now)
+            .await
     }
 
     /// Removes a tag from a lead; a tag the lead does not have is no error.
@@ -226,6 +249,7 @@ impl Runtime {
     /// [`Runtime::start_entries`], then the pending entries the writes kept for them go.
     async fn start_entries_kept(
         &self,
+        on: Option<&Write>,
         pending: Vec<(LeadId, Trigger)>,
         now: DateTime<Utc>,
     ) -> Result<(), RuntimeError> {
@@ -235,9 +259,9 @@ impl Runtime {
             .filter(|(_, t)| self.starts_a_funnel(t))
             .map(|(l, _)| *l)
             .collect();
-        self.start_entries(pending, now).await?;
+        self.start_entries(on, pending, now).await?;
         if !leads.is_empty() {
-            self.store.entries_started(&leads, now).await?;
+            self.store.entries_started(on, &leads, now).await?;
         }
         Ok(())
     }
@@ -310,6 +334,7 @@ impl Runtime {
     /// tags and events their first steps produce, up to `MAX_CHAIN` links deep.
     async fn start_entries(
         &self,
+        on: Option<&Write>,
         mut pending: Vec<(LeadId, Trigger)>,
         now: DateTime<Utc>,
     ) -> Result<(), RuntimeError> {
@@ -326,7 +351,7 @@ impl Runtime {
                     .map(|(l, _)| *l)
                     .collect();
                 if !leads.is_empty() {
-                    next.extend(self.enroll_only(&leads, id, now).await?.1);
+                    next.extend(self.enroll_only(on, &leads, id, now).await?.1);
                 }
             }
             pending = next;
@@ -343,6 +368,7 @@ impl Runtime {
     /// events the new runs produced.
     async fn enroll_only(
         &self,
+        on: Option<&Write>,
         leads: &[LeadId],
         funnel: &FunnelId,
         now: DateTime<Utc>,
@@ -352,10 +378,10 @@ impl Runtime {
             .get(funnel)
             .ok_or_else(|| RuntimeError::UnknownFunnel(funnel.clone()))?;
         let mut before: HashMap<LeadId, Vec<EnrollmentRow>> = HashMap::new();
-        for e in self.store.enrollments_of_many(leads, funnel).await? {
+        for e in self.store.enrollments_of_many_in(on, leads, funnel).await? {
             before.entry(e.lead).or_default().push(e);
         }
-        let facts = self.lead_facts_many(leads, now).await?;
+        let facts = self.lead_facts_in(on, leads, now).await?;
         let mut decided: HashMap<LeadId, Enrolled> = HashMap::new();
         let mut fresh: Vec<(LeadId, engine::Transition)> = Vec::new();
         for &lead in leads {
@@ -418,11 +444,11 @@ impl Runtime {
                 },
             })
             .collect();
-        let ids = self.store.enroll_many(&items, now).await?;
+        let ids = self.store.enroll_many_in(on, &items, now).await?;
         for ((lead, _), id) in fresh.iter().zip(ids) {
             decided.insert(*lead, Enrolled::New(id));
         }
-        if !fresh.is_empty() {
+        if on.is_none() && !fresh.is_empty() {
             self.wake.notify_one();
         }
         let triggers = fresh
@@ -514,9 +540,10 @@ impl Runtime {
         let Recorded::New(id) = self.store.record_event(stored, &starting, now).await? else {
             return Ok(None);
         };
-        let seen = self.stored(lead, kind.clone(), now).await?;
+        let seen = self.feed(&[lead], now).await?;
         if starting.contains(&kind) {
-            self.store.events_started(&[id], now).await?;
+            self.start_events(vec![(lead, Trigger::Event(kind))], &[id], now)
+                .await?;
         }
         Ok(Some(seen))
     }
@@ -553,8 +580,8 @@ impl Runtime {
             }
         }
         // Stored for good: what is not started here, `resume_entries` starts later.
-        match self.start_entries(entries, now).await {
-            Ok(()) => self.store.events_started(&ids, now).await?,
+        match self.start_events(entries, &ids, now).await {
+            Ok(()) => {}
             Err(e) => {
                 tracing::warn!(error = %e, events = ids.len(), "events stored; starting their funnels failed, trying again in a minute")
             }
@@ -595,8 +622,6 @@ impl Runtime {
         now: DateTime<Utc>,
     ) -> Result<usize, RuntimeError> {
         const PAGE: u64 = 5_000;
-        // No signup group is between its two transactions meanwhile.
-        let _turn = self.committing.lock().await;
         let (mut after, mut found) = (0, 0);
         loop {
             let page = self.store.unstarted_events(before, after, PAGE).await?;
@@ -654,7 +679,7 @@ impl Runtime {
                 .map(|u| u.id)
                 .filter(|id| !failed.contains(id))
                 .collect();
-            self.store.events_started(&started, now).await?;
+            self.store.events_started(None, &started, now).await?;
             tracing::warn!(
                 events = started.len(),
                 "started the funnels of events stored before the process stopped"
@@ -666,20 +691,23 @@ impl Runtime {
         Ok(found)
     }
 
-    /// What follows a stored new event of `kind`: its lead's live runs fed at once (when no
-    /// other worker holds the lead), and funnels entered by the event started. Returns how many
-    /// runs saw it.
-    async fn stored(
+    /// Starts the funnels these stored events enter and marks the events processed, in one
+    /// commit: a stop at any instant leaves them either started or for `resume_entries`.
+    async fn start_events(
         &self,
-        lead: LeadId,
-        kind: EventKind,
+        entries: Vec<(LeadId, Trigger)>,
+        events: &[i64],
         now: DateTime<Utc>,
-    ) -> Result<usize, RuntimeError> {
-        let seen = self.feed(&[lead], now).await?;
-        self.start_entries(vec![(lead, Trigger::Event(kind))], now)
-            .await?;
+    ) -> Result<(), RuntimeError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let w = self.store.write().await?;
+        self.start_entries(Some(&w), entries, now).await?;
+        self.store.events_started(Some(&w), events, now).await?;
+        w.commit().await?;
         self.wake.notify_one();
-        Ok(seen)
+        Ok(())
     }
 
     /// Feeds the leads' live runs the events they have not seen, in one round (a lead another
@@ -802,7 +830,7 @@ impl Runtime {
             Err(e) => return Err(e.into()),
         };
         self.committed.fetch_add(n as u64, Ordering::Relaxed);
-        self.start_entries_kept(triggers, now).await?;
+        self.start_entries_kept(None, triggers, now).await?;
         Ok(n)
     }
 

@@ -1,6 +1,6 @@
 //! Landing-page signups by group commit: a signup is queued without an `await`; whoever finds
-//! no commit under way stores everything queued (one transaction), starts the forms' funnels,
-//! and answers each waiting visitor.
+//! no commit under way stores everything queued and starts the forms' funnels in one
+//! transaction, and answers each waiting visitor.
 
 use std::collections::BTreeMap;
 
@@ -51,22 +51,16 @@ impl Runtime {
             return r.map_err(RuntimeError::Signup);
         }
         let queued = std::mem::take(&mut *self.signups.lock().unwrap_or_else(|e| e.into_inner()));
-        let (signups, rest): (Vec<NewSignup>, Vec<_>) = queued
-            .into_iter()
-            .map(|q| (q.signup, (q.funnels, q.done)))
-            .unzip();
-        let now = Utc::now();
-        let stored = self.store_group(&signups, now).await;
-        let started: Vec<(LeadId, &[FunnelId])> = stored
-            .iter()
-            .zip(&rest)
-            .filter_map(|(r, (funnels, _))| Some((*r.as_ref().ok()?, funnels.as_slice())))
-            .collect();
-        if let Err(e) = self.start_signups(&started, now).await {
-            // Stored for good: `resume_entries` starts their funnels within a minute.
-            tracing::error!(error = %e, signups = started.len(), "signups stored; starting their funnels failed");
+        let mut signups = Vec::with_capacity(queued.len());
+        let mut funnels = Vec::with_capacity(queued.len());
+        let mut answers: Vec<Answer> = Vec::with_capacity(queued.len());
+        for q in queued {
+            signups.push(q.signup);
+            funnels.push(q.funnels);
+            answers.push(q.done);
         }
-        for (r, (_, done)) in stored.into_iter().zip(rest) {
+        let stored = self.store_group(&signups, &funnels, Utc::now()).await;
+        for (r, done) in stored.into_iter().zip(answers) {
             let _ = done.send(r);
         }
         drop(turn);
@@ -96,75 +90,92 @@ impl Runtime {
         }
     }
 
-    /// Stores a group of signups in one transaction; when the database refuses it, each
-    /// signup alone, so one that cannot be stored fails only itself. Each signup's lead or
-    /// why it was not stored, in order.
+    /// Stores a group of signups and starts their funnels in one transaction; when the
+    /// database refuses it, each signup alone, so one that cannot be stored fails only itself.
+    /// A signup whose funnels cannot start is still stored, unstarted, for `resume_entries`.
+    /// Each signup's lead or why it was not stored, in order.
     async fn store_group(
         &self,
         signups: &[NewSignup],
+        funnels: &[Vec<FunnelId>],
         now: DateTime<Utc>,
     ) -> Vec<Result<LeadId, String>> {
-        match self.store.record_signups(signups, now).await {
+        match self.signups_started(signups, funnels, now).await {
             Ok(leads) => return leads.into_iter().map(Ok).collect(),
             Err(e) if signups.len() == 1 => {
-                tracing::error!(error = %e, "cannot store a signup");
-                return vec![Err(e.to_string())];
+                return vec![self.store_unstarted(&signups[0], e, now).await];
             }
             Err(e) => {
                 tracing::warn!(error = %e, signups = signups.len(), "a group of signups was refused; storing each alone");
             }
         }
         let mut out = Vec::with_capacity(signups.len());
-        for s in signups {
-            out.push(
-                match self
-                    .store
-                    .record_signups(std::slice::from_ref(s), now)
-                    .await
-                {
-                    Ok(mut l) => l.pop().ok_or_else(|| "no lead stored".to_string()),
-                    Err(e) => {
-                        tracing::error!(error = %e, form = %s.form, "cannot store a signup");
-                        Err(e.to_string())
-                    }
-                },
-            );
+        for (s, fs) in signups.iter().zip(funnels) {
+            let one = (std::slice::from_ref(s), std::slice::from_ref(fs));
+            out.push(match self.signups_started(one.0, one.1, now).await {
+                Ok(mut l) => l.pop().ok_or_else(|| "no lead stored".to_string()),
+                Err(e) => self.store_unstarted(s, e, now).await,
+            });
         }
         out
     }
 
-    /// Starts, for stored signups, the funnels that enter on `signup` and each form's own
-    /// funnels; then marks the signups started.
-    async fn start_signups(
+    /// The signups stored and their funnels started, committed together: the funnels that
+    /// enter on `signup` and each form's own; the `signup` events stored processed.
+    async fn signups_started(
         &self,
-        stored: &[(LeadId, &[FunnelId])],
+        signups: &[NewSignup],
+        funnels: &[Vec<FunnelId>],
         now: DateTime<Utc>,
-    ) -> Result<(), RuntimeError> {
-        if stored.is_empty() {
-            return Ok(());
-        }
-        // Runs the leads were in already are fed the event by the scheduler.
-        self.wake.notify_one();
-        let by_event = stored
+    ) -> Result<Vec<LeadId>, RuntimeError> {
+        let w = self.store.write().await?;
+        let leads = self.store.record_signups_in(&w, signups, true, now).await?;
+        let by_event = leads
             .iter()
-            .map(|(l, _)| (*l, Trigger::Event(EventKind::Signup)))
+            .map(|l| (*l, Trigger::Event(EventKind::Signup)))
             .collect();
-        self.start_entries(by_event, now).await?;
+        self.start_entries(Some(&w), by_event, now).await?;
         let mut by_funnel: BTreeMap<&FunnelId, Vec<LeadId>> = BTreeMap::new();
-        for (lead, fs) in stored {
-            for f in fs.iter() {
+        for (lead, fs) in leads.iter().zip(funnels) {
+            for f in fs {
                 by_funnel.entry(f).or_default().push(*lead);
             }
         }
         for (f, leads) in by_funnel {
-            match self.enroll_many(&leads, f, now).await {
+            match self.enroll_many_in(Some(&w), &leads, f, now).await {
                 // Reloaded away since the form was read: the signup is kept, nothing starts.
                 Err(RuntimeError::UnknownFunnel(_)) | Ok(_) => {}
                 Err(e) => return Err(e),
             }
         }
-        let leads: Vec<LeadId> = stored.iter().map(|(l, _)| *l).collect();
-        self.store.signups_started(&leads, now).await?;
-        Ok(())
+        w.commit().await?;
+        // New runs, and runs the leads were in already to be fed the event.
+        self.wake.notify_one();
+        Ok(leads)
+    }
+
+    /// A signup whose funnels could not start with it (`why`), stored alone: kept for
+    /// `resume_entries` to start them.
+    async fn store_unstarted(
+        &self,
+        signup: &NewSignup,
+        why: RuntimeError,
+        now: DateTime<Utc>,
+    ) -> Result<LeadId, String> {
+        match self
+            .store
+            .record_signups(std::slice::from_ref(signup), now)
+            .await
+        {
+            Ok(mut l) => {
+                tracing::error!(error = %why, form = %signup.form, "signup stored; starting its funnels failed, trying again in a minute");
+                self.wake.notify_one();
+                l.pop().ok_or_else(|| "no lead stored".to_string())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, form = %signup.form, "cannot store a signup");
+                Err(e.to_string())
+            }
+        }
     }
 }

@@ -17,7 +17,9 @@ use super::entities::{
     enrollment, event, funnel_version, lead, message, stage_history, suppression,
 };
 use super::sql::{self, Params};
-use super::{Backend, Result, Store, StoreError, StoredEvent, event_of, from_ms, ms, to_lead};
+use super::{
+    Backend, Result, Store, StoreError, StoredEvent, Write, event_of, from_ms, ms, to_lead,
+};
 use crate::domain::{
     Email, EnrollmentId, EventKind, FunnelId, Lead, LeadId, Outcome, RunStatus, StageId, StepId,
     Tag, TemplateName,
@@ -345,6 +347,28 @@ impl Store {
         leads: &[LeadId],
         funnel: &FunnelId,
     ) -> Result<Vec<EnrollmentRow>> {
+        self.enrollments_of_many_in(None, leads, funnel).await
+    }
+
+    /// [`Store::enrollments_of_many`] as a write transaction held open sees them.
+    pub(crate) async fn enrollments_of_many_in(
+        &self,
+        on: Option<&Write>,
+        leads: &[LeadId],
+        funnel: &FunnelId,
+    ) -> Result<Vec<EnrollmentRow>> {
+        match on {
+            Some(w) => self.enrollments_on(&**w, leads, funnel).await,
+            None => self.enrollments_on(&self.db, leads, funnel).await,
+        }
+    }
+
+    async fn enrollments_on(
+        &self,
+        db: &impl ConnectionTrait,
+        leads: &[LeadId],
+        funnel: &FunnelId,
+    ) -> Result<Vec<EnrollmentRow>> {
         let mut out = Vec::new();
         for chunk in leads.chunks(sql::ROWS) {
             let mut q = Params::new(self.backend);
@@ -354,7 +378,7 @@ impl Store {
                 q.list(&ids),
                 q.p(funnel.as_str())
             );
-            let rows: Vec<RunColumns> = sql::select_packed(&self.db, q, RUN_COLUMNS, &rest).await?;
+            let rows: Vec<RunColumns> = sql::select_packed(db, q, RUN_COLUMNS, &rest).await?;
             for m in rows {
                 out.push(to_row(m)?);
             }
@@ -372,13 +396,33 @@ impl Store {
         items: &[NewRun],
         now: DateTime<Utc>,
     ) -> Result<Vec<EnrollmentId>> {
-        let txn = self.write().await?;
+        self.in_write(None, async |w| self.enroll_on(w, items, now).await)
+            .await
+    }
+
+    /// [`Store::enroll_many`] in a write transaction held open (`None`: its own).
+    pub(crate) async fn enroll_many_in(
+        &self,
+        on: Option<&Write>,
+        items: &[NewRun],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<EnrollmentId>> {
+        self.in_write(on, async |w| self.enroll_on(w, items, now).await)
+            .await
+    }
+
+    async fn enroll_on(
+        &self,
+        txn: &Write,
+        items: &[NewRun],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<EnrollmentId>> {
         let mut ids: HashMap<(i64, &str), i64> = HashMap::new();
         let mut origins: HashMap<i64, String> = HashMap::new();
         for chunk in items.chunks(sql::ROWS) {
             // Where each lead came from: its first touch so far.
             let leads: Vec<LeadId> = chunk.iter().map(|n| n.lead).collect();
-            for (lead, touches) in super::counts::first_touches(&txn, self.backend, &leads).await? {
+            for (lead, touches) in super::counts::first_touches(txn, self.backend, &leads).await? {
                 if let Some((_, o)) = touches.into_iter().find(|(t, _)| *t <= ms(now)) {
                     origins.insert(lead, o);
                 }
@@ -390,7 +434,7 @@ impl Store {
                 "FROM (SELECT lead_id, MAX(id) AS last FROM events WHERE lead_id IN ({list}) GROUP BY lead_id) AS e"
             );
             let last_event: HashMap<i64, i64> =
-                sql::select_packed::<(i64, i64)>(&*txn, q, "e.lead_id, e.last", &rest)
+                sql::select_packed::<(i64, i64)>(&**txn, q, "e.lead_id, e.last", &rest)
                     .await?
                     .into_iter()
                     .collect();
@@ -427,7 +471,7 @@ impl Store {
                 })
                 .collect();
             let inserted: Vec<(i64, i64, String)> = sql::insert_packed(
-                &txn,
+                txn,
                 self.backend,
                 "enrollments",
                 "(lead_id, funnel_id, funnel_version, stage_id, step_id, step_index, \
@@ -479,8 +523,7 @@ impl Store {
             });
         }
         let subs = self.subscriptions.clone();
-        batch::write_runs(&txn, self.backend, self.zone, &subs, &written, now).await?;
-        txn.commit().await?;
+        batch::write_runs(txn, self.backend, self.zone, &subs, &written, now).await?;
         Ok(out)
     }
 
@@ -762,6 +805,17 @@ impl Store {
         kinds: &[EventKind],
         sent_since: Option<DateTime<Utc>>,
     ) -> Result<FactRows> {
+        self.fact_rows_in(None, ids, kinds, sent_since).await
+    }
+
+    /// [`Store::fact_rows`] as a write transaction held open sees them.
+    pub(crate) async fn fact_rows_in(
+        &self,
+        on: Option<&Write>,
+        ids: &[LeadId],
+        kinds: &[EventKind],
+        sent_since: Option<DateTime<Utc>>,
+    ) -> Result<FactRows> {
         let mut out = FactRows::default();
         let raw: Vec<i64> = ids
             .iter()
@@ -771,14 +825,23 @@ impl Store {
             .collect();
         let kinds: Vec<&str> = kinds.iter().map(EventKind::as_str).collect();
         for chunk in raw.chunks(sql::ROWS) {
-            self.fact_rows_chunk(chunk, &kinds, sent_since, &mut out)
-                .await?;
+            match on {
+                Some(w) => {
+                    self.fact_rows_chunk(&**w, chunk, &kinds, sent_since, &mut out)
+                        .await?
+                }
+                None => {
+                    self.fact_rows_chunk(&self.db, chunk, &kinds, sent_since, &mut out)
+                        .await?
+                }
+            }
         }
         Ok(out)
     }
 
     async fn fact_rows_chunk(
         &self,
+        db: &impl ConnectionTrait,
         ids: &[i64],
         kinds: &[&str],
         sent_since: Option<DateTime<Utc>>,
@@ -787,7 +850,7 @@ impl Store {
         let mut q = Params::new(self.backend);
         let list = q.list(ids);
         let leads: Vec<lead::Model> = sql::select_packed(
-            &self.db,
+            db,
             q,
             super::LEAD_COLUMNS,
             &format!("FROM leads WHERE id IN ({list})"),
@@ -807,7 +870,7 @@ impl Store {
             .collect();
         for s in suppression::Entity::find()
             .filter(suppression::Column::Email.is_in(sql::padded(keys.keys().cloned())))
-            .all(&self.db)
+            .all(db)
             .await?
         {
             if let Some(email) = keys.get(&s.email).and_then(|e| Email::parse(e).ok()) {
@@ -817,7 +880,7 @@ impl Store {
         let mut q = Params::new(self.backend);
         let list = q.list(ids);
         let tags: Vec<(i64, String)> = sql::select_packed(
-            &self.db,
+            db,
             q,
             "lead_id, tag",
             &format!("FROM lead_tags WHERE lead_id IN ({list})"),
@@ -830,7 +893,7 @@ impl Store {
                 .filter(event::Column::LeadId.is_in(sql::padded(ids.iter().copied())))
                 .filter(event::Column::Kind.is_in(kinds.iter().copied()))
                 .order_by_asc(event::Column::Id)
-                .all(&self.db)
+                .all(db)
                 .await?
             {
                 let Some(lead) = ev.lead_id else { continue };
@@ -857,7 +920,7 @@ impl Store {
                 .filter(message::Column::Kind.eq(MessageKind::Email.as_str()))
                 .filter(message::Column::CreatedAt.gt(ms(since)))
                 .into_tuple()
-                .all(&self.db)
+                .all(db)
                 .await?;
             for (lead, at, key) in sent {
                 out.sent.push((LeadId(lead), from_ms(at), key));

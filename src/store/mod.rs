@@ -649,6 +649,25 @@ impl Store {
         Ok(Write { txn, _turn: turn })
     }
 
+    /// Runs `f` in the write transaction held open `on`, or in one of its own that commits
+    /// when `f` succeeds: what calls a store function inside a caller's transaction commits
+    /// with the rest of it.
+    pub(crate) async fn in_write<T>(
+        &self,
+        on: Option<&Write>,
+        f: impl AsyncFnOnce(&Write) -> Result<T>,
+    ) -> Result<T> {
+        match on {
+            Some(w) => f(w).await,
+            None => {
+                let w = self.write().await?;
+                let out = f(&w).await?;
+                w.commit().await?;
+                Ok(out)
+            }
+        }
+    }
+
     /// This process's turn to write (SQLite), held until dropped; nothing on PostgreSQL.
     pub(crate) async fn turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         match &self.writer {
@@ -953,22 +972,28 @@ impl Store {
 
     /// The pending entries of these leads made at `now` (by the writes whose starts were just
     /// made) have started: they go. Older ones stay for [`Store::pending_entries`].
-    pub async fn entries_started(&self, leads: &[LeadId], now: DateTime<Utc>) -> Result<()> {
+    pub(crate) async fn entries_started(
+        &self,
+        on: Option<&Write>,
+        leads: &[LeadId],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let mut ids: Vec<i64> = leads.iter().map(|l| l.0).collect();
         ids.sort_unstable();
         ids.dedup();
-        let txn = self.write().await?;
-        for chunk in ids.chunks(sql::ROWS) {
-            let mut q = Params::new(self.backend);
-            let list = q.list(chunk);
-            let at = q.p(ms(now));
-            let sql = format!(
-                "DELETE FROM pending_entries WHERE lead_id IN ({list}) AND created_at = {at}"
-            );
-            txn.execute_raw(q.statement(sql)).await?;
-        }
-        txn.commit().await?;
-        Ok(())
+        self.in_write(on, async |txn| {
+            for chunk in ids.chunks(sql::ROWS) {
+                let mut q = Params::new(self.backend);
+                let list = q.list(chunk);
+                let at = q.p(ms(now));
+                let sql = format!(
+                    "DELETE FROM pending_entries WHERE lead_id IN ({list}) AND created_at = {at}"
+                );
+                txn.execute_raw(q.statement(sql)).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Pending entries made before `before`, oldest first: (id, lead, trigger, made at).
@@ -1238,22 +1263,28 @@ impl Store {
     }
 
     /// Marks these events processed: the funnels they enter have started.
-    pub async fn events_started(&self, ids: &[i64], now: DateTime<Utc>) -> Result<()> {
+    pub(crate) async fn events_started(
+        &self,
+        on: Option<&Write>,
+        ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        let txn = self.write().await?;
-        for chunk in ids.chunks(sql::ROWS) {
-            let mut q = Params::new(self.backend);
-            let at = q.p(ms(now));
-            let list = q.list(chunk);
-            let sql = format!(
-                "UPDATE events SET processed_at = {at} WHERE processed_at IS NULL AND id IN ({list})"
-            );
-            txn.execute_raw(q.statement(sql)).await?;
-        }
-        txn.commit().await?;
-        Ok(())
+        self.in_write(on, async |txn| {
+            for chunk in ids.chunks(sql::ROWS) {
+                let mut q = Params::new(self.backend);
+                let at = q.p(ms(now));
+                let list = q.list(chunk);
+                let sql = format!(
+                    "UPDATE events SET processed_at = {at} WHERE processed_at IS NULL AND id IN ({list})"
+                );
+                txn.execute_raw(q.statement(sql)).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Events received before `before` whose funnels never started (the process stopped

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, Value};
 
 use super::sql::{self, Params};
-use super::{Backend, LeadInput, NewTouch, Result, Store, StoreError, ms};
+use super::{Backend, LeadInput, NewTouch, Result, Store, StoreError, Write, ms};
 use crate::domain::{Consent, ConsentAct, Email, EventKind, LeadId, Requester, ShownText};
 
 /// One signup as the form delivered it.
@@ -30,9 +30,28 @@ impl Store {
     /// name, a time zone, fields it has not got): a form anyone can post never changes what is
     /// stored. Each signup adds a touch and a `signup` event; the lead's live
     /// enrollments are marked to be fed the event.
+    ///
+    /// Their `signup` events are stored unprocessed: whoever starts the forms' funnels marks
+    /// them, and `Runtime::resume_entries` starts what a stopped process did not.
     pub async fn record_signups(
         &self,
         signups: &[NewSignup],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<LeadId>> {
+        self.in_write(None, async |w| {
+            self.record_signups_in(w, signups, false, now).await
+        })
+        .await
+    }
+
+    /// [`Store::record_signups`] in a write transaction the caller holds open and commits
+    /// with the runs the signups start; `started` stores their events as processed, so the
+    /// commit that stores a signup is the one that starts its funnels.
+    pub(crate) async fn record_signups_in(
+        &self,
+        txn: &Write,
+        signups: &[NewSignup],
+        started: bool,
         now: DateTime<Utc>,
     ) -> Result<Vec<LeadId>> {
         // One row per address, the later signup's values winning.
@@ -62,9 +81,8 @@ impl Store {
             Backend::Postgres => "(excluded.fields::jsonb || leads.fields::jsonb)::text",
         };
         let t = ms(now);
-        let txn = self.write().await?;
         let emails: Vec<&str> = merged.iter().map(|(e, _)| e.as_str()).collect();
-        let fresh = super::not_stored(&txn, self.backend, &self.subscriptions, &emails).await?;
+        let fresh = super::not_stored(txn, self.backend, &self.subscriptions, &emails).await?;
         let mut ids: HashMap<String, i64> = HashMap::new();
         for chunk in merged.chunks(sql::ROWS) {
             let mut q = Params::new(self.backend);
@@ -107,7 +125,7 @@ impl Store {
                 .filter(|e| fresh.contains(**e))
                 .filter_map(|e| Some((LeadId(*ids.get(*e)?), *e)))
                 .collect();
-            super::created(&txn, self.backend, &self.subscriptions, &new, t).await?;
+            super::created(txn, self.backend, &self.subscriptions, &new, t).await?;
         }
         let leads: Vec<LeadId> = signups
             .iter()
@@ -140,7 +158,7 @@ impl Store {
             })
             .collect();
         sql::insert_rows(
-            &txn,
+            txn,
             self.backend,
             "touches (lead_id, occurred_at, channel, source, medium, campaign, term, content, \
              referrer, landing_url, form_id)",
@@ -158,7 +176,7 @@ impl Store {
                 super::import::proof_row(*l, ConsentAct::Given, source, &s.requester, text, t)
             })
             .collect();
-        super::import::insert_proofs(&txn, self.backend, proofs).await?;
+        super::import::insert_proofs(txn, self.backend, proofs).await?;
         let events: Vec<Vec<Value>> = signups
             .iter()
             .zip(&leads)
@@ -169,13 +187,14 @@ impl Store {
                     serde_json::json!({ "form": s.form }).to_string().into(),
                     t.into(),
                     t.into(),
+                    started.then_some(t).into(),
                 ]
             })
             .collect();
         sql::insert_rows(
-            &txn,
+            txn,
             self.backend,
-            "events (lead_id, kind, payload, occurred_at, received_at)",
+            "events (lead_id, kind, payload, occurred_at, received_at, processed_at)",
             "",
             events,
         )
@@ -194,25 +213,6 @@ impl Store {
             );
             txn.execute_raw(q.statement(sql)).await?;
         }
-        txn.commit().await?;
         Ok(leads)
-    }
-
-    /// Marks these leads' `signup` events as processed: their forms' funnels have started.
-    pub async fn signups_started(&self, leads: &[LeadId], now: DateTime<Utc>) -> Result<()> {
-        let _turn = self.turn().await;
-        for chunk in leads.chunks(sql::ROWS) {
-            let mut q = Params::new(self.backend);
-            let at = q.p(ms(now));
-            let ids: Vec<i64> = chunk.iter().map(|l| l.0).collect();
-            let list = q.list(&ids);
-            let sql = format!(
-                "UPDATE events SET processed_at = {at} WHERE processed_at IS NULL \
-                 AND kind = 'signup' AND lead_id IN ({})",
-                list
-            );
-            self.wdb.execute_raw(q.statement(sql)).await?;
-        }
-        Ok(())
     }
 }
