@@ -504,10 +504,40 @@ async fn a_lead_found_tagged_taken_out_and_erased() {
     let at = r.headers()[LOCATION].to_str().unwrap().to_string();
     assert!(at.starts_with("/dashboard/leads/"), "{at}");
     let id: i64 = at.rsplit('/').next().unwrap().parse().unwrap();
+    // The lead opens its email and clicks a link in it, through the real tracking links.
+    let message: i64 = store
+        .table_text("messages")
+        .await
+        .unwrap()
+        .iter()
+        .find(|row| row.contains(&("lead_id".to_string(), id.to_string())))
+        .and_then(|row| row.iter().find(|(k, _)| k == "id"))
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("the lead's email");
+    let secret = b"link secret";
+    let open = autofunnel::tokens::open_token(secret, message);
+    assert!(
+        get(format!("{base}/o/{open}.gif"))
+            .await
+            .status()
+            .is_success()
+    );
+    let click = autofunnel::tokens::Click {
+        message,
+        link: "book".into(),
+        url: "https://example.com/book".into(),
+        expires: None,
+    };
+    let r = get(format!("{base}/r/{}", click.token(secret))).await;
+    assert!(r.status().is_redirection(), "{}", r.status());
     let page = get(format!("{base}{at}")).await.text().await.unwrap();
     assert!(
         page.contains("d1@example.com") && page.contains("entered course"),
         "the timeline"
+    );
+    assert!(
+        page.contains("opened · clicked book"),
+        "the email's opens and clicks: {page}"
     );
     let csrf = page
         .split("name=\"csrf\" value=\"")

@@ -5,6 +5,21 @@ use serde::Serialize;
 
 use crate::locale::Language;
 
+/// The words of a lead's timeline.
+#[derive(Debug, Serialize)]
+pub struct Timeline {
+    pub entered: &'static str,
+    pub stage: &'static str,
+    pub left: &'static str,
+    pub event: &'static str,
+    pub email: &'static str,
+    pub webhook: &'static str,
+    pub consent: &'static str,
+    pub score: &'static str,
+    pub opened: &'static str,
+    pub clicked: &'static str,
+}
+
 /// The dashboard's words in one language.
 #[derive(Debug, Serialize)]
 pub struct Strings {
@@ -94,6 +109,8 @@ pub struct Strings {
     pub erase_type_address: &'static str,
     pub cancel: &'static str,
     pub timeline: &'static str,
+    /// The timeline's lines: what happened, before the funnel, stage or template it names.
+    pub tl: Timeline,
     pub what: &'static str,
     pub detail: &'static str,
     pub erased: &'static str,
@@ -218,6 +235,18 @@ pub const EN: Strings = Strings {
     erase_type_address: "Type the address to confirm",
     cancel: "Cancel",
     timeline: "Timeline",
+    tl: Timeline {
+        entered: "entered",
+        stage: "stage",
+        left: "left",
+        event: "event",
+        email: "email",
+        webhook: "webhook",
+        consent: "consent",
+        score: "score",
+        opened: "opened",
+        clicked: "clicked",
+    },
     what: "What",
     detail: "Detail",
     erased: "The lead was erased.",
@@ -342,6 +371,18 @@ pub const RU: Strings = Strings {
     erase_type_address: "Введите адрес для подтверждения",
     cancel: "Отмена",
     timeline: "Хронология",
+    tl: Timeline {
+        entered: "вошёл в",
+        stage: "этап",
+        left: "вышел из",
+        event: "событие",
+        email: "письмо",
+        webhook: "вебхук",
+        consent: "согласие",
+        score: "оценка",
+        opened: "открыто",
+        clicked: "клик",
+    },
     what: "Что",
     detail: "Подробности",
     erased: "Лид удалён.",

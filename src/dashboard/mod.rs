@@ -476,7 +476,7 @@ struct Moment {
 /// A lead's timeline from its export (`Store::export_lead`): runs entered and left, stage
 /// visits, events, emails, webhook calls, consent records and score milestones, oldest
 /// first, times in `tz`.
-fn timeline(export: &serde_json::Value, tz: chrono_tz::Tz) -> Vec<Moment> {
+fn timeline(export: &serde_json::Value, tz: chrono_tz::Tz, w: &i18n::Timeline) -> Vec<Moment> {
     use serde_json::Value;
     let text = |v: &Value| v.as_str().map(str::to_string).unwrap_or_default();
     let mut out: Vec<Moment> = Vec::new();
@@ -503,11 +503,15 @@ fn timeline(export: &serde_json::Value, tz: chrono_tz::Tz) -> Vec<Moment> {
     };
     for e in list("enrollments") {
         let funnel = text(&e["funnel"]);
-        push(&e["entered_at"], format!("entered {funnel}"), String::new());
+        push(
+            &e["entered_at"],
+            format!("{} {funnel}", w.entered),
+            String::new(),
+        );
         for h in e["history"].as_array().cloned().unwrap_or_default() {
             push(
                 &h["entered_at"],
-                format!("{funnel}: stage {}", text(&h["stage"])),
+                format!("{funnel}: {} {}", w.stage, text(&h["stage"])),
                 String::new(),
             );
             if !h["exited_at"].is_null() {
@@ -518,7 +522,7 @@ fn timeline(export: &serde_json::Value, tz: chrono_tz::Tz) -> Vec<Moment> {
                 };
                 push(
                     &h["exited_at"],
-                    format!("{funnel}: left {}", text(&h["stage"])),
+                    format!("{funnel}: {} {}", w.left, text(&h["stage"])),
                     way,
                 );
             }
@@ -526,7 +530,7 @@ fn timeline(export: &serde_json::Value, tz: chrono_tz::Tz) -> Vec<Moment> {
         if !e["exited_at"].is_null() {
             push(
                 &e["exited_at"],
-                format!("left {funnel}"),
+                format!("{} {funnel}", w.left),
                 text(&e["outcome"]),
             );
         }
@@ -538,36 +542,51 @@ fn timeline(export: &serde_json::Value, tz: chrono_tz::Tz) -> Vec<Moment> {
         };
         push(
             &e["occurred_at"],
-            format!("event {}", text(&e["event"])),
+            format!("{} {}", w.event, text(&e["event"])),
             data,
         );
     }
     for m in list("emails") {
-        let status = text(&m["status"]);
+        // What became of it: its status, then opened and the links clicked in it.
+        let mut what = vec![text(&m["status"])];
+        if m["opened"] == true {
+            what.push(w.opened.into());
+        }
+        if m["clicked"] == true {
+            let links: Vec<String> = m["links"]
+                .as_array()
+                .map(|l| l.iter().map(text).collect())
+                .unwrap_or_default();
+            what.push(if links.is_empty() {
+                w.clicked.into()
+            } else {
+                format!("{} {}", w.clicked, links.join(", "))
+            });
+        }
         push(
             &m["created_at"],
-            format!("email {}", text(&m["template"])),
-            format!("{status} ({})", text(&m["funnel"])),
+            format!("{} {}", w.email, text(&m["template"])),
+            format!("{} ({})", what.join(" · "), text(&m["funnel"])),
         );
     }
-    for w in list("webhooks") {
+    for h in list("webhooks") {
         push(
-            &w["created_at"],
-            format!("webhook {}", text(&w["webhook"])),
-            text(&w["status"]),
+            &h["created_at"],
+            format!("{} {}", w.webhook, text(&h["webhook"])),
+            text(&h["status"]),
         );
     }
     for c in list("consents") {
         push(
             &c["at"],
-            format!("consent {}", text(&c["status"])),
+            format!("{} {}", w.consent, text(&c["status"])),
             text(&c["source"]),
         );
     }
     for m in list("milestones") {
         push(
             &m["at"],
-            format!("score: {}", text(&m["kind"])),
+            format!("{}: {}", w.score, text(&m["kind"])),
             text(&m["funnel"]),
         );
     }
@@ -635,7 +654,7 @@ pub fn lead_page(frame: &Frame, v: &LeadView) -> String {
             .filter_map(|r| r["funnel"].as_str().map(str::to_string))
             .collect();
         cx.insert("live", &live);
-        cx.insert("timeline", &timeline(e, v.tz));
+        cx.insert("timeline", &timeline(e, v.tz, &t.tl));
     }
     render("lead.html", t.leads, t, Some(frame), cx)
 }

@@ -85,14 +85,40 @@ impl Store {
                         "attempts": m.attempts, "error": m.last_error })
             })
             .collect();
+        // What became of each email: its marks, and the links clicked in it.
+        let mut q = super::sql::Params::new(self.backend);
+        let rest = format!("FROM messages WHERE lead_id = {}", q.p(id.0));
+        let marks: std::collections::HashMap<i64, i64> =
+            super::sql::select_packed::<(i64, i64)>(&self.db, q, "id, marks", &rest)
+                .await?
+                .into_iter()
+                .collect();
+        let mut q = super::sql::Params::new(self.backend);
+        let rest = format!(
+            "FROM email_links l JOIN messages m ON m.id = l.message_id WHERE m.lead_id = {}",
+            q.p(id.0)
+        );
+        let mut links: std::collections::HashMap<i64, Vec<String>> =
+            std::collections::HashMap::new();
+        for (message, link) in
+            super::sql::select_packed::<(i64, String)>(&self.db, q, "l.message_id, l.link", &rest)
+                .await?
+        {
+            links.entry(message).or_default().push(link);
+        }
         let emails: Vec<Value> = messages
             .into_iter()
             .filter(|m| m.kind == "email")
             .map(|m| {
+                let marked = |bit| marks.get(&m.id).is_some_and(|x| x & bit != 0);
+                let mut clicked = links.remove(&m.id).unwrap_or_default();
+                clicked.sort();
                 json!({ "funnel": m.funnel_id, "template": m.template, "status": m.status,
                         "to": m.recipient, "created_at": from_ms(m.created_at),
                         "sent_at": m.sent_at.map(from_ms), "attempts": m.attempts,
-                        "error": m.last_error })
+                        "error": m.last_error,
+                        "opened": marked(crate::tally::mark::OPENED),
+                        "clicked": marked(crate::tally::mark::CLICKED), "links": clicked })
             })
             .collect();
         let suppressions: Vec<Value> = suppression::Entity::find()
