@@ -7,7 +7,8 @@
 //! `cargo bench --bench reports -- [LEADS] [postgres://…] [--keep DIR] [--recount]` (SQLite in a
 //! temporary folder by default; `--keep DIR` writes the database into DIR and reuses it when it
 //! is there; `--recount` makes a reused database's counters again; `--only TEXT` times only the
-//! reports whose name contains TEXT).
+//! reports whose name contains TEXT); `--pages N` instead times the dashboard's pages through
+//! the real server, N requests each, signed in as a browser is.
 
 #[path = "common.rs"]
 mod common;
@@ -572,6 +573,11 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.from = Some(format!("{}T00:00:01Z", from))),
         ),
     ];
+    if let Some(rounds) = common::flag::<usize>(&args, "--pages") {
+        pages(&store, f, rounds.max(1)).await?;
+        store.close().await?;
+        return Ok(());
+    }
     // `--only TEXT`: the reports whose name contains TEXT (to profile one).
     let only: Option<String> = common::flag(&args, "--only");
     for (name, what, params) in cases {
@@ -616,5 +622,101 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     store.close().await?;
+    Ok(())
+}
+
+/// The dashboard's pages through the real server (`autofunnel::server::serve` on loopback) over
+/// the seeded database, `rounds` requests each, one after the other, signed in as a browser
+/// is: the time to the whole answer (p50, p99, the slowest) and the page's weight.
+async fn pages(store: &Store, f: funnel::Funnel, rounds: usize) -> anyhow::Result<()> {
+    use reqwest::header::{COOKIE, SET_COOKIE};
+    use std::sync::Arc;
+    const TOKEN: &str = "bench admin token, 16+ chars";
+    let funnel = f.id.value.to_string();
+    let rt = autofunnel::runtime::Runtime::new(store.clone(), vec![f], "bench", Utc::now()).await?;
+    let state = autofunnel::server::AppState {
+        admin_token: Some(Arc::from(TOKEN)),
+        ..autofunnel::server::AppState::new(Arc::new(rt), b"bench link secret")
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(autofunnel::server::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    autofunnel::delivery::webhook::install_tls();
+    let c = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let cookie = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(name))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("no {name} cookie"))
+    };
+    let r = c.get(format!("{base}/dashboard/login")).send().await?;
+    let login = cookie(&r, "af_login=")?;
+    let page = r.text().await?;
+    let form = page
+        .split("name=\"form\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .ok_or_else(|| anyhow::anyhow!("no sign-in form"))?
+        .to_string();
+    let r = c
+        .post(format!("{base}/dashboard/login"))
+        .header(COOKIE, &login)
+        .form(&[("form", form.as_str()), ("token", TOKEN)])
+        .send()
+        .await?;
+    let session = cookie(&r, "af_session=")?;
+    println!("dashboard pages through the server, {rounds} requests each, one at a time:");
+    let d = format!("/dashboard/funnels/{funnel}");
+    let paths = [
+        ("overview", "/dashboard".to_string()),
+        ("funnel, 30 days, entry cohorts", d.clone()),
+        (
+            "funnel, 90 days, calendar view",
+            format!("{d}?days=90&cohort=calendar"),
+        ),
+        ("cohorts (12 weeks)", format!("{d}/cohorts")),
+        ("sources by utm_source", format!("{d}/slices?by=utm_source")),
+        ("attribution", format!("{d}/attribution")),
+        ("what-if", format!("{d}/whatif")),
+        ("funnel map", format!("{d}/map")),
+    ];
+    for (name, path) in paths {
+        let mut times = Vec::with_capacity(rounds);
+        let mut bytes = 0;
+        for _ in 0..rounds {
+            let started = Instant::now();
+            let r = c
+                .get(format!("{base}{path}"))
+                .header(COOKIE, &session)
+                .send()
+                .await?;
+            if !r.status().is_success() {
+                anyhow::bail!("{path}: {}", r.status());
+            }
+            bytes = r.bytes().await?.len();
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        let at =
+            |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+        println!(
+            "  {name} ({path}): p50 {:.1} ms, p99 {:.1} ms, slowest {:.1} ms; {:.1} KB",
+            at(0.5),
+            at(0.99),
+            times[times.len() - 1],
+            bytes as f64 / 1024.0
+        );
+    }
+    let _ = stop.send(());
+    server.await??;
     Ok(())
 }
