@@ -7,7 +7,7 @@ use autofunnel::server::AppState;
 use autofunnel::store::{LeadInput, Store};
 use chrono::Utc;
 use reqwest::StatusCode;
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 
 use crate::util::{Server, fid, project_of};
 
@@ -627,5 +627,100 @@ async fn a_lead_found_tagged_taken_out_and_erased() {
     );
     let r = get(format!("{base}/dashboard/leads?email=d1@example.com")).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+/// Hostile input on every dashboard page and form, signed in: each answers with a page or a
+/// refusal (never a server error), and what was sent is never echoed as markup.
+#[tokio::test]
+async fn hostile_input_is_refused_or_shown_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, base, _store) = dashboard(dir.path(), 2, Some(TOKEN)).await;
+    let c = client();
+    let session = sign_in(&c, &base).await;
+    let long = "x".repeat(5_000);
+    let values = [
+        "",
+        "0",
+        "-1",
+        "99999999999999999999",
+        "1e9",
+        "NaN",
+        "abc",
+        "%00",
+        "%FF%FE",
+        "a%0Ab",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+        "field:",
+        "field:Bad%20Name",
+        "field:region",
+        "%E2%88%9E",
+        long.as_str(),
+    ];
+    let gets = [
+        "/dashboard?days={}",
+        "/dashboard/funnels/{}",
+        "/dashboard/funnels/course?days={}&cohort={}",
+        "/dashboard/funnels/course/map?x={}",
+        "/dashboard/funnels/course/cohorts?weeks={}",
+        "/dashboard/funnels/course/slices?by={}",
+        "/dashboard/funnels/course/attribution?model={}",
+        "/dashboard/funnels/course/whatif?days={}&inflow={}&set_intro={}",
+        "/dashboard/funnels/course/{}",
+        "/dashboard/funnels/course/report.json?days={}&cohort={}",
+        "/dashboard/funnels/course/report.csv?days={}",
+        "/dashboard/leads?email={}",
+        "/dashboard/leads/{}",
+        "/dashboard/leads/{}/erase",
+    ];
+    for path in gets {
+        for v in values {
+            let url = format!("{base}{}", path.replace("{}", v));
+            let r = c.get(&url).header(COOKIE, &session).send().await.unwrap();
+            let status = r.status();
+            let html = r
+                .headers()
+                .get(CONTENT_TYPE)
+                .is_some_and(|t| t.to_str().unwrap().starts_with("text/html"));
+            let body = r.text().await.unwrap();
+            assert!(
+                !status.is_server_error(),
+                "{url}: {status}: {}",
+                &body[..body.len().min(300)]
+            );
+            assert!(
+                !(html && body.contains("<script>alert(1)")),
+                "{url}: echoed as markup"
+            );
+        }
+    }
+    let posts = [
+        "/dashboard/logout",
+        "/dashboard/leads/{}/tag",
+        "/dashboard/leads/{}/enroll",
+        "/dashboard/leads/{}/remove",
+        "/dashboard/leads/{}/erase",
+        "/dashboard/leads/1/{}",
+        "/dashboard/login",
+    ];
+    for path in posts {
+        for v in values {
+            let url = format!("{base}{}", path.replace("{}", v));
+            for form in [
+                vec![("csrf", v), ("tag", v), ("funnel", v), ("confirm", v)],
+                vec![("form", v), ("token", v)],
+            ] {
+                let r = c
+                    .post(&url)
+                    .header(COOKIE, &session)
+                    .form(&form)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(!r.status().is_server_error(), "{url}: {}", r.status());
+            }
+        }
+    }
     server.stop().await;
 }
