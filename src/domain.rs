@@ -264,6 +264,15 @@ impl EventKind {
         }
     }
 
+    /// The name of the event a refund is (a payment provider's, or one a shop posts):
+    /// reports take its money back off the purchase it refunds.
+    pub const REFUND: &'static str = "refund";
+
+    /// A refund: money given back on a purchase.
+    pub fn is_refund(&self) -> bool {
+        matches!(self, EventKind::Custom(name) if name.as_str() == Self::REFUND)
+    }
+
     /// After this event no funnel mails the address again.
     pub fn stops_mail(&self) -> bool {
         matches!(

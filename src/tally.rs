@@ -106,6 +106,9 @@ pub mod metric {
     /// `unpriced␟PRODUCT`: orders with no amount, by leads whose run had entered the stage
     /// before buying (counted apart, so they do not pull the average check down).
     pub const UNPRICED: &str = "unpriced\u{1f}";
+    /// `refund␟PRODUCT␟CURRENCY`: refunds of orders credited here ([`super::Order::refunded`]),
+    /// and the money given back, filed when they were made (calendar view).
+    pub const REFUND: &str = "refund\u{1f}";
     /// Orders by the funnel's leads (funnel-wide, calendar view).
     pub const PURCHASES: &str = "purchases";
     /// Of those, orders with no touch in the lookback.
@@ -303,6 +306,10 @@ enum Metric<'a> {
         currency: &'a str,
     },
     Unpriced(&'a str),
+    Refund {
+        product: &'a str,
+        currency: &'a str,
+    },
     Credit {
         model: &'static str,
         touch: &'a Touch<'a>,
@@ -362,6 +369,12 @@ impl Metric<'_> {
             Metric::Unpriced(product) => {
                 out.push_str(metric::UNPRICED);
                 clean(product, out);
+            }
+            Metric::Refund { product, currency } => {
+                out.push_str(metric::REFUND);
+                clean(product, out);
+                out.push('\u{1f}');
+                clean(currency, out);
             }
             Metric::Credit {
                 model,
@@ -814,6 +827,15 @@ impl Tally {
                 }
             }
             Fact::Bought { run, stage, order } => {
+                if let Some(at) = order.refunded {
+                    let m = Metric::Refund {
+                        product: order.product,
+                        currency: order.currency,
+                    };
+                    let total = Micros(order.amount.map_or(0, |a| a.0));
+                    self.add_in(run, &BOTH, (at, at), stage, m, 1, total);
+                    return;
+                }
                 let (m, total) = match order.amount {
                     Some(a) => {
                         let m = Metric::Buy {
@@ -894,21 +916,30 @@ impl Tally {
         }
     }
 
+    /// An order shared among the touches before it; a refund takes its money back off the
+    /// same touches, in the period it was made.
     fn attribute(&mut self, funnel: &str, o: &Order, touches: &[Touch], lookback: Duration) {
+        let when = o.refunded.unwrap_or(o.at);
         let run = Run {
             funnel,
-            entered_at: o.at,
+            entered_at: when,
             origin: ALL,
         };
-        let mut add =
-            |m: Metric, total: Micros| self.add(&run, View::Calendar, o.at, FUNNEL, m, 1, total);
-        add(Metric::Plain(metric::PURCHASES), Micros(0));
+        let refund = o.refunded.is_some();
+        let mut add = |m: Metric, n: i64, total: Micros| {
+            self.add(&run, View::Calendar, when, FUNNEL, m, n, total)
+        };
+        if !refund {
+            add(Metric::Plain(metric::PURCHASES), 1, Micros(0));
+        }
         let before: Vec<&Touch> = touches
             .iter()
             .filter(|t| t.at <= o.at && o.at - t.at <= lookback)
             .collect();
         if before.is_empty() {
-            add(Metric::Plain(metric::UNATTRIBUTED), Micros(0));
+            if !refund {
+                add(Metric::Plain(metric::UNATTRIBUTED), 1, Micros(0));
+            }
             return;
         }
         let ages: Vec<Duration> = before.iter().map(|t| o.at - t.at).collect();
@@ -919,12 +950,16 @@ impl Tally {
                     touch: t,
                     currency,
                 };
-                add(credit(None), Micros::of(share));
+                if !refund {
+                    add(credit(None), 1, Micros::of(share));
+                }
                 if let Some(a) = o.amount {
-                    add(
-                        credit(Some(o.currency)),
-                        Micros((share * a.0 as f64).round() as i64),
-                    );
+                    let money = Micros((share * a.0 as f64).round() as i64);
+                    if refund {
+                        add(credit(Some(o.currency)), 0, Micros(-money.0));
+                    } else {
+                        add(credit(Some(o.currency)), 1, money);
+                    }
                 }
             }
         }
@@ -1158,7 +1193,11 @@ pub struct Order<'a> {
     pub product: &'a str,
     pub currency: &'a str,
     pub amount: Option<Money>,
+    /// When it was bought: what decides the run, the stages and the touches it is credited to.
     pub at: DateTime<Utc>,
+    /// A refund: when the money (`amount`, what was given back) was given back on this order.
+    /// It is taken off what the purchase was credited to, in the period it was made.
+    pub refunded: Option<DateTime<Utc>>,
 }
 
 impl<'a> Order<'a> {
@@ -1174,6 +1213,29 @@ impl<'a> Order<'a> {
             currency: currency.unwrap_or("—"),
             amount,
             at,
+            refunded: None,
+        }
+    }
+
+    /// A refund made at `self.at` of the lead's latest order of the same product at or before
+    /// it among `bought` (oldest first): credited where that order was, with its amount and
+    /// currency when the refund names none. A refund of nothing bought is credited as if the
+    /// order had been made when it was refunded.
+    pub fn refund_of(self, bought: &[Order<'a>]) -> Order<'a> {
+        let at = self.at;
+        let paid = bought
+            .iter()
+            .rev()
+            .find(|o| o.refunded.is_none() && o.at <= at && o.product == self.product);
+        Order {
+            currency: match (self.currency, paid) {
+                ("—", Some(p)) => p.currency,
+                (c, _) => c,
+            },
+            amount: self.amount.or(paid.and_then(|p| p.amount)),
+            at: paid.map_or(at, |p| p.at),
+            refunded: Some(at),
+            ..self
         }
     }
 }
@@ -1222,8 +1284,10 @@ pub fn order_facts<'a>(
                     stage,
                     order,
                 });
-                // What each of the stage's A/B variants the run was sent by then brought.
-                for mail in r.mails.iter().filter(|m| m.stage == *stage) {
+                // What each of the stage's A/B variants the run was sent by then brought
+                // (sales as made: refunds are not taken off an A/B test's figures).
+                let sales = order.refunded.is_none();
+                for mail in r.mails.iter().filter(|m| sales && m.stage == *stage) {
                     if mail.queued_at < order.at {
                         let (run, mail) = (r.run, *mail);
                         out.push(Fact::BoughtAfter { run, mail, order });

@@ -1227,7 +1227,7 @@ const HISTORY_LEADS: usize = 60;
 fn history() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
     use proptest::prelude::*;
     let step = (
-        prop::collection::vec((0..HISTORY_LEADS, 0u8..10, 1u8..80), 0..14),
+        prop::collection::vec((0..HISTORY_LEADS, 0u8..12, 1u8..80), 0..14),
         prop::collection::vec(0u8..10, 1..12),
         prop::collection::vec((0u8..12, 1u16..300, any::<bool>()), 1..12),
         prop::option::weighted(0.3, (0..HISTORY_LEADS, 0u8..3)),
@@ -1341,6 +1341,17 @@ async fn live(
                 8 => Event {
                     amount: None,
                     ..purchase("course", 0.0)
+                },
+                // Refunds: part of a course in USD; a book's, naming no amount.
+                9 => Event {
+                    product: Some("course".into()),
+                    currency: Some("USD".into()),
+                    amount: autofunnel::domain::Money::of_units(f64::from(*amount)),
+                    ..custom("refund")
+                },
+                10 => Event {
+                    product: Some("book".into()),
+                    ..custom("refund")
                 },
                 _ => custom("ignored"),
             };
@@ -1764,6 +1775,113 @@ async fn an_order_counts_once(store: Store) {
 
 on_both_backends! {
     order_once => an_order_counts_once,
+    refunds => a_refund_takes_its_money_back,
+}
+
+/// A refund takes its money back off the order it gives back on: one lead buys the 500 RUB
+/// pass and is refunded in full (the refund names no amount: the order's is given back),
+/// another buys it for 300 RUB and gets 100 back. Entry cohort: 2 orders, 800 RUB bought,
+/// 2 refunds of 600 → 200 RUB kept, 100.00 an order. The calendar view files each refund on
+/// its own day: the day of the orders shows 800 RUB and no refund; the next day's no order and
+/// the 600 given back. The counters and the rows agree on each.
+async fn a_refund_takes_its_money_back(store: Store) {
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(dir.path(), &[("funnels/pass.yaml", PASS)]);
+    let rt = crate::util::engine(&store, &p, t0()).await;
+    let leads = confirmed_leads(&store, "refund", 2).await;
+    let (ann, bob) = (leads[0], leads[1]);
+    let at = |h: i64| t0() + Duration::hours(h);
+    let rub = |amount: f64| Event {
+        currency: Some("RUB".into()),
+        ..purchase("pass", amount)
+    };
+    let refund = |amount: Option<f64>| Event {
+        product: Some("pass".into()),
+        amount: amount.and_then(autofunnel::domain::Money::of_units),
+        currency: amount.map(|_| "RUB".to_string()),
+        ..Event::of(EventKind::parse("refund").unwrap())
+    };
+    rt.enroll_many(&leads, &fid("pass"), at(0)).await.unwrap();
+    rt.event(ann, rub(500.0), None, at(1)).await.unwrap();
+    rt.event(bob, rub(300.0), None, at(1)).await.unwrap();
+    while rt.tick(at(1)).await.unwrap() > 0 {}
+    rt.event(ann, refund(None), None, at(25)).await.unwrap();
+    rt.event(bob, refund(Some(100.0)), None, at(25))
+        .await
+        .unwrap();
+    while rt.tick(at(25)).await.unwrap() > 0 {}
+    let now = at(30);
+    let rows = store
+        .report_rows(&fid("pass"), now, ReportNeeds::ALL)
+        .await
+        .unwrap();
+    let report = async |from: &str, to: Option<&str>, cohort: &str| {
+        let params = Params {
+            from: Some(from.into()),
+            to: to.map(str::to_string),
+            cohort: Some(cohort.into()),
+            ..Params::default()
+        };
+        let req = Request::parse(What::Funnel, &params, now).unwrap();
+        funnel_both(&store, &p.funnels[0], &rows, &req, now)
+            .await
+            .report
+    };
+    type Line<'a> = (&'a str, u64, f64, f64, u64, f64);
+    let lines =
+        |revenue: &[autofunnel::report::Revenue]| -> Vec<(String, u64, f64, f64, u64, f64)> {
+            revenue
+                .iter()
+                .map(|r| {
+                    (
+                        r.currency.clone(),
+                        r.orders,
+                        r.total,
+                        r.average,
+                        r.refunds,
+                        r.refunded,
+                    )
+                })
+                .collect()
+        };
+    let same = |got: Vec<(String, u64, f64, f64, u64, f64)>, want: Vec<Line>| {
+        let want: Vec<(String, u64, f64, f64, u64, f64)> = want
+            .into_iter()
+            .map(|(c, o, t, a, n, r)| (c.to_string(), o, t, a, n, r))
+            .collect();
+        assert_eq!(got, want);
+    };
+    let entry = report("2026-11-01", None, "entry").await;
+    let kept: Vec<Line> = vec![("RUB", 2, 200.0, 100.0, 2, 600.0)];
+    same(lines(&entry.stages[0].revenue), kept.clone());
+    same(lines(&entry.revenue), kept);
+    let products: Vec<(&str, u64, f64, u64, f64)> = entry
+        .products
+        .iter()
+        .map(|p| (p.product.as_str(), p.orders, p.total, p.refunds, p.refunded))
+        .collect();
+    assert_eq!(products, [("pass", 2, 200.0, 2, 600.0)]);
+    let table = render::table(&entry);
+    assert!(
+        table.contains("200.00 RUB (2 × 100.00; 2 refunds of 600.00)"),
+        "{table}"
+    );
+    assert!(render::csv(&entry).contains(",200.00 RUB,600.00 RUB,"));
+    let bought = report("2026-11-02", Some("2026-11-03"), "calendar").await;
+    same(
+        lines(&bought.revenue),
+        vec![("RUB", 2, 800.0, 400.0, 0, 0.0)],
+    );
+    let given_back = report("2026-11-03", Some("2026-11-04"), "calendar").await;
+    same(
+        lines(&given_back.revenue),
+        vec![("RUB", 0, -600.0, 0.0, 2, 600.0)],
+    );
+    same(
+        lines(&given_back.stages[0].revenue),
+        vec![("RUB", 0, -600.0, 0.0, 2, 600.0)],
+    );
 }
 
 /// An entry cohort keeps what its leads did after the period ended: 200 applications, and a

@@ -139,6 +139,16 @@ async fn timers_wake_and_events_move(store: Store) {
         .unwrap(),
         Enrolled::New(_)
     ));
+    // The cart abandoned again gets its own reminder, the same step of a later run.
+    let again = t0() + Duration::days(8) + Duration::hours(1);
+    assert_eq!(rt.tick(again).await.unwrap(), 1);
+    let mails = store.outbox_of(anna).await.unwrap();
+    let templates: Vec<_> = mails.iter().map(|m| m.template.as_deref()).collect();
+    assert_eq!(
+        templates,
+        [Some("cart-reminder"), Some("cart-reminder")],
+        "{mails:?}"
+    );
 }
 
 async fn a_crashed_worker_loses_its_lease_and_nothing_is_done_twice(store: Store) {
@@ -184,7 +194,13 @@ async fn a_crashed_worker_loses_its_lease_and_nothing_is_done_twice(store: Store
         version: 1,
         events_seen: c.events_seen,
         state: effects::state_row(&f, &t.state),
-        writes: effects::writes(c.lead, &c.funnel, 1, "lead0@example.com", &t.effects),
+        writes: effects::writes(
+            c.lead,
+            &c.funnel,
+            (1, c.entered_at),
+            "lead0@example.com",
+            &t.effects,
+        ),
         before: c.before(),
     };
     assert_eq!(

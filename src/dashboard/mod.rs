@@ -125,6 +125,8 @@ fn add_revenue(into: &mut Vec<Revenue>, more: &[Revenue]) {
             Some(x) => {
                 x.orders += r.orders;
                 x.total += r.total;
+                x.refunds += r.refunds;
+                x.refunded += r.refunded;
             }
             None => into.push(r.clone()),
         }

@@ -102,23 +102,81 @@ impl Spread {
 pub struct Revenue {
     pub currency: String,
     pub orders: u64,
+    /// What the orders brought, less what was given back on them (`refunded`).
     pub total: f64,
-    /// The average check: total / orders.
+    /// The average check: total / orders (0 without orders).
     pub average: f64,
+    /// Refunds of those orders (entry cohort), or made in the period (calendar view).
+    pub refunds: u64,
+    /// The money they gave back.
+    pub refunded: f64,
+}
+
+/// Orders and refunds of one currency (or one product in one currency), summed exactly.
+#[derive(Debug, Clone, Copy, Default)]
+struct Takings {
+    orders: u64,
+    bought: crate::tally::Micros,
+    refunds: u64,
+    refunded: crate::tally::Micros,
+}
+
+impl Takings {
+    /// Adds a `buy␟…` or `refund␟…` counter.
+    fn add(&mut self, refund: bool, sum: crate::tally::Sum) {
+        let n = u64::try_from(sum.n).unwrap_or(0);
+        if refund {
+            self.refunds += n;
+            self.refunded.0 += sum.total.0;
+        } else {
+            self.orders += n;
+            self.bought.0 += sum.total.0;
+        }
+    }
+
+    /// What was kept: bought less refunded, in units.
+    fn net(&self) -> f64 {
+        crate::tally::Micros(self.bought.0 - self.refunded.0).units()
+    }
 }
 
 impl Revenue {
-    /// Orders and their exact total per currency, as revenue lines.
-    fn per_currency(by: BTreeMap<String, (u64, crate::tally::Micros)>) -> Vec<Revenue> {
+    /// Orders and refunds per currency, as revenue lines.
+    fn per_currency(by: BTreeMap<String, Takings>) -> Vec<Revenue> {
         by.into_iter()
-            .map(|(currency, (orders, total))| Revenue {
+            .map(|(currency, t)| Revenue {
                 currency,
-                orders,
-                total: total.units(),
-                average: total.units() / orders as f64,
+                orders: t.orders,
+                total: t.net(),
+                average: if t.orders > 0 {
+                    t.net() / t.orders as f64
+                } else {
+                    0.0
+                },
+                refunds: t.refunds,
+                refunded: t.refunded.units(),
             })
             .collect()
     }
+}
+
+/// The `buy␟PRODUCT␟CURRENCY` and `refund␟PRODUCT␟CURRENCY` counters of one stage (or of
+/// [`FUNNEL`]): (product, currency, is a refund, sum), counters of no order left out.
+fn takings<'a>(
+    fig: &'a Figures,
+    v: crate::tally::View,
+    stage: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a str, bool, crate::tally::Sum)> + 'a {
+    use crate::tally::metric;
+    [(metric::BUY, false), (metric::REFUND, true)]
+        .into_iter()
+        .flat_map(move |(prefix, refund)| {
+            fig.with_prefix(v, stage, prefix)
+                .filter_map(move |(k, sum)| {
+                    let (product, currency) = k.split_once('\u{1f}')?;
+                    (sum.n > 0).then_some((product, currency, refund, sum))
+                })
+        })
 }
 
 /// One stage's figures.
@@ -197,7 +255,10 @@ pub struct ProductSales {
     pub product: String,
     pub currency: String,
     pub orders: u64,
+    /// What they brought, less what was given back.
     pub total: f64,
+    pub refunds: u64,
+    pub refunded: f64,
 }
 
 /// Marketing- and sales-qualified leads: runs whose lead crossed the funnel's `mql` / `sql`
@@ -336,15 +397,13 @@ pub fn report_of(
         // The offer's orders; a removed stage's offer is not known: all its orders.
         let sold =
             |product: &str| offer.is_none_or(|o| o == product) && (offer.is_some() || s.is_none());
-        let mut by_currency: BTreeMap<String, (u64, crate::tally::Micros)> = BTreeMap::new();
-        for (k, sum) in fig.with_prefix(v, id, metric::BUY) {
-            if let Some((product, currency)) = k.split_once('\u{1f}')
-                && sold(product)
-                && sum.n > 0
-            {
-                let e = by_currency.entry(currency.to_string()).or_default();
-                e.0 += sum.n as u64;
-                e.1.0 += sum.total.0;
+        let mut by_currency: BTreeMap<String, Takings> = BTreeMap::new();
+        for (product, currency, refund, sum) in takings(fig, v, id) {
+            if sold(product) {
+                by_currency
+                    .entry(currency.to_string())
+                    .or_default()
+                    .add(refund, sum);
             }
         }
         let unpriced: u64 = fig
@@ -374,26 +433,29 @@ pub fn report_of(
             sql: s.sql.map(|_| Rate::of(count(v, FUNNEL, "sql"), entered)),
         })
     });
-    let mut products: Vec<ProductSales> = Vec::new();
-    let mut by_currency: BTreeMap<String, (u64, crate::tally::Micros)> = BTreeMap::new();
-    for (k, sum) in fig.with_prefix(v, FUNNEL, metric::BUY) {
-        let (Some((product, currency)), Ok(n)) = (k.split_once('\u{1f}'), u64::try_from(sum.n))
-        else {
-            continue;
-        };
-        if n == 0 {
-            continue;
-        }
-        let e = by_currency.entry(currency.to_string()).or_default();
-        e.0 += n;
-        e.1.0 += sum.total.0;
-        products.push(ProductSales {
+    let mut by_currency: BTreeMap<String, Takings> = BTreeMap::new();
+    let mut by_product: BTreeMap<(&str, &str), Takings> = BTreeMap::new();
+    for (product, currency, refund, sum) in takings(fig, v, FUNNEL) {
+        by_currency
+            .entry(currency.to_string())
+            .or_default()
+            .add(refund, sum);
+        by_product
+            .entry((product, currency))
+            .or_default()
+            .add(refund, sum);
+    }
+    let mut products: Vec<ProductSales> = by_product
+        .into_iter()
+        .map(|((product, currency), t)| ProductSales {
             product: product.to_string(),
             currency: currency.to_string(),
-            orders: n,
-            total: sum.total.units(),
-        });
-    }
+            orders: t.orders,
+            total: t.net(),
+            refunds: t.refunds,
+            refunded: t.refunded.units(),
+        })
+        .collect();
     products.sort_by(|a, b| b.total.total_cmp(&a.total));
     let revenue = Revenue::per_currency(by_currency);
     let revenue_per_lead = match cohort {

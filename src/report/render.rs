@@ -53,17 +53,21 @@ fn links(items: &std::collections::BTreeMap<String, super::emails::LinkFigures>)
         .join(", ")
 }
 
+/// One currency's revenue: `750.00 RUB (2 × 375.00; 1 refund of 250.00)`.
+fn revenue_line(r: &super::Revenue) -> String {
+    let refunds = match r.refunds {
+        0 => String::new(),
+        1 => format!("; 1 refund of {:.2}", r.refunded),
+        n => format!("; {n} refunds of {:.2}", r.refunded),
+    };
+    format!(
+        "{:.2} {} ({} × {:.2}{refunds})",
+        r.total, r.currency, r.orders, r.average
+    )
+}
+
 fn money(s: &StageReport) -> String {
-    let mut parts: Vec<String> = s
-        .revenue
-        .iter()
-        .map(|r| {
-            format!(
-                "{:.2} {} ({} × {:.2})",
-                r.total, r.currency, r.orders, r.average
-            )
-        })
-        .collect();
+    let mut parts: Vec<String> = s.revenue.iter().map(revenue_line).collect();
     if s.orders_without_amount > 0 {
         parts.push(format!("{} without an amount", s.orders_without_amount));
     }
@@ -125,16 +129,7 @@ pub fn table(r: &FunnelReport) -> String {
         let _ = writeln!(out, "qualified: {}", parts.join(", "));
     }
     if !r.revenue.is_empty() || r.orders_without_amount > 0 {
-        let mut parts: Vec<String> = r
-            .revenue
-            .iter()
-            .map(|x| {
-                format!(
-                    "{:.2} {} ({} × {:.2})",
-                    x.total, x.currency, x.orders, x.average
-                )
-            })
-            .collect();
+        let mut parts: Vec<String> = r.revenue.iter().map(revenue_line).collect();
         if r.orders_without_amount > 0 {
             parts.push(format!("{} without an amount", r.orders_without_amount));
         }
@@ -236,7 +231,7 @@ fn in_currencies<'a>(items: impl IntoIterator<Item = (&'a String, &'a f64)>, sep
 pub fn csv(r: &FunnelReport) -> String {
     let mut out = String::from(
         "funnel,cohort,from,to,stage,kind,offer,leads_in,to_next,to_next_percent,from_entry_percent,\
-         moved_on,exited,still_there,revenue,orders_without_amount,time_in_stage_p50_seconds,\
+         moved_on,exited,still_there,revenue,refunded,orders_without_amount,time_in_stage_p50_seconds,\
          time_in_stage_p90_seconds,revenue_per_lead,products\n",
     );
     let pct = |r: Option<&Rate>| {
@@ -259,6 +254,14 @@ pub fn csv(r: &FunnelReport) -> String {
             .collect::<Vec<_>>()
             .join(";")
     };
+    let refunded = |revenue: &[super::Revenue]| {
+        revenue
+            .iter()
+            .filter(|m| m.refunds > 0)
+            .map(|m| format!("{:.2} {}", m.refunded, m.currency))
+            .collect::<Vec<_>>()
+            .join(";")
+    };
     let whole = [
         String::new(),
         "funnel".into(),
@@ -271,6 +274,7 @@ pub fn csv(r: &FunnelReport) -> String {
         format!("converted={}", r.converted.part),
         String::new(),
         totals(&r.revenue),
+        refunded(&r.revenue),
         r.orders_without_amount.to_string(),
         r.length_to_converted
             .p50_seconds
@@ -313,6 +317,7 @@ pub fn csv(r: &FunnelReport) -> String {
                 .join(";"),
             s.still_there.to_string(),
             totals(&s.revenue),
+            refunded(&s.revenue),
             s.orders_without_amount.to_string(),
             s.time_in_stage
                 .p50_seconds

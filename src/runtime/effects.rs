@@ -2,15 +2,19 @@
 //! as stage visits, outbox rows with their send keys, tag, field and score changes. The store
 //! writes these without knowing the engine.
 
+use chrono::{DateTime, Utc};
+
 use crate::domain::{FunnelId, LeadId, StageId};
 use crate::engine::{self, Effect};
 use crate::funnel::Funnel;
 use crate::store::{ClosedVisit, MessageKind, NewMessage, OpenedVisit, RunState, RunWrites};
 
-/// The stored send key of an effect: the lead and funnel version before the engine's key
-/// (`funnel:stage:entry:step`), so each send happens once per lead, version and stage entry.
-pub fn send_key(lead: LeadId, version: i32, key: &str) -> String {
-    format!("{}:v{version}:{key}", lead.0)
+/// The stored send key of an effect: the lead, the funnel version and when the run entered
+/// (ms) before the engine's key (`funnel:stage:entry:step`), so each send happens once per run
+/// and stage entry — a transition made again after a stop writes the same key — while a lead's
+/// later run of the funnel (re-entry) sends its own emails.
+pub fn send_key(lead: LeadId, version: i32, run: DateTime<Utc>, key: &str) -> String {
+    format!("{}:v{version}.{}:{key}", lead.0, run.timestamp_millis())
 }
 
 /// The engine's key inside a stored send key.
@@ -42,12 +46,12 @@ pub fn state_row(f: &Funnel, st: &engine::Enrollment) -> RunState {
     }
 }
 
-/// The rows one transition of `lead` in `funnel` (version `version`) writes. `recipient` is
-/// the lead's address, for the outbox rows.
+/// The rows one transition of `lead`'s run in `funnel` (version `version`, entered at `run`)
+/// writes. `recipient` is the lead's address, for the outbox rows.
 pub fn writes(
     lead: LeadId,
     funnel: &FunnelId,
-    version: i32,
+    (version, run): (i32, DateTime<Utc>),
     recipient: &str,
     effects: &[Effect],
 ) -> RunWrites {
@@ -89,7 +93,7 @@ pub fn writes(
                 stage: stage_of(key),
                 step: step.clone(),
                 template: Some(template.clone()),
-                send_key: send_key(lead, version, key),
+                send_key: send_key(lead, version, run, key),
                 recipient: recipient.to_string(),
                 payload: serde_json::json!({ "funnel": funnel.as_str(), "version": version,
                                              "template": template.as_str() }),
@@ -100,7 +104,7 @@ pub fn writes(
                 stage: stage_of(key),
                 step: step.clone(),
                 template: None,
-                send_key: send_key(lead, version, key),
+                send_key: send_key(lead, version, run, key),
                 recipient: recipient.to_string(),
                 payload: serde_json::json!({ "funnel": funnel.as_str(), "version": version,
                                              "webhook": webhook.as_str() }),
@@ -126,11 +130,17 @@ mod tests {
 
     #[test]
     fn send_keys_hold_the_engine_key() {
-        let k = send_key(LeadId(7), 3, "course:tripwire:1:offer");
-        assert_eq!(k, "7:v3:course:tripwire:1:offer");
+        let run = DateTime::from_timestamp_millis(1_790_000_000_123).unwrap();
+        let k = send_key(LeadId(7), 3, run, "course:tripwire:1:offer");
+        assert_eq!(k, "7:v3.1790000000123:course:tripwire:1:offer");
         assert_eq!(engine_key(&k), "course:tripwire:1:offer");
+        // Stored before runs were in the key: read the same.
         assert_eq!(
-            engine_key(&send_key(LeadId(7), 3, engine::DOUBLE_OPT_IN)),
+            engine_key("7:v3:course:tripwire:1:offer"),
+            "course:tripwire:1:offer"
+        );
+        assert_eq!(
+            engine_key(&send_key(LeadId(7), 3, run, engine::DOUBLE_OPT_IN)),
             "double-opt-in"
         );
         assert_eq!(
@@ -155,7 +165,13 @@ mod tests {
             },
             Effect::EnterStage { stage: s("c") },
         ];
-        let w = writes(LeadId(1), &FunnelId::parse("f").unwrap(), 1, "a@b.io", &fx);
+        let w = writes(
+            LeadId(1),
+            &FunnelId::parse("f").unwrap(),
+            (1, Utc::now()),
+            "a@b.io",
+            &fx,
+        );
         assert_eq!(
             w.closed,
             [ClosedVisit {

@@ -434,7 +434,7 @@ impl Runtime {
                     ..effects::writes(
                         *lead,
                         funnel,
-                        r.version,
+                        (r.version, now),
                         &facts
                             .get(lead)
                             .and_then(LeadFacts::email)
@@ -797,7 +797,7 @@ impl Runtime {
                 state: effects::state_row(&r.funnel, &state),
                 writes: crate::store::RunWrites {
                     entries,
-                    ..effects::writes(c.lead, &c.funnel, r.version, &to, &effects)
+                    ..effects::writes(c.lead, &c.funnel, (r.version, c.entered_at), &to, &effects)
                 },
             });
         }

@@ -153,7 +153,7 @@ pub async fn notification(
                         .clone()
                         .or(bought.as_ref().and_then(|b| b.currency.clone())),
                     ..Event::of(EventKind::Custom(
-                        EventName::parse(REFUND).expect("a valid event name"),
+                        EventName::parse(EventKind::REFUND).expect("a valid event name"),
                     ))
                 },
                 idempotency_key: Some(payments::refund_key(&account.name, &r.id)),
@@ -181,9 +181,6 @@ pub async fn notification(
     let reply = payments::reply(account.provider, &notice);
     Ok(([(header::CONTENT_TYPE, reply.content_type)], reply.body).into_response())
 }
-
-/// The event a refund is recorded as.
-pub const REFUND: &str = "refund";
 
 /// A YooKassa payment or refund as its API tells it, when the account has the credentials to
 /// ask; the notification's own word otherwise.

@@ -76,7 +76,7 @@ pub(super) async fn count_orders(
 ) -> Result<()> {
     let orders: Vec<_> = orders
         .iter()
-        .filter(|(_, e, _)| e.kind == EventKind::Purchase)
+        .filter(|(_, e, _)| e.kind == EventKind::Purchase || e.kind.is_refund())
         .collect();
     if orders.is_empty() {
         return Ok(());
@@ -177,6 +177,31 @@ pub(super) async fn count_orders(
                 (*lead, ts)
             })
             .collect();
+        // A refund's lead's purchases, oldest first: what it is matched to.
+        let refunding: Vec<i64> = orders
+            .iter()
+            .filter(|(l, e, _)| e.kind.is_refund() && chunk.contains(&l.0))
+            .map(|(l, _, _)| l.0)
+            .collect();
+        let mut purchases: HashMap<i64, Vec<(crate::domain::Event, DateTime<Utc>)>> =
+            HashMap::new();
+        if !refunding.is_empty() {
+            let mut q = Params::new(backend);
+            let rest = format!(
+                "FROM events WHERE kind = 'purchase' AND lead_id IN ({})",
+                q.list(&refunding)
+            );
+            let mut rows: Vec<(i64, i64, String, i64)> =
+                sql::select_packed(txn, q, "id, lead_id, payload, occurred_at", &rest).await?;
+            rows.sort_unstable_by_key(|r| (r.3, r.0));
+            for (id, lead, payload, at) in rows {
+                let e = super::event_of(id, EventKind::Purchase.as_str(), &payload)?;
+                purchases
+                    .entry(lead)
+                    .or_default()
+                    .push((e, super::from_ms(at)));
+            }
+        }
         let mut counting = Counting::new(zone);
         let mut facts: Vec<Fact> = Vec::new();
         for ((lead, funnel), of_lead) in &runs {
@@ -193,8 +218,22 @@ pub(super) async fn count_orders(
                 })
                 .collect();
             let ts = touches.get(lead).map(Vec::as_slice).unwrap_or_default();
+            let bought: Vec<Order> = purchases
+                .get(lead)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|(e, at)| {
+                    Order::of(e.product.as_deref(), e.currency.as_deref(), e.amount, *at)
+                })
+                .collect();
             for (_, e, at) in orders.iter().filter(|(l, _, _)| l.0 == *lead) {
                 let order = Order::of(e.product.as_deref(), e.currency.as_deref(), e.amount, *at);
+                let order = if e.kind.is_refund() {
+                    order.refund_of(&bought)
+                } else {
+                    order
+                };
                 tally::order_facts(funnel, &lead_runs, ts, order, tally::LOOKBACK, &mut facts);
                 facts.drain(..).for_each(|f| counting.count(f));
             }

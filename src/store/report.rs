@@ -40,10 +40,12 @@ pub struct VisitRow {
     pub next: Option<StageId>,
 }
 
-/// A purchase by a lead of the funnel.
+/// A purchase by a lead of the funnel, or a refund.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PurchaseRow {
     pub lead: LeadId,
+    /// A `refund` event: money given back (its amount) on a purchase of the product.
+    pub refund: bool,
     pub product: Option<String>,
     pub amount: Option<crate::domain::Money>,
     pub currency: Option<String>,
@@ -530,9 +532,10 @@ impl Store {
                     .collect())
             };
         if needs.purchases {
-            for (lead, ev, at) in events("'purchase'").await? {
+            for (lead, ev, at) in events("'purchase', 'refund'").await? {
                 out.purchases.push(PurchaseRow {
                     lead,
+                    refund: ev.kind.is_refund(),
                     product: ev.product,
                     amount: ev.amount,
                     currency: ev.currency,
@@ -755,11 +758,25 @@ impl ReportRows {
                 });
             }
             let mut facts: Vec<Fact> = Vec::new();
+            fn order_of(p: &PurchaseRow) -> Order<'_> {
+                Order::of(p.product.as_deref(), p.currency.as_deref(), p.amount, p.at)
+            }
+            // Each lead's orders, oldest first: what its refunds are matched to.
+            let mut bought: HashMap<LeadId, Vec<Order>> = HashMap::new();
+            for p in self.purchases.iter().filter(|p| !p.refund) {
+                bought.entry(p.lead).or_default().push(order_of(p));
+            }
             for p in &self.purchases {
                 let Some(lead_runs) = by_lead.get(&p.lead) else {
                     continue;
                 };
-                let order = Order::of(p.product.as_deref(), p.currency.as_deref(), p.amount, p.at);
+                let order = order_of(p);
+                let order = if p.refund {
+                    let before = bought.get(&p.lead).map(Vec::as_slice).unwrap_or_default();
+                    order.refund_of(before)
+                } else {
+                    order
+                };
                 let ts = touches.get(&p.lead).map(Vec::as_slice).unwrap_or_default();
                 tally::order_facts(&self.funnel, lead_runs, ts, order, lookback, &mut facts);
                 for fact in facts.drain(..) {
