@@ -948,7 +948,9 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
             ui_language: settings.ui_language()?,
             https: settings.base_url.starts_with("https://"),
             signed_out: Default::default(),
-        },
+        }
+        .remembering_sign_outs()
+        .await?,
         until_stopped(),
     ));
     let served = tokio::select! {

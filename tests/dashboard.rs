@@ -144,7 +144,7 @@ fn figures(page: &str, name: &str) -> Vec<String> {
 #[tokio::test]
 async fn signing_in_and_out() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, base, _store) = dashboard(dir.path(), 3, Some(TOKEN)).await;
+    let (server, base, store) = dashboard(dir.path(), 3, Some(TOKEN)).await;
     let c = client();
     // No session: to the sign-in page, whatever the page.
     for path in ["/dashboard", "/dashboard/funnels/course"] {
@@ -268,6 +268,40 @@ async fn signing_in_and_out() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "signed out");
+    // Restarted on the same database, the server still refuses the signed-out session, and
+    // takes a new one.
+    server.stop().await;
+    let rt = std::sync::Arc::new(
+        autofunnel::runtime::Runtime::new(store.clone(), Vec::new(), "node-b", Utc::now())
+            .await
+            .unwrap(),
+    );
+    let (listener, base) = Server::bind().await;
+    let server = Server::start(
+        listener,
+        AppState {
+            admin_token: Some(std::sync::Arc::from(TOKEN)),
+            ..crate::util::off(&rt)
+        }
+        .remembering_sign_outs()
+        .await
+        .unwrap(),
+    );
+    let r = c
+        .get(format!("{base}/dashboard"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "still signed out");
+    let again = sign_in(&c, &base).await;
+    let r = c
+        .get(format!("{base}/dashboard"))
+        .header(COOKIE, &again)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     // A forged session: to the sign-in page.
     let forged = session.replacen('.', "9.", 1);
     let r = c

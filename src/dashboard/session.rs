@@ -44,6 +44,17 @@ pub fn valid(secret: &[u8], value: &str, now: i64) -> bool {
         .is_some_and(|expiry| now < expiry)
 }
 
+/// What is kept of a signed-out session: its SHA-256 in hex (not the cookie itself).
+pub fn id(session: &str) -> String {
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(64);
+    for b in sha2::Sha256::digest(session.as_bytes()) {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 /// The token the session's forms carry: bound to the session, so a page of another site
 /// cannot know it.
 pub fn csrf(secret: &[u8], session: &str) -> String {

@@ -95,7 +95,7 @@ impl FromRequestParts<AppState> for Signed {
                 .signed_out
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains_key(s)
+                .contains_key(&session::id(s))
         };
         match cookie_of(&parts.headers, session::COOKIE) {
             Some(s) if session::valid(&state.secret, s, now) && !signed_out(s) => Ok(Signed {
@@ -227,12 +227,26 @@ pub async fn logout(
                 .into(),
         );
     }
+    let now = Utc::now().timestamp();
+    let (id, until) = (session::id(&signed.session), now + session::LIFETIME_SECS);
+    // Kept in the database too, so a restart goes on refusing it; expired ones are refused
+    // anyway, and forgotten.
+    let kept = match state
+        .runtime
+        .store()
+        .sign_out_session(&id, until, now)
+        .await
     {
-        let now = Utc::now().timestamp();
+        Ok(kept) => kept,
+        Err(e) => {
+            tracing::error!(error = %e, "a signed-out session is kept by this process only");
+            std::collections::HashMap::from([(id, until)])
+        }
+    };
+    {
         let mut out = state.signed_out.lock().unwrap_or_else(|e| e.into_inner());
-        // Expired sessions are refused anyway: only the live ones are kept.
-        out.retain(|s, _| session::valid(&state.secret, s, now));
-        out.insert(signed.session.clone(), now + session::LIFETIME_SECS);
+        out.retain(|_, until| *until > now);
+        out.extend(kept);
     }
     let r = secured(Redirect::to("/dashboard/login").into_response());
     set_cookie(r, &session::cookie(session::COOKIE, "", 0, state.https))

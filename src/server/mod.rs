@@ -83,8 +83,9 @@ pub struct AppState {
     pub ui_language: Option<crate::locale::Language>,
     /// The server is reached over https (`base_url`): the dashboard's cookies are `Secure`.
     pub https: bool,
-    /// Dashboard sessions signed out before they expire (value → expiry), so a copied cookie
-    /// stops working at sign-out; kept by this process.
+    /// Dashboard sessions signed out before they expire (`session::id` → expiry), so a copied
+    /// cookie stops working at sign-out; kept in the database too
+    /// ([`AppState::remembering_sign_outs`] reads them at start).
     pub signed_out: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
 }
 
@@ -108,6 +109,17 @@ impl AppState {
             https: false,
             signed_out: Arc::default(),
         }
+    }
+
+    /// The same state with the dashboard sessions signed out before (by this process or
+    /// another one) refused.
+    pub async fn remembering_sign_outs(self) -> Result<AppState, crate::store::StoreError> {
+        let kept = self.runtime.store().signed_out_sessions().await?;
+        self.signed_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(kept);
+        Ok(self)
     }
 }
 

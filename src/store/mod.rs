@@ -668,6 +668,52 @@ impl Store {
         }
     }
 
+    /// The dashboard sessions signed out before they expire: each session's SHA-256 (hex) and
+    /// when it would have expired (Unix seconds), so a restarted process keeps refusing them.
+    pub async fn signed_out_sessions(&self) -> Result<HashMap<String, i64>> {
+        let mut out = HashMap::new();
+        self.each(
+            "SELECT value FROM store_settings WHERE name = 'signed_out_sessions'",
+            Vec::new(),
+            |r| {
+                let text: String = r.try_get_by_index(0)?;
+                out = serde_json::from_str(&text).unwrap_or_default();
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(out)
+    }
+
+    /// Records a session signed out (its SHA-256, hex) until it would have expired; those
+    /// expired by `now` are forgotten. Returns what is kept.
+    pub async fn sign_out_session(
+        &self,
+        session: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<HashMap<String, i64>> {
+        let w = self.write().await?;
+        let mut q = Params::new(self.backend);
+        let rest = "FROM store_settings WHERE name = 'signed_out_sessions'";
+        let kept: Vec<(String,)> = sql::select_packed(&*w, q, "value", rest).await?;
+        let mut out: HashMap<String, i64> = kept
+            .first()
+            .and_then(|(t,)| serde_json::from_str(t).ok())
+            .unwrap_or_default();
+        out.retain(|_, until| *until > now);
+        out.insert(session.to_string(), until);
+        q = Params::new(self.backend);
+        let value = q.p(serde_json::to_string(&out).unwrap_or_default());
+        let sql = format!(
+            "INSERT INTO store_settings (name, value) VALUES ('signed_out_sessions', {value}) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+        );
+        w.execute_raw(q.statement(sql)).await?;
+        w.commit().await?;
+        Ok(out)
+    }
+
     /// This process's turn to write (SQLite), held until dropped; nothing on PostgreSQL.
     pub(crate) async fn turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         match &self.writer {
