@@ -288,19 +288,23 @@ pub async fn overview(State(state): State<AppState>, signed: Signed) -> Response
             ..Params::default()
         };
         let made = async {
-            let req = Request::parse(What::Funnel, &params, now)
+            let days = Request::parse(What::Funnel, &params, now)
                 .map_err(|e| ApiError::invalid(e.param, e.message))?;
-            let a = compute(&state, &r.funnel, req, now).await?;
-            let req = Request::parse(What::Emails, &week, now)
+            let mails = Request::parse(What::Emails, &week, now)
                 .map_err(|e| ApiError::invalid(e.param, e.message))?;
-            let e = compute(&state, &r.funnel, req, now).await?;
-            Ok::<_, ApiError>((a, e))
+            // Side by side, with the live runs per stage.
+            futures_util::future::try_join(
+                compute(&state, &r.funnel, days, now),
+                compute(&state, &r.funnel, mails, now),
+            )
+            .await
         };
-        let standing = match in_stage(&state, &r.funnel).await {
+        let (made, standing) = futures_util::future::join(made, in_stage(&state, &r.funnel)).await;
+        let standing = match standing {
             Ok(s) => s,
             Err(e) => return failed(e),
         };
-        match made.await {
+        match made {
             Ok((Answer::Funnel(a), Answer::Emails(e))) => {
                 let bounces = e.emails.iter().map(|x| x.bounced).sum();
                 days.push((id.clone(), a.periods.unwrap_or_default(), bounces, standing));
@@ -391,12 +395,16 @@ async fn reports_of(
 ) -> Result<(crate::funnel::Funnel, Vec<Answer>), ApiError> {
     let f = super::reports::running_funnel(state, id)?;
     let now = Utc::now();
-    let mut out = Vec::new();
+    let mut reqs = Vec::with_capacity(what.len());
     for w in what {
         let req =
             Request::parse(*w, params, now).map_err(|e| ApiError::invalid(e.param, e.message))?;
-        out.push(compute(state, &f, req, now).await?);
+        reqs.push(req);
     }
+    // Side by side: a page's reports read the same counters' period.
+    let out =
+        futures_util::future::try_join_all(reqs.into_iter().map(|r| compute(state, &f, r, now)))
+            .await?;
     Ok((f, out))
 }
 
