@@ -568,6 +568,16 @@ async fn main() -> anyhow::Result<()> {
         ),
         ("per email", What::Emails, period(&|_| {})),
         (
+            "per email, calendar view",
+            What::Emails,
+            period(&|p| p.cohort = Some("calendar".into())),
+        ),
+        (
+            "A/B, calendar view",
+            What::Ab,
+            period(&|p| p.cohort = Some("calendar".into())),
+        ),
+        (
             "per email from the rows (a period starting within a day: reference)",
             What::Emails,
             period(&|p| p.from = Some(format!("{}T00:00:01Z", from))),
