@@ -40,3 +40,77 @@ pub async fn make(
         }
     }
 }
+
+/// The reports `reqs` ask for of `f`, as of `now`, in order. When every one reads the
+/// counters of the same days, grouping and view (a dashboard page's funnel, per-email and A/B
+/// figures), the counters are read once, all metrics, and each report made from them;
+/// otherwise each is made on its own.
+pub async fn make_all(
+    store: &Store,
+    f: &Funnel,
+    reqs: &[Request],
+    now: DateTime<Utc>,
+) -> Result<Vec<Answer>, ReportFailed> {
+    let reads: Vec<ReportRead> = reqs.iter().map(|r| r.read(now, store.zone())).collect();
+    if let Some(read) = shared(&reads) {
+        let data: ReportData = store.read_report(&f.id.value, &read, now).await?;
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            out.push(answer(f, &data, req, now)?);
+        }
+        return Ok(out);
+    }
+    let mut out = Vec::with_capacity(reqs.len());
+    for req in reqs {
+        out.push(make(store, f, req, now).await?);
+    }
+    Ok(out)
+}
+
+/// The one counters read that answers all of `reads`, when they differ only in the metrics
+/// they keep and whether the calendar view wants the entry totals too.
+fn shared(reads: &[ReportRead]) -> Option<ReportRead> {
+    let mut out: Option<ReportRead> = None;
+    for r in reads {
+        let ReportRead::Counts {
+            from_day,
+            to_day,
+            grouping,
+            per_origin,
+            scope,
+        } = r
+        else {
+            return None;
+        };
+        match &mut out {
+            None => {
+                out = Some(ReportRead::Counts {
+                    from_day: *from_day,
+                    to_day: *to_day,
+                    grouping: grouping.clone(),
+                    per_origin: *per_origin,
+                    scope: crate::store::Scope {
+                        prefix: None,
+                        ..*scope
+                    },
+                });
+            }
+            Some(ReportRead::Counts {
+                from_day: f,
+                to_day: t,
+                grouping: g,
+                per_origin: o,
+                scope: s,
+            }) => {
+                if (*f, *t, &*g, *o, s.view)
+                    != (*from_day, *to_day, grouping, *per_origin, scope.view)
+                {
+                    return None;
+                }
+                s.entry_totals |= scope.entry_totals;
+            }
+            Some(_) => return None,
+        }
+    }
+    out
+}

@@ -401,10 +401,8 @@ async fn reports_of(
             Request::parse(*w, params, now).map_err(|e| ApiError::invalid(e.param, e.message))?;
         reqs.push(req);
     }
-    // Side by side: a page's reports read the same counters' period.
-    let out =
-        futures_util::future::try_join_all(reqs.into_iter().map(|r| compute(state, &f, r, now)))
-            .await?;
+    // Together: a page's reports read the same counters.
+    let out = super::reports::compute_all(state, &f, reqs, now).await?;
     Ok((f, out))
 }
 

@@ -50,18 +50,31 @@ pub fn running_funnel(state: &AppState, id: &str) -> Result<crate::funnel::Funne
         .ok_or_else(|| ApiError::not_found("id", "no such funnel is running"))
 }
 
-/// Makes a report as the API and the dashboard do: one at a time, off the async workers.
+/// Makes a report as the API and the dashboard do: off the async workers, one at a time when
+/// it reads rows.
 pub async fn compute(
     state: &AppState,
     funnel: &crate::funnel::Funnel,
     req: Request,
     now: chrono::DateTime<Utc>,
 ) -> Result<Answer, ApiError> {
+    let mut out = compute_all(state, funnel, vec![req], now).await?;
+    out.pop()
+        .ok_or_else(|| ApiError::unavailable("reports", "no answer"))
+}
+
+/// [`compute`] for several reports of one funnel (a dashboard page's), made together: from one
+/// read of the counters when they share its days (`report::make_all`).
+pub async fn compute_all(
+    state: &AppState,
+    funnel: &crate::funnel::Funnel,
+    reqs: Vec<Request>,
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<Answer>, ApiError> {
     let (store, funnel) = (state.runtime.store().clone(), funnel.clone());
-    let rows = matches!(
-        req.read(now, store.zone()),
-        crate::store::ReportRead::Rows(_)
-    );
+    let rows = reqs
+        .iter()
+        .any(|r| matches!(r.read(now, store.zone()), crate::store::ReportRead::Rows(_)));
     let _turn = match rows {
         true => Some(
             COMPUTING
@@ -74,7 +87,7 @@ pub async fn compute(
     // Off the async workers: the rows a report counts take CPU for a while.
     let handle = tokio::runtime::Handle::current();
     let made = tokio::task::spawn_blocking(move || {
-        handle.block_on(report::make(&store, &funnel, &req, now))
+        handle.block_on(report::make_all(&store, &funnel, &reqs, now))
     })
     .await
     .map_err(|e| ApiError::unavailable("reports", e))?;

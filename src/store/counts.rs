@@ -315,7 +315,7 @@ pub struct Scope {
 
 /// How the days of a period are grouped: all together, or into periods starting on these
 /// days (the first is the period's first day).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Grouping {
     Whole,
     Periods(Vec<i64>),
