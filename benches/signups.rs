@@ -1,5 +1,5 @@
 //! Signup benchmark: `wrk` posts landing-page signups, each with its own address, to a real
-//! `autofunnel run` (scheduler and sender running, starter project, welcome email to the outbox
+//! `autofunnel run` (scheduler and sender running, the welcome starter project, welcome email to the outbox
 //! folder) for D seconds; then the database is checked: every signup stored exactly once (one
 //! lead, one `signup` event, one touch, one enrollment).
 //!
@@ -98,7 +98,10 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let project = dir.path().join("project");
     let bin = env!("CARGO_BIN_EXE_autofunnel");
-    let init = Command::new(bin).arg("init").arg(&project).output()?;
+    let init = Command::new(bin)
+        .args(["init", "--example", "welcome"])
+        .arg(&project)
+        .output()?;
     if !init.status.success() {
         bail!(
             "autofunnel init failed: {}",
