@@ -71,6 +71,7 @@ async fn start(project: &Path, url: &str, port: u16, log: &Path) -> anyhow::Resu
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    autofunnel::delivery::webhook::install_tls();
     let args = common::args();
     let n = common::count(&args).unwrap_or(20_000);
     let kills: usize = common::flag(&args, "--kills").unwrap_or(4);

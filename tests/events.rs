@@ -608,3 +608,117 @@ async fn chained_entries_after_a_stop(store: Store) {
 on_both_backends! {
     chained_entries_survive_a_stop => chained_entries_after_a_stop,
 }
+
+/// A batch of events is stored in a few statements for the whole batch: each event gets its
+/// own id and lead back in order, whatever mix of known and new addresses, lead ids, keys
+/// repeated in the batch or stored before, and events without a key it holds; the fields and
+/// touches of the new events only are written.
+async fn batch_in_few_statements(store: Store) {
+    use autofunnel::domain::{Event, EventKind, LeadId};
+    use autofunnel::store::{BatchEvent, LeadRef, NewTouch};
+    store.migrate().await.unwrap();
+    let t = Utc::now();
+    let email = |s: &str| Email::parse(s).unwrap();
+    let known = store
+        .upsert_lead(&email("known@example.com"), Default::default(), t)
+        .await
+        .unwrap()
+        .id;
+    let ev = |who: LeadRef, kind: &str, key: Option<&str>| BatchEvent {
+        fields: Default::default(),
+        who,
+        event: Event::of(EventKind::parse(kind).unwrap()),
+        idempotency_key: key.map(str::to_string),
+        occurred_at: t,
+        touch: None,
+    };
+    // A key stored by an earlier batch.
+    let first = store
+        .record_batch(vec![ev(LeadRef::Id(known), "seen", Some("k-old"))], &[], t)
+        .await
+        .unwrap();
+    assert!(first[0].1.is_some());
+    let mut with_fields = ev(LeadRef::Email(email("new@example.com")), "joined", None);
+    with_fields.fields = json!({ "first_name": "Nina", "city": "Kazan" })
+        .as_object()
+        .unwrap()
+        .clone();
+    with_fields.touch = Some(NewTouch {
+        channel: "email".into(),
+        source: Some("newsletter".into()),
+        medium: None,
+        campaign: None,
+        term: None,
+        content: None,
+        referrer: None,
+        landing_url: None,
+        form: None,
+    });
+    let mut repeated = ev(
+        LeadRef::Email(email("other@example.com")),
+        "paid",
+        Some("k-1"),
+    );
+    repeated.fields = json!({ "city": "Omsk" }).as_object().unwrap().clone();
+    let batch = vec![
+        ev(LeadRef::Email(email("other@example.com")), "a", None),
+        ev(LeadRef::Id(known), "paid", Some("k-1")),
+        with_fields,
+        ev(LeadRef::Email(email("known@example.com")), "b", None),
+        repeated,
+        ev(LeadRef::Id(known), "seen", Some("k-old")),
+        ev(LeadRef::Email(email("new@example.com")), "c", None),
+    ];
+    let out = store.record_batch(batch, &[], t).await.unwrap();
+    let other = store
+        .lead_by_email(&email("other@example.com"))
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let new = store
+        .lead_by_email(&email("new@example.com"))
+        .await
+        .unwrap()
+        .unwrap();
+    let leads: Vec<LeadId> = out.iter().map(|(l, _)| *l).collect();
+    assert_eq!(leads, [other, known, new.id, known, other, known, new.id]);
+    let stored: Vec<bool> = out.iter().map(|(_, id)| id.is_some()).collect();
+    assert_eq!(stored, [true, true, true, true, false, false, true]);
+    let mut ids: Vec<i64> = out.iter().filter_map(|(_, id)| *id).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "each new event has an id of its own: {ids:?}");
+    // Each lead holds the events it was given, in order, under the ids handed back.
+    let kinds = |l: LeadId| {
+        let store = store.clone();
+        async move {
+            store
+                .lead_events(l)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(kinds(known).await, ["seen", "paid", "b"]);
+    assert_eq!(kinds(other).await, ["a"]);
+    assert_eq!(kinds(new.id).await, ["joined", "c"]);
+    // The fields and the touch of the new event; the repeated one's are not written.
+    assert_eq!(new.first_name.as_deref(), Some("Nina"));
+    assert_eq!(new.fields["city"], "Kazan");
+    let o = store
+        .lead_by_email(&email("other@example.com"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(o.fields.get("city").is_none(), "{:?}", o.fields);
+    let touches = store.touches_of(new.id).await.unwrap();
+    assert_eq!(touches.len(), 1);
+    assert_eq!(touches[0].source.as_deref(), Some("newsletter"));
+    assert!(store.touches_of(other).await.unwrap().is_empty());
+}
+
+on_both_backends! {
+    a_batch_in_few_statements => batch_in_few_statements,
+}

@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, Database};
 use crate::util::on_both_backends;
 use crate::util::postgres_url;
 
-const MIGRATIONS: [&str; 18] = [
+const MIGRATIONS: [&str; 19] = [
     "m20261123_000001_init",
     "m20261124_000002_stage_entry",
     "m20261124_000003_pending_events",
@@ -30,6 +30,7 @@ const MIGRATIONS: [&str; 18] = [
     "m20261206_000016_hashed_suppressions",
     "m20261206_000017_ab_report_counts",
     "m20261206_000018_refund_report_counts",
+    "m20261206_000019_counters_by_metric",
 ];
 
 const TABLES: [&str; 15] = [

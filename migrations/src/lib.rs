@@ -22,6 +22,7 @@ mod m20261206_000015_consent_text_hash;
 mod m20261206_000016_hashed_suppressions;
 mod m20261206_000017_ab_report_counts;
 mod m20261206_000018_refund_report_counts;
+mod m20261206_000019_counters_by_metric;
 
 pub struct Migrator;
 
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000016_hashed_suppressions::Migration),
             Box::new(m20261206_000017_ab_report_counts::Migration),
             Box::new(m20261206_000018_refund_report_counts::Migration),
+            Box::new(m20261206_000019_counters_by_metric::Migration),
         ]
     }
 }

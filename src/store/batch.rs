@@ -480,7 +480,7 @@ pub(super) async fn update_lead(
         update = update.col_expr(lead::Column::ScoredAt, Expr::value(ms(now)));
     }
     if !set.is_empty() {
-        let mut fields = match lead::Entity::find_by_id(id.0).one(txn).await? {
+        let mut fields = match super::unique(lead::Entity::find_by_id(id.0), txn).await? {
             Some(l) => parse_fields(&l.fields)?,
             None => serde_json::Map::new(),
         };

@@ -58,7 +58,7 @@ async fn write(txn: &DatabaseTransaction, backend: Backend, t: &Tally) -> Result
         txn,
         backend,
         "report_counts (funnel_id, origin, day, view, stage, metric, n, total)",
-        "ON CONFLICT (funnel_id, origin, day, view, stage, metric) DO UPDATE SET \
+        "ON CONFLICT (funnel_id, origin, view, stage, metric, day) DO UPDATE SET \
          n = report_counts.n + excluded.n, total = report_counts.total + excluded.total",
         rows,
     )
@@ -379,21 +379,25 @@ impl Store {
                 w
             }
         };
-        // The days after entry of a window's counters are summed as the entry view.
-        let (view, by_view) = match scope.map(|s| s.view) {
-            Some(tally::View::Within(_)) => ("'entry'", ""),
-            _ => ("view", " view,"),
+        // Grouped in the primary key's order (origin, view, stage, metric, then day), each
+        // counter is summed over its days as the key is read, with no sort; periods come last.
+        let by_period = match grouping {
+            Grouping::Whole => "",
+            Grouping::Periods(_) => ", 1",
         };
         let sql = format!(
-            "SELECT CAST({period} AS BIGINT) AS period, origin, {view}, stage, metric, CAST(SUM(n) AS BIGINT), CAST(SUM(total) AS BIGINT) \
+            "SELECT CAST({period} AS BIGINT) AS period, origin, view, stage, metric, CAST(SUM(n) AS BIGINT), CAST(SUM(total) AS BIGINT) \
              FROM report_counts WHERE funnel_id = $1 AND {origin} AND day >= $2 AND day < $3{which} \
-             GROUP BY 1, origin,{by_view} stage, metric"
+             GROUP BY origin, view, stage, metric{by_period}"
         );
+        // The days after entry of a window's counters are summed as the entry view.
+        let within = matches!(scope.map(|s| s.view), Some(tally::View::Within(_)));
         let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
         self.each(&sql, values, |r| {
             let Some(view) = tally::View::parse(&r.try_get_by_index::<String>(2)?) else {
                 return Ok(());
             };
+            let view = if within { tally::View::Entry } else { view };
             let n: i64 = r.try_get_by_index::<Option<i64>>(5)?.unwrap_or(0);
             let total = Micros(r.try_get_by_index::<Option<i64>>(6)?.unwrap_or(0));
             out.entry((

@@ -44,7 +44,7 @@ pub fn suppression_key(address: &str) -> String {
     key
 }
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -55,7 +55,7 @@ use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, Statement, TransactionTrait,
+    QueryFilter, QueryOrder, Statement, TransactionTrait, Value,
 };
 use thiserror::Error;
 
@@ -441,6 +441,20 @@ pub struct Unstarted {
 /// `processed_at` of a new event: none yet when a funnel's entry names its kind.
 fn processed(kind: &EventKind, starting: &[EventKind], now: DateTime<Utc>) -> Option<i64> {
     (!starting.contains(kind)).then_some(ms(now))
+}
+
+/// The row a lookup by a unique key finds. Not sea-orm's `one`, which binds `LIMIT ?`: SQLite
+/// plans such a statement again every time its limit is bound (about 90,000 instructions a
+/// lookup, BENCHMARKS.md), where a statement without one is planned once and kept.
+pub(crate) async fn unique<E>(
+    select: sea_orm::Select<E>,
+    db: &impl ConnectionTrait,
+) -> Result<Option<E::Model>>
+where
+    E: EntityTrait,
+    E::Model: Send + Sync,
+{
+    Ok(select.all(db).await?.into_iter().next())
 }
 
 /// What newly stored events do at once, in the transaction that stores them: the leads' live
@@ -889,10 +903,11 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Lead> {
         let _turn = self.turn().await;
-        let existing = lead::Entity::find()
-            .filter(lead::Column::Email.eq(email.as_str()))
-            .one(&self.wdb)
-            .await?;
+        let existing = unique(
+            lead::Entity::find().filter(lead::Column::Email.eq(email.as_str())),
+            &self.wdb,
+        )
+        .await?;
         let model = match existing {
             Some(old) => {
                 let mut fields = parse_fields(&old.fields)?;
@@ -934,13 +949,12 @@ impl Store {
                     )
                     .exec_without_returning(&self.wdb)
                     .await?;
-                lead::Entity::find()
-                    .filter(lead::Column::Email.eq(email.as_str()))
-                    .one(&self.wdb)
-                    .await?
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!("lead {email} vanished after insert"))
-                    })?
+                unique(
+                    lead::Entity::find().filter(lead::Column::Email.eq(email.as_str())),
+                    &self.wdb,
+                )
+                .await?
+                .ok_or_else(|| StoreError::Corrupt(format!("lead {email} vanished after insert")))?
             }
         };
         to_lead(model)
@@ -971,10 +985,11 @@ impl Store {
     }
 
     pub async fn lead_by_email(&self, email: &Email) -> Result<Option<Lead>> {
-        let m = lead::Entity::find()
-            .filter(lead::Column::Email.eq(email.as_str()))
-            .one(&self.db)
-            .await?;
+        let m = unique(
+            lead::Entity::find().filter(lead::Column::Email.eq(email.as_str())),
+            &self.db,
+        )
+        .await?;
         m.map(to_lead).transpose()
     }
 
@@ -1196,103 +1211,148 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<(LeadId, Option<i64>)>> {
         let txn = self.write().await?;
-        let mut by_email: HashMap<String, LeadId> = HashMap::new();
+        let t = ms(now);
+        // The leads named by address, found or created, a few statements for the batch.
+        let mut emails: Vec<&str> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
+        for b in &events {
+            if let LeadRef::Email(e) = &b.who
+                && seen.insert(e.as_str())
+            {
+                emails.push(e.as_str());
+            }
+        }
+        let by_email = self.leads_of_emails(&txn, &emails, t).await?;
+        let leads: Vec<LeadId> = events
+            .iter()
+            .map(|b| match &b.who {
+                LeadRef::Id(id) => Ok(*id),
+                LeadRef::Email(e) => by_email
+                    .get(e.as_str())
+                    .copied()
+                    .ok_or_else(|| StoreError::Corrupt(format!("lead {e} vanished after insert"))),
+            })
+            .collect::<Result<_>>()?;
+        // Each idempotency key stored once: the first of the batch, unless stored before.
+        let keys: Vec<&str> = events
+            .iter()
+            .filter_map(|b| b.idempotency_key.as_deref())
+            .collect();
+        let mut taken: HashSet<String> = HashSet::new();
+        for chunk in keys.chunks(sql::ROWS) {
+            let mut q = Params::new(self.backend);
+            let list: Vec<String> = chunk.iter().map(|k| q.p(k.to_string())).collect();
+            let rest = format!("FROM events WHERE idempotency_key IN ({})", list.join(", "));
+            let stored: Vec<(String,)> =
+                sql::select_packed(&*txn, q, "idempotency_key", &rest).await?;
+            taken.extend(stored.into_iter().map(|(k,)| k));
+        }
+        let fresh: Vec<bool> = events
+            .iter()
+            .map(|b| match &b.idempotency_key {
+                Some(k) => taken.insert(k.clone()),
+                None => true,
+            })
+            .collect();
+        let rows: Vec<Vec<Value>> = events
+            .iter()
+            .zip(&leads)
+            .zip(&fresh)
+            .filter(|(_, new)| **new)
+            .map(|((b, lead), _)| {
+                vec![
+                    lead.0.into(),
+                    b.event.kind.as_str().into(),
+                    payload_of(&b.event).to_string().into(),
+                    b.idempotency_key.clone().into(),
+                    ms(b.occurred_at).into(),
+                    t.into(),
+                    processed(&b.event.kind, starting, now).into(),
+                ]
+            })
+            .collect();
+        // A key another node stored meanwhile (PostgreSQL) is skipped, not an error.
+        let inserted: Vec<(i64, Option<String>)> = sql::insert_packed(
+            &txn,
+            self.backend,
+            "events",
+            "(lead_id, kind, payload, idempotency_key, occurred_at, received_at, processed_at)",
+            "ON CONFLICT (idempotency_key) DO NOTHING",
+            rows,
+            "id, idempotency_key",
+        )
+        .await?;
+        let mut by_key: HashMap<String, i64> = HashMap::new();
+        // Ids are handed out in the order the rows were given: the events without a key take
+        // theirs in that order.
+        let mut unkeyed: Vec<i64> = Vec::new();
+        for (id, key) in inserted {
+            match key {
+                Some(k) => {
+                    by_key.insert(k, id);
+                }
+                None => unkeyed.push(id),
+            }
+        }
+        unkeyed.sort_unstable();
+        let mut unkeyed = unkeyed.into_iter();
         let mut out = Vec::with_capacity(events.len());
         // The new events, for the counters.
         let mut new: Vec<(LeadId, Event, DateTime<Utc>)> = Vec::new();
         let mut new_ids: Vec<i64> = Vec::new();
-        for b in events {
-            let lead = match b.who {
-                LeadRef::Id(id) => id,
-                LeadRef::Email(email) => match by_email.get(email.as_str()) {
-                    Some(id) => *id,
-                    None => {
-                        let inserted = lead::Entity::insert(lead::ActiveModel {
-                            id: NotSet,
-                            email: Set(email.as_str().to_string()),
-                            first_name: Set(None),
-                            fields: Set("{}".into()),
-                            timezone: Set(None),
-                            consent: Set(Consent::Pending.as_str().to_string()),
-                            score: Set(0),
-                            scored_at: NotSet,
-                            created_at: Set(ms(now)),
-                            updated_at: Set(ms(now)),
-                            lease_owner: NotSet,
-                            lease_until: NotSet,
-                        })
-                        .on_conflict(
-                            OnConflict::column(lead::Column::Email)
-                                .do_nothing()
-                                .to_owned(),
-                        )
-                        .exec_without_returning(&*txn)
-                        .await?;
-                        let id = lead::Entity::find()
-                            .filter(lead::Column::Email.eq(email.as_str()))
-                            .one(&*txn)
-                            .await?
-                            .map(|l| LeadId(l.id))
-                            .ok_or_else(|| {
-                                StoreError::Corrupt(format!("lead {email} vanished after insert"))
-                            })?;
-                        by_email.insert(email.as_str().to_string(), id);
-                        if inserted > 0 && !self.subscriptions.is_empty() {
-                            let new = [(id, email.as_str())];
-                            created(&txn, self.backend, &self.subscriptions, &new, ms(now)).await?;
-                        }
-                        id
-                    }
-                },
+        let mut touches: Vec<Vec<Value>> = Vec::new();
+        for ((b, lead), is_new) in events.into_iter().zip(leads).zip(fresh) {
+            let id = match (&b.idempotency_key, is_new) {
+                (_, false) => None,
+                (Some(k), true) => by_key.get(k).copied(),
+                (None, true) => Some(unkeyed.next().ok_or_else(|| {
+                    StoreError::Corrupt("an event of the batch was not stored".into())
+                })?),
             };
-            let stored = event::Entity::insert(event::ActiveModel {
-                id: NotSet,
-                lead_id: Set(Some(lead.0)),
-                kind: Set(b.event.kind.as_str().to_string()),
-                payload: Set(payload_of(&b.event).to_string()),
-                idempotency_key: Set(b.idempotency_key),
-                occurred_at: Set(ms(b.occurred_at)),
-                received_at: Set(ms(now)),
-                processed_at: Set(processed(&b.event.kind, starting, now)),
-            })
-            .on_conflict(
-                OnConflict::column(event::Column::IdempotencyKey)
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec(&*txn)
-            .await;
-            let id = match stored {
-                Ok(r) => Some(r.last_insert_id),
-                Err(DbErr::RecordNotInserted) => None,
-                Err(e) => return Err(e.into()),
-            };
-            if id.is_some() {
-                new.push((lead, b.event.clone(), b.occurred_at));
-                new_ids.extend(id);
-                let mut fields = b.fields;
-                if let Some(name) = fields.remove("first_name") {
-                    lead::Entity::update_many()
-                        .col_expr(
-                            lead::Column::FirstName,
-                            sea_orm::sea_query::Expr::value(name.as_str().map(str::to_string)),
-                        )
-                        .filter(lead::Column::Id.eq(lead.0))
-                        .exec(&*txn)
-                        .await?;
-                }
-                if !fields.is_empty() {
-                    let set: Vec<(String, serde_json::Value)> = fields.into_iter().collect();
-                    batch::update_lead(&txn, lead, &set, (0, false), now).await?;
-                }
-                if let Some(t) = b.touch {
-                    touch::Entity::insert(touch_row(lead, t, b.occurred_at))
-                        .exec_without_returning(&*txn)
-                        .await?;
-                }
-            }
             out.push((lead, id));
+            let Some(id) = id else { continue };
+            new.push((lead, b.event, b.occurred_at));
+            new_ids.push(id);
+            let mut fields = b.fields;
+            if let Some(name) = fields.remove("first_name") {
+                lead::Entity::update_many()
+                    .col_expr(
+                        lead::Column::FirstName,
+                        sea_orm::sea_query::Expr::value(name.as_str().map(str::to_string)),
+                    )
+                    .filter(lead::Column::Id.eq(lead.0))
+                    .exec(&*txn)
+                    .await?;
+            }
+            if !fields.is_empty() {
+                let set: Vec<(String, serde_json::Value)> = fields.into_iter().collect();
+                batch::update_lead(&txn, lead, &set, (0, false), now).await?;
+            }
+            if let Some(tc) = b.touch {
+                touches.push(vec![
+                    lead.0.into(),
+                    ms(b.occurred_at).into(),
+                    tc.channel.into(),
+                    tc.source.into(),
+                    tc.medium.into(),
+                    tc.campaign.into(),
+                    tc.term.into(),
+                    tc.content.into(),
+                    tc.referrer.into(),
+                    tc.landing_url.into(),
+                    tc.form.into(),
+                ]);
+            }
         }
+        sql::insert_rows(
+            &txn,
+            self.backend,
+            "touches (lead_id, occurred_at, channel, source, medium, campaign, term, content, \
+             referrer, landing_url, form_id)",
+            "",
+            touches,
+        )
+        .await?;
         let new: Vec<_> = new.iter().map(|(l, e, at)| (*l, e, *at)).collect();
         took_effect(
             &txn,
@@ -1305,6 +1365,75 @@ impl Store {
         )
         .await?;
         txn.commit().await?;
+        Ok(out)
+    }
+
+    /// The leads of these addresses, each created (consent `pending`, no fields) when not
+    /// stored yet, with `lead.created` calls for those subscribed.
+    async fn leads_of_emails(
+        &self,
+        txn: &Write,
+        emails: &[&str],
+        at: i64,
+    ) -> Result<HashMap<String, LeadId>> {
+        let mut out: HashMap<String, LeadId> = HashMap::new();
+        let find = async |out: &mut HashMap<String, LeadId>, emails: &[&str]| -> Result<()> {
+            for chunk in emails.chunks(sql::ROWS) {
+                let mut q = Params::new(self.backend);
+                let list: Vec<String> = chunk.iter().map(|e| q.p(e.to_string())).collect();
+                let rest = format!("FROM leads WHERE email IN ({})", list.join(", "));
+                let found: Vec<(i64, String)> =
+                    sql::select_packed(&**txn, q, "id, email", &rest).await?;
+                out.extend(found.into_iter().map(|(id, e)| (e, LeadId(id))));
+            }
+            Ok(())
+        };
+        find(&mut out, emails).await?;
+        let missing: Vec<&str> = emails
+            .iter()
+            .filter(|e| !out.contains_key(**e))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let rows: Vec<Vec<Value>> = missing
+            .iter()
+            .map(|e| {
+                vec![
+                    e.to_string().into(),
+                    "{}".into(),
+                    Consent::Pending.as_str().into(),
+                    0i64.into(),
+                    at.into(),
+                    at.into(),
+                ]
+            })
+            .collect();
+        // An address another node stored meanwhile (PostgreSQL) is found again below.
+        let inserted: Vec<(i64, String)> = sql::insert_packed(
+            txn,
+            self.backend,
+            "leads",
+            "(email, fields, consent, score, created_at, updated_at)",
+            "ON CONFLICT (email) DO NOTHING",
+            rows,
+            "id, email",
+        )
+        .await?;
+        out.extend(inserted.iter().map(|(id, e)| (e.clone(), LeadId(*id))));
+        if !self.subscriptions.is_empty() && !inserted.is_empty() {
+            let new: Vec<(LeadId, &str)> = inserted
+                .iter()
+                .map(|(id, e)| (LeadId(*id), e.as_str()))
+                .collect();
+            created(txn, self.backend, &self.subscriptions, &new, at).await?;
+        }
+        let raced: Vec<&str> = missing
+            .into_iter()
+            .filter(|e| !out.contains_key(*e))
+            .collect();
+        find(&mut out, &raced).await?;
         Ok(out)
     }
 
@@ -1416,10 +1545,11 @@ impl Store {
 
     /// The event stored under an idempotency key (a provider's payment), if any.
     pub async fn event_by_key(&self, key: &str) -> Result<Option<StoredEvent>> {
-        let Some(r) = event::Entity::find()
-            .filter(event::Column::IdempotencyKey.eq(key))
-            .one(&self.db)
-            .await?
+        let Some(r) = unique(
+            event::Entity::find().filter(event::Column::IdempotencyKey.eq(key)),
+            &self.db,
+        )
+        .await?
         else {
             return Ok(None);
         };

@@ -513,8 +513,7 @@ impl Store {
     /// The lead, funnel and template of a message, for its tracked links and pixel; `None` once
     /// the message (or its lead) is gone.
     pub async fn message_origin(&self, id: i64) -> Result<Option<MessageOrigin>> {
-        Ok(message::Entity::find_by_id(id)
-            .one(&self.db)
+        Ok(super::unique(message::Entity::find_by_id(id), &self.db)
             .await?
             .map(|m| MessageOrigin {
                 lead: LeadId(m.lead_id),
