@@ -115,6 +115,9 @@ enum Command {
     },
     /// Write every lead to a CSV file (`-` for the standard output), fields as columns.
     Export { file: PathBuf },
+    /// Copy the SQLite database into FILE (a new file) while `autofunnel run` goes on: one
+    /// consistent snapshot, compacted and checked. PostgreSQL: use pg_dump (README, Backups).
+    Backup { file: PathBuf },
     /// Why nothing happened yet: where each funnel's live runs wait (stage, step, the next
     /// wake-up) and the outbox (queued, when the oldest became due, sent, failed).
     Status,
@@ -246,6 +249,7 @@ pub fn main() -> ExitCode {
             block_on(import(&cli, args))
         }
         Command::Export { ref file } => block_on(export(&cli, file)),
+        Command::Backup { ref file } => block_on(backup(&cli, file)),
         Command::Status => block_on(status(&cli)),
         Command::Simulate {
             ref funnel,
@@ -541,6 +545,48 @@ async fn export(cli: &Cli, file: &Path) -> anyhow::Result<ExitCode> {
         let n = crate::transfer::export(store.as_ref(), std::io::BufWriter::new(f)).await?;
         out!("exported {n} leads to {}", file.display());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn backup(cli: &Cli, file: &Path) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&cli.project, cli.config.as_deref())?;
+    if !settings.database_url.starts_with("sqlite:") {
+        eprintln!("backup: the database is PostgreSQL: back it up with pg_dump (README, Backups)");
+        return Ok(ExitCode::from(2));
+    }
+    if file.exists() {
+        eprintln!(
+            "backup: {} exists; name a new file (a backup never overwrites one)",
+            file.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let Some(store) = Store::open_existing(&settings.database_url).await? else {
+        eprintln!("{}", no_database(&settings));
+        return Ok(ExitCode::from(2));
+    };
+    // Written beside the file and renamed into place: FILE is a whole backup or absent.
+    let mut partial = file.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let _ = std::fs::remove_file(&partial);
+    let started = std::time::Instant::now();
+    let (leads, runs) = match store.backup(&partial).await {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e).with_context(|| format!("cannot back up into {}", file.display()));
+        }
+    };
+    std::fs::rename(&partial, file)
+        .with_context(|| format!("cannot move the backup to {}", file.display()))?;
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    out!(
+        "backed up {leads} leads and {runs} runs into {} ({:.1} MB, {:.1} s)",
+        file.display(),
+        size as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

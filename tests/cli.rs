@@ -1108,3 +1108,186 @@ fn read_commands_never_migrate() {
     let stderr = String::from_utf8_lossy(&piped.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `autofunnel backup FILE` while `autofunnel run` takes signups: the copy is one consistent
+/// snapshot (every lead in it with its run, first email and processed signup, whatever was
+/// being written at its moment), holds every signup answered before it began, never
+/// overwrites a file, and a project whose database is the copy runs and serves it.
+#[test]
+fn backup_while_running_restores_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        ("autofunnel.toml", "signups_per_ip_per_minute = 1000000\n"),
+        (
+            "funnels/book.yaml",
+            "name: Book\nfrom: \"Shop <shop@example.com>\"\n\
+             entry:\n  form:\n    id: book\n    thank_you: https://example.com/thanks\n\
+             stages:\n  - id: welcome\n    steps:\n      - send: hello\n      - wait: 30d\n",
+        ),
+        ("templates/book/hello.subject", "Welcome"),
+        ("templates/book/hello.html", "<p>Hello</p>"),
+    ];
+    let write_project = |root: &std::path::Path| {
+        for (path, text) in files {
+            let p = root.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+    };
+    write_project(dir.path());
+    let backup = dir.path().join("backup.db");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (mut child, rx) = spawn_run(dir.path());
+    let addr = listening(&rx);
+    // Four visitors sign up; after 100 answers the backup is taken while they go on.
+    let (before, after) = rt.block_on(async {
+        let client = crate::util::http();
+        let (tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<String>();
+        for c in 0..4 {
+            let (client, addr, tx) = (client.clone(), addr.clone(), tx.clone());
+            tokio::spawn(async move {
+                for i in 0..250 {
+                    let email = format!("c{c}i{i}@example.com");
+                    let r = client
+                        .post(format!("http://{addr}/f/book"))
+                        .json(&serde_json::json!({ "email": email }))
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status().is_success() => {
+                            if tx.send(email).is_err() {
+                                return;
+                            }
+                        }
+                        _ => return,
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut answered = Vec::new();
+        while answered.len() < 100 {
+            answered.push(acks.recv().await.expect("the visitors stopped early"));
+        }
+        let (project, file) = (dir.path().to_path_buf(), backup.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            autofunnel()
+                .arg("-C")
+                .arg(project)
+                .arg("backup")
+                .arg(file)
+                .output()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.starts_with("backed up "), "{stdout}");
+        let mut rest = Vec::new();
+        while let Some(e) = acks.recv().await {
+            rest.push(e);
+        }
+        (answered, rest)
+    });
+    assert_eq!(before.len() + after.len(), 1000);
+    Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    stopped_cleanly(&mut child, &rx);
+    // A backup never overwrites: the file stays as it was.
+    let taken = std::fs::read(&backup).unwrap();
+    let out = autofunnel()
+        .arg("-C")
+        .arg(dir.path())
+        .arg("backup")
+        .arg(&backup)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&backup).unwrap(), taken);
+    // Restored: the copy as a new project's database.
+    let restored = tempfile::tempdir().unwrap();
+    write_project(restored.path());
+    std::fs::copy(&backup, restored.path().join("autofunnel.db")).unwrap();
+    let url = format!(
+        "sqlite://{}",
+        restored.path().join("autofunnel.db").display()
+    );
+    let leads: std::collections::HashSet<String> = rt.block_on(async {
+        use sea_orm::{ConnectionTrait, Database, Statement};
+        let db = Database::connect(&url).await.unwrap();
+        let count = |sql: &str| {
+            let st = Statement::from_string(db.get_database_backend(), sql.to_string());
+            let db = &db;
+            async move {
+                let row = db.query_one_raw(st).await.unwrap().unwrap();
+                row.try_get_by_index::<i64>(0).unwrap()
+            }
+        };
+        let n = count("SELECT count(*) FROM leads").await;
+        let runs = count("SELECT count(DISTINCT lead_id) FROM enrollments").await;
+        let mailed = count("SELECT count(DISTINCT lead_id) FROM messages").await;
+        let unstarted =
+            count("SELECT count(*) FROM events WHERE kind = 'signup' AND processed_at IS NULL")
+                .await;
+        assert_eq!(
+            (runs, mailed, unstarted),
+            (n, n, 0),
+            "{n} leads in the copy"
+        );
+        let st = Statement::from_string(db.get_database_backend(), "SELECT email FROM leads");
+        let known = db
+            .query_all_raw(st)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get_by_index(0).unwrap())
+            .collect();
+        db.close().await.unwrap();
+        known
+    });
+    let missing: Vec<&String> = before.iter().filter(|e| !leads.contains(*e)).collect();
+    assert!(
+        missing.is_empty(),
+        "answered before the backup, not in it: {missing:?}"
+    );
+    // The restored project runs on the copy and serves its leads.
+    let (mut child, rx) = spawn_run(restored.path());
+    let addr = listening(&rx);
+    let health: serde_json::Value = rt.block_on(async {
+        crate::util::http()
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(health["status"], "ok");
+    Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    stopped_cleanly(&mut child, &rx);
+    let out = autofunnel()
+        .arg("-C")
+        .arg(restored.path())
+        .args(["export", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let rows = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(rows, leads.len() + 1, "a header and a row per lead");
+}

@@ -756,6 +756,58 @@ impl Store {
         Ok((!applied.is_empty()).then_some(store))
     }
 
+    /// Writes a copy of the SQLite database into `file` (which must not exist) while others
+    /// go on reading and writing it: `VACUUM INTO` reads one snapshot in a read transaction,
+    /// so the copy is the database as one commit left it, compacted. Returns how many leads
+    /// and runs the copy holds. PostgreSQL is backed up with its own tools (`pg_dump`).
+    pub async fn backup(&self, file: &Path) -> Result<(i64, i64)> {
+        if self.backend != Backend::Sqlite {
+            return Err(StoreError::Corrupt(
+                "a PostgreSQL database is backed up with pg_dump".into(),
+            ));
+        }
+        let target = file.to_string_lossy().to_string();
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                sea_orm::DbBackend::Sqlite,
+                "VACUUM INTO ?",
+                [target.clone().into()],
+            ))
+            .await?;
+        // The copy read back as it is: nothing written to it, no journal left beside it.
+        let copy = Database::connect(format!("sqlite://{target}?mode=ro")).await?;
+        let count = async |sql: &str| -> Result<i64> {
+            let r = copy
+                .query_one_raw(Statement::from_string(sea_orm::DbBackend::Sqlite, sql))
+                .await?;
+            Ok(match r {
+                Some(r) => r.try_get_by_index(0)?,
+                None => 0,
+            })
+        };
+        let checked: String = match copy
+            .query_one_raw(Statement::from_string(
+                sea_orm::DbBackend::Sqlite,
+                "PRAGMA quick_check",
+            ))
+            .await?
+        {
+            Some(r) => r.try_get_by_index(0)?,
+            None => String::new(),
+        };
+        if checked != "ok" {
+            return Err(StoreError::Corrupt(format!(
+                "the copy in {target} does not check: {checked}"
+            )));
+        }
+        let counts = (
+            count("SELECT COUNT(*) FROM leads").await?,
+            count("SELECT COUNT(*) FROM enrollments").await?,
+        );
+        copy.close().await?;
+        Ok(counts)
+    }
+
     /// The migrations of this build the database has not had yet, oldest first (read only:
     /// nothing is created).
     pub async fn pending_migrations(&self) -> Result<Vec<String>> {
