@@ -247,6 +247,67 @@ fn listening(rx: &mpsc::Receiver<String>) -> String {
     rest.split_whitespace().next().unwrap().to_string()
 }
 
+/// `visitors` visitors post the `book` form at `addr`, `each` signups each with addresses
+/// `{tag}c{visitor}i{n}@example.com`, until one is refused or the server is gone; each
+/// address the server answered arrives on the channel, which closes when all have stopped.
+fn sign_up(
+    addr: &str,
+    tag: &str,
+    visitors: usize,
+    each: usize,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let client = crate::util::http();
+    let (tx, acks) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for c in 0..visitors {
+        let (client, addr, tx, tag) = (
+            client.clone(),
+            addr.to_string(),
+            tx.clone(),
+            tag.to_string(),
+        );
+        tokio::spawn(async move {
+            for i in 0..each {
+                let email = format!("{tag}c{c}i{i}@example.com");
+                let r = client
+                    .post(format!("http://{addr}/f/book"))
+                    .json(&serde_json::json!({ "email": email }))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => {
+                        if tx.send(email).is_err() {
+                            return;
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        });
+    }
+    acks
+}
+
+/// The project of the signup tests: a form `book` whose funnel sends at once.
+const BOOK: [(&str, &str); 4] = [
+    ("autofunnel.toml", "signups_per_ip_per_minute = 1000000\n"),
+    (
+        "funnels/book.yaml",
+        "name: Book\nfrom: \"Shop <shop@example.com>\"\n\
+         entry:\n  form:\n    id: book\n    thank_you: https://example.com/thanks\n\
+         stages:\n  - id: welcome\n    steps:\n      - send: hello\n      - wait: 30d\n",
+    ),
+    ("templates/book/hello.subject", "Welcome"),
+    ("templates/book/hello.html", "<p>Hello</p>"),
+];
+
+fn write_files(root: &std::path::Path, files: &[(&str, &str)]) {
+    for (path, text) in files {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+}
+
 /// Killed with SIGKILL while batches of entry events pour in, `autofunnel run` loses no lead:
 /// after the restart every lead the events created has its run and its first email queued, and
 /// every event the API accepted has its lead.
@@ -382,22 +443,7 @@ fn a_kill_mid_batch_loses_no_lead() {
 #[test]
 fn a_kill_mid_signups_leaves_none_unstarted() {
     let dir = tempfile::tempdir().unwrap();
-    let files = [
-        ("autofunnel.toml", "signups_per_ip_per_minute = 1000000\n"),
-        (
-            "funnels/book.yaml",
-            "name: Book\nfrom: \"Shop <shop@example.com>\"\n\
-             entry:\n  form:\n    id: book\n    thank_you: https://example.com/thanks\n\
-             stages:\n  - id: welcome\n    steps:\n      - send: hello\n      - wait: 30d\n",
-        ),
-        ("templates/book/hello.subject", "Welcome"),
-        ("templates/book/hello.html", "<p>Hello</p>"),
-    ];
-    for (path, text) in files {
-        let p = dir.path().join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
+    write_files(dir.path(), &BOOK);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let url = format!("sqlite://{}", dir.path().join("autofunnel.db").display());
     let mut accepted: Vec<String> = Vec::new();
@@ -406,30 +452,7 @@ fn a_kill_mid_signups_leaves_none_unstarted() {
         let addr = listening(&rx);
         // Eight visitors sign up until the process is killed, after 200 answers.
         let answered: Vec<String> = rt.block_on(async {
-            let client = crate::util::http();
-            let (tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<String>();
-            for c in 0..8 {
-                let (client, addr, tx) = (client.clone(), addr.clone(), tx.clone());
-                tokio::spawn(async move {
-                    for i in 0..1_000 {
-                        let email = format!("r{round}c{c}i{i}@example.com");
-                        let r = client
-                            .post(format!("http://{addr}/f/book"))
-                            .json(&serde_json::json!({ "email": email }))
-                            .send()
-                            .await;
-                        match r {
-                            Ok(r) if r.status().is_success() => {
-                                if tx.send(email).is_err() {
-                                    return;
-                                }
-                            }
-                            _ => return,
-                        }
-                    }
-                });
-            }
-            drop(tx);
+            let mut acks = sign_up(&addr, &format!("r{round}"), 8, 1_000);
             let mut answered = Vec::new();
             while let Some(email) = acks.recv().await {
                 answered.push(email);
@@ -1116,55 +1139,14 @@ fn read_commands_never_migrate() {
 #[test]
 fn backup_while_running_restores_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let files = [
-        ("autofunnel.toml", "signups_per_ip_per_minute = 1000000\n"),
-        (
-            "funnels/book.yaml",
-            "name: Book\nfrom: \"Shop <shop@example.com>\"\n\
-             entry:\n  form:\n    id: book\n    thank_you: https://example.com/thanks\n\
-             stages:\n  - id: welcome\n    steps:\n      - send: hello\n      - wait: 30d\n",
-        ),
-        ("templates/book/hello.subject", "Welcome"),
-        ("templates/book/hello.html", "<p>Hello</p>"),
-    ];
-    let write_project = |root: &std::path::Path| {
-        for (path, text) in files {
-            let p = root.join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        }
-    };
-    write_project(dir.path());
+    write_files(dir.path(), &BOOK);
     let backup = dir.path().join("backup.db");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (mut child, rx) = spawn_run(dir.path());
     let addr = listening(&rx);
     // Four visitors sign up; after 100 answers the backup is taken while they go on.
     let (before, after) = rt.block_on(async {
-        let client = crate::util::http();
-        let (tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<String>();
-        for c in 0..4 {
-            let (client, addr, tx) = (client.clone(), addr.clone(), tx.clone());
-            tokio::spawn(async move {
-                for i in 0..250 {
-                    let email = format!("c{c}i{i}@example.com");
-                    let r = client
-                        .post(format!("http://{addr}/f/book"))
-                        .json(&serde_json::json!({ "email": email }))
-                        .send()
-                        .await;
-                    match r {
-                        Ok(r) if r.status().is_success() => {
-                            if tx.send(email).is_err() {
-                                return;
-                            }
-                        }
-                        _ => return,
-                    }
-                }
-            });
-        }
-        drop(tx);
+        let mut acks = sign_up(&addr, "", 4, 250);
         let mut answered = Vec::new();
         while answered.len() < 100 {
             answered.push(acks.recv().await.expect("the visitors stopped early"));
@@ -1218,7 +1200,7 @@ fn backup_while_running_restores_whole() {
     assert_eq!(std::fs::read(&backup).unwrap(), taken);
     // Restored: the copy as a new project's database.
     let restored = tempfile::tempdir().unwrap();
-    write_project(restored.path());
+    write_files(restored.path(), &BOOK);
     std::fs::copy(&backup, restored.path().join("autofunnel.db")).unwrap();
     let url = format!(
         "sqlite://{}",
@@ -1290,4 +1272,67 @@ fn backup_while_running_restores_whole() {
     assert!(out.status.success());
     let rows = String::from_utf8_lossy(&out.stdout).lines().count();
     assert_eq!(rows, leads.len() + 1, "a header and a row per lead");
+}
+
+/// SIGTERM while signups pour in: `autofunnel run` answers what it took in, stores each signup
+/// it answered with its run and first email, finishes the emails it was sending, and exits 0
+/// holding nothing — no email left `sending`, no run or lead still claimed — so another process
+/// (or node) takes everything up at once.
+#[test]
+fn sigterm_finishes_what_is_in_flight_and_lets_claims_go() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path(), &BOOK);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (mut child, rx) = spawn_run(dir.path());
+    let addr = listening(&rx);
+    let answered: Vec<String> = rt.block_on(async {
+        let mut acks = sign_up(&addr, "", 8, 1_000);
+        let mut answered = Vec::new();
+        while let Some(e) = acks.recv().await {
+            answered.push(e);
+            if answered.len() == 300 {
+                Command::new("kill")
+                    .args(["-TERM", &child.0.id().to_string()])
+                    .status()
+                    .unwrap();
+            }
+        }
+        answered
+    });
+    assert!(answered.len() >= 300, "{} answered", answered.len());
+    stopped_cleanly(&mut child, &rx);
+    let url = format!("sqlite://{}", dir.path().join("autofunnel.db").display());
+    rt.block_on(async {
+        use sea_orm::{ConnectionTrait, Database, Statement};
+        let db = Database::connect(&url).await.unwrap();
+        let count = |sql: &str| {
+            let st = Statement::from_string(db.get_database_backend(), sql.to_string());
+            let db = &db;
+            async move {
+                let row = db.query_one_raw(st).await.unwrap().unwrap();
+                row.try_get_by_index::<i64>(0).unwrap()
+            }
+        };
+        let leads = count("SELECT count(*) FROM leads").await;
+        assert_eq!(
+            leads,
+            answered.len() as i64,
+            "every signup answered, stored once"
+        );
+        let runs = count("SELECT count(DISTINCT lead_id) FROM enrollments").await;
+        let mailed = count("SELECT count(DISTINCT lead_id) FROM messages").await;
+        let unstarted =
+            count("SELECT count(*) FROM events WHERE kind = 'signup' AND processed_at IS NULL")
+                .await;
+        assert_eq!((runs, mailed, unstarted), (leads, leads, 0));
+        let sending = count("SELECT count(*) FROM messages WHERE status = 'sending'").await;
+        let claimed_runs = count("SELECT count(*) FROM enrollments WHERE lease_until > 0").await;
+        let claimed_leads = count("SELECT count(*) FROM leads WHERE lease_until > 0").await;
+        assert_eq!(
+            (sending, claimed_runs, claimed_leads),
+            (0, 0, 0),
+            "claims left behind: emails sending, runs, leads"
+        );
+        db.close().await.unwrap();
+    });
 }
