@@ -662,7 +662,7 @@ fn subscriptions(settings: &Settings) -> anyhow::Result<Vec<crate::store::Subscr
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let zone = settings.report_zone()?;
-    let mut store = Store::connect(&settings.database_url)
+    let mut store = Store::connect_pooled(&settings.database_url, settings.database_connections)
         .await?
         .with_zone(zone);
     let applied = store.migrate().await?;

@@ -18,6 +18,9 @@ pub const FILE_NAME: &str = "autofunnel.toml";
 pub struct Settings {
     /// `sqlite://autofunnel.db?mode=rwc` or `postgres://user@host/db`.
     pub database_url: String,
+    /// PostgreSQL: the connections this process keeps open (its pool). Every node keeps its
+    /// own, so nodes × this stays under the server's `max_connections`. SQLite: unused.
+    pub database_connections: u32,
     /// Address the HTTP server listens on.
     pub listen: SocketAddr,
     /// Public address of the server, used in links inside emails.
@@ -139,6 +142,7 @@ impl Default for Settings {
     fn default() -> Settings {
         Settings {
             database_url: "sqlite://autofunnel.db?mode=rwc".into(),
+            database_connections: crate::store::POOL,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             base_url: "http://127.0.0.1:8080".into(),
             funnels_dir: "funnels".into(),
@@ -173,8 +177,9 @@ impl Default for Settings {
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 27] = [
+const ENV_KEYS: [&str; 28] = [
     "database_url",
+    "database_connections",
     "listen",
     "base_url",
     "funnels_dir",

@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, Database};
 use crate::util::on_both_backends;
 use crate::util::postgres_url;
 
-const MIGRATIONS: [&str; 19] = [
+const MIGRATIONS: [&str; 20] = [
     "m20261123_000001_init",
     "m20261124_000002_stage_entry",
     "m20261124_000003_pending_events",
@@ -31,6 +31,7 @@ const MIGRATIONS: [&str; 19] = [
     "m20261206_000017_ab_report_counts",
     "m20261206_000018_refund_report_counts",
     "m20261206_000019_counters_by_metric",
+    "m20261206_000020_hot_tables",
 ];
 
 const TABLES: [&str; 15] = [
@@ -316,4 +317,156 @@ fn suppression_keys_are_plain_sha256() {
         autofunnel::store::suppression_key("abc"),
         "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
+}
+
+/// Waits (five seconds at most) until no other connection to the database is left: a
+/// PostgreSQL backend adds its counts to the statistics as it exits.
+async fn gone(admin: &sea_orm::DatabaseConnection) {
+    let others = "SELECT count(*) FROM pg_stat_activity \
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    for _ in 0..500 {
+        let n: i64 = admin
+            .query_one_raw(sea_orm::Statement::from_string(
+                admin.get_database_backend(),
+                others,
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index(0)
+            .unwrap();
+        if n == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the store's connections did not close");
+}
+
+/// On PostgreSQL the hot paths reach the hot tables through their indexes: with 20,000 runs
+/// stored and the statistics fresh, starting runs from events, moving leads on events, a
+/// scheduler round of due timers and a sender's claim and sent marks make no sequential scan
+/// of the runs, emails, events, leads, stage visits or counters (`pg_stat_user_tables`
+/// counts them per table) when the planner scans only where no index serves
+/// (`enable_seqscan = off`): every hot statement has an index to go by.
+#[tokio::test]
+async fn hot_paths_scan_no_hot_table_on_postgres() {
+    use autofunnel::domain::LeadId;
+    use autofunnel::store::{BatchEvent, LeadRef};
+    const FUNNEL: &str = "name: Join\nfrom: \"Shop <shop@example.com>\"\nentry: { event: join }\n\
+stages:\n  - id: welcome\n    steps:\n      - send: hello\n      - wait: 30d\n    on:\n      \
+- { event: upgrade, goto: paid }\n  - id: paid\n    steps:\n      - send: thanks\n      - wait: 30d\n";
+    const HOT: [&str; 7] = [
+        "enrollments",
+        "messages",
+        "events",
+        "leads",
+        "stage_history",
+        "report_counts",
+        "touches",
+    ];
+    on_postgres_url("hot_paths", |url| async move {
+        let store = Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let path = std::path::Path::new("join.yaml");
+        let mut sink = autofunnel::funnel::diag::Sink::new(path);
+        let funnel = autofunnel::funnel::parse_text(path, FUNNEL, &mut sink).unwrap();
+        let id = funnel.id.value.clone();
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 24, 10, 0, 0).unwrap();
+        let rt =
+            autofunnel::runtime::Runtime::new(store.clone(), vec![funnel.clone()], "node-a", t0)
+                .await
+                .unwrap();
+        let event = |who: LeadRef, kind: &str| BatchEvent {
+            fields: Default::default(),
+            who,
+            event: Event::of(EventKind::parse(kind).unwrap()),
+            idempotency_key: None,
+            occurred_at: t0,
+            touch: None,
+        };
+        let email = |i: usize| Email::parse(&format!("l{i}@example.com")).unwrap();
+        // 20,000 runs, each with its first email, and the statistics taken.
+        let mut leads: Vec<LeadId> = Vec::new();
+        for chunk in (0..20_000).collect::<Vec<_>>().chunks(1_000) {
+            let batch = chunk
+                .iter()
+                .map(|i| event(LeadRef::Email(email(*i)), "join"))
+                .collect();
+            let stored = rt.record_batch(batch, t0).await.unwrap();
+            leads.extend(stored.into_iter().map(|(l, _)| l));
+        }
+        assert_eq!(store.enrollments_of(leads[0], &id).await.unwrap().len(), 1);
+        store.analyze().await.unwrap();
+        drop(rt);
+        store.close().await.unwrap();
+        // One connection, so the others are the store's.
+        let mut one = sea_orm::ConnectOptions::new(url.clone());
+        one.max_connections(1).sqlx_logging(false);
+        let admin = Database::connect(one).await.unwrap();
+        gone(&admin).await;
+        admin
+            .execute_unprepared("SELECT pg_stat_reset()")
+            .await
+            .unwrap();
+        // The hot paths, on a process started afresh whose planner takes a sequential scan
+        // only where no index serves (on tables this small it would rather scan anyway).
+        let store = Store::connect(&format!("{url}?options=-c%20enable_seqscan%3Doff"))
+            .await
+            .unwrap();
+        let rt = autofunnel::runtime::Runtime::new(store.clone(), vec![funnel], "node-a", t0)
+            .await
+            .unwrap();
+        let t1 = t0 + chrono::Duration::hours(1);
+        let moves = leads[..1_000]
+            .iter()
+            .map(|l| event(LeadRef::Id(*l), "upgrade"))
+            .collect();
+        rt.record_batch(moves, t1).await.unwrap();
+        let starts = (20_000..21_000)
+            .map(|i| event(LeadRef::Email(email(i)), "join"))
+            .collect();
+        rt.record_batch(starts, t1).await.unwrap();
+        let outbox = store.outbox();
+        let claimed = outbox
+            .claim(8, t1, chrono::Duration::seconds(60), 500)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 500);
+        let ids: Vec<i64> = claimed.iter().map(|m| m.id).collect();
+        outbox.sent(&ids, t1).await.unwrap();
+        let due = t0 + chrono::Duration::days(31);
+        assert!(rt.tick(due).await.unwrap() > 0, "a round of due timers");
+        drop(rt);
+        store.close().await.unwrap();
+        gone(&admin).await;
+        let rows = admin
+            .query_all_raw(sea_orm::Statement::from_string(
+                admin.get_database_backend(),
+                "SELECT relname::text, COALESCE(seq_scan, 0), COALESCE(idx_scan, 0) \
+                 FROM pg_stat_user_tables",
+            ))
+            .await
+            .unwrap();
+        let mut scanned = Vec::new();
+        let mut indexed = 0;
+        for r in rows {
+            let table: String = r.try_get_by_index(0).unwrap();
+            let seq: i64 = r.try_get_by_index(1).unwrap();
+            let idx: i64 = r.try_get_by_index(2).unwrap();
+            if HOT.contains(&table.as_str()) {
+                indexed += idx;
+                if seq > 0 {
+                    scanned.push(format!("{table}: {seq} sequential scans"));
+                }
+            }
+        }
+        assert!(
+            indexed > 0,
+            "the statistics hold the hot paths' index scans"
+        );
+        assert!(scanned.is_empty(), "{scanned:?}");
+        admin.close().await.unwrap();
+    })
+    .await;
 }

@@ -23,6 +23,7 @@ mod m20261206_000016_hashed_suppressions;
 mod m20261206_000017_ab_report_counts;
 mod m20261206_000018_refund_report_counts;
 mod m20261206_000019_counters_by_metric;
+mod m20261206_000020_hot_tables;
 
 pub struct Migrator;
 
@@ -49,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000017_ab_report_counts::Migration),
             Box::new(m20261206_000018_refund_report_counts::Migration),
             Box::new(m20261206_000019_counters_by_metric::Migration),
+            Box::new(m20261206_000020_hot_tables::Migration),
         ]
     }
 }

@@ -567,9 +567,20 @@ pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(v).single().unwrap_or_default()
 }
 
+/// The connections a process keeps to PostgreSQL unless `database_connections` says
+/// otherwise: a scheduler round, a sender round, the webhook calls and the HTTP requests each
+/// hold one at a time, with room for reports read beside them.
+pub const POOL: u32 = 16;
+
 impl Store {
     /// Opens the database at `url`; a SQLite file and its folder are created when missing.
     pub async fn connect(url: &str) -> Result<Store> {
+        Store::connect_pooled(url, POOL).await
+    }
+
+    /// [`Store::connect`] keeping `connections` open to PostgreSQL (at least 2); SQLite keeps
+    /// its own: four readers and one writer.
+    pub async fn connect_pooled(url: &str, connections: u32) -> Result<Store> {
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -634,7 +645,7 @@ impl Store {
                 Some(std::sync::Arc::new(tokio::sync::Mutex::new(()))),
             ),
             Backend::Postgres => {
-                let db = open(16).await?;
+                let db = open(connections.max(2)).await?;
                 (db.clone(), db, None)
             }
         };
