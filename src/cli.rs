@@ -48,7 +48,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Migrate the database, load the funnels and serve HTTP until stopped (Ctrl-C).
-    Run,
+    Run {
+        /// What this process does, comma-separated: `scheduler` (timers, events, entries),
+        /// `sender` (emails and webhook calls), `http` (forms, APIs, dashboard). Default all
+        /// three; a split needs PostgreSQL, which every process shares.
+        #[arg(long, value_delimiter = ',', default_values = ["scheduler", "sender", "http"])]
+        role: Vec<Role>,
+    },
     /// Check funnels and templates like a compiler: every problem, with file:line:col.
     Check {
         /// Funnel files or project folders (default: the project folder).
@@ -197,6 +203,14 @@ enum Command {
     },
 }
 
+/// A part of `autofunnel run` a process may take on alone.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum Role {
+    Scheduler,
+    Sender,
+    Http,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum CohortArg {
     Entry,
@@ -216,7 +230,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // A command's output is its answer: the log stays out of it unless asked for; the
     // server's job logs what it does.
-    let level = match (cli.verbose, matches!(cli.command, Command::Run)) {
+    let level = match (cli.verbose, matches!(cli.command, Command::Run { .. })) {
         (0, false) => "warn",
         (0 | 1, _) => "info",
         _ => "debug",
@@ -268,7 +282,7 @@ pub fn main() -> ExitCode {
             horizon,
             render.as_deref(),
         ),
-        Command::Run => block_on(run(cli.project.clone(), cli.config.clone())),
+        Command::Run { ref role } => block_on(run(cli.project.clone(), cli.config.clone(), role)),
         Command::Migrate => block_on(migrate(cli.project.clone(), cli.config.clone())),
         Command::Plan => block_on(plan(cli.project.clone(), cli.config.clone())),
         Command::Report {
@@ -791,9 +805,24 @@ async fn report(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn run(
+    project: PathBuf,
+    config: Option<PathBuf>,
+    roles: &[Role],
+) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(&project, config.as_deref())?;
     settings.check_secrets()?;
+    let has = |r: Role| roles.contains(&r);
+    // One process serves a SQLite file, and frees at its start whatever claims are left.
+    if !(has(Role::Scheduler) && has(Role::Sender) && has(Role::Http))
+        && settings.database_url.starts_with("sqlite:")
+    {
+        eprintln!(
+            "error: --role splits the work among processes that share one PostgreSQL database; \
+             a SQLite database is served by one process with every role"
+        );
+        return Ok(ExitCode::from(2));
+    }
     // Taken before the files are read, so an edit made while starting is reloaded.
     let files = project::fingerprint(&settings);
     let (loaded, report) = project::check(&settings, None);
@@ -826,13 +855,16 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
             settings.outbox_dir.display()
         )
     })?;
-    let listener = TcpListener::bind(settings.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {} (set `listen` in {})",
-            settings.listen,
-            settings::FILE_NAME
-        )
-    })?;
+    let listener = match has(Role::Http) {
+        true => Some(TcpListener::bind(settings.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} (set `listen` in {})",
+                settings.listen,
+                settings::FILE_NAME
+            )
+        })?),
+        false => None,
+    };
     // Installed before the start is announced, so a SIGHUP from then on never kills the process.
     #[cfg(unix)]
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -843,8 +875,13 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         .context("cannot listen for SIGTERM")?;
     #[cfg(not(unix))]
     let terminate = ();
+    let addr = match &listener {
+        Some(l) => l.local_addr()?.to_string(),
+        None => "-".into(),
+    };
     tracing::info!(
-        addr = %listener.local_addr()?,
+        addr = %addr,
+        roles = ?roles,
         database = %redact(&settings.database_url),
         funnels = loaded.funnels.len(),
         "autofunnel is running"
@@ -891,12 +928,14 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     // Events a stopped process stored without starting their funnels: started before anything
     // new comes in (later ones, a minute old, by the scheduler loop).
     let started = chrono::Utc::now();
-    if let Err(e) = runtime.resume_entries(started, started).await {
-        tracing::error!(error = %e, "cannot start the funnels of stored events; the scheduler tries again in a minute");
-    }
-    // Likewise the funnels that tags and events of committed transitions start.
-    if let Err(e) = runtime.resume_pending(started, started).await {
-        tracing::error!(error = %e, "cannot start the funnels of kept entries; the scheduler tries again in a minute");
+    if has(Role::Scheduler) {
+        if let Err(e) = runtime.resume_entries(started, started).await {
+            tracing::error!(error = %e, "cannot start the funnels of stored events; the scheduler tries again in a minute");
+        }
+        // Likewise the funnels that tags and events of committed transitions start.
+        if let Err(e) = runtime.resume_pending(started, started).await {
+            tracing::error!(error = %e, "cannot start the funnels of kept entries; the scheduler tries again in a minute");
+        }
     }
     let transport = match &settings.smtp_url {
         Some(url) => {
@@ -945,16 +984,28 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
         .with_metrics(metrics.clone()),
     );
     let scheduler = {
-        let (rt, done) = (runtime.clone(), until_stopped());
-        tokio::spawn(async move { rt.run(done).await })
+        let (rt, done, on) = (runtime.clone(), until_stopped(), has(Role::Scheduler));
+        tokio::spawn(async move {
+            if on {
+                rt.run(done).await
+            }
+        })
     };
     let sending = {
-        let (s, done) = (sender.clone(), until_stopped());
-        tokio::spawn(async move { s.run(done).await })
+        let (s, done, on) = (sender.clone(), until_stopped(), has(Role::Sender));
+        tokio::spawn(async move {
+            if on {
+                s.run(done).await
+            }
+        })
     };
     let calling = {
-        let (h, done) = (hooks.clone(), until_stopped());
-        tokio::spawn(async move { h.run(done).await })
+        let (h, done, on) = (hooks.clone(), until_stopped(), has(Role::Sender));
+        tokio::spawn(async move {
+            if on {
+                h.run(done).await
+            }
+        })
     };
     #[cfg(unix)]
     let reloader = tokio::spawn(reload_on_sighup(
@@ -968,37 +1019,43 @@ async fn run(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<ExitCo
     ));
     #[cfg(not(unix))]
     let reloader = tokio::spawn(async {});
-    let mut server = tokio::spawn(server::serve(
-        listener,
-        AppState {
-            runtime: runtime.clone(),
-            hooks_secret: settings
-                .hooks_secret
-                .as_ref()
-                .map(|s| std::sync::Arc::from(s.as_bytes())),
-            secret: std::sync::Arc::from(secret.as_slice()),
-            api_token: settings.api_token.as_deref().map(std::sync::Arc::from),
-            admin_token: settings.admin_token.as_deref().map(std::sync::Arc::from),
-            metrics,
-            signup_limit: server::signup::limiter_behind(
-                settings.signups_per_ip_per_minute,
-                settings.trusted_networks()?,
-            ),
-            report_zone: settings.report_zone()?,
-            payments: server::pay::Payments::new(payments),
-            trusted_proxies: std::sync::Arc::from(settings.trusted_networks()?),
-            outbox_dir: settings
-                .smtp_url
-                .is_none()
-                .then(|| std::sync::Arc::from(settings.outbox_dir.as_path())),
-            ui_language: settings.ui_language()?,
-            https: settings.base_url.starts_with("https://"),
-            signed_out: Default::default(),
+    let state = AppState {
+        runtime: runtime.clone(),
+        hooks_secret: settings
+            .hooks_secret
+            .as_ref()
+            .map(|s| std::sync::Arc::from(s.as_bytes())),
+        secret: std::sync::Arc::from(secret.as_slice()),
+        api_token: settings.api_token.as_deref().map(std::sync::Arc::from),
+        admin_token: settings.admin_token.as_deref().map(std::sync::Arc::from),
+        metrics,
+        signup_limit: server::signup::limiter_behind(
+            settings.signups_per_ip_per_minute,
+            settings.trusted_networks()?,
+        ),
+        report_zone: settings.report_zone()?,
+        payments: server::pay::Payments::new(payments),
+        trusted_proxies: std::sync::Arc::from(settings.trusted_networks()?),
+        outbox_dir: settings
+            .smtp_url
+            .is_none()
+            .then(|| std::sync::Arc::from(settings.outbox_dir.as_path())),
+        ui_language: settings.ui_language()?,
+        https: settings.base_url.starts_with("https://"),
+        signed_out: Default::default(),
+    }
+    .remembering_sign_outs()
+    .await?;
+    let mut server = match listener {
+        Some(listener) => tokio::spawn(server::serve(listener, state, until_stopped())),
+        None => {
+            let done = until_stopped();
+            tokio::spawn(async move {
+                done.await;
+                Ok(())
+            })
         }
-        .remembering_sign_outs()
-        .await?,
-        until_stopped(),
-    ));
+    };
     let served = tokio::select! {
         r = &mut server => r,
         _ = shutdown_signal(terminate) => {

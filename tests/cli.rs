@@ -219,17 +219,28 @@ fn start_run() -> (tempfile::TempDir, Reap, mpsc::Receiver<String>) {
 
 /// `autofunnel run` on the project in `dir`, port 0; its log lines arrive on the channel.
 fn spawn_run(dir: &std::path::Path) -> (Reap, mpsc::Receiver<String>) {
-    let mut child = Reap(
-        autofunnel()
-            .arg("-C")
-            .arg(dir)
-            .arg("run")
-            .env("AUTOFUNNEL_LISTEN", "127.0.0.1:0")
-            .env("AUTOFUNNEL_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    spawn_run_on(dir, None, &[])
+}
+
+/// [`spawn_run`] on the database at `url` (else the project's), with `args` after `run`.
+fn spawn_run_on(
+    dir: &std::path::Path,
+    url: Option<&str>,
+    args: &[&str],
+) -> (Reap, mpsc::Receiver<String>) {
+    let mut command = autofunnel();
+    command
+        .arg("-C")
+        .arg(dir)
+        .arg("run")
+        .args(args)
+        .env("AUTOFUNNEL_LISTEN", "127.0.0.1:0")
+        .env("AUTOFUNNEL_LOG", "info")
+        .stderr(Stdio::piped());
+    if let Some(url) = url {
+        command.env("AUTOFUNNEL_DATABASE_URL", url);
+    }
+    let mut child = Reap(command.spawn().unwrap());
     let stderr = child.0.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -1335,4 +1346,77 @@ fn sigterm_finishes_what_is_in_flight_and_lets_claims_go() {
         );
         db.close().await.unwrap();
     });
+}
+
+/// `--role` splits `autofunnel run` among processes sharing one PostgreSQL database: signups
+/// posted to a process that only serves HTTP are stored with their funnels started there, and
+/// a second process that only schedules and sends delivers their emails; on SQLite, which one
+/// process serves, a split is refused before anything starts.
+#[test]
+fn roles_split_the_work_among_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path(), &BOOK);
+    let out = autofunnel()
+        .arg("-C")
+        .arg(dir.path())
+        .args(["run", "--role", "http"])
+        .env("AUTOFUNNEL_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PostgreSQL"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !dir.path().join("autofunnel.db").exists(),
+        "nothing started"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(crate::store::on_postgres_url("roles", |url| async move {
+        let (mut web, web_log) = spawn_run_on(dir.path(), Some(&url), &["--role", "http"]);
+        let addr = listening(&web_log);
+        // Started once the first has migrated the database.
+        let (mut work, work_log) =
+            spawn_run_on(dir.path(), Some(&url), &["--role", "scheduler,sender"]);
+        let line = wait_for_line(&work_log, "autofunnel is running");
+        assert!(line.contains("addr=-"), "{line}");
+        let mut acks = sign_up(&addr, "", 4, 5);
+        let mut answered = Vec::new();
+        while let Some(e) = acks.recv().await {
+            answered.push(e);
+        }
+        assert_eq!(answered.len(), 20);
+        use sea_orm::{ConnectionTrait, Database, Statement};
+        let db = Database::connect(&url).await.unwrap();
+        let sent = "SELECT count(*) FROM messages WHERE status = 'sent'";
+        let mut n = 0;
+        for _ in 0..600 {
+            n = db
+                .query_one_raw(Statement::from_string(db.get_database_backend(), sent))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get_by_index::<i64>(0)
+                .unwrap();
+            if n == 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(n, 20, "the sending process delivered every first email");
+        let files = std::fs::read_dir(dir.path().join("outbox"))
+            .unwrap()
+            .count();
+        assert_eq!(files, 20);
+        db.close().await.unwrap();
+        for (child, log) in [(&mut web, &web_log), (&mut work, &work_log)] {
+            Command::new("kill")
+                .args(["-TERM", &child.0.id().to_string()])
+                .status()
+                .unwrap();
+            stopped_cleanly(child, log);
+        }
+    }));
 }
