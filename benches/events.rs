@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use sea_orm::{ConnectionTrait, Database};
 
+/// The allocator of the `autofunnel` binary.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TOKEN: &str = "events bench api token";
 
 const FUNNEL: &str = "name: Join\nfrom: \"Shop <shop@example.com>\"\nentry: { event: join }\n\

@@ -1119,17 +1119,20 @@ impl Store {
             .collect();
         let mut out = Vec::new();
         for chunk in ids.chunks(sql::ROWS) {
-            let rows = event::Entity::find()
-                .filter(event::Column::LeadId.is_in(sql::padded(chunk.iter().copied())))
-                .filter(event::Column::Id.gt(after))
-                .order_by_asc(event::Column::Id)
-                .all(&self.db)
-                .await?;
-            for r in rows {
+            // Read packed: one answer for the chunk instead of a row at a time.
+            let mut q = sql::Params::new(self.backend);
+            let rest = format!(
+                "FROM events WHERE lead_id IN ({}) AND id > {}",
+                q.list(chunk),
+                q.p(after)
+            );
+            let rows: Vec<(i64, i64, String, String)> =
+                sql::select_packed(&self.db, q, "id, lead_id, kind, payload", &rest).await?;
+            for (id, lead, kind, payload) in rows {
                 out.push(StoredEvent {
-                    id: r.id,
-                    lead: LeadId(r.lead_id.unwrap_or_default()),
-                    event: event_of(r.id, &r.kind, &r.payload)?,
+                    id,
+                    lead: LeadId(lead),
+                    event: event_of(id, &kind, &payload)?,
                 });
             }
         }
