@@ -319,6 +319,50 @@ fn write_files(root: &std::path::Path, files: &[(&str, &str)]) {
     }
 }
 
+/// The one number `sql` asks the database for.
+async fn count_in(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    use sea_orm::{ConnectionTrait, Statement};
+    let st = Statement::from_string(db.get_database_backend(), sql.to_string());
+    let row = db.query_one_raw(st).await.unwrap().unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+/// The signups stored in the database at `url`, checked whole: every lead has its run and its
+/// first email, and no `signup` event is left unprocessed (`what` names the moment on failure).
+/// Returns the leads' addresses and the open connection for more checks.
+async fn signups_whole(
+    url: &str,
+    what: &str,
+) -> (
+    std::collections::HashSet<String>,
+    sea_orm::DatabaseConnection,
+) {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    let db = Database::connect(url).await.unwrap();
+    let leads = count_in(&db, "SELECT count(*) FROM leads").await;
+    let runs = count_in(&db, "SELECT count(DISTINCT lead_id) FROM enrollments").await;
+    let mailed = count_in(&db, "SELECT count(DISTINCT lead_id) FROM messages").await;
+    let unstarted = count_in(
+        &db,
+        "SELECT count(*) FROM events WHERE kind = 'signup' AND processed_at IS NULL",
+    )
+    .await;
+    assert_eq!(
+        (runs, mailed, unstarted),
+        (leads, leads, 0),
+        "{what}: {leads} leads"
+    );
+    let st = Statement::from_string(db.get_database_backend(), "SELECT email FROM leads");
+    let emails = db
+        .query_all_raw(st)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get_by_index(0).unwrap())
+        .collect();
+    (emails, db)
+}
+
 /// Killed with SIGKILL while batches of entry events pour in, `autofunnel run` loses no lead:
 /// after the restart every lead the events created has its run and its first email queued, and
 /// every event the API accepted has its lead.
@@ -486,35 +530,7 @@ fn a_kill_mid_signups_leaves_none_unstarted() {
         accepted.extend(answered);
         // The database as the killed process left it, before any restart.
         rt.block_on(async {
-            use sea_orm::{ConnectionTrait, Database, Statement};
-            let db = Database::connect(&url).await.unwrap();
-            let count = |sql: &str| {
-                let st = Statement::from_string(db.get_database_backend(), sql.to_string());
-                let db = &db;
-                async move {
-                    let row = db.query_one_raw(st).await.unwrap().unwrap();
-                    row.try_get_by_index::<i64>(0).unwrap()
-                }
-            };
-            let leads = count("SELECT count(*) FROM leads").await;
-            let runs = count("SELECT count(DISTINCT lead_id) FROM enrollments").await;
-            let mailed = count("SELECT count(DISTINCT lead_id) FROM messages").await;
-            let unstarted =
-                count("SELECT count(*) FROM events WHERE kind = 'signup' AND processed_at IS NULL")
-                    .await;
-            assert_eq!(
-                (runs, mailed, unstarted),
-                (leads, leads, 0),
-                "round {round}: {leads} leads"
-            );
-            let st = Statement::from_string(db.get_database_backend(), "SELECT email FROM leads");
-            let known: std::collections::HashSet<String> = db
-                .query_all_raw(st)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.try_get_by_index(0).unwrap())
-                .collect();
+            let (known, db) = signups_whole(&url, &format!("round {round}")).await;
             let lost: Vec<&String> = accepted.iter().filter(|e| !known.contains(*e)).collect();
             assert!(lost.is_empty(), "answered, then lost: {lost:?}");
             db.close().await.unwrap();
@@ -1218,35 +1234,7 @@ fn backup_while_running_restores_whole() {
         restored.path().join("autofunnel.db").display()
     );
     let leads: std::collections::HashSet<String> = rt.block_on(async {
-        use sea_orm::{ConnectionTrait, Database, Statement};
-        let db = Database::connect(&url).await.unwrap();
-        let count = |sql: &str| {
-            let st = Statement::from_string(db.get_database_backend(), sql.to_string());
-            let db = &db;
-            async move {
-                let row = db.query_one_raw(st).await.unwrap().unwrap();
-                row.try_get_by_index::<i64>(0).unwrap()
-            }
-        };
-        let n = count("SELECT count(*) FROM leads").await;
-        let runs = count("SELECT count(DISTINCT lead_id) FROM enrollments").await;
-        let mailed = count("SELECT count(DISTINCT lead_id) FROM messages").await;
-        let unstarted =
-            count("SELECT count(*) FROM events WHERE kind = 'signup' AND processed_at IS NULL")
-                .await;
-        assert_eq!(
-            (runs, mailed, unstarted),
-            (n, n, 0),
-            "{n} leads in the copy"
-        );
-        let st = Statement::from_string(db.get_database_backend(), "SELECT email FROM leads");
-        let known = db
-            .query_all_raw(st)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.try_get_by_index(0).unwrap())
-            .collect();
+        let (known, db) = signups_whole(&url, "the copy").await;
         db.close().await.unwrap();
         known
     });
@@ -1314,28 +1302,13 @@ fn sigterm_finishes_what_is_in_flight_and_lets_claims_go() {
     stopped_cleanly(&mut child, &rx);
     let url = format!("sqlite://{}", dir.path().join("autofunnel.db").display());
     rt.block_on(async {
-        use sea_orm::{ConnectionTrait, Database, Statement};
-        let db = Database::connect(&url).await.unwrap();
-        let count = |sql: &str| {
-            let st = Statement::from_string(db.get_database_backend(), sql.to_string());
-            let db = &db;
-            async move {
-                let row = db.query_one_raw(st).await.unwrap().unwrap();
-                row.try_get_by_index::<i64>(0).unwrap()
-            }
-        };
-        let leads = count("SELECT count(*) FROM leads").await;
+        let (stored, db) = signups_whole(&url, "after SIGTERM").await;
         assert_eq!(
-            leads,
-            answered.len() as i64,
+            stored.len(),
+            answered.len(),
             "every signup answered, stored once"
         );
-        let runs = count("SELECT count(DISTINCT lead_id) FROM enrollments").await;
-        let mailed = count("SELECT count(DISTINCT lead_id) FROM messages").await;
-        let unstarted =
-            count("SELECT count(*) FROM events WHERE kind = 'signup' AND processed_at IS NULL")
-                .await;
-        assert_eq!((runs, mailed, unstarted), (leads, leads, 0));
+        let count = |sql: &'static str| count_in(&db, sql);
         let sending = count("SELECT count(*) FROM messages WHERE status = 'sending'").await;
         let claimed_runs = count("SELECT count(*) FROM enrollments WHERE lease_until > 0").await;
         let claimed_leads = count("SELECT count(*) FROM leads WHERE lease_until > 0").await;

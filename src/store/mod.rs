@@ -379,6 +379,41 @@ fn touch_row(lead: LeadId, t: NewTouch, at: DateTime<Utc>) -> touch::ActiveModel
     }
 }
 
+/// Inserts touches, each (lead, when in ms, the touch), a statement per [`sql::ROWS`].
+pub(super) async fn insert_touches(
+    txn: &sea_orm::DatabaseTransaction,
+    backend: Backend,
+    touches: Vec<(LeadId, i64, NewTouch)>,
+) -> Result<()> {
+    let rows = touches
+        .into_iter()
+        .map(|(lead, at, t)| {
+            vec![
+                lead.0.into(),
+                at.into(),
+                t.channel.into(),
+                t.source.into(),
+                t.medium.into(),
+                t.campaign.into(),
+                t.term.into(),
+                t.content.into(),
+                t.referrer.into(),
+                t.landing_url.into(),
+                t.form.into(),
+            ]
+        })
+        .collect();
+    sql::insert_rows(
+        txn,
+        backend,
+        "touches (lead_id, occurred_at, channel, source, medium, campaign, term, content, \
+         referrer, landing_url, form_id)",
+        "",
+        rows,
+    )
+    .await
+}
+
 /// An event's payload as [`payload_of`] writes it, read without building a JSON tree (reports
 /// and rounds read millions).
 #[derive(Default, serde::Deserialize)]
@@ -1363,7 +1398,7 @@ impl Store {
         // The new events, for the counters.
         let mut new: Vec<(LeadId, Event, DateTime<Utc>)> = Vec::new();
         let mut new_ids: Vec<i64> = Vec::new();
-        let mut touches: Vec<Vec<Value>> = Vec::new();
+        let mut touches: Vec<(LeadId, i64, NewTouch)> = Vec::new();
         for ((b, lead), is_new) in events.into_iter().zip(leads).zip(fresh) {
             let id = match (&b.idempotency_key, is_new) {
                 (_, false) => None,
@@ -1392,30 +1427,10 @@ impl Store {
                 batch::update_lead(&txn, lead, &set, (0, false), now).await?;
             }
             if let Some(tc) = b.touch {
-                touches.push(vec![
-                    lead.0.into(),
-                    ms(b.occurred_at).into(),
-                    tc.channel.into(),
-                    tc.source.into(),
-                    tc.medium.into(),
-                    tc.campaign.into(),
-                    tc.term.into(),
-                    tc.content.into(),
-                    tc.referrer.into(),
-                    tc.landing_url.into(),
-                    tc.form.into(),
-                ]);
+                touches.push((lead, ms(b.occurred_at), tc));
             }
         }
-        sql::insert_rows(
-            &txn,
-            self.backend,
-            "touches (lead_id, occurred_at, channel, source, medium, campaign, term, content, \
-             referrer, landing_url, form_id)",
-            "",
-            touches,
-        )
-        .await?;
+        insert_touches(&txn, self.backend, touches).await?;
         let new: Vec<_> = new.iter().map(|(l, e, at)| (*l, e, *at)).collect();
         took_effect(
             &txn,

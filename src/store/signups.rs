@@ -137,35 +137,12 @@ impl Store {
                     })
             })
             .collect::<Result<_>>()?;
-        let touches: Vec<Vec<Value>> = signups
+        let touches = signups
             .iter()
             .zip(&leads)
-            .map(|(s, l)| {
-                let tc = &s.touch;
-                vec![
-                    l.0.into(),
-                    t.into(),
-                    tc.channel.clone().into(),
-                    tc.source.clone().into(),
-                    tc.medium.clone().into(),
-                    tc.campaign.clone().into(),
-                    tc.term.clone().into(),
-                    tc.content.clone().into(),
-                    tc.referrer.clone().into(),
-                    tc.landing_url.clone().into(),
-                    tc.form.clone().into(),
-                ]
-            })
+            .map(|(s, l)| (*l, t, s.touch.clone()))
             .collect();
-        sql::insert_rows(
-            txn,
-            self.backend,
-            "touches (lead_id, occurred_at, channel, source, medium, campaign, term, content, \
-             referrer, landing_url, form_id)",
-            "",
-            touches,
-        )
-        .await?;
+        super::insert_touches(txn, self.backend, touches).await?;
         // The consent each form gives, on record.
         let proofs = signups
             .iter()
