@@ -94,6 +94,24 @@ pub async fn query_count(db: &sea_orm::DatabaseConnection, sql: &str) -> anyhow:
     Ok(row.try_get_by_index::<i64>(0)?)
 }
 
+/// The database a bench runs on: `--database URL` (a PostgreSQL database, emptied first), else
+/// a SQLite file at `file`.
+#[allow(dead_code)]
+pub async fn database_url(args: &[String], file: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use sea_orm::ConnectionTrait as _;
+    match flag::<String>(args, "--database") {
+        Some(u) => {
+            let db = sea_orm::Database::connect(&u).await?;
+            db.execute_unprepared("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+                .await
+                .context("cannot empty the PostgreSQL database")?;
+            Ok(u)
+        }
+        None => Ok(format!("sqlite://{}?mode=rwc", file.display())),
+    }
+}
+
 /// The example project in this repository (`funnels/`, `templates/`), loaded as `run` does.
 #[allow(dead_code)]
 pub fn example_project() -> anyhow::Result<std::sync::Arc<autofunnel::project::Project>> {

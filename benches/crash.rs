@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use sea_orm::{ConnectionTrait, Database};
+use sea_orm::Database;
 
 const TOKEN: &str = "crash bench api token";
 
@@ -114,16 +114,7 @@ async fn main() -> anyhow::Result<()> {
         std::fs::create_dir_all(p.parent().unwrap_or(&project))?;
         std::fs::write(p, text)?;
     }
-    let url = match common::flag::<String>(&args, "--database") {
-        Some(u) => {
-            let db = Database::connect(&u).await?;
-            db.execute_unprepared("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-                .await
-                .context("cannot empty the PostgreSQL database")?;
-            u
-        }
-        None => format!("sqlite://{}?mode=rwc", project.join("bench.db").display()),
-    };
+    let url = common::database_url(&args, &project.join("bench.db")).await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();

@@ -16,8 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use sea_orm::{ConnectionTrait, Database};
+use anyhow::bail;
+use sea_orm::Database;
 
 /// The allocator of the `autofunnel` binary.
 #[global_allocator]
@@ -36,19 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let n = common::count(&args).unwrap_or(20_000);
     let size: usize = common::flag(&args, "--batch").unwrap_or(1_000);
     let dir = tempfile::tempdir()?;
-    let url = match common::flag::<String>(&args, "--database") {
-        Some(u) => {
-            let db = Database::connect(&u).await?;
-            db.execute_unprepared("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-                .await
-                .context("cannot empty the PostgreSQL database")?;
-            u
-        }
-        None => format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("bench.db").display()
-        ),
-    };
+    let url = common::database_url(&args, &dir.path().join("bench.db")).await?;
     let mut sink = autofunnel::funnel::diag::Sink::new(Path::new("join.yaml"));
     let funnel = autofunnel::funnel::parse_text(Path::new("join.yaml"), FUNNEL, &mut sink)
         .ok_or_else(|| anyhow::anyhow!("the bench funnel does not parse"))?;

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use sea_orm::{ConnectionTrait, Database};
+use sea_orm::Database;
 
 /// Each wrk thread numbers its own addresses, so no two requests share one.
 const SCRIPT: &str = r#"
@@ -108,16 +108,7 @@ async fn main() -> anyhow::Result<()> {
             String::from_utf8_lossy(&init.stderr)
         );
     }
-    let url = match common::flag::<String>(&args, "--database") {
-        Some(u) => {
-            let db = Database::connect(&u).await?;
-            db.execute_unprepared("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-                .await
-                .context("cannot empty the PostgreSQL database")?;
-            u
-        }
-        None => format!("sqlite://{}?mode=rwc", project.join("bench.db").display()),
-    };
+    let url = common::database_url(&args, &project.join("bench.db")).await?;
     let port = free_port()?;
     let log = std::fs::File::create(dir.path().join("server.log"))?;
     let mut cmd = Command::new(bin);

@@ -319,6 +319,20 @@ fn write_files(root: &std::path::Path, files: &[(&str, &str)]) {
     }
 }
 
+/// What `GET /healthz` of the server at `addr` answers.
+fn healthz(rt: &tokio::runtime::Runtime, addr: &str) -> serde_json::Value {
+    rt.block_on(async {
+        crate::util::http()
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    })
+}
+
 /// The one number `sql` asks the database for.
 async fn count_in(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
     use sea_orm::{ConnectionTrait, Statement};
@@ -684,16 +698,7 @@ fn run_serves_healthz_on_the_embedded_defaults_and_stops_on_sigterm() {
         }
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let body: serde_json::Value = rt.block_on(async {
-        crate::util::http()
-            .get(format!("http://{addr}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
+    let body = healthz(&rt, &addr);
     assert_eq!(body["status"], "ok");
     assert_eq!(body["funnels"], 1);
     assert!(dir.path().join("autofunnel.db").exists());
@@ -1246,16 +1251,7 @@ fn backup_while_running_restores_whole() {
     // The restored project runs on the copy and serves its leads.
     let (mut child, rx) = spawn_run(restored.path());
     let addr = listening(&rx);
-    let health: serde_json::Value = rt.block_on(async {
-        crate::util::http()
-            .get(format!("http://{addr}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
+    let health = healthz(&rt, &addr);
     assert_eq!(health["status"], "ok");
     Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
