@@ -319,6 +319,13 @@ fn write_files(root: &std::path::Path, files: &[(&str, &str)]) {
     }
 }
 
+/// A command refused with exit 2, its message naming `why`.
+fn refused(out: &std::process::Output, why: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(why), "{stderr}");
+}
+
 /// What `GET /healthz` of the server at `addr` answers.
 fn healthz(rt: &tokio::runtime::Runtime, addr: &str) -> serde_json::Value {
     rt.block_on(async {
@@ -1223,12 +1230,7 @@ fn backup_while_running_restores_whole() {
         .arg(&backup)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("exists"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    refused(&out, "exists");
     assert_eq!(std::fs::read(&backup).unwrap(), taken);
     // Restored: the copy as a new project's database.
     let restored = tempfile::tempdir().unwrap();
@@ -1332,12 +1334,7 @@ fn roles_split_the_work_among_processes() {
         .env("AUTOFUNNEL_LISTEN", "127.0.0.1:0")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("PostgreSQL"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    refused(&out, "PostgreSQL");
     assert!(
         !dir.path().join("autofunnel.db").exists(),
         "nothing started"

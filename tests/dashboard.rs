@@ -104,6 +104,15 @@ fn value_of(set_cookie: &str) -> &str {
     set_cookie.split(';').next().unwrap()
 }
 
+/// `GET url` with the `Cookie` a browser signed in as `cookie` sends.
+async fn get_as(
+    c: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    cookie: &str,
+) -> reqwest::Response {
+    c.get(url).header(COOKIE, cookie).send().await.unwrap()
+}
+
 /// Signs in as a browser would: the form, then the token; the session's `Cookie` value.
 async fn sign_in(c: &reqwest::Client, base: &str) -> String {
     let r = c
@@ -206,12 +215,7 @@ async fn signing_in_and_out() {
     );
     // The right one: a session cookie, HttpOnly, SameSite=Strict, 12 hours.
     let session = sign_in(&c, &base).await;
-    let r = c
-        .get(format!("{base}/dashboard"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&c, format!("{base}/dashboard"), &session).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["cache-control"], "no-store");
     let page = r.text().await.unwrap();
@@ -261,12 +265,7 @@ async fn signing_in_and_out() {
             .iter()
             .any(|c| c.starts_with("af_session=;") && c.contains("Max-Age=0"))
     );
-    let r = c
-        .get(format!("{base}/dashboard"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&c, format!("{base}/dashboard"), &session).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "signed out");
     // Restarted on the same database, the server still refuses the signed-out session, and
     // takes a new one.
@@ -287,29 +286,14 @@ async fn signing_in_and_out() {
         .await
         .unwrap(),
     );
-    let r = c
-        .get(format!("{base}/dashboard"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&c, format!("{base}/dashboard"), &session).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "still signed out");
     let again = sign_in(&c, &base).await;
-    let r = c
-        .get(format!("{base}/dashboard"))
-        .header(COOKIE, &again)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&c, format!("{base}/dashboard"), &again).await;
     assert_eq!(r.status(), StatusCode::OK);
     // A forged session: to the sign-in page.
     let forged = session.replacen('.', "9.", 1);
-    let r = c
-        .get(format!("{base}/dashboard"))
-        .header(COOKIE, &forged)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&c, format!("{base}/dashboard"), &forged).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     server.stop().await;
 }
@@ -390,12 +374,12 @@ async fn the_pages_show_the_reports_figures() {
         .unwrap();
     let downloaded: serde_json::Value = r.json().await.unwrap();
     assert_eq!(downloaded["entered"], 7);
-    let r = c
-        .get(format!("{base}/dashboard/funnels/course/report.csv?days=7"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(
+        &c,
+        format!("{base}/dashboard/funnels/course/report.csv?days=7"),
+        &session,
+    )
+    .await;
     assert!(
         r.headers()["content-type"]
             .to_str()
@@ -486,12 +470,12 @@ async fn the_pages_show_the_reports_figures() {
         w.contains("id=\"set-intro\"") && w.contains("value=\"20\""),
         "the inputs kept"
     );
-    let r = c
-        .get(format!("{base}/dashboard/funnels/course/whatif?days=0"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(
+        &c,
+        format!("{base}/dashboard/funnels/course/whatif?days=0"),
+        &session,
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         r.text()
@@ -500,12 +484,7 @@ async fn the_pages_show_the_reports_figures() {
             .contains("days: a whole number of days from 1 to 366")
     );
     // A funnel that does not run: said so, 404.
-    let r = c
-        .get(format!("{base}/dashboard/funnels/nope"))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&c, format!("{base}/dashboard/funnels/nope"), &session).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     server.stop().await;
 }
