@@ -43,6 +43,32 @@ pub fn cpu_seconds() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU time (user + system) used so far by every process whose command name is `name`
+/// and their ended children (Linux `/proc/PID/stat`, 100 ticks per second): a database
+/// server's processes.
+#[allow(dead_code)]
+pub fn cpu_seconds_of_command(name: &str) -> f64 {
+    let mut ticks = 0.0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(s) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, after)) = s.rsplit_once(')') else {
+            continue;
+        };
+        if head.split_once('(').map(|(_, c)| c) != Some(name) {
+            continue;
+        }
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // Its own time and that of its children it has waited for (a server's backends
+        // that have ended count in the server's main process).
+        ticks += (11..=14)
+            .filter_map(|i| f.get(i)?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    ticks / 100.0
+}
+
 /// The benchmark's arguments (without the `--bench` cargo adds).
 pub fn args() -> Vec<String> {
     std::env::args()

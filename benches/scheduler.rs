@@ -11,8 +11,9 @@
 //! 3. **backlog**: a day later every lead's next timer is due at once and rounds drain them
 //!    as fast as they can (`webinar-reminder`): the scheduler's capacity.
 //!
-//! `cargo bench --bench scheduler -- [LEADS] [--rate R] [postgres://…]` (defaults: 1,000,000
-//! leads, 20,000 timers/s, SQLite in a temporary folder).
+//! `cargo bench --bench scheduler -- [LEADS] [--rate R] [postgres://…] [--processes K]`
+//! (defaults: 1,000,000 leads, 20,000 timers/s, SQLite in a temporary folder); with
+//! `--processes K` the backlog is drained by K processes at once (PostgreSQL).
 
 #[path = "common.rs"]
 mod common;
@@ -44,6 +45,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = common::args();
+    if let Some(url) = common::flag::<String>(&args, "--drain") {
+        return drain(&url, &args).await;
+    }
     let rate: f64 = common::flag(&args, "--rate").unwrap_or(20_000.0);
     let n = common::count(&args).unwrap_or(1_000_000);
     let pg = args.iter().find(|a| a.starts_with("postgres")).cloned();
@@ -146,6 +150,9 @@ async fn main() -> anyhow::Result<()> {
 
     // Backlog: a day later every lead's reminder timer is due at once.
     let all_due = due0 + Duration::days(1) + Duration::seconds((n as f64 / rate) as i64 + 60);
+    if let Some(k) = common::flag::<usize>(&args, "--processes") {
+        return processes(&url, k.max(1), all_due, n).await;
+    }
     let start = Instant::now();
     let mut transitions = 0;
     let mut round_lags = Vec::with_capacity(n);
@@ -168,6 +175,86 @@ async fn main() -> anyhow::Result<()> {
         percentile(&round_lags, 0.99)
     );
     println!("peak RSS: {:.1} MB", peak_rss_mb());
+    Ok(())
+}
+
+/// The backlog drained by `k` processes of this bench at once (`--drain`), each a runtime of
+/// its own on the same database, as `autofunnel run` nodes are: the throughput they get
+/// together and each, and the CPU a transition costs in them and in the database server.
+async fn processes(url: &str, k: usize, due: DateTime<Utc>, n: usize) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let server0 = common::cpu_seconds_of_command("postgres");
+    let start = Instant::now();
+    let children: Vec<std::process::Child> = (0..k)
+        .map(|i| {
+            std::process::Command::new(&exe)
+                .args(["--drain", url, "--due", &due.to_rfc3339(), "--owner"])
+                .arg(format!("bench-{i}"))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let mut total = 0u64;
+    let mut cpu = 0.0;
+    for (i, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (done, secs, used): (u64, f64, f64) = text
+            .split_whitespace()
+            .filter_map(|w| w.parse::<f64>().ok())
+            .collect::<Vec<_>>()
+            .get(..3)
+            .map(|v| (v[0] as u64, v[1], v[2]))
+            .ok_or_else(|| anyhow::anyhow!("process {i} said: {text}"))?;
+        println!(
+            "  process {i}: {done} transitions in {secs:.2} s = {:.0}/s, {:.1} µs CPU each",
+            done as f64 / secs,
+            used / done.max(1) as f64 * 1e6
+        );
+        total += done;
+        cpu += used;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let server = common::cpu_seconds_of_command("postgres") - server0;
+    println!(
+        "backlog, {k} processes: {total} of {n} timers drained in {wall:.2} s = {:.0} transitions/s; \
+         CPU per transition {:.1} µs in the processes + {:.1} µs in PostgreSQL",
+        total as f64 / wall,
+        cpu / total.max(1) as f64 * 1e6,
+        server / total.max(1) as f64 * 1e6
+    );
+    Ok(())
+}
+
+/// One process of [`processes`]: rounds until nothing is due; prints the transitions, the
+/// seconds and the CPU seconds it used.
+async fn drain(url: &str, args: &[String]) -> anyhow::Result<()> {
+    let due: DateTime<Utc> = common::flag::<String>(args, "--due")
+        .and_then(|d| DateTime::parse_from_rfc3339(&d).ok())
+        .ok_or_else(|| anyhow::anyhow!("--drain needs --due RFC3339"))?
+        .with_timezone(&Utc);
+    let owner: String = common::flag(args, "--owner").unwrap_or_else(|| "bench".into());
+    let store = Store::connect(url).await?;
+    let file = Path::new("funnels/relationships-course.yaml");
+    let mut sink = Sink::new(file);
+    let f = funnel::parse_text(file, &std::fs::read_to_string(file)?, &mut sink)
+        .expect("example funnel parses");
+    let rt = Runtime::new(store, vec![f], &owner, due).await?;
+    let start = Instant::now();
+    let cpu0 = common::cpu_seconds();
+    let mut done = 0usize;
+    loop {
+        let n = rt.tick(due).await?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    println!(
+        "{done} {:.3} {:.3}",
+        start.elapsed().as_secs_f64(),
+        common::cpu_seconds() - cpu0
+    );
     Ok(())
 }
 

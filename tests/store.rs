@@ -136,6 +136,33 @@ async fn migrations_apply_once(store: Store) {
     assert_eq!(store.applied_migrations().await.unwrap(), MIGRATIONS);
 }
 
+/// Nodes started together on one PostgreSQL database (a deployment rolling out) migrate one
+/// after the other: every node's start succeeds and each migration is applied once.
+#[tokio::test]
+async fn nodes_starting_together_migrate_once() {
+    on_postgres_url("nodes_starting_together_migrate_once", |url| async move {
+        let mut stores = Vec::new();
+        for _ in 0..4 {
+            stores.push(Store::connect(&url).await.unwrap());
+        }
+        let applied = futures_util::future::join_all(stores.iter().map(|s| s.migrate())).await;
+        let applied: Vec<Vec<String>> = applied
+            .into_iter()
+            .map(|a| a.expect("every node's migrate succeeds"))
+            .collect();
+        let first: Vec<&Vec<String>> = applied.iter().filter(|a| !a.is_empty()).collect();
+        assert_eq!(
+            first,
+            vec![&MIGRATIONS.iter().map(|m| m.to_string()).collect::<Vec<_>>()]
+        );
+        assert_eq!(stores[3].applied_migrations().await.unwrap(), MIGRATIONS);
+        for s in stores {
+            s.close().await.unwrap();
+        }
+    })
+    .await
+}
+
 async fn leads_are_unique_by_email(store: Store) {
     store.migrate().await.unwrap();
     let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap();

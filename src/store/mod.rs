@@ -607,6 +607,41 @@ pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
 /// hold one at a time, with room for reports read beside them.
 pub const POOL: u32 = 16;
 
+/// Names of the migrations the database `c` has, oldest first (none before the first).
+async fn applied_in(c: &impl ConnectionTrait) -> Result<Vec<String>> {
+    let backend = c.get_database_backend();
+    // Asked first: in a PostgreSQL transaction a failed query would end it.
+    let exists = match backend {
+        sea_orm::DatabaseBackend::Postgres => {
+            "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() \
+             AND tablename = 'seaql_migrations'"
+        }
+        _ => {
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'seaql_migrations'"
+        }
+    };
+    let n: i64 = match c
+        .query_one_raw(Statement::from_string(backend, exists))
+        .await?
+    {
+        Some(r) => r.try_get_by_index(0)?,
+        None => 0,
+    };
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let rows = c
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT version FROM seaql_migrations ORDER BY version",
+        ))
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.try_get::<String>("", "version").ok())
+        .collect())
+}
+
 impl Store {
     /// Opens the database at `url`; a SQLite file and its folder are created when missing.
     pub async fn connect(url: &str) -> Result<Store> {
@@ -903,12 +938,38 @@ impl Store {
         Ok(())
     }
 
+    /// The PostgreSQL advisory lock migrations are applied under (any number unlikely to be
+    /// another application's).
+    const MIGRATION_LOCK: i64 = 0x6175_746f_6675_6e6c;
+
     async fn migrate_schema(&self) -> Result<Vec<String>> {
-        let before = self.applied_migrations().await.unwrap_or_default();
-        Migrator::up(&self.db, None)
-            .await
-            .map_err(StoreError::Migrate)?;
-        let after = self.applied_migrations().await?;
+        let (before, after) = match self.backend {
+            // Nodes started together migrate one after the other: each takes the same lock
+            // in the transaction its migrations run in, and the ones after the first find
+            // nothing left to do (and say so: only the first recounts).
+            Backend::Postgres => {
+                let txn = self.db.begin().await?;
+                txn.execute_unprepared(&format!(
+                    "SELECT pg_advisory_xact_lock({})",
+                    Self::MIGRATION_LOCK
+                ))
+                .await?;
+                let before = applied_in(&txn).await?;
+                Migrator::up(&txn, None)
+                    .await
+                    .map_err(StoreError::Migrate)?;
+                let after = applied_in(&txn).await?;
+                txn.commit().await?;
+                (before, after)
+            }
+            Backend::Sqlite => {
+                let before = applied_in(&self.db).await?;
+                Migrator::up(&self.db, None)
+                    .await
+                    .map_err(StoreError::Migrate)?;
+                (before, applied_in(&self.db).await?)
+            }
+        };
         let applied: Vec<String> = after.into_iter().filter(|m| !before.contains(m)).collect();
         // The report counters (and the emails' marks) came with these migrations: count the rows
         // stored before them.
@@ -923,17 +984,7 @@ impl Store {
 
     /// Names of the migrations the database has, oldest first.
     pub async fn applied_migrations(&self) -> Result<Vec<String>> {
-        let rows = self
-            .db
-            .query_all_raw(Statement::from_string(
-                self.db.get_database_backend(),
-                "SELECT version FROM seaql_migrations ORDER BY version",
-            ))
-            .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| r.try_get::<String>("", "version").ok())
-            .collect())
+        applied_in(&self.db).await
     }
 
     /// Every row of one of [`Store::tables`], each column as text (a number written out,
