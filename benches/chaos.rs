@@ -8,7 +8,10 @@
 //! what was claimed for sending at each kill — and nothing stuck in `sending`.
 //!
 //! `cargo bench --bench chaos -- --database postgres://…/chaos [--nodes 3] [--seconds 90]
-//! [--rate 60] [--kill-every 8] [--sink-down 30] [--drain 480] [--no-pg-restart]`
+//! [--rate 60] [--kill-every 8] [--sink-down 30] [--drain 480] [--no-pg-restart] [--sample S]`
+//! With `--nodes 1` and no `--database` it runs one node on a SQLite file; `--kill-every 0
+//! --sink-down 0 --sample 60` makes it a soak (no faults, each node's RSS, lag and queue every
+//! minute).
 //! (the database is emptied first; PostgreSQL is restarted through `pg_ctlcluster`, so run it
 //! as a user allowed to do that). Loopback only; every phase is bounded in time.
 
@@ -283,22 +286,24 @@ async fn in_flight(url: &str) -> i64 {
 async fn main() -> anyhow::Result<()> {
     autofunnel::delivery::webhook::install_tls();
     let args = common::args();
-    if common::flag::<String>(&args, "--database").is_none() {
-        bail!("give --database postgres://… (a database this bench may empty)");
-    }
     let nodes_n: usize = common::flag(&args, "--nodes").unwrap_or(3).max(1);
+    if nodes_n > 1 && common::flag::<String>(&args, "--database").is_none() {
+        bail!("several nodes need --database postgres://… (a database this bench may empty)");
+    }
     let seconds: u64 = common::flag(&args, "--seconds").unwrap_or(90);
     let rate: u64 = common::flag(&args, "--rate").unwrap_or(60).max(1);
     let kill_every: f64 = common::flag(&args, "--kill-every").unwrap_or(8.0);
     let sink_down: u64 = common::flag(&args, "--sink-down").unwrap_or(30);
     let drain: u64 = common::flag(&args, "--drain").unwrap_or(480);
-    let pg_restart = !args.iter().any(|a| a == "--no-pg-restart");
+    let sample: Option<u64> = common::flag(&args, "--sample");
+    let mut pg_restart = !args.iter().any(|a| a == "--no-pg-restart");
 
     let dir = tempfile::tempdir()?;
     let project = dir.path().join("project");
     let smtp = free_port()?;
     write_project(&project, smtp)?;
-    let url = common::database_url(&args, &project.join("unused.db")).await?;
+    let url = common::database_url(&args, &project.join("soak.db")).await?;
+    pg_restart &= url.starts_with("postgres");
     let got = Arc::new(Received::default());
     let mut sink_task = Some(sink(smtp, got.clone()).await?);
 
@@ -309,8 +314,14 @@ async fn main() -> anyhow::Result<()> {
         .map(|i| dir.path().join(format!("node{i}.log")))
         .collect();
     println!(
-        "chaos: {nodes_n} nodes on PostgreSQL, {seconds} s of {rate} signups/s (a third of them \
-         buy), SIGKILL a random node every {kill_every} s, {} the SMTP sink down {sink_down} s",
+        "chaos: {nodes_n} nodes on {}, {seconds} s of {rate} signups/s (a third of them \
+         buy), SIGKILL a random node every {kill_every} s (0: never), {} the SMTP sink down \
+         {sink_down} s",
+        if url.starts_with("postgres") {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
         if pg_restart {
             "PostgreSQL restarted once,"
         } else {
@@ -414,7 +425,22 @@ async fn main() -> anyhow::Result<()> {
     let mut pg_done = !pg_restart;
     let mut sink_stopped: Option<Instant> = None;
     let mut sink_done = sink_down == 0;
-    let mut next_kill = begun + Duration::from_secs_f64(kill_every);
+    let never = begun + Duration::from_secs(seconds + 86_400);
+    let kill_gap = |from: Instant| {
+        if kill_every > 0.0 {
+            from + Duration::from_secs_f64(kill_every)
+        } else {
+            never
+        }
+    };
+    let mut next_kill = kill_gap(begun);
+    // `--sample S`: every S seconds each node's resident memory, the scheduler's lag and the
+    // emails waiting, as `/healthz` gives them (a soak's figures).
+    let mut next_sample = sample.map(|s| begun + Duration::from_secs(s.max(1)));
+    let mut samples: Vec<(f64, f64, f64, i64)> = Vec::new();
+    let health = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
     let mut faults: Vec<String> = Vec::new();
     while Instant::now() < load_end {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -431,7 +457,29 @@ async fn main() -> anyhow::Result<()> {
             kills += 1;
             tokio::time::sleep(Duration::from_millis(500)).await;
             nodes[k] = Some(start(&project, &url, ports[k], &logs[k]).await?);
-            next_kill = Instant::now() + Duration::from_secs_f64(kill_every);
+            next_kill = kill_gap(Instant::now());
+        }
+        if let Some(at) = next_sample.filter(|at| Instant::now() >= *at) {
+            next_sample = Some(at + Duration::from_secs(sample.unwrap_or(60).max(1)));
+            for (i, n) in nodes.iter().enumerate() {
+                let Some(n) = n else { continue };
+                let rss = common::rss_mb_of(&n.child.id().to_string());
+                let h: serde_json::Value = match health
+                    .get(format!("http://127.0.0.1:{}/healthz", ports[i]))
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.json().await.unwrap_or_default(),
+                    Err(_) => serde_json::Value::Null,
+                };
+                let lag = h["scheduler"]["lag_seconds"].as_f64().unwrap_or(f64::NAN);
+                let queued = h["outbox"]["queued"].as_i64().unwrap_or(-1);
+                println!(
+                    "  t={t:.0} s node {i}: RSS {rss:.1} MB, scheduler lag {lag:.3} s, emails \
+                     queued {queued}"
+                );
+                samples.push((t, rss, lag, queued));
+            }
         }
         if !pg_done && t >= seconds as f64 / 3.0 {
             let at = Instant::now();
@@ -459,6 +507,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let posted = load.await??;
+    if !samples.is_empty() {
+        let max = |f: fn(&(f64, f64, f64, i64)) -> f64| {
+            samples.iter().map(f).fold(f64::MIN, f64::max)
+        };
+        let half = samples.len() / 2;
+        let first_rss = samples[..half.max(1)].iter().map(|s| s.1).fold(f64::MIN, f64::max);
+        println!(
+            "  samples: RSS peak {:.1} MB (first half {first_rss:.1} MB), lag peak {:.3} s, \
+             emails queued peak {:.0}",
+            max(|s| s.1),
+            max(|s| s.2),
+            max(|s| s.3 as f64)
+        );
+    }
     if sink_task.is_none() {
         sink_task = Some(sink(smtp, got.clone()).await?);
     }

@@ -27,6 +27,19 @@ pub fn peak_rss_mb_of(pid: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Another process's resident set size now, in MB (Linux `VmRSS`).
+#[allow(dead_code)]
+pub fn rss_mb_of(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            l.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
 /// CPU time (user + system) the process has used so far, in seconds (Linux `/proc/self/stat`,
 /// 100 ticks per second).
 #[allow(dead_code)]
