@@ -508,11 +508,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let posted = load.await??;
     if !samples.is_empty() {
-        let max = |f: fn(&(f64, f64, f64, i64)) -> f64| {
-            samples.iter().map(f).fold(f64::MIN, f64::max)
-        };
+        let max =
+            |f: fn(&(f64, f64, f64, i64)) -> f64| samples.iter().map(f).fold(f64::MIN, f64::max);
         let half = samples.len() / 2;
-        let first_rss = samples[..half.max(1)].iter().map(|s| s.1).fold(f64::MIN, f64::max);
+        let first_rss = samples[..half.max(1)]
+            .iter()
+            .map(|s| s.1)
+            .fold(f64::MIN, f64::max);
         println!(
             "  samples: RSS peak {:.1} MB (first half {first_rss:.1} MB), lag peak {:.3} s, \
              emails queued peak {:.0}",
@@ -590,19 +592,26 @@ async fn main() -> anyhow::Result<()> {
          (SELECT 1 FROM enrollments e WHERE e.lead_id = l.id)")
     .await?;
     let unfinished = q("SELECT COUNT(*) FROM enrollments WHERE status <> 'exited'").await?;
-    let no_hello = q("SELECT COUNT(*) FROM enrollments e WHERE NOT EXISTS \
-         (SELECT 1 FROM messages m WHERE m.enrollment_id = e.id AND m.template = 'hello')")
-    .await?;
-    let no_reminder = q(
-        "SELECT COUNT(*) FROM enrollments e WHERE e.outcome = 'not_converted' \
-         AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.enrollment_id = e.id \
-         AND m.template = 'reminder')",
+    // Runs against the sets of runs that got each email, each set made once (messages have
+    // no index by run: a lookup per run would read them all for each).
+    let no_hello = q(
+        "SELECT COUNT(*) FROM enrollments e LEFT JOIN (SELECT DISTINCT \
+         enrollment_id FROM messages WHERE template = 'hello') m ON m.enrollment_id = e.id \
+         WHERE m.enrollment_id IS NULL",
     )
     .await?;
-    let no_thanks = q("SELECT COUNT(*) FROM enrollments e WHERE EXISTS \
-         (SELECT 1 FROM stage_history h WHERE h.enrollment_id = e.id AND h.stage_id = 'buyer') \
-         AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.enrollment_id = e.id \
-         AND m.template = 'thanks')")
+    let no_reminder = q(
+        "SELECT COUNT(*) FROM enrollments e LEFT JOIN (SELECT DISTINCT \
+         enrollment_id FROM messages WHERE template = 'reminder') m ON m.enrollment_id = e.id \
+         WHERE e.outcome = 'not_converted' AND m.enrollment_id IS NULL",
+    )
+    .await?;
+    let no_thanks = q(
+        "SELECT COUNT(*) FROM (SELECT DISTINCT enrollment_id FROM stage_history \
+         WHERE stage_id = 'buyer') b LEFT JOIN (SELECT DISTINCT enrollment_id FROM messages \
+         WHERE template = 'thanks') m ON m.enrollment_id = b.enrollment_id \
+         WHERE m.enrollment_id IS NULL",
+    )
     .await?;
     let twice_queued = q(
         "SELECT COUNT(*) FROM (SELECT enrollment_id, template FROM messages \

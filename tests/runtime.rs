@@ -151,6 +151,81 @@ async fn timers_wake_and_events_move(store: Store) {
     );
 }
 
+/// The cart funnel's timer step for the claimed run `c` at `due`, as a round would commit it.
+async fn timer_update(
+    rt: &Runtime,
+    c: &autofunnel::store::EnrollmentRow,
+    due: chrono::DateTime<chrono::Utc>,
+) -> autofunnel::store::RunUpdate {
+    let facts = rt.lead_facts(c.lead, due).await.unwrap();
+    let f = cart();
+    let t = autofunnel::engine::step(
+        &f,
+        &autofunnel::runtime::facts::resume(&f, c),
+        &facts,
+        &autofunnel::engine::Input::Timer,
+        due,
+    );
+    autofunnel::store::RunUpdate {
+        id: c.id,
+        lead: c.lead,
+        funnel: c.funnel.clone(),
+        version: 1,
+        events_seen: c.events_seen,
+        state: effects::state_row(&f, &t.state),
+        writes: effects::writes(
+            c.lead,
+            &c.funnel,
+            (1, c.entered_at),
+            "lead0@example.com",
+            &t.effects,
+        ),
+        before: c.before(),
+    }
+}
+
+/// A worker that stalled past its lease and then claimed the same run again (its own owner
+/// name both times) commits only through its new claim: the end of the lease is the token, so
+/// the stalled round's transition is refused and the new one applied, once.
+async fn a_stalled_round_cannot_commit_over_its_own_later_claim(store: Store) {
+    store.migrate().await.unwrap();
+    let a = Runtime::new(store.clone(), vec![cart()], "node-a", t0())
+        .await
+        .unwrap();
+    let l = lead(&store, "lead0@example.com").await;
+    a.enroll(l, &crate::util::fid("abandoned-cart"), t0())
+        .await
+        .unwrap();
+    let due = t0() + Duration::hours(1);
+    let first = store.claim_due("node-a", due, LEASE, 500).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let stalled = timer_update(&a, &first[0], due).await;
+    // The round stalls past its lease; the same worker claims the run again.
+    let later = due + LEASE + Duration::seconds(1);
+    let second = store.claim_due("node-a", later, LEASE, 500).await.unwrap();
+    assert_eq!(second.len(), 1);
+    let fresh = timer_update(&a, &second[0], later).await;
+    assert_eq!(
+        store
+            .commit_many("node-a", due + LEASE, &[stalled], &[l], due)
+            .await
+            .unwrap(),
+        0,
+        "the stalled round's claim is over"
+    );
+    assert_eq!(
+        store
+            .commit_many("node-a", later + LEASE, &[fresh], &[l], later)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        templates(&store.outbox_of(l).await.unwrap()),
+        ["cart-reminder"]
+    );
+}
+
 async fn a_crashed_worker_loses_its_lease_and_nothing_is_done_twice(store: Store) {
     store.migrate().await.unwrap();
     let a = Runtime::new(store.clone(), vec![cart()], "node-a", t0())
@@ -178,34 +253,10 @@ async fn a_crashed_worker_loses_its_lease_and_nothing_is_done_twice(store: Store
     assert_eq!(b.tick(later).await.unwrap(), 20);
     // A comes back and tries to commit its stale claim: refused, nothing written.
     let c = &claimed[0];
-    let facts = a.lead_facts(c.lead, due).await.unwrap();
-    let f = cart();
-    let t = autofunnel::engine::step(
-        &f,
-        &autofunnel::runtime::facts::resume(&f, c),
-        &facts,
-        &autofunnel::engine::Input::Timer,
-        due,
-    );
-    let stale = autofunnel::store::RunUpdate {
-        id: c.id,
-        lead: c.lead,
-        funnel: c.funnel.clone(),
-        version: 1,
-        events_seen: c.events_seen,
-        state: effects::state_row(&f, &t.state),
-        writes: effects::writes(
-            c.lead,
-            &c.funnel,
-            (1, c.entered_at),
-            "lead0@example.com",
-            &t.effects,
-        ),
-        before: c.before(),
-    };
+    let stale = timer_update(&a, c, due).await;
     assert_eq!(
         store
-            .commit_many("node-a", &[stale], &[c.lead], due)
+            .commit_many("node-a", due + LEASE, &[stale], &[c.lead], due)
             .await
             .unwrap(),
         0
@@ -801,6 +852,7 @@ on_both_backends! {
     double_opt_in_once => double_opt_in_asks_only_leads_not_yet_confirmed,
     timers_wake_and_events_move => timers_wake_and_events_move,
     crashed_worker => a_crashed_worker_loses_its_lease_and_nothing_is_done_twice,
+    stalled_round => a_stalled_round_cannot_commit_over_its_own_later_claim,
     plan_of_an_edit => plan_shows_what_an_edit_does_to_leads_in_flight,
     reload_by_step_id => reload_resumes_leads_by_step_id,
     event_for_busy_enrollment => an_event_for_a_busy_enrollment_is_fed_by_the_next_round,

@@ -803,7 +803,7 @@ impl Runtime {
         }
         let n = match self
             .store
-            .commit_many(&self.owner, &items, &leads, now)
+            .commit_many(&self.owner, now + LEASE, &items, &leads, now)
             .await
         {
             Ok(n) => n,
@@ -816,7 +816,13 @@ impl Runtime {
                 for item in &items {
                     match self
                         .store
-                        .commit_many(&self.owner, std::slice::from_ref(item), &[item.lead], now)
+                        .commit_many(
+                            &self.owner,
+                            now + LEASE,
+                            std::slice::from_ref(item),
+                            &[item.lead],
+                            now,
+                        )
                         .await
                     {
                         Ok(k) => n += k,

@@ -717,13 +717,15 @@ impl Store {
     }
 
     /// Commits the transitions of a scheduler round in one transaction and lets go of the
-    /// round's `leads`; each transition is applied only if its lease still holds. The
+    /// round's `leads`; each transition is applied only if the claim the round made still
+    /// stands: its enrollment is held by `owner` with the lease ending `until`. The
     /// enrollment's event cursor moves to the last event it was fed, and its pending mark is
     /// cleared unless a newer event of the lead is stored.
     /// Returns how many were applied.
     pub async fn commit_many(
         &self,
         owner: &str,
+        until: DateTime<Utc>,
         items: &[RunUpdate],
         leads: &[LeadId],
         now: DateTime<Utc>,
@@ -754,14 +756,17 @@ impl Store {
                         c.events_seen.into(),
                         batch::reached_after(&c.before.reached, &c.writes).into(),
                         owner.into(),
+                        ms(until).into(),
                     ]
                 })
                 .collect();
             let values = q.values(rows);
-            // The claim is checked against each row's own owner column, not a parameter:
-            // PostgreSQL, whose statistics see `lease_owner` nearly always null, planned a
-            // constant owner as a filter matching one row and scanned every run once per row
-            // of the batch (170 ms a round at 20,000 runs; BENCHMARKS.md).
+            // Fencing: only the claim this round made is written, its owner and the end of
+            // its lease (the token: a later claim by the same owner ends later). Both are
+            // columns of each row, not parameters: PostgreSQL, whose statistics see
+            // `lease_owner` nearly always null, planned a constant owner as a filter matching
+            // one row and scanned every run once per row of the batch (170 ms a round at
+            // 20,000 runs; BENCHMARKS.md).
             let sql = format!(
                 "UPDATE enrollments SET funnel_version = v.column2, stage_id = v.column3, \
                  step_id = v.column4, step_index = v.column5, status = v.column6, outcome = v.column7, \
@@ -774,6 +779,7 @@ impl Store {
                    AND events.id > v.column13) THEN enrollments.pending_at ELSE NULL END \
                  FROM (VALUES {values}) AS v \
                  WHERE enrollments.id = v.column1 AND enrollments.lease_owner = v.column15 \
+                 AND enrollments.lease_until = v.column16 \
                  RETURNING enrollments.id"
             );
             for r in txn.query_all_raw(q.statement(sql)).await? {
