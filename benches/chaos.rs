@@ -20,7 +20,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -134,62 +134,10 @@ async fn sink(port: u16, got: Arc<Received>) -> anyhow::Result<JoinSet<()>> {
     Ok(set)
 }
 
-struct Node {
-    child: Child,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-/// Starts `autofunnel run` on `port` and waits until it answers `/healthz` (bounded).
-async fn start(project: &Path, url: &str, port: u16, log: &Path) -> anyhow::Result<Node> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    let mut node = Node {
-        child: Command::new(env!("CARGO_BIN_EXE_autofunnel"))
-            .arg("--project")
-            .arg(project)
-            .arg("run")
-            .env("AUTOFUNNEL_DATABASE_URL", url)
-            .env("AUTOFUNNEL_LISTEN", format!("127.0.0.1:{port}"))
-            .env("AUTOFUNNEL_SIGNUPS_PER_IP_PER_MINUTE", "0")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start autofunnel run")?,
-    };
-    let started = Instant::now();
-    let client = reqwest::Client::new();
-    loop {
-        if let Some(s) = node.child.try_wait()? {
-            bail!("a node exited at start ({s})");
-        }
-        let up = client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if up {
-            return Ok(node);
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("a node did not answer /healthz within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Posts `body` to `path` on the nodes in turn from `first`, until one accepts it or
@@ -329,8 +277,8 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     // All at once, as a deployment starts them.
-    let mut nodes: Vec<Option<Node>> = futures_util::future::try_join_all(
-        (0..nodes_n).map(|i| start(&project, &url, ports[i], &logs[i])),
+    let mut nodes: Vec<Option<common::Node>> = futures_util::future::try_join_all(
+        (0..nodes_n).map(|i| common::start_run(&project, &url, ports[i], &logs[i])),
     )
     .await?
     .into_iter()
@@ -456,7 +404,7 @@ async fn main() -> anyhow::Result<()> {
             }
             kills += 1;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            nodes[k] = Some(start(&project, &url, ports[k], &logs[k]).await?);
+            nodes[k] = Some(common::start_run(&project, &url, ports[k], &logs[k]).await?);
             next_kill = kill_gap(Instant::now());
         }
         if let Some(at) = next_sample.filter(|at| Instant::now() >= *at) {

@@ -164,3 +164,66 @@ pub fn example_project() -> anyhow::Result<std::sync::Arc<autofunnel::project::P
         p.ok_or_else(|| anyhow::anyhow!("{}", report.summary()))?,
     ))
 }
+
+/// A release `autofunnel run` process, killed when dropped.
+#[allow(dead_code)]
+pub struct Node {
+    pub child: std::process::Child,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `autofunnel run` on `project` with the database `url`, listening on `port` (no
+/// limit of signups per address), its log appended to `log`, and waits until it answers
+/// `/healthz` (at most 60 s).
+#[allow(dead_code)]
+pub async fn start_run(
+    project: &std::path::Path,
+    url: &str,
+    port: u16,
+    log: &std::path::Path,
+) -> anyhow::Result<Node> {
+    use anyhow::Context as _;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut node = Node {
+        child: std::process::Command::new(env!("CARGO_BIN_EXE_autofunnel"))
+            .arg("--project")
+            .arg(project)
+            .arg("run")
+            .env("AUTOFUNNEL_DATABASE_URL", url)
+            .env("AUTOFUNNEL_LISTEN", format!("127.0.0.1:{port}"))
+            .env("AUTOFUNNEL_SIGNUPS_PER_IP_PER_MINUTE", "0")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start autofunnel run")?,
+    };
+    let started = std::time::Instant::now();
+    let client = reqwest::Client::new();
+    loop {
+        if let Some(s) = node.child.try_wait()? {
+            anyhow::bail!("autofunnel run exited at start ({s})");
+        }
+        let up = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if up {
+            return Ok(node);
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            anyhow::bail!("autofunnel run did not answer /healthz within 60 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

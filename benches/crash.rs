@@ -12,62 +12,15 @@
 #[path = "common.rs"]
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use sea_orm::Database;
 
 const TOKEN: &str = "crash bench api token";
-
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `autofunnel run` on the project and waits until it answers `/healthz` (bounded).
-async fn start(project: &Path, url: &str, port: u16, log: &Path) -> anyhow::Result<Reap> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    let server = Reap(
-        Command::new(env!("CARGO_BIN_EXE_autofunnel"))
-            .arg("--project")
-            .arg(project)
-            .arg("run")
-            .env("AUTOFUNNEL_DATABASE_URL", url)
-            .env("AUTOFUNNEL_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("cannot start autofunnel run")?,
-    );
-    let started = Instant::now();
-    let client = reqwest::Client::new();
-    loop {
-        let up = client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if up {
-            return Ok(server);
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("autofunnel run did not answer /healthz within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -87,11 +40,12 @@ async fn main() -> anyhow::Result<()> {
     if root {
         sink.args(["-u", "nobody"]);
     }
-    let _sink = Reap(
-        sink.args([format!("127.0.0.1:{smtp}").as_str(), "1000"])
+    let _sink = common::Node {
+        child: sink
+            .args([format!("127.0.0.1:{smtp}").as_str(), "1000"])
             .stdout(Stdio::null())
             .spawn()?,
-    );
+    };
     let files = [
         (
             "autofunnel.toml".to_string(),
@@ -127,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
             "SQLite"
         }
     );
-    let mut server = start(&project, &url, port, &log).await?;
+    let mut server = common::start_run(&project, &url, port, &log).await?;
     // The client: each batch posted until it is accepted, retried after any error.
     let retries = Arc::new(AtomicUsize::new(0));
     let client = {
@@ -167,19 +121,19 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
         Command::new("kill")
-            .args(["-KILL", &server.0.id().to_string()])
+            .args(["-KILL", &server.child.id().to_string()])
             .status()?;
-        let _ = server.0.wait();
-        server = start(&project, &url, port, &log).await?;
+        let _ = server.child.wait();
+        server = common::start_run(&project, &url, port, &log).await?;
     }
     client.await??;
     let posting = begun.elapsed().as_secs_f64();
     // Let the last process finish what it started, then stop it as systemd would.
     tokio::time::sleep(Duration::from_secs(2)).await;
     Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
+        .args(["-TERM", &server.child.id().to_string()])
         .status()?;
-    let status = server.0.wait()?;
+    let status = server.child.wait()?;
     if !status.success() {
         bail!("autofunnel run stopped with {status}");
     }
