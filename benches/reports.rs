@@ -511,7 +511,7 @@ async fn main() -> anyhow::Result<()> {
             period(&|_| {}),
         ),
         (
-            "the same from the rows (a period starting within a day: reference)",
+            "a period starting within a day (counters, and the rows of the first day's runs)",
             What::Funnel,
             period(&|p| p.from = Some(format!("{}T00:00:01Z", from))),
         ),
@@ -536,7 +536,7 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.model = Some("linear".into())),
         ),
         (
-            "funnel report in Europe/Moscow (--tz: rows, the counters being per UTC day)",
+            "funnel report in Europe/Moscow (--tz: counters of the whole UTC days, rows of the hours around)",
             What::Funnel,
             period(&|p| p.tz = Some("Europe/Moscow".into())),
         ),
@@ -578,7 +578,7 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.cohort = Some("calendar".into())),
         ),
         (
-            "per email from the rows (a period starting within a day: reference)",
+            "per email, a period starting within a day (counters, and the rows of the first day's runs)",
             What::Emails,
             period(&|p| p.from = Some(format!("{}T00:00:01Z", from))),
         ),
@@ -597,7 +597,10 @@ async fn main() -> anyhow::Result<()> {
         let req = Request::parse(what, &params, now).map_err(|e| anyhow::anyhow!("{e}"))?;
         reset_peak_rss();
         let reads = match req.read(now, store.zone()) {
-            ReportRead::Counts { .. } => "counters",
+            ReportRead::Counts(_) => "counters",
+            ReportRead::Parts { .. } => {
+                "counters, and the rows of the runs entered in the hours around"
+            }
             ReportRead::Rows(_) => "rows, a range of leads at a time",
             ReportRead::Forecast { .. } => "counters and the runs in flight",
         };

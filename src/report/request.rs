@@ -17,7 +17,9 @@ use super::{
     replay_runs, report_of, runs_tally, slices_of,
 };
 use crate::funnel::Funnel;
-use crate::store::{Grouping, ReportData, ReportNeeds, ReportRead, ReportRows, Scope};
+use crate::store::{
+    Counted, Edge, Grouping, ReportData, ReportNeeds, ReportRead, ReportRows, Scope,
+};
 use crate::tally::{ALL, Figures, Tally, View, day_in};
 
 /// Which report.
@@ -388,11 +390,6 @@ pub enum Answer {
     Forecast(ForecastReport),
 }
 
-/// Whether a time is midnight in `tz`: where the day counters start and end.
-fn midnight(t: DateTime<Utc>, tz: Tz) -> bool {
-    super::midnight_in(t.with_timezone(&tz).date_naive(), tz) == t
-}
-
 impl Request {
     /// The conversion window in days, when it is whole days the counters keep
     /// ([`crate::tally::WITHIN_DAYS`] at most).
@@ -402,12 +399,15 @@ impl Request {
         (ms % 86_400_000 == 0 && days <= crate::tally::WITHIN_DAYS).then_some(days)
     }
 
-    /// What the report reads at `now`: over whole days (a period from midnight to midnight or
-    /// to now), the funnel report without a slice by a lead field or the variant (and, with a
-    /// conversion window of whole days, entry cohorts of all runs together), attribution over
-    /// the default lookback and the per-email report without a conversion window read the
-    /// counters — when the report's zone is `counted_in`, the zone whose days the counters are
-    /// kept in; so does the forecast (with the runs in flight); every other report reads the
+    /// What the report reads at `now`. The funnel report without a slice by a lead field or
+    /// the variant (and, with a conversion window of whole days, entry cohorts of all runs
+    /// together), attribution over the default lookback and the per-email and A/B reports
+    /// without a conversion window read the counters, which are kept per day of the zone
+    /// `counted_in`; so does the forecast in that zone (with the runs in flight). Over whole
+    /// days of that zone (from midnight to midnight or to now) they read the counters alone;
+    /// entry cohorts over other hours (a period in another zone, or starting or ending within
+    /// a day) read the counters of the whole days within and the rows of the runs that
+    /// entered in the hours around them ([`ReportRead::Parts`]). Every other report reads the
     /// rows.
     pub fn read(&self, now: DateTime<Utc>, counted_in: Tz) -> ReportRead {
         if self.what == What::Forecast && self.tz == counted_in {
@@ -427,31 +427,60 @@ impl Request {
             }
             What::Emails | What::Ab => self.window.is_none(),
             What::Attribution => self.lookback == crate::tally::LOOKBACK,
-            _ => false,
-        } && self.tz == counted_in
-            // The counters are kept per day of one zone: another zone's days read the rows.
-            && midnight(self.from, self.tz)
-            && (midnight(self.to, self.tz) || self.to >= now);
+            What::Forecast => false,
+        };
         if !counted {
             return ReportRead::Rows(self.needs());
         }
-        let day = |t| day_in(t, self.tz);
-        let to_day = if midnight(self.to, self.tz) {
-            day(self.to)
-        } else {
-            day(self.to) + 1
+        let periods = match self.by {
+            None => vec![(self.from, self.to)],
+            Some(b) => b.periods(self.from, self.to, self.tz),
         };
-        ReportRead::Counts {
-            from_day: day(self.from),
-            to_day,
+        // Each period's whole days of the counters' zone (those up to now, when the period
+        // ends later: the counters hold nothing after now) and the hours around them.
+        let day = |t| day_in(t, counted_in);
+        let start = |d: i64| {
+            super::midnight_in(chrono::NaiveDate::default() + Duration::days(d), counted_in)
+        };
+        let mut days = Vec::with_capacity(periods.len());
+        let mut edges = Vec::new();
+        for (i, (a, b)) in periods.into_iter().enumerate() {
+            let first = if start(day(a)) == a {
+                day(a)
+            } else {
+                day(a) + 1
+            };
+            let end = if b >= now { day(now) + 1 } else { day(b) };
+            if first < end {
+                days.push((first, end));
+                let mut edge = |from: DateTime<Utc>, to: DateTime<Utc>| {
+                    if from < to && from <= now {
+                        edges.push(Edge {
+                            period: i as i64,
+                            from,
+                            to,
+                        });
+                    }
+                };
+                edge(a, start(first));
+                if b < now {
+                    edge(start(end), b);
+                }
+            } else {
+                days.push((first, first));
+                edges.push(Edge {
+                    period: i as i64,
+                    from: a,
+                    to: b,
+                });
+            }
+        }
+        let counts = Counted {
+            from_day: days.first().map_or(0, |d| d.0),
+            to_day: days.iter().map(|d| d.1).max().unwrap_or(0),
             grouping: match self.by {
                 None => Grouping::Whole,
-                Some(b) => Grouping::Periods(
-                    b.periods(self.from, self.to, self.tz)
-                        .iter()
-                        .map(|(a, _)| day(*a))
-                        .collect(),
-                ),
+                Some(_) => Grouping::Periods(days),
             },
             per_origin: !self.slices.is_empty(),
             scope: Scope {
@@ -467,6 +496,18 @@ impl Request {
                     _ => None,
                 },
             },
+        };
+        if edges.is_empty() {
+            ReportRead::Counts(counts)
+        } else if self.cohort == Cohort::Entry && self.what != What::Attribution {
+            // An entry cohort is a sum over its runs, each filed under its entry.
+            ReportRead::Parts {
+                counts,
+                edges,
+                needs: self.needs(),
+            }
+        } else {
+            ReportRead::Rows(self.needs())
         }
     }
 }
@@ -590,17 +631,44 @@ impl<'a> Fold<'a> {
         req: &'a Request,
         now: DateTime<Utc>,
     ) -> Result<Fold<'a>, ReportError> {
+        Fold::over(f, req, now, None)
+    }
+
+    /// A fold for `req` that counts into `periods` instead of the request's own ([`Fold::edges`]
+    /// reads what it counted).
+    pub fn of_edges(
+        f: &'a Funnel,
+        req: &'a Request,
+        now: DateTime<Utc>,
+        edges: &[Edge],
+    ) -> Result<Fold<'a>, ReportError> {
+        Fold::over(
+            f,
+            req,
+            now,
+            Some(edges.iter().map(|e| (e.from, e.to)).collect()),
+        )
+    }
+
+    fn over(
+        f: &'a Funnel,
+        req: &'a Request,
+        now: DateTime<Utc>,
+        periods: Option<Vec<(DateTime<Utc>, DateTime<Utc>)>>,
+    ) -> Result<Fold<'a>, ReportError> {
         let (from, to) = (req.from, req.to);
         super::check_period(from, to)?;
+        let whole = || periods.clone().unwrap_or_else(|| vec![(from, to)]);
         let counting = match req.what {
-            What::Emails => Counting::Mails(Tally::in_periods(vec![(from, to)], false)),
+            What::Emails => Counting::Mails(Tally::in_periods(whole(), false)),
             What::Attribution => Counting::Credit(credit_tally(from, to, now)),
-            What::Ab => Counting::Ab(Tally::in_periods(vec![(from, to)], false)),
+            What::Ab => Counting::Ab(Tally::in_periods(whole(), false)),
             What::Forecast => Counting::Forecast(ForecastFold::new(&req.scenario, now, req.tz)?),
             _ => {
-                let periods = match req.by {
-                    Some(b) => b.periods(from, to, req.tz),
-                    None => vec![(from, to)],
+                let periods = match (&periods, req.by) {
+                    (Some(p), _) => p.clone(),
+                    (None, Some(b)) => b.periods(from, to, req.tz),
+                    (None, None) => vec![(from, to)],
                 };
                 let touch = req.slices.iter().any(|k| !k.from_rows());
                 let within = |t: Tally| match req.window {
@@ -676,6 +744,26 @@ impl<'a> Fold<'a> {
                     tally,
                     touch.then_some(&origin as &dyn Fn(&crate::store::RunRow) -> String),
                 );
+            }
+        }
+    }
+
+    /// The entry view of what a fold made by [`Fold::of_edges`] counted, added to `figs` (the
+    /// counters' figures per period and origin) under each edge's period.
+    pub fn edges(self, edges: &[Edge], figs: &mut BTreeMap<(i64, String), Figures>) {
+        let tally = match &self.counting {
+            Counting::Runs { tally, .. } | Counting::Mails(tally) | Counting::Ab(tally) => tally,
+            Counting::Credit(_) | Counting::Forecast(_) => return,
+        };
+        for ((i, origin), fig) in crate::tally::figures(tally) {
+            let Some(edge) = usize::try_from(i).ok().and_then(|i| edges.get(i)) else {
+                continue;
+            };
+            let into = figs.entry((edge.period, origin)).or_default();
+            for ((view, stage, metric), sum) in fig.0 {
+                if view == View::Entry {
+                    into.add(view, &stage, &metric, sum);
+                }
             }
         }
     }

@@ -34,7 +34,21 @@ pub async fn make(
                 .await?;
             Ok(fold.finish()?)
         }
-        read @ (ReportRead::Counts { .. } | ReportRead::Forecast { .. }) => {
+        ReportRead::Parts {
+            counts,
+            edges,
+            needs,
+        } => {
+            let mut figs = store.counted(id, &counts).await?;
+            let mut fold = Fold::of_edges(f, req, now, &edges)?;
+            let windows: Vec<_> = edges.iter().map(|e| (e.from, e.to)).collect();
+            store
+                .each_range_entered(id, now, needs, &windows, |rows| fold.add(&rows))
+                .await?;
+            fold.edges(&edges, &mut figs);
+            Ok(answer(f, &ReportData::Counts(figs), req, now)?)
+        }
+        read @ (ReportRead::Counts(_) | ReportRead::Forecast { .. }) => {
             let data: ReportData = store.read_report(id, &read, now).await?;
             Ok(answer(f, &data, req, now)?)
         }
@@ -72,42 +86,32 @@ pub async fn make_all(
 fn shared(reads: &[ReportRead]) -> Option<ReportRead> {
     let mut out: Option<ReportRead> = None;
     for r in reads {
-        let ReportRead::Counts {
-            from_day,
-            to_day,
-            grouping,
-            per_origin,
-            scope,
-        } = r
-        else {
+        let ReportRead::Counts(c) = r else {
             return None;
         };
         match &mut out {
             None => {
-                out = Some(ReportRead::Counts {
-                    from_day: *from_day,
-                    to_day: *to_day,
-                    grouping: grouping.clone(),
-                    per_origin: *per_origin,
-                    scope: crate::store::Scope {
-                        prefix: None,
-                        ..*scope
-                    },
-                });
+                let mut all = c.clone();
+                all.scope.prefix = None;
+                out = Some(ReportRead::Counts(all));
             }
-            Some(ReportRead::Counts {
-                from_day: f,
-                to_day: t,
-                grouping: g,
-                per_origin: o,
-                scope: s,
-            }) => {
-                if (*f, *t, &*g, *o, s.view)
-                    != (*from_day, *to_day, grouping, *per_origin, scope.view)
-                {
+            Some(ReportRead::Counts(o)) => {
+                if (
+                    o.from_day,
+                    o.to_day,
+                    &o.grouping,
+                    o.per_origin,
+                    o.scope.view,
+                ) != (
+                    c.from_day,
+                    c.to_day,
+                    &c.grouping,
+                    c.per_origin,
+                    c.scope.view,
+                ) {
                     return None;
                 }
-                s.entry_totals |= scope.entry_totals;
+                o.scope.entry_totals |= c.scope.entry_totals;
             }
             Some(_) => return None,
         }

@@ -72,9 +72,15 @@ pub async fn compute_all(
     now: chrono::DateTime<Utc>,
 ) -> Result<Vec<Answer>, ApiError> {
     let (store, funnel) = (state.runtime.store().clone(), funnel.clone());
-    let rows = reqs
-        .iter()
-        .any(|r| matches!(r.read(now, store.zone()), crate::store::ReportRead::Rows(_)));
+    let rows = reqs.iter().any(|r| {
+        use crate::store::ReportRead;
+        // Rows, or the rows of some hours beside the counters (as many as the whole
+        // period's, for a report by day in another zone).
+        matches!(
+            r.read(now, store.zone()),
+            ReportRead::Rows(_) | ReportRead::Parts { .. }
+        )
+    });
     let _turn = match rows {
         true => Some(
             COMPUTING

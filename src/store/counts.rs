@@ -313,15 +313,47 @@ pub struct Scope {
     pub prefix: Option<&'static str>,
 }
 
-/// How the days of a period are grouped: all together, or into periods starting on these
-/// days (the first is the period's first day).
+/// How the days of a period are grouped: all together, or into periods of these days
+/// (`[first, end)` each, in order, not overlapping; days between two are not read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Grouping {
     Whole,
-    Periods(Vec<i64>),
+    Periods(Vec<(i64, i64)>),
+}
+
+/// A read of the counters: the days `[from_day, to_day)` grouped, all runs together and each
+/// origin too when `per_origin`, the metrics of `scope`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    pub from_day: i64,
+    pub to_day: i64,
+    pub grouping: Grouping,
+    pub per_origin: bool,
+    pub scope: Scope,
+}
+
+/// Hours of a report's period that are not whole days of the counters (a period in another
+/// zone than theirs, or starting or ending within a day), read from the rows of the runs that
+/// entered in them and added to the figures of the period `period`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edge {
+    pub period: i64,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
 }
 
 impl Store {
+    /// The counters of `funnel` that `c` reads.
+    pub async fn counted(
+        &self,
+        funnel: &FunnelId,
+        c: &Counted,
+    ) -> Result<BTreeMap<(i64, String), Figures>> {
+        let (from, to) = (c.from_day, c.to_day);
+        self.report_figures(funnel, from, to, &c.grouping, c.per_origin, Some(c.scope))
+            .await
+    }
+
     /// The counters of `funnel` over the days `[from_day, to_day)`, summed per period of
     /// `grouping` (numbered from 0) and per origin: all runs together ([`tally::ALL`]), and
     /// each origin too when `per_origin`; those of `scope` only, when given.
@@ -337,12 +369,15 @@ impl Store {
         // The boundaries are whole numbers made here, not text from outside.
         let period = match grouping {
             Grouping::Whole => "0".to_string(),
-            Grouping::Periods(starts) => {
+            // Days outside every period are period -1, left out below.
+            Grouping::Periods(days) => {
                 let mut case = String::from("CASE");
-                for (i, d) in starts.iter().enumerate().skip(1) {
-                    case.push_str(&format!(" WHEN day < {d} THEN {}", i - 1));
+                for (i, (first, end)) in days.iter().enumerate() {
+                    case.push_str(&format!(
+                        " WHEN day < {first} THEN -1 WHEN day < {end} THEN {i}"
+                    ));
                 }
-                format!("{case} ELSE {} END", starts.len().saturating_sub(1))
+                format!("{case} ELSE -1 END")
             }
         };
         let origin = if per_origin { "1 = 1" } else { "origin = ''" };
@@ -394,23 +429,23 @@ impl Store {
         let within = matches!(scope.map(|s| s.view), Some(tally::View::Within(_)));
         let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
         self.each(&sql, values, |r| {
-            let Some(view) = tally::View::parse(&r.try_get_by_index::<String>(2)?) else {
+            let period: i64 = r.try_get_by_index(0)?;
+            let Some(view) =
+                tally::View::parse(&r.try_get_by_index::<String>(2)?).filter(|_| period >= 0)
+            else {
                 return Ok(());
             };
             let view = if within { tally::View::Entry } else { view };
             let n: i64 = r.try_get_by_index::<Option<i64>>(5)?.unwrap_or(0);
             let total = Micros(r.try_get_by_index::<Option<i64>>(6)?.unwrap_or(0));
-            out.entry((
-                r.try_get_by_index::<i64>(0)?,
-                r.try_get_by_index::<String>(1)?,
-            ))
-            .or_default()
-            .add(
-                view,
-                &r.try_get_by_index::<String>(3)?,
-                &r.try_get_by_index::<String>(4)?,
-                Sum { n, total },
-            );
+            out.entry((period, r.try_get_by_index::<String>(1)?))
+                .or_default()
+                .add(
+                    view,
+                    &r.try_get_by_index::<String>(3)?,
+                    &r.try_get_by_index::<String>(4)?,
+                    Sum { n, total },
+                );
             Ok(())
         })
         .await?;
@@ -474,7 +509,8 @@ impl Store {
             let Ok(funnel) = FunnelId::parse(&f) else {
                 continue;
             };
-            let mut ranges = self.ranges(&funnel, now, RECOUNT).await?;
+            let left = self.lead_ranges(&funnel).await?;
+            let mut ranges = self.ranges(&funnel, now, RECOUNT, left);
             while let Some(rows) = ranges.next().await? {
                 runs += recount_rows(&txn, self.backend, self.zone, &rows).await?;
             }
@@ -639,12 +675,13 @@ pub(super) async fn first_touches(
 #[derive(Debug, Clone)]
 pub enum ReportRead {
     Rows(ReportNeeds),
-    Counts {
-        from_day: i64,
-        to_day: i64,
-        grouping: Grouping,
-        per_origin: bool,
-        scope: Scope,
+    Counts(Counted),
+    /// The counters of the whole days, and the rows of the runs that entered in the hours of
+    /// `edges`: an entry cohort's figures are sums over its runs, so the two add up.
+    Parts {
+        counts: Counted,
+        edges: Vec<Edge>,
+        needs: ReportNeeds,
     },
     /// A forecast: the entry view of the observed days (all runs), and the runs in flight.
     Forecast {
@@ -674,23 +711,9 @@ impl Store {
             ReportRead::Rows(needs) => {
                 ReportData::Rows(self.report_rows(funnel, until, *needs).await?)
             }
-            ReportRead::Counts {
-                from_day,
-                to_day,
-                grouping,
-                per_origin,
-                scope,
-            } => ReportData::Counts(
-                self.report_figures(
-                    funnel,
-                    *from_day,
-                    *to_day,
-                    grouping,
-                    *per_origin,
-                    Some(*scope),
-                )
-                .await?,
-            ),
+            ReportRead::Counts(c) | ReportRead::Parts { counts: c, .. } => {
+                ReportData::Counts(self.counted(funnel, c).await?)
+            }
             ReportRead::Forecast { from_day, to_day } => {
                 let entry = Scope {
                     view: tally::View::Entry,
@@ -741,7 +764,7 @@ impl Store {
                 continue;
             };
             let rows = self
-                .rows_of(&funnel, far, RECOUNT, Some((lead.0, lead.0 + 1)))
+                .rows_of(&funnel, far, RECOUNT, &sql::Leads::List(vec![lead.0]))
                 .await?;
             rows.replay(&mut tally, Replay::ALL, tally::LOOKBACK, None);
         }

@@ -14,7 +14,7 @@ mod signups;
 mod sql;
 
 pub use admin::FailedHook;
-pub use counts::{Grouping, ReportData, ReportRead, Scope};
+pub use counts::{Counted, Edge, Grouping, ReportData, ReportRead, Scope};
 pub use enrollments::{
     ClosedVisit, EnrollmentRow, FactRows, MAX_CLAIMS, MessageKind, NewMessage, NewRun, OpenedVisit,
     OutboxRow, Position, RunBefore, RunState, RunUpdate, RunWrites, StageVisit, Waiting,

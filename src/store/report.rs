@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sea_orm::{QueryResult, Statement, StreamTrait, Value};
 
-use super::sql::{self, Params};
+use super::sql::{self, Leads, Params};
 use super::{Backend, Result, Store, StoreError, event_of, from_ms, ms, parse_fields};
 use crate::domain::{EnrollmentId, EventKind, FunnelId, LeadId, Outcome, RunStatus, StageId};
 use crate::tally::{
@@ -216,7 +216,7 @@ impl Store {
         until: DateTime<Utc>,
         needs: ReportNeeds,
     ) -> Result<ReportRows> {
-        self.rows_of(funnel, until, needs, None).await
+        self.rows_of(funnel, until, needs, &Leads::All).await
     }
 
     /// [`Store::report_rows`] a range of lead ids at a time ([`LEAD_RANGE`]): each range's
@@ -227,34 +227,63 @@ impl Store {
         funnel: &FunnelId,
         until: DateTime<Utc>,
         needs: ReportNeeds,
-        mut each: impl FnMut(ReportRows),
+        each: impl FnMut(ReportRows),
     ) -> Result<()> {
-        let mut ranges = self.ranges(funnel, until, needs).await?;
-        while let Some(rows) = ranges.next().await? {
-            each(rows);
+        let left = self.lead_ranges(funnel).await?;
+        self.ranges(funnel, until, needs, left).each(each).await
+    }
+
+    /// [`Store::each_range`] of the leads of the runs that entered the funnel within one of
+    /// `windows` (`[from, to)` each): the rows of those leads (all their runs, whose orders
+    /// are shared among them) in ranges of [`LEAD_RANGE`] ids that hold one at least.
+    pub async fn each_range_entered(
+        &self,
+        funnel: &FunnelId,
+        until: DateTime<Utc>,
+        needs: ReportNeeds,
+        windows: &[(DateTime<Utc>, DateTime<Utc>)],
+        each: impl FnMut(ReportRows),
+    ) -> Result<()> {
+        let mut ids: Vec<i64> = Vec::new();
+        for (from, to) in windows {
+            self.each(
+                "SELECT lead_id FROM enrollments WHERE funnel_id = $1 AND entered_at >= $2 \
+                 AND entered_at < $3",
+                vec![funnel.as_str().into(), ms(*from).into(), ms(*to).into()],
+                |r| {
+                    ids.push(r.try_get_by_index(0)?);
+                    Ok(())
+                },
+            )
+            .await?;
         }
-        Ok(())
+        ids.sort_unstable();
+        ids.dedup();
+        let size = usize::try_from(self.lead_range).unwrap_or(usize::MAX);
+        let left = ids.chunks(size).map(|c| Leads::List(c.to_vec())).collect();
+        self.ranges(funnel, until, needs, left).each(each).await
     }
 
     /// The rows of each range of the funnel's leads in turn, the next range read on a task of
     /// its own while the caller counts the one before (the database's work and the counting
     /// on two cores instead of one after the other).
-    pub(super) async fn ranges(
+    pub(super) fn ranges(
         &self,
         funnel: &FunnelId,
         until: DateTime<Utc>,
         needs: ReportNeeds,
-    ) -> Result<Ranges> {
+        left: Vec<Leads>,
+    ) -> Ranges {
         let mut out = Ranges {
             store: self.clone(),
             funnel: funnel.clone(),
             until,
             needs,
-            left: self.lead_ranges(funnel).await?.into_iter(),
+            left: left.into_iter(),
             ahead: None,
         };
         out.ahead = out.read_next();
-        Ok(out)
+        out
     }
 
     /// The funnel's active runs, each in the stage it is in, and the funnel's first entry:
@@ -299,7 +328,7 @@ impl Store {
     }
 
     /// The funnel's lead ids cut into ranges `[first, end)` of [`LEAD_RANGE`] ids.
-    pub(super) async fn lead_ranges(&self, funnel: &FunnelId) -> Result<Vec<(i64, i64)>> {
+    pub(super) async fn lead_ranges(&self, funnel: &FunnelId) -> Result<Vec<Leads>> {
         let mut span: Option<(i64, i64)> = None;
         self.each(
             "SELECT MIN(lead_id), MAX(lead_id) FROM enrollments WHERE funnel_id = $1",
@@ -316,22 +345,21 @@ impl Store {
         if let Some((mut first, high)) = span {
             while first <= high {
                 let end = first.saturating_add(self.lead_range);
-                out.push((first, end));
+                out.push(Leads::Range(first, end));
                 first = end;
             }
         }
         Ok(out)
     }
 
-    /// [`Store::report_rows`] of the runs of leads with ids in `[first, end)` only, when
-    /// `leads` is given. Each kind of row comes packed in one answer ([`sql::select_packed`])
-    /// and is put in order here.
+    /// [`Store::report_rows`] of the runs of `leads` only. Each kind of row comes packed in
+    /// one answer ([`sql::select_packed`]) and is put in order here.
     pub(super) async fn rows_of(
         &self,
         funnel: &FunnelId,
         until: DateTime<Utc>,
         needs: ReportNeeds,
-        leads: Option<(i64, i64)>,
+        leads: &Leads,
     ) -> Result<ReportRows> {
         let mut out = ReportRows {
             funnel: funnel.to_string(),
@@ -345,13 +373,7 @@ impl Store {
                 q.p(funnel.as_str()),
                 q.p(ms(until))
             );
-            if let Some((first, end)) = leads {
-                w.push_str(&format!(
-                    " AND lead_id >= {} AND lead_id < {}",
-                    q.p(first),
-                    q.p(end)
-                ));
-            }
+            w.push_str(&leads.filter(q));
             w
         };
 
@@ -396,21 +418,21 @@ impl Store {
         if needs.visits {
             let mut q = Params::new(backend);
             let rest = match leads {
-                None => format!(
+                Leads::All => format!(
                     "FROM stage_history WHERE {}",
                     of_funnel(&mut q, "entered_at")
                 ),
-                // A range's visits are found through its runs (stage_history has no index by
-                // lead).
-                Some((first, end)) => format!(
-                    "FROM stage_history WHERE entered_at < {} AND enrollment_id IN \
-                     (SELECT id FROM enrollments WHERE funnel_id = {} AND lead_id >= {} \
-                     AND lead_id < {})",
-                    q.p(ms(until)),
-                    q.p(funnel.as_str()),
-                    q.p(first),
-                    q.p(end)
-                ),
+                // Some leads' visits are found through their runs (stage_history has no
+                // index by lead).
+                _ => {
+                    let until = q.p(ms(until));
+                    let funnel = q.p(funnel.as_str());
+                    format!(
+                        "FROM stage_history WHERE entered_at < {until} AND enrollment_id IN \
+                         (SELECT id FROM enrollments WHERE funnel_id = {funnel}{})",
+                        leads.filter(&mut q)
+                    )
+                }
             };
             type VisitCols = (
                 i64,
@@ -616,7 +638,7 @@ pub(super) struct Ranges {
     funnel: FunnelId,
     until: DateTime<Utc>,
     needs: ReportNeeds,
-    left: std::vec::IntoIter<(i64, i64)>,
+    left: std::vec::IntoIter<Leads>,
     ahead: Option<tokio::task::JoinHandle<Result<ReportRows>>>,
 }
 
@@ -626,8 +648,16 @@ impl Ranges {
         let (store, funnel) = (self.store.clone(), self.funnel.clone());
         let (until, needs) = (self.until, self.needs);
         Some(tokio::spawn(async move {
-            store.rows_of(&funnel, until, needs, Some(range)).await
+            store.rows_of(&funnel, until, needs, &range).await
         }))
+    }
+
+    /// Hands each range's rows to `each` in turn.
+    async fn each(mut self, mut each: impl FnMut(ReportRows)) -> Result<()> {
+        while let Some(rows) = self.next().await? {
+            each(rows);
+        }
+        Ok(())
     }
 
     /// The next range's rows; `None` after the last.

@@ -271,3 +271,30 @@ pub(super) async fn insert_packed<T: serde::de::DeserializeOwned>(
     }
     Ok(out)
 }
+
+/// Which of a funnel's leads a read of its rows takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Leads {
+    All,
+    /// The ids in `[first, end)`.
+    Range(i64, i64),
+    /// These ids.
+    List(Vec<i64>),
+}
+
+impl Leads {
+    /// The condition on `lead_id` that takes them (`AND …`), its values bound in `q`.
+    pub(super) fn filter(&self, q: &mut Params) -> String {
+        match self {
+            Leads::All => String::new(),
+            Leads::Range(first, end) => {
+                format!(
+                    " AND lead_id >= {} AND lead_id < {}",
+                    q.p(*first),
+                    q.p(*end)
+                )
+            }
+            Leads::List(ids) => format!(" AND lead_id IN ({})", q.list(ids)),
+        }
+    }
+}
