@@ -541,6 +541,14 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.tz = Some("Europe/Moscow".into())),
         ),
         (
+            "by day in Europe/Moscow (counters of the whole UTC days, rows of every day's hours around)",
+            What::Funnel,
+            period(&|p| {
+                p.tz = Some("Europe/Moscow".into());
+                p.by = Some("day".into());
+            }),
+        ),
+        (
             "slice by variant (rows)",
             What::Funnel,
             period(&|p| p.slice = vec!["variant".into()]),
@@ -549,6 +557,18 @@ async fn main() -> anyhow::Result<()> {
             "slice by field:region (rows)",
             What::Funnel,
             period(&|p| p.slice = vec!["field:region".into()]),
+        ),
+        (
+            "slice by field:region, the last 30 days (rows)",
+            What::Funnel,
+            period(&|p| {
+                p.from = Some(
+                    (now - chrono::Duration::days(30))
+                        .format("%Y-%m-%d")
+                        .to_string(),
+                );
+                p.slice = vec!["field:region".into()];
+            }),
         ),
         (
             "7-day conversion window (--window 7d: counters by the days after entry)",

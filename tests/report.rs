@@ -1717,6 +1717,29 @@ async fn counters_agree_with_rows(store: Store) {
         }
     }
     assert_eq!(parts, 4 * 8);
+    // A part of the history from the rows, by variant and with a window not of whole days:
+    // the same as the first-touch slice over it.
+    let part = |slice: &str, window: Option<&str>| Params {
+        from: Some((t0() + Duration::hours(20)).to_rfc3339()),
+        to: Some((now - Duration::hours(40)).to_rfc3339()),
+        slice: vec![slice.to_string()],
+        window: window.map(str::to_string),
+        ..Params::default()
+    };
+    let all = Request::parse(What::Funnel, &part("utm_source", None), now).unwrap();
+    let Answer::Funnel(all) = both(&store, f, &rows, &all, now).await else {
+        unreachable!()
+    };
+    for params in [part("variant", None), part("utm_source", Some("36h"))] {
+        let req = Request::parse(What::Funnel, &params, now).unwrap();
+        assert!(matches!(req.read(now, store.zone()), ReportRead::Rows(_)));
+        let Answer::Funnel(a) = both(&store, f, &rows, &req, now).await else {
+            unreachable!()
+        };
+        assert_eq!(a.report.entered, all.report.entered, "{req:?}");
+        let runs = rows.runs.len() as u64;
+        assert!((1..runs).contains(&a.report.entered), "a part of the runs");
+    }
     assert!(
         missed >= 12,
         "the hours around the days held runs in {missed} funnel reports"

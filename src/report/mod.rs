@@ -818,7 +818,7 @@ pub fn sliced_reports(
 ) -> Result<Vec<Slice>, ReportError> {
     check_period(from, to)?;
     check_field(rows, key)?;
-    let by_origin = origin_figures(f, rows, key, &[(from, to)], now)
+    let by_origin = origin_figures(rows, key, &[(from, to)], now)
         .into_iter()
         .map(|((_, o), fig)| (o, fig))
         .collect();
@@ -828,20 +828,19 @@ pub fn sliced_reports(
 /// [`figures_of_rows`] with the origins a slice by `key` groups: the first touches, the
 /// values of a lead field, or the A/B variant each run got.
 pub fn origin_figures(
-    f: &Funnel,
     rows: &ReportRows,
     key: &SliceKey,
     periods: &[(DateTime<Utc>, DateTime<Utc>)],
     now: DateTime<Utc>,
 ) -> BTreeMap<(i64, String), Figures> {
     let mut tally = runs_tally(periods, now, true);
-    replay_by(f, rows, key, &mut tally);
+    replay_by(rows, key, &mut tally);
     crate::tally::figures(&tally)
 }
 
 /// Counts the rows' runs and orders into `tally` (made with origins), each run under the
 /// origin a slice by `key` groups it by.
-pub fn replay_by(f: &Funnel, rows: &ReportRows, key: &SliceKey, tally: &mut Tally) {
+pub fn replay_by(rows: &ReportRows, key: &SliceKey, tally: &mut Tally) {
     match key {
         SliceKey::Field(name) => {
             let values: HashMap<LeadId, String> = rows
@@ -858,23 +857,10 @@ pub fn replay_by(f: &Funnel, rows: &ReportRows, key: &SliceKey, tally: &mut Tall
             replay_runs(rows, tally, Some(&of))
         }
         SliceKey::Variant => {
-            let variants: BTreeSet<&str> = f
-                .stages
-                .iter()
-                .flat_map(|s| &s.steps)
-                .filter_map(|step| match &step.action {
-                    crate::funnel::Action::Send(crate::funnel::Send::Split(ts)) => Some(ts),
-                    _ => None,
-                })
-                .flatten()
-                .map(|t| t.value.as_str())
-                .collect();
             // Emails are in the order they were queued: the first variant each run got.
             let mut got: HashMap<EnrollmentId, &str> = HashMap::new();
-            for e in &rows.emails {
-                if let Some(run) = e.enrollment
-                    && variants.contains(e.template.as_str())
-                {
+            for e in rows.emails.iter().filter(|e| e.variant) {
+                if let Some(run) = e.enrollment {
                     got.entry(run).or_insert(e.template.as_str());
                 }
             }

@@ -330,7 +330,7 @@ impl Request {
                 purchases: true,
                 milestones: true,
                 fields: self.slices.iter().any(|k| matches!(k, SliceKey::Field(_))),
-                emails: self.slices.contains(&SliceKey::Variant),
+                split_emails: self.slices.contains(&SliceKey::Variant),
                 ..none
             },
             What::Emails => ReportNeeds {
@@ -699,7 +699,7 @@ impl<'a> Fold<'a> {
 
     /// Counts one range of leads' rows.
     pub fn add(&mut self, rows: &ReportRows) {
-        let (f, req) = (self.f, self.req);
+        let req = self.req;
         // The funnel report's window is its tallies' (as the counters keep it); the others'
         // is the rows as they stood.
         let windowed;
@@ -735,7 +735,7 @@ impl<'a> Fold<'a> {
                     if matches!(key, SliceKey::Field(_)) {
                         self.fields.extend(field_names(rows));
                     }
-                    replay_by(f, rows, key, t);
+                    replay_by(rows, key, t);
                 }
                 let touch = req.slices.iter().any(|k| !k.from_rows());
                 let origin = |r: &crate::store::RunRow| r.origin.clone();

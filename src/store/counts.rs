@@ -251,6 +251,7 @@ const RECOUNT: ReportNeeds = ReportNeeds {
     touches: true,
     fields: false,
     emails: true,
+    split_emails: true,
     tracking: true,
 };
 

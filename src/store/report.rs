@@ -148,6 +148,9 @@ pub struct ReportNeeds {
     pub touches: bool,
     pub fields: bool,
     pub emails: bool,
+    /// Of the emails, only those a `split` step sent (marked as its variant): all a slice by
+    /// the variant needs of them.
+    pub split_emails: bool,
     pub tracking: bool,
     pub milestones: bool,
 }
@@ -160,6 +163,7 @@ impl ReportNeeds {
         touches: true,
         fields: true,
         emails: true,
+        split_emails: true,
         tracking: true,
         milestones: true,
     };
@@ -244,23 +248,32 @@ impl Store {
         windows: &[(DateTime<Utc>, DateTime<Utc>)],
         each: impl FnMut(ReportRows),
     ) -> Result<()> {
+        // Windows that touch are read as one (a report by day in another zone has two a day,
+        // end to end).
+        let mut merged: Vec<(DateTime<Utc>, DateTime<Utc>)> = windows.to_vec();
+        merged.sort();
+        merged.dedup_by(|next, last| {
+            let touch = next.0 <= last.1;
+            if touch {
+                last.1 = last.1.max(next.1);
+            }
+            touch
+        });
         let mut ids: Vec<i64> = Vec::new();
-        for (from, to) in windows {
-            self.each(
-                "SELECT lead_id FROM enrollments WHERE funnel_id = $1 AND entered_at >= $2 \
-                 AND entered_at < $3",
-                vec![funnel.as_str().into(), ms(*from).into(), ms(*to).into()],
-                |r| {
-                    ids.push(r.try_get_by_index(0)?);
-                    Ok(())
-                },
-            )
-            .await?;
+        for (from, to) in &merged {
+            let mut q = Params::new(self.backend);
+            let rest = format!(
+                "FROM enrollments WHERE funnel_id = {} AND entered_at >= {} AND entered_at < {}",
+                q.p(funnel.as_str()),
+                q.p(ms(*from)),
+                q.p(ms(*to))
+            );
+            let some: Vec<(i64,)> = sql::select_packed(&self.db, q, "lead_id", &rest).await?;
+            ids.extend(some.into_iter().map(|(id,)| id));
         }
         ids.sort_unstable();
         ids.dedup();
-        let size = usize::try_from(self.lead_range).unwrap_or(usize::MAX);
-        let left = ids.chunks(size).map(|c| Leads::List(c.to_vec())).collect();
+        let left = lists_and_ranges(&ids, self.lead_range);
         self.ranges(funnel, until, needs, left).each(each).await
     }
 
@@ -465,12 +478,15 @@ impl Store {
                 });
             }
         }
-        if needs.emails {
+        if needs.emails || needs.split_emails {
             let mut q = Params::new(backend);
-            let rest = format!(
+            let mut rest = format!(
                 "FROM messages WHERE kind = 'email' AND {}",
                 of_funnel(&mut q, "created_at")
             );
+            if !needs.emails {
+                rest.push_str(&format!(" AND marks & {} <> 0", tally::mark::VARIANT));
+            }
             type EmailCols = (
                 i64,
                 i64,
@@ -631,6 +647,33 @@ impl Store {
         Ok(out)
     }
 }
+
+/// The reads that take the leads `ids` (in order): a range of `range` ids where they are at
+/// least one in [`DENSE`] of it, else lists of up to `range` ids. Reading a list is dearer
+/// per lead than reading a range (a lookup each, in no order), so a range whose ids are mostly
+/// wanted is read whole.
+fn lists_and_ranges(ids: &[i64], range: i64) -> Vec<Leads> {
+    let mut out = Vec::new();
+    let mut list: Vec<i64> = Vec::new();
+    for bucket in ids.chunk_by(|a, b| a.div_euclid(range) == b.div_euclid(range)) {
+        if bucket.len() as i64 * DENSE >= range {
+            let first = bucket[0].div_euclid(range) * range;
+            out.push(Leads::Range(first, first.saturating_add(range)));
+            continue;
+        }
+        list.extend_from_slice(bucket);
+        if list.len() as i64 >= range {
+            out.push(Leads::List(std::mem::take(&mut list)));
+        }
+    }
+    if !list.is_empty() {
+        out.push(Leads::List(list));
+    }
+    out
+}
+
+/// See [`lists_and_ranges`].
+const DENSE: i64 = 8;
 
 /// A funnel's rows a range of leads at a time, one range read ahead ([`Store::ranges`]).
 pub(super) struct Ranges {
@@ -962,5 +1005,31 @@ impl ReportRows {
                 milestones: milestones.remove(&r.enrollment).unwrap_or_default(),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_leads_are_listed_and_dense_ones_read_by_range() {
+        // Ranges of 32 ids, dense from 4 wanted: 0..32 holds two (sparse), 32..64 four,
+        // 64..96 one, 96..128 four.
+        let ids = [3, 9, 33, 34, 40, 50, 70, 100, 101, 102, 127];
+        assert_eq!(
+            lists_and_ranges(&ids, 32),
+            vec![
+                Leads::Range(32, 64),
+                Leads::Range(96, 128),
+                Leads::List(vec![3, 9, 70]),
+            ]
+        );
+        // Lists are cut at the range's size.
+        let sparse: Vec<i64> = (0..40).map(|i| i * 100).collect();
+        let reads = lists_and_ranges(&sparse, 32);
+        assert_eq!(reads.len(), 2);
+        assert!(matches!(&reads[0], Leads::List(l) if l.len() == 32));
+        assert!(lists_and_ranges(&[], 32).is_empty());
     }
 }
