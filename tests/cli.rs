@@ -348,6 +348,16 @@ async fn count_in(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
     row.try_get_by_index::<i64>(0).unwrap()
 }
 
+/// The addresses of the leads stored.
+async fn emails_in<T: FromIterator<String>>(db: &sea_orm::DatabaseConnection) -> T {
+    use sea_orm::{ConnectionTrait, Statement};
+    let st = Statement::from_string(db.get_database_backend(), "SELECT email FROM leads");
+    let rows = db.query_all_raw(st).await.unwrap();
+    rows.iter()
+        .map(|r| r.try_get_by_index(0).unwrap())
+        .collect()
+}
+
 /// The signups stored in the database at `url`, checked whole: every lead has its run and its
 /// first email, and no `signup` event is left unprocessed (`what` names the moment on failure).
 /// Returns the leads' addresses and the open connection for more checks.
@@ -358,8 +368,7 @@ async fn signups_whole(
     std::collections::HashSet<String>,
     sea_orm::DatabaseConnection,
 ) {
-    use sea_orm::{ConnectionTrait, Database, Statement};
-    let db = Database::connect(url).await.unwrap();
+    let db = sea_orm::Database::connect(url).await.unwrap();
     let leads = count_in(&db, "SELECT count(*) FROM leads").await;
     let runs = count_in(&db, "SELECT count(DISTINCT lead_id) FROM enrollments").await;
     let mailed = count_in(&db, "SELECT count(DISTINCT lead_id) FROM messages").await;
@@ -373,15 +382,7 @@ async fn signups_whole(
         (leads, leads, 0),
         "{what}: {leads} leads"
     );
-    let st = Statement::from_string(db.get_database_backend(), "SELECT email FROM leads");
-    let emails = db
-        .query_all_raw(st)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.try_get_by_index(0).unwrap())
-        .collect();
-    (emails, db)
+    (emails_in(&db).await, db)
 }
 
 /// Killed with SIGKILL while batches of entry events pour in, `autofunnel run` loses no lead:
@@ -475,16 +476,8 @@ fn a_kill_mid_batch_loses_no_lead() {
             .await
             .unwrap();
         assert!(health.status().is_success());
-        use sea_orm::{ConnectionTrait, Database, Statement};
-        let db = Database::connect(&url).await.unwrap();
-        let count = |sql: &str| {
-            let st = Statement::from_string(db.get_database_backend(), sql.to_string());
-            let db = &db;
-            async move {
-                let row = db.query_one_raw(st).await.unwrap().unwrap();
-                row.try_get_by_index::<i64>(0).unwrap()
-            }
-        };
+        let db = sea_orm::Database::connect(&url).await.unwrap();
+        let count = |sql: &'static str| count_in(&db, sql);
         let leads = count("SELECT count(*) FROM leads").await;
         let runs = count("SELECT count(DISTINCT lead_id) FROM enrollments").await;
         let mailed = count("SELECT count(DISTINCT lead_id) FROM messages").await;
@@ -493,14 +486,7 @@ fn a_kill_mid_batch_loses_no_lead() {
         assert_eq!(mailed, leads, "leads without their first email");
         let unstarted = count("SELECT count(*) FROM events WHERE processed_at IS NULL").await;
         assert_eq!(unstarted, 0);
-        let st = Statement::from_string(db.get_database_backend(), "SELECT email FROM leads");
-        let known: std::collections::HashSet<String> = db
-            .query_all_raw(st)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.try_get_by_index(0).unwrap())
-            .collect();
+        let known: std::collections::HashSet<String> = emails_in(&db).await;
         let lost: Vec<&String> = accepted.iter().filter(|e| !known.contains(*e)).collect();
         assert!(lost.is_empty(), "accepted, then lost: {lost:?}");
         db.close().await.unwrap();
