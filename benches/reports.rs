@@ -541,6 +541,14 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.tz = Some("Europe/Moscow".into())),
         ),
         (
+            "calendar view in Europe/Moscow (counters of the whole UTC days, rows of what happened in the hours around)",
+            What::Funnel,
+            period(&|p| {
+                p.tz = Some("Europe/Moscow".into());
+                p.cohort = Some("calendar".into());
+            }),
+        ),
+        (
             "by day in Europe/Moscow (counters of the whole UTC days, rows of every day's hours around)",
             What::Funnel,
             period(&|p| {
@@ -618,9 +626,7 @@ async fn main() -> anyhow::Result<()> {
         reset_peak_rss();
         let reads = match req.read(now, store.zone()) {
             ReportRead::Counts(_) => "counters",
-            ReportRead::Parts { .. } => {
-                "counters, and the rows of the runs entered in the hours around"
-            }
+            ReportRead::Parts { .. } => "counters, and the rows of the hours around",
             ReportRead::Rows(_) => "rows, a range of leads at a time",
             ReportRead::Forecast { .. } => "counters and the runs in flight",
         };

@@ -405,10 +405,10 @@ impl Request {
     /// without a conversion window read the counters, which are kept per day of the zone
     /// `counted_in`; so does the forecast in that zone (with the runs in flight). Over whole
     /// days of that zone (from midnight to midnight or to now) they read the counters alone;
-    /// entry cohorts over other hours (a period in another zone, or starting or ending within
-    /// a day) read the counters of the whole days within and the rows of the runs that
-    /// entered in the hours around them ([`ReportRead::Parts`]). Every other report reads the
-    /// rows.
+    /// over other hours (a period in another zone, or starting or ending within a day) the
+    /// funnel, per-email and A/B reports read the counters of the whole days within and the
+    /// rows of the leads with something in the hours around them ([`ReportRead::Parts`]).
+    /// Every other report reads the rows.
     pub fn read(&self, now: DateTime<Utc>, counted_in: Tz) -> ReportRead {
         if self.what == What::Forecast && self.tz == counted_in {
             let from = super::forecast::observed_from(&self.scenario, now, self.tz);
@@ -499,8 +499,9 @@ impl Request {
         };
         if edges.is_empty() {
             ReportRead::Counts(counts)
-        } else if self.cohort == Cohort::Entry && self.what != What::Attribution {
-            // An entry cohort is a sum over its runs, each filed under its entry.
+        } else if self.what != What::Attribution {
+            // A report's figures are sums over runs: an entry cohort's, each filed under its
+            // entry; the calendar view's, each fact filed when it happened.
             ReportRead::Parts {
                 counts,
                 edges,
@@ -761,7 +762,12 @@ impl<'a> Fold<'a> {
             };
             let into = figs.entry((edge.period, origin)).or_default();
             for ((view, stage, metric), sum) in fig.0 {
-                if view == View::Entry {
+                // The entry view of the runs that entered in the hours (the calendar view's
+                // entry totals among them); the calendar view when what happened in them was
+                // read.
+                if view == View::Entry
+                    || (view == View::Calendar && self.req.cohort == Cohort::Calendar)
+                {
                     into.add(view, &stage, &metric, sum);
                 }
             }

@@ -42,8 +42,12 @@ pub async fn make(
             let mut figs = store.counted(id, &counts).await?;
             let mut fold = Fold::of_edges(f, req, now, &edges)?;
             let windows: Vec<_> = edges.iter().map(|e| (e.from, e.to)).collect();
+            // The calendar view files what happened in the hours; the entry view, the runs
+            // that entered in them.
+            let calendar = counts.scope.view == crate::tally::View::Calendar;
+            let add = |rows| fold.add(&rows);
             store
-                .each_range_entered(id, now, needs, &windows, |rows| fold.add(&rows))
+                .each_range_around(id, now, needs, &windows, calendar, add)
                 .await?;
             fold.edges(&edges, &mut figs);
             Ok(answer(f, &ReportData::Counts(figs), req, now)?)

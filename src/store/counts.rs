@@ -334,8 +334,9 @@ pub struct Counted {
 }
 
 /// Hours of a report's period that are not whole days of the counters (a period in another
-/// zone than theirs, or starting or ending within a day), read from the rows of the runs that
-/// entered in them and added to the figures of the period `period`.
+/// zone than theirs, or starting or ending within a day), read from the rows of the leads with
+/// something in them (entry cohorts: runs that entered then; the calendar view: anything it
+/// files then) and added to the figures of the period `period`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Edge {
     pub period: i64,
@@ -677,8 +678,9 @@ pub(super) async fn first_touches(
 pub enum ReportRead {
     Rows(ReportNeeds),
     Counts(Counted),
-    /// The counters of the whole days, and the rows of the runs that entered in the hours of
-    /// `edges`: an entry cohort's figures are sums over its runs, so the two add up.
+    /// The counters of the whole days, and the rows of the leads with something in the hours
+    /// of `edges`: a report's figures are sums over runs (an entry cohort's each filed under its
+    /// entry, the calendar view's each fact when it happened), so the two add up.
     Parts {
         counts: Counted,
         edges: Vec<Edge>,

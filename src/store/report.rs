@@ -238,14 +238,17 @@ impl Store {
     }
 
     /// [`Store::each_range`] of the leads of the runs that entered the funnel within one of
-    /// `windows` (`[from, to)` each): the rows of those leads (all their runs, whose orders
-    /// are shared among them) in ranges of [`LEAD_RANGE`] ids that hold one at least.
-    pub async fn each_range_entered(
+    /// `windows` (`[from, to)` each) — and, when `activity`, of those with anything the
+    /// calendar view files within one (a stage entered or left, a score milestone, an order or
+    /// a refund, and an email queued when `needs` has emails): the rows of those leads (all
+    /// their runs, whose orders are shared among them), read as [`lists_and_ranges`] says.
+    pub async fn each_range_around(
         &self,
         funnel: &FunnelId,
         until: DateTime<Utc>,
         needs: ReportNeeds,
         windows: &[(DateTime<Utc>, DateTime<Utc>)],
+        activity: bool,
         each: impl FnMut(ReportRows),
     ) -> Result<()> {
         // Windows that touch are read as one (a report by day in another zone has two a day,
@@ -259,17 +262,55 @@ impl Store {
             }
             touch
         });
+        // The leads with rows of each kind in a window, as a query's `FROM …` (its values
+        // bound in `q` in the order they appear).
+        type Rest = fn(&mut Params, &str, i64, i64) -> String;
+        let mut kinds: Vec<Rest> = vec![|q, f, a, b| {
+            let f = q.p(f);
+            let w = between(q, "entered_at", a, b);
+            format!("FROM enrollments WHERE funnel_id = {f} AND {w}")
+        }];
+        if activity {
+            kinds.push(|q, f, a, b| {
+                let f = q.p(f);
+                let (entered, left) = (
+                    between(q, "entered_at", a, b),
+                    between(q, "exited_at", a, b),
+                );
+                format!("FROM stage_history WHERE funnel_id = {f} AND (({entered}) OR ({left}))")
+            });
+            kinds.push(|q, f, a, b| {
+                let f = q.p(f);
+                let w = between(q, "occurred_at", a, b);
+                format!("FROM milestones WHERE funnel_id = {f} AND {w}")
+            });
+            // Events have no funnel: orders by leads with a run of it (found by the lead's
+            // runs, an index lookup each).
+            kinds.push(|q, f, a, b| {
+                let w = between(q, "occurred_at", a, b);
+                format!(
+                    "FROM events WHERE kind IN ('purchase', 'refund') AND {w} AND EXISTS \
+                     (SELECT 1 FROM enrollments r WHERE r.lead_id = events.lead_id \
+                     AND r.funnel_id = {})",
+                    q.p(f)
+                )
+            });
+            if needs.emails {
+                kinds.push(|q, f, a, b| {
+                    let f = q.p(f);
+                    let w = between(q, "created_at", a, b);
+                    format!("FROM messages WHERE funnel_id = {f} AND kind = 'email' AND {w}")
+                });
+            }
+        }
         let mut ids: Vec<i64> = Vec::new();
         for (from, to) in &merged {
-            let mut q = Params::new(self.backend);
-            let rest = format!(
-                "FROM enrollments WHERE funnel_id = {} AND entered_at >= {} AND entered_at < {}",
-                q.p(funnel.as_str()),
-                q.p(ms(*from)),
-                q.p(ms(*to))
-            );
-            let some: Vec<(i64,)> = sql::select_packed(&self.db, q, "lead_id", &rest).await?;
-            ids.extend(some.into_iter().map(|(id,)| id));
+            for rest in &kinds {
+                let mut q = Params::new(self.backend);
+                let rest = rest(&mut q, funnel.as_str(), ms(*from), ms(*to));
+                let some: Vec<(i64,)> = sql::select_packed(&self.db, q, "lead_id", &rest).await?;
+                ids.extend(some.into_iter().map(|(id,)| id));
+            }
         }
         ids.sort_unstable();
         ids.dedup();
@@ -646,6 +687,11 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// `COL >= a AND COL < b`, the bounds bound in `q`.
+fn between(q: &mut Params, col: &str, a: i64, b: i64) -> String {
+    format!("{col} >= {} AND {col} < {}", q.p(a), q.p(b))
 }
 
 /// The reads that take the leads `ids` (in order): a range of `range` ids where they are at
