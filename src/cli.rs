@@ -683,8 +683,11 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     for m in &applied {
         tracing::info!(migration = %m, "applied");
     }
-    if store.count_in(zone, chrono::Utc::now()).await? {
-        tracing::info!(zone = %zone, "the report counters were made again per day of report_timezone");
+    if store
+        .count_in(zone, &settings.report_fields, chrono::Utc::now())
+        .await?
+    {
+        tracing::info!(zone = %zone, fields = ?settings.report_fields, "the report counters were made again per day of report_timezone and by report_fields");
     }
     Ok(store)
 }
@@ -696,8 +699,14 @@ async fn migrate(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<Ex
         .await?
         .with_zone(zone);
     let applied = store.migrate().await?;
-    if store.count_in(zone, chrono::Utc::now()).await? {
-        println!("counted the report counters again per day of {zone}");
+    if store
+        .count_in(zone, &settings.report_fields, chrono::Utc::now())
+        .await?
+    {
+        println!(
+            "counted the report counters again per day of {zone}, by the fields [{}]",
+            settings.report_fields.join(", ")
+        );
     }
     if applied.is_empty() {
         out!("{}: up to date", redact(&settings.database_url));

@@ -79,6 +79,10 @@ pub struct Settings {
     /// The time zone reports count days, weeks and months in (an IANA name such as
     /// `Europe/Moscow`), unless a report asks for another with `--tz` / `tz`.
     pub report_timezone: String,
+    /// Lead fields the report counters are kept by (as each run's lead had them when it
+    /// entered), so a report sliced by one of them (`field:NAME`) reads the counters rather
+    /// than every row. At most [`MAX_REPORT_FIELDS`]; a change makes the counters again.
+    pub report_fields: Vec<String>,
     /// The dashboard's language (`en` or `ru`); unset, the browser's.
     pub ui_language: Option<String>,
     /// The project folder: files the funnels name (consent texts) are taken from it.
@@ -170,6 +174,7 @@ impl Default for Settings {
             secret_file: "autofunnel.secret".into(),
             hooks_secret: None,
             report_timezone: "UTC".into(),
+            report_fields: Vec::new(),
             ui_language: None,
             project_dir: PathBuf::new(),
         }
@@ -177,7 +182,7 @@ impl Default for Settings {
 }
 
 /// Top-level keys that environment variables may set (`AUTOFUNNEL_DATABASE_URL`, …).
-const ENV_KEYS: [&str; 28] = [
+const ENV_KEYS: [&str; 29] = [
     "database_url",
     "database_connections",
     "listen",
@@ -205,6 +210,7 @@ const ENV_KEYS: [&str; 28] = [
     "secret_file",
     "hooks_secret",
     "report_timezone",
+    "report_fields",
     "ui_language",
 ];
 
@@ -255,6 +261,7 @@ impl Settings {
         }
         s.database_url = sqlite_relative_to(&s.database_url, base);
         s.report_zone()?;
+        s.check_report_fields()?;
         s.ui_language()?;
         Ok(s)
     }
@@ -283,6 +290,32 @@ impl Settings {
                 self.report_timezone
             )
         })
+    }
+}
+
+/// The most lead fields the report counters are kept by: each multiplies the counters by
+/// the number of its values.
+pub const MAX_REPORT_FIELDS: usize = 4;
+
+impl Settings {
+    /// `report_fields`: field names, each once, at most [`MAX_REPORT_FIELDS`].
+    fn check_report_fields(&self) -> anyhow::Result<()> {
+        let fields = &self.report_fields;
+        if fields.len() > MAX_REPORT_FIELDS {
+            bail!(
+                "report_fields: {} fields, at most {MAX_REPORT_FIELDS} (each multiplies the report counters by its values)",
+                fields.len()
+            );
+        }
+        for (i, name) in fields.iter().enumerate() {
+            if let Err(e) = crate::domain::FieldName::parse(name) {
+                bail!("report_fields: \"{name}\" is not a field name: {e}");
+            }
+            if fields[..i].contains(name) {
+                bail!("report_fields: \"{name}\" is named twice");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -389,6 +422,28 @@ fn sqlite_relative_to(url: &str, base: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn report_fields_are_field_names_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| {
+            std::fs::write(dir.path().join(FILE_NAME), text).unwrap();
+            Settings::load(dir.path(), None).map_err(|e| e.to_string())
+        };
+        let s = load("report_fields = [\"region\", \"plan\"]\n").unwrap();
+        assert_eq!(s.report_fields, ["region", "plan"]);
+        assert_eq!(
+            load("report_fields = [\"region\", \"region\"]\n").unwrap_err(),
+            "report_fields: \"region\" is named twice"
+        );
+        let e = load("report_fields = [\"my region\"]\n").unwrap_err();
+        assert!(
+            e.starts_with("report_fields: \"my region\" is not a field name"),
+            "{e}"
+        );
+        let e = load("report_fields = [\"a\", \"b\", \"c\", \"d\", \"e\"]\n").unwrap_err();
+        assert!(e.starts_with("report_fields: 5 fields, at most 4"), "{e}");
+    }
 
     #[test]
     fn the_dashboard_speaks_english_or_russian() {

@@ -233,6 +233,47 @@ pub fn origin(parts: [Option<&str>; 5]) -> String {
     serde_json::to_string(&parts).unwrap_or_default()
 }
 
+/// An [`origin`] that also holds, after its five parts, the values of the lead fields the
+/// counters are kept by (`report_fields`) as the run's lead had them when it entered, so a
+/// report sliced by one of them reads the counters ([`origin_field`]). Without such fields it
+/// is the plain [`origin`].
+pub fn origin_with(parts: [Option<&str>; 5], fields: &[(&str, Option<String>)]) -> String {
+    if fields.is_empty() {
+        return origin(parts);
+    }
+    let kept: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(name, v)| (name.to_string(), v.clone().into()))
+        .collect();
+    let mut items: Vec<serde_json::Value> = parts.iter().map(|p| (*p).into()).collect();
+    items.push(kept.into());
+    serde_json::to_string(&items).unwrap_or_default()
+}
+
+/// The value of a kept lead field in an [`origin_with`] (none when the lead had none).
+pub fn origin_field(text: &str, name: &str) -> Option<String> {
+    let serde_json::Value::Array(mut items) = serde_json::from_str(text).ok()? else {
+        return None;
+    };
+    match items.get_mut(5)?.get_mut(name)?.take() {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// A lead field's value as a report slices by it: text as it is, other values as JSON; none
+/// for an empty text, null or no value.
+pub fn field_value(
+    fields: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Option<String> {
+    match fields.get(name)? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Null | serde_json::Value::String(_) => None,
+        v => Some(v.to_string()),
+    }
+}
+
 /// The five parts of an [`origin`] (none for a text that is not one).
 pub fn origin_parts(text: &str) -> [Option<String>; 5] {
     let mut out: [Option<String>; 5] = Default::default();

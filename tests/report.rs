@@ -97,6 +97,32 @@ async fn confirmed_leads(store: &Store, prefix: &str, n: usize) -> Vec<LeadId> {
         .unwrap()
 }
 
+/// Confirmed leads `{prefix}{i}@example.com`, each with the `region` field given (or none).
+async fn leads_in_regions(store: &Store, prefix: &str, regions: &[Option<&str>]) -> Vec<LeadId> {
+    let leads: Vec<(Email, LeadInput)> = regions
+        .iter()
+        .enumerate()
+        .map(|(i, region)| {
+            let mut fields = serde_json::Map::new();
+            if let Some(r) = region {
+                fields.insert("region".into(), (*r).into());
+            }
+            let input = LeadInput {
+                fields,
+                ..LeadInput::default()
+            };
+            (
+                Email::parse(&format!("{prefix}{i}@example.com")).unwrap(),
+                input,
+            )
+        })
+        .collect();
+    store
+        .import_leads(&leads, Consent::Confirmed, t0())
+        .await
+        .unwrap()
+}
+
 /// A purchase of `product` for `amount` EUR.
 fn purchase(product: &str, amount: f64) -> Event {
     Event {
@@ -115,22 +141,10 @@ async fn the_textbook_funnel(store: Store) {
     let p = project_of(dir.path(), &[("funnels/b2b.yaml", B2B)]);
     let rt = crate::util::engine(&store, &p, t0()).await;
     // The first 500 are in the north (and make every sale), the rest in the south.
-    let leads: Vec<(Email, LeadInput)> = (0..1000)
-        .map(|i| {
-            let mut fields = serde_json::Map::new();
-            let region = if i < 500 { "north" } else { "south" };
-            fields.insert("region".into(), region.into());
-            let input = LeadInput {
-                fields,
-                ..LeadInput::default()
-            };
-            (Email::parse(&format!("a{i}@example.com")).unwrap(), input)
-        })
+    let regions: Vec<Option<&str>> = (0..1000)
+        .map(|i| Some(if i < 500 { "north" } else { "south" }))
         .collect();
-    let ids = store
-        .import_leads(&leads, Consent::Confirmed, t0())
-        .await
-        .unwrap();
+    let ids = leads_in_regions(&store, "a", &regions).await;
     rt.enroll_many(&ids, &fid("b2b"), t0()).await.unwrap();
     let step = |ids: &[LeadId], kind: EventKind, at: DateTime<Utc>| {
         let batch: Vec<BatchEvent> = ids
@@ -2447,13 +2461,13 @@ async fn days_in_the_sellers_zone(mut store: Store) {
     // Moscow report reads them (and agrees with the rows), the UTC one reads the rows.
     assert!(
         store
-            .count_in(chrono_tz::Europe::Moscow, now)
+            .count_in(chrono_tz::Europe::Moscow, &[], now)
             .await
             .unwrap()
     );
     assert!(
         !store
-            .count_in(chrono_tz::Europe::Moscow, now)
+            .count_in(chrono_tz::Europe::Moscow, &[], now)
             .await
             .unwrap(),
         "once"
@@ -2506,4 +2520,131 @@ async fn days_in_the_sellers_zone(mut store: Store) {
 
 on_both_backends! {
     zones => days_in_the_sellers_zone,
+}
+
+/// A field the counters are kept by (`report_fields`): a slice by it reads the counters, by
+/// the value each run's lead had when it entered, and agrees with the rows (whose runs' origins
+/// hold it); any other field slices by the value now, from the rows. Declared later, the runs
+/// take the value their leads have then.
+async fn a_kept_field_slices_from_counters(mut store: Store) {
+    store.migrate().await.unwrap();
+    let region = vec!["region".to_string()];
+    store.count_in(chrono_tz::UTC, &region, t0()).await.unwrap();
+    assert_eq!(store.counters_fields().await.unwrap(), region);
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(dir.path(), &[("funnels/b2b.yaml", B2B)]);
+    let rt = crate::util::engine(&store, &p, t0()).await;
+    // 6 leads in Moscow, 3 in Kazan, 1 without a region.
+    let mut regions = vec![Some("Moscow"); 6];
+    regions.extend([Some("Kazan"), Some("Kazan"), Some("Kazan"), None]);
+    let ids = leads_in_regions(&store, "k", &regions).await;
+    rt.enroll_many(&ids, &fid("b2b"), t0()).await.unwrap();
+    // Offers to Moscow's first four (the fourth moving to Kazan with it) and Kazan's first.
+    let at = t0() + Duration::hours(30);
+    let batch: Vec<BatchEvent> = [0, 1, 2, 3, 6]
+        .into_iter()
+        .map(|i| {
+            let mut fields = serde_json::Map::new();
+            if i == 3 {
+                fields.insert("region".into(), "Kazan".into());
+            }
+            BatchEvent {
+                fields,
+                who: LeadRef::Id(ids[i]),
+                event: Event::of(EventKind::parse("offer_made").unwrap()),
+                idempotency_key: Some(format!("offer:{i}")),
+                occurred_at: at,
+                touch: None,
+            }
+        })
+        .collect();
+    rt.record_batch(batch, at).await.unwrap();
+    while rt.tick(at).await.unwrap() > 0 {}
+    let now = t0() + Duration::days(3);
+    let rows = store
+        .report_rows(&fid("b2b"), now, ReportNeeds::ALL)
+        .await
+        .unwrap();
+    let f = &p.funnels[0];
+    let ask = |tz: &str| Params {
+        from: Some("2026-11-01".into()),
+        slice: vec!["field:region".into()],
+        tz: Some(tz.into()),
+        ..Params::default()
+    };
+    let slices = |a: &FunnelAnswer| -> Vec<(String, u64, u64)> {
+        a.slices
+            .iter()
+            .flatten()
+            .map(|s| {
+                (
+                    s.value.clone(),
+                    s.report.entered,
+                    s.report.stages[1].leads_in,
+                )
+            })
+            .collect()
+    };
+    let at_entry = [
+        ("Moscow".to_string(), 6, 4),
+        ("Kazan".to_string(), 3, 1),
+        ("(none)".to_string(), 1, 0),
+    ];
+    let now_values = [
+        ("Moscow".to_string(), 5, 3),
+        ("Kazan".to_string(), 4, 2),
+        ("(none)".to_string(), 1, 0),
+    ];
+    let req = Request::parse(What::Funnel, &ask("UTC"), now).unwrap();
+    let kept = req.kept_by(store.kept_fields());
+    assert!(matches!(
+        kept.read(now, store.zone()),
+        ReportRead::Counts(_)
+    ));
+    assert_eq!(
+        slices(&funnel_both(&store, f, &rows, &kept, now).await),
+        at_entry
+    );
+    // Over other hours: the counters of the whole days and the rows around, by the same origins.
+    let msk = Request::parse(What::Funnel, &ask("Europe/Moscow"), now)
+        .unwrap()
+        .kept_by(store.kept_fields());
+    assert!(matches!(
+        msk.read(now, store.zone()),
+        ReportRead::Parts { .. }
+    ));
+    assert_eq!(
+        slices(&funnel_both(&store, f, &rows, &msk, now).await),
+        at_entry
+    );
+    // A field the counters are not kept by: its value now, from the rows.
+    let by_now = Request::parse(What::Funnel, &ask("UTC"), now).unwrap();
+    assert!(matches!(
+        by_now.read(now, store.zone()),
+        ReportRead::Rows(_)
+    ));
+    let from_rows = answer(f, &ReportData::Rows(rows.clone()), &by_now, now).unwrap();
+    let Answer::Funnel(from_rows) = from_rows else {
+        unreachable!()
+    };
+    assert_eq!(slices(&from_rows), now_values);
+    // Kept by no field, then by the region again: the runs take the values their leads have now.
+    assert!(store.count_in(chrono_tz::UTC, &[], now).await.unwrap());
+    assert!(store.count_in(chrono_tz::UTC, &region, now).await.unwrap());
+    assert!(
+        !store.count_in(chrono_tz::UTC, &region, now).await.unwrap(),
+        "once"
+    );
+    let rows = store
+        .report_rows(&fid("b2b"), now, ReportNeeds::ALL)
+        .await
+        .unwrap();
+    assert_eq!(
+        slices(&funnel_both(&store, f, &rows, &kept, now).await),
+        now_values
+    );
+}
+
+on_both_backends! {
+    kept_fields => a_kept_field_slices_from_counters,
 }

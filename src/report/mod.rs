@@ -643,8 +643,11 @@ pub enum SliceKey {
     Medium,
     Campaign,
     Form,
-    /// `field:NAME`: any lead field (`region`, `manager`, …).
+    /// `field:NAME`: any lead field (`region`, `manager`, …), by its value now (from the rows).
     Field(String),
+    /// `field:NAME` of a field the counters are kept by (`report_fields`): by its value when
+    /// the run entered, which the run's origin holds ([`crate::tally::origin_with`]).
+    Kept(String),
     /// The A/B variant a run got: the first email of a `split` step it was sent.
     Variant,
 }
@@ -679,15 +682,24 @@ impl SliceKey {
             SliceKey::Medium => "utm_medium".into(),
             SliceKey::Campaign => "utm_campaign".into(),
             SliceKey::Form => "form".into(),
-            SliceKey::Field(n) => format!("field:{n}"),
+            SliceKey::Field(n) | SliceKey::Kept(n) => format!("field:{n}"),
             SliceKey::Variant => "variant".into(),
         }
     }
 
-    /// Whether the slice is made from the rows: a lead field or the A/B variant (the
-    /// counters are kept per first touch only).
+    /// Whether the slice is made from the rows: a lead field the counters are not kept by, or
+    /// the A/B variant (the counters are kept per origin: the first touch and the kept fields).
     pub fn from_rows(&self) -> bool {
         matches!(self, SliceKey::Field(_) | SliceKey::Variant)
+    }
+
+    /// The key as the counters kept by the lead fields `kept` answer it: `field:NAME` of one
+    /// of them becomes [`SliceKey::Kept`].
+    pub fn kept_by(self, kept: &[String]) -> SliceKey {
+        match self {
+            SliceKey::Field(n) if kept.contains(&n) => SliceKey::Kept(n),
+            k => k,
+        }
     }
 }
 
@@ -720,17 +732,9 @@ fn origin_value(key: &SliceKey, origin: &str) -> Option<String> {
         SliceKey::Field(_) | SliceKey::Variant => {
             return (origin != NO_VALUE).then(|| origin.to_string());
         }
+        SliceKey::Kept(name) => return crate::tally::origin_field(origin, name),
     };
     crate::tally::origin_parts(origin)[i].take()
-}
-
-/// A lead field's value as a slice shows it; `None` for none.
-fn field_value(fields: &serde_json::Map<String, serde_json::Value>, name: &str) -> Option<String> {
-    match fields.get(name)? {
-        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
-        serde_json::Value::Null | serde_json::Value::String(_) => None,
-        v => Some(v.to_string()),
-    }
 }
 
 /// Why a field cannot be sliced by: no lead of the funnel has it.
@@ -846,7 +850,7 @@ pub fn replay_by(rows: &ReportRows, key: &SliceKey, tally: &mut Tally) {
             let values: HashMap<LeadId, String> = rows
                 .fields
                 .iter()
-                .filter_map(|(l, fs)| Some((*l, field_value(fs, name)?)))
+                .filter_map(|(l, fs)| Some((*l, crate::tally::field_value(fs, name)?)))
                 .collect();
             let of = |r: &crate::store::RunRow| {
                 values

@@ -391,6 +391,19 @@ pub enum Answer {
 }
 
 impl Request {
+    /// The request as counters kept by the lead fields `kept` answer it: a slice by one of
+    /// them reads the values the runs' origins hold ([`SliceKey::kept_by`]).
+    pub fn kept_by(&self, kept: &[String]) -> Request {
+        Request {
+            slices: self
+                .slices
+                .iter()
+                .map(|k| k.clone().kept_by(kept))
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// The conversion window in days, when it is whole days the counters keep
     /// ([`crate::tally::WITHIN_DAYS`] at most).
     fn window_days(&self) -> Option<u16> {

@@ -26,6 +26,7 @@ pub async fn make(
     now: DateTime<Utc>,
 ) -> Result<Answer, ReportFailed> {
     let id = &f.id.value;
+    let req = &req.kept_by(store.kept_fields());
     match req.read(now, store.zone()) {
         ReportRead::Rows(needs) => {
             let mut fold = Fold::new(f, req, now)?;
@@ -69,17 +70,21 @@ pub async fn make_all(
     reqs: &[Request],
     now: DateTime<Utc>,
 ) -> Result<Vec<Answer>, ReportFailed> {
+    let reqs: Vec<Request> = reqs
+        .iter()
+        .map(|r| r.kept_by(store.kept_fields()))
+        .collect();
     let reads: Vec<ReportRead> = reqs.iter().map(|r| r.read(now, store.zone())).collect();
     if let Some(read) = shared(&reads) {
         let data: ReportData = store.read_report(&f.id.value, &read, now).await?;
         let mut out = Vec::with_capacity(reqs.len());
-        for req in reqs {
+        for req in &reqs {
             out.push(answer(f, &data, req, now)?);
         }
         return Ok(out);
     }
     let mut out = Vec::with_capacity(reqs.len());
-    for req in reqs {
+    for req in &reqs {
         out.push(make(store, f, req, now).await?);
     }
     Ok(out)

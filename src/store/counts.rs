@@ -500,7 +500,8 @@ impl Store {
             },
         )
         .await?;
-        self.set_origins().await?;
+        self.set_origins(self.fields != self.counters_fields().await?.into())
+            .await?;
         let txn = self.write().await?;
         txn.execute_unprepared("DELETE FROM report_counts").await?;
         txn.execute_unprepared("DELETE FROM email_links").await?;
@@ -517,11 +518,17 @@ impl Store {
                 runs += recount_rows(&txn, self.backend, self.zone, &rows).await?;
             }
         }
-        // The zone the counters are now in.
-        let sql = "INSERT INTO store_settings (name, value) VALUES ('counters_zone', $1) \
+        // The zone and the fields the counters are now kept by.
+        let sql = "INSERT INTO store_settings (name, value) VALUES ($1, $2) \
                    ON CONFLICT (name) DO UPDATE SET value = excluded.value";
-        txn.execute_raw(self.statement(sql, vec![self.zone.name().into()]))
-            .await?;
+        let fields = serde_json::to_string(&self.fields[..]).unwrap_or_default();
+        for (name, value) in [
+            ("counters_zone", self.zone.name().into()),
+            ("counters_fields", fields),
+        ] {
+            txn.execute_raw(self.statement(sql, vec![name.into(), value.into()]))
+                .await?;
+        }
         txn.commit().await?;
         Ok(runs)
     }
@@ -543,27 +550,65 @@ impl Store {
         Ok(zone)
     }
 
-    /// Keeps the counters per day of `zone` from now on: when they are in another zone, they
-    /// are made again from the rows (a recount) in this one. Returns whether they were.
-    pub async fn count_in(&mut self, zone: chrono_tz::Tz, now: DateTime<Utc>) -> Result<bool> {
+    /// The lead fields the stored counters are kept by (none when none was recorded).
+    pub async fn counters_fields(&self) -> Result<Vec<String>> {
+        let mut fields = Vec::new();
+        self.each(
+            "SELECT value FROM store_settings WHERE name = 'counters_fields'",
+            Vec::new(),
+            |r| {
+                let text: String = r.try_get_by_index(0)?;
+                fields = serde_json::from_str(&text).unwrap_or_default();
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(fields)
+    }
+
+    /// Keeps the counters per day of `zone` and per value of the lead `fields` from now on:
+    /// when they are kept otherwise, they are made again from the rows (a recount) — each
+    /// run's origin taking the fields' values its lead has now, when the fields changed.
+    /// Returns whether they were.
+    pub async fn count_in(
+        &mut self,
+        zone: chrono_tz::Tz,
+        fields: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         self.zone = zone;
-        if self.counters_zone().await? == zone {
+        self.fields = fields.into();
+        if self.counters_zone().await? == zone && self.counters_fields().await? == fields {
             return Ok(false);
         }
         self.recount(now).await?;
         Ok(true)
     }
 
-    /// Reads the counters in the zone they were kept in (for a process that only reads).
+    /// Reads the counters as they were kept: in their zone, by their fields (for a process
+    /// that only reads).
     pub async fn read_counters_as_kept(&mut self) -> Result<()> {
         self.zone = self.counters_zone().await?;
+        self.fields = self.counters_fields().await?.into();
         Ok(())
+    }
+
+    /// The lead fields this handle's counters are kept by (see [`Store::count_in`]).
+    pub fn kept_fields(&self) -> &[String] {
+        &self.fields
     }
 
     /// This handle keeps and reads the counters per day of `zone` (no recount: see
     /// [`Store::count_in`]).
     pub fn with_zone(mut self, zone: chrono_tz::Tz) -> Store {
         self.zone = zone;
+        self
+    }
+
+    /// This handle keeps and reads the counters by these lead fields (no recount: see
+    /// [`Store::count_in`]; a handle that writes must keep them as they are stored).
+    pub fn with_fields(mut self, fields: &[String]) -> Store {
+        self.fields = fields.into();
         self
     }
 
@@ -578,11 +623,13 @@ impl Store {
         self.zone
     }
 
-    /// Gives each run without an origin the first touch of its lead up to the run's entry.
-    async fn set_origins(&self) -> Result<()> {
+    /// Gives each run without an origin (`all`: every run) the first touch of its lead up to
+    /// the run's entry, and the kept fields' values its lead has now.
+    async fn set_origins(&self, all: bool) -> Result<()> {
         let mut todo: Vec<(i64, i64, i64)> = Vec::new();
+        let which = if all { "" } else { "WHERE origin IS NULL " };
         self.each(
-            "SELECT id, lead_id, entered_at FROM enrollments WHERE origin IS NULL ORDER BY id",
+            &format!("SELECT id, lead_id, entered_at FROM enrollments {which}ORDER BY id"),
             Vec::new(),
             |r| {
                 todo.push((
@@ -598,13 +645,11 @@ impl Store {
         for chunk in todo.chunks(sql::ROWS) {
             let leads: Vec<LeadId> = chunk.iter().map(|(_, l, _)| LeadId(*l)).collect();
             let touches = first_touches(&txn, self.backend, &leads).await?;
+            let fields = kept_fields(&txn, self.backend, &self.fields, &leads).await?;
             let rows: Vec<Vec<Value>> = chunk
                 .iter()
                 .map(|(id, lead, at)| {
-                    let o = touches
-                        .get(lead)
-                        .and_then(|ts| ts.iter().find(|(t, _)| *t <= *at))
-                        .map_or_else(none_origin, |(_, o)| o.clone());
+                    let o = run_origin(&touches, &fields, &self.fields, *lead, *at);
                     vec![(*id).into(), o.into()]
                 })
                 .collect();
@@ -634,20 +679,60 @@ async fn set_enrollments(
     Ok(())
 }
 
-/// The origin of a run whose lead has no touch.
-pub(super) fn none_origin() -> String {
-    static NONE: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| tally::origin([None; 5]));
-    NONE.clone()
+/// The origin of a run of `lead` entering at `at` (ms): the lead's first touch up to then
+/// (as [`first_touches`] read them) and the values of the `kept` fields (as [`kept_fields`]
+/// read them).
+pub(super) fn run_origin(
+    touches: &HashMap<i64, Vec<(i64, TouchParts)>>,
+    fields: &HashMap<i64, serde_json::Map<String, serde_json::Value>>,
+    kept: &[String],
+    lead: i64,
+    at: i64,
+) -> String {
+    let parts = touches
+        .get(&lead)
+        .and_then(|ts| ts.iter().find(|(t, _)| *t <= at))
+        .map_or([None; 5], |(_, p)| p.each_ref().map(|p| p.as_deref()));
+    let values: Vec<(&str, Option<String>)> = kept
+        .iter()
+        .map(|name| {
+            let v = fields.get(&lead).and_then(|f| tally::field_value(f, name));
+            (name.as_str(), v)
+        })
+        .collect();
+    tally::origin_with(parts, &values)
 }
 
-/// Each lead's touches as origins, oldest first, with their times (ms).
+/// The lead fields of `leads` (none read when no field is `kept`).
+pub(super) async fn kept_fields(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    kept: &[String],
+    leads: &[LeadId],
+) -> Result<HashMap<i64, serde_json::Map<String, serde_json::Value>>> {
+    if kept.is_empty() || leads.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut q = Params::new(backend);
+    let ids: Vec<i64> = leads.iter().map(|l| l.0).collect();
+    let rest = format!("FROM leads WHERE id IN ({})", q.list(&ids));
+    let rows: Vec<(i64, String)> = sql::select_packed(txn, q, "id, fields", &rest).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, text)| Some((id, serde_json::from_str(&text).ok()?)))
+        .collect())
+}
+
+/// A touch's channel, source, medium, campaign and form ([`tally::origin`]'s parts).
+pub(super) type TouchParts = [Option<String>; 5];
+
+/// Each lead's touches, oldest first, with their times (ms).
 pub(super) async fn first_touches(
     txn: &DatabaseTransaction,
     backend: Backend,
     leads: &[LeadId],
-) -> Result<HashMap<i64, Vec<(i64, String)>>> {
-    let mut out: HashMap<i64, Vec<(i64, String)>> = HashMap::new();
+) -> Result<HashMap<i64, Vec<(i64, TouchParts)>>> {
+    let mut out: HashMap<i64, Vec<(i64, TouchParts)>> = HashMap::new();
     if leads.is_empty() {
         return Ok(out);
     }
@@ -667,8 +752,7 @@ pub(super) async fn first_touches(
     rows.sort_unstable_by_key(|r| (r.0, r.1, r.2));
     for (lead, at, _, channel, source, medium, campaign, form) in rows {
         let parts = [channel, source, medium, campaign, form];
-        let o = tally::origin(parts.each_ref().map(|p| p.as_deref()));
-        out.entry(lead).or_default().push((at, o));
+        out.entry(lead).or_default().push((at, parts));
     }
     Ok(out)
 }

@@ -420,12 +420,14 @@ impl Store {
         let mut ids: HashMap<(i64, &str), i64> = HashMap::new();
         let mut origins: HashMap<i64, String> = HashMap::new();
         for chunk in items.chunks(sql::ROWS) {
-            // Where each lead came from: its first touch so far.
+            // Where each lead came from: its first touch so far, and the kept fields.
             let leads: Vec<LeadId> = chunk.iter().map(|n| n.lead).collect();
-            for (lead, touches) in super::counts::first_touches(txn, self.backend, &leads).await? {
-                if let Some((_, o)) = touches.into_iter().find(|(t, _)| *t <= ms(now)) {
-                    origins.insert(lead, o);
-                }
+            let touches = super::counts::first_touches(txn, self.backend, &leads).await?;
+            let fields =
+                super::counts::kept_fields(txn, self.backend, &self.fields, &leads).await?;
+            for l in &leads {
+                let o = super::counts::run_origin(&touches, &fields, &self.fields, l.0, ms(now));
+                origins.insert(l.0, o);
             }
             let leads: Vec<i64> = chunk.iter().map(|n| n.lead.0).collect();
             let mut q = Params::new(self.backend);
@@ -461,11 +463,7 @@ impl Store {
                         0i32.into(),
                         ms(now).into(),
                         last_event.get(&n.lead.0).copied().unwrap_or(0).into(),
-                        origins
-                            .get(&n.lead.0)
-                            .cloned()
-                            .unwrap_or_else(super::counts::none_origin)
-                            .into(),
+                        origins.get(&n.lead.0).cloned().unwrap_or_default().into(),
                         batch::reached_after("", &n.writes).into(),
                     ]
                 })
@@ -497,10 +495,7 @@ impl Store {
             .iter()
             .map(|n| RunBefore {
                 entered_at: now,
-                origin: origins
-                    .get(&n.lead.0)
-                    .cloned()
-                    .unwrap_or_else(super::counts::none_origin),
+                origin: origins.get(&n.lead.0).cloned().unwrap_or_default(),
                 reached: String::new(),
                 status: n.state.status,
                 stage_entered_at: now,

@@ -100,6 +100,9 @@ pub struct Store {
     writer: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
     /// The zone whose days the report counters are kept in (`report_timezone`).
     pub(crate) zone: chrono_tz::Tz,
+    /// The lead fields each run's origin keeps, as they were when it entered
+    /// (`report_fields`), so the counters are kept per their values too.
+    pub(crate) fields: std::sync::Arc<[String]>,
     /// How many lead ids a report or a recount reads at a time ([`report::LEAD_RANGE`]).
     lead_range: i64,
     /// The lifecycle events project-wide webhooks are called for: queued in the transaction
@@ -725,6 +728,7 @@ impl Store {
             backend,
             writer,
             zone: chrono_tz::UTC,
+            fields: std::sync::Arc::from(Vec::new()),
             lead_range: report::LEAD_RANGE,
             subscriptions: std::sync::Arc::from(Vec::new()),
         })

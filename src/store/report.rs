@@ -466,7 +466,7 @@ impl Store {
                 entered_at: from_ms(entered_at),
                 status,
                 exited_at: exited_at.map(from_ms),
-                origin: origin.unwrap_or_else(super::counts::none_origin),
+                origin: origin.unwrap_or_else(|| crate::tally::origin([None; 5])),
             });
         }
         if needs.visits {
