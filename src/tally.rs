@@ -261,6 +261,35 @@ pub fn origin_field(text: &str, name: &str) -> Option<String> {
     }
 }
 
+/// The origin of a run that has got its first A/B variant — the template of its first email
+/// of a `split` step — kept after the five parts and the kept fields, so a report sliced by the
+/// variant reads the counters ([`origin_variant`]). When the variant comes, the run's counters
+/// move from its origin before to this one.
+pub fn with_variant(origin: &str, template: &str) -> String {
+    let mut items = match serde_json::from_str(origin) {
+        Ok(serde_json::Value::Array(items)) => items,
+        _ => Vec::new(),
+    };
+    items.resize(5.max(items.len()), serde_json::Value::Null);
+    if items.len() == 5 {
+        items.push(serde_json::Map::new().into());
+    }
+    items.truncate(6);
+    items.push(template.into());
+    serde_json::to_string(&items).unwrap_or_default()
+}
+
+/// The A/B variant an origin holds ([`with_variant`]): none for a run not sent one yet.
+pub fn origin_variant(text: &str) -> Option<String> {
+    let serde_json::Value::Array(mut items) = serde_json::from_str(text).ok()? else {
+        return None;
+    };
+    match items.get_mut(6)?.take() {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
 /// A lead field's value as a report slices by it: text as it is, other values as JSON; none
 /// for an empty text, null or no value.
 pub fn field_value(

@@ -764,14 +764,15 @@ async fn the_ab_verdict(store: Store) {
         csv.contains(",pitch,split-offer-a,offer-b,201,201,10,20,10.0,"),
         "{csv}"
     );
-    // The whole funnel per variant: each variant's runs and what they went on to do.
+    // The whole funnel per variant: each variant's runs and what they went on to do, from the
+    // counters (each run's origin keeps the variant it got first).
     let params = Params {
         from: Some("2026-11-01".into()),
         slice: vec!["variant".into()],
         ..Params::default()
     };
     let req = Request::parse(What::Funnel, &params, now).unwrap();
-    assert!(matches!(req.read(now, store.zone()), ReportRead::Rows(_)));
+    assert!(matches!(req.read(now, store.zone()), ReportRead::Counts(_)));
     let sliced = funnel_both(&store, &p.funnels[0], &rows, &req, now).await;
     let by: Vec<(&str, u64, u64)> = sliced
         .slices
@@ -1475,7 +1476,7 @@ async fn counters_are_their_rows_replayed(backend: &str) {
     let mut runner = proptest::test_runner::TestRunner::new_with_rng(config, rng);
     for case in 0..3 {
         let steps = history().new_tree(&mut runner).unwrap().current();
-        let check = |store: Store| async move {
+        let check = |mut store: Store| async move {
             store.migrate().await.unwrap();
             let dir = tempfile::tempdir().unwrap();
             let p = mixed_project(dir.path());
@@ -1483,6 +1484,13 @@ async fn counters_are_their_rows_replayed(backend: &str) {
             let kept = stored_counters(&store).await;
             assert!(!kept.is_empty());
             store.recount(lived.now).await.unwrap();
+            same_counters(stored_counters(&store).await, kept.clone());
+            // Every run's origin made again from the rows (kept by a field, then by none
+            // again): its first touch and the A/B variant it got first, as the writes made it.
+            let utc = chrono_tz::UTC;
+            let plan = ["plan".to_string()];
+            assert!(store.count_in(utc, &plan, lived.now).await.unwrap());
+            assert!(store.count_in(utc, &[], lived.now).await.unwrap());
             same_counters(stored_counters(&store).await, kept);
             for l in lived
                 .ids
@@ -1544,7 +1552,12 @@ async fn counters_agree_with_rows(store: Store) {
         for by in [None, Some("day"), Some("week")] {
             for slice in [
                 vec![],
-                vec!["utm_source".to_string(), "channel".into(), "form".into()],
+                vec![
+                    "utm_source".to_string(),
+                    "channel".into(),
+                    "form".into(),
+                    "variant".into(),
+                ],
             ] {
                 let params = Params {
                     from: Some("2026-11-01".into()),
@@ -1706,7 +1719,7 @@ async fn counters_agree_with_rows(store: Store) {
         .flat_map(|h| [(h, "entry"), (h, "calendar")])
     {
         for by in [None, Some("day"), Some("week")] {
-            for slice in [vec![], vec!["utm_source".to_string()]] {
+            for slice in [vec![], vec!["utm_source".to_string(), "variant".into()]] {
                 for what in [What::Funnel, What::Emails, What::Ab] {
                     if what != What::Funnel && (by.is_some() || !slice.is_empty()) {
                         continue;
@@ -1737,8 +1750,8 @@ async fn counters_agree_with_rows(store: Store) {
         }
     }
     assert_eq!(parts, 4 * 8 * 2);
-    // A part of the history from the rows, by variant and with a window not of whole days:
-    // the same as the first-touch slice over it.
+    // A part of the history by variant (the counters and the hours around) and with a window
+    // not of whole days (the rows): the same entries as the first-touch slice over it.
     let part = |slice: &str, window: Option<&str>| Params {
         from: Some((t0() + Duration::hours(20)).to_rfc3339()),
         to: Some((now - Duration::hours(40)).to_rfc3339()),
@@ -1752,7 +1765,8 @@ async fn counters_agree_with_rows(store: Store) {
     };
     for params in [part("variant", None), part("utm_source", Some("36h"))] {
         let req = Request::parse(What::Funnel, &params, now).unwrap();
-        assert!(matches!(req.read(now, store.zone()), ReportRead::Rows(_)));
+        let rows_read = matches!(req.read(now, store.zone()), ReportRead::Rows(_));
+        assert_eq!(rows_read, params.window.is_some(), "{req:?}");
         let Answer::Funnel(a) = both(&store, f, &rows, &req, now).await else {
             unreachable!()
         };

@@ -648,7 +648,8 @@ pub enum SliceKey {
     /// `field:NAME` of a field the counters are kept by (`report_fields`): by its value when
     /// the run entered, which the run's origin holds ([`crate::tally::origin_with`]).
     Kept(String),
-    /// The A/B variant a run got: the first email of a `split` step it was sent.
+    /// The A/B variant a run got: the first email of a `split` step it was sent (which its
+    /// origin keeps, [`crate::tally::with_variant`]).
     Variant,
 }
 
@@ -687,10 +688,10 @@ impl SliceKey {
         }
     }
 
-    /// Whether the slice is made from the rows: a lead field the counters are not kept by, or
-    /// the A/B variant (the counters are kept per origin: the first touch and the kept fields).
+    /// Whether the slice is made from the rows: a lead field the counters are not kept by (the
+    /// counters are kept per origin: the first touch, the kept fields and the A/B variant).
     pub fn from_rows(&self) -> bool {
-        matches!(self, SliceKey::Field(_) | SliceKey::Variant)
+        matches!(self, SliceKey::Field(_))
     }
 
     /// The key as the counters kept by the lead fields `kept` answer it: `field:NAME` of one
@@ -729,10 +730,9 @@ fn origin_value(key: &SliceKey, origin: &str) -> Option<String> {
         SliceKey::Medium => 2,
         SliceKey::Campaign => 3,
         SliceKey::Form => 4,
-        SliceKey::Field(_) | SliceKey::Variant => {
-            return (origin != NO_VALUE).then(|| origin.to_string());
-        }
+        SliceKey::Field(_) => return (origin != NO_VALUE).then(|| origin.to_string()),
         SliceKey::Kept(name) => return crate::tally::origin_field(origin, name),
+        SliceKey::Variant => return crate::tally::origin_variant(origin),
     };
     crate::tally::origin_parts(origin)[i].take()
 }
@@ -829,8 +829,8 @@ pub fn sliced_reports(
     Ok(slices_of(f, &by_origin, key, cohort, from, to))
 }
 
-/// [`figures_of_rows`] with the origins a slice by `key` groups: the first touches, the
-/// values of a lead field, or the A/B variant each run got.
+/// [`figures_of_rows`] with the origins a slice by `key` groups: the runs' own (the first
+/// touches, the kept fields, the A/B variant), or the values of a lead field now.
 pub fn origin_figures(
     rows: &ReportRows,
     key: &SliceKey,
@@ -857,20 +857,6 @@ pub fn replay_by(rows: &ReportRows, key: &SliceKey, tally: &mut Tally) {
                     .get(&r.lead)
                     .cloned()
                     .unwrap_or_else(|| NO_VALUE.to_string())
-            };
-            replay_runs(rows, tally, Some(&of))
-        }
-        SliceKey::Variant => {
-            // Emails are in the order they were queued: the first variant each run got.
-            let mut got: HashMap<EnrollmentId, &str> = HashMap::new();
-            for e in rows.emails.iter().filter(|e| e.variant) {
-                if let Some(run) = e.enrollment {
-                    got.entry(run).or_insert(e.template.as_str());
-                }
-            }
-            let of = |r: &crate::store::RunRow| {
-                got.get(&r.enrollment)
-                    .map_or_else(|| NO_VALUE.to_string(), |t| t.to_string())
             };
             replay_runs(rows, tally, Some(&of))
         }

@@ -330,7 +330,6 @@ impl Request {
                 purchases: true,
                 milestones: true,
                 fields: self.slices.iter().any(|k| matches!(k, SliceKey::Field(_))),
-                split_emails: self.slices.contains(&SliceKey::Variant),
                 ..none
             },
             What::Emails => ReportNeeds {

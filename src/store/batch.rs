@@ -12,7 +12,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, Qu
 
 use super::sql::{Params, ROWS, chunks, insert_packed, insert_rows, select_packed};
 
-use super::counts::Counting;
+use super::counts::{self, Counting};
 use super::entities::{lead, lead_tag};
 use super::{Backend, ClosedVisit, Result, RunBefore, RunWrites, ms, parse_fields};
 use crate::domain::{EnrollmentId, FunnelId, LeadId, Outcome, RunStatus, StageId};
@@ -222,8 +222,9 @@ pub(super) async fn write_runs(
     )
     .await?;
     // Each email queued counts once: a send key already there inserts nothing.
-    // (run, stage, step, template, kind, marks) of each message inserted.
+    // (id, run, stage, step, template, kind, marks) of each message inserted.
     type Queued = (
+        i64,
         Option<i64>,
         Option<String>,
         Option<String>,
@@ -231,17 +232,38 @@ pub(super) async fn write_runs(
         String,
         i64,
     );
-    let queued: Vec<Queued> = insert_packed(
+    let mut queued: Vec<Queued> = insert_packed(
         txn,
         backend,
         "messages",
         super::MESSAGE_COLUMNS,
         "ON CONFLICT (send_key) DO NOTHING",
         messages,
-        "enrollment_id, stage_id, step_id, template, kind, marks",
+        "id, enrollment_id, stage_id, step_id, template, kind, marks",
     )
     .await?;
-    for (run, stage, step, template, kind, marks) in queued {
+    queued.sort_unstable_by_key(|q| q.0);
+    // Runs sent their first A/B variant now: its template joins their origin.
+    let mut moved: Vec<counts::Moved> = Vec::new();
+    let mut moving: FxHashSet<i64> = FxHashSet::default();
+    for (_, run, _, _, template, kind, marks) in &queued {
+        if let (true, Some(w)) = (kind == "email", run.and_then(|id| runs.get(&id)))
+            && Mail::split_marks(*marks).1
+            && tally::origin_variant(&w.before.origin).is_none()
+            && moving.insert(w.enrollment.0)
+        {
+            moved.push(counts::Moved {
+                run: w.enrollment.0,
+                lead: w.lead,
+                funnel: w.funnel,
+                origin: tally::with_variant(
+                    &w.before.origin,
+                    template.as_deref().unwrap_or_default(),
+                ),
+            });
+        }
+    }
+    for (_, run, stage, step, template, kind, marks) in queued {
         if let (true, Some(w)) = (kind == "email", run.and_then(|id| runs.get(&id))) {
             let mail = Mail {
                 stage: stage.as_deref().unwrap_or(FUNNEL),
@@ -296,7 +318,8 @@ pub(super) async fn write_runs(
             .exec(txn)
             .await?;
     }
-    Ok(())
+    // Last: the replay reads every row this write made (milestones too).
+    counts::move_origins(txn, backend, zone, &moved).await
 }
 
 /// An email of a run read by [`reached_by_mails`]: (message, run, stage, step, template,

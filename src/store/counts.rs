@@ -37,8 +37,16 @@ async fn write(txn: &DatabaseTransaction, backend: Backend, t: &Tally) -> Result
     if t.is_empty() {
         return Ok(());
     }
-    let rows: Vec<Vec<Value>> = t
-        .counters()
+    add(txn, backend, t.counters()).await
+}
+
+/// Adds these counters to the stored ones (those that add nothing left out).
+async fn add(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    counters: Vec<(tally::Key, Sum)>,
+) -> Result<()> {
+    let rows: Vec<Vec<Value>> = counters
         .into_iter()
         .filter(|(_, s)| s.n != 0 || s.total.0 != 0)
         .map(|(k, s)| {
@@ -65,6 +73,80 @@ async fn write(txn: &DatabaseTransaction, backend: Backend, t: &Tally) -> Result
     .await
 }
 
+/// The rules the runs' origins are made by: the first touch, the kept fields and the first
+/// A/B variant. Stored counters whose origins were made otherwise are made again.
+const ORIGINS: &str = "touch+fields+variant";
+
+/// A run that got its first A/B variant in a write: the run, its lead and funnel, and its
+/// origin with the variant ([`tally::with_variant`]).
+pub(super) struct Moved<'a> {
+    pub run: i64,
+    pub lead: LeadId,
+    pub funnel: &'a FunnelId,
+    pub origin: String,
+}
+
+/// Moves the counters of runs that got their first A/B variant to the origin that keeps it,
+/// in the transaction that queued the variant: their leads' rows of the funnel, read in the
+/// transaction (its own writes too), are replayed with the runs' origins as stored and as
+/// moved — all that differs is the moved runs' counters per origin — and the difference is
+/// added; then the runs' origins are written.
+pub(super) async fn move_origins(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    zone: chrono_tz::Tz,
+    moved: &[Moved<'_>],
+) -> Result<()> {
+    const NEEDS: ReportNeeds = ReportNeeds {
+        visits: true,
+        purchases: true,
+        milestones: true,
+        touches: false,
+        fields: false,
+        emails: false,
+        tracking: false,
+    };
+    const PER_ORIGIN: Replay = Replay {
+        runs: true,
+        orders: true,
+        attribution: false,
+        mails: false,
+    };
+    let mut by_funnel: BTreeMap<&FunnelId, Vec<&Moved>> = BTreeMap::new();
+    for m in moved {
+        by_funnel.entry(m.funnel).or_default().push(m);
+    }
+    for (funnel, moved) in by_funnel {
+        let mut leads: Vec<i64> = moved.iter().map(|m| m.lead.0).collect();
+        leads.sort_unstable();
+        leads.dedup();
+        let far = DateTime::<Utc>::MAX_UTC;
+        let rows =
+            super::report::rows_on(txn, backend, funnel, far, NEEDS, &sql::Leads::List(leads))
+                .await?;
+        let to: HashMap<i64, &str> = moved.iter().map(|m| (m.run, m.origin.as_str())).collect();
+        let mut before = Tally::by_day(zone);
+        rows.replay(&mut before, PER_ORIGIN, tally::LOOKBACK, None);
+        let mut after = Tally::by_day(zone);
+        let origin_of = |r: &super::RunRow| {
+            to.get(&r.enrollment.0)
+                .map_or_else(|| r.origin.clone(), |o| o.to_string())
+        };
+        rows.replay(&mut after, PER_ORIGIN, tally::LOOKBACK, Some(&origin_of));
+        let mut diff: BTreeMap<tally::Key, Sum> = after.counters().into_iter().collect();
+        for (k, s) in before.negated().counters() {
+            diff.entry(k).or_default().add(s);
+        }
+        add(txn, backend, diff.into_iter().collect()).await?;
+        let rows: Vec<Vec<Value>> = moved
+            .iter()
+            .map(|m| vec![m.run.into(), m.origin.clone().into()])
+            .collect();
+        set_enrollments(txn, backend, "origin", rows).await?;
+    }
+    Ok(())
+}
+
 /// Counts new orders ([`tally::order_facts`]): each lead's runs of every funnel, with the
 /// first time each entered each stage, and the lead's touches, are read in the transaction
 /// that stores the orders.
@@ -85,6 +167,17 @@ pub(super) async fn count_orders(
     leads.sort_unstable();
     leads.dedup();
     for chunk in leads.chunks(sql::ROWS) {
+        if backend == Backend::Postgres {
+            // A run's origin changes when it gets its first A/B variant ([`move_origins`], in
+            // the transaction that holds the run): wait for that to commit, so an order is
+            // counted under the origin the run has then.
+            let mut q = Params::new(backend);
+            let sql = format!(
+                "SELECT id FROM enrollments WHERE lead_id IN ({}) ORDER BY id FOR SHARE",
+                q.list(chunk)
+            );
+            txn.execute_raw(q.statement(sql)).await?;
+        }
         // (lead, funnel) → runs: (run id, funnel, entered, origin, [(stage, first entry)]).
         type RunRow = (String, DateTime<Utc>, String, Vec<(String, DateTime<Utc>)>);
         let mut runs: HashMap<(i64, String), Vec<(i64, RunRow)>> = HashMap::new();
@@ -251,7 +344,6 @@ const RECOUNT: ReportNeeds = ReportNeeds {
     touches: true,
     fields: false,
     emails: true,
-    split_emails: true,
     tracking: true,
 };
 
@@ -500,8 +592,9 @@ impl Store {
             },
         )
         .await?;
-        self.set_origins(self.fields != self.counters_fields().await?.into())
-            .await?;
+        let again =
+            self.fields != self.counters_fields().await?.into() || !self.origins_current().await?;
+        self.set_origins(again).await?;
         let txn = self.write().await?;
         txn.execute_unprepared("DELETE FROM report_counts").await?;
         txn.execute_unprepared("DELETE FROM email_links").await?;
@@ -525,6 +618,7 @@ impl Store {
         for (name, value) in [
             ("counters_zone", self.zone.name().into()),
             ("counters_fields", fields),
+            ("counters_origins", ORIGINS.into()),
         ] {
             txn.execute_raw(self.statement(sql, vec![name.into(), value.into()]))
                 .await?;
@@ -533,37 +627,39 @@ impl Store {
         Ok(runs)
     }
 
-    /// The zone whose days the stored counters are in (UTC when none was recorded).
-    pub async fn counters_zone(&self) -> Result<chrono_tz::Tz> {
-        let mut zone = chrono_tz::UTC;
+    /// A value kept in `store_settings`.
+    async fn setting(&self, name: &str) -> Result<Option<String>> {
+        let mut value = None;
         self.each(
-            "SELECT value FROM store_settings WHERE name = 'counters_zone'",
-            Vec::new(),
+            "SELECT value FROM store_settings WHERE name = $1",
+            vec![name.into()],
             |r| {
-                if let Ok(z) = r.try_get_by_index::<String>(0)?.parse() {
-                    zone = z;
-                }
+                value = Some(r.try_get_by_index::<String>(0)?);
                 Ok(())
             },
         )
         .await?;
-        Ok(zone)
+        Ok(value)
+    }
+
+    /// The zone whose days the stored counters are in (UTC when none was recorded).
+    pub async fn counters_zone(&self) -> Result<chrono_tz::Tz> {
+        let zone = self.setting("counters_zone").await?;
+        Ok(zone.and_then(|z| z.parse().ok()).unwrap_or(chrono_tz::UTC))
     }
 
     /// The lead fields the stored counters are kept by (none when none was recorded).
     pub async fn counters_fields(&self) -> Result<Vec<String>> {
-        let mut fields = Vec::new();
-        self.each(
-            "SELECT value FROM store_settings WHERE name = 'counters_fields'",
-            Vec::new(),
-            |r| {
-                let text: String = r.try_get_by_index(0)?;
-                fields = serde_json::from_str(&text).unwrap_or_default();
-                Ok(())
-            },
-        )
-        .await?;
-        Ok(fields)
+        let fields = self.setting("counters_fields").await?;
+        Ok(fields
+            .and_then(|f| serde_json::from_str(&f).ok())
+            .unwrap_or_default())
+    }
+
+    /// Whether the runs' origins were made by this build's rules ([`ORIGINS`]): else a
+    /// recount makes them again.
+    async fn origins_current(&self) -> Result<bool> {
+        Ok(self.setting("counters_origins").await?.as_deref() == Some(ORIGINS))
     }
 
     /// Keeps the counters per day of `zone` and per value of the lead `fields` from now on:
@@ -578,7 +674,10 @@ impl Store {
     ) -> Result<bool> {
         self.zone = zone;
         self.fields = fields.into();
-        if self.counters_zone().await? == zone && self.counters_fields().await? == fields {
+        if self.counters_zone().await? == zone
+            && self.counters_fields().await? == fields
+            && self.origins_current().await?
+        {
             return Ok(false);
         }
         self.recount(now).await?;
@@ -624,7 +723,8 @@ impl Store {
     }
 
     /// Gives each run without an origin (`all`: every run) the first touch of its lead up to
-    /// the run's entry, and the kept fields' values its lead has now.
+    /// the run's entry, the kept fields' values its lead has now, and the A/B variant it got
+    /// first.
     async fn set_origins(&self, all: bool) -> Result<()> {
         let mut todo: Vec<(i64, i64, i64)> = Vec::new();
         let which = if all { "" } else { "WHERE origin IS NULL " };
@@ -646,10 +746,28 @@ impl Store {
             let leads: Vec<LeadId> = chunk.iter().map(|(_, l, _)| LeadId(*l)).collect();
             let touches = first_touches(&txn, self.backend, &leads).await?;
             let fields = kept_fields(&txn, self.backend, &self.fields, &leads).await?;
+            let mut q = Params::new(self.backend);
+            let ids: Vec<i64> = chunk.iter().map(|(id, _, _)| *id).collect();
+            let rest = format!(
+                "FROM messages WHERE enrollment_id IN ({}) AND kind = 'email' AND (marks & {}) <> 0",
+                q.list(&ids),
+                tally::mark::VARIANT
+            );
+            let mut sent: Vec<(i64, i64, Option<String>)> =
+                sql::select_packed(&*txn, q, "id, enrollment_id, template", &rest).await?;
+            sent.sort_unstable();
+            let mut variants: HashMap<i64, String> = HashMap::new();
+            for (_, run, template) in sent {
+                variants.entry(run).or_insert(template.unwrap_or_default());
+            }
             let rows: Vec<Vec<Value>> = chunk
                 .iter()
                 .map(|(id, lead, at)| {
                     let o = run_origin(&touches, &fields, &self.fields, *lead, *at);
+                    let o = match variants.get(id) {
+                        Some(t) => tally::with_variant(&o, t),
+                        None => o,
+                    };
                     vec![(*id).into(), o.into()]
                 })
                 .collect();

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{QueryResult, Statement, StreamTrait, Value};
+use sea_orm::{ConnectionTrait, QueryResult, Statement, StreamTrait, Value};
 
 use super::sql::{self, Leads, Params};
 use super::{Backend, Result, Store, StoreError, event_of, from_ms, ms, parse_fields};
@@ -148,9 +148,6 @@ pub struct ReportNeeds {
     pub touches: bool,
     pub fields: bool,
     pub emails: bool,
-    /// Of the emails, only those a `split` step sent (marked as its variant): all a slice by
-    /// the variant needs of them.
-    pub split_emails: bool,
     pub tracking: bool,
     pub milestones: bool,
 }
@@ -163,7 +160,6 @@ impl ReportNeeds {
         touches: true,
         fields: true,
         emails: true,
-        split_emails: true,
         tracking: true,
         milestones: true,
     };
@@ -415,278 +411,279 @@ impl Store {
         needs: ReportNeeds,
         leads: &Leads,
     ) -> Result<ReportRows> {
-        let mut out = ReportRows {
-            funnel: funnel.to_string(),
-            ..ReportRows::default()
-        };
-        let backend = self.backend;
-        // The funnel's rows from before `until` (by the column `time`), of the range of leads.
-        let of_funnel = |q: &mut Params, time: &str| {
-            let mut w = format!(
-                "funnel_id = {} AND {time} < {}",
-                q.p(funnel.as_str()),
-                q.p(ms(until))
-            );
-            w.push_str(&leads.filter(q));
-            w
-        };
+        rows_on(&self.db, self.backend, funnel, until, needs, leads).await
+    }
+}
 
+/// [`Store::rows_of`] on a connection or a transaction (which sees its own writes).
+pub(super) async fn rows_on(
+    db: &impl ConnectionTrait,
+    backend: Backend,
+    funnel: &FunnelId,
+    until: DateTime<Utc>,
+    needs: ReportNeeds,
+    leads: &Leads,
+) -> Result<ReportRows> {
+    let mut out = ReportRows {
+        funnel: funnel.to_string(),
+        ..ReportRows::default()
+    };
+    // The funnel's rows from before `until` (by the column `time`), of the range of leads.
+    let of_funnel = |q: &mut Params, time: &str| {
+        let mut w = format!(
+            "funnel_id = {} AND {time} < {}",
+            q.p(funnel.as_str()),
+            q.p(ms(until))
+        );
+        w.push_str(&leads.filter(q));
+        w
+    };
+
+    let mut q = Params::new(backend);
+    let rest = format!("FROM enrollments WHERE {}", of_funnel(&mut q, "entered_at"));
+    type RunCols = (
+        i64,
+        i64,
+        i64,
+        String,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+    );
+    let mut runs: Vec<RunCols> = sql::select_packed(
+        db,
+        q,
+        "id, lead_id, entered_at, status, outcome, exited_at, origin",
+        &rest,
+    )
+    .await?;
+    runs.sort_unstable_by_key(|r| r.0);
+    for (id, lead, entered_at, status, outcome, exited_at, origin) in runs {
+        let status = match (status.as_str(), outcome.as_deref()) {
+            ("exited", Some(o)) => {
+                RunStatus::Exited(Outcome::from_name(o).ok_or_else(|| {
+                    StoreError::Corrupt(format!("enrollment {id}: outcome \"{o}\""))
+                })?)
+            }
+            ("unconfirmed", _) => RunStatus::Unconfirmed,
+            _ => RunStatus::Active,
+        };
+        out.runs.push(RunRow {
+            enrollment: EnrollmentId(id),
+            lead: LeadId(lead),
+            entered_at: from_ms(entered_at),
+            status,
+            exited_at: exited_at.map(from_ms),
+            origin: origin.unwrap_or_else(|| crate::tally::origin([None; 5])),
+        });
+    }
+    if needs.visits {
         let mut q = Params::new(backend);
-        let rest = format!("FROM enrollments WHERE {}", of_funnel(&mut q, "entered_at"));
-        type RunCols = (
+        let rest = match leads {
+            Leads::All => format!(
+                "FROM stage_history WHERE {}",
+                of_funnel(&mut q, "entered_at")
+            ),
+            // Some leads' visits are found through their runs (stage_history has no
+            // index by lead).
+            _ => {
+                let until = q.p(ms(until));
+                let funnel = q.p(funnel.as_str());
+                format!(
+                    "FROM stage_history WHERE entered_at < {until} AND enrollment_id IN \
+                         (SELECT id FROM enrollments WHERE funnel_id = {funnel}{})",
+                    leads.filter(&mut q)
+                )
+            }
+        };
+        type VisitCols = (
+            i64,
+            i64,
+            String,
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+        );
+        let mut visits: Vec<VisitCols> = sql::select_packed(
+            db,
+            q,
+            "id, enrollment_id, stage_id, entered_at, exited_at, exit_reason, next_stage_id",
+            &rest,
+        )
+        .await?;
+        visits.sort_unstable_by_key(|v| v.0);
+        for (_, run, stage, entered_at, exited_at, reason, next) in visits {
+            let Ok(stage) = StageId::parse(&stage) else {
+                continue;
+            };
+            out.visits.push(VisitRow {
+                enrollment: EnrollmentId(run),
+                stage,
+                entered_at: from_ms(entered_at),
+                exited_at: exited_at.map(from_ms),
+                reason,
+                next: next.and_then(|s| StageId::parse(&s).ok()),
+            });
+        }
+    }
+    if needs.emails {
+        let mut q = Params::new(backend);
+        let rest = format!(
+            "FROM messages WHERE kind = 'email' AND {}",
+            of_funnel(&mut q, "created_at")
+        );
+        type EmailCols = (
+            i64,
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            String,
+            i64,
+            Option<String>,
+            i64,
+        );
+        let mut emails: Vec<EmailCols> = sql::select_packed(
+            db,
+            q,
+            "id, lead_id, enrollment_id, stage_id, template, status, created_at, step_id, marks",
+            &rest,
+        )
+        .await?;
+        emails.sort_unstable_by_key(|e| e.0);
+        for (id, lead, run, stage, template, status, created_at, step, marks) in emails {
+            out.emails.push(EmailRow {
+                id,
+                lead: LeadId(lead),
+                enrollment: run.map(EnrollmentId),
+                stage,
+                step,
+                template: template.unwrap_or_default(),
+                status,
+                created_at: from_ms(created_at),
+                variant: marks & tally::mark::VARIANT != 0,
+            });
+        }
+    }
+    if needs.milestones {
+        let mut q = Params::new(backend);
+        let rest = format!("FROM milestones WHERE {}", of_funnel(&mut q, "occurred_at"));
+        let mut rows: Vec<(i64, i64, String, i64)> =
+            sql::select_packed(db, q, "id, enrollment_id, kind, occurred_at", &rest).await?;
+        rows.sort_unstable_by_key(|r| (r.3, r.0));
+        for (_, run, kind, at) in rows {
+            if let Ok(kind) = EventKind::parse(&kind) {
+                out.milestones.push(MilestoneRow {
+                    enrollment: EnrollmentId(run),
+                    kind,
+                    at: from_ms(at),
+                });
+            }
+        }
+    }
+    // The funnel's leads, as a subquery.
+    let of_leads = |q: &mut Params| {
+        format!(
+            "SELECT lead_id FROM enrollments WHERE {}",
+            of_funnel(q, "entered_at")
+        )
+    };
+    // Each event of the funnel's leads whose kind is one of `kinds` (quoted SQL literals),
+    // oldest first; one whose payload cannot be read is left out.
+    let events = async |kinds: &str| -> Result<Vec<(LeadId, crate::domain::Event, DateTime<Utc>)>> {
+        let mut q = Params::new(backend);
+        let rest = format!(
+            "FROM events WHERE kind IN ({kinds}) AND lead_id IN ({})",
+            of_leads(&mut q)
+        );
+        let mut rows: Vec<(i64, i64, String, String, i64)> =
+            sql::select_packed(db, q, "id, lead_id, kind, payload, occurred_at", &rest).await?;
+        rows.sort_unstable_by_key(|r| (r.4, r.0));
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, lead, kind, payload, at)| {
+                let ev = event_of(id, &kind, &payload).ok()?;
+                Some((LeadId(lead), ev, from_ms(at)))
+            })
+            .collect())
+    };
+    if needs.purchases {
+        for (lead, ev, at) in events("'purchase', 'refund'").await? {
+            out.purchases.push(PurchaseRow {
+                lead,
+                refund: ev.kind.is_refund(),
+                product: ev.product,
+                amount: ev.amount,
+                currency: ev.currency,
+                at,
+            });
+        }
+    }
+    if needs.tracking {
+        let kinds = "'click', 'open', 'unsubscribed', 'bounced', 'complained'";
+        for (lead, ev, at) in events(kinds).await? {
+            out.tracking.push(TrackRow {
+                lead,
+                kind: ev.kind,
+                message: ev.message,
+                template: ev.template,
+                link: ev.link,
+                at,
+            });
+        }
+    }
+    if needs.touches {
+        let mut q = Params::new(backend);
+        let rest = format!("FROM touches WHERE lead_id IN ({})", of_leads(&mut q));
+        type TouchCols = (
             i64,
             i64,
             i64,
             String,
             Option<String>,
-            Option<i64>,
+            Option<String>,
+            Option<String>,
             Option<String>,
         );
-        let mut runs: Vec<RunCols> = sql::select_packed(
-            &self.db,
+        let mut rows: Vec<TouchCols> = sql::select_packed(
+            db,
             q,
-            "id, lead_id, entered_at, status, outcome, exited_at, origin",
+            "id, lead_id, occurred_at, channel, source, medium, campaign, form_id",
             &rest,
         )
         .await?;
-        runs.sort_unstable_by_key(|r| r.0);
-        for (id, lead, entered_at, status, outcome, exited_at, origin) in runs {
-            let status = match (status.as_str(), outcome.as_deref()) {
-                ("exited", Some(o)) => {
-                    RunStatus::Exited(Outcome::from_name(o).ok_or_else(|| {
-                        StoreError::Corrupt(format!("enrollment {id}: outcome \"{o}\""))
-                    })?)
-                }
-                ("unconfirmed", _) => RunStatus::Unconfirmed,
-                _ => RunStatus::Active,
-            };
-            out.runs.push(RunRow {
-                enrollment: EnrollmentId(id),
+        rows.sort_unstable_by_key(|r| (r.2, r.0));
+        for (_, lead, at, channel, source, medium, campaign, form) in rows {
+            out.touches.push(TouchRow {
                 lead: LeadId(lead),
-                entered_at: from_ms(entered_at),
-                status,
-                exited_at: exited_at.map(from_ms),
-                origin: origin.unwrap_or_else(|| crate::tally::origin([None; 5])),
+                at: from_ms(at),
+                channel,
+                source,
+                medium,
+                campaign,
+                form,
             });
         }
-        if needs.visits {
-            let mut q = Params::new(backend);
-            let rest = match leads {
-                Leads::All => format!(
-                    "FROM stage_history WHERE {}",
-                    of_funnel(&mut q, "entered_at")
-                ),
-                // Some leads' visits are found through their runs (stage_history has no
-                // index by lead).
-                _ => {
-                    let until = q.p(ms(until));
-                    let funnel = q.p(funnel.as_str());
-                    format!(
-                        "FROM stage_history WHERE entered_at < {until} AND enrollment_id IN \
-                         (SELECT id FROM enrollments WHERE funnel_id = {funnel}{})",
-                        leads.filter(&mut q)
-                    )
-                }
-            };
-            type VisitCols = (
-                i64,
-                i64,
-                String,
-                i64,
-                Option<i64>,
-                Option<String>,
-                Option<String>,
-            );
-            let mut visits: Vec<VisitCols> = sql::select_packed(
-                &self.db,
-                q,
-                "id, enrollment_id, stage_id, entered_at, exited_at, exit_reason, next_stage_id",
-                &rest,
-            )
-            .await?;
-            visits.sort_unstable_by_key(|v| v.0);
-            for (_, run, stage, entered_at, exited_at, reason, next) in visits {
-                let Ok(stage) = StageId::parse(&stage) else {
-                    continue;
-                };
-                out.visits.push(VisitRow {
-                    enrollment: EnrollmentId(run),
-                    stage,
-                    entered_at: from_ms(entered_at),
-                    exited_at: exited_at.map(from_ms),
-                    reason,
-                    next: next.and_then(|s| StageId::parse(&s).ok()),
-                });
-            }
-        }
-        if needs.emails || needs.split_emails {
-            let mut q = Params::new(backend);
-            let mut rest = format!(
-                "FROM messages WHERE kind = 'email' AND {}",
-                of_funnel(&mut q, "created_at")
-            );
-            if !needs.emails {
-                rest.push_str(&format!(" AND marks & {} <> 0", tally::mark::VARIANT));
-            }
-            type EmailCols = (
-                i64,
-                i64,
-                Option<i64>,
-                Option<String>,
-                Option<String>,
-                String,
-                i64,
-                Option<String>,
-                i64,
-            );
-            let mut emails: Vec<EmailCols> = sql::select_packed(
-                &self.db,
-                q,
-                "id, lead_id, enrollment_id, stage_id, template, status, created_at, step_id, marks",
-                &rest,
-            )
-            .await?;
-            emails.sort_unstable_by_key(|e| e.0);
-            for (id, lead, run, stage, template, status, created_at, step, marks) in emails {
-                out.emails.push(EmailRow {
-                    id,
-                    lead: LeadId(lead),
-                    enrollment: run.map(EnrollmentId),
-                    stage,
-                    step,
-                    template: template.unwrap_or_default(),
-                    status,
-                    created_at: from_ms(created_at),
-                    variant: marks & tally::mark::VARIANT != 0,
-                });
-            }
-        }
-        if needs.milestones {
-            let mut q = Params::new(backend);
-            let rest = format!("FROM milestones WHERE {}", of_funnel(&mut q, "occurred_at"));
-            let mut rows: Vec<(i64, i64, String, i64)> =
-                sql::select_packed(&self.db, q, "id, enrollment_id, kind, occurred_at", &rest)
-                    .await?;
-            rows.sort_unstable_by_key(|r| (r.3, r.0));
-            for (_, run, kind, at) in rows {
-                if let Ok(kind) = EventKind::parse(&kind) {
-                    out.milestones.push(MilestoneRow {
-                        enrollment: EnrollmentId(run),
-                        kind,
-                        at: from_ms(at),
-                    });
-                }
-            }
-        }
-        // The funnel's leads, as a subquery.
-        let of_leads = |q: &mut Params| {
-            format!(
-                "SELECT lead_id FROM enrollments WHERE {}",
-                of_funnel(q, "entered_at")
-            )
-        };
-        // Each event of the funnel's leads whose kind is one of `kinds` (quoted SQL literals),
-        // oldest first; one whose payload cannot be read is left out.
-        let events =
-            async |kinds: &str| -> Result<Vec<(LeadId, crate::domain::Event, DateTime<Utc>)>> {
-                let mut q = Params::new(backend);
-                let rest = format!(
-                    "FROM events WHERE kind IN ({kinds}) AND lead_id IN ({})",
-                    of_leads(&mut q)
-                );
-                let mut rows: Vec<(i64, i64, String, String, i64)> = sql::select_packed(
-                    &self.db,
-                    q,
-                    "id, lead_id, kind, payload, occurred_at",
-                    &rest,
-                )
-                .await?;
-                rows.sort_unstable_by_key(|r| (r.4, r.0));
-                Ok(rows
-                    .into_iter()
-                    .filter_map(|(id, lead, kind, payload, at)| {
-                        let ev = event_of(id, &kind, &payload).ok()?;
-                        Some((LeadId(lead), ev, from_ms(at)))
-                    })
-                    .collect())
-            };
-        if needs.purchases {
-            for (lead, ev, at) in events("'purchase', 'refund'").await? {
-                out.purchases.push(PurchaseRow {
-                    lead,
-                    refund: ev.kind.is_refund(),
-                    product: ev.product,
-                    amount: ev.amount,
-                    currency: ev.currency,
-                    at,
-                });
-            }
-        }
-        if needs.tracking {
-            let kinds = "'click', 'open', 'unsubscribed', 'bounced', 'complained'";
-            for (lead, ev, at) in events(kinds).await? {
-                out.tracking.push(TrackRow {
-                    lead,
-                    kind: ev.kind,
-                    message: ev.message,
-                    template: ev.template,
-                    link: ev.link,
-                    at,
-                });
-            }
-        }
-        if needs.touches {
-            let mut q = Params::new(backend);
-            let rest = format!("FROM touches WHERE lead_id IN ({})", of_leads(&mut q));
-            type TouchCols = (
-                i64,
-                i64,
-                i64,
-                String,
-                Option<String>,
-                Option<String>,
-                Option<String>,
-                Option<String>,
-            );
-            let mut rows: Vec<TouchCols> = sql::select_packed(
-                &self.db,
-                q,
-                "id, lead_id, occurred_at, channel, source, medium, campaign, form_id",
-                &rest,
-            )
-            .await?;
-            rows.sort_unstable_by_key(|r| (r.2, r.0));
-            for (_, lead, at, channel, source, medium, campaign, form) in rows {
-                out.touches.push(TouchRow {
-                    lead: LeadId(lead),
-                    at: from_ms(at),
-                    channel,
-                    source,
-                    medium,
-                    campaign,
-                    form,
-                });
-            }
-        }
-        if needs.fields {
-            let mut q = Params::new(backend);
-            let rest = format!("FROM leads WHERE id IN ({})", of_leads(&mut q));
-            let mut rows: Vec<(i64, String, Option<String>, Option<String>)> =
-                sql::select_packed(&self.db, q, "id, fields, first_name, timezone", &rest).await?;
-            rows.sort_unstable_by_key(|r| r.0);
-            for (id, fields, first_name, timezone) in rows {
-                let mut fields = parse_fields(&fields).unwrap_or_default();
-                if let Some(n) = first_name {
-                    fields.insert("first_name".into(), n.into());
-                }
-                if let Some(z) = timezone {
-                    fields.insert("timezone".into(), z.into());
-                }
-                out.fields.push((LeadId(id), fields));
-            }
-        }
-        Ok(out)
     }
+    if needs.fields {
+        let mut q = Params::new(backend);
+        let rest = format!("FROM leads WHERE id IN ({})", of_leads(&mut q));
+        let mut rows: Vec<(i64, String, Option<String>, Option<String>)> =
+            sql::select_packed(db, q, "id, fields, first_name, timezone", &rest).await?;
+        rows.sort_unstable_by_key(|r| r.0);
+        for (id, fields, first_name, timezone) in rows {
+            let mut fields = parse_fields(&fields).unwrap_or_default();
+            if let Some(n) = first_name {
+                fields.insert("first_name".into(), n.into());
+            }
+            if let Some(z) = timezone {
+                fields.insert("timezone".into(), z.into());
+            }
+            out.fields.push((LeadId(id), fields));
+        }
+    }
+    Ok(out)
 }
 
 /// `COL >= a AND COL < b`, the bounds bound in `q`.
