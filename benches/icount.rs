@@ -7,7 +7,11 @@
 //!    tripwire stage: one transition each);
 //! 4. `emails`: the sender drains the outbox into `.eml` files;
 //! 5. `signups`: N landing-page signups to `free-book`, queued and committed in groups of 100
-//!    (on the wall clock: the signup path reads it).
+//!    (on the wall clock: the signup path reads it);
+//! 6. `plain`: the N leads enrolled, 500 at a time, in a one-stage funnel whose first step
+//!    sends an email;
+//! 7. `splits`: the same in one whose first step is an A/B split (each run's first variant
+//!    moves its counters to the origin that keeps it): the difference is what a split costs.
 //!
 //! `cargo bench --bench icount -- [N] --until PHASE` runs the phases up to PHASE and prints how
 //! many items each handled. Each phase ends in [`phase_done`], on entering which callgrind
@@ -28,7 +32,21 @@ use chrono::{Duration, TimeZone, Utc};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const PHASES: [&str; 5] = ["setup", "enroll", "rounds", "emails", "signups"];
+const PHASES: [&str; 7] = [
+    "setup", "enroll", "rounds", "emails", "signups", "plain", "splits",
+];
+
+/// The one-stage funnels of the `plain` and `splits` phases: `SEND` is their first step's.
+const MINI: &str = r#"name: NAME
+from: "School <school@example.com>"
+entry: { api: true }
+stages:
+  - id: offer
+    steps:
+      - send: SEND
+      - wait: 7d
+      - exit: not_converted
+"#;
 
 /// The end of a phase, with how many items it handled: printed, and the function callgrind
 /// dumps its counts before (`benches/icount.sh`).
@@ -41,7 +59,7 @@ fn phase_done(phase: &str, items: usize) {
 async fn main() -> anyhow::Result<()> {
     let args = common::args();
     let n = common::count(&args).unwrap_or(2_000);
-    let until: String = common::flag(&args, "--until").unwrap_or_else(|| "signups".into());
+    let until: String = common::flag(&args, "--until").unwrap_or_else(|| "splits".into());
     let last = PHASES
         .iter()
         .position(|p| *p == until)
@@ -54,7 +72,16 @@ async fn main() -> anyhow::Result<()> {
     let p = common::example_project()?;
     // Monday 10:00 in Moscow: inside the course funnel's send window.
     let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 7, 0, 0).unwrap();
-    let rt = Runtime::new(store.clone(), p.funnels.clone(), "icount", t0).await?;
+    let mut funnels = p.funnels.clone();
+    for (name, send) in [("plain", "offer-a"), ("splits", "{ split: [offer-a, offer-b] }")] {
+        let path = std::path::PathBuf::from(format!("funnels/{name}.yaml"));
+        let text = MINI.replace("NAME", name).replace("SEND", send);
+        let mut sink = autofunnel::funnel::Sink::new(&path);
+        let f = autofunnel::funnel::parse_text(&path, &text, &mut sink)
+            .ok_or_else(|| anyhow::anyhow!("the {name} funnel does not parse"))?;
+        funnels.push(f);
+    }
+    let rt = Runtime::new(store.clone(), funnels, "icount", t0).await?;
     let input = LeadInput {
         first_name: Some("Анна".into()),
         timezone: Some(chrono_tz::Europe::Moscow),
@@ -127,6 +154,15 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         phase_done("signups", n);
+    }
+    for (i, name) in [(5, "plain"), (6, "splits")] {
+        if last >= i {
+            let funnel = FunnelId::parse(name)?;
+            for c in ids.chunks(500) {
+                rt.enroll_many(c, &funnel, t0).await?;
+            }
+            phase_done(name, n);
+        }
     }
     store.close().await?;
     let _ = std::fs::remove_dir_all(&dir);

@@ -29,15 +29,20 @@ for r in $(seq "$runs"); do
 done
 echo "icount: $n leads, $(basename "$bin"), $runs runs"
 python3 - "$work" "$runs" <<'PY'
-import re, statistics, sys
+import os, re, statistics, sys
 work, runs = sys.argv[1], int(sys.argv[2])
-phases = ["setup", "enroll", "rounds", "emails", "signups"]
-per = {p: [] for p in phases}
 items = {}
+phases = []
 for r in range(1, runs + 1):
     for line in open(f"{work}/items.{r}"):
         name, k = line.split(":")
         items[name] = int(k)
+        if r == 1:
+            phases.append(name)
+# An older build of the workload has fewer phases: those it printed, with a dump each.
+phases = [p for i, p in enumerate(phases, 1) if os.path.exists(f"{work}/cg.1.{i}")]
+per = {p: [] for p in phases}
+for r in range(1, runs + 1):
     # Dump i (1-based) holds what ran before the i-th phase_done: phase i.
     for i, p in enumerate(phases, 1):
         text = open(f"{work}/cg.{r}.{i}").read()

@@ -52,7 +52,8 @@ stages:
     offer: course
     on: [{ event: purchase, product: course, goto: main }]
     steps:
-      - send: tripwire
+      - send:
+          split: [tripwire, tripwire-b]
       - wait: 7d
       - exit: not_converted
   - id: main
@@ -182,7 +183,7 @@ async fn seed(url: &str, n: u64, t0: DateTime<Utc>, now: DateTime<Utc>) -> anyho
     );
     let mut emails = Table::new(
         "messages (kind, lead_id, enrollment_id, funnel_id, stage_id, step_id, template, \
-         send_key, recipient, payload, status, attempts, created_at, sent_at)",
+         send_key, recipient, payload, status, attempts, created_at, sent_at, marks)",
     );
     let mut touches = Table::new(
         "touches (lead_id, occurred_at, channel, source, medium, campaign, content, form_id)",
@@ -286,8 +287,12 @@ async fn seed(url: &str, n: u64, t0: DateTime<Utc>, now: DateTime<Utc>) -> anyho
                     at[i + 1],
                 ));
             }
-            // Two emails per stage: the offer and a reminder a day later.
-            for (k, template) in [(0, stage.to_string()), (1, format!("{stage}-reminder"))] {
+            // Two emails per stage: the offer and a reminder a day later; the tripwire's offer
+            // is an A/B split (half the leads get `tripwire-b`), marked as queued.
+            let b = stage == "tripwire" && id % 2 == 1;
+            let offer = if b { format!("{stage}-b") } else { stage.to_string() };
+            for (k, template) in [(0, offer), (1, format!("{stage}-reminder"))] {
+                let marks = if stage == "tripwire" && k == 0 { 96 } else { 0 };
                 let sent = s + k * day as i64;
                 if sent > ms(now) {
                     continue;
@@ -298,7 +303,7 @@ async fn seed(url: &str, n: u64, t0: DateTime<Utc>, now: DateTime<Utc>) -> anyho
                         format!(
                             "('email', {id}, {id}, 'course', '{stage}', 's{k}', '{template}', \
                              '{id}:v1:course:{stage}:1:s{k}', '{email}', '{{}}', 'sent', 1, \
-                             {sent}, {sent})"
+                             {sent}, {sent}, {marks})"
                         ),
                     )
                     .await?;
@@ -566,7 +571,7 @@ async fn main() -> anyhow::Result<()> {
             }),
         ),
         (
-            "slice by variant (rows)",
+            "slice by variant (counters: each run's origin keeps its variant)",
             What::Funnel,
             period(&|p| p.slice = vec!["variant".into()]),
         ),
@@ -602,7 +607,7 @@ async fn main() -> anyhow::Result<()> {
             What::Funnel,
             period(&|p| p.window = Some("36h".into())),
         ),
-        ("A/B (--ab: rows)", What::Ab, period(&|_| {})),
+        ("A/B (--ab)", What::Ab, period(&|_| {})),
         (
             "forecast (counters and the runs in flight)",
             What::Forecast,
