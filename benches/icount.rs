@@ -73,7 +73,10 @@ async fn main() -> anyhow::Result<()> {
     // Monday 10:00 in Moscow: inside the course funnel's send window.
     let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 7, 0, 0).unwrap();
     let mut funnels = p.funnels.clone();
-    for (name, send) in [("plain", "offer-a"), ("splits", "{ split: [offer-a, offer-b] }")] {
+    for (name, send) in [
+        ("plain", "offer-a"),
+        ("splits", "{ split: [offer-a, offer-b] }"),
+    ] {
         let path = std::path::PathBuf::from(format!("funnels/{name}.yaml"));
         let text = MINI.replace("NAME", name).replace("SEND", send);
         let mut sink = autofunnel::funnel::Sink::new(&path);

@@ -290,7 +290,11 @@ async fn seed(url: &str, n: u64, t0: DateTime<Utc>, now: DateTime<Utc>) -> anyho
             // Two emails per stage: the offer and a reminder a day later; the tripwire's offer
             // is an A/B split (half the leads get `tripwire-b`), marked as queued.
             let b = stage == "tripwire" && id % 2 == 1;
-            let offer = if b { format!("{stage}-b") } else { stage.to_string() };
+            let offer = if b {
+                format!("{stage}-b")
+            } else {
+                stage.to_string()
+            };
             for (k, template) in [(0, offer), (1, format!("{stage}-reminder"))] {
                 let marks = if stage == "tripwire" && k == 0 { 96 } else { 0 };
                 let sent = s + k * day as i64;

@@ -1325,7 +1325,8 @@ pub struct LeadRun<'a> {
 /// came — the latest to enter before it — filed under [`FUNNEL`]; when it names a product, it is
 /// also credited to that run under every stage the run had entered before the order (strictly: an order made as a run enters a stage, or the funnel,
 /// is what brought it there, not the stage's sale); and when the lead had entered the funnel
-/// by then, it is shared among the touches for attribution.
+/// before it (strictly too: an order and an entry at the same instant are in no order the rows
+/// can tell, so the order is not the funnel's), it is shared among the touches for attribution.
 pub fn order_facts<'a>(
     funnel: &'a str,
     runs: &[LeadRun<'a>],
@@ -1366,7 +1367,7 @@ pub fn order_facts<'a>(
             }
         }
     }
-    if runs.iter().any(|r| r.run.entered_at <= order.at) {
+    if runs.iter().any(|r| r.run.entered_at < order.at) {
         out.push(Fact::Ordered {
             funnel,
             order,

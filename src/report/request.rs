@@ -418,8 +418,10 @@ impl Request {
     /// `counted_in`; so does the forecast in that zone (with the runs in flight). Over whole
     /// days of that zone (from midnight to midnight or to now) they read the counters alone;
     /// over other hours (a period in another zone, or starting or ending within a day) the
-    /// funnel, per-email and A/B reports read the counters of the whole days within and the
-    /// rows of the leads with something in the hours around them ([`ReportRead::Parts`]).
+    /// funnel, per-email and A/B reports read the counters of the days from the midnight
+    /// nearest each period's start to the one nearest its end, and the rows of the leads with
+    /// something in the hours between, added where the days fall short and taken off where
+    /// they reach past ([`ReportRead::Parts`]).
     /// Every other report reads the rows.
     pub fn read(&self, now: DateTime<Utc>, counted_in: Tz) -> ReportRead {
         if self.what == What::Forecast && self.tz == counted_in {
@@ -448,29 +450,40 @@ impl Request {
             None => vec![(self.from, self.to)],
             Some(b) => b.periods(self.from, self.to, self.tz),
         };
-        // Each period's whole days of the counters' zone (those up to now, when the period
-        // ends later: the counters hold nothing after now) and the hours around them.
+        // Each period's days of the counters' zone (those up to now, when the period ends
+        // later: the counters hold nothing after now) and the hours where they differ.
         let day = |t| day_in(t, counted_in);
         let start = |d: i64| {
             super::midnight_in(chrono::NaiveDate::default() + Duration::days(d), counted_in)
         };
         let mut days = Vec::with_capacity(periods.len());
         let mut edges = Vec::new();
-        for (i, (a, b)) in periods.into_iter().enumerate() {
-            let first = if start(day(a)) == a {
-                day(a)
+        // The midnight nearest to `t` (the earlier on a tie): a period's days run from the one
+        // nearest its start to the one nearest its end, so at most half a day of rows is read
+        // at either end, added where the days fall short and taken off where they reach past.
+        let nearest = |t: DateTime<Utc>| {
+            let d = day(t);
+            if t - start(d) <= start(d + 1) - t {
+                d
             } else {
-                day(a) + 1
-            };
-            let end = if b >= now { day(now) + 1 } else { day(b) };
+                d + 1
+            }
+        };
+        for (i, (a, b)) in periods.into_iter().enumerate() {
+            let first = nearest(a);
+            let end = if b >= now { day(now) + 1 } else { nearest(b) };
             if first < end {
                 days.push((first, end));
-                let mut edge = |from: DateTime<Utc>, to: DateTime<Utc>| {
+                // The hours from `x` to `y` are the period's and not the days' (added); from
+                // `y` to `x`, the days' and not the period's (taken off).
+                let mut edge = |x: DateTime<Utc>, y: DateTime<Utc>| {
+                    let (from, to, sign) = if x < y { (x, y, 1) } else { (y, x, -1) };
                     if from < to && from <= now {
                         edges.push(Edge {
                             period: i as i64,
                             from,
                             to,
+                            sign,
                         });
                     }
                 };
@@ -484,6 +497,7 @@ impl Request {
                     period: i as i64,
                     from: a,
                     to: b,
+                    sign: 1,
                 });
             }
         }
@@ -655,12 +669,7 @@ impl<'a> Fold<'a> {
         now: DateTime<Utc>,
         edges: &[Edge],
     ) -> Result<Fold<'a>, ReportError> {
-        Fold::over(
-            f,
-            req,
-            now,
-            Some(edges.iter().map(|e| (e.from, e.to)).collect()),
-        )
+        Fold::over(f, req, now, Some(Edge::pieces(edges)))
     }
 
     fn over(
@@ -768,19 +777,26 @@ impl<'a> Fold<'a> {
             Counting::Runs { tally, .. } | Counting::Mails(tally) | Counting::Ab(tally) => tally,
             Counting::Credit(_) | Counting::Forecast(_) => return,
         };
+        let pieces = Edge::pieces(edges);
         for ((i, origin), fig) in crate::tally::figures(tally) {
-            let Some(edge) = usize::try_from(i).ok().and_then(|i| edges.get(i)) else {
+            let Some(piece) = usize::try_from(i).ok().and_then(|i| pieces.get(i)) else {
                 continue;
             };
-            let into = figs.entry((edge.period, origin)).or_default();
-            for ((view, stage, metric), sum) in fig.0 {
-                // The entry view of the runs that entered in the hours (the calendar view's
-                // entry totals among them); the calendar view when what happened in them was
-                // read.
-                if view == View::Entry
-                    || (view == View::Calendar && self.req.cohort == Cohort::Calendar)
-                {
-                    into.add(view, &stage, &metric, sum);
+            for edge in edges.iter().filter(|e| e.covers(*piece)) {
+                let into = figs.entry((edge.period, origin.clone())).or_default();
+                for ((view, stage, metric), sum) in &fig.0 {
+                    // The entry view of the runs that entered in the hours (the calendar
+                    // view's entry totals among them); the calendar view when what happened in
+                    // them was read.
+                    if *view == View::Entry
+                        || (*view == View::Calendar && self.req.cohort == Cohort::Calendar)
+                    {
+                        let signed = crate::tally::Sum {
+                            n: sum.n * edge.sign,
+                            total: crate::tally::Micros(sum.total.0 * edge.sign),
+                        };
+                        into.add(*view, stage, metric, signed);
+                    }
                 }
             }
         }

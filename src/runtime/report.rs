@@ -42,7 +42,7 @@ pub async fn make(
         } => {
             let mut figs = store.counted(id, &counts).await?;
             let mut fold = Fold::of_edges(f, req, now, &edges)?;
-            let windows: Vec<_> = edges.iter().map(|e| (e.from, e.to)).collect();
+            let windows = crate::store::Edge::pieces(&edges);
             // The calendar view files what happened in the hours; the entry view, the runs
             // that entered in them.
             let calendar = counts.scope.view == crate::tally::View::Calendar;

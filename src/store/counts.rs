@@ -425,15 +425,36 @@ pub struct Counted {
     pub scope: Scope,
 }
 
-/// Hours of a report's period that are not whole days of the counters (a period in another
-/// zone than theirs, or starting or ending within a day), read from the rows of the leads with
-/// something in them (entry cohorts: runs that entered then; the calendar view: anything it
-/// files then) and added to the figures of the period `period`.
+/// Hours where a report's period and the whole days of the counters it reads differ (a period
+/// in another zone than theirs, or starting or ending within a day), read from the rows of the
+/// leads with something in them (entry cohorts: runs that entered then; the calendar view:
+/// anything it files then) and added to the figures of the period `period` (`sign` 1: hours of
+/// the period the days leave out) or taken off them (-1: hours of the days outside the period).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Edge {
     pub period: i64,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
+    pub sign: i64,
+}
+
+impl Edge {
+    /// The hours `edges` cover, cut at every edge's ends into pieces that do not overlap, in
+    /// order (two periods' edges can share hours: one's added, the other's taken off).
+    pub fn pieces(edges: &[Edge]) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+        let mut cuts: Vec<DateTime<Utc>> = edges.iter().flat_map(|e| [e.from, e.to]).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        cuts.windows(2)
+            .map(|w| (w[0], w[1]))
+            .filter(|p| edges.iter().any(|e| e.covers(*p)))
+            .collect()
+    }
+
+    /// Whether the edge holds the piece (`from`, `to`) of [`Edge::pieces`].
+    pub fn covers(&self, (from, to): (DateTime<Utc>, DateTime<Utc>)) -> bool {
+        self.from <= from && to <= self.to
+    }
 }
 
 impl Store {
