@@ -767,19 +767,22 @@ impl Store {
             let leads: Vec<LeadId> = chunk.iter().map(|(_, l, _)| LeadId(*l)).collect();
             let touches = first_touches(&txn, self.backend, &leads).await?;
             let fields = kept_fields(&txn, self.backend, &self.fields, &leads).await?;
+            // Each run's first A/B variant, found by its lead (messages are indexed by lead).
             let mut q = Params::new(self.backend);
-            let ids: Vec<i64> = chunk.iter().map(|(id, _, _)| *id).collect();
+            let ids: Vec<i64> = leads.iter().map(|l| l.0).collect();
             let rest = format!(
-                "FROM messages WHERE enrollment_id IN ({}) AND kind = 'email' AND (marks & {}) <> 0",
+                "FROM messages WHERE lead_id IN ({}) AND kind = 'email' AND (marks & {}) <> 0",
                 q.list(&ids),
                 tally::mark::VARIANT
             );
-            let mut sent: Vec<(i64, i64, Option<String>)> =
+            let mut sent: Vec<(i64, Option<i64>, Option<String>)> =
                 sql::select_packed(&*txn, q, "id, enrollment_id, template", &rest).await?;
             sent.sort_unstable();
             let mut variants: HashMap<i64, String> = HashMap::new();
             for (_, run, template) in sent {
-                variants.entry(run).or_insert(template.unwrap_or_default());
+                if let Some(run) = run {
+                    variants.entry(run).or_insert(template.unwrap_or_default());
+                }
             }
             let rows: Vec<Vec<Value>> = chunk
                 .iter()
