@@ -296,7 +296,13 @@ async fn seed(url: &str, n: u64, t0: DateTime<Utc>, now: DateTime<Utc>) -> anyho
                 stage.to_string()
             };
             for (k, template) in [(0, offer), (1, format!("{stage}-reminder"))] {
-                let marks = if stage == "tripwire" && k == 0 { 96 } else { 0 };
+                // The split's first email is marked as queued, under the step id the funnel
+                // file gives it.
+                let (marks, step) = if stage == "tripwire" && k == 0 {
+                    (96, "split-tripwire".to_string())
+                } else {
+                    (0, format!("s{k}"))
+                };
                 let sent = s + k * day as i64;
                 if sent > ms(now) {
                     continue;
@@ -305,7 +311,7 @@ async fn seed(url: &str, n: u64, t0: DateTime<Utc>, now: DateTime<Utc>) -> anyho
                     .push(
                         &db,
                         format!(
-                            "('email', {id}, {id}, 'course', '{stage}', 's{k}', '{template}', \
+                            "('email', {id}, {id}, 'course', '{stage}', '{step}', '{template}', \
                              '{id}:v1:course:{stage}:1:s{k}', '{email}', '{{}}', 'sent', 1, \
                              {sent}, {sent}, {marks})"
                         ),
@@ -663,9 +669,29 @@ async fn main() -> anyhow::Result<()> {
         let secs = started.elapsed().as_secs_f64();
         let check = match &a {
             Answer::Funnel(r) => format!(
-                "entered {}, converted {}",
-                r.report.entered, r.report.converted.part
+                "entered {}, converted {}{}",
+                r.report.entered,
+                r.report.converted.part,
+                match &r.slices {
+                    Some(s) => format!(
+                        ", slices {:?}",
+                        s.iter()
+                            .map(|s| (s.value.as_str(), s.report.entered))
+                            .take(4)
+                            .collect::<Vec<_>>()
+                    ),
+                    None => String::new(),
+                }
             ),
+            Answer::Ab(r) => {
+                let vs = r.splits.iter().flat_map(|s| &s.variants);
+                format!(
+                    "{} splits, (variant, sends, runs) {:?}",
+                    r.splits.len(),
+                    vs.map(|v| (v.template.as_str(), v.sends, v.leads))
+                        .collect::<Vec<_>>()
+                )
+            }
             Answer::Emails(r) => format!(
                 "{} emails, {} queued, {} opened, {} clicked",
                 r.emails.len(),
@@ -681,7 +707,6 @@ async fn main() -> anyhow::Result<()> {
                 r.stages.iter().map(|s| s.days_in_stage).collect::<Vec<_>>(),
                 r.conversions.baseline.expected
             ),
-            _ => String::new(),
         };
         println!(
             "{name}: {secs:.3} s ({reads}); {check}; peak RSS {:.0} MB",
