@@ -701,6 +701,12 @@ impl Store {
         {
             return Ok(false);
         }
+        tracing::info!(
+            zone = %zone,
+            ?fields,
+            "the report counters are kept otherwise: counting them again from the rows \
+             (minutes for a million runs)"
+        );
         self.recount(now).await?;
         Ok(true)
     }
