@@ -406,6 +406,28 @@ async fn reports_of(
     Ok((f, out))
 }
 
+/// The funnel report `params` ask for of the running funnel `id`, alone.
+async fn funnel_report(
+    state: &AppState,
+    id: &str,
+    params: &Params,
+) -> Result<
+    (
+        crate::funnel::Funnel,
+        Box<crate::report::request::FunnelAnswer>,
+    ),
+    ApiError,
+> {
+    let (f, mut answers) = reports_of(state, id, params, &[What::Funnel]).await?;
+    match answers.pop() {
+        Some(Answer::Funnel(a)) => Ok((f, a)),
+        _ => Err(ApiError::unavailable(
+            "reports",
+            "an answer of another kind",
+        )),
+    }
+}
+
 /// `GET /dashboard/funnels/{id}?days=7|30|90&cohort=entry|calendar`: a funnel's page.
 pub async fn funnel(
     State(state): State<AppState>,
@@ -498,16 +520,11 @@ pub async fn funnel_download(
         "report.csv" => true,
         _ => return failed(ApiError::not_found("file", "report.json or report.csv")),
     };
-    let (_, answers) = match reports_of(&state, &id, &q.params(&state), &[What::Funnel]).await {
-        Ok(x) => x,
+    let a = match funnel_report(&state, &id, &q.params(&state)).await {
+        Ok((_, a)) => a,
         Err(e) => return failed(e),
     };
-    let Some(Answer::Funnel(a)) = answers.first() else {
-        return failed(ApiError::unavailable(
-            "reports",
-            "an answer of another kind",
-        ));
-    };
+    let a = &*a;
     let (body, kind) = if csv {
         (
             crate::report::render::funnel_csv(a),
@@ -515,7 +532,7 @@ pub async fn funnel_download(
         )
     } else {
         (
-            serde_json::to_string_pretty(&answers[0]).unwrap_or_default(),
+            serde_json::to_string_pretty(a).unwrap_or_default(),
             "application/json",
         )
     };
@@ -793,15 +810,9 @@ pub async fn cohorts(
         tz: Some(tz.name().into()),
         ..Params::default()
     };
-    let (f, a) = match reports_of(&state, &id, &params, &[What::Funnel]).await {
-        Ok((f, mut a)) => (f, a.remove(0)),
+    let (f, a) = match funnel_report(&state, &id, &params).await {
+        Ok(x) => x,
         Err(e) => return failed(e),
-    };
-    let Answer::Funnel(a) = a else {
-        return failed(ApiError::unavailable(
-            "reports",
-            "an answer of another kind",
-        ));
     };
     let frame = signed.frame(&state);
     let weeks = a.periods.unwrap_or_default();
@@ -941,15 +952,9 @@ pub async fn slices(
         tz: Some(tz.name().into()),
         ..Params::default()
     };
-    let (f, a) = match reports_of(&state, &id, &params, &[What::Funnel]).await {
-        Ok((f, mut a)) => (f, a.remove(0)),
+    let (f, a) = match funnel_report(&state, &id, &params).await {
+        Ok(x) => x,
         Err(e) => return failed(e),
-    };
-    let Answer::Funnel(a) = a else {
-        return failed(ApiError::unavailable(
-            "reports",
-            "an answer of another kind",
-        ));
     };
     let frame = signed.frame(&state);
     html(StatusCode::OK, dashboard::slices_page(&frame, &f, &key, &a))
