@@ -237,18 +237,28 @@ pub fn origin(parts: [Option<&str>; 5]) -> String {
 /// counters are kept by (`report_fields`) as the run's lead had them when it entered, so a
 /// report sliced by one of them reads the counters ([`origin_field`]). Without such fields it
 /// is the plain [`origin`].
+/// A kept field's value is kept to its first [`KEPT_CHARS`] characters: a counter's key
+/// holds it, and keys stay small (a lead field may hold 2,000).
 pub fn origin_with(parts: [Option<&str>; 5], fields: &[(&str, Option<String>)]) -> String {
     if fields.is_empty() {
         return origin(parts);
     }
     let kept: serde_json::Map<String, serde_json::Value> = fields
         .iter()
-        .map(|(name, v)| (name.to_string(), v.clone().into()))
+        .map(|(name, v)| {
+            let v = v
+                .as_deref()
+                .map(|v| v.chars().take(KEPT_CHARS).collect::<String>());
+            (name.to_string(), v.into())
+        })
         .collect();
     let mut items: Vec<serde_json::Value> = parts.iter().map(|p| (*p).into()).collect();
     items.push(kept.into());
     serde_json::to_string(&items).unwrap_or_default()
 }
+
+/// The characters of a kept lead field's value an origin holds ([`origin_with`]).
+pub const KEPT_CHARS: usize = 100;
 
 /// The value of a kept lead field in an [`origin_with`] (none when the lead had none).
 pub fn origin_field(text: &str, name: &str) -> Option<String> {

@@ -2667,6 +2667,25 @@ async fn a_kept_field_slices_from_counters(mut store: Store) {
         slices(&funnel_both(&store, f, &rows, &kept, now).await),
         now_values
     );
+    // A value as long as a lead field may be (2,000 characters, four bytes each) is kept to
+    // its first 100 characters: the run starts and its slice is that.
+    let long = "𝔐".repeat(2_000);
+    let ids = leads_in_regions(&store, "long", &[Some(long.as_str())]).await;
+    let rt = crate::util::engine(&store, &p, now).await;
+    rt.enroll_many(&ids, &fid("b2b"), now).await.unwrap();
+    let later = now + Duration::hours(1);
+    let rows = store
+        .report_rows(&fid("b2b"), later, ReportNeeds::ALL)
+        .await
+        .unwrap();
+    let kept = Request::parse(What::Funnel, &ask("UTC"), later)
+        .unwrap()
+        .kept_by(store.kept_fields());
+    let values: Vec<String> = slices(&funnel_both(&store, f, &rows, &kept, later).await)
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    assert!(values.contains(&"𝔐".repeat(100)), "{}", values.len());
 }
 
 on_both_backends! {
