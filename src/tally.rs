@@ -30,6 +30,15 @@ pub enum View {
     /// a conversion window of `d` whole days is the sum of these up to `d`. Kept for all runs
     /// together, up to [`WITHIN_DAYS`].
     Within(u16),
+    /// The same by the hours after entry ([`hours_after`]), up to [`WITHIN_HOURS`]: a window
+    /// of whole hours.
+    WithinHours(u16),
+    /// The entry view of all runs together filed by the hour (UTC) the run entered, the key's
+    /// `day` being hours since 1970: the hours at the ends of a period in another zone, or
+    /// starting or ending within a day, are read from these instead of the rows.
+    EntryHour,
+    /// The calendar view of all runs together filed by the hour it happened.
+    CalendarHour,
 }
 
 /// Both views, for what counts in each.
@@ -38,12 +47,39 @@ const BOTH: [View; 2] = [View::Entry, View::Calendar];
 /// The longest conversion window, in days, the counters answer (a longer one reads the rows).
 pub const WITHIN_DAYS: u16 = 90;
 
+/// The longest conversion window of whole hours the counters answer (a week).
+pub const WITHIN_HOURS: u16 = 168;
+
+const HOUR_MS: i64 = 3_600_000;
+
 /// The days from `entered` to `at`, rounded up (0 for `at` not after `entered`): what happened
 /// at `at` is within a window of `d` whole days of `entered` exactly when this is at most `d`.
 pub fn days_after(entered: DateTime<Utc>, at: DateTime<Utc>) -> i64 {
-    const DAY: i64 = 86_400_000;
+    units_after(entered, at, 24 * HOUR_MS)
+}
+
+/// [`days_after`] in hours.
+pub fn hours_after(entered: DateTime<Utc>, at: DateTime<Utc>) -> i64 {
+    units_after(entered, at, HOUR_MS)
+}
+
+fn units_after(entered: DateTime<Utc>, at: DateTime<Utc>, unit_ms: i64) -> i64 {
     let ms = (at - entered).num_milliseconds();
-    if ms <= 0 { 0 } else { (ms + DAY - 1) / DAY }
+    if ms <= 0 {
+        0
+    } else {
+        (ms + unit_ms - 1) / unit_ms
+    }
+}
+
+/// The hours since 1970-01-01 00:00 UTC of a time: the `day` of the hourly views.
+pub fn hour_of(t: DateTime<Utc>) -> i64 {
+    t.timestamp().div_euclid(3_600)
+}
+
+/// Whether `t` is a whole hour (UTC), where the hourly counters can begin or end a sum.
+pub fn on_the_hour(t: DateTime<Utc>) -> bool {
+    t.timestamp_millis().rem_euclid(HOUR_MS) == 0
 }
 
 impl View {
@@ -54,6 +90,29 @@ impl View {
             View::Entry => "entry".into(),
             View::Calendar => "calendar".into(),
             View::Within(d) => format!("entry+{d:03}"),
+            View::WithinHours(h) => format!("entry+h{h:03}"),
+            View::EntryHour => "entry@hour".into(),
+            View::CalendarHour => "calendar@hour".into(),
+        }
+    }
+
+    /// The view the hourly view files by the hour (the entry or the calendar view).
+    pub fn by_hour(self) -> Option<View> {
+        match self {
+            View::Entry => Some(View::EntryHour),
+            View::Calendar => Some(View::CalendarHour),
+            _ => None,
+        }
+    }
+
+    /// What a view's counters are summed as in a report: a window's hours or days after entry
+    /// and the entry view by the hour as the entry view, the calendar view by the hour as the
+    /// calendar view.
+    pub fn summed_as(self) -> View {
+        match self {
+            View::Within(_) | View::WithinHours(_) | View::EntryHour => View::Entry,
+            View::CalendarHour => View::Calendar,
+            v => v,
         }
     }
 
@@ -61,10 +120,16 @@ impl View {
         match text {
             "entry" => Some(View::Entry),
             "calendar" => Some(View::Calendar),
+            "entry@hour" => Some(View::EntryHour),
+            "calendar@hour" => Some(View::CalendarHour),
             _ => {
                 let d = text.strip_prefix("entry+")?;
+                let (d, view): (&str, fn(u16) -> View) = match d.strip_prefix('h') {
+                    Some(h) => (h, View::WithinHours),
+                    None => (d, View::Within),
+                };
                 (d.len() == 3 && d.bytes().all(|b| b.is_ascii_digit()))
-                    .then(|| d.parse().ok().map(View::Within))
+                    .then(|| d.parse().ok().map(view))
                     .flatten()
             }
         }
@@ -684,13 +749,29 @@ impl Tally {
         if self.within.is_some_and(|w| happened > run.entered_at + w) {
             return;
         }
-        // What the store keeps of the entry view is kept by the days after entry too, for
-        // conversion windows (emails' counters apart: the per-email report keeps none).
-        let after = (matches!(self.filing, Filing::Days(_))
-            && !matches!(metric, Metric::Mail { .. } | Metric::Ab { .. }))
-        .then(|| u16::try_from(days_after(run.entered_at, happened)).ok())
-        .flatten()
-        .filter(|d| *d <= WITHIN_DAYS);
+        // What the store keeps of the entry view is kept by the days and by the hours after
+        // entry too, for conversion windows (emails' counters apart: the per-email report
+        // keeps none); and all runs' counters by the hour as well as by the day.
+        let stored = matches!(self.filing, Filing::Days(_));
+        let windows = stored && !matches!(metric, Metric::Mail { .. } | Metric::Ab { .. });
+        let after = |units: i64, most: u16, view: fn(u16) -> View| {
+            u16::try_from(units)
+                .ok()
+                .filter(|u| windows && *u <= most)
+                .map(view)
+        };
+        let afters = [
+            after(
+                days_after(run.entered_at, happened),
+                WITHIN_DAYS,
+                View::Within,
+            ),
+            after(
+                hours_after(run.entered_at, happened),
+                WITHIN_HOURS,
+                View::WithinHours,
+            ),
+        ];
         let mut name = std::mem::take(&mut self.name);
         name.clear();
         metric.write(&mut name);
@@ -715,11 +796,15 @@ impl Tally {
             }
             let key = (view, day, funnel, self.all, stage, metric);
             self.sums.entry(key).or_default().add(Sum { n, total });
-            if view == View::Entry
-                && let Some(d) = after
-            {
-                let key = (View::Within(d), day, funnel, self.all, stage, metric);
+            if let Some(hourly) = view.by_hour().filter(|_| stored) {
+                let key = (hourly, hour_of(t), funnel, self.all, stage, metric);
                 self.sums.entry(key).or_default().add(Sum { n, total });
+            }
+            if view == View::Entry {
+                for within in afters.into_iter().flatten() {
+                    let key = (within, day, funnel, self.all, stage, metric);
+                    self.sums.entry(key).or_default().add(Sum { n, total });
+                }
             }
         }
     }

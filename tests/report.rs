@@ -7,8 +7,8 @@ use autofunnel::report::request::FunnelAnswer;
 use autofunnel::report::request::{Answer, Params, Request, What, answer};
 use autofunnel::report::{Cohort, SliceKey, funnel_report, render, sliced_reports};
 use autofunnel::store::{
-    BatchEvent, Grouping, LeadInput, LeadRef, ReportData, ReportNeeds, ReportRead, ReportRows,
-    Store,
+    BatchEvent, Counted, Grouping, LeadInput, LeadRef, ReportData, ReportNeeds, ReportRead,
+    ReportRows, Store,
 };
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
@@ -695,22 +695,32 @@ async fn the_ab_verdict(store: Store) {
         unreachable!()
     };
     assert_eq!(r.splits.len(), 1);
-    // A period starting inside a day reads the counters of the whole days and the rows of
-    // the runs that entered in the hours before: the same runs.
-    let params = Params {
-        from: Some("2026-11-02T08:00:00Z".into()),
-        to: Some("2026-11-08".into()),
-        ..Params::default()
-    };
-    let req = Request::parse(What::Ab, &params, now).unwrap();
-    assert!(matches!(
-        req.read(now, store.zone()),
-        ReportRead::Parts { .. }
-    ));
-    let Answer::Ab(inside) = both(&store, &p.funnels[0], &rows, &req, now).await else {
-        unreachable!()
-    };
-    assert_eq!(inside.splits, r.splits);
+    // A period starting inside a day reads the counters of the whole days and, for the hours
+    // before, the counters by the hour (on the hour) or the rows of the runs that entered then
+    // (off it): the same runs.
+    for (from, hourly) in [
+        ("2026-11-02T08:00:00Z", true),
+        ("2026-11-02T08:00:30Z", false),
+    ] {
+        let params = Params {
+            from: Some(from.into()),
+            to: Some("2026-11-08".into()),
+            ..Params::default()
+        };
+        let req = Request::parse(What::Ab, &params, now).unwrap();
+        let read = req.read(now, store.zone());
+        assert!(
+            match hourly {
+                true => matches!(read, ReportRead::Counts(c) if !c.hours.is_empty()),
+                false => matches!(read, ReportRead::Parts { .. }),
+            },
+            "{from}"
+        );
+        let Answer::Ab(inside) = both(&store, &p.funnels[0], &rows, &req, now).await else {
+            unreachable!()
+        };
+        assert_eq!(inside.splits, r.splits, "{from}");
+    }
     let s = &r.splits[0];
     let names: Vec<&str> = s.variants.iter().map(|v| v.template.as_str()).collect();
     assert_eq!(names, ["offer-a", "offer-b", "offer-c"]);
@@ -1715,7 +1725,7 @@ async fn counters_agree_with_rows(store: Store) {
     ];
     // Reports where the hours around added runs the days left out, and took off runs the days
     // counted outside their period.
-    let (mut parts, mut added, mut taken) = (0, 0, 0);
+    let (mut parts, mut hourly, mut added, mut taken) = (0, 0, 0, 0);
     for ((tz, from, to), cohort) in hours
         .into_iter()
         .flat_map(|h| [(h, "entry"), (h, "calendar")])
@@ -1736,10 +1746,22 @@ async fn counters_agree_with_rows(store: Store) {
                         ..Params::default()
                     };
                     let req = Request::parse(what, &params, now).unwrap();
-                    let ReportRead::Parts { counts, .. } = req.read(now, chrono_tz::UTC) else {
-                        panic!("{req:?} reads the counters and the hours around them");
+                    // The hours around from the rows, or (all runs together, hours beginning
+                    // and ending on the hour) from the counters by the hour.
+                    let counts = match req.read(now, chrono_tz::UTC) {
+                        ReportRead::Parts { counts, .. } => {
+                            parts += 1;
+                            counts
+                        }
+                        ReportRead::Counts(c) if !c.hours.is_empty() => {
+                            hourly += 1;
+                            Counted {
+                                hours: Vec::new(),
+                                ..c
+                            }
+                        }
+                        _ => panic!("{req:?} reads the counters and the hours around them"),
                     };
-                    parts += 1;
                     let a = both(&store, f, &rows, &req, now).await;
                     // The hours around the days hold runs: the counters alone miss them, or
                     // count runs outside the period.
@@ -1759,7 +1781,11 @@ async fn counters_agree_with_rows(store: Store) {
             }
         }
     }
-    assert_eq!(parts, 4 * 8 * 2);
+    assert_eq!(parts + hourly, 4 * 8 * 2);
+    assert!(
+        parts >= 40 && hourly >= 10,
+        "{parts} from rows, {hourly} by the hour"
+    );
     // A part of the history by variant (the counters and the hours around) and with a window
     // not of whole days (the rows): the same entries as the first-touch slice over it.
     let part = |slice: &str, window: Option<&str>| Params {
@@ -2143,8 +2169,10 @@ on_both_backends! {
 /// they agree with the rows: 10 applications at 09:00, 6 offers exactly a day later (inside a
 /// 1-day window: the window includes its end), 3 invoices a minute after that (outside it,
 /// inside 2 days), 2 payments of 1,000 EUR seven days and an hour after entry (inside 8 days,
-/// not 7). A window of 36 hours is not whole days: it reads the rows, with the same figures as
-/// 2 days here.
+/// not 7). Windows of whole hours up to a week read the counters kept by the hours after entry:
+/// 36 hours gives the figures of 2 days here, 25 hours too (the invoices came 24 h 1 min after
+/// entry); 169 hours is neither whole days nor within a week of hours: it reads the rows, and
+/// counts the payments made 169 hours after entry.
 async fn whole_day_windows_read_counters(store: Store) {
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -2179,13 +2207,16 @@ async fn whole_day_windows_read_counters(store: Store) {
         .await
         .unwrap();
     let f = &p.funnels[0];
-    let expected: [(&str, [u64; 4], u64, f64); 6] = [
+    let expected: [(&str, [u64; 4], u64, f64); 9] = [
         ("1d", [10, 6, 0, 0], 0, 0.0),
         ("2d", [10, 6, 3, 0], 0, 0.0),
         ("7d", [10, 6, 3, 0], 0, 0.0),
         ("8d", [10, 6, 3, 2], 2, 2000.0),
         ("90d", [10, 6, 3, 2], 2, 2000.0),
         ("36h", [10, 6, 3, 0], 0, 0.0),
+        ("25h", [10, 6, 3, 0], 0, 0.0),
+        ("168h", [10, 6, 3, 0], 0, 0.0),
+        ("169h", [10, 6, 3, 2], 2, 2000.0),
     ];
     for (window, ins, converted, revenue) in expected {
         let params = Params {
@@ -2196,7 +2227,7 @@ async fn whole_day_windows_read_counters(store: Store) {
         };
         let req = Request::parse(What::Funnel, &params, now).unwrap();
         let counted = matches!(req.read(now, chrono_tz::UTC), ReportRead::Counts(_));
-        assert_eq!(counted, window != "36h", "{window}");
+        assert_eq!(counted, window != "169h", "{window}");
         let a = funnel_both(&store, f, &rows, &req, now).await;
         let got: Vec<u64> = a.report.stages.iter().map(|s| s.leads_in).collect();
         assert_eq!(got, ins, "{window}");
@@ -2469,8 +2500,9 @@ async fn days_in_the_sellers_zone(mut store: Store) {
         Utc.with_ymd_and_hms(2026, 11, 1, 21, 0, 0).unwrap()
     );
     assert!(
-        matches!(msk.read(now, store.zone()), ReportRead::Parts { .. }),
-        "counters are per UTC day: the whole ones, and the rows of the hours around them"
+        matches!(msk.read(now, store.zone()), ReportRead::Counts(c) if !c.hours.is_empty()),
+        "counters are per UTC day: the whole ones, and all runs' counters by the hour of the \
+         hours around them"
     );
     let a = funnel_both(&store, f, &rows, &msk, now).await;
     assert_eq!(days(&a), [0, 50]);
@@ -2507,7 +2539,7 @@ async fn days_in_the_sellers_zone(mut store: Store) {
     );
     assert!(matches!(
         utc.read(now, store.zone()),
-        ReportRead::Parts { .. }
+        ReportRead::Counts(c) if !c.hours.is_empty()
     ));
     assert_eq!(
         days(&funnel_both(&store, f, &rows, &utc, now).await),

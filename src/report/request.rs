@@ -403,12 +403,18 @@ impl Request {
         }
     }
 
-    /// The conversion window in days, when it is whole days the counters keep
-    /// ([`crate::tally::WITHIN_DAYS`] at most).
-    fn window_days(&self) -> Option<u16> {
+    /// The counters' view of the conversion window, when it is whole days or whole hours the
+    /// counters keep ([`crate::tally::WITHIN_DAYS`], [`crate::tally::WITHIN_HOURS`] at most).
+    fn window_view(&self) -> Option<View> {
         let ms = self.window?.num_milliseconds();
-        let days = u16::try_from(ms / 86_400_000).ok()?;
-        (ms % 86_400_000 == 0 && days <= crate::tally::WITHIN_DAYS).then_some(days)
+        let whole = |unit: i64, most: u16| {
+            u16::try_from(ms / unit)
+                .ok()
+                .filter(|n| ms % unit == 0 && *n <= most)
+        };
+        whole(86_400_000, crate::tally::WITHIN_DAYS)
+            .map(View::Within)
+            .or_else(|| whole(3_600_000, crate::tally::WITHIN_HOURS).map(View::WithinHours))
     }
 
     /// What the report reads at `now`. The funnel report without a slice by a lead field or
@@ -434,7 +440,7 @@ impl Request {
         let counted = match self.what {
             What::Funnel => {
                 let window = self.window.is_none()
-                    || (self.window_days().is_some()
+                    || (self.window_view().is_some()
                         && self.cohort == Cohort::Entry
                         && self.slices.is_empty());
                 window && !self.slices.iter().any(SliceKey::from_rows)
@@ -509,10 +515,11 @@ impl Request {
                 Some(_) => Grouping::Periods(days),
             },
             per_origin: !self.slices.is_empty(),
+            hours: Vec::new(),
             scope: Scope {
-                view: match (self.what, self.cohort, self.window_days()) {
+                view: match (self.what, self.cohort, self.window_view()) {
                     (What::Attribution, _, _) | (_, Cohort::Calendar, _) => View::Calendar,
-                    (_, Cohort::Entry, Some(d)) => View::Within(d),
+                    (_, Cohort::Entry, Some(w)) => w,
                     (_, Cohort::Entry, None) => View::Entry,
                 },
                 entry_totals: self.what == What::Funnel && self.cohort == Cohort::Calendar,
@@ -523,8 +530,20 @@ impl Request {
                 },
             },
         };
+        // All runs' counters are kept by the hour too: hours at the ends that begin and end
+        // on the hour are read from those.
+        let hourly = !counts.per_origin
+            && counts.scope.view.by_hour().is_some()
+            && edges
+                .iter()
+                .all(|e| crate::tally::on_the_hour(e.from) && crate::tally::on_the_hour(e.to));
         if edges.is_empty() {
             ReportRead::Counts(counts)
+        } else if hourly {
+            ReportRead::Counts(Counted {
+                hours: edges,
+                ..counts
+            })
         } else if self.what != What::Attribution {
             // A report's figures are sums over runs: an entry cohort's, each filed under its
             // entry; the calendar view's, each fact filed when it happened.
@@ -777,29 +796,12 @@ impl<'a> Fold<'a> {
             Counting::Runs { tally, .. } | Counting::Mails(tally) | Counting::Ab(tally) => tally,
             Counting::Credit(_) | Counting::Forecast(_) => return,
         };
-        let pieces = Edge::pieces(edges);
-        for ((i, origin), fig) in crate::tally::figures(tally) {
-            let Some(piece) = usize::try_from(i).ok().and_then(|i| pieces.get(i)) else {
-                continue;
-            };
-            for edge in edges.iter().filter(|e| e.covers(*piece)) {
-                let into = figs.entry((edge.period, origin.clone())).or_default();
-                for ((view, stage, metric), sum) in &fig.0 {
-                    // The entry view of the runs that entered in the hours (the calendar
-                    // view's entry totals among them); the calendar view when what happened in
-                    // them was read.
-                    if *view == View::Entry
-                        || (*view == View::Calendar && self.req.cohort == Cohort::Calendar)
-                    {
-                        let signed = crate::tally::Sum {
-                            n: sum.n * edge.sign,
-                            total: crate::tally::Micros(sum.total.0 * edge.sign),
-                        };
-                        into.add(*view, stage, metric, signed);
-                    }
-                }
-            }
-        }
+        // The entry view of the runs that entered in the hours (the calendar view's entry
+        // totals among them); the calendar view when what happened in them was read.
+        let calendar = self.req.cohort == Cohort::Calendar;
+        Edge::spread(edges, crate::tally::figures(tally), figs, |view| {
+            view == View::Entry || (view == View::Calendar && calendar)
+        });
     }
 
     /// The report of every range counted.

@@ -111,12 +111,14 @@ fn shared(reads: &[ReportRead]) -> Option<ReportRead> {
                     &o.grouping,
                     o.per_origin,
                     o.scope.view,
+                    &o.hours,
                 ) != (
                     c.from_day,
                     c.to_day,
                     &c.grouping,
                     c.per_origin,
                     c.scope.view,
+                    &c.hours,
                 ) {
                     return None;
                 }

@@ -423,6 +423,9 @@ pub struct Counted {
     pub grouping: Grouping,
     pub per_origin: bool,
     pub scope: Scope,
+    /// Hours at the ends of the periods, each beginning and ending on the hour, read from all
+    /// runs' counters by the hour ([`tally::View::EntryHour`], [`tally::View::CalendarHour`]).
+    pub hours: Vec<Edge>,
 }
 
 /// Hours where a report's period and the whole days of the counters it reads differ (a period
@@ -455,6 +458,59 @@ impl Edge {
     pub fn covers(&self, (from, to): (DateTime<Utc>, DateTime<Utc>)) -> bool {
         self.from <= from && to <= self.to
     }
+
+    /// Adds the figures of each piece of [`Edge::pieces`] (`per_piece`, keyed by the piece's
+    /// index and the origin) to the period of every edge that covers it, with the edge's sign:
+    /// the views `keep` says only.
+    pub fn spread(
+        edges: &[Edge],
+        per_piece: BTreeMap<(i64, String), Figures>,
+        figs: &mut BTreeMap<(i64, String), Figures>,
+        keep: impl Fn(tally::View) -> bool,
+    ) {
+        let pieces = Edge::pieces(edges);
+        for ((i, origin), fig) in per_piece {
+            let Some(piece) = usize::try_from(i).ok().and_then(|i| pieces.get(i)) else {
+                continue;
+            };
+            for edge in edges.iter().filter(|e| e.covers(*piece)) {
+                let into = figs.entry((edge.period, origin.clone())).or_default();
+                for ((view, stage, metric), sum) in &fig.0 {
+                    if keep(*view) {
+                        let signed = Sum {
+                            n: sum.n * edge.sign,
+                            total: Micros(sum.total.0 * edge.sign),
+                        };
+                        into.add(*view, stage, metric, signed);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `CASE` of the column `col` giving the index of the range `[first, end)` of `ranges` (in
+/// order, not overlapping) it falls in, -1 outside them all: nested halves, so a value is
+/// placed in as many comparisons as it takes to halve the list down to one range.
+fn which_range(col: &str, ranges: &[(i64, i64)]) -> String {
+    fn half(col: &str, ranges: &[(i64, i64)], offset: usize) -> String {
+        match ranges {
+            [] => "-1".into(),
+            [(first, end)] => {
+                format!("CASE WHEN {col} >= {first} AND {col} < {end} THEN {offset} ELSE -1 END")
+            }
+            _ => {
+                let mid = ranges.len() / 2;
+                format!(
+                    "CASE WHEN {col} < {} THEN {} ELSE {} END",
+                    ranges[mid].0,
+                    half(col, &ranges[..mid], offset),
+                    half(col, &ranges[mid..], offset + mid)
+                )
+            }
+        }
+    }
+    half(col, ranges, 0)
 }
 
 impl Store {
@@ -465,8 +521,81 @@ impl Store {
         c: &Counted,
     ) -> Result<BTreeMap<(i64, String), Figures>> {
         let (from, to) = (c.from_day, c.to_day);
-        self.report_figures(funnel, from, to, &c.grouping, c.per_origin, Some(c.scope))
-            .await
+        let mut figs = self
+            .report_figures(funnel, from, to, &c.grouping, c.per_origin, Some(c.scope))
+            .await?;
+        if !c.hours.is_empty() {
+            let per_piece = self.hour_figures(funnel, &c.hours, c.scope).await?;
+            Edge::spread(&c.hours, per_piece, &mut figs, |_| true);
+        }
+        Ok(figs)
+    }
+
+    /// All runs' counters by the hour over each piece of `edges` ([`Edge::pieces`], each on
+    /// the hour), keyed by the piece's index, as the views of `scope` they are kept for.
+    async fn hour_figures(
+        &self,
+        funnel: &FunnelId,
+        edges: &[Edge],
+        scope: Scope,
+    ) -> Result<BTreeMap<(i64, String), Figures>> {
+        let hours: Vec<(i64, i64)> = Edge::pieces(edges)
+            .into_iter()
+            .map(|(a, b)| (tally::hour_of(a), tally::hour_of(b)))
+            .collect();
+        let (Some(first), Some(end)) = (hours.first(), hours.last()) else {
+            return Ok(BTreeMap::new());
+        };
+        let Some(hourly) = scope.view.by_hour() else {
+            return Ok(BTreeMap::new());
+        };
+        let mut values: Vec<Value> = vec![
+            funnel.as_str().into(),
+            first.0.into(),
+            end.1.into(),
+            hourly.name().into(),
+        ];
+        let mut which = if scope.entry_totals {
+            values.push(tally::View::EntryHour.name().into());
+            " AND (view = $4 OR (view = $5 AND stage = ''))".to_string()
+        } else {
+            " AND view = $4".to_string()
+        };
+        if let Some(prefix) = scope.prefix {
+            values.push(prefix.into());
+            let len = prefix.chars().count();
+            which.push_str(&format!(
+                " AND substr(metric, 1, {len}) = ${}",
+                values.len()
+            ));
+        }
+        // The hours are whole numbers made here, not text from outside.
+        let piece = which_range("day", &hours);
+        let sql = format!(
+            "SELECT CAST({piece} AS BIGINT) AS piece, view, stage, metric, CAST(SUM(n) AS BIGINT), CAST(SUM(total) AS BIGINT) \
+             FROM report_counts WHERE funnel_id = $1 AND origin = '' AND day >= $2 AND day < $3{which} \
+             GROUP BY view, stage, metric, 1"
+        );
+        let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
+        self.each(&sql, values, |r| {
+            let piece: i64 = r.try_get_by_index(0)?;
+            let Some(view) =
+                tally::View::parse(&r.try_get_by_index::<String>(1)?).filter(|_| piece >= 0)
+            else {
+                return Ok(());
+            };
+            let n: i64 = r.try_get_by_index::<Option<i64>>(4)?.unwrap_or(0);
+            let total = Micros(r.try_get_by_index::<Option<i64>>(5)?.unwrap_or(0));
+            out.entry((piece, tally::ALL.to_string())).or_default().add(
+                view.summed_as(),
+                &r.try_get_by_index::<String>(2)?,
+                &r.try_get_by_index::<String>(3)?,
+                Sum { n, total },
+            );
+            Ok(())
+        })
+        .await?;
+        Ok(out)
     }
 
     /// The counters of `funnel` over the days `[from_day, to_day)`, summed per period of
@@ -485,15 +614,7 @@ impl Store {
         let period = match grouping {
             Grouping::Whole => "0".to_string(),
             // Days outside every period are period -1, left out below.
-            Grouping::Periods(days) => {
-                let mut case = String::from("CASE");
-                for (i, (first, end)) in days.iter().enumerate() {
-                    case.push_str(&format!(
-                        " WHEN day < {first} THEN -1 WHEN day < {end} THEN {i}"
-                    ));
-                }
-                format!("{case} ELSE -1 END")
-            }
+            Grouping::Periods(days) => which_range("day", days),
         };
         let origin = if per_origin { "1 = 1" } else { "origin = ''" };
         let mut values: Vec<Value> = vec![funnel.as_str().into(), from_day.into(), to_day.into()];
@@ -504,8 +625,12 @@ impl Store {
                 let mut w = match s.view {
                     // A conversion window: the entry view of what happened up to its days
                     // after entry.
-                    tally::View::Within(_) => {
-                        values.push(tally::View::Within(0).name().into());
+                    tally::View::Within(_) | tally::View::WithinHours(_) => {
+                        let first = match s.view {
+                            tally::View::Within(_) => tally::View::Within(0),
+                            _ => tally::View::WithinHours(0),
+                        };
+                        values.push(first.name().into());
                         values.push(s.view.name().into());
                         " AND view BETWEEN $4 AND $5".to_string()
                     }
@@ -540,8 +665,6 @@ impl Store {
              FROM report_counts WHERE funnel_id = $1 AND {origin} AND day >= $2 AND day < $3{which} \
              GROUP BY origin, view, stage, metric{by_period}"
         );
-        // The days after entry of a window's counters are summed as the entry view.
-        let within = matches!(scope.map(|s| s.view), Some(tally::View::Within(_)));
         let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
         self.each(&sql, values, |r| {
             let period: i64 = r.try_get_by_index(0)?;
@@ -550,7 +673,8 @@ impl Store {
             else {
                 return Ok(());
             };
-            let view = if within { tally::View::Entry } else { view };
+            // The days or hours after entry of a window's counters as the entry view.
+            let view = view.summed_as();
             let n: i64 = r.try_get_by_index::<Option<i64>>(5)?.unwrap_or(0);
             let total = Micros(r.try_get_by_index::<Option<i64>>(6)?.unwrap_or(0));
             out.entry((period, r.try_get_by_index::<String>(1)?))
