@@ -430,6 +430,7 @@ async fn floor(url: &str) -> anyhow::Result<(f64, String)> {
         "messages",
         "touches",
         "report_counts",
+        "report_hours",
     ] {
         let row = db
             .query_one_raw(sea_orm::Statement::from_string(
@@ -560,12 +561,12 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.model = Some("linear".into())),
         ),
         (
-            "funnel report in Europe/Moscow (--tz: counters of the whole UTC days, rows of the hours around)",
+            "funnel report in Europe/Moscow (--tz: counters of the whole UTC days, and by the hour of the hours around)",
             What::Funnel,
             period(&|p| p.tz = Some("Europe/Moscow".into())),
         ),
         (
-            "calendar view in Europe/Moscow (counters of the whole UTC days, rows of what happened in the hours around)",
+            "calendar view in Europe/Moscow (counters of the whole UTC days, and by the hour of the hours around)",
             What::Funnel,
             period(&|p| {
                 p.tz = Some("Europe/Moscow".into());
@@ -573,11 +574,20 @@ async fn main() -> anyhow::Result<()> {
             }),
         ),
         (
-            "by day in Europe/Moscow (counters of the whole UTC days, rows of every day's hours around)",
+            "by day in Europe/Moscow (counters of the whole UTC days, and by the hour of every day's hours around)",
             What::Funnel,
             period(&|p| {
                 p.tz = Some("Europe/Moscow".into());
                 p.by = Some("day".into());
+            }),
+        ),
+        (
+            "by day in Europe/Moscow sliced by utm_source (counters of the whole UTC days, rows of every day's hours around)",
+            What::Funnel,
+            period(&|p| {
+                p.tz = Some("Europe/Moscow".into());
+                p.by = Some("day".into());
+                p.slice = vec!["utm_source".into()];
             }),
         ),
         (
@@ -613,9 +623,14 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.window = Some("7d".into())),
         ),
         (
-            "36-hour conversion window (--window 36h: rows)",
+            "36-hour conversion window (--window 36h: counters by the hours after entry)",
             What::Funnel,
             period(&|p| p.window = Some("36h".into())),
+        ),
+        (
+            "200-hour conversion window (--window 200h: rows)",
+            What::Funnel,
+            period(&|p| p.window = Some("200h".into())),
         ),
         ("A/B (--ab)", What::Ab, period(&|_| {})),
         (

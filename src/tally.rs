@@ -96,6 +96,15 @@ impl View {
         }
     }
 
+    /// Whether its counters are kept by the hour (all runs together, apart from the others):
+    /// the views by the hour and by the hours after entry.
+    pub fn by_the_hour(self) -> bool {
+        matches!(
+            self,
+            View::EntryHour | View::CalendarHour | View::WithinHours(_)
+        )
+    }
+
     /// The view the hourly view files by the hour (the entry or the calendar view).
     pub fn by_hour(self) -> Option<View> {
         match self {

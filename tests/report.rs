@@ -1204,7 +1204,8 @@ stages:
       - exit: converted
 "#;
 
-/// Every counter the store keeps for a funnel, per day and origin, without the zeros.
+/// Every counter the store keeps for a funnel, per day and origin, without the zeros; and
+/// those kept by the hour, under the origin `@hour`.
 async fn stored_counters(store: &Store) -> Vec<((i64, String), Vec<String>)> {
     let first = autofunnel::tally::day_of(t0()) - 1;
     let days = Grouping::Periods((first..first + 30).map(|d| (d, d + 1)).collect());
@@ -1212,7 +1213,8 @@ async fn stored_counters(store: &Store) -> Vec<((i64, String), Vec<String>)> {
         .report_figures(&fid("mixed"), first, first + 30, &days, true, None)
         .await
         .unwrap();
-    figs.into_iter()
+    let mut out: Vec<((i64, String), Vec<String>)> = figs
+        .into_iter()
         .map(|(k, f)| {
             let items =
                 f.0.iter()
@@ -1222,7 +1224,25 @@ async fn stored_counters(store: &Store) -> Vec<((i64, String), Vec<String>)> {
             (k, items)
         })
         .filter(|(_, items): &(_, Vec<String>)| !items.is_empty())
-        .collect()
+        .collect();
+    let mut hours: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+    for row in store.table_text("report_hours").await.unwrap() {
+        let col = |name: &str| row.iter().find(|(c, _)| c == name).unwrap().1.clone();
+        if col("funnel_id") != "mixed" || (col("n") == "0" && col("total") == "0") {
+            continue;
+        }
+        let item = ["view", "stage", "metric", "n", "total"].map(col).join(" ");
+        hours
+            .entry(col("day").parse().unwrap())
+            .or_default()
+            .push(item);
+    }
+    assert!(!hours.is_empty(), "counters are kept by the hour");
+    out.extend(hours.into_iter().map(|(h, mut items)| {
+        items.sort();
+        ((h, "@hour".to_string()), items)
+    }));
+    out
 }
 
 /// One step of a random history of the mixed funnel (steps are 6 hours apart): what some

@@ -35,7 +35,7 @@ const MIGRATIONS: [&str; 21] = [
     "m20261207_000021_hour_report_counts",
 ];
 
-const TABLES: [&str; 15] = [
+const TABLES: [&str; 16] = [
     "consents",
     "email_links",
     "enrollments",
@@ -47,6 +47,7 @@ const TABLES: [&str; 15] = [
     "milestones",
     "pending_entries",
     "report_counts",
+    "report_hours",
     "stage_history",
     "store_settings",
     "suppressions",
@@ -384,13 +385,14 @@ async fn hot_paths_scan_no_hot_table_on_postgres() {
     const FUNNEL: &str = "name: Join\nfrom: \"Shop <shop@example.com>\"\nentry: { event: join }\n\
 stages:\n  - id: welcome\n    steps:\n      - send: hello\n      - wait: 30d\n    on:\n      \
 - { event: upgrade, goto: paid }\n  - id: paid\n    steps:\n      - send: thanks\n      - wait: 30d\n";
-    const HOT: [&str; 7] = [
+    const HOT: [&str; 8] = [
         "enrollments",
         "messages",
         "events",
         "leads",
         "stage_history",
         "report_counts",
+        "report_hours",
         "touches",
     ];
     on_postgres_url("hot_paths", |url| async move {

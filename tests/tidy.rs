@@ -306,11 +306,13 @@ fn named(word: &str) -> BTreeSet<String> {
 /// `store/counts.rs` — every other write hands its facts to `counts::Counting`.
 #[test]
 fn counters_are_written_in_one_place() {
-    assert_eq!(
-        named("report_counts"),
-        BTreeSet::from(["store/counts.rs".to_string()]),
-        "the counters' table is named outside store/counts.rs"
-    );
+    for table in ["report_counts", "report_hours"] {
+        assert_eq!(
+            named(table),
+            BTreeSet::from(["store/counts.rs".to_string()]),
+            "the counters' table {table} is named outside store/counts.rs"
+        );
+    }
     let makers: BTreeSet<String> = ["tally.rs", "store/counts.rs"].map(String::from).into();
     assert!(
         named("Tally::by_day").is_subset(&makers),

@@ -1,4 +1,4 @@
-//! The report counters (`report_counts`, see [`crate::tally`]): added in the transactions
+//! The report counters (`report_counts`, and `report_hours` for those kept by the hour; see [`crate::tally`]): added in the transactions
 //! that write what they count, read as sums over a period, and made again from the stored rows
 //! (after the upgrade that brought them, or on demand).
 
@@ -46,31 +46,50 @@ async fn add(
     backend: Backend,
     counters: Vec<(tally::Key, Sum)>,
 ) -> Result<()> {
-    let rows: Vec<Vec<Value>> = counters
-        .into_iter()
-        .filter(|(_, s)| s.n != 0 || s.total.0 != 0)
-        .map(|(k, s)| {
-            vec![
-                k.funnel.into(),
-                k.origin.into(),
-                k.day.into(),
-                k.view.name().into(),
-                k.stage.into(),
-                k.metric.into(),
-                s.n.into(),
-                s.total.0.into(),
-            ]
-        })
-        .collect();
-    sql::insert_rows(
-        txn,
-        backend,
-        "report_counts (funnel_id, origin, day, view, stage, metric, n, total)",
-        "ON CONFLICT (funnel_id, origin, view, stage, metric, day) DO UPDATE SET \
-         n = report_counts.n + excluded.n, total = report_counts.total + excluded.total",
-        rows,
-    )
-    .await
+    // Those kept by the hour go to a table of their own (all runs together: no origin).
+    let (mut days, mut hours): (Vec<Vec<Value>>, Vec<Vec<Value>>) = (Vec::new(), Vec::new());
+    for (k, s) in counters {
+        if s.n == 0 && s.total.0 == 0 {
+            continue;
+        }
+        let hourly = k.view.by_the_hour();
+        let mut row: Vec<Value> = vec![k.funnel.into()];
+        if !hourly {
+            row.push(k.origin.into());
+        }
+        row.extend([
+            k.day.into(),
+            k.view.name().into(),
+            k.stage.into(),
+            k.metric.into(),
+            s.n.into(),
+            s.total.0.into(),
+        ]);
+        if hourly { &mut hours } else { &mut days }.push(row);
+    }
+    if !days.is_empty() {
+        sql::insert_rows(
+            txn,
+            backend,
+            "report_counts (funnel_id, origin, day, view, stage, metric, n, total)",
+            "ON CONFLICT (funnel_id, origin, view, stage, metric, day) DO UPDATE SET \
+             n = report_counts.n + excluded.n, total = report_counts.total + excluded.total",
+            days,
+        )
+        .await?;
+    }
+    if !hours.is_empty() {
+        sql::insert_rows(
+            txn,
+            backend,
+            "report_hours (funnel_id, day, view, stage, metric, n, total)",
+            "ON CONFLICT (funnel_id, view, day, stage, metric) DO UPDATE SET \
+             n = report_hours.n + excluded.n, total = report_hours.total + excluded.total",
+            hours,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The rules the runs' origins are made by: the first touch, the kept fields and the first
@@ -532,69 +551,62 @@ impl Store {
     }
 
     /// All runs' counters by the hour over each piece of `edges` ([`Edge::pieces`], each on
-    /// the hour), keyed by the piece's index, as the views of `scope` they are kept for.
+    /// the hour), keyed by the piece's index, as the views of `scope` they are kept for. One
+    /// read per piece, each a range of the key (hours come before the metric in it).
     async fn hour_figures(
         &self,
         funnel: &FunnelId,
         edges: &[Edge],
         scope: Scope,
     ) -> Result<BTreeMap<(i64, String), Figures>> {
-        let hours: Vec<(i64, i64)> = Edge::pieces(edges)
-            .into_iter()
-            .map(|(a, b)| (tally::hour_of(a), tally::hour_of(b)))
-            .collect();
-        let (Some(first), Some(end)) = (hours.first(), hours.last()) else {
-            return Ok(BTreeMap::new());
-        };
-        let Some(hourly) = scope.view.by_hour() else {
-            return Ok(BTreeMap::new());
-        };
-        let mut values: Vec<Value> = vec![
-            funnel.as_str().into(),
-            first.0.into(),
-            end.1.into(),
-            hourly.name().into(),
-        ];
-        let mut which = if scope.entry_totals {
-            values.push(tally::View::EntryHour.name().into());
-            " AND (view = $4 OR (view = $5 AND stage = ''))".to_string()
-        } else {
-            " AND view = $4".to_string()
-        };
-        if let Some(prefix) = scope.prefix {
-            values.push(prefix.into());
-            let len = prefix.chars().count();
-            which.push_str(&format!(
-                " AND substr(metric, 1, {len}) = ${}",
-                values.len()
-            ));
-        }
-        // The hours are whole numbers made here, not text from outside.
-        let piece = which_range("day", &hours);
-        let sql = format!(
-            "SELECT CAST({piece} AS BIGINT) AS piece, view, stage, metric, CAST(SUM(n) AS BIGINT), CAST(SUM(total) AS BIGINT) \
-             FROM report_counts WHERE funnel_id = $1 AND origin = '' AND day >= $2 AND day < $3{which} \
-             GROUP BY view, stage, metric, 1"
-        );
         let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
-        self.each(&sql, values, |r| {
-            let piece: i64 = r.try_get_by_index(0)?;
-            let Some(view) =
-                tally::View::parse(&r.try_get_by_index::<String>(1)?).filter(|_| piece >= 0)
-            else {
-                return Ok(());
+        let Some(hourly) = scope.view.by_hour() else {
+            return Ok(out);
+        };
+        for (piece, (from, to)) in Edge::pieces(edges).into_iter().enumerate() {
+            let mut values: Vec<Value> = vec![
+                funnel.as_str().into(),
+                hourly.name().into(),
+                tally::View::EntryHour.name().into(),
+                tally::hour_of(from).into(),
+                tally::hour_of(to).into(),
+            ];
+            // The calendar view's entry totals: the entry view's funnel-wide counters.
+            let mut which = if scope.entry_totals {
+                " AND (view = $6 OR stage = '')".to_string()
+            } else {
+                " AND view = $6".to_string()
             };
-            let n: i64 = r.try_get_by_index::<Option<i64>>(4)?.unwrap_or(0);
-            let total = Micros(r.try_get_by_index::<Option<i64>>(5)?.unwrap_or(0));
-            out.entry((piece, tally::ALL.to_string())).or_default().add(
-                view.summed_as(),
-                &r.try_get_by_index::<String>(2)?,
-                &r.try_get_by_index::<String>(3)?,
-                Sum { n, total },
+            values.push(hourly.name().into());
+            if let Some(prefix) = scope.prefix {
+                values.push(prefix.into());
+                let len = prefix.chars().count();
+                which.push_str(&format!(" AND substr(metric, 1, {len}) = $7"));
+            }
+            let sql = format!(
+                "SELECT view, stage, metric, CAST(SUM(n) AS BIGINT), CAST(SUM(total) AS BIGINT) \
+                 FROM report_hours WHERE funnel_id = $1 AND view IN ($2, $3) \
+                 AND day >= $4 AND day < $5{which} GROUP BY view, stage, metric"
             );
-            Ok(())
-        })
-        .await?;
+            let into = out
+                .entry((piece as i64, tally::ALL.to_string()))
+                .or_default();
+            self.each(&sql, values, |r| {
+                let Some(view) = tally::View::parse(&r.try_get_by_index::<String>(0)?) else {
+                    return Ok(());
+                };
+                let n: i64 = r.try_get_by_index::<Option<i64>>(3)?.unwrap_or(0);
+                let total = Micros(r.try_get_by_index::<Option<i64>>(4)?.unwrap_or(0));
+                into.add(
+                    view.summed_as(),
+                    &r.try_get_by_index::<String>(1)?,
+                    &r.try_get_by_index::<String>(2)?,
+                    Sum { n, total },
+                );
+                Ok(())
+            })
+            .await?;
+        }
         Ok(out)
     }
 
@@ -616,7 +628,13 @@ impl Store {
             // Days outside every period are period -1, left out below.
             Grouping::Periods(days) => which_range("day", days),
         };
-        let origin = if per_origin { "1 = 1" } else { "origin = ''" };
+        // A window of whole hours reads the counters kept by the hour (all runs together).
+        let hourly = scope.is_some_and(|s| s.view.by_the_hour());
+        let (table, origin, cond, group) = match (hourly, per_origin) {
+            (true, _) => ("report_hours", "'' AS origin", "1 = 1", ""),
+            (false, true) => ("report_counts", "origin", "1 = 1", "origin, "),
+            (false, false) => ("report_counts", "origin", "origin = ''", "origin, "),
+        };
         let mut values: Vec<Value> = vec![funnel.as_str().into(), from_day.into(), to_day.into()];
         // The view and the email prefix are values made here, bound all the same.
         let which = match scope {
@@ -661,9 +679,9 @@ impl Store {
             Grouping::Periods(_) => ", 1",
         };
         let sql = format!(
-            "SELECT CAST({period} AS BIGINT) AS period, origin, view, stage, metric, CAST(SUM(n) AS BIGINT), CAST(SUM(total) AS BIGINT) \
-             FROM report_counts WHERE funnel_id = $1 AND {origin} AND day >= $2 AND day < $3{which} \
-             GROUP BY origin, view, stage, metric{by_period}"
+            "SELECT CAST({period} AS BIGINT) AS period, {origin}, view, stage, metric, CAST(SUM(n) AS BIGINT), CAST(SUM(total) AS BIGINT) \
+             FROM {table} WHERE funnel_id = $1 AND {cond} AND day >= $2 AND day < $3{which} \
+             GROUP BY {group}view, stage, metric{by_period}"
         );
         let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
         self.each(&sql, values, |r| {
@@ -742,6 +760,7 @@ impl Store {
         self.set_origins(again).await?;
         let txn = self.write().await?;
         txn.execute_unprepared("DELETE FROM report_counts").await?;
+        txn.execute_unprepared("DELETE FROM report_hours").await?;
         txn.execute_unprepared("DELETE FROM email_links").await?;
         txn.execute_unprepared("UPDATE messages SET marks = 0 WHERE marks <> 0")
             .await?;
