@@ -304,15 +304,30 @@ pub struct Run<'a> {
 /// What a run's lead came from — the first touch's channel, source, medium, campaign and form
 /// — as one text (a JSON array), so runs can be counted per origin and sliced by any part.
 pub fn origin(parts: [Option<&str>; 5]) -> String {
-    serde_json::to_string(&parts).unwrap_or_default()
+    serde_json::to_string(&parts.map(|p| p.map(key_part))).unwrap_or_default()
+}
+
+/// The most bytes of a text from outside (a touch's UTM parameter, a kept field's value, a
+/// product) a counter's key holds: PostgreSQL refuses to index a key of more than about 2,700
+/// bytes, and with every such part of an origin and a metric cut to this, a key stays under it
+/// whatever the texts (a UTM parameter may hold 200 characters of four bytes each).
+pub const KEY_PART_BYTES: usize = 100;
+
+/// `text` cut to at most [`KEY_PART_BYTES`] bytes, at a character's end.
+pub fn key_part(text: &str) -> &str {
+    let mut end = text.len().min(KEY_PART_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// An [`origin`] that also holds, after its five parts, the values of the lead fields the
 /// counters are kept by (`report_fields`) as the run's lead had them when it entered, so a
 /// report sliced by one of them reads the counters ([`origin_field`]). Without such fields it
 /// is the plain [`origin`].
-/// A kept field's value is kept to its first [`KEPT_CHARS`] characters: a counter's key
-/// holds it, and keys stay small (a lead field may hold 2,000).
+/// A kept field's value is kept to its first [`KEY_PART_BYTES`] bytes: a counter's key holds
+/// it (a lead field may hold 2,000 characters).
 pub fn origin_with(parts: [Option<&str>; 5], fields: &[(&str, Option<String>)]) -> String {
     if fields.is_empty() {
         return origin(parts);
@@ -320,19 +335,14 @@ pub fn origin_with(parts: [Option<&str>; 5], fields: &[(&str, Option<String>)]) 
     let kept: serde_json::Map<String, serde_json::Value> = fields
         .iter()
         .map(|(name, v)| {
-            let v = v
-                .as_deref()
-                .map(|v| v.chars().take(KEPT_CHARS).collect::<String>());
+            let v = v.as_deref().map(key_part);
             (name.to_string(), v.into())
         })
         .collect();
-    let mut items: Vec<serde_json::Value> = parts.iter().map(|p| (*p).into()).collect();
+    let mut items: Vec<serde_json::Value> = parts.iter().map(|p| p.map(key_part).into()).collect();
     items.push(kept.into());
     serde_json::to_string(&items).unwrap_or_default()
 }
-
-/// The characters of a kept lead field's value an origin holds ([`origin_with`]).
-pub const KEPT_CHARS: usize = 100;
 
 /// The value of a kept lead field in an [`origin_with`] (none when the lead had none).
 pub fn origin_field(text: &str, name: &str) -> Option<String> {
@@ -516,17 +526,17 @@ impl Metric<'_> {
             }
             Metric::Buy { product, currency } => {
                 out.push_str(metric::BUY);
-                clean(product, out);
+                clean(key_part(product), out);
                 out.push('\u{1f}');
                 clean(currency, out);
             }
             Metric::Unpriced(product) => {
                 out.push_str(metric::UNPRICED);
-                clean(product, out);
+                clean(key_part(product), out);
             }
             Metric::Refund { product, currency } => {
                 out.push_str(metric::REFUND);
-                clean(product, out);
+                clean(key_part(product), out);
                 out.push('\u{1f}');
                 clean(currency, out);
             }
@@ -541,10 +551,10 @@ impl Metric<'_> {
                 }
                 let parts = [
                     Some(model),
-                    Some(touch.channel),
-                    touch.source,
-                    touch.campaign,
-                    currency.map(|_| cur.as_str()),
+                    Some(key_part(touch.channel)),
+                    touch.source.map(key_part),
+                    touch.campaign.map(key_part),
+                    currency.map(|_| key_part(&cur)),
                 ];
                 out.push_str(metric::CREDIT);
                 out.push_str(&serde_json::to_string(&parts).unwrap_or_default());
@@ -598,13 +608,13 @@ impl Metric<'_> {
                     }
                     AbWhat::Buy { product, currency } => {
                         out.push_str(ab::BUY);
-                        clean(product, out);
+                        clean(key_part(product), out);
                         out.push('\u{1f}');
                         clean(currency, out);
                     }
                     AbWhat::Unpriced(product) => {
                         out.push_str(ab::UNPRICED);
-                        clean(product, out);
+                        clean(key_part(product), out);
                     }
                 }
             }

@@ -2720,11 +2720,43 @@ async fn a_kept_field_slices_from_counters(mut store: Store) {
         now_values
     );
     // A value as long as a lead field may be (2,000 characters, four bytes each) is kept to
-    // its first 100 characters: the run starts and its slice is that.
+    // its first 100 bytes (25 such characters): the run starts and its slice is that. So are
+    // the parts of its first touch, each as long as a UTM parameter may be (200 characters
+    // of four bytes, and 200 quotes, which JSON doubles), and the product it buys (200 of
+    // four bytes): PostgreSQL, which refuses to index a key of more than about 2,700 bytes,
+    // stores the counters of the run and of its order.
     let long = "𝔐".repeat(2_000);
     let ids = leads_in_regions(&store, "long", &[Some(long.as_str())]).await;
+    // Characters in no order, so PostgreSQL cannot compress the key below its limit.
+    let scattered = |k: u32| -> String {
+        (0..200u32)
+            .filter_map(|i| char::from_u32(0x20000 + (i * 7919 + k * 104_729) % 40000))
+            .collect()
+    };
+    let (utm, quotes) = (scattered(0), "\"".repeat(200));
+    let first = autofunnel::store::NewTouch {
+        channel: scattered(1),
+        source: Some(utm.clone()),
+        medium: Some(quotes.clone()),
+        campaign: Some(scattered(2)),
+        form: Some(scattered(3)),
+        ..autofunnel::store::NewTouch::default()
+    };
+    store.record_touch(ids[0], first, now).await.unwrap();
     let rt = crate::util::engine(&store, &p, now).await;
     rt.enroll_many(&ids, &fid("b2b"), now).await.unwrap();
+    let bought = Event {
+        product: Some(utm.clone()),
+        ..purchase("service", 10.0)
+    };
+    rt.event(
+        ids[0],
+        bought,
+        Some("long".into()),
+        now + Duration::minutes(1),
+    )
+    .await
+    .unwrap();
     let later = now + Duration::hours(1);
     let rows = store
         .report_rows(&fid("b2b"), later, ReportNeeds::ALL)
@@ -2737,7 +2769,35 @@ async fn a_kept_field_slices_from_counters(mut store: Store) {
         .into_iter()
         .map(|s| s.0)
         .collect();
-    assert!(values.contains(&"𝔐".repeat(100)), "{}", values.len());
+    assert!(values.contains(&"𝔐".repeat(25)), "{values:?}");
+    let by_source = Params {
+        slice: vec!["utm_source".into(), "utm_medium".into()],
+        ..ask("UTC")
+    };
+    let by_source = Request::parse(What::Funnel, &by_source, later).unwrap();
+    assert!(matches!(
+        by_source.read(later, store.zone()),
+        ReportRead::Counts(_)
+    ));
+    let a = funnel_both(&store, f, &rows, &by_source, later).await;
+    let values: Vec<&str> = a
+        .slices
+        .iter()
+        .flatten()
+        .map(|s| s.value.as_str())
+        .collect();
+    let cut: String = utm.chars().take(25).collect();
+    assert!(
+        values.contains(&cut.as_str()) && values.contains(&"\"".repeat(100).as_str()),
+        "{values:?}"
+    );
+    let paid: Vec<String> = a
+        .report
+        .products
+        .iter()
+        .map(|p| p.product.clone())
+        .collect();
+    assert!(paid.contains(&cut), "{paid:?}");
 }
 
 on_both_backends! {

@@ -94,7 +94,7 @@ async fn add(
 
 /// The rules the runs' origins are made by: the first touch, the kept fields and the first
 /// A/B variant. Stored counters whose origins were made otherwise are made again.
-const ORIGINS: &str = "touch+fields+variant";
+const ORIGINS: &str = "touch+fields+variant, parts of 100 bytes";
 
 /// A run that got its first A/B variant in a write: the run, its lead and funnel, and its
 /// origin with the variant ([`tally::with_variant`]).
