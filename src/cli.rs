@@ -676,9 +676,12 @@ fn subscriptions(settings: &Settings) -> anyhow::Result<Vec<crate::store::Subscr
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let zone = settings.report_zone()?;
+    // The zone and fields set before migrating: an upgrade's recount makes the counters as
+    // they are to be kept, and `count_in` has nothing left to count again.
     let mut store = Store::connect_pooled(&settings.database_url, settings.database_connections)
         .await?
-        .with_zone(zone);
+        .with_zone(zone)
+        .with_fields(&settings.report_fields);
     let applied = store.migrate().await?;
     for m in &applied {
         tracing::info!(migration = %m, "applied");
@@ -697,7 +700,8 @@ async fn migrate(project: PathBuf, config: Option<PathBuf>) -> anyhow::Result<Ex
     let zone = settings.report_zone()?;
     let mut store = Store::connect(&settings.database_url)
         .await?
-        .with_zone(zone);
+        .with_zone(zone)
+        .with_fields(&settings.report_fields);
     let applied = store.migrate().await?;
     if store
         .count_in(zone, &settings.report_fields, chrono::Utc::now())

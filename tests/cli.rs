@@ -178,6 +178,41 @@ fn migrate_creates_the_sqlite_database_and_is_idempotent() {
     assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
 }
 
+/// The migrations that bring report counters count them from the rows, by the zone and the
+/// fields the settings name: once — no second recount for `report_fields` right after. A
+/// change of the fields later counts them again, and says so.
+#[test]
+fn an_upgrade_counts_the_counters_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("autofunnel.toml");
+    let migrate = || {
+        let out = autofunnel()
+            .arg("-C")
+            .arg(dir.path())
+            .arg("migrate")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let again = "counted the report counters again";
+    std::fs::write(&settings, "report_fields = [\"region\"]\n").unwrap();
+    let first = migrate();
+    assert!(
+        first.contains("applied m20261207_000021_hour_report_counts"),
+        "{first}"
+    );
+    assert!(!first.contains(again), "{first}");
+    std::fs::write(&settings, "report_fields = [\"plan\"]\n").unwrap();
+    let changed = migrate();
+    assert!(changed.contains(again), "{changed}");
+    assert!(!migrate().contains(again));
+}
+
 #[test]
 fn run_refuses_funnels_that_fail_check_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
