@@ -628,6 +628,14 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.window = Some("36h".into())),
         ),
         (
+            "7-day conversion window sliced by utm_source (--window 7d --slice utm_source)",
+            What::Funnel,
+            period(&|p| {
+                p.window = Some("7d".into());
+                p.slice = vec!["utm_source".into()];
+            }),
+        ),
+        (
             "200-hour conversion window (--window 200h: rows)",
             What::Funnel,
             period(&|p| p.window = Some("200h".into())),

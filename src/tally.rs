@@ -28,7 +28,8 @@ pub enum View {
     Calendar,
     /// The entry view of what happened this many days after the run entered ([`days_after`]):
     /// a conversion window of `d` whole days is the sum of these up to `d`. Kept for all runs
-    /// together, up to [`WITHIN_DAYS`].
+    /// together and per origin (a window sliced by source, field or variant), up to
+    /// [`WITHIN_DAYS`].
     Within(u16),
     /// The same by the hours after entry ([`hours_after`]), up to [`WITHIN_HOURS`]: a window
     /// of whole hours.
@@ -821,6 +822,12 @@ impl Tally {
             }
             if view == View::Entry {
                 for within in afters.into_iter().flatten() {
+                    // The days after entry per origin as well (the hours after entry are kept
+                    // by the hour, for all runs together only).
+                    if let (Some(origin), View::Within(_)) = (origin, within) {
+                        let own = (within, day, funnel, origin, stage, metric);
+                        self.sums.entry(own).or_default().add(Sum { n, total });
+                    }
                     let key = (within, day, funnel, self.all, stage, metric);
                     self.sums.entry(key).or_default().add(Sum { n, total });
                 }

@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, Database};
 use crate::util::on_both_backends;
 use crate::util::postgres_url;
 
-const MIGRATIONS: [&str; 21] = [
+const MIGRATIONS: [&str; 22] = [
     "m20261123_000001_init",
     "m20261124_000002_stage_entry",
     "m20261124_000003_pending_events",
@@ -33,6 +33,7 @@ const MIGRATIONS: [&str; 21] = [
     "m20261206_000019_counters_by_metric",
     "m20261206_000020_hot_tables",
     "m20261207_000021_hour_report_counts",
+    "m20261207_000022_window_origin_report_counts",
 ];
 
 const TABLES: [&str; 16] = [

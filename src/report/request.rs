@@ -439,10 +439,15 @@ impl Request {
         }
         let counted = match self.what {
             What::Funnel => {
+                // Windows of whole days are kept per origin too, those of whole hours for all
+                // runs together only.
                 let window = self.window.is_none()
-                    || (self.window_view().is_some()
-                        && self.cohort == Cohort::Entry
-                        && self.slices.is_empty());
+                    || self.cohort == Cohort::Entry
+                        && match self.window_view() {
+                            Some(View::Within(_)) => true,
+                            Some(_) => self.slices.is_empty(),
+                            None => false,
+                        };
                 window && !self.slices.iter().any(SliceKey::from_rows)
             }
             What::Emails | What::Ab => self.window.is_none(),
