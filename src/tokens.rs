@@ -10,9 +10,32 @@ use crate::domain::LeadId;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// HMAC-SHA256 keyed with `secret`, its key blocks hashed once per thread and secret: each
+/// signature then hashes its own message only (two SHA-256 blocks for a short one, not four;
+/// an email signs several links).
+fn keyed(secret: &[u8]) -> HmacSha256 {
+    thread_local! {
+        static KEYED: std::cell::RefCell<Option<(Vec<u8>, HmacSha256)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    KEYED.with(|k| {
+        let mut k = k.borrow_mut();
+        if let Some((s, m)) = k.as_ref()
+            && s == secret
+        {
+            return m.clone();
+        }
+        let m = HmacSha256::new_from_slice(secret).expect("any key length");
+        *k = Some((secret.to_vec(), m.clone()));
+        m
+    })
+}
+
 /// The first 16 bytes of HMAC-SHA256 over `"{purpose}:{data}"`.
 pub fn sign(secret: &[u8], purpose: &str, data: &[u8]) -> [u8; 16] {
-    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
+    let mut m = keyed(secret);
     m.update(purpose.as_bytes());
     m.update(b":");
     m.update(data);
@@ -138,6 +161,29 @@ mod tests {
         let forged = t.replacen("42.", "43.", 1);
         assert_eq!(verify_lead_token(b"secret", u, &forged), None);
         assert_eq!(verify_lead_token(b"secret", u, "garbage"), None);
+    }
+
+    #[test]
+    fn a_key_kept_signs_as_a_fresh_one_whatever_secret_came_before() {
+        let fresh = |secret: &[u8], data: &[u8]| {
+            let mut m = HmacSha256::new_from_slice(secret).unwrap();
+            m.update(b"r:");
+            m.update(data);
+            m.finalize().into_bytes()[..16].to_vec()
+        };
+        let cases: [(&[u8], &[u8]); 4] = [
+            (b"one secret", b"a"),
+            (b"another secret", b"b"),
+            (b"one secret", b"c"),
+            (b"one secret", b"c"),
+        ];
+        for (secret, data) in cases {
+            assert_eq!(sign(secret, "r", data).to_vec(), fresh(secret, data));
+        }
+        assert_ne!(
+            sign(b"one secret", "r", b"a"),
+            sign(b"another secret", "r", b"a")
+        );
     }
 
     #[test]
