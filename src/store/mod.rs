@@ -981,6 +981,12 @@ impl Store {
             .iter()
             .any(|m| m.ends_with("_report_counts") || m.ends_with("_email_marks"))
         {
+            // Said before it starts: nothing else is done (a server does not listen) until
+            // it ends.
+            tracing::info!(
+                "the new version keeps other report counters: counting them again from the \
+                 stored rows (about a millisecond a run: minutes for a million)"
+            );
             self.recount(Utc::now()).await?;
         }
         Ok(applied)
