@@ -150,32 +150,32 @@ fn check_of_a_missing_path_says_so() {
     );
 }
 
+/// `autofunnel -C DIR migrate`, which must succeed: what it printed.
+fn migrate_in(dir: &std::path::Path) -> String {
+    let out = autofunnel()
+        .arg("-C")
+        .arg(dir)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 #[test]
 fn migrate_creates_the_sqlite_database_and_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
-    let first = autofunnel()
-        .arg("-C")
-        .arg(dir.path())
-        .arg("migrate")
-        .output()
-        .unwrap();
+    let first = migrate_in(dir.path());
     assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&first.stdout)
+        first
             .contains("applied m20261123_000001_init\napplied m20261124_000002_stage_entry\napplied m20261124_000003_pending_events\napplied m20261124_000004_lead_lease\napplied m20261124_000005_unstarted_signups")
     );
     assert!(dir.path().join("autofunnel.db").exists());
-    let second = autofunnel()
-        .arg("-C")
-        .arg(dir.path())
-        .arg("migrate")
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
+    assert!(migrate_in(dir.path()).contains("up to date"));
 }
 
 /// The migrations that bring report counters count them from the rows, by the zone and the
@@ -185,20 +185,7 @@ fn migrate_creates_the_sqlite_database_and_is_idempotent() {
 fn an_upgrade_counts_the_counters_once() {
     let dir = tempfile::tempdir().unwrap();
     let settings = dir.path().join("autofunnel.toml");
-    let migrate = || {
-        let out = autofunnel()
-            .arg("-C")
-            .arg(dir.path())
-            .arg("migrate")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let migrate = || migrate_in(dir.path());
     let again = "counted the report counters again";
     std::fs::write(&settings, "report_fields = [\"region\"]\n").unwrap();
     let first = migrate();
