@@ -775,23 +775,24 @@ impl Tally {
         let stored = matches!(self.filing, Filing::Days(_));
         let windows = stored && !matches!(metric, Metric::Mail { .. } | Metric::Ab { .. });
         let after = |units: i64, most: u16, view: fn(u16) -> View| {
-            u16::try_from(units)
-                .ok()
-                .filter(|u| windows && *u <= most)
-                .map(view)
+            u16::try_from(units).ok().filter(|u| *u <= most).map(view)
         };
-        let afters = [
-            after(
-                days_after(run.entered_at, happened),
-                WITHIN_DAYS,
-                View::Within,
-            ),
-            after(
-                hours_after(run.entered_at, happened),
-                WITHIN_HOURS,
-                View::WithinHours,
-            ),
-        ];
+        let afters = if windows {
+            [
+                after(
+                    days_after(run.entered_at, happened),
+                    WITHIN_DAYS,
+                    View::Within,
+                ),
+                after(
+                    hours_after(run.entered_at, happened),
+                    WITHIN_HOURS,
+                    View::WithinHours,
+                ),
+            ]
+        } else {
+            [None, None]
+        };
         let mut name = std::mem::take(&mut self.name);
         name.clear();
         metric.write(&mut name);

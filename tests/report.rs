@@ -2735,6 +2735,24 @@ async fn a_kept_field_slices_from_counters(mut store: Store) {
         unreachable!()
     };
     assert_eq!(slices(&from_rows), now_values);
+    // Through the store, a few leads at a time: the whole report is the slice's runs counted
+    // together, the same as without the slice.
+    let unkept = store.clone().with_fields(&[]).with_lead_range(3);
+    let make = autofunnel::runtime::report::make;
+    let Answer::Funnel(ranged) = make(&unkept, f, &by_now, now).await.unwrap() else {
+        unreachable!()
+    };
+    assert_eq!(slices(&ranged), now_values);
+    let whole = Params {
+        from: Some("2026-11-01".into()),
+        ..Params::default()
+    };
+    let whole = Request::parse(What::Funnel, &whole, now).unwrap();
+    let Answer::Funnel(whole) = make(&store, f, &whole, now).await.unwrap() else {
+        unreachable!()
+    };
+    assert_eq!(ranged.report, whole.report);
+    assert_eq!(whole.report.entered, 10);
     // Kept by no field, then by the region again: the runs take the values their leads have now.
     assert!(store.count_in(chrono_tz::UTC, &[], now).await.unwrap());
     assert!(store.count_in(chrono_tz::UTC, &region, now).await.unwrap());

@@ -26,6 +26,7 @@ mod m20261206_000019_counters_by_metric;
 mod m20261206_000020_hot_tables;
 mod m20261207_000021_hour_report_counts;
 mod m20261207_000022_window_origin_report_counts;
+mod m20261207_000023_order_events_index;
 
 pub struct Migrator;
 
@@ -55,6 +56,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000020_hot_tables::Migration),
             Box::new(m20261207_000021_hour_report_counts::Migration),
             Box::new(m20261207_000022_window_origin_report_counts::Migration),
+            Box::new(m20261207_000023_order_events_index::Migration),
         ]
     }
 }

@@ -326,6 +326,8 @@ impl Request {
         let none = ReportNeeds::default();
         match self.what {
             What::Funnel => ReportNeeds {
+                // A slice by a lead field groups by its value now, not by the origin.
+                origins: self.slices.iter().any(|k| !matches!(k, SliceKey::Field(_))),
                 visits: true,
                 purchases: true,
                 milestones: true,
@@ -660,9 +662,11 @@ pub struct Fold<'a> {
 enum Counting {
     /// The funnel report: the runs into the report's periods (and per first touch when a
     /// slice asks), and per slice made from the rows (a lead field, the variant) its position
-    /// among the request's slices and the runs by the slice's origins.
+    /// among the request's slices and the runs by the slice's origins. No `tally` when a
+    /// slice's would count the same: one period, no first touches — the slice's counters of
+    /// all runs together are the report's (every run is counted there, whatever its origin).
     Runs {
-        tally: Tally,
+        tally: Option<Tally>,
         slices: Vec<(usize, Tally)>,
     },
     /// The per-email report: what became of each email.
@@ -711,6 +715,7 @@ impl<'a> Fold<'a> {
             What::Ab => Counting::Ab(Tally::in_periods(whole(), false)),
             What::Forecast => Counting::Forecast(ForecastFold::new(&req.scenario, now, req.tz)?),
             _ => {
+                let of_edges = periods.is_some();
                 let periods = match (&periods, req.by) {
                     (Some(p), _) => p.clone(),
                     (None, Some(b)) => b.periods(from, to, req.tz),
@@ -721,15 +726,16 @@ impl<'a> Fold<'a> {
                     Some(w) => t.within(w),
                     None => t,
                 };
-                let slices = req
+                let slices: Vec<(usize, Tally)> = req
                     .slices
                     .iter()
                     .enumerate()
                     .filter(|(_, k)| k.from_rows())
                     .map(|(i, _)| (i, within(runs_tally(&[(from, to)], now, true))))
                     .collect();
+                let shared = !of_edges && !touch && !slices.is_empty() && periods == [(from, to)];
                 Counting::Runs {
-                    tally: within(runs_tally(&periods, now, touch)),
+                    tally: (!shared).then(|| within(runs_tally(&periods, now, touch))),
                     slices,
                 }
             }
@@ -783,13 +789,15 @@ impl<'a> Fold<'a> {
                     }
                     replay_by(rows, key, t);
                 }
-                let touch = req.slices.iter().any(|k| !k.from_rows());
-                let origin = |r: &crate::store::RunRow| r.origin.clone();
-                replay_runs(
-                    rows,
-                    tally,
-                    touch.then_some(&origin as &dyn Fn(&crate::store::RunRow) -> String),
-                );
+                if let Some(tally) = tally {
+                    let touch = req.slices.iter().any(|k| !k.from_rows());
+                    let origin = |r: &crate::store::RunRow| r.origin.clone();
+                    replay_runs(
+                        rows,
+                        tally,
+                        touch.then_some(&origin as &dyn Fn(&crate::store::RunRow) -> String),
+                    );
+                }
             }
         }
     }
@@ -798,8 +806,14 @@ impl<'a> Fold<'a> {
     /// counters' figures per period and origin) under each edge's period.
     pub fn edges(self, edges: &[Edge], figs: &mut BTreeMap<(i64, String), Figures>) {
         let tally = match &self.counting {
-            Counting::Runs { tally, .. } | Counting::Mails(tally) | Counting::Ab(tally) => tally,
-            Counting::Credit(_) | Counting::Forecast(_) => return,
+            Counting::Runs {
+                tally: Some(tally), ..
+            }
+            | Counting::Mails(tally)
+            | Counting::Ab(tally) => tally,
+            Counting::Runs { tally: None, .. } | Counting::Credit(_) | Counting::Forecast(_) => {
+                return;
+            }
         };
         // The entry view of the runs that entered in the hours (the calendar view's entry
         // totals among them); the calendar view when what happened in them was read.
@@ -843,7 +857,16 @@ impl<'a> Fold<'a> {
                         .collect();
                     more.push((*i, slices_of(f, &by_origin, key, cohort, from, to)));
                 }
-                let figs = crate::tally::figures(&tally);
+                let figs = match &tally {
+                    Some(t) => crate::tally::figures(t),
+                    // The first slice's counters of all runs together.
+                    None => slices.first().map_or_else(BTreeMap::new, |(_, t)| {
+                        crate::tally::figures(t)
+                            .into_iter()
+                            .filter(|((_, o), _)| o == ALL)
+                            .collect()
+                    }),
+                };
                 Answer::Funnel(Box::new(funnel_answer(f, req, &figs, more)))
             }
         };

@@ -117,6 +117,7 @@ pub(super) async fn move_origins(
     moved: &[Moved<'_>],
 ) -> Result<()> {
     const NEEDS: ReportNeeds = ReportNeeds {
+        origins: true,
         visits: true,
         purchases: true,
         milestones: true,
@@ -357,6 +358,7 @@ pub(super) async fn count_orders(
 
 /// The rows the counters are made from.
 const RECOUNT: ReportNeeds = ReportNeeds {
+    origins: true,
     visits: true,
     purchases: true,
     milestones: true,

@@ -143,6 +143,9 @@ pub struct ReportRows {
 /// Which rows a report reads besides the runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReportNeeds {
+    /// Each run's origin (its first touch, kept fields and variant): for the counters kept by
+    /// it and the slices made from it.
+    pub origins: bool,
     pub visits: bool,
     pub purchases: bool,
     pub touches: bool,
@@ -155,6 +158,7 @@ pub struct ReportNeeds {
 impl ReportNeeds {
     /// Every kind of row.
     pub const ALL: ReportNeeds = ReportNeeds {
+        origins: true,
         visits: true,
         purchases: true,
         touches: true,
@@ -441,6 +445,8 @@ pub(super) async fn rows_on(
 
     let mut q = Params::new(backend);
     let rest = format!("FROM enrollments WHERE {}", of_funnel(&mut q, "entered_at"));
+    // A run's origin is a long text: read only when something is counted by it.
+    let origin = if needs.origins { "origin" } else { "NULL" };
     type RunCols = (
         i64,
         i64,
@@ -450,13 +456,8 @@ pub(super) async fn rows_on(
         Option<i64>,
         Option<String>,
     );
-    let mut runs: Vec<RunCols> = sql::select_packed(
-        db,
-        q,
-        "id, lead_id, entered_at, status, outcome, exited_at, origin",
-        &rest,
-    )
-    .await?;
+    let cols = format!("id, lead_id, entered_at, status, outcome, exited_at, {origin}");
+    let mut runs: Vec<RunCols> = sql::select_packed(db, q, &cols, &rest).await?;
     runs.sort_unstable_by_key(|r| r.0);
     for (id, lead, entered_at, status, outcome, exited_at, origin) in runs {
         let status = match (status.as_str(), outcome.as_deref()) {
@@ -474,7 +475,11 @@ pub(super) async fn rows_on(
             entered_at: from_ms(entered_at),
             status,
             exited_at: exited_at.map(from_ms),
-            origin: origin.unwrap_or_else(|| crate::tally::origin([None; 5])),
+            origin: match origin {
+                Some(o) => o,
+                None if needs.origins => crate::tally::origin([None; 5]),
+                None => String::new(),
+            },
         });
     }
     if needs.visits {
