@@ -561,6 +561,14 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.model = Some("linear".into())),
         ),
         (
+            "attribution (linear, 7-day lookback: counters of every lookback)",
+            What::Attribution,
+            period(&|p| {
+                p.model = Some("linear".into());
+                p.lookback = Some("7".into());
+            }),
+        ),
+        (
             "funnel report in Europe/Moscow (--tz: counters of the whole UTC days, and by the hour of the hours around)",
             What::Funnel,
             period(&|p| p.tz = Some("Europe/Moscow".into())),

@@ -186,10 +186,14 @@ pub mod metric {
     pub const REFUND: &str = "refund\u{1f}";
     /// Orders by the funnel's leads (funnel-wide, calendar view).
     pub const PURCHASES: &str = "purchases";
-    /// Of those, orders with no touch in the lookback.
-    pub const UNATTRIBUTED: &str = "unattributed";
-    /// `credit␟[MODEL, CHANNEL, SOURCE, CAMPAIGN, CURRENCY]`: the share of orders (CURRENCY
-    /// null) or of their revenue a touch earned under a model, in `total`.
+    /// `unattributed␟DDD`: of those, orders with no touch in a lookback of DDD days or more,
+    /// less those with one: the orders with no touch in a lookback of `L` days are the sum of
+    /// these up to `L`.
+    pub const UNATTRIBUTED: &str = "unattributed\u{1f}";
+    /// `credit␟[[MODEL, CHANNEL, SOURCE, CAMPAIGN, CURRENCY], DAYS]`: what the share of orders
+    /// (CURRENCY null) or of their revenue a touch earned under a model changes by when the
+    /// lookback reaches DAYS days, in `total` (`n`: the orders it gets a share of from then
+    /// on): its credit in a lookback of `L` days is the sum of these up to `L`.
     pub const CREDIT: &str = "credit\u{1f}";
     /// `mail␟TEMPLATE␟WHAT`: what happened to the emails of a template sent from the stage,
     /// filed under the day the run entered (entry view) or the email was queued (calendar):
@@ -479,7 +483,11 @@ enum Metric<'a> {
         model: &'static str,
         touch: &'a Touch<'a>,
         currency: Option<&'a str>,
+        /// The lookback in days from which the change counts.
+        from: u16,
     },
+    /// Orders with no touch in the lookback, from a lookback of this many days.
+    Unattributed(u16),
     Mail {
         template: &'a str,
         what: MailWhat<'a>,
@@ -541,10 +549,14 @@ impl Metric<'_> {
                 out.push('\u{1f}');
                 clean(currency, out);
             }
+            Metric::Unattributed(from) => {
+                let _ = write!(out, "{}{from:03}", metric::UNATTRIBUTED);
+            }
             Metric::Credit {
                 model,
                 touch,
                 currency,
+                from,
             } => {
                 let mut cur = String::new();
                 if let Some(c) = currency {
@@ -558,7 +570,7 @@ impl Metric<'_> {
                     currency.map(|_| key_part(&cur)),
                 ];
                 out.push_str(metric::CREDIT);
-                out.push_str(&serde_json::to_string(&parts).unwrap_or_default());
+                out.push_str(&serde_json::to_string(&(parts, from)).unwrap_or_default());
             }
             Metric::Mail { template, what } => {
                 out.push_str(metric::MAIL);
@@ -892,13 +904,12 @@ pub enum Fact<'a> {
         stage: &'a str,
         order: Order<'a>,
     },
-    /// An order by a lead of `funnel`, shared among the lead's `touches` (oldest first) in the
-    /// `lookback` before it, by every model ([`order_facts`]).
+    /// An order by a lead of `funnel`, shared among the lead's `touches` (oldest first) in
+    /// every lookback up to [`LOOKBACK_DAYS`], by every model ([`order_facts`]).
     Ordered {
         funnel: &'a str,
         order: Order<'a>,
         touches: &'a [Touch<'a>],
-        lookback: Duration,
     },
     /// An order credited to a stage of a run ([`order_facts`]) after the run's first email of
     /// a step there was queued: what that email's template (its A/B variant) brought.
@@ -1044,8 +1055,7 @@ impl Tally {
                 funnel,
                 order,
                 touches,
-                lookback,
-            } => self.attribute(funnel, order, touches, *lookback),
+            } => self.attribute(funnel, order, touches),
             Fact::Mail { run, mail, what, n } => {
                 // Email counters are kept for all runs together only (the per-email report is
                 // not sliced by origin), which keeps them few.
@@ -1109,8 +1119,11 @@ impl Tally {
     }
 
     /// An order shared among the touches before it; a refund takes its money back off the
-    /// same touches, in the period it was made.
-    fn attribute(&mut self, funnel: &str, o: &Order, touches: &[Touch], lookback: Duration) {
+    /// same touches, in the period it was made. The shares of every lookback up to
+    /// [`LOOKBACK_DAYS`] at once: from the shortest that holds any touch, each lookback that
+    /// takes in another one changes them, and each change is counted under the days it takes
+    /// (the counters of a lookback are those of the days up to it, summed).
+    fn attribute(&mut self, funnel: &str, o: &Order, touches: &[Touch]) {
         let when = o.refunded.unwrap_or(o.at);
         let run = Run {
             funnel,
@@ -1119,38 +1132,64 @@ impl Tally {
         };
         let refund = o.refunded.is_some();
         let mut add = |m: Metric, n: i64, total: Micros| {
-            self.add(&run, View::Calendar, when, FUNNEL, m, n, total)
+            if n != 0 || total.0 != 0 {
+                self.add(&run, View::Calendar, when, FUNNEL, m, n, total)
+            }
         };
         if !refund {
             add(Metric::Plain(metric::PURCHASES), 1, Micros(0));
         }
-        let before: Vec<&Touch> = touches
+        // Each touch before the order with the shortest lookback that holds it, oldest first.
+        let before: Vec<(u16, &Touch)> = touches
             .iter()
-            .filter(|t| t.at <= o.at && o.at - t.at <= lookback)
+            .filter(|t| t.at <= o.at)
+            .filter_map(|t| {
+                let days = u16::try_from(days_after(t.at, o.at)).ok()?;
+                (days <= LOOKBACK_DAYS).then_some((days, t))
+            })
             .collect();
-        if before.is_empty() {
-            if !refund {
-                add(Metric::Plain(metric::UNATTRIBUTED), 1, Micros(0));
+        let mut lookbacks: Vec<u16> = before.iter().map(|(d, _)| *d).collect();
+        lookbacks.sort_unstable();
+        lookbacks.dedup();
+        if !refund {
+            add(Metric::Unattributed(0), 1, Micros(0));
+            if let Some(first) = lookbacks.first() {
+                add(Metric::Unattributed(*first), -1, Micros(0));
             }
-            return;
         }
-        let ages: Vec<Duration> = before.iter().map(|t| o.at - t.at).collect();
         for (name, model) in Model::ALL {
-            for (t, share) in before.iter().zip(weights(model, &ages)) {
-                let credit = |currency| Metric::Credit {
-                    model: name,
-                    touch: t,
-                    currency,
-                };
-                if !refund {
-                    add(credit(None), 1, Micros::of(share));
-                }
-                if let Some(a) = o.amount {
-                    let money = Micros((share * a.0 as f64).round() as i64);
-                    if refund {
-                        add(credit(Some(o.currency)), 0, Micros(-money.0));
-                    } else {
-                        add(credit(Some(o.currency)), 1, money);
+            // Each touch's share (of the order, of its amount) in the lookback before.
+            let mut had: Vec<Option<(Micros, Micros)>> = vec![None; before.len()];
+            for &from in &lookbacks {
+                let held: Vec<usize> = (0..before.len()).filter(|i| before[*i].0 <= from).collect();
+                let ages: Vec<Duration> = held.iter().map(|i| o.at - before[*i].1.at).collect();
+                for (&i, share) in held.iter().zip(weights(model, &ages)) {
+                    let touch = before[i].1;
+                    let credit = |currency| Metric::Credit {
+                        model: name,
+                        touch,
+                        currency,
+                        from,
+                    };
+                    let money = o
+                        .amount
+                        .map_or(Micros(0), |a| Micros((share * a.0 as f64).round() as i64));
+                    let now = (Micros::of(share), money);
+                    let (then, new) = match had[i] {
+                        Some(t) => (t, 0),
+                        None => ((Micros(0), Micros(0)), 1),
+                    };
+                    had[i] = Some(now);
+                    if !refund {
+                        add(credit(None), new, Micros(now.0.0 - then.0.0));
+                    }
+                    if o.amount.is_some() {
+                        let change = now.1.0 - then.1.0;
+                        if refund {
+                            add(credit(Some(o.currency)), 0, Micros(-change));
+                        } else {
+                            add(credit(Some(o.currency)), new, Micros(change));
+                        }
                     }
                 }
             }
@@ -1366,8 +1405,11 @@ pub fn weights(model: Model, ages: &[Duration]) -> Vec<f64> {
     raw.into_iter().map(|w| w / total).collect()
 }
 
-/// The lookback the counters share orders among touches in (the reports' default).
+/// The lookback attribution shares orders among touches in when none is asked for.
 pub const LOOKBACK: Duration = Duration::days(30);
+
+/// The longest lookback, in days: the counters keep the shares of every lookback up to it.
+pub const LOOKBACK_DAYS: u16 = 365;
 
 /// A touch as attribution sees it.
 #[derive(Debug, Clone, Copy)]
@@ -1454,7 +1496,6 @@ pub fn order_facts<'a>(
     runs: &[LeadRun<'a>],
     touches: &'a [Touch<'a>],
     order: Order<'a>,
-    lookback: Duration,
     out: &mut Vec<Fact<'a>>,
 ) {
     let current = runs
@@ -1494,7 +1535,6 @@ pub fn order_facts<'a>(
             funnel,
             order,
             touches,
-            lookback,
         });
     }
 }

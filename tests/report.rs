@@ -1031,20 +1031,70 @@ async fn attribution_credits_touches(store: Store) {
     let run = |m| attribution_report(&p.funnels[0], &rows, m, day * 30, from, to, now).unwrap();
     let linear = run(Model::Linear);
     assert_eq!((linear.purchases, linear.unattributed), (2, 1));
-    // Another lookback reads the rows, three leads at a time: the same credit.
-    let params = Params {
-        from: Some(from.to_rfc3339()),
-        to: Some(to.to_rfc3339()),
-        model: Some("linear".into()),
-        lookback: Some("20".into()),
-        ..Params::default()
-    };
-    let req = Request::parse(What::Attribution, &params, now).unwrap();
-    let Answer::Attribution(ranged) = both(&store, &p.funnels[0], &rows, &req, now).await else {
-        unreachable!()
-    };
-    let direct = attribution_report(&p.funnels[0], &rows, Model::Linear, day * 20, from, to, now);
-    assert_eq!(ranged, direct.unwrap());
+    // Any lookback reads the counters, the rows agreeing. Worked out by hand: a touch is in a
+    // lookback of `L` days when it came at most `L` days before the purchase — the newsletter
+    // from 2 days, Google from 10, Facebook (Boris's) from 40.
+    // (lookback, unattributed, (source, conversions, EUR) per source)
+    type Credits = &'static [(&'static str, f64, f64)];
+    let expected: [(&str, u64, Credits); 6] = [
+        ("1", 2, &[]),
+        ("2", 1, &[("newsletter", 1.0, 100.0)]),
+        ("9", 1, &[("newsletter", 1.0, 100.0)]),
+        ("10", 1, &[("google", 0.5, 50.0), ("newsletter", 0.5, 50.0)]),
+        ("20", 1, &[("google", 0.5, 50.0), ("newsletter", 0.5, 50.0)]),
+        (
+            "40",
+            0,
+            &[
+                ("facebook", 1.0, 50.0),
+                ("google", 0.5, 50.0),
+                ("newsletter", 0.5, 50.0),
+            ],
+        ),
+    ];
+    for (lookback, unattributed, credits) in expected {
+        let params = Params {
+            from: Some(from.to_rfc3339()),
+            to: Some(to.to_rfc3339()),
+            model: Some("linear".into()),
+            lookback: Some(lookback.into()),
+            ..Params::default()
+        };
+        let req = Request::parse(What::Attribution, &params, now).unwrap();
+        assert!(
+            matches!(req.read(now, store.zone()), ReportRead::Counts(_)),
+            "lookback {lookback}"
+        );
+        let Answer::Attribution(got) = both(&store, &p.funnels[0], &rows, &req, now).await else {
+            unreachable!()
+        };
+        let days: i32 = lookback.parse().unwrap();
+        let direct = attribution_report(
+            &p.funnels[0],
+            &rows,
+            Model::Linear,
+            day * days,
+            from,
+            to,
+            now,
+        );
+        assert_eq!(got, direct.unwrap());
+        let mut by_source: Vec<(String, f64, f64)> = got
+            .credits
+            .iter()
+            .map(|c| (c.source.clone().unwrap(), c.conversions, c.revenue["EUR"]))
+            .collect();
+        by_source.sort_by(|a, b| a.0.cmp(&b.0));
+        let want: Vec<(String, f64, f64)> = credits
+            .iter()
+            .map(|(s, c, r)| (s.to_string(), *c, *r))
+            .collect();
+        assert_eq!(
+            (got.purchases, got.unattributed, by_source),
+            (2, unattributed, want),
+            "lookback {lookback}"
+        );
+    }
     let got: Vec<(String, f64, f64)> = linear
         .credits
         .iter()

@@ -27,6 +27,7 @@ mod m20261206_000020_hot_tables;
 mod m20261207_000021_hour_report_counts;
 mod m20261207_000022_window_origin_report_counts;
 mod m20261207_000023_order_events_index;
+mod m20261207_000024_lookback_report_counts;
 
 pub struct Migrator;
 
@@ -57,6 +58,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000021_hour_report_counts::Migration),
             Box::new(m20261207_000022_window_origin_report_counts::Migration),
             Box::new(m20261207_000023_order_events_index::Migration),
+            Box::new(m20261207_000024_lookback_report_counts::Migration),
         ]
     }
 }

@@ -59,9 +59,10 @@ pub struct ChannelTotal {
     pub revenue: BTreeMap<String, f64>,
 }
 
-/// The attribution report from the counters of a period (`lookback` is the one they were
-/// made with): the purchases, and each channel, source and campaign's credit under `model`,
-/// most conversions first (conversions to 0.0001, revenue to the cent).
+/// The attribution report from the counters of a period: the purchases, and each channel,
+/// source and campaign's credit under `model` in `lookback` (the counters' changes of the
+/// lookbacks up to it, summed), most conversions first (conversions to 0.0001, revenue to the
+/// cent).
 pub fn attribution_of(
     f: &Funnel,
     fig: &Figures,
@@ -73,14 +74,16 @@ pub fn attribution_of(
     use crate::tally::{FUNNEL, Micros, View, metric};
     type Key = (String, Option<String>, Option<String>);
     let mut credits: BTreeMap<Key, (i64, BTreeMap<String, i64>)> = BTreeMap::new();
+    let days = lookback.num_days();
+    let within = |from: &str| from.parse::<i64>().is_ok_and(|d| d <= days);
     for (k, sum) in fig.with_prefix(View::Calendar, FUNNEL, metric::CREDIT) {
-        let Ok(parts) = serde_json::from_str::<[Option<String>; 5]>(k) else {
+        let Ok((parts, from)) = serde_json::from_str::<([Option<String>; 5], i64)>(k) else {
             continue;
         };
         let [Some(name), Some(channel), source, campaign, currency] = parts else {
             continue;
         };
-        if name != model.name() {
+        if name != model.name() || from > days {
             continue;
         }
         let c = credits.entry((channel, source, campaign)).or_default();
@@ -107,18 +110,24 @@ pub fn attribution_of(
         .collect();
     credits.sort_by(|a, b| b.conversions.total_cmp(&a.conversions));
     let count = |m: &str| u64::try_from(fig.n(View::Calendar, FUNNEL, m)).unwrap_or(0);
+    let unattributed: i64 = fig
+        .with_prefix(View::Calendar, FUNNEL, metric::UNATTRIBUTED)
+        .filter(|(from, _)| within(from))
+        .map(|(_, s)| s.n)
+        .sum();
+    let unattributed = u64::try_from(unattributed).unwrap_or(0);
     AttributionReport {
         funnel: f.id.value.to_string(),
         model,
         tz: "UTC".into(),
-        lookback_days: lookback.num_days(),
+        lookback_days: days,
         from,
         to,
         purchases: count(metric::PURCHASES),
-        unattributed: count(metric::UNATTRIBUTED),
+        unattributed,
         channels: channels(
             &credits,
-            count(metric::PURCHASES) - count(metric::UNATTRIBUTED),
+            count(metric::PURCHASES).saturating_sub(unattributed),
         ),
         revenue: credits.iter().fold(BTreeMap::new(), |mut total, c| {
             for (cur, x) in &c.revenue {
@@ -174,7 +183,7 @@ pub fn attribution_report(
 ) -> Result<AttributionReport, ReportError> {
     check_period(from, to)?;
     let mut tally = credit_tally(from, to, now);
-    credit(rows, &mut tally, lookback);
+    credit(rows, &mut tally);
     let fig = crate::tally::figures(&tally)
         .remove(&(0, crate::tally::ALL.to_string()))
         .unwrap_or_default();
@@ -187,13 +196,13 @@ pub fn credit_tally(from: DateTime<Utc>, to: DateTime<Utc>, now: DateTime<Utc>) 
     Tally::in_periods(vec![(from, to.min(until))], false)
 }
 
-/// Shares the rows' orders among their leads' touches in `lookback`, into `tally`.
-pub fn credit(rows: &ReportRows, tally: &mut Tally, lookback: Duration) {
+/// Shares the rows' orders among their leads' touches in every lookback, into `tally`.
+pub fn credit(rows: &ReportRows, tally: &mut Tally) {
     let attribution = crate::store::Replay {
         attribution: true,
         ..crate::store::Replay::default()
     };
-    rows.replay(tally, attribution, lookback, None);
+    rows.replay(tally, attribution, None);
 }
 
 #[cfg(test)]

@@ -523,7 +523,7 @@ pub fn replay_runs(
         orders: true,
         ..Replay::default()
     };
-    rows.replay(tally, runs, crate::tally::LOOKBACK, origin_of);
+    rows.replay(tally, runs, origin_of);
 }
 
 /// The counters of the stored rows, as the store keeps them, summed into each of `periods`

@@ -297,7 +297,11 @@ impl Request {
         };
         let lookback = match p.lookback.as_deref() {
             None => Duration::days(30),
-            Some(l) => Duration::days(whole_days("lookback", l, 365)?),
+            Some(l) => Duration::days(whole_days(
+                "lookback",
+                l,
+                crate::tally::LOOKBACK_DAYS.into(),
+            )?),
         };
         let scenario = Scenario::parse(
             p.days.as_deref(),
@@ -453,7 +457,7 @@ impl Request {
                 window && !self.slices.iter().any(SliceKey::from_rows)
             }
             What::Emails | What::Ab => self.window.is_none(),
-            What::Attribution => self.lookback == crate::tally::LOOKBACK,
+            What::Attribution => true,
             What::Forecast => false,
         };
         if !counted {
@@ -770,7 +774,7 @@ impl<'a> Fold<'a> {
                     orders: true,
                     ..Default::default()
                 };
-                rows.replay(tally, ab, crate::tally::LOOKBACK, None);
+                rows.replay(tally, ab, None);
             }
             Counting::Forecast(fc) => fc.add(rows),
             Counting::Mails(tally) => {
@@ -778,9 +782,9 @@ impl<'a> Fold<'a> {
                     mails: true,
                     ..Default::default()
                 };
-                rows.replay(tally, mails, crate::tally::LOOKBACK, None);
+                rows.replay(tally, mails, None);
             }
-            Counting::Credit(tally) => credit(rows, tally, req.lookback),
+            Counting::Credit(tally) => credit(rows, tally),
             Counting::Runs { tally, slices } => {
                 for (i, t) in slices.iter_mut() {
                     let key = &req.slices[*i];

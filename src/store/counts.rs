@@ -146,13 +146,13 @@ pub(super) async fn move_origins(
                 .await?;
         let to: HashMap<i64, &str> = moved.iter().map(|m| (m.run, m.origin.as_str())).collect();
         let mut before = Tally::by_day(zone);
-        rows.replay(&mut before, PER_ORIGIN, tally::LOOKBACK, None);
+        rows.replay(&mut before, PER_ORIGIN, None);
         let mut after = Tally::by_day(zone);
         let origin_of = |r: &super::RunRow| {
             to.get(&r.enrollment.0)
                 .map_or_else(|| r.origin.clone(), |o| o.to_string())
         };
-        rows.replay(&mut after, PER_ORIGIN, tally::LOOKBACK, Some(&origin_of));
+        rows.replay(&mut after, PER_ORIGIN, Some(&origin_of));
         let mut diff: BTreeMap<tally::Key, Sum> = after.counters().into_iter().collect();
         for (k, s) in before.negated().counters() {
             diff.entry(k).or_default().add(s);
@@ -347,7 +347,7 @@ pub(super) async fn count_orders(
                 } else {
                     order
                 };
-                tally::order_facts(funnel, &lead_runs, ts, order, tally::LOOKBACK, &mut facts);
+                tally::order_facts(funnel, &lead_runs, ts, order, &mut facts);
                 facts.drain(..).for_each(|f| counting.count(f));
             }
         }
@@ -378,7 +378,7 @@ async fn recount_rows(
 ) -> Result<u64> {
     let mut tally = Tally::by_day(zone);
     let reached: Vec<Vec<Value>> = rows
-        .replay(&mut tally, Replay::ALL, tally::LOOKBACK, None)
+        .replay(&mut tally, Replay::ALL, None)
         .into_iter()
         .map(|(run, r)| vec![run.0.into(), r.text().into()])
         .collect();
@@ -1146,7 +1146,7 @@ impl Store {
             let rows = self
                 .rows_of(&funnel, far, RECOUNT, &sql::Leads::List(vec![lead.0]))
                 .await?;
-            rows.replay(&mut tally, Replay::ALL, tally::LOOKBACK, None);
+            rows.replay(&mut tally, Replay::ALL, None);
         }
         Ok(tally.negated())
     }

@@ -800,12 +800,11 @@ impl ReportRows {
     /// Counts the rows into `tally` as the writes that stored them counted them: the same
     /// facts, made by the same rules, through [`Tally::count`]. Each run counts under the
     /// origin `origin_of` gives it, when given (else its own); orders are shared among touches
-    /// in `lookback`. Returns what each run has reached.
+    /// in every lookback. Returns what each run has reached.
     pub fn replay(
         &self,
         tally: &mut Tally,
         what: Replay,
-        lookback: chrono::Duration,
         origin_of: Option<&dyn Fn(&RunRow) -> String>,
     ) -> Vec<(EnrollmentId, Reached)> {
         let origins: Vec<String> = match origin_of {
@@ -899,7 +898,7 @@ impl ReportRows {
                     order
                 };
                 let ts = touches.get(&p.lead).map(Vec::as_slice).unwrap_or_default();
-                tally::order_facts(&self.funnel, lead_runs, ts, order, lookback, &mut facts);
+                tally::order_facts(&self.funnel, lead_runs, ts, order, &mut facts);
                 for fact in facts.drain(..) {
                     let wanted = match fact {
                         Fact::Bought { .. } | Fact::BoughtAfter { .. } => what.orders,
