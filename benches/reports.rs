@@ -644,7 +644,7 @@ async fn main() -> anyhow::Result<()> {
             }),
         ),
         (
-            "200-hour conversion window (--window 200h: rows)",
+            "200-hour conversion window (--window 200h: counters by the hours after entry)",
             What::Funnel,
             period(&|p| p.window = Some("200h".into())),
         ),

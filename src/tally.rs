@@ -48,8 +48,9 @@ const BOTH: [View; 2] = [View::Entry, View::Calendar];
 /// The longest conversion window, in days, the counters answer (a longer one reads the rows).
 pub const WITHIN_DAYS: u16 = 90;
 
-/// The longest conversion window of whole hours the counters answer (a week).
-pub const WITHIN_HOURS: u16 = 168;
+/// The longest conversion window of whole hours the counters answer (41 days and 15 hours:
+/// the most a view's three-digit name holds, so the names of a window's hours sort in order).
+pub const WITHIN_HOURS: u16 = 999;
 
 const HOUR_MS: i64 = 3_600_000;
 

@@ -2270,10 +2270,10 @@ on_both_backends! {
 /// they agree with the rows: 10 applications at 09:00, 6 offers exactly a day later (inside a
 /// 1-day window: the window includes its end), 3 invoices a minute after that (outside it,
 /// inside 2 days), 2 payments of 1,000 EUR seven days and an hour after entry (inside 8 days,
-/// not 7). Windows of whole hours up to a week read the counters kept by the hours after entry:
+/// not 7). Windows of whole hours up to 999 read the counters kept by the hours after entry:
 /// 36 hours gives the figures of 2 days here, 25 hours too (the invoices came 24 h 1 min after
-/// entry); 169 hours is neither whole days nor within a week of hours: it reads the rows, and
-/// counts the payments made 169 hours after entry.
+/// entry); 169 hours, not whole days, counts the payments made 169 hours after entry, and so do
+/// 200 and 999; 1,000 hours is past the hours kept: it reads the rows, with the same figures.
 async fn whole_day_windows_read_counters(store: Store) {
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -2308,7 +2308,7 @@ async fn whole_day_windows_read_counters(store: Store) {
         .await
         .unwrap();
     let f = &p.funnels[0];
-    let expected: [(&str, [u64; 4], u64, f64); 9] = [
+    let expected: [(&str, [u64; 4], u64, f64); 12] = [
         ("1d", [10, 6, 0, 0], 0, 0.0),
         ("2d", [10, 6, 3, 0], 0, 0.0),
         ("7d", [10, 6, 3, 0], 0, 0.0),
@@ -2318,6 +2318,10 @@ async fn whole_day_windows_read_counters(store: Store) {
         ("25h", [10, 6, 3, 0], 0, 0.0),
         ("168h", [10, 6, 3, 0], 0, 0.0),
         ("169h", [10, 6, 3, 2], 2, 2000.0),
+        ("200h", [10, 6, 3, 2], 2, 2000.0),
+        ("999h", [10, 6, 3, 2], 2, 2000.0),
+        // Past what the hours after entry are kept for: the rows, the same figures.
+        ("1000h", [10, 6, 3, 2], 2, 2000.0),
     ];
     for (window, ins, converted, revenue) in expected {
         let params = Params {
@@ -2328,7 +2332,7 @@ async fn whole_day_windows_read_counters(store: Store) {
         };
         let req = Request::parse(What::Funnel, &params, now).unwrap();
         let counted = matches!(req.read(now, chrono_tz::UTC), ReportRead::Counts(_));
-        assert_eq!(counted, window != "169h", "{window}");
+        assert_eq!(counted, window != "1000h", "{window}");
         let a = funnel_both(&store, f, &rows, &req, now).await;
         let got: Vec<u64> = a.report.stages.iter().map(|s| s.leads_in).collect();
         assert_eq!(got, ins, "{window}");
