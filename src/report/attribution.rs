@@ -75,7 +75,8 @@ pub fn attribution_of(
     type Key = (String, Option<String>, Option<String>);
     let mut credits: BTreeMap<Key, (i64, BTreeMap<String, i64>)> = BTreeMap::new();
     let days = lookback.num_days();
-    let within = |from: &str| from.parse::<i64>().is_ok_and(|d| d <= days);
+    // A counter counts in the lookback when the days it was filed under are within it.
+    let within = |from: i64| from <= days;
     for (k, sum) in fig.with_prefix(View::Calendar, FUNNEL, metric::CREDIT) {
         let Ok((parts, from)) = serde_json::from_str::<([Option<String>; 5], i64)>(k) else {
             continue;
@@ -83,7 +84,7 @@ pub fn attribution_of(
         let [Some(name), Some(channel), source, campaign, currency] = parts else {
             continue;
         };
-        if name != model.name() || from > days {
+        if name != model.name() || !within(from) {
             continue;
         }
         let c = credits.entry((channel, source, campaign)).or_default();
@@ -112,7 +113,7 @@ pub fn attribution_of(
     let count = |m: &str| u64::try_from(fig.n(View::Calendar, FUNNEL, m)).unwrap_or(0);
     let unattributed: i64 = fig
         .with_prefix(View::Calendar, FUNNEL, metric::UNATTRIBUTED)
-        .filter(|(from, _)| within(from))
+        .filter(|(from, _)| from.parse().is_ok_and(within))
         .map(|(_, s)| s.n)
         .sum();
     let unattributed = u64::try_from(unattributed).unwrap_or(0);
