@@ -558,6 +558,14 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.slice = vec!["utm_source".into()]),
         ),
         (
+            "weekly cohorts sliced by utm_source (counters per origin and day, summed into weeks)",
+            What::Funnel,
+            period(&|p| {
+                p.by = Some("week".into());
+                p.slice = vec!["utm_source".into()];
+            }),
+        ),
+        (
             "attribution (linear, 30-day lookback)",
             What::Attribution,
             period(&|p| p.model = Some("linear".into())),

@@ -534,6 +534,36 @@ fn which_range(col: &str, ranges: &[(i64, i64)]) -> String {
     half(col, ranges, 0)
 }
 
+/// One counter of a report as [`Store::report_figures`] reads it.
+struct Counter {
+    period: i64,
+    origin: String,
+    view: tally::View,
+    stage: String,
+    metric: String,
+    sum: Sum,
+}
+
+impl Counter {
+    fn is(&self, period: i64, origin: &str, view: tally::View, stage: &str, metric: &str) -> bool {
+        (self.period, self.view) == (period, view)
+            && (
+                self.metric.as_str(),
+                self.stage.as_str(),
+                self.origin.as_str(),
+            ) == (metric, stage, origin)
+    }
+
+    fn add_to(self, out: &mut BTreeMap<(i64, String), Figures>) {
+        out.entry((self.period, self.origin)).or_default().add(
+            self.view,
+            &self.stage,
+            &self.metric,
+            self.sum,
+        );
+    }
+}
+
 impl Store {
     /// The counters of `funnel` that `c` reads.
     pub async fn counted(
@@ -654,13 +684,17 @@ impl Store {
                         values.push(s.view.name().into());
                         " AND view BETWEEN $4 AND $5".to_string()
                     }
+                    view if s.entry_totals => {
+                        values.push(view.name().into());
+                        " AND (view = $4 OR (view = 'entry' AND stage = ''))".to_string()
+                    }
+                    // As a range, not `view = $4`: SQLite takes a column held equal for a
+                    // constant of the grouping and then sorts every row read when the origin
+                    // before it in the key is not held (per origin) — three times the read.
                     view => {
                         values.push(view.name().into());
-                        if s.entry_totals {
-                            " AND (view = $4 OR (view = 'entry' AND stage = ''))".to_string()
-                        } else {
-                            " AND view = $4".to_string()
-                        }
+                        values.push(view.name().into());
+                        " AND view BETWEEN $4 AND $5".to_string()
                     }
                 };
                 if let Some(prefix) = s.prefix {
@@ -675,10 +709,15 @@ impl Store {
             }
         };
         // Grouped in the primary key's order (origin, view, stage, metric, then day), each
-        // counter is summed over its days as the key is read, with no sort; periods come last.
-        let by_period = match grouping {
-            Grouping::Whole => "",
-            Grouping::Periods(_) => ", 1",
+        // counter is summed over its days as the key is read, with no sort. SQLite cannot see
+        // that a period grows with the day, so grouping by it sorts every row read: per origin,
+        // where those are many, the rows are grouped by day and summed into periods here as
+        // they come (fewer instructions than the sort even for weeks: BENCHMARKS.md,
+        // 2026-12-07); all runs' few rows sort.
+        let by_period = match (grouping, per_origin && !hourly) {
+            (Grouping::Whole, _) => "",
+            (Grouping::Periods(_), true) => ", day",
+            (Grouping::Periods(_), false) => ", 1",
         };
         let sql = format!(
             "SELECT CAST({period} AS BIGINT) AS period, {origin}, view, stage, metric, CAST(SUM(n) AS BIGINT), CAST(SUM(total) AS BIGINT) \
@@ -686,6 +725,8 @@ impl Store {
              GROUP BY {group}view, stage, metric{by_period}"
         );
         let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
+        // The counter being summed over the rows of its period, added when another comes.
+        let mut last: Option<Counter> = None;
         self.each(&sql, values, |r| {
             let period: i64 = r.try_get_by_index(0)?;
             let Some(view) =
@@ -697,17 +738,33 @@ impl Store {
             let view = view.summed_as();
             let n: i64 = r.try_get_by_index::<Option<i64>>(5)?.unwrap_or(0);
             let total = Micros(r.try_get_by_index::<Option<i64>>(6)?.unwrap_or(0));
-            out.entry((period, r.try_get_by_index::<String>(1)?))
-                .or_default()
-                .add(
-                    view,
-                    &r.try_get_by_index::<String>(3)?,
-                    &r.try_get_by_index::<String>(4)?,
-                    Sum { n, total },
-                );
+            let (origin, stage, metric): (String, String, String) = (
+                r.try_get_by_index(1)?,
+                r.try_get_by_index(3)?,
+                r.try_get_by_index(4)?,
+            );
+            let sum = Sum { n, total };
+            match &mut last {
+                Some(c) if c.is(period, &origin, view, &stage, &metric) => c.sum.add(sum),
+                _ => {
+                    if let Some(c) = last.replace(Counter {
+                        period,
+                        origin,
+                        view,
+                        stage,
+                        metric,
+                        sum,
+                    }) {
+                        c.add_to(&mut out);
+                    }
+                }
+            }
             Ok(())
         })
         .await?;
+        if let Some(c) = last {
+            c.add_to(&mut out);
+        }
         Ok(out)
     }
 

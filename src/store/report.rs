@@ -720,8 +720,10 @@ fn lists_and_ranges(ids: &[i64], range: i64) -> Vec<Leads> {
     out
 }
 
-/// See [`lists_and_ranges`].
-const DENSE: i64 = 8;
+/// See [`lists_and_ranges`]. At an eighth (the hours around each day of a zone three hours
+/// from the counters') lists made the same report in 15.2 G instructions, ranges in 24.6 G
+/// (BENCHMARKS.md, 2026-12-07).
+const DENSE: i64 = 4;
 
 /// A funnel's rows a range of leads at a time, one range read ahead ([`Store::ranges`]).
 pub(super) struct Ranges {
