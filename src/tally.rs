@@ -1485,6 +1485,18 @@ pub struct LeadRun<'a> {
     pub mails: Vec<Mail<'a>>,
 }
 
+/// The run of a lead's that something the lead did outside any run (an order) belongs to: of
+/// `runs`, the latest to enter strictly before `at`.
+pub fn run_at<T>(
+    runs: &[T],
+    entered: impl Fn(&T) -> DateTime<Utc>,
+    at: DateTime<Utc>,
+) -> Option<&T> {
+    runs.iter()
+        .filter(|r| entered(r) < at)
+        .max_by_key(|r| entered(r))
+}
+
 /// What an order of a lead adds to one funnel, given the lead's runs of it (oldest first) and
 /// touches (oldest first): it is the funnel's sale of the one run that was in the funnel when it
 /// came — the latest to enter before it — filed under [`FUNNEL`]; when it names a product, it is
@@ -1499,10 +1511,7 @@ pub fn order_facts<'a>(
     order: Order<'a>,
     out: &mut Vec<Fact<'a>>,
 ) {
-    let current = runs
-        .iter()
-        .filter(|r| r.run.entered_at < order.at)
-        .max_by_key(|r| r.run.entered_at);
+    let current = run_at(runs, |r| r.run.entered_at, order.at);
     if let Some(r) = current {
         // The funnel's own sale, whatever the product.
         out.push(Fact::Bought {

@@ -2051,6 +2051,168 @@ on_both_backends! {
     refunds => a_refund_takes_its_money_back,
 }
 
+const AGAIN: &str = r#"name: Again
+from: "Shop <shop@example.com>"
+entry: { api: true, re_entry: always }
+products:
+  pass: { price: 500, currency: RUB }
+stages:
+  - id: pitch
+    offer: pass
+    on:
+      - { event: leave, exit: not_converted }
+      - { event: purchase, product: pass, goto: member }
+    steps:
+      - send:
+          split: [offer-a, offer-b]
+      - wait: 30d
+      - exit: not_converted
+  - id: member
+    steps:
+      - exit: converted
+"#;
+
+/// A conversion window counts from each run's own entry in every report. Ann enters, gets her
+/// variant, leaves after an hour, enters again ten days later, clicks the email of her second
+/// run an hour after that entry and buys the pass an hour later still; Bob enters once and
+/// clicks his email four days on. With `--window 2d`: one click (Ann's, an hour into her
+/// second run; Bob's is past his window), Ann's 500 RUB under the variant her second run got,
+/// and the funnel report's 500 RUB from the counters — the same order, measured the same way.
+/// Measured from a lead's first entry, Ann's click and order would both be ten days late.
+async fn a_window_counts_from_each_run(store: Store) {
+    use autofunnel::delivery::{Sender, Transport};
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = project_of(
+        dir.path(),
+        &[
+            ("funnels/again.yaml", AGAIN),
+            ("templates/again/offer-a.subject", "The pass"),
+            ("templates/again/offer-a.html", "<p>Buy the pass</p>"),
+            ("templates/again/offer-b.subject", "Your pass"),
+            (
+                "templates/again/offer-b.html",
+                "<p>Your pass is waiting</p>",
+            ),
+        ],
+    );
+    let rt = crate::util::engine(&store, &p, t0()).await;
+    let leads = confirmed_leads(&store, "again", 2).await;
+    let (ann, bob) = (leads[0], leads[1]);
+    let at = |h: i64| t0() + Duration::hours(h);
+    let outbox = dir.path().join("outbox");
+    std::fs::create_dir(&outbox).unwrap();
+    let sender = Sender::new(
+        store.outbox(),
+        p.clone(),
+        Transport::Folder(outbox),
+        "http://127.0.0.1:1",
+        b"report test secret",
+    );
+    rt.enroll_many(&leads, &fid("again"), at(0)).await.unwrap();
+    while rt.tick(at(0)).await.unwrap() > 0 {}
+    assert_eq!(sender.drain(at(0)).await.unwrap().sent, 2);
+    let leave = Event::of(EventKind::parse("leave").unwrap());
+    rt.event(ann, leave, None, at(1)).await.unwrap();
+    while rt.tick(at(1)).await.unwrap() > 0 {}
+    rt.enroll_many(&[ann], &fid("again"), at(240))
+        .await
+        .unwrap();
+    while rt.tick(at(240)).await.unwrap() > 0 {}
+    assert_eq!(sender.drain(at(240)).await.unwrap().sent, 1);
+    let rows = store
+        .report_rows(&fid("again"), at(241), ReportNeeds::ALL)
+        .await
+        .unwrap();
+    let email_of = |lead: LeadId, after: i64| {
+        let e = rows
+            .emails
+            .iter()
+            .find(|e| e.lead == lead && e.created_at >= at(after))
+            .unwrap();
+        (e.id, e.template.clone())
+    };
+    let (second, second_variant) = email_of(ann, 240);
+    let (bobs, _) = email_of(bob, 0);
+    let click = |message: i64| Event {
+        message: Some(message),
+        link: Some("buy".into()),
+        ..Event::of(EventKind::Click)
+    };
+    rt.event(ann, click(second), None, at(241)).await.unwrap();
+    rt.event(bob, click(bobs), None, at(96)).await.unwrap();
+    let rub = Event {
+        currency: Some("RUB".into()),
+        ..purchase("pass", 500.0)
+    };
+    rt.event(ann, rub, None, at(242)).await.unwrap();
+    while rt.tick(at(242)).await.unwrap() > 0 {}
+    let now = at(250);
+    let rows = store
+        .report_rows(&fid("again"), now, ReportNeeds::ALL)
+        .await
+        .unwrap();
+    assert_eq!(rows.runs.len(), 3, "Ann entered twice, Bob once");
+    let f = &p.funnels[0];
+    let ask = |what: What, window: Option<&str>| {
+        let params = Params {
+            from: Some("2026-11-01".into()),
+            window: window.map(str::to_string),
+            ..Params::default()
+        };
+        Request::parse(what, &params, now).unwrap()
+    };
+    let clicks = |a: Answer| match a {
+        Answer::Emails(r) => r.emails.iter().map(|e| e.clicked.part).sum::<u64>(),
+        _ => unreachable!(),
+    };
+    assert_eq!(
+        clicks(both(&store, f, &rows, &ask(What::Emails, None), now).await),
+        2,
+        "without a window, both clicks"
+    );
+    assert_eq!(
+        clicks(both(&store, f, &rows, &ask(What::Emails, Some("2d")), now).await),
+        1,
+        "within two days of its run's entry, Ann's click only"
+    );
+    let Answer::Ab(ab) = both(&store, f, &rows, &ask(What::Ab, Some("2d")), now).await else {
+        unreachable!()
+    };
+    let paid: Vec<&autofunnel::report::ab::Variant> = ab.splits[0]
+        .variants
+        .iter()
+        .filter(|v| !v.revenue_per_lead.is_empty())
+        .collect();
+    assert_eq!(paid.len(), 1, "one variant brought an order");
+    let v = paid[0];
+    assert_eq!(
+        (
+            v.template.as_str(),
+            v.converted.part,
+            v.revenue_per_lead.clone()
+        ),
+        (
+            second_variant.as_str(),
+            1,
+            vec![("RUB".to_string(), 500.0 / v.leads as f64)]
+        ),
+        "Ann's order, under the variant of the run it came in"
+    );
+    let funnel = funnel_both(&store, f, &rows, &ask(What::Funnel, Some("2d")), now).await;
+    let total: Vec<(&str, u64, f64)> = funnel
+        .report
+        .revenue
+        .iter()
+        .map(|r| (r.currency.as_str(), r.orders, r.total))
+        .collect();
+    assert_eq!(total, [("RUB", 1, 500.0)], "the counters count it so too");
+}
+
+on_both_backends! {
+    window_per_run => a_window_counts_from_each_run,
+}
+
 /// A refund takes its money back off the order it gives back on: one lead buys the 500 RUB
 /// pass and is refunded in full (the refund names no amount: the order's is given back),
 /// another buys it for 300 RUB and gets 100 back. Entry cohort: 2 orders, 800 RUB bought,

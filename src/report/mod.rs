@@ -557,19 +557,30 @@ pub fn funnel_report(
 }
 
 /// The rows as they stood `window` after each run entered the funnel: later stage entries,
-/// exits, purchases and milestones are left out (a stage left later is still there).
+/// exits, purchases, milestones and tracked events are left out (a stage left later is still
+/// there). Each is measured from its own run's entry — an order from the run it is credited
+/// to ([`crate::tally::run_at`]), a tracked event from the run of the email it marks — as the
+/// counters of a conversion window measure it, so a lead that entered again is judged by its
+/// second entry for what it did then.
 pub fn windowed(rows: &ReportRows, window: chrono::Duration) -> ReportRows {
     let limit: HashMap<EnrollmentId, DateTime<Utc>> = rows
         .runs
         .iter()
         .map(|r| (r.enrollment, r.entered_at + window))
         .collect();
-    let mut first_entry: HashMap<LeadId, DateTime<Utc>> = HashMap::new();
+    let mut entries: HashMap<LeadId, Vec<DateTime<Utc>>> = HashMap::new();
     for r in &rows.runs {
-        let e = first_entry.entry(r.lead).or_insert(r.entered_at);
-        *e = (*e).min(r.entered_at);
+        entries.entry(r.lead).or_default().push(r.entered_at);
     }
     let late = |run: &EnrollmentId, t: DateTime<Utc>| limit.get(run).is_none_or(|l| t > *l);
+    // A tracked event is in time when the email it marks is its run's and the run's window
+    // holds it.
+    let mut in_time = vec![false; rows.tracking.len()];
+    for m in rows.marking() {
+        in_time[m.tracked] = rows.emails[m.email]
+            .enrollment
+            .is_some_and(|run| !late(&run, rows.tracking[m.tracked].at));
+    }
     ReportRows {
         runs: rows
             .runs
@@ -601,9 +612,9 @@ pub fn windowed(rows: &ReportRows, window: chrono::Duration) -> ReportRows {
             .purchases
             .iter()
             .filter(|p| {
-                first_entry
-                    .get(&p.lead)
-                    .is_some_and(|e| p.at <= *e + window)
+                entries.get(&p.lead).is_some_and(|e| {
+                    crate::tally::run_at(e, |t| *t, p.at).is_some_and(|t| p.at <= *t + window)
+                })
             })
             .cloned()
             .collect(),
@@ -622,12 +633,9 @@ pub fn windowed(rows: &ReportRows, window: chrono::Duration) -> ReportRows {
         tracking: rows
             .tracking
             .iter()
-            .filter(|t| {
-                first_entry
-                    .get(&t.lead)
-                    .is_some_and(|e| t.at <= *e + window)
-            })
-            .cloned()
+            .zip(in_time)
+            .filter(|(_, keep)| *keep)
+            .map(|(t, _)| t.clone())
             .collect(),
         ..rows.clone()
     }

@@ -82,6 +82,19 @@ pub struct EmailRow {
     pub variant: bool,
 }
 
+/// A tracked event marking an email ([`ReportRows::marking`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Marking<'a> {
+    /// The event's index in [`ReportRows::tracking`].
+    pub tracked: usize,
+    /// The email's in [`ReportRows::emails`].
+    pub email: usize,
+    /// The [`tally::mark`] it leaves.
+    pub bit: i64,
+    /// The link clicked.
+    pub link: Option<&'a str>,
+}
+
 /// A tracked event of a funnel's lead: click, open, unsubscribe, bounce, complaint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrackRow {
@@ -955,24 +968,6 @@ impl ReportRows {
     /// [`ReportRows::emails`]), as the store marks them when the events come
     /// ([`tally::marked`]); with the names of the links clicked in each.
     pub fn marks(&self) -> (Vec<i64>, Vec<Vec<&str>>) {
-        let mut by_lead: HashMap<LeadId, Vec<usize>> = HashMap::new();
-        for (i, e) in self.emails.iter().enumerate() {
-            by_lead.entry(e.lead).or_default().push(i);
-        }
-        let sent: HashMap<LeadId, Vec<Sent>> = by_lead
-            .iter()
-            .map(|(lead, ix)| {
-                let s = ix
-                    .iter()
-                    .map(|&i| Sent {
-                        id: self.emails[i].id,
-                        template: &self.emails[i].template,
-                        queued_at: self.emails[i].created_at,
-                    })
-                    .collect();
-                (*lead, s)
-            })
-            .collect();
         let mut marks = vec![0i64; self.emails.len()];
         // A split's variants, and each run's first email of each split step, as they were
         // marked when queued.
@@ -991,7 +986,45 @@ impl ReportRows {
             }
         }
         let mut links: Vec<Vec<&str>> = vec![Vec::new(); self.emails.len()];
-        for t in &self.tracking {
+        for Marking {
+            email: i,
+            bit,
+            link,
+            ..
+        } in self.marking()
+        {
+            marks[i] |= bit;
+            if let Some(l) = link
+                && !links[i].contains(&l)
+            {
+                links[i].push(l);
+            }
+        }
+        (marks, links)
+    }
+
+    /// Each tracked event that marks one of the funnel's emails ([`tally::marked`]).
+    pub fn marking(&self) -> Vec<Marking<'_>> {
+        let mut by_lead: HashMap<LeadId, Vec<usize>> = HashMap::new();
+        for (i, e) in self.emails.iter().enumerate() {
+            by_lead.entry(e.lead).or_default().push(i);
+        }
+        let sent: HashMap<LeadId, Vec<Sent>> = by_lead
+            .iter()
+            .map(|(lead, ix)| {
+                let s = ix
+                    .iter()
+                    .map(|&i| Sent {
+                        id: self.emails[i].id,
+                        template: &self.emails[i].template,
+                        queued_at: self.emails[i].created_at,
+                    })
+                    .collect();
+                (*lead, s)
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (n, t) in self.tracking.iter().enumerate() {
             let (Some(ix), Some(sent)) = (by_lead.get(&t.lead), sent.get(&t.lead)) else {
                 continue;
             };
@@ -1002,18 +1035,16 @@ impl ReportRows {
                 link: t.link.as_deref(),
                 at: t.at,
             };
-            let Some((k, bit, link)) = tally::marked(sent, &tracked) else {
-                continue;
-            };
-            let i = ix[k];
-            marks[i] |= bit;
-            if let Some(l) = link
-                && !links[i].contains(&l)
-            {
-                links[i].push(l);
+            if let Some((k, bit, link)) = tally::marked(sent, &tracked) {
+                out.push(Marking {
+                    tracked: n,
+                    email: ix[k],
+                    bit,
+                    link,
+                });
             }
         }
-        (marks, links)
+        out
     }
 
     /// Each run with its visits (in the order they were written) and milestones, under the
@@ -1063,15 +1094,18 @@ mod tests {
 
     #[test]
     fn sparse_leads_are_listed_and_dense_ones_read_by_range() {
-        // Ranges of 32 ids, dense from 4 wanted: 0..32 holds two (sparse), 32..64 four,
-        // 64..96 one, 96..128 four.
-        let ids = [3, 9, 33, 34, 40, 50, 70, 100, 101, 102, 127];
+        // Ranges of 32 ids, dense from 8 wanted (a quarter): 0..32 holds two (sparse),
+        // 32..64 eight, 64..96 seven (sparse), 96..128 nine.
+        let ids = [
+            3, 9, 33, 34, 35, 36, 40, 44, 50, 60, 65, 66, 67, 68, 69, 70, 71, 96, 97, 98, 99, 100,
+            101, 102, 103, 127,
+        ];
         assert_eq!(
             lists_and_ranges(&ids, 32),
             vec![
                 Leads::Range(32, 64),
                 Leads::Range(96, 128),
-                Leads::List(vec![3, 9, 70]),
+                Leads::List(vec![3, 9, 65, 66, 67, 68, 69, 70, 71]),
             ]
         );
         // Lists are cut at the range's size.
