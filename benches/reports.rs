@@ -676,6 +676,16 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.cohort = Some("calendar".into())),
         ),
         (
+            "per email with a 7-day window (rows)",
+            What::Emails,
+            period(&|p| p.window = Some("7d".into())),
+        ),
+        (
+            "A/B with a 7-day window (rows)",
+            What::Ab,
+            period(&|p| p.window = Some("7d".into())),
+        ),
+        (
             "per email, a period starting within a day (counters, and the rows of the first day's runs)",
             What::Emails,
             period(&|p| p.from = Some(format!("{}T00:00:01Z", from))),

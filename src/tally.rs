@@ -783,29 +783,28 @@ impl Tally {
             return;
         }
         // What the store keeps of the entry view is kept by the days and by the hours after
-        // entry too, for conversion windows (emails' counters apart: the per-email report
-        // keeps none); and all runs' counters by the hour as well as by the day.
+        // entry too, for conversion windows (emails' counters by the days only: the per-email
+        // and A/B reports take windows of whole days from counters); and all runs' counters by
+        // the hour as well as by the day.
         let stored = matches!(self.filing, Filing::Days(_));
-        let windows = stored && !matches!(metric, Metric::Mail { .. } | Metric::Ab { .. });
+        let hours = stored && !matches!(metric, Metric::Mail { .. } | Metric::Ab { .. });
         let after = |units: i64, most: u16, view: fn(u16) -> View| {
             u16::try_from(units).ok().filter(|u| *u <= most).map(view)
         };
-        let afters = if windows {
-            [
-                after(
-                    days_after(run.entered_at, happened),
-                    WITHIN_DAYS,
-                    View::Within,
-                ),
-                after(
-                    hours_after(run.entered_at, happened),
-                    WITHIN_HOURS,
-                    View::WithinHours,
-                ),
-            ]
-        } else {
-            [None, None]
-        };
+        let afters = [
+            after(
+                days_after(run.entered_at, happened),
+                WITHIN_DAYS,
+                View::Within,
+            )
+            .filter(|_| stored),
+            after(
+                hours_after(run.entered_at, happened),
+                WITHIN_HOURS,
+                View::WithinHours,
+            )
+            .filter(|_| hours),
+        ];
         let mut name = std::mem::take(&mut self.name);
         name.clear();
         metric.write(&mut name);
@@ -919,11 +918,16 @@ pub enum Fact<'a> {
         mail: Mail<'a>,
         order: Order<'a>,
     },
-    /// `what` happened to an email of `run` (`n` = 1), or is taken back (`n` = −1).
+    /// `what` happened to an email of `run` at `at` (`n` = 1), or is taken back (`n` = −1):
+    /// filed under the email's queueing (its run's entry, in the entry view), and by when it
+    /// happened under the days after the run's entry, for conversion windows. Its queueing,
+    /// outcome and run are when it was queued; a mark or a link, the event that first left it;
+    /// a stage reached, the run's first entry there; a link and a stage, the later of the two.
     Mail {
         run: Run<'a>,
         mail: Mail<'a>,
         what: MailWhat<'a>,
+        at: DateTime<Utc>,
         n: i64,
     },
 }
@@ -1057,7 +1061,13 @@ impl Tally {
                 order,
                 touches,
             } => self.attribute(funnel, order, touches),
-            Fact::Mail { run, mail, what, n } => {
+            Fact::Mail {
+                run,
+                mail,
+                what,
+                at: happened,
+                n,
+            } => {
                 // Email counters are kept for all runs together only (the per-email report is
                 // not sliced by origin), which keeps them few.
                 let run = Run {
@@ -1068,8 +1078,8 @@ impl Tally {
                     template: mail.template,
                     what: *what,
                 };
-                let (at, stage) = (mail.queued_at, mail.stage);
-                self.add_in(&run, &BOTH, (at, at), stage, m, *n, Micros(0));
+                let (at, stage) = ((mail.queued_at, *happened), mail.stage);
+                self.add_in(&run, &BOTH, at, stage, m, *n, Micros(0));
                 // The A/B counters of a split: every email, and what came of the run's first.
                 let Some(step) = mail.step.filter(|_| mail.variant) else {
                     return;
@@ -1087,7 +1097,7 @@ impl Tally {
                     _ => [None, None],
                 };
                 for w in whats.into_iter().flatten() {
-                    self.add_in(&run, &BOTH, (at, at), stage, ab(w), *n, Micros(0));
+                    self.add_in(&run, &BOTH, at, stage, ab(w), *n, Micros(0));
                 }
             }
             Fact::BoughtAfter { run, mail, order } => {
@@ -1113,8 +1123,8 @@ impl Tally {
                     template: mail.template,
                     what,
                 };
-                let at = mail.queued_at;
-                self.add_in(&run, &BOTH, (at, at), mail.stage, m, 1, total);
+                let at = (mail.queued_at, order.at);
+                self.add_in(&run, &BOTH, at, mail.stage, m, 1, total);
             }
         }
     }
@@ -1750,10 +1760,11 @@ pub struct MailFacts<'a> {
     pub mail: Mail<'a>,
     /// `sent` (accepted), `failed`, or another outbox status (counted as queued only).
     pub status: &'a str,
-    /// Its [`mark`]s.
+    /// Its [`mark`]s, and when the event that first left each of [`mark::ALL`] came.
     pub marks: i64,
-    /// The names of the links clicked in it.
-    pub links: Vec<&'a str>,
+    pub marked_at: Vec<(i64, DateTime<Utc>)>,
+    /// The names of the links clicked in it, each with its first click.
+    pub links: Vec<(&'a str, DateTime<Utc>)>,
 }
 
 /// The facts of a run's stored email, given the first time the run entered each stage: as
@@ -1766,31 +1777,36 @@ pub fn mail_facts<'a>(
     out: &mut Vec<Fact<'a>>,
 ) {
     let mail = f.mail;
-    let mut push = |what| {
+    let mut push = |what, at| {
         out.push(Fact::Mail {
             run,
             mail,
             what,
+            at,
             n: 1,
         })
     };
-    push(MailWhat::Queued);
+    push(MailWhat::Queued, mail.queued_at);
     if let Some(w) = MailWhat::of_status(f.status) {
-        push(w);
+        push(w, mail.queued_at);
     }
     for (bit, _) in mark::ALL {
         if f.marks & bit != 0 {
-            push(MailWhat::Marked(bit));
+            let at = f.marked_at.iter().find(|(b, _)| *b == bit);
+            push(
+                MailWhat::Marked(bit),
+                at.map_or(mail.queued_at, |(_, t)| *t),
+            );
         }
     }
-    for l in &f.links {
-        push(MailWhat::Link(l));
+    for (l, at) in &f.links {
+        push(MailWhat::Link(l), *at);
     }
     for (stage, at) in firsts {
         if reached_by(&mail, stage, *at) {
-            push(MailWhat::Reached(stage));
-            for link in &f.links {
-                push(MailWhat::LinkReached { link, stage });
+            push(MailWhat::Reached(stage), *at);
+            for (link, clicked) in &f.links {
+                push(MailWhat::LinkReached { link, stage }, (*at).max(*clicked));
             }
         }
     }

@@ -1724,6 +1724,47 @@ async fn counters_agree_with_rows(store: Store) {
             "every figure is exercised: {r:#?}"
         );
     }
+    // Per-email and A/B windows of whole days read the counters: each email's figures kept by
+    // the days after its run's entry that they happened.
+    let mut by_window = Vec::new();
+    for window in ["1d", "2d", "30d"] {
+        let params = Params {
+            from: Some("2026-11-01".into()),
+            window: Some(window.into()),
+            ..Params::default()
+        };
+        let ask = |what| Request::parse(what, &params, now).unwrap();
+        for req in [ask(What::Emails), ask(What::Ab)] {
+            assert!(matches!(
+                req.read(now, chrono_tz::UTC),
+                ReportRead::Counts(_)
+            ));
+        }
+        let Answer::Emails(e) = both(&store, f, &rows, &ask(What::Emails), now).await else {
+            unreachable!()
+        };
+        let Answer::Ab(ab) = both(&store, f, &rows, &ask(What::Ab), now).await else {
+            unreachable!()
+        };
+        let mails: u64 = e
+            .emails
+            .iter()
+            .map(|m| m.opened.part + m.clicked.part + m.next_stage.map_or(0, |n| n.part))
+            .sum();
+        let runs: u64 = ab.splits[0]
+            .variants
+            .iter()
+            .map(|v| v.clicked.part + v.converted.part)
+            .sum();
+        by_window.push((mails, runs));
+    }
+    assert!(
+        by_window[0] != by_window[2]
+            && by_window
+                .windows(2)
+                .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1),
+        "a longer window sees more: {by_window:?}"
+    );
     // Where the runs stand now, from the counters, is what a scan of the runs finds.
     let (open, unconfirmed) = store.standing(&fid("mixed")).await.unwrap();
     let waiting = store.waiting().await.unwrap();

@@ -556,12 +556,12 @@ pub fn funnel_report(
     Ok(report_of(f, &fig, cohort, from, to))
 }
 
-/// The rows as they stood `window` after each run entered the funnel: later stage entries,
-/// exits, purchases, milestones and tracked events are left out (a stage left later is still
+/// The rows as they stood `window` after each run entered the funnel, for attribution and the
+/// forecast (the other reports count a window in their tallies, `Tally::within`): later stage
+/// entries, exits, purchases, milestones and emails are left out (a stage left later is still
 /// there). Each is measured from its own run's entry — an order from the run it is credited
-/// to ([`crate::tally::run_at`]), a tracked event from the run of the email it marks — as the
-/// counters of a conversion window measure it, so a lead that entered again is judged by its
-/// second entry for what it did then.
+/// to ([`crate::tally::run_at`]) — as the counters of a conversion window measure it, so a
+/// lead that entered again is judged by its second entry for what it did then.
 pub fn windowed(rows: &ReportRows, window: chrono::Duration) -> ReportRows {
     let limit: HashMap<EnrollmentId, DateTime<Utc>> = rows
         .runs
@@ -573,14 +573,6 @@ pub fn windowed(rows: &ReportRows, window: chrono::Duration) -> ReportRows {
         entries.entry(r.lead).or_default().push(r.entered_at);
     }
     let late = |run: &EnrollmentId, t: DateTime<Utc>| limit.get(run).is_none_or(|l| t > *l);
-    // A tracked event is in time when the email it marks is its run's and the run's window
-    // holds it.
-    let mut in_time = vec![false; rows.tracking.len()];
-    for m in rows.marking() {
-        in_time[m.tracked] = rows.emails[m.email]
-            .enrollment
-            .is_some_and(|run| !late(&run, rows.tracking[m.tracked].at));
-    }
     ReportRows {
         runs: rows
             .runs
@@ -629,13 +621,6 @@ pub fn windowed(rows: &ReportRows, window: chrono::Duration) -> ReportRows {
             .iter()
             .filter(|e| e.enrollment.is_some_and(|r| !late(&r, e.created_at)))
             .cloned()
-            .collect(),
-        tracking: rows
-            .tracking
-            .iter()
-            .zip(in_time)
-            .filter(|(_, keep)| *keep)
-            .map(|(t, _)| t.clone())
             .collect(),
         ..rows.clone()
     }

@@ -425,8 +425,8 @@ impl Request {
 
     /// What the report reads at `now`. The funnel report without a slice by a lead field or
     /// the variant (and, with a conversion window of whole days, entry cohorts of all runs
-    /// together), attribution over the default lookback and the per-email and A/B reports
-    /// without a conversion window read the counters, which are kept per day of the zone
+    /// together), attribution over any lookback and the per-email and A/B reports
+    /// (with a conversion window, of whole days on entry cohorts) read the counters, which are kept per day of the zone
     /// `counted_in`; so does the forecast in that zone (with the runs in flight). Over whole
     /// days of that zone (from midnight to midnight or to now) they read the counters alone;
     /// over other hours (a period in another zone, or starting or ending within a day) the
@@ -456,7 +456,12 @@ impl Request {
                         };
                 window && !self.slices.iter().any(SliceKey::from_rows)
             }
-            What::Emails | What::Ab => self.window.is_none(),
+            // Emails' counters are kept by the days after entry, not the hours.
+            What::Emails | What::Ab => {
+                self.window.is_none()
+                    || self.cohort == Cohort::Entry
+                        && matches!(self.window_view(), Some(View::Within(_)))
+            }
             What::Attribution => true,
             What::Forecast => false,
         };
@@ -713,10 +718,16 @@ impl<'a> Fold<'a> {
         let (from, to) = (req.from, req.to);
         super::check_period(from, to)?;
         let whole = || periods.clone().unwrap_or_else(|| vec![(from, to)]);
+        // A conversion window: what happened within it of its run's entry, as the counters
+        // keep it (`Tally::within`).
+        let within = |t: Tally| match req.window {
+            Some(w) => t.within(w),
+            None => t,
+        };
         let counting = match req.what {
-            What::Emails => Counting::Mails(Tally::in_periods(whole(), false)),
+            What::Emails => Counting::Mails(within(Tally::in_periods(whole(), false))),
             What::Attribution => Counting::Credit(credit_tally(from, to, now)),
-            What::Ab => Counting::Ab(Tally::in_periods(whole(), false)),
+            What::Ab => Counting::Ab(within(Tally::in_periods(whole(), false))),
             What::Forecast => Counting::Forecast(ForecastFold::new(&req.scenario, now, req.tz)?),
             _ => {
                 let of_edges = periods.is_some();
@@ -726,10 +737,6 @@ impl<'a> Fold<'a> {
                     (None, None) => vec![(from, to)],
                 };
                 let touch = req.slices.iter().any(|k| !k.from_rows());
-                let within = |t: Tally| match req.window {
-                    Some(w) => t.within(w),
-                    None => t,
-                };
                 let slices: Vec<(usize, Tally)> = req
                     .slices
                     .iter()
@@ -756,11 +763,11 @@ impl<'a> Fold<'a> {
     /// Counts one range of leads' rows.
     pub fn add(&mut self, rows: &ReportRows) {
         let req = self.req;
-        // The funnel report's window is its tallies' (as the counters keep it); the others'
-        // is the rows as they stood.
+        // The funnel, per-email and A/B reports' window is their tallies' (as the counters
+        // keep it); attribution's and the forecast's, the rows as they stood.
         let windowed;
         let rows = match req.window {
-            Some(w) if !matches!(self.counting, Counting::Runs { .. }) => {
+            Some(w) if matches!(self.counting, Counting::Credit(_) | Counting::Forecast(_)) => {
                 windowed = super::windowed(rows, w);
                 &windowed
             }

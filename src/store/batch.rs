@@ -278,6 +278,7 @@ pub(super) async fn write_runs(
                 run,
                 mail,
                 what,
+                at: now,
                 n: 1,
             });
         }
@@ -438,15 +439,18 @@ async fn reached_by_mails(
                         run,
                         mail,
                         what,
+                        at: now,
                         n: 1,
                     });
                 }
                 if let Some(link) = link.as_deref() {
+                    // Reached now, after the click.
                     let what = MailWhat::LinkReached { link, stage: s };
                     counting.count(Fact::Mail {
                         run,
                         mail,
                         what,
+                        at: now,
                         n: 1,
                     });
                 }

@@ -385,14 +385,13 @@ async fn recount_rows(
     write(txn, backend, &tally).await?;
     let runs = reached.len() as u64;
     set_enrollments(txn, backend, "reached", reached).await?;
-    let (marks, links) = rows.marks();
     let mut marked: Vec<Vec<Value>> = Vec::new();
     let mut clicked: Vec<Vec<Value>> = Vec::new();
-    for ((e, m), ls) in rows.emails.iter().zip(marks).zip(links) {
-        if m != 0 {
-            marked.push(vec![e.id.into(), m.into()]);
+    for (e, m) in rows.emails.iter().zip(rows.marks()) {
+        if m.bits != 0 {
+            marked.push(vec![e.id.into(), m.bits.into()]);
         }
-        for l in ls {
+        for (l, _) in m.links {
             clicked.push(vec![e.id.into(), l.to_string().into()]);
         }
     }

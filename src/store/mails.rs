@@ -83,17 +83,17 @@ impl MailRow {
     }
 }
 
-/// Adds `(email, what)` pairs to the counters, each run's entry time read here.
+/// Adds `(email, what, when it happened)` to the counters, each run's entry time read here.
 async fn count(
     txn: &DatabaseTransaction,
     backend: Backend,
     zone: chrono_tz::Tz,
-    counted: &[(&MailRow, MailWhat<'_>)],
+    counted: &[(&MailRow, MailWhat<'_>, DateTime<Utc>)],
 ) -> Result<()> {
     if counted.is_empty() {
         return Ok(());
     }
-    let mut ids: Vec<i64> = counted.iter().map(|(m, _)| m.run).collect();
+    let mut ids: Vec<i64> = counted.iter().map(|(m, _, _)| m.run).collect();
     ids.sort_unstable();
     ids.dedup();
     let mut runs: HashMap<i64, DateTime<Utc>> = HashMap::new();
@@ -105,7 +105,7 @@ async fn count(
         runs.extend(rows.into_iter().map(|(id, at)| (id, from_ms(at))));
     }
     let mut counting = Counting::new(zone);
-    for (m, what) in counted {
+    for (m, what, at) in counted {
         if let Some(entered_at) = runs.get(&m.run) {
             // Email counters are kept for all runs together: no origin needed.
             let run = Run {
@@ -113,11 +113,12 @@ async fn count(
                 entered_at: *entered_at,
                 origin: tally::ALL,
             };
-            let (mail, what) = (m.mail(), *what);
+            let (mail, what, at) = (m.mail(), *what, *at);
             counting.count(Fact::Mail {
                 run,
                 mail,
                 what,
+                at,
                 n: 1,
             });
         }
@@ -126,7 +127,7 @@ async fn count(
 }
 
 /// Counts `what` (accepted, failed) for the emails of rows of [`COLUMNS`] an outbox update
-/// changed.
+/// changed, as of their queueing (as the rows replayed count an email's outcome).
 pub(super) async fn count_status(
     txn: &DatabaseTransaction,
     backend: Backend,
@@ -135,7 +136,8 @@ pub(super) async fn count_status(
     what: MailWhat<'_>,
 ) -> Result<()> {
     let mails: Vec<MailRow> = rows.into_iter().filter_map(MailRow::of).collect();
-    let counted: Vec<(&MailRow, MailWhat)> = mails.iter().map(|m| (m, what)).collect();
+    let counted: Vec<(&MailRow, MailWhat, DateTime<Utc>)> =
+        mails.iter().map(|m| (m, what, m.queued_at)).collect();
     count(txn, backend, zone, &counted).await
 }
 
@@ -173,8 +175,8 @@ pub(super) async fn count_tracking(
                 .push(m);
         }
     }
-    let mut counted: Vec<(&MailRow, MailWhat)> = Vec::new();
-    let mut clicked: Vec<(&MailRow, &str)> = Vec::new();
+    let mut counted: Vec<(&MailRow, MailWhat, DateTime<Utc>)> = Vec::new();
+    let mut clicked: Vec<(&MailRow, &str, DateTime<Utc>)> = Vec::new();
     for (lead, e, at) in events {
         let tracked = Tracked {
             kind: &e.kind,
@@ -206,7 +208,7 @@ pub(super) async fn count_tracking(
                 q.p(m.id),
             );
             if txn.execute_raw(q.statement(sql)).await?.rows_affected() > 0 {
-                counted.push((m, MailWhat::Marked(bit)));
+                counted.push((m, MailWhat::Marked(bit), *at));
             }
             if let Some(link) = link {
                 let mut q = Params::new(backend);
@@ -217,20 +219,21 @@ pub(super) async fn count_tracking(
                     q.p(link.to_string()),
                 );
                 if txn.execute_raw(q.statement(sql)).await?.rows_affected() > 0 {
-                    counted.push((m, MailWhat::Link(link)));
-                    clicked.push((m, link));
+                    counted.push((m, MailWhat::Link(link), *at));
+                    clicked.push((m, link, *at));
                 }
             }
         }
     }
     // A link clicked for the first time counts toward every stage its run has already
     // reached after the email ([`tally::reached_by`]); stages reached later count it then.
-    let firsts = first_entries(txn, backend, clicked.iter().map(|(m, _)| m.run)).await?;
-    for (m, link) in &clicked {
+    let firsts = first_entries(txn, backend, clicked.iter().map(|(m, _, _)| m.run)).await?;
+    for (m, link, clicked_at) in &clicked {
         let mail = m.mail();
         for (stage, at) in firsts.get(&m.run).into_iter().flatten() {
             if tally::reached_by(&mail, stage, *at) {
-                counted.push((m, MailWhat::LinkReached { link, stage }));
+                let what = MailWhat::LinkReached { link, stage };
+                counted.push((m, what, (*at).max(*clicked_at)));
             }
         }
     }

@@ -82,6 +82,17 @@ pub struct EmailRow {
     pub variant: bool,
 }
 
+/// What tracked events left on an email ([`ReportRows::marks`]).
+#[derive(Debug, Clone, Default)]
+pub struct Marks<'a> {
+    /// Its [`tally::mark`]s, those set when it was queued among them.
+    pub bits: i64,
+    /// When the event that first left each event's mark came.
+    pub at: Vec<(i64, DateTime<Utc>)>,
+    /// The links clicked in it, each with its first click.
+    pub links: Vec<(&'a str, DateTime<Utc>)>,
+}
+
 /// A tracked event marking an email ([`ReportRows::marking`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Marking<'a> {
@@ -829,7 +840,7 @@ impl ReportRows {
         let runs = self.run_facts(&origins);
         let mut facts: Vec<Fact> = Vec::new();
         let mut reached = Vec::new();
-        let (marks, mut links) = if what.mails || what.orders {
+        let mut marks = if what.mails || what.orders {
             self.marks()
         } else {
             Default::default()
@@ -853,7 +864,7 @@ impl ReportRows {
                         template: &e.template,
                         queued_at: e.created_at,
                         step: e.step.as_deref(),
-                        first: m & tally::mark::FIRST != 0,
+                        first: m.bits & tally::mark::FIRST != 0,
                         variant: e.variant,
                     };
                     Some((k, mail))
@@ -932,11 +943,13 @@ impl ReportRows {
                 let Some((k, mail)) = m else {
                     continue;
                 };
+                let marked = std::mem::take(&mut marks[i]);
                 let m = MailFacts {
                     mail: *mail,
                     status: &e.status,
-                    marks: marks[i],
-                    links: std::mem::take(&mut links[i]),
+                    marks: marked.bits,
+                    marked_at: marked.at,
+                    links: marked.links,
                 };
                 tally::mail_facts(runs[*k].run, &m, &firsts[*k], &mut facts);
                 for fact in facts.drain(..) {
@@ -966,9 +979,9 @@ impl ReportRows {
 
     /// What the leads' tracked events mark on the funnel's emails (per email, in the order of
     /// [`ReportRows::emails`]), as the store marks them when the events come
-    /// ([`tally::marked`]); with the names of the links clicked in each.
-    pub fn marks(&self) -> (Vec<i64>, Vec<Vec<&str>>) {
-        let mut marks = vec![0i64; self.emails.len()];
+    /// ([`tally::marked`]), the first event to leave a mark or click a link leaving it.
+    pub fn marks(&self) -> Vec<Marks<'_>> {
+        let mut marks = vec![Marks::default(); self.emails.len()];
         // A split's variants, and each run's first email of each split step, as they were
         // marked when queued.
         let mut sent_from: std::collections::HashSet<(EnrollmentId, &str, &str)> =
@@ -977,30 +990,33 @@ impl ReportRows {
             if !e.variant {
                 continue;
             }
-            *m |= tally::mark::VARIANT;
+            m.bits |= tally::mark::VARIANT;
             if let (Some(run), Some(stage), Some(step)) =
                 (e.enrollment, e.stage.as_deref(), e.step.as_deref())
                 && sent_from.insert((run, stage, step))
             {
-                *m |= tally::mark::FIRST;
+                m.bits |= tally::mark::FIRST;
             }
         }
-        let mut links: Vec<Vec<&str>> = vec![Vec::new(); self.emails.len()];
         for Marking {
-            email: i,
+            tracked,
+            email,
             bit,
             link,
-            ..
         } in self.marking()
         {
-            marks[i] |= bit;
+            let (m, at) = (&mut marks[email], self.tracking[tracked].at);
+            if m.bits & bit == 0 {
+                m.bits |= bit;
+                m.at.push((bit, at));
+            }
             if let Some(l) = link
-                && !links[i].contains(&l)
+                && !m.links.iter().any(|(k, _)| *k == l)
             {
-                links[i].push(l);
+                m.links.push((l, at));
             }
         }
-        (marks, links)
+        marks
     }
 
     /// Each tracked event that marks one of the funnel's emails ([`tally::marked`]).
