@@ -676,12 +676,12 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.cohort = Some("calendar".into())),
         ),
         (
-            "per email with a 7-day window (rows)",
+            "per email with a 7-day window (counters by the days after entry)",
             What::Emails,
             period(&|p| p.window = Some("7d".into())),
         ),
         (
-            "A/B with a 7-day window (rows)",
+            "A/B with a 7-day window (counters by the days after entry)",
             What::Ab,
             period(&|p| p.window = Some("7d".into())),
         ),
