@@ -1324,13 +1324,17 @@ impl Figures {
 
 /// Sums a tally's counters per (day or period, origin) into [`Figures`].
 pub fn figures(tally: &Tally) -> BTreeMap<(i64, String), Figures> {
-    let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
-    for (k, s) in tally.counters() {
-        out.entry((k.day, k.origin))
+    // By the numbers of the texts first: no key copied or sorted that `Figures` sorts anyway.
+    let mut by: FxHashMap<(i64, u32), Figures> = FxHashMap::default();
+    let text = |n: u32| tally.texts[n as usize].as_str();
+    for ((view, day, _, origin, stage, metric), s) in &tally.sums {
+        by.entry((*day, *origin))
             .or_default()
-            .add(k.view, &k.stage, &k.metric, s);
+            .add(*view, text(*stage), text(*metric), *s);
     }
-    out
+    by.into_iter()
+        .map(|((day, origin), f)| ((day, text(origin).to_string()), f))
+        .collect()
 }
 
 /// How a purchase's credit is shared among the touches before it.
