@@ -30,6 +30,7 @@ mod m20261207_000023_order_events_index;
 mod m20261207_000024_lookback_report_counts;
 mod m20261207_000025_long_hour_windows_report_counts;
 mod m20261207_000026_mail_window_report_counts;
+mod m20261207_000027_counters_by_view;
 
 pub struct Migrator;
 
@@ -63,6 +64,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000024_lookback_report_counts::Migration),
             Box::new(m20261207_000025_long_hour_windows_report_counts::Migration),
             Box::new(m20261207_000026_mail_window_report_counts::Migration),
+            Box::new(m20261207_000027_counters_by_view::Migration),
         ]
     }
 }

@@ -23,7 +23,7 @@ fn table(name: &str, key: &str, without_rowid: bool) -> String {
     )
 }
 
-async fn rekey(m: &SchemaManager<'_>, key: &str) -> Result<(), DbErr> {
+pub(crate) async fn rekey(m: &SchemaManager<'_>, key: &str) -> Result<(), DbErr> {
     let db = m.get_connection();
     match m.get_database_backend() {
         DatabaseBackend::Sqlite => {

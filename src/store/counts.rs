@@ -674,26 +674,32 @@ impl Store {
                 let mut w = match s.view {
                     // A conversion window: the entry view of what happened up to its days
                     // after entry.
-                    tally::View::Within(_) | tally::View::WithinHours(_) => {
-                        let first = match s.view {
-                            tally::View::Within(_) => tally::View::Within(0),
-                            _ => tally::View::WithinHours(0),
-                        };
-                        values.push(first.name().into());
+                    // Each of the days as a view of the key: the origin after it is held too
+                    // (a range of views is walked through every origin).
+                    tally::View::Within(days) => {
+                        let list: Vec<String> = (0..=days)
+                            .map(|d| {
+                                values.push(tally::View::Within(d).name().into());
+                                format!("${}", values.len())
+                            })
+                            .collect();
+                        format!(" AND view IN ({})", list.join(", "))
+                    }
+                    // The hours' table has no origin: a range of its views is tight.
+                    tally::View::WithinHours(_) => {
+                        values.push(tally::View::WithinHours(0).name().into());
                         values.push(s.view.name().into());
                         " AND view BETWEEN $4 AND $5".to_string()
                     }
                     view if s.entry_totals => {
-                        values.push(view.name().into());
-                        " AND (view = $4 OR (view = 'entry' AND stage = ''))".to_string()
+                        for v in [view, tally::View::Entry, view] {
+                            values.push(v.name().into());
+                        }
+                        " AND view IN ($4, $5) AND (view = $6 OR stage = '')".to_string()
                     }
-                    // As a range, not `view = $4`: SQLite takes a column held equal for a
-                    // constant of the grouping and then sorts every row read when the origin
-                    // before it in the key is not held (per origin) — three times the read.
                     view => {
                         values.push(view.name().into());
-                        values.push(view.name().into());
-                        " AND view BETWEEN $4 AND $5".to_string()
+                        " AND view = $4".to_string()
                     }
                 };
                 if let Some(prefix) = s.prefix {
@@ -707,12 +713,12 @@ impl Store {
                 w
             }
         };
-        // Grouped in the primary key's order (origin, view, stage, metric, then day), each
-        // counter is summed over its days as the key is read, with no sort. SQLite cannot see
-        // that a period grows with the day, so grouping by it sorts every row read: per origin,
-        // where those are many, the rows are grouped by day and summed into periods here as
-        // they come (fewer instructions than the sort even for weeks: BENCHMARKS.md,
-        // 2026-12-07); all runs' few rows sort.
+        // Grouped in the primary key's order (view, origin, stage, metric, then day: one view
+        // of every origin is a range of the key), each counter is summed over its days as the
+        // key is read, with no sort. SQLite cannot see that a period grows with the day, so
+        // grouping by it sorts every row read: per origin, where those are many, the rows are
+        // grouped by day and summed into periods here as they come (fewer instructions than
+        // the sort even for weeks: BENCHMARKS.md, 2026-12-07); all runs' few rows sort.
         let by_period = match (grouping, per_origin && !hourly) {
             (Grouping::Whole, _) => "",
             (Grouping::Periods(_), true) => ", day",
@@ -721,7 +727,7 @@ impl Store {
         let sql = format!(
             "SELECT CAST({period} AS BIGINT) AS period, {origin}, view, stage, metric, CAST(SUM(n) AS BIGINT), CAST(SUM(total) AS BIGINT) \
              FROM {table} WHERE funnel_id = $1 AND {cond} AND day >= $2 AND day < $3{which} \
-             GROUP BY {group}view, stage, metric{by_period}"
+             GROUP BY view, {group}stage, metric{by_period}"
         );
         let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
         // The counter being summed over the rows of its period, added when another comes.
