@@ -1270,31 +1270,62 @@ impl Reached {
     }
 }
 
-/// The counters of one report, summed over its period for one origin: (view, stage, metric)
-/// → sum.
+/// The counters of one report, summed over its period for one origin: view → stage → metric
+/// → sum (nested, so a counter already there is found by its texts without copying them).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Figures(pub BTreeMap<(View, String, String), Sum>);
+pub struct Figures(BTreeMap<View, BTreeMap<String, BTreeMap<String, Sum>>>);
 
 impl Figures {
     pub fn add(&mut self, view: View, stage: &str, metric: &str, s: Sum) {
-        self.0
-            .entry((view, stage.to_string(), metric.to_string()))
-            .or_default()
-            .add(s);
+        let stages = self.0.entry(view).or_default();
+        let metrics = match stages.get_mut(stage) {
+            Some(m) => m,
+            None => stages.entry(stage.to_string()).or_default(),
+        };
+        match metrics.get_mut(metric) {
+            Some(sum) => sum.add(s),
+            None => {
+                metrics.insert(metric.to_string(), s);
+            }
+        }
     }
 
     /// Adds another's counters to these.
     pub fn merge(&mut self, other: &Figures) {
-        for ((v, st, m), s) in &other.0 {
-            self.add(*v, st, m, *s);
+        for (v, stages) in &other.0 {
+            for (st, metrics) in stages {
+                for (m, s) in metrics {
+                    self.add(*v, st, m, *s);
+                }
+            }
         }
     }
 
     /// How many for one counter.
     pub fn n(&self, view: View, stage: &str, metric: &str) -> i64 {
         self.0
-            .get(&(view, stage.to_string(), metric.to_string()))
+            .get(&view)
+            .and_then(|s| s.get(stage))
+            .and_then(|m| m.get(metric))
             .map_or(0, |s| s.n)
+    }
+
+    /// Every counter: (view, stage, metric, sum), in order.
+    pub fn iter(&self) -> impl Iterator<Item = (View, &str, &str, Sum)> {
+        self.0
+            .keys()
+            .flat_map(|v| self.of_view(*v).map(move |(st, m, s)| (*v, st, m, s)))
+    }
+
+    /// Every counter of one view: (stage, metric, sum), in order.
+    pub fn of_view(&self, view: View) -> impl Iterator<Item = (&str, &str, Sum)> {
+        self.0.get(&view).into_iter().flat_map(|stages| {
+            stages.iter().flat_map(|(st, metrics)| {
+                metrics
+                    .iter()
+                    .map(move |(m, s)| (st.as_str(), m.as_str(), *s))
+            })
+        })
     }
 
     /// The counters of a stage whose metric starts with `prefix`: (rest of the name, sum).
@@ -1304,10 +1335,17 @@ impl Figures {
         stage: &'a str,
         prefix: &'a str,
     ) -> impl Iterator<Item = (&'a str, Sum)> + 'a {
+        use std::ops::Bound;
         self.0
-            .range((view, stage.to_string(), prefix.to_string())..)
-            .take_while(move |((v, s, m), _)| *v == view && s == stage && m.starts_with(prefix))
-            .map(move |((_, _, m), s)| (&m[prefix.len()..], *s))
+            .get(&view)
+            .and_then(|s| s.get(stage))
+            .into_iter()
+            .flat_map(move |metrics| {
+                metrics
+                    .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                    .take_while(move |(m, _)| m.starts_with(prefix))
+                    .map(move |(m, s)| (&m[prefix.len()..], *s))
+            })
     }
 
     /// The (value, count) pairs of a quantized distribution such as `time:`.

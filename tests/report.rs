@@ -1266,11 +1266,11 @@ async fn stored_counters(store: &Store) -> Vec<((i64, String), Vec<String>)> {
     let mut out: Vec<((i64, String), Vec<String>)> = figs
         .into_iter()
         .map(|(k, f)| {
-            let items =
-                f.0.iter()
-                    .filter(|(_, s)| s.n != 0 || s.total.0 != 0)
-                    .map(|((v, st, m), s)| format!("{v:?} {st} {m} {} {}", s.n, s.total.0))
-                    .collect();
+            let items = f
+                .iter()
+                .filter(|(_, _, _, s)| s.n != 0 || s.total.0 != 0)
+                .map(|(v, st, m, s)| format!("{v:?} {st} {m} {} {}", s.n, s.total.0))
+                .collect();
             (k, items)
         })
         .filter(|(_, items): &(_, Vec<String>)| !items.is_empty())

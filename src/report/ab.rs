@@ -211,8 +211,8 @@ pub fn ab_report(
     };
     // (stage, step) → template → its sums.
     let mut found: BTreeMap<(String, String), BTreeMap<String, Sums>> = BTreeMap::new();
-    for ((v, stage, m), sum) in &fig.0 {
-        let Some(rest) = m.strip_prefix(metric::AB).filter(|_| *v == view) else {
+    for (stage, m, sum) in fig.of_view(view) {
+        let Some(rest) = m.strip_prefix(metric::AB) else {
             continue;
         };
         let mut parts = rest.splitn(3, '\u{1f}');
@@ -221,7 +221,7 @@ pub fn ab_report(
             continue;
         };
         let s = found
-            .entry((stage.clone(), step.to_string()))
+            .entry((stage.to_string(), step.to_string()))
             .or_default()
             .entry(template.to_string())
             .or_default();

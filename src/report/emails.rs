@@ -88,20 +88,18 @@ pub fn email_report(
     };
     // (stage, template) → what → how many.
     let mut found: BTreeMap<(String, String), BTreeMap<String, i64>> = BTreeMap::new();
-    for ((v, stage, m), sum) in &fig.0 {
+    for (stage, m, sum) in fig.of_view(view) {
         let Some(rest) = m.strip_prefix(metric::MAIL) else {
             continue;
         };
         let Some((template, what)) = rest.split_once('\u{1f}') else {
             continue;
         };
-        if *v == view {
-            *found
-                .entry((stage.clone(), template.to_string()))
-                .or_default()
-                .entry(what.to_string())
-                .or_default() += sum.n;
-        }
+        *found
+            .entry((stage.to_string(), template.to_string()))
+            .or_default()
+            .entry(what.to_string())
+            .or_default() += sum.n;
     }
     let position = |stage: &str| {
         f.stages

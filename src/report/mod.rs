@@ -369,9 +369,8 @@ pub fn report_of(
         .map(|s| (s.id.value.as_str(), Some(s)))
         .collect();
     let gone: std::collections::BTreeSet<&str> = fig
-        .0
-        .keys()
-        .map(|(_, stage, _)| stage.as_str())
+        .iter()
+        .map(|(_, stage, _, _)| stage)
         .filter(|st| *st != FUNNEL && !f.stages.iter().any(|s| s.id.value.as_str() == *st))
         .collect();
     places.extend(gone.into_iter().map(|st| (st, None)));

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
 
 use super::sql::{self, Params};
-use super::{Backend, Replay, ReportNeeds, Result, Store};
+use super::{Backend, Replay, ReportNeeds, Result, Store, StoreError};
 use crate::domain::{Event, EventKind, FunnelId, LeadId};
 use crate::tally::{self, Fact, Figures, LeadRun, Mail, Micros, Order, Run, Sum, Tally, Touch};
 
@@ -495,13 +495,13 @@ impl Edge {
             };
             for edge in edges.iter().filter(|e| e.covers(*piece)) {
                 let into = figs.entry((edge.period, origin.clone())).or_default();
-                for ((view, stage, metric), sum) in &fig.0 {
-                    if keep(*view) {
+                for (view, stage, metric, sum) in fig.iter() {
+                    if keep(view) {
                         let signed = Sum {
                             n: sum.n * edge.sign,
                             total: Micros(sum.total.0 * edge.sign),
                         };
-                        into.add(*view, stage, metric, signed);
+                        into.add(view, stage, metric, signed);
                     }
                 }
             }
@@ -509,58 +509,41 @@ impl Edge {
     }
 }
 
-/// `CASE` of the column `col` giving the index of the range `[first, end)` of `ranges` (in
-/// order, not overlapping) it falls in, -1 outside them all: nested halves, so a value is
-/// placed in as many comparisons as it takes to halve the list down to one range.
-fn which_range(col: &str, ranges: &[(i64, i64)]) -> String {
-    fn half(col: &str, ranges: &[(i64, i64)], offset: usize) -> String {
-        match ranges {
-            [] => "-1".into(),
-            [(first, end)] => {
-                format!("CASE WHEN {col} >= {first} AND {col} < {end} THEN {offset} ELSE -1 END")
-            }
-            _ => {
-                let mid = ranges.len() / 2;
-                format!(
-                    "CASE WHEN {col} < {} THEN {} ELSE {} END",
-                    ranges[mid].0,
-                    half(col, &ranges[..mid], offset),
-                    half(col, &ranges[mid..], offset + mid)
-                )
-            }
+/// The index of the period of `periods` (`[first, end)` each, in order, not overlapping)
+/// that `day` falls in, if any.
+fn period_of(periods: &[(i64, i64)], day: i64) -> Option<usize> {
+    let i = periods.partition_point(|&(_, end)| end <= day);
+    periods
+        .get(i)
+        .filter(|&&(first, _)| first <= day)
+        .map(|_| i)
+}
+
+/// The sums of one counter per period from its days packed as text, `DAY N TOTAL` after one
+/// another, space-separated ([`Store::report_figures`]); days outside every period left out.
+fn sums_by_period(periods: &[(i64, i64)], packed: &str) -> Result<Vec<(usize, Sum)>> {
+    let bad = || {
+        let start: String = packed.chars().take(60).collect();
+        StoreError::Corrupt(format!("a report counter's days: \"{start}…\""))
+    };
+    let mut out: Vec<(usize, Sum)> = Vec::new();
+    let mut words = packed.split_ascii_whitespace().map(str::parse::<i64>);
+    while let Some(day) = words.next() {
+        let mut next = || words.next().and_then(|w| w.ok()).ok_or_else(bad);
+        let (day, n, total) = (day.map_err(|_| bad())?, next()?, next()?);
+        let Some(period) = period_of(periods, day) else {
+            continue;
+        };
+        let sum = Sum {
+            n,
+            total: Micros(total),
+        };
+        match out.iter_mut().find(|(p, _)| *p == period) {
+            Some((_, s)) => s.add(sum),
+            None => out.push((period, sum)),
         }
     }
-    half(col, ranges, 0)
-}
-
-/// One counter of a report as [`Store::report_figures`] reads it.
-struct Counter {
-    period: i64,
-    origin: String,
-    view: tally::View,
-    stage: String,
-    metric: String,
-    sum: Sum,
-}
-
-impl Counter {
-    fn is(&self, period: i64, origin: &str, view: tally::View, stage: &str, metric: &str) -> bool {
-        (self.period, self.view) == (period, view)
-            && (
-                self.metric.as_str(),
-                self.stage.as_str(),
-                self.origin.as_str(),
-            ) == (metric, stage, origin)
-    }
-
-    fn add_to(self, out: &mut BTreeMap<(i64, String), Figures>) {
-        out.entry((self.period, self.origin)).or_default().add(
-            self.view,
-            &self.stage,
-            &self.metric,
-            self.sum,
-        );
-    }
+    Ok(out)
 }
 
 impl Store {
@@ -653,12 +636,6 @@ impl Store {
         per_origin: bool,
         scope: Option<Scope>,
     ) -> Result<BTreeMap<(i64, String), Figures>> {
-        // The boundaries are whole numbers made here, not text from outside.
-        let period = match grouping {
-            Grouping::Whole => "0".to_string(),
-            // Days outside every period are period -1, left out below.
-            Grouping::Periods(days) => which_range("day", days),
-        };
         // A window of whole hours reads the counters kept by the hour (all runs together).
         let hourly = scope.is_some_and(|s| s.view.by_the_hour());
         let (table, origin, cond, group) = match (hourly, per_origin) {
@@ -714,62 +691,55 @@ impl Store {
             }
         };
         // Grouped in the primary key's order (view, origin, stage, metric, then day: one view
-        // of every origin is a range of the key), each counter is summed over its days as the
-        // key is read, with no sort. SQLite cannot see that a period grows with the day, so
-        // grouping by it sorts every row read: per origin, where those are many, the rows are
-        // grouped by day and summed into periods here as they come (fewer instructions than
-        // the sort even for weeks: BENCHMARKS.md, 2026-12-07); all runs' few rows sort.
-        let by_period = match (grouping, per_origin && !hourly) {
-            (Grouping::Whole, _) => "",
-            (Grouping::Periods(_), true) => ", day",
-            (Grouping::Periods(_), false) => ", 1",
+        // of every origin is a range of the key), each counter is summed as the key is read,
+        // with no sort. Into periods, each counter's days come packed in one text, `DAY N
+        // TOTAL …`, and are summed into them here: grouping by the period in SQL sorts every
+        // row read (SQLite cannot see that a period grows with the day), and a row per day costs
+        // more to read than its text (BENCHMARKS.md, 2026-12-07).
+        let sums = match grouping {
+            Grouping::Whole => "CAST(SUM(n) AS BIGINT), CAST(SUM(total) AS BIGINT)",
+            Grouping::Periods(_) => match self.backend {
+                Backend::Sqlite => "group_concat(day || ' ' || n || ' ' || total, ' '), NULL",
+                Backend::Postgres => "string_agg(day || ' ' || n || ' ' || total, ' '), NULL",
+            },
         };
         let sql = format!(
-            "SELECT CAST({period} AS BIGINT) AS period, {origin}, view, stage, metric, CAST(SUM(n) AS BIGINT), CAST(SUM(total) AS BIGINT) \
+            "SELECT {origin}, view, stage, metric, {sums} \
              FROM {table} WHERE funnel_id = $1 AND {cond} AND day >= $2 AND day < $3{which} \
-             GROUP BY view, {group}stage, metric{by_period}"
+             GROUP BY view, {group}stage, metric"
         );
         let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
-        // The counter being summed over the rows of its period, added when another comes.
-        let mut last: Option<Counter> = None;
         self.each(&sql, values, |r| {
-            let period: i64 = r.try_get_by_index(0)?;
-            let Some(view) =
-                tally::View::parse(&r.try_get_by_index::<String>(2)?).filter(|_| period >= 0)
-            else {
+            let Some(view) = tally::View::parse(&r.try_get_by_index::<String>(1)?) else {
                 return Ok(());
             };
             // The days or hours after entry of a window's counters as the entry view.
             let view = view.summed_as();
-            let n: i64 = r.try_get_by_index::<Option<i64>>(5)?.unwrap_or(0);
-            let total = Micros(r.try_get_by_index::<Option<i64>>(6)?.unwrap_or(0));
             let (origin, stage, metric): (String, String, String) = (
-                r.try_get_by_index(1)?,
+                r.try_get_by_index(0)?,
+                r.try_get_by_index(2)?,
                 r.try_get_by_index(3)?,
-                r.try_get_by_index(4)?,
             );
-            let sum = Sum { n, total };
-            match &mut last {
-                Some(c) if c.is(period, &origin, view, &stage, &metric) => c.sum.add(sum),
-                _ => {
-                    if let Some(c) = last.replace(Counter {
-                        period,
-                        origin,
-                        view,
-                        stage,
-                        metric,
-                        sum,
-                    }) {
-                        c.add_to(&mut out);
-                    }
+            let sums = match grouping {
+                Grouping::Whole => vec![(
+                    0,
+                    Sum {
+                        n: r.try_get_by_index::<Option<i64>>(4)?.unwrap_or(0),
+                        total: Micros(r.try_get_by_index::<Option<i64>>(5)?.unwrap_or(0)),
+                    },
+                )],
+                Grouping::Periods(periods) => {
+                    sums_by_period(periods, &r.try_get_by_index::<String>(4)?)?
                 }
+            };
+            for (period, sum) in sums {
+                out.entry((period as i64, origin.clone()))
+                    .or_default()
+                    .add(view, &stage, &metric, sum);
             }
             Ok(())
         })
         .await?;
-        if let Some(c) = last {
-            c.add_to(&mut out);
-        }
         Ok(out)
     }
 
@@ -1222,4 +1192,22 @@ pub(super) async fn forget(
     counters: &Tally,
 ) -> Result<()> {
     write(txn, backend, counters).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_days_are_summed_into_their_periods() {
+        // Weeks from day 10: [10, 17), [17, 24); day 9 and day 30 fall outside both.
+        let weeks = [(10, 17), (17, 24)];
+        let sums = sums_by_period(&weeks, "9 5 0 10 1 100 16 2 200 17 4 0 30 7 0").unwrap();
+        let got: Vec<(usize, i64, i64)> = sums.iter().map(|(p, s)| (*p, s.n, s.total.0)).collect();
+        assert_eq!(got, vec![(0, 3, 300), (1, 4, 0)]);
+        assert_eq!(period_of(&weeks, 24), None);
+        assert_eq!(period_of(&[(0, 1), (5, 6)], 3), None);
+        let err = sums_by_period(&weeks, "10 1").unwrap_err().to_string();
+        assert!(err.contains("10 1"), "{err}");
+    }
 }

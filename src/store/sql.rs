@@ -294,7 +294,27 @@ impl Leads {
                     q.p(*end)
                 )
             }
-            Leads::List(ids) => format!(" AND lead_id IN ({})", q.list(ids)),
+            // The ids as one value, so the statement is the same whatever they are (a list
+            // of placeholders is parsed again at each binding on SQLite, as its values may
+            // change the plan).
+            Leads::List(ids) => {
+                let text = |open, close| {
+                    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+                    format!("{open}{}{close}", ids.join(","))
+                };
+                match q.backend {
+                    Backend::Sqlite => format!(
+                        " AND lead_id IN (SELECT value FROM json_each({}))",
+                        q.p(text("[", "]"))
+                    ),
+                    Backend::Postgres => {
+                        format!(
+                            " AND lead_id = ANY(CAST({} AS BIGINT[]))",
+                            q.p(text("{", "}"))
+                        )
+                    }
+                }
+            }
         }
     }
 }
