@@ -666,6 +666,8 @@ pub struct Tally {
     /// Only what happened within this long of its run's entry is counted (a report with a
     /// conversion window, from the rows).
     within: Option<Duration>,
+    /// Only this view is counted (a report reading no other), when given.
+    only: Option<View>,
 }
 
 impl Tally {
@@ -679,6 +681,7 @@ impl Tally {
             all: 0,
             name: String::new(),
             within: None,
+            only: None,
         };
         t.all = t.number(ALL);
         t
@@ -699,6 +702,12 @@ impl Tally {
     /// that long after each run entered (a stage left later is still there).
     pub fn within(mut self, window: Duration) -> Tally {
         self.within = Some(window);
+        self
+    }
+
+    /// Counts `view` only: a report of entry cohorts reads nothing of the calendar view.
+    pub fn only(mut self, view: View) -> Tally {
+        self.only = Some(view);
         self
     }
 
@@ -792,18 +801,24 @@ impl Tally {
             u16::try_from(units).ok().filter(|u| *u <= most).map(view)
         };
         let afters = [
-            after(
-                days_after(run.entered_at, happened),
-                WITHIN_DAYS,
-                View::Within,
-            )
-            .filter(|_| stored),
-            after(
-                hours_after(run.entered_at, happened),
-                WITHIN_HOURS,
-                View::WithinHours,
-            )
-            .filter(|_| hours),
+            stored
+                .then(|| {
+                    after(
+                        days_after(run.entered_at, happened),
+                        WITHIN_DAYS,
+                        View::Within,
+                    )
+                })
+                .flatten(),
+            hours
+                .then(|| {
+                    after(
+                        hours_after(run.entered_at, happened),
+                        WITHIN_HOURS,
+                        View::WithinHours,
+                    )
+                })
+                .flatten(),
         ];
         let mut name = std::mem::take(&mut self.name);
         name.clear();
@@ -815,7 +830,7 @@ impl Tally {
         );
         self.name = name;
         let origin = (self.origins && !run.origin.is_empty()).then(|| self.number(run.origin));
-        for &view in views {
+        for &view in views.iter().filter(|v| self.only.is_none_or(|o| o == **v)) {
             let t = match view {
                 View::Calendar => at,
                 _ => run.entered_at,

@@ -839,7 +839,7 @@ pub fn origin_figures(
 pub fn replay_by(rows: &ReportRows, key: &SliceKey, tally: &mut Tally) {
     match key {
         SliceKey::Field(name) => {
-            let values: HashMap<LeadId, String> = rows
+            let values: rustc_hash::FxHashMap<LeadId, String> = rows
                 .fields
                 .iter()
                 .filter_map(|(l, fs)| Some((*l, crate::tally::field_value(fs, name)?)))

@@ -720,9 +720,17 @@ impl<'a> Fold<'a> {
         let whole = || periods.clone().unwrap_or_else(|| vec![(from, to)]);
         // A conversion window: what happened within it of its run's entry, as the counters
         // keep it (`Tally::within`).
-        let within = |t: Tally| match req.window {
-            Some(w) => t.within(w),
-            None => t,
+        // Entry cohorts read the entry view only; the calendar view reads the entry view's
+        // totals too.
+        let within = |t: Tally| {
+            let t = match req.cohort {
+                Cohort::Entry => t.only(View::Entry),
+                Cohort::Calendar => t,
+            };
+            match req.window {
+                Some(w) => t.within(w),
+                None => t,
+            }
         };
         let counting = match req.what {
             What::Emails => Counting::Mails(within(Tally::in_periods(whole(), false))),

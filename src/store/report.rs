@@ -3,7 +3,7 @@
 //! the columns used and finds the funnel's leads in the database (no list of ids sent back and
 //! forth). The figures are computed by `report`, not here.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, QueryResult, Statement, StreamTrait, Value};
@@ -886,7 +886,7 @@ impl ReportRows {
             for (k, m) in mails.iter().flatten().filter(|(_, m)| m.first) {
                 first_mails[*k].push(*m);
             }
-            let mut by_lead: HashMap<LeadId, Vec<LeadRun>> = HashMap::new();
+            let mut by_lead: HashMap<LeadId, Vec<LeadRun>> = HashMap::default();
             for ((r, f), mails) in self.runs.iter().zip(&runs).zip(first_mails) {
                 by_lead.entry(r.lead).or_default().push(LeadRun {
                     run: f.run,
@@ -894,7 +894,7 @@ impl ReportRows {
                     mails,
                 });
             }
-            let mut touches: HashMap<LeadId, Vec<Touch>> = HashMap::new();
+            let mut touches: HashMap<LeadId, Vec<Touch>> = HashMap::default();
             for t in &self.touches {
                 touches.entry(t.lead).or_default().push(Touch {
                     at: t.at,
@@ -908,7 +908,7 @@ impl ReportRows {
                 Order::of(p.product.as_deref(), p.currency.as_deref(), p.amount, p.at)
             }
             // Each lead's orders, oldest first: what its refunds are matched to.
-            let mut bought: HashMap<LeadId, Vec<Order>> = HashMap::new();
+            let mut bought: HashMap<LeadId, Vec<Order>> = HashMap::default();
             for p in self.purchases.iter().filter(|p| !p.refund) {
                 bought.entry(p.lead).or_default().push(order_of(p));
             }
@@ -1021,7 +1021,7 @@ impl ReportRows {
 
     /// Each tracked event that marks one of the funnel's emails ([`tally::marked`]).
     pub fn marking(&self) -> Vec<Marking<'_>> {
-        let mut by_lead: HashMap<LeadId, Vec<usize>> = HashMap::new();
+        let mut by_lead: HashMap<LeadId, Vec<usize>> = HashMap::default();
         for (i, e) in self.emails.iter().enumerate() {
             by_lead.entry(e.lead).or_default().push(i);
         }
@@ -1066,7 +1066,7 @@ impl ReportRows {
     /// Each run with its visits (in the order they were written) and milestones, under the
     /// origin of the same place in `origins` (its own when there is none).
     fn run_facts<'a>(&'a self, origins: &'a [String]) -> Vec<RunFacts<'a>> {
-        let mut visits: HashMap<EnrollmentId, Vec<Visit>> = HashMap::new();
+        let mut visits: HashMap<EnrollmentId, Vec<Visit>> = HashMap::default();
         for v in &self.visits {
             visits.entry(v.enrollment).or_default().push(Visit {
                 stage: v.stage.as_str(),
@@ -1076,7 +1076,7 @@ impl ReportRows {
                 next: v.next.as_ref().map(StageId::as_str),
             });
         }
-        let mut milestones: HashMap<EnrollmentId, Vec<(&str, DateTime<Utc>)>> = HashMap::new();
+        let mut milestones: HashMap<EnrollmentId, Vec<(&str, DateTime<Utc>)>> = HashMap::default();
         for m in &self.milestones {
             milestones
                 .entry(m.enrollment)
