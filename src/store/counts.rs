@@ -708,7 +708,10 @@ impl Store {
              FROM {table} WHERE funnel_id = $1 AND {cond} AND day >= $2 AND day < $3{which} \
              GROUP BY view, {group}stage, metric"
         );
-        let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
+        // Per origin, its figures per period: an origin's rows come one after the other (per
+        // view), so the long text is looked up once a row, not copied and compared per period.
+        let mut by_origin: rustc_hash::FxHashMap<String, BTreeMap<i64, Figures>> =
+            Default::default();
         self.each(&sql, values, |r| {
             let Some(view) = tally::View::parse(&r.try_get_by_index::<String>(1)?) else {
                 return Ok(());
@@ -732,15 +735,27 @@ impl Store {
                     sums_by_period(periods, &r.try_get_by_index::<String>(4)?)?
                 }
             };
+            let periods = match by_origin.get_mut(&origin) {
+                Some(p) => p,
+                None => by_origin.entry(origin).or_default(),
+            };
             for (period, sum) in sums {
-                out.entry((period as i64, origin.clone()))
+                periods
+                    .entry(period as i64)
                     .or_default()
                     .add(view, &stage, &metric, sum);
             }
             Ok(())
         })
         .await?;
-        Ok(out)
+        Ok(by_origin
+            .into_iter()
+            .flat_map(|(origin, periods)| {
+                periods
+                    .into_iter()
+                    .map(move |(period, f)| ((period, origin.clone()), f))
+            })
+            .collect())
     }
 
     /// Where a funnel's runs stand now, from its counters summed over every day: the visits
