@@ -762,13 +762,19 @@ impl Store {
     /// of each stage not left yet (the calendar view's open visits) — its live runs per stage —
     /// and the runs waiting for the double opt-in click. No scan of the runs themselves.
     pub async fn standing(&self, funnel: &FunnelId) -> Result<(BTreeMap<String, i64>, i64)> {
+        // Two reads, each a range of the key (funnel, view, origin, …): with an OR of the
+        // views, SQLite walks every counter of the funnel.
         let sql = "SELECT stage, metric, CAST(SUM(n) AS BIGINT) FROM report_counts \
-                   WHERE funnel_id = $1 AND origin = '' AND ((view = $2 AND metric = $3) \
-                   OR (view = $4 AND stage = '' AND metric = $5)) GROUP BY stage, metric";
+                   WHERE funnel_id = $1 AND view = $2 AND origin = '' AND metric = $3 \
+                   GROUP BY stage, metric \
+                   UNION ALL SELECT stage, metric, CAST(SUM(n) AS BIGINT) FROM report_counts \
+                   WHERE funnel_id = $4 AND view = $5 AND origin = '' AND stage = '' \
+                   AND metric = $6 GROUP BY stage, metric";
         let values: Vec<Value> = vec![
             funnel.as_str().into(),
             tally::View::Calendar.name().into(),
             tally::metric::OPEN.into(),
+            funnel.as_str().into(),
             tally::View::Entry.name().into(),
             tally::metric::UNCONFIRMED.into(),
         ];
