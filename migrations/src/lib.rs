@@ -4,6 +4,30 @@
 
 pub use sea_orm_migration::prelude::*;
 
+/// A migration with no schema change, applied for what its name asks at start (the report
+/// counters made again from the rows for a name ending `_report_counts`, the stored
+/// suppressions rewritten for `hashed_suppressions`).
+#[macro_export]
+macro_rules! no_schema_change {
+    () => {
+        use sea_orm_migration::prelude::*;
+
+        #[derive(DeriveMigrationName)]
+        pub struct Migration;
+
+        #[async_trait::async_trait]
+        impl MigrationTrait for Migration {
+            async fn up(&self, _: &SchemaManager) -> Result<(), DbErr> {
+                Ok(())
+            }
+
+            async fn down(&self, _: &SchemaManager) -> Result<(), DbErr> {
+                Ok(())
+            }
+        }
+    };
+}
+
 mod m20261123_000001_init;
 mod m20261124_000002_stage_entry;
 mod m20261124_000003_pending_events;

@@ -3,18 +3,4 @@
 //! schema: the store rewrites the rows stored before this migration when it runs it
 //! (`Store::migrate`), with the one rule that makes the key.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, _: &SchemaManager) -> Result<(), DbErr> {
-        Ok(())
-    }
-
-    async fn down(&self, _: &SchemaManager) -> Result<(), DbErr> {
-        Ok(())
-    }
-}
+crate::no_schema_change!();

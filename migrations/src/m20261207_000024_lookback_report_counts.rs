@@ -3,18 +3,4 @@
 //! take, so a report over any lookback sums the counters up to it instead of reading the rows.
 //! No schema change: the recount this migration asks for makes them for the stored orders.
 
-use sea_orm_migration::prelude::*;
-
-#[derive(DeriveMigrationName)]
-pub struct Migration;
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, _: &SchemaManager) -> Result<(), DbErr> {
-        Ok(())
-    }
-
-    async fn down(&self, _: &SchemaManager) -> Result<(), DbErr> {
-        Ok(())
-    }
-}
+crate::no_schema_change!();
