@@ -403,6 +403,75 @@ pub fn field_value(
     }
 }
 
+/// What of the runs' origins a report tells apart: the parts of the first touch, the kept
+/// fields (`None`: every one) and the A/B variant its slices read. Origins that differ only
+/// in what it does not read are one to it ([`Apart::fold`]): a report by `utm_source` sums
+/// 8 sources as it reads, not 120 origins and then their sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Apart {
+    pub touch: [bool; 5],
+    pub fields: Option<Vec<String>>,
+    pub variant: bool,
+}
+
+/// Nothing told apart: every origin is one.
+impl Default for Apart {
+    fn default() -> Apart {
+        Apart {
+            touch: [false; 5],
+            fields: Some(Vec::new()),
+            variant: false,
+        }
+    }
+}
+
+impl Apart {
+    /// Every origin apart, whole.
+    pub const EVERY: Apart = Apart {
+        touch: [true; 5],
+        fields: None,
+        variant: true,
+    };
+
+    /// `origin` with what is not told apart left out: an origin text still, whose touch
+    /// parts, kept fields and variant that are told apart read as in `origin`
+    /// ([`origin_parts`], [`origin_field`], [`origin_variant`]). [`ALL`] and a text that
+    /// is not an origin stay as they are.
+    pub fn fold(&self, origin: &str) -> String {
+        use serde_json::Value;
+        if origin == ALL || *self == Apart::EVERY {
+            return origin.to_string();
+        }
+        let Ok(Value::Array(items)) = serde_json::from_str::<Value>(origin) else {
+            return origin.to_string();
+        };
+        let mut out: Vec<Value> = (0..5)
+            .map(|i| match items.get(i) {
+                Some(v) if self.touch[i] => v.clone(),
+                _ => Value::Null,
+            })
+            .collect();
+        let fields: serde_json::Map<String, Value> = match items.get(5) {
+            Some(Value::Object(m)) => m
+                .iter()
+                .filter(|(k, _)| self.fields.as_ref().is_none_or(|names| names.contains(k)))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            _ => serde_json::Map::new(),
+        };
+        let variant = items.get(6).filter(|_| self.variant).cloned();
+        match variant {
+            Some(v) if !v.is_null() => {
+                out.push(fields.into());
+                out.push(v);
+            }
+            _ if !fields.is_empty() => out.push(fields.into()),
+            _ => {}
+        }
+        serde_json::to_string(&out).unwrap_or_default()
+    }
+}
+
 /// The five parts of an [`origin`] (none for a text that is not one).
 pub fn origin_parts(text: &str) -> [Option<String>; 5] {
     let mut out: [Option<String>; 5] = Default::default();
@@ -1875,6 +1944,43 @@ mod tests {
 
     fn at(h: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + h * 3_600, 0).unwrap()
+    }
+
+    #[test]
+    fn origins_fold_to_what_a_report_tells_apart() {
+        let parts = [
+            Some("ads"),
+            Some("google"),
+            Some("cpc"),
+            Some("spring"),
+            Some("optin"),
+        ];
+        let fields = [
+            ("region", Some("north".to_string())),
+            ("plan", Some("pro".to_string())),
+        ];
+        let whole = with_variant(&origin_with(parts, &fields), "b.html");
+        let by_source = Apart {
+            touch: [false, true, false, false, false],
+            ..Apart::default()
+        };
+        let source = by_source.fold(&whole);
+        assert_eq!(source, origin([None, Some("google"), None, None, None]));
+        // Origins that differ only in what is not told apart are one.
+        let other = origin([Some("email"), Some("google"), None, None, None]);
+        assert_eq!(by_source.fold(&other), source);
+        let by_region_and_variant = Apart {
+            fields: Some(vec!["region".into()]),
+            variant: true,
+            ..Apart::default()
+        };
+        let kept = by_region_and_variant.fold(&whole);
+        assert_eq!(origin_field(&kept, "region").as_deref(), Some("north"));
+        assert_eq!(origin_field(&kept, "plan"), None);
+        assert_eq!(origin_variant(&kept).as_deref(), Some("b.html"));
+        assert_eq!(origin_parts(&kept), <[Option<String>; 5]>::default());
+        assert_eq!(Apart::EVERY.fold(&whole), whole);
+        assert_eq!(by_source.fold(ALL), ALL);
     }
 
     #[test]

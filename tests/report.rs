@@ -1260,7 +1260,14 @@ async fn stored_counters(store: &Store) -> Vec<((i64, String), Vec<String>)> {
     let first = autofunnel::tally::day_of(t0()) - 1;
     let days = Grouping::Periods((first..first + 30).map(|d| (d, d + 1)).collect());
     let figs = store
-        .report_figures(&fid("mixed"), first, first + 30, &days, true, None)
+        .report_figures(
+            &fid("mixed"),
+            first,
+            first + 30,
+            &days,
+            Some(&autofunnel::tally::Apart::EVERY),
+            None,
+        )
         .await
         .unwrap();
     let mut out: Vec<((i64, String), Vec<String>)> = figs

@@ -682,6 +682,18 @@ impl SliceKey {
 
     /// Whether the slice is made from the rows: a lead field the counters are not kept by (the
     /// counters are kept per origin: the first touch, the kept fields and the A/B variant).
+    /// Which of an origin's five parts ([`crate::tally::origin`]) the key is.
+    fn touch_part(&self) -> Option<usize> {
+        Some(match self {
+            SliceKey::Channel => 0,
+            SliceKey::Source => 1,
+            SliceKey::Medium => 2,
+            SliceKey::Campaign => 3,
+            SliceKey::Form => 4,
+            SliceKey::Field(_) | SliceKey::Kept(_) | SliceKey::Variant => return None,
+        })
+    }
+
     pub fn from_rows(&self) -> bool {
         matches!(self, SliceKey::Field(_))
     }
@@ -716,17 +728,29 @@ const NO_VALUE: &str = "\u{0}";
 
 /// The value of a slice key for a run of this origin; `None` for none.
 fn origin_value(key: &SliceKey, origin: &str) -> Option<String> {
-    let i = match key {
-        SliceKey::Channel => 0,
-        SliceKey::Source => 1,
-        SliceKey::Medium => 2,
-        SliceKey::Campaign => 3,
-        SliceKey::Form => 4,
-        SliceKey::Field(_) => return (origin != NO_VALUE).then(|| origin.to_string()),
-        SliceKey::Kept(name) => return crate::tally::origin_field(origin, name),
-        SliceKey::Variant => return crate::tally::origin_variant(origin),
-    };
-    crate::tally::origin_parts(origin)[i].take()
+    match key {
+        SliceKey::Field(_) => (origin != NO_VALUE).then(|| origin.to_string()),
+        SliceKey::Kept(name) => crate::tally::origin_field(origin, name),
+        SliceKey::Variant => crate::tally::origin_variant(origin),
+        k => crate::tally::origin_parts(origin)[k.touch_part()?].take(),
+    }
+}
+
+/// What of the runs' origins slices by `keys` read; none when none reads an origin (a lead
+/// field's value now comes from the rows).
+pub fn apart(keys: &[SliceKey]) -> Option<crate::tally::Apart> {
+    let mut out = crate::tally::Apart::default();
+    for k in keys {
+        if let Some(i) = k.touch_part() {
+            out.touch[i] = true;
+        }
+        match k {
+            SliceKey::Kept(name) => out.fields.get_or_insert_default().push(name.clone()),
+            SliceKey::Variant => out.variant = true,
+            _ => {}
+        }
+    }
+    keys.iter().any(|k| !k.from_rows()).then_some(out)
 }
 
 /// Why a field cannot be sliced by: no lead of the funnel has it.

@@ -530,7 +530,7 @@ impl Request {
                 None => Grouping::Whole,
                 Some(_) => Grouping::Periods(days),
             },
-            per_origin: !self.slices.is_empty(),
+            origins: super::apart(&self.slices),
             hours: Vec::new(),
             scope: Scope {
                 view: match (self.what, self.cohort, self.window_view()) {
@@ -548,7 +548,7 @@ impl Request {
         };
         // All runs' counters are kept by the hour too: hours at the ends that begin and end
         // on the hour are read from those.
-        let hourly = !counts.per_origin
+        let hourly = counts.origins.is_none()
             && counts.scope.view.by_hour().is_some()
             && edges
                 .iter()
@@ -665,6 +665,10 @@ pub struct Fold<'a> {
     /// is refused).
     any_runs: bool,
     fields: BTreeSet<String>,
+    /// What of the runs' origins the request's slices tell apart, and each origin read as what
+    /// it folds into ([`crate::tally::Apart::fold`]).
+    apart: Option<crate::tally::Apart>,
+    folded: std::cell::RefCell<rustc_hash::FxHashMap<String, String>>,
 }
 
 /// What a [`Fold`] sums, per report.
@@ -744,7 +748,7 @@ impl<'a> Fold<'a> {
                     (None, Some(b)) => b.periods(from, to, req.tz),
                     (None, None) => vec![(from, to)],
                 };
-                let touch = req.slices.iter().any(|k| !k.from_rows());
+                let touch = super::apart(&req.slices).is_some();
                 let slices: Vec<(usize, Tally)> = req
                     .slices
                     .iter()
@@ -765,6 +769,8 @@ impl<'a> Fold<'a> {
             counting,
             any_runs: false,
             fields: BTreeSet::new(),
+            apart: super::apart(&req.slices),
+            folded: Default::default(),
         })
     }
 
@@ -803,18 +809,32 @@ impl<'a> Fold<'a> {
             Counting::Runs { tally, slices } => {
                 for (i, t) in slices.iter_mut() {
                     let key = &req.slices[*i];
-                    if matches!(key, SliceKey::Field(_)) {
+                    // The names the leads have are wanted only to refuse a field no lead
+                    // has: gathered until one has it.
+                    if matches!(key, SliceKey::Field(name) if !self.fields.contains(name)) {
                         self.fields.extend(field_names(rows));
                     }
                     replay_by(rows, key, t);
                 }
                 if let Some(tally) = tally {
-                    let touch = req.slices.iter().any(|k| !k.from_rows());
-                    let origin = |r: &crate::store::RunRow| r.origin.clone();
+                    let (apart, folded) = (&self.apart, &self.folded);
+                    let origin = |r: &crate::store::RunRow| {
+                        let mut folded = folded.borrow_mut();
+                        if let Some(f) = folded.get(&r.origin) {
+                            return f.clone();
+                        }
+                        let f = apart
+                            .as_ref()
+                            .map_or_else(String::new, |a| a.fold(&r.origin));
+                        folded.insert(r.origin.clone(), f.clone());
+                        f
+                    };
                     replay_runs(
                         rows,
                         tally,
-                        touch.then_some(&origin as &dyn Fn(&crate::store::RunRow) -> String),
+                        apart
+                            .is_some()
+                            .then_some(&origin as &dyn Fn(&crate::store::RunRow) -> String),
                     );
                 }
             }

@@ -109,14 +109,14 @@ fn shared(reads: &[ReportRead]) -> Option<ReportRead> {
                     o.from_day,
                     o.to_day,
                     &o.grouping,
-                    o.per_origin,
+                    &o.origins,
                     o.scope.view,
                     &o.hours,
                 ) != (
                     c.from_day,
                     c.to_day,
                     &c.grouping,
-                    c.per_origin,
+                    &c.origins,
                     c.scope.view,
                     &c.hours,
                 ) {

@@ -435,13 +435,13 @@ pub enum Grouping {
 }
 
 /// A read of the counters: the days `[from_day, to_day)` grouped, all runs together and each
-/// origin too when `per_origin`, the metrics of `scope`.
+/// origin (as `origins` tells them apart) too when there are slices, the metrics of `scope`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counted {
     pub from_day: i64,
     pub to_day: i64,
     pub grouping: Grouping,
-    pub per_origin: bool,
+    pub origins: Option<tally::Apart>,
     pub scope: Scope,
     /// Hours at the ends of the periods, each beginning and ending on the hour, read from all
     /// runs' counters by the hour ([`tally::View::EntryHour`], [`tally::View::CalendarHour`]).
@@ -555,7 +555,14 @@ impl Store {
     ) -> Result<BTreeMap<(i64, String), Figures>> {
         let (from, to) = (c.from_day, c.to_day);
         let mut figs = self
-            .report_figures(funnel, from, to, &c.grouping, c.per_origin, Some(c.scope))
+            .report_figures(
+                funnel,
+                from,
+                to,
+                &c.grouping,
+                c.origins.as_ref(),
+                Some(c.scope),
+            )
             .await?;
         if !c.hours.is_empty() {
             let per_piece = self.hour_figures(funnel, &c.hours, c.scope).await?;
@@ -626,19 +633,21 @@ impl Store {
 
     /// The counters of `funnel` over the days `[from_day, to_day)`, summed per period of
     /// `grouping` (numbered from 0) and per origin: all runs together ([`tally::ALL`]), and
-    /// each origin too when `per_origin`; those of `scope` only, when given.
+    /// each origin too when `origins` says what of them to tell apart ([`tally::Apart::fold`]:
+    /// the origins that are one to it are summed as they are read); those of `scope` only,
+    /// when given.
     pub async fn report_figures(
         &self,
         funnel: &FunnelId,
         from_day: i64,
         to_day: i64,
         grouping: &Grouping,
-        per_origin: bool,
+        origins: Option<&tally::Apart>,
         scope: Option<Scope>,
     ) -> Result<BTreeMap<(i64, String), Figures>> {
         // A window of whole hours reads the counters kept by the hour (all runs together).
         let hourly = scope.is_some_and(|s| s.view.by_the_hour());
-        let (table, origin, cond, group) = match (hourly, per_origin) {
+        let (table, origin, cond, group) = match (hourly, origins.is_some()) {
             (true, _) => ("report_hours", "'' AS origin", "1 = 1", ""),
             (false, true) => ("report_counts", "origin", "1 = 1", "origin, "),
             (false, false) => ("report_counts", "origin", "origin = ''", "origin, "),
@@ -712,6 +721,8 @@ impl Store {
         // view), so the long text is looked up once a row, not copied and compared per period.
         let mut by_origin: rustc_hash::FxHashMap<String, BTreeMap<i64, Figures>> =
             Default::default();
+        // Each origin read as what it folds into.
+        let mut folded: rustc_hash::FxHashMap<String, String> = Default::default();
         self.each(&sql, values, |r| {
             let Some(view) = tally::View::parse(&r.try_get_by_index::<String>(1)?) else {
                 return Ok(());
@@ -735,9 +746,16 @@ impl Store {
                     sums_by_period(periods, &r.try_get_by_index::<String>(4)?)?
                 }
             };
-            let periods = match by_origin.get_mut(&origin) {
+            let origin = match origins {
+                Some(apart) => match folded.get(&origin) {
+                    Some(f) => f,
+                    None => folded.entry(origin).or_insert_with_key(|o| apart.fold(o)),
+                },
+                None => &origin,
+            };
+            let periods = match by_origin.get_mut(origin) {
                 Some(p) => p,
-                None => by_origin.entry(origin).or_default(),
+                None => by_origin.entry(origin.clone()).or_default(),
             };
             for (period, sum) in sums {
                 periods
@@ -1159,7 +1177,7 @@ impl Store {
                         *from_day,
                         *to_day,
                         &Grouping::Whole,
-                        false,
+                        None,
                         Some(entry),
                     )
                     .await?
