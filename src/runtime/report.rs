@@ -40,16 +40,18 @@ pub async fn make(
             edges,
             needs,
         } => {
-            let mut figs = store.counted(id, &counts).await?;
             let mut fold = Fold::of_edges(f, req, now, &edges)?;
             let windows = crate::store::Edge::pieces(&edges);
             // The calendar view files what happened in the hours; the entry view, the runs
             // that entered in them.
             let calendar = counts.scope.view == crate::tally::View::Calendar;
             let add = |rows| fold.add(&rows);
-            store
-                .each_range_around(id, now, needs, &windows, calendar, add)
-                .await?;
+            // The counters and the rows of the hours around are read side by side, on two
+            // connections.
+            let (mut figs, ()) = tokio::try_join!(
+                store.counted(id, &counts),
+                store.each_range_around(id, now, needs, &windows, calendar, add),
+            )?;
             fold.edges(&edges, &mut figs);
             Ok(answer(f, &ReportData::Counts(figs), req, now)?)
         }

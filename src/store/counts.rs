@@ -717,12 +717,17 @@ impl Store {
              FROM {table} WHERE funnel_id = $1 AND {cond} AND day >= $2 AND day < $3{which} \
              GROUP BY view, {group}stage, metric"
         );
-        // Per origin, its figures per period: an origin's rows come one after the other (per
-        // view), so the long text is looked up once a row, not copied and compared per period.
-        let mut by_origin: rustc_hash::FxHashMap<String, BTreeMap<i64, Figures>> =
-            Default::default();
-        // Each origin read as what it folds into.
-        let mut folded: rustc_hash::FxHashMap<String, String> = Default::default();
+        // Per counter — the origin as folded (numbered), the view, stage and metric — its sum
+        // in each period it has days in: a row adds to its counter's sums, and the periods'
+        // figures are made once at the end (origins folded into one come as rows apart).
+        let periods = match grouping {
+            Grouping::Whole => 1,
+            Grouping::Periods(p) => p.len(),
+        };
+        let mut names: Vec<String> = Vec::new();
+        let mut numbers: rustc_hash::FxHashMap<String, usize> = Default::default();
+        type Counter = (usize, tally::View, String, String);
+        let mut counters: rustc_hash::FxHashMap<Counter, Vec<Option<Sum>>> = Default::default();
         self.each(&sql, values, |r| {
             let Some(view) = tally::View::parse(&r.try_get_by_index::<String>(1)?) else {
                 return Ok(());
@@ -746,34 +751,45 @@ impl Store {
                     sums_by_period(periods, &r.try_get_by_index::<String>(4)?)?
                 }
             };
-            let origin = match origins {
-                Some(apart) => match folded.get(&origin) {
-                    Some(f) => f,
-                    None => folded.entry(origin).or_insert_with_key(|o| apart.fold(o)),
-                },
-                None => &origin,
+            let number = match numbers.get(&origin) {
+                Some(n) => *n,
+                None => {
+                    let name = origins.map_or_else(|| origin.clone(), |a| a.fold(&origin));
+                    let n = match names.iter().position(|x| *x == name) {
+                        Some(n) => n,
+                        None => {
+                            names.push(name);
+                            names.len() - 1
+                        }
+                    };
+                    numbers.insert(origin, n);
+                    n
+                }
             };
-            let periods = match by_origin.get_mut(origin) {
-                Some(p) => p,
-                None => by_origin.entry(origin.clone()).or_default(),
-            };
+            let per = counters
+                .entry((number, view, stage, metric))
+                .or_insert_with(|| vec![None; periods]);
             for (period, sum) in sums {
-                periods
-                    .entry(period as i64)
-                    .or_default()
-                    .add(view, &stage, &metric, sum);
+                match per.get_mut(period) {
+                    Some(Some(s)) => s.add(sum),
+                    Some(slot) => *slot = Some(sum),
+                    None => {}
+                }
             }
             Ok(())
         })
         .await?;
-        Ok(by_origin
-            .into_iter()
-            .flat_map(|(origin, periods)| {
-                periods
-                    .into_iter()
-                    .map(move |(period, f)| ((period, origin.clone()), f))
-            })
-            .collect())
+        let mut out: BTreeMap<(i64, String), Figures> = BTreeMap::new();
+        for ((number, view, stage, metric), per) in counters {
+            for (period, sum) in per.into_iter().enumerate() {
+                if let Some(sum) = sum {
+                    out.entry((period as i64, names[number].clone()))
+                        .or_default()
+                        .add(view, &stage, &metric, sum);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Where a funnel's runs stand now, from its counters summed over every day: the visits
