@@ -686,6 +686,32 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.window = Some("7d".into())),
         ),
         (
+            "36-hour window sliced by utm_source (rows: the hours after entry are kept for all runs only)",
+            What::Funnel,
+            period(&|p| {
+                p.window = Some("36h".into());
+                p.slice = vec!["utm_source".into()];
+            }),
+        ),
+        (
+            "per email with a 36-hour window (rows: emails' counters are kept by the days after entry)",
+            What::Emails,
+            period(&|p| p.window = Some("36h".into())),
+        ),
+        (
+            "A/B with a 36-hour window (rows)",
+            What::Ab,
+            period(&|p| p.window = Some("36h".into())),
+        ),
+        (
+            "per email, calendar view with a 7-day window (rows)",
+            What::Emails,
+            period(&|p| {
+                p.cohort = Some("calendar".into());
+                p.window = Some("7d".into());
+            }),
+        ),
+        (
             "per email, a period starting within a day (counters, and the rows of the first day's runs)",
             What::Emails,
             period(&|p| p.from = Some(format!("{}T00:00:01Z", from))),
