@@ -179,6 +179,7 @@ stages:
     // The 410 is a dead letter; queued again, it goes.
     let failed = store.failed_webhooks(10).await.unwrap();
     assert_eq!(failed.len(), 1);
+    assert_eq!(store.failed_webhook_count().await.unwrap(), 1);
     assert_eq!(failed[0].lead, ids[3].0);
     assert_eq!(failed[0].last_error.as_deref(), Some("HTTP 410"));
     assert!(store.retry_webhook(failed[0].id, at(200)).await.unwrap());
@@ -188,6 +189,7 @@ stages:
     );
     assert_eq!(hooks.round(at(200)).await.unwrap(), tally(1, 0, 0));
     assert!(store.failed_webhooks(10).await.unwrap().is_empty());
+    assert_eq!(store.failed_webhook_count().await.unwrap(), 0);
     assert_eq!(
         hooks.round(at(3600)).await.unwrap(),
         tally(0, 0, 0),

@@ -55,6 +55,7 @@ mod m20261207_000024_lookback_report_counts;
 mod m20261207_000025_long_hour_windows_report_counts;
 mod m20261207_000026_mail_window_report_counts;
 mod m20261207_000027_counters_by_view;
+mod m20261207_000028_failed_webhooks_index;
 
 pub struct Migrator;
 
@@ -89,6 +90,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000025_long_hour_windows_report_counts::Migration),
             Box::new(m20261207_000026_mail_window_report_counts::Migration),
             Box::new(m20261207_000027_counters_by_view::Migration),
+            Box::new(m20261207_000028_failed_webhooks_index::Migration),
         ]
     }
 }

@@ -338,11 +338,7 @@ pub async fn overview(State(state): State<AppState>, signed: Signed) -> Response
         queued: queued.max(0) as u64,
         sending: sending.max(0) as u64,
         lag_secs,
-        failed_webhooks: store
-            .failed_webhooks(10_000)
-            .await
-            .map(|f| f.len() as u64)
-            .unwrap_or(0),
+        failed_webhooks: store.failed_webhook_count().await.unwrap_or(0),
         bounces: days.iter().map(|d| d.2).sum(),
     };
     let frame = signed.frame(&state);

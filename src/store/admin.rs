@@ -277,12 +277,15 @@ pub struct FailedHook {
     pub queued_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// The failed webhook calls, in the words of their partial index
+/// (`idx_messages_failed_webhooks`): literal values, as the planner matches them to it.
+const FAILED_WEBHOOKS: &str = "kind = 'webhook' AND status = 'failed'";
+
 impl Store {
     /// The webhook calls given up on (the dead letters), newest first, at most `limit`.
     pub async fn failed_webhooks(&self, limit: u64) -> Result<Vec<FailedHook>> {
         let rows = message::Entity::find()
-            .filter(message::Column::Kind.eq("webhook"))
-            .filter(message::Column::Status.eq("failed"))
+            .filter(sea_orm::sea_query::Expr::cust(FAILED_WEBHOOKS))
             .order_by_desc(message::Column::Id)
             .limit(limit)
             .all(&self.db)
@@ -306,6 +309,18 @@ impl Store {
                 }
             })
             .collect())
+    }
+
+    /// How many webhook calls were given up on.
+    pub async fn failed_webhook_count(&self) -> Result<u64> {
+        let mut n = 0;
+        let sql = format!("SELECT COUNT(*) FROM messages WHERE {FAILED_WEBHOOKS}");
+        self.each(&sql, Vec::new(), |r| {
+            n = r.try_get_by_index::<i64>(0)?;
+            Ok(())
+        })
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Queues a failed webhook call again for an attempt at `now`, its attempts counted from
