@@ -28,6 +28,33 @@ macro_rules! no_schema_change {
     };
 }
 
+/// A migration that adds one index, `$name`, made by the statement `$create` (the same on both
+/// backends: sea-query builds no partial index for SQLite), and drops it going down.
+#[macro_export]
+macro_rules! one_index {
+    ($name:literal, $create:expr) => {
+        use sea_orm_migration::prelude::*;
+        use sea_orm_migration::sea_orm::ConnectionTrait;
+
+        #[derive(DeriveMigrationName)]
+        pub struct Migration;
+
+        #[async_trait::async_trait]
+        impl MigrationTrait for Migration {
+            async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+                m.get_connection().execute_unprepared($create).await?;
+                Ok(())
+            }
+
+            async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+                let drop = concat!("DROP INDEX IF EXISTS ", $name);
+                m.get_connection().execute_unprepared(drop).await?;
+                Ok(())
+            }
+        }
+    };
+}
+
 mod m20261123_000001_init;
 mod m20261124_000002_stage_entry;
 mod m20261124_000003_pending_events;
