@@ -694,12 +694,12 @@ async fn main() -> anyhow::Result<()> {
             }),
         ),
         (
-            "per email with a 36-hour window (rows: emails' counters are kept by the days after entry)",
+            "per email with a 36-hour window (counters by the hours after entry)",
             What::Emails,
             period(&|p| p.window = Some("36h".into())),
         ),
         (
-            "A/B with a 36-hour window (rows)",
+            "A/B with a 36-hour window (counters by the hours after entry)",
             What::Ab,
             period(&|p| p.window = Some("36h".into())),
         ),

@@ -861,11 +861,9 @@ impl Tally {
             return;
         }
         // What the store keeps of the entry view is kept by the days and by the hours after
-        // entry too, for conversion windows (emails' counters by the days only: the per-email
-        // and A/B reports take windows of whole days from counters); and all runs' counters by
-        // the hour as well as by the day.
+        // entry too, for conversion windows; and all runs' counters by the hour as well as by
+        // the day.
         let stored = matches!(self.filing, Filing::Days(_));
-        let hours = stored && !matches!(metric, Metric::Mail { .. } | Metric::Ab { .. });
         let after = |units: i64, most: u16, view: fn(u16) -> View| {
             u16::try_from(units).ok().filter(|u| *u <= most).map(view)
         };
@@ -879,7 +877,7 @@ impl Tally {
                     )
                 })
                 .flatten(),
-            hours
+            stored
                 .then(|| {
                     after(
                         hours_after(run.entered_at, happened),

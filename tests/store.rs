@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, Database};
 use crate::util::on_both_backends;
 use crate::util::postgres_url;
 
-const MIGRATIONS: [&str; 28] = [
+const MIGRATIONS: [&str; 29] = [
     "m20261123_000001_init",
     "m20261124_000002_stage_entry",
     "m20261124_000003_pending_events",
@@ -40,6 +40,7 @@ const MIGRATIONS: [&str; 28] = [
     "m20261207_000026_mail_window_report_counts",
     "m20261207_000027_counters_by_view",
     "m20261207_000028_failed_webhooks_index",
+    "m20261207_000029_mail_hour_windows_report_counts",
 ];
 
 const TABLES: [&str; 16] = [

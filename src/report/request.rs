@@ -425,9 +425,9 @@ impl Request {
 
     /// What the report reads at `now`. The funnel report without a slice by a lead field or
     /// the variant (and, with a conversion window of whole days, entry cohorts of all runs
-    /// together), attribution over any lookback and the per-email and A/B reports
-    /// (with a conversion window, of whole days on entry cohorts) read the counters, which are kept per day of the zone
-    /// `counted_in`; so does the forecast in that zone (with the runs in flight). Over whole
+    /// together), attribution over any lookback and the per-email and A/B reports (with a
+    /// conversion window, of whole days or hours on entry cohorts) read the counters, which
+    /// are kept per day of the zone `counted_in`; so does the forecast in that zone (with the runs in flight). Over whole
     /// days of that zone (from midnight to midnight or to now) they read the counters alone;
     /// over other hours (a period in another zone, or starting or ending within a day) the
     /// funnel, per-email and A/B reports read the counters of the days from the midnight
@@ -456,11 +456,9 @@ impl Request {
                         };
                 window && !self.slices.iter().any(SliceKey::from_rows)
             }
-            // Emails' counters are kept by the days after entry, not the hours.
             What::Emails | What::Ab => {
                 self.window.is_none()
-                    || self.cohort == Cohort::Entry
-                        && matches!(self.window_view(), Some(View::Within(_)))
+                    || self.cohort == Cohort::Entry && self.window_view().is_some()
             }
             What::Attribution => true,
             What::Forecast => false,
