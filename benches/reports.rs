@@ -646,6 +646,14 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.window = Some("36h".into())),
         ),
         (
+            "calendar view with a 7-day window (counters by the days after entry)",
+            What::Funnel,
+            period(&|p| {
+                p.cohort = Some("calendar".into());
+                p.window = Some("7d".into());
+            }),
+        ),
+        (
             "7-day conversion window sliced by utm_source (--window 7d --slice utm_source)",
             What::Funnel,
             period(&|p| {
@@ -704,7 +712,7 @@ async fn main() -> anyhow::Result<()> {
             period(&|p| p.window = Some("36h".into())),
         ),
         (
-            "per email, calendar view with a 7-day window (rows)",
+            "per email, calendar view with a 7-day window (counters by the days after entry)",
             What::Emails,
             period(&|p| {
                 p.cohort = Some("calendar".into());

@@ -34,6 +34,10 @@ pub enum View {
     /// The same by the hours after entry ([`hours_after`]), up to [`WITHIN_HOURS`]: a window
     /// of whole hours.
     WithinHours(u16),
+    /// The calendar view of what happened this many days after its run entered
+    /// ([`days_after`]), up to [`WITHIN_DAYS`], for all runs together: a window of whole days
+    /// in the calendar view is the sum of these up to it.
+    CalendarWithin(u16),
     /// The entry view of all runs together filed by the hour (UTC) the run entered, the key's
     /// `day` being hours since 1970: the hours at the ends of a period in another zone, or
     /// starting or ending within a day, are read from these instead of the rows.
@@ -93,6 +97,7 @@ impl View {
             View::Calendar => "calendar".into(),
             View::Within(d) => format!("entry+{d:03}"),
             View::WithinHours(h) => format!("entry+h{h:03}"),
+            View::CalendarWithin(d) => format!("calendar+{d:03}"),
             View::EntryHour => "entry@hour".into(),
             View::CalendarHour => "calendar@hour".into(),
         }
@@ -122,7 +127,7 @@ impl View {
     pub fn summed_as(self) -> View {
         match self {
             View::Within(_) | View::WithinHours(_) | View::EntryHour => View::Entry,
-            View::CalendarHour => View::Calendar,
+            View::CalendarHour | View::CalendarWithin(_) => View::Calendar,
             v => v,
         }
     }
@@ -134,10 +139,12 @@ impl View {
             "entry@hour" => Some(View::EntryHour),
             "calendar@hour" => Some(View::CalendarHour),
             _ => {
-                let d = text.strip_prefix("entry+")?;
-                let (d, view): (&str, fn(u16) -> View) = match d.strip_prefix('h') {
-                    Some(h) => (h, View::WithinHours),
-                    None => (d, View::Within),
+                let (d, view): (&str, fn(u16) -> View) = match text.strip_prefix("entry+") {
+                    Some(d) => match d.strip_prefix('h') {
+                        Some(h) => (h, View::WithinHours),
+                        None => (d, View::Within),
+                    },
+                    None => (text.strip_prefix("calendar+")?, View::CalendarWithin),
                 };
                 (d.len() == 3 && d.bytes().all(|b| b.is_ascii_digit()))
                     .then(|| d.parse().ok().map(view))
@@ -913,6 +920,18 @@ impl Tally {
             self.sums.entry(key).or_default().add(Sum { n, total });
             if let Some(hourly) = view.by_hour().filter(|_| stored) {
                 let key = (hourly, hour_of(t), funnel, self.all, stage, metric);
+                self.sums.entry(key).or_default().add(Sum { n, total });
+            }
+            // The calendar view by the days after entry, all runs together.
+            if let (View::Calendar, Some(View::Within(d))) = (view, afters[0]) {
+                let key = (
+                    View::CalendarWithin(d),
+                    day,
+                    funnel,
+                    self.all,
+                    stage,
+                    metric,
+                );
                 self.sums.entry(key).or_default().add(Sum { n, total });
             }
             if view == View::Entry {

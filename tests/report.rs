@@ -1698,6 +1698,33 @@ async fn counters_agree_with_rows(store: Store) {
         windowed.len() > 1,
         "the windows change the figures: {windowed:?}"
     );
+    // The calendar view with a window of whole days reads the calendar view's counters by the
+    // days after entry, and the entry view's funnel-wide ones of the same window for its
+    // header.
+    let mut calendar = std::collections::BTreeSet::new();
+    for window in [None, Some("1d"), Some("2d"), Some("7d")] {
+        for by in [None, Some("day")] {
+            let params = Params {
+                from: Some("2026-11-01".into()),
+                cohort: Some("calendar".into()),
+                by: by.map(str::to_string),
+                window: window.map(str::to_string),
+                ..Params::default()
+            };
+            let req = Request::parse(What::Funnel, &params, now).unwrap();
+            assert!(
+                matches!(req.read(now, chrono_tz::UTC), ReportRead::Counts(_)),
+                "{window:?}"
+            );
+            let a = funnel_both(&store, f, &rows, &req, now).await;
+            let ins: Vec<u64> = a.report.stages.iter().map(|s| s.leads_in).collect();
+            calendar.insert((ins, a.report.converted.part));
+        }
+    }
+    assert!(
+        calendar.len() > 1,
+        "the windows change the calendar view: {calendar:?}"
+    );
     for cohort in ["entry", "calendar"] {
         let params = Params {
             from: Some("2026-11-01".into()),
@@ -1734,9 +1761,15 @@ async fn counters_agree_with_rows(store: Store) {
     // Per-email and A/B windows of whole days or hours read the counters: each email's figures
     // kept by the days and the hours after its run's entry that they happened.
     let mut by_window = Vec::new();
-    for window in ["1h", "1d", "30h", "2d", "30d"] {
+    let mut calendar = Vec::new();
+    let windows = ["1h", "1d", "30h", "2d", "30d"].map(|w| ("entry", w));
+    for (cohort, window) in windows
+        .into_iter()
+        .chain(["1d", "2d", "7d", "30d"].map(|w| ("calendar", w)))
+    {
         let params = Params {
             from: Some("2026-11-01".into()),
+            cohort: Some(cohort.into()),
             window: Some(window.into()),
             ..Params::default()
         };
@@ -1763,8 +1796,15 @@ async fn counters_agree_with_rows(store: Store) {
             .iter()
             .map(|v| v.clicked.part + v.converted.part)
             .sum();
-        by_window.push((mails, runs));
+        match cohort {
+            "entry" => by_window.push((mails, runs)),
+            _ => calendar.push((mails, runs)),
+        }
     }
+    assert!(
+        calendar[0] != calendar[3] && calendar.windows(2).all(|w| w[0].0 <= w[1].0),
+        "a longer window sees more in the calendar view too: {calendar:?}"
+    );
     assert!(
         by_window[0] != by_window[4]
             && by_window
@@ -1935,6 +1975,26 @@ async fn counters_agree_with_rows(store: Store) {
         parts >= 40 && hourly >= 10,
         "{parts} from rows, {hourly} by the hour"
     );
+    // With a conversion window, in either view: the window's counters of the whole days and
+    // the rows of the hours around them, counted within the window.
+    for (cohort, what) in ["entry", "calendar"]
+        .into_iter()
+        .flat_map(|c| [What::Funnel, What::Emails, What::Ab].map(|w| (c, w)))
+    {
+        let params = Params {
+            from: Some("2026-11-01".into()),
+            tz: Some("Asia/Kolkata".into()),
+            cohort: Some(cohort.into()),
+            window: Some("2d".into()),
+            ..Params::default()
+        };
+        let req = Request::parse(what, &params, now).unwrap();
+        assert!(
+            matches!(req.read(now, chrono_tz::UTC), ReportRead::Parts { .. }),
+            "{cohort} {what:?}"
+        );
+        both(&store, f, &rows, &req, now).await;
+    }
     // A part of the history by variant (the counters and the hours around) and with a window
     // not of whole days (the rows): the same entries as the first-touch slice over it.
     let part = |slice: &str, window: Option<&str>| Params {

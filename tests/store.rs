@@ -40,7 +40,7 @@ const MIGRATIONS: [&str; 29] = [
     "m20261207_000026_mail_window_report_counts",
     "m20261207_000027_counters_by_view",
     "m20261207_000028_failed_webhooks_index",
-    "m20261207_000029_mail_hour_windows_report_counts",
+    "m20261207_000029_calendar_and_mail_hour_windows_report_counts",
 ];
 
 const TABLES: [&str; 16] = [

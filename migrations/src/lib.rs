@@ -83,7 +83,7 @@ mod m20261207_000025_long_hour_windows_report_counts;
 mod m20261207_000026_mail_window_report_counts;
 mod m20261207_000027_counters_by_view;
 mod m20261207_000028_failed_webhooks_index;
-mod m20261207_000029_mail_hour_windows_report_counts;
+mod m20261207_000029_calendar_and_mail_hour_windows_report_counts;
 
 pub struct Migrator;
 
@@ -119,7 +119,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000026_mail_window_report_counts::Migration),
             Box::new(m20261207_000027_counters_by_view::Migration),
             Box::new(m20261207_000028_failed_webhooks_index::Migration),
-            Box::new(m20261207_000029_mail_hour_windows_report_counts::Migration),
+            Box::new(m20261207_000029_calendar_and_mail_hour_windows_report_counts::Migration),
         ]
     }
 }

@@ -409,8 +409,9 @@ impl Request {
         }
     }
 
-    /// The counters' view of the conversion window, when it is whole days or whole hours the
-    /// counters keep ([`crate::tally::WITHIN_DAYS`], [`crate::tally::WITHIN_HOURS`] at most).
+    /// The counters' view of the conversion window, when the counters keep it: whole days
+    /// ([`crate::tally::WITHIN_DAYS`] at most), and on entry cohorts whole hours too
+    /// ([`crate::tally::WITHIN_HOURS`] at most).
     fn window_view(&self) -> Option<View> {
         let ms = self.window?.num_milliseconds();
         let whole = |unit: i64, most: u16| {
@@ -418,9 +419,13 @@ impl Request {
                 .ok()
                 .filter(|n| ms % unit == 0 && *n <= most)
         };
-        whole(86_400_000, crate::tally::WITHIN_DAYS)
-            .map(View::Within)
-            .or_else(|| whole(3_600_000, crate::tally::WITHIN_HOURS).map(View::WithinHours))
+        let days = whole(86_400_000, crate::tally::WITHIN_DAYS);
+        match self.cohort {
+            Cohort::Entry => days
+                .map(View::Within)
+                .or_else(|| whole(3_600_000, crate::tally::WITHIN_HOURS).map(View::WithinHours)),
+            Cohort::Calendar => days.map(View::CalendarWithin),
+        }
     }
 
     /// What the report reads at `now`. The funnel report without a slice by a lead field or
@@ -445,21 +450,17 @@ impl Request {
         }
         let counted = match self.what {
             What::Funnel => {
-                // Windows of whole days are kept per origin too, those of whole hours for all
-                // runs together only.
+                // Entry cohorts' windows of whole days are kept per origin too, the others for
+                // all runs together only.
                 let window = self.window.is_none()
-                    || self.cohort == Cohort::Entry
-                        && match self.window_view() {
-                            Some(View::Within(_)) => true,
-                            Some(_) => self.slices.is_empty(),
-                            None => false,
-                        };
+                    || match self.window_view() {
+                        Some(View::Within(_)) => true,
+                        Some(_) => self.slices.is_empty(),
+                        None => false,
+                    };
                 window && !self.slices.iter().any(SliceKey::from_rows)
             }
-            What::Emails | What::Ab => {
-                self.window.is_none()
-                    || self.cohort == Cohort::Entry && self.window_view().is_some()
-            }
+            What::Emails | What::Ab => self.window.is_none() || self.window_view().is_some(),
             What::Attribution => true,
             What::Forecast => false,
         };
@@ -532,8 +533,8 @@ impl Request {
             hours: Vec::new(),
             scope: Scope {
                 view: match (self.what, self.cohort, self.window_view()) {
-                    (What::Attribution, _, _) | (_, Cohort::Calendar, _) => View::Calendar,
-                    (_, Cohort::Entry, Some(w)) => w,
+                    (What::Attribution, _, _) | (_, Cohort::Calendar, None) => View::Calendar,
+                    (_, _, Some(w)) => w,
                     (_, Cohort::Entry, None) => View::Entry,
                 },
                 entry_totals: self.what == What::Funnel && self.cohort == Cohort::Calendar,

@@ -44,7 +44,7 @@ pub async fn make(
             let windows = crate::store::Edge::pieces(&edges);
             // The calendar view files what happened in the hours; the entry view, the runs
             // that entered in them.
-            let calendar = counts.scope.view == crate::tally::View::Calendar;
+            let calendar = counts.scope.view.summed_as() == crate::tally::View::Calendar;
             let add = |rows| fold.add(&rows);
             // The counters and the rows of the hours around are read side by side, on two
             // connections.

@@ -677,6 +677,28 @@ impl Store {
                         values.push(s.view.name().into());
                         " AND view BETWEEN $4 AND $5".to_string()
                     }
+                    // The calendar view's (all runs together), with (for the funnel report) the
+                    // entry view's funnel-wide counters of the same window.
+                    tally::View::CalendarWithin(days) => {
+                        let mut views: Vec<tally::View> =
+                            (0..=days).map(tally::View::CalendarWithin).collect();
+                        if s.entry_totals {
+                            views.extend((0..=days).map(tally::View::Within));
+                        }
+                        let list: Vec<String> = views
+                            .iter()
+                            .map(|v| {
+                                values.push(v.name().into());
+                                format!("${}", values.len())
+                            })
+                            .collect();
+                        values.push(tally::View::Calendar.name().into());
+                        format!(
+                            " AND view IN ({}) AND (substr(view, 1, 8) = ${} OR stage = '')",
+                            list.join(", "),
+                            values.len()
+                        )
+                    }
                     view if s.entry_totals => {
                         for v in [view, tally::View::Entry, view] {
                             values.push(v.name().into());
