@@ -672,6 +672,14 @@ async fn main() -> anyhow::Result<()> {
             What::Forecast,
             Params::default(),
         ),
+        (
+            "forecast in Europe/Moscow (counters of the whole UTC days and by the hour of the hours around, the runs in flight)",
+            What::Forecast,
+            Params {
+                tz: Some("Europe/Moscow".into()),
+                ..Params::default()
+            },
+        ),
         ("per email", What::Emails, period(&|_| {})),
         (
             "per email, calendar view",
@@ -747,7 +755,7 @@ async fn main() -> anyhow::Result<()> {
             ReportRead::Counts(_) => "counters",
             ReportRead::Parts { .. } => "counters, and the rows of the hours around",
             ReportRead::Rows(_) => "rows, a range of leads at a time",
-            ReportRead::Forecast { .. } => "counters and the runs in flight",
+            ReportRead::Forecast(_) => "counters and the runs in flight",
         };
         let started = Instant::now();
         let a = autofunnel::runtime::report::make(&store, &f, &req, now).await?;

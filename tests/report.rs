@@ -343,7 +343,7 @@ async fn the_textbook_funnel(store: Store) {
     });
     assert!(matches!(
         asked.read(now, chrono_tz::UTC),
-        autofunnel::store::ReportRead::Forecast { .. }
+        autofunnel::store::ReportRead::Forecast(_)
     ));
     let fc = match both(&store, f, &rows, &asked, now).await {
         Answer::Forecast(fc) => fc,
@@ -1995,6 +1995,37 @@ async fn counters_agree_with_rows(store: Store) {
         );
         both(&store, f, &rows, &req, now).await;
     }
+    // The forecast observed from a midnight of another zone: the counters of the whole days
+    // and, the hours around beginning and ending on the hour, all runs' counters by the hour;
+    // in a zone off the hour, the rows. Each observes the runs that entered since that
+    // midnight, those of the hours before the next UTC midnight among them.
+    let mut edge_runs = 0;
+    for observe in 1..=8 {
+        for (tz, hourly) in [("America/New_York", true), ("Asia/Kolkata", false)] {
+            let params = Params {
+                tz: Some(tz.into()),
+                observe: Some(observe.to_string()),
+                ..Params::default()
+            };
+            let req = Request::parse(What::Forecast, &params, now).unwrap();
+            match req.read(now, chrono_tz::UTC) {
+                ReportRead::Forecast(c) => assert!(hourly && !c.hours.is_empty(), "{tz}"),
+                ReportRead::Rows(_) => assert!(!hourly, "{tz}"),
+                other => panic!("{tz}: {other:?}"),
+            }
+            let Answer::Forecast(fc) = both(&store, f, &rows, &req, now).await else {
+                unreachable!()
+            };
+            let since = |t: DateTime<Utc>| rows.runs.iter().filter(|r| r.entered_at >= t).count();
+            let midnight = fc.observed_from.date_naive().and_hms_opt(0, 0, 0).unwrap();
+            let next_utc = midnight.and_utc() + Duration::days(1);
+            assert_eq!(fc.observed_entered, since(fc.observed_from) as u64, "{tz}");
+            if hourly {
+                edge_runs += since(fc.observed_from) - since(next_utc);
+            }
+        }
+    }
+    assert!(edge_runs > 0, "the hours around the days hold runs");
     // A part of the history by variant (the counters and the hours around) and with a window
     // not of whole days (the rows): the same entries as the first-touch slice over it.
     let part = |slice: &str, window: Option<&str>| Params {

@@ -428,26 +428,20 @@ impl Request {
         }
     }
 
-    /// What the report reads at `now`. The funnel report without a slice by a lead field or
-    /// the variant (and, with a conversion window of whole days, entry cohorts of all runs
-    /// together), attribution over any lookback and the per-email and A/B reports (with a
-    /// conversion window, of whole days or hours on entry cohorts) read the counters, which
-    /// are kept per day of the zone `counted_in`; so does the forecast in that zone (with the runs in flight). Over whole
-    /// days of that zone (from midnight to midnight or to now) they read the counters alone;
-    /// over other hours (a period in another zone, or starting or ending within a day) the
-    /// funnel, per-email and A/B reports read the counters of the days from the midnight
-    /// nearest each period's start to the one nearest its end, and the rows of the leads with
-    /// something in the hours between, added where the days fall short and taken off where
-    /// they reach past ([`ReportRead::Parts`]).
-    /// Every other report reads the rows.
+    /// What the report reads at `now`. The counters, kept per day of the zone `counted_in`,
+    /// answer the funnel report unless sliced by a lead field not kept (with a conversion
+    /// window of whole days, sliced or not; of whole hours, or in the calendar view of whole
+    /// days, unsliced), attribution over any lookback, the per-email and A/B reports (with a
+    /// window of whole days or hours; in the calendar view of whole days) and the forecast
+    /// (with the runs in flight). Over whole days of that zone (from midnight to midnight or
+    /// to now) they read the counters alone; over other hours (a period in another zone, or
+    /// starting or ending within a day) the counters of the days from the midnight nearest
+    /// each period's start to the one nearest its end, and for the hours between, added where
+    /// the days fall short and taken off where they reach past, all runs' counters by the hour
+    /// (unsliced, the hours beginning and ending on the hour) or else the rows of the leads
+    /// with something in them ([`ReportRead::Parts`]; attribution and the forecast read all
+    /// their rows then). Every other report reads the rows.
     pub fn read(&self, now: DateTime<Utc>, counted_in: Tz) -> ReportRead {
-        if self.what == What::Forecast && self.tz == counted_in {
-            let from = super::forecast::observed_from(&self.scenario, now, self.tz);
-            return ReportRead::Forecast {
-                from_day: day_in(from, self.tz),
-                to_day: day_in(now, self.tz) + 1,
-            };
-        }
         let counted = match self.what {
             What::Funnel => {
                 // Entry cohorts' windows of whole days are kept per origin too, the others for
@@ -461,15 +455,19 @@ impl Request {
                 window && !self.slices.iter().any(SliceKey::from_rows)
             }
             What::Emails | What::Ab => self.window.is_none() || self.window_view().is_some(),
-            What::Attribution => true,
-            What::Forecast => false,
+            What::Attribution | What::Forecast => true,
         };
         if !counted {
             return ReportRead::Rows(self.needs());
         }
-        let periods = match self.by {
-            None => vec![(self.from, self.to)],
-            Some(b) => b.periods(self.from, self.to, self.tz),
+        let periods = match (self.what, self.by) {
+            // The forecast observes the entry cohorts from a midnight of its zone up to now.
+            (What::Forecast, _) => vec![(
+                super::forecast::observed_from(&self.scenario, now, self.tz),
+                now,
+            )],
+            (_, None) => vec![(self.from, self.to)],
+            (_, Some(b)) => b.periods(self.from, self.to, self.tz),
         };
         // Each period's days of the counters' zone (those up to now, when the period ends
         // later: the counters hold nothing after now) and the hours where they differ.
@@ -533,6 +531,7 @@ impl Request {
             hours: Vec::new(),
             scope: Scope {
                 view: match (self.what, self.cohort, self.window_view()) {
+                    (What::Forecast, _, _) => View::Entry,
                     (What::Attribution, _, _) | (_, Cohort::Calendar, None) => View::Calendar,
                     (_, _, Some(w)) => w,
                     (_, Cohort::Entry, None) => View::Entry,
@@ -552,23 +551,28 @@ impl Request {
             && edges
                 .iter()
                 .all(|e| crate::tally::on_the_hour(e.from) && crate::tally::on_the_hour(e.to));
-        if edges.is_empty() {
-            ReportRead::Counts(counts)
-        } else if hourly {
-            ReportRead::Counts(Counted {
+        let counts = match (edges.is_empty(), hourly) {
+            (true, _) => counts,
+            (false, true) => Counted {
                 hours: edges,
                 ..counts
-            })
-        } else if self.what != What::Attribution {
-            // A report's figures are sums over runs: an entry cohort's, each filed under its
-            // entry; the calendar view's, each fact filed when it happened.
-            ReportRead::Parts {
-                counts,
-                edges,
-                needs: self.needs(),
+            },
+            (false, false) if matches!(self.what, What::Attribution | What::Forecast) => {
+                return ReportRead::Rows(self.needs());
             }
-        } else {
-            ReportRead::Rows(self.needs())
+            (false, false) => {
+                // A report's figures are sums over runs: an entry cohort's, each filed under
+                // its entry; the calendar view's, each fact filed when it happened.
+                return ReportRead::Parts {
+                    counts,
+                    edges,
+                    needs: self.needs(),
+                };
+            }
+        };
+        match self.what {
+            What::Forecast => ReportRead::Forecast(counts),
+            _ => ReportRead::Counts(counts),
         }
     }
 }

@@ -55,7 +55,7 @@ pub async fn make(
             fold.edges(&edges, &mut figs);
             Ok(answer(f, &ReportData::Counts(figs), req, now)?)
         }
-        read @ (ReportRead::Counts(_) | ReportRead::Forecast { .. }) => {
+        read @ (ReportRead::Counts(_) | ReportRead::Forecast(_)) => {
             let data: ReportData = store.read_report(id, &read, now).await?;
             Ok(answer(f, &data, req, now)?)
         }

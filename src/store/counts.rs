@@ -1172,11 +1172,9 @@ pub enum ReportRead {
         edges: Vec<Edge>,
         needs: ReportNeeds,
     },
-    /// A forecast: the entry view of the observed days (all runs), and the runs in flight.
-    Forecast {
-        from_day: i64,
-        to_day: i64,
-    },
+    /// A forecast: the entry view of the observed days (all runs; in another zone with the
+    /// hours around them by the hour), and the runs in flight.
+    Forecast(Counted),
 }
 
 /// What a report read.
@@ -1203,21 +1201,9 @@ impl Store {
             ReportRead::Counts(c) | ReportRead::Parts { counts: c, .. } => {
                 ReportData::Counts(self.counted(funnel, c).await?)
             }
-            ReportRead::Forecast { from_day, to_day } => {
-                let entry = Scope {
-                    view: tally::View::Entry,
-                    entry_totals: false,
-                    prefix: None,
-                };
+            ReportRead::Forecast(c) => {
                 let figures = self
-                    .report_figures(
-                        funnel,
-                        *from_day,
-                        *to_day,
-                        &Grouping::Whole,
-                        None,
-                        Some(entry),
-                    )
+                    .counted(funnel, c)
                     .await?
                     .remove(&(0, tally::ALL.to_string()))
                     .unwrap_or_default();
