@@ -309,6 +309,32 @@ async fn without_an_admin_token_there_is_no_dashboard() {
     server.stop().await;
 }
 
+/// An outbox the store cannot read: the overview says so, not a health panel of zeros that
+/// reads as all well.
+#[tokio::test]
+async fn the_overview_says_when_its_health_cannot_be_read() {
+    use sea_orm::ConnectionTrait;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, base, _store) = dashboard(dir.path(), 3, Some(TOKEN)).await;
+    let c = client();
+    let session = sign_in(&c, &base).await;
+    let r = get_as(&c, format!("{base}/dashboard"), &session).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let url = format!("sqlite://{}/d.db", dir.path().display());
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    db.execute_unprepared("ALTER TABLE messages RENAME TO messages_away")
+        .await
+        .unwrap();
+    let r = get_as(&c, format!("{base}/dashboard"), &session).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("Cannot show this") && figures(&page, "outbox-queued").is_empty(),
+        "{page}"
+    );
+    server.stop().await;
+}
+
 /// The overview's and the funnel page's figures are the reports API's.
 #[tokio::test]
 async fn the_pages_show_the_reports_figures() {

@@ -326,19 +326,23 @@ pub async fn overview(State(state): State<AppState>, signed: Signed) -> Response
             })
         })
         .collect();
-    let (queued, sending) = store.outbox_depth().await.unwrap_or((0, 0));
-    let lag_secs = store
-        .next_wake()
-        .await
-        .ok()
-        .flatten()
-        .map(|w| (now - w).num_milliseconds().max(0) as f64 / 1000.0)
-        .unwrap_or(0.0);
+    // The health figures as read, or the page says why they could not be (never a 0 that
+    // reads as healthy).
+    let read = async {
+        let (queued, sending) = store.outbox_depth().await?;
+        let next = store.next_wake().await?;
+        let failed_webhooks = store.failed_webhook_count().await?;
+        Ok::<_, crate::store::StoreError>((queued, sending, next, failed_webhooks))
+    };
+    let (queued, sending, next, failed_webhooks) = match read.await {
+        Ok(h) => h,
+        Err(e) => return failed(e.into()),
+    };
     let health = Health {
         queued: queued.max(0) as u64,
         sending: sending.max(0) as u64,
-        lag_secs,
-        failed_webhooks: store.failed_webhook_count().await.unwrap_or(0),
+        lag_secs: next.map_or(0.0, |w| (now - w).num_milliseconds().max(0) as f64 / 1000.0),
+        failed_webhooks,
         bounces: days.iter().map(|d| d.2).sum(),
     };
     let frame = signed.frame(&state);
