@@ -722,6 +722,7 @@ impl<'a> Fold<'a> {
         now: DateTime<Utc>,
         periods: Option<Vec<(DateTime<Utc>, DateTime<Utc>)>>,
     ) -> Result<Fold<'a>, ReportError> {
+        let apart = super::apart(&req.slices);
         let (from, to) = (req.from, req.to);
         super::check_period(from, to)?;
         let whole = || periods.clone().unwrap_or_else(|| vec![(from, to)]);
@@ -751,7 +752,7 @@ impl<'a> Fold<'a> {
                     (None, Some(b)) => b.periods(from, to, req.tz),
                     (None, None) => vec![(from, to)],
                 };
-                let touch = super::apart(&req.slices).is_some();
+                let touch = apart.is_some();
                 let slices: Vec<(usize, Tally)> = req
                     .slices
                     .iter()
@@ -772,7 +773,7 @@ impl<'a> Fold<'a> {
             counting,
             any_runs: false,
             fields: BTreeSet::new(),
-            apart: super::apart(&req.slices),
+            apart,
             folded: Default::default(),
         })
     }
