@@ -409,6 +409,21 @@ impl Request {
         }
     }
 
+    /// The funnel report of the entry cohorts a forecast made at `now` observes: its rates'
+    /// figures.
+    pub fn observed_cohort(&self, now: DateTime<Utc>) -> Request {
+        Request {
+            what: What::Funnel,
+            from: super::forecast::observed_from(&self.scenario, now, self.tz),
+            to: now,
+            cohort: Cohort::Entry,
+            by: None,
+            window: None,
+            slices: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     /// The counters' view of the conversion window, when the counters keep it: whole days
     /// ([`crate::tally::WITHIN_DAYS`] at most), and on entry cohorts whole hours too
     /// ([`crate::tally::WITHIN_HOURS`] at most).
@@ -439,8 +454,9 @@ impl Request {
     /// each period's start to the one nearest its end, and for the hours between, added where
     /// the days fall short and taken off where they reach past, all runs' counters by the hour
     /// (unsliced, the hours beginning and ending on the hour) or else the rows of the leads
-    /// with something in them ([`ReportRead::Parts`]; attribution and the forecast read all
-    /// their rows then). Every other report reads the rows.
+    /// with something in them ([`ReportRead::Parts`]; for the forecast, those of its observed
+    /// cohort, [`Request::observed_cohort`]; attribution reads all its rows then). Every other
+    /// report reads the rows.
     pub fn read(&self, now: DateTime<Utc>, counted_in: Tz) -> ReportRead {
         let counted = match self.what {
             What::Funnel => {
@@ -557,16 +573,21 @@ impl Request {
                 hours: edges,
                 ..counts
             },
-            (false, false) if matches!(self.what, What::Attribution | What::Forecast) => {
+            (false, false) if self.what == What::Attribution => {
                 return ReportRead::Rows(self.needs());
             }
             (false, false) => {
                 // A report's figures are sums over runs: an entry cohort's, each filed under
-                // its entry; the calendar view's, each fact filed when it happened.
+                // its entry; the calendar view's, each fact filed when it happened. The
+                // forecast's hours around are its observed cohort's.
+                let needs = match self.what {
+                    What::Forecast => self.observed_cohort(now).needs(),
+                    _ => self.needs(),
+                };
                 return ReportRead::Parts {
                     counts,
                     edges,
-                    needs: self.needs(),
+                    needs,
                 };
             }
         };

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use crate::funnel::Funnel;
 use crate::report::ReportError;
-use crate::report::request::{Answer, Fold, Request, answer};
+use crate::report::request::{Answer, Fold, Request, What, answer};
 use crate::store::{ReportData, ReportRead, Store, StoreError};
 
 /// Why a report was not made.
@@ -40,7 +40,10 @@ pub async fn make(
             edges,
             needs,
         } => {
-            let mut fold = Fold::of_edges(f, req, now, &edges)?;
+            // The forecast's hours around are counted as its observed cohort's funnel report.
+            let forecast = req.what == What::Forecast;
+            let observed = forecast.then(|| req.observed_cohort(now));
+            let mut fold = Fold::of_edges(f, observed.as_ref().unwrap_or(req), now, &edges)?;
             let windows = crate::store::Edge::pieces(&edges);
             // The calendar view files what happened in the hours; the entry view, the runs
             // that entered in them.
@@ -53,7 +56,11 @@ pub async fn make(
                 store.each_range_around(id, now, needs, &windows, calendar, add),
             )?;
             fold.edges(&edges, &mut figs);
-            Ok(answer(f, &ReportData::Counts(figs), req, now)?)
+            let data = match forecast {
+                true => ReportData::Forecast(store.observations(id, figs).await?),
+                false => ReportData::Counts(figs),
+            };
+            Ok(answer(f, &data, req, now)?)
         }
         read @ (ReportRead::Counts(_) | ReportRead::Forecast(_)) => {
             let data: ReportData = store.read_report(id, &read, now).await?;

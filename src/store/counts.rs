@@ -1202,18 +1202,26 @@ impl Store {
                 ReportData::Counts(self.counted(funnel, c).await?)
             }
             ReportRead::Forecast(c) => {
-                let figures = self
-                    .counted(funnel, c)
-                    .await?
-                    .remove(&(0, tally::ALL.to_string()))
-                    .unwrap_or_default();
-                let (live, first) = self.in_flight(funnel).await?;
-                ReportData::Forecast(super::Observations {
-                    figures,
-                    live,
-                    first,
-                })
+                let figures = self.counted(funnel, c).await?;
+                ReportData::Forecast(self.observations(funnel, figures).await?)
             }
+        })
+    }
+
+    /// What a forecast goes on from: `figures` (all runs', of the observed days) and the runs
+    /// in flight.
+    pub async fn observations(
+        &self,
+        funnel: &FunnelId,
+        mut figures: BTreeMap<(i64, String), Figures>,
+    ) -> Result<super::Observations> {
+        let (live, first) = self.in_flight(funnel).await?;
+        Ok(super::Observations {
+            figures: figures
+                .remove(&(0, tally::ALL.to_string()))
+                .unwrap_or_default(),
+            live,
+            first,
         })
     }
 }
