@@ -732,6 +732,36 @@ async fn main() -> anyhow::Result<()> {
             What::Emails,
             period(&|p| p.from = Some(format!("{}T00:00:01Z", from))),
         ),
+        (
+            "calendar view with a 36-hour window (rows: the calendar view is kept by the days after entry only)",
+            What::Funnel,
+            period(&|p| {
+                p.cohort = Some("calendar".into());
+                p.window = Some("36h".into());
+            }),
+        ),
+        (
+            "calendar view with a 7-day window sliced by utm_source (rows: kept for all runs only)",
+            What::Funnel,
+            period(&|p| {
+                p.cohort = Some("calendar".into());
+                p.window = Some("7d".into());
+                p.slice = vec!["utm_source".into()];
+            }),
+        ),
+        (
+            "1000-hour window (rows: past 999 hours and not whole days)",
+            What::Funnel,
+            period(&|p| p.window = Some("1000h".into())),
+        ),
+        (
+            "forecast in Asia/Kolkata (counters of the days, the rows of the runs that entered in the half hours around)",
+            What::Forecast,
+            Params {
+                tz: Some("Asia/Kolkata".into()),
+                ..Params::default()
+            },
+        ),
     ];
     if let Some(rounds) = common::flag::<usize>(&args, "--pages") {
         pages(&store, f, rounds.max(1)).await?;
