@@ -175,7 +175,10 @@ async fn main() -> anyhow::Result<()> {
     drop(lags);
 
     // Backlog: a day later every lead's reminder timer is due at once.
-    let all_due = due0 + Duration::days(1) + Duration::seconds((n as f64 / rate) as i64 + 60);
+    // Each reminder is due a day after its first timer was handled, which the paced phase's
+    // clock did by `paced_secs` at the latest (not by the last due time: a run handled late
+    // waits from then).
+    let all_due = due0 + Duration::days(1) + Duration::seconds(paced_secs.ceil() as i64 + 60);
     let start = Instant::now();
     let mut transitions = 0;
     // Each round's lag and how many transitions it made: the rounds come in order of lag.
@@ -190,6 +193,10 @@ async fn main() -> anyhow::Result<()> {
         transitions += done;
     }
     let drain_secs = start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        transitions == n,
+        "the backlog drained {transitions} timers, not the {n} reminders"
+    );
     println!(
         "backlog: {transitions} timers due at once drained in {drain_secs:.2} s = {:.0} transitions/s; \
          lag p50 {:.3} s, p99 {:.3} s",
