@@ -26,6 +26,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    autofunnel::allocator::configure();
     let args = common::args();
     let connections = common::flag(&args, "--connections").unwrap_or(32);
     let n = common::count(&args).unwrap_or(100_000);

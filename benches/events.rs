@@ -31,6 +31,7 @@ stages:\n  - id: welcome\n    steps:\n      - send: hello\n      - wait: 30d\n  
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    autofunnel::allocator::configure();
     autofunnel::delivery::webhook::install_tls();
     let args = common::args();
     let n = common::count(&args).unwrap_or(20_000);

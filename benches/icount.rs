@@ -57,6 +57,7 @@ fn phase_done(phase: &str, items: usize) {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    autofunnel::allocator::configure();
     let args = common::args();
     let n = common::count(&args).unwrap_or(2_000);
     let until: String = common::flag(&args, "--until").unwrap_or_else(|| "splits".into());

@@ -27,6 +27,7 @@ const FUNNEL: &str = "name: Newsletter\nfrom: \"Shop <shop@example.com>\"\nentry
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    autofunnel::allocator::configure();
     let args = common::args();
     let n = common::count(&args).unwrap_or(1_000_000);
     let pg = args.iter().find(|a| a.starts_with("postgres")).cloned();

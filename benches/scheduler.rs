@@ -61,6 +61,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    autofunnel::allocator::configure();
     let args = common::args();
     if let Some(url) = common::flag::<String>(&args, "--drain") {
         return drain(&url, &args).await;

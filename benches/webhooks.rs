@@ -35,6 +35,7 @@ fn phase_done(phase: &str, items: u64) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    autofunnel::allocator::configure();
     let args = common::args();
     let n = common::count(&args).unwrap_or(20_000);
     let connections: usize = common::flag(&args, "--connections").unwrap_or(16);

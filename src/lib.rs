@@ -18,9 +18,10 @@
 //!   [`tokens`], the signed tokens in the links of emails.
 //! - [`server`]: the HTTP side of `autofunnel run`; [`metrics`], what `/metrics` shows;
 //!   [`dashboard`], the pages the server shows a signed-in marketer, made from the reports.
-//! - [`cli`]: the command line; `main.rs` only calls [`cli::main`]. [`scaffold`]: the
+//! - [`cli`]: the command line; `main.rs` only sets the [`allocator`] and calls [`cli::main`]. [`scaffold`]: the
 //!   starter project written by `autofunnel init`.
 
+pub mod allocator;
 pub mod cli;
 pub mod context;
 pub mod dashboard;

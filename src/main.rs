@@ -8,5 +8,6 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    autofunnel::allocator::configure();
     autofunnel::cli::main()
 }
