@@ -56,6 +56,22 @@ pub fn cpu_seconds() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU time (user + system) of the children this process has waited for, in seconds (a load
+/// generator run to its end).
+#[allow(dead_code)]
+pub fn children_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            // Fields 16 and 17 of the file: `cutime`, `cstime`.
+            Some(f.get(13)?.parse::<f64>().ok()? + f.get(14)?.parse::<f64>().ok()?)
+        })
+        .map(|ticks| ticks / 100.0)
+        .unwrap_or(f64::NAN)
+}
+
 /// CPU time (user + system) used so far by every process whose command name is `name`
 /// and their ended children (Linux `/proc/PID/stat`, 100 ticks per second): a database
 /// server's processes.

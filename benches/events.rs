@@ -3,8 +3,10 @@
 //! the other, in three phases of N events each: `join` for new addresses (each starts the
 //! funnel and queues its first email), `upgrade` for those leads (each moves its lead to the
 //! next stage, which queues an email), and `pageview` (stored, nothing listens). Prints each
-//! phase's events per second and its batch latencies, then checks the database: every lead
-//! has one run, in the stage its event moved it to, and no event is left unprocessed.
+//! phase's events per second, its batch latencies and the CPU an event cost the process (the
+//! server's work and the client's, which builds and posts the batches), then checks the
+//! database: every lead has one run, in the stage its event moved it to, and no event is left
+//! unprocessed.
 //!
 //! `cargo bench --bench events -- [EVENTS] [--batch B] [--database URL]` (defaults 20,000
 //! events, batches of 1,000, a fresh SQLite file; a PostgreSQL database is emptied first).
@@ -67,8 +69,8 @@ async fn main() -> anyhow::Result<()> {
             "SQLite"
         }
     );
-    println!("| events | events/s | batch p50 | batch p99 | slowest |");
-    println!("|---|---|---|---|---|");
+    println!("| events | events/s | batch p50 | batch p99 | slowest | CPU per event |");
+    println!("|---|---|---|---|---|---|");
     for (what, kind) in [
         ("start the funnel (`join`, new addresses)", "join"),
         ("move a lead (`upgrade`)", "upgrade"),
@@ -76,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
     ] {
         let mut took = Vec::new();
         let begun = Instant::now();
+        let cpu0 = common::cpu_seconds();
         for b in 0..n.div_ceil(size) {
             let events: Vec<serde_json::Value> = (b * size..((b + 1) * size).min(n))
                 .map(|i| serde_json::json!({ "email": format!("l{i}@events.test"), "event": kind }))
@@ -96,14 +99,16 @@ async fn main() -> anyhow::Result<()> {
             took.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         let secs = begun.elapsed().as_secs_f64();
+        let cpu = common::cpu_seconds() - cpu0;
         took.sort_by(f64::total_cmp);
         let at = |p: f64| took[((took.len() as f64 * p).ceil() as usize).clamp(1, took.len()) - 1];
         println!(
-            "| {what} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            "| {what} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} µs |",
             n as f64 / secs,
             at(0.5),
             at(0.99),
-            took.last().copied().unwrap_or(0.0)
+            took.last().copied().unwrap_or(0.0),
+            cpu / n as f64 * 1e6
         );
     }
     let _ = stop.send(());

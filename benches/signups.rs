@@ -1,7 +1,9 @@
 //! Signup benchmark: `wrk` posts landing-page signups, each with its own address, to a real
-//! `autofunnel run` (scheduler and sender running, the welcome starter project, welcome email to the outbox
-//! folder) for D seconds; then the database is checked: every signup stored exactly once (one
-//! lead, one `signup` event, one touch, one enrollment).
+//! `autofunnel run` (scheduler and sender running, the welcome starter project, welcome email
+//! to the outbox folder) for D seconds, and prints signups/s, the latencies and the CPU a
+//! signup cost the server (its welcome email's included), wrk and PostgreSQL; then the
+//! database is checked: every signup stored exactly once (one lead, one `signup` event, one
+//! touch, one enrollment).
 //!
 //! `cargo bench --bench signups -- [--seconds D] [--connections C] [--threads T]
 //! [--send-rate R] [--database URL]` (defaults 60 s, 32 connections, 1 wrk thread, the sender
@@ -157,6 +159,9 @@ async fn main() -> anyhow::Result<()> {
         "signups: wrk -t{threads} -c{connections} -d{seconds}s against autofunnel run on {backend} \
          (starter project: each signup queues a welcome email; scheduler running, {sending})"
     );
+    let server_cpu0 = common::cpu_seconds_of_command("autofunnel");
+    let db_cpu0 = common::cpu_seconds_of_command("postgres");
+    let wrk_cpu0 = common::children_cpu_seconds();
     let out = Command::new("wrk")
         .args([
             format!("-t{threads}"),
@@ -169,6 +174,9 @@ async fn main() -> anyhow::Result<()> {
         ])
         .output()
         .context("cannot run wrk: install the Debian package `wrk`")?;
+    let server_cpu = common::cpu_seconds_of_command("autofunnel") - server_cpu0;
+    let wrk_cpu = common::children_cpu_seconds() - wrk_cpu0;
+    let db_cpu = common::cpu_seconds_of_command("postgres") - db_cpu0;
     let out = String::from_utf8_lossy(&out.stdout).to_string();
     let ok = value(&out, "OK")?;
     let bad = value(&out, "BAD")?;
@@ -182,6 +190,20 @@ async fn main() -> anyhow::Result<()> {
         value(&out, "P99.9")?,
     );
     println!("  wrk: {rps:.0} requests/s, {ok} answered 200, {bad} otherwise");
+    println!(
+        "  CPU per signup: autofunnel run {:.1} µs ({:.2} cores), wrk {:.1} µs ({:.2} cores)",
+        server_cpu / ok * 1e6,
+        server_cpu / seconds as f64,
+        wrk_cpu / ok * 1e6,
+        wrk_cpu / seconds as f64
+    );
+    if backend == "PostgreSQL" {
+        println!(
+            "  CPU per signup in PostgreSQL (every `postgres` process): {:.1} µs ({:.2} cores)",
+            db_cpu / ok * 1e6,
+            db_cpu / seconds as f64
+        );
+    }
     println!(
         "  autofunnel run peak RSS {:.0} MB",
         common::peak_rss_mb_of(&server.0.id().to_string())
