@@ -40,33 +40,31 @@ pub fn rss_mb_of(pid: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// CPU time (user + system) the process has used so far, in seconds (Linux `/proc/self/stat`,
-/// 100 ticks per second).
+/// CPU time (user + system) the process has used so far, in seconds.
 #[allow(dead_code)]
 pub fn cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let after = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = after.split_whitespace().collect();
-            // Fields 14 and 15 of the file; 12 and 13 after the command name.
-            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
-        })
-        .map(|ticks| ticks / 100.0)
-        .unwrap_or(f64::NAN)
+    // Fields 14 and 15 of the file: `utime`, `stime`.
+    self_stat_seconds(11, 12)
 }
 
 /// CPU time (user + system) of the children this process has waited for, in seconds (a load
 /// generator run to its end).
 #[allow(dead_code)]
 pub fn children_cpu_seconds() -> f64 {
+    // Fields 16 and 17 of the file: `cutime`, `cstime`.
+    self_stat_seconds(13, 14)
+}
+
+/// The sum of two tick counts of `/proc/self/stat` (Linux, 100 ticks per second), in seconds;
+/// `a` and `b` count the fields after the command name from 0.
+#[allow(dead_code)]
+fn self_stat_seconds(a: usize, b: usize) -> f64 {
     std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {
             let after = s.rsplit_once(')')?.1;
             let f: Vec<&str> = after.split_whitespace().collect();
-            // Fields 16 and 17 of the file: `cutime`, `cstime`.
-            Some(f.get(13)?.parse::<f64>().ok()? + f.get(14)?.parse::<f64>().ok()?)
+            Some(f.get(a)?.parse::<f64>().ok()? + f.get(b)?.parse::<f64>().ok()?)
         })
         .map(|ticks| ticks / 100.0)
         .unwrap_or(f64::NAN)
